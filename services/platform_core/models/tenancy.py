@@ -1,0 +1,103 @@
+"""Tenants, their plans, their homeservers and the operations that change them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Enum, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from platform_core.models.base import Base, Timestamps, UTCDateTime, UUIDPk
+
+
+def _enum(cls: type[StrEnum]) -> Enum:
+    return Enum(
+        cls,
+        native_enum=False,
+        length=32,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+class TenantStatus(StrEnum):
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+class OperationKind(StrEnum):
+    PROVISION = "provision"
+    DEPROVISION = "deprovision"
+
+
+class OperationState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class HomeserverDesiredState(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class Plan(UUIDPk, Timestamps, Base):
+    __tablename__ = "plans"
+
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    currency: Mapped[str] = mapped_column(String(3))
+    base_fee_minor: Mapped[int] = mapped_column(BigInteger)
+    # Limits that become homeserver config: max_upload_size_bytes, rc_message_per_second, ...
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    is_default: Mapped[bool] = mapped_column(default=False)
+
+
+class Tenant(UUIDPk, Timestamps, Base):
+    __tablename__ = "tenants"
+
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    server_name: Mapped[str] = mapped_column(String(255), unique=True)
+    status: Mapped[TenantStatus] = mapped_column(_enum(TenantStatus), index=True)
+    plan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("plans.id"))
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    plan: Mapped[Plan] = relationship(lazy="raise")
+
+
+class Operation(UUIDPk, Timestamps, Base):
+    __tablename__ = "operations"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    kind: Mapped[OperationKind] = mapped_column(_enum(OperationKind))
+    state: Mapped[OperationState] = mapped_column(_enum(OperationState), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    steps_done: Mapped[list[str]] = mapped_column(JSON, default=list)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Homeserver(UUIDPk, Timestamps, Base):
+    __tablename__ = "homeservers"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), unique=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    desired_state: Mapped[HomeserverDesiredState] = mapped_column(_enum(HomeserverDesiredState))
+    # Loopback port of a local-backend homeserver; unique so two tenants never share one.
+    port: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
+    upstream_url: Mapped[str | None] = mapped_column(String(500), default=None)
+    admin_user_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    # Fernet tokens (platform_core.crypto): never stored or logged in clear.
+    admin_token_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
+    secrets_encrypted: Mapped[str | None] = mapped_column(Text, default=None)

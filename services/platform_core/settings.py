@@ -1,0 +1,111 @@
+"""Typed, validated platform settings (environment variables prefixed ``C3_``)."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Mode(StrEnum):
+    LOCAL = "local"
+    PRODUCTION = "production"
+
+
+class BackendKind(StrEnum):
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="C3_", extra="ignore")
+
+    mode: Mode = Mode.LOCAL
+    data_dir: Path = Path(".c3")
+    database_url: str | None = None
+    redis_url: str | None = None
+    # Prefix of every Redis key and channel: lets several platforms (or test runs) share a server.
+    redis_namespace: str = "c3"
+    base_domain: str = "c3.localhost"
+    secret_key: str | None = Field(default=None, repr=False)
+    operator_token: str | None = Field(default=None, repr=False)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = 8080
+    # Public base URL of the proxy as clients see it; derived from host/port when unset.
+    proxy_public_url: str | None = None
+    backend: BackendKind = BackendKind.LOCAL
+    # Interpreter that runs Synapse for the local backend (defaults to the one running C3).
+    synapse_python: str | None = None
+    homeserver_start_timeout_s: float = 60.0
+    usage_flush_interval_s: float = 1.0
+    reconcile_interval_s: float = 30.0
+
+    @field_validator("base_domain")
+    @classmethod
+    def _domain_lower(cls, v: str) -> str:
+        v = v.strip().lower().rstrip(".")
+        if not v or any(not part for part in v.split(".")):
+            raise ValueError("C3_BASE_DOMAIN must be a DNS name such as c3.example.com")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.mode is Mode.PRODUCTION:
+            missing = [
+                name
+                for name in ("database_url", "redis_url", "secret_key", "operator_token")
+                if not getattr(self, name)
+            ]
+            if missing:
+                names = ", ".join("C3_" + m.upper() for m in missing)
+                raise ValueError(f"production mode needs explicit {names}; no defaults exist")
+            if self.database_url and self.database_url.startswith("sqlite"):
+                raise ValueError("production mode needs PostgreSQL, not SQLite (C3_DATABASE_URL)")
+        if self.secret_key is not None and len(self.secret_key) < 32:
+            raise ValueError("C3_SECRET_KEY must be at least 32 characters")
+        if self.api_port == self.proxy_port and self.api_host == self.proxy_host:
+            raise ValueError("C3_API_PORT and C3_PROXY_PORT must differ")
+        return self
+
+    # Derived values -------------------------------------------------------------------
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_path / 'platform.db'}"
+
+    @property
+    def effective_proxy_public_url(self) -> str:
+        if self.proxy_public_url:
+            return self.proxy_public_url.rstrip("/")
+        return f"http://{self.proxy_host}:{self.proxy_port}"
+
+    def require_secret_key(self) -> str:
+        if not self.secret_key:
+            raise RuntimeError("C3_SECRET_KEY is not set (c3 up generates one for local runs)")
+        return self.secret_key
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError("C3_REDIS_URL is not set (c3 up starts an embedded Redis)")
+        return self.redis_url
+
+
+def generate_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,132 @@
+"""A small client for one tenant homeserver's Synapse admin API (and its health check).
+
+Both the provisioner (shared-secret registration of the tenant admin) and the tenant API
+(managing users) talk to a tenant's homeserver; this is the one place that knows the wire shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from platform_core.errors import Conflict, InvalidRequest, TemporaryError, UpstreamError
+
+
+def registration_mac(
+    shared_secret: str, nonce: str, username: str, password: str, admin: bool
+) -> str:
+    mac = hmac.new(shared_secret.encode("utf8"), digestmod=hashlib.sha1)
+    for part in (nonce, username, password):
+        mac.update(part.encode("utf8"))
+        mac.update(b"\x00")
+    mac.update(b"admin" if admin else b"notadmin")
+    return mac.hexdigest()
+
+
+class SynapseAdminClient:
+    def __init__(self, base_url: str, *, access_token: str | None = None, timeout: float = 15.0):
+        headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
+        self._client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> SynapseAdminClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def is_healthy(self) -> bool:
+        try:
+            response = await self._client.get("/health", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def register_with_shared_secret(
+        self, *, shared_secret: str, username: str, password: str, admin: bool
+    ) -> dict[str, Any]:
+        """Register a user with the registration shared secret; returns Synapse's answer."""
+        nonce_response = await self._request("GET", "/_synapse/admin/v1/register")
+        nonce = nonce_response["nonce"]
+        body = {
+            "nonce": nonce,
+            "username": username,
+            "password": password,
+            "admin": admin,
+            "mac": registration_mac(shared_secret, nonce, username, password, admin),
+        }
+        return await self._request("POST", "/_synapse/admin/v1/register", json=body)
+
+    async def get_user(self, user_id: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", f"/_synapse/admin/v2/users/{quote(user_id)}")
+        except UpstreamError as exc:
+            if getattr(exc, "status_code", None) == 404:
+                return None
+            raise
+
+    async def create_user(
+        self, user_id: str, *, password: str, displayname: str | None, admin: bool = False
+    ) -> dict[str, Any]:
+        """Create ``user_id``; refuses (409) if it exists, so no account is silently reset."""
+        if await self.get_user(user_id) is not None:
+            raise Conflict(f"user {user_id} already exists on this homeserver")
+        body: dict[str, Any] = {"password": password, "admin": admin}
+        if displayname:
+            body["displayname"] = displayname
+        return await self._request("PUT", f"/_synapse/admin/v2/users/{quote(user_id)}", json=body)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise TemporaryError(f"homeserver timed out on {method} {path}") from exc
+        except httpx.TransportError as exc:
+            raise TemporaryError(f"homeserver unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 500:
+            raise TemporaryError(f"homeserver answered {response.status_code} on {method} {path}")
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        if response.status_code >= 400:
+            errcode = payload.get("errcode", "") if isinstance(payload, dict) else ""
+            message = payload.get("error", "") if isinstance(payload, dict) else ""
+            if response.status_code == 400 and errcode in {"M_INVALID_USERNAME", "M_WEAK_PASSWORD"}:
+                raise InvalidRequest(f"homeserver refused: {message or errcode}")
+            if errcode == "M_USER_IN_USE":
+                raise Conflict(f"homeserver refused: {message or errcode}")
+            error = UpstreamError(
+                f"homeserver answered {response.status_code} {errcode} on {method} {path}"
+            )
+            error.status_code = response.status_code  # type: ignore[attr-defined]
+            raise error
+        if not isinstance(payload, dict):
+            raise UpstreamError(f"homeserver answered a non-object on {method} {path}")
+        return payload
+
+
+async def login_with_password(base_url: str, user_id: str, password: str) -> str:
+    """Log ``user_id`` in through the client API and return a fresh access token."""
+    body = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user_id},
+        "password": password,
+        "initial_device_display_name": "C3 platform",
+    }
+    async with httpx.AsyncClient(base_url=base_url, timeout=15.0) as client:
+        try:
+            response = await client.post("/_matrix/client/v3/login", json=body)
+        except httpx.TransportError as exc:
+            raise TemporaryError(f"homeserver unreachable: {type(exc).__name__}") from exc
+    if response.status_code != 200:
+        raise TemporaryError(
+            f"homeserver refused the platform admin login ({response.status_code})"
+        )
+    token = response.json().get("access_token")
+    if not isinstance(token, str):
+        raise UpstreamError("homeserver login answer carried no access_token")
+    return token

@@ -1,0 +1,61 @@
+"""Where homeservers run: the interface every backend implements (local processes, Kubernetes)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+from provisioner.synapse_config import HomeserverSecrets
+
+
+@dataclass(frozen=True)
+class HomeserverTarget:
+    """Everything a backend needs to run one tenant's homeserver."""
+
+    tenant_id: str
+    server_name: str
+    public_baseurl: str
+    port: int | None
+    limits: dict[str, Any]
+    secrets: HomeserverSecrets
+
+
+class Backend(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def allocate_port(self, taken: set[int]) -> int | None:
+        """A port for a new homeserver (None when the backend does not need one)."""
+
+    @abc.abstractmethod
+    def render(self, target: HomeserverTarget) -> bool:
+        """Write the homeserver's config; True if anything changed. Idempotent."""
+
+    @abc.abstractmethod
+    def start(self, target: HomeserverTarget) -> None:
+        """Start the homeserver unless it runs already. Idempotent."""
+
+    @abc.abstractmethod
+    def is_running(self, tenant_id: str) -> bool:
+        """True if the homeserver's process exists (healthy or not)."""
+
+    @abc.abstractmethod
+    def port_is_free(self, port: int) -> bool:
+        """True if nothing but this tenant's own homeserver could hold ``port``."""
+
+    @abc.abstractmethod
+    def upstream_url(self, target: HomeserverTarget) -> str:
+        """Base URL at which the proxy and the platform reach this homeserver."""
+
+    @abc.abstractmethod
+    def stop(self, tenant_id: str) -> None:
+        """Stop the homeserver if it runs. Idempotent."""
+
+    @abc.abstractmethod
+    def archive(self, tenant_id: str) -> str | None:
+        """Move the homeserver's data out of service into an archive; returns where. Idempotent."""
+
+    @abc.abstractmethod
+    def stop_all(self) -> list[str]:
+        """Stop every homeserver this backend runs (local shutdown); returns tenant ids."""

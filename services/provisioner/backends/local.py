@@ -1,0 +1,193 @@
+"""Local backend: one Synapse process per tenant under ``<data dir>/homeservers/<tenant id>/``.
+
+Synapse is started detached (its parent exits at once) so it outlives the worker process that
+started it, and is found again through a pid file whose process command line must name the
+tenant's config — a recycled pid never passes for a homeserver.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from platform_core.errors import TemporaryError
+from provisioner.backends.base import Backend, HomeserverTarget
+from provisioner.synapse_config import HomeserverSpec, write_homeserver_files
+
+_STOP_GRACE_S = 15.0
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, data_dir: Path, *, python: str | None = None, bind: str = "127.0.0.1"):
+        self.root = data_dir / "homeservers"
+        self.archive_root = data_dir / "archive"
+        self.python = python or sys.executable
+        self.bind = bind
+
+    # Paths -----------------------------------------------------------------------------
+
+    def tenant_dir(self, tenant_id: str) -> Path:
+        return self.root / tenant_id
+
+    def _config_path(self, tenant_id: str) -> Path:
+        return self.tenant_dir(tenant_id) / "homeserver.yaml"
+
+    def _pid_path(self, tenant_id: str) -> Path:
+        return self.tenant_dir(tenant_id) / "c3-homeserver.pid"
+
+    # Backend ---------------------------------------------------------------------------
+
+    def allocate_port(self, taken: set[int]) -> int:
+        for _ in range(50):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((self.bind, 0))
+                port = sock.getsockname()[1]
+            if port not in taken:
+                return port
+        raise TemporaryError("no free loopback port found for the homeserver")
+
+    def port_is_free(self, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.bind, port))
+            except OSError:
+                return False
+        return True
+
+    def upstream_url(self, target: HomeserverTarget) -> str:
+        return f"http://{self.bind}:{target.port}"
+
+    def render(self, target: HomeserverTarget) -> bool:
+        if target.port is None:
+            raise ValueError("local homeservers need a port")
+        spec = HomeserverSpec(
+            server_name=target.server_name,
+            public_baseurl=target.public_baseurl,
+            port=target.port,
+            bind_address=self.bind,
+            data_dir=self.tenant_dir(target.tenant_id),
+            limits=target.limits,
+        )
+        return write_homeserver_files(spec, target.secrets)
+
+    def start(self, target: HomeserverTarget) -> None:
+        if self.is_running(target.tenant_id):
+            return
+        directory = self.tenant_dir(target.tenant_id)
+        config = self._config_path(target.tenant_id)
+        if not config.exists():
+            raise TemporaryError("homeserver config missing; render it first")
+        # `sh -c '… & echo $!'` double-forks: Synapse is re-parented away from the worker, so
+        # it neither dies with the worker nor lingers as its zombie.
+        command = 'exec 0</dev/null; "$0" -m synapse.app.homeserver -c "$1" >>"$2" 2>&1 & echo $!'
+        launched = subprocess.run(
+            ["sh", "-c", command, self.python, str(config), str(directory / "stdout.log")],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+            start_new_session=True,
+        )
+        pid = int(launched.stdout.strip())
+        self._pid_path(target.tenant_id).write_text(f"{pid}\n")
+
+    def is_running(self, tenant_id: str) -> bool:
+        return self._live_pid(tenant_id) is not None
+
+    def stop(self, tenant_id: str) -> None:
+        pid = self._live_pid(tenant_id)
+        if pid is None:
+            self._pid_path(tenant_id).unlink(missing_ok=True)
+            return
+        _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE_S
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                break
+            time.sleep(0.05)
+        else:
+            _signal(pid, signal.SIGKILL)
+        self._pid_path(tenant_id).unlink(missing_ok=True)
+
+    def archive(self, tenant_id: str) -> str | None:
+        directory = self.tenant_dir(tenant_id)
+        existing = sorted(self.archive_root.glob(f"{tenant_id}-*.tar.gz"))
+        if not directory.exists():
+            return str(existing[-1]) if existing else None
+        self.archive_root.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        final = self.archive_root / f"{tenant_id}-{stamp}.tar.gz"
+        partial = final.with_suffix(".partial")
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(directory, arcname=tenant_id)
+        os.chmod(partial, 0o600)
+        partial.replace(final)
+        _remove_tree(directory)
+        return str(final)
+
+    def stop_all(self) -> list[str]:
+        stopped = []
+        if not self.root.exists():
+            return stopped
+        for directory in sorted(self.root.iterdir()):
+            if directory.is_dir() and self.is_running(directory.name):
+                self.stop(directory.name)
+                stopped.append(directory.name)
+        return stopped
+
+    def running_tenants(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return [
+            d.name for d in sorted(self.root.iterdir()) if d.is_dir() and self.is_running(d.name)
+        ]
+
+    # Process identity ------------------------------------------------------------------
+
+    def _live_pid(self, tenant_id: str) -> int | None:
+        try:
+            pid = int(self._pid_path(tenant_id).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not _alive(pid):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
+        except OSError:
+            return None
+        if str(self._config_path(tenant_id)).encode() not in cmdline:
+            return None  # the pid was recycled by an unrelated process
+        return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # Field 3 (after the parenthesised command) is the state; Z and X are dead.
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _remove_tree(directory: Path) -> None:
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=False)

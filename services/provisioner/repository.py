@@ -1,0 +1,57 @@
+"""All SQL the provisioner runs (sync sessions: Celery tasks are sync)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from platform_core.models import (
+    Homeserver,
+    Operation,
+    OperationState,
+    Plan,
+    Tenant,
+    TenantStatus,
+)
+
+
+def get_operation(session: Session, operation_id: uuid.UUID) -> Operation | None:
+    return session.get(Operation, operation_id)
+
+
+def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
+    return session.get(Tenant, tenant_id)
+
+
+def get_plan(session: Session, plan_id: uuid.UUID) -> Plan:
+    plan = session.get(Plan, plan_id)
+    if plan is None:
+        raise LookupError(f"plan {plan_id} does not exist")
+    return plan
+
+
+def get_homeserver(session: Session, tenant_id: uuid.UUID) -> Homeserver | None:
+    return session.scalars(select(Homeserver).where(Homeserver.tenant_id == tenant_id)).first()
+
+
+def taken_ports(session: Session) -> set[int]:
+    return {p for p in session.scalars(select(Homeserver.port)) if p is not None}
+
+
+def tenants_with_status(session: Session, statuses: Sequence[TenantStatus]) -> list[Tenant]:
+    return list(session.scalars(select(Tenant).where(Tenant.status.in_(statuses))))
+
+
+def unfinished_operations_older_than(session: Session, cutoff: datetime) -> list[Operation]:
+    return list(
+        session.scalars(
+            select(Operation).where(
+                Operation.state.in_([OperationState.PENDING, OperationState.RUNNING]),
+                Operation.updated_at < cutoff,
+            )
+        )
+    )

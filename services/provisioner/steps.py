@@ -1,0 +1,248 @@
+"""Idempotent lifecycle steps for one tenant's homeserver.
+
+Each step reads what exists and does only what is missing: a homeserver record with secrets and
+a port, rendered config, a running and healthy process, a registered platform admin, a
+published route. Running a step twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import redis
+from sqlalchemy.orm import Session
+
+from platform_core.crypto import SecretBox
+from platform_core.errors import Conflict, PermanentError, TemporaryError
+from platform_core.models import (
+    Homeserver,
+    HomeserverDesiredState,
+    Plan,
+    Tenant,
+)
+from platform_core.redis import RedisKeys, keys_for
+from platform_core.routes import Route, publish_route, withdraw_route
+from platform_core.settings import BackendKind, Settings, get_settings
+from platform_core.synapse_admin import SynapseAdminClient, login_with_password
+from provisioner import repository
+from provisioner.backends.base import Backend, HomeserverTarget
+from provisioner.backends.local import LocalBackend
+from provisioner.synapse_config import HomeserverSecrets, effective_limits
+
+log = logging.getLogger(__name__)
+
+ADMIN_LOCALPART = "c3-admin"
+
+
+@dataclass
+class Context:
+    settings: Settings
+    backend: Backend
+
+    @cached_property
+    def box(self) -> SecretBox:
+        return SecretBox(self.settings.require_secret_key())
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.require_redis_url())
+
+    @cached_property
+    def keys(self) -> RedisKeys:
+        return keys_for(self.settings)
+
+
+def make_backend(settings: Settings) -> Backend:
+    if settings.backend is BackendKind.LOCAL:
+        return LocalBackend(settings.data_path, python=settings.synapse_python)
+    raise PermanentError(f"backend {settings.backend.value!r} is not available in this build")
+
+
+_context: Context | None = None
+
+
+def context() -> Context:
+    global _context
+    if _context is None:
+        settings = get_settings()
+        _context = Context(settings, make_backend(settings))
+    return _context
+
+
+# Record -------------------------------------------------------------------------------
+
+
+def ensure_homeserver_record(session: Session, ctx: Context, tenant: Tenant) -> Homeserver:
+    hs = repository.get_homeserver(session, tenant.id)
+    if hs is None:
+        hs = Homeserver(
+            tenant_id=tenant.id,
+            backend=ctx.backend.name,
+            desired_state=HomeserverDesiredState.RUNNING,
+            secrets_encrypted=ctx.box.encrypt_json(HomeserverSecrets.generate().to_dict()),
+        )
+        session.add(hs)
+    if hs.port is None:
+        hs.port = ctx.backend.allocate_port(repository.taken_ports(session))
+    hs.desired_state = HomeserverDesiredState.RUNNING
+    session.flush()
+    return hs
+
+
+def public_baseurl(settings: Settings, server_name: str) -> str:
+    proxy = urlsplit(settings.effective_proxy_public_url)
+    default_port = {"http": 80, "https": 443}.get(proxy.scheme)
+    port = f":{proxy.port}" if proxy.port and proxy.port != default_port else ""
+    return f"{proxy.scheme}://{server_name}{port}/"
+
+
+def target_for(ctx: Context, tenant: Tenant, plan: Plan, hs: Homeserver) -> HomeserverTarget:
+    if hs.secrets_encrypted is None:
+        raise PermanentError("homeserver record has no secrets")
+    return HomeserverTarget(
+        tenant_id=str(tenant.id),
+        server_name=tenant.server_name,
+        public_baseurl=public_baseurl(ctx.settings, tenant.server_name),
+        port=hs.port,
+        limits=dict(plan.limits or {}),
+        secrets=HomeserverSecrets.from_dict(ctx.box.decrypt_json(hs.secrets_encrypted)),
+    )
+
+
+def ensure_port_usable(session: Session, ctx: Context, hs: Homeserver) -> None:
+    """A stopped homeserver whose port another program took gets a new port."""
+    if hs.port is None or ctx.backend.is_running(str(hs.tenant_id)):
+        return
+    if not ctx.backend.port_is_free(hs.port):
+        taken = repository.taken_ports(session)
+        old, hs.port = hs.port, ctx.backend.allocate_port(taken | {hs.port})
+        log.warning(
+            "tenant %s: port %s is taken by another program; moved to %s",
+            hs.tenant_id,
+            old,
+            hs.port,
+        )
+        session.flush()
+
+
+# Process ------------------------------------------------------------------------------
+
+
+def ensure_running(ctx: Context, target: HomeserverTarget) -> None:
+    """Render config, (re)start if needed, and wait until the homeserver is healthy."""
+    changed = ctx.backend.render(target)
+    if changed and ctx.backend.is_running(target.tenant_id):
+        log.info("tenant %s: config changed; restarting homeserver", target.tenant_id)
+        ctx.backend.stop(target.tenant_id)
+    ctx.backend.start(target)
+    wait_healthy(ctx, target)
+
+
+def wait_healthy(ctx: Context, target: HomeserverTarget) -> None:
+    url = ctx.backend.upstream_url(target) + "/health"
+    deadline = time.monotonic() + ctx.settings.homeserver_start_timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if not ctx.backend.is_running(target.tenant_id):
+                raise TemporaryError(
+                    "homeserver exited during start-up: " + _log_tail(ctx, target.tenant_id)
+                )
+            time.sleep(0.1)
+    raise TemporaryError(
+        f"homeserver not healthy after {ctx.settings.homeserver_start_timeout_s:.0f}s"
+    )
+
+
+def _log_tail(ctx: Context, tenant_id: str) -> str:
+    backend = ctx.backend
+    if not isinstance(backend, LocalBackend):
+        return "see the homeserver's logs"
+    path: Path = backend.tenant_dir(tenant_id) / "stdout.log"
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(lines[-3:])[-500:] or "no output"
+
+
+def is_healthy(ctx: Context, target: HomeserverTarget) -> bool:
+    try:
+        return (
+            httpx.get(ctx.backend.upstream_url(target) + "/health", timeout=2.0).status_code == 200
+        )
+    except httpx.TransportError:
+        return False
+
+
+# Admin --------------------------------------------------------------------------------
+
+
+def ensure_admin(ctx: Context, tenant: Tenant, hs: Homeserver, target: HomeserverTarget) -> None:
+    """Register the platform's admin account on the homeserver once; keep its token encrypted."""
+    if hs.admin_token_encrypted is not None:
+        return
+    base_url = ctx.backend.upstream_url(target)
+    user_id = f"@{ADMIN_LOCALPART}:{tenant.server_name}"
+
+    async def register() -> str:
+        async with SynapseAdminClient(base_url) as client:
+            try:
+                answer = await client.register_with_shared_secret(
+                    shared_secret=target.secrets.registration_shared_secret,
+                    username=ADMIN_LOCALPART,
+                    password=target.secrets.admin_password,
+                    admin=True,
+                )
+            except Conflict:
+                # Registered by an earlier attempt that died before saving the token.
+                return await login_with_password(base_url, user_id, target.secrets.admin_password)
+        return str(answer["access_token"])
+
+    token = asyncio.run(register())
+    hs.admin_user_id = user_id
+    hs.admin_token_encrypted = ctx.box.encrypt(token)
+
+
+# Route --------------------------------------------------------------------------------
+
+
+def route_for(ctx: Context, tenant: Tenant, hs: Homeserver, target: HomeserverTarget) -> Route:
+    limits = effective_limits(target.limits)
+    return Route(
+        tenant_id=str(tenant.id),
+        slug=tenant.slug,
+        server_name=tenant.server_name,
+        upstream=hs.upstream_url or ctx.backend.upstream_url(target),
+        status=tenant.status.value,
+        max_upload_bytes=int(limits["max_upload_size_bytes"]),
+    )
+
+
+def publish(ctx: Context, route: Route) -> None:
+    try:
+        publish_route(ctx.redis, ctx.keys, route)
+    except redis.RedisError as exc:
+        raise TemporaryError(
+            f"route not published: Redis unavailable ({type(exc).__name__})"
+        ) from exc
+
+
+def withdraw(ctx: Context, tenant: Tenant) -> None:
+    try:
+        withdraw_route(ctx.redis, ctx.keys, server_name=tenant.server_name, slug=tenant.slug)
+    except redis.RedisError as exc:
+        raise TemporaryError(
+            f"route not withdrawn: Redis unavailable ({type(exc).__name__})"
+        ) from exc

@@ -1,0 +1,216 @@
+"""Celery tasks of the provisioner: tenant lifecycle operations and the reconcile loop.
+
+Tasks carry operation ids only, re-read their rows, hold the tenant's lease while they act and
+run idempotent steps (``provisioner.steps``), so a redelivered or duplicated task is harmless.
+A ``TemporaryError`` (or anything unexpected) retries with capped, jittered backoff; a
+``PermanentError`` or too many attempts ends the operation in ``failed`` with the error kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable
+
+from celery import Task
+
+from platform_core.celery import TaskNames, celery_app
+from platform_core.db import task_session
+from platform_core.errors import PermanentError
+from platform_core.models import (
+    HomeserverDesiredState,
+    OperationKind,
+    OperationState,
+    TenantStatus,
+    utcnow,
+)
+from provisioner import repository, steps
+from provisioner.lease import Lease
+from provisioner.reconciler import reconcile_all
+
+log = logging.getLogger(__name__)
+app = celery_app()
+
+MAX_ATTEMPTS = 5
+
+
+class Superseded(Exception):
+    """The tenant moved on (e.g. deleted while provisioning): stop without failing it."""
+
+
+def backoff_seconds(attempt: int) -> float:
+    return min(2.0**attempt, 60.0) * random.uniform(0.8, 1.2)
+
+
+def _record_step(operation_id: uuid.UUID, step: str) -> None:
+    with task_session() as session:
+        op = repository.get_operation(session, operation_id)
+        if op is not None and step not in op.steps_done:
+            op.steps_done = [*op.steps_done, step]
+
+
+def run_operation(
+    task: Task, operation_id: str, body: Callable[[steps.Context, uuid.UUID, Lease], None]
+) -> None:
+    op_id = uuid.UUID(operation_id)
+    ctx = steps.context()
+    with task_session() as session:
+        op = repository.get_operation(session, op_id)
+        if op is None:
+            log.error("operation %s does not exist; dropping task", op_id)
+            return
+        if op.state in (OperationState.SUCCEEDED, OperationState.FAILED):
+            return  # delivered again after it finished
+        tenant_id = op.tenant_id
+
+    lease = Lease(ctx.redis, ctx.keys.tenant_lease(str(tenant_id)))
+    if not lease.acquire():
+        # Another worker acts on this tenant right now; come back shortly (not an attempt).
+        raise task.retry(countdown=random.uniform(1.0, 3.0), max_retries=None)
+    try:
+        with task_session() as session:
+            op = repository.get_operation(session, op_id)
+            assert op is not None
+            op.state = OperationState.RUNNING
+            op.attempts += 1
+            op.started_at = op.started_at or utcnow()
+            attempts = op.attempts
+        try:
+            body(ctx, op_id, lease)
+        except Superseded as exc:
+            _finish(op_id, OperationState.FAILED, error=str(exc))
+            return
+        except PermanentError as exc:
+            _fail(op_id, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 — anything unexpected is retried, then fails
+            detail = exc.detail if hasattr(exc, "detail") else f"{type(exc).__name__}: {exc}"
+            log.warning("operation %s attempt %d failed: %s", op_id, attempts, detail)
+            if attempts >= MAX_ATTEMPTS:
+                _fail(op_id, f"gave up after {attempts} attempts: {detail}")
+                return
+            with task_session() as session:
+                op = repository.get_operation(session, op_id)
+                assert op is not None
+                op.last_error = detail
+            raise task.retry(countdown=backoff_seconds(attempts), max_retries=None) from None
+        _finish(op_id, OperationState.SUCCEEDED)
+    finally:
+        lease.release()
+
+
+def _finish(op_id: uuid.UUID, state: OperationState, *, error: str | None = None) -> None:
+    with task_session() as session:
+        op = repository.get_operation(session, op_id)
+        assert op is not None
+        op.state = state
+        op.finished_at = utcnow()
+        if error is not None:
+            op.last_error = error
+
+
+def _fail(op_id: uuid.UUID, error: str) -> None:
+    with task_session() as session:
+        op = repository.get_operation(session, op_id)
+        assert op is not None
+        op.state = OperationState.FAILED
+        op.finished_at = utcnow()
+        op.last_error = error
+        tenant = repository.get_tenant(session, op.tenant_id)
+        if tenant is not None and op.kind is OperationKind.PROVISION:
+            if tenant.status is TenantStatus.PROVISIONING:
+                tenant.status = TenantStatus.FAILED
+        elif tenant is not None and tenant.status is TenantStatus.DELETING:
+            tenant.status = TenantStatus.FAILED
+
+
+# Provision ----------------------------------------------------------------------------
+
+
+def provision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
+    with task_session() as session:
+        op = repository.get_operation(session, op_id)
+        assert op is not None
+        tenant = repository.get_tenant(session, op.tenant_id)
+        assert tenant is not None
+        if tenant.status in (TenantStatus.DELETING, TenantStatus.DELETED):
+            raise Superseded("tenant was deleted before provisioning finished")
+        if tenant.status is TenantStatus.FAILED:
+            tenant.status = TenantStatus.PROVISIONING  # an operator retried it
+        hs = steps.ensure_homeserver_record(session, ctx, tenant)
+        steps.ensure_port_usable(session, ctx, hs)
+        plan = repository.get_plan(session, tenant.plan_id)
+        target = steps.target_for(ctx, tenant, plan, hs)
+    _record_step(op_id, "homeserver-record")
+
+    steps.ensure_running(ctx, target)
+    _record_step(op_id, "homeserver-running")
+    lease.renew()
+
+    with task_session() as session:
+        tenant = repository.get_tenant(session, target_tenant_id(target))
+        hs = repository.get_homeserver(session, tenant.id) if tenant else None
+        assert tenant is not None and hs is not None
+        steps.ensure_admin(ctx, tenant, hs, target)
+    _record_step(op_id, "admin-registered")
+
+    with task_session() as session:
+        tenant = repository.get_tenant(session, target_tenant_id(target))
+        hs = repository.get_homeserver(session, tenant.id) if tenant else None
+        assert tenant is not None and hs is not None
+        if tenant.status in (TenantStatus.DELETING, TenantStatus.DELETED):
+            raise Superseded("tenant was deleted before provisioning finished")
+        hs.upstream_url = ctx.backend.upstream_url(target)
+        tenant.status = TenantStatus.ACTIVE
+        steps.publish(ctx, steps.route_for(ctx, tenant, hs, target))
+    _record_step(op_id, "route-published")
+
+
+def target_tenant_id(target: steps.HomeserverTarget) -> uuid.UUID:
+    return uuid.UUID(target.tenant_id)
+
+
+# Deprovision --------------------------------------------------------------------------
+
+
+def deprovision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
+    with task_session() as session:
+        op = repository.get_operation(session, op_id)
+        assert op is not None
+        tenant = repository.get_tenant(session, op.tenant_id)
+        assert tenant is not None
+        tenant.status = TenantStatus.DELETING
+        hs = repository.get_homeserver(session, tenant.id)
+        if hs is not None:
+            hs.desired_state = HomeserverDesiredState.STOPPED
+        steps.withdraw(ctx, tenant)
+        tenant_id = str(tenant.id)
+    _record_step(op_id, "route-withdrawn")
+
+    ctx.backend.stop(tenant_id)
+    _record_step(op_id, "homeserver-stopped")
+
+    archived = ctx.backend.archive(tenant_id)
+    _record_step(op_id, f"data-archived:{archived}" if archived else "data-archived")
+
+    with task_session() as session:
+        tenant = repository.get_tenant(session, uuid.UUID(tenant_id))
+        assert tenant is not None
+        tenant.status = TenantStatus.DELETED
+        tenant.deleted_at = utcnow()
+
+
+@app.task(name=TaskNames.PROVISION_TENANT, bind=True, acks_late=True)
+def provision_tenant(self: Task, operation_id: str) -> None:
+    run_operation(self, operation_id, provision)
+
+
+@app.task(name=TaskNames.DEPROVISION_TENANT, bind=True, acks_late=True)
+def deprovision_tenant(self: Task, operation_id: str) -> None:
+    run_operation(self, operation_id, deprovision)
+
+
+@app.task(name=TaskNames.RECONCILE, acks_late=True)
+def reconcile() -> dict[str, int]:
+    return reconcile_all(steps.context())

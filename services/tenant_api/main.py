@@ -1,0 +1,52 @@
+"""The tenant API application (FastAPI): /v1 REST, /healthz, OpenAPI at /docs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from platform_core.db import async_engine
+from platform_core.migrate import assert_migrated
+from platform_core.settings import get_settings
+from tenant_api import errors
+from tenant_api.operations.endpoints import router as operations_router
+from tenant_api.tenants.endpoints import router as tenants_router
+from tenant_api.usage.endpoints import router as usage_router
+from tenant_api.users.endpoints import router as users_router
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    settings.require_secret_key()
+    if not settings.operator_token:
+        raise RuntimeError("C3_OPERATOR_TOKEN is not set: every write would be refused")
+    assert_migrated()
+    yield
+    await async_engine().dispose()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="C3 tenant API",
+        version="1",
+        description="Provision and manage tenants (one Matrix homeserver each), their users "
+        "and their usage. Authenticate with `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(tenants_router)
+    app.include_router(operations_router)
+    app.include_router(users_router)
+    app.include_router(usage_router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        async with async_engine().connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,116 @@
+"""/v1/tenants: create (async, 202 + operation), list (cursor-paginated), get, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from platform_core.celery import TaskNames, send_task
+from platform_core.errors import NotFound
+from tenant_api.deps import OperatorDep, SessionDep, SettingsDep
+from tenant_api.operations.repository import OperationRepository
+from tenant_api.tenants import service
+from tenant_api.tenants.repository import TenantRepository
+from tenant_api.tenants.schemas import (
+    OperationRef,
+    TenantAccepted,
+    TenantCreate,
+    TenantOut,
+    TenantPage,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
+
+
+async def enqueue(task_name: str, operation_id: uuid.UUID) -> None:
+    """Enqueue after commit. If the broker is down the operation stays pending and the
+    reconciler enqueues it later: accepted work is never lost."""
+    try:
+        await asyncio.to_thread(send_task, task_name, str(operation_id))
+    except Exception as exc:  # noqa: BLE001 — broker trouble must not fail an accepted request
+        log.warning(
+            "enqueue of operation %s deferred to reconcile: %s", operation_id, type(exc).__name__
+        )
+
+
+def _accepted(
+    request: Request, response: Response, out: TenantOut, operation_id: uuid.UUID
+) -> TenantAccepted:
+    url = str(request.url_for("get_operation", operation_id=operation_id))
+    response.headers["Location"] = url
+    return TenantAccepted(**out.model_dump(), operation=OperationRef(id=operation_id, url=url))
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted)
+async def create_tenant(
+    body: TenantCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: OperatorDep,
+    settings: SettingsDep,
+) -> TenantAccepted:
+    tenants = TenantRepository(session, principal)
+    tenant, plan_code, operation = await service.create_tenant(
+        tenants, OperationRepository(session, principal), body, settings
+    )
+    await session.commit()
+    await enqueue(TaskNames.PROVISION_TENANT, operation.id)
+    return _accepted(request, response, service.to_out(tenant, plan_code, settings), operation.id)
+
+
+@router.get("", response_model=TenantPage)
+async def list_tenants(
+    session: SessionDep,
+    principal: OperatorDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> TenantPage:
+    tenants = TenantRepository(session, principal)
+    after = service.decode_cursor(cursor) if cursor else None
+    rows = await tenants.page(limit=limit + 1, after=after)
+    page, more = rows[:limit], len(rows) > limit
+    codes = await tenants.plan_codes({t.plan_id for t in page})
+    return TenantPage(
+        items=[service.to_out(t, codes[t.plan_id], settings) for t in page],
+        next_cursor=service.encode_cursor(page[-1]) if more else None,
+    )
+
+
+@router.get("/{tenant_id}", response_model=TenantOut)
+async def get_tenant(
+    tenant_id: uuid.UUID, session: SessionDep, principal: OperatorDep, settings: SettingsDep
+) -> TenantOut:
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get(tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    codes = await tenants.plan_codes({tenant.plan_id})
+    return service.to_out(tenant, codes[tenant.plan_id], settings)
+
+
+@router.delete("/{tenant_id}", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted)
+async def delete_tenant(
+    tenant_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: OperatorDep,
+    settings: SettingsDep,
+) -> TenantAccepted:
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get(tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    operation = await service.delete_tenant(tenant, OperationRepository(session, principal))
+    codes = await tenants.plan_codes({tenant.plan_id})
+    out = service.to_out(tenant, codes[tenant.plan_id], settings)
+    await session.commit()
+    await enqueue(TaskNames.DEPROVISION_TENANT, operation.id)
+    return _accepted(request, response, out, operation.id)

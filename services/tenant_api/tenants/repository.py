@@ -1,0 +1,66 @@
+"""All SQL on tenants and plans for the API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from platform_core.auth import Principal, PrincipalKind
+from platform_core.models import Homeserver, Plan, Tenant
+
+
+def scoped(statement: Select, principal: Principal) -> Select:  # type: ignore[type-arg]
+    """The one place tenant visibility is decided: operators see every tenant."""
+    if principal.kind is PrincipalKind.OPERATOR:
+        return statement
+    return statement.where(False)  # pragma: no cover — no other principal exists yet
+
+
+class TenantRepository:
+    def __init__(self, session: AsyncSession, principal: Principal) -> None:
+        self.session = session
+        self.principal = principal
+
+    async def get(self, tenant_id: uuid.UUID) -> Tenant | None:
+        statement = scoped(select(Tenant).where(Tenant.id == tenant_id), self.principal)
+        return (await self.session.scalars(statement)).first()
+
+    async def get_by_slug(self, slug: str) -> Tenant | None:
+        return (await self.session.scalars(select(Tenant).where(Tenant.slug == slug))).first()
+
+    async def get_by_server_name(self, server_name: str) -> Tenant | None:
+        statement = select(Tenant).where(Tenant.server_name == server_name)
+        return (await self.session.scalars(statement)).first()
+
+    async def page(self, *, limit: int, after: tuple[datetime, uuid.UUID] | None) -> list[Tenant]:
+        statement = select(Tenant).order_by(Tenant.created_at, Tenant.id).limit(limit)
+        if after is not None:
+            created_at, tenant_id = after
+            statement = statement.where(
+                or_(
+                    Tenant.created_at > created_at,
+                    and_(Tenant.created_at == created_at, Tenant.id > tenant_id),
+                )
+            )
+        return list((await self.session.scalars(scoped(statement, self.principal))).all())
+
+    async def add(self, tenant: Tenant) -> None:
+        self.session.add(tenant)
+        await self.session.flush()
+
+    async def plan_codes(self, plan_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+        if not plan_ids:
+            return {}
+        rows = await self.session.execute(select(Plan.id, Plan.code).where(Plan.id.in_(plan_ids)))
+        return {plan_id: code for plan_id, code in rows}
+
+    async def get_plan(self, code: str | None) -> Plan | None:
+        statement = select(Plan).where(Plan.code == code if code else Plan.is_default.is_(True))
+        return (await self.session.scalars(statement)).first()
+
+    async def get_homeserver(self, tenant_id: uuid.UUID) -> Homeserver | None:
+        statement = select(Homeserver).where(Homeserver.tenant_id == tenant_id)
+        return (await self.session.scalars(statement)).first()

@@ -1,0 +1,118 @@
+"""Request and response bodies of /v1/tenants."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from platform_core.models import TenantStatus
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]$")
+RESERVED_SLUGS = frozenset(
+    {
+        "admin",
+        "api",
+        "app",
+        "apps",
+        "auth",
+        "billing",
+        "c3",
+        "cdn",
+        "console",
+        "dashboard",
+        "docs",
+        "ftp",
+        "help",
+        "identity",
+        "internal",
+        "localhost",
+        "mail",
+        "matrix",
+        "media",
+        "metrics",
+        "ns1",
+        "ns2",
+        "operator",
+        "portal",
+        "proxy",
+        "root",
+        "smtp",
+        "sso",
+        "static",
+        "status",
+        "support",
+        "synapse",
+        "system",
+        "turn",
+        "www",
+    }
+)
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slug: str = Field(
+        description="DNS label (3–63 chars: a-z, 0-9, '-'); the tenant's homeserver is "
+        "<slug>.<base domain>. Cannot change later.",
+        examples=["acme"],
+    )
+    display_name: str = Field(min_length=1, max_length=200, examples=["Acme Corp"])
+    plan: str | None = Field(default=None, description="Plan code; the default plan if omitted")
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG_RE.fullmatch(value):
+            raise ValueError(
+                "must be a DNS label: 3-63 characters, lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit"
+            )
+        if "--" in value[2:4]:
+            raise ValueError("must not have '--' in positions 3-4 (reserved for IDNA)")
+        if value in RESERVED_SLUGS:
+            raise ValueError(f"'{value}' is reserved")
+        return value
+
+    @field_validator("display_name")
+    @classmethod
+    def _display_name(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        if any(ord(ch) < 32 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+class OperationRef(BaseModel):
+    id: uuid.UUID
+    url: str
+
+
+class TenantOut(BaseModel):
+    id: uuid.UUID
+    slug: str
+    display_name: str
+    server_name: str
+    status: TenantStatus
+    plan: str
+    homeserver_url: str = Field(description="Base URL Matrix clients use (through the proxy)")
+    homeserver_path_url: str = Field(description="Same homeserver under the proxy's /t/<slug>")
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+
+class TenantAccepted(TenantOut):
+    operation: OperationRef
+
+
+class TenantPage(BaseModel):
+    items: list[TenantOut]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end"
+    )

@@ -1,0 +1,105 @@
+"""Tenant rules: creation, listing, deletion. Never commits — the endpoint does."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+
+from platform_core.errors import Conflict, InvalidRequest
+from platform_core.models import Operation, OperationKind, Tenant, TenantStatus
+from platform_core.settings import Settings
+from tenant_api.operations.repository import OperationRepository
+from tenant_api.tenants.repository import TenantRepository
+from tenant_api.tenants.schemas import TenantCreate, TenantOut
+
+
+def server_name_for(slug: str, settings: Settings) -> str:
+    return f"{slug}.{settings.base_domain}"
+
+
+def to_out(tenant: Tenant, plan_code: str, settings: Settings) -> TenantOut:
+    public = settings.effective_proxy_public_url
+    scheme, _, hostport = public.partition("://")
+    port = hostport.rsplit(":", 1)[1] if ":" in hostport.split("/")[0] else ""
+    default_port = {"http": "80", "https": "443"}.get(scheme)
+    host_url = f"{scheme}://{tenant.server_name}" + (
+        f":{port}" if port and port != default_port else ""
+    )
+    return TenantOut(
+        id=tenant.id,
+        slug=tenant.slug,
+        display_name=tenant.display_name,
+        server_name=tenant.server_name,
+        status=tenant.status,
+        plan=plan_code,
+        homeserver_url=host_url,
+        homeserver_path_url=f"{public}/t/{tenant.slug}",
+        created_at=tenant.created_at,
+        updated_at=tenant.updated_at,
+        deleted_at=tenant.deleted_at,
+    )
+
+
+async def create_tenant(
+    tenants: TenantRepository,
+    operations: OperationRepository,
+    body: TenantCreate,
+    settings: Settings,
+) -> tuple[Tenant, str, Operation]:
+    plan = await tenants.get_plan(body.plan)
+    if plan is None:
+        raise InvalidRequest(
+            f"plan: no plan with code '{body.plan}'"
+            if body.plan
+            else "no default plan exists; run `c3 migrate`"
+        )
+    if await tenants.get_by_slug(body.slug) is not None:
+        raise Conflict(f"a tenant with slug '{body.slug}' already exists")
+    server_name = server_name_for(body.slug, settings)
+    if await tenants.get_by_server_name(server_name) is not None:
+        raise Conflict(f"server name '{server_name}' is already taken")
+    tenant = Tenant(
+        slug=body.slug,
+        display_name=body.display_name,
+        server_name=server_name,
+        status=TenantStatus.PROVISIONING,
+        plan_id=plan.id,
+    )
+    try:
+        await tenants.add(tenant)
+    except IntegrityError as exc:  # a concurrent request took the slug first
+        raise Conflict(f"a tenant with slug '{body.slug}' already exists") from exc
+    operation = await operations.start(tenant.id, OperationKind.PROVISION)
+    return tenant, plan.code, operation
+
+
+async def delete_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:
+    if tenant.status is TenantStatus.DELETED:
+        raise Conflict("tenant is already deleted")
+    existing = await operations.unfinished_for(tenant.id, OperationKind.DEPROVISION)
+    if existing is not None:
+        return existing  # DELETE is idempotent: the deletion under way
+    tenant.status = TenantStatus.DELETING
+    return await operations.start(tenant.id, OperationKind.DEPROVISION)
+
+
+def encode_cursor(tenant: Tenant) -> str:
+    raw = json.dumps([tenant.created_at.isoformat(), str(tenant.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, tenant_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        parsed = datetime.fromisoformat(created_at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive")
+        return parsed, uuid.UUID(tenant_id)
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+        raise InvalidRequest("cursor: not a cursor this API returned") from exc

@@ -1,0 +1,99 @@
+"""The usage consumer: applies proxy usage batches from the Redis Stream to the ledger.
+
+Entries are read through a consumer group, each applied in its own transaction together with
+its batch id, and acknowledged (then deleted) only after commit. Entries a crashed consumer
+left pending are claimed back after ``RECLAIM_IDLE_MS``. Re-applying a batch is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from functools import lru_cache
+
+import redis
+
+from platform_core.celery import TaskNames, celery_app
+from platform_core.db import task_session
+from platform_core.redis import RedisKeys, keys_for
+from platform_core.settings import get_settings
+from tenant_api.usage.service import apply_batch
+
+log = logging.getLogger(__name__)
+app = celery_app()
+
+READ_COUNT = 500
+RECLAIM_IDLE_MS = 30_000
+TIME_BUDGET_S = 5.0
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(get_settings().require_redis_url())
+
+
+def ensure_group(client: redis.Redis, keys: RedisKeys) -> None:
+    try:
+        client.xgroup_create(keys.usage_stream, keys.usage_group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def drain_usage_stream(
+    client: redis.Redis, keys: RedisKeys, consumer: str, *, time_budget_s: float = TIME_BUDGET_S
+) -> dict[str, int]:
+    """Apply every available batch (pending-reclaimed first); returns counts."""
+    ensure_group(client, keys)
+    report = {"applied": 0, "duplicates": 0, "reclaimed": 0}
+    # Redis 6.2 answers [cursor, entries], Redis 7 adds a third element (deleted ids).
+    claimed = client.xautoclaim(
+        keys.usage_stream,
+        keys.usage_group,
+        consumer,
+        min_idle_time=RECLAIM_IDLE_MS,
+        count=READ_COUNT,
+    )[1]
+    report["reclaimed"] = len(claimed)
+    _apply_entries(client, keys, claimed, report)
+    # Our own pending entries (we died between commit and ack last time) before new ones.
+    own = client.xreadgroup(keys.usage_group, consumer, {keys.usage_stream: "0"}, count=READ_COUNT)
+    if own:
+        _apply_entries(client, keys, own[0][1], report)
+    deadline = time.monotonic() + time_budget_s
+    while time.monotonic() < deadline:
+        response = client.xreadgroup(
+            keys.usage_group, consumer, {keys.usage_stream: ">"}, count=READ_COUNT
+        )
+        if not response:
+            break
+        entries = response[0][1]
+        if not entries:
+            break
+        _apply_entries(client, keys, entries, report)
+    return report
+
+
+def _apply_entries(client: redis.Redis, keys: RedisKeys, entries, report: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
+    for entry_id, fields in entries:
+        if not fields:  # deleted while pending
+            client.xack(keys.usage_stream, keys.usage_group, entry_id)
+            continue
+        batch_id = fields[b"batch_id"].decode()
+        source = fields.get(b"source", b"?").decode()
+        with task_session() as session:
+            applied = apply_batch(session, batch_id, source, fields[b"payload"].decode())
+        # Only after commit: a crash here leaves the entry pending, and re-applying is a no-op.
+        pipe = client.pipeline()
+        pipe.xack(keys.usage_stream, keys.usage_group, entry_id)
+        pipe.xdel(keys.usage_stream, entry_id)
+        pipe.execute()
+        report["applied" if applied else "duplicates"] += 1
+
+
+@app.task(name=TaskNames.APPLY_USAGE_BATCHES, acks_late=True, ignore_result=True)
+def apply_usage_batches() -> dict[str, int]:
+    consumer = f"{socket.gethostname()}:{os.getpid()}"
+    return drain_usage_stream(_redis(), keys_for(get_settings()), consumer)

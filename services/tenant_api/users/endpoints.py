@@ -1,0 +1,34 @@
+"""/v1/tenants/{id}/users: Matrix accounts on the tenant's homeserver."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from platform_core.crypto import SecretBox
+from platform_core.errors import NotFound
+from tenant_api.deps import OperatorDep, SessionDep, SettingsDep
+from tenant_api.tenants.repository import TenantRepository
+from tenant_api.users import service
+from tenant_api.users.schemas import HomeserverUserCreate, HomeserverUserOut
+
+router = APIRouter(prefix="/v1/tenants/{tenant_id}/users", tags=["users"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=HomeserverUserOut)
+async def create_user(
+    tenant_id: uuid.UUID,
+    body: HomeserverUserCreate,
+    session: SessionDep,
+    principal: OperatorDep,
+    settings: SettingsDep,
+) -> HomeserverUserOut:
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get(tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    homeserver = await tenants.get_homeserver(tenant_id)
+    return await service.create_user(
+        tenant, homeserver, body, SecretBox(settings.require_secret_key())
+    )

@@ -1,0 +1,36 @@
+"""Request and response bodies of /v1/tenants/{id}/users."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Matrix user-id localparts (spec: historical grammar minus uppercase).
+LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]{1,200}$")
+RESERVED_LOCALPARTS = frozenset({"c3-admin"})
+
+
+class HomeserverUserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(description="Matrix localpart: a-z, 0-9 and ._=-/+", examples=["alice"])
+    password: str = Field(min_length=8, max_length=512, repr=False)
+    displayname: str | None = Field(default=None, max_length=256)
+    admin: bool = Field(default=False, description="Make the user a homeserver admin")
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if not LOCALPART_RE.fullmatch(value):
+            raise ValueError("must be 1-200 characters of a-z, 0-9 and . _ = - / +")
+        if value in RESERVED_LOCALPARTS:
+            raise ValueError(f"'{value}' is reserved for the platform")
+        return value
+
+
+class HomeserverUserOut(BaseModel):
+    user_id: str
+    username: str
+    displayname: str | None
+    admin: bool
