@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from platform_core.db import make_sync_engine
 from platform_core.models import Base
 from platform_core.settings import get_settings

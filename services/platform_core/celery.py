@@ -19,28 +19,29 @@ class TaskNames:
 TASK_MODULES = ["provisioner.tasks", "tenant_api.usage.tasks"]
 
 
-@lru_cache(maxsize=1)
-def celery_app() -> Celery:
+def _config() -> dict[str, object]:
+    """Celery configuration from C3 settings, read only when Celery first needs it (so task
+    modules import without a configured broker, e.g. in tests and tools)."""
     settings = get_settings()
-    broker = settings.require_redis_url()
-    app = Celery("c3", broker=broker, include=TASK_MODULES)
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_default_queue=f"{settings.redis_namespace}.default",
-        broker_transport_options={
+    return {
+        "broker_url": settings.require_redis_url(),
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": f"{settings.redis_namespace}.default",
+        "broker_transport_options": {
             # Longer than any task's hard time limit, so a running task is never redelivered.
             "visibility_timeout": 3600,
             "global_keyprefix": f"{settings.redis_namespace}:celery:",
         },
-        broker_connection_retry_on_startup=True,
-        task_time_limit=900,
-        task_soft_time_limit=840,
-        timezone="UTC",
-        enable_utc=True,
-        worker_hijack_root_logger=False,
-        beat_schedule={
+        "broker_connection_retry_on_startup": True,
+        "task_time_limit": 900,
+        "task_soft_time_limit": 840,
+        "task_ignore_result": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
             "apply-usage-batches": {
                 "task": TaskNames.APPLY_USAGE_BATCHES,
                 "schedule": settings.usage_flush_interval_s,
@@ -52,7 +53,13 @@ def celery_app() -> Celery:
                 "options": {"expires": settings.reconcile_interval_s},
             },
         },
-    )
+    }
+
+
+@lru_cache(maxsize=1)
+def celery_app() -> Celery:
+    app = Celery("c3", include=TASK_MODULES)
+    app.add_defaults(_config)
     return app
 
 

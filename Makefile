@@ -1,0 +1,30 @@
+# C3 developer commands. `make up` runs the platform locally; `make test` runs the suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install up test check bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "C3 needs Python 3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+up: install
+	$(BIN)/c3 up
+
+test: install
+	$(BIN)/pytest
+
+check: install
+	scripts/check
+
+bench: install
+	$(BIN)/python benchmarks/proxy_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,75 @@
+"""The path guard: what may reach a tenant's homeserver, whatever the encoding."""
+
+from __future__ import annotations
+
+import pytest
+
+from homeserver_proxy.guard import Verdict, classify
+
+FORWARDED = [
+    "/_matrix/client/versions",
+    "/_matrix/client/v3/sync",
+    "/_matrix/client/v3/rooms/%21abc%3Aacme.c3.test/send/m.room.message/txn1",
+    "/_matrix/media/v3/upload",
+    "/_matrix/client/v1/media/download/acme.c3.test/abcdef",
+    "/_synapse/client/password_reset/email/submit_token",
+]
+
+ADMIN_TRICKS = [
+    "/_synapse/admin/v1/server_version",
+    "/_synapse/%61dmin/v1/server_version",
+    "/_synapse/%2561dmin/v1/server_version",  # double encoding
+    "/_SYNAPSE/ADMIN/v1/server_version",
+    "/_Synapse/Admin/v1/server_version",
+    "//_synapse/admin/v1/server_version",
+    "/_synapse//admin/v1/server_version",
+    "/_synapse/admin;x=1/v1/server_version",
+    "/_synapse%2fadmin/v1/server_version",
+    "/%5fsynapse/admin/v1/server_version",
+]
+
+MALFORMED = [
+    "/_matrix/../_synapse/admin/v1/server_version",
+    "/_matrix/client/../../_synapse/admin",
+    "/_matrix/client/%2e%2e/%2e%2e/_synapse/admin",
+    "/_matrix/client/%252e%252e/x",
+    "/_matrix/client/./versions",
+    "/_matrix/client/..;/_synapse/admin",
+    "/_matrix/client/v3/%00",
+    "/_matrix/client/v3/a%5cb",
+    "/_matrix/client/%252525252561",  # more encoding layers than anyone needs
+    "_matrix/client/versions",
+]
+
+
+@pytest.mark.parametrize("path", FORWARDED)
+def test_client_and_media_paths_are_forwarded(path: str) -> None:
+    assert classify(path) is Verdict.FORWARD
+
+
+@pytest.mark.parametrize("path", ADMIN_TRICKS)
+def test_admin_api_is_never_forwarded(path: str) -> None:
+    assert classify(path) is not Verdict.FORWARD
+
+
+@pytest.mark.parametrize("path", MALFORMED)
+def test_dot_segments_and_control_bytes_are_refused(path: str) -> None:
+    assert classify(path) is Verdict.MALFORMED
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/index.html", "/_matrix/federation/v1/send/1", "/_matrix/key/v2/server", "/metrics"],
+)
+def test_everything_outside_the_client_surface_is_not_served(path: str) -> None:
+    assert classify(path) is Verdict.NOT_SERVED
+
+
+def test_prefix_must_be_literal_in_the_forwarded_path() -> None:
+    # Canonically a client path, but what would be forwarded is the encoded form.
+    assert classify("/_matrix/%63lient/versions") is Verdict.NOT_SERVED
+
+
+def test_well_known_is_answered_by_the_proxy() -> None:
+    assert classify("/.well-known/matrix/client") is Verdict.WELL_KNOWN_CLIENT
+    assert classify("/.well-known/matrix/server") is Verdict.WELL_KNOWN_SERVER

@@ -1,0 +1,133 @@
+"""Running the real platform for end-to-end tests: `c3 up` as a child process, plus helpers
+that poll with deadlines (never sleep-and-hope)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from c3.local_run import free_port
+
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
+    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class RunningPlatform:
+    process: subprocess.Popen[bytes]
+    api_url: str
+    proxy_url: str
+    data_dir: Path
+    token: str
+    log_path: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, headers=self.headers, timeout=30)
+
+    def create_tenant(self, slug: str, *, timeout: float = 60) -> dict[str, Any]:
+        """POST a tenant and wait until it is active; returns the tenant as the API shows it."""
+        with self.api() as api:
+            response = api.post("/v1/tenants", json={"slug": slug, "display_name": slug.title()})
+            assert response.status_code == 202, response.text
+            tenant_id = response.json()["id"]
+
+            def active() -> dict[str, Any] | None:
+                tenant = api.get(f"/v1/tenants/{tenant_id}").json()
+                assert tenant["status"] in ("provisioning", "active"), tenant
+                return tenant if tenant["status"] == "active" else None
+
+            return poll(active, timeout=timeout, what=f"tenant {slug} to become active")
+
+    def create_user(self, tenant_id: str, username: str, password: str) -> str:
+        with self.api() as api:
+            response = api.post(
+                f"/v1/tenants/{tenant_id}/users", json={"username": username, "password": password}
+            )
+            assert response.status_code == 201, response.text
+            return str(response.json()["user_id"])
+
+    def homeserver_dir(self, tenant_id: str) -> Path:
+        return self.data_dir / "homeservers" / tenant_id
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+    def log_tail(self, lines: int = 40) -> str:
+        out = [self.log_path.read_text(errors="replace")] if self.log_path.exists() else []
+        for child in sorted((self.data_dir / "logs").glob("*.log")):
+            out.append(f"--- {child.name}\n" + child.read_text(errors="replace"))
+        return "\n".join("\n".join(text.splitlines()[-lines:]) for text in out)
+
+
+def start_platform(env_overrides: dict[str, str], data_dir: Path, token: str) -> RunningPlatform:
+    api_port, proxy_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("C3_")}
+    env.update(env_overrides)
+    env.update(
+        {
+            "C3_DATA_DIR": str(data_dir),
+            "C3_API_PORT": str(api_port),
+            "C3_PROXY_PORT": str(proxy_port),
+            "C3_OPERATOR_TOKEN": token,
+        }
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "c3-up.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0  # earlier runs' output
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "c3", "up"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    running = RunningPlatform(
+        process=process,
+        api_url=f"http://127.0.0.1:{api_port}",
+        proxy_url=f"http://127.0.0.1:{proxy_port}",
+        data_dir=data_dir,
+        token=token,
+        log_path=log_path,
+    )
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError("c3 up exited at start:\n" + running.log_tail())
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            return b"C3 is running" in log.read()
+
+    poll(ready, timeout=120, what="c3 up to report it is running")
+    return running

@@ -1,0 +1,251 @@
+"""End to end: REST API -> Celery worker -> real Synapse -> proxy -> matrix-nio, and back to
+usage. Runs the real `c3 up` against the test PostgreSQL/SQLite and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from pathlib import Path
+
+import aiohttp
+import httpx
+import nio
+import psutil
+import pytest
+
+from tests.platform import RunningPlatform, poll
+
+pytestmark = pytest.mark.e2e
+
+
+def synapse_processes(config: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(config) in (proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+async def login(base_url: str, user_id: str, password: str) -> nio.AsyncClient:
+    client = nio.AsyncClient(base_url, user_id)
+    response = await client.login(password)
+    assert isinstance(response, nio.LoginResponse), response
+    return client
+
+
+def usage_of(platform: RunningPlatform, tenant_id: str) -> dict[str, int]:
+    with platform.api() as api:
+        response = api.get(f"/v1/tenants/{tenant_id}/usage")
+        assert response.status_code == 200, response.text
+        return response.json()["totals"]
+
+
+async def test_tenant_lifecycle_with_real_client(platform: RunningPlatform) -> None:
+    tenant = platform.create_tenant("acme")
+    assert tenant["server_name"] == "acme.c3.test"
+    tenant_id = tenant["id"]
+    alice = platform.create_user(tenant_id, "alice", "alice-secret-1")
+    bob = platform.create_user(tenant_id, "bob", "bob-secret-12")
+    assert alice == "@alice:acme.c3.test"
+
+    base_url = f"{platform.proxy_url}/t/acme"
+    alice_client = await login(base_url, alice, "alice-secret-1")
+    bob_client = await login(base_url, bob, "bob-secret-12")
+    try:
+        room = await alice_client.room_create(name="deals", invite=[bob])
+        assert isinstance(room, nio.RoomCreateResponse), room
+        joined = await bob_client.join(room.room_id)
+        assert isinstance(joined, nio.JoinResponse), joined
+
+        sent_ids = []
+        for n in range(5):
+            content = {"msgtype": "m.text", "body": f"message {n}"}
+            first = await alice_client.room_send(
+                room.room_id, "m.room.message", content, tx_id=f"tx{n}"
+            )
+            assert isinstance(first, nio.RoomSendResponse), first
+            sent_ids.append(first.event_id)
+            if n == 2:  # the client retries: same txnId, same event, billed once
+                retry = await alice_client.room_send(
+                    room.room_id, "m.room.message", content, tx_id=f"tx{n}"
+                )
+                assert isinstance(retry, nio.RoomSendResponse), retry
+                assert retry.event_id == first.event_id
+
+        seen: dict[str, str] = {}
+
+        async def read_back() -> None:
+            since = None
+            while len(seen) < 5:
+                response = await bob_client.sync(timeout=5000, since=since)
+                assert isinstance(response, nio.SyncResponse), response
+                since = response.next_batch
+                timeline = response.rooms.join.get(room.room_id)
+                for event in timeline.timeline.events if timeline else []:
+                    if isinstance(event, nio.RoomMessageText):
+                        seen[event.event_id] = event.body
+
+        await asyncio.wait_for(read_back(), timeout=60)
+        assert sorted(seen) == sorted(sent_ids)
+        assert sorted(seen.values()) == [f"message {n}" for n in range(5)]
+
+        payload = b"quarterly numbers\n" * 2000
+        upload, _ = await alice_client.upload(
+            io.BytesIO(payload), content_type="text/plain", filename="q3.txt", filesize=len(payload)
+        )
+        assert isinstance(upload, nio.UploadResponse), upload
+        download = await bob_client.download(upload.content_uri)
+        assert isinstance(download, nio.MemoryDownloadResponse), download
+        assert download.body == payload
+    finally:
+        await alice_client.close()
+        await bob_client.close()
+
+    totals = poll(
+        lambda: (t := usage_of(platform, tenant_id))["messages"] >= 5 and t,
+        timeout=30,
+        what="usage to show the 5 messages",
+    )
+    assert totals["messages"] == 5
+    assert totals["api_requests"] > 10
+    assert totals["bytes_in"] > len(payload)
+    assert totals["bytes_out"] > len(payload)
+
+    # Delete: the route goes, the homeserver stops, the data is archived.
+    config = platform.homeserver_dir(tenant_id) / "homeserver.yaml"
+    assert synapse_processes(config), "the tenant's Synapse should run before deletion"
+    with platform.api() as api:
+        response = api.delete(f"/v1/tenants/{tenant_id}")
+        assert response.status_code == 202, response.text
+        operation_url = response.json()["operation"]["url"]
+        poll(
+            lambda: api.get(f"/v1/tenants/{tenant_id}").json()["status"] == "deleted",
+            timeout=60,
+            what="tenant to be deleted",
+        )
+        operation = api.get(operation_url).json()
+        assert operation["state"] == "succeeded", operation
+
+    def proxy_refuses() -> dict | None:
+        answer = httpx.get(f"{base_url}/_matrix/client/versions")
+        return answer.json() if answer.status_code == 404 else None
+
+    error = poll(proxy_refuses, timeout=15, what="the proxy to stop routing the deleted tenant")
+    assert error["errcode"] == "M_NOT_FOUND"
+    assert synapse_processes(config) == []
+    archives = list((platform.data_dir / "archive").glob(f"{tenant_id}-*.tar.gz"))
+    assert len(archives) == 1 and archives[0].stat().st_size > 0
+
+
+async def test_tenants_are_isolated(platform: RunningPlatform) -> None:
+    a = platform.create_tenant("globex")
+    b = platform.create_tenant("initech")
+    platform.create_user(a["id"], "hank", "hank-secret-1")
+    platform.create_user(b["id"], "peter", "peter-secret-1")
+    proxy_host = platform.proxy_url.removeprefix("http://")
+    port = proxy_host.split(":")[1]
+
+    # Route by Host header: the way a real deployment reaches tenants.
+    async with aiohttp.ClientSession() as http:
+        login = await http.post(
+            f"{platform.proxy_url}/_matrix/client/v3/login",
+            headers={"Host": f"globex.c3.test:{port}"},
+            json={
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "hank"},
+                "password": "hank-secret-1",
+            },
+        )
+        assert login.status == 200, await login.text()
+        token = (await login.json())["access_token"]
+        marker = uuid.uuid4().hex
+
+        async def whoami(host: str) -> tuple[int, dict]:
+            response = await http.get(
+                f"{platform.proxy_url}/_matrix/client/v3/account/whoami?marker={marker}",
+                headers={"Host": host, "Authorization": f"Bearer {token}"},
+            )
+            return response.status, await response.json()
+
+        status, body = await whoami(f"globex.c3.test:{port}")
+        assert status == 200 and body["user_id"] == "@hank:globex.c3.test"
+        status, body = await whoami(f"initech.c3.test:{port}")
+        assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN"
+
+    # Each request went to the homeserver its Host named, and nowhere else: A's login and
+    # whoami reached A; B saw only the one request we deliberately sent it (and refused).
+    a_log = access_log(platform, a["id"])
+    b_log = access_log(platform, b["id"])
+    assert sum(marker in line and " 200 " in line for line in a_log) == 1
+    assert sum(marker in line for line in b_log) == 1
+    assert sum(marker in line and " 401 " in line for line in b_log) == 1
+    assert any("/_matrix/client/v3/login" in line for line in a_log)
+    assert not any("/_matrix/client/v3/login" in line for line in b_log)
+
+
+def access_log(platform: RunningPlatform, tenant_id: str) -> list[str]:
+    """The homeserver's access-log lines (one per request it processed)."""
+    text = (platform.homeserver_dir(tenant_id) / "homeserver.log").read_text()
+    return [line for line in text.splitlines() if " - synapse.access." in line]
+
+
+async def test_parked_long_polls_do_not_starve_other_traffic(platform: RunningPlatform) -> None:
+    tenant = platform.create_tenant("umbrella")
+    platform.create_user(tenant["id"], "carol", "carol-secret-1")
+    platform.create_user(tenant["id"], "dave", "dave-secret-12")
+    base_url = f"{platform.proxy_url}/t/umbrella"
+    carol = await login(base_url, "@carol:umbrella.c3.test", "carol-secret-1")
+    dave = await login(base_url, "@dave:umbrella.c3.test", "dave-secret-12")
+    room = await carol.room_create(name="ops", invite=["@dave:umbrella.c3.test"])
+    assert isinstance(room, nio.RoomCreateResponse), room
+    assert isinstance(await dave.join(room.room_id), nio.JoinResponse)
+    first = await dave.sync(timeout=0)
+    assert isinstance(first, nio.SyncResponse), first
+
+    upstream_port = int(tenant_port(platform, tenant["id"]))
+    parked = 300
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        url = f"{base_url}/_matrix/client/v3/sync?timeout=30000&since={first.next_batch}"
+        headers = {"Authorization": f"Bearer {dave.access_token}"}
+
+        async def long_poll() -> int:
+            async with http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=90)) as r:
+                await r.read()
+                return r.status
+
+        polls = [asyncio.create_task(long_poll()) for _ in range(parked)]
+
+        def upstream_connections() -> int:
+            return sum(
+                1
+                for c in psutil.net_connections(kind="tcp")
+                if c.raddr and c.raddr.port == upstream_port and c.status == "ESTABLISHED"
+            )
+
+        await asyncio.to_thread(
+            poll,
+            lambda: upstream_connections() >= parked,
+            timeout=60,
+            what=f"{parked} long-polls parked at the homeserver",
+        )
+        assert not any(p.done() for p in polls), "long-polls returned before anything happened"
+
+        # An unrelated send while they are parked must go through at once.
+        send = await asyncio.wait_for(
+            carol.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": "ping"}),
+            timeout=10,
+        )
+        assert isinstance(send, nio.RoomSendResponse), send
+        statuses = await asyncio.wait_for(asyncio.gather(*polls), timeout=90)
+    assert statuses == [200] * parked
+    await carol.close()
+    await dave.close()
+
+
+def tenant_port(platform: RunningPlatform, tenant_id: str) -> str:
+    import yaml
+
+    config = yaml.safe_load((platform.homeserver_dir(tenant_id) / "homeserver.yaml").read_text())
+    return str(config["listeners"][0]["port"])
