@@ -249,3 +249,87 @@ def tenant_port(platform: RunningPlatform, tenant_id: str) -> str:
 
     config = yaml.safe_load((platform.homeserver_dir(tenant_id) / "homeserver.yaml").read_text())
     return str(config["listeners"][0]["port"])
+
+
+def raw_request(proxy_url: str, request: bytes) -> tuple[int, bytes]:
+    """Send bytes as-is (for what HTTP clients refuse to send) and read the status line."""
+    import socket
+
+    host, port = proxy_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            ),
+            0,
+        )
+        while len(body) < length:
+            body += sock.recv(65536)
+    return int(head.split(b" ")[1]), body
+
+
+def test_proxy_edges_against_a_real_homeserver(platform: RunningPlatform) -> None:
+    tenant = platform.create_tenant("hooli")
+    port = platform.proxy_url.rsplit(":", 1)[1]
+    host = f"hooli.c3.test:{port}"
+
+    with httpx.Client(base_url=platform.proxy_url, timeout=10) as http:
+        unknown_host = http.get("/_matrix/client/versions", headers={"Host": "nobody.c3.test"})
+        assert unknown_host.status_code == 421
+        assert unknown_host.json()["errcode"] == "M_UNRECOGNIZED"
+        unknown_slug = http.get("/t/nobody/_matrix/client/versions")
+        assert unknown_slug.status_code == 404 and unknown_slug.json()["errcode"] == "M_NOT_FOUND"
+
+        well_known = http.get("/.well-known/matrix/client", headers={"Host": host})
+        assert well_known.json() == {"m.homeserver": {"base_url": f"http://{host}"}}
+        by_path = http.get("/t/hooli/.well-known/matrix/client").json()
+        assert by_path == {"m.homeserver": {"base_url": f"{platform.proxy_url}/t/hooli"}}
+
+        for path in (
+            "/_synapse/admin/v1/server_version",
+            "/_synapse/%61dmin/v1/server_version",
+            "/_matrix/client/../../_synapse/admin/v1/server_version",
+            "/_matrix/client/%2e%2e/%2e%2e/_synapse/admin/v1/server_version",
+            "//_synapse/admin/v1/server_version",
+            "/_SYNAPSE/admin/v1/server_version",
+        ):
+            for prefix, headers in (("", {"Host": host}), ("/t/hooli", {})):
+                status, body = raw_request(
+                    platform.proxy_url,
+                    f"GET {prefix}{path} HTTP/1.1\r\nHost: {headers.get('Host', 'x')}\r\n"
+                    "Connection: close\r\n\r\n".encode(),
+                )
+                assert status in (400, 404), (path, status)
+                assert b"M_UNRECOGNIZED" in body
+
+        spoofed = http.get(
+            "/t/hooli/_matrix/client/versions?xff-probe=1",
+            headers={"X-Forwarded-For": "203.0.113.9"},
+        )
+        assert spoofed.status_code == 200
+
+    # Oversized body: refused from the declared length, before anything goes upstream.
+    status, body = raw_request(
+        platform.proxy_url,
+        b"POST /t/hooli/_matrix/media/v3/upload HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: 600000000\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert status == 413 and b"M_TOO_LARGE" in body
+
+    log = access_log(platform, tenant["id"])
+    # (The platform's own admin registration at provisioning is direct, not through the proxy.)
+    assert not any("server_version" in line for line in log), "an admin request got through"
+    assert not any("/upload" in line for line in log)
+    [probe] = [line for line in log if "xff-probe" in line]
+    assert "203.0.113.9" not in probe  # the proxy overwrote the spoofed client address
