@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 
 from homeserver_proxy import errors
-from homeserver_proxy.asgi import Receive, Scope, Send
+from homeserver_proxy.asgi import Message, Receive, Scope, Send
 from homeserver_proxy.forwarding import Forwarder
 from homeserver_proxy.guard import Verdict, classify
 from homeserver_proxy.metering import UsageFlusher, UsageMeter
@@ -65,7 +65,7 @@ class ProxyApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
-        async def tracking_send(message: dict) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True

@@ -19,7 +19,7 @@ import aiohttp
 from yarl import URL
 
 from homeserver_proxy import errors
-from homeserver_proxy.asgi import Receive, Send
+from homeserver_proxy.asgi import Receive, Scope, Send
 
 HOP_BY_HOP = frozenset(
     {
@@ -110,7 +110,7 @@ class Forwarder:
 
     async def forward(
         self,
-        scope: dict,
+        scope: Scope,
         receive: Receive,
         send: Send,
         *,

@@ -14,14 +14,17 @@ import uuid
 from collections.abc import Callable
 
 from celery import Task
+from sqlalchemy.orm import Session
 
 from platform_core.celery import TaskNames, celery_app
 from platform_core.db import task_session
 from platform_core.errors import PermanentError
 from platform_core.models import (
+    Homeserver,
     HomeserverDesiredState,
     OperationKind,
     OperationState,
+    Tenant,
     TenantStatus,
     utcnow,
 )
@@ -149,16 +152,12 @@ def provision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
     lease.renew()
 
     with task_session() as session:
-        tenant = repository.get_tenant(session, target_tenant_id(target))
-        hs = repository.get_homeserver(session, tenant.id) if tenant else None
-        assert tenant is not None and hs is not None
+        tenant, hs = _tenant_and_homeserver(session, uuid.UUID(target.tenant_id))
         steps.ensure_admin(ctx, tenant, hs, target)
     _record_step(op_id, "admin-registered")
 
     with task_session() as session:
-        tenant = repository.get_tenant(session, target_tenant_id(target))
-        hs = repository.get_homeserver(session, tenant.id) if tenant else None
-        assert tenant is not None and hs is not None
+        tenant, hs = _tenant_and_homeserver(session, uuid.UUID(target.tenant_id))
         if tenant.status in (TenantStatus.DELETING, TenantStatus.DELETED):
             raise Superseded("tenant was deleted before provisioning finished")
         hs.upstream_url = ctx.backend.upstream_url(target)
@@ -167,8 +166,12 @@ def provision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
     _record_step(op_id, "route-published")
 
 
-def target_tenant_id(target: steps.HomeserverTarget) -> uuid.UUID:
-    return uuid.UUID(target.tenant_id)
+def _tenant_and_homeserver(session: Session, tenant_id: uuid.UUID) -> tuple[Tenant, Homeserver]:
+    tenant = repository.get_tenant(session, tenant_id)
+    hs = repository.get_homeserver(session, tenant_id)
+    if tenant is None or hs is None:
+        raise PermanentError(f"tenant {tenant_id} or its homeserver record disappeared")
+    return tenant, hs
 
 
 # Deprovision --------------------------------------------------------------------------

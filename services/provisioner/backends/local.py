@@ -136,7 +136,7 @@ class LocalBackend(Backend):
         return str(final)
 
     def stop_all(self) -> list[str]:
-        stopped = []
+        stopped: list[str] = []
         if not self.root.exists():
             return stopped
         for directory in sorted(self.root.iterdir()):

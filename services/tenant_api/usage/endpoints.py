@@ -35,4 +35,6 @@ async def get_usage(
         raise NotFound(f"tenant {tenant_id} not found")
     found = await repository.totals(session, tenant_id, from_, to)
     totals = {meter.value: found.get(meter.value, 0) for meter in Meter}
-    return UsageOut(tenant_id=tenant_id, from_=from_, to=to, totals=totals)
+    return UsageOut.model_validate(
+        {"tenant_id": tenant_id, "from": from_, "to": to, "totals": totals}
+    )

@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -35,7 +36,7 @@ def apply_batch(session: Session, batch_id: str, source: str, payload_json: str)
     ts = float(payload["ts"])
     at = datetime.fromtimestamp(ts, UTC)
     period = hour_of(ts)
-    per_tenant: dict[str, dict[str, object]] = payload.get("tenants", {})
+    per_tenant: dict[str, dict[str, Any]] = payload.get("tenants", {})
     wanted = {uuid.UUID(t) for t in per_tenant}
     known = repository.existing_tenant_ids(session, wanted)
     deltas: dict[tuple[uuid.UUID, str, datetime], int] = defaultdict(int)
@@ -47,8 +48,8 @@ def apply_batch(session: Session, batch_id: str, source: str, payload_json: str)
             )
             continue
         for meter in COUNTED_METERS:
-            deltas[(tenant_id, meter.value, period)] += int(usage.get(meter.value, 0))  # type: ignore[union-attr]
-        event_ids = [str(e) for e in usage.get("messages", [])]  # type: ignore[union-attr]
+            deltas[(tenant_id, meter.value, period)] += int(usage.get(meter.value, 0))
+        event_ids = [str(e) for e in usage.get("messages", [])]
         new = repository.add_billable_events(
             session, tenant_id, Meter.MESSAGES.value, event_ids, at
         )

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from functools import lru_cache
+from typing import Any
 
 import redis
 
@@ -49,7 +50,7 @@ def drain_usage_stream(
     ensure_group(client, keys)
     report = {"applied": 0, "duplicates": 0, "reclaimed": 0}
     # Redis 6.2 answers [cursor, entries], Redis 7 adds a third element (deleted ids).
-    claimed = client.xautoclaim(
+    claimed: Any = client.xautoclaim(
         keys.usage_stream,
         keys.usage_group,
         consumer,
@@ -59,12 +60,14 @@ def drain_usage_stream(
     report["reclaimed"] = len(claimed)
     _apply_entries(client, keys, claimed, report)
     # Our own pending entries (we died between commit and ack last time) before new ones.
-    own = client.xreadgroup(keys.usage_group, consumer, {keys.usage_stream: "0"}, count=READ_COUNT)
+    own: Any = client.xreadgroup(
+        keys.usage_group, consumer, {keys.usage_stream: "0"}, count=READ_COUNT
+    )
     if own:
         _apply_entries(client, keys, own[0][1], report)
     deadline = time.monotonic() + time_budget_s
     while time.monotonic() < deadline:
-        response = client.xreadgroup(
+        response: Any = client.xreadgroup(
             keys.usage_group, consumer, {keys.usage_stream: ">"}, count=READ_COUNT
         )
         if not response:
