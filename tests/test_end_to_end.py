@@ -217,16 +217,9 @@ async def test_parked_long_polls_do_not_starve_other_traffic(platform: RunningPl
 
         polls = [asyncio.create_task(long_poll()) for _ in range(parked)]
 
-        def upstream_connections() -> int:
-            return sum(
-                1
-                for c in psutil.net_connections(kind="tcp")
-                if c.raddr and c.raddr.port == upstream_port and c.status == "ESTABLISHED"
-            )
-
         await asyncio.to_thread(
             poll,
-            lambda: upstream_connections() >= parked,
+            lambda: upstream_connections(upstream_port) >= parked,
             timeout=60,
             what=f"{parked} long-polls parked at the homeserver",
         )
@@ -242,6 +235,53 @@ async def test_parked_long_polls_do_not_starve_other_traffic(platform: RunningPl
     assert statuses == [200] * parked
     await carol.close()
     await dave.close()
+
+
+def upstream_connections(port: int) -> int:
+    """Open TCP connections to a homeserver's port (from the proxy, in these tests)."""
+    return sum(
+        1
+        for c in psutil.net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED"
+    )
+
+
+async def test_long_polls_whose_clients_leave_release_the_homeserver(
+    platform: RunningPlatform,
+) -> None:
+    tenant = platform.create_tenant("vandelay")
+    platform.create_user(tenant["id"], "art", "art-secret-12")
+    base_url = f"{platform.proxy_url}/t/vandelay"
+    art = await login(base_url, "@art:vandelay.c3.test", "art-secret-12")
+    first = await art.sync(timeout=0)
+    assert isinstance(first, nio.SyncResponse), first
+    await art.close()
+    port = int(tenant_port(platform, tenant["id"]))
+
+    parked = 50
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    url = f"{base_url}/_matrix/client/v3/sync?timeout=30000&since={first.next_batch}"
+    headers = {"Authorization": f"Bearer {art.access_token}"}
+
+    async def long_poll() -> None:
+        async with http.get(url, headers=headers) as response:
+            await response.read()
+
+    polls = [asyncio.create_task(long_poll()) for _ in range(parked)]
+    await asyncio.to_thread(
+        poll, lambda: upstream_connections(port) >= parked, timeout=60, what="parked long-polls"
+    )
+    for task in polls:  # the clients go away (app closed, network gone)
+        task.cancel()
+    await asyncio.gather(*polls, return_exceptions=True)
+    await http.close()
+    # Well before the 30 s long-poll timeout, the proxy has dropped the upstream requests.
+    await asyncio.to_thread(
+        poll,
+        lambda: upstream_connections(port) <= 5,
+        timeout=10,
+        what="upstream connections to be released",
+    )
 
 
 def tenant_port(platform: RunningPlatform, tenant_id: str) -> str:

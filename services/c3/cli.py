@@ -96,6 +96,7 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
     """Run a Celery worker (provisioning, reconcile, usage application)."""
     from platform_core.celery import celery_app
 
+    _logging()
     celery_app().worker_main(
         [
             "worker",
@@ -114,6 +115,7 @@ def beat() -> None:
     from platform_core.celery import celery_app
     from platform_core.settings import get_settings
 
+    _logging()
     schedule = get_settings().data_path / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
     celery_app().start(["beat", "--loglevel=INFO", f"--schedule={schedule}"])

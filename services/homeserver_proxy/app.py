@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from homeserver_proxy import errors
 from homeserver_proxy.asgi import Message, Receive, Scope, Send
-from homeserver_proxy.forwarding import Forwarder
+from homeserver_proxy.forwarding import ClientGone, Forwarder
 from homeserver_proxy.guard import Verdict, classify
 from homeserver_proxy.metering import UsageFlusher, UsageMeter
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix
@@ -73,10 +73,19 @@ class ProxyApp:
 
         try:
             await self._handle(scope, receive, tracking_send)
+        except ClientGone:
+            return
         except errors.MatrixError as exc:
             if started:
                 raise  # mid-stream failure: closing the connection is the only honest signal
             await exc.send(send)
+        except Exception:
+            log.exception("proxy error on %s", scope.get("method"))
+            if started:
+                raise
+            await errors.MatrixError(
+                502, "M_UNKNOWN", "The proxy could not handle this request"
+            ).send(send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()

@@ -9,10 +9,12 @@ starve unrelated requests (they would queue behind the parked ones).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -38,6 +40,9 @@ HOP_BY_HOP = frozenset(
         b"x-forwarded-proto",
         b"x-real-ip",
         b"forwarded",
+        # We never hold a body back waiting for "100 Continue" from the homeserver (Twisted
+        # does not send one); uvicorn already answered the client's Expect itself.
+        b"expect",
     }
 )
 _RESPONSE_DROP = frozenset(
@@ -75,6 +80,41 @@ def upstream_timeout(path: str, query: str) -> aiohttp.ClientTimeout:
     ):
         return aiohttp.ClientTimeout(total=600, sock_connect=5, sock_read=60)
     return aiohttp.ClientTimeout(total=90, sock_connect=5)
+
+
+def is_long_poll(path: str) -> bool:
+    return _SYNC.match(path) is not None
+
+
+class ClientGone(Exception):
+    """The client disconnected before the homeserver answered; nothing is left to send."""
+
+
+async def _unless_client_leaves(
+    exchange: Coroutine[Any, Any, ForwardResult], receive: Receive
+) -> ForwardResult:
+    """Run ``exchange`` but cancel it when the client disconnects: a parked long-poll whose
+    client left must not hold a homeserver connection until its timeout."""
+    upstream = asyncio.ensure_future(exchange)
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({upstream, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        upstream.cancel()
+        watcher.cancel()
+        raise
+    if upstream in done:
+        watcher.cancel()
+        return upstream.result()
+    upstream.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await upstream
+    raise ClientGone()
 
 
 @dataclass
@@ -131,7 +171,9 @@ class Forwarder:
                 try:
                     declared_length = int(value)
                 except ValueError:
-                    raise errors.MatrixError(400, "M_BAD_JSON", "Invalid Content-Length") from None
+                    raise errors.MatrixError(
+                        400, "M_UNRECOGNIZED", "Invalid Content-Length"
+                    ) from None
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if declared_length is not None and declared_length > max_body:
             raise errors.too_large(max_body)
@@ -152,8 +194,10 @@ class Forwarder:
             body = self._stream_body(first_chunk, receive, counter, max_body)
 
         url = URL(upstream + path + ("?" + query if query else ""), encoded=True)
-        try:
-            async with self._session.request(
+        session = self._session
+
+        async def exchange() -> ForwardResult:
+            async with session.request(
                 method,
                 url,
                 headers=headers,
@@ -162,6 +206,11 @@ class Forwarder:
                 timeout=upstream_timeout(path, query),
             ) as response:
                 return await self._relay(response, send, method, path, counter)
+
+        try:
+            if is_long_poll(path):
+                return await _unless_client_leaves(exchange(), receive)
+            return await exchange()
         except BodyTooLarge:
             raise errors.too_large(max_body) from None
         except TimeoutError:
