@@ -102,11 +102,13 @@ async def test_tenant_lifecycle_with_real_client(platform: RunningPlatform) -> N
         await alice_client.close()
         await bob_client.close()
 
-    totals = poll(
-        lambda: (t := usage_of(platform, tenant_id))["messages"] >= 5 and t,
-        timeout=30,
-        what="usage to show the 5 messages",
-    )
+    def usage_caught_up() -> dict[str, int] | None:
+        totals = usage_of(platform, tenant_id)
+        # The upload and download were the last traffic: once their bytes show, all has.
+        caught_up = totals["bytes_in"] > len(payload) and totals["bytes_out"] > len(payload)
+        return totals if caught_up and totals["messages"] >= 5 else None
+
+    totals = poll(usage_caught_up, timeout=30, what="usage to show the messages and the upload")
     assert totals["messages"] == 5
     assert totals["api_requests"] > 10
     assert totals["bytes_in"] > len(payload)
