@@ -10,7 +10,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from platform_core.celery import TaskNames, send_task
-from platform_core.errors import NotFound
 from tenant_api.deps import OperatorDep, SessionDep, SettingsDep
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants import service
@@ -88,9 +87,7 @@ async def get_tenant(
     tenant_id: uuid.UUID, session: SessionDep, principal: OperatorDep, settings: SettingsDep
 ) -> TenantOut:
     tenants = TenantRepository(session, principal)
-    tenant = await tenants.get(tenant_id)
-    if tenant is None:
-        raise NotFound(f"tenant {tenant_id} not found")
+    tenant = await tenants.get_or_404(tenant_id)
     codes = await tenants.plan_codes({tenant.plan_id})
     return service.to_out(tenant, codes[tenant.plan_id], settings)
 
@@ -105,9 +102,7 @@ async def delete_tenant(
     settings: SettingsDep,
 ) -> TenantAccepted:
     tenants = TenantRepository(session, principal)
-    tenant = await tenants.get(tenant_id)
-    if tenant is None:
-        raise NotFound(f"tenant {tenant_id} not found")
+    tenant = await tenants.get_or_404(tenant_id)
     operation = await service.delete_tenant(tenant, OperationRepository(session, principal))
     codes = await tenants.plan_codes({tenant.plan_id})
     out = service.to_out(tenant, codes[tenant.plan_id], settings)

@@ -9,6 +9,7 @@ from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.auth import Principal, PrincipalKind
+from platform_core.errors import NotFound
 from platform_core.models import Homeserver, Plan, Tenant
 
 
@@ -27,6 +28,13 @@ class TenantRepository:
     async def get(self, tenant_id: uuid.UUID) -> Tenant | None:
         statement = scoped(select(Tenant).where(Tenant.id == tenant_id), self.principal)
         return (await self.session.scalars(statement)).first()
+
+    async def get_or_404(self, tenant_id: uuid.UUID) -> Tenant:
+        """The tenant if this principal may see it; otherwise 404 (never 403: no existence leak)."""
+        tenant = await self.get(tenant_id)
+        if tenant is None:
+            raise NotFound(f"tenant {tenant_id} not found")
+        return tenant
 
     async def get_by_slug(self, slug: str) -> Tenant | None:
         return (await self.session.scalars(select(Tenant).where(Tenant.slug == slug))).first()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from platform_core.errors import InvalidRequest, NotFound
+from platform_core.errors import InvalidRequest
 from platform_core.models import Meter
 from tenant_api.deps import OperatorDep, SessionDep
 from tenant_api.tenants.repository import TenantRepository
@@ -31,8 +31,7 @@ async def get_usage(
             raise InvalidRequest(f"{name}: give a timezone, e.g. 2026-11-01T00:00:00Z")
     if from_ and to and from_ >= to:
         raise InvalidRequest("from must be before to")
-    if await TenantRepository(session, principal).get(tenant_id) is None:
-        raise NotFound(f"tenant {tenant_id} not found")
+    await TenantRepository(session, principal).get_or_404(tenant_id)
     found = await repository.totals(session, tenant_id, from_, to)
     totals = {meter.value: found.get(meter.value, 0) for meter in Meter}
     return UsageOut.model_validate(

@@ -7,7 +7,6 @@ import uuid
 from fastapi import APIRouter, status
 
 from platform_core.crypto import SecretBox
-from platform_core.errors import NotFound
 from tenant_api.deps import OperatorDep, SessionDep, SettingsDep
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.users import service
@@ -25,9 +24,7 @@ async def create_user(
     settings: SettingsDep,
 ) -> HomeserverUserOut:
     tenants = TenantRepository(session, principal)
-    tenant = await tenants.get(tenant_id)
-    if tenant is None:
-        raise NotFound(f"tenant {tenant_id} not found")
+    tenant = await tenants.get_or_404(tenant_id)
     homeserver = await tenants.get_homeserver(tenant_id)
     return await service.create_user(
         tenant, homeserver, body, SecretBox(settings.require_secret_key())
