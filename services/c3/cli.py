@@ -20,6 +20,16 @@ def _logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Request lines of our own HTTP clients are noise at INFO (health checks every reconcile).
+    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _keep_our_logging() -> None:
+    """Tell Celery the logging is configured already (ours, above), so it changes nothing."""
+    from celery.signals import setup_logging
+
+    setup_logging.connect(lambda **_: None, weak=False)
 
 
 @app.command()
@@ -97,6 +107,11 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
     from platform_core.celery import celery_app
 
     _logging()
+    # Beat applies usage every second: per-task "received"/"succeeded" lines would drown the
+    # log. Tasks log what matters themselves (tenant active, operation failed, ...).
+    for chatty in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    _keep_our_logging()
     celery_app().worker_main(
         [
             "worker",
@@ -116,9 +131,12 @@ def beat() -> None:
     from platform_core.settings import get_settings
 
     _logging()
+    _keep_our_logging()
     schedule = get_settings().data_path / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
-    celery_app().start(["beat", "--loglevel=INFO", f"--schedule={schedule}"])
+    # At INFO beat logs every due task, i.e. the usage consumer every second.
+    logging.getLogger("celery.beat").setLevel(logging.WARNING)
+    celery_app().start(["beat", f"--schedule={schedule}"])
 
 
 @app.command()

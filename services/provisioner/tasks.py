@@ -99,6 +99,7 @@ def run_operation(
                 op.last_error = detail
             raise task.retry(countdown=backoff_seconds(attempts), max_retries=None) from None
         _finish(op_id, OperationState.SUCCEEDED)
+        log.info("operation %s (%s of tenant %s) succeeded", op_id, body.__name__, tenant_id)
     finally:
         lease.release()
 
@@ -114,6 +115,7 @@ def _finish(op_id: uuid.UUID, state: OperationState, *, error: str | None = None
 
 
 def _fail(op_id: uuid.UUID, error: str) -> None:
+    log.error("operation %s failed: %s", op_id, error)
     with task_session() as session:
         op = repository.get_operation(session, op_id)
         assert op is not None
