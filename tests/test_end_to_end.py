@@ -92,7 +92,8 @@ async def test_tenant_lifecycle_with_real_client(platform: RunningPlatform) -> N
         assert sorted(seen) == sorted(sent_ids)
         assert sorted(seen.values()) == [f"message {n}" for n in range(5)]
 
-        payload = b"quarterly numbers\n" * 2000
+        # ~2 MB: large enough to stream through the proxy in many chunks both ways.
+        payload = b"quarterly numbers\n" * 120_000
         upload, _ = await alice_client.upload(
             io.BytesIO(payload), content_type="text/plain", filename="q3.txt", filesize=len(payload)
         )

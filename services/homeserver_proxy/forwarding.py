@@ -245,34 +245,47 @@ class Forwarder:
         path: str,
         counter: list[int],
     ) -> ForwardResult:
+        status = response.status
         out_headers = [
             (name.lower(), value)
             for name, value in response.raw_headers
             if name.lower() not in _RESPONSE_DROP
         ]
-        is_send = response.status == 200 and method == "PUT" and SEND_EVENT.match(path) is not None
-        if is_send:
-            # Small JSON answer: read it whole to learn the event_id, then pass it on.
-            payload = await response.read()
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": out_headers}
-            )
-            await send({"type": "http.response.body", "body": payload, "more_body": False})
-            event_id = None
-            try:
-                decoded = json.loads(payload)
-                if isinstance(decoded, dict) and isinstance(decoded.get("event_id"), str):
-                    event_id = decoded["event_id"]
-            except ValueError:
-                pass
-            return ForwardResult(response.status, counter[0], len(payload), event_id)
+        content = response.content
+        if method == "HEAD" or status in (204, 304):
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return ForwardResult(status, counter[0], 0)
 
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": out_headers}
-        )
-        sent = 0
-        async for chunk in response.content.iter_any():
+        is_send = status == 200 and method == "PUT" and SEND_EVENT.match(path) is not None
+        first = await content.readany()
+        if is_send and not content.at_eof():
+            first += await content.read()  # a small JSON answer: we need its event_id
+        if content.at_eof():
+            # The whole body is here (most Matrix answers): one write with an exact length
+            # instead of a chunked stream.
+            headers = [h for h in out_headers if h[0] != b"content-length"]
+            headers.append((b"content-length", str(len(first)).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": first, "more_body": False})
+            event_id = _event_id(first) if is_send else None
+            return ForwardResult(status, counter[0], len(first), event_id)
+
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        sent = len(first)
+        async for chunk in content.iter_any():
             sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return ForwardResult(response.status, counter[0], sent)
+        return ForwardResult(status, counter[0], sent)
+
+
+def _event_id(payload: bytes) -> str | None:
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        return None
+    if isinstance(decoded, dict) and isinstance(decoded.get("event_id"), str):
+        return str(decoded["event_id"])
+    return None
