@@ -25,6 +25,17 @@ def _logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _require_migrated() -> None:
+    """Refuse to start a service on a database that is not at the latest schema."""
+    from platform_core.migrate import DatabaseNotMigrated, assert_migrated
+
+    try:
+        assert_migrated()
+    except DatabaseNotMigrated as exc:
+        typer.echo(f"c3: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _keep_our_logging() -> None:
     """Tell Celery the logging is configured already (ours, above), so it changes nothing."""
     from celery.signals import setup_logging
@@ -59,6 +70,7 @@ def api() -> None:
     from platform_core.settings import get_settings
 
     _logging()
+    _require_migrated()
     settings = get_settings()
     uvicorn.run(
         "tenant_api.main:create_app",
@@ -107,6 +119,7 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
     from platform_core.celery import celery_app
 
     _logging()
+    _require_migrated()
     # Beat applies usage every second: per-task "received"/"succeeded" lines would drown the
     # log. Tasks log what matters themselves (tenant active, operation failed, ...).
     for chatty in ("celery.app.trace", "celery.worker.strategy"):

@@ -4,7 +4,10 @@ homeservers back on the next start."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -64,3 +67,19 @@ def test_c3_up_on_embedded_defaults(tmp_path: Path) -> None:
     finally:
         assert running.stop() == 0
     assert processes_under(data_dir) == []
+
+
+def test_services_refuse_an_unmigrated_database(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("C3_")}
+    env["C3_DATABASE_URL"] = f"sqlite:///{tmp_path / 'empty.db'}"
+    env["C3_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    for service in ("api", "worker"):
+        result = subprocess.run(
+            [sys.executable, "-m", "c3", service],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "run `c3 migrate` first" in result.stderr
