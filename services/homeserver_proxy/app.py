@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
@@ -32,8 +31,6 @@ class ProxyApp:
         self.flusher = UsageFlusher(
             self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
         )
-        public = urlsplit(settings.effective_proxy_public_url)
-        self._public_scheme = public.scheme or "http"
         self._public_base = settings.effective_proxy_public_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,7 +113,7 @@ class ProxyApp:
             route = await self.routes.by_host(normalize_host(host))
             if route is None:
                 raise errors.unknown_tenant_host()
-            base_url = f"{self._public_scheme}://{host.strip().lower().rstrip('.')}"
+            base_url = self.settings.homeserver_url(route.server_name)
 
         verdict = classify(path)
         if verdict is Verdict.WELL_KNOWN_CLIENT:

@@ -6,6 +6,7 @@ import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -90,6 +91,14 @@ class Settings(BaseSettings):
         if self.proxy_public_url:
             return self.proxy_public_url.rstrip("/")
         return f"http://{self.proxy_host}:{self.proxy_port}"
+
+    def homeserver_url(self, server_name: str) -> str:
+        """Public base URL of a tenant's homeserver through the proxy (Host routing): the
+        proxy's public scheme and port with the tenant's server name."""
+        public = urlsplit(self.effective_proxy_public_url)
+        default_port = {"http": 80, "https": 443}.get(public.scheme)
+        port = f":{public.port}" if public.port and public.port != default_port else ""
+        return f"{public.scheme}://{server_name}{port}"
 
     def require_secret_key(self) -> str:
         if not self.secret_key:

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import redis
@@ -96,20 +95,13 @@ def ensure_homeserver_record(session: Session, ctx: Context, tenant: Tenant) -> 
     return hs
 
 
-def public_baseurl(settings: Settings, server_name: str) -> str:
-    proxy = urlsplit(settings.effective_proxy_public_url)
-    default_port = {"http": 80, "https": 443}.get(proxy.scheme)
-    port = f":{proxy.port}" if proxy.port and proxy.port != default_port else ""
-    return f"{proxy.scheme}://{server_name}{port}/"
-
-
 def target_for(ctx: Context, tenant: Tenant, plan: Plan, hs: Homeserver) -> HomeserverTarget:
     if hs.secrets_encrypted is None:
         raise PermanentError("homeserver record has no secrets")
     return HomeserverTarget(
         tenant_id=str(tenant.id),
         server_name=tenant.server_name,
-        public_baseurl=public_baseurl(ctx.settings, tenant.server_name),
+        public_baseurl=ctx.settings.homeserver_url(tenant.server_name) + "/",
         port=hs.port,
         limits=dict(plan.limits or {}),
         secrets=HomeserverSecrets.from_dict(ctx.box.decrypt_json(hs.secrets_encrypted)),

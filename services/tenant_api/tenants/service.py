@@ -24,12 +24,6 @@ def server_name_for(slug: str, settings: Settings) -> str:
 
 def to_out(tenant: Tenant, plan_code: str, settings: Settings) -> TenantOut:
     public = settings.effective_proxy_public_url
-    scheme, _, hostport = public.partition("://")
-    port = hostport.rsplit(":", 1)[1] if ":" in hostport.split("/")[0] else ""
-    default_port = {"http": "80", "https": "443"}.get(scheme)
-    host_url = f"{scheme}://{tenant.server_name}" + (
-        f":{port}" if port and port != default_port else ""
-    )
     return TenantOut(
         id=tenant.id,
         slug=tenant.slug,
@@ -37,7 +31,7 @@ def to_out(tenant: Tenant, plan_code: str, settings: Settings) -> TenantOut:
         server_name=tenant.server_name,
         status=tenant.status,
         plan=plan_code,
-        homeserver_url=host_url,
+        homeserver_url=settings.homeserver_url(tenant.server_name),
         homeserver_path_url=f"{public}/t/{tenant.slug}",
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,

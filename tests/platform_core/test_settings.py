@@ -1,0 +1,64 @@
+"""Settings: validated at start-up, no default secrets outside local mode."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from platform_core.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def no_c3_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests build Settings from arguments only, whatever this session exported."""
+    for name in [n for n in os.environ if n.startswith("C3_")]:
+        monkeypatch.delenv(name)
+
+
+def test_production_refuses_to_start_without_explicit_secrets_and_services() -> None:
+    with pytest.raises(ValidationError) as error:
+        Settings(mode="production")
+    message = str(error.value)
+    for name in ("C3_DATABASE_URL", "C3_REDIS_URL", "C3_SECRET_KEY", "C3_OPERATOR_TOKEN"):
+        assert name in message
+
+
+def test_production_refuses_sqlite() -> None:
+    with pytest.raises(ValidationError, match="PostgreSQL"):
+        Settings(
+            mode="production",
+            database_url="sqlite:///x.db",
+            redis_url="redis://r",
+            secret_key="k" * 32,
+            operator_token="t",
+        )
+
+
+def test_short_secret_keys_and_clashing_ports_fail_fast() -> None:
+    with pytest.raises(ValidationError, match="32 characters"):
+        Settings(secret_key="short")
+    with pytest.raises(ValidationError, match="must differ"):
+        Settings(api_port=9000, proxy_port=9000)
+
+
+@pytest.mark.parametrize(
+    ("public", "expected"),
+    [
+        (None, "http://acme.c3.localhost:8080"),
+        ("https://chat.example.com", "https://acme.chat.example.com"),
+        ("https://chat.example.com:443/", "https://acme.chat.example.com"),
+        ("http://proxy.internal:8443", "http://acme.chat.example.com:8443"),
+    ],
+)
+def test_homeserver_url_follows_the_public_proxy_url(public: str | None, expected: str) -> None:
+    base_domain = "c3.localhost" if public is None else "chat.example.com"
+    settings = Settings(proxy_public_url=public, base_domain=base_domain)
+    assert settings.homeserver_url(f"acme.{base_domain}") == expected
+
+
+def test_base_domain_is_normalised() -> None:
+    assert Settings(base_domain="Chat.Example.COM.").base_domain == "chat.example.com"
+    with pytest.raises(ValidationError, match="DNS name"):
+        Settings(base_domain="bad..domain")
