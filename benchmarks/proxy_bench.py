@@ -49,7 +49,6 @@ from typing import Any
 
 import httpx
 import psutil
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -136,15 +135,6 @@ def provision_tenant(running: RunningPlatform, slug: str) -> tuple[dict[str, Any
     raise RuntimeError(f"tenant not active after {PROVISION_TIMEOUT_S:.0f}s")
 
 
-def create_user(running: RunningPlatform, tenant_id: str) -> None:
-    with running.api() as api:
-        response = api.post(
-            f"/v1/tenants/{tenant_id}/users", json={"username": USERNAME, "password": PASSWORD}
-        )
-    if response.status_code != 201:
-        raise RuntimeError(f"creating the user: {response.status_code} {response.text}")
-
-
 def login(proxy_base: str) -> str:
     """Log the benchmark user in through the proxy; return its access token."""
     body = {
@@ -156,12 +146,6 @@ def login(proxy_base: str) -> str:
     if response.status_code != 200:
         raise RuntimeError(f"login through the proxy: {response.status_code} {response.text}")
     return str(response.json()["access_token"])
-
-
-def synapse_port(running: RunningPlatform, tenant_id: str) -> int:
-    config_path = running.homeserver_dir(tenant_id) / "homeserver.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    return int(config["listeners"][0]["port"])
 
 
 def check_endpoints(bases: dict[str, str], token: str) -> None:
@@ -453,9 +437,9 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
     slug = "bench-" + secrets.token_hex(3)
     tenant, provisioning_s = provision_tenant(running, slug)
     print(f"tenant {slug} active after {provisioning_s:.2f} s", flush=True)
-    create_user(running, tenant["id"])
+    running.create_user(tenant["id"], USERNAME, PASSWORD)
     bases = {
-        "direct": f"http://127.0.0.1:{synapse_port(running, tenant['id'])}",
+        "direct": f"http://127.0.0.1:{running.homeserver_port(tenant['id'])}",
         "proxy": f"{running.proxy_url}/t/{slug}",
     }
     token = login(bases["proxy"])

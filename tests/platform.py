@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import yaml
 
 from c3.local_run import free_port
 
@@ -72,6 +73,11 @@ class RunningPlatform:
 
     def homeserver_dir(self, tenant_id: str) -> Path:
         return self.data_dir / "homeservers" / tenant_id
+
+    def homeserver_port(self, tenant_id: str) -> int:
+        """The loopback port of the tenant's Synapse (to reach it directly, not via the proxy)."""
+        config = yaml.safe_load((self.homeserver_dir(tenant_id) / "homeserver.yaml").read_text())
+        return int(config["listeners"][0]["port"])
 
     def stop(self) -> int:
         if self.process.poll() is None:

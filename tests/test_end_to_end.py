@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -208,7 +209,7 @@ async def test_parked_long_polls_do_not_starve_other_traffic(platform: RunningPl
     first = await dave.sync(timeout=0)
     assert isinstance(first, nio.SyncResponse), first
 
-    upstream_port = int(tenant_port(platform, tenant["id"]))
+    upstream_port = platform.homeserver_port(tenant["id"])
     parked = 300
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -274,7 +275,7 @@ async def test_long_polls_whose_clients_leave_release_the_homeserver(
     first = await art.sync(timeout=0)
     assert isinstance(first, nio.SyncResponse), first
     await art.close()
-    port = int(tenant_port(platform, tenant["id"]))
+    port = platform.homeserver_port(tenant["id"])
 
     parked = 50
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -302,17 +303,8 @@ async def test_long_polls_whose_clients_leave_release_the_homeserver(
     )
 
 
-def tenant_port(platform: RunningPlatform, tenant_id: str) -> str:
-    import yaml
-
-    config = yaml.safe_load((platform.homeserver_dir(tenant_id) / "homeserver.yaml").read_text())
-    return str(config["listeners"][0]["port"])
-
-
 def raw_request(proxy_url: str, request: bytes) -> tuple[int, bytes]:
     """Send bytes as-is (for what HTTP clients refuse to send) and read the status line."""
-    import socket
-
     host, port = proxy_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(request)

@@ -37,12 +37,6 @@ class Unauthorized(C3Error):
     type_slug = "unauthorized"
 
 
-class Unavailable(C3Error):
-    status = 503
-    title = "Service unavailable"
-    type_slug = "unavailable"
-
-
 class UpstreamError(C3Error):
     """The tenant's homeserver answered something we could not use."""
 

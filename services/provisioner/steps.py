@@ -169,15 +169,6 @@ def _log_tail(ctx: Context, tenant_id: str) -> str:
     return " | ".join(lines[-3:])[-500:] or "no output"
 
 
-def is_healthy(ctx: Context, target: HomeserverTarget) -> bool:
-    try:
-        return (
-            httpx.get(ctx.backend.upstream_url(target) + "/health", timeout=2.0).status_code == 200
-        )
-    except httpx.TransportError:
-        return False
-
-
 # Admin --------------------------------------------------------------------------------
 
 

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 
-import redis
+import pytest
 import redis.asyncio as aioredis
 
 from homeserver_proxy.metering import UsageFlusher, UsageMeter
 from platform_core.redis import RedisKeys
 
+Stream = tuple[aioredis.Redis, RedisKeys]
 
-def _keys(platform_env: dict[str, str]) -> RedisKeys:
-    return RedisKeys(f"{platform_env['C3_REDIS_NAMESPACE']}-meter-{uuid.uuid4().hex[:6]}")
+
+@pytest.fixture
+async def stream(platform_env: dict[str, str]) -> AsyncIterator[Stream]:
+    """A Redis client and keys of a usage stream of this test's own; removed afterwards."""
+    keys = RedisKeys(f"{platform_env['C3_REDIS_NAMESPACE']}-meter-{uuid.uuid4().hex[:6]}")
+    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
+    yield client, keys
+    await client.delete(keys.usage_stream)
+    await client.aclose()
+
+
+async def batches(client: aioredis.Redis, keys: RedisKeys) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in await client.xrange(keys.usage_stream)]
 
 
 def test_meter_counts_requests_and_distinct_message_ids() -> None:
@@ -33,34 +46,26 @@ def test_meter_counts_requests_and_distinct_message_ids() -> None:
     assert meter.drain() is None  # drained: nothing is reported twice
 
 
-async def test_flush_writes_one_batch_with_a_unique_id(platform_env: dict[str, str]) -> None:
-    keys = _keys(platform_env)
-    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
+async def test_flush_writes_one_batch_with_a_unique_id(stream: Stream) -> None:
+    client, keys = stream
     meter = UsageMeter()
     flusher = UsageFlusher(meter, client, keys, source="test-proxy")
-    try:
-        meter.record_request("t1", 3, 4)
-        await flusher.flush_once()
-        await flusher.flush_once()  # idle: writes nothing
-        meter.record_request("t1", 1, 1)
-        await flusher.flush_once()
-        entries = await client.xrange(keys.usage_stream)
-        assert len(entries) == 2
-        ids = {fields[b"batch_id"] for _, fields in entries}
-        assert len(ids) == 2
-        first = json.loads(entries[0][1][b"payload"])
-        assert first["tenants"]["t1"]["api_requests"] == 1
-        assert first["tenants"]["t1"]["bytes_in"] == 3
-        assert entries[0][1][b"source"] == b"test-proxy"
-    finally:
-        await client.delete(keys.usage_stream)
-        await client.aclose()
+    meter.record_request("t1", 3, 4)
+    await flusher.flush_once()
+    await flusher.flush_once()  # idle: writes nothing
+    meter.record_request("t1", 1, 1)
+    await flusher.flush_once()
+    written = await batches(client, keys)
+    assert len(written) == 2
+    assert len({fields[b"batch_id"] for fields in written}) == 2
+    first = json.loads(written[0][b"payload"])
+    assert first["tenants"]["t1"]["api_requests"] == 1
+    assert first["tenants"]["t1"]["bytes_in"] == 3
+    assert written[0][b"source"] == b"test-proxy"
 
 
-async def test_batches_wait_out_a_redis_outage_and_keep_their_ids(
-    platform_env: dict[str, str],
-) -> None:
-    keys = _keys(platform_env)
+async def test_batches_wait_out_a_redis_outage_and_keep_their_ids(stream: Stream) -> None:
+    client, keys = stream
     broken = aioredis.from_url("redis://127.0.0.1:1/0")  # nothing listens there
     meter = UsageMeter()
     flusher = UsageFlusher(meter, broken, keys)
@@ -72,34 +77,19 @@ async def test_batches_wait_out_a_redis_outage_and_keep_their_ids(
     queued_ids = [batch_id for batch_id, _ in flusher._queue]
     await broken.aclose()
 
-    working = aioredis.from_url(platform_env["C3_REDIS_URL"])
-    flusher._redis = working  # Redis is back
-    try:
-        await flusher.stop(deadline_s=5)
-        assert flusher.queued_batches == 0
-        entries = await working.xrange(keys.usage_stream)
-        assert [f[b"batch_id"].decode() for _, f in entries] == queued_ids
-    finally:
-        await working.delete(keys.usage_stream)
-        await working.aclose()
+    flusher._redis = client  # Redis is back
+    await flusher.stop(deadline_s=5)
+    assert flusher.queued_batches == 0
+    assert [f[b"batch_id"].decode() for f in await batches(client, keys)] == queued_ids
 
 
-async def test_shutdown_flushes_what_was_counted_since_the_last_tick(
-    platform_env: dict[str, str],
-) -> None:
-    keys = _keys(platform_env)
-    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
+async def test_shutdown_flushes_what_was_counted_since_the_last_tick(stream: Stream) -> None:
+    client, keys = stream
     meter = UsageMeter()
     flusher = UsageFlusher(meter, client, keys, interval=3600)
     flusher.start()
     meter.record_request("t1", 7, 8)
     await flusher.stop()
-    sync = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
-    try:
-        entries = sync.xrange(keys.usage_stream)
-        assert len(entries) == 1
-        assert json.loads(entries[0][1][b"payload"])["tenants"]["t1"]["bytes_out"] == 8
-    finally:
-        sync.delete(keys.usage_stream)
-        sync.close()
-        await client.aclose()
+    written = await batches(client, keys)
+    assert len(written) == 1
+    assert json.loads(written[0][b"payload"])["tenants"]["t1"]["bytes_out"] == 8

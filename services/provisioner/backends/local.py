@@ -8,6 +8,7 @@ tenant's config — a recycled pid never passes for a homeserver.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -132,7 +133,7 @@ class LocalBackend(Backend):
             tar.add(directory, arcname=tenant_id)
         os.chmod(partial, 0o600)
         partial.replace(final)
-        _remove_tree(directory)
+        shutil.rmtree(directory)
         return str(final)
 
     def stop_all(self) -> list[str]:
@@ -144,13 +145,6 @@ class LocalBackend(Backend):
                 self.stop(directory.name)
                 stopped.append(directory.name)
         return stopped
-
-    def running_tenants(self) -> list[str]:
-        if not self.root.exists():
-            return []
-        return [
-            d.name for d in sorted(self.root.iterdir()) if d.is_dir() and self.is_running(d.name)
-        ]
 
     # Process identity ------------------------------------------------------------------
 
@@ -185,9 +179,3 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _remove_tree(directory: Path) -> None:
-    import shutil
-
-    shutil.rmtree(directory, ignore_errors=False)
