@@ -6,12 +6,15 @@ import logging
 
 import redis.asyncio as aioredis
 
-from homeserver_proxy import errors
+from homeserver_proxy import billable, errors
 from homeserver_proxy.asgi import Message, Receive, Scope, Send
-from homeserver_proxy.forwarding import ClientGone, Forwarder
+from homeserver_proxy.billable import Kind
+from homeserver_proxy.forwarding import ClientGone, Forwarder, ForwardResult
 from homeserver_proxy.guard import Verdict, classify
+from homeserver_proxy.identity import TokenUsers, access_token
 from homeserver_proxy.metering import UsageFlusher, UsageMeter
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix
+from platform_core.models.usage import Meter
 from platform_core.redis import keys_for
 from platform_core.routes import Route
 from platform_core.settings import Settings, get_settings
@@ -28,6 +31,7 @@ class ProxyApp:
         self.forwarder = Forwarder()
         self.meter = UsageMeter()
         self.metering = metering
+        self.token_users = TokenUsers(self.forwarder.whoami)
         self.flusher = UsageFlusher(
             self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
         )
@@ -53,6 +57,7 @@ class ProxyApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.routes.stop()
+                await self.token_users.settle(deadline_s=2.0)
                 await self.flusher.stop()
                 await self.forwarder.stop()
                 await self.redis.aclose()
@@ -129,6 +134,7 @@ class ProxyApp:
         if route.status != "active":
             raise errors.tenant_unavailable(route.status)
 
+        kind = billable.classify(scope["method"], path) if self.metering else Kind.OTHER
         result = await self.forwarder.forward(
             scope,
             receive,
@@ -136,11 +142,65 @@ class ProxyApp:
             upstream=route.upstream,
             path=path,
             max_body=route.max_upload_bytes,
+            capture=kind.captures_response,
         )
         if self.metering:
-            self.meter.record_request(route.tenant_id, result.bytes_in, result.bytes_out)
-            if result.message_event_id is not None:
-                self.meter.record_message(route.tenant_id, result.message_event_id)
+            self._meter(route, scope, path, kind, result)
+
+    def _meter(
+        self, route: Route, scope: Scope, path: str, kind: Kind, result: ForwardResult
+    ) -> None:
+        """Count one forwarded exchange: requests and bytes always; billable events and the
+        active user only from a successful answer."""
+        tenant = route.tenant_id
+        meter = self.meter
+        ok = 200 <= result.status < 300
+        meter.record_request(
+            tenant, result.bytes_in, result.bytes_out, media_egress=ok and kind is Kind.MEDIA_EGRESS
+        )
+        if not ok:
+            return
+        answer = billable.json_object(result.response_body)
+        token = access_token(scope)
+        if kind in (Kind.SEND, Kind.SEND_CALL_INVITE):
+            if (event_id := billable.string_field(answer, "event_id")) is not None:
+                meter.record_event(tenant, Meter.MESSAGES, event_id)
+                if kind is Kind.SEND_CALL_INVITE:
+                    meter.record_event(tenant, Meter.CALLS, event_id)
+        elif kind is Kind.RTC_MEMBER:
+            event_id = billable.string_field(answer, "event_id")
+            if event_id is not None and billable.joins_call(result.request_body):
+                meter.record_event(tenant, Meter.CALLS, event_id)
+        elif kind is Kind.UPLOAD:
+            if (uri := billable.string_field(answer, "content_uri")) is not None:
+                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
+        elif kind is Kind.UPLOAD_ASYNC:
+            if (uri := billable.async_upload_uri(path)) is not None:
+                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
+        elif kind is Kind.LOGIN:
+            # The request carried credentials, not a token: the answer names the user.
+            user = billable.string_field(answer, "user_id")
+            new_token = billable.string_field(answer, "access_token")
+            if user is not None and new_token is not None:
+                self.token_users.remember(tenant, new_token, user)
+                meter.record_active_user(tenant, user)
+            return
+        elif kind is Kind.WHOAMI and token is not None:
+            if (user := billable.string_field(answer, "user_id")) is not None:
+                self.token_users.remember(tenant, token, user)
+        if token is None:
+            return
+        user = self.token_users.get(tenant, token)
+        if user is not None:
+            meter.record_active_user(tenant, user)
+            return
+        at = meter.now()
+        self.token_users.resolve_later(
+            tenant,
+            token,
+            route.upstream,
+            lambda found: meter.record_active_user(tenant, found, at),
+        )
 
 
 def _single_header(scope: Scope, name: bytes) -> str | None:

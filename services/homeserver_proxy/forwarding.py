@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
@@ -56,10 +55,8 @@ _RESPONSE_DROP = frozenset(
     }
 )
 
-SEND_EVENT = re.compile(r"^/_matrix/client/(?:r0|v3|unstable)/rooms/[^/]+/send/[^/]+/[^/]+$")
 _SYNC = re.compile(r"^/_matrix/client/(?:r0|v3|unstable/[^/]+)/(?:sync|events)$")
 _MEDIA_UPLOAD = re.compile(r"^/_matrix/(?:media/(?:r0|v3|v1)|client/v1/media)/upload")
-_SMALL_BODY = 256 * 1024
 _MAX_LONG_POLL_MS = 120_000
 
 
@@ -122,7 +119,10 @@ class ForwardResult:
     status: int
     bytes_in: int
     bytes_out: int
-    message_event_id: str | None = None
+    # With ``capture``: the request body (when it came in one piece) and a successful
+    # answer's complete body, for metering to read billable facts from.
+    request_body: bytes | None = None
+    response_body: bytes | None = None
 
 
 class BodyTooLarge(Exception):
@@ -157,6 +157,7 @@ class Forwarder:
         upstream: str,
         path: str,
         max_body: int,
+        capture: bool = False,
     ) -> ForwardResult:
         assert self._session is not None, "Forwarder.start() was not awaited"
         query = scope.get("query_string", b"").decode("latin-1")
@@ -205,7 +206,10 @@ class Forwarder:
                 allow_redirects=False,
                 timeout=upstream_timeout(path, query),
             ) as response:
-                return await self._relay(response, send, method, path, counter)
+                result = await self._relay(response, send, method, capture, counter)
+                if capture and isinstance(body, bytes):
+                    result.request_body = body
+                return result
 
         try:
             if is_long_poll(path):
@@ -217,6 +221,20 @@ class Forwarder:
             raise errors.upstream_timeout() from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError):
             raise errors.upstream_unavailable() from None
+
+    async def whoami(self, upstream: str, token: str) -> str | None:
+        """The user an access token belongs to, or None if the homeserver refuses it."""
+        assert self._session is not None, "Forwarder.start() was not awaited"
+        async with self._session.get(
+            upstream + "/_matrix/client/v3/account/whoami",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=aiohttp.ClientTimeout(total=10, sock_connect=5),
+        ) as response:
+            if response.status != 200:
+                return None
+            payload = await response.json(content_type=None)
+        user = payload.get("user_id") if isinstance(payload, dict) else None
+        return user if isinstance(user, str) else None
 
     async def _stream_body(
         self, first: bytes, receive: Receive, counter: list[int], max_body: int
@@ -242,7 +260,7 @@ class Forwarder:
         response: aiohttp.ClientResponse,
         send: Send,
         method: str,
-        path: str,
+        capture: bool,
         counter: list[int],
     ) -> ForwardResult:
         status = response.status
@@ -257,10 +275,11 @@ class Forwarder:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return ForwardResult(status, counter[0], 0)
 
-        is_send = status == 200 and method == "PUT" and SEND_EVENT.match(path) is not None
+        capture = capture and 200 <= status < 300
         first = await content.readany()
-        if is_send and not content.at_eof():
-            first += await content.read()  # a small JSON answer: we need its event_id
+        if capture and not content.at_eof():
+            # A small JSON answer (event_id, content_uri, user_id): metering needs all of it.
+            first += await content.read()
         if content.at_eof():
             # The whole body is here (most Matrix answers): one write with an exact length
             # instead of a chunked stream.
@@ -268,8 +287,9 @@ class Forwarder:
             headers.append((b"content-length", str(len(first)).encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": first, "more_body": False})
-            event_id = _event_id(first) if is_send else None
-            return ForwardResult(status, counter[0], len(first), event_id)
+            return ForwardResult(
+                status, counter[0], len(first), response_body=first if capture else None
+            )
 
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": first, "more_body": True})
@@ -279,13 +299,3 @@ class Forwarder:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return ForwardResult(status, counter[0], sent)
-
-
-def _event_id(payload: bytes) -> str | None:
-    try:
-        decoded = json.loads(payload)
-    except ValueError:
-        return None
-    if isinstance(decoded, dict) and isinstance(decoded.get("event_id"), str):
-        return str(decoded["event_id"])
-    return None

@@ -4,6 +4,15 @@ Each flush drains the counters into a batch with a unique id. A batch that canno
 stays queued (same id) and is retried on the next tick, so a Redis hiccup loses nothing and the
 consumer's batch-id check makes a retried write harmless. ``kill -9`` loses at most the counts
 of the current interval (``C3_USAGE_FLUSH_INTERVAL_S``, 1 s by default).
+
+Batch payload (version 2), all times UTC epoch seconds::
+
+    {"v": 2, "ts": <window start>,
+     "usage":  [[tenant_id, hour_start, meter, quantity], ...],        # summable counters
+     "events": [[tenant_id, meter, natural_id, quantity, ts], ...]}    # counted once per id
+
+Events are messages and calls (natural id = event_id), uploads (the mxc URI, quantity =
+bytes) and monthly active users (``"2026-11|@alice:acme"``).
 """
 
 from __future__ import annotations
@@ -17,61 +26,124 @@ import socket
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
+from platform_core.models.usage import Meter
 from platform_core.redis import RedisKeys
 
 log = logging.getLogger(__name__)
 
 _MAX_QUEUED_BATCHES = 3600  # an hour of 1 s batches kept while Redis is away
 
+Clock = Callable[[], float]
 
-@dataclass
-class TenantUsage:
-    api_requests: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    message_event_ids: set[str] = field(default_factory=set)
+
+class _HourUsage:
+    __slots__ = ("api_requests", "bytes_in", "bytes_out", "media_egress_bytes")
+
+    def __init__(self) -> None:
+        self.api_requests = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.media_egress_bytes = 0
+
+
+class _Month:
+    """The UTC calendar month containing ``now``, cached: MAU keys are per month."""
+
+    def __init__(self, now: float) -> None:
+        moment = datetime.fromtimestamp(now, UTC)
+        start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+        self.label = start.strftime("%Y-%m")
+        self.start = start.timestamp()
+        self.end = end.timestamp()
+
+    def contains(self, now: float) -> bool:
+        return self.start <= now < self.end
 
 
 class UsageMeter:
-    def __init__(self) -> None:
-        self._usage: dict[str, TenantUsage] = {}
-        self._window_start = time.time()
+    """Counts per tenant and UTC hour; collects billable events by natural id."""
 
-    def record_request(self, tenant_id: str, bytes_in: int, bytes_out: int) -> None:
-        usage = self._usage.get(tenant_id)
+    def __init__(self, clock: Clock = time.time) -> None:
+        self._clock = clock
+        self._hours: dict[tuple[str, int], _HourUsage] = {}
+        self._events: dict[tuple[str, str, str], tuple[int, float]] = {}
+        self._window_start = clock()
+        self._month = _Month(self._window_start)
+        # Active users already sent this month: each is reported once per month per proxy.
+        self._reported_active: set[tuple[str, str]] = set()
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _hour(self, tenant_id: str) -> _HourUsage:
+        key = (tenant_id, int(self._clock()) // 3600 * 3600)
+        usage = self._hours.get(key)
         if usage is None:
-            usage = self._usage[tenant_id] = TenantUsage()
+            usage = self._hours[key] = _HourUsage()
+        return usage
+
+    def record_request(
+        self, tenant_id: str, bytes_in: int, bytes_out: int, *, media_egress: bool = False
+    ) -> None:
+        usage = self._hour(tenant_id)
         usage.api_requests += 1
         usage.bytes_in += bytes_in
         usage.bytes_out += bytes_out
+        if media_egress:
+            usage.media_egress_bytes += bytes_out
+
+    def record_event(
+        self, tenant_id: str, meter: Meter, natural_id: str, quantity: int = 1
+    ) -> None:
+        key = (tenant_id, meter.value, natural_id)
+        if key not in self._events:
+            self._events[key] = (quantity, self._clock())
 
     def record_message(self, tenant_id: str, event_id: str) -> None:
-        usage = self._usage.get(tenant_id)
-        if usage is None:
-            usage = self._usage[tenant_id] = TenantUsage()
-        usage.message_event_ids.add(event_id)
+        self.record_event(tenant_id, Meter.MESSAGES, event_id)
+
+    def record_active_user(self, tenant_id: str, user_id: str, at: float | None = None) -> None:
+        """``user_id`` made a successful authenticated request at ``at`` (default: now)."""
+        now = self._clock() if at is None else at
+        month = self._month
+        if not month.contains(now):
+            month = _Month(now)
+            if now >= self._month.end:  # a new month began: last month's reports are done
+                self._month = month
+                self._reported_active.clear()
+        key = (tenant_id, f"{month.label}|{user_id}")
+        if key in self._reported_active:
+            return
+        self._reported_active.add(key)
+        self._events[(tenant_id, Meter.ACTIVE_USERS.value, key[1])] = (1, now)
 
     def drain(self) -> dict[str, object] | None:
         """Take everything counted so far as one batch payload (None when idle)."""
-        usage, self._usage = self._usage, {}
-        window_start, self._window_start = self._window_start, time.time()
-        if not usage:
+        hours, self._hours = self._hours, {}
+        events, self._events = self._events, {}
+        window_start, self._window_start = self._window_start, self._clock()
+        if not hours and not events:
             return None
+        usage: list[list[object]] = []
+        for (tenant_id, hour), counts in hours.items():
+            for meter in _HourUsage.__slots__:
+                quantity = getattr(counts, meter)
+                if quantity:
+                    usage.append([tenant_id, hour, meter, quantity])
         return {
+            "v": 2,
             "ts": window_start,
-            "tenants": {
-                tenant_id: {
-                    "api_requests": u.api_requests,
-                    "bytes_in": u.bytes_in,
-                    "bytes_out": u.bytes_out,
-                    "messages": sorted(u.message_event_ids),
-                }
-                for tenant_id, u in usage.items()
-            },
+            "usage": usage,
+            "events": [
+                [tenant_id, meter, natural_id, quantity, ts]
+                for (tenant_id, meter, natural_id), (quantity, ts) in events.items()
+            ],
         }
 
 

@@ -13,10 +13,12 @@ class TaskNames:
     PROVISION_TENANT = "c3.provisioner.provision_tenant"
     DEPROVISION_TENANT = "c3.provisioner.deprovision_tenant"
     RECONCILE = "c3.provisioner.reconcile"
+    RECONCILE_USAGE = "c3.provisioner.reconcile_usage"
     APPLY_USAGE_BATCHES = "c3.usage.apply_usage_batches"
+    FINALIZE_INVOICES = "c3.invoices.finalize_invoices"
 
 
-TASK_MODULES = ["provisioner.tasks", "tenant_api.usage.tasks"]
+TASK_MODULES = ["provisioner.tasks", "tenant_api.usage.tasks", "tenant_api.invoices.tasks"]
 
 
 def _config() -> dict[str, object]:
@@ -51,6 +53,16 @@ def _config() -> dict[str, object]:
                 "task": TaskNames.RECONCILE,
                 "schedule": settings.reconcile_interval_s,
                 "options": {"expires": settings.reconcile_interval_s},
+            },
+            "reconcile-usage": {
+                "task": TaskNames.RECONCILE_USAGE,
+                "schedule": settings.usage_reconcile_interval_s,
+                "options": {"expires": settings.usage_reconcile_interval_s},
+            },
+            "finalize-invoices": {
+                "task": TaskNames.FINALIZE_INVOICES,
+                "schedule": settings.invoice_finalize_interval_s,
+                "options": {"expires": settings.invoice_finalize_interval_s},
             },
         },
     }

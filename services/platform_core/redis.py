@@ -27,6 +27,11 @@ class RedisKeys:
         return f"{self.namespace}:usage"
 
     @property
+    def usage_dead(self) -> str:
+        """Stream of usage entries the consumer could not parse, kept for inspection."""
+        return f"{self.namespace}:usage:dead"
+
+    @property
     def usage_group(self) -> str:
         return "usage-appliers"
 

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     homeserver_start_timeout_s: float = 60.0
     usage_flush_interval_s: float = 1.0
     reconcile_interval_s: float = 30.0
+    # Billed usage vs each homeserver's own records (provisioner.usage_reconciliation).
+    usage_reconcile_interval_s: float = 300.0
+    # Invoices of a month are finalized this long after it ends (late usage still lands).
+    invoice_grace_period_h: float = 72.0
+    invoice_finalize_interval_s: float = 3600.0
 
     @field_validator("base_domain")
     @classmethod

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from platform_core.models import (
@@ -16,6 +16,8 @@ from platform_core.models import (
     Plan,
     Tenant,
     TenantStatus,
+    UsageCounter,
+    UsageReconciliation,
 )
 
 
@@ -55,3 +57,27 @@ def unfinished_operations_older_than(session: Session, cutoff: datetime) -> list
             )
         )
     )
+
+
+def billed_totals(session: Session, tenant_id: uuid.UUID, meters: Sequence[str]) -> dict[str, int]:
+    rows = session.execute(
+        select(UsageCounter.meter, func.sum(UsageCounter.quantity))
+        .where(UsageCounter.tenant_id == tenant_id, UsageCounter.meter.in_(list(meters)))
+        .group_by(UsageCounter.meter)
+    )
+    found = {meter: int(total or 0) for meter, total in rows}
+    return {meter: found.get(meter, 0) for meter in meters}
+
+
+def record_reconciliation(
+    session: Session, tenant_id: uuid.UUID, meter: str, billed: int, homeserver: int
+) -> UsageReconciliation:
+    row = UsageReconciliation(
+        tenant_id=tenant_id,
+        meter=meter,
+        billed=billed,
+        homeserver=homeserver,
+        drift=homeserver - billed,
+    )
+    session.add(row)
+    return row

@@ -31,6 +31,7 @@ from platform_core.models import (
 from provisioner import repository, steps
 from provisioner.lease import Lease
 from provisioner.reconciler import reconcile_all
+from provisioner.usage_reconciliation import reconcile_usage_all
 
 log = logging.getLogger(__name__)
 app = celery_app()
@@ -219,3 +220,8 @@ def deprovision_tenant(self: Task, operation_id: str) -> None:
 @app.task(name=TaskNames.RECONCILE, acks_late=True)
 def reconcile() -> dict[str, int]:
     return reconcile_all(steps.context())
+
+
+@app.task(name=TaskNames.RECONCILE_USAGE, acks_late=True)
+def reconcile_usage() -> dict[str, int]:
+    return reconcile_usage_all(steps.context())

@@ -12,7 +12,9 @@ from platform_core.db import async_engine
 from platform_core.migrate import assert_migrated
 from platform_core.settings import get_settings
 from tenant_api import errors
+from tenant_api.invoices.endpoints import router as invoices_router
 from tenant_api.operations.endpoints import router as operations_router
+from tenant_api.plans.endpoints import router as plans_router
 from tenant_api.tenants.endpoints import router as tenants_router
 from tenant_api.usage.endpoints import router as usage_router
 from tenant_api.users.endpoints import router as users_router
@@ -33,8 +35,8 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="C3 tenant API",
         version="1",
-        description="Provision and manage tenants (one Matrix homeserver each), their users "
-        "and their usage. Authenticate with `Authorization: Bearer <token>`.",
+        description="Provision and manage tenants (one Matrix homeserver each), their users, "
+        "their usage, plans and invoices. Authenticate with `Authorization: Bearer <token>`.",
         lifespan=lifespan,
     )
     errors.install(app)
@@ -42,6 +44,8 @@ def create_app() -> FastAPI:
     app.include_router(operations_router)
     app.include_router(users_router)
     app.include_router(usage_router)
+    app.include_router(plans_router)
+    app.include_router(invoices_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,8 +31,26 @@ async def batches(client: aioredis.Redis, keys: RedisKeys) -> list[dict[bytes, b
     return [fields for _, fields in await client.xrange(keys.usage_stream)]
 
 
+class FakeClock:
+    def __init__(self, at: datetime) -> None:
+        self.now = at.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _usage(batch: dict[str, Any]) -> dict[tuple[str, int, str], int]:
+    return {(t, hour, meter): q for t, hour, meter, q in batch["usage"]}
+
+
+def _events(batch: dict[str, Any]) -> set[tuple[str, str, str, int]]:
+    return {(t, meter, nid, q) for t, meter, nid, q, _ in batch["events"]}
+
+
 def test_meter_counts_requests_and_distinct_message_ids() -> None:
-    meter = UsageMeter()
+    clock = FakeClock(datetime(2026, 11, 25, 10, 30, tzinfo=UTC))
+    hour = int(datetime(2026, 11, 25, 10, tzinfo=UTC).timestamp())
+    meter = UsageMeter(clock)
     meter.record_request("t1", 10, 100)
     meter.record_request("t1", 5, 50)
     meter.record_message("t1", "$a")
@@ -39,11 +59,60 @@ def test_meter_counts_requests_and_distinct_message_ids() -> None:
     meter.record_request("t2", 1, 2)
     batch = meter.drain()
     assert batch is not None
-    assert batch["tenants"] == {
-        "t1": {"api_requests": 2, "bytes_in": 15, "bytes_out": 150, "messages": ["$a", "$b"]},
-        "t2": {"api_requests": 1, "bytes_in": 1, "bytes_out": 2, "messages": []},
+    assert _usage(batch) == {
+        ("t1", hour, "api_requests"): 2,
+        ("t1", hour, "bytes_in"): 15,
+        ("t1", hour, "bytes_out"): 150,
+        ("t2", hour, "api_requests"): 1,
+        ("t2", hour, "bytes_in"): 1,
+        ("t2", hour, "bytes_out"): 2,
     }
+    assert _events(batch) == {("t1", "messages", "$a", 1), ("t1", "messages", "$b", 1)}
     assert meter.drain() is None  # drained: nothing is reported twice
+
+
+def test_usage_is_split_at_the_hour_it_happened_in() -> None:
+    clock = FakeClock(datetime(2026, 11, 25, 10, 59, 59, tzinfo=UTC))
+    meter = UsageMeter(clock)
+    meter.record_request("t1", 1, 1, media_egress=True)
+    clock.now += 2  # 11:00:01, same flush window
+    meter.record_request("t1", 1, 3, media_egress=True)
+    batch = meter.drain()
+    assert batch is not None
+    usage = _usage(batch)
+    ten, eleven = (int(datetime(2026, 11, 25, h, tzinfo=UTC).timestamp()) for h in (10, 11))
+    assert usage[("t1", ten, "media_egress_bytes")] == 1
+    assert usage[("t1", eleven, "media_egress_bytes")] == 3
+
+
+def test_an_active_user_is_reported_once_per_month_and_again_in_the_next() -> None:
+    clock = FakeClock(datetime(2026, 10, 31, 23, 59, 58, tzinfo=UTC))
+    meter = UsageMeter(clock)
+    meter.record_active_user("t1", "@alice:acme")
+    meter.record_active_user("t1", "@alice:acme")
+    first = meter.drain()
+    meter.record_active_user("t1", "@alice:acme")  # still October: already reported
+    assert meter.drain() is None
+    clock.now += 4  # November
+    meter.record_active_user("t1", "@alice:acme")
+    meter.record_active_user("t2", "@alice:acme")  # another tenant's alice is another user
+    second = meter.drain()
+    assert first is not None and second is not None
+    assert _events(first) == {("t1", "active_users", "2026-10|@alice:acme", 1)}
+    assert _events(second) == {
+        ("t1", "active_users", "2026-11|@alice:acme", 1),
+        ("t2", "active_users", "2026-11|@alice:acme", 1),
+    }
+
+
+def test_a_late_resolved_user_is_reported_in_the_month_of_the_request() -> None:
+    clock = FakeClock(datetime(2026, 11, 1, 0, 0, 1, tzinfo=UTC))
+    meter = UsageMeter(clock)
+    october_request = datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+    meter.record_active_user("t1", "@bob:acme", october_request)
+    batch = meter.drain()
+    assert batch is not None
+    assert _events(batch) == {("t1", "active_users", "2026-10|@bob:acme", 1)}
 
 
 async def test_flush_writes_one_batch_with_a_unique_id(stream: Stream) -> None:
@@ -59,8 +128,11 @@ async def test_flush_writes_one_batch_with_a_unique_id(stream: Stream) -> None:
     assert len(written) == 2
     assert len({fields[b"batch_id"] for fields in written}) == 2
     first = json.loads(written[0][b"payload"])
-    assert first["tenants"]["t1"]["api_requests"] == 1
-    assert first["tenants"]["t1"]["bytes_in"] == 3
+    assert {(meter, q) for _, _, meter, q in first["usage"]} == {
+        ("api_requests", 1),
+        ("bytes_in", 3),
+        ("bytes_out", 4),
+    }
     assert written[0][b"source"] == b"test-proxy"
 
 
@@ -92,4 +164,5 @@ async def test_shutdown_flushes_what_was_counted_since_the_last_tick(stream: Str
     await flusher.stop()
     written = await batches(client, keys)
     assert len(written) == 1
-    assert json.loads(written[0][b"payload"])["tenants"]["t1"]["bytes_out"] == 8
+    usage = json.loads(written[0][b"payload"])["usage"]
+    assert ["t1", "bytes_out", 8] in [[t, meter, q] for t, _, meter, q in usage]

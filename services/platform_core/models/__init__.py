@@ -1,6 +1,7 @@
 """ORM models of the platform database (one Alembic history in migrations/)."""
 
 from platform_core.models.base import Base, UTCDateTime, utcnow
+from platform_core.models.billing import Invoice, InvoiceCounter, InvoiceLine, InvoiceStatus
 from platform_core.models.tenancy import (
     Homeserver,
     HomeserverDesiredState,
@@ -9,14 +10,25 @@ from platform_core.models.tenancy import (
     OperationState,
     Plan,
     Tenant,
+    TenantPlanChange,
     TenantStatus,
 )
-from platform_core.models.usage import BillableEvent, Meter, UsageBatch, UsageCounter
+from platform_core.models.usage import (
+    BillableEvent,
+    Meter,
+    UsageBatch,
+    UsageCounter,
+    UsageReconciliation,
+)
 
 __all__ = [
     "Base",
     "BillableEvent",
     "Homeserver",
+    "Invoice",
+    "InvoiceCounter",
+    "InvoiceLine",
+    "InvoiceStatus",
     "HomeserverDesiredState",
     "Meter",
     "Operation",
@@ -24,9 +36,11 @@ __all__ = [
     "OperationState",
     "Plan",
     "Tenant",
+    "TenantPlanChange",
     "TenantStatus",
     "UTCDateTime",
     "UsageBatch",
     "UsageCounter",
+    "UsageReconciliation",
     "utcnow",
 ]

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Enum, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Enum, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from platform_core.models.base import Base, Timestamps, UTCDateTime, UUIDPk
@@ -59,11 +59,15 @@ class Plan(UUIDPk, Timestamps, Base):
     base_fee_minor: Mapped[int] = mapped_column(BigInteger)
     # Limits that become homeserver config: max_upload_size_bytes, rc_message_per_second, ...
     limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Per meter: {"included": int, "unit_price": int, "per": int, "tiers": [{"up_to", "unit_price"}]}
+    prices: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     is_default: Mapped[bool] = mapped_column(default=False)
 
 
 class Tenant(UUIDPk, Timestamps, Base):
     __tablename__ = "tenants"
+    # Cursor pagination walks (created_at, id).
+    __table_args__ = (Index("ix_tenants_created_at_id", "created_at", "id"),)
 
     slug: Mapped[str] = mapped_column(String(63), unique=True)
     display_name: Mapped[str] = mapped_column(String(200))
@@ -73,6 +77,16 @@ class Tenant(UUIDPk, Timestamps, Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     plan: Mapped[Plan] = relationship(lazy="raise")
+
+
+class TenantPlanChange(UUIDPk, Base):
+    """The plan a tenant is on from ``effective_at`` on: the history billing prorates over."""
+
+    __tablename__ = "tenant_plan_changes"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    plan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("plans.id"))
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Operation(UUIDPk, Timestamps, Base):

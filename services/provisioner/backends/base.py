@@ -8,6 +8,17 @@ from typing import Any
 
 from provisioner.synapse_config import HomeserverSecrets
 
+# What the proxy bills as messages: every timeline (non-state) event a client sent with
+# ``PUT …/send``. Redactions have their own endpoint and are not billed; outliers and
+# rejected events are not part of any room's timeline. Same SQL on SQLite and PostgreSQL.
+HOMESERVER_MESSAGES_SQL = (
+    "SELECT count(*) FROM events WHERE state_key IS NULL AND NOT outlier"
+    " AND rejection_reason IS NULL AND type <> 'm.room.redaction'"
+)
+HOMESERVER_MEDIA_BYTES_SQL = (
+    "SELECT coalesce(sum(media_length), 0) FROM local_media_repository WHERE url_cache IS NULL"
+)
+
 
 @dataclass(frozen=True)
 class HomeserverTarget:
@@ -59,3 +70,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def stop_all(self) -> list[str]:
         """Stop every homeserver this backend runs (local shutdown); returns tenant ids."""
+
+    @abc.abstractmethod
+    def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
+        """The homeserver's own record of billable usage, read from its database:
+        ``messages`` (timeline events) and ``media_bytes`` (local uploads). None when the
+        homeserver has no database yet."""

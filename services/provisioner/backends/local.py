@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -19,7 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from platform_core.errors import TemporaryError
-from provisioner.backends.base import Backend, HomeserverTarget
+from provisioner.backends.base import (
+    HOMESERVER_MEDIA_BYTES_SQL,
+    HOMESERVER_MESSAGES_SQL,
+    Backend,
+    HomeserverTarget,
+)
 from provisioner.synapse_config import HomeserverSpec, write_homeserver_files
 
 _STOP_GRACE_S = 15.0
@@ -135,6 +141,19 @@ class LocalBackend(Backend):
         partial.replace(final)
         shutil.rmtree(directory)
         return str(final)
+
+    def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
+        database = self.tenant_dir(tenant_id) / "homeserver.db"
+        if not database.exists():
+            return None
+        # Read-only, never creating the file; Synapse keeps writing meanwhile.
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+        try:
+            (messages,) = conn.execute(HOMESERVER_MESSAGES_SQL).fetchone()
+            (media_bytes,) = conn.execute(HOMESERVER_MEDIA_BYTES_SQL).fetchone()
+        finally:
+            conn.close()
+        return {"messages": int(messages), "media_bytes": int(media_bytes or 0)}
 
     def stop_all(self) -> list[str]:
         stopped: list[str] = []

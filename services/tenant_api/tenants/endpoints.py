@@ -20,6 +20,7 @@ from tenant_api.tenants.schemas import (
     TenantCreate,
     TenantOut,
     TenantPage,
+    TenantPatch,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,22 @@ async def get_tenant(
     tenant = await tenants.get_or_404(tenant_id)
     codes = await tenants.plan_codes({tenant.plan_id})
     return service.to_out(tenant, codes[tenant.plan_id], settings)
+
+
+@router.patch("/{tenant_id}", response_model=TenantOut)
+async def update_tenant(
+    tenant_id: uuid.UUID,
+    body: TenantPatch,
+    session: SessionDep,
+    principal: OperatorDep,
+    settings: SettingsDep,
+) -> TenantOut:
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get_or_404(tenant_id)
+    plan_code = await service.update_tenant(tenants, tenant, body)
+    await session.commit()
+    await session.refresh(tenant)
+    return service.to_out(tenant, plan_code, settings)
 
 
 @router.delete("/{tenant_id}", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted)

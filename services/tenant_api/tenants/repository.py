@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.auth import Principal, PrincipalKind
 from platform_core.errors import NotFound
-from platform_core.models import Homeserver, Plan, Tenant
+from platform_core.models import Homeserver, Plan, Tenant, TenantPlanChange
 
 
 def scoped(statement: Select, principal: Principal) -> Select:  # type: ignore[type-arg]
@@ -57,6 +57,10 @@ class TenantRepository:
 
     async def add(self, tenant: Tenant) -> None:
         self.session.add(tenant)
+        await self.session.flush()
+
+    async def add_plan_change(self, change: TenantPlanChange) -> None:
+        self.session.add(change)
         await self.session.flush()
 
     async def plan_codes(self, plan_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:

@@ -88,6 +88,19 @@ class TenantCreate(BaseModel):
         return value
 
 
+class TenantPatch(BaseModel):
+    """Fields to change. A plan change is billed from the start of today (UTC), prorated by
+    day; its limits reach the homeserver's config with the lifecycle work (issue 5)."""
+
+    model_config = ConfigDict(extra="forbid")
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    plan: str | None = Field(default=None, description="Code of the plan to move to")
+
+    _display_name = field_validator("display_name")(
+        lambda cls, v: v if v is None else TenantCreate._display_name(v)
+    )
+
+
 class OperationRef(BaseModel):
     id: uuid.UUID
     url: str

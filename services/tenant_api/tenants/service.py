@@ -11,11 +11,18 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 
 from platform_core.errors import Conflict, InvalidRequest
-from platform_core.models import Operation, OperationKind, Tenant, TenantStatus
+from platform_core.models import (
+    Operation,
+    OperationKind,
+    Tenant,
+    TenantPlanChange,
+    TenantStatus,
+    utcnow,
+)
 from platform_core.settings import Settings
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants.repository import TenantRepository
-from tenant_api.tenants.schemas import TenantCreate, TenantOut
+from tenant_api.tenants.schemas import TenantCreate, TenantOut, TenantPatch
 
 
 def server_name_for(slug: str, settings: Settings) -> str:
@@ -57,19 +64,50 @@ async def create_tenant(
     server_name = server_name_for(body.slug, settings)
     if await tenants.get_by_server_name(server_name) is not None:
         raise Conflict(f"server name '{server_name}' is already taken")
+    now = utcnow()
     tenant = Tenant(
         slug=body.slug,
         display_name=body.display_name,
         server_name=server_name,
         status=TenantStatus.PROVISIONING,
         plan_id=plan.id,
+        created_at=now,
+        updated_at=now,
     )
     try:
         await tenants.add(tenant)
     except IntegrityError as exc:  # a concurrent request took the slug first
         raise Conflict(f"a tenant with slug '{body.slug}' already exists") from exc
+    await tenants.add_plan_change(
+        TenantPlanChange(tenant_id=tenant.id, plan_id=plan.id, effective_at=now)
+    )
     operation = await operations.start(tenant.id, OperationKind.PROVISION)
     return tenant, plan.code, operation
+
+
+async def update_tenant(tenants: TenantRepository, tenant: Tenant, body: TenantPatch) -> str:
+    """Apply a PATCH; returns the tenant's plan code afterwards."""
+    if tenant.status in (TenantStatus.DELETING, TenantStatus.DELETED):
+        raise Conflict(f"tenant is {tenant.status.value}")
+    if body.display_name is not None:
+        tenant.display_name = body.display_name
+    codes = await tenants.plan_codes({tenant.plan_id})
+    if body.plan is None or body.plan == codes[tenant.plan_id]:
+        return codes[tenant.plan_id]
+    new_plan = await tenants.get_plan(body.plan)
+    if new_plan is None:
+        raise InvalidRequest(f"plan: no plan with code '{body.plan}'")
+    old_plan = await tenants.get_plan(codes[tenant.plan_id])
+    if old_plan is not None and old_plan.currency != new_plan.currency:
+        raise InvalidRequest(
+            f"plan: '{new_plan.code}' bills in {new_plan.currency}, this tenant in "
+            f"{old_plan.currency}; one invoice cannot mix currencies"
+        )
+    tenant.plan_id = new_plan.id
+    await tenants.add_plan_change(
+        TenantPlanChange(tenant_id=tenant.id, plan_id=new_plan.id, effective_at=utcnow())
+    )
+    return new_plan.code
 
 
 async def delete_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:

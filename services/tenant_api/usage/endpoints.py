@@ -1,10 +1,10 @@
-"""GET /v1/tenants/{id}/usage: metered totals of one tenant."""
+"""GET /v1/tenants/{id}/usage: metered totals of one tenant, optionally as a time series."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -13,9 +13,17 @@ from platform_core.models import Meter
 from tenant_api.deps import OperatorDep, SessionDep
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.usage import repository
-from tenant_api.usage.schemas import UsageOut
+from tenant_api.usage.schemas import UsageBucket, UsageOut
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/usage", tags=["usage"])
+
+
+def bucket_start(hour: datetime, granularity: str) -> datetime:
+    if granularity == "day":
+        return hour.replace(hour=0)
+    if granularity == "month":
+        return hour.replace(day=1, hour=0)
+    return hour
 
 
 @router.get("", response_model=UsageOut, response_model_by_alias=True)
@@ -25,6 +33,13 @@ async def get_usage(
     principal: OperatorDep,
     from_: Annotated[datetime | None, Query(alias="from", description="UTC, inclusive")] = None,
     to: Annotated[datetime | None, Query(description="UTC, exclusive")] = None,
+    granularity: Annotated[
+        Literal["hour", "day", "month"] | None,
+        Query(description="Also return a series of UTC buckets that have usage"),
+    ] = None,
+    meter: Annotated[
+        list[Meter] | None, Query(description="Only these meters (repeat the parameter)")
+    ] = None,
 ) -> UsageOut:
     for name, value in (("from", from_), ("to", to)):
         if value is not None and value.tzinfo is None:
@@ -32,8 +47,23 @@ async def get_usage(
     if from_ and to and from_ >= to:
         raise InvalidRequest("from must be before to")
     await TenantRepository(session, principal).get_or_404(tenant_id)
+    meters = [m.value for m in (meter or list(Meter))]
     found = await repository.totals(session, tenant_id, from_, to)
-    totals = {meter.value: found.get(meter.value, 0) for meter in Meter}
+    totals = {m: found.get(m, 0) for m in meters}
+    series = None
+    if granularity is not None:
+        buckets: dict[datetime, dict[str, int]] = {}
+        for hour, name, quantity in await repository.hourly(session, tenant_id, from_, to, meters):
+            values = buckets.setdefault(bucket_start(hour, granularity), dict.fromkeys(meters, 0))
+            values[name] += quantity
+        series = [UsageBucket(start=start, values=values) for start, values in buckets.items()]
     return UsageOut.model_validate(
-        {"tenant_id": tenant_id, "from": from_, "to": to, "totals": totals}
+        {
+            "tenant_id": tenant_id,
+            "from": from_,
+            "to": to,
+            "granularity": granularity,
+            "totals": totals,
+            "series": series,
+        }
     )

@@ -1,17 +1,41 @@
-"""All SQL on the usage ledger: totals for the API (async) and batch application (sync)."""
+"""All SQL on the usage ledger: totals and series for the API (async), batch application (sync).
+
+Batch application on PostgreSQL sends each table's rows as arrays through ``unnest`` (one
+statement, one round trip, however many rows); SQLite takes multi-row VALUES in chunks.
+Rows are sorted by key so that concurrent consumers take row locks in the same order.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from platform_core.models import BillableEvent, Tenant, UsageBatch, UsageCounter
+
+_SQLITE_CHUNK = 500
+
+
+class NewEvent(NamedTuple):
+    tenant_id: uuid.UUID
+    meter: str
+    natural_id: str
+    quantity: int
+    occurred_at: datetime
+
+
+def _range(statement: Any, start: datetime | None, end: datetime | None) -> Any:
+    if start is not None:
+        statement = statement.where(UsageCounter.period_start >= start)
+    if end is not None:
+        statement = statement.where(UsageCounter.period_start < end)
+    return statement
 
 
 async def totals(
@@ -22,16 +46,43 @@ async def totals(
         .where(UsageCounter.tenant_id == tenant_id)
         .group_by(UsageCounter.meter)
     )
-    if start is not None:
-        statement = statement.where(UsageCounter.period_start >= start)
-    if end is not None:
-        statement = statement.where(UsageCounter.period_start < end)
-    return {meter: int(total or 0) for meter, total in await session.execute(statement)}
+    rows = await session.execute(_range(statement, start, end))
+    return {meter: int(total or 0) for meter, total in rows}
+
+
+async def hourly(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    start: datetime | None,
+    end: datetime | None,
+    meters: Iterable[str],
+) -> list[tuple[datetime, str, int]]:
+    statement = (
+        select(UsageCounter.period_start, UsageCounter.meter, UsageCounter.quantity)
+        .where(UsageCounter.tenant_id == tenant_id, UsageCounter.meter.in_(list(meters)))
+        .order_by(UsageCounter.period_start)
+    )
+    rows = await session.execute(_range(statement, start, end))
+    return [(period, meter, int(quantity)) for period, meter, quantity in rows]
+
+
+def totals_between(
+    session: Session, tenant_id: uuid.UUID, start: datetime, end: datetime
+) -> dict[str, int]:
+    statement = (
+        select(UsageCounter.meter, func.sum(UsageCounter.quantity))
+        .where(UsageCounter.tenant_id == tenant_id)
+        .group_by(UsageCounter.meter)
+    )
+    return {m: int(q or 0) for m, q in session.execute(_range(statement, start, end))}
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def _insert(session: Session, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return (postgresql.insert if _is_postgres(session) else sqlite.insert)(table)
 
 
 def claim_batch(session: Session, batch_id: str, source: str) -> bool:
@@ -51,36 +102,89 @@ def existing_tenant_ids(session: Session, tenant_ids: set[uuid.UUID]) -> set[uui
     return set(session.scalars(select(Tenant.id).where(Tenant.id.in_(tenant_ids))))
 
 
-def add_billable_events(
-    session: Session, tenant_id: uuid.UUID, meter: str, natural_ids: list[str], at: datetime
-) -> int:
-    """Insert events not seen before; returns how many were new."""
-    if not natural_ids:
-        return 0
-    statement = (
-        _insert(session, BillableEvent)
-        .values(
-            [
-                {"tenant_id": tenant_id, "meter": meter, "natural_id": nid, "occurred_at": at}
-                for nid in natural_ids
-            ]
+_PG_ADD_EVENTS = text(
+    """
+    INSERT INTO billable_events (tenant_id, meter, natural_id, quantity, occurred_at)
+    SELECT * FROM unnest(
+        CAST(:tenant_ids AS uuid[]), CAST(:meters AS varchar[]), CAST(:natural_ids AS varchar[]),
+        CAST(:quantities AS bigint[]), CAST(:occurred AS timestamptz[]))
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, meter, natural_id, quantity, occurred_at
+    """
+)
+
+
+def add_billable_events(session: Session, events: list[NewEvent]) -> list[NewEvent]:
+    """Insert the events whose natural id was never seen; returns those that were new."""
+    if not events:
+        return []
+    events = sorted({(e.tenant_id, e.meter, e.natural_id): e for e in events}.values())
+    if _is_postgres(session):
+        rows = session.execute(
+            _PG_ADD_EVENTS,
+            {
+                "tenant_ids": [e.tenant_id for e in events],
+                "meters": [e.meter for e in events],
+                "natural_ids": [e.natural_id for e in events],
+                "quantities": [e.quantity for e in events],
+                "occurred": [e.occurred_at for e in events],
+            },
         )
-        .on_conflict_do_nothing(index_elements=["tenant_id", "meter", "natural_id"])
-        .returning(BillableEvent.natural_id)
-    )
-    return len(session.execute(statement).all())
+        return [NewEvent(*row) for row in rows]
+    new: list[NewEvent] = []
+    for start in range(0, len(events), _SQLITE_CHUNK):
+        chunk = events[start : start + _SQLITE_CHUNK]
+        statement = (
+            _insert(session, BillableEvent)
+            .values([e._asdict() for e in chunk])
+            .on_conflict_do_nothing(index_elements=["tenant_id", "meter", "natural_id"])
+            .returning(BillableEvent.natural_id, BillableEvent.meter, BillableEvent.tenant_id)
+        )
+        inserted = {(t, m, n) for n, m, t in session.execute(statement)}
+        new.extend(e for e in chunk if (e.tenant_id, e.meter, e.natural_id) in inserted)
+    return new
+
+
+_PG_ADD_TO_COUNTERS = text(
+    """
+    INSERT INTO usage_counters (tenant_id, meter, period_start, quantity)
+    SELECT * FROM unnest(
+        CAST(:tenant_ids AS uuid[]), CAST(:meters AS varchar[]),
+        CAST(:periods AS timestamptz[]), CAST(:quantities AS bigint[]))
+    ON CONFLICT (tenant_id, meter, period_start)
+    DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity
+    """
+)
 
 
 def add_to_counters(session: Session, rows: list[tuple[uuid.UUID, str, datetime, int]]) -> None:
-    """Upsert ``quantity += delta`` for each (tenant, meter, hour, delta)."""
-    rows = [r for r in rows if r[3]]
+    """Upsert ``quantity += delta`` for each (tenant, meter, hour, delta); keys are unique."""
+    rows = sorted(r for r in rows if r[3])
     if not rows:
         return
-    statement = _insert(session, UsageCounter).values(
-        [{"tenant_id": t, "meter": m, "period_start": p, "quantity": q} for t, m, p, q in rows]
-    )
-    statement = statement.on_conflict_do_update(
-        index_elements=["tenant_id", "meter", "period_start"],
-        set_={"quantity": UsageCounter.quantity + statement.excluded.quantity},
-    )
-    session.execute(statement)
+    if _is_postgres(session):
+        tenant_ids, meters, periods, quantities = (
+            list(column) for column in zip(*rows, strict=True)
+        )
+        session.execute(
+            _PG_ADD_TO_COUNTERS,
+            {
+                "tenant_ids": tenant_ids,
+                "meters": meters,
+                "periods": periods,
+                "quantities": quantities,
+            },
+        )
+        return
+    for start in range(0, len(rows), _SQLITE_CHUNK):
+        statement = _insert(session, UsageCounter).values(
+            [
+                {"tenant_id": t, "meter": m, "period_start": p, "quantity": q}
+                for t, m, p, q in rows[start : start + _SQLITE_CHUNK]
+            ]
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["tenant_id", "meter", "period_start"],
+            set_={"quantity": UsageCounter.quantity + statement.excluded.quantity},
+        )
+        session.execute(statement)

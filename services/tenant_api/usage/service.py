@@ -6,53 +6,100 @@ import json
 import logging
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from platform_core.models import Meter
 from tenant_api.usage import repository
+from tenant_api.usage.repository import NewEvent
 
 log = logging.getLogger(__name__)
 
-COUNTED_METERS = (Meter.API_REQUESTS, Meter.BYTES_IN, Meter.BYTES_OUT)
+SUMMED_METERS = frozenset(
+    {Meter.API_REQUESTS, Meter.BYTES_IN, Meter.BYTES_OUT, Meter.MEDIA_EGRESS_BYTES}
+)
+EVENT_METERS = frozenset({Meter.MESSAGES, Meter.CALLS, Meter.MEDIA_BYTES, Meter.ACTIVE_USERS})
+MAX_NATURAL_ID = 512
 
 
-def hour_of(ts: float) -> datetime:
-    moment = datetime.fromtimestamp(ts, UTC)
+class MalformedBatch(ValueError):
+    """A stream entry that is not a usage batch this consumer understands."""
+
+
+@dataclass
+class ParsedBatch:
+    usage: list[tuple[uuid.UUID, str, datetime, int]]  # tenant, meter, hour, quantity
+    events: list[NewEvent]
+
+
+def hour_of(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def apply_batch(session: Session, batch_id: str, source: str, payload_json: str) -> bool:
+def _moment(ts: object) -> datetime:
+    if not isinstance(ts, int | float) or isinstance(ts, bool):
+        raise MalformedBatch(f"timestamp {ts!r} is not a number")
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _quantity(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedBatch(f"quantity {value!r} is not a non-negative integer")
+    return value
+
+
+def parse_batch(payload_json: str) -> ParsedBatch:
+    """Validate a version 2 batch (see homeserver_proxy.metering) without touching the DB."""
+    try:
+        payload = json.loads(payload_json)
+        if not isinstance(payload, dict) or payload.get("v") != 2:
+            raise MalformedBatch("not a version 2 usage batch")
+        usage = []
+        for tenant, hour, meter, quantity in payload["usage"]:
+            if meter not in SUMMED_METERS:
+                raise MalformedBatch(f"{meter!r} is not a summed meter")
+            usage.append((uuid.UUID(tenant), meter, hour_of(_moment(hour)), _quantity(quantity)))
+        events = []
+        for tenant, meter, natural_id, quantity, ts in payload["events"]:
+            if meter not in EVENT_METERS:
+                raise MalformedBatch(f"{meter!r} is not an event meter")
+            if not isinstance(natural_id, str) or not 0 < len(natural_id) <= MAX_NATURAL_ID:
+                raise MalformedBatch(f"bad natural id {natural_id!r:.80}")
+            events.append(
+                NewEvent(uuid.UUID(tenant), meter, natural_id, _quantity(quantity), _moment(ts))
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, MalformedBatch):
+            raise
+        raise MalformedBatch(f"{type(exc).__name__}: {exc}") from exc
+    return ParsedBatch(usage, events)
+
+
+def apply_batch(session: Session, batch_id: str, source: str, batch: ParsedBatch) -> bool:
     """Apply one batch in the caller's transaction; False if it was applied before.
 
     The batch id is recorded in the same transaction as the counters, so a crash either
-    keeps both or neither: re-delivering the batch can never count it twice.
+    keeps both or neither: re-delivering the batch can never count it twice. A billable
+    event adds to its counter only the first time its natural id is seen.
     """
     if not repository.claim_batch(session, batch_id, source):
         return False
-    payload = json.loads(payload_json)
-    ts = float(payload["ts"])
-    at = datetime.fromtimestamp(ts, UTC)
-    period = hour_of(ts)
-    per_tenant: dict[str, dict[str, Any]] = payload.get("tenants", {})
-    wanted = {uuid.UUID(t) for t in per_tenant}
+    wanted = {row[0] for row in batch.usage} | {event.tenant_id for event in batch.events}
     known = repository.existing_tenant_ids(session, wanted)
-    deltas: dict[tuple[uuid.UUID, str, datetime], int] = defaultdict(int)
-    for raw_id, usage in per_tenant.items():
-        tenant_id = uuid.UUID(raw_id)
-        if tenant_id not in known:
-            log.error(
-                "usage batch %s names unknown tenant %s; its usage is skipped", batch_id, raw_id
-            )
-            continue
-        for meter in COUNTED_METERS:
-            deltas[(tenant_id, meter.value, period)] += int(usage.get(meter.value, 0))
-        event_ids = [str(e) for e in usage.get("messages", [])]
-        new = repository.add_billable_events(
-            session, tenant_id, Meter.MESSAGES.value, event_ids, at
+    if unknown := wanted - known:
+        log.error(
+            "usage batch %s names unknown tenants %s; their usage is skipped",
+            batch_id,
+            ", ".join(sorted(map(str, unknown))),
         )
-        deltas[(tenant_id, Meter.MESSAGES.value, period)] += new
+    deltas: dict[tuple[uuid.UUID, str, datetime], int] = defaultdict(int)
+    for tenant_id, meter, hour, quantity in batch.usage:
+        if tenant_id in known:
+            deltas[(tenant_id, meter, hour)] += quantity
+    events = [event for event in batch.events if event.tenant_id in known]
+    for event in repository.add_billable_events(session, events):
+        deltas[(event.tenant_id, event.meter, hour_of(event.occurred_at))] += event.quantity
     repository.add_to_counters(session, [(t, m, p, q) for (t, m, p), q in deltas.items()])
     return True

@@ -20,7 +20,7 @@ from platform_core.celery import TaskNames, celery_app
 from platform_core.db import task_session
 from platform_core.redis import RedisKeys, keys_for
 from platform_core.settings import get_settings
-from tenant_api.usage.service import apply_batch
+from tenant_api.usage.service import MalformedBatch, apply_batch, parse_batch
 
 log = logging.getLogger(__name__)
 app = celery_app()
@@ -48,7 +48,7 @@ def drain_usage_stream(
 ) -> dict[str, int]:
     """Apply every available batch (pending-reclaimed first); returns counts."""
     ensure_group(client, keys)
-    report = {"applied": 0, "duplicates": 0, "reclaimed": 0}
+    report = {"applied": 0, "duplicates": 0, "reclaimed": 0, "malformed": 0}
     # Redis 6.2 answers [cursor, entries], Redis 7 adds a third element (deleted ids).
     claimed: Any = client.xautoclaim(
         keys.usage_stream,
@@ -84,10 +84,24 @@ def _apply_entries(client: redis.Redis, keys: RedisKeys, entries, report: dict[s
         if not fields:  # deleted while pending
             client.xack(keys.usage_stream, keys.usage_group, entry_id)
             continue
-        batch_id = fields[b"batch_id"].decode()
-        source = fields.get(b"source", b"?").decode()
+        try:
+            batch_id = fields[b"batch_id"].decode()
+            source = fields.get(b"source", b"?").decode()
+            batch = parse_batch(fields[b"payload"].decode())
+        except (KeyError, UnicodeDecodeError, MalformedBatch) as exc:
+            # Retrying cannot fix it: park it for a human instead of blocking the stream.
+            log.error(
+                "usage entry %s is malformed (%s); moved to %s", entry_id, exc, keys.usage_dead
+            )
+            pipe = client.pipeline()
+            pipe.xadd(keys.usage_dead, {**fields, b"error": str(exc)[:500]})
+            pipe.xack(keys.usage_stream, keys.usage_group, entry_id)
+            pipe.xdel(keys.usage_stream, entry_id)
+            pipe.execute()
+            report["malformed"] += 1
+            continue
         with task_session() as session:
-            applied = apply_batch(session, batch_id, source, fields[b"payload"].decode())
+            applied = apply_batch(session, batch_id, source, batch)
         # Only after commit: a crash here leaves the entry pending, and re-applying is a no-op.
         pipe = client.pipeline()
         pipe.xack(keys.usage_stream, keys.usage_group, entry_id)

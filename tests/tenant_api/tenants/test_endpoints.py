@@ -173,7 +173,16 @@ async def test_user_input_is_validated(api: httpx.AsyncClient, body: dict, field
 async def test_usage_of_a_new_tenant_is_all_zero(api: httpx.AsyncClient) -> None:
     tenant = (await api.post("/v1/tenants", json={"slug": slug(), "display_name": "X"})).json()
     usage = (await api.get(f"/v1/tenants/{tenant['id']}/usage")).json()
-    assert usage["totals"] == {"api_requests": 0, "bytes_in": 0, "bytes_out": 0, "messages": 0}
+    assert usage["totals"] == {
+        "api_requests": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "messages": 0,
+        "media_bytes": 0,
+        "media_egress_bytes": 0,
+        "calls": 0,
+        "active_users": 0,
+    }
     naive = await api.get(
         f"/v1/tenants/{tenant['id']}/usage", params={"from": "2026-01-01T00:00:00"}
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 
 import redis
 from sqlalchemy import func, select
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 from platform_core.db import task_session
 from platform_core.models import UsageCounter
 from platform_core.redis import RedisKeys
+from tenant_api.usage import repository as usage_repository
 from tenant_api.usage import tasks
 from tests.factories import make_tenant
 
@@ -26,17 +28,29 @@ def _totals(tenant_id: uuid.UUID) -> dict[str, int]:
         return {meter: int(total) for meter, total in rows}
 
 
-def _batch(tenant_id: uuid.UUID, *, requests: int, messages: list[str]) -> dict[str, str]:
+def _batch(
+    tenant_id: uuid.UUID,
+    *,
+    requests: int,
+    messages: list[str],
+    events: list[tuple[str, str, int, float]] = (),  # type: ignore[assignment]
+    ts: float | None = None,
+) -> dict[str, str]:
+    """A version 2 batch as a proxy writes it (homeserver_proxy.metering)."""
+    now = time.time() if ts is None else ts
+    hour = int(now) // 3600 * 3600
+    tenant = str(tenant_id)
+    usage = [
+        [tenant, hour, "api_requests", requests],
+        [tenant, hour, "bytes_in", 10 * requests],
+        [tenant, hour, "bytes_out", 100 * requests],
+    ]
     payload = {
-        "ts": time.time(),
-        "tenants": {
-            str(tenant_id): {
-                "api_requests": requests,
-                "bytes_in": 10 * requests,
-                "bytes_out": 100 * requests,
-                "messages": messages,
-            }
-        },
+        "v": 2,
+        "ts": now,
+        "usage": [row for row in usage if row[3]],
+        "events": [[tenant, "messages", event_id, 1, now] for event_id in messages]
+        + [[tenant, meter, nid, quantity, at] for meter, nid, quantity, at in events],
     }
     return {"batch_id": uuid.uuid4().hex, "source": "test", "payload": json.dumps(payload)}
 
@@ -68,7 +82,7 @@ def test_the_same_batch_written_twice_counts_once(
     redis_client.xadd(keys.usage_stream, batch)
     redis_client.xadd(keys.usage_stream, batch)  # the proxy retried a write that had landed
     report = tasks.drain_usage_stream(redis_client, keys, "consumer-1")
-    assert report == {"applied": 1, "duplicates": 1, "reclaimed": 0}
+    assert report == {"applied": 1, "duplicates": 1, "reclaimed": 0, "malformed": 0}
     assert _totals(tenant)["api_requests"] == 4
     assert _totals(tenant)["messages"] == 1
 
@@ -129,3 +143,60 @@ def test_usage_for_an_unknown_tenant_is_skipped_not_fatal(
     report = tasks.drain_usage_stream(redis_client, keys, "consumer-1")
     assert report["applied"] == 2
     assert _totals(known)["api_requests"] == 2
+
+
+def test_uploads_bill_their_bytes_once_per_mxc_uri(
+    platform_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    keys = _keys(platform_env)
+    tenant = make_tenant()
+    now = time.time()
+    upload = ("media_bytes", "mxc://acme/abc", 5000, now)
+    redis_client.xadd(keys.usage_stream, _batch(tenant, requests=1, messages=[], events=[upload]))
+    redis_client.xadd(keys.usage_stream, _batch(tenant, requests=1, messages=[], events=[upload]))
+    tasks.drain_usage_stream(redis_client, keys, "consumer-1")
+    assert _totals(tenant)["media_bytes"] == 5000
+
+
+def test_monthly_active_users_count_each_user_once_per_calendar_month(
+    platform_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    keys = _keys(platform_env)
+    tenant = make_tenant()
+    october = datetime(2026, 10, 31, 23, 59, 30, tzinfo=UTC).timestamp()
+    november = datetime(2026, 11, 1, 0, 0, 30, tzinfo=UTC).timestamp()
+
+    def active(month: str, user: str, at: float) -> tuple[str, str, int, float]:
+        return ("active_users", f"{month}|{user}", 1, at)
+
+    for events in (
+        [active("2026-10", "@alice:acme", october), active("2026-10", "@bob:acme", october)],
+        [active("2026-10", "@alice:acme", october)],  # another proxy saw alice too
+        [active("2026-11", "@alice:acme", november)],
+    ):
+        redis_client.xadd(keys.usage_stream, _batch(tenant, requests=0, messages=[], events=events))
+    tasks.drain_usage_stream(redis_client, keys, "consumer-1")
+    with task_session() as session:
+        by_month = usage_repository.totals_between(
+            session, tenant, datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+        )
+        november_totals = usage_repository.totals_between(
+            session, tenant, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+        )
+    assert by_month["active_users"] == 2
+    assert november_totals["active_users"] == 1
+
+
+def test_a_malformed_entry_is_parked_and_does_not_block_the_stream(
+    platform_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    keys = _keys(platform_env)
+    tenant = make_tenant()
+    redis_client.xadd(keys.usage_stream, {"batch_id": "x", "source": "?", "payload": "{oops"})
+    redis_client.xadd(keys.usage_stream, _batch(tenant, requests=2, messages=[]))
+    report = tasks.drain_usage_stream(redis_client, keys, "consumer-1")
+    assert (report["malformed"], report["applied"]) == (1, 1)
+    assert _totals(tenant)["api_requests"] == 2
+    parked = redis_client.xrange(keys.usage_dead)
+    assert len(parked) == 1 and parked[0][1][b"payload"] == b"{oops"
+    redis_client.delete(keys.usage_dead)

@@ -1,0 +1,92 @@
+"""Who made a request: access token → Matrix user id, for monthly active users.
+
+Learned for free from login/register and whoami answers; a token seen for the first time is
+resolved once with a ``whoami`` call off the request path. Tokens are kept only as keyed
+hashes, and the cache is bounded (least recently used entries go first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
+
+from homeserver_proxy.asgi import Scope
+
+log = logging.getLogger(__name__)
+
+Resolve = Callable[[str, str], Awaitable[str | None]]  # (upstream, token) -> user id
+OnUser = Callable[[str], None]
+
+
+def access_token(scope: Scope) -> str | None:
+    """The client's access token: ``Authorization: Bearer`` or the ``access_token`` query."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            return token.strip() or None
+    query: bytes = scope.get("query_string", b"")
+    if b"access_token=" in query:
+        values = parse_qs(query.decode("latin-1")).get("access_token")
+        return values[0] if values else None
+    return None
+
+
+class TokenUsers:
+    def __init__(self, resolve: Resolve, *, max_entries: int = 200_000) -> None:
+        self._resolve = resolve
+        self._max_entries = max_entries
+        self._users: OrderedDict[bytes, str] = OrderedDict()
+        self._pending: dict[bytes, asyncio.Task[None]] = {}
+        self._salt = os.urandom(16)  # per process: the hashes mean nothing outside it
+
+    def _key(self, tenant_id: str, token: str) -> bytes:
+        return hashlib.blake2b(
+            f"{tenant_id}\0{token}".encode(), digest_size=20, key=self._salt
+        ).digest()
+
+    def get(self, tenant_id: str, token: str) -> str | None:
+        key = self._key(tenant_id, token)
+        user = self._users.get(key)
+        if user is not None:
+            self._users.move_to_end(key)
+        return user
+
+    def remember(self, tenant_id: str, token: str, user_id: str) -> None:
+        key = self._key(tenant_id, token)
+        self._users[key] = user_id
+        self._users.move_to_end(key)
+        while len(self._users) > self._max_entries:
+            self._users.popitem(last=False)
+
+    def resolve_later(self, tenant_id: str, token: str, upstream: str, on_user: OnUser) -> None:
+        """Find the token's user in the background; ``on_user`` is called once it is known."""
+        key = self._key(tenant_id, token)
+        if key in self._pending:
+            return
+
+        async def run() -> None:
+            try:
+                user = await self._resolve(upstream, token)
+            except Exception:  # the next request with this token tries again
+                log.warning("whoami failed for a token of tenant %s", tenant_id, exc_info=True)
+                return
+            finally:
+                self._pending.pop(key, None)
+            if user is not None:
+                self.remember(tenant_id, token, user)
+                on_user(user)
+
+        self._pending[key] = asyncio.create_task(run(), name="whoami")
+
+    async def settle(self, deadline_s: float) -> None:
+        """Let resolutions in flight finish (at shutdown, before the last usage flush)."""
+        pending = list(self._pending.values())
+        if pending:
+            await asyncio.wait(pending, timeout=deadline_s)

@@ -1,0 +1,1 @@
+"""Invoices: rating usage into money, drafts, finalization."""

@@ -1,0 +1,159 @@
+"""/v1/tenants/{id}/invoices: the live draft, finalized invoices (JSON or CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
+
+from platform_core.errors import NotFound
+from platform_core.models import utcnow
+from tenant_api.deps import OperatorDep, SessionDep
+from tenant_api.invoices import repository, service
+from tenant_api.invoices.schemas import InvoiceLineOut, InvoiceList, InvoiceOut, InvoiceSummary
+from tenant_api.tenants.repository import TenantRepository
+
+router = APIRouter(prefix="/v1/tenants/{tenant_id}/invoices", tags=["invoices"])
+
+FormatQuery = Annotated[
+    str | None, Query(alias="format", pattern="^(json|csv)$", description="or Accept: text/csv")
+]
+CSV_COLUMNS = [
+    "number",
+    "period",
+    "status",
+    "currency",
+    "kind",
+    "description",
+    "meter",
+    "quantity",
+    "included",
+    "unit_price",
+    "per",
+    "amount",
+    "plan",
+    "first_day",
+    "last_day",
+    "adjusts_period",
+]
+
+
+def to_out(doc: service.InvoiceDoc) -> InvoiceOut:
+    start, end, _ = service.period_bounds(doc.period)
+    return InvoiceOut(
+        tenant_id=doc.tenant_id,
+        number=doc.number,
+        period=doc.period,
+        period_start=start,
+        period_end=end,
+        status=doc.status,
+        currency=doc.currency,
+        lines=[InvoiceLineOut(**vars(line)) for line in doc.lines],
+        total=doc.total,
+        finalized_at=doc.finalized_at,
+    )
+
+
+def _wants_csv(request: Request, fmt: str | None) -> bool:
+    if fmt is not None:
+        return fmt == "csv"
+    return "text/csv" in request.headers.get("accept", "")
+
+
+def _csv(doc: service.InvoiceDoc) -> Response:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    head = [doc.number or "", doc.period, doc.status, doc.currency]
+    for line in doc.lines:
+        values = vars(line)
+        writer.writerow(head + ["" if values[c] is None else values[c] for c in CSV_COLUMNS[4:]])
+    writer.writerow(head + ["total", "Total", "", "", "", "", "", doc.total, "", "", "", ""])
+    name = f"invoice-{doc.number or 'draft-' + doc.period}.csv"
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def _respond(request: Request, fmt: str | None, doc: service.InvoiceDoc) -> InvoiceOut | Response:
+    return _csv(doc) if _wants_csv(request, fmt) else to_out(doc)
+
+
+@router.get("", response_model=InvoiceList)
+async def list_invoices(
+    tenant_id: uuid.UUID, session: SessionDep, principal: OperatorDep
+) -> InvoiceList:
+    await TenantRepository(session, principal).get_or_404(tenant_id)
+    invoices = await session.run_sync(repository.finalized_invoices, tenant_id)
+    return InvoiceList(
+        items=[
+            InvoiceSummary(
+                number=i.number,
+                period=i.period,
+                status=i.status,
+                currency=i.currency,
+                total=i.total,
+                finalized_at=i.finalized_at,
+            )
+            for i in invoices
+        ]
+    )
+
+
+@router.get("/upcoming", response_model=InvoiceOut)
+async def upcoming_invoice(
+    tenant_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    principal: OperatorDep,
+    fmt: FormatQuery = None,
+) -> InvoiceOut | Response:
+    """This month's invoice as it stands now (a live draft: it changes as usage lands)."""
+    await TenantRepository(session, principal).get_or_404(tenant_id)
+    doc = await session.run_sync(service.upcoming, tenant_id, utcnow())
+    return _respond(request, fmt, doc)
+
+
+@router.get("/{number}", response_model=InvoiceOut)
+async def get_invoice(
+    tenant_id: uuid.UUID,
+    number: str,
+    request: Request,
+    session: SessionDep,
+    principal: OperatorDep,
+    fmt: FormatQuery = None,
+) -> InvoiceOut | Response:
+    await TenantRepository(session, principal).get_or_404(tenant_id)
+    invoice = await session.run_sync(repository.get_invoice_by_number, tenant_id, number)
+    if invoice is None:
+        raise NotFound(f"invoice {number} not found for tenant {tenant_id}")
+    return _respond(request, fmt, service.doc_of(invoice))
+
+
+@router.post("/{period}/finalize", response_model=InvoiceOut)
+async def finalize_invoice(
+    tenant_id: uuid.UUID, period: str, session: SessionDep, principal: OperatorDep
+) -> InvoiceOut:
+    """Finalize a month that has ended now, without waiting for the grace period.
+    Idempotent: a month already finalized returns its invoice unchanged."""
+    await TenantRepository(session, principal).get_or_404(tenant_id)
+
+    def run(sync_session: Session) -> service.InvoiceDoc:
+        invoice = service.finalize(sync_session, tenant_id, period, utcnow())
+        return service.doc_of(invoice)
+
+    try:
+        doc = await session.run_sync(run)
+        await session.commit()
+    except service.AlreadyFinalized:
+        await session.rollback()
+        invoice = await session.run_sync(repository.get_invoice, tenant_id, period)
+        assert invoice is not None
+        doc = service.doc_of(invoice)
+    return to_out(doc)

@@ -1,0 +1,1 @@
+"""Plans: prices and limits tenants subscribe to (operator-managed)."""
