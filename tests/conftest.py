@@ -143,6 +143,8 @@ def platform(
             **platform_env,
             "C3_DATABASE_URL": url,
             "C3_REDIS_NAMESPACE": f"c3e{uuid.uuid4().hex[:10]}",
+            # Billed usage vs the homeservers' own records, often enough to watch in tests.
+            "C3_USAGE_RECONCILE_INTERVAL_S": "2",
         }
         env.pop("C3_OPERATOR_TOKEN")
         running = start_platform(env, data_dir, OPERATOR_TOKEN)

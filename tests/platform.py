@@ -41,6 +41,7 @@ class RunningPlatform:
     data_dir: Path
     token: str
     log_path: Path
+    env: dict[str, str]
 
     @property
     def headers(self) -> dict[str, str]:
@@ -96,6 +97,49 @@ class RunningPlatform:
         return "\n".join("\n".join(text.splitlines()[-lines:]) for text in out)
 
 
+@dataclass
+class ProxyProcess:
+    """One more proxy (``c3 proxy``) beside the platform's own, to stop and kill at will."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def terminate(self) -> int:
+        """SIGTERM: a graceful stop that must flush every counted request."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def kill(self) -> int:
+        """SIGKILL (kill -9): nothing runs after it."""
+        self.process.kill()
+        return self.process.wait(timeout=30)
+
+
+def start_proxy(running: RunningPlatform, port: int) -> ProxyProcess:
+    env = {**running.env, "C3_PROXY_PORT": str(port), "C3_OPERATOR_TOKEN": running.token}
+    log = open(running.data_dir / "logs" / f"extra-proxy-{port}.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "c3", "proxy"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"c3 proxy exited at start ({process.returncode})")
+        try:
+            return httpx.get(f"{url}/_c3/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    poll(healthy, timeout=30, what="the extra proxy to answer /_c3/health")
+    return ProxyProcess(process, url)
+
+
 def start_platform(env_overrides: dict[str, str], data_dir: Path, token: str) -> RunningPlatform:
     api_port, proxy_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("C3_")}
@@ -126,6 +170,7 @@ def start_platform(env_overrides: dict[str, str], data_dir: Path, token: str) ->
         data_dir=data_dir,
         token=token,
         log_path=log_path,
+        env=env,
     )
 
     def ready() -> bool:

@@ -70,10 +70,16 @@ def billed_totals(session: Session, tenant_id: uuid.UUID, meters: Sequence[str])
 
 
 def record_reconciliation(
-    session: Session, tenant_id: uuid.UUID, meter: str, billed: int, homeserver: int
+    session: Session,
+    tenant_id: uuid.UUID,
+    meter: str,
+    billed: int,
+    homeserver: int,
+    checked_at: datetime,
 ) -> UsageReconciliation:
     row = UsageReconciliation(
         tenant_id=tenant_id,
+        checked_at=checked_at,
         meter=meter,
         billed=billed,
         homeserver=homeserver,

@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 
 from platform_core.db import task_session
-from platform_core.models import TenantStatus
+from platform_core.models import TenantStatus, utcnow
 from provisioner import repository, steps
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ RECONCILED_METERS = ("messages", "media_bytes")
 
 def reconcile_tenant_usage(ctx: steps.Context, tenant_id: uuid.UUID) -> dict[str, int] | None:
     """One check of one tenant; returns the drift per meter (None: no homeserver data)."""
+    observed_at = utcnow()  # before reading: billed can only have grown since
     counts = ctx.backend.usage_counts(str(tenant_id))
     if counts is None:
         return None
@@ -33,7 +34,7 @@ def reconcile_tenant_usage(ctx: steps.Context, tenant_id: uuid.UUID) -> dict[str
         drift = {}
         for meter in RECONCILED_METERS:
             row = repository.record_reconciliation(
-                session, tenant_id, meter, billed[meter], counts[meter]
+                session, tenant_id, meter, billed[meter], counts[meter], observed_at
             )
             drift[meter] = row.drift
     if any(drift.values()):

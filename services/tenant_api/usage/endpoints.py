@@ -13,7 +13,12 @@ from platform_core.models import Meter
 from tenant_api.deps import OperatorDep, SessionDep
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.usage import repository
-from tenant_api.usage.schemas import UsageBucket, UsageOut
+from tenant_api.usage.schemas import (
+    ReconciliationCheck,
+    ReconciliationOut,
+    UsageBucket,
+    UsageOut,
+)
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/usage", tags=["usage"])
 
@@ -66,4 +71,29 @@ async def get_usage(
             "totals": totals,
             "series": series,
         }
+    )
+
+
+@router.get("/reconciliation", response_model=ReconciliationOut)
+async def get_reconciliation(
+    tenant_id: uuid.UUID,
+    session: SessionDep,
+    principal: OperatorDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 20,
+) -> ReconciliationOut:
+    """Billed usage compared with the homeserver's own records (drift = homeserver − billed),
+    newest check first."""
+    await TenantRepository(session, principal).get_or_404(tenant_id)
+    rows = await repository.reconciliations(session, tenant_id, limit)
+    return ReconciliationOut(
+        items=[
+            ReconciliationCheck(
+                meter=r.meter,
+                checked_at=r.checked_at,
+                billed=r.billed,
+                homeserver=r.homeserver,
+                drift=r.drift,
+            )
+            for r in rows
+        ]
     )

@@ -17,7 +17,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from platform_core.models import BillableEvent, Tenant, UsageBatch, UsageCounter
+from platform_core.models import (
+    BillableEvent,
+    Tenant,
+    UsageBatch,
+    UsageCounter,
+    UsageReconciliation,
+)
 
 _SQLITE_CHUNK = 500
 
@@ -64,6 +70,18 @@ async def hourly(
     )
     rows = await session.execute(_range(statement, start, end))
     return [(period, meter, int(quantity)) for period, meter, quantity in rows]
+
+
+async def reconciliations(
+    session: AsyncSession, tenant_id: uuid.UUID, limit: int
+) -> list[UsageReconciliation]:
+    statement = (
+        select(UsageReconciliation)
+        .where(UsageReconciliation.tenant_id == tenant_id)
+        .order_by(UsageReconciliation.checked_at.desc(), UsageReconciliation.meter)
+        .limit(limit)
+    )
+    return list((await session.scalars(statement)).all())
 
 
 def totals_between(

@@ -28,3 +28,15 @@ class UsageOut(BaseModel):
     )
 
     model_config = {"populate_by_name": True}
+
+
+class ReconciliationCheck(BaseModel):
+    meter: str
+    checked_at: datetime = Field(description="When the homeserver was read")
+    billed: int
+    homeserver: int
+    drift: int = Field(description="homeserver − billed; positive = usage went unbilled")
+
+
+class ReconciliationOut(BaseModel):
+    items: list[ReconciliationCheck]
