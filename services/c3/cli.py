@@ -159,3 +159,48 @@ def reconcile() -> None:
 
     send_task(TaskNames.RECONCILE)
     typer.echo("reconcile enqueued")
+
+
+operator_app = typer.Typer(no_args_is_help=True, help="Operator accounts (platform staff).")
+app.add_typer(operator_app, name="operator")
+
+
+@operator_app.command("create")
+def operator_create(
+    email: str = typer.Option(..., help="Sign-in name of the operator"),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from stdin instead of a prompt"
+    ),
+) -> None:
+    """Create an operator account (e.g. the first one; later ones via POST /v1/accounts)."""
+    from pydantic import ValidationError
+    from sqlalchemy import select
+
+    from platform_core.auth.passwords import hash_password
+    from platform_core.db import task_session
+    from platform_core.models import Account, AccountRole
+    from tenant_api.accounts.schemas import AccountCreate
+
+    _require_migrated()
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        body = AccountCreate(email=email, password=password, role=AccountRole.OPERATOR)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"c3: {problems}", err=True)
+        raise typer.Exit(2) from None
+    with task_session() as session:
+        if session.scalars(select(Account).where(Account.email == body.email)).first():
+            typer.echo(f"c3: an account {body.email} exists already", err=True)
+            raise typer.Exit(1)
+        account = Account(
+            email=body.email,
+            password_hash=hash_password(body.password),
+            role=AccountRole.OPERATOR.value,
+        )
+        session.add(account)
+        session.flush()
+        typer.echo(f"operator {body.email} created (id {account.id})")

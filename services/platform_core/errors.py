@@ -37,6 +37,15 @@ class Unauthorized(C3Error):
     type_slug = "unauthorized"
 
 
+class Forbidden(C3Error):
+    """Authenticated, but this principal may not do this at all (never used to hide whether
+    another tenant's object exists: that is a 404)."""
+
+    status = 403
+    title = "Forbidden"
+    type_slug = "forbidden"
+
+
 class UpstreamError(C3Error):
     """The tenant's homeserver answered something we could not use."""
 

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     # Invoices of a month are finalized this long after it ends (late usage still lands).
     invoice_grace_period_h: float = 72.0
     invoice_finalize_interval_s: float = 3600.0
+    # API sign-in: access JWT lifetime, refresh token lifetime, signing key ids (rotation:
+    # new id in JWT_KEY_ID, the old one in JWT_PREVIOUS_KEY_ID for one access token lifetime).
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    jwt_key_id: str = "k1"
+    jwt_previous_key_id: str | None = None
 
     @field_validator("base_domain")
     @classmethod

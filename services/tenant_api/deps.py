@@ -1,17 +1,34 @@
-"""Typed request dependencies: settings, database session, the authenticated principal."""
+"""Typed request dependencies: settings, database session, the authenticated principal and
+what each route requires of it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+import hmac
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import timedelta
+from typing import Annotated, Any
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platform_core.auth import Principal, PrincipalKind, authenticate_bearer
+from platform_core.auth import (
+    TENANT_ADMIN_SCOPES,
+    Principal,
+    PrincipalKind,
+    Scope,
+    bearer_token,
+    bootstrap_operator,
+)
+from platform_core.auth import api_keys as key_format
+from platform_core.auth.tokens import token_digest, verify_access_token
 from platform_core.db import async_sessionmaker_
-from platform_core.errors import NotFound
+from platform_core.errors import Forbidden, Unauthorized
+from platform_core.models import AccountRole, ApiKey, utcnow
 from platform_core.settings import Settings, get_settings
+
+_LAST_USED_RESOLUTION = timedelta(minutes=1)  # no write per request for busy keys
 
 
 def settings_dep() -> Settings:
@@ -28,19 +45,93 @@ async def session_dep() -> AsyncIterator[AsyncSession]:
         await session.close()
 
 
-def principal_dep(
-    settings: Annotated[Settings, Depends(settings_dep)],
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
+SessionDep = Annotated[AsyncSession, Depends(session_dep)]
+
+
+async def authenticate(token: str, settings: Settings, session: AsyncSession) -> Principal:
+    """Bootstrap operator token, an API key, or an access JWT — in that order."""
+    bootstrap = bootstrap_operator(token, settings)
+    if bootstrap is not None:
+        return bootstrap
+    if token.startswith(key_format.PREFIX):
+        return await _api_key_principal(token, settings, session)
+    claims = verify_access_token(token, settings)
+    if claims.role == AccountRole.OPERATOR.value:
+        return Principal(PrincipalKind.OPERATOR, claims.subject)
+    if claims.role == AccountRole.TENANT_ADMIN.value and claims.tenant_id:
+        return Principal(
+            PrincipalKind.TENANT_ADMIN,
+            claims.subject,
+            tenant_id=uuid.UUID(claims.tenant_id),
+            scopes=TENANT_ADMIN_SCOPES,
+        )
+    raise Unauthorized("invalid or expired token")
+
+
+async def _api_key_principal(token: str, settings: Settings, session: AsyncSession) -> Principal:
+    parsed = key_format.parse(token)
+    if parsed is None:
+        raise Unauthorized("invalid API key")
+    key = (await session.scalars(select(ApiKey).where(ApiKey.key_id == parsed.key_id))).first()
+    digest = token_digest(settings.require_secret_key(), parsed.full)
+    if key is None or not hmac.compare_digest(key.secret_hash, digest):
+        raise Unauthorized("invalid API key")
+    if key.revoked_at is not None:
+        raise Unauthorized("this API key was revoked")
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
+        await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+        await session.commit()
+    scopes = frozenset(Scope(s) for s in key.scopes if s in Scope._value2member_map_)
+    return Principal(PrincipalKind.API_KEY, key.key_id, tenant_id=key.tenant_id, scopes=scopes)
+
+
+async def principal_dep(
+    request: Request,
+    settings: SettingsDep,
+    session: SessionDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    return authenticate_bearer(authorization, settings)
-
-
-def operator_dep(principal: Annotated[Principal, Depends(principal_dep)]) -> Principal:
-    if principal.kind is not PrincipalKind.OPERATOR:
-        raise NotFound("not found")
+    principal = await authenticate(bearer_token(authorization), settings, session)
+    request.state.principal = principal
     return principal
 
 
-SettingsDep = Annotated[Settings, Depends(settings_dep)]
-SessionDep = Annotated[AsyncSession, Depends(session_dep)]
-OperatorDep = Annotated[Principal, Depends(operator_dep)]
+PrincipalDep = Annotated[Principal, Depends(principal_dep)]
+
+
+def require(
+    scope: Scope, *, platform_wide: bool = False
+) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """A dependency: the caller must hold ``scope`` (and act platform-wide if asked). Objects
+    of other tenants are hidden later, by the repositories' scoping (404, never 403)."""
+
+    async def dependency(principal: PrincipalDep) -> Principal:
+        if not principal.has(scope):
+            raise Forbidden(f"this credential lacks the '{scope.value}' scope")
+        if platform_wide and not principal.platform_wide:
+            raise Forbidden("only operators (or operator-organisation keys) may do this")
+        return principal
+
+    dependency.__name__ = f"require_{scope.name.lower()}"
+    return dependency
+
+
+def _dep(scope: Scope, *, platform_wide: bool = False) -> Any:
+    return Annotated[Principal, Depends(require(scope, platform_wide=platform_wide))]
+
+
+TenantsRead = _dep(Scope.TENANTS_READ)
+TenantsWrite = _dep(Scope.TENANTS_WRITE)
+TenantsAdmin = _dep(Scope.TENANTS_WRITE, platform_wide=True)
+UsersWrite = _dep(Scope.USERS_WRITE)
+UsageRead = _dep(Scope.USAGE_READ)
+BillingRead = _dep(Scope.BILLING_READ)
+BillingWrite = _dep(Scope.BILLING_WRITE, platform_wide=True)
+PlansWrite = _dep(Scope.PLANS_WRITE, platform_wide=True)
+KeysWrite = _dep(Scope.KEYS_WRITE)
+AuditRead = _dep(Scope.AUDIT_READ)
+AccountsWrite = _dep(Scope.ACCOUNTS_WRITE, platform_wide=True)
+# Any authenticated principal (e.g. reading the plan catalogue).
+Authenticated = PrincipalDep

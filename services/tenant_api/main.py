@@ -12,7 +12,11 @@ from platform_core.db import async_engine
 from platform_core.migrate import assert_migrated
 from platform_core.settings import get_settings
 from tenant_api import errors
+from tenant_api.accounts.endpoints import router as accounts_router
+from tenant_api.api_keys.endpoints import router as api_keys_router
+from tenant_api.audit.endpoints import router as audit_router
 from tenant_api.invoices.endpoints import router as invoices_router
+from tenant_api.middleware import IdempotencyMiddleware, RequestIdMiddleware
 from tenant_api.operations.endpoints import router as operations_router
 from tenant_api.plans.endpoints import router as plans_router
 from tenant_api.tenants.endpoints import router as tenants_router
@@ -36,7 +40,7 @@ def create_app() -> FastAPI:
         title="C3 tenant API",
         version="1",
         description="Provision and manage tenants (one Matrix homeserver each), their users, "
-        "their usage, plans and invoices. Authenticate with `Authorization: Bearer <token>`.",
+        "their usage, plans and invoices. Authenticate with `Authorization: Bearer <token>`: an access token from `POST /v1/auth/token`, an API key (`c3k_…`), or the bootstrap operator token.",
         lifespan=lifespan,
     )
     errors.install(app)
@@ -46,6 +50,12 @@ def create_app() -> FastAPI:
     app.include_router(usage_router)
     app.include_router(plans_router)
     app.include_router(invoices_router)
+    app.include_router(accounts_router)
+    app.include_router(api_keys_router)
+    app.include_router(audit_router)
+    # Outermost first: the request id exists before idempotency replays or records anything.
+    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(RequestIdMiddleware)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

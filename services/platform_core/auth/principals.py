@@ -1,13 +1,14 @@
-"""Principals and bearer-token authentication.
+"""Principals: who is calling and what they may do (scopes, tenant binding).
 
-For now one credential exists: the operator token from settings. Tenant admins and integrator
-keys slot in here as further ``PrincipalKind`` values behind the same function.
+Credentials are checked elsewhere (``tokens`` for JWTs, ``api_keys`` for key shapes, the API's
+dependency for the database lookups); this module only states the model.
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from platform_core.errors import Unauthorized
@@ -15,22 +16,80 @@ from platform_core.settings import Settings
 
 
 class PrincipalKind(StrEnum):
-    OPERATOR = "operator"
+    OPERATOR = "operator"  # platform staff account, or the bootstrap operator token
+    TENANT_ADMIN = "tenant_admin"  # one tenant's enterprise admin
+    API_KEY = "api_key"  # an integrator key, bound to the operator org or one tenant
+
+
+class Scope(StrEnum):
+    TENANTS_READ = "tenants:read"
+    TENANTS_WRITE = "tenants:write"
+    USERS_WRITE = "users:write"
+    USAGE_READ = "usage:read"
+    BILLING_READ = "billing:read"
+    BILLING_WRITE = "billing:write"
+    PLANS_WRITE = "plans:write"
+    KEYS_WRITE = "keys:write"
+    AUDIT_READ = "audit:read"
+    ACCOUNTS_WRITE = "accounts:write"
+
+
+ALL_SCOPES = frozenset(Scope)
+TENANT_ADMIN_SCOPES = frozenset(
+    {
+        Scope.TENANTS_READ,
+        Scope.TENANTS_WRITE,
+        Scope.USERS_WRITE,
+        Scope.USAGE_READ,
+        Scope.BILLING_READ,
+        Scope.KEYS_WRITE,
+        Scope.AUDIT_READ,
+    }
+)
+# What a key bound to one tenant may ever hold: nothing that acts across tenants.
+TENANT_KEY_SCOPES = TENANT_ADMIN_SCOPES
 
 
 @dataclass(frozen=True)
 class Principal:
     kind: PrincipalKind
-    subject: str
+    subject: str  # account id, API key id, or "bootstrap"
+    tenant_id: uuid.UUID | None = None  # None: platform-wide (operators, org keys)
+    scopes: frozenset[Scope] = field(default_factory=lambda: ALL_SCOPES)
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this principal."""
+        return f"{self.kind.value}:{self.subject}"
+
+    @property
+    def platform_wide(self) -> bool:
+        return self.tenant_id is None
+
+    def has(self, scope: Scope) -> bool:
+        return scope in self.scopes
+
+    def sees_tenant(self, tenant_id: uuid.UUID) -> bool:
+        return self.tenant_id is None or self.tenant_id == tenant_id
+
+    @property
+    def idempotency_owner(self) -> str:
+        return self.actor
 
 
-def authenticate_bearer(authorization: str | None, settings: Settings) -> Principal:
+def bootstrap_operator(token: str, settings: Settings) -> Principal | None:
+    """The operator token from settings (``c3 up`` prints it): full operator rights."""
+    expected = settings.operator_token
+    if expected and hmac.compare_digest(token.encode(), expected.encode()):
+        return Principal(PrincipalKind.OPERATOR, "bootstrap")
+    return None
+
+
+def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <token>'")
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("Authorization must use the Bearer scheme")
-    expected = settings.operator_token
-    if expected and hmac.compare_digest(token.strip().encode(), expected.encode()):
-        return Principal(PrincipalKind.OPERATOR, "operator")
-    raise Unauthorized("invalid or expired token")
+    return token

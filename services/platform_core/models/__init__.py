@@ -1,5 +1,13 @@
 """ORM models of the platform database (one Alembic history in migrations/)."""
 
+from platform_core.models.auth import (
+    Account,
+    AccountRole,
+    ApiKey,
+    AuditEvent,
+    IdempotentRequest,
+    RefreshToken,
+)
 from platform_core.models.base import Base, UTCDateTime, utcnow
 from platform_core.models.billing import Invoice, InvoiceCounter, InvoiceLine, InvoiceStatus
 from platform_core.models.tenancy import (
@@ -22,6 +30,12 @@ from platform_core.models.usage import (
 )
 
 __all__ = [
+    "Account",
+    "AccountRole",
+    "ApiKey",
+    "AuditEvent",
+    "IdempotentRequest",
+    "RefreshToken",
     "Base",
     "BillableEvent",
     "Homeserver",

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from platform_core.errors import NotFound
 from platform_core.models import utcnow
-from tenant_api.deps import OperatorDep, SessionDep
+from tenant_api.audit.service import record
+from tenant_api.deps import BillingRead, BillingWrite, SessionDep
 from tenant_api.invoices import repository, service
 from tenant_api.invoices.schemas import InvoiceLineOut, InvoiceList, InvoiceOut, InvoiceSummary
 from tenant_api.tenants.repository import TenantRepository
@@ -87,7 +88,7 @@ def _respond(request: Request, fmt: str | None, doc: service.InvoiceDoc) -> Invo
 
 @router.get("", response_model=InvoiceList)
 async def list_invoices(
-    tenant_id: uuid.UUID, session: SessionDep, principal: OperatorDep
+    tenant_id: uuid.UUID, session: SessionDep, principal: BillingRead
 ) -> InvoiceList:
     await TenantRepository(session, principal).get_or_404(tenant_id)
     invoices = await session.run_sync(repository.finalized_invoices, tenant_id)
@@ -111,7 +112,7 @@ async def upcoming_invoice(
     tenant_id: uuid.UUID,
     request: Request,
     session: SessionDep,
-    principal: OperatorDep,
+    principal: BillingRead,
     fmt: FormatQuery = None,
 ) -> InvoiceOut | Response:
     """This month's invoice as it stands now (a live draft: it changes as usage lands)."""
@@ -126,7 +127,7 @@ async def get_invoice(
     number: str,
     request: Request,
     session: SessionDep,
-    principal: OperatorDep,
+    principal: BillingRead,
     fmt: FormatQuery = None,
 ) -> InvoiceOut | Response:
     await TenantRepository(session, principal).get_or_404(tenant_id)
@@ -138,7 +139,11 @@ async def get_invoice(
 
 @router.post("/{period}/finalize", response_model=InvoiceOut)
 async def finalize_invoice(
-    tenant_id: uuid.UUID, period: str, session: SessionDep, principal: OperatorDep
+    tenant_id: uuid.UUID,
+    period: str,
+    request: Request,
+    session: SessionDep,
+    principal: BillingWrite,
 ) -> InvoiceOut:
     """Finalize a month that has ended now, without waiting for the grace period.
     Idempotent: a month already finalized returns its invoice unchanged."""
@@ -150,6 +155,15 @@ async def finalize_invoice(
 
     try:
         doc = await session.run_sync(run)
+        record(
+            session,
+            request,
+            principal,
+            "invoice.finalize",
+            "invoice",
+            doc.number,
+            tenant_id=tenant_id,
+        )
         await session.commit()
     except service.AlreadyFinalized:
         await session.rollback()

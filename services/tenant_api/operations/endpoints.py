@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter
 
 from platform_core.errors import NotFound
-from tenant_api.deps import OperatorDep, SessionDep
+from tenant_api.deps import SessionDep, TenantsRead
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.operations.schemas import OperationOut
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
 @router.get("/{operation_id}", response_model=OperationOut)
 async def get_operation(
-    operation_id: uuid.UUID, session: SessionDep, principal: OperatorDep
+    operation_id: uuid.UUID, session: SessionDep, principal: TenantsRead
 ) -> OperationOut:
     operation = await OperationRepository(session, principal).get(operation_id)
     if operation is None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
-from tenant_api.deps import OperatorDep, SessionDep
+from tenant_api.audit.service import record
+from tenant_api.deps import Authenticated, PlansWrite, SessionDep
 from tenant_api.plans import service
 from tenant_api.plans.repository import PlanRepository
 from tenant_api.plans.schemas import PlanCreate, PlanList, PlanOut, PlanPatch
@@ -13,27 +14,39 @@ router = APIRouter(prefix="/v1/plans", tags=["plans"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PlanOut)
-async def create_plan(body: PlanCreate, session: SessionDep, principal: OperatorDep) -> PlanOut:
+async def create_plan(
+    body: PlanCreate, request: Request, session: SessionDep, principal: PlansWrite
+) -> PlanOut:
     plan = await service.create_plan(PlanRepository(session), body)
+    record(session, request, principal, "plan.create", "plan", plan.code)
     await session.commit()
     return service.to_out(plan)
 
 
 @router.get("", response_model=PlanList)
-async def list_plans(session: SessionDep, principal: OperatorDep) -> PlanList:
+async def list_plans(session: SessionDep, principal: Authenticated) -> PlanList:
     return PlanList(items=[service.to_out(p) for p in await PlanRepository(session).list()])
 
 
 @router.get("/{code}", response_model=PlanOut)
-async def get_plan(code: str, session: SessionDep, principal: OperatorDep) -> PlanOut:
+async def get_plan(code: str, session: SessionDep, principal: Authenticated) -> PlanOut:
     return service.to_out(await service.get_plan(PlanRepository(session), code))
 
 
 @router.patch("/{code}", response_model=PlanOut)
 async def update_plan(
-    code: str, body: PlanPatch, session: SessionDep, principal: OperatorDep
+    code: str, body: PlanPatch, request: Request, session: SessionDep, principal: PlansWrite
 ) -> PlanOut:
     plan = service.update_plan(await service.get_plan(PlanRepository(session), code), body)
+    record(
+        session,
+        request,
+        principal,
+        "plan.update",
+        "plan",
+        plan.code,
+        details=body.model_dump(exclude_none=True, mode="json"),
+    )
     await session.commit()
     await session.refresh(plan)
     return service.to_out(plan)

@@ -60,6 +60,11 @@ class LimitsIn(BaseModel):
     rc_message_burst: int | None = Field(default=None, ge=1, le=100_000)
     rc_login_per_second: float | None = Field(default=None, gt=0, le=10_000)
     rc_login_burst: int | None = Field(default=None, ge=1, le=100_000)
+    # Enforced by each proxy instance (not homeserver config): requests per second with a
+    # burst, and requests in flight (long-polls excluded) before a fast 503.
+    proxy_rate_per_second: float | None = Field(default=None, gt=0, le=100_000)
+    proxy_rate_burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    proxy_max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
 
 
 def _check_prices(prices: dict[str, PriceIn]) -> dict[str, PriceIn]:

@@ -10,7 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from platform_core.celery import TaskNames, send_task
-from tenant_api.deps import OperatorDep, SessionDep, SettingsDep
+from tenant_api.audit.service import record
+from tenant_api.deps import SessionDep, SettingsDep, TenantsAdmin, TenantsRead, TenantsWrite
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants import service
 from tenant_api.tenants.repository import TenantRepository
@@ -52,12 +53,22 @@ async def create_tenant(
     request: Request,
     response: Response,
     session: SessionDep,
-    principal: OperatorDep,
+    principal: TenantsAdmin,
     settings: SettingsDep,
 ) -> TenantAccepted:
     tenants = TenantRepository(session, principal)
     tenant, plan_code, operation = await service.create_tenant(
         tenants, OperationRepository(session, principal), body, settings
+    )
+    record(
+        session,
+        request,
+        principal,
+        "tenant.create",
+        "tenant",
+        tenant.id,
+        tenant_id=tenant.id,
+        details={"slug": tenant.slug, "plan": plan_code},
     )
     await session.commit()
     await enqueue(TaskNames.PROVISION_TENANT, operation.id)
@@ -67,7 +78,7 @@ async def create_tenant(
 @router.get("", response_model=TenantPage)
 async def list_tenants(
     session: SessionDep,
-    principal: OperatorDep,
+    principal: TenantsRead,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -85,7 +96,7 @@ async def list_tenants(
 
 @router.get("/{tenant_id}", response_model=TenantOut)
 async def get_tenant(
-    tenant_id: uuid.UUID, session: SessionDep, principal: OperatorDep, settings: SettingsDep
+    tenant_id: uuid.UUID, session: SessionDep, principal: TenantsRead, settings: SettingsDep
 ) -> TenantOut:
     tenants = TenantRepository(session, principal)
     tenant = await tenants.get_or_404(tenant_id)
@@ -97,13 +108,24 @@ async def get_tenant(
 async def update_tenant(
     tenant_id: uuid.UUID,
     body: TenantPatch,
+    request: Request,
     session: SessionDep,
-    principal: OperatorDep,
+    principal: TenantsWrite,
     settings: SettingsDep,
 ) -> TenantOut:
     tenants = TenantRepository(session, principal)
     tenant = await tenants.get_or_404(tenant_id)
     plan_code = await service.update_tenant(tenants, tenant, body)
+    record(
+        session,
+        request,
+        principal,
+        "tenant.update",
+        "tenant",
+        tenant.id,
+        tenant_id=tenant.id,
+        details=body.model_dump(exclude_none=True),
+    )
     await session.commit()
     await session.refresh(tenant)
     return service.to_out(tenant, plan_code, settings)
@@ -115,7 +137,7 @@ async def delete_tenant(
     request: Request,
     response: Response,
     session: SessionDep,
-    principal: OperatorDep,
+    principal: TenantsAdmin,
     settings: SettingsDep,
 ) -> TenantAccepted:
     tenants = TenantRepository(session, principal)
@@ -123,6 +145,7 @@ async def delete_tenant(
     operation = await service.delete_tenant(tenant, OperationRepository(session, principal))
     codes = await tenants.plan_codes({tenant.plan_id})
     out = service.to_out(tenant, codes[tenant.plan_id], settings)
+    record(session, request, principal, "tenant.delete", "tenant", tenant.id, tenant_id=tenant.id)
     await session.commit()
     await enqueue(TaskNames.DEPROVISION_TENANT, operation.id)
     return _accepted(request, response, out, operation.id)

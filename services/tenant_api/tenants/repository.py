@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platform_core.auth import Principal, PrincipalKind
+from platform_core.auth import Principal
 from platform_core.errors import NotFound
 from platform_core.models import Homeserver, Plan, Tenant, TenantPlanChange
 
 
-def scoped(statement: Select, principal: Principal) -> Select:  # type: ignore[type-arg]
-    """The one place tenant visibility is decided: operators see every tenant."""
-    if principal.kind is PrincipalKind.OPERATOR:
+def scoped(statement: Select, principal: Principal, tenant_column: Any = Tenant.id) -> Select:  # type: ignore[type-arg]
+    """The one place tenant visibility is decided: platform-wide principals (operators, org
+    keys) see every tenant; tenant admins and tenant keys only their own."""
+    if principal.platform_wide:
         return statement
-    return statement.where(False)  # pragma: no cover — no other principal exists yet
+    return statement.where(tenant_column == principal.tenant_id)
 
 
 class TenantRepository:

@@ -87,6 +87,8 @@ async def create_tenant(
 
 async def update_tenant(tenants: TenantRepository, tenant: Tenant, body: TenantPatch) -> str:
     """Apply a PATCH; returns the tenant's plan code afterwards."""
+    if body.plan is not None and not tenants.principal.platform_wide:
+        raise InvalidRequest("plan: only operators change a tenant's plan")
     if tenant.status in (TenantStatus.DELETING, TenantStatus.DELETED):
         raise Conflict(f"tenant is {tenant.status.value}")
     if body.display_name is not None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from platform_core.errors import InvalidRequest
 from platform_core.models import Meter
-from tenant_api.deps import OperatorDep, SessionDep
+from tenant_api.deps import SessionDep, UsageRead
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.usage import repository
 from tenant_api.usage.schemas import (
@@ -35,7 +35,7 @@ def bucket_start(hour: datetime, granularity: str) -> datetime:
 async def get_usage(
     tenant_id: uuid.UUID,
     session: SessionDep,
-    principal: OperatorDep,
+    principal: UsageRead,
     from_: Annotated[datetime | None, Query(alias="from", description="UTC, inclusive")] = None,
     to: Annotated[datetime | None, Query(description="UTC, exclusive")] = None,
     granularity: Annotated[
@@ -78,7 +78,7 @@ async def get_usage(
 async def get_reconciliation(
     tenant_id: uuid.UUID,
     session: SessionDep,
-    principal: OperatorDep,
+    principal: UsageRead,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> ReconciliationOut:
     """Billed usage compared with the homeserver's own records (drift = homeserver − billed),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from platform_core.crypto import SecretBox
-from tenant_api.deps import OperatorDep, SessionDep, SettingsDep
+from tenant_api.audit.service import record
+from tenant_api.deps import SessionDep, SettingsDep, UsersWrite
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.users import service
 from tenant_api.users.schemas import HomeserverUserCreate, HomeserverUserOut
@@ -19,13 +20,26 @@ router = APIRouter(prefix="/v1/tenants/{tenant_id}/users", tags=["users"])
 async def create_user(
     tenant_id: uuid.UUID,
     body: HomeserverUserCreate,
+    request: Request,
     session: SessionDep,
-    principal: OperatorDep,
+    principal: UsersWrite,
     settings: SettingsDep,
 ) -> HomeserverUserOut:
     tenants = TenantRepository(session, principal)
     tenant = await tenants.get_or_404(tenant_id)
     homeserver = await tenants.get_homeserver(tenant_id)
-    return await service.create_user(
+    created = await service.create_user(
         tenant, homeserver, body, SecretBox(settings.require_secret_key())
     )
+    record(
+        session,
+        request,
+        principal,
+        "homeserver_user.create",
+        "homeserver_user",
+        created.user_id,
+        tenant_id=tenant.id,
+        details={"admin": body.admin},
+    )
+    await session.commit()
+    return created

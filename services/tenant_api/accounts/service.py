@@ -1,0 +1,122 @@
+"""Account rules: creation (operators only), sign-in with rotating refresh tokens."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from platform_core.auth.passwords import hash_password, needs_rehash, verify_password
+from platform_core.auth.tokens import issue_access_token, token_digest
+from platform_core.errors import Conflict, InvalidRequest, Unauthorized
+from platform_core.models import Account, AccountRole, RefreshToken, Tenant, TenantStatus, utcnow
+from platform_core.settings import Settings
+from tenant_api.accounts import repository
+from tenant_api.accounts.schemas import AccountCreate
+
+REFRESH_PREFIX = "c3r_"
+
+
+@dataclass
+class IssuedTokens:
+    access_token: str
+    expires_in: int
+    refresh_token: str
+
+
+async def create_account(session: AsyncSession, body: AccountCreate) -> Account:
+    if body.tenant_id is not None:
+        tenant = await session.get(Tenant, body.tenant_id)
+        if tenant is None or tenant.status is TenantStatus.DELETED:
+            raise InvalidRequest(f"tenant_id: no tenant {body.tenant_id}")
+    if await repository.by_email(session, body.email) is not None:
+        raise Conflict("an account with this email exists")
+    account = Account(
+        email=body.email,
+        password_hash=hash_password(body.password),
+        role=body.role.value,
+        tenant_id=body.tenant_id,
+    )
+    session.add(account)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict("an account with this email exists") from exc
+    return account
+
+
+async def _issue(
+    session: AsyncSession, settings: Settings, account: Account, family_id: uuid.UUID
+) -> IssuedTokens:
+    access, ttl = issue_access_token(
+        settings,
+        subject=str(account.id),
+        role=account.role,
+        tenant_id=str(account.tenant_id) if account.tenant_id else None,
+    )
+    refresh = REFRESH_PREFIX + secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(
+            account_id=account.id,
+            family_id=family_id,
+            token_hash=token_digest(settings.require_secret_key(), refresh),
+            expires_at=utcnow() + timedelta(seconds=settings.refresh_token_ttl_s),
+        )
+    )
+    await session.flush()
+    return IssuedTokens(access, ttl, refresh)
+
+
+async def _usable(session: AsyncSession, account: Account | None) -> Account:
+    if account is None or account.disabled_at is not None:
+        raise Unauthorized("invalid credentials")
+    if account.role == AccountRole.TENANT_ADMIN.value:
+        tenant = await session.get(Tenant, account.tenant_id)
+        if tenant is None or tenant.status is TenantStatus.DELETED:
+            raise Unauthorized("invalid credentials")
+    return account
+
+
+async def password_grant(
+    session: AsyncSession, settings: Settings, email: str, password: str
+) -> IssuedTokens:
+    account = await repository.by_email(session, email.strip().lower())
+    if not verify_password(account.password_hash if account else None, password):
+        raise Unauthorized("invalid credentials")
+    account = await _usable(session, account)
+    if needs_rehash(account.password_hash):
+        account.password_hash = hash_password(password)
+    return await _issue(session, settings, account, uuid.uuid4())
+
+
+class RefreshReuse(Unauthorized):
+    """A used refresh token came back: the family is revoked (caller must commit that)."""
+
+
+async def refresh_grant(session: AsyncSession, settings: Settings, token: str) -> IssuedTokens:
+    stored = await repository.refresh_token(
+        session, token_digest(settings.require_secret_key(), token)
+    )
+    now = utcnow()
+    if stored is None or stored.revoked_at is not None:
+        raise Unauthorized("invalid refresh token")
+    if stored.used_at is not None:
+        await repository.revoke_family(session, stored.family_id, now)
+        raise RefreshReuse("refresh token already used: every token of this sign-in is revoked")
+    if stored.expires_at <= now:
+        raise Unauthorized("refresh token expired")
+    stored.used_at = now
+    account = await _usable(session, await repository.get(session, stored.account_id))
+    return await _issue(session, settings, account, stored.family_id)
+
+
+async def revoke(session: AsyncSession, settings: Settings, token: str) -> None:
+    stored = await repository.refresh_token(
+        session, token_digest(settings.require_secret_key(), token)
+    )
+    if stored is not None:
+        await repository.revoke_family(session, stored.family_id, utcnow())

@@ -1,0 +1,1 @@
+"""Integrator API keys: scoped, bound to the operator organisation or one tenant."""

@@ -1,0 +1,1 @@
+"""The audit log: every write, by whom, on what, in which request."""

@@ -1,0 +1,235 @@
+"""Pure ASGI middleware of the API: request ids, and ``Idempotency-Key`` on every POST.
+
+Idempotency: the first POST with a key runs and its answer (status < 500) is stored for 24 h
+under (principal, key); the same key with the same method, path and body replays that answer
+without running again; with a different request it is refused (422); while the first is still
+running, a repeat gets 409. A 5xx answer is not stored, so the client may retry it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+
+from platform_core.auth import bearer_token
+from platform_core.db import async_sessionmaker_
+from platform_core.errors import C3Error
+from platform_core.models import IdempotentRequest, utcnow
+from platform_core.settings import get_settings
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+KEY_TTL = timedelta(hours=24)
+MAX_BODY = 1024 * 1024
+_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+PROBLEM = b"application/problem+json"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _problem(send: Any, status: int, title: str, detail: str) -> None:
+    body = json.dumps(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", PROBLEM), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestIdMiddleware:
+    """Every request gets an id (the client's ``X-Request-ID`` if sane), echoed back and
+    recorded in audit events."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        key = _header(scope, b"idempotency-key") if scope["type"] == "http" else None
+        if key is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if not _KEY_RE.match(key):
+            await _problem(
+                send, 422, "Invalid request", "Idempotency-Key: 1-255 visible ASCII characters"
+            )
+            return
+        body = await _read_body(receive)
+        if body is None:
+            await _problem(
+                send, 413, "Payload too large", f"request bodies are limited to {MAX_BODY} bytes"
+            )
+            return
+        owner = await _owner(scope)
+        if owner is None:  # not authenticated: the route itself answers 401
+            await self.app(scope, _replay_receive(body), send)
+            return
+        fingerprint = hashlib.sha256(
+            b"\0".join(
+                [
+                    scope["method"].encode(),
+                    scope["path"].encode(),
+                    scope.get("query_string", b""),
+                    body,
+                ]
+            )
+        ).hexdigest()
+        claimed = await _claim(owner, key, fingerprint)
+        if isinstance(claimed, IdempotentRequest):
+            await _replay(send, claimed)
+            return
+        if claimed is not None:
+            status, detail = claimed
+            await _problem(send, status, "Conflict" if status == 409 else "Invalid request", detail)
+            return
+
+        captured: dict[str, Any] = {"status": 500, "headers": [], "body": b""}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured["status"] = message["status"]
+                captured["headers"] = message.get("headers", [])
+            elif message["type"] == "http.response.body":
+                captured["body"] += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self.app(scope, _replay_receive(body), capture)
+        finally:
+            await _settle(owner, key, captured)
+
+
+async def _read_body(receive: Any) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay_receive(body: bytes) -> Any:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _owner(scope: Scope) -> str | None:
+    from tenant_api.deps import authenticate  # the same credential rules as every route
+
+    try:
+        token = bearer_token(_header(scope, b"authorization"))
+        async with async_sessionmaker_()() as session:
+            principal = await authenticate(token, get_settings(), session)
+    except C3Error:
+        return None
+    return principal.idempotency_owner
+
+
+async def _claim(
+    owner: str, key: str, fingerprint: str
+) -> IdempotentRequest | tuple[int, str] | None:
+    """Reserve ``key`` for this request (None), or the stored answer to replay, or an error."""
+    async with async_sessionmaker_()() as session:
+        await session.execute(
+            delete(IdempotentRequest).where(IdempotentRequest.created_at < utcnow() - KEY_TTL)
+        )
+        await session.commit()
+        for _ in range(2):
+            found = await session.get(IdempotentRequest, (owner, key))
+            if found is not None:
+                if found.fingerprint != fingerprint:
+                    return (422, "Idempotency-Key was already used with a different request")
+                if found.status_code is None:
+                    return (409, "a request with this Idempotency-Key is still in progress")
+                return found
+            session.add(IdempotentRequest(principal=owner, key=key, fingerprint=fingerprint))
+            try:
+                await session.commit()
+                return None
+            except IntegrityError:  # the same key arrived twice at once
+                await session.rollback()
+        return (409, "a request with this Idempotency-Key is still in progress")
+
+
+async def _settle(owner: str, key: str, captured: dict[str, Any]) -> None:
+    async with async_sessionmaker_()() as session:
+        row = await session.get(IdempotentRequest, (owner, key))
+        if row is None:
+            return
+        if captured["status"] >= 500:
+            await session.delete(row)  # not an answer worth keeping: the client may retry
+        else:
+            headers = {k.lower(): v for k, v in captured["headers"]}
+            row.status_code = captured["status"]
+            row.content_type = (headers.get(b"content-type") or b"").decode("latin-1") or None
+            row.location = (headers.get(b"location") or b"").decode("latin-1") or None
+            row.body = captured["body"].decode("utf-8", errors="replace")
+        await session.commit()
+
+
+async def _replay(send: Any, stored: IdempotentRequest) -> None:
+    body = (stored.body or "").encode()
+    headers = [(b"content-length", str(len(body)).encode()), (b"idempotent-replayed", b"true")]
+    if stored.content_type:
+        headers.append((b"content-type", stored.content_type.encode("latin-1")))
+    if stored.location:
+        headers.append((b"location", stored.location.encode("latin-1")))
+    await send({"type": "http.response.start", "status": stored.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,277 @@
+"""The permission matrix: every route of the OpenAPI schema × every kind of caller × objects
+of tenant A and tenant B. The expected outcome of every cell is declared in ONE table below;
+a denied call must leave the database as it was."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from platform_core.auth.tokens import issue_access_token
+from platform_core.db import task_session
+from platform_core.models import (
+    Account,
+    ApiKey,
+    AuditEvent,
+    Invoice,
+    Operation,
+    Plan,
+    Tenant,
+    TenantPlanChange,
+)
+from platform_core.settings import get_settings
+from tenant_api.invoices import tasks as invoice_tasks
+from tenant_api.main import create_app
+from tests.tenant_api.tenants.test_endpoints import slug
+
+PASSWORD = "correct horse battery"
+CALLERS = ("operator", "admin_a", "admin_b", "key_a_read", "key_a_write", "expired", "anonymous")
+
+# Cell values: "ok" = 2xx; "ok*" = allowed (any answer but 401/403/404 and never 5xx, e.g. 409
+# because the tenant has no homeserver here); "401"/"403"/"404" = refused with that status.
+# Tenant-object routes give a pair: (object of tenant A, object of tenant B).
+Cell = str | tuple[str, str]
+U = ("401", "401")  # expired/anonymous on object routes
+
+
+def row(cells: list[Cell]) -> dict[str, Cell]:
+    return dict(zip(CALLERS, cells, strict=True))
+
+
+MATRIX: dict[str, dict[str, Cell]] = {
+    # route                                 operator      admin_a          admin_b          key_a_read       key_a_write      expired anonymous
+    "POST /v1/tenants": row(["ok", "403", "403", "403", "403", "401", "401"]),
+    "GET /v1/tenants": row(["ok", "ok", "ok", "ok", "ok", "401", "401"]),
+    "GET /v1/tenants/{tenant_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "PATCH /v1/tenants/{tenant_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
+    "DELETE /v1/tenants/{tenant_id}": row([("ok", "ok"), ("403", "403"), ("403", "403"), ("403", "403"), ("403", "403"), U, U]),
+    "GET /v1/operations/{operation_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "POST /v1/tenants/{tenant_id}/users": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/usage": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/usage/reconciliation": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/invoices": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/invoices/upcoming": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/invoices/{number}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "POST /v1/tenants/{tenant_id}/invoices/{period}/finalize": row([("ok", "ok"), ("403", "403"), ("403", "403"), ("403", "403"), ("403", "403"), U, U]),
+    "POST /v1/plans": row(["ok", "403", "403", "403", "403", "401", "401"]),
+    "GET /v1/plans": row(["ok", "ok", "ok", "ok", "ok", "401", "401"]),
+    "GET /v1/plans/{code}": row(["ok", "ok", "ok", "ok", "ok", "401", "401"]),
+    "PATCH /v1/plans/{code}": row(["ok", "403", "403", "403", "403", "401", "401"]),
+    "POST /v1/accounts": row(["ok", "403", "403", "403", "403", "401", "401"]),
+    "POST /v1/api-keys": row(["ok", "ok", "ok", "403", "ok", "401", "401"]),
+    "GET /v1/api-keys": row(["ok", "ok", "ok", "403", "ok", "401", "401"]),
+    "DELETE /v1/api-keys/{key_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
+    "GET /v1/audit-events": row(["ok", "ok", "ok", "403", "ok", "401", "401"]),
+}  # fmt: skip
+# Open to everyone by design: sign-in, token revocation, health.
+PUBLIC = {"POST /v1/auth/token", "POST /v1/auth/revoke", "GET /healthz"}
+
+
+@dataclass
+class World:
+    tenants: dict[str, dict[str, Any]]  # "a"/"b" -> tenant JSON
+    operations: dict[str, str]
+    invoices: dict[str, str]
+    last_month: str
+    plan_code: str
+    headers: dict[str, dict[str, str]]
+    victim_key: Callable[[str], str]  # a fresh key of tenant a/b to revoke
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _world(api: httpx.AsyncClient) -> World:
+    tenants, operations, invoices = {}, {}, {}
+    now = datetime.now(UTC)
+    last_month = (now.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+    for side in ("a", "b"):
+        created = (
+            await api.post("/v1/tenants", json={"slug": slug(), "display_name": side})
+        ).json()
+        tenants[side], operations[side] = created, created["operation"]["id"]
+        with task_session() as session:  # it existed last month too, so that month has an invoice
+            tenant = session.get(Tenant, uuid.UUID(created["id"]))
+            assert tenant is not None
+            tenant.created_at = now - timedelta(days=62)
+            for change in session.scalars(
+                select(TenantPlanChange).where(TenantPlanChange.tenant_id == tenant.id)
+            ):
+                change.effective_at = tenant.created_at
+        invoice_id = invoice_tasks.finalize_one(uuid.UUID(created["id"]), last_month, now)
+        with task_session() as session:
+            invoices[side] = session.get(Invoice, invoice_id).number  # type: ignore[union-attr]
+    plan_code = f"m{uuid.uuid4().hex[:8]}"
+    await api.post("/v1/plans", json={"code": plan_code, "name": "M", "currency": "EUR"})
+
+    async def admin(side: str) -> dict[str, str]:
+        email = f"adm{uuid.uuid4().hex[:8]}@example.com"
+        await api.post(
+            "/v1/accounts",
+            json={
+                "email": email,
+                "password": PASSWORD,
+                "role": "tenant_admin",
+                "tenant_id": tenants[side]["id"],
+            },
+        )
+        tokens = await api.post(
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": email, "password": PASSWORD},
+            headers={"Authorization": ""},
+        )
+        return bearer(tokens.json()["access_token"])
+
+    async def key(side: str, scopes: list[str]) -> str:
+        response = await api.post(
+            "/v1/api-keys",
+            json={"name": "m", "scopes": scopes, "tenant_id": tenants[side]["id"]},
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["key"])
+
+    operator_email = f"op{uuid.uuid4().hex[:8]}@example.com"
+    await api.post(
+        "/v1/accounts", json={"email": operator_email, "password": PASSWORD, "role": "operator"}
+    )
+    operator = await api.post(
+        "/v1/auth/token",
+        data={"grant_type": "password", "username": operator_email, "password": PASSWORD},
+        headers={"Authorization": ""},
+    )
+    expired, _ = issue_access_token(
+        get_settings(), subject=str(uuid.uuid4()), role="operator", tenant_id=None,
+        now=time.time() - 3600,
+    )  # fmt: skip
+    headers = {
+        "operator": bearer(operator.json()["access_token"]),
+        "admin_a": await admin("a"),
+        "admin_b": await admin("b"),
+        "key_a_read": bearer(await key("a", ["tenants:read", "usage:read", "billing:read"])),
+        "key_a_write": bearer(
+            await key(
+                "a",
+                [
+                    "tenants:read",
+                    "tenants:write",
+                    "users:write",
+                    "usage:read",
+                    "billing:read",
+                    "keys:write",
+                    "audit:read",
+                ],
+            )  # fmt: skip
+        ),
+        "expired": bearer(expired),
+        "anonymous": {"Authorization": ""},
+    }
+    victims: dict[str, list[str]] = {"a": [], "b": []}
+    for side in ("a", "b"):
+        for _ in range(len(CALLERS)):
+            created = await api.post(
+                "/v1/api-keys",
+                json={
+                    "name": "victim",
+                    "scopes": ["tenants:read"],
+                    "tenant_id": tenants[side]["id"],
+                },
+            )
+            victims[side].append(created.json()["id"])
+    return World(
+        tenants, operations, invoices, last_month, plan_code, headers, lambda s: victims[s].pop()
+    )
+
+
+def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str, Any]]:
+    method, template = route.split(" ", 1)
+    tenant = world.tenants[side]
+    path = (
+        template.replace("{tenant_id}", tenant["id"])
+        .replace("{operation_id}", world.operations[side])
+        .replace("{number}", world.invoices[side])
+        .replace("{period}", world.last_month)
+        .replace("{code}", world.plan_code)
+    )
+    if "{key_id}" in path:
+        path = path.replace("{key_id}", world.victim_key(side))
+    bodies: dict[str, Any] = {
+        "POST /v1/tenants": {"slug": slug(), "display_name": "New"},
+        "PATCH /v1/tenants/{tenant_id}": {"display_name": f"Renamed {uuid.uuid4().hex[:4]}"},
+        "POST /v1/tenants/{tenant_id}/users": {"username": "mx", "password": "long-enough-pw"},
+        "POST /v1/plans": {"code": f"n{uuid.uuid4().hex[:8]}", "name": "N", "currency": "EUR"},
+        "PATCH /v1/plans/{code}": {"name": f"M {uuid.uuid4().hex[:4]}"},
+        "POST /v1/accounts": {
+            "email": f"n{uuid.uuid4().hex[:8]}@example.com",
+            "password": PASSWORD,
+            "role": "operator",
+        },
+        "POST /v1/api-keys": {"name": "n", "scopes": ["tenants:read"]},
+    }
+    return method, path, ({"json": bodies[route]} if route in bodies else {})
+
+
+def database_state() -> dict[str, Any]:
+    """What a denied call must not change (key bookkeeping like last_used_at excluded)."""
+    with task_session() as session:
+        return {
+            "tenants": sorted(
+                (str(t.id), t.display_name, t.status.value, str(t.plan_id))
+                for t in session.scalars(select(Tenant))
+            ),
+            "plans": sorted(
+                (p.code, p.name, p.base_fee_minor) for p in session.scalars(select(Plan))
+            ),
+            "accounts": sorted(str(a.id) for a in session.scalars(select(Account))),
+            "keys": sorted(
+                (k.key_id, k.revoked_at is None) for k in session.scalars(select(ApiKey))
+            ),
+            "operations": len(session.scalars(select(Operation.id)).all()),
+            "invoices": len(session.scalars(select(Invoice.id)).all()),
+            "audit": len(session.scalars(select(AuditEvent.id)).all()),
+        }
+
+
+def matches(expected: str, status: int) -> bool:
+    if expected == "ok":
+        return 200 <= status < 300
+    if expected == "ok*":
+        return status not in (401, 403, 404) and status < 500
+    return status == int(expected)
+
+
+async def test_every_route_is_declared(platform_env: dict[str, str]) -> None:
+    schema = create_app().openapi()
+    routes = {f"{method.upper()} {path}" for path, ops in schema["paths"].items() for method in ops}
+    assert routes == set(MATRIX) | PUBLIC
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+async def test_the_permission_matrix(api: httpx.AsyncClient, caller: str) -> None:
+    world = await _world(api)
+    failures = []
+    deletes_last = sorted(MATRIX, key=lambda r: r.startswith("DELETE /v1/tenants"))
+    for route in deletes_last:
+        cell = MATRIX[route][caller]
+        for side, expected in zip(
+            ("a", "b"), cell if isinstance(cell, tuple) else (cell,), strict=False
+        ):
+            method, path, kwargs = request_for(route, world, side)
+            denied = expected in ("401", "403", "404")
+            before = database_state() if denied else None
+            response = await api.request(method, path, headers=world.headers[caller], **kwargs)
+            if not matches(expected, response.status_code):
+                failures.append(
+                    f"{route} [{side}] expected {expected}, got {response.status_code}: {response.text[:160]}"
+                )
+            elif denied and database_state() != before:
+                failures.append(f"{route} [{side}] was refused but changed the database")
+    assert not failures, "\n".join(failures)
