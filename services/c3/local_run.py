@@ -210,7 +210,16 @@ class LocalPlatform:
 
     def banner(self) -> str:
         s = self.settings
-        token = self.env["C3_OPERATOR_TOKEN"]
+        secrets_file = self.data_dir / "local-secrets.json"
+        # The token itself is never printed: terminals end up in logs and screen shares.
+        if s.operator_token:
+            where = ["  operator token from C3_OPERATOR_TOKEN (export it as C3_TOKEN)"]
+        else:
+            where = [
+                f"  operator token in {secrets_file}; to use it:",
+                "    export C3_TOKEN=$(python3 -c 'import json,sys; "
+                f'print(json.load(open(sys.argv[1]))["operator_token"])\' {secrets_file})',
+            ]
         api = f"http://{s.api_host}:{s.api_port}"
         proxy = s.effective_proxy_public_url
         return "\n".join(
@@ -221,10 +230,10 @@ class LocalPlatform:
                 f"  proxy          {proxy}   (tenant base URL: {proxy}/t/<slug>)",
                 f"  data           {self.data_dir}",
                 f"  redis          {'embedded' if self.redis else 'external'}",
-                f"  operator token {token}",
+                *where,
                 "",
                 "  try:",
-                f"    curl -X POST {api}/v1/tenants -H 'Authorization: Bearer {token}' \\",
+                f'    curl -X POST {api}/v1/tenants -H "Authorization: Bearer $C3_TOKEN" \\',
                 "         -H 'Content-Type: application/json' "
                 '-d \'{"slug":"acme","display_name":"Acme"}\'',
                 "",

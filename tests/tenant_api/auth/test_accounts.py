@@ -185,3 +185,31 @@ def test_the_first_operator_is_made_on_the_command_line(platform_env: dict[str, 
         cli, ["operator", "create", "--email", email(), "--password-stdin"], input="short\n"
     )
     assert short.exit_code == 2 and "password" in short.output
+
+
+async def test_write_schemas_refuse_privileged_and_unknown_fields(api: httpx.AsyncClient) -> None:
+    tenant = await new_tenant(api)
+    cases = [
+        ("POST", "/v1/tenants", {"slug": slug(), "display_name": "X", "status": "active"}),
+        ("POST", "/v1/tenants", {"slug": slug(), "display_name": "X", "id": str(uuid.uuid4())}),
+        ("PATCH", f"/v1/tenants/{tenant['id']}", {"status": "active"}),
+        ("PATCH", f"/v1/tenants/{tenant['id']}", {"server_name": "evil.example"}),
+        ("PATCH", f"/v1/tenants/{tenant['id']}", {"limits": {"max_mau": 10**9}}),
+        ("POST", "/v1/api-keys", {"name": "k", "scopes": ["tenants:read"], "key_id": "mine"}),
+        ("POST", "/v1/api-keys", {"name": "k", "scopes": ["root"]}),
+        ("POST", "/v1/accounts", {"email": email(), "password": PASSWORD, "role": "root"}),
+        (
+            "POST",
+            "/v1/accounts",
+            {"email": email(), "password": PASSWORD, "role": "operator", "disabled_at": None},
+        ),
+        (
+            "POST",
+            f"/v1/tenants/{tenant['id']}/users",
+            {"username": "u", "password": "x" * 12, "id": 1},
+        ),
+    ]
+    for method, path, body in cases:
+        response = await api.request(method, path, json=body)
+        assert response.status_code == 422, (method, path, body, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")

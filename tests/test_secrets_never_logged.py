@@ -1,0 +1,63 @@
+"""No secret ever appears in a log line: after the end-to-end runs (this module sorts after
+them), every log the platform and its homeservers wrote is scanned for every secret the
+platform holds. Runs against the session's real platform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from platform_core.crypto import SecretBox
+from platform_core.db import driver_url
+from platform_core.models import Homeserver
+from tests.platform import RunningPlatform
+
+pytestmark = pytest.mark.e2e
+
+# Passwords the end-to-end tests give users (tests/test_end_to_end.py, test_billing_…).
+KNOWN_PASSWORDS = ("alice-secret-1", "bob-secret-12", "clerk-secret-1", "rush-secret-12")
+
+
+def platform_secrets(platform: RunningPlatform) -> dict[str, str]:
+    found = {
+        "operator token": platform.token,
+        "secret key": platform.env["C3_SECRET_KEY"],
+    }
+    for password in KNOWN_PASSWORDS:
+        found[f"user password {password}"] = password
+    box = SecretBox(platform.env["C3_SECRET_KEY"])
+    engine = create_engine(driver_url(platform.env["C3_DATABASE_URL"], asynchronous=False))
+    with Session(engine) as session:
+        for hs in session.scalars(select(Homeserver)):
+            if hs.admin_token_encrypted:
+                found[f"admin token of {hs.tenant_id}"] = box.decrypt(hs.admin_token_encrypted)
+    engine.dispose()
+    for config in (platform.data_dir / "homeservers").glob("*/homeserver.yaml"):
+        values = yaml.safe_load(config.read_text())
+        for name in ("registration_shared_secret", "macaroon_secret_key", "form_secret"):
+            found[f"{name} of {config.parent.name}"] = values[name]
+    return found
+
+
+def logs(platform: RunningPlatform) -> list[Path]:
+    files = [platform.log_path, *sorted((platform.data_dir / "logs").glob("*.log"))]
+    files += sorted((platform.data_dir / "homeservers").glob("*/*.log"))
+    return [f for f in files if f.is_file()]
+
+
+def test_no_secret_appears_in_any_log(platform: RunningPlatform) -> None:
+    secrets = platform_secrets(platform)
+    assert any(name.startswith("admin token") for name in secrets)  # tenants were provisioned
+    files = logs(platform)
+    assert len(files) >= 5
+    leaks = []
+    for path in files:
+        text = path.read_text(errors="replace")
+        for name, value in secrets.items():
+            if value and value in text:
+                leaks.append(f"{name} in {path.name}")
+    assert not leaks, leaks
