@@ -18,8 +18,16 @@ from tests.platform import RunningPlatform
 
 pytestmark = pytest.mark.e2e
 
-# Passwords the end-to-end tests give users (tests/test_end_to_end.py, test_billing_…).
-KNOWN_PASSWORDS = ("alice-secret-1", "bob-secret-12", "clerk-secret-1", "rush-secret-12")
+# Passwords the end-to-end tests give users (test_end_to_end, test_billing_…, test_lifecycle_…).
+KNOWN_PASSWORDS = (
+    "alice-secret-1",
+    "bob-secret-12",
+    "clerk-secret-1",
+    "rush-secret-12",
+    "sam-secret-123",
+    "pat-secret-123",
+    "cy-secret-1234",
+)
 
 
 def platform_secrets(platform: RunningPlatform) -> dict[str, str]:

@@ -12,11 +12,23 @@ from platform_core.settings import get_settings
 class TaskNames:
     PROVISION_TENANT = "c3.provisioner.provision_tenant"
     DEPROVISION_TENANT = "c3.provisioner.deprovision_tenant"
+    SUSPEND_TENANT = "c3.provisioner.suspend_tenant"
+    RESUME_TENANT = "c3.provisioner.resume_tenant"
+    RECONFIGURE_TENANT = "c3.provisioner.reconfigure_tenant"
     RECONCILE = "c3.provisioner.reconcile"
     RECONCILE_USAGE = "c3.provisioner.reconcile_usage"
     APPLY_USAGE_BATCHES = "c3.usage.apply_usage_batches"
     FINALIZE_INVOICES = "c3.invoices.finalize_invoices"
 
+
+# The task that carries out each kind of operation (keyed by OperationKind value).
+TASK_FOR_OPERATION_KIND = {
+    "provision": TaskNames.PROVISION_TENANT,
+    "deprovision": TaskNames.DEPROVISION_TENANT,
+    "suspend": TaskNames.SUSPEND_TENANT,
+    "resume": TaskNames.RESUME_TENANT,
+    "reconfigure": TaskNames.RECONFIGURE_TENANT,
+}
 
 TASK_MODULES = ["provisioner.tasks", "tenant_api.usage.tasks", "tenant_api.invoices.tasks"]
 

@@ -2,8 +2,9 @@
 
 Runs at start-up and periodically (beat). For each tenant it takes the tenant's lease (skipping
 tenants another worker is acting on): an active tenant's homeserver is (re)started and its route
-re-published if missing or stale; a deleted tenant's homeserver is stopped and its route
-withdrawn; an operation stuck in pending/running with nobody holding its lease is re-enqueued.
+re-published if missing or stale (and its config re-rendered from its plan: a changed config
+restarts it); a suspended tenant's homeserver is kept stopped; a deleted tenant's homeserver is
+stopped and its route withdrawn; an operation stuck in pending/running with nobody holding its lease is re-enqueued.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
-from platform_core.celery import TaskNames, send_task
+from platform_core.celery import TASK_FOR_OPERATION_KIND, send_task
 from platform_core.db import task_session
-from platform_core.models import OperationKind, TenantStatus, utcnow
+from platform_core.models import TenantStatus, utcnow
 from platform_core.routes import host_field, slug_field
 from provisioner import repository, steps
 from provisioner.lease import Lease
@@ -23,10 +24,6 @@ from provisioner.lease import Lease
 log = logging.getLogger(__name__)
 
 STUCK_AFTER = timedelta(seconds=60)
-_TASK_FOR_KIND = {
-    OperationKind.PROVISION: TaskNames.PROVISION_TENANT,
-    OperationKind.DEPROVISION: TaskNames.DEPROVISION_TENANT,
-}
 
 
 def reconcile_all(ctx: steps.Context) -> dict[str, int]:
@@ -34,8 +31,13 @@ def reconcile_all(ctx: steps.Context) -> dict[str, int]:
     with task_session() as session:
         active = [t.id for t in repository.tenants_with_status(session, [TenantStatus.ACTIVE])]
         deleted = [t.id for t in repository.tenants_with_status(session, [TenantStatus.DELETED])]
+        suspended = [
+            t.id for t in repository.tenants_with_status(session, [TenantStatus.SUSPENDED])
+        ]
     for tenant_id in active:
         _with_lease(ctx, tenant_id, report, _reconcile_active)
+    for tenant_id in suspended:
+        _with_lease(ctx, tenant_id, report, _reconcile_suspended)
     for tenant_id in deleted:
         _with_lease(ctx, tenant_id, report, _reconcile_deleted)
     _requeue_stuck_operations(ctx, report)
@@ -85,6 +87,24 @@ def _reconcile_active(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter[
         report["routes_published"] += 1
 
 
+def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter[str]) -> None:
+    """A suspended tenant's homeserver stays stopped and its route says so."""
+    if ctx.backend.is_running(str(tenant_id)):
+        ctx.backend.stop(str(tenant_id))
+        report["homeservers_stopped"] += 1
+    with task_session() as session:
+        tenant = repository.get_tenant(session, tenant_id)
+        hs = repository.get_homeserver(session, tenant_id)
+        if tenant is None or hs is None or tenant.status is not TenantStatus.SUSPENDED:
+            return
+        plan = repository.get_plan(session, tenant.plan_id)
+        route = steps.route_for(ctx, tenant, hs, steps.target_for(ctx, tenant, plan, hs))
+    published = [ctx.redis.hget(ctx.keys.routes, f) for f in route.fields()]
+    if any(value != route.to_json().encode() for value in published):
+        steps.publish(ctx, route)
+        report["routes_published"] += 1
+
+
 def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter[str]) -> None:
     with task_session() as session:
         tenant = repository.get_tenant(session, tenant_id)
@@ -111,5 +131,5 @@ def _requeue_stuck_operations(ctx: steps.Context, report: Counter[str]) -> None:
             if Lease(ctx.redis, ctx.keys.tenant_lease(str(op.tenant_id))).is_held_by_anyone():
                 continue
             op.updated_at = utcnow()  # not again before STUCK_AFTER passes
-            send_task(_TASK_FOR_KIND[op.kind], str(op.id))
+            send_task(TASK_FOR_OPERATION_KIND[op.kind.value], str(op.id))
             report["operations_requeued"] += 1

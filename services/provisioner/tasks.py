@@ -29,6 +29,7 @@ from platform_core.models import (
     utcnow,
 )
 from provisioner import repository, steps
+from provisioner.backends.base import HomeserverTarget
 from provisioner.lease import Lease
 from provisioner.reconciler import reconcile_all
 from provisioner.usage_reconciliation import reconcile_usage_all
@@ -205,6 +206,90 @@ def deprovision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
         assert tenant is not None
         tenant.status = TenantStatus.DELETED
         tenant.deleted_at = utcnow()
+
+
+# Suspend, resume, reconfigure ---------------------------------------------------------
+
+
+def _target(
+    session: Session, ctx: steps.Context, tenant: Tenant, hs: Homeserver
+) -> HomeserverTarget:
+    plan = repository.get_plan(session, tenant.plan_id)
+    return steps.target_for(ctx, tenant, plan, hs)
+
+
+def suspend(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
+    """Proxy first (clients get a clear error at once), then the homeserver stops; data kept."""
+    with task_session() as session:
+        op = repository.get_operation(session, op_id)
+        assert op is not None
+        tenant, hs = _tenant_and_homeserver(session, op.tenant_id)
+        if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
+            raise PermanentError(f"a {tenant.status.value} tenant cannot be suspended")
+        tenant.status = TenantStatus.SUSPENDED
+        hs.desired_state = HomeserverDesiredState.STOPPED
+        target = _target(session, ctx, tenant, hs)
+        steps.publish(ctx, steps.route_for(ctx, tenant, hs, target))
+        tenant_id = str(tenant.id)
+    _record_step(op_id, "route-suspended")
+    ctx.backend.stop(tenant_id)
+    _record_step(op_id, "homeserver-stopped")
+
+
+def resume(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
+    with task_session() as session:
+        op = repository.get_operation(session, op_id)
+        assert op is not None
+        tenant, hs = _tenant_and_homeserver(session, op.tenant_id)
+        if tenant.status not in (TenantStatus.SUSPENDED, TenantStatus.ACTIVE):
+            raise PermanentError(f"a {tenant.status.value} tenant cannot be resumed")
+        hs.desired_state = HomeserverDesiredState.RUNNING
+        steps.ensure_port_usable(session, ctx, hs)
+        target = _target(session, ctx, tenant, hs)
+    steps.ensure_running(ctx, target)
+    _record_step(op_id, "homeserver-running")
+    with task_session() as session:
+        tenant, hs = _tenant_and_homeserver(session, uuid.UUID(target.tenant_id))
+        tenant.status = TenantStatus.ACTIVE
+        hs.upstream_url = ctx.backend.upstream_url(target)
+        steps.publish(ctx, steps.route_for(ctx, tenant, hs, target))
+    _record_step(op_id, "route-published")
+
+
+def reconfigure(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
+    """Render the homeserver's config from the tenant's current plan; restart it only if the
+    config changed (clients ride the restart out: the proxy answers 502 + Retry-After and
+    Matrix clients retry). A suspended tenant's new config applies when it resumes."""
+    with task_session() as session:
+        op = repository.get_operation(session, op_id)
+        assert op is not None
+        tenant, hs = _tenant_and_homeserver(session, op.tenant_id)
+        if tenant.status is not TenantStatus.ACTIVE:
+            if tenant.status is TenantStatus.SUSPENDED:
+                return
+            raise PermanentError(f"a {tenant.status.value} tenant cannot be reconfigured")
+        target = _target(session, ctx, tenant, hs)
+    steps.ensure_running(ctx, target)
+    _record_step(op_id, "config-applied")
+    with task_session() as session:
+        tenant, hs = _tenant_and_homeserver(session, uuid.UUID(target.tenant_id))
+        steps.publish(ctx, steps.route_for(ctx, tenant, hs, target))
+    _record_step(op_id, "route-published")
+
+
+@app.task(name=TaskNames.SUSPEND_TENANT, bind=True, acks_late=True)
+def suspend_tenant(self: Task, operation_id: str) -> None:
+    run_operation(self, operation_id, suspend)
+
+
+@app.task(name=TaskNames.RESUME_TENANT, bind=True, acks_late=True)
+def resume_tenant(self: Task, operation_id: str) -> None:
+    run_operation(self, operation_id, resume)
+
+
+@app.task(name=TaskNames.RECONFIGURE_TENANT, bind=True, acks_late=True)
+def reconfigure_tenant(self: Task, operation_id: str) -> None:
+    run_operation(self, operation_id, reconfigure)
 
 
 @app.task(name=TaskNames.PROVISION_TENANT, bind=True, acks_late=True)

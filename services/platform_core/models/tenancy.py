@@ -36,6 +36,9 @@ class TenantStatus(StrEnum):
 class OperationKind(StrEnum):
     PROVISION = "provision"
     DEPROVISION = "deprovision"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    RECONFIGURE = "reconfigure"  # plan limits (and later other settings) → homeserver config
 
 
 class OperationState(StrEnum):

@@ -9,7 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from platform_core.auth import Principal
 from platform_core.celery import TaskNames, send_task
+from platform_core.settings import Settings
 from tenant_api.audit.service import record
 from tenant_api.deps import SessionDep, SettingsDep, TenantsAdmin, TenantsRead, TenantsWrite
 from tenant_api.operations.repository import OperationRepository
@@ -109,13 +111,16 @@ async def update_tenant(
     tenant_id: uuid.UUID,
     body: TenantPatch,
     request: Request,
+    response: Response,
     session: SessionDep,
     principal: TenantsWrite,
     settings: SettingsDep,
 ) -> TenantOut:
     tenants = TenantRepository(session, principal)
     tenant = await tenants.get_or_404(tenant_id)
-    plan_code = await service.update_tenant(tenants, tenant, body)
+    plan_code, operation = await service.update_tenant(
+        tenants, OperationRepository(session, principal), tenant, body
+    )
     record(
         session,
         request,
@@ -128,6 +133,12 @@ async def update_tenant(
     )
     await session.commit()
     await session.refresh(tenant)
+    if operation is not None:
+        # The new plan's limits reach the homeserver through this operation.
+        response.headers["Location"] = str(
+            request.url_for("get_operation", operation_id=operation.id)
+        )
+        await enqueue(TaskNames.RECONFIGURE_TENANT, operation.id)
     return service.to_out(tenant, plan_code, settings)
 
 
@@ -149,3 +160,62 @@ async def delete_tenant(
     await session.commit()
     await enqueue(TaskNames.DEPROVISION_TENANT, operation.id)
     return _accepted(request, response, out, operation.id)
+
+
+async def _lifecycle(
+    tenant_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: Principal,
+    settings: Settings,
+    action: str,
+) -> TenantAccepted:
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get_or_404(tenant_id)
+    operations = OperationRepository(session, principal)
+    if action == "suspend":
+        operation = await service.suspend_tenant(tenant, operations)
+        task = TaskNames.SUSPEND_TENANT
+    else:
+        operation = await service.resume_tenant(tenant, operations)
+        task = TaskNames.RESUME_TENANT
+    codes = await tenants.plan_codes({tenant.plan_id})
+    out = service.to_out(tenant, codes[tenant.plan_id], settings)
+    record(
+        session, request, principal, f"tenant.{action}", "tenant", tenant.id, tenant_id=tenant.id
+    )
+    await session.commit()
+    await enqueue(task, operation.id)
+    return _accepted(request, response, out, operation.id)
+
+
+@router.post(
+    "/{tenant_id}/suspend", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted
+)
+async def suspend_tenant(
+    tenant_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: TenantsAdmin,
+    settings: SettingsDep,
+) -> TenantAccepted:
+    """Stop serving the tenant (its clients get `M_FORBIDDEN` from the proxy, its homeserver
+    stops); all data is kept. Repeating it returns the suspension under way."""
+    return await _lifecycle(tenant_id, request, response, session, principal, settings, "suspend")
+
+
+@router.post(
+    "/{tenant_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted
+)
+async def resume_tenant(
+    tenant_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: TenantsAdmin,
+    settings: SettingsDep,
+) -> TenantAccepted:
+    """Start the homeserver again and serve the tenant's clients."""
+    return await _lifecycle(tenant_id, request, response, session, principal, settings, "resume")

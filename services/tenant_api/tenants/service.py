@@ -85,8 +85,14 @@ async def create_tenant(
     return tenant, plan.code, operation
 
 
-async def update_tenant(tenants: TenantRepository, tenant: Tenant, body: TenantPatch) -> str:
-    """Apply a PATCH; returns the tenant's plan code afterwards."""
+async def update_tenant(
+    tenants: TenantRepository,
+    operations: OperationRepository,
+    tenant: Tenant,
+    body: TenantPatch,
+) -> tuple[str, Operation | None]:
+    """Apply a PATCH; returns the plan code afterwards and the reconfigure operation that
+    brings a new plan's limits to the homeserver (None when nothing needs it)."""
     if body.plan is not None and not tenants.principal.platform_wide:
         raise InvalidRequest("plan: only operators change a tenant's plan")
     if tenant.status in (TenantStatus.DELETING, TenantStatus.DELETED):
@@ -95,7 +101,7 @@ async def update_tenant(tenants: TenantRepository, tenant: Tenant, body: TenantP
         tenant.display_name = body.display_name
     codes = await tenants.plan_codes({tenant.plan_id})
     if body.plan is None or body.plan == codes[tenant.plan_id]:
-        return codes[tenant.plan_id]
+        return codes[tenant.plan_id], None
     new_plan = await tenants.get_plan(body.plan)
     if new_plan is None:
         raise InvalidRequest(f"plan: no plan with code '{body.plan}'")
@@ -109,7 +115,34 @@ async def update_tenant(tenants: TenantRepository, tenant: Tenant, body: TenantP
     await tenants.add_plan_change(
         TenantPlanChange(tenant_id=tenant.id, plan_id=new_plan.id, effective_at=utcnow())
     )
-    return new_plan.code
+    operation = None
+    if tenant.status in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
+        operation = await operations.start(tenant.id, OperationKind.RECONFIGURE)
+    return new_plan.code, operation
+
+
+async def suspend_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:
+    """Stop serving a tenant (e.g. unpaid): the proxy refuses its clients with a clear Matrix
+    error, the homeserver stops, every byte of data is kept."""
+    existing = await operations.unfinished_for(tenant.id, OperationKind.SUSPEND)
+    if existing is not None:
+        return existing
+    if tenant.status is not TenantStatus.ACTIVE:
+        raise Conflict(
+            f"only an active tenant can be suspended (this one is {tenant.status.value})"
+        )
+    return await operations.start(tenant.id, OperationKind.SUSPEND)
+
+
+async def resume_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:
+    existing = await operations.unfinished_for(tenant.id, OperationKind.RESUME)
+    if existing is not None:
+        return existing
+    if tenant.status is not TenantStatus.SUSPENDED:
+        raise Conflict(
+            f"only a suspended tenant can be resumed (this one is {tenant.status.value})"
+        )
+    return await operations.start(tenant.id, OperationKind.RESUME)
 
 
 async def delete_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:

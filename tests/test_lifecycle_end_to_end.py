@@ -1,0 +1,145 @@
+"""Lifecycle end to end on real Synapse: suspend and resume with the same users and history,
+a plan change that reaches the running homeserver's config, and a killed homeserver that
+reconcile brings back while clients recover through the proxy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import nio
+import pytest
+
+from tests.platform import RunningPlatform, poll
+from tests.test_end_to_end import login, synapse_processes
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_operation(platform: RunningPlatform, url: str, timeout: float = 90) -> dict[str, Any]:
+    with platform.api() as api:
+
+        def done() -> dict[str, Any] | None:
+            operation = api.get(url).json()
+            assert operation["state"] != "failed", operation
+            return operation if operation["state"] == "succeeded" else None
+
+        return poll(done, timeout=timeout, what=f"operation {url} to succeed")
+
+
+async def test_suspend_keeps_everything_and_resume_brings_it_back(
+    platform: RunningPlatform,
+) -> None:
+    tenant = platform.create_tenant("life-suspend")
+    user = platform.create_user(tenant["id"], "sam", "sam-secret-123")
+    base = f"{platform.proxy_url}/t/{tenant['slug']}"
+    client = await login(base, user, "sam-secret-123")
+    room = await client.room_create(name="history")
+    assert isinstance(room, nio.RoomCreateResponse), room
+    sent = await client.room_send(
+        room.room_id, "m.room.message", {"msgtype": "m.text", "body": "before the break"}
+    )
+    assert isinstance(sent, nio.RoomSendResponse), sent
+    token = client.access_token
+    await client.close()
+
+    with platform.api() as api:
+        accepted = api.post(f"/v1/tenants/{tenant['id']}/suspend")
+        assert accepted.status_code == 202, accepted.text
+    wait_operation(platform, accepted.json()["operation"]["url"])
+    config = platform.homeserver_dir(tenant["id"]) / "homeserver.yaml"
+    assert synapse_processes(config) == []  # stopped: nothing can reach it
+    async with httpx.AsyncClient() as raw:
+        refused = await raw.get(
+            f"{base}/_matrix/client/v3/account/whoami",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert refused.status_code == 403
+    assert refused.json()["errcode"] == "M_FORBIDDEN" and "suspended" in refused.json()["error"]
+    with platform.api() as api:
+        assert api.get(f"/v1/tenants/{tenant['id']}").json()["status"] == "suspended"
+        resumed = api.post(f"/v1/tenants/{tenant['id']}/resume")
+        assert resumed.status_code == 202, resumed.text
+    wait_operation(platform, resumed.json()["operation"]["url"])
+
+    client = await login(base, user, "sam-secret-123")
+    try:
+        history = await client.room_messages(room.room_id, start="", limit=20)
+        assert isinstance(history, nio.RoomMessagesResponse), history
+        bodies = [getattr(event, "body", None) for event in history.chunk]
+        assert "before the break" in bodies
+    finally:
+        await client.close()
+
+
+def test_a_plan_change_reaches_the_running_homeserver(platform: RunningPlatform) -> None:
+    tenant = platform.create_tenant("life-plan")
+    platform.create_user(tenant["id"], "pat", "pat-secret-123")
+    base = f"{platform.proxy_url}/t/{tenant['slug']}"
+    login_body = {"type": "m.login.password", "user": "pat", "password": "pat-secret-123"}
+    token = httpx.post(f"{base}/_matrix/client/v3/login", json=login_body).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def upload_limit() -> int | None:
+        try:
+            answer = httpx.get(f"{base}/_matrix/client/v1/media/config", headers=headers)
+        except httpx.TransportError:
+            return None
+        return answer.json().get("m.upload.size") if answer.status_code == 200 else None
+
+    assert upload_limit() == 50 * 1024 * 1024  # the default plan
+    with platform.api() as api:
+        api.post(
+            "/v1/plans",
+            json={
+                "code": "life-small",
+                "name": "Small uploads",
+                "currency": "EUR",
+                "limits": {"max_upload_size_bytes": 7 * 1024 * 1024},
+            },
+        )
+        patched = api.patch(f"/v1/tenants/{tenant['id']}", json={"plan": "life-small"})
+        assert patched.status_code == 200, patched.text
+    wait_operation(platform, patched.headers["location"])
+    # Synapse itself now enforces the new limit (it was restarted with the new config).
+    assert poll(lambda: upload_limit() == 7 * 1024 * 1024, timeout=30, what="the new upload limit")
+    too_big = httpx.post(
+        f"{base}/_matrix/media/v3/upload",
+        content=b"x" * (8 * 1024 * 1024),
+        headers={**headers, "Content-Type": "application/octet-stream"},
+    )
+    assert too_big.status_code == 413
+
+
+def test_a_killed_homeserver_is_restarted_and_clients_recover(platform: RunningPlatform) -> None:
+    tenant = platform.create_tenant("life-crash")
+    platform.create_user(tenant["id"], "cy", "cy-secret-1234")
+    base = f"{platform.proxy_url}/t/{tenant['slug']}"
+    login_body = {"type": "m.login.password", "user": "cy", "password": "cy-secret-1234"}
+    token = httpx.post(f"{base}/_matrix/client/v3/login", json=login_body).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    config = platform.homeserver_dir(tenant["id"]) / "homeserver.yaml"
+    (victim,) = synapse_processes(config)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+
+    down = httpx.get(f"{base}/_matrix/client/v3/account/whoami", headers=headers)
+    assert down.status_code == 502 and down.headers["retry-after"]  # clients are told to retry
+    # Don't wait for the 30 s beat: ask for a reconcile now, as an operator would.
+    subprocess.run(
+        [sys.executable, "-m", "c3", "reconcile"],
+        env={**os.environ, **platform.env, "C3_OPERATOR_TOKEN": platform.token},
+        check=True,
+        capture_output=True,
+    )
+
+    def recovered() -> bool:
+        answer = httpx.get(f"{base}/_matrix/client/v3/account/whoami", headers=headers)
+        return answer.status_code == 200
+
+    poll(recovered, timeout=90, what="the homeserver to come back behind the proxy")
+    assert len(synapse_processes(config)) == 1
