@@ -143,3 +143,51 @@ def test_a_killed_homeserver_is_restarted_and_clients_recover(platform: RunningP
 
     poll(recovered, timeout=90, what="the homeserver to come back behind the proxy")
     assert len(synapse_processes(config)) == 1
+
+
+def test_operators_manage_the_users_of_a_homeserver(platform: RunningPlatform) -> None:
+    tenant = platform.create_tenant("life-users")
+    tid = tenant["id"]
+    for name in ("ann", "ben"):
+        platform.create_user(tid, name, f"{name}-secret-123")
+    base = f"{platform.proxy_url}/t/{tenant['slug']}"
+
+    def login(user: str, password: str) -> httpx.Response:
+        body = {"type": "m.login.password", "user": user, "password": password}
+        return httpx.post(f"{base}/_matrix/client/v3/login", json=body)
+
+    with platform.api() as api:
+        first = api.get(f"/v1/tenants/{tid}/users", params={"limit": 1}).json()
+        second = api.get(
+            f"/v1/tenants/{tid}/users", params={"limit": 1, "cursor": first["next_cursor"]}
+        ).json()
+        names = [u["username"] for u in first["items"] + second["items"]]
+        assert names == ["ann", "ben"]  # paged, and the platform's own admin is never listed
+        assert api.get(f"/v1/tenants/{tid}/users/c3-admin").status_code == 404
+
+        old_session = login("ann", "ann-secret-123").json()["access_token"]
+        changed = api.patch(
+            f"/v1/tenants/{tid}/users/ann",
+            json={"displayname": "Ann A.", "password": "ann-new-secret-9"},
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["displayname"] == "Ann A."
+        assert "ann-new-secret-9" not in changed.text
+        whoami = httpx.get(
+            f"{base}/_matrix/client/v3/account/whoami",
+            headers={"Authorization": f"Bearer {old_session}"},
+        )
+        assert whoami.status_code == 401  # a reset password signs the user out everywhere
+        assert login("ann", "ann-secret-123").status_code == 403
+        assert login("ann", "ann-new-secret-9").status_code == 200
+
+        gone = api.post(f"/v1/tenants/{tid}/users/ben/deactivate", json={"erase": True})
+        assert gone.status_code == 200 and gone.json()["deactivated"] is True
+        assert login("ben", "ben-secret-123").status_code == 403
+        again = api.post(f"/v1/tenants/{tid}/users/ben/deactivate", json={"erase": True})
+        assert again.status_code == 200  # repeating changes nothing
+        assert api.get(f"/v1/tenants/{tid}/users/nobody").status_code == 404
+        events = api.get("/v1/audit-events", params={"tenant_id": tid}).json()["items"]
+        assert {"homeserver_user.update", "homeserver_user.deactivate"} <= {
+            e["action"] for e in events
+        }

@@ -27,6 +27,9 @@ KNOWN_PASSWORDS = (
     "sam-secret-123",
     "pat-secret-123",
     "cy-secret-1234",
+    "ann-secret-123",
+    "ann-new-secret-9",
+    "ben-secret-123",
 )
 
 

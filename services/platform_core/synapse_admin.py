@@ -79,6 +79,22 @@ class SynapseAdminClient:
             body["displayname"] = displayname
         return await self._request("PUT", f"/_synapse/admin/v2/users/{quote(user_id)}", json=body)
 
+    async def list_users(self, *, start: int, limit: int) -> dict[str, Any]:
+        """A page of local, non-guest accounts (deactivated ones included), by name."""
+        params = {"from": str(start), "limit": str(limit), "guests": "false", "order_by": "name"}
+        return await self._request("GET", "/_synapse/admin/v2/users", params=params)
+
+    async def update_user(self, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change an existing user (the caller checked it exists: PUT would create one)."""
+        return await self._request(
+            "PUT", f"/_synapse/admin/v2/users/{quote(user_id)}", json=changes
+        )
+
+    async def deactivate_user(self, user_id: str, *, erase: bool) -> dict[str, Any]:
+        return await self._request(
+            "POST", f"/_synapse/admin/v1/deactivate/{quote(user_id)}", json={"erase": erase}
+        )
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
             response = await self._client.request(method, path, **kwargs)

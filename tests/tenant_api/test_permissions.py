@@ -58,6 +58,10 @@ MATRIX: dict[str, dict[str, Cell]] = {
     "POST /v1/operations/{operation_id}/retry": row([("ok*", "ok*"), ("403", "403"), ("403", "403"), ("403", "403"), ("403", "403"), U, U]),
     "GET /v1/operations/{operation_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
     "POST /v1/tenants/{tenant_id}/users": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/users": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("ok*", "404"), ("ok*", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/users/{username}": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("ok*", "404"), ("ok*", "404"), U, U]),
+    "PATCH /v1/tenants/{tenant_id}/users/{username}": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "POST /v1/tenants/{tenant_id}/users/{username}/deactivate": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
     "GET /v1/tenants/{tenant_id}/usage": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
     "GET /v1/tenants/{tenant_id}/usage/reconciliation": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
     "GET /v1/tenants/{tenant_id}/invoices": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
@@ -203,6 +207,7 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         .replace("{number}", world.invoices[side])
         .replace("{period}", world.last_month)
         .replace("{code}", world.plan_code)
+        .replace("{username}", "mx")
     )
     if "{key_id}" in path:
         path = path.replace("{key_id}", world.victim_key(side))
@@ -212,6 +217,8 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         "POST /v1/tenants/{tenant_id}/users": {"username": "mx", "password": "long-enough-pw"},
         "POST /v1/plans": {"code": f"n{uuid.uuid4().hex[:8]}", "name": "N", "currency": "EUR"},
         "PATCH /v1/plans/{code}": {"name": f"M {uuid.uuid4().hex[:4]}"},
+        "PATCH /v1/tenants/{tenant_id}/users/{username}": {"displayname": "Mx"},
+        "POST /v1/tenants/{tenant_id}/users/{username}/deactivate": {"erase": False},
         "POST /v1/accounts": {
             "email": f"n{uuid.uuid4().hex[:8]}@example.com",
             "password": PASSWORD,

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 
 from platform_core.crypto import SecretBox
+from platform_core.errors import InvalidRequest
 from tenant_api.audit.service import record
-from tenant_api.deps import SessionDep, SettingsDep, UsersWrite
+from tenant_api.deps import SessionDep, SettingsDep, TenantsRead, UsersWrite
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.users import service
-from tenant_api.users.schemas import HomeserverUserCreate, HomeserverUserOut
+from tenant_api.users.schemas import (
+    HomeserverUserCreate,
+    HomeserverUserDeactivate,
+    HomeserverUserOut,
+    HomeserverUserPage,
+    HomeserverUserPatch,
+)
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/users", tags=["users"])
+Username = Annotated[str, Path(max_length=200, description="The Matrix localpart, e.g. alice")]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=HomeserverUserOut)
@@ -43,3 +52,106 @@ async def create_user(
     )
     await session.commit()
     return created
+
+
+@router.get("", response_model=HomeserverUserPage)
+async def list_users(
+    tenant_id: uuid.UUID,
+    session: SessionDep,
+    principal: TenantsRead,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=20)] = None,
+) -> HomeserverUserPage:
+    """Accounts on the homeserver by name (deactivated ones included, flagged)."""
+    if cursor is not None and not cursor.isdigit():
+        raise InvalidRequest("cursor: not a cursor this API returned")
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get_or_404(tenant_id)
+    homeserver = await tenants.get_homeserver(tenant_id)
+    return await service.list_users(
+        tenant,
+        homeserver,
+        SecretBox(settings.require_secret_key()),
+        start=int(cursor or 0),
+        limit=limit,
+    )
+
+
+@router.get("/{username}", response_model=HomeserverUserOut)
+async def get_user(
+    tenant_id: uuid.UUID,
+    username: Username,
+    session: SessionDep,
+    principal: TenantsRead,
+    settings: SettingsDep,
+) -> HomeserverUserOut:
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get_or_404(tenant_id)
+    homeserver = await tenants.get_homeserver(tenant_id)
+    box = SecretBox(settings.require_secret_key())
+    return await service.get_user(tenant, homeserver, box, username)
+
+
+@router.patch("/{username}", response_model=HomeserverUserOut)
+async def update_user(
+    tenant_id: uuid.UUID,
+    username: Username,
+    body: HomeserverUserPatch,
+    request: Request,
+    session: SessionDep,
+    principal: UsersWrite,
+    settings: SettingsDep,
+) -> HomeserverUserOut:
+    """Display name, admin flag, password reset (which signs the user out everywhere)."""
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get_or_404(tenant_id)
+    homeserver = await tenants.get_homeserver(tenant_id)
+    box = SecretBox(settings.require_secret_key())
+    updated = await service.update_user(tenant, homeserver, box, username, body)
+    details = body.model_dump(exclude_none=True, exclude={"password"})
+    if body.password is not None:
+        details["password_reset"] = True
+    record(
+        session,
+        request,
+        principal,
+        "homeserver_user.update",
+        "homeserver_user",
+        updated.user_id,
+        tenant_id=tenant.id,
+        details=details,
+    )
+    await session.commit()
+    return updated
+
+
+@router.post("/{username}/deactivate", response_model=HomeserverUserOut)
+async def deactivate_user(
+    tenant_id: uuid.UUID,
+    username: Username,
+    body: HomeserverUserDeactivate,
+    request: Request,
+    session: SessionDep,
+    principal: UsersWrite,
+    settings: SettingsDep,
+) -> HomeserverUserOut:
+    """Deactivate for good (Synapse cannot undo it); with `erase`, also erase the user's
+    messages for future room members. Repeating it changes nothing."""
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get_or_404(tenant_id)
+    homeserver = await tenants.get_homeserver(tenant_id)
+    box = SecretBox(settings.require_secret_key())
+    done = await service.deactivate_user(tenant, homeserver, box, username, erase=body.erase)
+    record(
+        session,
+        request,
+        principal,
+        "homeserver_user.deactivate",
+        "homeserver_user",
+        done.user_id,
+        tenant_id=tenant.id,
+        details={"erase": body.erase},
+    )
+    await session.commit()
+    return done

@@ -29,8 +29,37 @@ class HomeserverUserCreate(BaseModel):
         return value
 
 
+class HomeserverUserPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    displayname: str | None = Field(default=None, max_length=256)
+    admin: bool | None = None
+    password: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=512,
+        repr=False,
+        description="Reset the password; the user is signed out everywhere",
+    )
+
+
+class HomeserverUserDeactivate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    erase: bool = Field(
+        default=False,
+        description="Also erase the user's messages for everyone who joins later (GDPR)",
+    )
+
+
 class HomeserverUserOut(BaseModel):
     user_id: str
     username: str
     displayname: str | None
     admin: bool
+    deactivated: bool = False
+
+
+class HomeserverUserPage(BaseModel):
+    items: list[HomeserverUserOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page")

@@ -1,30 +1,132 @@
-"""Users on a tenant's homeserver, managed through its Synapse admin API."""
+"""Users on a tenant's homeserver, managed through its Synapse admin API. The platform's own
+admin account is never listed, changed or deactivated through here."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 from platform_core.crypto import SecretBox
-from platform_core.errors import Conflict
+from platform_core.errors import Conflict, NotFound
 from platform_core.models import Homeserver, Tenant, TenantStatus
 from platform_core.synapse_admin import SynapseAdminClient
-from tenant_api.users.schemas import HomeserverUserCreate, HomeserverUserOut
+from tenant_api.users.schemas import (
+    RESERVED_LOCALPARTS,
+    HomeserverUserCreate,
+    HomeserverUserOut,
+    HomeserverUserPage,
+    HomeserverUserPatch,
+)
+
+
+@asynccontextmanager
+async def admin_client(
+    tenant: Tenant, homeserver: Homeserver | None, box: SecretBox
+) -> AsyncIterator[SynapseAdminClient]:
+    if tenant.status is not TenantStatus.ACTIVE or homeserver is None:
+        raise Conflict(f"tenant is {tenant.status.value}; its users are managed while it is active")
+    if homeserver.admin_token_encrypted is None or homeserver.upstream_url is None:
+        raise Conflict("tenant homeserver is not ready yet")
+    token = box.decrypt(homeserver.admin_token_encrypted)
+    async with SynapseAdminClient(homeserver.upstream_url, access_token=token) as client:
+        yield client
+
+
+def _out(tenant: Tenant, answer: dict[str, Any], username: str) -> HomeserverUserOut:
+    return HomeserverUserOut(
+        user_id=f"@{username}:{tenant.server_name}",
+        username=username,
+        displayname=answer.get("displayname"),
+        admin=bool(answer.get("admin")),
+        deactivated=bool(answer.get("deactivated")),
+    )
+
+
+def _user_id(tenant: Tenant, username: str) -> str:
+    if username in RESERVED_LOCALPARTS:
+        raise NotFound(f"user {username} not found")
+    return f"@{username}:{tenant.server_name}"
 
 
 async def create_user(
     tenant: Tenant, homeserver: Homeserver | None, body: HomeserverUserCreate, box: SecretBox
 ) -> HomeserverUserOut:
-    if tenant.status is not TenantStatus.ACTIVE or homeserver is None:
-        raise Conflict(f"tenant is {tenant.status.value}; users can be created once it is active")
-    if homeserver.admin_token_encrypted is None or homeserver.upstream_url is None:
-        raise Conflict("tenant homeserver is not ready yet")
     user_id = f"@{body.username}:{tenant.server_name}"
-    token = box.decrypt(homeserver.admin_token_encrypted)
-    async with SynapseAdminClient(homeserver.upstream_url, access_token=token) as client:
+    async with admin_client(tenant, homeserver, box) as client:
         answer = await client.create_user(
             user_id, password=body.password, displayname=body.displayname, admin=body.admin
         )
-    return HomeserverUserOut(
-        user_id=user_id,
-        username=body.username,
-        displayname=answer.get("displayname") or body.displayname,
-        admin=bool(answer.get("admin", body.admin)),
+    return _out(
+        tenant, {"displayname": body.displayname, "admin": body.admin, **answer}, body.username
     )
+
+
+async def list_users(
+    tenant: Tenant, homeserver: Homeserver | None, box: SecretBox, *, start: int, limit: int
+) -> HomeserverUserPage:
+    async with admin_client(tenant, homeserver, box) as client:
+        page = await client.list_users(start=start, limit=limit)
+    suffix = f":{tenant.server_name}"
+    items = []
+    for user in page.get("users", []):
+        name = str(user.get("name", ""))
+        username = name[1:].removesuffix(suffix) if name.endswith(suffix) else name
+        if username in RESERVED_LOCALPARTS:
+            continue
+        items.append(_out(tenant, user, username))
+    next_token = page.get("next_token")
+    return HomeserverUserPage(
+        items=items, next_cursor=str(next_token) if next_token is not None else None
+    )
+
+
+async def get_user(
+    tenant: Tenant, homeserver: Homeserver | None, box: SecretBox, username: str
+) -> HomeserverUserOut:
+    user_id = _user_id(tenant, username)
+    async with admin_client(tenant, homeserver, box) as client:
+        answer = await client.get_user(user_id)
+    if answer is None:
+        raise NotFound(f"user {username} not found")
+    return _out(tenant, answer, username)
+
+
+async def update_user(
+    tenant: Tenant,
+    homeserver: Homeserver | None,
+    box: SecretBox,
+    username: str,
+    body: HomeserverUserPatch,
+) -> HomeserverUserOut:
+    user_id = _user_id(tenant, username)
+    changes: dict[str, Any] = {}
+    if body.displayname is not None:
+        changes["displayname"] = body.displayname
+    if body.admin is not None:
+        changes["admin"] = body.admin
+    if body.password is not None:
+        changes["password"] = body.password
+        changes["logout_devices"] = True  # a reset password ends every existing session
+    async with admin_client(tenant, homeserver, box) as client:
+        current = await client.get_user(user_id)
+        if current is None:
+            raise NotFound(f"user {username} not found")
+        if current.get("deactivated"):
+            raise Conflict(f"user {username} is deactivated")
+        answer = await client.update_user(user_id, changes) if changes else current
+    return _out(tenant, answer, username)
+
+
+async def deactivate_user(
+    tenant: Tenant, homeserver: Homeserver | None, box: SecretBox, username: str, *, erase: bool
+) -> HomeserverUserOut:
+    user_id = _user_id(tenant, username)
+    async with admin_client(tenant, homeserver, box) as client:
+        current = await client.get_user(user_id)
+        if current is None:
+            raise NotFound(f"user {username} not found")
+        if not current.get("deactivated"):
+            await client.deactivate_user(user_id, erase=erase)
+        answer = await client.get_user(user_id) or {**current, "deactivated": True}
+    return _out(tenant, answer, username)
