@@ -191,3 +191,28 @@ def test_operators_manage_the_users_of_a_homeserver(platform: RunningPlatform) -
         assert {"homeserver_user.update", "homeserver_user.deactivate"} <= {
             e["action"] for e in events
         }
+
+
+def test_a_custom_domain_is_served_by_host(platform: RunningPlatform) -> None:
+    with platform.api() as api:
+        created = api.post(
+            "/v1/tenants",
+            json={"slug": "life-own", "display_name": "Own", "server_name": "chat.own-co.test"},
+        )
+        assert created.status_code == 202, created.text
+
+        def active() -> bool:
+            return api.get(f"/v1/tenants/{created.json()['id']}").json()["status"] == "active"
+
+        poll(active, timeout=90, what="the custom-domain tenant to become active")
+    platform.create_user(created.json()["id"], "dee", "dee-secret-123")
+    host = {"Host": "chat.own-co.test"}
+    login = httpx.post(
+        f"{platform.proxy_url}/_matrix/client/v3/login",
+        json={"type": "m.login.password", "user": "dee", "password": "dee-secret-123"},
+        headers=host,
+    )
+    assert login.status_code == 200, login.text
+    assert login.json()["user_id"] == "@dee:chat.own-co.test"
+    well_known = httpx.get(f"{platform.proxy_url}/.well-known/matrix/client", headers=host)
+    assert well_known.json()["m.homeserver"]["base_url"].startswith("http://chat.own-co.test")

@@ -30,6 +30,7 @@ KNOWN_PASSWORDS = (
     "ann-secret-123",
     "ann-new-secret-9",
     "ben-secret-123",
+    "dee-secret-123",
 )
 
 

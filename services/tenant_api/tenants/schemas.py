@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from platform_core.models import TenantStatus
 
+DNS_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]$")
 RESERVED_SLUGS = frozenset(
     {
@@ -62,6 +63,14 @@ class TenantCreate(BaseModel):
     )
     display_name: str = Field(min_length=1, max_length=200, examples=["Acme Corp"])
     plan: str | None = Field(default=None, description="Plan code; the default plan if omitted")
+    server_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="A custom Matrix domain (e.g. acme.com) instead of <slug>.<base domain>. "
+        "Immutable, as Synapse requires; each domain can be claimed once. Point its DNS at the "
+        "proxy.",
+        examples=["chat.acme.com"],
+    )
 
     @field_validator("slug")
     @classmethod
@@ -75,6 +84,19 @@ class TenantCreate(BaseModel):
             raise ValueError("must not have '--' in positions 3-4 (reserved for IDNA)")
         if value in RESERVED_SLUGS:
             raise ValueError(f"'{value}' is reserved")
+        return value
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        labels = value.split(".")
+        if len(labels) < 2 or not all(DNS_LABEL_RE.fullmatch(label) for label in labels):
+            raise ValueError("must be a DNS name such as chat.acme.com (no port, no trailing dot)")
+        if labels[-1].isdigit():
+            raise ValueError("must be a DNS name, not an IP address")
         return value
 
     @field_validator("display_name")

@@ -61,7 +61,16 @@ async def create_tenant(
         )
     if await tenants.get_by_slug(body.slug) is not None:
         raise Conflict(f"a tenant with slug '{body.slug}' already exists")
-    server_name = server_name_for(body.slug, settings)
+    server_name = body.server_name or server_name_for(body.slug, settings)
+    base = settings.base_domain
+    if (
+        body.server_name
+        and body.server_name.endswith("." + base)
+        and (body.server_name != server_name_for(body.slug, settings))
+    ):
+        raise InvalidRequest(
+            f"server_name: names under {base} belong to their slug; use slug instead"
+        )
     if await tenants.get_by_server_name(server_name) is not None:
         raise Conflict(f"server name '{server_name}' is already taken")
     now = utcnow()

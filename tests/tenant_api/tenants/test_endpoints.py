@@ -204,3 +204,30 @@ async def test_healthz_and_openapi_are_public(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz", headers={"Authorization": ""})).json() == {"status": "ok"}
     schema = (await api.get("/openapi.json", headers={"Authorization": ""})).json()
     assert "/v1/tenants" in schema["paths"]
+
+
+async def test_a_tenant_can_bring_its_own_domain_once(api: httpx.AsyncClient) -> None:
+    domain = f"chat.{uuid.uuid4().hex[:8]}.example.com"
+    created = await api.post(
+        "/v1/tenants", json={"slug": slug(), "display_name": "Own", "server_name": domain.upper()}
+    )
+    assert created.status_code == 202, created.text
+    tenant = created.json()
+    assert tenant["server_name"] == domain
+    assert tenant["homeserver_url"].startswith(f"http://{domain}")
+    taken = await api.post(
+        "/v1/tenants", json={"slug": slug(), "display_name": "Thief", "server_name": domain}
+    )
+    assert_problem(taken, 409, domain)
+    for bad in ("localhost", "acme.com:8448", "10.0.0.1", "-bad.example.com", "a..b.com"):
+        response = await api.post(
+            "/v1/tenants", json={"slug": slug(), "display_name": "X", "server_name": bad}
+        )
+        assert_problem(response, 422, "server_name")
+    squat = await api.post(
+        "/v1/tenants",
+        json={"slug": slug(), "display_name": "X", "server_name": "someone-else.c3.test"},
+    )
+    assert_problem(squat, 422, "belong to their slug")
+    immutable = await api.patch(f"/v1/tenants/{tenant['id']}", json={"server_name": "x.com"})
+    assert_problem(immutable, 422, "server_name")
