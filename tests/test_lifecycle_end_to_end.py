@@ -216,3 +216,14 @@ def test_a_custom_domain_is_served_by_host(platform: RunningPlatform) -> None:
     assert login.json()["user_id"] == "@dee:chat.own-co.test"
     well_known = httpx.get(f"{platform.proxy_url}/.well-known/matrix/client", headers=host)
     assert well_known.json()["m.homeserver"]["base_url"].startswith("http://chat.own-co.test")
+
+
+def test_delete_with_purge_leaves_no_data_behind(platform: RunningPlatform) -> None:
+    tenant = platform.create_tenant("life-purge")
+    with platform.api() as api:
+        accepted = api.delete(f"/v1/tenants/{tenant['id']}", params={"purge": "true"})
+        assert accepted.status_code == 202, accepted.text
+    operation = wait_operation(platform, accepted.json()["operation"]["url"])
+    assert "data-purged" in operation["steps_done"]
+    assert not platform.homeserver_dir(tenant["id"]).exists()
+    assert list((platform.data_dir / "archive").glob(f"{tenant['id']}-*")) == []

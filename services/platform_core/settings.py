@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 30.0
     # Billed usage vs each homeserver's own records (provisioner.usage_reconciliation).
     usage_reconcile_interval_s: float = 300.0
+    # A deleted tenant's homeserver archive is purged this long after deletion.
+    archive_retention_days: float = 30.0
     # Invoices of a month are finalized this long after it ends (late usage still lands).
     invoice_grace_period_h: float = 72.0
     invoice_finalize_interval_s: float = 3600.0

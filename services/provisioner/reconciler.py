@@ -114,6 +114,9 @@ def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter
     if ctx.backend.is_running(str(tenant_id)):
         ctx.backend.stop(str(tenant_id))
         report["homeservers_stopped"] += 1
+    retention = timedelta(days=ctx.settings.archive_retention_days)
+    if ctx.backend.purge_archives(str(tenant_id), older_than=utcnow() - retention):
+        report["archives_purged"] += 1
     if ctx.redis.hexists(ctx.keys.routes, host_field(server_name)) or ctx.redis.hexists(
         ctx.keys.routes, slug_field(slug)
     ):

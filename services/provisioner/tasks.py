@@ -200,6 +200,12 @@ def deprovision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
 
     archived = ctx.backend.archive(tenant_id)
     _record_step(op_id, f"data-archived:{archived}" if archived else "data-archived")
+    with task_session() as session:
+        op = repository.get_operation(session, op_id)
+        purge = bool(op is not None and (op.params or {}).get("purge"))
+    if purge:
+        ctx.backend.purge_archives(tenant_id)
+        _record_step(op_id, "data-purged")
 
     with task_session() as session:
         tenant = repository.get_tenant(session, uuid.UUID(tenant_id))

@@ -100,6 +100,8 @@ class Operation(UUIDPk, Timestamps, Base):
     state: Mapped[OperationState] = mapped_column(_enum(OperationState), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     steps_done: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Options of the request, e.g. {"purge": true} on a deprovision.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from provisioner.synapse_config import HomeserverSecrets
@@ -76,3 +77,8 @@ class Backend(abc.ABC):
         """The homeserver's own record of billable usage, read from its database:
         ``messages`` (timeline events) and ``media_bytes`` (local uploads). None when the
         homeserver has no database yet."""
+
+    @abc.abstractmethod
+    def purge_archives(self, tenant_id: str, *, older_than: datetime | None = None) -> int:
+        """Delete the tenant's archives (all, or those made before ``older_than``); returns
+        how many. Idempotent."""

@@ -142,6 +142,15 @@ class LocalBackend(Backend):
         shutil.rmtree(directory)
         return str(final)
 
+    def purge_archives(self, tenant_id: str, *, older_than: datetime | None = None) -> int:
+        purged = 0
+        for path in self.archive_root.glob(f"{tenant_id}-*.tar.gz"):
+            made = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            if older_than is None or made < older_than:
+                path.unlink(missing_ok=True)
+                purged += 1
+        return purged
+
     def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
         database = self.tenant_dir(tenant_id) / "homeserver.db"
         if not database.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,9 +26,16 @@ class OperationRepository:
         )
         return (await self.session.scalars(scoped(statement, self.principal))).first()
 
-    async def start(self, tenant_id: uuid.UUID, kind: OperationKind) -> Operation:
+    async def start(
+        self, tenant_id: uuid.UUID, kind: OperationKind, params: dict[str, Any] | None = None
+    ) -> Operation:
         operation = Operation(
-            tenant_id=tenant_id, kind=kind, state=OperationState.PENDING, attempts=0, steps_done=[]
+            tenant_id=tenant_id,
+            kind=kind,
+            state=OperationState.PENDING,
+            attempts=0,
+            steps_done=[],
+            params=params or {},
         )
         self.session.add(operation)
         await self.session.flush()

@@ -150,13 +150,30 @@ async def delete_tenant(
     session: SessionDep,
     principal: TenantsAdmin,
     settings: SettingsDep,
+    purge: Annotated[
+        bool,
+        Query(description="Delete the archived data at once instead of after the retention"),
+    ] = False,
 ) -> TenantAccepted:
+    """Stop the homeserver, withdraw its route and archive its data; the archive is purged
+    after `C3_ARCHIVE_RETENTION_DAYS` (30), or at once with `?purge=true`. Billing records stay."""
     tenants = TenantRepository(session, principal)
     tenant = await tenants.get_or_404(tenant_id)
-    operation = await service.delete_tenant(tenant, OperationRepository(session, principal))
+    operation = await service.delete_tenant(
+        tenant, OperationRepository(session, principal), purge=purge
+    )
     codes = await tenants.plan_codes({tenant.plan_id})
     out = service.to_out(tenant, codes[tenant.plan_id], settings)
-    record(session, request, principal, "tenant.delete", "tenant", tenant.id, tenant_id=tenant.id)
+    record(
+        session,
+        request,
+        principal,
+        "tenant.delete",
+        "tenant",
+        tenant.id,
+        tenant_id=tenant.id,
+        details={"purge": purge},
+    )
     await session.commit()
     await enqueue(TaskNames.DEPROVISION_TENANT, operation.id)
     return _accepted(request, response, out, operation.id)

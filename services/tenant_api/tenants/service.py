@@ -154,14 +154,16 @@ async def resume_tenant(tenant: Tenant, operations: OperationRepository) -> Oper
     return await operations.start(tenant.id, OperationKind.RESUME)
 
 
-async def delete_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:
+async def delete_tenant(
+    tenant: Tenant, operations: OperationRepository, *, purge: bool = False
+) -> Operation:
     if tenant.status is TenantStatus.DELETED:
         raise Conflict("tenant is already deleted")
     existing = await operations.unfinished_for(tenant.id, OperationKind.DEPROVISION)
     if existing is not None:
         return existing  # DELETE is idempotent: the deletion under way
     tenant.status = TenantStatus.DELETING
-    return await operations.start(tenant.id, OperationKind.DEPROVISION)
+    return await operations.start(tenant.id, OperationKind.DEPROVISION, {"purge": purge})
 
 
 def encode_cursor(tenant: Tenant) -> str:
