@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, text
@@ -33,7 +33,11 @@ class NewEvent(NamedTuple):
     meter: str
     natural_id: str
     quantity: int
-    occurred_at: datetime
+    ts: float  # UTC epoch seconds
+
+    @property
+    def occurred_at(self) -> datetime:
+        return datetime.fromtimestamp(self.ts, UTC)
 
 
 def _range(statement: Any, start: datetime | None, end: datetime | None) -> Any:
@@ -103,15 +107,18 @@ def _insert(session: Session, table: Any) -> Any:
     return (postgresql.insert if _is_postgres(session) else sqlite.insert)(table)
 
 
-def claim_batch(session: Session, batch_id: str, source: str) -> bool:
-    """Record ``batch_id`` as applied; False if it already was (then apply nothing)."""
+def claim_batches(session: Session, batches: list[tuple[str, str]]) -> set[str]:
+    """Record each (batch id, source) as applied; returns the ids that were not recorded
+    before (apply only those)."""
+    if not batches:
+        return set()
     statement = (
         _insert(session, UsageBatch)
-        .values(batch_id=batch_id, source=source[:128])
+        .values([{"batch_id": b, "source": source[:128]} for b, source in batches])
         .on_conflict_do_nothing(index_elements=["batch_id"])
         .returning(UsageBatch.batch_id)
     )
-    return session.execute(statement).first() is not None
+    return set(session.scalars(statement))
 
 
 def existing_tenant_ids(session: Session, tenant_ids: set[uuid.UUID]) -> set[uuid.UUID]:
@@ -120,47 +127,79 @@ def existing_tenant_ids(session: Session, tenant_ids: set[uuid.UUID]) -> set[uui
     return set(session.scalars(select(Tenant.id).where(Tenant.id.in_(tenant_ids))))
 
 
+# Insert, and hand back only per-hour sums of what was new (not one row per event).
 _PG_ADD_EVENTS = text(
     """
-    INSERT INTO billable_events (tenant_id, meter, natural_id, quantity, occurred_at)
-    SELECT * FROM unnest(
-        CAST(:tenant_ids AS uuid[]), CAST(:meters AS varchar[]), CAST(:natural_ids AS varchar[]),
-        CAST(:quantities AS bigint[]), CAST(:occurred AS timestamptz[]))
-    ON CONFLICT DO NOTHING
-    RETURNING tenant_id, meter, natural_id, quantity, occurred_at
+    WITH new AS (
+        INSERT INTO billable_events (tenant_id, meter, natural_id, quantity, occurred_at)
+        SELECT t, m, n, q, to_timestamp(o) FROM unnest(
+            CAST(:tenant_ids AS uuid[]), CAST(:meters AS varchar[]),
+            CAST(:natural_ids AS varchar[]), CAST(:quantities AS bigint[]),
+            CAST(:occurred AS float8[])) AS e(t, m, n, q, o)
+        ON CONFLICT DO NOTHING
+        RETURNING tenant_id, meter, quantity, occurred_at
+    )
+    SELECT tenant_id, meter,
+           date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AS hour, sum(quantity)
+    FROM new GROUP BY tenant_id, meter, hour
     """
 )
 
+HourKey = tuple[uuid.UUID, str, datetime]
 
-def add_billable_events(session: Session, events: list[NewEvent]) -> list[NewEvent]:
-    """Insert the events whose natural id was never seen; returns those that were new."""
+
+def add_billable_events(session: Session, events: list[NewEvent]) -> dict[HourKey, int]:
+    """Insert the events whose natural id was never seen; returns the new quantity per
+    (tenant, meter, UTC hour)."""
     if not events:
-        return []
-    events = sorted({(e.tenant_id, e.meter, e.natural_id): e for e in events}.values())
+        return {}
+    unique = {(e.tenant_id, e.meter, e.natural_id): e for e in events}
+    ordered = sorted(unique.values(), key=lambda e: (e.natural_id, e.meter, e.tenant_id.int))
+    added: dict[HourKey, int] = {}
     if _is_postgres(session):
         rows = session.execute(
             _PG_ADD_EVENTS,
             {
-                "tenant_ids": [e.tenant_id for e in events],
-                "meters": [e.meter for e in events],
-                "natural_ids": [e.natural_id for e in events],
-                "quantities": [e.quantity for e in events],
-                "occurred": [e.occurred_at for e in events],
+                "tenant_ids": [str(e.tenant_id) for e in ordered],
+                "meters": [e.meter for e in ordered],
+                "natural_ids": [e.natural_id for e in ordered],
+                "quantities": [e.quantity for e in ordered],
+                "occurred": [e.ts for e in ordered],
             },
-        )
-        return [NewEvent(*row) for row in rows]
-    new: list[NewEvent] = []
-    for start in range(0, len(events), _SQLITE_CHUNK):
-        chunk = events[start : start + _SQLITE_CHUNK]
+        ).all()
+        for tenant_id, meter, hour, quantity in rows:
+            key = (tenant_id, meter, hour.replace(tzinfo=UTC))
+            added[key] = added.get(key, 0) + int(quantity)
+        return added
+    for start in range(0, len(ordered), _SQLITE_CHUNK):
+        chunk = ordered[start : start + _SQLITE_CHUNK]
         statement = (
             _insert(session, BillableEvent)
-            .values([e._asdict() for e in chunk])
+            .values(
+                [
+                    {
+                        "tenant_id": e.tenant_id,
+                        "meter": e.meter,
+                        "natural_id": e.natural_id,
+                        "quantity": e.quantity,
+                        "occurred_at": e.occurred_at,
+                    }
+                    for e in chunk
+                ]
+            )
             .on_conflict_do_nothing(index_elements=["tenant_id", "meter", "natural_id"])
             .returning(BillableEvent.natural_id, BillableEvent.meter, BillableEvent.tenant_id)
         )
         inserted = {(t, m, n) for n, m, t in session.execute(statement)}
-        new.extend(e for e in chunk if (e.tenant_id, e.meter, e.natural_id) in inserted)
-    return new
+        for e in chunk:
+            if (e.tenant_id, e.meter, e.natural_id) in inserted:
+                key = (
+                    e.tenant_id,
+                    e.meter,
+                    e.occurred_at.replace(minute=0, second=0, microsecond=0),
+                )
+                added[key] = added.get(key, 0) + e.quantity
+    return added
 
 
 _PG_ADD_TO_COUNTERS = text(

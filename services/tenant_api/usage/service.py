@@ -44,6 +44,26 @@ def _moment(ts: object) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+def _timestamp(ts: object) -> float:
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or not 0 <= ts < 32503680000:
+        raise MalformedBatch(f"timestamp {ts!r} is not a time")
+    return float(ts)
+
+
+_tenant_ids: dict[str, uuid.UUID] = {}
+
+
+def _tenant(raw: object) -> uuid.UUID:
+    """Parse a tenant id once per distinct string (a batch names few tenants many times)."""
+    found = _tenant_ids.get(raw) if isinstance(raw, str) else None
+    if found is None:
+        found = uuid.UUID(str(raw))
+        if len(_tenant_ids) > 100_000:
+            _tenant_ids.clear()
+        _tenant_ids[str(raw)] = found
+    return found
+
+
 def _quantity(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MalformedBatch(f"quantity {value!r} is not a non-negative integer")
@@ -60,7 +80,7 @@ def parse_batch(payload_json: str) -> ParsedBatch:
         for tenant, hour, meter, quantity in payload["usage"]:
             if meter not in SUMMED_METERS:
                 raise MalformedBatch(f"{meter!r} is not a summed meter")
-            usage.append((uuid.UUID(tenant), meter, hour_of(_moment(hour)), _quantity(quantity)))
+            usage.append((_tenant(tenant), meter, hour_of(_moment(hour)), _quantity(quantity)))
         events = []
         for tenant, meter, natural_id, quantity, ts in payload["events"]:
             if meter not in EVENT_METERS:
@@ -68,7 +88,7 @@ def parse_batch(payload_json: str) -> ParsedBatch:
             if not isinstance(natural_id, str) or not 0 < len(natural_id) <= MAX_NATURAL_ID:
                 raise MalformedBatch(f"bad natural id {natural_id!r:.80}")
             events.append(
-                NewEvent(uuid.UUID(tenant), meter, natural_id, _quantity(quantity), _moment(ts))
+                NewEvent(_tenant(tenant), meter, natural_id, _quantity(quantity), _timestamp(ts))
             )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, MalformedBatch):
@@ -78,28 +98,40 @@ def parse_batch(payload_json: str) -> ParsedBatch:
 
 
 def apply_batch(session: Session, batch_id: str, source: str, batch: ParsedBatch) -> bool:
-    """Apply one batch in the caller's transaction; False if it was applied before.
+    """Apply one batch in the caller's transaction; False if it was applied before."""
+    return apply_batches(session, [(batch_id, source, batch)]) == 1
 
-    The batch id is recorded in the same transaction as the counters, so a crash either
-    keeps both or neither: re-delivering the batch can never count it twice. A billable
-    event adds to its counter only the first time its natural id is seen.
+
+def apply_batches(session: Session, batches: list[tuple[str, str, ParsedBatch]]) -> int:
+    """Apply batches in the caller's transaction; returns how many were new.
+
+    Each batch id is recorded in the same transaction as the counters, so a crash either
+    keeps both or neither: re-delivering a batch can never count it twice (nor can the same
+    batch appearing twice in one call). A billable event adds to its counter only the first
+    time its natural id is seen.
     """
-    if not repository.claim_batch(session, batch_id, source):
-        return False
-    wanted = {row[0] for row in batch.usage} | {event.tenant_id for event in batch.events}
+    unique: dict[str, tuple[str, ParsedBatch]] = {}
+    for batch_id, source, batch in batches:
+        unique.setdefault(batch_id, (source, batch))
+    claimed = repository.claim_batches(
+        session, [(batch_id, source) for batch_id, (source, _) in unique.items()]
+    )
+    fresh = [unique[batch_id][1] for batch_id in unique if batch_id in claimed]
+    usage = [row for batch in fresh for row in batch.usage]
+    events = [event for batch in fresh for event in batch.events]
+    wanted = {row[0] for row in usage} | {event.tenant_id for event in events}
     known = repository.existing_tenant_ids(session, wanted)
     if unknown := wanted - known:
         log.error(
-            "usage batch %s names unknown tenants %s; their usage is skipped",
-            batch_id,
+            "usage batches name unknown tenants %s; their usage is skipped",
             ", ".join(sorted(map(str, unknown))),
         )
     deltas: dict[tuple[uuid.UUID, str, datetime], int] = defaultdict(int)
-    for tenant_id, meter, hour, quantity in batch.usage:
+    for tenant_id, meter, hour, quantity in usage:
         if tenant_id in known:
             deltas[(tenant_id, meter, hour)] += quantity
-    events = [event for event in batch.events if event.tenant_id in known]
-    for event in repository.add_billable_events(session, events):
-        deltas[(event.tenant_id, event.meter, hour_of(event.occurred_at))] += event.quantity
+    kept = [event for event in events if event.tenant_id in known]
+    for key, quantity in repository.add_billable_events(session, kept).items():
+        deltas[key] += quantity
     repository.add_to_counters(session, [(t, m, p, q) for (t, m, p), q in deltas.items()])
-    return True
+    return len(claimed)
