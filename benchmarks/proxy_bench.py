@@ -1,5 +1,6 @@
-"""Proxy overhead benchmark: the same Matrix requests sent to a tenant's Synapse directly and
-through the homeserver proxy, on a real platform started by ``c3 up``.
+"""Proxy overhead benchmark: the same Matrix requests sent to a tenant's Synapse directly, through
+the homeserver proxy, and through a second proxy with metering off, on a real platform started
+by ``c3 up``.
 
 One run:
 
@@ -7,12 +8,18 @@ One run:
    ``C3_BASE_DOMAIN=c3.bench``, a random operator token and any ``C3_*`` settings of the caller
    passed through (nothing set: SQLite and an embedded Redis);
 2. times a tenant's provisioning, from ``POST /v1/tenants`` to status ``active``;
-3. creates a user and logs it in through the proxy to get an access token;
-4. load-tests ``GET /_matrix/client/versions`` and an authenticated
-   ``GET /_matrix/client/v3/account/whoami`` against Synapse directly and through the proxy,
-   at each connection count, ``--reps`` times ``--duration`` seconds each, and keeps the median;
-5. prints a table and writes it as JSON to ``benchmarks/results/<timestamp>.json``;
-6. stops the platform, whatever happened.
+3. creates a user (without a message rate limit) and logs it in through the proxy to get an
+   access token, and creates a room through the proxy;
+4. starts a second proxy, ``c3 proxy --no-metering``, with the platform proxy's environment on
+   another port;
+5. load-tests ``GET /_matrix/client/versions``, an authenticated
+   ``GET /_matrix/client/v3/account/whoami`` (Synapse directly, the metered proxy and the
+   unmetered proxy) and a billable ``PUT .../send/m.room.message/<unique txn id>`` (both proxies
+   only), at each connection count, ``--reps`` times ``--duration`` seconds each, targets
+   alternating, and keeps the median;
+6. prints a table (with the metering cost, 1 - metered/unmetered throughput) and writes it as
+   JSON to ``benchmarks/results/<timestamp>.json``;
+7. stops the unmetered proxy and the platform, whatever happened.
 
 The load comes from ``wrk`` when it is installed (``apt-get install wrk``), otherwise from an
 aiohttp load generator running in its own process.
@@ -41,11 +48,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psutil
@@ -54,30 +62,62 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.platform import RunningPlatform, start_platform  # noqa: E402
+from c3.local_run import free_port  # noqa: E402
+from tests.platform import RunningPlatform, poll, start_platform  # noqa: E402
 
 BASE_DOMAIN = "c3.bench"
 USERNAME = "bench"
 PASSWORD = "bench-password-1"
+ADMIN_USERNAME = "bench-admin"  # lifts the bench user's message rate limit (Synapse admin API)
 POLL_INTERVAL_S = 0.05
 PROVISION_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 10.0
 WRK_THREADS = 1  # two cores: Synapse and the proxy need them more than the load generator
 WRK_RESULT_TAG = "C3BENCH"
+METERING_COST_TARGET_PCT = 5.0
+SEND_BODY = b'{"msgtype":"m.text","body":"benchmark"}'
 
 
 @dataclass(frozen=True)
 class Endpoint:
     name: str
-    path: str
+    path: str  # "{room}" stands for the benchmark room's (quoted) id
     authenticated: bool
+    method: str = "GET"
+    # The path ends with a transaction id: every request appends a unique one.
+    unique_txn: bool = False
+    direct: bool = True  # measured against Synapse directly too, not only through the proxies
+
+    def targets(self) -> tuple[str, ...]:
+        return TARGETS if self.direct else PROXY_TARGETS
 
 
 ENDPOINTS = (
     Endpoint("versions", "/_matrix/client/versions", authenticated=False),
     Endpoint("whoami", "/_matrix/client/v3/account/whoami", authenticated=True),
+    Endpoint(
+        "send",
+        "/_matrix/client/v3/rooms/{room}/send/m.room.message/",
+        authenticated=True,
+        method="PUT",
+        unique_txn=True,
+        direct=False,
+    ),
 )
-TARGETS = ("direct", "proxy")
+# "proxy" meters usage as in production; "proxy_unmetered" is ``c3 proxy --no-metering``.
+TARGETS = ("direct", "proxy", "proxy_unmetered")
+PROXY_TARGETS = ("proxy", "proxy_unmetered")
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What one load run sends, picklable for the Python load generator's process."""
+
+    method: str
+    url: str  # with ``txn_prefix``: each request appends ``<txn_prefix><client>.<n>``
+    headers: dict[str, str]
+    body: bytes | None = None
+    txn_prefix: str | None = None
 
 
 @dataclass
@@ -148,29 +188,183 @@ def login(proxy_base: str) -> str:
     return str(response.json()["access_token"])
 
 
-def check_endpoints(bases: dict[str, str], token: str) -> None:
-    """One request per target and endpoint, so a broken setup fails before any load."""
-    for target, base in bases.items():
-        for endpoint in ENDPOINTS:
-            response = httpx.get(
-                base + endpoint.path, headers=auth_headers(endpoint, token), timeout=30
-            )
-            if response.status_code != 200:
+def lift_message_rate_limit(
+    running: RunningPlatform, tenant_id: str, direct: str, user: str
+) -> None:
+    """Exempt ``user`` from Synapse's message rate limit (the plan allows 20/s, burst 200: the
+    send endpoint would measure 429 answers). A homeserver admin made through the tenant API
+    sets the override through Synapse's admin API, which the proxy never serves."""
+    with running.api() as api:
+        response = api.post(
+            f"/v1/tenants/{tenant_id}/users",
+            json={"username": ADMIN_USERNAME, "password": PASSWORD, "admin": True},
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"creating the admin user: {response.status_code} {response.text}")
+    body = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": ADMIN_USERNAME},
+        "password": PASSWORD,
+    }
+    response = httpx.post(f"{direct}/_matrix/client/v3/login", json=body, timeout=30)
+    if response.status_code != 200:
+        raise RuntimeError(f"admin login: {response.status_code} {response.text}")
+    admin_token = response.json()["access_token"]
+    response = httpx.post(
+        f"{direct}/_synapse/admin/v1/users/{quote(user, safe='')}/override_ratelimit",
+        json={"messages_per_second": 0, "burst_count": 0},  # 0 = no limit
+        headers={"Authorization": f"Bearer {admin_token}"},
+        timeout=30,
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"override_ratelimit: {response.status_code} {response.text}")
+
+
+def create_room(proxy_base: str, token: str) -> str:
+    """A private room of the benchmark user, created through the (metered) proxy."""
+    response = httpx.post(
+        f"{proxy_base}/_matrix/client/v3/createRoom",
+        json={"preset": "private_chat", "name": "benchmark"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"createRoom through the proxy: {response.status_code} {response.text}")
+    return str(response.json()["room_id"])
+
+
+def platform_proxy_env(running: RunningPlatform) -> dict[str, str]:
+    """The environment ``c3 up`` gave its proxy (it holds the embedded Redis URL, secrets...)."""
+    for child in psutil.Process(running.process.pid).children():
+        try:
+            argv = child.cmdline()
+            if argv[-3:] == ["-m", "c3", "proxy"]:
+                return dict(child.environ())
+        except psutil.Error:
+            continue
+    raise RuntimeError("the platform's proxy process was not found among c3 up's children")
+
+
+@contextmanager
+def unmetered_proxy(running: RunningPlatform) -> Iterator[str]:
+    """``c3 proxy --no-metering`` with the platform proxy's environment on a free port; yields
+    its base URL and stops it on the way out, whatever happened."""
+    env = platform_proxy_env(running)
+    port = free_port()
+    env["C3_PROXY_PORT"] = str(port)
+    env.pop("C3_PROXY_PUBLIC_URL", None)
+    url = f"http://127.0.0.1:{port}"
+    log_path = running.data_dir / "logs" / "proxy-unmetered.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "c3", "proxy", "--no-metering"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us; we stop it (before the platform)
+        )
+    try:
+
+        def healthy() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(
-                    f"{target} {endpoint.path}: {response.status_code} {response.text[:200]}"
+                    f"c3 proxy --no-metering exited ({process.returncode}); see {log_path}"
                 )
+            try:
+                return httpx.get(f"{url}/_c3/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        poll(healthy, timeout=60, what="c3 proxy --no-metering")
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        print(f"unmetered proxy stopped (exit {process.returncode})", flush=True)
+
+
+def usage_messages(running: RunningPlatform, tenant_id: str) -> int:
+    with running.api() as api:
+        response = api.get(f"/v1/tenants/{tenant_id}/usage")
+        response.raise_for_status()
+        return int(response.json()["totals"].get("messages", 0))
 
 
 def auth_headers(endpoint: Endpoint, token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if endpoint.authenticated else {}
 
 
+def load_request(endpoint: Endpoint, base: str, token: str) -> LoadRequest:
+    """The request of one load run; a send gets a txn id prefix no other run uses."""
+    headers = auth_headers(endpoint, token)
+    if endpoint.method == "GET":
+        return LoadRequest("GET", base + endpoint.path, headers)
+    headers["Content-Type"] = "application/json"
+    return LoadRequest(
+        endpoint.method,
+        base + endpoint.path,
+        headers,
+        body=SEND_BODY,
+        txn_prefix=f"b{secrets.token_hex(4)}." if endpoint.unique_txn else None,
+    )
+
+
+def check_endpoints(bases: dict[str, str], token: str, endpoints: list[Endpoint]) -> int:
+    """One request per target and endpoint, so a broken setup fails before any load; returns
+    how many messages went through the metered proxy."""
+    sent = 0
+    for endpoint in endpoints:
+        for target in endpoint.targets():
+            request = load_request(endpoint, bases[target], token)
+            url = request.url + (f"{request.txn_prefix}check" if request.txn_prefix else "")
+            response = httpx.request(
+                request.method, url, headers=request.headers, content=request.body, timeout=30
+            )
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"{target} {endpoint.method} {endpoint.path}: {response.status_code} "
+                    f"{response.text[:200]}"
+                )
+            if target == "proxy" and endpoint.unique_txn:
+                sent += 1
+    return sent
+
+
 # Load generators -----------------------------------------------------------------------
 
 
-def wrk_script(headers: dict[str, str]) -> str:
-    """Lua for wrk: set the headers, and report exact figures as one JSON line when done."""
-    lines = [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+def wrk_script(request: LoadRequest) -> str:
+    """Lua for wrk: set the method, headers and body, append a unique txn id to the path of
+    every request when asked, and report exact figures as one JSON line when done."""
+    lines = [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in request.headers.items()]
+    lines.append(f"wrk.method = {json.dumps(request.method)}")
+    if request.body is not None:
+        lines.append(f"wrk.body = {json.dumps(request.body.decode())}")
+    if request.txn_prefix is not None:
+        # setup() runs in the main Lua state once per thread; each thread has its own state,
+        # so its counter, and the thread number makes ids unique across threads.
+        lines.append(
+            f"""
+local prefix = wrk.path .. {json.dumps(request.txn_prefix)}
+local threads = 0
+local counter = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+function request()
+  counter = counter + 1
+  return wrk.format(nil, prefix .. thread_number .. "." .. counter)
+end
+"""
+        )
     lines.append(
         f"""
 function done(summary, latency, requests)
@@ -186,10 +380,10 @@ end
     return "\n".join(lines)
 
 
-def run_wrk(url: str, headers: dict[str, str], connections: int, duration: float) -> Sample:
+def run_wrk(request: LoadRequest, connections: int, duration: float) -> Sample:
     """One wrk run. wrk counts responses with status >= 400 as status errors."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(wrk_script(headers))
+        script.write(wrk_script(request))
     try:
         argv = [
             "wrk",
@@ -200,7 +394,7 @@ def run_wrk(url: str, headers: dict[str, str], connections: int, duration: float
             "--latency",
             "-s",
             script.name,
-            url,
+            request.url,
         ]
         output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     finally:
@@ -228,9 +422,7 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[rank - 1]
 
 
-async def _python_load(
-    url: str, headers: dict[str, str], connections: int, duration: float
-) -> Sample:
+async def _python_load(request: LoadRequest, connections: int, duration: float) -> Sample:
     import aiohttp
 
     latencies: list[float] = []
@@ -238,13 +430,18 @@ async def _python_load(
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(
-        connector=connector, headers=headers, timeout=timeout
+        connector=connector, headers=request.headers, timeout=timeout
     ) as session:
 
-        async def client(deadline: float) -> None:
+        async def client(number: int, deadline: float) -> None:
+            url = request.url
+            counter = 0
             while (sent := time.perf_counter()) < deadline:
+                if request.txn_prefix is not None:
+                    counter += 1
+                    url = f"{request.url}{request.txn_prefix}{number}.{counter}"
                 try:
-                    async with session.get(url) as response:
+                    async with session.request(request.method, url, data=request.body) as response:
                         await response.read()
                 except (aiohttp.ClientError, TimeoutError):
                     failures["errors"] += 1
@@ -254,7 +451,7 @@ async def _python_load(
                     failures["non_2xx"] += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(client(started + duration) for _ in range(connections)))
+        await asyncio.gather(*(client(n, started + duration) for n in range(connections)))
         elapsed = time.perf_counter() - started
     latencies.sort()
     return Sample(
@@ -266,7 +463,7 @@ async def _python_load(
     )
 
 
-def python_load(url: str, headers: dict[str, str], connections: int, duration: float) -> Sample:
+def python_load(request: LoadRequest, connections: int, duration: float) -> Sample:
     """Entry point of the load-generator process: ``connections`` keep-alive clients."""
     try:
         import uvloop
@@ -275,7 +472,7 @@ def python_load(url: str, headers: dict[str, str], connections: int, duration: f
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_python_load(url, headers, connections, duration))
+        return runner.run(_python_load(request, connections, duration))
 
 
 class LoadGenerator:
@@ -289,11 +486,11 @@ class LoadGenerator:
     def name(self) -> str:
         return "wrk" if self.use_wrk else "python-aiohttp"
 
-    def run(self, url: str, headers: dict[str, str], connections: int, duration: float) -> Sample:
+    def run(self, request: LoadRequest, connections: int, duration: float) -> Sample:
         if self.use_wrk:
-            return run_wrk(url, headers, connections, duration)
+            return run_wrk(request, connections, duration)
         assert self.pool is not None
-        return self.pool.submit(python_load, url, headers, connections, duration).result()
+        return self.pool.submit(python_load, request, connections, duration).result()
 
 
 @contextmanager
@@ -320,6 +517,23 @@ def median_sample(samples: list[Sample]) -> Sample:
     )
 
 
+def metering_cost_pct(metered: dict[str, Any] | None, unmetered: dict[str, Any] | None) -> float:
+    """1 - metered/unmetered throughput, in percent (negative: metered was faster)."""
+    if not metered or not unmetered or not unmetered["rps"]:
+        return math.nan
+    return (1 - metered["rps"] / unmetered["rps"]) * 100
+
+
+def paired_metering_cost_pct(metered: list[Sample], unmetered: list[Sample]) -> float:
+    """Median over reps of 1 - metered/unmetered req/s of the same rep: the two runs of a rep
+    are adjacent in time, so this is less sensitive to drift than the ratio of medians."""
+    costs = [(1 - m.rps / u.rps) * 100 for m, u in zip(metered, unmetered, strict=True) if u.rps]
+    return statistics.median(costs) if costs else math.nan
+
+
+TARGET_LABELS = {"direct": "direct", "proxy": "metered", "proxy_unmetered": "unmetered"}
+
+
 def measure(
     generator: LoadGenerator,
     bases: dict[str, str],
@@ -328,83 +542,179 @@ def measure(
     connections: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Warm both targets up, then alternate direct and proxy runs, ``args.reps`` each."""
-    headers = auth_headers(endpoint, token)
-    urls = {target: bases[target] + endpoint.path for target in TARGETS}
+    """Warm every target up, then run each ``args.reps`` times, targets alternating and their
+    order reversed every other rep, so that drift weighs on all of them alike."""
+    targets = endpoint.targets()
+    warmups: dict[str, Sample] = {}
     if args.warmup > 0:
-        for target in TARGETS:
-            generator.run(urls[target], headers, connections, args.warmup)
-    reps: dict[str, list[Sample]] = {target: [] for target in TARGETS}
+        for target in targets:
+            request = load_request(endpoint, bases[target], token)
+            warmups[target] = generator.run(request, connections, args.warmup)
+    reps: dict[str, list[Sample]] = {target: [] for target in targets}
     for rep in range(args.reps):
-        for target in TARGETS:
-            sample = generator.run(urls[target], headers, connections, args.duration)
+        for target in targets if rep % 2 == 0 else targets[::-1]:
+            request = load_request(endpoint, bases[target], token)
+            sample = generator.run(request, connections, args.duration)
             reps[target].append(sample)
             print(
-                f"  {endpoint.name:8} c={connections:<3} rep {rep + 1}/{args.reps} {target:6} "
-                f"{sample.rps:8.0f} req/s  p50 {sample.p50_ms:7.2f} ms  "
+                f"  {endpoint.name:8} c={connections:<3} rep {rep + 1}/{args.reps} "
+                f"{TARGET_LABELS[target]:9} {sample.rps:8.0f} req/s  p50 {sample.p50_ms:7.2f} ms  "
                 f"p99 {sample.p99_ms:7.2f} ms  non-2xx {sample.non_2xx}  errors {sample.errors}",
                 flush=True,
             )
+    medians = {
+        target: asdict(median_sample(reps[target])) if target in reps else None
+        for target in TARGETS
+    }
     return {
         "endpoint": endpoint.name,
+        "method": endpoint.method,
         "path": endpoint.path,
         "connections": connections,
-        **{target: asdict(median_sample(reps[target])) for target in TARGETS},
-        "reps": {target: [asdict(s) for s in reps[target]] for target in TARGETS},
+        **medians,
+        "metering_cost_pct": metering_cost_pct(medians["proxy"], medians["proxy_unmetered"]),
+        "metering_cost_paired_pct": paired_metering_cost_pct(
+            reps["proxy"], reps["proxy_unmetered"]
+        ),
+        "reps": {target: [asdict(s) for s in samples] for target, samples in reps.items()},
+        "warmup": {target: asdict(s) for target, s in warmups.items()},
+    }
+
+
+def check_metered_messages(
+    running: RunningPlatform, tenant_id: str, results: list[dict[str, Any]], checked: int
+) -> dict[str, Any]:
+    """Compare the tenant's ``messages`` counter with the sends that went through the metered
+    proxy: at least those the load generator saw succeed; at most that plus the requests a run
+    cut off in flight (its connection count) and the ones it saw fail on the socket. More would
+    mean the unmetered proxy metered too; fewer, that metering lost messages."""
+    low, slack = checked, 0
+    for row in results:
+        if row["endpoint"] != "send":
+            continue
+        samples = row["reps"]["proxy"] + ([row["warmup"]["proxy"]] if row["warmup"] else [])
+        low += sum(s["requests"] - s["non_2xx"] for s in samples)
+        slack += sum(row["connections"] + s["errors"] for s in samples)
+    # The proxy flushes every second and beat applies every second: allow some time.
+    deadline = time.monotonic() + 30
+    while usage_messages(running, tenant_id) < low and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # stragglers: requests cut off in flight are counted a flush later
+    counted = usage_messages(running, tenant_id)
+    return {
+        "counted": counted,
+        "expected_min": low,
+        "expected_max": low + slack,
+        "ok": low <= counted <= low + slack,
     }
 
 
 # Reporting -----------------------------------------------------------------------------
 
-COLUMNS = (
+THROUGHPUT_COLUMNS = (
     ("endpoint", "{:<8}"),
     ("conns", "{:>5}"),
     ("direct req/s", "{:>12}"),
-    ("proxy req/s", "{:>11}"),
-    ("proxy/direct", "{:>12}"),
+    ("metered req/s", "{:>13}"),
+    ("unmetered req/s", "{:>15}"),
+    ("metered/direct", "{:>14}"),
+    ("metering cost", "{:>13}"),
+    ("paired", "{:>8}"),
+    ("non-2xx d/m/u", "{:>13}"),
+    ("errors d/m/u", "{:>12}"),
+)
+LATENCY_COLUMNS = (
+    ("endpoint", "{:<8}"),
+    ("conns", "{:>5}"),
     ("direct p50/p99 ms", "{:>17}"),
-    ("proxy p50/p99 ms", "{:>16}"),
+    ("metered p50/p99 ms", "{:>18}"),
+    ("unmetered p50/p99 ms", "{:>20}"),
     ("added p50 ms", "{:>12}"),
-    ("non-2xx d/p", "{:>11}"),
-    ("errors d/p", "{:>10}"),
+    ("metering p99 ms", "{:>15}"),
 )
 
 
-def table_row(row: dict[str, Any]) -> list[str]:
-    direct, proxy = row["direct"], row["proxy"]
-    ratio = proxy["rps"] / direct["rps"] if direct["rps"] else math.nan
+def _cell(sample: dict[str, Any] | None, fmt: str) -> str:
+    return "-" if sample is None else fmt.format(**sample)
+
+
+def throughput_row(row: dict[str, Any]) -> list[str]:
+    direct, metered, unmetered = row["direct"], row["proxy"], row["proxy_unmetered"]
+    ratio = metered["rps"] / direct["rps"] if direct and direct["rps"] else math.nan
+    samples = (direct, metered, unmetered)
     return [
         row["endpoint"],
         str(row["connections"]),
-        f"{direct['rps']:.0f}",
-        f"{proxy['rps']:.0f}",
-        f"{ratio:.2f}",
-        f"{direct['p50_ms']:.2f}/{direct['p99_ms']:.2f}",
-        f"{proxy['p50_ms']:.2f}/{proxy['p99_ms']:.2f}",
-        f"{proxy['p50_ms'] - direct['p50_ms']:+.2f}",
-        f"{direct['non_2xx']}/{proxy['non_2xx']}",
-        f"{direct['errors']}/{proxy['errors']}",
+        _cell(direct, "{rps:.0f}"),
+        f"{metered['rps']:.0f}",
+        f"{unmetered['rps']:.0f}",
+        "-" if math.isnan(ratio) else f"{ratio:.2f}",
+        f"{row['metering_cost_pct']:+.1f} %",
+        f"{row['metering_cost_paired_pct']:+.1f} %",
+        "/".join(_cell(s, "{non_2xx}") for s in samples),
+        "/".join(_cell(s, "{errors}") for s in samples),
     ]
 
 
-def render_table(report: dict[str, Any]) -> str:
-    header = "  ".join(fmt.format(name) for name, fmt in COLUMNS)
+def latency_row(row: dict[str, Any]) -> list[str]:
+    direct, metered, unmetered = row["direct"], row["proxy"], row["proxy_unmetered"]
+    return [
+        row["endpoint"],
+        str(row["connections"]),
+        _cell(direct, "{p50_ms:.2f}/{p99_ms:.2f}"),
+        f"{metered['p50_ms']:.2f}/{metered['p99_ms']:.2f}",
+        f"{unmetered['p50_ms']:.2f}/{unmetered['p99_ms']:.2f}",
+        "-" if direct is None else f"{metered['p50_ms'] - direct['p50_ms']:+.2f}",
+        f"{metered['p99_ms'] - unmetered['p99_ms']:+.2f}",
+    ]
+
+
+def _table(columns: tuple[tuple[str, str], ...], rows: list[list[str]]) -> list[str]:
+    header = "  ".join(fmt.format(name) for name, fmt in columns)
     lines = [header, "-" * len(header)]
-    for row in report["results"]:
-        cells = table_row(row)
+    for cells in rows:
         lines.append(
-            "  ".join(fmt.format(cell) for (_, fmt), cell in zip(COLUMNS, cells, strict=True))
+            "  ".join(fmt.format(cell) for (_, fmt), cell in zip(columns, cells, strict=True))
         )
+    return lines
+
+
+def metering_verdict(report: dict[str, Any]) -> str:
+    target = report["settings"]["metering_cost_target_pct"]
+    rows = report["results"]
+    over = [r for r in rows if not r["metering_cost_pct"] <= target]
+    line = f"target: metering costs <= {target:g} % of throughput: met in {len(rows) - len(over)}"
+    line += f"/{len(rows)} cells"
+    if over:
+        line += "; over in " + ", ".join(
+            f"{r['endpoint']} c={r['connections']} ({r['metering_cost_pct']:.1f} %)" for r in over
+        )
+    return line
+
+
+def render_table(report: dict[str, Any]) -> str:
+    rows = report["results"]
+    lines = _table(THROUGHPUT_COLUMNS, [throughput_row(r) for r in rows])
+    lines += [""] + _table(LATENCY_COLUMNS, [latency_row(r) for r in rows])
     settings = report["settings"]
+    check = report["metering_check"]
     lines += [
         "",
+        "metered = the platform's proxy (metering on), unmetered = c3 proxy --no-metering; "
+        "metering cost = 1 - metered/unmetered median req/s (paired: median over reps of "
+        "the same ratio within a rep); added p50 = metered - direct; "
+        "metering p99 = metered - unmetered",
+        metering_verdict(report),
+        f"messages counted for the metered sends: {check['counted']} (expected "
+        f"{check['expected_min']}..{check['expected_max']}) "
+        + ("ok" if check["ok"] else "MISMATCH: check the metering"),
         f"tenant provisioning (POST -> active): {report['provisioning_s']:.2f} s",
         f"load generator: {settings['load_generator']}; {settings['reps']} x "
         f"{settings['duration_s']:g} s per cell (median), {settings['warmup_s']:g} s warm-up; "
         f"database {settings['database']}, redis {settings['redis']}; "
         f"1-min load average before the run {report['machine']['loadavg_1m_before']:.2f} "
         f"on {report['machine']['cpus']} CPUs",
-        "non-2xx and errors are totals over all reps"
+        "non-2xx and errors are totals over all reps (direct/metered/unmetered)"
         + (" (wrk counts status >= 400)" if settings["load_generator"] == "wrk" else ""),
     ]
     return "\n".join(lines)
@@ -430,27 +740,45 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
     parser.add_argument("--keep-data", action="store_true", help="keep the platform data dir")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if not args.no_wrk and shutil.which("wrk"):
+        for name in ("duration", "warmup"):
+            if not float(getattr(args, name)).is_integer():
+                parser.error(f"--{name}: wrk takes whole seconds")
+    return args
 
 
 def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse.Namespace) -> dict:
     slug = "bench-" + secrets.token_hex(3)
     tenant, provisioning_s = provision_tenant(running, slug)
     print(f"tenant {slug} active after {provisioning_s:.2f} s", flush=True)
-    running.create_user(tenant["id"], USERNAME, PASSWORD)
-    bases = {
-        "direct": f"http://127.0.0.1:{running.homeserver_port(tenant['id'])}",
-        "proxy": f"{running.proxy_url}/t/{slug}",
+    user_id = running.create_user(tenant["id"], USERNAME, PASSWORD)
+    direct = f"http://127.0.0.1:{running.homeserver_port(tenant['id'])}"
+    lift_message_rate_limit(running, tenant["id"], direct, user_id)
+    proxy = f"{running.proxy_url}/t/{slug}"
+    token = login(proxy)
+    room_id = create_room(proxy, token)
+    endpoints = [replace(e, path=e.path.format(room=quote(room_id, safe=""))) for e in ENDPOINTS]
+    with unmetered_proxy(running) as unmetered:
+        bases = {"direct": direct, "proxy": proxy, "proxy_unmetered": f"{unmetered}/t/{slug}"}
+        checked_sends = check_endpoints(bases, token, endpoints)
+        print(
+            f"direct {direct}  metered {proxy}  unmetered {bases['proxy_unmetered']}  "
+            f"room {room_id}  ({generator.name})",
+            flush=True,
+        )
+        results = [
+            measure(generator, bases, token, endpoint, connections, args)
+            for endpoint in endpoints
+            for connections in args.connections
+        ]
+    metering_check = check_metered_messages(running, tenant["id"], results, checked_sends)
+    return {
+        "provisioning_s": provisioning_s,
+        "room_id": room_id,
+        "results": results,
+        "metering_check": metering_check,
     }
-    token = login(bases["proxy"])
-    check_endpoints(bases, token)
-    print(f"direct {bases['direct']}  proxy {bases['proxy']}  ({generator.name})", flush=True)
-    results = [
-        measure(generator, bases, token, endpoint, connections, args)
-        for endpoint in ENDPOINTS
-        for connections in args.connections
-    ]
-    return {"provisioning_s": provisioning_s, "results": results}
 
 
 def exit_on_sigterm(signum: int, frame: object) -> None:
@@ -490,6 +818,7 @@ def main() -> int:
             "reps": args.reps,
             "warmup_s": args.warmup,
             "connections": args.connections,
+            "metering_cost_target_pct": METERING_COST_TARGET_PCT,
             "load_generator": generator.name,
             "database": "external" if "C3_DATABASE_URL" in overrides else "sqlite",
             "redis": "external" if "C3_REDIS_URL" in overrides else "embedded",

@@ -160,8 +160,13 @@ class ProxyApp:
         )
         if not ok:
             return
-        answer = billable.json_object(result.response_body)
         token = access_token(scope)
+        if kind is Kind.WHOAMI and token is not None:
+            user = self.token_users.get(tenant, token)
+            if user is not None:  # known token: nothing to learn from the answer
+                meter.record_active_user(tenant, user)
+                return
+        answer = billable.json_object(result.response_body)
         if kind in (Kind.SEND, Kind.SEND_CALL_INVITE):
             if (event_id := billable.string_field(answer, "event_id")) is not None:
                 meter.record_event(tenant, Meter.MESSAGES, event_id)
