@@ -7,8 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
 
+from platform_core.auth import Principal
 from platform_core.crypto import SecretBox
 from platform_core.errors import InvalidRequest
+from platform_core.models import Homeserver, Tenant
+from platform_core.settings import Settings
 from tenant_api.audit.service import record
 from tenant_api.deps import SessionDep, SettingsDep, TenantsRead, UsersWrite
 from tenant_api.tenants.repository import TenantRepository
@@ -22,6 +25,18 @@ from tenant_api.users.schemas import (
 )
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/users", tags=["users"])
+
+
+async def _homeserver_of(
+    tenant_id: uuid.UUID, session: SessionDep, principal: Principal, settings: Settings
+) -> tuple[Tenant, Homeserver | None, SecretBox]:
+    """The tenant (404 unless this principal sees it), its homeserver and the secrets box."""
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get_or_404(tenant_id)
+    homeserver = await tenants.get_homeserver(tenant_id)
+    return tenant, homeserver, SecretBox(settings.require_secret_key())
+
+
 Username = Annotated[str, Path(max_length=200, description="The Matrix localpart, e.g. alice")]
 
 
@@ -34,12 +49,8 @@ async def create_user(
     principal: UsersWrite,
     settings: SettingsDep,
 ) -> HomeserverUserOut:
-    tenants = TenantRepository(session, principal)
-    tenant = await tenants.get_or_404(tenant_id)
-    homeserver = await tenants.get_homeserver(tenant_id)
-    created = await service.create_user(
-        tenant, homeserver, body, SecretBox(settings.require_secret_key())
-    )
+    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    created = await service.create_user(tenant, homeserver, body, box)
     record(
         session,
         request,
@@ -66,16 +77,8 @@ async def list_users(
     """Accounts on the homeserver by name (deactivated ones included, flagged)."""
     if cursor is not None and not cursor.isdigit():
         raise InvalidRequest("cursor: not a cursor this API returned")
-    tenants = TenantRepository(session, principal)
-    tenant = await tenants.get_or_404(tenant_id)
-    homeserver = await tenants.get_homeserver(tenant_id)
-    return await service.list_users(
-        tenant,
-        homeserver,
-        SecretBox(settings.require_secret_key()),
-        start=int(cursor or 0),
-        limit=limit,
-    )
+    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    return await service.list_users(tenant, homeserver, box, start=int(cursor or 0), limit=limit)
 
 
 @router.get("/{username}", response_model=HomeserverUserOut)
@@ -86,10 +89,7 @@ async def get_user(
     principal: TenantsRead,
     settings: SettingsDep,
 ) -> HomeserverUserOut:
-    tenants = TenantRepository(session, principal)
-    tenant = await tenants.get_or_404(tenant_id)
-    homeserver = await tenants.get_homeserver(tenant_id)
-    box = SecretBox(settings.require_secret_key())
+    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
     return await service.get_user(tenant, homeserver, box, username)
 
 
@@ -104,10 +104,7 @@ async def update_user(
     settings: SettingsDep,
 ) -> HomeserverUserOut:
     """Display name, admin flag, password reset (which signs the user out everywhere)."""
-    tenants = TenantRepository(session, principal)
-    tenant = await tenants.get_or_404(tenant_id)
-    homeserver = await tenants.get_homeserver(tenant_id)
-    box = SecretBox(settings.require_secret_key())
+    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
     updated = await service.update_user(tenant, homeserver, box, username, body)
     details = body.model_dump(exclude_none=True, exclude={"password"})
     if body.password is not None:
@@ -138,10 +135,7 @@ async def deactivate_user(
 ) -> HomeserverUserOut:
     """Deactivate for good (Synapse cannot undo it); with `erase`, also erase the user's
     messages for future room members. Repeating it changes nothing."""
-    tenants = TenantRepository(session, principal)
-    tenant = await tenants.get_or_404(tenant_id)
-    homeserver = await tenants.get_homeserver(tenant_id)
-    box = SecretBox(settings.require_secret_key())
+    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
     done = await service.deactivate_user(tenant, homeserver, box, username, erase=body.erase)
     record(
         session,
