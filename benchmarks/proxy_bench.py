@@ -156,11 +156,33 @@ def launch_platform(overrides: dict[str, str], data_dir: Path) -> RunningPlatfor
         raise
 
 
+BENCH_PLAN = "bench-unlimited"
+
+
 def provision_tenant(running: RunningPlatform, slug: str) -> tuple[dict[str, Any], float]:
     """Create a tenant; return it once active, with the seconds from POST to ``active``."""
     with running.api() as api:
+        # The proxy's per-tenant rate and concurrency limits would turn a load test into a
+        # measurement of 429s: the benchmark tenant's plan lifts them (and nothing else).
+        plan = api.post(
+            "/v1/plans",
+            json={
+                "code": BENCH_PLAN,
+                "name": "Benchmark (proxy limits lifted)",
+                "currency": "EUR",
+                "limits": {
+                    "proxy_rate_per_second": 100_000,
+                    "proxy_rate_burst": 1_000_000,
+                    "proxy_max_concurrent": 100_000,
+                },
+            },
+        )
+        if plan.status_code not in (201, 409):
+            raise RuntimeError(f"POST /v1/plans: {plan.status_code} {plan.text}")
         started = time.perf_counter()
-        response = api.post("/v1/tenants", json={"slug": slug, "display_name": "Benchmark"})
+        response = api.post(
+            "/v1/tenants", json={"slug": slug, "display_name": "Benchmark", "plan": BENCH_PLAN}
+        )
         if response.status_code != 202:
             raise RuntimeError(f"POST /v1/tenants: {response.status_code} {response.text}")
         tenant_id = response.json()["id"]

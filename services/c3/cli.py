@@ -86,11 +86,24 @@ def api() -> None:
 @app.command()
 def proxy(
     metering: bool = typer.Option(True, help="Meter usage (off only for benchmarks)"),
+    header_timeout: float = typer.Option(
+        10.0,
+        envvar="C3_PROXY_HEADER_TIMEOUT_S",
+        min=0.1,
+        help="Seconds a client has to send a complete request head (slowloris guard)",
+    ),
+    body_timeout: float = typer.Option(
+        60.0,
+        envvar="C3_PROXY_BODY_TIMEOUT_S",
+        min=0.1,
+        help="Seconds a request body may stall between two reads before the client is cut off",
+    ),
 ) -> None:
     """Run the homeserver proxy (C3_PROXY_HOST:C3_PROXY_PORT)."""
     import uvicorn
 
     from homeserver_proxy.app import ProxyApp
+    from homeserver_proxy.http_protocol import guarded_protocol
     from platform_core.settings import get_settings
 
     _logging()
@@ -100,7 +113,9 @@ def proxy(
         host=settings.proxy_host,
         port=settings.proxy_port,
         loop="uvloop",
-        http="httptools",
+        # httptools (llhttp) is the strict parser; the subclass adds the header and body
+        # timeouts and the head size cap (homeserver_proxy.http_protocol).
+        http=guarded_protocol(header_timeout=header_timeout, body_timeout=body_timeout),
         lifespan="on",
         access_log=False,
         proxy_headers=False,

@@ -9,11 +9,12 @@ import redis.asyncio as aioredis
 from homeserver_proxy import billable, errors
 from homeserver_proxy.asgi import Message, Receive, Scope, Send
 from homeserver_proxy.billable import Kind
-from homeserver_proxy.forwarding import ClientGone, Forwarder, ForwardResult
+from homeserver_proxy.forwarding import ClientGone, Forwarder, ForwardResult, is_long_poll
 from homeserver_proxy.guard import Verdict, classify
 from homeserver_proxy.identity import TokenUsers, access_token
+from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import UsageFlusher, UsageMeter
-from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix
+from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
 from platform_core.models.usage import Meter
 from platform_core.redis import keys_for
 from platform_core.routes import Route
@@ -30,6 +31,7 @@ class ProxyApp:
         self.routes = RouteTable(self.redis, self.keys)
         self.forwarder = Forwarder()
         self.meter = UsageMeter()
+        self.limiter = TenantLimiter()
         self.metering = metering
         self.token_users = TokenUsers(self.forwarder.whoami)
         self.flusher = UsageFlusher(
@@ -97,6 +99,7 @@ class ProxyApp:
             raise errors.bad_path() from None
         if "?" in path:  # some servers leave the query on raw_path
             path = path.split("?", 1)[0]
+        host = _checked_head(scope)
 
         if path == "/_c3/health":
             # The proxy's own liveness; never forwarded (no tenant prefix reaches it).
@@ -112,9 +115,8 @@ class ProxyApp:
                 raise errors.unknown_tenant_slug()
             base_url = f"{self._public_base}/t/{route.slug}"
         else:
-            host = _single_header(scope, b"host")
-            if not host:
-                raise errors.MatrixError(400, "M_UNRECOGNIZED", "Missing or repeated Host header")
+            if host is None:
+                raise errors.bad_framing("Missing Host header")
             route = await self.routes.by_host(normalize_host(host))
             if route is None:
                 raise errors.unknown_tenant_host()
@@ -134,16 +136,24 @@ class ProxyApp:
         if route.status != "active":
             raise errors.tenant_unavailable(route.status)
 
+        long_poll = is_long_poll(path)
+        # Refused here (429/503) means never forwarded and never billed: a tenant does not pay
+        # for requests we turned away.
+        self.limiter.admit(route, long_poll=long_poll)
         kind = billable.classify(scope["method"], path) if self.metering else Kind.OTHER
-        result = await self.forwarder.forward(
-            scope,
-            receive,
-            send,
-            upstream=route.upstream,
-            path=path,
-            max_body=route.max_upload_bytes,
-            capture=kind.captures_response,
-        )
+        try:
+            result = await self.forwarder.forward(
+                scope,
+                receive,
+                send,
+                upstream=route.upstream,
+                path=path,
+                max_body=route.max_upload_bytes,
+                capture=kind.captures_response,
+            )
+        finally:
+            if not long_poll:
+                self.limiter.release(route)
         if self.metering:
             self._meter(route, scope, path, kind, result)
 
@@ -208,11 +218,39 @@ class ProxyApp:
         )
 
 
-def _single_header(scope: Scope, name: bytes) -> str | None:
-    found = [value for key, value in scope["headers"] if key == name]
-    if len(found) != 1:
-        return None
-    return found[0].decode("latin-1")
+def _checked_head(scope: Scope) -> str | None:
+    """The request's Host (None if absent), after refusing what the HTTP parser lets through
+    but a server behind us could read differently: a repeated or invalid Host, a repeated or
+    non-decimal Content-Length, Content-Length with Transfer-Encoding, a transfer coding
+    other than plain ``chunked`` (or any on HTTP/1.0), an HTTP version other than 1.0 and
+    1.1. (llhttp refuses most of these already; this keeps the proxy safe under any server.)"""
+    version = scope.get("http_version", "1.1")
+    if version not in ("1.1", "1.0"):
+        raise errors.bad_framing(f"Unsupported HTTP version {version}")
+    host: bytes | None = None
+    hosts = lengths = codings = 0
+    coding = length = b""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            hosts += 1
+            host = value
+        elif name == b"content-length":
+            lengths += 1
+            length = value
+        elif name == b"transfer-encoding":
+            codings += 1
+            coding = value
+    if hosts > 1:
+        raise errors.bad_framing("Repeated Host header")
+    if host is not None and not valid_host(host):
+        raise errors.bad_framing("Invalid Host header")
+    if host is None and version == "1.1":
+        raise errors.bad_framing("Missing Host header")
+    if lengths > 1 or (lengths and codings) or (lengths and not length.isdigit()):
+        raise errors.bad_framing("Ambiguous request body length")
+    if codings and (codings > 1 or version == "1.0" or coding.strip().lower() != b"chunked"):
+        raise errors.bad_framing("Unsupported Transfer-Encoding")
+    return host.decode("latin-1") if host is not None else None
 
 
 def create_app(settings: Settings | None = None) -> ProxyApp:

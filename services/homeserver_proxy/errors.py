@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from homeserver_proxy.asgi import Send
@@ -87,6 +88,39 @@ def upstream_timeout() -> MatrixError:
 
 
 def too_large(limit: int) -> MatrixError:
+    # Closing: the rest of a body we refuse is not worth receiving (and reading it to keep the
+    # connection would let a client make us drain gigabytes).
     return MatrixError(
-        413, "M_TOO_LARGE", f"Request body exceeds this homeserver's limit of {limit} bytes"
+        413,
+        "M_TOO_LARGE",
+        f"Request body exceeds this homeserver's limit of {limit} bytes",
+        headers=[(b"connection", b"close")],
     )
+
+
+def rate_limited(retry_after_ms: int) -> MatrixError:
+    return MatrixError(
+        429,
+        "M_LIMIT_EXCEEDED",
+        "Too many requests for this homeserver; retry later",
+        headers=[(b"retry-after", str(max(1, math.ceil(retry_after_ms / 1000))).encode())],
+        extra={"retry_after_ms": retry_after_ms},
+    )
+
+
+def too_many_in_flight() -> MatrixError:
+    # 503, not 429: the tenant is within its request rate, but this instance already works on
+    # as many of its requests as the plan allows; retrying a moment later is expected to work.
+    return MatrixError(
+        503,
+        "M_LIMIT_EXCEEDED",
+        "Too many requests in progress for this homeserver; retry shortly",
+        headers=[(b"retry-after", b"1")],
+        extra={"retry_after_ms": 1000},
+    )
+
+
+def bad_framing(reason: str) -> MatrixError:
+    """The request's framing or Host is ambiguous: refused, and the connection closed (what
+    follows on it cannot be trusted to be where a server would read the next request)."""
+    return MatrixError(400, "M_UNRECOGNIZED", reason, headers=[(b"connection", b"close")])

@@ -4,6 +4,12 @@ aiohttp is used on this hop because it measured ~8x the throughput of httpx.Asyn
 (README, "Benchmarks"). The connector has no total connection cap: every
 parked ``/sync`` long-poll holds one upstream connection, and a cap would let long-polls
 starve unrelated requests (they would queue behind the parked ones).
+
+Request bodies with a declared ``Content-Length`` (checked against the limit before anything is
+sent) are streamed. A chunked body has no length to check, so it is received in full first
+(in memory up to 1 MiB, then in a temporary file) and forwarded with a ``Content-Length``: an
+oversized one is refused before any byte of it goes upstream, and the homeserver never has to
+agree with us on where a chunked body ends. Matrix clients send lengths; chunked uploads are rare.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import tempfile
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -54,6 +61,12 @@ _RESPONSE_DROP = frozenset(
         b"proxy-connection",
     }
 )
+
+# A client can repeat a header under a name some frameworks read as the same one
+# (X_Forwarded_For is HTTP_X_FORWARDED_FOR to CGI and WSGI): such names are dropped too.
+_HOP_BY_HOP_UNDERSCORED = frozenset(name.replace(b"-", b"_") for name in HOP_BY_HOP)
+_SPOOL_IN_MEMORY = 1024 * 1024
+_SPOOL_READ = 256 * 1024
 
 _SYNC = re.compile(r"^/_matrix/client/(?:r0|v3|unstable/[^/]+)/(?:sync|events)$")
 _MEDIA_UPLOAD = re.compile(r"^/_matrix/(?:media/(?:r0|v3|v1)|client/v1/media)/upload")
@@ -129,6 +142,54 @@ class BodyTooLarge(Exception):
     pass
 
 
+@dataclass
+class _ReceivedBody:
+    size: int
+    data: bytes = b""
+    file: IO[bytes] | None = None  # set instead of ``data`` past _SPOOL_IN_MEMORY
+
+
+async def _receive_all(first: bytes, receive: Receive, max_body: int) -> _ReceivedBody:
+    """Receive a whole request body of unknown length, refusing it past ``max_body``."""
+    parts = [first]
+    size = len(first)
+    spool: IO[bytes] | None = None
+    try:
+        while True:
+            if size > max_body:
+                raise errors.too_large(max_body)
+            if spool is None and size > _SPOOL_IN_MEMORY:
+                spool = tempfile.TemporaryFile()  # noqa: SIM115 — closed by the caller
+                spool.writelines(parts)
+                parts = []
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if spool is None:
+                parts.append(chunk)
+            elif size <= max_body:
+                spool.write(chunk)
+            if not message.get("more_body", False):
+                if size > max_body:
+                    raise errors.too_large(max_body)
+                break
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
+    if spool is None:
+        return _ReceivedBody(size, data=b"".join(parts))
+    spool.seek(0)
+    return _ReceivedBody(size, file=spool)
+
+
+async def _read_file(file: IO[bytes]) -> AsyncIterator[bytes]:
+    while chunk := file.read(_SPOOL_READ):
+        yield chunk
+
+
 class Forwarder:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -166,15 +227,13 @@ class Forwarder:
         headers: list[tuple[str, str]] = []
         declared_length: int | None = None
         for name, value in scope["headers"]:
-            if name in HOP_BY_HOP:
+            if name in HOP_BY_HOP or (b"_" in name and name in _HOP_BY_HOP_UNDERSCORED):
                 continue
             if name == b"content-length":
                 try:
                     declared_length = int(value)
                 except ValueError:
-                    raise errors.MatrixError(
-                        400, "M_UNRECOGNIZED", "Invalid Content-Length"
-                    ) from None
+                    raise errors.bad_framing("Invalid Content-Length") from None
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if declared_length is not None and declared_length > max_body:
             raise errors.too_large(max_body)
@@ -184,13 +243,26 @@ class Forwarder:
 
         counter = [0]
         first = await receive()
+        if first["type"] == "http.disconnect":
+            raise ClientGone()
         first_chunk: bytes = first.get("body", b"")
         body: bytes | AsyncIterator[bytes]
+        spooled: IO[bytes] | None = None
         if not first.get("more_body", False):
             body = first_chunk
             counter[0] = len(first_chunk)
             if counter[0] > max_body:
                 raise errors.too_large(max_body)
+        elif declared_length is None:
+            # Chunked: the whole body before the homeserver sees any of it.
+            received = await _receive_all(first_chunk, receive, max_body)
+            counter[0] = received.size
+            if received.file is None:
+                body = received.data
+            else:
+                spooled = received.file
+                body = _read_file(spooled)
+                headers.append(("Content-Length", str(received.size)))
         else:
             body = self._stream_body(first_chunk, receive, counter, max_body)
 
@@ -221,6 +293,9 @@ class Forwarder:
             raise errors.upstream_timeout() from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError):
             raise errors.upstream_unavailable() from None
+        finally:
+            if spooled is not None:
+                spooled.close()
 
     async def whoami(self, upstream: str, token: str) -> str | None:
         """The user an access token belongs to, or None if the homeserver refuses it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 
 import redis.asyncio as aioredis
@@ -20,6 +21,14 @@ from platform_core.routes import Route, host_field, slug_field
 log = logging.getLogger(__name__)
 
 _MISS_TTL_S = 1.0
+# RFC 9110 Host: a reg-name or an IP literal, then an optional decimal port. (Underscores are
+# not DNS but appear in container host names.) Anything else is refused, not guessed at:
+# "acme.c3.test:80@evil.test" would otherwise route to acme.
+_VALID_HOST = re.compile(rb"(?:\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::[0-9]{1,5})?", re.IGNORECASE)
+
+
+def valid_host(raw: bytes) -> bool:
+    return _VALID_HOST.fullmatch(raw) is not None
 
 
 def normalize_host(raw: str) -> str:

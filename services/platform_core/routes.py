@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
+
+# Per-tenant limits each proxy instance enforces (plan limits ``proxy_*``). Generous: a busy
+# enterprise tenant stays well below them; they exist to stop a runaway client, not to ration.
+# Equal to the provisioner's DEFAULT_LIMITS; here they apply to routes published before the
+# fields existed.
+DEFAULT_PROXY_RATE_PER_SECOND = 200.0
+DEFAULT_PROXY_RATE_BURST = 400
+DEFAULT_PROXY_MAX_CONCURRENT = 256
 
 
 @dataclass(frozen=True)
@@ -14,17 +24,28 @@ class Route:
     upstream: str  # base URL of the tenant's homeserver, e.g. http://127.0.0.1:43121
     status: str  # tenant status: only "active" is forwarded
     max_upload_bytes: int
+    # Requests per second (token bucket refill rate) and bucket size, per proxy instance.
+    rate_per_second: float = DEFAULT_PROXY_RATE_PER_SECOND
+    rate_burst: int = DEFAULT_PROXY_RATE_BURST
+    # Requests in flight per proxy instance; long-polls (/sync, /events) are not counted.
+    max_concurrent: int = DEFAULT_PROXY_MAX_CONCURRENT
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Route:
-        return cls(**json.loads(raw))
+        """Tolerant both ways during a rolling upgrade: fields missing from an older writer take
+        their defaults, fields added by a newer writer are ignored."""
+        data: dict[str, Any] = json.loads(raw)
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
 
     def fields(self) -> list[str]:
         """The route-table fields under which this route is published."""
         return [host_field(self.server_name), slug_field(self.slug)]
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Route))
 
 
 def host_field(host: str) -> str:

@@ -210,6 +210,9 @@ def route_for(ctx: Context, tenant: Tenant, hs: Homeserver, target: HomeserverTa
         upstream=hs.upstream_url or ctx.backend.upstream_url(target),
         status=tenant.status.value,
         max_upload_bytes=int(limits["max_upload_size_bytes"]),
+        rate_per_second=float(limits["proxy_rate_per_second"]),
+        rate_burst=int(limits["proxy_rate_burst"]),
+        max_concurrent=int(limits["proxy_max_concurrent"]),
     )
 
 

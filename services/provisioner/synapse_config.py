@@ -27,6 +27,11 @@ DEFAULT_LIMITS: dict[str, Any] = {
     "rc_joins_burst": 50,
     "rc_invites_per_second": 5.0,
     "rc_invites_burst": 50,
+    # Enforced by each proxy instance, not by Synapse; the same values as the Route defaults
+    # in platform_core.routes (tests/homeserver_proxy/test_limits.py keeps them equal).
+    "proxy_rate_per_second": 200.0,
+    "proxy_rate_burst": 400,
+    "proxy_max_concurrent": 256,
 }
 
 

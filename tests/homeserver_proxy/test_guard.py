@@ -26,6 +26,11 @@ ADMIN_TRICKS = [
     "/_synapse/admin;x=1/v1/server_version",
     "/_synapse%2fadmin/v1/server_version",
     "/%5fsynapse/admin/v1/server_version",
+    "/_synapse/%252561dmin/v1/server_version",  # triple encoding
+    "/_synapse/admin./v1/server_version",
+    "/_synapse/admin",
+    "/%2F_synapse/admin/v1/server_version",
+    "/_synapse;/admin/v1/server_version",
 ]
 
 MALFORMED = [
@@ -39,6 +44,12 @@ MALFORMED = [
     "/_matrix/client/v3/a%5cb",
     "/_matrix/client/%252525252561",  # more encoding layers than anyone needs
     "_matrix/client/versions",
+    "/_matrix/client/%2E%2E/%2E%2E/_synapse/admin",
+    "/_matrix/client/.%2e/_synapse/admin",
+    "/_synapse/client/../admin/v1/server_version",
+    "/_matrix/client/%c0%ae%c0%ae/_synapse/admin",  # overlong UTF-8 dots
+    "/_synapse\\admin/v1/server_version",
+    "/_matrix/client/versions%00/../../_synapse/admin",
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix
+from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
 from platform_core.redis import RedisKeys
 from platform_core.routes import Route, publish_route, withdraw_route
 
@@ -28,6 +28,26 @@ from platform_core.routes import Route, publish_route, withdraw_route
 )
 def test_hosts_are_normalised(raw: str, expected: str) -> None:
     assert normalize_host(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "valid"),
+    [
+        (b"acme.c3.test", True),
+        (b"ACME.c3.test.:8080", True),
+        (b"[::1]:8080", True),
+        (b"127.0.0.1:8080", True),
+        (b"c3_proxy:8080", True),
+        (b"", False),
+        (b"acme.c3.test:8080@evil.test", False),  # would have routed to acme
+        (b"acme.c3.test:8080.evil.test", False),
+        (b"evil.test/acme.c3.test", False),
+        (b"acme.c3.test:123456", False),
+        (b"acme c3", False),
+    ],
+)
+def test_host_headers_must_be_a_host_and_an_optional_port(raw: bytes, valid: bool) -> None:
+    assert valid_host(raw) is valid
 
 
 def test_slug_prefix_is_split_from_the_homeserver_path() -> None:
