@@ -115,8 +115,10 @@ class ProxyProcess:
         return self.process.wait(timeout=30)
 
 
-def start_proxy(running: RunningPlatform, port: int) -> ProxyProcess:
+def start_proxy(running: RunningPlatform, port: int, **extra_env: str) -> ProxyProcess:
+    """One more ``c3 proxy`` beside the platform's own (``extra_env``: more settings)."""
     env = {**running.env, "C3_PROXY_PORT": str(port), "C3_OPERATOR_TOKEN": running.token}
+    env.update(extra_env)
     log = open(running.data_dir / "logs" / f"extra-proxy-{port}.log", "ab")  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "c3", "proxy"],

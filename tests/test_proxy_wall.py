@@ -34,7 +34,7 @@ import redis
 from c3.local_run import free_port
 from platform_core.redis import RedisKeys
 from platform_core.routes import Route, publish_route, slug_field, withdraw_route
-from tests.platform import ProxyProcess, RunningPlatform, poll
+from tests.platform import RunningPlatform, poll, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -648,31 +648,6 @@ def test_a_chunked_upload_reaches_the_homeserver_whole(
 # 4. Slow clients -----------------------------------------------------------------------
 
 
-def start_proxy_with(platform: RunningPlatform, port: int, **env: str) -> ProxyProcess:
-    """One more ``c3 proxy`` beside the platform's own, with extra environment."""
-    log = open(platform.data_dir / "logs" / f"wall-proxy-{port}.log", "ab")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "c3", "proxy"],
-        env={**platform.env, "C3_PROXY_PORT": str(port), "C3_OPERATOR_TOKEN": platform.token} | env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"c3 proxy exited at start ({process.returncode})")
-        try:
-            return httpx.get(f"{url}/_c3/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    poll(healthy, timeout=30, what="the extra proxy to answer /_c3/health")
-    return ProxyProcess(process, url)
-
-
 def latencies(url: str, count: int) -> list[float]:
     """Seconds per request, each on a new connection (as a client that just arrived)."""
     taken = []
@@ -691,7 +666,7 @@ def test_slow_request_heads_are_cut_off_while_other_clients_stay_fast(
     platform: RunningPlatform, wall: dict
 ) -> None:
     header_timeout = 3.0
-    proxy = start_proxy_with(platform, free_port(), C3_PROXY_HEADER_TIMEOUT_S=str(header_timeout))
+    proxy = start_proxy(platform, free_port(), C3_PROXY_HEADER_TIMEOUT_S=str(header_timeout))
     try:
         baseline = latencies(proxy.url, 20)
         host, port = proxy.url.removeprefix("http://").split(":")
