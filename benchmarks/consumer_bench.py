@@ -189,7 +189,7 @@ def build_batches(
             else:
                 event_id = _event_id(rng)
                 meter.record_request(tenant, 230, 60)
-                meter.record_message(tenant, event_id)
+                meter.record_event(tenant, Meter.MESSAGES, event_id)
                 sent.message_ids.add(event_id)
         for tenant, _ in tenants:
             for _ in range(SYNC_REQUESTS_PER_TENANT):

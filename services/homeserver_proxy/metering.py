@@ -105,9 +105,6 @@ class UsageMeter:
         if key not in self._events:
             self._events[key] = (quantity, self._clock())
 
-    def record_message(self, tenant_id: str, event_id: str) -> None:
-        self.record_event(tenant_id, Meter.MESSAGES, event_id)
-
     def record_active_user(self, tenant_id: str, user_id: str, at: float | None = None) -> None:
         """``user_id`` made a successful authenticated request at ``at`` (default: now)."""
         now = self._clock() if at is None else at

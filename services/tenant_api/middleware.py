@@ -179,7 +179,7 @@ async def _owner(scope: Scope) -> str | None:
             principal = await authenticate(token, get_settings(), session)
     except C3Error:
         return None
-    return principal.idempotency_owner
+    return principal.actor
 
 
 async def _claim(

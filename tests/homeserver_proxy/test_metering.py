@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from homeserver_proxy.metering import UsageFlusher, UsageMeter
+from platform_core.models.usage import Meter
 from platform_core.redis import RedisKeys
 
 Stream = tuple[aioredis.Redis, RedisKeys]
@@ -53,9 +54,9 @@ def test_meter_counts_requests_and_distinct_message_ids() -> None:
     meter = UsageMeter(clock)
     meter.record_request("t1", 10, 100)
     meter.record_request("t1", 5, 50)
-    meter.record_message("t1", "$a")
-    meter.record_message("t1", "$a")  # a client retry returns the same event id
-    meter.record_message("t1", "$b")
+    meter.record_event("t1", Meter.MESSAGES, "$a")
+    meter.record_event("t1", Meter.MESSAGES, "$a")  # a client retry returns the same event id
+    meter.record_event("t1", Meter.MESSAGES, "$b")
     meter.record_request("t2", 1, 2)
     batch = meter.drain()
     assert batch is not None

@@ -72,10 +72,6 @@ class Principal:
     def sees_tenant(self, tenant_id: uuid.UUID) -> bool:
         return self.tenant_id is None or self.tenant_id == tenant_id
 
-    @property
-    def idempotency_owner(self) -> str:
-        return self.actor
-
 
 def bootstrap_operator(token: str, settings: Settings) -> Principal | None:
     """The operator token from settings (``c3 up`` prints it): full operator rights."""

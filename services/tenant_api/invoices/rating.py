@@ -7,7 +7,6 @@ touches a database or the clock.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,7 +18,6 @@ __all__ = [
     "PlanTerms",
     "Segment",
     "Tier",
-    "adjustment_line",
     "invoice_total",
     "overage_amount",
     "prorated_included",
@@ -33,8 +31,6 @@ __all__ = [
 # A distinct count over the whole month (one user active in two segments is still one user),
 # so these cannot be summed per segment and are rated once, on the plan in force at month end.
 MONTHLY_METERS = frozenset({"active_users"})
-
-_PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
 
 @dataclass(frozen=True)
@@ -301,39 +297,3 @@ def rate_month(
 def invoice_total(lines: Sequence[Line]) -> int:
     """Sum of line amounts, in minor units."""
     return sum(line.amount for line in lines)
-
-
-def adjustment_line(
-    period: str,
-    meter: str,
-    price: MeterPrice,
-    included: int,
-    billed_quantity: int,
-    current_quantity: int,
-    plan_code: str,
-) -> Line | None:
-    """Correction for usage that arrived after `period` was finalized; None if nothing changed.
-
-    The difference of two rated amounts (not a rating of the difference), so tiers and
-    rounding come out as if the late usage had been on the original invoice.
-    """
-    if not _PERIOD.fullmatch(period):
-        raise ValueError(f"period: must be YYYY-MM (got {period!r})")
-    amount = overage_amount(current_quantity, price, included) - overage_amount(
-        billed_quantity, price, included
-    )
-    quantity = current_quantity - billed_quantity
-    if quantity == 0 and amount == 0:
-        return None
-    return Line(
-        kind="adjustment",
-        description=f"Late usage for {period}: {meter}",
-        meter=meter,
-        quantity=quantity,
-        included=included,
-        unit_price=_line_unit_price(price),
-        per=price.per,
-        amount=amount,
-        plan=plan_code,
-        adjusts_period=period,
-    )

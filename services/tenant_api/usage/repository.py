@@ -88,17 +88,6 @@ async def reconciliations(
     return list((await session.scalars(statement)).all())
 
 
-def totals_between(
-    session: Session, tenant_id: uuid.UUID, start: datetime, end: datetime
-) -> dict[str, int]:
-    statement = (
-        select(UsageCounter.meter, func.sum(UsageCounter.quantity))
-        .where(UsageCounter.tenant_id == tenant_id)
-        .group_by(UsageCounter.meter)
-    )
-    return {m: int(q or 0) for m, q in session.execute(_range(statement, start, end))}
-
-
 def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 

@@ -97,11 +97,6 @@ def parse_batch(payload_json: str) -> ParsedBatch:
     return ParsedBatch(usage, events)
 
 
-def apply_batch(session: Session, batch_id: str, source: str, batch: ParsedBatch) -> bool:
-    """Apply one batch in the caller's transaction; False if it was applied before."""
-    return apply_batches(session, [(batch_id, source, batch)]) == 1
-
-
 def apply_batches(session: Session, batches: list[tuple[str, str, ParsedBatch]]) -> int:
     """Apply batches in the caller's transaction; returns how many were new.
 

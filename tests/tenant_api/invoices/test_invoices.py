@@ -21,6 +21,7 @@ from platform_core.models import (
 )
 from tenant_api.invoices import service, tasks
 from tenant_api.invoices.rating import invoice_total, rate_month
+from tenant_api.invoices.repository import get_invoice
 from tenant_api.usage.repository import add_to_counters
 
 SEPT = datetime(2026, 9, 1, tzinfo=UTC)
@@ -97,8 +98,6 @@ def test_a_mid_month_plan_change_is_prorated_by_day(september_tenant: uuid.UUID)
 
 
 def _with_lines(session, invoice: Invoice) -> Invoice:  # type: ignore[no-untyped-def]
-    from tenant_api.invoices.repository import get_invoice
-
     found = get_invoice(session, invoice.tenant_id, invoice.period)
     assert found is not None
     return found
@@ -204,8 +203,9 @@ def test_concurrent_finalization_yields_exactly_one_invoice(
         after = session.get(InvoiceCounter, "invoice").next_value  # type: ignore[union-attr]
         number = _by_id(session, results[0]).number
     assert count == 1
-    # No gaps: the five losers gave their numbers back (other tests may finalize meanwhile).
-    assert after - before >= 1 and int(number.removeprefix("C3-")) >= before
+    # No gaps: the winner took the next number and the five losers gave theirs back.
+    assert after == before + 1
+    assert number == f"C3-{before:08d}"
 
 
 def test_the_beat_task_finalizes_only_after_the_grace_period(

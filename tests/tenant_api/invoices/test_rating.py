@@ -16,7 +16,6 @@ from tenant_api.invoices.rating import (
     PlanTerms,
     Segment,
     Tier,
-    adjustment_line,
     invoice_total,
     overage_amount,
     prorated_included,
@@ -368,68 +367,6 @@ def test_active_users_are_not_billed_when_the_last_plan_does_not_price_them():
         30, [Segment(1, 15, basic, {}), Segment(16, 30, legacy, {})], {"active_users": 50}
     )
     assert all(line.meter is None for line in lines)
-
-
-# --- late usage -------------------------------------------------------------------------------
-
-
-@fast
-@given(
-    price=prices,
-    included=st.integers(0, 3000),
-    billed=st.integers(0, 10**6),
-    current=st.integers(0, 10**6),
-)
-def test_adjustment_is_the_difference_of_the_rated_amounts(
-    price: MeterPrice, included: int, billed: int, current: int
-):
-    line = adjustment_line("2026-10", "messages", price, included, billed, current, "pro")
-    if billed == current:
-        assert line is None
-        return
-    assert line is not None
-    assert line.quantity == current - billed
-    billed_amount = overage_amount(billed, price, included)
-    assert billed_amount + line.amount == overage_amount(current, price, included)
-
-
-def test_adjustment_line_describes_the_late_usage():
-    price = MeterPrice(included=1000, unit_price=3)
-    line = adjustment_line("2026-10", "messages", price, 1000, 1200, 1500, "standard")
-    assert line == Line(
-        kind="adjustment",
-        description="Late usage for 2026-10: messages",
-        meter="messages",
-        quantity=300,
-        included=1000,
-        unit_price=3,
-        per=1,
-        amount=900,
-        plan="standard",
-        adjusts_period="2026-10",
-    )
-
-
-def test_no_adjustment_when_nothing_arrived_late():
-    price = MeterPrice(unit_price=3)
-    assert adjustment_line("2026-10", "messages", price, 0, 500, 500, "standard") is None
-
-
-def test_late_usage_within_the_allowance_is_shown_at_no_charge():
-    line = adjustment_line("2026-10", "messages", MeterPrice(unit_price=3), 1000, 100, 400, "std")
-    assert line is not None
-    assert (line.quantity, line.amount) == (300, 0)
-
-
-def test_corrected_down_usage_gives_a_credit():
-    line = adjustment_line("2026-10", "messages", MeterPrice(unit_price=3), 0, 500, 400, "std")
-    assert line is not None
-    assert (line.quantity, line.amount) == (-100, -300)
-
-
-def test_adjustment_rejects_a_malformed_period():
-    with pytest.raises(ValueError, match=re.escape("period: must be YYYY-MM (got '2026-13')")):
-        adjustment_line("2026-13", "messages", MeterPrice(), 0, 0, 1, "std")
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from platform_core.db import task_session
 from platform_core.models import UsageCounter
 from platform_core.redis import RedisKeys
-from tenant_api.usage import repository as usage_repository
+from tenant_api.invoices.repository import usage_between
 from tenant_api.usage import tasks
 from tests.factories import make_tenant
 
@@ -177,10 +177,10 @@ def test_monthly_active_users_count_each_user_once_per_calendar_month(
         redis_client.xadd(keys.usage_stream, _batch(tenant, requests=0, messages=[], events=events))
     tasks.drain_usage_stream(redis_client, keys, "consumer-1")
     with task_session() as session:
-        by_month = usage_repository.totals_between(
+        by_month = usage_between(
             session, tenant, datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
         )
-        november_totals = usage_repository.totals_between(
+        november_totals = usage_between(
             session, tenant, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
         )
     assert by_month["active_users"] == 2
