@@ -29,6 +29,9 @@ class Route:
     rate_burst: int = DEFAULT_PROXY_RATE_BURST
     # Requests in flight per proxy instance; long-polls (/sync, /events) are not counted.
     max_concurrent: int = DEFAULT_PROXY_MAX_CONCURRENT
+    # Federation mode of the homeserver ("off", "allowlist", "open"): the proxy forwards
+    # /_matrix/federation and /_matrix/key and serves /.well-known/matrix/server only if not "off".
+    federation: str = "off"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -20,6 +20,9 @@ class Mode(StrEnum):
 class BackendKind(StrEnum):
     LOCAL = "local"
     KUBERNETES = "kubernetes"
+    # A stand-in homeserver process (provisioner.backends.fake) for lifecycle load and
+    # crash tests and the provisioning-rate benchmark; never for serving clients.
+    FAKE = "fake"
 
 
 class Settings(BaseSettings):
@@ -44,6 +47,16 @@ class Settings(BaseSettings):
     # Interpreter that runs Synapse for the local backend (defaults to the one running C3).
     synapse_python: str | None = None
     homeserver_start_timeout_s: float = 60.0
+    # When set (postgresql://…, a role allowed to CREATE ROLE and CREATE DATABASE), every
+    # tenant's Synapse gets its own PostgreSQL database and role; SQLite per tenant otherwise.
+    tenant_database_url: str | None = Field(default=None, repr=False)
+    # Lifecycle operations: attempts before `failed`, and the capped, jittered backoff
+    # between attempts (base * 2**attempt, at most cap).
+    operation_max_attempts: int = Field(default=5, ge=1, le=100)
+    operation_retry_base_s: float = Field(default=1.0, gt=0)
+    operation_retry_cap_s: float = Field(default=60.0, gt=0)
+    # Tenant exports: how long a download link (and the archive behind it) lives.
+    export_link_ttl_s: int = Field(default=24 * 3600, ge=60)
     usage_flush_interval_s: float = 1.0
     reconcile_interval_s: float = 30.0
     # Billed usage vs each homeserver's own records (provisioner.usage_reconciliation).

@@ -11,6 +11,7 @@ from platform_core.models.auth import (
 from platform_core.models.base import Base, UTCDateTime, utcnow
 from platform_core.models.billing import Invoice, InvoiceCounter, InvoiceLine, InvoiceStatus
 from platform_core.models.tenancy import (
+    ExportState,
     Homeserver,
     HomeserverDesiredState,
     Operation,
@@ -18,6 +19,7 @@ from platform_core.models.tenancy import (
     OperationState,
     Plan,
     Tenant,
+    TenantExport,
     TenantPlanChange,
     TenantStatus,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "RefreshToken",
     "Base",
     "BillableEvent",
+    "ExportState",
     "Homeserver",
     "Invoice",
     "InvoiceCounter",
@@ -50,6 +53,7 @@ __all__ = [
     "OperationState",
     "Plan",
     "Tenant",
+    "TenantExport",
     "TenantPlanChange",
     "TenantStatus",
     "UTCDateTime",

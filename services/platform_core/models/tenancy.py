@@ -38,7 +38,8 @@ class OperationKind(StrEnum):
     DEPROVISION = "deprovision"
     SUSPEND = "suspend"
     RESUME = "resume"
-    RECONFIGURE = "reconfigure"  # plan limits (and later other settings) → homeserver config
+    RECONFIGURE = "reconfigure"  # plan limits and homeserver settings → homeserver config
+    EXPORT = "export"  # a downloadable archive of the tenant's homeserver data
 
 
 class OperationState(StrEnum):
@@ -78,6 +79,12 @@ class Tenant(UUIDPk, Timestamps, Base):
     status: Mapped[TenantStatus] = mapped_column(_enum(TenantStatus), index=True)
     plan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("plans.id"))
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # What PATCH /v1/tenants/{id} sets beyond the plan (federation, registration, retention,
+    # upload limit, TURN, OIDC) — rendered into the homeserver's config. Never holds secrets.
+    homeserver_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Secrets among those settings (TURN shared secret, OIDC client secret): a Fernet token
+    # (platform_core.crypto) of a JSON object; never returned by the API.
+    settings_secrets_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
 
     plan: Mapped[Plan] = relationship(lazy="raise")
 
@@ -103,6 +110,9 @@ class Operation(UUIDPk, Timestamps, Base):
     # Options of the request, e.g. {"purge": true} on a deprovision.
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Every transition, in order: {"at": iso UTC, "event": "running"|"step"|"retry"|"succeeded"
+    # |"failed"|..., "attempt": int, "detail": str | None} — shown by GET /v1/operations/{id}.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
@@ -120,3 +130,28 @@ class Homeserver(UUIDPk, Timestamps, Base):
     # Fernet tokens (platform_core.crypto): never stored or logged in clear.
     admin_token_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
     secrets_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
+    # Name of the tenant's own PostgreSQL database (C3_TENANT_DATABASE_URL); None on SQLite.
+    database_name: Mapped[str | None] = mapped_column(String(63), default=None)
+
+
+class ExportState(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class TenantExport(UUIDPk, Timestamps, Base):
+    """An archive of a tenant's homeserver (database dump, media, signing key, config),
+    produced by an export operation and fetched through an expiring link."""
+
+    __tablename__ = "tenant_exports"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    operation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("operations.id"), unique=True)
+    state: Mapped[ExportState] = mapped_column(_enum(ExportState))
+    # Where the archive lies on the platform's storage (never shown to clients).
+    path: Mapped[str | None] = mapped_column(String(1000), default=None)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
