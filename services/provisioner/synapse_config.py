@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,9 @@ class HomeserverSpec:
     bind_address: str
     data_dir: Path
     limits: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+    setting_secrets: dict[str, str] = field(default_factory=dict)
+    database: dict[str, Any] | None = None  # None: SQLite under data_dir
 
 
 def effective_limits(plan_limits: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +106,8 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
                 "resources": [{"names": ["client", "media"], "compress": False}],
             }
         ],
-        "database": {"name": "sqlite3", "args": {"database": str(d / "homeserver.db")}},
+        "database": spec.database
+        or {"name": "sqlite3", "args": {"database": str(d / "homeserver.db")}},
         "log_config": str(d / "log.config"),
         "media_store_path": str(d / "media_store"),
         "signing_key_path": str(d / "signing.key"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,13 @@ class HomeserverTarget:
     port: int | None
     limits: dict[str, Any]
     secrets: HomeserverSecrets
+    # Tenant.homeserver_settings (federation, registration, retention, TURN, OIDC, ...) and the
+    # decrypted secrets that go with them (TURN shared secret, OIDC client secret).
+    settings: dict[str, Any] = field(default_factory=dict)
+    setting_secrets: dict[str, str] = field(default_factory=dict)
+    # Synapse's ``database`` section for the tenant's own PostgreSQL database
+    # ({"name": "psycopg2", "args": {...}}); None: SQLite in the homeserver's data directory.
+    database: dict[str, Any] | None = None
 
 
 class Backend(abc.ABC):

@@ -84,6 +84,9 @@ class LocalBackend(Backend):
             bind_address=self.bind,
             data_dir=self.tenant_dir(target.tenant_id),
             limits=target.limits,
+            settings=target.settings,
+            setting_secrets=target.setting_secrets,
+            database=target.database,
         )
         return write_homeserver_files(spec, target.secrets)
 
