@@ -41,6 +41,7 @@ pytestmark = pytest.mark.e2e
 ATTACKER = "127.0.0.2"  # the admin API attempts
 HOST_PROBER = "127.0.0.3"  # Host header games
 SPOOFER = "127.0.0.4"  # forged client addresses
+REMOTE = "127.0.0.5"  # a "remote homeserver": server-server paths of a federating tenant
 SPOOFED = "203.0.113.9"
 ADMIN = "/_synapse/admin/v1/server_version"  # answers 200 to anyone who reaches it
 
@@ -89,7 +90,8 @@ def raw_request(
             if not chunk:
                 break
             body += chunk
-    return Answer(int(lines[0].split(" ")[1]), headers, body)
+    # One response: a pipelined second answer may have arrived in the same read.
+    return Answer(int(lines[0].split(" ")[1]), headers, body[:length])
 
 
 def access_log(platform: RunningPlatform, tenant_id: str) -> list[str]:
@@ -421,6 +423,59 @@ def test_the_admin_api_is_unreachable_whatever_the_encoding(
     # And Synapse would have answered: the admin API is there, for the platform itself.
     direct = httpx.get(f"http://127.0.0.1:{platform.homeserver_port(wall['id'])}{ADMIN}")
     assert direct.status_code == 200
+
+
+# Server-server prefixes open only for a federating tenant, and only by Host.
+FEDERATION_TRICKS = [
+    "/_matrix/federation/../../_synapse/admin/v1/server_version",
+    "/_matrix/federation/v1/../../../_synapse/admin/v1/server_version",
+    "/_matrix/federation/%2e%2e/%2e%2e/_synapse/admin/v1/server_version",
+    "/_matrix/federation/..%2f..%2f_synapse/admin/v1/server_version",
+    "/_matrix/federation/%252e%252e/%252e%252e/_synapse/admin/v1/server_version",
+    "/_matrix/federation/..;/..;/_synapse/admin/v1/server_version",
+    "/_matrix/federation/v1/..\\..\\..\\_synapse/admin/v1/server_version",
+    "/_matrix/federation%2f..%2f..%2f_synapse/admin/v1/server_version",
+    "/_matrix/key/../../_synapse/admin/v1/server_version",
+    "/_matrix/key/%2e%2e/%2e%2e/_synapse/admin/v1/server_version",
+    "/_matrix/key/v2/%c0%ae%c0%ae/%c0%ae%c0%ae/%c0%ae%c0%ae/_synapse/admin/v1/server_version",
+    "/_matrix/%66ederation/v1/version",
+]
+
+
+def test_a_federating_tenants_server_paths_never_reach_the_admin_api(
+    platform: RunningPlatform, wall: dict, extra_route: Any
+) -> None:
+    extra_route(wall, "wall-fed", federation="open")  # the wall's Synapse, federation on
+    host = f"wall-fed.c3.test:{proxy_port(platform)}"
+    for path in FEDERATION_TRICKS:
+        answer = raw_request(
+            platform.proxy_url,
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
+            source=REMOTE,
+        )
+        _refused(answer, path)
+    # Under the /t/<slug> prefix server-server paths are not served at all.
+    by_slug = raw_request(
+        platform.proxy_url,
+        b"GET /t/wall-fed/_matrix/federation/v1/version HTTP/1.1\r\nHost: x\r\n"
+        b"Connection: close\r\n\r\n",
+        source=REMOTE,
+    )
+    assert by_slug.status == 404
+    # A plain server-server request is the only one of them the homeserver ever saw.
+    marker = uuid.uuid4().hex
+    raw_request(
+        platform.proxy_url,
+        f"GET /_matrix/key/v2/server?probe={marker} HTTP/1.1\r\nHost: {host}\r\n"
+        "Connection: close\r\n\r\n".encode(),
+        source=REMOTE,
+    )
+    [line] = poll(
+        lambda: [x for x in lines_from(platform, wall["id"], REMOTE) if marker in x],
+        timeout=10,
+        what="the server-server request in the homeserver's access log",
+    )
+    assert lines_from(platform, wall["id"], REMOTE) == [line]
 
 
 # 2. Host and client address ------------------------------------------------------------

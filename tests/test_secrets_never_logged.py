@@ -13,12 +13,13 @@ from sqlalchemy.orm import Session
 
 from platform_core.crypto import SecretBox
 from platform_core.db import driver_url
-from platform_core.models import Homeserver
+from platform_core.models import Homeserver, Tenant, TenantStatus
 from tests.platform import RunningPlatform
 
 pytestmark = pytest.mark.e2e
 
-# Passwords the end-to-end tests give users (test_end_to_end, test_billing_…, test_lifecycle_…).
+# Passwords the end-to-end tests give users (test_end_to_end, test_billing_…, test_lifecycle_…,
+# test_tenant_postgres_…).
 KNOWN_PASSWORDS = (
     "alice-secret-1",
     "bob-secret-12",
@@ -31,6 +32,12 @@ KNOWN_PASSWORDS = (
     "ann-new-secret-9",
     "ben-secret-123",
     "dee-secret-123",
+    "hana-secret-12",  # test_homeserver_settings_end_to_end
+    "reg-secret-123",
+    "pia-secret-123",
+    "kim-secret-123",
+    "eve-secret-1234",
+    "recon-admin-pw-1",
 )
 
 
@@ -47,12 +54,28 @@ def platform_secrets(platform: RunningPlatform) -> dict[str, str]:
         for hs in session.scalars(select(Homeserver)):
             if hs.admin_token_encrypted:
                 found[f"admin token of {hs.tenant_id}"] = box.decrypt(hs.admin_token_encrypted)
+        for tenant in session.scalars(select(Tenant)):  # TURN shared secret, OIDC client secret
+            if tenant.settings_secrets_encrypted:
+                for name, value in box.decrypt_json(tenant.settings_secrets_encrypted).items():
+                    found[f"{name} of {tenant.id}"] = str(value)
+            signs_up_by_token = (tenant.homeserver_settings or {}).get("registration") == "token"
+            if tenant.status is TenantStatus.ACTIVE and signs_up_by_token:
+                found.update(live_registration_tokens(platform, str(tenant.id)))
     engine.dispose()
     for config in (platform.data_dir / "homeservers").glob("*/homeserver.yaml"):
         values = yaml.safe_load(config.read_text())
         for name in ("registration_shared_secret", "macaroon_secret_key", "form_secret"):
             found[f"{name} of {config.parent.name}"] = values[name]
     return found
+
+
+def live_registration_tokens(platform: RunningPlatform, tenant_id: str) -> dict[str, str]:
+    """Registration tokens that still let someone sign up (a revoked one is no secret)."""
+    with platform.api() as api:
+        listed = api.get(f"/v1/tenants/{tenant_id}/registration-tokens", params={"valid": "true"})
+    assert listed.status_code == 200, listed.text
+    tokens = [t["token"] for t in listed.json()["items"]]
+    return {f"registration token {n} of {tenant_id}": token for n, token in enumerate(tokens)}
 
 
 def logs(platform: RunningPlatform) -> list[Path]:

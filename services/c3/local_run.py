@@ -203,11 +203,6 @@ class LocalPlatform:
         wait_until(lambda: up(api, "api"), timeout=60, what="tenant API")
         wait_until(lambda: up(proxy, "proxy"), timeout=60, what="proxy")
 
-    def kick_reconcile(self) -> None:
-        from platform_core.celery import TaskNames, send_task
-
-        send_task(TaskNames.RECONCILE)
-
     def banner(self) -> str:
         s = self.settings
         secrets_file = self.data_dir / "local-secrets.json"
@@ -298,7 +293,6 @@ def run_local() -> int:
         platform.prepare()
         platform.start_children()
         platform.wait_ready()
-        platform.kick_reconcile()
         print(platform.banner(), flush=True)
         platform.supervise()
         return 0

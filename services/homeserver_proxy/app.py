@@ -9,6 +9,12 @@ import redis.asyncio as aioredis
 from homeserver_proxy import billable, errors
 from homeserver_proxy.asgi import Message, Receive, Scope, Send
 from homeserver_proxy.billable import Kind
+from homeserver_proxy.federation import (
+    FEDERATION_MAX_BODY,
+    federates,
+    public_port,
+    server_delegation,
+)
 from homeserver_proxy.forwarding import ClientGone, Forwarder, ForwardResult, is_long_poll
 from homeserver_proxy.guard import Verdict, classify
 from homeserver_proxy.identity import TokenUsers, access_token
@@ -32,12 +38,16 @@ class ProxyApp:
         self.forwarder = Forwarder()
         self.meter = UsageMeter()
         self.limiter = TenantLimiter()
+        # Remote servers get buckets of their own (same plan limits): a flood of federation
+        # traffic cannot use up the tenant's clients' rate, nor the other way round.
+        self.federation_limiter = TenantLimiter()
         self.metering = metering
         self.token_users = TokenUsers(self.forwarder.whoami)
         self.flusher = UsageFlusher(
             self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
         )
         self._public_base = settings.effective_proxy_public_url
+        self._federation_port = public_port(self._public_base)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -127,15 +137,27 @@ class ProxyApp:
             await errors.send_json(send, 200, {"m.homeserver": {"base_url": base_url}})
             return
         if verdict is Verdict.WELL_KNOWN_SERVER:
-            # Federation is off for every tenant today, so no server delegation is published.
-            raise errors.MatrixError(404, "M_NOT_FOUND", "This homeserver does not federate")
+            if not federates(route):
+                raise errors.does_not_federate(well_known=True)
+            await errors.send_json(send, 200, server_delegation(route, self._federation_port))
+            return
         if verdict is Verdict.MALFORMED:
             raise errors.bad_path()
-        if verdict is not Verdict.FORWARD:
+        if verdict is Verdict.FEDERATION:
+            # Remote servers address a tenant by Host (its server name), never by /t/<slug>.
+            if prefixed is not None or not federates(route):
+                raise errors.does_not_federate()
+        elif verdict is not Verdict.FORWARD:
             raise errors.not_served()
         if route.status != "active":
             raise errors.tenant_unavailable(route.status)
+        forward = self._federate if verdict is Verdict.FEDERATION else self._forward
+        await forward(route, scope, receive, send, path)
 
+    async def _forward(
+        self, route: Route, scope: Scope, receive: Receive, send: Send, path: str
+    ) -> None:
+        """A client request: limited, forwarded, metered."""
         long_poll = is_long_poll(path)
         # Refused here (429/503) means never forwarded and never billed: a tenant does not pay
         # for requests we turned away.
@@ -156,6 +178,26 @@ class ProxyApp:
                 self.limiter.release(route)
         if self.metering:
             self._meter(route, scope, path, kind, result)
+
+    async def _federate(
+        self, route: Route, scope: Scope, receive: Receive, send: Send, path: str
+    ) -> None:
+        """A server-server request: limited and forwarded, never metered. Remote servers start
+        it, not the tenant's users: counted, it would let any server on the internet run up a
+        tenant's bill, and its events (messages from other servers, remote users) are neither
+        the tenant's sent messages nor its active users."""
+        self.federation_limiter.admit(route, long_poll=False)
+        try:
+            await self.forwarder.forward(
+                scope,
+                receive,
+                send,
+                upstream=route.upstream,
+                path=path,
+                max_body=max(route.max_upload_bytes, FEDERATION_MAX_BODY),
+            )
+        finally:
+            self.federation_limiter.release(route)
 
     def _meter(
         self, route: Route, scope: Scope, path: str, kind: Kind, result: ForwardResult

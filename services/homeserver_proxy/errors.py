@@ -66,6 +66,13 @@ def not_served() -> MatrixError:
     return MatrixError(404, "M_UNRECOGNIZED", "Unrecognized request")
 
 
+def does_not_federate(*, well_known: bool = False) -> MatrixError:
+    """Server-server requests (and server discovery) for a tenant that does not federate."""
+    if well_known:
+        return MatrixError(404, "M_NOT_FOUND", "This homeserver does not federate")
+    return MatrixError(404, "M_UNRECOGNIZED", "This homeserver does not federate")
+
+
 def bad_path() -> MatrixError:
     return MatrixError(400, "M_UNRECOGNIZED", "Malformed request path")
 

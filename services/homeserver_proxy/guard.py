@@ -12,6 +12,8 @@ from enum import Enum
 from urllib.parse import unquote
 
 FORWARDED_PREFIXES = ("/_matrix/client/", "/_matrix/media/", "/_synapse/client/")
+# Server-server API: forwarded only for a tenant whose homeserver federates (the app decides).
+FEDERATION_PREFIXES = ("/_matrix/federation/", "/_matrix/key/")
 _FORBIDDEN_PREFIXES = ("/_synapse/admin",)
 _MAX_DECODE_ROUNDS = 4
 _SLASHES = re.compile(r"/{2,}")
@@ -21,6 +23,7 @@ class Verdict(Enum):
     FORWARD = "forward"
     WELL_KNOWN_CLIENT = "well-known-client"
     WELL_KNOWN_SERVER = "well-known-server"
+    FEDERATION = "federation"  # server-server API: forwarded only if the tenant federates
     NOT_SERVED = "not-served"  # outside the allowed prefixes, or admin: 404 M_UNRECOGNIZED
     MALFORMED = "malformed"  # dot segments, control bytes, endless encodings: 400
 
@@ -61,8 +64,13 @@ def classify(raw_path: str) -> Verdict:
         return Verdict.WELL_KNOWN_CLIENT
     if canonical == "/.well-known/matrix/server":
         return Verdict.WELL_KNOWN_SERVER
-    for prefix in FORWARDED_PREFIXES:
-        # The raw path must carry the prefix literally too: what we forward is the raw path.
-        if raw_path.startswith(prefix) and canonical.startswith(prefix):
-            return Verdict.FORWARD
+    # The raw path must carry the prefix literally too: what we forward is the raw path.
+    if _literal_prefix(raw_path, canonical, FORWARDED_PREFIXES):
+        return Verdict.FORWARD
+    if _literal_prefix(raw_path, canonical, FEDERATION_PREFIXES):
+        return Verdict.FEDERATION
     return Verdict.NOT_SERVED
+
+
+def _literal_prefix(raw_path: str, canonical: str, prefixes: tuple[str, ...]) -> bool:
+    return any(raw_path.startswith(p) and canonical.startswith(p) for p in prefixes)

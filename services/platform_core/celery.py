@@ -15,6 +15,8 @@ class TaskNames:
     SUSPEND_TENANT = "c3.provisioner.suspend_tenant"
     RESUME_TENANT = "c3.provisioner.resume_tenant"
     RECONFIGURE_TENANT = "c3.provisioner.reconfigure_tenant"
+    EXPORT_TENANT = "c3.provisioner.export_tenant"
+    EXPIRE_EXPORTS = "c3.provisioner.expire_exports"
     RECONCILE = "c3.provisioner.reconcile"
     RECONCILE_USAGE = "c3.provisioner.reconcile_usage"
     APPLY_USAGE_BATCHES = "c3.usage.apply_usage_batches"
@@ -28,6 +30,7 @@ TASK_FOR_OPERATION_KIND = {
     "suspend": TaskNames.SUSPEND_TENANT,
     "resume": TaskNames.RESUME_TENANT,
     "reconfigure": TaskNames.RECONFIGURE_TENANT,
+    "export": TaskNames.EXPORT_TENANT,
 }
 
 TASK_MODULES = ["provisioner.tasks", "tenant_api.usage.tasks", "tenant_api.invoices.tasks"]
@@ -63,6 +66,12 @@ def _config() -> dict[str, object]:
             },
             "reconcile": {
                 "task": TaskNames.RECONCILE,
+                "schedule": settings.reconcile_interval_s,
+                "options": {"expires": settings.reconcile_interval_s},
+            },
+            # Expired export archives are deleted (their links already answer 410).
+            "expire-exports": {
+                "task": TaskNames.EXPIRE_EXPORTS,
                 "schedule": settings.reconcile_interval_s,
                 "options": {"expires": settings.reconcile_interval_s},
             },

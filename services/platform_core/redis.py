@@ -35,6 +35,11 @@ class RedisKeys:
     def usage_group(self) -> str:
         return "usage-appliers"
 
+    @property
+    def reconcile_metrics(self) -> str:
+        """Hash: reconcile passes, actions and the last pass's time (platform_core.metrics)."""
+        return f"{self.namespace}:metrics:reconcile"
+
     def tenant_lease(self, tenant_id: str) -> str:
         return f"{self.namespace}:lease:tenant:{tenant_id}"
 

@@ -55,6 +55,19 @@ class Settings(BaseSettings):
     operation_max_attempts: int = Field(default=5, ge=1, le=100)
     operation_retry_base_s: float = Field(default=1.0, gt=0)
     operation_retry_cap_s: float = Field(default=60.0, gt=0)
+    # A running operation holds its tenant's lease, renewed every third of this: a worker
+    # that dies (kill -9) frees the tenant for the redelivered task after at most this long.
+    operation_lease_ttl_s: float = Field(default=30.0, ge=1)
+    # Reconcile enqueues an unfinished operation again when nothing touched it for this long
+    # (its task was lost with a killed worker or a broker restart), unless its lease is held
+    # or its scheduled retry is not yet due.
+    operation_stuck_after_s: float = Field(default=60.0, gt=0)
+    # Fake backend only (lifecycle crash tests, the provisioning-rate benchmark): how long a
+    # stand-in homeserver takes to boot, and comma-separated server names or slugs whose
+    # homeserver start always fails (a temporary error) or kills the worker attempting it.
+    fake_homeserver_boot_s: float = Field(default=0.0, ge=0)
+    fake_backend_fail: str = ""
+    fake_backend_crash: str = ""
     # Tenant exports: how long a download link (and the archive behind it) lives.
     export_link_ttl_s: int = Field(default=24 * 3600, ge=60)
     usage_flush_interval_s: float = 1.0
@@ -94,6 +107,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"production mode needs explicit {names}; no defaults exist")
             if self.database_url and self.database_url.startswith("sqlite"):
                 raise ValueError("production mode needs PostgreSQL, not SQLite (C3_DATABASE_URL)")
+            if self.backend is BackendKind.FAKE:
+                raise ValueError("the fake backend serves no clients; not in production mode")
+        if self.backend is not BackendKind.FAKE and (
+            self.fake_backend_fail or self.fake_backend_crash
+        ):
+            raise ValueError("C3_FAKE_BACKEND_FAIL/CRASH need C3_BACKEND=fake")
         if self.secret_key is not None and len(self.secret_key) < 32:
             raise ValueError("C3_SECRET_KEY must be at least 32 characters")
         if self.api_port == self.proxy_port and self.api_host == self.proxy_host:

@@ -95,15 +95,58 @@ class SynapseAdminClient:
             "POST", f"/_synapse/admin/v1/deactivate/{quote(user_id)}", json={"erase": erase}
         )
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def list_registration_tokens(self, *, valid: bool | None = None) -> list[dict[str, Any]]:
+        """All registration tokens (``valid``: only usable ones, or only used-up/expired ones)."""
+        params = {} if valid is None else {"valid": "true" if valid else "false"}
+        answer = await self._request("GET", _TOKENS, params=params)
+        tokens = answer.get("registration_tokens", [])
+        return [t for t in tokens if isinstance(t, dict)]
+
+    async def create_registration_token(
+        self,
+        *,
+        token: str | None,
+        length: int | None,
+        uses_allowed: int | None,
+        expiry_time_ms: int | None,
+    ) -> dict[str, Any]:
+        """Create a token (``token`` as given, or one of ``length`` random characters).
+
+        A chosen token is looked for in the list first: Synapse would refuse a duplicate with
+        an error naming the token, and log it (the token only ever travels in bodies)."""
+        body: dict[str, Any] = {"uses_allowed": uses_allowed, "expiry_time": expiry_time_ms}
+        if token is not None:
+            if any(t.get("token") == token for t in await self.list_registration_tokens()):
+                raise Conflict("this registration token exists already")
+            body["token"] = token
+        elif length is not None:
+            body["length"] = length
+        return await self._request("POST", f"{_TOKENS}/new", json=body)
+
+    async def delete_registration_token(self, token: str) -> bool:
+        """Delete ``token``; False if there was no such token. (Synapse's access log shows the
+        path, hence the token — one that no longer works once this succeeded.)"""
+        try:
+            await self._request("DELETE", _token_path(token), shown_path=_TOKEN_SHOWN)
+        except UpstreamError as exc:
+            if getattr(exc, "status_code", None) == 404:
+                return False
+            raise
+        return True
+
+    async def _request(
+        self, method: str, path: str, *, shown_path: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """``shown_path``: how errors name a path that carries a credential."""
+        where = f"{method} {shown_path or path}"
         try:
             response = await self._client.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
-            raise TemporaryError(f"homeserver timed out on {method} {path}") from exc
+            raise TemporaryError(f"homeserver timed out on {where}") from exc
         except httpx.TransportError as exc:
             raise TemporaryError(f"homeserver unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 500:
-            raise TemporaryError(f"homeserver answered {response.status_code} on {method} {path}")
+            raise TemporaryError(f"homeserver answered {response.status_code} on {where}")
         try:
             payload = response.json()
         except ValueError:
@@ -116,13 +159,21 @@ class SynapseAdminClient:
             if errcode == "M_USER_IN_USE":
                 raise Conflict(f"homeserver refused: {message or errcode}")
             error = UpstreamError(
-                f"homeserver answered {response.status_code} {errcode} on {method} {path}"
+                f"homeserver answered {response.status_code} {errcode} on {where}"
             )
             error.status_code = response.status_code  # type: ignore[attr-defined]
             raise error
         if not isinstance(payload, dict):
-            raise UpstreamError(f"homeserver answered a non-object on {method} {path}")
+            raise UpstreamError(f"homeserver answered a non-object on {where}")
         return payload
+
+
+_TOKENS = "/_synapse/admin/v1/registration_tokens"
+_TOKEN_SHOWN = f"{_TOKENS}/<token>"
+
+
+def _token_path(token: str) -> str:
+    return f"{_TOKENS}/{quote(token, safe='')}"
 
 
 async def login_with_password(base_url: str, user_id: str, password: str) -> str:

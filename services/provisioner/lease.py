@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
+
+log = logging.getLogger(__name__)
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -28,6 +34,31 @@ class Lease:
 
     def renew(self) -> bool:
         return bool(self._client.eval(_RENEW, 1, self._key, self._token, self._ttl_ms))
+
+    @contextmanager
+    def kept_alive(self) -> Iterator[None]:
+        """Renew the lease every third of its TTL while the block runs: the TTL can then be
+        short, so a holder that dies (kill -9) frees the tenant soon, yet a live holder never
+        loses it however long its work takes."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self._ttl_ms / 3000):
+                try:
+                    if not self.renew():
+                        log.warning("lease %s expired under its holder", self._key)
+                except redis.RedisError as exc:
+                    log.warning("lease %s not renewed: %s", self._key, type(exc).__name__)
+
+        keeper = threading.Thread(target=renew, name=f"lease-keeper {self._key}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            # Bounded: a renewal stuck on an unreachable Redis must not hold up the task (a
+            # late renewal is harmless: it only extends a lease that still carries our token).
+            keeper.join(timeout=5)
 
     def release(self) -> None:
         self._client.eval(_RELEASE, 1, self._key, self._token)

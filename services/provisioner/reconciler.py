@@ -4,64 +4,177 @@ Runs at start-up and periodically (beat). For each tenant it takes the tenant's 
 tenants another worker is acting on): an active tenant's homeserver is (re)started and its route
 re-published if missing or stale (and its config re-rendered from its plan: a changed config
 restarts it); a suspended tenant's homeserver is kept stopped; a deleted tenant's homeserver is
-stopped and its route withdrawn; an operation stuck in pending/running with nobody holding its lease is re-enqueued.
+stopped and its route withdrawn; an operation stuck in pending/running with nobody holding its
+lease (and no retry scheduled) is re-enqueued.
+
+What a pass did is visible two ways: every action on a tenant is an audit event by
+``system:reconcile`` on that tenant (what was observed, what was desired; the pass's id as the
+request id), so operators and the tenant's admins see it in ``GET /v1/audit-events``; and the
+pass's counts, end time and duration are added to the platform metrics (``GET /metrics``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import uuid
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
+import redis
+from sqlalchemy.orm import Session
+
+from platform_core import operation_history
 from platform_core.celery import TASK_FOR_OPERATION_KIND, send_task
 from platform_core.db import task_session
-from platform_core.models import TenantStatus, utcnow
-from platform_core.routes import host_field, slug_field
+from platform_core.metrics import ReconcileAction, record_reconcile_run
+from platform_core.models import AuditEvent, TenantStatus, utcnow
+from platform_core.operation_history import OperationEvent
+from platform_core.routes import Route, host_field, slug_field
 from provisioner import repository, steps
 from provisioner.lease import Lease
 
 log = logging.getLogger(__name__)
 
-STUCK_AFTER = timedelta(seconds=60)
+ACTOR = "system:reconcile"  # the audit log's name for this loop ("<kind>:<subject>")
+_MAX_ERROR_DETAIL = 500
+
+
+class Pass:
+    """One reconcile pass: how often it took each action, and an audit event per action."""
+
+    def __init__(self) -> None:
+        self.id = f"reconcile-{uuid.uuid4().hex[:16]}"  # request id of the pass's events
+        self.counts: Counter[str] = Counter()
+
+    def record(
+        self,
+        action: ReconcileAction,
+        tenant_id: uuid.UUID,
+        details: dict[str, Any],
+        *,
+        session: Session | None = None,
+        target: tuple[str, uuid.UUID] | None = None,
+    ) -> None:
+        """Write ``action``'s event (in ``session`` when the repair itself is a database
+        change, so both commit together) and count it."""
+        target_type, target_id = target or ("tenant", tenant_id)
+        event = AuditEvent(
+            actor=ACTOR,
+            action=action.value,
+            target_type=target_type,
+            target_id=str(target_id),
+            tenant_id=tenant_id,
+            request_id=self.id,
+            details=details,
+        )
+        if session is not None:
+            session.add(event)
+        else:
+            with task_session() as own:
+                own.add(event)
+        self.counts[action.value] += 1
 
 
 def reconcile_all(ctx: steps.Context) -> dict[str, int]:
-    report: Counter[str] = Counter()
-    with task_session() as session:
-        active = [t.id for t in repository.tenants_with_status(session, [TenantStatus.ACTIVE])]
-        deleted = [t.id for t in repository.tenants_with_status(session, [TenantStatus.DELETED])]
-        suspended = [
-            t.id for t in repository.tenants_with_status(session, [TenantStatus.SUSPENDED])
-        ]
-    for tenant_id in active:
-        _with_lease(ctx, tenant_id, report, _reconcile_active)
-    for tenant_id in suspended:
-        _with_lease(ctx, tenant_id, report, _reconcile_suspended)
-    for tenant_id in deleted:
-        _with_lease(ctx, tenant_id, report, _reconcile_deleted)
-    _requeue_stuck_operations(ctx, report)
-    if report:
-        log.info("reconcile: %s", dict(report))
-    return dict(report)
+    run = Pass()
+    started = time.monotonic()
+    try:
+        with task_session() as session:
+            active = [t.id for t in repository.tenants_with_status(session, [TenantStatus.ACTIVE])]
+            deleted = [
+                t.id for t in repository.tenants_with_status(session, [TenantStatus.DELETED])
+            ]
+            suspended = [
+                t.id for t in repository.tenants_with_status(session, [TenantStatus.SUSPENDED])
+            ]
+        for tenant_id in active:
+            _with_lease(ctx, tenant_id, run, _reconcile_active)
+        for tenant_id in suspended:
+            _with_lease(ctx, tenant_id, run, _reconcile_suspended)
+        for tenant_id in deleted:
+            _with_lease(ctx, tenant_id, run, _reconcile_deleted)
+        _requeue_stuck_operations(ctx, run)
+    except Exception:
+        run.counts[ReconcileAction.FAILED.value] += 1  # the pass itself broke (database, Redis)
+        raise
+    finally:
+        _export_metrics(ctx, run, time.monotonic() - started)
+    if run.counts:
+        log.info("reconcile %s: %s", run.id, dict(run.counts))
+    return dict(run.counts)
 
 
-def _with_lease(ctx, tenant_id: uuid.UUID, report: Counter[str], action) -> None:  # type: ignore[no-untyped-def]
+def _export_metrics(ctx: steps.Context, run: Pass, duration_s: float) -> None:
+    try:
+        record_reconcile_run(
+            ctx.redis, ctx.keys, run.counts, finished_at=time.time(), duration_s=duration_s
+        )
+    except redis.RedisError as exc:  # metrics must not fail the repairs already done
+        log.warning("reconcile metrics not recorded: Redis unavailable (%s)", type(exc).__name__)
+
+
+def _with_lease(ctx, tenant_id: uuid.UUID, run: Pass, action) -> None:  # type: ignore[no-untyped-def]
     lease = Lease(ctx.redis, ctx.keys.tenant_lease(str(tenant_id)))
     if not lease.acquire():
-        report["skipped_busy"] += 1
+        run.record(
+            ReconcileAction.SKIPPED_BUSY,
+            tenant_id,
+            {"reason": "another worker holds the tenant's lease (an operation is acting on it)"},
+        )
         return
     try:
-        action(ctx, tenant_id, report)
+        action(ctx, tenant_id, run)
     except Exception as exc:  # noqa: BLE001 — one tenant's trouble must not stop the others
         detail = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
         log.warning("reconcile of tenant %s failed: %s", tenant_id, detail)
-        report["errors"] += 1
+        _record_failure(run, tenant_id, detail)
     finally:
         lease.release()
 
 
-def _reconcile_active(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter[str]) -> None:
+def _record_failure(run: Pass, tenant_id: uuid.UUID, detail: str) -> None:
+    try:
+        run.record(ReconcileAction.FAILED, tenant_id, {"error": detail[:_MAX_ERROR_DETAIL]})
+    except Exception:  # noqa: BLE001 — e.g. the database is what failed: still counted
+        log.warning("reconcile failure of tenant %s not recorded as an event", tenant_id)
+        run.counts[ReconcileAction.FAILED.value] += 1
+
+
+def _route_drift(ctx: steps.Context, route: Route) -> dict[str, Any] | None:
+    """How the published route differs from ``route`` (None: it does not). Names the fields,
+    not their values: upstream addresses are the platform's business, not the tenant's."""
+    wanted = route.to_json().encode()
+    published = [ctx.redis.hget(ctx.keys.routes, f) for f in route.fields()]
+    if all(value == wanted for value in published):
+        return None
+    present = [value for value in published if value is not None]
+    if len(present) < len(published):
+        return {"observed": "route missing", "desired": f"route published ({route.status})"}
+    desired = json.loads(wanted)
+    fields: set[str] = set()
+    for value in present:
+        seen = json.loads(value)
+        fields |= {k for k in desired if seen.get(k) != desired[k]}
+    return {
+        "observed": "route stale",
+        "desired": f"route published ({route.status})",
+        "fields": sorted(fields),
+    }
+
+
+def _ensure_route(ctx: steps.Context, tenant_id: uuid.UUID, route: Route, run: Pass) -> None:
+    drift = _route_drift(ctx, route)
+    if drift is not None:
+        steps.publish(ctx, route)
+        run.record(
+            ReconcileAction.ROUTE_PUBLISHED, tenant_id, {"tenant_status": route.status, **drift}
+        )
+
+
+def _reconcile_active(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> None:
     with task_session() as session:
         tenant = repository.get_tenant(session, tenant_id)
         hs = repository.get_homeserver(session, tenant_id)
@@ -73,25 +186,29 @@ def _reconcile_active(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter[
     was_running = ctx.backend.is_running(str(tenant_id))
     steps.ensure_running(ctx, target)
     if not was_running:
-        report["homeservers_restarted"] += 1
+        run.record(
+            ReconcileAction.HOMESERVER_RESTARTED,
+            tenant_id,
+            {"tenant_status": "active", "observed": "not running", "desired": "running"},
+        )
     with task_session() as session:
         tenant = repository.get_tenant(session, tenant_id)
         hs = repository.get_homeserver(session, tenant_id)
         assert tenant is not None and hs is not None
         hs.upstream_url = ctx.backend.upstream_url(target)
         route = steps.route_for(ctx, tenant, hs, target)
-    published = [ctx.redis.hget(ctx.keys.routes, f) for f in route.fields()]
-    wanted = route.to_json().encode()
-    if any(value != wanted for value in published):
-        steps.publish(ctx, route)
-        report["routes_published"] += 1
+    _ensure_route(ctx, tenant_id, route, run)
 
 
-def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter[str]) -> None:
+def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> None:
     """A suspended tenant's homeserver stays stopped and its route says so."""
     if ctx.backend.is_running(str(tenant_id)):
         ctx.backend.stop(str(tenant_id))
-        report["homeservers_stopped"] += 1
+        run.record(
+            ReconcileAction.HOMESERVER_STOPPED,
+            tenant_id,
+            {"tenant_status": "suspended", "observed": "running", "desired": "stopped"},
+        )
     with task_session() as session:
         tenant = repository.get_tenant(session, tenant_id)
         hs = repository.get_homeserver(session, tenant_id)
@@ -99,13 +216,10 @@ def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, report: Count
             return
         plan = repository.get_plan(session, tenant.plan_id)
         route = steps.route_for(ctx, tenant, hs, steps.target_for(ctx, tenant, plan, hs))
-    published = [ctx.redis.hget(ctx.keys.routes, f) for f in route.fields()]
-    if any(value != route.to_json().encode() for value in published):
-        steps.publish(ctx, route)
-        report["routes_published"] += 1
+    _ensure_route(ctx, tenant_id, route, run)
 
 
-def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter[str]) -> None:
+def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> None:
     with task_session() as session:
         tenant = repository.get_tenant(session, tenant_id)
         if tenant is None:
@@ -113,10 +227,23 @@ def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter
         server_name, slug = tenant.server_name, tenant.slug
     if ctx.backend.is_running(str(tenant_id)):
         ctx.backend.stop(str(tenant_id))
-        report["homeservers_stopped"] += 1
-    retention = timedelta(days=ctx.settings.archive_retention_days)
-    if ctx.backend.purge_archives(str(tenant_id), older_than=utcnow() - retention):
-        report["archives_purged"] += 1
+        run.record(
+            ReconcileAction.HOMESERVER_STOPPED,
+            tenant_id,
+            {"tenant_status": "deleted", "observed": "running", "desired": "stopped"},
+        )
+    retention_days = ctx.settings.archive_retention_days
+    cutoff = utcnow() - timedelta(days=retention_days)
+    if purged := ctx.backend.purge_archives(str(tenant_id), older_than=cutoff):
+        run.record(
+            ReconcileAction.ARCHIVE_PURGED,
+            tenant_id,
+            {
+                "tenant_status": "deleted",
+                "observed": f"{purged} archive(s) older than {retention_days:g} days",
+                "desired": "archives purged after the retention period",
+            },
+        )
     if ctx.redis.hexists(ctx.keys.routes, host_field(server_name)) or ctx.redis.hexists(
         ctx.keys.routes, slug_field(slug)
     ):
@@ -124,15 +251,46 @@ def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, report: Counter
             tenant = repository.get_tenant(session, tenant_id)
             assert tenant is not None
             steps.withdraw(ctx, tenant)
-        report["routes_withdrawn"] += 1
+        run.record(
+            ReconcileAction.ROUTE_WITHDRAWN,
+            tenant_id,
+            {"tenant_status": "deleted", "observed": "route published", "desired": "no route"},
+        )
 
 
-def _requeue_stuck_operations(ctx: steps.Context, report: Counter[str]) -> None:
+def _requeue_stuck_operations(ctx: steps.Context, run: Pass) -> None:
+    """Enqueue again the unfinished operations whose task was lost (a killed worker's
+    unacknowledged message waits out the broker's visibility timeout; a broker restart may
+    drop queued ones). A copy of a task that still exists is harmless: tasks are idempotent."""
+    stuck_after = timedelta(seconds=ctx.settings.operation_stuck_after_s)
+    now = utcnow()
+    requeue: list[tuple[str, str]] = []
     with task_session() as session:
-        stuck = repository.unfinished_operations_older_than(session, utcnow() - STUCK_AFTER)
-        for op in stuck:
+        for op in repository.unfinished_operations_older_than(session, now - stuck_after):
+            due = operation_history.retry_due_at(op)
+            if due is not None and due + stuck_after > now:
+                continue  # its retry is scheduled and not overdue
             if Lease(ctx.redis, ctx.keys.tenant_lease(str(op.tenant_id))).is_held_by_anyone():
                 continue
-            op.updated_at = utcnow()  # not again before STUCK_AFTER passes
-            send_task(TASK_FOR_OPERATION_KIND[op.kind.value], str(op.id))
-            report["operations_requeued"] += 1
+            idle_since = op.updated_at
+            # Recording the requeue also moves updated_at: not again before stuck_after.
+            operation_history.record(
+                op, OperationEvent.REQUEUED, detail="no worker had it; enqueued again"
+            )
+            requeue.append((TASK_FOR_OPERATION_KIND[op.kind.value], str(op.id)))
+            run.record(
+                ReconcileAction.OPERATION_REQUEUED,
+                op.tenant_id,
+                {
+                    "operation_kind": op.kind.value,
+                    "observed": f"{op.state.value} since {idle_since.isoformat()}, "
+                    "no worker holding the tenant",
+                    "desired": "a worker runs it",
+                },
+                session=session,
+                target=("operation", op.id),
+            )
+    # After commit: a worker that picks the task up at once must not race this session's
+    # write of the history.
+    for task_name, op_id in requeue:
+        send_task(task_name, op_id)

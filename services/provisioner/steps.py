@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import httpx
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, PermanentError, TemporaryError
+from platform_core.homeserver_settings import effective_max_upload_bytes, federation_mode
 from platform_core.models import (
     Homeserver,
     HomeserverDesiredState,
@@ -30,8 +31,10 @@ from platform_core.redis import RedisKeys, keys_for
 from platform_core.routes import Route, publish_route, withdraw_route
 from platform_core.settings import BackendKind, Settings, get_settings
 from platform_core.synapse_admin import SynapseAdminClient, login_with_password
-from provisioner import repository
+from provisioner import repository, tenant_databases
+from provisioner.backends import fake
 from provisioner.backends.base import Backend, HomeserverTarget
+from provisioner.backends.fake import FakeBackend
 from provisioner.backends.local import LocalBackend
 from provisioner.synapse_config import HomeserverSecrets, effective_limits
 
@@ -61,6 +64,13 @@ class Context:
 def make_backend(settings: Settings) -> Backend:
     if settings.backend is BackendKind.LOCAL:
         return LocalBackend(settings.data_path, python=settings.synapse_python)
+    if settings.backend is BackendKind.FAKE:
+        return FakeBackend(
+            settings.data_path,
+            boot_s=settings.fake_homeserver_boot_s,
+            fail=fake.names(settings.fake_backend_fail),
+            crash=fake.names(settings.fake_backend_crash),
+        )
     raise PermanentError(f"backend {settings.backend.value!r} is not available in this build")
 
 
@@ -86,6 +96,7 @@ def ensure_homeserver_record(session: Session, ctx: Context, tenant: Tenant) -> 
             backend=ctx.backend.name,
             desired_state=HomeserverDesiredState.RUNNING,
             secrets_encrypted=ctx.box.encrypt_json(HomeserverSecrets.generate().to_dict()),
+            database_name=tenant_databases.choose_database(ctx.settings, tenant.id),
         )
         session.add(hs)
     if hs.port is None:
@@ -98,14 +109,25 @@ def ensure_homeserver_record(session: Session, ctx: Context, tenant: Tenant) -> 
 def target_for(ctx: Context, tenant: Tenant, plan: Plan, hs: Homeserver) -> HomeserverTarget:
     if hs.secrets_encrypted is None:
         raise PermanentError("homeserver record has no secrets")
+    hs_secrets = HomeserverSecrets.from_dict(ctx.box.decrypt_json(hs.secrets_encrypted))
     return HomeserverTarget(
         tenant_id=str(tenant.id),
         server_name=tenant.server_name,
         public_baseurl=ctx.settings.homeserver_url(tenant.server_name) + "/",
         port=hs.port,
         limits=dict(plan.limits or {}),
-        secrets=HomeserverSecrets.from_dict(ctx.box.decrypt_json(hs.secrets_encrypted)),
+        secrets=hs_secrets,
+        settings=dict(tenant.homeserver_settings or {}),
+        setting_secrets=_setting_secrets(ctx, tenant),
+        database=tenant_databases.synapse_database(ctx.settings, hs.database_name, hs_secrets),
     )
+
+
+def _setting_secrets(ctx: Context, tenant: Tenant) -> dict[str, str]:
+    if tenant.settings_secrets_encrypted is None:
+        return {}
+    stored = ctx.box.decrypt_json(tenant.settings_secrets_encrypted)
+    return {key: str(value) for key, value in stored.items()}
 
 
 def ensure_port_usable(session: Session, ctx: Context, hs: Homeserver) -> None:
@@ -137,21 +159,28 @@ def ensure_running(ctx: Context, target: HomeserverTarget) -> None:
     wait_healthy(ctx, target)
 
 
+@lru_cache(maxsize=1)
+def _health_client() -> httpx.Client:
+    """One client per worker process: building one loads the CA bundle (~60 ms), which was
+    most of a reconcile pass that had nothing to do."""
+    return httpx.Client(timeout=2.0)
+
+
 def wait_healthy(ctx: Context, target: HomeserverTarget) -> None:
     url = ctx.backend.upstream_url(target) + "/health"
     deadline = time.monotonic() + ctx.settings.homeserver_start_timeout_s
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.get(url).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if not ctx.backend.is_running(target.tenant_id):
-                raise TemporaryError(
-                    "homeserver exited during start-up: " + _log_tail(ctx, target.tenant_id)
-                )
-            time.sleep(0.1)
+    client = _health_client()
+    while time.monotonic() < deadline:
+        try:
+            if client.get(url).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if not ctx.backend.is_running(target.tenant_id):
+            raise TemporaryError(
+                "homeserver exited during start-up: " + _log_tail(ctx, target.tenant_id)
+            )
+        time.sleep(0.1)
     raise TemporaryError(
         f"homeserver not healthy after {ctx.settings.homeserver_start_timeout_s:.0f}s"
     )
@@ -209,10 +238,11 @@ def route_for(ctx: Context, tenant: Tenant, hs: Homeserver, target: HomeserverTa
         server_name=tenant.server_name,
         upstream=hs.upstream_url or ctx.backend.upstream_url(target),
         status=tenant.status.value,
-        max_upload_bytes=int(limits["max_upload_size_bytes"]),
+        max_upload_bytes=effective_max_upload_bytes(limits, target.settings),
         rate_per_second=float(limits["proxy_rate_per_second"]),
         rate_burst=int(limits["proxy_rate_burst"]),
         max_concurrent=int(limits["proxy_max_concurrent"]),
+        federation=federation_mode(target.settings).value,
     )
 
 

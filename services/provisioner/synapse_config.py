@@ -16,8 +16,20 @@ from typing import Any
 import yaml
 from signedjson.key import generate_signing_key, write_signing_keys
 
+from platform_core.errors import PermanentError
+from platform_core.homeserver_settings import (
+    DEFAULT_MAX_UPLOAD_SIZE_BYTES,
+    OIDC_CLIENT_SECRET,
+    TURN_SHARED_SECRET,
+    FederationMode,
+    RegistrationPolicy,
+    effective_max_upload_bytes,
+    federation_mode,
+    registration_policy,
+)
+
 DEFAULT_LIMITS: dict[str, Any] = {
-    "max_upload_size_bytes": 50 * 1024 * 1024,
+    "max_upload_size_bytes": DEFAULT_MAX_UPLOAD_SIZE_BYTES,
     # Synapse's own default rc_message (0.2/s, burst 10) is far too low for an enterprise.
     "rc_message_per_second": 20.0,
     "rc_message_burst": 200,
@@ -42,6 +54,9 @@ class HomeserverSecrets:
     form_secret: str
     signing_key: str  # "ed25519 a_XXXX <seed>" as Synapse reads it from signing.key
     admin_password: str
+    # The tenant's PostgreSQL role password (provisioner.tenant_databases); records made before
+    # it existed load with "" and stay on SQLite.
+    database_password: str = ""
 
     @classmethod
     def generate(cls) -> HomeserverSecrets:
@@ -54,6 +69,7 @@ class HomeserverSecrets:
             form_secret=secrets.token_urlsafe(32),
             signing_key=buffer.getvalue().strip(),
             admin_password=secrets.token_urlsafe(24),
+            database_password=secrets.token_urlsafe(32),
         )
 
     def to_dict(self) -> dict[str, str]:
@@ -61,7 +77,7 @@ class HomeserverSecrets:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HomeserverSecrets:
-        return cls(**{k: str(data[k]) for k in cls.__dataclass_fields__})
+        return cls(**{k: str(data[k]) for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass(frozen=True)
@@ -103,7 +119,7 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
                 "tls": False,
                 # The proxy overwrites X-Forwarded-For with the real client address.
                 "x_forwarded": True,
-                "resources": [{"names": ["client", "media"], "compress": False}],
+                "resources": [{"names": _listener_resources(spec.settings), "compress": False}],
             }
         ],
         "database": spec.database
@@ -114,16 +130,15 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
         "registration_shared_secret": hs_secrets.registration_shared_secret,
         "macaroon_secret_key": hs_secrets.macaroon_secret_key,
         "form_secret": hs_secrets.form_secret,
-        # Federation off: no federation listener, no remote server allowed, no key servers.
-        "federation_domain_whitelist": [],
+        # A federating tenant fetches remote servers' keys from those servers themselves, never
+        # through a notary such as matrix.org (federation itself: _federation_config).
         "trusted_key_servers": [],
         "suppress_key_server_warning": True,
         "allow_public_rooms_over_federation": False,
-        "enable_registration": False,
         "url_preview_enabled": False,
         "serve_server_wellknown": False,
         "enable_metrics": False,
-        "max_upload_size": f"{int(limits['max_upload_size_bytes'])}",
+        "max_upload_size": str(effective_max_upload_bytes(limits, spec.settings)),
         "rc_message": _rate(limits["rc_message_per_second"], limits["rc_message_burst"]),
         "rc_login": {
             "address": _rate(limits["rc_login_per_second"], limits["rc_login_burst"]),
@@ -143,7 +158,103 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
     if limits.get("max_mau"):
         config["limit_usage_by_mau"] = True
         config["max_mau_value"] = int(limits["max_mau"])
+    config.update(_federation_config(spec.settings))
+    config.update(_registration_config(spec.settings))
+    config.update(_retention_config(spec.settings))
+    config.update(_turn_config(spec.settings, spec.setting_secrets))
+    config.update(_oidc_config(spec.settings, spec.setting_secrets))
     return config
+
+
+# Tenant settings (platform_core.homeserver_settings) → Synapse options ------------------
+
+
+def _listener_resources(settings: dict[str, Any]) -> list[str]:
+    """The ``federation`` resource also serves ``/_matrix/key``; it exists only when the
+    tenant federates, so a non-federating homeserver has no server-server surface at all."""
+    if federation_mode(settings) is FederationMode.OFF:
+        return ["client", "media"]
+    return ["client", "federation", "media"]
+
+
+def _federation_config(settings: dict[str, Any]) -> dict[str, Any]:
+    mode = federation_mode(settings)
+    if mode is FederationMode.OFF:
+        return {"federation_domain_whitelist": []}  # no remote server, in or out
+    if mode is FederationMode.ALLOWLIST:
+        servers = (settings.get("federation") or {}).get("allowed_servers") or []
+        return {"federation_domain_whitelist": sorted(set(servers))}
+    return {}  # open: Synapse federates with anyone when there is no whitelist
+
+
+def _registration_config(settings: dict[str, Any]) -> dict[str, Any]:
+    policy = registration_policy(settings)
+    if policy is RegistrationPolicy.CLOSED:
+        return {"enable_registration": False}
+    if policy is RegistrationPolicy.TOKEN:
+        return {"enable_registration": True, "registration_requires_token": True}
+    # Synapse refuses to start with open registration unless told that no verification
+    # (e-mail, captcha, token) is wanted.
+    return {"enable_registration": True, "enable_registration_without_verification": True}
+
+
+def _retention_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """A default policy every room gets; rooms may shorten it, never lengthen it (the
+    tenant's limit is a compliance promise). MSC1763's endpoint lets clients read it."""
+    retention = settings.get("message_retention")
+    if not retention:
+        return {}
+    lifetime = f"{int(retention['max_lifetime_days'])}d"
+    return {
+        "retention": {
+            "enabled": True,
+            "default_policy": {"max_lifetime": lifetime},
+            "allowed_lifetime_max": lifetime,
+            "purge_jobs": [{"interval": "12h"}],
+        },
+        "experimental_features": {"msc1763_enabled": True},
+    }
+
+
+def _required_secret(secrets_: dict[str, str], key: str) -> str:
+    value = secrets_.get(key)
+    if not value:
+        raise PermanentError(f"homeserver setting secret {key} is missing; set it again")
+    return value
+
+
+def _turn_config(settings: dict[str, Any], secrets_: dict[str, str]) -> dict[str, Any]:
+    turn = settings.get("turn")
+    if not turn:
+        return {}
+    return {
+        "turn_uris": list(turn["uris"]),
+        "turn_shared_secret": _required_secret(secrets_, TURN_SHARED_SECRET),
+        "turn_user_lifetime": f"{int(turn['user_lifetime_s'])}s",
+        "turn_allow_guests": False,
+    }
+
+
+# Users signing in through the IdP get the localpart of their preferred_username, or of
+# their subject when the IdP sends none (Synapse maps invalid characters itself).
+OIDC_LOCALPART_TEMPLATE = "{{ user.preferred_username or user.sub }}"
+
+
+def _oidc_config(settings: dict[str, Any], secrets_: dict[str, str]) -> dict[str, Any]:
+    oidc = settings.get("oidc")
+    if not oidc:
+        return {}
+    provider = {
+        "idp_id": "oidc",
+        "idp_name": oidc.get("display_name") or "SSO",
+        "issuer": oidc["issuer"],
+        "client_id": oidc["client_id"],
+        "client_secret": _required_secret(secrets_, OIDC_CLIENT_SECRET),
+        "scopes": list(oidc["scopes"]),
+        "discover": True,
+        "user_mapping_provider": {"config": {"localpart_template": OIDC_LOCALPART_TEMPLATE}},
+    }
+    return {"oidc_providers": [provider]}
 
 
 def render_log_config(data_dir: Path) -> dict[str, Any]:

@@ -133,5 +133,6 @@ PlansWrite = _dep(Scope.PLANS_WRITE, platform_wide=True)
 KeysWrite = _dep(Scope.KEYS_WRITE)
 AuditRead = _dep(Scope.AUDIT_READ)
 AccountsWrite = _dep(Scope.ACCOUNTS_WRITE, platform_wide=True)
+MetricsRead = _dep(Scope.METRICS_READ, platform_wide=True)
 # Any authenticated principal (e.g. reading the plan catalogue).
 Authenticated = PrincipalDep

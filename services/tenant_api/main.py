@@ -11,14 +11,17 @@ from sqlalchemy import text
 from platform_core.db import async_engine
 from platform_core.migrate import assert_migrated
 from platform_core.settings import get_settings
-from tenant_api import errors
+from tenant_api import access_log, errors
 from tenant_api.accounts.endpoints import router as accounts_router
 from tenant_api.api_keys.endpoints import router as api_keys_router
 from tenant_api.audit.endpoints import router as audit_router
+from tenant_api.exports.endpoints import router as exports_router
 from tenant_api.invoices.endpoints import router as invoices_router
+from tenant_api.metrics.endpoints import router as metrics_router
 from tenant_api.middleware import IdempotencyMiddleware, RequestIdMiddleware
 from tenant_api.operations.endpoints import router as operations_router
 from tenant_api.plans.endpoints import router as plans_router
+from tenant_api.registration_tokens.endpoints import router as registration_tokens_router
 from tenant_api.tenants.endpoints import router as tenants_router
 from tenant_api.usage.endpoints import router as usage_router
 from tenant_api.users.endpoints import router as users_router
@@ -47,12 +50,16 @@ def create_app() -> FastAPI:
     app.include_router(tenants_router)
     app.include_router(operations_router)
     app.include_router(users_router)
+    app.include_router(registration_tokens_router)
+    access_log.install()
     app.include_router(usage_router)
     app.include_router(plans_router)
     app.include_router(invoices_router)
     app.include_router(accounts_router)
     app.include_router(api_keys_router)
     app.include_router(audit_router)
+    app.include_router(metrics_router)
+    app.include_router(exports_router)
     # Outermost first: the request id exists before idempotency replays or records anything.
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestIdMiddleware)

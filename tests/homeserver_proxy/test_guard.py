@@ -70,10 +70,42 @@ def test_dot_segments_and_control_bytes_are_refused(path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/", "/index.html", "/_matrix/federation/v1/send/1", "/_matrix/key/v2/server", "/metrics"],
+    [
+        "/",
+        "/index.html",
+        "/metrics",
+        "/_matrix/federation",  # the bare prefix is no server-server path
+        "/_matrix/%66ederation/v1/version",  # not literally the prefix that would be forwarded
+        "/_MATRIX/KEY/v2/server",
+    ],
 )
 def test_everything_outside_the_client_surface_is_not_served(path: str) -> None:
     assert classify(path) is Verdict.NOT_SERVED
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/federation/v1/send/1",
+        "/_matrix/federation/v2/invite/!r/$e",
+        "/_matrix/key/v2/server",
+    ],
+)
+def test_server_server_paths_are_told_apart_for_the_app_to_decide(path: str) -> None:
+    assert classify(path) is Verdict.FEDERATION
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/federation/../../_synapse/admin/v1/server_version",
+        "/_matrix/federation/%2e%2e/%2e%2e/_synapse/admin",
+        "/_matrix/key/..;/..;/_synapse/admin",
+        "/_matrix/federation%2f..%2f..%2f_synapse/admin",
+    ],
+)
+def test_server_server_paths_cannot_climb_to_the_admin_api(path: str) -> None:
+    assert classify(path) in (Verdict.MALFORMED, Verdict.NOT_SERVED)
 
 
 def test_prefix_must_be_literal_in_the_forwarded_path() -> None:

@@ -36,6 +36,21 @@ def test_production_refuses_sqlite() -> None:
         )
 
 
+def test_the_fake_backend_and_its_failure_injection_stay_out_of_real_runs() -> None:
+    with pytest.raises(ValidationError, match="C3_BACKEND=fake"):
+        Settings(fake_backend_fail="acme")
+    with pytest.raises(ValidationError, match="not in production"):
+        Settings(
+            mode="production",
+            database_url="postgresql://db/c3",
+            redis_url="redis://r",
+            secret_key="k" * 32,
+            operator_token="t",
+            backend="fake",
+        )
+    assert Settings(backend="fake", fake_backend_crash="acme").fake_backend_crash == "acme"
+
+
 def test_short_secret_keys_and_clashing_ports_fail_fast() -> None:
     with pytest.raises(ValidationError, match="32 characters"):
         Settings(secret_key="short")

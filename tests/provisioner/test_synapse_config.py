@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import yaml
 from signedjson.key import read_signing_keys
+from synapse.config.homeserver import HomeServerConfig
 
+from platform_core.errors import PermanentError
 from provisioner.synapse_config import (
     HomeserverSecrets,
     HomeserverSpec,
@@ -88,3 +92,129 @@ def test_files_are_written_once_readable_by_synapse_and_private(tmp_path: Path) 
     for name in ("homeserver.yaml", "signing.key"):
         assert (directory / name).stat().st_mode & 0o077 == 0
     assert write_homeserver_files(spec(tmp_path, rc_message_burst=7), hs_secrets) is True
+
+
+# Tenant homeserver settings (PATCH /v1/tenants/{id}) → Synapse options ---------------------
+
+OIDC = {
+    "issuer": "https://login.acme.example/realms/staff",
+    "client_id": "c3-acme",
+    "display_name": "Acme SSO",
+    "scopes": ["openid", "profile"],
+}
+SETTING_SECRETS = {"turn_shared_secret": "turn-static-auth-secret", "oidc_client_secret": "oidc-s"}
+SECRETS = HomeserverSecrets.generate()
+
+
+def with_settings(tmp_path: Path, settings: dict, **limits: object) -> HomeserverSpec:
+    return replace(spec(tmp_path, **limits), settings=settings, setting_secrets=SETTING_SECRETS)
+
+
+def render(tmp_path: Path, settings: dict, **limits: object) -> dict:
+    return render_homeserver_config(with_settings(tmp_path, settings, **limits), SECRETS)
+
+
+def resource_names(config: dict) -> set[str]:
+    [listener] = config["listeners"]
+    return {name for resource in listener["resources"] for name in resource["names"]}
+
+
+def test_federation_off_allowlist_and_open(tmp_path: Path) -> None:
+    off = render(tmp_path, {})
+    assert off["federation_domain_whitelist"] == [] and "federation" not in resource_names(off)
+    allow = render(
+        tmp_path,
+        {"federation": {"mode": "allowlist", "allowed_servers": ["b.example", "a.example"]}},
+    )
+    assert allow["federation_domain_whitelist"] == ["a.example", "b.example"]
+    assert resource_names(allow) == {"client", "federation", "media"}
+    public = render(tmp_path, {"federation": {"mode": "open", "allowed_servers": []}})
+    assert "federation_domain_whitelist" not in public  # no whitelist: any server
+    assert "federation" in resource_names(public)
+    assert public["allow_public_rooms_over_federation"] is False
+
+
+def test_registration_policies(tmp_path: Path) -> None:
+    closed = render(tmp_path, {"registration": "closed"})
+    assert closed["enable_registration"] is False
+    token = render(tmp_path, {"registration": "token"})
+    assert token["enable_registration"] is True and token["registration_requires_token"] is True
+    assert "enable_registration_without_verification" not in token
+    public = render(tmp_path, {"registration": "open"})
+    assert public["enable_registration"] is True
+    assert public["enable_registration_without_verification"] is True
+
+
+def test_message_retention_is_a_default_policy_rooms_cannot_lengthen(tmp_path: Path) -> None:
+    assert "retention" not in render(tmp_path, {})
+    config = render(tmp_path, {"message_retention": {"max_lifetime_days": 30}})
+    assert config["retention"]["enabled"] is True
+    assert config["retention"]["default_policy"] == {"max_lifetime": "30d"}
+    assert config["retention"]["allowed_lifetime_max"] == "30d"
+    assert config["retention"]["purge_jobs"]
+    assert config["experimental_features"] == {"msc1763_enabled": True}  # clients can read it
+
+
+def test_the_smaller_of_plan_and_tenant_upload_cap_applies(tmp_path: Path) -> None:
+    plan = {"max_upload_size_bytes": 10 * 1024 * 1024}
+    lower = render(tmp_path, {"max_upload_size_bytes": 2 * 1024 * 1024}, **plan)
+    assert lower["max_upload_size"] == str(2 * 1024 * 1024)
+    # A plan moved below the tenant's own cap wins.
+    higher = render(tmp_path, {"max_upload_size_bytes": 20 * 1024 * 1024}, **plan)
+    assert higher["max_upload_size"] == str(10 * 1024 * 1024)
+
+
+def test_turn_and_oidc_carry_their_secrets(tmp_path: Path) -> None:
+    config = render(
+        tmp_path,
+        {"turn": {"uris": ["turns:turn.acme.example:443"], "user_lifetime_s": 600}, "oidc": OIDC},
+    )
+    assert config["turn_uris"] == ["turns:turn.acme.example:443"]
+    assert config["turn_shared_secret"] == "turn-static-auth-secret"
+    assert config["turn_user_lifetime"] == "600s" and config["turn_allow_guests"] is False
+    [provider] = config["oidc_providers"]
+    assert provider["idp_id"] == "oidc" and provider["idp_name"] == "Acme SSO"
+    assert provider["issuer"] == OIDC["issuer"] and provider["client_secret"] == "oidc-s"
+    assert provider["discover"] is True
+    template = provider["user_mapping_provider"]["config"]["localpart_template"]
+    assert "preferred_username" in template and "sub" in template
+
+
+def test_a_missing_setting_secret_fails_clearly(tmp_path: Path) -> None:
+    bare = replace(spec(tmp_path), settings={"oidc": OIDC})
+    with pytest.raises(PermanentError, match="oidc_client_secret"):
+        render_homeserver_config(bare, SECRETS)
+
+
+ALL_SETTINGS = {
+    "federation": {"mode": "allowlist", "allowed_servers": ["partner.example"]},
+    "registration": "token",
+    "message_retention": {"max_lifetime_days": 7},
+    "max_upload_size_bytes": 4096,
+    "turn": {"uris": ["turn:turn.acme.example:3478?transport=udp"], "user_lifetime_s": 3600},
+    "oidc": OIDC,
+}
+
+
+def test_same_settings_same_files(tmp_path: Path) -> None:
+    assert write_homeserver_files(with_settings(tmp_path, ALL_SETTINGS), SECRETS) is True
+    assert write_homeserver_files(with_settings(tmp_path, dict(ALL_SETTINGS)), SECRETS) is False
+    reordered = {
+        **ALL_SETTINGS,
+        "federation": {"mode": "allowlist", "allowed_servers": ["partner.example"] * 2},
+    }
+    assert write_homeserver_files(with_settings(tmp_path, reordered), SECRETS) is False
+    changed = {**ALL_SETTINGS, "registration": "open"}
+    assert write_homeserver_files(with_settings(tmp_path, changed), SECRETS) is True
+
+
+def test_synapse_itself_accepts_the_rendered_settings(tmp_path: Path) -> None:
+    """Synapse's own config loader (the one `synapse.app.homeserver` runs) reads it back."""
+    write_homeserver_files(with_settings(tmp_path, ALL_SETTINGS), SECRETS)
+    loaded = HomeServerConfig.load_config("c3", ["-c", str(tmp_path / "hs" / "homeserver.yaml")])
+    assert set(loaded.federation.federation_domain_whitelist or {}) == {"partner.example"}
+    assert loaded.registration.registration_requires_token is True
+    assert loaded.retention.retention_default_max_lifetime == 7 * 86400 * 1000
+    assert loaded.media.max_upload_size == 4096
+    assert loaded.voip.turn_user_lifetime == 3600 * 1000
+    assert [p.idp_id for p in loaded.oidc.oidc_providers] == ["oidc"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,13 +21,18 @@ from platform_core.models import (
     Account,
     ApiKey,
     AuditEvent,
+    ExportState,
     Invoice,
     Operation,
+    OperationKind,
+    OperationState,
     Plan,
     Tenant,
+    TenantExport,
     TenantPlanChange,
 )
 from platform_core.settings import get_settings
+from tenant_api.exports import links
 from tenant_api.invoices import tasks as invoice_tasks
 from tenant_api.main import create_app
 from tests.tenant_api.tenants.test_endpoints import slug
@@ -77,6 +82,17 @@ MATRIX: dict[str, dict[str, Cell]] = {
     "GET /v1/api-keys": row(["ok", "ok", "ok", "403", "ok", "401", "401"]),
     "DELETE /v1/api-keys/{key_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
     "GET /v1/audit-events": row(["ok", "ok", "ok", "403", "ok", "401", "401"]),
+    # Registration tokens are credentials that create accounts: users:write even to list them.
+    "POST /v1/tenants/{tenant_id}/registration-tokens": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/registration-tokens": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "DELETE /v1/tenants/{tenant_id}/registration-tokens/{token}": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "POST /v1/tenants/{tenant_id}/export": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/exports": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/exports/{export_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
+    # Authorised by the link's signature alone: whoever holds a valid link downloads, with any
+    # Authorization header or none (a bad signature is 404 for everyone: test_exports).
+    "GET /v1/exports/{export_id}/download": row([("ok", "ok")] * len(CALLERS)),
+    "GET /metrics": row(["ok", "403", "403", "403", "403", "401", "401"]),
 }  # fmt: skip
 # Open to everyone by design: sign-in, token revocation, health.
 PUBLIC = {"POST /v1/auth/token", "POST /v1/auth/revoke", "GET /healthz"}
@@ -91,6 +107,8 @@ class World:
     plan_code: str
     headers: dict[str, dict[str, str]]
     victim_key: Callable[[str], str]  # a fresh key of tenant a/b to revoke
+    # A ready export of tenant a/b and its download link's query.
+    exports: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -193,9 +211,38 @@ async def _world(api: httpx.AsyncClient) -> World:
                 },
             )
             victims[side].append(created.json()["id"])
-    return World(
+    world = World(
         tenants, operations, invoices, last_month, plan_code, headers, lambda s: victims[s].pop()
     )
+    world.exports = {side: _ready_export(tenants[side]["id"]) for side in ("a", "b")}
+    return world
+
+
+def _ready_export(tenant_id: str) -> tuple[str, dict[str, str]]:
+    """A finished export of the tenant (as the worker leaves it) and its download link."""
+    settings = get_settings()
+    with task_session() as session:
+        operation = Operation(
+            tenant_id=uuid.UUID(tenant_id),
+            kind=OperationKind.EXPORT,
+            state=OperationState.SUCCEEDED,
+        )
+        session.add(operation)
+        session.flush()
+        export = TenantExport(
+            tenant_id=operation.tenant_id,
+            operation_id=operation.id,
+            state=ExportState.READY,
+            expires_at=datetime.now(UTC) + timedelta(hours=1),
+        )
+        session.add(export)
+        session.flush()
+        path = settings.data_path / "exports" / f"{export.id}.tar.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"archive")
+        export.path, export.size_bytes = str(path), path.stat().st_size
+        query = links.query(settings.require_secret_key(), export.id, export.expires_at)  # type: ignore[arg-type]
+        return str(export.id), query
 
 
 def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str, Any]]:
@@ -208,6 +255,8 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         .replace("{period}", world.last_month)
         .replace("{code}", world.plan_code)
         .replace("{username}", "mx")
+        .replace("{token}", "mx-token-1234")
+        .replace("{export_id}", world.exports[side][0])
     )
     if "{key_id}" in path:
         path = path.replace("{key_id}", world.victim_key(side))
@@ -219,6 +268,7 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         "PATCH /v1/plans/{code}": {"name": f"M {uuid.uuid4().hex[:4]}"},
         "PATCH /v1/tenants/{tenant_id}/users/{username}": {"displayname": "Mx"},
         "POST /v1/tenants/{tenant_id}/users/{username}/deactivate": {"erase": False},
+        "POST /v1/tenants/{tenant_id}/registration-tokens": {"uses_allowed": 1},
         "POST /v1/accounts": {
             "email": f"n{uuid.uuid4().hex[:8]}@example.com",
             "password": PASSWORD,
@@ -226,6 +276,8 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         },
         "POST /v1/api-keys": {"name": "n", "scopes": ["tenants:read"]},
     }
+    if route == "GET /v1/exports/{export_id}/download":
+        return method, path, {"params": world.exports[side][1]}
     return method, path, ({"json": bodies[route]} if route in bodies else {})
 
 

@@ -32,6 +32,8 @@ class Scope(StrEnum):
     KEYS_WRITE = "keys:write"
     AUDIT_READ = "audit:read"
     ACCOUNTS_WRITE = "accounts:write"
+    # Platform metrics (GET /metrics): all a Prometheus scraper's key needs, and nothing else.
+    METRICS_READ = "metrics:read"
 
 
 ALL_SCOPES = frozenset(Scope)

@@ -18,6 +18,10 @@ import tarfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
 
 from platform_core.errors import TemporaryError
 from provisioner.backends.base import (
@@ -97,19 +101,28 @@ class LocalBackend(Backend):
         config = self._config_path(target.tenant_id)
         if not config.exists():
             raise TemporaryError("homeserver config missing; render it first")
-        # `sh -c '… & echo $!'` double-forks: Synapse is re-parented away from the worker, so
-        # it neither dies with the worker nor lingers as its zombie.
-        command = 'exec 0</dev/null; "$0" -m synapse.app.homeserver -c "$1" >>"$2" 2>&1 & echo $!'
-        launched = subprocess.run(
-            ["sh", "-c", command, self.python, str(config), str(directory / "stdout.log")],
+        # `sh -c '… &'` double-forks: the homeserver is re-parented away from the worker, so
+        # it neither dies with the worker nor lingers as its zombie. The shell, in its own
+        # session, writes the pid file itself: a worker killed mid-start (kill -9) never
+        # leaves a homeserver running that no pid file names.
+        pid_file = self._pid_path(target.tenant_id)
+        command = (
+            'exec 0</dev/null; log=$1 pid=$2; shift 2; "$@" >>"$log" 2>&1 & '
+            'echo $! >"$pid.new" && mv "$pid.new" "$pid"'
+        )
+        subprocess.run(
+            ["sh", "-c", command, "sh", str(directory / "stdout.log"), str(pid_file)]
+            + self._program(config),
             cwd=directory,
             capture_output=True,
-            text=True,
             check=True,
             start_new_session=True,
         )
-        pid = int(launched.stdout.strip())
-        self._pid_path(target.tenant_id).write_text(f"{pid}\n")
+
+    def _program(self, config: Path) -> list[str]:
+        """The homeserver's command line; it names ``config``, which is how a live pid is
+        recognised as this tenant's homeserver."""
+        return [self.python, "-m", "synapse.app.homeserver", "-c", str(config)]
 
     def is_running(self, tenant_id: str) -> bool:
         return self._live_pid(tenant_id) is not None
@@ -147,7 +160,12 @@ class LocalBackend(Backend):
 
     def purge_archives(self, tenant_id: str, *, older_than: datetime | None = None) -> int:
         purged = 0
-        for path in self.archive_root.glob(f"{tenant_id}-*.tar.gz"):
+        # Data archives, and dumps of the tenant's PostgreSQL database (tenant_databases).
+        paths = [
+            *self.archive_root.glob(f"{tenant_id}-*.tar.gz"),
+            *self.archive_root.glob(f"{tenant_id}-*.pgdump"),
+        ]
+        for path in paths:
             made = datetime.fromtimestamp(path.stat().st_mtime, UTC)
             if older_than is None or made < older_than:
                 path.unlink(missing_ok=True)
@@ -155,8 +173,16 @@ class LocalBackend(Backend):
         return purged
 
     def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
-        database = self.tenant_dir(tenant_id) / "homeserver.db"
-        if not database.exists():
+        config = self._config_path(tenant_id)
+        if not config.exists():
+            return None
+        # The database the homeserver itself is configured with: its own PostgreSQL
+        # database or the SQLite file in its data directory.
+        section = yaml.safe_load(config.read_text()).get("database") or {}
+        if section.get("name") == "psycopg2":
+            return _postgres_usage_counts(section["args"])
+        database = Path(section.get("args", {}).get("database", ""))
+        if not database.is_file():
             return None
         # Read-only, never creating the file; Synapse keeps writing meanwhile.
         conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
@@ -193,6 +219,20 @@ class LocalBackend(Backend):
         if str(self._config_path(tenant_id)).encode() not in cmdline:
             return None  # the pid was recycled by an unrelated process
         return pid
+
+
+def _postgres_usage_counts(args: dict[str, Any]) -> dict[str, int] | None:
+    """Usage from the tenant's PostgreSQL database, as the tenant's own role, read-only."""
+    params = {k: v for k, v in args.items() if not k.startswith("cp_")}  # Synapse pool options
+    with psycopg.connect(**params, connect_timeout=10) as conn:
+        conn.read_only = True
+        try:
+            messages = conn.execute(HOMESERVER_MESSAGES_SQL).fetchone()
+            media_bytes = conn.execute(HOMESERVER_MEDIA_BYTES_SQL).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None  # Synapse has not created its schema yet
+    assert messages is not None and media_bytes is not None
+    return {"messages": int(messages[0]), "media_bytes": int(media_bytes[0] or 0)}
 
 
 def _alive(pid: int) -> bool:

@@ -6,9 +6,11 @@ import uuid
 
 from fastapi import APIRouter, Request
 
+from platform_core import operation_history as history
 from platform_core.celery import TASK_FOR_OPERATION_KIND
 from platform_core.errors import Conflict, NotFound
 from platform_core.models import OperationState
+from platform_core.operation_history import OperationEvent
 from tenant_api.audit.service import record
 from tenant_api.deps import SessionDep, TenantsAdmin, TenantsRead
 from tenant_api.operations.repository import OperationRepository
@@ -44,6 +46,7 @@ async def retry_operation(
     operation.state = OperationState.PENDING
     operation.attempts = 0
     operation.finished_at = None
+    history.record(operation, OperationEvent.RETRY_REQUESTED)
     record(
         session,
         request,

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from platform_core.auth import Principal
 from platform_core.celery import TaskNames, send_task
+from platform_core.crypto import SecretBox
 from platform_core.settings import Settings
 from tenant_api.audit.service import record
 from tenant_api.deps import SessionDep, SettingsDep, TenantsAdmin, TenantsRead, TenantsWrite
@@ -116,10 +117,17 @@ async def update_tenant(
     principal: TenantsWrite,
     settings: SettingsDep,
 ) -> TenantOut:
+    """Change the display name, the plan (operators only) or the homeserver settings
+    (federation, registration, retention, upload cap, TURN, SSO). A change that alters the
+    homeserver's config answers with `Location:` the reconfigure operation applying it."""
     tenants = TenantRepository(session, principal)
     tenant = await tenants.get_or_404(tenant_id)
     plan_code, operation = await service.update_tenant(
-        tenants, OperationRepository(session, principal), tenant, body
+        tenants,
+        OperationRepository(session, principal),
+        tenant,
+        body,
+        SecretBox(settings.require_secret_key()),
     )
     record(
         session,
@@ -129,12 +137,12 @@ async def update_tenant(
         "tenant",
         tenant.id,
         tenant_id=tenant.id,
-        details=body.model_dump(exclude_none=True),
+        details=body.audit_details(),
     )
     await session.commit()
     await session.refresh(tenant)
     if operation is not None:
-        # The new plan's limits reach the homeserver through this operation.
+        # The new plan's limits and settings reach the homeserver through this operation.
         response.headers["Location"] = str(
             request.url_for("get_operation", operation_id=operation.id)
         )

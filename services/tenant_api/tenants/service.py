@@ -10,10 +10,12 @@ from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
+from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, InvalidRequest
 from platform_core.models import (
     Operation,
     OperationKind,
+    Plan,
     Tenant,
     TenantPlanChange,
     TenantStatus,
@@ -21,6 +23,7 @@ from platform_core.models import (
 )
 from platform_core.settings import Settings
 from tenant_api.operations.repository import OperationRepository
+from tenant_api.tenants import homeserver_settings
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.tenants.schemas import TenantCreate, TenantOut, TenantPatch
 
@@ -40,6 +43,7 @@ def to_out(tenant: Tenant, plan_code: str, settings: Settings) -> TenantOut:
         plan=plan_code,
         homeserver_url=settings.homeserver_url(tenant.server_name),
         homeserver_path_url=f"{public}/t/{tenant.slug}",
+        settings=homeserver_settings.settings_out(tenant),
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,
         deleted_at=tenant.deleted_at,
@@ -99,23 +103,42 @@ async def update_tenant(
     operations: OperationRepository,
     tenant: Tenant,
     body: TenantPatch,
+    box: SecretBox,
 ) -> tuple[str, Operation | None]:
     """Apply a PATCH; returns the plan code afterwards and the reconfigure operation that
-    brings a new plan's limits to the homeserver (None when nothing needs it)."""
+    brings a new plan's limits or new homeserver settings to the homeserver (None when the
+    homeserver's config does not change, or when there is no running homeserver yet: the
+    provisioning renders the settings as they are then)."""
     if body.plan is not None and not tenants.principal.platform_wide:
         raise InvalidRequest("plan: only operators change a tenant's plan")
     if tenant.status in (TenantStatus.DELETING, TenantStatus.DELETED):
         raise Conflict(f"tenant is {tenant.status.value}")
     if body.display_name is not None:
         tenant.display_name = body.display_name
-    codes = await tenants.plan_codes({tenant.plan_id})
-    if body.plan is None or body.plan == codes[tenant.plan_id]:
-        return codes[tenant.plan_id], None
-    new_plan = await tenants.get_plan(body.plan)
+    plan, plan_changed = await _plan_after(tenants, tenant, body.plan)
+    settings_changed = homeserver_settings.apply_patch(tenant, body, box, plan.limits or {})
+    operation = None
+    if (plan_changed or settings_changed) and tenant.status in (
+        TenantStatus.ACTIVE,
+        TenantStatus.SUSPENDED,
+    ):
+        operation = await operations.start(tenant.id, OperationKind.RECONFIGURE)
+    return plan.code, operation
+
+
+async def _plan_after(
+    tenants: TenantRepository, tenant: Tenant, code: str | None
+) -> tuple[Plan, bool]:
+    """Move the tenant to plan ``code`` (None: stay); returns its plan and whether it moved."""
+    current = (await tenants.plan_codes({tenant.plan_id}))[tenant.plan_id]
+    old_plan = await tenants.get_plan(current)
+    assert old_plan is not None  # tenants.plan_id is a foreign key
+    if code is None or code == current:
+        return old_plan, False
+    new_plan = await tenants.get_plan(code)
     if new_plan is None:
-        raise InvalidRequest(f"plan: no plan with code '{body.plan}'")
-    old_plan = await tenants.get_plan(codes[tenant.plan_id])
-    if old_plan is not None and old_plan.currency != new_plan.currency:
+        raise InvalidRequest(f"plan: no plan with code '{code}'")
+    if old_plan.currency != new_plan.currency:
         raise InvalidRequest(
             f"plan: '{new_plan.code}' bills in {new_plan.currency}, this tenant in "
             f"{old_plan.currency}; one invoice cannot mix currencies"
@@ -124,10 +147,7 @@ async def update_tenant(
     await tenants.add_plan_change(
         TenantPlanChange(tenant_id=tenant.id, plan_id=new_plan.id, effective_at=utcnow())
     )
-    operation = None
-    if tenant.status in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
-        operation = await operations.start(tenant.id, OperationKind.RECONFIGURE)
-    return new_plan.code, operation
+    return new_plan, True
 
 
 async def suspend_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:

@@ -1,0 +1,495 @@
+"""Tenant exports: one ``.tar.gz`` of a tenant's homeserver that restores into a fresh Synapse.
+
+The archive (``<data dir>/exports/<export id>.tar.gz``, mode 0600) holds::
+
+    database/homeserver.db      SQLite, copied with SQLite's online backup API
+    database/homeserver.pgdump  or: ``pg_dump -Fc`` of the tenant's own PostgreSQL database
+    media_store/…               uploaded media and thumbnails
+    signing.key                 the homeserver's signing key (its identity towards other servers)
+    homeserver.yaml             the config, with the platform's operating secrets taken out
+    manifest.json               format version, tenant, server_name, Synapse version, created_at
+                                (UTC) and the SHA-256 and size of every other file
+
+Config redaction: ``registration_shared_secret``, ``macaroon_secret_key`` and ``form_secret``
+are how the *platform* operates the homeserver, so they are removed. A restore needs none of
+them: Synapse derives a macaroon key from the signing key, access tokens live in the database
+(users stay signed in), and whoever restores sets their own shared secret if they want one.
+Any other secret in the config (TURN shared secret, OIDC client secret, the tenant database
+role's password) is replaced by ``<redacted>`` so the file still parses; the manifest lists
+every path removed or replaced.
+
+Made by an operation body (``export``) under the tenant's lease; the beat task
+``expire_exports`` deletes archives past their expiry. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from platform_core.db import task_session
+from platform_core.errors import PermanentError, TemporaryError
+from platform_core.models import (
+    ExportState,
+    Operation,
+    OperationState,
+    Tenant,
+    TenantExport,
+    TenantStatus,
+    utcnow,
+)
+from platform_core.settings import Settings
+from provisioner import repository, steps, tenant_databases
+from provisioner.backends.local import LocalBackend
+from provisioner.lease import Lease
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_FORMAT = "c3-tenant-export"
+FORMAT_VERSION = 1
+REDACTED = "<redacted>"
+# The platform's own handles on the homeserver: removed from the exported config.
+PLATFORM_SECRET_KEYS = ("registration_shared_secret", "macaroon_secret_key", "form_secret")
+# Config keys whose values are secrets whatever they hold (``*_path`` keys name files).
+_SECRET_WORDS = ("secret", "password")
+_CHUNK = 1024 * 1024
+# gzip's own default. tarfile's 9 took twice as long for the same size: media (most of the
+# bytes) is compressed already.
+_GZIP_LEVEL = 6
+_RENEW_EVERY_S = 20.0
+_GONE = (TenantStatus.DELETING, TenantStatus.DELETED)
+# Work directories of exports that died (kill -9) are removed after this long.
+_STALE_WORK_AFTER = timedelta(hours=2)
+
+
+# Paths --------------------------------------------------------------------------------
+
+
+def exports_dir(settings: Settings) -> Path:
+    return settings.data_path / "exports"
+
+
+def archive_path(settings: Settings, export_id: uuid.UUID) -> Path:
+    return exports_dir(settings) / f"{export_id}.tar.gz"
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+# What is exported ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """One tenant's homeserver as the archive sees it."""
+
+    export_id: uuid.UUID
+    tenant_id: uuid.UUID
+    server_name: str
+    data_dir: Path  # homeserver.yaml, signing.key, media_store/ (and homeserver.db on SQLite)
+    database_name: str | None = None  # its own PostgreSQL database; None: SQLite in data_dir
+    # Every secret value the config may hold, redacted wherever it appears.
+    secrets: frozenset[str] = field(default_factory=frozenset, repr=False)
+
+
+@dataclass
+class _Manifest:
+    source: ExportSource
+    synapse_version: str
+    database: dict[str, str] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    created_at: datetime = field(default_factory=utcnow)  # when the database was snapshotted
+
+    def render(self) -> bytes:
+        body = {
+            "format": ARCHIVE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "export_id": str(self.source.export_id),
+            "tenant_id": str(self.source.tenant_id),
+            "server_name": self.source.server_name,
+            "synapse_version": self.synapse_version,
+            "created_at": self.created_at.isoformat(),
+            "database": self.database,
+            "config_redactions": {
+                "removed": self.removed,
+                "replaced": self.replaced,
+                "placeholder": REDACTED,
+            },
+            "files": dict(sorted(self.files.items())),
+        }
+        return json.dumps(body, indent=2).encode()
+
+
+# The operation body -------------------------------------------------------------------
+
+
+def export(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
+    """Make the export's archive unless it exists, then mark the export ready. A redelivered
+    task finds the finished archive (it is renamed into place only when complete) and makes
+    no second one."""
+    with task_session() as session:
+        row = _export_of(session, op_id)
+        if row.state is ExportState.READY:
+            return
+        if row.state is ExportState.EXPIRED:
+            raise PermanentError("this export expired already")
+        row.state = ExportState.PENDING  # a failed export that an operator retried
+        tenant = repository.get_tenant(session, row.tenant_id)
+        assert tenant is not None
+        if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
+            from provisioner.tasks import Superseded  # tasks imports this module
+
+            raise Superseded(f"a {tenant.status.value} tenant cannot be exported")
+        source = _source(session, ctx, tenant, row.id)
+    final = archive_path(ctx.settings, source.export_id)
+    if not final.exists():
+        build_archive(
+            source,
+            final,
+            admin_url=ctx.settings.tenant_database_url,
+            synapse_version=synapse_version(ctx.settings.synapse_python),
+            keep_alive=_renewer(lease),
+        )
+    size, digest = file_digest(final)
+    with task_session() as session:
+        row = _export_of(session, op_id)
+        row.state = ExportState.READY
+        row.path = str(final)
+        row.size_bytes = size
+        row.sha256 = digest
+        row.expires_at = utcnow() + timedelta(seconds=ctx.settings.export_link_ttl_s)
+    log.info("export %s of tenant %s ready (%d bytes)", source.export_id, source.tenant_id, size)
+
+
+def _export_of(session: Session, op_id: uuid.UUID) -> TenantExport:
+    row = session.scalars(select(TenantExport).where(TenantExport.operation_id == op_id)).first()
+    if row is None:
+        raise PermanentError(f"operation {op_id} has no export record")
+    return row
+
+
+def _source(
+    session: Session, ctx: steps.Context, tenant: Tenant, export_id: uuid.UUID
+) -> ExportSource:
+    if not isinstance(ctx.backend, LocalBackend):
+        raise PermanentError(f"exports are not available on the {ctx.backend.name} backend")
+    hs = repository.get_homeserver(session, tenant.id)
+    if hs is None or hs.secrets_encrypted is None:
+        raise PermanentError("the tenant has no homeserver to export")
+    homeserver_secrets = ctx.box.decrypt_json(hs.secrets_encrypted)
+    homeserver_secrets.pop("signing_key", None)  # exported on purpose, as signing.key
+    setting_secrets = (
+        ctx.box.decrypt_json(tenant.settings_secrets_encrypted)
+        if tenant.settings_secrets_encrypted
+        else {}
+    )
+    known = [*homeserver_secrets.values(), *setting_secrets.values()]
+    return ExportSource(
+        export_id=export_id,
+        tenant_id=tenant.id,
+        server_name=tenant.server_name,
+        data_dir=ctx.backend.tenant_dir(str(tenant.id)),
+        database_name=hs.database_name,
+        secrets=frozenset(v for v in known if isinstance(v, str) and len(v) >= 8),
+    )
+
+
+def _renewer(lease: Lease) -> Callable[[], None]:
+    """Renews the tenant's lease now and then while a long archive is written."""
+    last = time.monotonic()
+
+    def keep_alive() -> None:
+        nonlocal last
+        if time.monotonic() - last >= _RENEW_EVERY_S:
+            lease.renew()
+            last = time.monotonic()
+
+    return keep_alive
+
+
+# The archive --------------------------------------------------------------------------
+
+
+def build_archive(
+    source: ExportSource,
+    dest: Path,
+    *,
+    admin_url: str | None,
+    synapse_version: str,
+    keep_alive: Callable[[], None] = lambda: None,
+) -> None:
+    """Write the archive to ``dest.partial`` (0600) and rename it to ``dest`` when complete.
+
+    The database is snapshotted first: Synapse writes a media file before it records it, so
+    every file the snapshot refers to is complete on disk by the time media is copied."""
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = _partial(dest)
+    partial.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".work-") as work:
+        manifest = _Manifest(source, synapse_version)
+        database, member = _snapshot_database(source, Path(work), admin_url)
+        keep_alive()
+        manifest.database = {
+            "engine": "postgresql" if source.database_name else "sqlite3",
+            "path": member,
+        }
+        try:
+            _write_tar(partial, source, manifest, database, member, keep_alive)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    partial.replace(dest)
+
+
+def _write_tar(
+    partial: Path,
+    source: ExportSource,
+    manifest: _Manifest,
+    database: Path,
+    member: str,
+    keep_alive: Callable[[], None],
+) -> None:
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=_GZIP_LEVEL) as tar:
+            _add_file(tar, manifest, database, member)
+            config = _redacted_config(source, manifest)
+            _add_bytes(tar, manifest, "homeserver.yaml", config)
+            _add_file(tar, manifest, source.data_dir / "signing.key", "signing.key")
+            for path, name in _media_files(source.data_dir / "media_store"):
+                try:
+                    _add_file(tar, manifest, path, name)
+                except FileNotFoundError:
+                    continue  # an upload that failed and was removed: nothing refers to it
+                keep_alive()
+            _add_bytes(tar, None, "manifest.json", manifest.render())
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+def _snapshot_database(source: ExportSource, work: Path, admin_url: str | None) -> tuple[Path, str]:
+    if source.database_name is not None:
+        if not admin_url:
+            raise PermanentError(
+                "the tenant's data is in PostgreSQL but C3_TENANT_DATABASE_URL is not set"
+            )
+        dump = work / "homeserver.pgdump"
+        tenant_databases.dump_database(admin_url, source.database_name, dump)
+        return dump, "database/homeserver.pgdump"
+    copy = work / "homeserver.db"
+    backup_sqlite(source.data_dir / "homeserver.db", copy)
+    return copy, "database/homeserver.db"
+
+
+def backup_sqlite(database: Path, dest: Path) -> None:
+    """A consistent copy of a live SQLite database through SQLite's online backup API, in one
+    step (so it is one snapshot even while Synapse writes; WAL readers do not block it).
+    Copying the file instead could catch half a transaction or miss what is still in the WAL.
+    The copy is switched to a self-contained rollback journal (no -wal file to carry)."""
+    if not database.is_file():
+        raise PermanentError("the homeserver has no database yet")
+    source = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+    try:
+        target = sqlite3.connect(dest)
+        try:
+            source.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+    except sqlite3.Error as exc:
+        raise TemporaryError(f"database backup failed: {exc}") from exc
+    finally:
+        source.close()
+    dest.chmod(0o600)
+
+
+def _redacted_config(source: ExportSource, manifest: _Manifest) -> bytes:
+    config = yaml.safe_load((source.data_dir / "homeserver.yaml").read_text())
+    if not isinstance(config, dict):
+        raise PermanentError("the homeserver's config is not a mapping")
+    for key in PLATFORM_SECRET_KEYS:
+        if config.pop(key, None) is not None:
+            manifest.removed.append(key)
+    redacted = _redact(config, "", source.secrets, manifest.replaced)
+    return yaml.safe_dump(redacted, sort_keys=True).encode()
+
+
+def _redact(value: Any, path: str, secrets: frozenset[str], replaced: list[str]) -> Any:
+    """``value`` with every secret replaced by the placeholder: any string holding a known
+    secret value, and any string under a key that names a secret."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if isinstance(item, str) and _names_secret(str(key)):
+                replaced.append(child)
+                out[key] = REDACTED
+            else:
+                out[key] = _redact(item, child, secrets, replaced)
+        return out
+    if isinstance(value, list):
+        return [_redact(item, f"{path}[{i}]", secrets, replaced) for i, item in enumerate(value)]
+    if isinstance(value, str) and any(secret in value for secret in secrets):
+        replaced.append(path)
+        return REDACTED
+    return value
+
+
+def _names_secret(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith("_path")
+
+
+def _media_files(root: Path) -> Iterator[tuple[Path, str]]:
+    """Every regular file under the media store, in a stable order (symlinks skipped)."""
+    if not root.is_dir():
+        return
+    for directory, subdirs, files in os.walk(root):
+        subdirs.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            if path.is_file() and not path.is_symlink():
+                yield path, f"media_store/{path.relative_to(root).as_posix()}"
+
+
+class _HashingReader:
+    """Feeds a file to tarfile while hashing exactly the bytes that went into the archive."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self.digest.update(chunk)
+        return chunk
+
+
+def _add_file(tar: tarfile.TarFile, manifest: _Manifest, path: Path, name: str) -> None:
+    with open(path, "rb") as handle:
+        info = tar.gettarinfo(fileobj=handle, arcname=name)
+        info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "", ""
+        reader = _HashingReader(handle)
+        tar.addfile(info, reader)  # type: ignore[arg-type]
+    manifest.files[name] = {"sha256": reader.digest.hexdigest(), "size": info.size}
+
+
+def _add_bytes(tar: tarfile.TarFile, manifest: _Manifest | None, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+    if manifest is not None:
+        manifest.files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 (hex) of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return path.stat().st_size, digest.hexdigest()
+
+
+def synapse_version(python: str | None) -> str:
+    """The version of the Synapse that runs tenants (the interpreter C3_SYNAPSE_PYTHON names,
+    or this one)."""
+    if python is None or python == sys.executable:
+        try:
+            return version("matrix-synapse")
+        except PackageNotFoundError as exc:
+            raise PermanentError("matrix-synapse is not installed") from exc
+    asked = subprocess.run(
+        [python, "-c", "from importlib.metadata import version; print(version('matrix-synapse'))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if asked.returncode != 0:
+        raise TemporaryError(f"cannot read the Synapse version of {python}")
+    return asked.stdout.strip()
+
+
+# Expiry -------------------------------------------------------------------------------
+
+
+def expire_exports(settings: Settings) -> dict[str, int]:
+    """Delete the archives of exports past their expiry or of deleted tenants (state →
+    expired: a deleted tenant's data must not outlive it here), record exports
+    whose operation gave up as failed (state → failed, leftovers deleted), and remove work
+    directories of exports that died mid-way. Idempotent: a second run finds nothing to do."""
+    now = utcnow()
+    report = {"expired": 0, "failed": 0, "stale_work_dirs": 0}
+    with task_session() as session:
+        due = session.scalars(
+            select(TenantExport)
+            .join(Tenant, Tenant.id == TenantExport.tenant_id)
+            .where(
+                TenantExport.state == ExportState.READY,
+                or_(TenantExport.expires_at <= now, Tenant.status.in_(_GONE)),
+            )
+        )
+        for row in due:
+            _delete_archive(settings, row)
+            row.state = ExportState.EXPIRED
+            report["expired"] += 1
+        given_up = session.scalars(
+            select(TenantExport)
+            .join(Operation, Operation.id == TenantExport.operation_id)
+            .where(
+                TenantExport.state == ExportState.PENDING,
+                Operation.state == OperationState.FAILED,
+            )
+        )
+        for row in given_up:
+            _delete_archive(settings, row)
+            row.state = ExportState.FAILED
+            report["failed"] += 1
+    report["stale_work_dirs"] = _remove_stale_work_dirs(settings, now)
+    if any(report.values()):
+        log.info("expire exports: %s", report)
+    return report
+
+
+def _delete_archive(settings: Settings, row: TenantExport) -> None:
+    final = archive_path(settings, row.id)
+    for path in {final, _partial(final), *([Path(row.path)] if row.path else [])}:
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale_work_dirs(settings: Settings, now: datetime) -> int:
+    root = exports_dir(settings)
+    if not root.is_dir():
+        return 0
+    cutoff = (now - _STALE_WORK_AFTER).timestamp()
+    removed = 0
+    for work in root.glob(".work-*"):
+        if work.is_dir() and work.stat().st_mtime < cutoff:
+            shutil.rmtree(work, ignore_errors=True)
+            removed += 1
+    return removed

@@ -1,0 +1,1 @@
+"""Tenant exports: start one (an export operation), list them, download through a signed link."""

@@ -1,0 +1,149 @@
+"""Tenant exports: POST /v1/tenants/{id}/export (async, 202 + operation), list and get them,
+and GET /v1/exports/{id}/download — the signed, expiring link that needs no credentials.
+
+Every route but the download needs ``tenants:write``: an export holds every message, every
+media file and the homeserver's signing key, so seeing its link is worth as much as owning the
+tenant (a read-only key must not get it). Tenant admins export their own tenant.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import FileResponse
+
+from platform_core.celery import TaskNames
+from platform_core.errors import NotFound
+from tenant_api.audit.service import record
+from tenant_api.deps import SessionDep, SettingsDep, TenantsWrite
+from tenant_api.errors import PROBLEM
+from tenant_api.exports import service
+from tenant_api.exports.repository import ExportRepository, get_for_download
+from tenant_api.exports.schemas import ExportAccepted, ExportList, ExportOut
+from tenant_api.operations.repository import OperationRepository
+from tenant_api.tenants.endpoints import enqueue
+from tenant_api.tenants.repository import TenantRepository
+from tenant_api.tenants.schemas import OperationRef
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["exports"])
+
+
+def _download_base(request: Request) -> Callable[[uuid.UUID], str]:
+    return lambda export_id: str(request.url_for("download_export", export_id=export_id))
+
+
+@router.post(
+    "/tenants/{tenant_id}/export",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExportAccepted,
+)
+async def export_tenant(
+    tenant_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: TenantsWrite,
+    settings: SettingsDep,
+) -> ExportAccepted:
+    """Make a downloadable archive of the tenant's homeserver: database dump, media, signing
+    key, config (the platform's operating secrets removed) and a manifest with every file's
+    SHA-256. Active or suspended tenants only. While an export is being made, asking again
+    returns it instead of starting another."""
+    tenant = await TenantRepository(session, principal).get_or_404(tenant_id)
+    export, operation, new = await service.start_export(
+        tenant, ExportRepository(session, principal), OperationRepository(session, principal)
+    )
+    if new:
+        record(
+            session,
+            request,
+            principal,
+            "tenant.export",
+            "tenant_export",
+            export.id,
+            tenant_id=tenant.id,
+        )
+    operation_state = operation.state
+    await session.commit()
+    if new:
+        await enqueue(TaskNames.EXPORT_TENANT, operation.id)
+    url = str(request.url_for("get_operation", operation_id=operation.id))
+    response.headers["Location"] = url
+    out = service.to_out(
+        export, operation_state, settings.require_secret_key(), _download_base(request)
+    )
+    return ExportAccepted(**out.model_dump(), operation=OperationRef(id=operation.id, url=url))
+
+
+@router.get("/tenants/{tenant_id}/exports", response_model=ExportList)
+async def list_exports(
+    tenant_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    principal: TenantsWrite,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ExportList:
+    tenant = await TenantRepository(session, principal).get_or_404(tenant_id)
+    rows = await ExportRepository(session, principal).list_for_tenant(tenant.id, limit=limit)
+    key, base = settings.require_secret_key(), _download_base(request)
+    return ExportList(items=[service.to_out(e, state, key, base) for e, state in rows])
+
+
+@router.get("/tenants/{tenant_id}/exports/{export_id}", response_model=ExportOut)
+async def get_export(
+    tenant_id: uuid.UUID,
+    export_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    principal: TenantsWrite,
+    settings: SettingsDep,
+) -> ExportOut:
+    found = await ExportRepository(session, principal).get(tenant_id, export_id)
+    if found is None:
+        raise NotFound(f"export {export_id} not found")
+    export, operation_state = found
+    return service.to_out(
+        export, operation_state, settings.require_secret_key(), _download_base(request)
+    )
+
+
+_PROBLEM_BODY: dict[str, Any] = {"content": {PROBLEM: {}}}
+
+
+@router.get(
+    "/exports/{export_id}/download",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "The archive (.tar.gz)"},
+        404: {**_PROBLEM_BODY, "description": "No export at this link (or a bad signature)"},
+        410: {**_PROBLEM_BODY, "description": "The link expired"},
+    },
+)
+async def download_export(
+    export_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    expires: Annotated[int, Query(ge=0, le=2**40, description="Expiry (Unix seconds)")],
+    sig: Annotated[str, Query(max_length=256, description="The link's signature")],
+) -> FileResponse:
+    """Download an export's archive. Authorised by the link's signature alone (no
+    Authorization header): the `download_url` of a ready export."""
+    found = await get_for_download(session, export_id)
+    path = service.downloadable(found, export_id, expires, sig, settings.require_secret_key())
+    assert found is not None
+    export = found[0]
+    log.info("export %s of tenant %s downloaded", export.id, export.tenant_id)
+    stamp = export.created_at.strftime("%Y%m%dT%H%M%SZ")
+    return FileResponse(
+        path,
+        media_type="application/gzip",
+        filename=f"c3-export-{export.tenant_id}-{stamp}.tar.gz",
+        content_disposition_type="attachment",
+        headers={"Cache-Control": "private, no-store"},
+    )

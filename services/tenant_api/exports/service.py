@@ -1,0 +1,117 @@
+"""Export rules: who can be exported, what a client sees of an export, which links download.
+Never commits — the endpoint does."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from platform_core.errors import C3Error, Conflict, NotFound
+from platform_core.models import (
+    ExportState,
+    Operation,
+    OperationKind,
+    OperationState,
+    Tenant,
+    TenantExport,
+    TenantStatus,
+    utcnow,
+)
+from tenant_api.exports import links
+from tenant_api.exports.repository import ExportRepository
+from tenant_api.exports.schemas import ExportOut
+from tenant_api.operations.repository import OperationRepository
+
+EXPORTABLE = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
+
+
+class Gone(C3Error):
+    """A genuine download link past its expiry (or an export already cleaned up)."""
+
+    status = 410
+    title = "Gone"
+    type_slug = "gone"
+
+
+async def start_export(
+    tenant: Tenant, exports: ExportRepository, operations: OperationRepository
+) -> tuple[TenantExport, Operation, bool]:
+    """A new export (and its operation), or the one still being made: asking twice while an
+    export runs does not make two archives. The flag says whether it is new."""
+    running = await exports.unfinished(tenant.id)
+    if running is not None:
+        return running[0], running[1], False
+    if tenant.status not in EXPORTABLE:
+        raise Conflict(
+            f"only an active or suspended tenant can be exported (this one is {tenant.status.value})"
+        )
+    operation = await operations.start(tenant.id, OperationKind.EXPORT)
+    export = TenantExport(tenant_id=tenant.id, operation_id=operation.id, state=ExportState.PENDING)
+    await exports.add(export)
+    return export, operation, True
+
+
+def visible_state(export: TenantExport, operation_state: OperationState) -> ExportState:
+    """What the client is told: an export whose operation gave up is failed, and a ready one
+    past its expiry is expired, even before the clean-up task has recorded either."""
+    if export.state is ExportState.PENDING and operation_state is OperationState.FAILED:
+        return ExportState.FAILED
+    if export.state is ExportState.READY and export.expires_at and export.expires_at <= utcnow():
+        return ExportState.EXPIRED
+    return export.state
+
+
+def to_out(
+    export: TenantExport,
+    operation_state: OperationState,
+    secret_key: str,
+    download_base: Callable[[uuid.UUID], str],
+) -> ExportOut:
+    state = visible_state(export, operation_state)
+    url = None
+    if state is ExportState.READY and export.expires_at is not None:
+        query = links.query(secret_key, export.id, export.expires_at)
+        url = f"{download_base(export.id)}?expires={query['expires']}&sig={query['sig']}"
+    return ExportOut(
+        id=export.id,
+        tenant_id=export.tenant_id,
+        operation_id=export.operation_id,
+        state=state,
+        size_bytes=export.size_bytes,
+        sha256=export.sha256,
+        created_at=export.created_at,
+        expires_at=export.expires_at,
+        download_url=url,
+    )
+
+
+_NO_LINK = "no export download at this link"
+
+
+def downloadable(
+    found: tuple[TenantExport, TenantStatus] | None,
+    export_id: uuid.UUID,
+    expires: int,
+    sig: str,
+    secret_key: str,
+) -> Path:
+    """The archive a download link points at. A wrong signature and an unknown export look the
+    same (404); a genuine link past its expiry, or whose archive was cleaned up, is 410, and
+    so is one of a deleted tenant (its data must not outlive it)."""
+    if not links.is_valid(secret_key, export_id, expires, sig) or found is None:
+        raise NotFound(_NO_LINK)
+    export, tenant_status = found
+    if expires <= time.time() or export.state is ExportState.EXPIRED:
+        raise Gone("this download link has expired; start a new export")
+    if tenant_status in (TenantStatus.DELETING, TenantStatus.DELETED):
+        raise Gone("this tenant was deleted, and its exports with it")
+    if export.expires_at is not None and export.expires_at <= utcnow():
+        raise Gone("this download link has expired; start a new export")
+    if export.state is not ExportState.READY or export.path is None:
+        raise NotFound(_NO_LINK)
+    path = Path(export.path)
+    if not path.is_file():
+        raise Gone("this export's archive was cleaned up; start a new export")
+    return path

@@ -1,0 +1,1 @@
+"""Platform metrics for Prometheus: reconcile counters and tenant/operation gauges."""

@@ -1,0 +1,28 @@
+"""One scrape: the reconcile counters the workers keep in Redis and the database gauges."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from platform_core.errors import TemporaryError
+from platform_core.metrics import PlatformSnapshot, ReconcileStats
+from platform_core.redis import keys_for
+from platform_core.settings import Settings
+from tenant_api.metrics import repository
+
+
+async def snapshot(session: AsyncSession, settings: Settings) -> PlatformSnapshot:
+    try:
+        async with aioredis.from_url(settings.require_redis_url()) as client:
+            raw = await client.hgetall(keys_for(settings).reconcile_metrics)
+    except (aioredis.RedisError, OSError) as exc:
+        # A failed scrape (503) rather than counters that silently read zero.
+        raise TemporaryError(
+            f"metrics unavailable: Redis is not reachable ({type(exc).__name__})"
+        ) from exc
+    return PlatformSnapshot(
+        reconcile=ReconcileStats.from_redis(raw),
+        tenants=await repository.tenants_by_status(session),
+        operations=await repository.operations_by_state(session),
+    )

@@ -1,0 +1,111 @@
+"""/v1/tenants/{id}/registration-tokens: who may sign up on a homeserver whose registration
+policy is 'token' (PATCH /v1/tenants/{id} sets the policy)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response, status
+
+from platform_core.auth import Principal
+from platform_core.crypto import SecretBox
+from platform_core.models import Homeserver, Tenant
+from platform_core.settings import Settings
+from tenant_api.audit.service import record
+from tenant_api.deps import SessionDep, SettingsDep, UsersWrite
+from tenant_api.registration_tokens import service
+from tenant_api.registration_tokens.schemas import (
+    RegistrationTokenCreate,
+    RegistrationTokenList,
+    RegistrationTokenOut,
+)
+from tenant_api.tenants.repository import TenantRepository
+
+router = APIRouter(
+    prefix="/v1/tenants/{tenant_id}/registration-tokens", tags=["registration tokens"]
+)
+
+Token = Annotated[str, Path(max_length=64, description="The registration token")]
+
+
+async def _homeserver_of(
+    tenant_id: uuid.UUID, session: SessionDep, principal: Principal, settings: Settings
+) -> tuple[Tenant, Homeserver | None, SecretBox]:
+    """The tenant (404 unless this principal sees it), its homeserver and the secrets box."""
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get_or_404(tenant_id)
+    homeserver = await tenants.get_homeserver(tenant_id)
+    return tenant, homeserver, SecretBox(settings.require_secret_key())
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RegistrationTokenOut)
+async def create_registration_token(
+    tenant_id: uuid.UUID,
+    body: RegistrationTokenCreate,
+    request: Request,
+    session: SessionDep,
+    principal: UsersWrite,
+    settings: SettingsDep,
+) -> RegistrationTokenOut:
+    """Create a token people sign up with (Matrix clients ask for it when registration is
+    'token'). The answer carries the token: hand it out, it is a credential."""
+    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    created = await service.create_token(tenant, homeserver, box, body)
+    record(
+        session,
+        request,
+        principal,
+        "registration_token.create",
+        "registration_token",
+        service.fingerprint(created.token),
+        tenant_id=tenant.id,
+        details={
+            "uses_allowed": created.uses_allowed,
+            "expires_at": created.expires_at.isoformat() if created.expires_at else None,
+        },
+    )
+    await session.commit()
+    return created
+
+
+@router.get("", response_model=RegistrationTokenList)
+async def list_registration_tokens(
+    tenant_id: uuid.UUID,
+    session: SessionDep,
+    principal: UsersWrite,
+    settings: SettingsDep,
+    valid: Annotated[
+        bool | None,
+        Query(description="true: only usable tokens; false: only used-up or expired ones"),
+    ] = None,
+) -> RegistrationTokenList:
+    """The homeserver's tokens with their use counts. Needs `users:write`: whoever can read
+    the tokens can create accounts."""
+    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    return await service.list_tokens(tenant, homeserver, box, valid=valid)
+
+
+@router.delete("/{token}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_registration_token(
+    tenant_id: uuid.UUID,
+    token: Token,
+    request: Request,
+    session: SessionDep,
+    principal: UsersWrite,
+    settings: SettingsDep,
+) -> Response:
+    """Revoke a token at once; accounts already created with it stay."""
+    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    await service.delete_token(tenant, homeserver, box, token)
+    record(
+        session,
+        request,
+        principal,
+        "registration_token.delete",
+        "registration_token",
+        service.fingerprint(token),
+        tenant_id=tenant.id,
+    )
+    await session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

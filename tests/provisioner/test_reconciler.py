@@ -1,0 +1,184 @@
+"""Reconcile passes as operators and tenant admins see them: each repair (or failure, or skip)
+is one audit event on its tenant saying what was observed and what was desired, and the pass
+adds its counts to the platform metrics. Stand-in homeserver processes (the fake backend) on a
+database and Redis namespace of this test alone: a pass acts on every tenant it finds."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from platform_core.celery import celery_app
+from platform_core.db import _sync_sessionmaker, sync_engine, task_session
+from platform_core.metrics import ReconcileStats
+from platform_core.migrate import upgrade
+from platform_core.models import (
+    AuditEvent,
+    Operation,
+    OperationKind,
+    OperationState,
+    Tenant,
+    TenantStatus,
+    utcnow,
+)
+from platform_core.routes import Route, host_field, publish_route
+from platform_core.settings import get_settings
+from provisioner import steps
+from provisioner.backends.fake import FakeBackend
+from provisioner.lease import Lease
+from provisioner.reconciler import reconcile_all
+from tests.conftest import clear_namespace, fresh_database
+from tests.factories import make_tenant
+
+
+def _reset_engines() -> None:
+    get_settings.cache_clear()
+    sync_engine().dispose()
+    sync_engine.cache_clear()
+    _sync_sessionmaker.cache_clear()
+
+
+@pytest.fixture
+def own_platform(platform_env: dict[str, str], tmp_path: Path) -> Iterator[None]:
+    """This test's own platform database, Redis namespace and data directory."""
+    celery_app().conf.task_default_queue  # noqa: B018 — pin Celery to the session's queue
+    overrides = {
+        "C3_REDIS_NAMESPACE": f"{platform_env['C3_REDIS_NAMESPACE']}-rc{uuid.uuid4().hex[:6]}",
+        "C3_DATA_DIR": str(tmp_path / "data"),
+    }
+    with fresh_database(tmp_path / "db") as database_url:
+        upgrade(database_url)
+        overrides["C3_DATABASE_URL"] = database_url
+        saved = {name: os.environ[name] for name in overrides}
+        os.environ.update(overrides)
+        _reset_engines()
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
+            _reset_engines()
+            clear_namespace(platform_env["C3_REDIS_URL"], overrides["C3_REDIS_NAMESPACE"])
+
+
+def with_homeserver(ctx: steps.Context, status: TenantStatus) -> tuple[uuid.UUID, str]:
+    tenant_id = make_tenant(status)
+    with task_session() as session:
+        tenant = session.get(Tenant, tenant_id)
+        assert tenant is not None
+        steps.ensure_homeserver_record(session, ctx, tenant)
+        return tenant_id, tenant.slug
+
+
+def events(tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+    with task_session() as session:
+        found = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.tenant_id == tenant_id)
+            .order_by(AuditEvent.occurred_at)
+        )
+        return [
+            {"actor": e.actor, "action": e.action, "target": e.target_type, **e.details}
+            for e in found
+        ]
+
+
+def test_every_repair_is_one_event_on_its_tenant_and_counted_once(
+    own_platform: None, tmp_path: Path
+) -> None:
+    settings = get_settings()
+    ctx = steps.Context(settings, FakeBackend(settings.data_path))
+    dead, _ = with_homeserver(ctx, TenantStatus.ACTIVE)  # never started: it is "dead"
+    busy, _ = with_homeserver(ctx, TenantStatus.ACTIVE)
+    broken, broken_slug = with_homeserver(ctx, TenantStatus.ACTIVE)
+    ctx = steps.Context(settings, FakeBackend(settings.data_path, fail=[broken_slug]))
+    gone = make_tenant(TenantStatus.DELETED)
+    waiting = make_tenant(TenantStatus.PROVISIONING)
+    with task_session() as session:
+        gone_tenant = session.get(Tenant, gone)
+        assert gone_tenant is not None
+        route = Route(
+            str(gone), gone_tenant.slug, gone_tenant.server_name, "http://x", "deleted", 1
+        )
+        lost = Operation(
+            tenant_id=waiting,
+            kind=OperationKind.PROVISION,
+            state=OperationState.PENDING,
+            updated_at=utcnow() - timedelta(hours=1),
+        )
+        session.add(lost)
+    publish_route(ctx.redis, ctx.keys, route)  # a deleted tenant's route left behind
+    held = Lease(ctx.redis, ctx.keys.tenant_lease(str(busy)))
+    assert held.acquire()  # "another worker" is acting on this tenant
+    try:
+        first = reconcile_all(ctx)
+        assert first == {
+            "homeserver.restarted": 1,
+            "route.published": 1,
+            "reconcile.skipped_busy": 1,
+            "reconcile.failed": 1,
+            "route.withdrawn": 1,
+            "operation.requeued": 1,
+        }
+        system = {"actor": "system:reconcile", "target": "tenant", "tenant_status": "active"}
+        assert events(dead) == [
+            {**system, "action": "homeserver.restarted", "observed": "not running",
+             "desired": "running"},
+            {**system, "action": "route.published", "observed": "route missing",
+             "desired": "route published (active)"},
+        ]  # fmt: skip
+        assert [e["action"] for e in events(busy)] == ["reconcile.skipped_busy"]
+        (failure,) = events(broken)
+        assert failure["action"] == "reconcile.failed"
+        assert "start fails" in failure["error"]
+        assert [e["action"] for e in events(gone)] == ["route.withdrawn"]
+        assert ctx.redis.hget(ctx.keys.routes, host_field(route.server_name)) is None
+        (requeued,) = events(waiting)
+        assert requeued["action"] == "operation.requeued" and requeued["target"] == "operation"
+        assert requeued["operation_kind"] == "provision"
+
+        # Nothing drifted since: a second pass repairs nothing (the busy and the broken tenant
+        # are still what they were).
+        assert reconcile_all(ctx) == {"reconcile.skipped_busy": 1, "reconcile.failed": 1}
+        assert len(events(dead)) == 2
+
+        with task_session() as session:
+            tenant = session.get(Tenant, dead)
+            assert tenant is not None
+            tenant.status = TenantStatus.SUSPENDED
+        assert reconcile_all(ctx) == {
+            "homeserver.stopped": 1,
+            "route.published": 1,
+            "reconcile.skipped_busy": 1,
+            "reconcile.failed": 1,
+        }
+        stopped, republished = events(dead)[2:]
+        assert stopped["action"] == "homeserver.stopped"
+        assert (stopped["observed"], stopped["desired"]) == ("running", "stopped")
+        assert republished["observed"] == "route stale" and republished["fields"] == ["status"]
+        assert not ctx.backend.is_running(str(dead))
+    finally:
+        held.release()
+        ctx.backend.stop_all()
+
+    stats = ReconcileStats.from_redis(
+        redis.Redis.from_url(settings.require_redis_url()).hgetall(ctx.keys.reconcile_metrics)
+    )
+    assert stats.runs == 3
+    assert stats.actions == {
+        "homeserver.restarted": 1,
+        "homeserver.stopped": 1,
+        "route.published": 2,
+        "route.withdrawn": 1,
+        "operation.requeued": 1,
+        "reconcile.skipped_busy": 3,
+        "reconcile.failed": 3,
+    }
+    assert stats.last_duration_s is not None and stats.last_duration_s > 0

@@ -1,0 +1,141 @@
+"""Tenant exports over REST (no worker here: a ready export is prepared as the worker would
+leave it): starting one, listing, the signed download link without credentials, expiry."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from platform_core.db import task_session
+from platform_core.models import (
+    AuditEvent,
+    ExportState,
+    Operation,
+    OperationState,
+    TenantExport,
+    utcnow,
+)
+from platform_core.settings import get_settings
+from tenant_api.main import create_app
+from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
+from tests.tenant_api.tenants.test_lifecycle import active_tenant
+
+ARCHIVE = b"\x1f\x8b pretend this is a tar.gz"
+
+
+@pytest.fixture
+async def anonymous(platform_env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with no Authorization header at all (a browser following a link)."""
+    transport = httpx.ASGITransport(app=create_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        yield client
+
+
+def finish(export_id: str, *, expires_in: timedelta = timedelta(hours=1)) -> Path:
+    """What the export task leaves behind: an archive on disk and a ready row."""
+    path = get_settings().data_path / "exports" / f"{export_id}.tar.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(ARCHIVE)
+    with task_session() as session:
+        row = session.get(TenantExport, uuid.UUID(export_id))
+        assert row is not None
+        row.state, row.path, row.size_bytes = ExportState.READY, str(path), len(ARCHIVE)
+        row.sha256 = "ab" * 32
+        row.expires_at = utcnow() + expires_in
+    return path
+
+
+async def test_an_export_is_an_operation_and_asking_again_returns_the_one_under_way(
+    api: httpx.AsyncClient,
+) -> None:
+    tenant = await active_tenant(api)
+    first = await api.post(f"/v1/tenants/{tenant['id']}/export")
+    assert first.status_code == 202, first.text
+    export = first.json()
+    assert export["state"] == "pending" and export["download_url"] is None
+    assert export["tenant_id"] == tenant["id"]
+    assert first.headers["location"] == export["operation"]["url"]
+    operation = (await api.get(export["operation"]["url"])).json()
+    assert operation["kind"] == "export" and operation["id"] == export["operation_id"]
+
+    again = await api.post(f"/v1/tenants/{tenant['id']}/export")
+    assert again.status_code == 202 and again.json()["id"] == export["id"]
+    listed = (await api.get(f"/v1/tenants/{tenant['id']}/exports")).json()["items"]
+    assert [e["id"] for e in listed] == [export["id"]]
+    one = await api.get(f"/v1/tenants/{tenant['id']}/exports/{export['id']}")
+    assert one.status_code == 200 and one.json()["state"] == "pending"
+    with task_session() as session:
+        audited = session.scalars(
+            select(AuditEvent).where(AuditEvent.target_id == export["id"])
+        ).all()
+    assert [e.action for e in audited] == ["tenant.export"]  # the repeat started nothing
+
+
+async def test_only_an_active_or_suspended_tenant_can_be_exported(api: httpx.AsyncClient) -> None:
+    tenant = (await api.post("/v1/tenants", json={"slug": slug(), "display_name": "P"})).json()
+    assert_problem(await api.post(f"/v1/tenants/{tenant['id']}/export"), 409, "active or suspended")
+    assert (await api.get(f"/v1/tenants/{tenant['id']}/exports")).json()["items"] == []
+
+
+async def test_a_ready_export_downloads_without_credentials_until_it_expires(
+    api: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    tenant = await active_tenant(api)
+    export = (await api.post(f"/v1/tenants/{tenant['id']}/export")).json()
+    finish(export["id"])
+    ready = (await api.get(f"/v1/tenants/{tenant['id']}/exports/{export['id']}")).json()
+    assert ready["state"] == "ready" and ready["size_bytes"] == len(ARCHIVE)
+    link = httpx.URL(ready["download_url"])
+    assert link.path == f"/v1/exports/{export['id']}/download"
+
+    download = await anonymous.get(link)
+    assert download.status_code == 200, download.text
+    assert download.content == ARCHIVE
+    assert download.headers["content-type"] == "application/gzip"
+    assert download.headers["content-disposition"].startswith("attachment;")
+    assert download.headers["cache-control"] == "private, no-store"
+
+    sig = link.params["sig"]
+    tampered = link.copy_set_param("sig", sig[:-1] + ("0" if sig[-1] != "0" else "1"))
+    bad = assert_problem(await anonymous.get(tampered), 404)
+    unknown = link.copy_with(path=f"/v1/exports/{uuid.uuid4()}/download")
+    assert assert_problem(await anonymous.get(unknown), 404)["detail"] == bad["detail"]
+    stretched = link.copy_set_param("expires", str(int(link.params["expires"]) + 3600))
+    assert_problem(await anonymous.get(stretched), 404)
+
+    with task_session() as session:
+        row = session.get(TenantExport, uuid.UUID(export["id"]))
+        assert row is not None
+        row.expires_at = utcnow() - timedelta(seconds=1)
+    assert_problem(await anonymous.get(link), 410, "expired")
+    shown = (await api.get(f"/v1/tenants/{tenant['id']}/exports/{export['id']}")).json()
+    assert shown["state"] == "expired" and shown["download_url"] is None
+
+
+async def test_a_failed_export_shows_as_failed_and_a_new_one_can_start(
+    api: httpx.AsyncClient,
+) -> None:
+    tenant = await active_tenant(api)
+    export = (await api.post(f"/v1/tenants/{tenant['id']}/export")).json()
+    with task_session() as session:
+        operation = session.get(Operation, uuid.UUID(export["operation_id"]))
+        assert operation is not None
+        operation.state = OperationState.FAILED
+    shown = (await api.get(f"/v1/tenants/{tenant['id']}/exports/{export['id']}")).json()
+    assert shown["state"] == "failed"
+    retry = await api.post(f"/v1/tenants/{tenant['id']}/export")
+    assert retry.status_code == 202 and retry.json()["id"] != export["id"]
+
+
+async def test_an_export_of_another_tenant_is_not_found_under_this_one(
+    api: httpx.AsyncClient,
+) -> None:
+    mine, other = await active_tenant(api), await active_tenant(api)
+    export = (await api.post(f"/v1/tenants/{other['id']}/export")).json()
+    assert_problem(await api.get(f"/v1/tenants/{mine['id']}/exports/{export['id']}"), 404)

@@ -1,0 +1,290 @@
+"""PATCH /v1/tenants/{id} homeserver settings and /registration-tokens over REST (no worker
+here): what is stored, what is shown, what starts a reconfigure, what is refused and why."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from platform_core.crypto import SecretBox
+from platform_core.db import task_session
+from platform_core.models import Tenant
+from platform_core.settings import get_settings
+from tenant_api.access_log import RedactCredentials
+from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
+from tests.tenant_api.tenants.test_lifecycle import active_tenant
+
+TURN_SECRET = "coturn-static-auth-secret-1"
+OIDC_SECRET = "oidc-client-secret-1"
+SETTINGS: dict[str, Any] = {
+    "federation": {"mode": "allowlist", "allowed_servers": ["Partner.Example", "a.example"]},
+    "registration": "token",
+    "message_retention": {"max_lifetime_days": 30},
+    "max_upload_size_bytes": 5 * 1024 * 1024,
+    "turn": {"uris": ["turns:turn.acme.example:443?transport=tcp"], "shared_secret": TURN_SECRET},
+    "oidc": {
+        "issuer": "https://login.acme.example/realms/staff",
+        "client_id": "c3-acme",
+        "client_secret": OIDC_SECRET,
+        "display_name": "Acme SSO",
+        "scopes": ["email", "openid"],
+    },
+}
+
+
+def stored(tenant_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tenant's stored settings and its decrypted setting secrets."""
+    with task_session() as session:
+        row = session.get(Tenant, uuid.UUID(tenant_id))
+        assert row is not None
+        box = SecretBox(get_settings().require_secret_key())
+        secrets = (
+            box.decrypt_json(row.settings_secrets_encrypted)
+            if row.settings_secrets_encrypted
+            else {}
+        )
+        return dict(row.homeserver_settings), secrets
+
+
+async def test_settings_are_stored_shown_without_secrets_and_reconfigure(
+    api: httpx.AsyncClient,
+) -> None:
+    tenant = await active_tenant(api)
+    assert tenant["settings"] == {
+        "federation": {"mode": "off", "allowed_servers": []},
+        "registration": "closed",
+        "message_retention": None,
+        "max_upload_size_bytes": None,
+        "turn": None,
+        "oidc": None,
+    }
+    patched = await api.patch(f"/v1/tenants/{tenant['id']}", json=SETTINGS)
+    assert patched.status_code == 200, patched.text
+    assert TURN_SECRET not in patched.text and OIDC_SECRET not in patched.text
+    shown = patched.json()["settings"]
+    assert shown["federation"] == {"mode": "allowlist", "allowed_servers": ["a.example", "partner.example"]}  # fmt: skip
+    assert shown["registration"] == "token"
+    assert shown["message_retention"] == {"max_lifetime_days": 30}
+    assert shown["turn"] == {
+        "uris": ["turns:turn.acme.example:443?transport=tcp"],
+        "user_lifetime_s": 3600,
+        "shared_secret_set": True,
+    }
+    assert shown["oidc"]["scopes"] == ["openid", "email"]  # openid always, first
+    assert shown["oidc"]["client_secret_set"] is True
+    operation = (await api.get(patched.headers["location"])).json()
+    assert (operation["kind"], operation["state"]) == ("reconfigure", "pending")
+
+    settings, secrets = stored(tenant["id"])
+    assert TURN_SECRET not in str(settings) and OIDC_SECRET not in str(settings)
+    assert secrets == {"turn_shared_secret": TURN_SECRET, "oidc_client_secret": OIDC_SECRET}
+    assert (await api.get(f"/v1/tenants/{tenant['id']}")).json()["settings"] == shown
+
+    events = (await api.get("/v1/audit-events", params={"tenant_id": tenant["id"]})).json()
+    [update] = [e for e in events["items"] if e["action"] == "tenant.update"]
+    assert TURN_SECRET not in str(update) and OIDC_SECRET not in str(update)
+    assert update["details"]["turn"]["shared_secret_changed"] is True
+
+
+async def test_omitted_fields_stay_and_repeating_a_setting_restarts_nothing(
+    api: httpx.AsyncClient,
+) -> None:
+    tenant = await active_tenant(api)
+    await api.patch(f"/v1/tenants/{tenant['id']}", json=SETTINGS)
+    again = await api.patch(
+        f"/v1/tenants/{tenant['id']}", json={"registration": "token", "display_name": "Acme"}
+    )
+    assert again.status_code == 200 and "location" not in again.headers
+    assert again.json()["settings"]["turn"]["uris"] == SETTINGS["turn"]["uris"]
+    # Default values in effect already are no change either.
+    fresh = await active_tenant(api)
+    same = await api.patch(
+        f"/v1/tenants/{fresh['id']}", json={"federation": {"mode": "off"}, "registration": "closed"}
+    )
+    assert same.status_code == 200 and "location" not in same.headers
+
+
+async def test_secrets_are_kept_when_omitted_and_null_resets_to_defaults(
+    api: httpx.AsyncClient,
+) -> None:
+    tenant = await active_tenant(api)
+    await api.patch(f"/v1/tenants/{tenant['id']}", json=SETTINGS)
+    moved = await api.patch(
+        f"/v1/tenants/{tenant['id']}",
+        json={"turn": {"uris": ["turn:198.51.100.7:3478"], "user_lifetime_s": 600}},
+    )
+    assert moved.status_code == 200, moved.text
+    assert "location" in moved.headers
+    assert stored(tenant["id"])[1]["turn_shared_secret"] == TURN_SECRET
+
+    reset = await api.patch(
+        f"/v1/tenants/{tenant['id']}",
+        json={
+            "federation": None,
+            "registration": None,
+            "message_retention": None,
+            "max_upload_size_bytes": None,
+            "turn": None,
+            "oidc": None,
+        },
+    )
+    assert reset.status_code == 200, reset.text
+    assert reset.json()["settings"] == tenant["settings"]
+    assert stored(tenant["id"]) == ({}, {})
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"federation": {"mode": "allowlist"}}, "at least one server"),
+        ({"federation": {"mode": "open", "allowed_servers": ["a.example"]}}, "allowlist"),
+        ({"federation": {"mode": "allowlist", "allowed_servers": ["not a name"]}}, "DNS name"),
+        ({"federation": {"mode": "sometimes"}}, "federation.mode"),
+        ({"registration": "invite-only"}, "registration"),
+        ({"message_retention": {"max_lifetime_days": 0}}, "max_lifetime_days"),
+        ({"max_upload_size_bytes": 100}, "max_upload_size_bytes"),
+        ({"turn": {"uris": ["http://turn.example"], "shared_secret": TURN_SECRET}}, "TURN URI"),
+        ({"turn": {"uris": [], "shared_secret": TURN_SECRET}}, "turn.uris"),
+        ({"turn": {"uris": ["turn:turn.example"]}}, "turn.shared_secret"),
+        ({"oidc": {"issuer": "http://id.example", "client_id": "c", "client_secret": "s"}}, "https"),
+        ({"oidc": {"issuer": "https://id.example", "client_id": "c"}}, "oidc.client_secret"),
+        (
+            {"oidc": {"issuer": "https://id.example", "client_id": "c", "client_secret": "s", "scopes": ["a b"]}},
+            "scope",
+        ),
+        ({"oidc": {**SETTINGS["oidc"], "extra": 1}}, "extra"),
+    ],
+)  # fmt: skip
+async def test_invalid_settings_are_422_naming_the_field(
+    api: httpx.AsyncClient, body: dict[str, Any], needle: str
+) -> None:
+    tenant = await active_tenant(api)
+    response = await api.patch(f"/v1/tenants/{tenant['id']}", json=body)
+    assert_problem(response, 422, needle)
+    assert TURN_SECRET not in response.text and OIDC_SECRET not in response.text
+    assert stored(tenant["id"]) == ({}, {})
+
+
+async def test_the_upload_cap_must_stay_within_the_plan(api: httpx.AsyncClient) -> None:
+    tenant = await active_tenant(api)
+    code = f"up{uuid.uuid4().hex[:6]}"
+    await api.post(
+        "/v1/plans",
+        json={
+            "code": code,
+            "name": "Small uploads",
+            "currency": "EUR",
+            "limits": {"max_upload_size_bytes": 8 * 1024 * 1024},
+        },
+    )
+    over_default = await api.patch(
+        f"/v1/tenants/{tenant['id']}", json={"max_upload_size_bytes": 60 * 1024 * 1024}
+    )
+    assert_problem(over_default, 422, "max_upload_size_bytes", str(50 * 1024 * 1024))
+    # Checked against the plan the same PATCH moves to.
+    over_new_plan = await api.patch(
+        f"/v1/tenants/{tenant['id']}",
+        json={"plan": code, "max_upload_size_bytes": 9 * 1024 * 1024},
+    )
+    assert_problem(over_new_plan, 422, str(8 * 1024 * 1024))
+    within = await api.patch(
+        f"/v1/tenants/{tenant['id']}", json={"plan": code, "max_upload_size_bytes": 1024 * 1024}
+    )
+    assert within.status_code == 200, within.text
+    assert within.json()["plan"] == code
+    assert within.json()["settings"]["max_upload_size_bytes"] == 1024 * 1024
+
+
+async def test_a_deleting_tenant_keeps_its_settings(api: httpx.AsyncClient) -> None:
+    tenant = await active_tenant(api)
+    await api.delete(f"/v1/tenants/{tenant['id']}")
+    response = await api.patch(f"/v1/tenants/{tenant['id']}", json={"registration": "open"})
+    assert_problem(response, 409, "deleting")
+
+
+async def test_settings_of_a_provisioning_tenant_wait_for_its_homeserver(
+    api: httpx.AsyncClient,
+) -> None:
+    tenant = (await api.post("/v1/tenants", json={"slug": slug(), "display_name": "P"})).json()
+    response = await api.patch(f"/v1/tenants/{tenant['id']}", json={"registration": "open"})
+    assert response.status_code == 200, response.text
+    assert "location" not in response.headers  # the provisioning renders them
+    assert stored(tenant["id"])[0] == {"registration": "open"}
+
+
+async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncClient) -> None:
+    tenant = await active_tenant(api)
+    email = f"adm{uuid.uuid4().hex[:8]}@example.com"
+    await api.post(
+        "/v1/accounts",
+        json={
+            "email": email,
+            "password": "correct horse battery",
+            "role": "tenant_admin",
+            "tenant_id": tenant["id"],
+        },
+    )
+    tokens = await api.post(
+        "/v1/auth/token",
+        data={"grant_type": "password", "username": email, "password": "correct horse battery"},
+        headers={"Authorization": ""},
+    )
+    admin = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+    url = f"/v1/tenants/{tenant['id']}"
+    changed = await api.patch(url, json={"registration": "token"}, headers=admin)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["settings"]["registration"] == "token"
+    plan = await api.patch(url, json={"plan": "standard", "registration": "open"}, headers=admin)
+    assert_problem(plan, 422, "only operators")
+    assert stored(tenant["id"])[0] == {"registration": "token"}
+
+
+# Registration tokens (no homeserver runs here: the end-to-end test drives a real one) -----
+
+
+async def test_registration_tokens_need_a_running_homeserver(api: httpx.AsyncClient) -> None:
+    tenant = (await api.post("/v1/tenants", json={"slug": slug(), "display_name": "T"})).json()
+    url = f"/v1/tenants/{tenant['id']}/registration-tokens"
+    assert_problem(await api.post(url, json={"uses_allowed": 1}), 409, "provisioning")
+    assert_problem(await api.get(url), 409, "provisioning")
+    assert_problem(await api.delete(f"{url}/some-token-1"), 409, "provisioning")
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"token": "short"}, "token"),
+        ({"token": "has spaces in it"}, "token"),
+        ({"token": "abcdefgh1234", "length": 20}, "either a token"),
+        ({"length": 65}, "length"),
+        ({"uses_allowed": 0}, "uses_allowed"),
+        ({"expires_at": "2020-01-01T00:00:00Z"}, "future"),
+        ({"expires_at": "2999-01-01T00:00:00"}, "timezone"),
+    ],
+)
+async def test_registration_token_requests_are_validated(
+    api: httpx.AsyncClient, body: dict[str, Any], needle: str
+) -> None:
+    tenant = await active_tenant(api)
+    response = await api.post(f"/v1/tenants/{tenant['id']}/registration-tokens", json=body)
+    problem = assert_problem(response, 422, needle)
+    assert "abcdefgh1234" not in str(problem)
+
+
+def test_registration_tokens_in_paths_never_reach_the_access_log() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "DELETE", "/v1/tenants/x/registration-tokens/Secret-Tok3n", "1.1", 204),
+        None,
+    )
+    assert RedactCredentials().filter(record) is True
+    assert "Secret-Tok3n" not in record.getMessage()
+    assert "/registration-tokens/<redacted>" in record.getMessage()

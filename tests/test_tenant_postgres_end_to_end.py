@@ -1,0 +1,197 @@
+"""Tenants on their own PostgreSQL database, end to end: a platform started with
+C3_TENANT_DATABASE_URL provisions real Synapse homeservers that keep their data in a database
+and role of their own, which no other tenant's role can open; usage is read from there, and
+deleting a tenant archives (pg_dump) or purges that database and drops it with its role."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nio
+import psycopg
+import pytest
+import yaml
+from psycopg.conninfo import make_conninfo
+from sqlalchemy.engine import make_url
+
+from provisioner import tenant_databases
+from provisioner.backends.local import LocalBackend
+from tests.conftest import OPERATOR_TOKEN, clear_namespace, fresh_database
+from tests.platform import RunningPlatform, poll, start_platform
+from tests.test_end_to_end import login
+from tests.test_lifecycle_end_to_end import wait_operation
+
+ADMIN_URL = os.environ.get("C3_TEST_DATABASE_URL", "")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not ADMIN_URL, reason="needs PostgreSQL (C3_TEST_DATABASE_URL)"),
+]
+
+
+@pytest.fixture(scope="module")
+def pg_platform(
+    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPlatform]:
+    """`c3 up` whose tenants get their own PostgreSQL database on the test server."""
+    data_dir = tmp_path_factory.mktemp("c3-pg-platform")
+    with fresh_database(data_dir) as url:
+        env = {
+            **platform_env,
+            "C3_DATABASE_URL": url,
+            "C3_TENANT_DATABASE_URL": ADMIN_URL,
+            "C3_REDIS_NAMESPACE": f"c3p{uuid.uuid4().hex[:10]}",
+            "C3_USAGE_RECONCILE_INTERVAL_S": "2",
+        }
+        env.pop("C3_OPERATOR_TOKEN")
+        running = start_platform(env, data_dir, OPERATOR_TOKEN)
+        try:
+            yield running
+        finally:
+            running.stop()
+            clear_namespace(env["C3_REDIS_URL"], env["C3_REDIS_NAMESPACE"])
+            for name in tenant_database_names():  # tenants this module did not delete
+                tenant_databases.drop_database(ADMIN_URL, name)
+
+
+_created: list[str] = []
+
+
+def create_tenant(platform: RunningPlatform, slug: str) -> dict[str, Any]:
+    tenant = platform.create_tenant(slug, timeout=120)
+    _created.append(tenant["id"])
+    return tenant
+
+
+def tenant_database_names() -> list[str]:
+    return [tenant_databases.database_name_for(uuid.UUID(t)) for t in _created]
+
+
+def database_of(tenant: dict[str, Any]) -> str:
+    return tenant_databases.database_name_for(uuid.UUID(tenant["id"]))
+
+
+def admin_query(sql: str, *params: Any, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+    with psycopg.connect(make_conninfo(ADMIN_URL, dbname=dbname), autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def refusal(user: str, dbname: str) -> str:
+    """The error ``user`` gets connecting to ``dbname`` ('' if let in)."""
+    try:
+        psycopg.connect(
+            make_conninfo(ADMIN_URL, user=user, dbname=dbname), connect_timeout=5
+        ).close()
+    except psycopg.OperationalError as exc:
+        return str(exc)
+    return ""
+
+
+def database_gone(name: str) -> bool:
+    databases = admin_query("SELECT 1 FROM pg_database WHERE datname = %s", name)
+    roles = admin_query("SELECT 1 FROM pg_roles WHERE rolname = %s", name)
+    return not databases and not roles
+
+
+def homeserver_config(platform: RunningPlatform, tenant: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        yaml.safe_load((platform.homeserver_dir(tenant["id"]) / "homeserver.yaml").read_text())
+    )
+
+
+async def send_message(platform: RunningPlatform, tenant: dict[str, Any], body: str) -> str:
+    user = platform.create_user(tenant["id"], "pia", "pia-secret-123")
+    client = await login(f"{platform.proxy_url}/t/{tenant['slug']}", user, "pia-secret-123")
+    try:
+        room = await client.room_create(name="ledger")
+        assert isinstance(room, nio.RoomCreateResponse), room
+        sent = await client.room_send(
+            room.room_id, "m.room.message", {"msgtype": "m.text", "body": body}
+        )
+        assert isinstance(sent, nio.RoomSendResponse), sent
+        return str(sent.event_id)
+    finally:
+        await client.close()
+
+
+async def test_each_homeserver_keeps_its_data_in_a_database_only_it_can_open(
+    pg_platform: RunningPlatform,
+) -> None:
+    alpha = create_tenant(pg_platform, "pg-alpha")
+    beta = create_tenant(pg_platform, "pg-beta")
+    db_alpha, db_beta = database_of(alpha), database_of(beta)
+    database = homeserver_config(pg_platform, alpha)["database"]
+    assert database["name"] == "psycopg2"
+    assert (database["args"]["dbname"], database["args"]["user"]) == (db_alpha, db_alpha)
+    assert not (pg_platform.homeserver_dir(alpha["id"]) / "homeserver.db").exists()
+
+    event_id = await send_message(pg_platform, alpha, "stored in alpha's own database")
+    stored = admin_query("SELECT type FROM events WHERE event_id = %s", event_id, dbname=db_alpha)
+    assert stored == [("m.room.message",)]
+    assert admin_query("SELECT 1 FROM events WHERE event_id = %s", event_id, dbname=db_beta) == []
+
+    # Tenant roles open their own database, never another tenant's or the platform's.
+    platform_db = make_url(pg_platform.env["C3_DATABASE_URL"]).database
+    assert refusal(db_alpha, db_alpha) == ""
+    assert "permission denied for database" in refusal(db_alpha, db_beta)
+    assert "permission denied for database" in refusal(db_beta, db_alpha)
+    assert "permission denied for database" in refusal(db_alpha, str(platform_db))
+
+    # Usage comes from the tenant's database, and the reconciliation agrees with billing.
+    assert LocalBackend(pg_platform.data_dir).usage_counts(alpha["id"]) == {
+        "messages": 1,
+        "media_bytes": 0,
+    }
+
+    def reconciled() -> dict[str, Any] | None:
+        with pg_platform.api() as api:
+            items = api.get(f"/v1/tenants/{alpha['id']}/usage/reconciliation").json()["items"]
+        checks = {item["meter"]: item for item in reversed(items)}  # newest wins
+        check = checks.get("messages")
+        return check if check and check["homeserver"] == check["billed"] == 1 else None
+
+    assert (
+        poll(reconciled, timeout=60, what="a reconciliation that read alpha's database")["drift"]
+        == 0
+    )
+
+    # The role's password lives in the homeserver's config (0600), never in a log.
+    password = database["args"]["password"]
+    logs = [pg_platform.log_path, *(pg_platform.data_dir / "logs").glob("*.log")]
+    logs += (pg_platform.data_dir / "homeservers").glob("*/*.log")
+    assert [p.name for p in logs if password in p.read_text(errors="replace")] == []
+
+
+def test_deleting_a_tenant_archives_its_database_and_purging_leaves_nothing(
+    pg_platform: RunningPlatform,
+) -> None:
+    kept = create_tenant(pg_platform, "pg-kept")
+    purged = create_tenant(pg_platform, "pg-purged")
+    pg_platform.create_user(kept["id"], "kim", "kim-secret-123")
+    archive_dir = pg_platform.data_dir / "archive"
+
+    with pg_platform.api() as api:
+        deleted = api.delete(f"/v1/tenants/{kept['id']}")
+        assert deleted.status_code == 202, deleted.text
+        purging = api.delete(f"/v1/tenants/{purged['id']}", params={"purge": "true"})
+        assert purging.status_code == 202, purging.text
+    steps = wait_operation(pg_platform, deleted.json()["operation"]["url"], 120)["steps_done"]
+    [archived] = [s.split(":", 1)[1] for s in steps if s.startswith("database-archived:")]
+    assert "database-dropped" in steps
+    dump = Path(archived)
+    assert dump.parent == archive_dir and dump.name.startswith(kept["id"])
+    listing = subprocess.run(
+        ["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "TABLE DATA public events" in listing and "TABLE DATA public users" in listing
+    assert database_gone(database_of(kept))
+
+    steps = wait_operation(pg_platform, purging.json()["operation"]["url"], 120)["steps_done"]
+    assert "database-dropped" in steps and "data-purged" in steps
+    assert not any(s.startswith("database-archived") for s in steps)
+    assert list(archive_dir.glob(f"{purged['id']}-*")) == []
+    assert database_gone(database_of(purged))
