@@ -8,10 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from platform_core.auth import Principal
-from platform_core.crypto import SecretBox
-from platform_core.models import Homeserver, Tenant
-from platform_core.settings import Settings
 from tenant_api.audit.service import record
 from tenant_api.deps import SessionDep, SettingsDep, UsersWrite
 from tenant_api.registration_tokens import service
@@ -20,23 +16,13 @@ from tenant_api.registration_tokens.schemas import (
     RegistrationTokenList,
     RegistrationTokenOut,
 )
-from tenant_api.tenants.repository import TenantRepository
+from tenant_api.users.service import homeserver_of
 
 router = APIRouter(
     prefix="/v1/tenants/{tenant_id}/registration-tokens", tags=["registration tokens"]
 )
 
 Token = Annotated[str, Path(max_length=64, description="The registration token")]
-
-
-async def _homeserver_of(
-    tenant_id: uuid.UUID, session: SessionDep, principal: Principal, settings: Settings
-) -> tuple[Tenant, Homeserver | None, SecretBox]:
-    """The tenant (404 unless this principal sees it), its homeserver and the secrets box."""
-    tenants = TenantRepository(session, principal)
-    tenant = await tenants.get_or_404(tenant_id)
-    homeserver = await tenants.get_homeserver(tenant_id)
-    return tenant, homeserver, SecretBox(settings.require_secret_key())
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RegistrationTokenOut)
@@ -50,7 +36,7 @@ async def create_registration_token(
 ) -> RegistrationTokenOut:
     """Create a token people sign up with (Matrix clients ask for it when registration is
     'token'). The answer carries the token: hand it out, it is a credential."""
-    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    tenant, homeserver, box = await homeserver_of(tenant_id, session, principal, settings)
     created = await service.create_token(tenant, homeserver, box, body)
     record(
         session,
@@ -82,7 +68,7 @@ async def list_registration_tokens(
 ) -> RegistrationTokenList:
     """The homeserver's tokens with their use counts. Needs `users:write`: whoever can read
     the tokens can create accounts."""
-    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    tenant, homeserver, box = await homeserver_of(tenant_id, session, principal, settings)
     return await service.list_tokens(tenant, homeserver, box, valid=valid)
 
 
@@ -96,7 +82,7 @@ async def delete_registration_token(
     settings: SettingsDep,
 ) -> Response:
     """Revoke a token at once; accounts already created with it stay."""
-    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    tenant, homeserver, box = await homeserver_of(tenant_id, session, principal, settings)
     await service.delete_token(tenant, homeserver, box, token)
     record(
         session,

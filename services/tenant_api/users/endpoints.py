@@ -7,14 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
 
-from platform_core.auth import Principal
-from platform_core.crypto import SecretBox
 from platform_core.errors import InvalidRequest
-from platform_core.models import Homeserver, Tenant
-from platform_core.settings import Settings
 from tenant_api.audit.service import record
 from tenant_api.deps import SessionDep, SettingsDep, TenantsRead, UsersWrite
-from tenant_api.tenants.repository import TenantRepository
 from tenant_api.users import service
 from tenant_api.users.schemas import (
     HomeserverUserCreate,
@@ -25,16 +20,6 @@ from tenant_api.users.schemas import (
 )
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/users", tags=["users"])
-
-
-async def _homeserver_of(
-    tenant_id: uuid.UUID, session: SessionDep, principal: Principal, settings: Settings
-) -> tuple[Tenant, Homeserver | None, SecretBox]:
-    """The tenant (404 unless this principal sees it), its homeserver and the secrets box."""
-    tenants = TenantRepository(session, principal)
-    tenant = await tenants.get_or_404(tenant_id)
-    homeserver = await tenants.get_homeserver(tenant_id)
-    return tenant, homeserver, SecretBox(settings.require_secret_key())
 
 
 Username = Annotated[str, Path(max_length=200, description="The Matrix localpart, e.g. alice")]
@@ -49,7 +34,7 @@ async def create_user(
     principal: UsersWrite,
     settings: SettingsDep,
 ) -> HomeserverUserOut:
-    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    tenant, homeserver, box = await service.homeserver_of(tenant_id, session, principal, settings)
     created = await service.create_user(tenant, homeserver, body, box)
     record(
         session,
@@ -77,7 +62,7 @@ async def list_users(
     """Accounts on the homeserver by name (deactivated ones included, flagged)."""
     if cursor is not None and not cursor.isdigit():
         raise InvalidRequest("cursor: not a cursor this API returned")
-    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    tenant, homeserver, box = await service.homeserver_of(tenant_id, session, principal, settings)
     return await service.list_users(tenant, homeserver, box, start=int(cursor or 0), limit=limit)
 
 
@@ -89,7 +74,7 @@ async def get_user(
     principal: TenantsRead,
     settings: SettingsDep,
 ) -> HomeserverUserOut:
-    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    tenant, homeserver, box = await service.homeserver_of(tenant_id, session, principal, settings)
     return await service.get_user(tenant, homeserver, box, username)
 
 
@@ -104,7 +89,7 @@ async def update_user(
     settings: SettingsDep,
 ) -> HomeserverUserOut:
     """Display name, admin flag, password reset (which signs the user out everywhere)."""
-    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    tenant, homeserver, box = await service.homeserver_of(tenant_id, session, principal, settings)
     updated = await service.update_user(tenant, homeserver, box, username, body)
     details = body.model_dump(exclude_none=True, exclude={"password"})
     if body.password is not None:
@@ -135,7 +120,7 @@ async def deactivate_user(
 ) -> HomeserverUserOut:
     """Deactivate for good (Synapse cannot undo it); with `erase`, also erase the user's
     messages for future room members. Repeating it changes nothing."""
-    tenant, homeserver, box = await _homeserver_of(tenant_id, session, principal, settings)
+    tenant, homeserver, box = await service.homeserver_of(tenant_id, session, principal, settings)
     done = await service.deactivate_user(tenant, homeserver, box, username, erase=body.erase)
     record(
         session,

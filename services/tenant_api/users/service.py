@@ -3,14 +3,20 @@ admin account is never listed, changed or deactivated through here."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from platform_core.auth import Principal
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, NotFound
 from platform_core.models import Homeserver, Tenant, TenantStatus
+from platform_core.settings import Settings
 from platform_core.synapse_admin import SynapseAdminClient
+from tenant_api.tenants.repository import TenantRepository
 from tenant_api.users.schemas import (
     RESERVED_LOCALPARTS,
     HomeserverUserCreate,
@@ -18,6 +24,16 @@ from tenant_api.users.schemas import (
     HomeserverUserPage,
     HomeserverUserPatch,
 )
+
+
+async def homeserver_of(
+    tenant_id: uuid.UUID, session: AsyncSession, principal: Principal, settings: Settings
+) -> tuple[Tenant, Homeserver | None, SecretBox]:
+    """The tenant (404 unless this principal sees it), its homeserver and the secrets box."""
+    tenants = TenantRepository(session, principal)
+    tenant = await tenants.get_or_404(tenant_id)
+    homeserver = await tenants.get_homeserver(tenant_id)
+    return tenant, homeserver, SecretBox(settings.require_secret_key())
 
 
 @asynccontextmanager
