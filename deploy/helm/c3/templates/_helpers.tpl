@@ -94,6 +94,11 @@ app.kubernetes.io/component: {{ .component }}
 C3_DATABASE_URL C3_REDIS_URL C3_SECRET_KEY C3_OPERATOR_TOKEN
 {{- end }}
 
+{{/* Secret settings that extraConfig refuses (the optional ones included). */}}
+{{- define "c3.refusedInConfig" -}}
+{{ include "c3.secretKeys" . }} C3_TENANT_DATABASE_URL
+{{- end }}
+
 {{/*
 Non-secret settings as a YAML map (sorted keys, quoted values). Used as the ConfigMap's data,
 inlined into the migration hook (which runs before the ConfigMap exists), and hashed into
@@ -125,7 +130,7 @@ pod annotations so a change rolls the Deployments.
   "PYTHONUNBUFFERED" "1"
   "PYTHONDONTWRITEBYTECODE" "1"
 }}
-{{- $secretKeys := splitList " " (include "c3.secretKeys" .) }}
+{{- $secretKeys := splitList " " (include "c3.refusedInConfig" .) }}
 {{- range $key, $value := .Values.extraConfig }}
 {{- if has $key $secretKeys }}
 {{- fail (printf "extraConfig.%s is a secret setting: put it in the Secret named by existingSecret, never in values" $key) }}
@@ -153,6 +158,13 @@ pod annotations so a change rolls the Deployments.
     secretKeyRef:
       name: {{ $secret }}
       key: {{ . }}
+{{- end }}
+{{- if .Values.tenantDatabaseUrlFromSecret }}
+- name: C3_TENANT_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: C3_TENANT_DATABASE_URL
 {{- end }}
 {{- end }}
 
