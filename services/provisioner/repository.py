@@ -22,7 +22,9 @@ from platform_core.models import (
 
 
 def get_operation(session: Session, operation_id: uuid.UUID) -> Operation | None:
-    return session.get(Operation, operation_id)
+    """The operation, row-locked until the transaction ends (PostgreSQL): its history is
+    rewritten whole, so a worker and the reconciler must not interleave read and write."""
+    return session.get(Operation, operation_id, with_for_update=True)
 
 
 def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
@@ -55,6 +57,8 @@ def unfinished_operations_older_than(session: Session, cutoff: datetime) -> list
                 Operation.state.in_([OperationState.PENDING, OperationState.RUNNING]),
                 Operation.updated_at < cutoff,
             )
+            # A worker busy with one of them holds its row: leave that one to the worker.
+            .with_for_update(skip_locked=True)
         )
     )
 
