@@ -3,7 +3,9 @@
 Idempotency: the first POST with a key runs and its answer (status < 500) is stored for 24 h
 under (principal, key); the same key with the same method, path and body replays that answer
 without running again; with a different request it is refused (422); while the first is still
-running, a repeat gets 409. A 5xx answer is not stored, so the client may retry it.
+running, a repeat gets 409. A 5xx answer is not stored, so the client may retry it. Stored
+answers are encrypted (Fernet under ``C3_SECRET_KEY``): some carry credentials shown once — a new
+API key, a registration token, a token pair.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from platform_core.auth import bearer_token
+from platform_core.crypto import SecretBox
 from platform_core.db import async_sessionmaker_
 from platform_core.errors import C3Error
 from platform_core.models import IdempotentRequest, utcnow
@@ -220,12 +223,16 @@ async def _settle(owner: str, key: str, captured: dict[str, Any]) -> None:
             row.status_code = captured["status"]
             row.content_type = (headers.get(b"content-type") or b"").decode("latin-1") or None
             row.location = (headers.get(b"location") or b"").decode("latin-1") or None
-            row.body = captured["body"].decode("utf-8", errors="replace")
+            row.body = _box().encrypt(captured["body"].decode("utf-8", errors="replace"))
         await session.commit()
 
 
+def _box() -> SecretBox:
+    return SecretBox(get_settings().require_secret_key())
+
+
 async def _replay(send: Any, stored: IdempotentRequest) -> None:
-    body = (stored.body or "").encode()
+    body = _box().decrypt(stored.body).encode() if stored.body else b""
     headers = [(b"content-length", str(len(body)).encode()), (b"idempotent-replayed", b"true")]
     if stored.content_type:
         headers.append((b"content-type", stored.content_type.encode("latin-1")))

@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import func, select
 
 from platform_core.db import task_session
-from platform_core.models import Tenant
+from platform_core.models import IdempotentRequest, Tenant
 from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
 
 
@@ -52,3 +52,21 @@ async def test_errors_are_replayed_too_but_keys_are_per_principal(
     assert first.json() == again.json()
     malformed = await api.post("/v1/tenants", json=bad, headers={"Idempotency-Key": "has space"})
     assert_problem(malformed, 422, "Idempotency-Key")
+
+
+async def test_a_stored_answer_keeps_no_credential_in_clear(api: httpx.AsyncClient) -> None:
+    """A new API key is shown once; replaying its answer must not mean keeping it readable in
+    the database for a day."""
+    key = uuid.uuid4().hex
+    body = {"name": "replayed", "scopes": ["tenants:read"]}
+    first = await api.post("/v1/api-keys", json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == 201, first.text
+    secret = first.json()["key"]
+    again = await api.post("/v1/api-keys", json=body, headers={"Idempotency-Key": key})
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json()["key"] == secret
+    with task_session() as session:
+        stored = session.scalars(
+            select(IdempotentRequest.body).where(IdempotentRequest.key == key)
+        ).one()
+    assert stored and secret not in stored and "c3k_" not in stored
