@@ -53,7 +53,8 @@ def tenants_with_status(session: Session, statuses: Sequence[TenantStatus]) -> l
 def unfinished_operations_older_than(session: Session, cutoff: datetime) -> list[Operation]:
     return list(
         session.scalars(
-            select(Operation).where(
+            select(Operation)
+            .where(
                 Operation.state.in_([OperationState.PENDING, OperationState.RUNNING]),
                 Operation.updated_at < cutoff,
             )
