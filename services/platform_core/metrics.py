@@ -27,6 +27,7 @@ class ReconcileAction(StrEnum):
 
     HOMESERVER_RESTARTED = "homeserver.restarted"
     HOMESERVER_STOPPED = "homeserver.stopped"
+    HOMESERVER_RECONFIGURED = "homeserver.reconfigured"  # config drifted: re-rendered, restarted
     ROUTE_PUBLISHED = "route.published"
     ROUTE_WITHDRAWN = "route.withdrawn"
     OPERATION_REQUEUED = "operation.requeued"

@@ -184,7 +184,17 @@ def _reconcile_active(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> No
         plan = repository.get_plan(session, tenant.plan_id)
         target = steps.target_for(ctx, tenant, plan, hs)
     was_running = ctx.backend.is_running(str(tenant_id))
-    steps.ensure_running(ctx, target)
+    reconfigured = steps.ensure_running(ctx, target)
+    if reconfigured:
+        run.record(
+            ReconcileAction.HOMESERVER_RECONFIGURED,
+            tenant_id,
+            {
+                "tenant_status": "active",
+                "observed": "config differs from the tenant's plan and settings",
+                "desired": "config re-rendered, homeserver restarted",
+            },
+        )
     if not was_running:
         run.record(
             ReconcileAction.HOMESERVER_RESTARTED,

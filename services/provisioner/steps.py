@@ -149,14 +149,17 @@ def ensure_port_usable(session: Session, ctx: Context, hs: Homeserver) -> None:
 # Process ------------------------------------------------------------------------------
 
 
-def ensure_running(ctx: Context, target: HomeserverTarget) -> None:
-    """Render config, (re)start if needed, and wait until the homeserver is healthy."""
+def ensure_running(ctx: Context, target: HomeserverTarget) -> bool:
+    """Render config, (re)start if needed, and wait until the homeserver is healthy; True if a
+    running homeserver was restarted because its config changed."""
     changed = ctx.backend.render(target)
-    if changed and ctx.backend.is_running(target.tenant_id):
+    restarted = changed and ctx.backend.is_running(target.tenant_id)
+    if restarted:
         log.info("tenant %s: config changed; restarting homeserver", target.tenant_id)
         ctx.backend.stop(target.tenant_id)
     ctx.backend.start(target)
     wait_healthy(ctx, target)
+    return restarted
 
 
 @lru_cache(maxsize=1)

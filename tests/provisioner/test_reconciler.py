@@ -25,6 +25,7 @@ from platform_core.models import (
     Operation,
     OperationKind,
     OperationState,
+    Plan,
     Tenant,
     TenantStatus,
     utcnow,
@@ -182,3 +183,34 @@ def test_every_repair_is_one_event_on_its_tenant_and_counted_once(
         "reconcile.failed": 3,
     }
     assert stats.last_duration_s is not None and stats.last_duration_s > 0
+
+
+def test_a_config_that_drifted_is_rendered_again_and_said_so(own_platform: None) -> None:
+    """A plan whose limits were edited reaches its running homeservers through reconcile: the
+    restart is an event and a metric, not a silent bounce."""
+    settings = get_settings()
+    ctx = steps.Context(settings, FakeBackend(settings.data_path))
+    tenant_id, _ = with_homeserver(ctx, TenantStatus.ACTIVE)
+    try:
+        assert reconcile_all(ctx)["homeserver.restarted"] == 1
+        with task_session() as session:
+            tenant = session.get(Tenant, tenant_id)
+            assert tenant is not None
+            plan = session.get(Plan, tenant.plan_id)
+            assert plan is not None
+            before = dict(plan.limits or {})
+            plan.limits = {**before, "rc_message_burst": 999}
+        try:
+            assert reconcile_all(ctx) == {"homeserver.reconfigured": 1}
+        finally:
+            with task_session() as session:
+                plan = session.get(Plan, tenant.plan_id)
+                assert plan is not None
+                plan.limits = before
+        reconfigured = events(tenant_id)[-1]
+        assert reconfigured["action"] == "homeserver.reconfigured"
+        assert ctx.backend.is_running(str(tenant_id))
+        config = ctx.backend._config_path(str(tenant_id)).read_text()
+        assert '"rc_message_burst": 999' in config
+    finally:
+        ctx.backend.stop_all()

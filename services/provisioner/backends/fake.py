@@ -57,6 +57,10 @@ class FakeBackend(LocalBackend):
             "port": target.port,
             "registration_shared_secret": target.secrets.registration_shared_secret,
             "boot_s": self.boot_s,
+            # Unused by the stand-in, but a plan or settings change must change its config as
+            # it would a Synapse's, so reconcile and reconfigure behave the same on both.
+            "limits": target.limits,
+            "settings": target.settings,
         }
         return write_if_changed(
             self._config_path(target.tenant_id), json.dumps(config, sort_keys=True) + "\n"
