@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 import redis
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from platform_core import operation_history
@@ -43,7 +44,9 @@ _MAX_ERROR_DETAIL = 500
 
 
 class Pass:
-    """One reconcile pass: how often it took each action, and an audit event per action."""
+    """One reconcile pass: how often it took each action, and an audit event per action —
+    except what would only repeat itself every interval: a busy tenant (its operation is in the
+    audit log already) and the same failure as last time are counted, not written again."""
 
     def __init__(self) -> None:
         self.id = f"reconcile-{uuid.uuid4().hex[:16]}"  # request id of the pass's events
@@ -60,6 +63,11 @@ class Pass:
     ) -> None:
         """Write ``action``'s event (in ``session`` when the repair itself is a database
         change, so both commit together) and count it."""
+        self.counts[action.value] += 1
+        if action is ReconcileAction.SKIPPED_BUSY or self._repeats_last_failure(
+            action, tenant_id, details
+        ):
+            return
         target_type, target_id = target or ("tenant", tenant_id)
         event = AuditEvent(
             actor=ACTOR,
@@ -75,7 +83,23 @@ class Pass:
         else:
             with task_session() as own:
                 own.add(event)
-        self.counts[action.value] += 1
+
+    @staticmethod
+    def _repeats_last_failure(
+        action: ReconcileAction, tenant_id: uuid.UUID, details: dict[str, Any]
+    ) -> bool:
+        if action is not ReconcileAction.FAILED:
+            return False
+        with task_session() as session:
+            last = session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.tenant_id == tenant_id, AuditEvent.actor == ACTOR)
+                .order_by(AuditEvent.occurred_at.desc())
+                .limit(1)
+            ).first()
+            return bool(
+                last is not None and last.action == action.value and last.details == details
+            )
 
 
 def reconcile_all(ctx: steps.Context) -> dict[str, int]:
@@ -140,7 +164,6 @@ def _record_failure(run: Pass, tenant_id: uuid.UUID, detail: str) -> None:
         run.record(ReconcileAction.FAILED, tenant_id, {"error": detail[:_MAX_ERROR_DETAIL]})
     except Exception:  # noqa: BLE001 — e.g. the database is what failed: still counted
         log.warning("reconcile failure of tenant %s not recorded as an event", tenant_id)
-        run.counts[ReconcileAction.FAILED.value] += 1
 
 
 def _route_drift(ctx: steps.Context, route: Route) -> dict[str, Any] | None:
