@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     proxy_port: int = 8080
     # Public base URL of the proxy as clients see it; derived from host/port when unset.
     proxy_public_url: str | None = None
+    # Public base URL of the API (e.g. https://api.example.com behind a TLS load balancer):
+    # operation Locations and export links start with it; taken from each request when unset.
+    api_public_url: str | None = None
     backend: BackendKind = BackendKind.LOCAL
     # Interpreter that runs Synapse for the local backend (defaults to the one running C3).
     synapse_python: str | None = None

@@ -28,13 +28,14 @@ from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants.endpoints import enqueue
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.tenants.schemas import OperationRef
+from tenant_api.urls import absolute_url
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["exports"])
 
 
 def _download_base(request: Request) -> Callable[[uuid.UUID], str]:
-    return lambda export_id: str(request.url_for("download_export", export_id=export_id))
+    return lambda export_id: absolute_url(request, "download_export", export_id=export_id)
 
 
 @router.post(
@@ -72,7 +73,7 @@ async def export_tenant(
     await session.commit()
     if new:
         await enqueue(TaskNames.EXPORT_TENANT, operation.id)
-    url = str(request.url_for("get_operation", operation_id=operation.id))
+    url = absolute_url(request, "get_operation", operation_id=operation.id)
     response.headers["Location"] = url
     out = service.to_out(
         export, operation_state, settings.require_secret_key(), _download_base(request)

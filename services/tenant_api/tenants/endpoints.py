@@ -26,6 +26,7 @@ from tenant_api.tenants.schemas import (
     TenantPage,
     TenantPatch,
 )
+from tenant_api.urls import absolute_url
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
@@ -45,7 +46,7 @@ async def enqueue(task_name: str, operation_id: uuid.UUID) -> None:
 def _accepted(
     request: Request, response: Response, out: TenantOut, operation_id: uuid.UUID
 ) -> TenantAccepted:
-    url = str(request.url_for("get_operation", operation_id=operation_id))
+    url = absolute_url(request, "get_operation", operation_id=operation_id)
     response.headers["Location"] = url
     return TenantAccepted(**out.model_dump(), operation=OperationRef(id=operation_id, url=url))
 
@@ -143,8 +144,8 @@ async def update_tenant(
     await session.refresh(tenant)
     if operation is not None:
         # The new plan's limits and settings reach the homeserver through this operation.
-        response.headers["Location"] = str(
-            request.url_for("get_operation", operation_id=operation.id)
+        response.headers["Location"] = absolute_url(
+            request, "get_operation", operation_id=operation.id
         )
         await enqueue(TaskNames.RECONFIGURE_TENANT, operation.id)
     return service.to_out(tenant, plan_code, settings)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 
 from platform_core.db import task_session
 from platform_core.models import Operation, OperationState, Tenant, TenantStatus
+from platform_core.settings import get_settings
 from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
 
 
@@ -74,3 +76,21 @@ async def test_only_a_failed_operation_can_be_retried(api: httpx.AsyncClient) ->
     assert (retried.json()["state"], retried.json()["attempts"]) == ("pending", 0)
     assert retried.json()["last_error"] == "gave up after 5 attempts: boom"  # kept for context
     assert_problem(await api.post(f"/v1/operations/{uuid.uuid4()}/retry"), 404, "not found")
+
+
+async def test_urls_handed_out_start_with_the_public_api_url(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a TLS load balancer the API sees http://; clients must still be sent https://."""
+    monkeypatch.setenv("C3_API_PUBLIC_URL", "https://api.c3.example/")
+    get_settings.cache_clear()
+    try:
+        created = await api.post("/v1/tenants", json={"slug": slug(), "display_name": "TLS"})
+        assert created.status_code == 202, created.text
+        operation_id = created.json()["operation"]["id"]
+        expected = f"https://api.c3.example/v1/operations/{operation_id}"
+        assert created.headers["location"] == expected
+        assert created.json()["operation"]["url"] == expected
+    finally:
+        monkeypatch.delenv("C3_API_PUBLIC_URL")
+        get_settings.cache_clear()

@@ -130,6 +130,10 @@ pod annotations so a change rolls the Deployments.
   "PYTHONUNBUFFERED" "1"
   "PYTHONDONTWRITEBYTECODE" "1"
 }}
+{{- if .Values.ingress.enabled }}
+{{- /* URLs the API hands out (Locations, export links) name its public https address. */}}
+{{- $_ := set $cfg "C3_API_PUBLIC_URL" (printf "https://%s" (include "c3.apiHost" .)) }}
+{{- end }}
 {{- $secretKeys := splitList " " (include "c3.refusedInConfig" .) }}
 {{- range $key, $value := .Values.extraConfig }}
 {{- if has $key $secretKeys }}
