@@ -54,7 +54,11 @@ class Context:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.require_redis_url())
+        # Timeouts: a Redis that hangs (rather than refuses) must fail a step, which then
+        # retries, instead of holding the worker forever.
+        return redis.Redis.from_url(
+            self.settings.require_redis_url(), socket_timeout=10, socket_connect_timeout=5
+        )
 
     @cached_property
     def keys(self) -> RedisKeys:
