@@ -108,11 +108,15 @@ def extract(archive: Path, into: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def restored_synapse(unpacked: Path, server_name: str, home: Path) -> Iterator[str]:
+def restored_synapse(
+    unpacked: Path, server_name: str, home: Path, database: dict[str, Any] | None = None
+) -> Iterator[str]:
     """A fresh Synapse on a new port and data directory from an unpacked export: config
     rendered by provisioner.synapse_config with the archive's signing key, the restored
-    database and media. None of the platform's operating secrets is given to it (the
-    export leaves them out): it must run without them."""
+    database and media. ``database`` is Synapse's section for a database the caller restored
+    the archive's PostgreSQL dump into; None: the archive's SQLite file, copied. None of the
+    platform's operating secrets is given to it (the export leaves them out): it must run
+    without them."""
     port = free_port()
     key = (unpacked / "signing.key").read_text().strip()
     secrets = dataclasses.replace(HomeserverSecrets.generate(), signing_key=key)
@@ -123,6 +127,7 @@ def restored_synapse(unpacked: Path, server_name: str, home: Path) -> Iterator[s
         bind_address="127.0.0.1",
         data_dir=home,
         limits={},
+        database=database,
     )
     write_homeserver_files(spec, secrets)
     config_path = home / "homeserver.yaml"
@@ -130,7 +135,8 @@ def restored_synapse(unpacked: Path, server_name: str, home: Path) -> Iterator[s
     for name in ("registration_shared_secret", "macaroon_secret_key", "form_secret"):
         config.pop(name)
     config_path.write_text(yaml.safe_dump(config))
-    shutil.copyfile(unpacked / "database" / "homeserver.db", home / "homeserver.db")
+    if database is None:
+        shutil.copyfile(unpacked / "database" / "homeserver.db", home / "homeserver.db")
     shutil.rmtree(home / "media_store")
     shutil.copytree(unpacked / "media_store", home / "media_store")
     url = f"http://127.0.0.1:{port}"
@@ -169,8 +175,26 @@ def platform_logs(platform: RunningPlatform) -> str:
     return "\n".join(f.read_text(errors="replace") for f in files if f.is_file())
 
 
-def test_an_export_restores_into_a_fresh_synapse(platform: RunningPlatform, tmp_path: Path) -> None:
-    tenant = platform.create_tenant("export-src")
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """A tenant filled through the proxy, exported, downloaded by its link and unpacked."""
+
+    tenant: dict[str, Any]
+    user: str
+    token: str  # a session made before the export
+    room_id: str
+    mxc: str
+    image: bytes
+    export: dict[str, Any]
+    unpacked: Path
+    manifest: dict[str, Any]
+
+
+def export_filled_tenant(
+    platform: RunningPlatform, tenant: dict[str, Any], tmp_path: Path
+) -> Exported:
+    """Fill the (active) tenant's homeserver through the proxy, export it, download the
+    archive through its signed link with no credentials, and unpack and check it."""
     user = platform.create_user(tenant["id"], "eve", PASSWORD)
     base = f"{platform.proxy_url}/t/{tenant['slug']}"
     signed_in = login(base, "eve")
@@ -200,26 +224,42 @@ def test_an_export_restores_into_a_fresh_synapse(platform: RunningPlatform, tmp_
     manifest = extract(archive, unpacked)
     assert manifest["tenant_id"] == tenant["id"]
     assert manifest["server_name"] == tenant["server_name"]
-    assert manifest["database"]["engine"] == "sqlite3"
     original_key = (platform.homeserver_dir(tenant["id"]) / "signing.key").read_text()
     assert (unpacked / "signing.key").read_text() == original_key
+    return Exported(tenant, user, token, room_id, mxc, image, export, unpacked, manifest)
 
-    with restored_synapse(unpacked, tenant["server_name"], tmp_path / "restored") as restored:
-        # The same user, with the same password; and the session made before the export
-        # is still valid (access tokens live in the database).
-        again = login(restored, "eve")
-        assert again.status_code == 200, again.text
-        assert again.json()["user_id"] == user
-        new_token = again.json()["access_token"]
-        with matrix(restored, token) as hs:
-            assert hs.get("/_matrix/client/v3/account/whoami").json()["user_id"] == user
-        events = timeline(restored, new_token, room_id)
-        assert [e["content"]["body"] for e in events] == [*MESSAGES, "chart.png"]
-        assert events[-1]["content"]["url"] == mxc
-        assert media(restored, new_token, mxc) == image
+
+def assert_serves_the_export(restored: str, exported: Exported) -> None:
+    """The restored homeserver serves the same user, with the same password; the session
+    made before the export is still valid (access tokens live in the database); and the
+    same room, messages and media bytes."""
+    again = login(restored, "eve")
+    assert again.status_code == 200, again.text
+    assert again.json()["user_id"] == exported.user
+    new_token = again.json()["access_token"]
+    with matrix(restored, exported.token) as hs:
+        assert hs.get("/_matrix/client/v3/account/whoami").json()["user_id"] == exported.user
+    events = timeline(restored, new_token, exported.room_id)
+    assert [e["content"]["body"] for e in events] == [*MESSAGES, "chart.png"]
+    assert events[-1]["content"]["url"] == exported.mxc
+    assert media(restored, new_token, exported.mxc) == exported.image
+
+
+def test_an_export_restores_into_a_fresh_synapse(platform: RunningPlatform, tmp_path: Path) -> None:
+    tenant = platform.create_tenant("export-src")
+    exported = export_filled_tenant(platform, tenant, tmp_path)
+    assert exported.manifest["database"] == {
+        "engine": "sqlite3",
+        "path": "database/homeserver.db",
+    }
+
+    with restored_synapse(
+        exported.unpacked, tenant["server_name"], tmp_path / "restored"
+    ) as restored:
+        assert_serves_the_export(restored, exported)
 
     # The signature is a credential while the link lives: never in any log.
-    sig = httpx.URL(export["download_url"]).params["sig"]
+    sig = httpx.URL(exported.export["download_url"]).params["sig"]
     poll(
         lambda: "sig=<redacted>" in platform_logs(platform),
         timeout=10,

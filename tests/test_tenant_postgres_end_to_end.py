@@ -1,14 +1,18 @@
 """Tenants on their own PostgreSQL database, end to end: a platform started with
 C3_TENANT_DATABASE_URL provisions real Synapse homeservers that keep their data in a database
 and role of their own, which no other tenant's role can open; usage is read from there, and
-deleting a tenant archives (pg_dump) or purges that database and drops it with its role."""
+deleting a tenant archives (pg_dump) or purges that database and drops it with its role. An
+export (its pg_dump) restores, by the documented procedure, into a new database and a fresh
+Synapse on a cluster where the tenant's role no longer exists."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,8 @@ import nio
 import psycopg
 import pytest
 import yaml
-from psycopg.conninfo import make_conninfo
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.engine import make_url
 
 from provisioner import tenant_databases
@@ -24,6 +29,11 @@ from provisioner.backends.local import LocalBackend
 from tests.conftest import OPERATOR_TOKEN, clear_namespace, fresh_database
 from tests.platform import RunningPlatform, poll, start_platform
 from tests.test_end_to_end import login
+from tests.test_export_end_to_end import (
+    assert_serves_the_export,
+    export_filled_tenant,
+    restored_synapse,
+)
 from tests.test_lifecycle_end_to_end import wait_operation
 
 ADMIN_URL = os.environ.get("C3_TEST_DATABASE_URL", "")
@@ -195,3 +205,91 @@ def test_deleting_a_tenant_archives_its_database_and_purging_leaves_nothing(
     assert not any(s.startswith("database-archived") for s in steps)
     assert list(archive_dir.glob(f"{purged['id']}-*")) == []
     assert database_gone(database_of(purged))
+
+
+def admin_execute(statement: sql.Composed) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{command[0]} failed: {done.stderr}"
+
+
+@contextmanager
+def restored_database(dump: Path) -> Iterator[dict[str, Any]]:
+    """The restore procedure of provisioner.exports, step by step: a new role, a new database
+    it owns (UTF8, C collation, from template0), and ``pg_restore`` of the archive's dump as
+    that role, leaving out the tenant role's ownership and grants. Yields Synapse's psycopg2
+    section for it; drops the database and the role on the way out, also on failure."""
+    name = f"c3_restore_{uuid.uuid4().hex[:12]}"
+    password = secrets.token_urlsafe(24)
+    role = sql.Identifier(name)
+    admin_execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, password))
+    try:
+        run(
+            [
+                "createdb",
+                f"--maintenance-db={ADMIN_URL}",
+                f"--owner={name}",
+                "--encoding=UTF8",
+                "--lc-collate=C",
+                "--lc-ctype=C",
+                "--template=template0",
+                name,
+            ]
+        )
+        run(
+            [
+                "pg_restore",
+                f"--dbname={make_conninfo(ADMIN_URL, dbname=name)}",
+                f"--role={name}",
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "--single-transaction",
+                str(dump),
+            ]
+        )
+        server = {
+            key: value
+            for key, value in conninfo_to_dict(ADMIN_URL).items()
+            if key not in ("user", "password", "dbname")
+        }
+        args = {**server, "user": name, "password": password, "dbname": name}
+        yield {"name": "psycopg2", "args": {**args, "cp_min": 1, "cp_max": 5}}
+    finally:
+        admin_execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(role))
+        admin_execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+
+
+def test_an_export_restores_into_a_new_database_and_a_fresh_synapse(
+    pg_platform: RunningPlatform, tmp_path: Path
+) -> None:
+    tenant = create_tenant(pg_platform, "pg-export")
+    exported = export_filled_tenant(pg_platform, tenant, tmp_path)
+    assert exported.manifest["database"] == {
+        "engine": "postgresql",
+        "path": "database/homeserver.pgdump",
+    }
+    # The archive's config names the tenant's database but not its role's password.
+    config = yaml.safe_load((exported.unpacked / "homeserver.yaml").read_text())
+    assert config["database"]["args"]["password"] == "<redacted>"
+
+    # Leave the platform: the tenant, its database and its role are gone before the restore,
+    # as on another cluster, so nothing of theirs can be what the restored Synapse serves.
+    with pg_platform.api() as api:
+        deleted = api.delete(f"/v1/tenants/{tenant['id']}", params={"purge": "true"})
+        assert deleted.status_code == 202, deleted.text
+    wait_operation(pg_platform, deleted.json()["operation"]["url"], 120)
+    assert database_gone(database_of(tenant))
+
+    dump = exported.unpacked / "database" / "homeserver.pgdump"
+    with (
+        restored_database(dump) as database,
+        restored_synapse(
+            exported.unpacked, tenant["server_name"], tmp_path / "restored", database
+        ) as restored,
+    ):
+        assert_serves_the_export(restored, exported)

@@ -18,6 +18,31 @@ Any other secret in the config (TURN shared secret, OIDC client secret, the tena
 role's password) is replaced by ``<redacted>`` so the file still parses; the manifest lists
 every path removed or replaced.
 
+Restoring (tested end to end for both engines: tests/test_export_end_to_end.py and
+tests/test_tenant_postgres_end_to_end.py). The exported ``homeserver.yaml`` is a reference,
+not a config to run as is: its paths and database section are the platform's. Check every
+file against ``manifest.json``, then run a Synapse of the manifest's ``synapse_version`` or
+newer (it upgrades an older schema on start, and refuses a newer one) whose config has the
+archive's ``server_name``, ``signing_key_path`` → ``signing.key``, ``media_store_path`` →
+``media_store/`` and, for ``database.engine``:
+
+- ``sqlite3``: ``database/homeserver.db`` as the ``sqlite3`` database file.
+- ``postgresql``: a new database restored from ``database/homeserver.pgdump`` with
+  ``pg_restore`` of the dump's PostgreSQL major version or newer, as a superuser::
+
+      createuser --login --pwprompt synapse
+      createdb --owner=synapse --encoding=UTF8 --lc-collate=C --lc-ctype=C \\
+          --template=template0 synapse
+      pg_restore --dbname=synapse --role=synapse --no-owner --no-privileges \\
+          --exit-on-error --single-transaction database/homeserver.pgdump
+
+  then a ``psycopg2`` database section with that role, its password and database. The dump
+  names the tenant's own role (``c3_t_<tenant id hex>``) as owner of every object, which
+  exists only on the platform's cluster: ``--no-owner --no-privileges`` with ``--role`` make
+  the new role own everything instead (without ``--no-owner`` the restore fails on the
+  missing role). A non-superuser runs the restore as the new role itself (``--username``
+  instead of ``--role``). Synapse needs the C collation, hence ``template0``.
+
 Made by an operation body (``export``) under the tenant's lease; the beat task
 ``expire_exports`` deletes archives past their expiry. Both are idempotent.
 """
