@@ -27,9 +27,6 @@ import argparse
 import json
 import os
 import platform as host_platform
-import secrets
-import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -40,14 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
 from provisioner import tenant_databases  # noqa: E402
-from tests.platform import RunningPlatform, start_platform  # noqa: E402
 
 BASE_DOMAIN = "c3.bench"
 POLL_INTERVAL_S = 0.05
@@ -66,20 +62,6 @@ def platform_overrides(mode: str, tenant_database_url: str) -> dict[str, str]:
     if mode == "postgres":
         overrides["C3_TENANT_DATABASE_URL"] = tenant_database_url
     return overrides
-
-
-def launch_platform(overrides: dict[str, str], data_dir: Path) -> RunningPlatform:
-    """``start_platform``; if it fails while ``c3 up`` still runs, interrupt that child so it
-    stops everything it started."""
-    try:
-        return start_platform(overrides, data_dir, "c3op_bench_" + secrets.token_urlsafe(24))
-    except BaseException:
-        children = psutil.Process().children()
-        for child in children:
-            child.send_signal(signal.SIGINT)
-        psutil.wait_procs(children, timeout=90)
-        print(f"c3 up did not start; logs in {data_dir}", file=sys.stderr)
-        raise
 
 
 # One sample ----------------------------------------------------------------------------
@@ -153,29 +135,25 @@ def delete(api: httpx.Client, tenant_id: str) -> None:
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"c3-provisioning-{mode}-"))
-    running = launch_platform(platform_overrides(mode, args.tenant_database_url), data_dir)
+    overrides = platform_overrides(mode, args.tenant_database_url)
     samples: list[dict[str, Any]] = []
     created: list[str] = []
-    failed = True
     try:
-        with running.api() as api:
+        with (
+            running_platform(overrides, data_dir, keep_data=args.keep_data) as running,
+            running.api() as api,
+        ):
             for n in range(args.tenants):
                 tenant, operation_url, seconds = provision(api, f"bench-{mode}-{n}", created)
                 steps = step_seconds(api.get(operation_url).json(), tenant["created_at"])
                 samples.append({"tenant_id": tenant["id"], "seconds": seconds, "steps": steps})
                 print(f"  {mode} #{n + 1}: {seconds:6.2f} s  {fmt_steps(steps)}", flush=True)
                 delete(api, tenant["id"])
-        failed = False
     finally:
-        running.stop()
         if mode == "postgres":
             for tenant_id in created:  # a deletion that did not finish leaves its database
                 name = tenant_databases.database_name_for(uuid.UUID(tenant_id))
                 tenant_databases.drop_database(args.tenant_database_url, name)
-        if failed or args.keep_data:
-            print(f"  data directory kept: {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
     return summarize(mode, samples)
 
 
@@ -238,6 +216,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    stop_on_sigterm()
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
         "tenants": args.tenants,

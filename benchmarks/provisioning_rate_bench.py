@@ -28,9 +28,6 @@ import argparse
 import json
 import os
 import platform as host_platform
-import secrets
-import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -50,7 +47,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.platform import RunningPlatform, poll, start_platform  # noqa: E402
+from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from tests.platform import RunningPlatform, poll  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -199,14 +197,9 @@ def render(report: dict[str, Any]) -> str:
     )
 
 
-def exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM ends the run like Ctrl-C does: through the ``finally`` that stops the platform."""
-    sys.exit(128 + signum)
-
-
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    stop_on_sigterm()
     load_before = os.getloadavg()[0]
     started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     data_dir = Path(tempfile.mkdtemp(prefix="c3-provisioning-bench-"))
@@ -219,22 +212,8 @@ def main() -> int:
     with fresh_database(args.database_url) as database_url:
         if database_url is not None:
             overrides["C3_DATABASE_URL"] = database_url
-        print(f"starting the platform in {data_dir} ...", flush=True)
-        running = start_platform(overrides, data_dir, "c3op_bench_" + secrets.token_urlsafe(24))
-        failed = True
-        try:
+        with running_platform(overrides, data_dir, keep_data=args.keep_data) as running:
             measured = measure(running, args)
-            failed = False
-        except BaseException:
-            print("benchmark failed; platform logs:\n" + running.log_tail(), file=sys.stderr)
-            raise
-        finally:
-            code = running.stop()
-            print(f"platform stopped (exit {code})", flush=True)
-            if failed or args.keep_data:
-                print(f"data kept in {data_dir}", flush=True)
-            else:
-                shutil.rmtree(data_dir, ignore_errors=True)
 
     report = {
         "started_at": started_at,

@@ -62,8 +62,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
 from c3.local_run import free_port  # noqa: E402
-from tests.platform import RunningPlatform, poll, start_platform  # noqa: E402
+from tests.platform import RunningPlatform, poll  # noqa: E402
 
 BASE_DOMAIN = "c3.bench"
 USERNAME = "bench"
@@ -140,20 +141,6 @@ def platform_overrides() -> dict[str, str]:
     overrides = {k: v for k, v in os.environ.items() if k.startswith("C3_")}
     overrides["C3_BASE_DOMAIN"] = BASE_DOMAIN
     return overrides
-
-
-def launch_platform(overrides: dict[str, str], data_dir: Path) -> RunningPlatform:
-    """``start_platform``, and if it fails while ``c3 up`` still runs (it does not hand the
-    process back then), interrupt that child so it stops everything it started."""
-    try:
-        return start_platform(overrides, data_dir, "c3op_bench_" + secrets.token_urlsafe(24))
-    except BaseException:
-        children = psutil.Process().children()
-        for child in children:
-            child.send_signal(signal.SIGINT)
-        psutil.wait_procs(children, timeout=90)
-        print(f"c3 up did not start; logs in {data_dir}", file=sys.stderr)
-        raise
 
 
 BENCH_PLAN = "bench-unlimited"
@@ -803,35 +790,18 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
     }
 
 
-def exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM ends the run like Ctrl-C does: through the ``finally`` that stops the platform."""
-    sys.exit(128 + signum)
-
-
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    stop_on_sigterm()
     load_before = os.getloadavg()[0]
     started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     overrides = platform_overrides()
     data_dir = Path(tempfile.mkdtemp(prefix="c3-bench-"))
-    print(f"starting the platform in {data_dir} ...", flush=True)
-    running = launch_platform(overrides, data_dir)
-    failed = True
-    try:
-        with load_generator(prefer_wrk=not args.no_wrk) as generator:
-            measured = benchmark(running, generator, args)
-        failed = False
-    except BaseException:
-        print("benchmark failed; platform logs:\n" + running.log_tail(), file=sys.stderr)
-        raise
-    finally:
-        code = running.stop()
-        print(f"platform stopped (exit {code})", flush=True)
-        if failed or args.keep_data:
-            print(f"data kept in {data_dir}", flush=True)
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+    with (
+        running_platform(overrides, data_dir, keep_data=args.keep_data) as running,
+        load_generator(prefer_wrk=not args.no_wrk) as generator,
+    ):
+        measured = benchmark(running, generator, args)
 
     report = {
         "started_at": started_at,
