@@ -28,9 +28,12 @@ from typing import Any
 
 import httpx
 import psutil
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from c3.local_run import EmbeddedRedis
+from provisioner import tenant_databases
 from tests.conftest import OPERATOR_TOKEN, clear_namespace, fresh_database
 from tests.platform import RunningPlatform, poll, start_platform
 
@@ -314,32 +317,77 @@ def _at(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["at"]).timestamp()
 
 
-def test_kill_9_workers_while_2_synapse_tenants_provision(
-    tmp_path: Path, platform_env: dict[str, str]
-) -> None:
-    with own_platform(tmp_path, platform_env) as running, running.api() as api:
-        tenants = create_tenants(api, ["synapse-crash-a", "synapse-crash-b"])
-        kill_during_attempts(running, api, list(tenants.values()), ["main", "child"])
+PG_ADMIN_URL = os.environ.get("C3_TEST_DATABASE_URL", "")
 
-        ids = [t["id"] for t in tenants.values()]
-        wait_all_active(api, ids, timeout=180)
-        assert_one_homeserver_each(running, set(ids))
-        for tenant in tenants.values():
-            assert operation(api, tenant)["state"] == "succeeded"
-            database = running.homeserver_dir(tenant["id"]) / "homeserver.db"
-            with closing(sqlite3.connect(database)) as conn:
-                (admins,) = conn.execute(
-                    "SELECT count(*) FROM users WHERE name = ?",
-                    (f"@c3-admin:{tenant['server_name']}",),
-                ).fetchone()
-            assert admins == 1
-            # The platform kept a working admin token: it manages the tenant's users.
-            users = api.get(f"/v1/tenants/{tenant['id']}/users")
-            assert users.status_code == 200, users.text
-        assert "interrupted" in {
-            e["event"] for t in tenants.values() for e in operation(api, t)["history"]
-        }
-        assert_served(running, list(tenants))
+
+def admin_count(running: RunningPlatform, tenant: dict[str, Any], storage: str) -> int:
+    """Platform admin accounts in the tenant's homeserver database."""
+    query = "SELECT count(*) FROM users WHERE name = %s"
+    admin = f"@c3-admin:{tenant['server_name']}"
+    if storage == "sqlite":
+        database = running.homeserver_dir(tenant["id"]) / "homeserver.db"
+        with closing(sqlite3.connect(database)) as conn:
+            return int(conn.execute(query.replace("%s", "?"), (admin,)).fetchone()[0])
+    name = tenant_databases.database_name_for(uuid.UUID(tenant["id"]))
+    with psycopg.connect(make_conninfo(PG_ADMIN_URL, dbname=name)) as conn:
+        row = conn.execute(query, (admin,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def tenant_databases_on_server(ids: list[str]) -> list[str]:
+    """The databases and roles of these tenants that exist on the PostgreSQL server."""
+    names = [tenant_databases.database_name_for(uuid.UUID(i)) for i in ids]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        databases = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (names,)
+        ).fetchall()
+        roles = conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (names,))
+        return sorted([f"db:{d}" for (d,) in databases] + [f"role:{r}" for (r,) in roles])
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_kill_9_workers_while_2_synapse_tenants_provision(
+    tmp_path: Path, platform_env: dict[str, str], storage: str
+) -> None:
+    """With each tenant on its own PostgreSQL database too: a killed attempt's half-made
+    database and role are finished by the next attempt, never made twice."""
+    settings = {}
+    if storage == "postgres":
+        if not PG_ADMIN_URL:
+            pytest.skip("needs PostgreSQL (C3_TEST_DATABASE_URL)")
+        settings["C3_TENANT_DATABASE_URL"] = PG_ADMIN_URL
+    ids: list[str] = []
+    try:
+        with own_platform(tmp_path, platform_env, **settings) as running, running.api() as api:
+            tenants = create_tenants(
+                api, [f"synapse-crash-a-{storage}", f"synapse-crash-b-{storage}"]
+            )
+            ids = [t["id"] for t in tenants.values()]
+            kill_during_attempts(running, api, list(tenants.values()), ["main", "child"])
+
+            wait_all_active(api, ids, timeout=180)
+            assert_one_homeserver_each(running, set(ids))
+            if storage == "postgres":
+                names = [tenant_databases.database_name_for(uuid.UUID(i)) for i in ids]
+                assert tenant_databases_on_server(ids) == sorted(
+                    [f"db:{n}" for n in names] + [f"role:{n}" for n in names]
+                )
+            for tenant in tenants.values():
+                assert operation(api, tenant)["state"] == "succeeded"
+                assert admin_count(running, tenant, storage) == 1
+                # The platform kept a working admin token: it manages the tenant's users.
+                users = api.get(f"/v1/tenants/{tenant['id']}/users")
+                assert users.status_code == 200, users.text
+            assert "interrupted" in {
+                e["event"] for t in tenants.values() for e in operation(api, t)["history"]
+            }
+            assert_served(running, list(tenants))
+    finally:
+        if storage == "postgres":
+            for tenant_id in ids:
+                name = tenant_databases.database_name_for(uuid.UUID(tenant_id))
+                tenant_databases.drop_database(PG_ADMIN_URL, name)
 
 
 def create_during_outage(api: httpx.Client, slugs: list[str]) -> dict[str, dict[str, Any]]:
