@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from platform_core.errors import C3Error
+from tenant_api.middleware import DATABASE_UNAVAILABLE, UNAVAILABLE_DETAIL
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -82,6 +83,27 @@ def install(app: FastAPI) -> None:
             type_slug="http-error",
             instance=request.url.path,
         )
+
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database is down, restarting or out of connections: nothing was done, and the
+        # same request may simply be sent again (with its Idempotency-Key, if it has one).
+        log.warning(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+        )
+        return problem(
+            503,
+            "Service unavailable",
+            UNAVAILABLE_DETAIL,
+            type_slug="unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": "5"},
+        )
+
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from platform_core.auth import bearer_token
 from platform_core.crypto import SecretBox
@@ -26,6 +28,8 @@ from platform_core.db import async_sessionmaker_
 from platform_core.errors import C3Error
 from platform_core.models import IdempotentRequest, utcnow
 from platform_core.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -44,17 +48,21 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _problem(send: Any, status: int, title: str, detail: str) -> None:
+# The database down, restarting or out of connections: answered 503, retryable.
+DATABASE_UNAVAILABLE = (OperationalError, PoolTimeoutError)
+UNAVAILABLE_DETAIL = "The platform database is unavailable; nothing was changed. Retry shortly."
+
+
+async def _problem(
+    send: Any, status: int, title: str, detail: str, *, retry_after: int | None = None
+) -> None:
     body = json.dumps(
         {"type": "about:blank", "title": title, "status": status, "detail": detail}
     ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", PROBLEM), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", PROBLEM), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -104,7 +112,11 @@ class IdempotencyMiddleware:
                 send, 413, "Payload too large", f"request bodies are limited to {MAX_BODY} bytes"
             )
             return
-        owner = await _owner(scope)
+        try:
+            owner = await _owner(scope)
+        except DATABASE_UNAVAILABLE:
+            await _problem(send, 503, "Service unavailable", UNAVAILABLE_DETAIL, retry_after=5)
+            return
         if owner is None:  # not authenticated: the route itself answers 401
             await self.app(scope, _replay_receive(body), send)
             return
@@ -118,7 +130,11 @@ class IdempotencyMiddleware:
                 ]
             )
         ).hexdigest()
-        claimed = await _claim(owner, key, fingerprint)
+        try:
+            claimed = await _claim(owner, key, fingerprint)
+        except DATABASE_UNAVAILABLE:
+            await _problem(send, 503, "Service unavailable", UNAVAILABLE_DETAIL, retry_after=5)
+            return
         if isinstance(claimed, IdempotentRequest):
             await _replay(send, claimed)
             return
@@ -212,6 +228,15 @@ async def _claim(
 
 
 async def _settle(owner: str, key: str, captured: dict[str, Any]) -> None:
+    try:
+        await _store_answer(owner, key, captured)
+    except DATABASE_UNAVAILABLE:
+        # The answer went out but is not stored: a repeat gets 409 "in progress" until the
+        # key expires, never a second execution.
+        log.warning("answer to an Idempotency-Key request not stored: database unavailable")
+
+
+async def _store_answer(owner: str, key: str, captured: dict[str, Any]) -> None:
     async with async_sessionmaker_()() as session:
         row = await session.get(IdempotentRequest, (owner, key))
         if row is None:
