@@ -130,21 +130,19 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
-@pytest.fixture(scope="session")
-def platform(
-    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def isolated_platform(
+    platform_env: dict[str, str], data_dir: Path, **settings: str
 ) -> Iterator[RunningPlatform]:
-    """The whole platform (`c3 up`) on the test PostgreSQL (or SQLite) and Redis, for
-    end-to-end tests; with its own database and Redis namespace, so work queued by the
-    in-process tests never reaches its worker."""
-    data_dir = tmp_path_factory.mktemp("c3-platform")
+    """The whole platform (`c3 up`) on the test PostgreSQL (or SQLite) and Redis with its own
+    database and Redis namespace (so work queued by in-process tests never reaches its
+    worker) and ``settings`` (C3_* variables) on top; stopped and cleaned up afterwards."""
     with fresh_database(data_dir) as url:
         env = {
             **platform_env,
             "C3_DATABASE_URL": url,
             "C3_REDIS_NAMESPACE": f"c3e{uuid.uuid4().hex[:10]}",
-            # Billed usage vs the homeservers' own records, often enough to watch in tests.
-            "C3_USAGE_RECONCILE_INTERVAL_S": "2",
+            **settings,
         }
         env.pop("C3_OPERATOR_TOKEN")
         running = start_platform(env, data_dir, OPERATOR_TOKEN)
@@ -153,3 +151,17 @@ def platform(
         finally:
             running.stop()
             clear_namespace(env["C3_REDIS_URL"], env["C3_REDIS_NAMESPACE"])
+
+
+@pytest.fixture(scope="session")
+def platform(
+    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPlatform]:
+    """The whole platform for end-to-end tests."""
+    with isolated_platform(
+        platform_env,
+        tmp_path_factory.mktemp("c3-platform"),
+        # Billed usage vs the homeservers' own records, often enough to watch in tests.
+        C3_USAGE_RECONCILE_INTERVAL_S="2",
+    ) as running:
+        yield running

@@ -20,8 +20,7 @@ import sqlite3
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from psycopg.conninfo import make_conninfo
 
 from c3.local_run import EmbeddedRedis
 from provisioner import tenant_databases
-from tests.conftest import OPERATOR_TOKEN, clear_namespace, fresh_database
-from tests.platform import RunningPlatform, poll, start_platform
+from tests.conftest import isolated_platform
+from tests.platform import RunningPlatform, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -51,26 +50,12 @@ FAST_RECOVERY = {
 FAKE = {"C3_BACKEND": "fake", "C3_FAKE_HOMESERVER_BOOT_S": "0.4"}
 
 
-@contextmanager
 def own_platform(
     tmp_path: Path, platform_env: dict[str, str], **settings: str
-) -> Iterator[RunningPlatform]:
-    """A platform of its own (database, Redis namespace, data dir) with ``settings``."""
-    with fresh_database(tmp_path / "db") as url:
-        env = {
-            **platform_env,
-            "C3_DATABASE_URL": url,
-            "C3_REDIS_NAMESPACE": f"c3r{uuid.uuid4().hex[:10]}",
-            **FAST_RECOVERY,
-            **settings,
-        }
-        env.pop("C3_OPERATOR_TOKEN")
-        running = start_platform(env, tmp_path / "c3", OPERATOR_TOKEN)
-        try:
-            yield running
-        finally:
-            running.stop()
-            clear_namespace(env["C3_REDIS_URL"], env["C3_REDIS_NAMESPACE"])
+) -> AbstractContextManager[RunningPlatform]:
+    """A platform of its own (database, Redis namespace, data dir), recovering fast, with
+    ``settings``."""
+    return isolated_platform(platform_env, tmp_path / "c3", **{**FAST_RECOVERY, **settings})
 
 
 def create_tenants(api: httpx.Client, slugs: list[str]) -> dict[str, dict[str, Any]]:

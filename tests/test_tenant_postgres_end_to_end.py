@@ -26,8 +26,8 @@ from sqlalchemy.engine import make_url
 
 from provisioner import tenant_databases
 from provisioner.backends.local import LocalBackend
-from tests.conftest import OPERATOR_TOKEN, clear_namespace, fresh_database
-from tests.platform import RunningPlatform, poll, start_platform
+from tests.conftest import isolated_platform
+from tests.platform import RunningPlatform, poll
 from tests.test_end_to_end import login
 from tests.test_export_end_to_end import (
     assert_serves_the_export,
@@ -48,24 +48,17 @@ def pg_platform(
     platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningPlatform]:
     """`c3 up` whose tenants get their own PostgreSQL database on the test server."""
-    data_dir = tmp_path_factory.mktemp("c3-pg-platform")
-    with fresh_database(data_dir) as url:
-        env = {
-            **platform_env,
-            "C3_DATABASE_URL": url,
-            "C3_TENANT_DATABASE_URL": ADMIN_URL,
-            "C3_REDIS_NAMESPACE": f"c3p{uuid.uuid4().hex[:10]}",
-            "C3_USAGE_RECONCILE_INTERVAL_S": "2",
-        }
-        env.pop("C3_OPERATOR_TOKEN")
-        running = start_platform(env, data_dir, OPERATOR_TOKEN)
-        try:
+    try:
+        with isolated_platform(
+            platform_env,
+            tmp_path_factory.mktemp("c3-pg-platform"),
+            C3_TENANT_DATABASE_URL=ADMIN_URL,
+            C3_USAGE_RECONCILE_INTERVAL_S="2",
+        ) as running:
             yield running
-        finally:
-            running.stop()
-            clear_namespace(env["C3_REDIS_URL"], env["C3_REDIS_NAMESPACE"])
-            for name in tenant_database_names():  # tenants this module did not delete
-                tenant_databases.drop_database(ADMIN_URL, name)
+    finally:
+        for name in tenant_database_names():  # tenants this module did not delete
+            tenant_databases.drop_database(ADMIN_URL, name)
 
 
 _created: list[str] = []
