@@ -42,18 +42,25 @@ async def test_a_provisioning_tenant_cannot_be_suspended(api: httpx.AsyncClient)
     )
 
 
-async def test_a_plan_change_starts_a_reconfigure_operation(api: httpx.AsyncClient) -> None:
-    tenant = await active_tenant(api)
-    code = f"big{uuid.uuid4().hex[:6]}"
-    await api.post(
+async def plan_with_upload_limit(api: httpx.AsyncClient, limit_bytes: int) -> str:
+    """A new EUR plan whose only limit is ``limit_bytes`` per upload; its code."""
+    code = f"up{uuid.uuid4().hex[:8]}"
+    created = await api.post(
         "/v1/plans",
         json={
             "code": code,
-            "name": "Big",
+            "name": f"Uploads up to {limit_bytes} bytes",
             "currency": "EUR",
-            "limits": {"max_upload_size_bytes": 200 * 1024 * 1024},
+            "limits": {"max_upload_size_bytes": limit_bytes},
         },
     )
+    assert created.status_code == 201, created.text
+    return code
+
+
+async def test_a_plan_change_starts_a_reconfigure_operation(api: httpx.AsyncClient) -> None:
+    tenant = await active_tenant(api)
+    code = await plan_with_upload_limit(api, 200 * 1024 * 1024)
     patched = await api.patch(f"/v1/tenants/{tenant['id']}", json={"plan": code})
     assert patched.status_code == 200, patched.text
     operation = (await api.get(patched.headers["location"])).json()

@@ -16,7 +16,7 @@ from platform_core.models import Tenant
 from platform_core.settings import get_settings
 from tenant_api.access_log import RedactCredentials
 from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
-from tests.tenant_api.tenants.test_lifecycle import active_tenant
+from tests.tenant_api.tenants.test_lifecycle import active_tenant, plan_with_upload_limit
 
 TURN_SECRET = "coturn-static-auth-secret-1"
 OIDC_SECRET = "oidc-client-secret-1"
@@ -171,16 +171,7 @@ async def test_invalid_settings_are_422_naming_the_field(
 
 async def test_the_upload_cap_must_stay_within_the_plan(api: httpx.AsyncClient) -> None:
     tenant = await active_tenant(api)
-    code = f"up{uuid.uuid4().hex[:6]}"
-    await api.post(
-        "/v1/plans",
-        json={
-            "code": code,
-            "name": "Small uploads",
-            "currency": "EUR",
-            "limits": {"max_upload_size_bytes": 8 * 1024 * 1024},
-        },
-    )
+    code = await plan_with_upload_limit(api, 8 * 1024 * 1024)
     over_default = await api.patch(
         f"/v1/tenants/{tenant['id']}", json={"max_upload_size_bytes": 60 * 1024 * 1024}
     )
