@@ -5,11 +5,13 @@ BIN := $(VENV)/bin
 
 .PHONY: install up test check bench clean
 
-$(BIN)/.installed: pyproject.toml
+# Exactly the versions in requirements.lock (scripts/lock re-resolves it from pyproject.toml).
+$(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "C3 needs Python 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(BIN)/.installed

@@ -13,7 +13,13 @@ from sqlalchemy.engine import Connection
 from platform_core.db import make_sync_engine
 from platform_core.settings import get_settings
 
-_ROOT_CANDIDATES = (Path(__file__).resolve().parents[2], Path.cwd())
+# An installed wheel carries alembic.ini and migrations/ in platform_core/_alembic/; a source
+# checkout has them at the repository root.
+_ROOT_CANDIDATES = (
+    Path(__file__).resolve().parent / "_alembic",
+    Path(__file__).resolve().parents[2],
+    Path.cwd(),
+)
 
 
 class DatabaseNotMigrated(RuntimeError):
