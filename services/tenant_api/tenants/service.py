@@ -10,8 +10,10 @@ from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
+from platform_core.auth import Principal
 from platform_core.crypto import SecretBox
-from platform_core.errors import Conflict, InvalidRequest
+from platform_core.errors import Conflict, Forbidden, InvalidRequest
+from platform_core.homeserver_settings import RegistrationPolicy, registration_policy
 from platform_core.models import (
     Operation,
     OperationKind,
@@ -116,6 +118,7 @@ async def update_tenant(
     if body.display_name is not None:
         tenant.display_name = body.display_name
     plan, plan_changed = await _plan_after(tenants, tenant, body.plan)
+    _check_open_registration(tenants.principal, tenant, body, plan)
     settings_changed = homeserver_settings.apply_patch(tenant, body, box, plan.limits or {})
     operation = None
     if (plan_changed or settings_changed) and tenant.status in (
@@ -124,6 +127,26 @@ async def update_tenant(
     ):
         operation = await operations.start(tenant.id, OperationKind.RECONFIGURE)
     return plan.code, operation
+
+
+def _check_open_registration(
+    principal: Principal, tenant: Tenant, body: TenantPatch, plan: Plan
+) -> None:
+    """Opening sign-up to anyone without verification is the operator's call: a tenant admin
+    may only do it on a plan that allows it (asking again for what is already set is fine)."""
+    if (
+        body.registration is not RegistrationPolicy.OPEN
+        or principal.platform_wide
+        or plan.allow_open_registration
+        or registration_policy(tenant.homeserver_settings or {}) is RegistrationPolicy.OPEN
+    ):
+        return
+    raise Forbidden(
+        f"registration: 'open' lets anyone sign up without any verification, and plan "
+        f"'{plan.code}' does not allow tenant admins to choose it; use 'token' (sign-up with a "
+        "registration token) or ask the platform operator for a plan that allows open "
+        "registration"
+    )
 
 
 async def _plan_after(

@@ -207,8 +207,8 @@ async def test_settings_of_a_provisioning_tenant_wait_for_its_homeserver(
     assert stored(tenant["id"])[0] == {"registration": "open"}
 
 
-async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncClient) -> None:
-    tenant = await active_tenant(api)
+async def tenant_admin(api: httpx.AsyncClient, tenant_id: str) -> dict[str, str]:
+    """Authorization headers of a new tenant admin of ``tenant_id``."""
     email = f"adm{uuid.uuid4().hex[:8]}@example.com"
     await api.post(
         "/v1/accounts",
@@ -216,7 +216,7 @@ async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncCl
             "email": email,
             "password": "correct horse battery",
             "role": "tenant_admin",
-            "tenant_id": tenant["id"],
+            "tenant_id": tenant_id,
         },
     )
     tokens = await api.post(
@@ -224,7 +224,12 @@ async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncCl
         data={"grant_type": "password", "username": email, "password": "correct horse battery"},
         headers={"Authorization": ""},
     )
-    admin = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+    return {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+
+
+async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncClient) -> None:
+    tenant = await active_tenant(api)
+    admin = await tenant_admin(api, tenant["id"])
     url = f"/v1/tenants/{tenant['id']}"
     changed = await api.patch(url, json={"registration": "token"}, headers=admin)
     assert changed.status_code == 200, changed.text
@@ -232,6 +237,58 @@ async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncCl
     plan = await api.patch(url, json={"plan": "standard", "registration": "open"}, headers=admin)
     assert_problem(plan, 422, "only operators")
     assert stored(tenant["id"])[0] == {"registration": "token"}
+
+
+async def test_tenant_admins_open_registration_only_on_a_plan_that_allows_it(
+    api: httpx.AsyncClient,
+) -> None:
+    tenant = await active_tenant(api)
+    admin = await tenant_admin(api, tenant["id"])
+    url = f"/v1/tenants/{tenant['id']}"
+    refused = await api.patch(url, json={"registration": "open"}, headers=admin)
+    assert_problem(refused, 403, "does not allow tenant admins")
+    assert "'standard'" in refused.json()["detail"] and "token" in refused.json()["detail"]
+    assert "location" not in refused.headers
+    assert stored(tenant["id"])[0] == {}  # still closed; nothing queued
+    # closed and token stay the tenant admin's choice
+    token = await api.patch(url, json={"registration": "token"}, headers=admin)
+    assert token.status_code == 200, token.text
+    assert token.json()["settings"]["registration"] == "token"
+
+    # The operator moves the tenant to a plan that allows it: now the admin may open it.
+    code = f"open{uuid.uuid4().hex[:8]}"
+    created = await api.post(
+        "/v1/plans",
+        json={"code": code, "name": "Open", "currency": "EUR", "allow_open_registration": True},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["allow_open_registration"] is True
+    assert (await api.patch(url, json={"plan": code})).status_code == 200
+    opened = await api.patch(url, json={"registration": "open"}, headers=admin)
+    assert opened.status_code == 200, opened.text
+    assert opened.json()["settings"]["registration"] == "open"
+
+    # The operator turns the flag off: admins can no longer reopen once closed.
+    off = await api.patch(f"/v1/plans/{code}", json={"allow_open_registration": False})
+    assert off.json()["allow_open_registration"] is False
+    await api.patch(url, json={"registration": "closed"}, headers=admin)
+    again = await api.patch(url, json={"registration": "open"}, headers=admin)
+    assert_problem(again, 403, f"plan '{code}' does not allow")
+
+
+async def test_operators_open_registration_on_any_plan(api: httpx.AsyncClient) -> None:
+    tenant = await active_tenant(api)
+    assert (await api.get("/v1/plans/standard")).json()["allow_open_registration"] is False
+    opened = await api.patch(f"/v1/tenants/{tenant['id']}", json={"registration": "open"})
+    assert opened.status_code == 200, opened.text
+    assert stored(tenant["id"])[0] == {"registration": "open"}
+    # Once the operator opened it, the tenant admin may repeat it (no change) or close it.
+    admin = await tenant_admin(api, tenant["id"])
+    url = f"/v1/tenants/{tenant['id']}"
+    same = await api.patch(url, json={"registration": "open"}, headers=admin)
+    assert same.status_code == 200, same.text
+    closed = await api.patch(url, json={"registration": "closed"}, headers=admin)
+    assert closed.json()["settings"]["registration"] == "closed"
 
 
 # Registration tokens (no homeserver runs here: the end-to-end test drives a real one) -----
