@@ -106,11 +106,17 @@ async def update_tenant(
     tenant: Tenant,
     body: TenantPatch,
     box: SecretBox,
-) -> tuple[str, Operation | None]:
-    """Apply a PATCH; returns the plan code afterwards and the reconfigure operation that
+) -> tuple[str, Operation | None, bool]:
+    """Apply a PATCH; returns the plan code afterwards, the reconfigure operation that
     brings a new plan's limits or new homeserver settings to the homeserver (None when the
     homeserver's config does not change, or when there is no running homeserver yet: the
-    provisioning renders the settings as they are then)."""
+    provisioning renders the settings as they are then) and whether that operation is new
+    (to be enqueued).
+
+    Changes coalesce: while a reconfigure of the tenant waits to start, later changes join it
+    (the worker renders the settings as they are when it starts), so a burst of changes
+    restarts the homeserver at most twice — once for the reconfigure already running, once
+    for the one that follows it."""
     if body.plan is not None and not tenants.principal.platform_wide:
         raise InvalidRequest("plan: only operators change a tenant's plan")
     if tenant.status in (TenantStatus.DELETING, TenantStatus.DELETED):
@@ -120,13 +126,15 @@ async def update_tenant(
     plan, plan_changed = await _plan_after(tenants, tenant, body.plan)
     _check_open_registration(tenants.principal, tenant, body, plan)
     settings_changed = homeserver_settings.apply_patch(tenant, body, box, plan.limits or {})
-    operation = None
-    if (plan_changed or settings_changed) and tenant.status in (
+    if not (plan_changed or settings_changed) or tenant.status not in (
         TenantStatus.ACTIVE,
         TenantStatus.SUSPENDED,
     ):
-        operation = await operations.start(tenant.id, OperationKind.RECONFIGURE)
-    return plan.code, operation
+        return plan.code, None, False
+    pending = await operations.claim_pending(tenant.id, OperationKind.RECONFIGURE)
+    if pending is not None:
+        return plan.code, pending, False
+    return plan.code, await operations.start(tenant.id, OperationKind.RECONFIGURE), True
 
 
 def _check_open_registration(

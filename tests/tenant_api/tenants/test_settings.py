@@ -9,12 +9,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from platform_core.crypto import SecretBox
 from platform_core.db import task_session
-from platform_core.models import Tenant
+from platform_core.models import Operation, OperationKind, OperationState, Tenant
 from platform_core.settings import get_settings
 from tenant_api.access_log import RedactCredentials
+from tenant_api.tenants import endpoints
 from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
 from tests.tenant_api.tenants.test_lifecycle import active_tenant, plan_with_upload_limit
 
@@ -106,6 +108,59 @@ async def test_omitted_fields_stay_and_repeating_a_setting_restarts_nothing(
         f"/v1/tenants/{fresh['id']}", json={"federation": {"mode": "off"}, "registration": "closed"}
     )
     assert same.status_code == 200 and "location" not in same.headers
+
+
+def reconfigures(tenant_id: str) -> list[tuple[str, str]]:
+    """The tenant's reconfigure operations (id, state), oldest first."""
+    with task_session() as session:
+        rows = session.execute(
+            select(Operation.id, Operation.state)
+            .where(
+                Operation.tenant_id == uuid.UUID(tenant_id),
+                Operation.kind == OperationKind.RECONFIGURE,
+            )
+            .order_by(Operation.created_at)
+        )
+        return [(str(op_id), state.value) for op_id, state in rows]
+
+
+async def test_a_burst_of_changes_queues_one_reconfigure_while_it_waits(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six toggles in a row are one homeserver restart, not six: later changes join the
+    reconfigure that has not started; once a worker runs it, one more (and only one) follows."""
+    tenant = await active_tenant(api)
+    enqueued: list[str] = []
+    real_send_task = endpoints.send_task
+    monkeypatch.setattr(
+        endpoints,
+        "send_task",
+        lambda name, op_id: (enqueued.append(op_id), real_send_task(name, op_id)),
+    )
+    url = f"/v1/tenants/{tenant['id']}"
+    locations = set()
+    for days in range(1, 7):
+        answer = await api.patch(url, json={"message_retention": {"max_lifetime_days": days}})
+        assert answer.status_code == 200, answer.text
+        locations.add(answer.headers["location"])
+    [(first, state)] = reconfigures(tenant["id"])
+    assert state == "pending" and {loc.rsplit("/", 1)[1] for loc in locations} == {first}
+    assert enqueued == [first]
+    assert stored(tenant["id"])[0] == {"message_retention": {"max_lifetime_days": 6}}
+
+    # A worker starts it (it renders what is stored now): the next change needs one more...
+    with task_session() as session:
+        row = session.get(Operation, uuid.UUID(first))
+        assert row is not None
+        row.state = OperationState.RUNNING
+    for policy in ("token", "closed", "token"):
+        answer = await api.patch(url, json={"registration": policy})
+        assert answer.status_code == 200, answer.text
+        locations.add(answer.headers["location"])
+    # ... and only one: the others join it.
+    [_, (second, state)] = reconfigures(tenant["id"])
+    assert state == "pending" and len(locations) == 2 and enqueued == [first, second]
+    assert (await api.get(f"/v1/operations/{second}")).json()["state"] == "pending"
 
 
 async def test_secrets_are_kept_when_omitted_and_null_resets_to_defaults(
