@@ -46,6 +46,18 @@ class Forbidden(C3Error):
     type_slug = "forbidden"
 
 
+class TooManyRequests(C3Error):
+    """Over a quota that frees up with time; ``retry_after_s`` says when (``Retry-After``)."""
+
+    status = 429
+    title = "Too many requests"
+    type_slug = "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class UpstreamError(C3Error):
     """The tenant's homeserver answered something we could not use."""
 

@@ -1,8 +1,8 @@
 """Platform metrics in the Prometheus text format (0.0.4).
 
 The reconcile loop's counters live in one Redis hash that every worker adds to (so they are
-platform totals, and survive a worker restart); the API reads it at scrape time together with
-gauges counted from the platform database. Writer (provisioner) and reader (API) share the
+platform totals, and survive a worker restart), the usage consumer's in another; the API reads
+them at scrape time together with gauges counted from the platform database. Writer (provisioner) and reader (API) share the
 action names below.
 """
 
@@ -63,6 +63,43 @@ def record_reconcile_run(
     pipe.execute()
 
 
+_DEAD_LETTERED = "dead_lettered"
+_DEAD_LETTER_DROPPED = "dead_letter_dropped"
+
+
+def park_dead_letters(
+    client: redis.Redis, keys: RedisKeys, entries: list[dict[bytes, bytes]], *, max_len: int
+) -> int:
+    """Append unparseable usage entries to the dead-letter stream, keep only its newest
+    ``max_len`` entries (exact trimming: the stream never grows past the bound) and count both
+    the parked and the dropped ones; returns how many old entries were dropped."""
+    if not entries:
+        return 0
+    pipe = client.pipeline(transaction=True)
+    for fields in entries:
+        pipe.xadd(keys.usage_dead, fields)  # type: ignore[arg-type]
+    pipe.xtrim(keys.usage_dead, maxlen=max_len, approximate=False)
+    pipe.hincrby(keys.usage_metrics, _DEAD_LETTERED, len(entries))
+    dropped = int(pipe.execute()[len(entries)])
+    if dropped:
+        client.hincrby(keys.usage_metrics, _DEAD_LETTER_DROPPED, dropped)
+    return dropped
+
+
+@dataclass(frozen=True)
+class UsageStats:
+    dead_lettered: int = 0  # unparseable usage entries parked in <ns>:usage:dead
+    dead_letter_dropped: int = 0  # parked entries trimmed off to keep the stream bounded
+
+    @classmethod
+    def from_redis(cls, raw: Mapping[bytes | str, bytes | str]) -> UsageStats:
+        values = {_text(k): int(_text(v)) for k, v in raw.items()}
+        return cls(
+            dead_lettered=values.get(_DEAD_LETTERED, 0),
+            dead_letter_dropped=values.get(_DEAD_LETTER_DROPPED, 0),
+        )
+
+
 @dataclass(frozen=True)
 class ReconcileStats:
     runs: int = 0
@@ -96,6 +133,7 @@ class PlatformSnapshot:
     reconcile: ReconcileStats
     tenants: Mapping[str, int]  # by status, every status present
     operations: Mapping[str, int]  # by state, every state present
+    usage: UsageStats = field(default_factory=UsageStats)
 
 
 class _SnapshotCollector(Collector):
@@ -128,6 +166,18 @@ class _SnapshotCollector(Collector):
                 "How long the last reconcile pass took",
                 value=reconcile.last_duration_s,
             )
+        usage = self._snapshot.usage
+        yield CounterMetricFamily(
+            "c3_usage_dead_lettered",
+            "Usage entries the consumer could not parse, parked in the dead-letter stream",
+            value=usage.dead_lettered,
+        )
+        yield CounterMetricFamily(
+            "c3_usage_dead_letter_dropped",
+            "Parked usage entries dropped (oldest first) to keep the dead-letter stream within "
+            "C3_USAGE_DEAD_LETTER_MAX",
+            value=usage.dead_letter_dropped,
+        )
         yield _by_label("c3_tenants", "Tenants by status", "status", self._snapshot.tenants)
         yield _by_label(
             "c3_operations", "Lifecycle operations by state", "state", self._snapshot.operations

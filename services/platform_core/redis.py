@@ -40,6 +40,12 @@ class RedisKeys:
         """Hash: reconcile passes, actions and the last pass's time (platform_core.metrics)."""
         return f"{self.namespace}:metrics:reconcile"
 
+    @property
+    def usage_metrics(self) -> str:
+        """Hash: usage consumer counters, e.g. dead-lettered and dropped entries
+        (platform_core.metrics)."""
+        return f"{self.namespace}:metrics:usage"
+
     def tenant_lease(self, tenant_id: str) -> str:
         return f"{self.namespace}:lease:tenant:{tenant_id}"
 

@@ -73,7 +73,13 @@ class Settings(BaseSettings):
     fake_backend_crash: str = ""
     # Tenant exports: how long a download link (and the archive behind it) lives.
     export_link_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # At most this many ready-or-pending exports per tenant (each a full copy of its data on
+    # disk until its link expires); one more is refused with 429 until the oldest expires.
+    exports_per_tenant_max: int = Field(default=5, ge=1, le=1000)
     usage_flush_interval_s: float = 1.0
+    # Usage entries the consumer cannot parse are parked in <ns>:usage:dead for inspection;
+    # the stream keeps the newest this many (older ones are dropped and counted in /metrics).
+    usage_dead_letter_max: int = Field(default=10_000, ge=1)
     reconcile_interval_s: float = 30.0
     # Billed usage vs each homeserver's own records (provisioner.usage_reconciliation).
     usage_reconcile_interval_s: float = 300.0

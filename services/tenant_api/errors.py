@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from platform_core.errors import C3Error
+from platform_core.errors import C3Error, TooManyRequests
 from tenant_api.middleware import DATABASE_UNAVAILABLE, UNAVAILABLE_DETAIL
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(C3Error)
     async def _c3(request: Request, exc: C3Error) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if isinstance(exc, TooManyRequests) and exc.retry_after_s is not None:
+            headers = {"Retry-After": str(exc.retry_after_s)}
         return problem(
             exc.status,
             exc.title,

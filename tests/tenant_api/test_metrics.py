@@ -6,7 +6,7 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from platform_core.metrics import ReconcileAction, record_reconcile_run
+from platform_core.metrics import ReconcileAction, park_dead_letters, record_reconcile_run
 from platform_core.redis import keys_for
 from platform_core.settings import get_settings
 from tests.tenant_api.auth.test_accounts import bearer, new_tenant
@@ -71,3 +71,23 @@ async def test_metrics_are_for_the_platform_not_for_a_tenant(api: httpx.AsyncCli
     anonymous = await api.get("/metrics", headers={"Authorization": ""})
     assert anonymous.status_code == 401
     assert anonymous.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_scrape_counts_dead_lettered_and_dropped_usage_entries(
+    api: httpx.AsyncClient,
+) -> None:
+    before = await scrape(api)
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.require_redis_url())
+    try:
+        keys = keys_for(settings)
+        client.delete(keys.usage_dead)
+        park_dead_letters(client, keys, [{b"payload": b"{oops"}] * 3, max_len=2)
+    finally:
+        client.close()
+    after = await scrape(api)
+    for name, more in (
+        ("c3_usage_dead_lettered_total", 3),
+        ("c3_usage_dead_letter_dropped_total", 1),
+    ):
+        assert after[(name, "")] == before[(name, "")] + more

@@ -66,6 +66,9 @@ class Plan(UUIDPk, Timestamps, Base):
     # Per meter: {"included": int, "unit_price": int, "per": int, "tiers": [{"up_to", "unit_price"}]}
     prices: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     is_default: Mapped[bool] = mapped_column(default=False)
+    # Whether tenant admins may open their homeserver to sign-up without any verification
+    # (registration "open"); operators always may. Off: anonymous sign-up is a spam magnet.
+    allow_open_registration: Mapped[bool] = mapped_column(default=False)
 
 
 class Tenant(UUIDPk, Timestamps, Base):

@@ -42,6 +42,13 @@ def _download_base(request: Request) -> Callable[[uuid.UUID], str]:
     "/tenants/{tenant_id}/export",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExportAccepted,
+    responses={
+        429: {
+            "content": {PROBLEM: {}},
+            "description": "The tenant already holds C3_EXPORTS_PER_TENANT_MAX downloadable "
+            "exports; Retry-After says when the oldest expires",
+        }
+    },
 )
 async def export_tenant(
     tenant_id: uuid.UUID,
@@ -54,10 +61,16 @@ async def export_tenant(
     """Make a downloadable archive of the tenant's homeserver: database dump, media, signing
     key, config (the platform's operating secrets removed) and a manifest with every file's
     SHA-256. Active or suspended tenants only. While an export is being made, asking again
-    returns it instead of starting another."""
-    tenant = await TenantRepository(session, principal).get_or_404(tenant_id)
+    returns it instead of starting another. A tenant holds at most `C3_EXPORTS_PER_TENANT_MAX`
+    downloadable exports (default 5); one more answers 429 with `Retry-After` until the oldest
+    expires."""
+    # Locked until commit: two concurrent requests cannot both pass the cap.
+    tenant = await TenantRepository(session, principal).get_or_404(tenant_id, for_update=True)
     export, operation, new = await service.start_export(
-        tenant, ExportRepository(session, principal), OperationRepository(session, principal)
+        tenant,
+        ExportRepository(session, principal),
+        OperationRepository(session, principal),
+        max_kept=settings.exports_per_tenant_max,
     )
     if new:
         record(

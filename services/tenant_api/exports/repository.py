@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -64,6 +65,20 @@ class ExportRepository:
         )
         row = (await self.session.execute(statement)).first()
         return (row[0], row[1]) if row is not None else None
+
+    async def ready_expiries(self, tenant_id: uuid.UUID, now: datetime) -> list[datetime]:
+        """When each of the tenant's downloadable exports (ready, not expired) expires,
+        soonest first: the archives it holds on disk."""
+        statement = (
+            select(TenantExport.expires_at)
+            .where(
+                TenantExport.tenant_id == tenant_id,
+                TenantExport.state == ExportState.READY,
+                TenantExport.expires_at > now,
+            )
+            .order_by(TenantExport.expires_at)
+        )
+        return [expires_at for expires_at in (await self.session.scalars(statement)) if expires_at]
 
     async def add(self, export: TenantExport) -> None:
         self.session.add(export)

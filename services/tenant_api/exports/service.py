@@ -3,12 +3,13 @@ Never commits — the endpoint does."""
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from platform_core.errors import C3Error, Conflict, NotFound
+from platform_core.errors import C3Error, Conflict, NotFound, TooManyRequests
 from platform_core.models import (
     ExportState,
     Operation,
@@ -36,16 +37,30 @@ class Gone(C3Error):
 
 
 async def start_export(
-    tenant: Tenant, exports: ExportRepository, operations: OperationRepository
+    tenant: Tenant, exports: ExportRepository, operations: OperationRepository, *, max_kept: int
 ) -> tuple[TenantExport, Operation, bool]:
     """A new export (and its operation), or the one still being made: asking twice while an
-    export runs does not make two archives. The flag says whether it is new."""
+    export runs does not make two archives. The flag says whether it is new. Each archive is a
+    full copy of the tenant's data until its link expires, so a tenant holds at most
+    ``max_kept`` (the new one included); one more is refused until the oldest expires."""
     running = await exports.unfinished(tenant.id)
     if running is not None:
         return running[0], running[1], False
     if tenant.status not in EXPORTABLE:
         raise Conflict(
             f"only an active or suspended tenant can be exported (this one is {tenant.status.value})"
+        )
+    now = utcnow()
+    kept = await exports.ready_expiries(tenant.id, now)
+    if len(kept) >= max_kept:
+        oldest = kept[len(kept) - max_kept]  # once it expires, one more fits
+        wait_s = max(1, math.ceil((oldest - now).total_seconds()))
+        raise TooManyRequests(
+            f"this tenant already has {len(kept)} downloadable exports, the most the platform "
+            f"keeps per tenant ({max_kept}); download one of them (GET "
+            f"/v1/tenants/{tenant.id}/exports) or start a new one after the oldest expires at "
+            f"{oldest.isoformat(timespec='seconds')}",
+            retry_after_s=wait_s,
         )
     operation = await operations.start(tenant.id, OperationKind.EXPORT)
     export = TenantExport(tenant_id=tenant.id, operation_id=operation.id, state=ExportState.PENDING)

@@ -1,4 +1,5 @@
-"""One scrape: the reconcile counters the workers keep in Redis and the database gauges."""
+"""One scrape: the reconcile and usage counters the workers keep in Redis and the database
+gauges."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.errors import TemporaryError
-from platform_core.metrics import PlatformSnapshot, ReconcileStats
+from platform_core.metrics import PlatformSnapshot, ReconcileStats, UsageStats
 from platform_core.redis import keys_for
 from platform_core.settings import Settings
 from tenant_api.metrics import repository
@@ -15,7 +16,9 @@ from tenant_api.metrics import repository
 async def snapshot(session: AsyncSession, settings: Settings) -> PlatformSnapshot:
     try:
         async with aioredis.from_url(settings.require_redis_url()) as client:
-            raw = await client.hgetall(keys_for(settings).reconcile_metrics)
+            keys = keys_for(settings)
+            raw = await client.hgetall(keys.reconcile_metrics)
+            usage = await client.hgetall(keys.usage_metrics)
     except (aioredis.RedisError, OSError) as exc:
         # A failed scrape (503) rather than counters that silently read zero.
         raise TemporaryError(
@@ -25,4 +28,5 @@ async def snapshot(session: AsyncSession, settings: Settings) -> PlatformSnapsho
         reconcile=ReconcileStats.from_redis(raw),
         tenants=await repository.tenants_by_status(session),
         operations=await repository.operations_by_state(session),
+        usage=UsageStats.from_redis(usage),
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.auth import Principal
-from platform_core.models import Operation, OperationKind, OperationState, Tenant
+from platform_core.models import Operation, OperationKind, OperationState, Tenant, utcnow
 from tenant_api.tenants.repository import scoped
 
 
@@ -48,3 +48,32 @@ class OperationRepository:
             Operation.state.in_([OperationState.PENDING, OperationState.RUNNING]),
         )
         return (await self.session.scalars(statement)).first()
+
+    async def claim_pending(self, tenant_id: uuid.UUID, kind: OperationKind) -> Operation | None:
+        """The tenant's oldest operation of ``kind`` that no worker has started yet, held until
+        this transaction ends: a worker cannot start it before this transaction's changes are
+        committed, so it acts on them too. None if there is none (or a worker just started it).
+        """
+        statement = (
+            select(Operation)
+            .where(
+                Operation.tenant_id == tenant_id,
+                Operation.kind == kind,
+                Operation.state == OperationState.PENDING,
+            )
+            .order_by(Operation.created_at, Operation.id)
+            .limit(1)
+            .with_for_update()  # PostgreSQL: the worker's move to running waits for our commit
+        )
+        operation = (await self.session.scalars(statement)).first()
+        if operation is None:
+            return None
+        # SQLite ignores FOR UPDATE: this conditional write claims the row (and the database's
+        # write lock) instead; zero rows means a worker started it since the read.
+        claimed = await self.session.execute(
+            update(Operation)
+            .where(Operation.id == operation.id, Operation.state == OperationState.PENDING)
+            .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return operation if claimed.rowcount == 1 else None  # type: ignore[attr-defined]

@@ -15,6 +15,11 @@ from tenant_api.invoices.rating import MeterPrice, Tier, validate_price
 CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 MAX_MINOR = 10**15  # a sanity bound well inside BIGINT
+ALLOW_OPEN_REGISTRATION = (
+    "Whether tenant admins on this plan may set their homeserver's registration to `open` "
+    "(anyone signs up, no verification). Operators always may. Turning it off later does not "
+    "close homeservers already open."
+)
 
 
 class TierIn(BaseModel):
@@ -83,6 +88,7 @@ class PlanCreate(BaseModel):
     base_fee: int = Field(default=0, ge=0, le=MAX_MINOR, description="Monthly, minor units")
     prices: dict[str, PriceIn] = Field(default_factory=dict, description="Per meter")
     limits: LimitsIn = Field(default_factory=lambda: LimitsIn())
+    allow_open_registration: bool = Field(default=False, description=ALLOW_OPEN_REGISTRATION)
 
     @field_validator("code")
     @classmethod
@@ -110,6 +116,7 @@ class PlanPatch(BaseModel):
     base_fee: int | None = Field(default=None, ge=0, le=MAX_MINOR)
     prices: dict[str, PriceIn] | None = None
     limits: LimitsIn | None = None
+    allow_open_registration: bool | None = Field(default=None, description=ALLOW_OPEN_REGISTRATION)
 
     _prices = field_validator("prices")(lambda cls, v: v if v is None else _check_prices(v))
 
@@ -122,6 +129,7 @@ class PlanOut(BaseModel):
     base_fee: int
     prices: dict[str, Any]
     limits: dict[str, Any]
+    allow_open_registration: bool = Field(description=ALLOW_OPEN_REGISTRATION)
     is_default: bool
     created_at: datetime
     updated_at: datetime

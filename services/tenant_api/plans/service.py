@@ -27,6 +27,7 @@ def to_out(plan: Plan) -> PlanOut:
         base_fee=plan.base_fee_minor,
         prices=plan.prices or {},
         limits=plan.limits or {},
+        allow_open_registration=plan.allow_open_registration,
         is_default=plan.is_default,
         created_at=plan.created_at,
         updated_at=plan.updated_at,
@@ -43,6 +44,7 @@ async def create_plan(plans: PlanRepository, body: PlanCreate) -> Plan:
         base_fee_minor=body.base_fee,
         prices=_prices(body.prices),
         limits=_limits(body.limits),
+        allow_open_registration=body.allow_open_registration,
         is_default=False,
     )
     try:
@@ -70,4 +72,6 @@ def update_plan(plan: Plan, body: PlanPatch) -> Plan:
         plan.prices = _prices(body.prices)
     if body.limits is not None:
         plan.limits = _limits(body.limits)
+    if body.allow_open_registration is not None:
+        plan.allow_open_registration = body.allow_open_registration
     return plan

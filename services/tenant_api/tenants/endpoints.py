@@ -120,10 +120,14 @@ async def update_tenant(
 ) -> TenantOut:
     """Change the display name, the plan (operators only) or the homeserver settings
     (federation, registration, retention, upload cap, TURN, SSO). A change that alters the
-    homeserver's config answers with `Location:` the reconfigure operation applying it."""
+    homeserver's config answers with `Location:` the reconfigure operation applying it; while
+    one waits to start, further changes join it (same `Location:`) instead of queueing more
+    homeserver restarts."""
     tenants = TenantRepository(session, principal)
-    tenant = await tenants.get_or_404(tenant_id)
-    plan_code, operation = await service.update_tenant(
+    # Locked until commit: concurrent PATCHes of one tenant apply one after the other (no
+    # lost settings, one pending reconfigure between them).
+    tenant = await tenants.get_or_404(tenant_id, for_update=True)
+    plan_code, operation, new_operation = await service.update_tenant(
         tenants,
         OperationRepository(session, principal),
         tenant,
@@ -147,7 +151,8 @@ async def update_tenant(
         response.headers["Location"] = absolute_url(
             request, "get_operation", operation_id=operation.id
         )
-        await enqueue(TaskNames.RECONFIGURE_TENANT, operation.id)
+        if new_operation:  # a pending one joined was enqueued when it was made
+            await enqueue(TaskNames.RECONFIGURE_TENANT, operation.id)
     return service.to_out(tenant, plan_code, settings)
 
 

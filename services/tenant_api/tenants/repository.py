@@ -27,13 +27,16 @@ class TenantRepository:
         self.session = session
         self.principal = principal
 
-    async def get(self, tenant_id: uuid.UUID) -> Tenant | None:
+    async def get(self, tenant_id: uuid.UUID, *, for_update: bool = False) -> Tenant | None:
         statement = scoped(select(Tenant).where(Tenant.id == tenant_id), self.principal)
+        if for_update:  # held until the transaction ends (PostgreSQL; SQLite has one writer)
+            statement = statement.with_for_update()
         return (await self.session.scalars(statement)).first()
 
-    async def get_or_404(self, tenant_id: uuid.UUID) -> Tenant:
-        """The tenant if this principal may see it; otherwise 404 (never 403: no existence leak)."""
-        tenant = await self.get(tenant_id)
+    async def get_or_404(self, tenant_id: uuid.UUID, *, for_update: bool = False) -> Tenant:
+        """The tenant if this principal may see it; otherwise 404 (never 403: no existence leak).
+        ``for_update`` locks its row until the transaction ends (changes that read, then write)."""
+        tenant = await self.get(tenant_id, for_update=for_update)
         if tenant is None:
             raise NotFound(f"tenant {tenant_id} not found")
         return tenant

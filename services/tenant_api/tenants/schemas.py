@@ -278,7 +278,8 @@ class TenantPatch(BaseModel):
         description="closed: only the API creates accounts; token: anyone holding a "
         "registration token (see /registration-tokens) may sign up; open: anyone may sign "
         "up with no verification at all — an open door for spam and abuse, use only on "
-        "networks you control",
+        "networks you control. Tenant admins may choose open only on a plan that allows it "
+        "(`allow_open_registration`; 403 otherwise), operators always may.",
     )
     message_retention: RetentionIn | None = Field(
         default=None, description="null: messages are kept forever"

@@ -10,8 +10,10 @@ from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
+from platform_core.auth import Principal
 from platform_core.crypto import SecretBox
-from platform_core.errors import Conflict, InvalidRequest
+from platform_core.errors import Conflict, Forbidden, InvalidRequest
+from platform_core.homeserver_settings import RegistrationPolicy, registration_policy
 from platform_core.models import (
     Operation,
     OperationKind,
@@ -104,11 +106,17 @@ async def update_tenant(
     tenant: Tenant,
     body: TenantPatch,
     box: SecretBox,
-) -> tuple[str, Operation | None]:
-    """Apply a PATCH; returns the plan code afterwards and the reconfigure operation that
+) -> tuple[str, Operation | None, bool]:
+    """Apply a PATCH; returns the plan code afterwards, the reconfigure operation that
     brings a new plan's limits or new homeserver settings to the homeserver (None when the
     homeserver's config does not change, or when there is no running homeserver yet: the
-    provisioning renders the settings as they are then)."""
+    provisioning renders the settings as they are then) and whether that operation is new
+    (to be enqueued).
+
+    Changes coalesce: while a reconfigure of the tenant waits to start, later changes join it
+    (the worker renders the settings as they are when it starts), so a burst of changes
+    restarts the homeserver at most twice — once for the reconfigure already running, once
+    for the one that follows it."""
     if body.plan is not None and not tenants.principal.platform_wide:
         raise InvalidRequest("plan: only operators change a tenant's plan")
     if tenant.status in (TenantStatus.DELETING, TenantStatus.DELETED):
@@ -116,14 +124,37 @@ async def update_tenant(
     if body.display_name is not None:
         tenant.display_name = body.display_name
     plan, plan_changed = await _plan_after(tenants, tenant, body.plan)
+    _check_open_registration(tenants.principal, tenant, body, plan)
     settings_changed = homeserver_settings.apply_patch(tenant, body, box, plan.limits or {})
-    operation = None
-    if (plan_changed or settings_changed) and tenant.status in (
+    if not (plan_changed or settings_changed) or tenant.status not in (
         TenantStatus.ACTIVE,
         TenantStatus.SUSPENDED,
     ):
-        operation = await operations.start(tenant.id, OperationKind.RECONFIGURE)
-    return plan.code, operation
+        return plan.code, None, False
+    pending = await operations.claim_pending(tenant.id, OperationKind.RECONFIGURE)
+    if pending is not None:
+        return plan.code, pending, False
+    return plan.code, await operations.start(tenant.id, OperationKind.RECONFIGURE), True
+
+
+def _check_open_registration(
+    principal: Principal, tenant: Tenant, body: TenantPatch, plan: Plan
+) -> None:
+    """Opening sign-up to anyone without verification is the operator's call: a tenant admin
+    may only do it on a plan that allows it (asking again for what is already set is fine)."""
+    if (
+        body.registration is not RegistrationPolicy.OPEN
+        or principal.platform_wide
+        or plan.allow_open_registration
+        or registration_policy(tenant.homeserver_settings or {}) is RegistrationPolicy.OPEN
+    ):
+        return
+    raise Forbidden(
+        f"registration: 'open' lets anyone sign up without any verification, and plan "
+        f"'{plan.code}' does not allow tenant admins to choose it; use 'token' (sign-up with a "
+        "registration token) or ask the platform operator for a plan that allows open "
+        "registration"
+    )
 
 
 async def _plan_after(

@@ -18,6 +18,7 @@ import redis
 
 from platform_core.celery import TaskNames, celery_app
 from platform_core.db import task_session
+from platform_core.metrics import park_dead_letters
 from platform_core.redis import RedisKeys, keys_for
 from platform_core.settings import get_settings
 from tenant_api.usage.service import MalformedBatch, ParsedBatch, apply_batches, parse_batch
@@ -44,10 +45,19 @@ def ensure_group(client: redis.Redis, keys: RedisKeys) -> None:
 
 
 def drain_usage_stream(
-    client: redis.Redis, keys: RedisKeys, consumer: str, *, time_budget_s: float = TIME_BUDGET_S
+    client: redis.Redis,
+    keys: RedisKeys,
+    consumer: str,
+    *,
+    time_budget_s: float = TIME_BUDGET_S,
+    dead_letter_max: int | None = None,
 ) -> dict[str, int]:
-    """Apply every available batch (pending-reclaimed first); returns counts."""
+    """Apply every available batch (pending-reclaimed first); returns counts. Unparseable
+    entries are parked in the dead-letter stream, which keeps its newest ``dead_letter_max``
+    (default ``C3_USAGE_DEAD_LETTER_MAX``)."""
     ensure_group(client, keys)
+    if dead_letter_max is None:
+        dead_letter_max = get_settings().usage_dead_letter_max
     report = {"applied": 0, "duplicates": 0, "reclaimed": 0, "malformed": 0}
     # Redis 6.2 answers [cursor, entries], Redis 7 adds a third element (deleted ids).
     claimed: Any = client.xautoclaim(
@@ -58,13 +68,13 @@ def drain_usage_stream(
         count=READ_COUNT,
     )[1]
     report["reclaimed"] = len(claimed)
-    _apply_entries(client, keys, claimed, report)
+    _apply_entries(client, keys, claimed, report, dead_letter_max)
     # Our own pending entries (we died between commit and ack last time) before new ones.
     own: Any = client.xreadgroup(
         keys.usage_group, consumer, {keys.usage_stream: "0"}, count=READ_COUNT
     )
     if own:
-        _apply_entries(client, keys, own[0][1], report)
+        _apply_entries(client, keys, own[0][1], report, dead_letter_max)
     deadline = time.monotonic() + time_budget_s
     while time.monotonic() < deadline:
         response: Any = client.xreadgroup(
@@ -75,15 +85,18 @@ def drain_usage_stream(
         entries = response[0][1]
         if not entries:
             break
-        _apply_entries(client, keys, entries, report)
+        _apply_entries(client, keys, entries, report, dead_letter_max)
     return report
 
 
-def _apply_entries(client: redis.Redis, keys: RedisKeys, entries, report: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
+def _apply_entries(
+    client: redis.Redis, keys: RedisKeys, entries, report: dict[str, int], dead_letter_max: int
+) -> None:  # type: ignore[no-untyped-def]
     """Apply ``entries`` in ONE transaction (each batch id recorded with its effects), then
     acknowledge them all. One commit for a whole read amortizes the per-transaction cost."""
     parsed: list[tuple[str, str, ParsedBatch]] = []
     done_ids = []
+    dead: list[dict[bytes, bytes]] = []
     for entry_id, fields in entries:
         if not fields:  # deleted while pending
             done_ids.append(entry_id)
@@ -98,9 +111,11 @@ def _apply_entries(client: redis.Redis, keys: RedisKeys, entries, report: dict[s
             log.error(
                 "usage entry %s is malformed (%s); moved to %s", entry_id, exc, keys.usage_dead
             )
-            client.xadd(keys.usage_dead, {**fields, b"error": str(exc)[:500]})
+            dead.append({**fields, b"error": str(exc)[:500].encode()})
             done_ids.append(entry_id)  # parked: acknowledged with the others
             report["malformed"] += 1
+    # Bounded: a proxy writing garbage in a loop must not fill Redis (noeviction) with it.
+    park_dead_letters(client, keys, dead, max_len=dead_letter_max)
     if parsed:
         with task_session() as session:
             applied = apply_batches(session, parsed)

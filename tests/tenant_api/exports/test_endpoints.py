@@ -139,3 +139,38 @@ async def test_an_export_of_another_tenant_is_not_found_under_this_one(
     mine, other = await active_tenant(api), await active_tenant(api)
     export = (await api.post(f"/v1/tenants/{other['id']}/export")).json()
     assert_problem(await api.get(f"/v1/tenants/{mine['id']}/exports/{export['id']}"), 404)
+
+
+async def test_a_tenant_holds_at_most_the_configured_number_of_exports(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each export is a full copy of the tenant's data on disk: past C3_EXPORTS_PER_TENANT_MAX
+    downloadable ones, a new export is refused (429, Retry-After = when the oldest expires)."""
+    monkeypatch.setenv("C3_EXPORTS_PER_TENANT_MAX", "3")
+    get_settings.cache_clear()
+    try:
+        tenant = await active_tenant(api)
+        url = f"/v1/tenants/{tenant['id']}/export"
+        for hours in (2, 1, 3):
+            started = await api.post(url)
+            assert started.status_code == 202, started.text
+            finish(started.json()["id"], expires_in=timedelta(hours=hours))
+        refused = await api.post(url)
+        problem = assert_problem(refused, 429, "already has 3 downloadable exports", "(3)")
+        assert "download one of them" in problem["detail"]
+        assert 3500 <= int(refused.headers["retry-after"]) <= 3600  # the one expiring in 1 h
+        listed = (await api.get(f"/v1/tenants/{tenant['id']}/exports")).json()["items"]
+        assert len(listed) == 3  # nothing was started
+
+        # Expired exports hold nothing: once one expires, a new export starts.
+        with task_session() as session:
+            oldest = session.scalars(
+                select(TenantExport)
+                .where(TenantExport.tenant_id == uuid.UUID(tenant["id"]))
+                .order_by(TenantExport.expires_at)
+            ).first()
+            assert oldest is not None
+            oldest.expires_at = utcnow() - timedelta(seconds=1)
+        assert (await api.post(url)).status_code == 202
+    finally:
+        get_settings.cache_clear()

@@ -9,12 +9,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from platform_core.crypto import SecretBox
 from platform_core.db import task_session
-from platform_core.models import Tenant
+from platform_core.models import Operation, OperationKind, OperationState, Tenant
 from platform_core.settings import get_settings
 from tenant_api.access_log import RedactCredentials
+from tenant_api.tenants import endpoints
 from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
 from tests.tenant_api.tenants.test_lifecycle import active_tenant, plan_with_upload_limit
 
@@ -106,6 +108,59 @@ async def test_omitted_fields_stay_and_repeating_a_setting_restarts_nothing(
         f"/v1/tenants/{fresh['id']}", json={"federation": {"mode": "off"}, "registration": "closed"}
     )
     assert same.status_code == 200 and "location" not in same.headers
+
+
+def reconfigures(tenant_id: str) -> list[tuple[str, str]]:
+    """The tenant's reconfigure operations (id, state), oldest first."""
+    with task_session() as session:
+        rows = session.execute(
+            select(Operation.id, Operation.state)
+            .where(
+                Operation.tenant_id == uuid.UUID(tenant_id),
+                Operation.kind == OperationKind.RECONFIGURE,
+            )
+            .order_by(Operation.created_at)
+        )
+        return [(str(op_id), state.value) for op_id, state in rows]
+
+
+async def test_a_burst_of_changes_queues_one_reconfigure_while_it_waits(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six toggles in a row are one homeserver restart, not six: later changes join the
+    reconfigure that has not started; once a worker runs it, one more (and only one) follows."""
+    tenant = await active_tenant(api)
+    enqueued: list[str] = []
+    real_send_task = endpoints.send_task
+    monkeypatch.setattr(
+        endpoints,
+        "send_task",
+        lambda name, op_id: (enqueued.append(op_id), real_send_task(name, op_id)),
+    )
+    url = f"/v1/tenants/{tenant['id']}"
+    locations = set()
+    for days in range(1, 7):
+        answer = await api.patch(url, json={"message_retention": {"max_lifetime_days": days}})
+        assert answer.status_code == 200, answer.text
+        locations.add(answer.headers["location"])
+    [(first, state)] = reconfigures(tenant["id"])
+    assert state == "pending" and {loc.rsplit("/", 1)[1] for loc in locations} == {first}
+    assert enqueued == [first]
+    assert stored(tenant["id"])[0] == {"message_retention": {"max_lifetime_days": 6}}
+
+    # A worker starts it (it renders what is stored now): the next change needs one more...
+    with task_session() as session:
+        row = session.get(Operation, uuid.UUID(first))
+        assert row is not None
+        row.state = OperationState.RUNNING
+    for policy in ("token", "closed", "token"):
+        answer = await api.patch(url, json={"registration": policy})
+        assert answer.status_code == 200, answer.text
+        locations.add(answer.headers["location"])
+    # ... and only one: the others join it.
+    [_, (second, state)] = reconfigures(tenant["id"])
+    assert state == "pending" and len(locations) == 2 and enqueued == [first, second]
+    assert (await api.get(f"/v1/operations/{second}")).json()["state"] == "pending"
 
 
 async def test_secrets_are_kept_when_omitted_and_null_resets_to_defaults(
@@ -207,8 +262,8 @@ async def test_settings_of_a_provisioning_tenant_wait_for_its_homeserver(
     assert stored(tenant["id"])[0] == {"registration": "open"}
 
 
-async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncClient) -> None:
-    tenant = await active_tenant(api)
+async def tenant_admin(api: httpx.AsyncClient, tenant_id: str) -> dict[str, str]:
+    """Authorization headers of a new tenant admin of ``tenant_id``."""
     email = f"adm{uuid.uuid4().hex[:8]}@example.com"
     await api.post(
         "/v1/accounts",
@@ -216,7 +271,7 @@ async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncCl
             "email": email,
             "password": "correct horse battery",
             "role": "tenant_admin",
-            "tenant_id": tenant["id"],
+            "tenant_id": tenant_id,
         },
     )
     tokens = await api.post(
@@ -224,7 +279,12 @@ async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncCl
         data={"grant_type": "password", "username": email, "password": "correct horse battery"},
         headers={"Authorization": ""},
     )
-    admin = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+    return {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+
+
+async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncClient) -> None:
+    tenant = await active_tenant(api)
+    admin = await tenant_admin(api, tenant["id"])
     url = f"/v1/tenants/{tenant['id']}"
     changed = await api.patch(url, json={"registration": "token"}, headers=admin)
     assert changed.status_code == 200, changed.text
@@ -232,6 +292,58 @@ async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncCl
     plan = await api.patch(url, json={"plan": "standard", "registration": "open"}, headers=admin)
     assert_problem(plan, 422, "only operators")
     assert stored(tenant["id"])[0] == {"registration": "token"}
+
+
+async def test_tenant_admins_open_registration_only_on_a_plan_that_allows_it(
+    api: httpx.AsyncClient,
+) -> None:
+    tenant = await active_tenant(api)
+    admin = await tenant_admin(api, tenant["id"])
+    url = f"/v1/tenants/{tenant['id']}"
+    refused = await api.patch(url, json={"registration": "open"}, headers=admin)
+    assert_problem(refused, 403, "does not allow tenant admins")
+    assert "'standard'" in refused.json()["detail"] and "token" in refused.json()["detail"]
+    assert "location" not in refused.headers
+    assert stored(tenant["id"])[0] == {}  # still closed; nothing queued
+    # closed and token stay the tenant admin's choice
+    token = await api.patch(url, json={"registration": "token"}, headers=admin)
+    assert token.status_code == 200, token.text
+    assert token.json()["settings"]["registration"] == "token"
+
+    # The operator moves the tenant to a plan that allows it: now the admin may open it.
+    code = f"open{uuid.uuid4().hex[:8]}"
+    created = await api.post(
+        "/v1/plans",
+        json={"code": code, "name": "Open", "currency": "EUR", "allow_open_registration": True},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["allow_open_registration"] is True
+    assert (await api.patch(url, json={"plan": code})).status_code == 200
+    opened = await api.patch(url, json={"registration": "open"}, headers=admin)
+    assert opened.status_code == 200, opened.text
+    assert opened.json()["settings"]["registration"] == "open"
+
+    # The operator turns the flag off: admins can no longer reopen once closed.
+    off = await api.patch(f"/v1/plans/{code}", json={"allow_open_registration": False})
+    assert off.json()["allow_open_registration"] is False
+    await api.patch(url, json={"registration": "closed"}, headers=admin)
+    again = await api.patch(url, json={"registration": "open"}, headers=admin)
+    assert_problem(again, 403, f"plan '{code}' does not allow")
+
+
+async def test_operators_open_registration_on_any_plan(api: httpx.AsyncClient) -> None:
+    tenant = await active_tenant(api)
+    assert (await api.get("/v1/plans/standard")).json()["allow_open_registration"] is False
+    opened = await api.patch(f"/v1/tenants/{tenant['id']}", json={"registration": "open"})
+    assert opened.status_code == 200, opened.text
+    assert stored(tenant["id"])[0] == {"registration": "open"}
+    # Once the operator opened it, the tenant admin may repeat it (no change) or close it.
+    admin = await tenant_admin(api, tenant["id"])
+    url = f"/v1/tenants/{tenant['id']}"
+    same = await api.patch(url, json={"registration": "open"}, headers=admin)
+    assert same.status_code == 200, same.text
+    closed = await api.patch(url, json={"registration": "closed"}, headers=admin)
+    assert closed.json()["settings"]["registration"] == "closed"
 
 
 # Registration tokens (no homeserver runs here: the end-to-end test drives a real one) -----

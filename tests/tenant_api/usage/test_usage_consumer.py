@@ -7,12 +7,15 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 import redis
 from sqlalchemy import func, select
 
 from platform_core.db import task_session
+from platform_core.metrics import UsageStats
 from platform_core.models import UsageCounter
 from platform_core.redis import RedisKeys
+from platform_core.settings import get_settings
 from tenant_api.invoices.repository import usage_between
 from tenant_api.usage import tasks
 from tests.factories import make_tenant
@@ -200,3 +203,42 @@ def test_a_malformed_entry_is_parked_and_does_not_block_the_stream(
     parked = redis_client.xrange(keys.usage_dead)
     assert len(parked) == 1 and parked[0][1][b"payload"] == b"{oops"
     redis_client.delete(keys.usage_dead)
+
+
+def test_the_dead_letter_stream_keeps_only_the_newest_entries_and_counts_the_dropped(
+    platform_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """A proxy writing garbage in a loop must not fill Redis: the dead-letter stream keeps the
+    newest ``C3_USAGE_DEAD_LETTER_MAX`` entries and counts what it dropped for /metrics."""
+    keys = _keys(platform_env)
+    for n in range(12):
+        redis_client.xadd(keys.usage_stream, {"batch_id": f"bad-{n}", "payload": "{oops"})
+    report = tasks.drain_usage_stream(redis_client, keys, "consumer-1", dead_letter_max=5)
+    assert report["malformed"] == 12
+    parked = redis_client.xrange(keys.usage_dead)
+    assert [fields[b"batch_id"] for _, fields in parked] == [
+        f"bad-{n}".encode() for n in range(7, 12)
+    ]
+    # A later drain keeps the bound too (the trim is not only per read).
+    redis_client.xadd(keys.usage_stream, {"batch_id": "bad-12", "payload": "{oops"})
+    tasks.drain_usage_stream(redis_client, keys, "consumer-1", dead_letter_max=5)
+    assert redis_client.xlen(keys.usage_dead) == 5
+    assert redis_client.xrevrange(keys.usage_dead, count=1)[0][1][b"batch_id"] == b"bad-12"
+    stats = UsageStats.from_redis(redis_client.hgetall(keys.usage_metrics))
+    assert stats == UsageStats(dead_lettered=13, dead_letter_dropped=8)
+
+
+def test_the_dead_letter_bound_defaults_to_the_setting(
+    platform_env: dict[str, str], redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("C3_USAGE_DEAD_LETTER_MAX", "2")
+    get_settings.cache_clear()
+    try:
+        keys = _keys(platform_env)
+        for n in range(4):
+            redis_client.xadd(keys.usage_stream, {"batch_id": f"bad-{n}", "payload": "{oops"})
+        tasks.drain_usage_stream(redis_client, keys, "consumer-1")
+    finally:
+        monkeypatch.delenv("C3_USAGE_DEAD_LETTER_MAX")
+        get_settings.cache_clear()
+    assert [f[b"batch_id"] for _, f in redis_client.xrange(keys.usage_dead)] == [b"bad-2", b"bad-3"]
