@@ -14,6 +14,7 @@ from homeserver_proxy.client_urls import (
     is_login,
     login_answer_for,
     media_server_name,
+    starts_sso,
 )
 from homeserver_proxy.federation import (
     FEDERATION_MAX_BODY,
@@ -166,6 +167,12 @@ class ProxyApp:
             raise errors.tenant_unavailable(route.status)
         if verdict is Verdict.FEDERATION:
             await self._federate(route, scope, receive, send, path)
+        elif prefixed is not None and starts_sso(scope["method"], path):
+            # Single sign-on ends at the tenant's host name (Synapse's public_baseurl, where
+            # the identity provider calls back): it must start there too.
+            location = (self.settings.homeserver_url(route.server_name) + path).encode()
+            query = scope.get("query_string", b"")
+            await errors.send_redirect(send, location + (b"?" + query if query else b""))
         else:
             await self._forward(route, scope, receive, send, path, base_url=base_url)
 

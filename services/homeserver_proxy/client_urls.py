@@ -24,6 +24,11 @@ _MEDIA_READ = re.compile(
 # Browsers preflight an authenticated media request (it carries Authorization) with OPTIONS.
 _MEDIA_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LOGIN = re.compile(r"^/_matrix/client/(?:r0|v3|v1|unstable)/login$")
+# Where a browser starts single sign-on (login, or re-authentication through the UIA fallback).
+_SSO_START = re.compile(
+    r"^/_matrix/client/(?:r0|v3|unstable/[^/]+)/"
+    r"(?:login/(?:sso|cas)/redirect(?:/[^/]+)?|auth/m\.login\.sso/fallback/web)$"
+)
 
 
 def media_server_name(method: str, path: str) -> str | None:
@@ -38,6 +43,14 @@ def media_server_name(method: str, path: str) -> str | None:
         return unquote(match["server"], errors="strict").lower()
     except UnicodeDecodeError:
         return None
+
+
+def starts_sso(method: str, path: str) -> bool:
+    """A browser starting single sign-on. Synapse keeps the SSO session in a cookie for the
+    host the flow starts on, and the identity provider calls back at its ``public_baseurl``
+    (the tenant's host name): a flow started under ``/t/<slug>`` would come back without its
+    cookie, so the proxy sends it to the host name first."""
+    return method in ("GET", "HEAD") and _SSO_START.match(path) is not None
 
 
 def is_login(method: str, path: str) -> bool:

@@ -230,3 +230,35 @@ async def test_unknown_host_well_known_is_421(tenants: Tenants) -> None:
         "/.well-known/matrix/client", headers={"Host": "127.0.0.1:8080"}
     )
     assert answer.status_code == 421
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/client/v3/login/sso/redirect?redirectUrl=http%3A%2F%2Fapp.example%2F",
+        "/_matrix/client/v3/login/sso/redirect/oidc?redirectUrl=http%3A%2F%2Fapp.example%2F",
+        "/_matrix/client/r0/login/cas/redirect?redirectUrl=http%3A%2F%2Fapp.example%2F",
+        "/_matrix/client/v3/auth/m.login.sso/fallback/web?session=abc",
+    ],
+)
+async def test_single_sign_on_under_the_prefix_starts_at_the_tenants_host_name(
+    tenants: Tenants, path: str
+) -> None:
+    """The identity provider calls back at Synapse's public_baseurl (the host name) and Synapse
+    looks for the session cookie it set where the flow started: the two must be one host."""
+    started = await tenants.proxy.client.get(f"/t/acme{path}")
+    assert started.status_code == 302
+    assert started.headers["location"] == f"http://acme.c3.test:8080{path}"
+    assert tenants.acme.paths == []
+
+    by_host = await tenants.proxy.client.get(path, headers={"Host": "acme.c3.test:8080"})
+    assert by_host.status_code == 200
+    assert tenants.acme.paths == [path]
+
+
+async def test_single_sign_on_of_a_suspended_tenant_is_refused_not_redirected(
+    tenants: Tenants,
+) -> None:
+    tenants.proxy.publish("acme", upstream=tenants.acme.url, status="suspended")
+    answer = await tenants.proxy.client.get("/t/acme/_matrix/client/v3/login/sso/redirect")
+    assert answer.status_code == 403
