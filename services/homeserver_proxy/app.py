@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import redis.asyncio as aioredis
 
 from homeserver_proxy import billable, errors
 from homeserver_proxy.asgi import Message, Receive, Scope, Send
 from homeserver_proxy.billable import Kind
+from homeserver_proxy.client_urls import (
+    is_login,
+    login_answer_for,
+    media_server_name,
+    starts_sso,
+)
 from homeserver_proxy.federation import (
     FEDERATION_MAX_BODY,
     federates,
@@ -127,10 +134,17 @@ class ProxyApp:
         else:
             if host is None:
                 raise errors.bad_framing("Missing Host header")
-            route = await self.routes.by_host(normalize_host(host))
-            if route is None:
-                raise errors.unknown_tenant_host()
-            base_url = self.settings.homeserver_url(route.server_name)
+            host_name = normalize_host(host)
+            route = await self.routes.by_host(host_name)
+            if route is not None:
+                # The name the client used (its server name or a custom domain), on the
+                # proxy's public scheme and port.
+                base_url = self.settings.homeserver_url(host_name)
+            else:
+                route = await self._media_owner(scope["method"], path)
+                if route is None:
+                    raise errors.unknown_tenant_host()
+                base_url = self.settings.homeserver_url(route.server_name)
 
         verdict = classify(path)
         if verdict is Verdict.WELL_KNOWN_CLIENT:
@@ -151,13 +165,41 @@ class ProxyApp:
             raise errors.not_served()
         if route.status != "active":
             raise errors.tenant_unavailable(route.status)
-        forward = self._federate if verdict is Verdict.FEDERATION else self._forward
-        await forward(route, scope, receive, send, path)
+        if verdict is Verdict.FEDERATION:
+            await self._federate(route, scope, receive, send, path)
+        elif prefixed is not None and starts_sso(scope["method"], path):
+            # Single sign-on ends at the tenant's host name (Synapse's public_baseurl, where
+            # the identity provider calls back): it must start there too.
+            location = (self.settings.homeserver_url(route.server_name) + path).encode()
+            query = scope.get("query_string", b"")
+            await errors.send_redirect(send, location + (b"?" + query if query else b""))
+        else:
+            await self._forward(route, scope, receive, send, path, base_url=base_url)
+
+    async def _media_owner(self, method: str, path: str) -> Route | None:
+        """The tenant whose server name a media download/thumbnail path names, for a request
+        that names no tenant by Host or prefix (SDKs that build media URLs from the origin
+        alone). Only a tenant's own server name matches: never a custom domain, never a
+        server name with a port. A Host or prefix that names a tenant always wins over this
+        (a tenant's client fetching a remote server's media goes to its own homeserver)."""
+        server_name = media_server_name(method, path)
+        if server_name is None:
+            return None
+        route = await self.routes.by_host(server_name)
+        return route if route is not None and route.server_name == server_name else None
 
     async def _forward(
-        self, route: Route, scope: Scope, receive: Receive, send: Send, path: str
+        self,
+        route: Route,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        *,
+        base_url: str,
     ) -> None:
-        """A client request: limited, forwarded, metered."""
+        """A client request: limited, forwarded, metered. A login answer's ``well_known``
+        names ``base_url``, the way this client came in (as our /.well-known does)."""
         long_poll = is_long_poll(path)
         # Refused here (429/503) means never forwarded and never billed: a tenant does not pay
         # for requests we turned away.
@@ -172,6 +214,9 @@ class ProxyApp:
                 path=path,
                 max_body=route.max_upload_bytes,
                 capture=kind.captures_response,
+                rewrite=(
+                    partial(login_answer_for, base_url) if is_login(scope["method"], path) else None
+                ),
             )
         finally:
             if not long_poll:

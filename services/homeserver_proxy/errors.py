@@ -54,6 +54,22 @@ async def send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+async def send_redirect(send: Send, location: bytes) -> None:
+    """302 to ``location`` (a browser navigation the proxy sends elsewhere)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 302,
+            "headers": [
+                (b"location", location),
+                (b"content-length", b"0"),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def unknown_tenant_host() -> MatrixError:
     return MatrixError(421, "M_UNRECOGNIZED", "No homeserver is served for this host")
 

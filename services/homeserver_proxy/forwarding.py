@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import re
 import tempfile
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import parse_qs
@@ -219,7 +219,10 @@ class Forwarder:
         path: str,
         max_body: int,
         capture: bool = False,
+        rewrite: Callable[[bytes], bytes | None] | None = None,
     ) -> ForwardResult:
+        """``rewrite`` may replace a successful answer's (small, complete) body: it gets the
+        body and returns the one to send instead, or None to send it unchanged."""
         assert self._session is not None, "Forwarder.start() was not awaited"
         query = scope.get("query_string", b"").decode("latin-1")
         method = scope["method"]
@@ -278,7 +281,7 @@ class Forwarder:
                 allow_redirects=False,
                 timeout=upstream_timeout(path, query),
             ) as response:
-                result = await self._relay(response, send, method, capture, counter)
+                result = await self._relay(response, send, method, capture, counter, rewrite)
                 if capture and isinstance(body, bytes):
                     result.request_body = body
                 return result
@@ -337,6 +340,7 @@ class Forwarder:
         method: str,
         capture: bool,
         counter: list[int],
+        rewrite: Callable[[bytes], bytes | None] | None = None,
     ) -> ForwardResult:
         status = response.status
         out_headers = [
@@ -351,10 +355,14 @@ class Forwarder:
             return ForwardResult(status, counter[0], 0)
 
         capture = capture and 200 <= status < 300
+        if not 200 <= status < 300:
+            rewrite = None
         first = await content.readany()
-        if capture and not content.at_eof():
+        if (capture or rewrite is not None) and not content.at_eof():
             # A small JSON answer (event_id, content_uri, user_id): metering needs all of it.
             first += await content.read()
+        if rewrite is not None and (rewritten := rewrite(first)) is not None:
+            first = rewritten
         if content.at_eof():
             # The whole body is here (most Matrix answers): one write with an exact length
             # instead of a chunked stream.
