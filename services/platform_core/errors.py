@@ -7,10 +7,14 @@ class C3Error(Exception):
     status: int = 500
     title: str = "Internal error"
     type_slug: str = "internal"
+    # Seconds after which retrying may succeed (sent as Retry-After), when that is known.
+    retry_after: int | None = None
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        if retry_after is not None:
+            self.retry_after = max(1, int(retry_after))
 
 
 class NotFound(C3Error):
@@ -44,6 +48,23 @@ class Forbidden(C3Error):
     status = 403
     title = "Forbidden"
     type_slug = "forbidden"
+
+
+class TooManyRequests(C3Error):
+    """A failure budget (sign-in attempts, bad credentials) is spent until ``retry_after``."""
+
+    status = 429
+    title = "Too many requests"
+    type_slug = "too-many-requests"
+
+
+class Busy(C3Error):
+    """The service is saturated right now (e.g. every password hashing slot is taken)."""
+
+    status = 503
+    title = "Service busy"
+    type_slug = "busy"
+    retry_after = 1
 
 
 class UpstreamError(C3Error):
