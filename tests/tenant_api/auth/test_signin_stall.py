@@ -13,18 +13,16 @@ import pytest
 
 from platform_core.auth import passwords
 from platform_core.settings import get_settings
+from tests.platform import poll_async
 from tests.tenant_api.auth.test_accounts import email, sign_in
 from tests.tenant_api.tenants.test_endpoints import assert_problem
 
 
-async def wait_for(check: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
-    """Poll ``check`` without blocking the event loop; fail after ``deadline_s`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_s
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}")
-        await asyncio.sleep(0.01)
+async def wait_for(check: Callable[[], bool], what: str) -> None:
+    async def checked() -> bool:
+        return check()
+
+    await poll_async(checked, timeout=10, what=what)
 
 
 class GatedHasher:
