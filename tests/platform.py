@@ -3,12 +3,13 @@ that poll with deadlines (never sleep-and-hope)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,24 @@ def poll(check: Callable[[], T | None], *, timeout: float, what: str, interval: 
         if last:
             return last
         time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+async def poll_async(
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float,  # noqa: ASYNC109 -- the same signature as poll(); a deadline, not a cancel
+    what: str,
+    interval: float = 0.02,
+) -> T:
+    """``poll`` for async tests: awaits ``check`` and yields the event loop between tries."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 

@@ -7,10 +7,14 @@ class C3Error(Exception):
     status: int = 500
     title: str = "Internal error"
     type_slug: str = "internal"
+    # Seconds after which retrying may succeed (sent as Retry-After), when that is known.
+    retry_after: int | None = None
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        if retry_after is not None:
+            self.retry_after = max(1, int(retry_after))
 
 
 class NotFound(C3Error):
@@ -47,15 +51,21 @@ class Forbidden(C3Error):
 
 
 class TooManyRequests(C3Error):
-    """Over a quota that frees up with time; ``retry_after_s`` says when (``Retry-After``)."""
+    """Over a budget or quota that frees up with time (sign-in failures, bad credentials,
+    exports held); ``retry_after`` says when."""
 
     status = 429
     title = "Too many requests"
     type_slug = "too-many-requests"
 
-    def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
-        super().__init__(detail)
-        self.retry_after_s = retry_after_s
+
+class Busy(C3Error):
+    """The service is saturated right now (e.g. every password hashing slot is taken)."""
+
+    status = 503
+    title = "Service busy"
+    type_slug = "busy"
+    retry_after = 1
 
 
 class UpstreamError(C3Error):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from dataclasses import dataclass
+
+import redis.asyncio as aioredis
 
 from platform_core.settings import Settings
 
@@ -49,6 +53,41 @@ class RedisKeys:
     def tenant_lease(self, tenant_id: str) -> str:
         return f"{self.namespace}:lease:tenant:{tenant_id}"
 
+    def signin_failures(self, email_digest: str) -> str:
+        """Counter (expires with its window): failed sign-ins for one email (keyed hash)."""
+        return f"{self.namespace}:throttle:signin:{email_digest}"
+
+    def auth_failures(self, address: str) -> str:
+        """Counter (expires with its window): failed credentials from one client address."""
+        return f"{self.namespace}:throttle:address:{address}"
+
+    def sessions_revoked_at(self, account_id: str) -> str:
+        """Milliseconds since the epoch: access tokens of this account issued at or before it
+        are refused (disable, password reset). Expires once all such tokens have expired."""
+        return f"{self.namespace}:sessions-revoked:{account_id}"
+
 
 def keys_for(settings: Settings) -> RedisKeys:
     return RedisKeys(settings.redis_namespace)
+
+
+# One asyncio client per event loop and URL: a redis.asyncio connection belongs to the loop
+# that opened it (tests run one loop per test; servers one loop per process).
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]]
+_async_clients = weakref.WeakKeyDictionary()
+
+
+def async_client(settings: Settings) -> aioredis.Redis:
+    """The shared asyncio Redis client of the running event loop (created on first use)."""
+    per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    url = settings.require_redis_url()
+    client = per_loop.get(url)
+    if client is None:
+        client = per_loop[url] = aioredis.Redis.from_url(url, socket_timeout=5)
+    return client
+
+
+async def close_async_clients() -> None:
+    """Close the running loop's clients (at service shutdown)."""
+    for client in _async_clients.pop(asyncio.get_running_loop(), {}).values():
+        await client.aclose()

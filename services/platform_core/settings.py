@@ -11,6 +11,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The operator token grants everything; outside local mode it must be long enough not to guess.
+MIN_OPERATOR_TOKEN_LENGTH = 32
+
 
 class Mode(StrEnum):
     LOCAL = "local"
@@ -94,6 +97,18 @@ class Settings(BaseSettings):
     refresh_token_ttl_s: int = 30 * 24 * 3600
     jwt_key_id: str = "k1"
     jwt_previous_key_id: str | None = None
+    # Sign-in throttle (fixed windows in Redis, shared by every API replica): an account
+    # (by email) is locked for the rest of its window after this many failed sign-ins, and a
+    # client address after this many failed credentials of any kind (passwords, refresh
+    # tokens, API keys, access tokens, the operator token). Locked: 429 with Retry-After.
+    signin_account_max_failures: int = Field(default=10, ge=1)
+    signin_account_window_s: int = Field(default=900, ge=1)
+    auth_address_max_failures: int = Field(default=100, ge=1)
+    auth_address_window_s: int = Field(default=900, ge=1)
+    # Password hashing (argon2id) runs in worker threads, at most this many at once; sign-ins
+    # beyond this many waiting get a quick 503 with Retry-After instead of queueing.
+    password_hash_concurrency: int = Field(default=2, ge=1, le=64)
+    password_hash_max_waiting: int = Field(default=32, ge=0)
 
     @field_validator("base_domain")
     @classmethod
@@ -118,6 +133,12 @@ class Settings(BaseSettings):
                 raise ValueError("production mode needs PostgreSQL, not SQLite (C3_DATABASE_URL)")
             if self.backend is BackendKind.FAKE:
                 raise ValueError("the fake backend serves no clients; not in production mode")
+            if self.operator_token and len(self.operator_token) < MIN_OPERATOR_TOKEN_LENGTH:
+                raise ValueError(
+                    f"C3_OPERATOR_TOKEN must be at least {MIN_OPERATOR_TOKEN_LENGTH} characters "
+                    "outside local mode (generate one: python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))')"
+                )
         if self.backend is not BackendKind.FAKE and (
             self.fake_backend_fail or self.fake_backend_crash
         ):

@@ -27,6 +27,7 @@ from platform_core.db import async_sessionmaker_
 from platform_core.errors import Forbidden, Unauthorized
 from platform_core.models import AccountRole, ApiKey, utcnow
 from platform_core.settings import Settings, get_settings
+from tenant_api.throttle import Throttle, client_address
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)  # no write per request for busy keys
 
@@ -49,14 +50,20 @@ SettingsDep = Annotated[Settings, Depends(settings_dep)]
 SessionDep = Annotated[AsyncSession, Depends(session_dep)]
 
 
-async def authenticate(token: str, settings: Settings, session: AsyncSession) -> Principal:
-    """Bootstrap operator token, an API key, or an access JWT — in that order."""
+async def authenticate(
+    token: str, settings: Settings, session: AsyncSession, throttle: Throttle
+) -> Principal:
+    """Bootstrap operator token, an API key, or an access JWT — in that order. Access tokens
+    issued before their account's sessions were revoked (disabled, password reset) fail."""
     bootstrap = bootstrap_operator(token, settings)
     if bootstrap is not None:
         return bootstrap
     if token.startswith(key_format.PREFIX):
         return await _api_key_principal(token, settings, session)
     claims = verify_access_token(token, settings)
+    revoked_at_ms = await throttle.sessions_revoked_at_ms(claims.subject)
+    if revoked_at_ms is not None and claims.issued_at_ms <= revoked_at_ms:
+        raise Unauthorized("this session was ended (account disabled or password reset)")
     if claims.role == AccountRole.OPERATOR.value:
         return Principal(PrincipalKind.OPERATOR, claims.subject)
     if claims.role == AccountRole.TENANT_ADMIN.value and claims.tenant_id:
@@ -93,7 +100,16 @@ async def principal_dep(
     session: SessionDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    principal = await authenticate(bearer_token(authorization), settings, session)
+    token = bearer_token(authorization)
+    address = client_address(request)
+    throttle = Throttle.for_settings(settings)
+    # Spent budget: refused before the credential is even looked at (no guessing oracle).
+    await throttle.ensure_address_allowed(address)
+    try:
+        principal = await authenticate(token, settings, session, throttle)
+    except Unauthorized:
+        await throttle.count_address_failure(address)
+        raise
     request.state.principal = principal
     return principal
 
@@ -133,6 +149,8 @@ PlansWrite = _dep(Scope.PLANS_WRITE, platform_wide=True)
 KeysWrite = _dep(Scope.KEYS_WRITE)
 AuditRead = _dep(Scope.AUDIT_READ)
 AccountsWrite = _dep(Scope.ACCOUNTS_WRITE, platform_wide=True)
+# Disable / enable / reset accounts: operators, and tenant admins for their own tenant's admins.
+AccountsManage = _dep(Scope.ACCOUNTS_WRITE)
 MetricsRead = _dep(Scope.METRICS_READ, platform_wide=True)
 # Any authenticated principal (e.g. reading the plan catalogue).
 Authenticated = PrincipalDep

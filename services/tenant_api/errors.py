@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from platform_core.errors import C3Error, TooManyRequests
+from platform_core.errors import C3Error
 from tenant_api.middleware import DATABASE_UNAVAILABLE, UNAVAILABLE_DETAIL
 
 log = logging.getLogger(__name__)
@@ -47,16 +47,16 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(C3Error)
     async def _c3(request: Request, exc: C3Error) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        if isinstance(exc, TooManyRequests) and exc.retry_after_s is not None:
-            headers = {"Retry-After": str(exc.retry_after_s)}
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
         return problem(
             exc.status,
             exc.title,
             exc.detail,
             type_slug=exc.type_slug,
             instance=request.url.path,
-            headers=headers,
+            headers=headers or None,
         )
 
     @app.exception_handler(RequestValidationError)

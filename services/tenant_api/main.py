@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from platform_core.db import async_engine
 from platform_core.migrate import assert_migrated
+from platform_core.redis import close_async_clients
 from platform_core.settings import get_settings
 from tenant_api import access_log, errors
 from tenant_api.accounts.endpoints import router as accounts_router
@@ -35,6 +36,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError("C3_OPERATOR_TOKEN is not set: every write would be refused")
     assert_migrated()
     yield
+    await close_async_clients()
     await async_engine().dispose()
 
 

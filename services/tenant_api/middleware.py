@@ -191,11 +191,16 @@ def _replay_receive(body: bytes) -> Any:
 
 async def _owner(scope: Scope) -> str | None:
     from tenant_api.deps import authenticate  # the same credential rules as every route
+    from tenant_api.throttle import Throttle
 
     try:
         token = bearer_token(_header(scope, b"authorization"))
+        settings = get_settings()
         async with async_sessionmaker_()() as session:
-            principal = await authenticate(token, get_settings(), session)
+            # Failures are not counted here: the route itself authenticates (and counts) next.
+            principal = await authenticate(
+                token, settings, session, Throttle.for_settings(settings)
+            )
     except C3Error:
         return None
     return principal.actor

@@ -77,3 +77,16 @@ def test_base_domain_is_normalised() -> None:
     assert Settings(base_domain="Chat.Example.COM.").base_domain == "chat.example.com"
     with pytest.raises(ValidationError, match="DNS name"):
         Settings(base_domain="bad..domain")
+
+
+def test_production_needs_an_operator_token_too_long_to_guess() -> None:
+    production = {
+        "mode": "production",
+        "database_url": "postgresql://db/c3",
+        "redis_url": "redis://r",
+        "secret_key": "k" * 32,
+    }
+    with pytest.raises(ValidationError, match="C3_OPERATOR_TOKEN must be at least 32 characters"):
+        Settings(**production, operator_token="hunter2-but-longer")
+    assert Settings(**production, operator_token="t" * 32).operator_token
+    assert Settings(operator_token="short").operator_token == "short"  # local mode: fine

@@ -78,6 +78,11 @@ MATRIX: dict[str, dict[str, Cell]] = {
     "GET /v1/plans/{code}": row(["ok", "ok", "ok", "ok", "ok", "401", "401"]),
     "PATCH /v1/plans/{code}": row(["ok", "403", "403", "403", "403", "401", "401"]),
     "POST /v1/accounts": row(["ok", "403", "403", "403", "403", "401", "401"]),
+    # {account_id}: a tenant admin account of tenant A / B (never the caller's own).
+    "GET /v1/accounts/{account_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("403", "403"), U, U]),
+    "POST /v1/accounts/{account_id}/disable": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("403", "403"), U, U]),
+    "POST /v1/accounts/{account_id}/enable": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("403", "403"), U, U]),
+    "POST /v1/accounts/{account_id}/reset-password": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("403", "403"), U, U]),
     "POST /v1/api-keys": row(["ok", "ok", "ok", "403", "ok", "401", "401"]),
     "GET /v1/api-keys": row(["ok", "ok", "ok", "403", "ok", "401", "401"]),
     "DELETE /v1/api-keys/{key_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
@@ -109,6 +114,8 @@ class World:
     victim_key: Callable[[str], str]  # a fresh key of tenant a/b to revoke
     # A ready export of tenant a/b and its download link's query.
     exports: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    # A tenant admin account of tenant a/b that no caller signs in with.
+    accounts: dict[str, str] = field(default_factory=dict)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -215,6 +222,17 @@ async def _world(api: httpx.AsyncClient) -> World:
         tenants, operations, invoices, last_month, plan_code, headers, lambda s: victims[s].pop()
     )
     world.exports = {side: _ready_export(tenants[side]["id"]) for side in ("a", "b")}
+    for side in ("a", "b"):
+        victim = await api.post(
+            "/v1/accounts",
+            json={
+                "email": f"victim{uuid.uuid4().hex[:8]}@example.com",
+                "password": PASSWORD,
+                "role": "tenant_admin",
+                "tenant_id": tenants[side]["id"],
+            },
+        )
+        world.accounts[side] = victim.json()["id"]
     return world
 
 
@@ -257,6 +275,7 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         .replace("{username}", "mx")
         .replace("{token}", "mx-token-1234")
         .replace("{export_id}", world.exports[side][0])
+        .replace("{account_id}", world.accounts[side])
     )
     if "{key_id}" in path:
         path = path.replace("{key_id}", world.victim_key(side))
@@ -275,6 +294,7 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
             "role": "operator",
         },
         "POST /v1/api-keys": {"name": "n", "scopes": ["tenants:read"]},
+        "POST /v1/accounts/{account_id}/reset-password": {"password": "a new long password"},
     }
     if route == "GET /v1/exports/{export_id}/download":
         return method, path, {"params": world.exports[side][1]}

@@ -46,6 +46,9 @@ TENANT_ADMIN_SCOPES = frozenset(
         Scope.BILLING_READ,
         Scope.KEYS_WRITE,
         Scope.AUDIT_READ,
+        # Disable, enable and reset the admin accounts of their own tenant (creating accounts
+        # stays with operators).
+        Scope.ACCOUNTS_WRITE,
     }
 )
 # What a key bound to one tenant may ever hold: nothing that acts across tenants.

@@ -44,6 +44,9 @@ class AccessClaims:
     tenant_id: str | None
     expires_at: int
     token_id: str
+    # Millisecond issue time: compared with an account's sessions-revoked mark (disable,
+    # password reset), where whole seconds could not tell "just before" from "just after".
+    issued_at_ms: int
 
 
 @lru_cache(maxsize=8)
@@ -74,13 +77,15 @@ def issue_access_token(
     settings: Settings, *, subject: str, role: str, tenant_id: str | None, now: float | None = None
 ) -> tuple[str, int]:
     """A signed access token and its lifetime in seconds."""
-    issued = int(time.time() if now is None else now)
+    issued_precise = time.time() if now is None else now
+    issued = int(issued_precise)
     ttl = settings.access_token_ttl_s
     claims = {
         "iss": ISSUER,
         "aud": AUDIENCE,
         "sub": subject,
         "iat": issued,
+        "iat_ms": int(issued_precise * 1000),
         "nbf": issued,
         "exp": issued + ttl,
         "jti": uuid.uuid4().hex,
@@ -153,7 +158,10 @@ def verify_access_token(token: str, settings: Settings) -> AccessClaims:
         raise Unauthorized("token claims are malformed")
     if tenant is not None and not isinstance(tenant, str):
         raise Unauthorized("token claims are malformed")
-    return AccessClaims(claims["sub"], role, tenant, claims["exp"], str(claims["jti"]))
+    issued_ms = claims.get("iat_ms")
+    if not isinstance(issued_ms, int):
+        issued_ms = claims["iat"] * 1000
+    return AccessClaims(claims["sub"], role, tenant, claims["exp"], str(claims["jti"]), issued_ms)
 
 
 def token_digest(secret_key: str, value: str) -> str:

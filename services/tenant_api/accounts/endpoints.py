@@ -1,19 +1,30 @@
-"""/v1/accounts (operators create operators and tenant admins) and /v1/auth (sign-in)."""
+"""/v1/accounts (operators create operators and tenant admins; operators and tenant admins
+disable, enable and reset accounts) and /v1/auth (sign-in)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request, status
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from platform_core.errors import InvalidRequest
-from tenant_api.accounts import service
-from tenant_api.accounts.schemas import AccountCreate, AccountOut
-from tenant_api.audit.service import record
-from tenant_api.deps import AccountsWrite, SessionDep, SettingsDep
+from platform_core.auth import Principal
+from platform_core.errors import InvalidRequest, NotFound, Unauthorized
+from platform_core.models import Account
+from platform_core.settings import Settings
+from tenant_api.accounts import repository, service
+from tenant_api.accounts.schemas import AccountCreate, AccountOut, PasswordReset
+from tenant_api.audit.service import record, record_as
+from tenant_api.deps import AccountsManage, AccountsWrite, SessionDep, SettingsDep
+from tenant_api.throttle import Throttle, client_address
 
 router = APIRouter(tags=["auth"])
+
+_TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: {"description": "Failure budget spent (see Retry-After)"}
+}
 
 
 class TokenOut(BaseModel):
@@ -25,9 +36,13 @@ class TokenOut(BaseModel):
 
 @router.post("/v1/accounts", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
 async def create_account(
-    body: AccountCreate, request: Request, session: SessionDep, principal: AccountsWrite
+    body: AccountCreate,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: AccountsWrite,
 ) -> AccountOut:
-    account = await service.create_account(session, body)
+    account = await service.create_account(session, settings, body)
     record(
         session,
         request,
@@ -42,8 +57,93 @@ async def create_account(
     return AccountOut.model_validate(account, from_attributes=True)
 
 
-@router.post("/v1/auth/token", response_model=TokenOut)
+async def _manageable(
+    session: AsyncSession, principal: Principal, account_id: uuid.UUID
+) -> Account:
+    account = await service.manageable_account(session, principal, account_id)
+    if account is None:
+        raise NotFound(f"no account {account_id}")
+    return account
+
+
+@router.get("/v1/accounts/{account_id}", response_model=AccountOut)
+async def get_account(
+    account_id: uuid.UUID, session: SessionDep, principal: AccountsManage
+) -> AccountOut:
+    account = await _manageable(session, principal, account_id)
+    return AccountOut.model_validate(account, from_attributes=True)
+
+
+@router.post("/v1/accounts/{account_id}/disable", response_model=AccountOut)
+async def disable_account(
+    account_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: AccountsManage,
+) -> AccountOut:
+    """The account can no longer sign in; every refresh token is revoked and its access tokens
+    stop working at once. Idempotent."""
+    account = await _manageable(session, principal, account_id)
+    await service.disable(session, principal, account)
+    _audit(session, request, principal, "account.disable", account)
+    await session.commit()
+    # After commit: from here on no new token can be issued, so every older one is ended.
+    await Throttle.for_settings(settings).revoke_sessions(str(account.id))
+    return AccountOut.model_validate(account, from_attributes=True)
+
+
+@router.post("/v1/accounts/{account_id}/enable", response_model=AccountOut)
+async def enable_account(
+    account_id: uuid.UUID, request: Request, session: SessionDep, principal: AccountsManage
+) -> AccountOut:
+    """The account can sign in again (sessions ended by the disable stay ended)."""
+    account = await _manageable(session, principal, account_id)
+    await service.enable(session, account)
+    _audit(session, request, principal, "account.enable", account)
+    await session.commit()
+    return AccountOut.model_validate(account, from_attributes=True)
+
+
+@router.post("/v1/accounts/{account_id}/reset-password", response_model=AccountOut)
+async def reset_password(
+    account_id: uuid.UUID,
+    body: PasswordReset,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: AccountsManage,
+) -> AccountOut:
+    """Set a new password and end every session of the account (refresh tokens revoked,
+    access tokens refused at once). Also lifts a sign-in lockout of the account."""
+    account = await _manageable(session, principal, account_id)
+    await service.reset_password(session, settings, account, body.password)
+    _audit(session, request, principal, "account.reset_password", account)
+    await session.commit()
+    throttle = Throttle.for_settings(settings)
+    await throttle.revoke_sessions(str(account.id))
+    await throttle.forget_signin_failures(account.email)
+    return AccountOut.model_validate(account, from_attributes=True)
+
+
+def _audit(
+    session: AsyncSession, request: Request, principal: Principal, action: str, account: Account
+) -> None:
+    record(
+        session,
+        request,
+        principal,
+        action,
+        "account",
+        account.id,
+        tenant_id=account.tenant_id,
+        details={"email": account.email, "role": account.role},
+    )
+
+
+@router.post("/v1/auth/token", response_model=TokenOut, responses=_TOO_MANY)
 async def token(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     grant_type: Annotated[str, Form(pattern="^(password|refresh_token)$")],
@@ -52,25 +152,84 @@ async def token(
     refresh_token: Annotated[str | None, Form(max_length=200)] = None,
 ) -> TokenOut:
     """OAuth2 password flow (`username` = email) or `refresh_token` rotation. The access token
-    lives 15 minutes; each refresh token works once and is replaced by a new one."""
-    try:
-        if grant_type == "password":
-            if not username or not password:
-                raise InvalidRequest("username and password are required for grant_type=password")
-            issued = await service.password_grant(session, settings, username, password)
-        else:
-            if not refresh_token:
-                raise InvalidRequest("refresh_token is required for grant_type=refresh_token")
+    lives 15 minutes; each refresh token works once and is replaced by a new one.
+
+    Failed attempts are budgeted per account and per client address: once spent, the answer is
+    429 with `Retry-After` (even for the right password) until the window ends."""
+    throttle = Throttle.for_settings(settings)
+    address = client_address(request)
+    if grant_type == "password":
+        if not username or not password:
+            raise InvalidRequest("username and password are required for grant_type=password")
+        issued = await _password_grant(
+            request, session, settings, throttle, address, username, password
+        )
+    else:
+        if not refresh_token:
+            raise InvalidRequest("refresh_token is required for grant_type=refresh_token")
+        await throttle.ensure_address_allowed(address)
+        try:
             issued = await service.refresh_grant(session, settings, refresh_token)
-    except service.RefreshReuse:
-        await session.commit()  # keep the family revoked
-        raise
+        except service.RefreshReuse:
+            await session.commit()  # keep the family revoked
+            await throttle.count_address_failure(address)
+            raise
+        except Unauthorized:
+            await throttle.count_address_failure(address)
+            raise
     await session.commit()
     return TokenOut(
         access_token=issued.access_token,
         expires_in=issued.expires_in,
         refresh_token=issued.refresh_token,
     )
+
+
+async def _password_grant(
+    request: Request,
+    session: AsyncSession,
+    settings: Settings,
+    throttle: Throttle,
+    address: str,
+    username: str,
+    password: str,
+) -> service.IssuedTokens:
+    email = username.strip().lower()
+    # Before any hashing: a throttled attempt costs one Redis round trip, nothing more.
+    await throttle.ensure_signin_allowed(address, email)
+    try:
+        issued = await service.password_grant(session, settings, email, password)
+    except Unauthorized:
+        if await throttle.count_signin_failure(address, email):
+            await _audit_lockout(request, session, settings, address, email)
+        raise
+    await throttle.forget_signin_failures(email)
+    return issued
+
+
+async def _audit_lockout(
+    request: Request, session: AsyncSession, settings: Settings, address: str, email: str
+) -> None:
+    """One audit event per lockout of an existing account (unknown emails leave none)."""
+    await session.rollback()
+    account = await repository.by_email(session, email)
+    if account is None:
+        return
+    record_as(
+        session,
+        request,
+        f"address:{address}",
+        "account.throttle",
+        "account",
+        account.id,
+        tenant_id=account.tenant_id,
+        details={
+            "failures": settings.signin_account_max_failures,
+            "locked_for_s": settings.signin_account_window_s,
+            "client_address": address,
+        },
+    )
+    await session.commit()
 
 
 @router.post("/v1/auth/revoke", status_code=status.HTTP_200_OK)

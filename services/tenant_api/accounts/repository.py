@@ -30,3 +30,13 @@ async def revoke_family(session: AsyncSession, family_id: uuid.UUID, at: datetim
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=at)
     )
+
+
+async def revoke_all_refresh_tokens(
+    session: AsyncSession, account_id: uuid.UUID, at: datetime
+) -> None:
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.account_id == account_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=at)
+    )

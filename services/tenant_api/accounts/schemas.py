@@ -45,3 +45,16 @@ class AccountOut(BaseModel):
     role: str
     tenant_id: uuid.UUID | None
     created_at: datetime
+    disabled_at: datetime | None = Field(
+        default=None, description="Set while the account is disabled (it cannot sign in)"
+    )
+
+
+class PasswordReset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(
+        min_length=12,
+        max_length=1024,
+        description="The new password (at least 12 characters). Every session of the account "
+        "ends: refresh tokens are revoked and access tokens stop working at once.",
+    )

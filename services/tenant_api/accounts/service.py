@@ -1,4 +1,5 @@
-"""Account rules: creation (operators only), sign-in with rotating refresh tokens."""
+"""Account rules: creation (operators only), sign-in with rotating refresh tokens, disabling,
+enabling and password resets (operators; tenant admins for their own tenant's admins)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platform_core.auth.passwords import hash_password, needs_rehash, verify_password
+from platform_core.auth import Principal, PrincipalKind
+from platform_core.auth.passwords import (
+    hash_password_off_loop,
+    needs_rehash,
+    verify_password_off_loop,
+)
 from platform_core.auth.tokens import issue_access_token, token_digest
 from platform_core.errors import Conflict, InvalidRequest, Unauthorized
 from platform_core.models import Account, AccountRole, RefreshToken, Tenant, TenantStatus, utcnow
@@ -28,7 +34,7 @@ class IssuedTokens:
     refresh_token: str
 
 
-async def create_account(session: AsyncSession, body: AccountCreate) -> Account:
+async def create_account(session: AsyncSession, settings: Settings, body: AccountCreate) -> Account:
     if body.tenant_id is not None:
         tenant = await session.get(Tenant, body.tenant_id)
         if tenant is None or tenant.status is TenantStatus.DELETED:
@@ -37,7 +43,7 @@ async def create_account(session: AsyncSession, body: AccountCreate) -> Account:
         raise Conflict("an account with this email exists")
     account = Account(
         email=body.email,
-        password_hash=hash_password(body.password),
+        password_hash=await hash_password_off_loop(settings, body.password),
         role=body.role.value,
         tenant_id=body.tenant_id,
     )
@@ -85,11 +91,12 @@ async def password_grant(
     session: AsyncSession, settings: Settings, email: str, password: str
 ) -> IssuedTokens:
     account = await repository.by_email(session, email.strip().lower())
-    if not verify_password(account.password_hash if account else None, password):
+    password_hash = account.password_hash if account else None
+    if not await verify_password_off_loop(settings, password_hash, password):
         raise Unauthorized("invalid credentials")
     account = await _usable(session, account)
     if needs_rehash(account.password_hash):
-        account.password_hash = hash_password(password)
+        account.password_hash = await hash_password_off_loop(settings, password)
     return await _issue(session, settings, account, uuid.uuid4())
 
 
@@ -120,3 +127,49 @@ async def revoke(session: AsyncSession, settings: Settings, token: str) -> None:
     )
     if stored is not None:
         await repository.revoke_family(session, stored.family_id, utcnow())
+
+
+async def manageable_account(
+    session: AsyncSession, principal: Principal, account_id: uuid.UUID
+) -> Account | None:
+    """The account if ``principal`` may manage it: operators (and operator-organisation keys)
+    any account, a tenant's admins and keys only that tenant's admin accounts. None otherwise
+    (the caller answers 404: other tenants' accounts and operators are not revealed)."""
+    account = await repository.get(session, account_id)
+    if account is None or principal.platform_wide:
+        return account
+    if account.role == AccountRole.TENANT_ADMIN.value and account.tenant_id == principal.tenant_id:
+        return account
+    return None
+
+
+def _is_self(principal: Principal, account: Account) -> bool:
+    return principal.kind is not PrincipalKind.API_KEY and principal.subject == str(account.id)
+
+
+async def disable(session: AsyncSession, principal: Principal, account: Account) -> None:
+    """No more sign-ins, every refresh token revoked; the caller ends the access tokens after
+    commit (``Throttle.revoke_sessions``)."""
+    if _is_self(principal, account):
+        raise Conflict("you cannot disable your own account; ask another administrator")
+    now = utcnow()
+    if account.disabled_at is None:
+        account.disabled_at = now
+    await repository.revoke_all_refresh_tokens(session, account.id, now)
+    await session.flush()
+
+
+async def enable(session: AsyncSession, account: Account) -> None:
+    """Sign-in works again; sessions ended by the disable stay ended."""
+    account.disabled_at = None
+    await session.flush()
+
+
+async def reset_password(
+    session: AsyncSession, settings: Settings, account: Account, password: str
+) -> None:
+    """A new password and every session ended (refresh tokens here; access tokens by the
+    caller after commit)."""
+    account.password_hash = await hash_password_off_loop(settings, password)
+    await repository.revoke_all_refresh_tokens(session, account.id, utcnow())
+    await session.flush()

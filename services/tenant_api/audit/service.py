@@ -28,9 +28,33 @@ def record(
     tenant_id: uuid.UUID | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
+    record_as(
+        session,
+        request,
+        principal.actor,
+        action,
+        target_type,
+        target_id,
+        tenant_id=tenant_id,
+        details=details,
+    )
+
+
+def record_as(
+    session: AsyncSession,
+    request: Request,
+    actor: str,
+    action: str,
+    target_type: str,
+    target_id: object,
+    *,
+    tenant_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """An event whose actor is no principal (e.g. ``address:<ip>`` for anonymous sign-ins)."""
     session.add(
         AuditEvent(
-            actor=principal.actor,
+            actor=actor,
             action=action,
             target_type=target_type,
             target_id=str(target_id),

@@ -60,7 +60,7 @@ async def start_export(
             f"keeps per tenant ({max_kept}); download one of them (GET "
             f"/v1/tenants/{tenant.id}/exports) or start a new one after the oldest expires at "
             f"{oldest.isoformat(timespec='seconds')}",
-            retry_after_s=wait_s,
+            retry_after=wait_s,
         )
     operation = await operations.start(tenant.id, OperationKind.EXPORT)
     export = TenantExport(tenant_id=tenant.id, operation_id=operation.id, state=ExportState.PENDING)
