@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Mode(StrEnum):
@@ -88,6 +90,28 @@ class Settings(BaseSettings):
     refresh_token_ttl_s: int = 30 * 24 * 3600
     jwt_key_id: str = "k1"
     jwt_previous_key_id: str | None = None
+    # Networks (comma-separated CIDRs) that tenants' homeservers may reach although they are
+    # internal (loopback, private, link-local, ...): a tenant's OIDC issuer may then be there,
+    # and Synapse's ip_range_whitelist lets its outbound HTTP through. Empty: none.
+    outbound_allowed_networks: Annotated[
+        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
+    ] = Field(default_factory=list)
+
+    @field_validator("outbound_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: object) -> object:
+        if not isinstance(v, str):
+            return v
+        try:
+            return [
+                ipaddress.ip_network(part.strip(), strict=False)
+                for part in v.split(",")
+                if part.strip()
+            ]
+        except ValueError as exc:
+            raise ValueError(
+                f"C3_OUTBOUND_ALLOWED_NETWORKS must be comma-separated CIDRs ({exc})"
+            ) from None
 
     @field_validator("base_domain")
     @classmethod
