@@ -77,3 +77,18 @@ def test_base_domain_is_normalised() -> None:
     assert Settings(base_domain="Chat.Example.COM.").base_domain == "chat.example.com"
     with pytest.raises(ValidationError, match="DNS name"):
         Settings(base_domain="bad..domain")
+
+
+def test_outbound_allowed_networks_are_comma_separated_cidrs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().outbound_allowed_networks == []  # nothing internal is allowed by default
+    monkeypatch.setenv("C3_OUTBOUND_ALLOWED_NETWORKS", "127.0.0.1/32, 10.20.0.0/16,fd00::/8")
+    assert [str(n) for n in Settings().outbound_allowed_networks] == [
+        "127.0.0.1/32",
+        "10.20.0.0/16",
+        "fd00::/8",
+    ]
+    monkeypatch.setenv("C3_OUTBOUND_ALLOWED_NETWORKS", "127.0.0.1/32,intranet")
+    with pytest.raises(ValidationError, match="C3_OUTBOUND_ALLOWED_NETWORKS must be"):
+        Settings()
