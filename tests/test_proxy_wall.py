@@ -545,7 +545,8 @@ def test_the_homeserver_sees_the_real_client_address_not_a_spoofed_one(
     assert _CLIENT.search(line)["client"] == SPOOFER  # type: ignore[index]
     assert SPOOFED not in line
 
-    # What exactly goes upstream: one X-Forwarded-For, the real peer; none of the others.
+    # What exactly goes upstream: one X-Forwarded-For, the real peer; none of the others
+    # (X-Forwarded-Host is the client's own Host, never the forged one).
     extra_route(wall, "wall-recorded", upstream=recorder.url)
     answer = raw_request(
         platform.proxy_url,
@@ -558,9 +559,12 @@ def test_the_homeserver_sees_the_real_client_address_not_a_spoofed_one(
     names = [line.split(b":")[0].lower() for line in received.head.split(b"\r\n")[1:]]
     assert names.count(b"x-forwarded-for") == 1
     assert f"X-Forwarded-For: {SPOOFER}".encode() in received.head.split(b"\r\n")
-    for forged in (b"x_forwarded_for", b"x-real-ip", b"forwarded", b"x-forwarded-host"):
+    for forged in (b"x_forwarded_for", b"x-real-ip", b"forwarded"):
         assert forged not in names
-    assert SPOOFED.encode() not in received.head
+    assert names.count(b"x-forwarded-host") == 1 and names.count(b"host") == 1
+    upstream_head = set(received.head.split(b"\r\n"))
+    assert {b"Host: x", b"X-Forwarded-Host: x", b"X-Forwarded-Proto: http"} <= upstream_head
+    assert SPOOFED.encode() not in received.head and b"evil.test" not in received.head
 
 
 # 3. Framing and bodies -----------------------------------------------------------------

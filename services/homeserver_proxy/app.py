@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
@@ -42,7 +43,9 @@ class ProxyApp:
         self.keys = keys_for(settings)
         self.redis = aioredis.from_url(settings.require_redis_url())
         self.routes = RouteTable(self.redis, self.keys)
-        self.forwarder = Forwarder()
+        self.forwarder = Forwarder(
+            public_scheme=urlsplit(settings.effective_proxy_public_url).scheme
+        )
         self.meter = UsageMeter()
         self.limiter = TenantLimiter()
         # Remote servers get buckets of their own (same plan limits): a flood of federation

@@ -190,9 +190,27 @@ async def _read_file(file: IO[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def _public_url_headers(scope: Scope, public_scheme: str | None) -> list[tuple[str, str]]:
+    """The homeserver sees the scheme and Host the client used, not its own loopback address:
+    Synapse rebuilds the requested URL from ``Host`` and ``X-Forwarded-Proto`` (with
+    ``x_forwarded`` on its listener) and sends SSO sign-ins whose URL is not under its
+    ``public_baseurl`` there first; with the upstream's address that redirect never ends. The
+    Host was checked by the app (one, well-formed) and, unless ``/t/<slug>`` routed the
+    request, resolved to this tenant; ``X-Forwarded-Host`` says the same for other readers."""
+    headers = [("X-Forwarded-Proto", public_scheme or scope.get("scheme", "http"))]
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.decode("latin-1")
+            headers += [("Host", host), ("X-Forwarded-Host", host)]
+            break
+    return headers
+
+
 class Forwarder:
-    def __init__(self) -> None:
+    def __init__(self, *, public_scheme: str | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
+        # The scheme clients use (C3_PROXY_PUBLIC_URL's; TLS may end in front of us).
+        self._public_scheme = public_scheme
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -242,7 +260,7 @@ class Forwarder:
             raise errors.too_large(max_body)
         client = scope.get("client")
         headers.append(("X-Forwarded-For", client[0] if client else "unknown"))
-        headers.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+        headers.extend(_public_url_headers(scope, self._public_scheme))
 
         counter = [0]
         first = await receive()

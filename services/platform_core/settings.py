@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The operator token grants everything; outside local mode it must be long enough not to guess.
 MIN_OPERATOR_TOKEN_LENGTH = 32
@@ -109,6 +111,28 @@ class Settings(BaseSettings):
     # beyond this many waiting get a quick 503 with Retry-After instead of queueing.
     password_hash_concurrency: int = Field(default=2, ge=1, le=64)
     password_hash_max_waiting: int = Field(default=32, ge=0)
+    # Networks (comma-separated CIDRs) that tenants' homeservers may reach although they are
+    # internal (loopback, private, link-local, ...): a tenant's OIDC issuer may then be there,
+    # and Synapse's ip_range_whitelist lets its outbound HTTP through. Empty: none.
+    outbound_allowed_networks: Annotated[
+        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
+    ] = Field(default_factory=list)
+
+    @field_validator("outbound_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: object) -> object:
+        if not isinstance(v, str):
+            return v
+        try:
+            return [
+                ipaddress.ip_network(part.strip(), strict=False)
+                for part in v.split(",")
+                if part.strip()
+            ]
+        except ValueError as exc:
+            raise ValueError(
+                f"C3_OUTBOUND_ALLOWED_NETWORKS must be comma-separated CIDRs ({exc})"
+            ) from None
 
     @field_validator("base_domain")
     @classmethod

@@ -13,11 +13,13 @@ import time
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import redis
 from sqlalchemy.orm import Session
 
+from platform_core import outbound
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, PermanentError, TemporaryError
 from platform_core.homeserver_settings import effective_max_upload_bytes, federation_mode
@@ -124,6 +126,7 @@ def target_for(ctx: Context, tenant: Tenant, plan: Plan, hs: Homeserver) -> Home
         settings=dict(tenant.homeserver_settings or {}),
         setting_secrets=_setting_secrets(ctx, tenant),
         database=tenant_databases.synapse_database(ctx.settings, hs.database_name, hs_secrets),
+        outbound_allowed_networks=tuple(str(n) for n in ctx.settings.outbound_allowed_networks),
     )
 
 
@@ -153,9 +156,27 @@ def ensure_port_usable(session: Session, ctx: Context, hs: Homeserver) -> None:
 # Process ------------------------------------------------------------------------------
 
 
+def check_outbound_hosts(target: HomeserverTarget) -> None:
+    """The tenant's OIDC issuer was checked when it was set; its name may resolve elsewhere
+    now. A homeserver is never (re)configured to connect into an internal network."""
+    issuer = (target.settings.get("oidc") or {}).get("issuer")
+    if not issuer:
+        return
+    try:
+        outbound.check_host(
+            urlsplit(issuer).hostname or "",
+            outbound.parse_networks(target.outbound_allowed_networks),
+        )
+    except outbound.OutboundRefused as exc:
+        raise PermanentError(
+            f"oidc.issuer refused: {exc}; set another issuer or remove SSO (PATCH oidc)"
+        ) from None
+
+
 def ensure_running(ctx: Context, target: HomeserverTarget) -> bool:
     """Render config, (re)start if needed, and wait until the homeserver is healthy; True if a
     running homeserver was restarted because its config changed."""
+    check_outbound_hosts(target)
     changed = ctx.backend.render(target)
     restarted = changed and ctx.backend.is_running(target.tenant_id)
     if restarted:

@@ -27,6 +27,7 @@ from platform_core.homeserver_settings import (
     federation_mode,
     registration_policy,
 )
+from platform_core.outbound import OUTBOUND_BLOCKED_NETWORKS
 
 DEFAULT_LIMITS: dict[str, Any] = {
     "max_upload_size_bytes": DEFAULT_MAX_UPLOAD_SIZE_BYTES,
@@ -93,6 +94,7 @@ class HomeserverSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     setting_secrets: dict[str, str] = field(default_factory=dict)
     database: dict[str, Any] | None = None  # None: SQLite under data_dir
+    outbound_allowed_networks: tuple[str, ...] = ()  # C3_OUTBOUND_ALLOWED_NETWORKS
 
 
 def effective_limits(plan_limits: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +138,11 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
         "suppress_key_server_warning": True,
         "allow_public_rooms_over_federation": False,
         "url_preview_enabled": False,
+        # Synapse's outbound HTTP (federation, push gateways, URL previews, modules) never
+        # reaches internal networks; only what the operator allowed (C3_OUTBOUND_ALLOWED_
+        # NETWORKS). Its OIDC client ignores these lists: the issuer is checked by us instead.
+        "ip_range_blacklist": list(OUTBOUND_BLOCKED_NETWORKS),
+        "ip_range_whitelist": list(spec.outbound_allowed_networks),
         "serve_server_wellknown": False,
         "enable_metrics": False,
         "max_upload_size": str(effective_max_upload_bytes(limits, spec.settings)),

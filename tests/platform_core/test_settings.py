@@ -90,3 +90,18 @@ def test_production_needs_an_operator_token_too_long_to_guess() -> None:
         Settings(**production, operator_token="hunter2-but-longer")
     assert Settings(**production, operator_token="t" * 32).operator_token
     assert Settings(operator_token="short").operator_token == "short"  # local mode: fine
+
+
+def test_outbound_allowed_networks_are_comma_separated_cidrs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().outbound_allowed_networks == []  # nothing internal is allowed by default
+    monkeypatch.setenv("C3_OUTBOUND_ALLOWED_NETWORKS", "127.0.0.1/32, 10.20.0.0/16,fd00::/8")
+    assert [str(n) for n in Settings().outbound_allowed_networks] == [
+        "127.0.0.1/32",
+        "10.20.0.0/16",
+        "fd00::/8",
+    ]
+    monkeypatch.setenv("C3_OUTBOUND_ALLOWED_NETWORKS", "127.0.0.1/32,intranet")
+    with pytest.raises(ValidationError, match="C3_OUTBOUND_ALLOWED_NETWORKS must be"):
+        Settings()

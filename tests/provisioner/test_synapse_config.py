@@ -218,3 +218,24 @@ def test_synapse_itself_accepts_the_rendered_settings(tmp_path: Path) -> None:
     assert loaded.media.max_upload_size == 4096
     assert loaded.voip.turn_user_lifetime == 3600 * 1000
     assert [p.idp_id for p in loaded.oidc.oidc_providers] == ["oidc"]
+
+
+def test_synapse_reaches_no_internal_network_unless_the_operator_allows_it(
+    tmp_path: Path,
+) -> None:
+    """Federation, push gateways, URL previews and modules go through Synapse's IP
+    blocklist: the loopback, link-local (cloud metadata), private and unique-local ranges are in
+    it for every tenant; only C3_OUTBOUND_ALLOWED_NETWORKS is let through."""
+    write_homeserver_files(spec(tmp_path), SECRETS)
+    loaded = HomeServerConfig.load_config("c3", ["-c", str(tmp_path / "hs" / "homeserver.yaml")])
+    for internal in ("127.0.0.1", "169.254.169.254", "10.1.2.3", "172.16.0.1", "192.168.1.1",
+                     "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1"):  # fmt: skip
+        assert internal in loaded.server.ip_range_blocklist, internal
+    assert "93.184.215.14" not in loaded.server.ip_range_blocklist
+    assert "127.0.0.1" not in loaded.server.ip_range_allowlist
+
+    allowed = replace(spec(tmp_path), outbound_allowed_networks=("127.0.0.1/32",))
+    write_homeserver_files(allowed, SECRETS)
+    loaded = HomeServerConfig.load_config("c3", ["-c", str(tmp_path / "hs" / "homeserver.yaml")])
+    assert "127.0.0.1" in loaded.server.ip_range_allowlist
+    assert "127.0.0.2" not in loaded.server.ip_range_allowlist

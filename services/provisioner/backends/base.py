@@ -38,6 +38,8 @@ class HomeserverTarget:
     # Synapse's ``database`` section for the tenant's own PostgreSQL database
     # ({"name": "psycopg2", "args": {...}}); None: SQLite in the homeserver's data directory.
     database: dict[str, Any] | None = None
+    # C3_OUTBOUND_ALLOWED_NETWORKS: internal networks the homeserver may still reach.
+    outbound_allowed_networks: tuple[str, ...] = ()
 
 
 class Backend(abc.ABC):

@@ -91,6 +91,7 @@ class LocalBackend(Backend):
             settings=target.settings,
             setting_secrets=target.setting_secrets,
             database=target.database,
+            outbound_allowed_networks=target.outbound_allowed_networks,
         )
         return write_homeserver_files(spec, target.secrets)
 

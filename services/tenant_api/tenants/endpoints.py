@@ -133,6 +133,7 @@ async def update_tenant(
         tenant,
         body,
         SecretBox(settings.require_secret_key()),
+        allowed_networks=settings.outbound_allowed_networks,
     )
     record(
         session,

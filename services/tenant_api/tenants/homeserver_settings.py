@@ -5,7 +5,9 @@ platform_core.homeserver_settings (the provisioner renders it); secrets live onl
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from platform_core.crypto import SecretBox
 from platform_core.errors import InvalidRequest
@@ -19,6 +21,7 @@ from platform_core.homeserver_settings import (
     registration_policy,
 )
 from platform_core.models import Tenant
+from platform_core.outbound import IPNetwork, OutboundRefused, check_host_async
 from tenant_api.tenants.schemas import (
     FederationOut,
     HomeserverSettingsOut,
@@ -89,6 +92,17 @@ def apply_patch(
     if secrets != before[1]:
         tenant.settings_secrets_encrypted = box.encrypt_json(secrets) if secrets else None
     return True
+
+
+async def check_oidc_issuer(issuer: str, allowed_networks: Sequence[IPNetwork]) -> None:
+    """The homeserver fetches the issuer's discovery document, keys and tokens: an issuer on
+    an internal network (or a name resolving into one) would let a tenant admin make the
+    platform's own network answer. Checked again whenever the provisioner renders it."""
+    host = urlsplit(issuer).hostname or ""
+    try:
+        await check_host_async(host, allowed_networks)
+    except OutboundRefused as exc:
+        raise InvalidRequest(f"oidc.issuer: {exc}") from None
 
 
 def _set_or_drop(settings: dict[str, Any], key: str, value: Any) -> None:

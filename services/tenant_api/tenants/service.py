@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +24,7 @@ from platform_core.models import (
     TenantStatus,
     utcnow,
 )
+from platform_core.outbound import IPNetwork
 from platform_core.settings import Settings
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants import homeserver_settings
@@ -106,6 +108,8 @@ async def update_tenant(
     tenant: Tenant,
     body: TenantPatch,
     box: SecretBox,
+    *,
+    allowed_networks: Sequence[IPNetwork] = (),
 ) -> tuple[str, Operation | None, bool]:
     """Apply a PATCH; returns the plan code afterwards, the reconfigure operation that
     brings a new plan's limits or new homeserver settings to the homeserver (None when the
@@ -123,6 +127,8 @@ async def update_tenant(
         raise Conflict(f"tenant is {tenant.status.value}")
     if body.display_name is not None:
         tenant.display_name = body.display_name
+    if body.oidc is not None:
+        await homeserver_settings.check_oidc_issuer(body.oidc.issuer, allowed_networks)
     plan, plan_changed = await _plan_after(tenants, tenant, body.plan)
     _check_open_registration(tenants.principal, tenant, body, plan)
     settings_changed = homeserver_settings.apply_patch(tenant, body, box, plan.limits or {})

@@ -3,6 +3,7 @@ here): what is stored, what is shown, what starts a reconfigure, what is refused
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import uuid
 from typing import Any
@@ -391,3 +392,61 @@ def test_registration_tokens_in_paths_never_reach_the_access_log() -> None:
     assert RedactCredentials().filter(record) is True
     assert "Secret-Tok3n" not in record.getMessage()
     assert "/registration-tokens/<redacted>" in record.getMessage()
+
+
+# An issuer on the platform's own networks: the homeserver would fetch it at once (SSRF).
+INTERNAL_ISSUERS = [
+    ("https://127.0.0.1:8448/", "loopback"),
+    ("https://2130706433/", "127.0.0.1, a loopback"),  # decimal spelling of 127.0.0.1
+    ("https://0177.0.0.1/", "127.0.0.1, a loopback"),  # octal
+    ("https://localhost/realms/staff", "a loopback"),  # a name resolving to loopback
+    ("https://[::1]/", "loopback"),
+    ("https://[::ffff:127.0.0.1]/", "loopback"),  # IPv4-mapped IPv6
+    ("https://169.254.169.254/latest/meta-data", "link-local"),  # cloud metadata
+    ("https://10.0.0.5/", "private"),
+    ("https://192.168.1.1/", "private"),
+    ("https://[fd12:3456::1]/", "private"),  # unique-local
+    ("https://0.0.0.0/", "unspecified"),
+    ("https://224.0.0.1/", "multicast"),
+    ("https://240.0.0.1/", "reserved"),
+    ("https://100.64.0.1/", "non-public"),  # carrier-grade NAT
+]
+
+
+@pytest.mark.parametrize(("issuer", "needle"), INTERNAL_ISSUERS)
+async def test_an_issuer_on_an_internal_network_is_refused(
+    api: httpx.AsyncClient, issuer: str, needle: str
+) -> None:
+    tenant = await active_tenant(api)
+    body = {"oidc": {"issuer": issuer, "client_id": "c3", "client_secret": OIDC_SECRET}}
+    response = await api.patch(f"/v1/tenants/{tenant['id']}", json=body)
+    assert_problem(response, 422, "oidc.issuer", needle, "internal networks")
+    assert OIDC_SECRET not in response.text
+    assert stored(tenant["id"]) == ({}, {})
+    assert (await api.get(f"/v1/tenants/{tenant['id']}")).json()["settings"]["oidc"] is None
+
+
+async def test_an_operator_allowed_network_may_hold_the_issuer(
+    platform_env: dict[str, str],
+) -> None:
+    """C3_OUTBOUND_ALLOWED_NETWORKS (a test IdP on loopback, an on-premises IdP) lets exactly
+    those networks through; everything else stays refused."""
+    from tenant_api.deps import settings_dep
+    from tenant_api.main import create_app
+    from tests.conftest import auth
+
+    allowed = get_settings().model_copy(
+        update={"outbound_allowed_networks": [ipaddress.ip_network("127.0.0.1/32")]}
+    )
+    app = create_app()
+    app.dependency_overrides[settings_dep] = lambda: allowed
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth()) as c:
+        tenant = await active_tenant(c)
+        url = f"/v1/tenants/{tenant['id']}"
+        oidc = {"client_id": "c3", "client_secret": OIDC_SECRET}
+        ok = await c.patch(url, json={"oidc": {"issuer": "https://127.0.0.1:9443/", **oidc}})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["settings"]["oidc"]["issuer"] == "https://127.0.0.1:9443/"
+        other = await c.patch(url, json={"oidc": {"issuer": "https://127.0.0.2/", **oidc}})
+        assert_problem(other, 422, "oidc.issuer", "loopback")
