@@ -111,26 +111,11 @@ def _header(token: str) -> dict[str, Any]:
 
 def verify_access_token(token: str, settings: Settings) -> AccessClaims:
     """The only way a JWT is accepted anywhere in C3. Any doubt → ``Unauthorized``."""
-    if len(token) > MAX_TOKEN_BYTES:
-        raise Unauthorized("token too large")
-    if token.count(".") != 2:  # JWE compact has 4 dots; anything else is not a JWS
-        raise Unauthorized("malformed token")
-    header = _header(token)
-    if header.get("alg") != ALGORITHM or "enc" in header or "crit" in header:
-        raise Unauthorized("token algorithm not accepted")
-    if header.get("jku") or header.get("jwk") or header.get("x5u") or header.get("x5c"):
-        raise Unauthorized("token names its own key")
-    kid = header.get("kid")
-    known = {settings.jwt_key_id} | (
-        {settings.jwt_previous_key_id} if settings.jwt_previous_key_id else set()
-    )
-    if not isinstance(kid, str) or kid not in known:
-        raise Unauthorized("token signed with an unknown key")
-    public = public_key_pem(settings, kid)
+    kid = _checked_header_kid(token, settings)
     try:
         claims = jwt.decode(
             token,
-            public,
+            public_key_pem(settings, kid),
             algorithms=[ALGORITHM],
             audience=AUDIENCE,
             issuer=ISSUER,
@@ -146,6 +131,33 @@ def verify_access_token(token: str, settings: Settings) -> AccessClaims:
         )
     except JOSEError:
         raise Unauthorized("invalid or expired token") from None
+    return _access_claims(claims)
+
+
+def _checked_header_kid(token: str, settings: Settings) -> str:
+    """Refuse, before any signature work, what is not a compact ES256 JWS signed by one of our
+    keys (``alg: none``, HS256 with the public key, JWE, embedded or remote keys); returns the
+    key id."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise Unauthorized("token too large")
+    if token.count(".") != 2:  # JWE compact has 4 dots; anything else is not a JWS
+        raise Unauthorized("malformed token")
+    header = _header(token)
+    if header.get("alg") != ALGORITHM or "enc" in header or "crit" in header:
+        raise Unauthorized("token algorithm not accepted")
+    if header.get("jku") or header.get("jwk") or header.get("x5u") or header.get("x5c"):
+        raise Unauthorized("token names its own key")
+    kid = header.get("kid")
+    known = {settings.jwt_key_id} | (
+        {settings.jwt_previous_key_id} if settings.jwt_previous_key_id else set()
+    )
+    if not isinstance(kid, str) or kid not in known:
+        raise Unauthorized("token signed with an unknown key")
+    return kid
+
+
+def _access_claims(claims: dict[str, Any]) -> AccessClaims:
+    """The claims of a verified token, if they are those of a C3 access token."""
     if claims.get("typ") != ACCESS_TOKEN_TYPE or claims.get("aud") != AUDIENCE:
         raise Unauthorized("not an access token")
     for name in ("exp", "iat"):
