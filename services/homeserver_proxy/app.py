@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from homeserver_proxy import billable, errors
 from homeserver_proxy.asgi import Message, Receive, Scope, Send
 from homeserver_proxy.billable import Kind
+from homeserver_proxy.client_address import client_address
 from homeserver_proxy.federation import (
     FEDERATION_MAX_BODY,
     federates,
@@ -37,10 +38,17 @@ class ProxyApp:
         self.routes = RouteTable(self.redis, self.keys)
         self.forwarder = Forwarder()
         self.meter = UsageMeter()
-        self.limiter = TenantLimiter()
+        # Each client address gets a share of its tenant's budget: one client (however many
+        # connections it opens) cannot use up what the tenant's other users need.
+        self.limiter = TenantLimiter(
+            client_concurrency_share=settings.proxy_client_concurrency_share,
+            client_rate_share=settings.proxy_client_rate_share,
+        )
         # Remote servers get buckets of their own (same plan limits): a flood of federation
-        # traffic cannot use up the tenant's clients' rate, nor the other way round.
+        # traffic cannot use up the tenant's clients' rate, nor the other way round. Not split
+        # per address: a few big servers are most of a tenant's federation traffic.
         self.federation_limiter = TenantLimiter()
+        self._trusted_proxies = settings.proxy_trusted_proxies
         self.metering = metering
         self.token_users = TokenUsers(self.forwarder.whoami)
         self.flusher = UsageFlusher(
@@ -159,9 +167,10 @@ class ProxyApp:
     ) -> None:
         """A client request: limited, forwarded, metered."""
         long_poll = is_long_poll(path)
+        client = client_address(scope, self._trusted_proxies)
         # Refused here (429/503) means never forwarded and never billed: a tenant does not pay
         # for requests we turned away.
-        self.limiter.admit(route, long_poll=long_poll)
+        admission = self.limiter.admit(route, client, long_poll=long_poll)
         kind = billable.classify(scope["method"], path) if self.metering else Kind.OTHER
         try:
             result = await self.forwarder.forward(
@@ -171,11 +180,12 @@ class ProxyApp:
                 upstream=route.upstream,
                 path=path,
                 max_body=route.max_upload_bytes,
+                client_address=client,
+                body_received=admission.body_received,
                 capture=kind.captures_response,
             )
         finally:
-            if not long_poll:
-                self.limiter.release(route)
+            admission.release()
         if self.metering:
             self._meter(route, scope, path, kind, result)
 
@@ -186,7 +196,8 @@ class ProxyApp:
         it, not the tenant's users: counted, it would let any server on the internet run up a
         tenant's bill, and its events (messages from other servers, remote users) are neither
         the tenant's sent messages nor its active users."""
-        self.federation_limiter.admit(route, long_poll=False)
+        client = client_address(scope, self._trusted_proxies)
+        admission = self.federation_limiter.admit(route, client, long_poll=False)
         try:
             await self.forwarder.forward(
                 scope,
@@ -195,9 +206,11 @@ class ProxyApp:
                 upstream=route.upstream,
                 path=path,
                 max_body=max(route.max_upload_bytes, FEDERATION_MAX_BODY),
+                client_address=client,
+                body_received=admission.body_received,
             )
         finally:
-            self.federation_limiter.release(route)
+            admission.release()
 
     def _meter(
         self, route: Route, scope: Scope, path: str, kind: Kind, result: ForwardResult

@@ -5,11 +5,16 @@ aiohttp is used on this hop because it measured ~8x the throughput of httpx.Asyn
 parked ``/sync`` long-poll holds one upstream connection, and a cap would let long-polls
 starve unrelated requests (they would queue behind the parked ones).
 
-Request bodies with a declared ``Content-Length`` (checked against the limit before anything is
-sent) are streamed. A chunked body has no length to check, so it is received in full first
-(in memory up to 1 MiB, then in a temporary file) and forwarded with a ``Content-Length``: an
-oversized one is refused before any byte of it goes upstream, and the homeserver never has to
-agree with us on where a chunked body ends. Matrix clients send lengths; chunked uploads are rare.
+A request body is received whole (in memory up to 1 MiB, then in a temporary file) before
+anything goes upstream, as nginx does by default: a client that sends its body slowly, or not
+at all, occupies neither a homeserver connection nor its tenant's concurrency (the request
+takes its tenant slot only once its body is in, see ``limits``). A declared ``Content-Length``
+is checked against the limit before any byte is read; a chunked body, which has none, is
+refused as soon as it grows past the limit and forwarded with a ``Content-Length``: the
+homeserver never has to agree with us on where a chunked body ends. Answers are streamed.
+
+The homeserver's ``Server`` header (``Synapse/1.x (b=…)``) is not passed on: it tells anyone
+which version, with which known holes, runs behind us.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import asyncio
 import contextlib
 import re
 import tempfile
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import parse_qs
@@ -59,6 +64,9 @@ _RESPONSE_DROP = frozenset(
         b"trailer",
         b"upgrade",
         b"proxy-connection",
+        # Software and version of the homeserver: nobody's business outside.
+        b"server",
+        b"x-powered-by",
     }
 )
 
@@ -138,10 +146,6 @@ class ForwardResult:
     response_body: bytes | None = None
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 @dataclass
 class _ReceivedBody:
     size: int
@@ -218,8 +222,13 @@ class Forwarder:
         upstream: str,
         path: str,
         max_body: int,
+        client_address: str,
+        body_received: Callable[[], None] | None = None,
         capture: bool = False,
     ) -> ForwardResult:
+        """Forward one request. ``client_address`` goes upstream as the only X-Forwarded-For;
+        ``body_received`` is called once the body is in, before anything goes upstream (it may
+        raise a refusal)."""
         assert self._session is not None, "Forwarder.start() was not awaited"
         query = scope.get("query_string", b"").decode("latin-1")
         method = scope["method"]
@@ -237,8 +246,7 @@ class Forwarder:
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if declared_length is not None and declared_length > max_body:
             raise errors.too_large(max_body)
-        client = scope.get("client")
-        headers.append(("X-Forwarded-For", client[0] if client else "unknown"))
+        headers.append(("X-Forwarded-For", client_address))
         headers.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
 
         counter = [0]
@@ -253,8 +261,8 @@ class Forwarder:
             counter[0] = len(first_chunk)
             if counter[0] > max_body:
                 raise errors.too_large(max_body)
-        elif declared_length is None:
-            # Chunked: the whole body before the homeserver sees any of it.
+        else:
+            # The whole body before the homeserver sees any of it.
             received = await _receive_all(first_chunk, receive, max_body)
             counter[0] = received.size
             if received.file is None:
@@ -262,9 +270,15 @@ class Forwarder:
             else:
                 spooled = received.file
                 body = _read_file(spooled)
-                headers.append(("Content-Length", str(received.size)))
-        else:
-            body = self._stream_body(first_chunk, receive, counter, max_body)
+                if declared_length is None:
+                    headers.append(("Content-Length", str(received.size)))
+        try:
+            if body_received is not None:
+                body_received()
+        except BaseException:
+            if spooled is not None:
+                spooled.close()
+            raise
 
         url = URL(upstream + path + ("?" + query if query else ""), encoded=True)
         session = self._session
@@ -287,8 +301,6 @@ class Forwarder:
             if is_long_poll(path):
                 return await _unless_client_leaves(exchange(), receive)
             return await exchange()
-        except BodyTooLarge:
-            raise errors.too_large(max_body) from None
         except TimeoutError:
             raise errors.upstream_timeout() from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError):
@@ -310,25 +322,6 @@ class Forwarder:
             payload = await response.json(content_type=None)
         user = payload.get("user_id") if isinstance(payload, dict) else None
         return user if isinstance(user, str) else None
-
-    async def _stream_body(
-        self, first: bytes, receive: Receive, counter: list[int], max_body: int
-    ) -> AsyncIterator[bytes]:
-        chunk = first
-        more = True
-        while True:
-            counter[0] += len(chunk)
-            if counter[0] > max_body:
-                raise BodyTooLarge()
-            if chunk:
-                yield chunk
-            if not more:
-                return
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError("client went away while sending its body")
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
 
     async def _relay(
         self,

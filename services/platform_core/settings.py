@@ -5,11 +5,13 @@ from __future__ import annotations
 import secrets
 from enum import StrEnum
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Mode(StrEnum):
@@ -43,6 +45,15 @@ class Settings(BaseSettings):
     proxy_port: int = 8080
     # Public base URL of the proxy as clients see it; derived from host/port when unset.
     proxy_public_url: str | None = None
+    # Networks of the load balancers / reverse proxies in front of the proxy (comma-separated
+    # CIDRs or addresses): only a peer in them is believed about X-Forwarded-For. Empty: the
+    # socket peer is the client, whatever the request says.
+    proxy_trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
+    # One client address (an IPv6 /64) of a tenant may hold at most this share of the tenant's
+    # in-flight requests (at least 1), and gets its own rate bucket of this share of the
+    # tenant's rate and burst; 1.0 turns the per-client limit off.
+    proxy_client_concurrency_share: float = Field(default=0.25, gt=0, le=1)
+    proxy_client_rate_share: float = Field(default=0.5, gt=0, le=1)
     # Public base URL of the API (e.g. https://api.example.com behind a TLS load balancer):
     # operation Locations and export links start with it; taken from each request when unset.
     api_public_url: str | None = None
@@ -96,6 +107,22 @@ class Settings(BaseSettings):
         if not v or any(not part for part in v.split(".")):
             raise ValueError("C3_BASE_DOMAIN must be a DNS name such as c3.example.com")
         return v
+
+    @field_validator("proxy_trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        networks = []
+        for item in v.split(","):
+            if item.strip():
+                try:
+                    networks.append(ip_network(item.strip(), strict=False))
+                except ValueError:
+                    raise ValueError(
+                        f"C3_PROXY_TRUSTED_PROXIES: {item.strip()!r} is not an address or CIDR"
+                    ) from None
+        return networks
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
