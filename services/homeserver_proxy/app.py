@@ -181,7 +181,7 @@ class ProxyApp:
                 path=path,
                 max_body=route.max_upload_bytes,
                 client_address=client,
-                body_received=admission.body_received,
+                before_upstream=admission.take_tenant_slot,
                 capture=kind.captures_response,
             )
         finally:
@@ -207,7 +207,7 @@ class ProxyApp:
                 path=path,
                 max_body=max(route.max_upload_bytes, FEDERATION_MAX_BODY),
                 client_address=client,
-                body_received=admission.body_received,
+                before_upstream=admission.take_tenant_slot,
             )
         finally:
             admission.release()

@@ -5,13 +5,16 @@ aiohttp is used on this hop because it measured ~8x the throughput of httpx.Asyn
 parked ``/sync`` long-poll holds one upstream connection, and a cap would let long-polls
 starve unrelated requests (they would queue behind the parked ones).
 
-A request body is received whole (in memory up to 1 MiB, then in a temporary file) before
+A request body of up to 1 MiB (every API call but media uploads) is received whole before
 anything goes upstream, as nginx does by default: a client that sends its body slowly, or not
 at all, occupies neither a homeserver connection nor its tenant's concurrency (the request
-takes its tenant slot only once its body is in, see ``limits``). A declared ``Content-Length``
-is checked against the limit before any byte is read; a chunked body, which has none, is
-refused as soon as it grows past the limit and forwarded with a ``Content-Length``: the
-homeserver never has to agree with us on where a chunked body ends. Answers are streamed.
+takes its tenant slot only once its body is in, see ``limits``). A larger one with a declared
+``Content-Length`` (checked against the limit before anything is sent) is streamed: spooling
+it would make every upload wait on, and fill, the disk. A chunked body has no length to check,
+so it is received in full first (in memory up to 1 MiB, then in a temporary file) and forwarded
+with a ``Content-Length``: an oversized one is refused before any byte of it goes upstream, and
+the homeserver never has to agree with us on where a chunked body ends. Matrix clients send
+lengths; chunked uploads are rare.
 
 The homeserver's ``Server`` header (``Synapse/1.x (b=…)``) is not passed on: it tells anyone
 which version, with which known holes, runs behind us.
@@ -146,6 +149,10 @@ class ForwardResult:
     response_body: bytes | None = None
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
 @dataclass
 class _ReceivedBody:
     size: int
@@ -223,12 +230,12 @@ class Forwarder:
         path: str,
         max_body: int,
         client_address: str,
-        body_received: Callable[[], None] | None = None,
+        before_upstream: Callable[[], None] | None = None,
         capture: bool = False,
     ) -> ForwardResult:
         """Forward one request. ``client_address`` goes upstream as the only X-Forwarded-For;
-        ``body_received`` is called once the body is in, before anything goes upstream (it may
-        raise a refusal)."""
+        ``before_upstream`` is called right before anything goes upstream, once the body is in
+        (a large upload's once its head is), and may raise a refusal."""
         assert self._session is not None, "Forwarder.start() was not awaited"
         query = scope.get("query_string", b"").decode("latin-1")
         method = scope["method"]
@@ -261,6 +268,10 @@ class Forwarder:
             counter[0] = len(first_chunk)
             if counter[0] > max_body:
                 raise errors.too_large(max_body)
+        elif declared_length is not None and declared_length > _SPOOL_IN_MEMORY:
+            # A large upload is streamed: received whole first, every upload would wait on
+            # (and fill) the disk. It takes its tenant slot from its head on.
+            body = self._stream_body(first_chunk, receive, counter, max_body)
         else:
             # The whole body before the homeserver sees any of it.
             received = await _receive_all(first_chunk, receive, max_body)
@@ -273,8 +284,8 @@ class Forwarder:
                 if declared_length is None:
                     headers.append(("Content-Length", str(received.size)))
         try:
-            if body_received is not None:
-                body_received()
+            if before_upstream is not None:
+                before_upstream()
         except BaseException:
             if spooled is not None:
                 spooled.close()
@@ -301,6 +312,8 @@ class Forwarder:
             if is_long_poll(path):
                 return await _unless_client_leaves(exchange(), receive)
             return await exchange()
+        except BodyTooLarge:
+            raise errors.too_large(max_body) from None
         except TimeoutError:
             raise errors.upstream_timeout() from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError):
@@ -322,6 +335,25 @@ class Forwarder:
             payload = await response.json(content_type=None)
         user = payload.get("user_id") if isinstance(payload, dict) else None
         return user if isinstance(user, str) else None
+
+    async def _stream_body(
+        self, first: bytes, receive: Receive, counter: list[int], max_body: int
+    ) -> AsyncIterator[bytes]:
+        chunk = first
+        more = True
+        while True:
+            counter[0] += len(chunk)
+            if counter[0] > max_body:
+                raise BodyTooLarge()
+            if chunk:
+                yield chunk
+            if not more:
+                return
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise asyncio.CancelledError("client went away while sending its body")
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
 
     async def _relay(
         self,

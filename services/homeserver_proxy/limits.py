@@ -9,9 +9,10 @@ requests of a tenant in flight through this instance; one over ``max_concurrent`
 ``503`` with ``Retry-After`` instead of waiting in a queue (a queue would hold the client's
 connection and our memory for a tenant that is saturated already).
 
-A request holds a tenant slot only from when its whole body is in (``Admission.body_received``;
-the forwarder receives a body before it sends anything upstream) until it is answered: a client
-that sends a request head and then trickles its body (or stops) holds no tenant slot. From its
+A request holds a tenant slot only from when its whole body is in (``Admission.take_tenant_slot``;
+the forwarder receives a body of up to 1 MiB before it sends anything upstream; a larger upload
+is streamed and takes its slot from its head on) until it is answered: a client that sends a
+request head and then trickles its body (or stops) holds no tenant slot. From its
 head on it holds one of its client address's slots, at most ``client_concurrency_share`` of the
 tenant's (at least 1): one address cannot park more than that many requests, however slowly it
 sends, nor fill the tenant's slots with requests the homeserver is slow to answer.
@@ -88,7 +89,7 @@ class _Budget:
 
 class Admission:
     """One admitted request. Counted requests (not long-polls) hold a slot of their client
-    from admission and must call ``body_received`` before going upstream; ``release`` (safe
+    from admission and must call ``take_tenant_slot`` before going upstream; ``release`` (safe
     to call more than once) when answered."""
 
     __slots__ = ("_client", "_counted", "_limit", "_tenant", "_upstream")
@@ -100,7 +101,7 @@ class Admission:
         self._counted = counted
         self._upstream = False
 
-    def body_received(self) -> None:
+    def take_tenant_slot(self) -> None:
         """Take a tenant slot, or raise the fast 503 (the request is then not forwarded: its
         tokens are given back and its client slot freed)."""
         if not self._counted or self._upstream:

@@ -42,7 +42,7 @@ def admit(
 ) -> Admission:
     """Admit a request whose body arrives at once (as most do)."""
     admission = limiter.admit(route, client, long_poll=long_poll)
-    admission.body_received()
+    admission.take_tenant_slot()
     return admission
 
 
@@ -163,11 +163,11 @@ def test_a_request_whose_body_has_not_arrived_holds_no_tenant_slot() -> None:
     # A parked request whose body finally arrives finds the tenant full: a fast 503, its
     # tokens given back and its client slot freed.
     with pytest.raises(MatrixError) as caught:
-        parked[0].body_received()
+        parked[0].take_tenant_slot()
     assert caught.value.status == 503
     assert limiter.client_in_flight("t1", CLIENT) == 1
     others[0].release()
-    parked[1].body_received()
+    parked[1].take_tenant_slot()
     assert limiter.in_flight("t1") == 8
     parked[1].release()
     assert (limiter.in_flight("t1"), limiter.client_in_flight("t1", CLIENT)) == (7, 0)
