@@ -4,6 +4,7 @@ usage. Runs the real `c3 up` against the test PostgreSQL/SQLite and Redis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
@@ -211,17 +212,25 @@ async def test_parked_long_polls_do_not_starve_other_traffic(platform: RunningPl
 
     upstream_port = platform.homeserver_port(tenant["id"])
     parked = 300
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    # From four client addresses: one address alone gets only a share of the tenant's burst.
+    sessions = [
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, local_addr=(f"127.0.3.{n}", 0))
+        )
+        for n in range(1, 5)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for session in sessions:
+            await stack.enter_async_context(session)
         url = f"{base_url}/_matrix/client/v3/sync?timeout=30000&since={first.next_batch}&filter={QUIET}"
         headers = {"Authorization": f"Bearer {dave.access_token}"}
 
-        async def long_poll() -> int:
+        async def long_poll(http: aiohttp.ClientSession) -> int:
             async with http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=90)) as r:
                 await r.read()
                 return r.status
 
-        polls = [asyncio.create_task(long_poll()) for _ in range(parked)]
+        polls = [asyncio.create_task(long_poll(sessions[n % 4])) for n in range(parked)]
 
         await asyncio.to_thread(
             poll,

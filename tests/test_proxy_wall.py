@@ -801,7 +801,10 @@ def test_a_tenant_over_its_request_rate_gets_429_and_nothing_more_is_forwarded(
 ) -> None:
     extra_route(wall, "wall-rated", upstream=recorder.url, rate_per_second=2.0, rate_burst=5)
     request = b"GET /t/wall-rated/_matrix/client/v3/account/whoami HTTP/1.1\r\nHost: x\r\n\r\n"
-    answers = [raw_request(platform.proxy_url, request) for _ in range(15)]
+    # Fifteen clients (a client's own share of the rate is tested below): the tenant's limit.
+    answers = [
+        raw_request(platform.proxy_url, request, source=f"127.0.1.{n + 1}") for n in range(15)
+    ]
     statuses = [a.status for a in answers]
     # The burst passes, then the rate (2/s) holds: a few tokens refill while we send.
     assert statuses[:5] == [200] * 5, statuses
@@ -830,15 +833,26 @@ def test_a_tenant_over_its_concurrency_share_gets_a_fast_503_but_long_polls_are_
     recorder.answer.clear()  # the homeserver is slow: requests stay in flight
     base = f"{platform.proxy_url}/t/wall-busy"
 
+    def client(source: str) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(local_address=source)
+        return httpx.AsyncClient(
+            timeout=30, limits=httpx.Limits(max_connections=None), transport=transport
+        )
+
     async def scenario() -> tuple[list[int], int, float, dict, dict[str, str], list[int]]:
-        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=None)) as c:
+        # Slow requests of several clients (one client alone may hold only a share of the
+        # tenant's slots: tested below).
+        slow_clients = [client(f"127.0.2.{n + 1}") for n in range(3)]
+        async with client("127.0.2.9") as c:
             # Five parked long-polls and three slow requests: the tenant's whole share.
             syncs = [
                 asyncio.create_task(c.get(f"{base}/_matrix/client/v3/sync?timeout=30000&n={n}"))
                 for n in range(5)
             ]
             slow = [
-                asyncio.create_task(c.get(f"{base}/_matrix/client/v3/profile/@a:x?n={n}"))
+                asyncio.create_task(
+                    slow_clients[n].get(f"{base}/_matrix/client/v3/profile/@a:x?n={n}")
+                )
                 for n in range(3)
             ]
             await asyncio.to_thread(
@@ -855,6 +869,8 @@ def test_a_tenant_over_its_concurrency_share_gets_a_fast_503_but_long_polls_are_
             recorder.answer.set()
             done = await asyncio.gather(*syncs, *slow, extra_sync)
             after = await c.get(f"{base}/_matrix/client/v3/profile/@a:x?n=after")
+            for slow_client in slow_clients:
+                await slow_client.aclose()
             return (
                 [r.status_code for r in done],
                 refused.status_code,
@@ -949,3 +965,178 @@ def test_a_noisy_tenant_does_not_slow_the_others(
         during,
     )
     assert max(during) < 2.0, during
+
+
+# 6. One client among many ----------------------------------------------------------------
+
+SLOW_BODY = "127.0.0.8"  # the reviewer's slow-body sockets
+NEIGHBOUR = "127.0.0.9"  # another client of the same tenant
+
+
+def test_one_client_with_many_slow_bodies_does_not_take_its_tenant_offline(
+    platform: RunningPlatform, wall: dict
+) -> None:
+    platform.create_user(wall["id"], "sloane", "sloane-secret-12")
+    base = f"{platform.proxy_url}/t/wall"
+    login = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "sloane"},
+        "password": "sloane-secret-12",
+    }
+    signed_in = httpx.post(f"{base}/_matrix/client/v3/login", json=login)
+    assert signed_in.status_code == 200, signed_in.text
+    token = signed_in.json()["access_token"]
+
+    # As the reviewer did: 270 sockets from one address (more than the tenant's 256 slots),
+    # each a login head and one byte of a 1000-byte body.
+    host, port = platform.proxy_url.removeprefix("http://").split(":")
+    parked: list[socket.socket] = []
+    answers: dict[int, bytes] = {}
+    try:
+        for _ in range(270):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((SLOW_BODY, 0))
+            sock.connect((host, int(port)))
+            sock.sendall(
+                b"POST /t/wall/_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            sock.setblocking(False)
+            parked.append(sock)
+        share = 256 // 4  # C3_PROXY_CLIENT_CONCURRENCY_SHARE's default, 0.25
+
+        def refused() -> bool:
+            for sock in parked:
+                try:
+                    answers[sock.fileno()] = answers.get(sock.fileno(), b"") + sock.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    pass
+            return sum(a.startswith(b"HTTP/1.1 503 ") for a in answers.values()) >= 270 - share
+
+        # The client's share is parked, the rest of its requests are refused at once …
+        poll(refused, timeout=20, what="the requests over the client's share to be refused")
+        assert all(b"M_LIMIT_EXCEEDED" in a for a in answers.values() if a)
+        assert sum(1 for a in answers.values() if a) == 270 - share
+
+        # … and the tenant's users are served as ever: the signed-in one, and a new sign-in.
+        with httpx.Client(
+            timeout=10, transport=httpx.HTTPTransport(local_address=NEIGHBOUR)
+        ) as http:
+            whoami = http.get(
+                f"{base}/_matrix/client/v3/account/whoami",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert whoami.status_code == 200, whoami.text
+            again = http.post(f"{base}/_matrix/client/v3/login", json=login)
+            assert again.status_code == 200, again.text
+            for _ in range(20):
+                assert http.get(f"{base}/_matrix/client/versions").status_code == 200
+    finally:
+        for sock in parked:
+            sock.close()
+
+
+def test_one_client_cannot_use_up_its_tenants_request_rate(
+    platform: RunningPlatform, wall: dict, recorder: RecordingHomeserver, extra_route: Any
+) -> None:
+    # 4/s, burst 10: one client's own bucket is half of that (C3_PROXY_CLIENT_RATE_SHARE).
+    extra_route(wall, "wall-shared", upstream=recorder.url, rate_per_second=4.0, rate_burst=10)
+    request = b"GET /t/wall-shared/_matrix/client/v3/account/whoami HTTP/1.1\r\nHost: x\r\n\r\n"
+    flood = [raw_request(platform.proxy_url, request, source=SLOW_BODY) for _ in range(20)]
+    statuses = [a.status for a in flood]
+    assert statuses[:5] == [200] * 5, statuses
+    limited = [a for a in flood if a.status == 429]
+    assert len(limited) >= 12, statuses
+    for answer in limited:
+        assert answer.json()["errcode"] == "M_LIMIT_EXCEEDED"
+        assert 0 < answer.json()["retry_after_ms"] <= 500  # one token of its own 2/s
+    # The tenant's other clients still have the rest of its bucket.
+    others = [raw_request(platform.proxy_url, request, source=NEIGHBOUR) for _ in range(4)]
+    assert [a.status for a in others] == [200] * 4
+    assert len(recorder.requests) == statuses.count(200) + 4
+
+
+# 7. Behind a load balancer, and what the homeserver tells about itself -------------------
+
+BALANCER = "127.0.0.6"  # a trusted load balancer in front of the proxy
+
+
+def test_behind_a_trusted_balancer_the_homeserver_and_the_limits_see_the_real_client(
+    platform: RunningPlatform, wall: dict, recorder: RecordingHomeserver, extra_route: Any
+) -> None:
+    proxy = start_proxy(platform, free_port(), C3_PROXY_TRUSTED_PROXIES=f"10.0.0.0/8,{BALANCER}")
+    try:
+
+        def seen_by_synapse(source: str, forwarded: str) -> str:
+            marker = uuid.uuid4().hex
+            answer = raw_request(
+                proxy.url,
+                f"GET /t/wall/_matrix/client/versions?xff={marker} HTTP/1.1\r\nHost: x\r\n"
+                f"X-Forwarded-For: {forwarded}\r\nConnection: close\r\n\r\n".encode(),
+                source=source,
+            )
+            assert answer.status == 200
+            [line] = poll(
+                lambda: [x for x in access_log(platform, wall["id"]) if marker in x],
+                timeout=10,
+                what="the request in the homeserver's access log",
+            )
+            return _CLIENT.search(line)["client"]  # type: ignore[index]
+
+        # The balancer appended the client's address; what the client wrote is not believed.
+        assert seen_by_synapse(BALANCER, f"{SPOOFED}, 198.51.100.7") == "198.51.100.7"
+        # Through two of our hops: the right-most one that is not ours.
+        assert seen_by_synapse(BALANCER, f"{SPOOFED}, 198.51.100.7, 10.1.2.3") == "198.51.100.7"
+        # Anybody else forging the header is seen as itself.
+        assert seen_by_synapse(SPOOFER, f"{SPOOFED}, 198.51.100.7") == SPOOFER
+        # A malformed entry is skipped, and nothing to its left is believed: the nearest
+        # known hop is the client.
+        assert seen_by_synapse(BALANCER, f"{SPOOFED}, not-an-address") == BALANCER
+        assert seen_by_synapse(BALANCER, f"{SPOOFED}, <script>, 10.1.2.3") == "10.1.2.3"
+
+        # Exactly one X-Forwarded-For goes upstream, with the client alone.
+        extra_route(wall, "wall-balanced", upstream=recorder.url, rate_per_second=0.5, rate_burst=4)
+        request = (
+            "GET /t/wall-balanced/_matrix/client/versions HTTP/1.1\r\nHost: x\r\n"
+            "X-Forwarded-For: {}\r\nConnection: close\r\n\r\n"
+        )
+        answer = raw_request(
+            proxy.url, request.format(f"{SPOOFED}, 198.51.100.7").encode(), source=BALANCER
+        )
+        assert answer.status == 200
+        [received] = recorder.requests
+        forwarded = [
+            line
+            for line in received.head.split(b"\r\n")
+            if line.lower().startswith(b"x-forwarded-for")
+        ]
+        assert forwarded == [b"X-Forwarded-For: 198.51.100.7"]
+
+        # The per-client limits count by that address too: one client behind the balancer
+        # runs out of its own share (2 of the burst of 4), the next one is served.
+        statuses = [
+            raw_request(proxy.url, request.format("198.51.100.7").encode(), source=BALANCER).status
+            for _ in range(2)
+        ]
+        assert statuses == [200, 429]
+        other = raw_request(proxy.url, request.format("198.51.100.8").encode(), source=BALANCER)
+        assert other.status == 200
+    finally:
+        proxy.terminate()
+
+
+def test_answers_do_not_tell_which_homeserver_version_runs_behind(
+    platform: RunningPlatform, wall: dict
+) -> None:
+    path = "/_matrix/client/versions"
+    direct = httpx.get(f"http://127.0.0.1:{platform.homeserver_port(wall['id'])}{path}")
+    server = direct.headers["server"]  # "Synapse/1.x.y (b=…)": what the proxy must not pass on
+    version = server.split()[0].split("/")[1]
+    for answer in (
+        httpx.get(f"{platform.proxy_url}/t/wall{path}"),
+        httpx.get(f"{platform.proxy_url}/t/wall/_matrix/client/v3/account/whoami"),  # 401
+        httpx.get(f"{platform.proxy_url}/t/wall/_matrix/media/v3/download/x/y"),  # 404
+    ):
+        assert "server" not in answer.headers, answer.headers
+        for value in answer.headers.values():
+            assert version not in value and "synapse/" not in value.lower(), answer.headers

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from homeserver_proxy import billable, errors
 from homeserver_proxy.asgi import Message, Receive, Scope, Send
 from homeserver_proxy.billable import Kind
+from homeserver_proxy.client_address import client_address
 from homeserver_proxy.client_urls import (
     is_login,
     login_answer_for,
@@ -47,10 +48,17 @@ class ProxyApp:
             public_scheme=urlsplit(settings.effective_proxy_public_url).scheme
         )
         self.meter = UsageMeter()
-        self.limiter = TenantLimiter()
+        # Each client address gets a share of its tenant's budget: one client (however many
+        # connections it opens) cannot use up what the tenant's other users need.
+        self.limiter = TenantLimiter(
+            client_concurrency_share=settings.proxy_client_concurrency_share,
+            client_rate_share=settings.proxy_client_rate_share,
+        )
         # Remote servers get buckets of their own (same plan limits): a flood of federation
-        # traffic cannot use up the tenant's clients' rate, nor the other way round.
+        # traffic cannot use up the tenant's clients' rate, nor the other way round. Not split
+        # per address: a few big servers are most of a tenant's federation traffic.
         self.federation_limiter = TenantLimiter()
+        self._trusted_proxies = settings.proxy_trusted_proxies
         self.metering = metering
         self.token_users = TokenUsers(self.forwarder.whoami)
         self.flusher = UsageFlusher(
@@ -204,9 +212,10 @@ class ProxyApp:
         """A client request: limited, forwarded, metered. A login answer's ``well_known``
         names ``base_url``, the way this client came in (as our /.well-known does)."""
         long_poll = is_long_poll(path)
+        client = client_address(scope, self._trusted_proxies)
         # Refused here (429/503) means never forwarded and never billed: a tenant does not pay
         # for requests we turned away.
-        self.limiter.admit(route, long_poll=long_poll)
+        admission = self.limiter.admit(route, client, long_poll=long_poll)
         kind = billable.classify(scope["method"], path) if self.metering else Kind.OTHER
         try:
             result = await self.forwarder.forward(
@@ -216,14 +225,15 @@ class ProxyApp:
                 upstream=route.upstream,
                 path=path,
                 max_body=route.max_upload_bytes,
+                client_address=client,
+                before_upstream=admission.take_tenant_slot,
                 capture=kind.captures_response,
                 rewrite=(
                     partial(login_answer_for, base_url) if is_login(scope["method"], path) else None
                 ),
             )
         finally:
-            if not long_poll:
-                self.limiter.release(route)
+            admission.release()
         if self.metering:
             self._meter(route, scope, path, kind, result)
 
@@ -234,7 +244,8 @@ class ProxyApp:
         it, not the tenant's users: counted, it would let any server on the internet run up a
         tenant's bill, and its events (messages from other servers, remote users) are neither
         the tenant's sent messages nor its active users."""
-        self.federation_limiter.admit(route, long_poll=False)
+        client = client_address(scope, self._trusted_proxies)
+        admission = self.federation_limiter.admit(route, client, long_poll=False)
         try:
             await self.forwarder.forward(
                 scope,
@@ -243,9 +254,11 @@ class ProxyApp:
                 upstream=route.upstream,
                 path=path,
                 max_body=max(route.max_upload_bytes, FEDERATION_MAX_BODY),
+                client_address=client,
+                before_upstream=admission.take_tenant_slot,
             )
         finally:
-            self.federation_limiter.release(route)
+            admission.release()
 
     def _meter(
         self, route: Route, scope: Scope, path: str, kind: Kind, result: ForwardResult

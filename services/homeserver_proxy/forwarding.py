@@ -5,11 +5,19 @@ aiohttp is used on this hop because it measured ~8x the throughput of httpx.Asyn
 parked ``/sync`` long-poll holds one upstream connection, and a cap would let long-polls
 starve unrelated requests (they would queue behind the parked ones).
 
-Request bodies with a declared ``Content-Length`` (checked against the limit before anything is
-sent) are streamed. A chunked body has no length to check, so it is received in full first
-(in memory up to 1 MiB, then in a temporary file) and forwarded with a ``Content-Length``: an
-oversized one is refused before any byte of it goes upstream, and the homeserver never has to
-agree with us on where a chunked body ends. Matrix clients send lengths; chunked uploads are rare.
+A request body of up to 1 MiB (every API call but media uploads) is received whole before
+anything goes upstream, as nginx does by default: a client that sends its body slowly, or not
+at all, occupies neither a homeserver connection nor its tenant's concurrency (the request
+takes its tenant slot only once its body is in, see ``limits``). A larger one with a declared
+``Content-Length`` (checked against the limit before anything is sent) is streamed: spooling
+it would make every upload wait on, and fill, the disk. A chunked body has no length to check,
+so it is received in full first (in memory up to 1 MiB, then in a temporary file) and forwarded
+with a ``Content-Length``: an oversized one is refused before any byte of it goes upstream, and
+the homeserver never has to agree with us on where a chunked body ends. Matrix clients send
+lengths; chunked uploads are rare.
+
+The homeserver's ``Server`` header (``Synapse/1.x (b=…)``) is not passed on: it tells anyone
+which version, with which known holes, runs behind us.
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ _RESPONSE_DROP = frozenset(
         b"trailer",
         b"upgrade",
         b"proxy-connection",
+        # Software and version of the homeserver: nobody's business outside.
+        b"server",
+        b"x-powered-by",
     }
 )
 
@@ -236,11 +247,16 @@ class Forwarder:
         upstream: str,
         path: str,
         max_body: int,
+        client_address: str,
+        before_upstream: Callable[[], None] | None = None,
         capture: bool = False,
         rewrite: Callable[[bytes], bytes | None] | None = None,
     ) -> ForwardResult:
-        """``rewrite`` may replace a successful answer's (small, complete) body: it gets the
-        body and returns the one to send instead, or None to send it unchanged."""
+        """Forward one request. ``client_address`` goes upstream as the only X-Forwarded-For;
+        ``before_upstream`` is called right before anything goes upstream, once the body is in
+        (a large upload's once its head is), and may raise a refusal. ``rewrite`` may replace a
+        successful answer's (small, complete) body: it gets the body and returns the one to send
+        instead, or None to send it unchanged."""
         assert self._session is not None, "Forwarder.start() was not awaited"
         query = scope.get("query_string", b"").decode("latin-1")
         method = scope["method"]
@@ -258,8 +274,7 @@ class Forwarder:
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if declared_length is not None and declared_length > max_body:
             raise errors.too_large(max_body)
-        client = scope.get("client")
-        headers.append(("X-Forwarded-For", client[0] if client else "unknown"))
+        headers.append(("X-Forwarded-For", client_address))
         headers.extend(_public_url_headers(scope, self._public_scheme))
 
         counter = [0]
@@ -274,8 +289,12 @@ class Forwarder:
             counter[0] = len(first_chunk)
             if counter[0] > max_body:
                 raise errors.too_large(max_body)
-        elif declared_length is None:
-            # Chunked: the whole body before the homeserver sees any of it.
+        elif declared_length is not None and declared_length > _SPOOL_IN_MEMORY:
+            # A large upload is streamed: received whole first, every upload would wait on
+            # (and fill) the disk. It takes its tenant slot from its head on.
+            body = self._stream_body(first_chunk, receive, counter, max_body)
+        else:
+            # The whole body before the homeserver sees any of it.
             received = await _receive_all(first_chunk, receive, max_body)
             counter[0] = received.size
             if received.file is None:
@@ -283,9 +302,15 @@ class Forwarder:
             else:
                 spooled = received.file
                 body = _read_file(spooled)
-                headers.append(("Content-Length", str(received.size)))
-        else:
-            body = self._stream_body(first_chunk, receive, counter, max_body)
+                if declared_length is None:
+                    headers.append(("Content-Length", str(received.size)))
+        try:
+            if before_upstream is not None:
+                before_upstream()
+        except BaseException:
+            if spooled is not None:
+                spooled.close()
+            raise
 
         url = URL(upstream + path + ("?" + query if query else ""), encoded=True)
         session = self._session

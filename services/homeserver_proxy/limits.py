@@ -1,10 +1,21 @@
-"""Per-tenant request rate and concurrency limits, enforced by each proxy instance in memory.
+"""Per-tenant request rate and concurrency limits, enforced by each proxy instance in memory,
+with a per-client share inside each so that no single client can use up its tenant's budget.
 
 Rate: a token bucket per tenant (refilled at the route's ``rate_per_second``, holding at most
-``rate_burst``); a request that finds no token gets ``429 M_LIMIT_EXCEEDED`` with
-``retry_after_ms``. Concurrency: requests of a tenant in flight through this instance; one over
-``max_concurrent`` gets a fast ``503`` with ``Retry-After`` instead of waiting in a queue (a
-queue would hold the client's connection and our memory for a tenant that is saturated already).
+``rate_burst``), and inside it one per client address (an IPv6 /64 counts as one address) with
+``client_rate_share`` of the tenant's rate and burst; a request takes a token from both, and one
+that finds either empty gets ``429 M_LIMIT_EXCEEDED`` with ``retry_after_ms``. Concurrency:
+requests of a tenant in flight through this instance; one over ``max_concurrent`` gets a fast
+``503`` with ``Retry-After`` instead of waiting in a queue (a queue would hold the client's
+connection and our memory for a tenant that is saturated already).
+
+A request holds a tenant slot only from when its whole body is in (``Admission.take_tenant_slot``;
+the forwarder receives a body of up to 1 MiB before it sends anything upstream; a larger upload
+is streamed and takes its slot from its head on) until it is answered: a client that sends a
+request head and then trickles its body (or stops) holds no tenant slot. From its
+head on it holds one of its client address's slots, at most ``client_concurrency_share`` of the
+tenant's (at least 1): one address cannot park more than that many requests, however slowly it
+sends, nor fill the tenant's slots with requests the homeserver is slow to answer.
 
 Long-polls (``/sync``, ``/events``) are not counted in flight: a tenant's clients park one each,
 for up to their ``timeout``, and counting them would lock the tenant out of everything else.
@@ -23,56 +34,155 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from ipaddress import IPv6Address, IPv6Network, ip_address
 
 from homeserver_proxy import errors
 from platform_core.routes import Route
 
 Clock = Callable[[], float]
 
+# Idle client budgets (nothing in flight, bucket full again) are forgotten this often: one
+# that comes back starts with a full bucket, exactly as if it had been kept.
+_SWEEP_INTERVAL_S = 10.0
 
-class _TenantState:
-    __slots__ = ("in_flight", "tokens", "updated")
 
-    def __init__(self, tokens: float, now: float) -> None:
-        self.tokens = tokens
+def client_key(address: str) -> str:
+    """What one client is, for the limits: its IPv4 address, or its IPv6 /64 (one host
+    commonly holds a whole /64, and could otherwise be 2^64 clients)."""
+    try:
+        parsed = ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, IPv6Address):
+        return str(IPv6Network((parsed, 64), strict=False))
+    return address
+
+
+class _Budget:
+    """A token bucket and a count of requests in flight."""
+
+    __slots__ = ("burst", "in_flight", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
         self.updated = now
         self.in_flight = 0
 
+    def refill(self, rate: float, burst: float, now: float) -> float:
+        """Tokens now, refilled with the current rate (a plan change applies at once)."""
+        self.rate, self.burst = rate, burst
+        self.tokens = min(burst, self.tokens + (now - self.updated) * rate)
+        self.updated = now
+        return self.tokens
+
+    def wait_ms(self) -> int:
+        return math.ceil((1.0 - self.tokens) / self.rate * 1000)
+
+    def refund(self) -> None:
+        self.tokens = min(self.burst, self.tokens + 1.0)
+
+    def idle(self, now: float) -> bool:
+        return self.in_flight == 0 and self.tokens + (now - self.updated) * self.rate >= self.burst
+
+
+class Admission:
+    """One admitted request. Counted requests (not long-polls) hold a slot of their client
+    from admission and must call ``take_tenant_slot`` before going upstream; ``release`` (safe
+    to call more than once) when answered."""
+
+    __slots__ = ("_client", "_counted", "_limit", "_tenant", "_upstream")
+
+    def __init__(self, tenant: _Budget, client: _Budget, limit: int, *, counted: bool) -> None:
+        self._tenant = tenant
+        self._client = client
+        self._limit = limit
+        self._counted = counted
+        self._upstream = False
+
+    def take_tenant_slot(self) -> None:
+        """Take a tenant slot, or raise the fast 503 (the request is then not forwarded: its
+        tokens are given back and its client slot freed)."""
+        if not self._counted or self._upstream:
+            return
+        if self._tenant.in_flight >= self._limit:
+            self._tenant.refund()
+            self._client.refund()
+            self.release()
+            raise errors.too_many_in_flight()
+        self._tenant.in_flight += 1
+        self._upstream = True
+
+    def release(self) -> None:
+        if not self._counted:
+            return
+        self._counted = False
+        self._client.in_flight -= 1
+        if self._upstream:
+            self._tenant.in_flight -= 1
+            self._upstream = False
+
 
 class TenantLimiter:
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        *,
+        client_concurrency_share: float = 1.0,
+        client_rate_share: float = 1.0,
+    ) -> None:
         self._clock = clock
-        self._tenants: dict[str, _TenantState] = {}
+        self._concurrency_share = client_concurrency_share
+        self._rate_share = client_rate_share
+        self._tenants: dict[str, _Budget] = {}
+        self._clients: dict[tuple[str, str], _Budget] = {}
+        self._swept = clock()
 
-    def admit(self, route: Route, *, long_poll: bool) -> None:
-        """Take a token (and a concurrency slot unless ``long_poll``) or raise the Matrix error
-        to answer with. Every admitted non-long-poll request must be ``release``d."""
+    def admit(self, route: Route, client: str, *, long_poll: bool) -> Admission:
+        """Take a token of the tenant and of ``client`` (and a slot of ``client`` unless
+        ``long_poll``), or raise the Matrix error to answer with."""
         now = self._clock()
-        state = self._tenants.get(route.tenant_id)
-        if state is None:
-            state = self._tenants[route.tenant_id] = _TenantState(route.rate_burst, now)
-        # Refill with the route's current rate: a plan change applies from the next request.
-        tokens = min(
-            float(route.rate_burst),
-            state.tokens + (now - state.updated) * route.rate_per_second,
-        )
-        state.updated = now
-        if tokens < 1.0:
-            state.tokens = tokens
-            wait_ms = math.ceil((1.0 - tokens) / route.rate_per_second * 1000)
-            raise errors.rate_limited(wait_ms)
-        if not long_poll and state.in_flight >= route.max_concurrent:
-            state.tokens = tokens  # refused without taking a token: it used no capacity
-            raise errors.too_many_in_flight()
-        state.tokens = tokens - 1.0
+        if now - self._swept >= _SWEEP_INTERVAL_S:
+            self._sweep(now)
+        rate, burst = route.rate_per_second, float(route.rate_burst)
+        client_rate = rate * self._rate_share
+        client_burst = max(1.0, math.floor(burst * self._rate_share))
+        tenant = self._tenants.get(route.tenant_id)
+        if tenant is None:
+            tenant = self._tenants[route.tenant_id] = _Budget(rate, burst, now)
+        key = (route.tenant_id, client_key(client))
+        own = self._clients.get(key)
+        if own is None:
+            own = self._clients[key] = _Budget(client_rate, client_burst, now)
+        # The client's own bucket first: a client over its share is told its own wait, and
+        # takes nothing from the tenant's bucket.
+        if own.refill(client_rate, client_burst, now) < 1.0:
+            raise errors.rate_limited(own.wait_ms())
+        if tenant.refill(rate, burst, now) < 1.0:
+            raise errors.rate_limited(tenant.wait_ms())
         if not long_poll:
-            state.in_flight += 1
-
-    def release(self, route: Route) -> None:
-        state = self._tenants.get(route.tenant_id)
-        if state is not None and state.in_flight > 0:
-            state.in_flight -= 1
+            share = max(1, math.floor(route.max_concurrent * self._concurrency_share))
+            # Refused without taking a token: it used no capacity.
+            if own.in_flight >= share or tenant.in_flight >= route.max_concurrent:
+                raise errors.too_many_in_flight()
+            own.in_flight += 1
+        own.tokens -= 1.0
+        tenant.tokens -= 1.0
+        return Admission(tenant, own, route.max_concurrent, counted=not long_poll)
 
     def in_flight(self, tenant_id: str) -> int:
+        """Requests of the tenant at its homeserver (bodies received, not answered yet)."""
         state = self._tenants.get(tenant_id)
         return state.in_flight if state is not None else 0
+
+    def client_in_flight(self, tenant_id: str, client: str) -> int:
+        """Requests of one client of the tenant admitted and not answered yet (bodies still
+        arriving included)."""
+        state = self._clients.get((tenant_id, client_key(client)))
+        return state.in_flight if state is not None else 0
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
+        for key in [key for key, budget in self._clients.items() if budget.idle(now)]:
+            del self._clients[key]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from enum import StrEnum
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The operator token grants everything; outside local mode it must be long enough not to guess.
@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     proxy_port: int = 8080
     # Public base URL of the proxy as clients see it; derived from host/port when unset.
     proxy_public_url: str | None = None
+    # Networks of the load balancers / reverse proxies in front of the proxy (comma-separated
+    # CIDRs or addresses): only a peer in them is believed about X-Forwarded-For. Empty: the
+    # socket peer is the client, whatever the request says.
+    proxy_trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
+    # One client address (an IPv6 /64) of a tenant may hold at most this share of the tenant's
+    # in-flight requests (at least 1), and gets its own rate bucket of this share of the
+    # tenant's rate and burst; 1.0 turns the per-client limit off.
+    proxy_client_concurrency_share: float = Field(default=0.25, gt=0, le=1)
+    proxy_client_rate_share: float = Field(default=0.5, gt=0, le=1)
     # Public base URL of the API (e.g. https://api.example.com behind a TLS load balancer):
     # operation Locations and export links start with it; taken from each request when unset.
     api_public_url: str | None = None
@@ -114,25 +123,7 @@ class Settings(BaseSettings):
     # Networks (comma-separated CIDRs) that tenants' homeservers may reach although they are
     # internal (loopback, private, link-local, ...): a tenant's OIDC issuer may then be there,
     # and Synapse's ip_range_whitelist lets its outbound HTTP through. Empty: none.
-    outbound_allowed_networks: Annotated[
-        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
-    ] = Field(default_factory=list)
-
-    @field_validator("outbound_allowed_networks", mode="before")
-    @classmethod
-    def _networks(cls, v: object) -> object:
-        if not isinstance(v, str):
-            return v
-        try:
-            return [
-                ipaddress.ip_network(part.strip(), strict=False)
-                for part in v.split(",")
-                if part.strip()
-            ]
-        except ValueError as exc:
-            raise ValueError(
-                f"C3_OUTBOUND_ALLOWED_NETWORKS must be comma-separated CIDRs ({exc})"
-            ) from None
+    outbound_allowed_networks: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
 
     @field_validator("base_domain")
     @classmethod
@@ -141,6 +132,25 @@ class Settings(BaseSettings):
         if not v or any(not part for part in v.split(".")):
             raise ValueError("C3_BASE_DOMAIN must be a DNS name such as c3.example.com")
         return v
+
+    @field_validator("proxy_trusted_proxies", "outbound_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: Any, info: ValidationInfo) -> Any:
+        """Comma-separated CIDRs or addresses (environment) → networks."""
+        if not isinstance(v, str):
+            return v
+        networks = []
+        for item in v.split(","):
+            if item.strip():
+                try:
+                    networks.append(ip_network(item.strip(), strict=False))
+                except ValueError:
+                    setting = f"C3_{(info.field_name or '').upper()}"
+                    raise ValueError(
+                        f"{setting} must be comma-separated CIDRs or addresses: "
+                        f"{item.strip()!r} is neither"
+                    ) from None
+        return networks
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -130,6 +130,9 @@ pod annotations so a change rolls the Deployments.
   "PYTHONUNBUFFERED" "1"
   "PYTHONDONTWRITEBYTECODE" "1"
 }}
+{{- with .Values.proxy.trustedProxies }}
+{{- $_ := set $cfg "C3_PROXY_TRUSTED_PROXIES" (join "," .) }}
+{{- end }}
 {{- if .Values.ingress.enabled }}
 {{- /* URLs the API hands out (Locations, export links) name its public https address. */}}
 {{- $_ := set $cfg "C3_API_PUBLIC_URL" (printf "https://%s" (include "c3.apiHost" .)) }}
