@@ -616,6 +616,11 @@ def _delete_archive(settings: Settings, row: TenantExport) -> None:
     final = archive_path(settings, row.id)
     for path in {final, _partial(final), *([Path(row.path)] if row.path else [])}:
         path.unlink(missing_ok=True)
+    if settings.tenant_database_url and row.state is ExportState.PENDING:
+        # A worker killed mid-export leaves its unscrubbed scratch copy: never keep it.
+        tenant_databases.drop_scratch(
+            settings.tenant_database_url, tenant_databases.scratch_name_for(row.id)
+        )
 
 
 def _remove_stale_work_dirs(settings: Settings, now: datetime) -> int:

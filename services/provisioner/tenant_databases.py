@@ -314,7 +314,7 @@ def dump_scrubbed(
     raw = dest.with_name(dest.name + ".raw")
     dump_database(admin_url, database_name, raw)
     try:
-        _drop_scratch(admin_url, scratch)
+        drop_scratch(admin_url, scratch)
         with _connect(admin_url) as conn:
             # Private from the start: it holds the tenant's data until it is dropped.
             conn.execute(
@@ -334,11 +334,14 @@ def dump_scrubbed(
         dump_database(admin_url, scratch, dest, check=False)
     finally:
         raw.unlink(missing_ok=True)
-        _drop_scratch(admin_url, scratch)
+        drop_scratch(admin_url, scratch)
     return result
 
 
-def _drop_scratch(admin_url: str, scratch: str) -> None:
+def drop_scratch(admin_url: str, scratch: str) -> None:
+    """Drop an export's scratch database (one a killed export left behind). Idempotent."""
+    if not _SCRATCH.match(scratch):
+        raise PermanentError(f"{scratch!r} is not a scratch database name")
     with _connect(admin_url) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))

@@ -554,6 +554,27 @@ def test_expired_exports_lose_their_archive_and_failed_ones_are_recorded(
     assert exports.expire_exports(ctx.settings)["expired"] == 0  # idempotent
 
 
+@pytest.mark.skipif(
+    not os.environ.get("C3_TEST_DATABASE_URL"), reason="needs the test PostgreSQL server"
+)
+def test_a_scratch_copy_left_by_a_killed_export_is_dropped(ctx: steps.Context) -> None:
+    from provisioner import tenant_databases
+
+    admin_url = os.environ["C3_TEST_DATABASE_URL"]
+    _, op_id, _ = pending_export(ctx)
+    scratch = tenant_databases.scratch_name_for(export_row(op_id).id)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {scratch}")  # as a worker killed mid-scrub leaves it
+    with task_session() as session:
+        session.get(Operation, op_id).state = OperationState.FAILED  # type: ignore[union-attr]
+
+    settings = ctx.settings.model_copy(update={"tenant_database_url": admin_url})
+    assert exports.expire_exports(settings)["failed"] >= 1
+    with psycopg.connect(admin_url) as conn:
+        left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (scratch,))
+        assert left.fetchall() == []
+
+
 def test_only_an_exportable_tenant_is_exported(ctx: steps.Context) -> None:
     from provisioner.tasks import Superseded
 
