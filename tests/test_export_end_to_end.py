@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -21,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
+from psycopg.conninfo import make_conninfo
 
 from c3.local_run import free_port
 from platform_core.models import utcnow
+from provisioner import tenant_databases
 from provisioner.synapse_config import HomeserverSecrets, HomeserverSpec, write_homeserver_files
 from tenant_api.exports import links
 from tests.platform import RunningPlatform, poll
@@ -170,6 +174,34 @@ def restored_synapse(
             process.wait()
 
 
+def live_admin_tokens(platform: RunningPlatform, tenant: dict[str, Any]) -> list[str]:
+    """The platform admin's access tokens in the live homeserver's database."""
+    admin = f"@c3-admin:{tenant['server_name']}"
+    query = "SELECT token FROM access_tokens WHERE user_id = {}"
+    sqlite_file = platform.homeserver_dir(tenant["id"]) / "homeserver.db"
+    if sqlite_file.exists():
+        with sqlite3.connect(f"file:{sqlite_file}?mode=ro", uri=True) as db:
+            rows = db.execute(query.format("?"), (admin,)).fetchall()
+    else:
+        name = tenant_databases.database_name_for(uuid.UUID(tenant["id"]))
+        url = make_conninfo(platform.env["C3_TENANT_DATABASE_URL"], dbname=name)
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(query.format("%s"), (admin,)).fetchall()
+    return [str(token) for (token,) in rows]
+
+
+def exported_database_text(unpacked: Path) -> bytes:
+    """Every byte of the archive's database as something to search: the SQLite file itself,
+    or the PostgreSQL dump's data as ``pg_restore`` writes it out."""
+    sqlite_file = unpacked / "database" / "homeserver.db"
+    if sqlite_file.exists():
+        return sqlite_file.read_bytes()
+    dump = unpacked / "database" / "homeserver.pgdump"
+    return subprocess.run(
+        ["pg_restore", "--file=-", str(dump)], capture_output=True, check=True
+    ).stdout
+
+
 def platform_logs(platform: RunningPlatform) -> str:
     files = [platform.log_path, *sorted((platform.data_dir / "logs").glob("*.log"))]
     return "\n".join(f.read_text(errors="replace") for f in files if f.is_file())
@@ -188,6 +220,7 @@ class Exported:
     export: dict[str, Any]
     unpacked: Path
     manifest: dict[str, Any]
+    admin_tokens: list[str]  # the platform admin's, live when the export was made
 
 
 def export_filled_tenant(
@@ -226,13 +259,26 @@ def export_filled_tenant(
     assert manifest["server_name"] == tenant["server_name"]
     original_key = (platform.homeserver_dir(tenant["id"]) / "signing.key").read_text()
     assert (unpacked / "signing.key").read_text() == original_key
-    return Exported(tenant, user, token, room_id, mxc, image, export, unpacked, manifest)
+
+    # The platform's admin token is nowhere in the archive; the tenant user's session is.
+    admin_tokens = live_admin_tokens(platform, tenant)
+    assert admin_tokens  # the live homeserver keeps its admin session
+    database = exported_database_text(unpacked)
+    assert token.encode() in database
+    assert [t for t in admin_tokens if t.encode() in database] == []
+    assert manifest["scrubbed"]["platform_users"] == [f"@c3-admin:{tenant['server_name']}"]
+    assert {"access_tokens", "devices", "users.password_hash"} <= set(
+        manifest["scrubbed"]["tables"]
+    )
+    return Exported(
+        tenant, user, token, room_id, mxc, image, export, unpacked, manifest, admin_tokens
+    )
 
 
 def assert_serves_the_export(restored: str, exported: Exported) -> None:
     """The restored homeserver serves the same user, with the same password; the session
     made before the export is still valid (access tokens live in the database); and the
-    same room, messages and media bytes."""
+    same room, messages and media bytes. The platform admin's token does not work there."""
     again = login(restored, "eve")
     assert again.status_code == 200, again.text
     assert again.json()["user_id"] == exported.user
@@ -243,6 +289,9 @@ def assert_serves_the_export(restored: str, exported: Exported) -> None:
     assert [e["content"]["body"] for e in events] == [*MESSAGES, "chart.png"]
     assert events[-1]["content"]["url"] == exported.mxc
     assert media(restored, new_token, exported.mxc) == exported.image
+    for admin_token in exported.admin_tokens:  # the platform's access did not travel along
+        with matrix(restored, admin_token) as hs:
+            assert hs.get("/_matrix/client/v3/account/whoami").status_code == 401
 
 
 def test_an_export_restores_into_a_fresh_synapse(platform: RunningPlatform, tmp_path: Path) -> None:

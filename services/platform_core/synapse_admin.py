@@ -8,12 +8,28 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from platform_core.errors import Conflict, InvalidRequest, TemporaryError, UpstreamError
+
+# Given the token Synapse refused, returns one that works (see platform_core.admin_token).
+TokenRenewer = Callable[[str], Awaitable[str]]
+
+
+class TokenRefused(UpstreamError):
+    """Synapse does not know the access token (401 / ``M_UNKNOWN_TOKEN``): logged out."""
+
+
+def path_segment(value: str) -> str:
+    """``value`` as exactly one path segment: every reserved character percent-encoded
+    (``/`` too), and a bare ``.``/``..`` encoded so no client or server resolves it as a
+    dot-segment that climbs to another admin endpoint."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in {".", ".."} else quoted
 
 
 def registration_mac(
@@ -28,9 +44,21 @@ def registration_mac(
 
 
 class SynapseAdminClient:
-    def __init__(self, base_url: str, *, access_token: str | None = None, timeout: float = 15.0):
+    """``renew_token``: called once per client when Synapse refuses the access token; the
+    call is then retried with the token it returns."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        access_token: str | None = None,
+        timeout: float = 15.0,
+        renew_token: TokenRenewer | None = None,
+    ):
         headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         self._client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+        self._token = access_token
+        self._renew_token = renew_token
 
     async def __aenter__(self) -> SynapseAdminClient:
         return self
@@ -62,7 +90,7 @@ class SynapseAdminClient:
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None:
         try:
-            return await self._request("GET", f"/_synapse/admin/v2/users/{quote(user_id)}")
+            return await self._request("GET", f"/_synapse/admin/v2/users/{path_segment(user_id)}")
         except UpstreamError as exc:
             if getattr(exc, "status_code", None) == 404:
                 return None
@@ -77,7 +105,9 @@ class SynapseAdminClient:
         body: dict[str, Any] = {"password": password, "admin": admin}
         if displayname:
             body["displayname"] = displayname
-        return await self._request("PUT", f"/_synapse/admin/v2/users/{quote(user_id)}", json=body)
+        return await self._request(
+            "PUT", f"/_synapse/admin/v2/users/{path_segment(user_id)}", json=body
+        )
 
     async def list_users(self, *, start: int, limit: int) -> dict[str, Any]:
         """A page of local, non-guest accounts (deactivated ones included), by name."""
@@ -87,12 +117,12 @@ class SynapseAdminClient:
     async def update_user(self, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Change an existing user (the caller checked it exists: PUT would create one)."""
         return await self._request(
-            "PUT", f"/_synapse/admin/v2/users/{quote(user_id)}", json=changes
+            "PUT", f"/_synapse/admin/v2/users/{path_segment(user_id)}", json=changes
         )
 
     async def deactivate_user(self, user_id: str, *, erase: bool) -> dict[str, Any]:
         return await self._request(
-            "POST", f"/_synapse/admin/v1/deactivate/{quote(user_id)}", json={"erase": erase}
+            "POST", f"/_synapse/admin/v1/deactivate/{path_segment(user_id)}", json={"erase": erase}
         )
 
     async def list_registration_tokens(self, *, valid: bool | None = None) -> list[dict[str, Any]]:
@@ -138,6 +168,19 @@ class SynapseAdminClient:
         self, method: str, path: str, *, shown_path: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """``shown_path``: how errors name a path that carries a credential."""
+        try:
+            return await self._request_once(method, path, shown_path=shown_path, **kwargs)
+        except TokenRefused:
+            if self._renew_token is None or self._token is None:
+                raise
+            renew, self._renew_token = self._renew_token, None  # once per client
+            self._token = await renew(self._token)
+            self._client.headers["Authorization"] = f"Bearer {self._token}"
+        return await self._request_once(method, path, shown_path=shown_path, **kwargs)
+
+    async def _request_once(
+        self, method: str, path: str, *, shown_path: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         where = f"{method} {shown_path or path}"
         try:
             response = await self._client.request(method, path, **kwargs)
@@ -158,7 +201,8 @@ class SynapseAdminClient:
                 raise InvalidRequest(f"homeserver refused: {message or errcode}")
             if errcode == "M_USER_IN_USE":
                 raise Conflict(f"homeserver refused: {message or errcode}")
-            error = UpstreamError(
+            refused = response.status_code == 401 or errcode == "M_UNKNOWN_TOKEN"
+            error = (TokenRefused if refused else UpstreamError)(
                 f"homeserver answered {response.status_code} {errcode} on {where}"
             )
             error.status_code = response.status_code  # type: ignore[attr-defined]
@@ -173,7 +217,7 @@ _TOKEN_SHOWN = f"{_TOKENS}/<token>"
 
 
 def _token_path(token: str) -> str:
-    return f"{_TOKENS}/{quote(token, safe='')}"
+    return f"{_TOKENS}/{path_segment(token)}"
 
 
 async def login_with_password(base_url: str, user_id: str, password: str) -> str:

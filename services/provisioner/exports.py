@@ -8,7 +8,19 @@ The archive (``<data dir>/exports/<export id>.tar.gz``, mode 0600) holds::
     signing.key                 the homeserver's signing key (its identity towards other servers)
     homeserver.yaml             the config, with the platform's operating secrets taken out
     manifest.json               format version, tenant, server_name, Synapse version, created_at
-                                (UTC) and the SHA-256 and size of every other file
+                                (UTC), what was scrubbed, and the SHA-256 and size of every
+                                other file
+
+Database scrub: the platform's own accounts on the homeserver (its admin ``@c3-admin:…``) lose
+every credential and device in the *snapshot* (never on the live homeserver): their access and
+refresh tokens, devices, device and cross-signing keys, to-device messages, OpenID and login
+tokens, client IPs (which carry access tokens), pushers, key backups, and their password hash.
+An archive thus never holds a credential of the platform's; the manifest's ``scrubbed`` names
+the accounts and tables. The tenant's own users keep their sessions (the archive is the
+tenant's data, and a restore keeps them signed in), so an archive is as sensitive as the
+homeserver itself. SQLite: the backup copy is scrubbed with ``secure_delete`` and vacuumed.
+PostgreSQL: the dump is restored into a private scratch database, scrubbed there, dumped again,
+and the scratch database dropped.
 
 Config redaction: ``registration_shared_secret``, ``macaroon_secret_key`` and ``form_secret``
 are how the *platform* operates the homeserver, so they are removed. A restore needs none of
@@ -137,6 +149,8 @@ class ExportSource:
     database_name: str | None = None  # its own PostgreSQL database; None: SQLite in data_dir
     # Every secret value the config may hold, redacted wherever it appears.
     secrets: frozenset[str] = field(default_factory=frozenset, repr=False)
+    # The platform's own accounts: their credentials and devices are scrubbed from the copy.
+    platform_users: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass
@@ -147,6 +161,7 @@ class _Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
+    scrubbed: dict[str, Any] = field(default_factory=dict)
     created_at: datetime = field(default_factory=utcnow)  # when the database was snapshotted
 
     def render(self) -> bytes:
@@ -159,6 +174,7 @@ class _Manifest:
             "synapse_version": self.synapse_version,
             "created_at": self.created_at.isoformat(),
             "database": self.database,
+            "scrubbed": self.scrubbed,
             "config_redactions": {
                 "removed": self.removed,
                 "replaced": self.replaced,
@@ -240,6 +256,9 @@ def _source(
         data_dir=ctx.backend.tenant_dir(str(tenant.id)),
         database_name=hs.database_name,
         secrets=frozenset(v for v in known if isinstance(v, str) and len(v) >= 8),
+        platform_users=frozenset(
+            u for u in (hs.admin_user_id, f"@{steps.ADMIN_LOCALPART}:{tenant.server_name}") if u
+        ),
     )
 
 
@@ -276,7 +295,7 @@ def build_archive(
     partial.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".work-") as work:
         manifest = _Manifest(source, synapse_version)
-        database, member = _snapshot_database(source, Path(work), admin_url)
+        database, member, manifest.scrubbed = _snapshot_database(source, Path(work), admin_url)
         keep_alive()
         manifest.database = {
             "engine": "postgresql" if source.database_name else "sqlite3",
@@ -316,18 +335,110 @@ def _write_tar(
         os.fsync(raw.fileno())
 
 
-def _snapshot_database(source: ExportSource, work: Path, admin_url: str | None) -> tuple[Path, str]:
+def _snapshot_database(
+    source: ExportSource, work: Path, admin_url: str | None
+) -> tuple[Path, str, dict[str, Any]]:
+    """A scrubbed snapshot of the homeserver's database, its archive name, and what the
+    scrub removed (for the manifest)."""
+    users = sorted(source.platform_users)
     if source.database_name is not None:
         if not admin_url:
             raise PermanentError(
                 "the tenant's data is in PostgreSQL but C3_TENANT_DATABASE_URL is not set"
             )
         dump = work / "homeserver.pgdump"
-        tenant_databases.dump_database(admin_url, source.database_name, dump)
-        return dump, "database/homeserver.pgdump"
+        tables = tenant_databases.dump_scrubbed(
+            admin_url,
+            source.database_name,
+            dump,
+            scratch=tenant_databases.scratch_name_for(source.export_id),
+            scrub=lambda conn: scrub_postgres(conn, users),
+        )
+        return dump, "database/homeserver.pgdump", _scrub_report(users, tables)
     copy = work / "homeserver.db"
     backup_sqlite(source.data_dir / "homeserver.db", copy)
-    return copy, "database/homeserver.db"
+    tables = scrub_sqlite(copy, users)
+    return copy, "database/homeserver.db", _scrub_report(users, tables)
+
+
+# Synapse tables that hold a user's credentials, devices or device keys, and the column
+# naming the user. Tables missing in a Synapse version are skipped.
+CREDENTIAL_TABLES: tuple[tuple[str, str], ...] = (
+    ("access_tokens", "user_id"),
+    ("refresh_tokens", "user_id"),
+    ("login_tokens", "user_id"),
+    ("open_id_tokens", "user_id"),
+    ("user_ips", "user_id"),  # holds the access token of every recorded request
+    ("pushers", "user_name"),
+    ("devices", "user_id"),
+    ("device_auth_providers", "user_id"),
+    ("dehydrated_devices", "user_id"),
+    ("device_inbox", "user_id"),
+    ("e2e_device_keys_json", "user_id"),
+    ("e2e_one_time_keys_json", "user_id"),
+    ("e2e_fallback_keys_json", "user_id"),
+    ("e2e_cross_signing_keys", "user_id"),
+    ("e2e_cross_signing_signatures", "user_id"),
+    ("user_signature_stream", "from_user_id"),
+    ("e2e_room_keys", "user_id"),
+    ("e2e_room_keys_versions", "user_id"),
+)
+PASSWORD_COLUMN = "users.password_hash"
+
+
+def _scrub_report(users: list[str], tables: list[str]) -> dict[str, Any]:
+    return {"platform_users": users, "tables": tables}
+
+
+def scrub_sqlite(database: Path, users: list[str]) -> list[str]:
+    """Remove the platform users' credentials from a SQLite copy (never the live database);
+    returns the tables scrubbed. ``secure_delete`` and ``VACUUM`` leave no trace of the
+    removed rows in free pages."""
+    if not users:
+        return []
+    marks = ", ".join("?" for _ in users)
+    conn = sqlite3.connect(database)
+    try:
+        conn.execute("PRAGMA secure_delete=ON")
+        present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        scrubbed = []
+        with conn:
+            for table, column in CREDENTIAL_TABLES:
+                if table in present:
+                    conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", users)
+                    scrubbed.append(table)
+            if "users" in present:
+                conn.execute(
+                    f"UPDATE users SET password_hash = NULL WHERE name IN ({marks})", users
+                )
+                scrubbed.append(PASSWORD_COLUMN)
+        conn.execute("VACUUM")
+    except sqlite3.Error as exc:
+        raise TemporaryError(f"scrubbing the database copy failed: {exc}") from exc
+    finally:
+        conn.close()
+    return scrubbed
+
+
+def scrub_postgres(conn: Any, users: list[str]) -> list[str]:
+    """The same scrub on a psycopg connection to a scratch copy of the tenant's database."""
+    if not users:
+        return []
+    present = {
+        row[0]
+        for row in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+    }
+    scrubbed = []
+    for table, column in CREDENTIAL_TABLES:
+        if table in present:
+            conn.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (users,))
+            scrubbed.append(table)
+    if "users" in present:
+        conn.execute("UPDATE users SET password_hash = NULL WHERE name = ANY(%s)", (users,))
+        scrubbed.append(PASSWORD_COLUMN)
+    return scrubbed
 
 
 def backup_sqlite(database: Path, dest: Path) -> None:
@@ -505,6 +616,11 @@ def _delete_archive(settings: Settings, row: TenantExport) -> None:
     final = archive_path(settings, row.id)
     for path in {final, _partial(final), *([Path(row.path)] if row.path else [])}:
         path.unlink(missing_ok=True)
+    if settings.tenant_database_url and row.state is ExportState.PENDING:
+        # A worker killed mid-export leaves its unscrubbed scratch copy: never keep it.
+        tenant_databases.drop_scratch(
+            settings.tenant_database_url, tenant_databases.scratch_name_for(row.id)
+        )
 
 
 def _remove_stale_work_dirs(settings: Settings, now: datetime) -> int:

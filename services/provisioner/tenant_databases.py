@@ -20,11 +20,11 @@ import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -36,6 +36,10 @@ from provisioner.synapse_config import HomeserverSecrets
 
 ROLE_PREFIX = "c3_t_"
 _NAME = re.compile(r"^c3_t_[0-9a-f]{32}$")
+# Scratch copies an export scrubs before dumping them again (one per export, dropped after).
+SCRATCH_PREFIX = "c3_x_"
+_SCRATCH = re.compile(r"^c3_x_[0-9a-f]{32}$")
+T = TypeVar("T")
 # Synapse's connection pool per homeserver; the role's connection limit leaves room for
 # Synapse's start-up connection and an operator's psql, and stops one tenant from using up
 # the cluster's max_connections.
@@ -247,20 +251,17 @@ def synapse_database(
 # Dump and drop -----------------------------------------------------------------------
 
 
-def dump_database(admin_url: str, database_name: str, dest: Path) -> None:
+def dump_database(admin_url: str, database_name: str, dest: Path, *, check: bool = True) -> None:
     """``pg_dump --format=custom`` of a tenant database into ``dest`` (mode 0600, written
     atomically: ``dest`` exists only once complete). The password reaches pg_dump through
-    its environment, never its command line."""
-    _check_name(database_name)
+    its environment, never its command line. (``check=False``: a scratch copy, whose name
+    the caller checked.)"""
+    if check:
+        _check_name(database_name)
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
         raise PermanentError("pg_dump is not installed (PostgreSQL client tools)")
-    params = _conninfo(admin_url)
-    password = params.pop("password", None)
-    params["dbname"] = database_name
-    env = dict(os.environ)
-    if password:
-        env["PGPASSWORD"] = str(password)
+    params, env = _client_params(admin_url, database_name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
@@ -286,6 +287,108 @@ def dump_database(admin_url: str, database_name: str, dest: Path) -> None:
         partial.unlink(missing_ok=True)
         raise TemporaryError(f"pg_dump of {database_name} failed: {done.stderr.strip()[-500:]}")
     partial.replace(dest)
+
+
+def scratch_name_for(export_id: uuid.UUID) -> str:
+    """The scratch database of one export: derived from its id, so a retry finds (and drops)
+    what a killed attempt left behind."""
+    return SCRATCH_PREFIX + export_id.hex
+
+
+def dump_scrubbed(
+    admin_url: str,
+    database_name: str,
+    dest: Path,
+    *,
+    scratch: str,
+    scrub: Callable[[psycopg.Connection[Any]], T],
+) -> T:
+    """``pg_dump --format=custom`` of a tenant database after ``scrub`` ran on a copy of it:
+    the database is dumped (one consistent snapshot), restored into the private scratch
+    database ``scratch`` owned by the tenant's role, scrubbed there in one transaction as that
+    role, dumped again into ``dest``, and the scratch database dropped. The live database is
+    never changed. Returns what ``scrub`` returned."""
+    _check_name(database_name)
+    if not _SCRATCH.match(scratch):
+        raise PermanentError(f"{scratch!r} is not a scratch database name")
+    raw = dest.with_name(dest.name + ".raw")
+    dump_database(admin_url, database_name, raw)
+    try:
+        drop_scratch(admin_url, scratch)
+        with _connect(admin_url) as conn:
+            # Private from the start: it holds the tenant's data until it is dropped.
+            conn.execute(
+                sql.SQL(
+                    "CREATE DATABASE {} OWNER {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+                    " TEMPLATE template0"
+                ).format(sql.Identifier(scratch), sql.Identifier(database_name))
+            )
+            conn.execute(
+                sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(scratch))
+            )
+        _restore(admin_url, raw, scratch, role=database_name)
+        with _connect(admin_url, dbname=scratch) as conn:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(database_name)))
+                result = scrub(conn)
+        dump_database(admin_url, scratch, dest, check=False)
+    finally:
+        raw.unlink(missing_ok=True)
+        drop_scratch(admin_url, scratch)
+    return result
+
+
+def drop_scratch(admin_url: str, scratch: str) -> None:
+    """Drop an export's scratch database (one a killed export left behind). Idempotent."""
+    if not _SCRATCH.match(scratch):
+        raise PermanentError(f"{scratch!r} is not a scratch database name")
+    with _connect(admin_url) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
+        )
+
+
+def _restore(admin_url: str, dump: Path, database_name: str, *, role: str) -> None:
+    """``pg_restore`` of ``dump`` into ``database_name`` as ``role`` (all or nothing)."""
+    pg_restore = shutil.which("pg_restore")
+    if pg_restore is None:
+        raise PermanentError("pg_restore is not installed (PostgreSQL client tools)")
+    params, env = _client_params(admin_url, database_name)
+    try:
+        done = subprocess.run(
+            [
+                pg_restore,
+                "--no-password",
+                "--exit-on-error",
+                "--single-transaction",
+                f"--role={role}",
+                f"--dbname={make_conninfo(**params)}",
+                str(dump),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=_DUMP_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise TemporaryError(f"pg_restore into {database_name} timed out") from exc
+    if done.returncode != 0:
+        raise TemporaryError(
+            f"pg_restore into {database_name} failed: {done.stderr.strip()[-500:]}"
+        )
+
+
+def _client_params(admin_url: str, database_name: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """libpq parameters for a client tool on ``database_name``, and its environment: the
+    password travels there, never on a command line."""
+    params = _conninfo(admin_url)
+    password = params.pop("password", None)
+    params["dbname"] = database_name
+    env = dict(os.environ)
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return params, env
 
 
 def database_exists(admin_url: str, name: str) -> bool:

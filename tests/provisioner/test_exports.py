@@ -15,9 +15,10 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -238,12 +239,16 @@ def test_a_postgres_tenant_is_exported_with_pg_dump(tmp_path: Path) -> None:
     tenant_databases.ensure_database(admin_url, name, secrets.database_password)
     try:
         with psycopg.connect(admin_url, dbname=name, autocommit=True) as conn:
+            conn.execute("SET ROLE " + name)  # as Synapse creates its tables
             conn.execute("CREATE TABLE events (body text)")
             conn.execute("INSERT INTO events VALUES ('kept in postgres')")
+            fill_credentials(conn.execute, "%s")
         fake_homeserver(tmp_path / "hs", secrets)
         (tmp_path / "hs" / "homeserver.db").unlink()
         source = source_for(tmp_path / "hs", secrets)
-        source = exports.ExportSource(**{**source.__dict__, "database_name": name})
+        source = exports.ExportSource(
+            **{**source.__dict__, "database_name": name, "platform_users": frozenset({ADMIN})}
+        )
         archive = tmp_path / "export.tar.gz"
         exports.build_archive(source, archive, admin_url=admin_url, synapse_version="1")
         files = members(archive)
@@ -257,8 +262,108 @@ def test_a_postgres_tenant_is_exported_with_pg_dump(tmp_path: Path) -> None:
             check=True,
         )
         assert "kept in postgres" in restored.stdout
+        assert EVE_TOKEN in restored.stdout and ADMIN_TOKEN not in restored.stdout
+        assert manifest["scrubbed"] == {"platform_users": [ADMIN], "tables": SCRUBBED_TABLES}
+        # The scratch copy is gone, and the live database still has the admin's session.
+        scratch = tenant_databases.scratch_name_for(source.export_id)
+        with psycopg.connect(admin_url) as conn:
+            left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (scratch,))
+            assert left.fetchall() == []
+        with psycopg.connect(admin_url, dbname=name) as conn:
+            live = conn.execute("SELECT token FROM access_tokens WHERE user_id = %s", (ADMIN,))
+            assert live.fetchall() == [(ADMIN_TOKEN,)]
     finally:
         tenant_databases.drop_database(admin_url, name)
+
+
+ADMIN = "@c3-admin:acme.c3.test"
+EVE = "@eve:acme.c3.test"
+ADMIN_TOKEN = "syt_YzMtYWRtaW4_" + "A" * 20  # as Synapse mints them
+EVE_TOKEN = "syt_ZXZl_" + "B" * 20
+# The credential tables of Synapse's schema (the parts the scrub touches), with one row of the
+# platform admin and one of a tenant user in each.
+CREDENTIAL_SCHEMA = [
+    "CREATE TABLE users (name TEXT, password_hash TEXT)",
+    "CREATE TABLE access_tokens (user_id TEXT, device_id TEXT, token TEXT)",
+    "CREATE TABLE devices (user_id TEXT, device_id TEXT)",
+    "CREATE TABLE e2e_device_keys_json (user_id TEXT, device_id TEXT, key_json TEXT)",
+    "CREATE TABLE user_ips (user_id TEXT, access_token TEXT, ip TEXT)",
+    "CREATE TABLE user_signature_stream (from_user_id TEXT, user_ids TEXT)",
+]
+
+
+def credential_rows(user: str, token: str) -> list[tuple[str, tuple[str, ...]]]:
+    return [
+        ("users", (user, f"$2b$12$hash-of-{user}")),
+        ("access_tokens", (user, "DEV", token)),
+        ("devices", (user, "DEV")),
+        ("e2e_device_keys_json", (user, "DEV", "{}")),
+        ("user_ips", (user, token, "127.0.0.1")),
+        ("user_signature_stream", (user, "[]")),
+    ]
+
+
+def fill_credentials(execute: Callable[..., object], mark: str) -> None:
+    """Synapse's credential tables with rows of the platform admin and of a tenant user
+    (``mark``: the driver's parameter marker)."""
+    for statement in CREDENTIAL_SCHEMA:
+        execute(statement)
+    for user, token in ((ADMIN, ADMIN_TOKEN), (EVE, EVE_TOKEN)):
+        for table, values in credential_rows(user, token):
+            execute(f"INSERT INTO {table} VALUES ({', '.join(mark for _ in values)})", values)
+
+
+SCRUBBED_TABLES = [
+    "access_tokens",
+    "user_ips",
+    "devices",
+    "e2e_device_keys_json",
+    "user_signature_stream",
+    "users.password_hash",
+]
+
+
+def assert_only_the_tenant_users_credentials_are_left(query: Callable[[str], Any]) -> None:
+    def rows(sql: str) -> list[tuple[object, ...]]:
+        return [tuple(r) for r in query(sql)]
+
+    for table in ("access_tokens", "devices", "e2e_device_keys_json", "user_ips"):
+        assert rows(f"SELECT user_id FROM {table}") == [(EVE,)], table
+    assert rows("SELECT token FROM access_tokens") == [(EVE_TOKEN,)]
+    assert rows("SELECT from_user_id FROM user_signature_stream") == [(EVE,)]
+    assert sorted(rows("SELECT name, password_hash FROM users")) == [
+        (ADMIN, None),
+        (EVE, f"$2b$12$hash-of-{EVE}"),
+    ]
+
+
+def test_the_platform_admins_credentials_never_reach_an_export(tmp_path: Path) -> None:
+    secrets = HomeserverSecrets.generate()
+    fake_homeserver(tmp_path / "hs", secrets)
+    live = tmp_path / "hs" / "homeserver.db"
+    with sqlite3.connect(live) as db:
+        fill_credentials(db.execute, "?")
+    source = source_for(tmp_path / "hs", secrets)
+    source = exports.ExportSource(**{**source.__dict__, "platform_users": frozenset({ADMIN})})
+    archive = tmp_path / "export.tar.gz"
+    exports.build_archive(source, archive, admin_url=None, synapse_version="1")
+
+    files = members(archive)
+    # Not a byte of the admin's token anywhere, not even in the database file's free pages.
+    assert ADMIN_TOKEN.encode() not in b"".join(files.values())
+    assert EVE_TOKEN.encode() in files["database/homeserver.db"]
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["scrubbed"] == {"platform_users": [ADMIN], "tables": SCRUBBED_TABLES}
+    restored = tmp_path / "restored.db"
+    restored.write_bytes(files["database/homeserver.db"])
+    with sqlite3.connect(restored) as db:
+        assert_only_the_tenant_users_credentials_are_left(db.execute)
+        assert db.execute("SELECT count(*) FROM events").fetchone() == (2,)
+    # The live homeserver keeps its admin: only the copy was scrubbed.
+    with sqlite3.connect(live) as db:
+        assert db.execute(
+            "SELECT token FROM access_tokens WHERE user_id = ?", (ADMIN,)
+        ).fetchall() == [(ADMIN_TOKEN,)]
 
 
 def test_signed_links_verify_only_unchanged() -> None:
@@ -447,6 +552,27 @@ def test_expired_exports_lose_their_archive_and_failed_ones_are_recorded(
     assert not Path(export_row(deleted_op).path or "").exists()
     assert export_row(deleted_op).state is ExportState.EXPIRED
     assert exports.expire_exports(ctx.settings)["expired"] == 0  # idempotent
+
+
+@pytest.mark.skipif(
+    not os.environ.get("C3_TEST_DATABASE_URL"), reason="needs the test PostgreSQL server"
+)
+def test_a_scratch_copy_left_by_a_killed_export_is_dropped(ctx: steps.Context) -> None:
+    from provisioner import tenant_databases
+
+    admin_url = os.environ["C3_TEST_DATABASE_URL"]
+    _, op_id, _ = pending_export(ctx)
+    scratch = tenant_databases.scratch_name_for(export_row(op_id).id)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {scratch}")  # as a worker killed mid-scrub leaves it
+    with task_session() as session:
+        session.get(Operation, op_id).state = OperationState.FAILED  # type: ignore[union-attr]
+
+    settings = ctx.settings.model_copy(update={"tenant_database_url": admin_url})
+    assert exports.expire_exports(settings)["failed"] >= 1
+    with psycopg.connect(admin_url) as conn:
+        left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (scratch,))
+        assert left.fetchall() == []
 
 
 def test_only_an_exportable_tenant_is_exported(ctx: steps.Context) -> None:

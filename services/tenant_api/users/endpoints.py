@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
+from pydantic import AfterValidator
 
 from platform_core.errors import InvalidRequest
 from tenant_api.audit.service import record
@@ -17,12 +18,17 @@ from tenant_api.users.schemas import (
     HomeserverUserOut,
     HomeserverUserPage,
     HomeserverUserPatch,
+    check_username,
 )
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/users", tags=["users"])
 
 
-Username = Annotated[str, Path(max_length=200, description="The Matrix localpart, e.g. alice")]
+Username = Annotated[
+    str,
+    Path(description="The Matrix localpart, e.g. alice: a-z, 0-9 and . _ = -"),
+    AfterValidator(check_username),
+]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=HomeserverUserOut)

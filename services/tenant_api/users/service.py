@@ -10,15 +10,17 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from platform_core import admin_token
 from platform_core.auth import Principal
 from platform_core.crypto import SecretBox
-from platform_core.errors import Conflict, NotFound
+from platform_core.errors import Conflict, InvalidRequest, NotFound
 from platform_core.models import Homeserver, Tenant, TenantStatus
 from platform_core.settings import Settings
 from platform_core.synapse_admin import SynapseAdminClient
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.users.schemas import (
     RESERVED_LOCALPARTS,
+    USER_ID_MAX,
     HomeserverUserCreate,
     HomeserverUserOut,
     HomeserverUserPage,
@@ -45,7 +47,11 @@ async def admin_client(
     if homeserver.admin_token_encrypted is None or homeserver.upstream_url is None:
         raise Conflict("tenant homeserver is not ready yet")
     token = box.decrypt(homeserver.admin_token_encrypted)
-    async with SynapseAdminClient(homeserver.upstream_url, access_token=token) as client:
+    async with SynapseAdminClient(
+        homeserver.upstream_url,
+        access_token=token,
+        renew_token=admin_token.renewer(homeserver.id, box),
+    ) as client:
         yield client
 
 
@@ -59,16 +65,26 @@ def _out(tenant: Tenant, answer: dict[str, Any], username: str) -> HomeserverUse
     )
 
 
+def _full_user_id(tenant: Tenant, username: str) -> str:
+    user_id = f"@{username}:{tenant.server_name}"
+    if len(user_id) > USER_ID_MAX:
+        raise InvalidRequest(
+            f"username: too long for this homeserver; @username:{tenant.server_name} may have"
+            f" at most {USER_ID_MAX} characters"
+        )
+    return user_id
+
+
 def _user_id(tenant: Tenant, username: str) -> str:
     if username in RESERVED_LOCALPARTS:
         raise NotFound(f"user {username} not found")
-    return f"@{username}:{tenant.server_name}"
+    return _full_user_id(tenant, username)
 
 
 async def create_user(
     tenant: Tenant, homeserver: Homeserver | None, body: HomeserverUserCreate, box: SecretBox
 ) -> HomeserverUserOut:
-    user_id = f"@{body.username}:{tenant.server_name}"
+    user_id = _full_user_id(tenant, body.username)
     async with admin_client(tenant, homeserver, box) as client:
         answer = await client.create_user(
             user_id, password=body.password, displayname=body.displayname, admin=body.admin
