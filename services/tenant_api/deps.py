@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.auth import (
@@ -23,10 +22,11 @@ from platform_core.auth import (
 )
 from platform_core.auth import api_keys as key_format
 from platform_core.auth.tokens import token_digest, verify_access_token
-from platform_core.db import async_sessionmaker_
 from platform_core.errors import Forbidden, Unauthorized
-from platform_core.models import AccountRole, ApiKey, utcnow
+from platform_core.models import AccountRole, utcnow
 from platform_core.settings import Settings, get_settings
+from tenant_api.api_keys import repository as api_key_repository
+from tenant_api.kit.session import request_session
 from tenant_api.throttle import Throttle, client_address
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)  # no write per request for busy keys
@@ -36,18 +36,9 @@ def settings_dep() -> Settings:
     return get_settings()
 
 
-async def session_dep() -> AsyncIterator[AsyncSession]:
-    """One session per request. Endpoints that enqueue work commit first, explicitly;
-    anything left uncommitted when the request ends is rolled back."""
-    session = async_sessionmaker_()()
-    try:
-        yield session
-    finally:
-        await session.close()
-
-
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
-SessionDep = Annotated[AsyncSession, Depends(session_dep)]
+# The request boundary (commit on success, rollback on error, tasks sent after commit).
+SessionDep = Annotated[AsyncSession, Depends(request_session, scope="function")]
 
 
 async def authenticate(
@@ -80,7 +71,7 @@ async def _api_key_principal(token: str, settings: Settings, session: AsyncSessi
     parsed = key_format.parse(token)
     if parsed is None:
         raise Unauthorized("invalid API key")
-    key = (await session.scalars(select(ApiKey).where(ApiKey.key_id == parsed.key_id))).first()
+    key = await api_key_repository.by_key_id(session, parsed.key_id)
     digest = token_digest(settings.require_secret_key(), parsed.full)
     if key is None or not hmac.compare_digest(key.secret_hash, digest):
         raise Unauthorized("invalid API key")
@@ -88,7 +79,9 @@ async def _api_key_principal(token: str, settings: Settings, session: AsyncSessi
         raise Unauthorized("this API key was revoked")
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
-        await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+        await api_key_repository.mark_used(session, key, now)
+        # Its own unit of work, before the request's: a key's use is recorded even when the
+        # call it authenticated is refused.
         await session.commit()
     scopes = frozenset(Scope(s) for s in key.scopes if s in Scope._value2member_map_)
     return Principal(PrincipalKind.API_KEY, key.key_id, tenant_id=key.tenant_id, scopes=scopes)

@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from platform_core.errors import C3Error
+from tenant_api.kit.problems import PROBLEM, problem_body
 from tenant_api.middleware import DATABASE_UNAVAILABLE, UNAVAILABLE_DETAIL
 
 log = logging.getLogger(__name__)
-PROBLEM = "application/problem+json"
 
 
 def problem(
@@ -27,15 +27,7 @@ def problem(
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": f"https://docs.c3.dev/problems/{type_slug}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if instance:
-        body["instance"] = instance
-    body.update(extra or {})
+    body = problem_body(status, title, detail, type_slug=type_slug, instance=instance, extra=extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy import text
 
 from platform_core.db import async_engine
 from platform_core.migrate import assert_migrated
@@ -18,6 +17,7 @@ from tenant_api.api_keys.endpoints import router as api_keys_router
 from tenant_api.audit.endpoints import router as audit_router
 from tenant_api.exports.endpoints import router as exports_router
 from tenant_api.invoices.endpoints import router as invoices_router
+from tenant_api.kit.repository import ping_database
 from tenant_api.metrics.endpoints import router as metrics_router
 from tenant_api.middleware import IdempotencyMiddleware, RequestIdMiddleware
 from tenant_api.operations.endpoints import router as operations_router
@@ -68,8 +68,7 @@ def create_app() -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
-        async with async_engine().connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await ping_database()
         return {"status": "ok"}
 
     return app

@@ -18,7 +18,6 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -28,6 +27,8 @@ from platform_core.db import async_sessionmaker_
 from platform_core.errors import C3Error
 from platform_core.models import IdempotentRequest, utcnow
 from platform_core.settings import get_settings
+from tenant_api.idempotency import repository
+from tenant_api.kit.problems import PROBLEM, problem_body
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ KEY_TTL = timedelta(hours=24)
 MAX_BODY = 1024 * 1024
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
-PROBLEM = b"application/problem+json"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -54,16 +54,31 @@ UNAVAILABLE_DETAIL = "The platform database is unavailable; nothing was changed.
 
 
 async def _problem(
-    send: Any, status: int, title: str, detail: str, *, retry_after: int | None = None
+    send: Any,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    type_slug: str,
+    retry_after: int | None = None,
 ) -> None:
-    body = json.dumps(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    ).encode()
-    headers = [(b"content-type", PROBLEM), (b"content-length", str(len(body)).encode())]
+    body = json.dumps(problem_body(status, title, detail, type_slug=type_slug)).encode()
+    headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _unavailable(send: Any) -> None:
+    await _problem(
+        send,
+        503,
+        "Service unavailable",
+        UNAVAILABLE_DETAIL,
+        type_slug="unavailable",
+        retry_after=5,
+    )
 
 
 class RequestIdMiddleware:
@@ -103,19 +118,27 @@ class IdempotencyMiddleware:
             return
         if not _KEY_RE.match(key):
             await _problem(
-                send, 422, "Invalid request", "Idempotency-Key: 1-255 visible ASCII characters"
+                send,
+                422,
+                "Invalid request",
+                "Idempotency-Key: 1-255 visible ASCII characters",
+                type_slug="invalid-request",
             )
             return
         body = await _read_body(receive)
         if body is None:
             await _problem(
-                send, 413, "Payload too large", f"request bodies are limited to {MAX_BODY} bytes"
+                send,
+                413,
+                "Payload too large",
+                f"request bodies are limited to {MAX_BODY} bytes",
+                type_slug="payload-too-large",
             )
             return
         try:
             owner = await _owner(scope)
         except DATABASE_UNAVAILABLE:
-            await _problem(send, 503, "Service unavailable", UNAVAILABLE_DETAIL, retry_after=5)
+            await _unavailable(send)
             return
         if owner is None:  # not authenticated: the route itself answers 401
             await self.app(scope, _replay_receive(body), send)
@@ -133,14 +156,17 @@ class IdempotencyMiddleware:
         try:
             claimed = await _claim(owner, key, fingerprint)
         except DATABASE_UNAVAILABLE:
-            await _problem(send, 503, "Service unavailable", UNAVAILABLE_DETAIL, retry_after=5)
+            await _unavailable(send)
             return
         if isinstance(claimed, IdempotentRequest):
             await _replay(send, claimed)
             return
         if claimed is not None:
             status, detail = claimed
-            await _problem(send, status, "Conflict" if status == 409 else "Invalid request", detail)
+            if status == 409:
+                await _problem(send, 409, "Conflict", detail, type_slug="conflict")
+            else:
+                await _problem(send, status, "Invalid request", detail, type_slug="invalid-request")
             return
 
         captured: dict[str, Any] = {"status": 500, "headers": [], "body": b""}
@@ -211,19 +237,19 @@ async def _claim(
 ) -> IdempotentRequest | tuple[int, str] | None:
     """Reserve ``key`` for this request (None), or the stored answer to replay, or an error."""
     async with async_sessionmaker_()() as session:
-        await session.execute(
-            delete(IdempotentRequest).where(IdempotentRequest.created_at < utcnow() - KEY_TTL)
-        )
+        await repository.delete_older_than(session, utcnow() - KEY_TTL)
         await session.commit()
         for _ in range(2):
-            found = await session.get(IdempotentRequest, (owner, key))
+            found = await repository.get(session, owner, key)
             if found is not None:
                 if found.fingerprint != fingerprint:
                     return (422, "Idempotency-Key was already used with a different request")
                 if found.status_code is None:
                     return (409, "a request with this Idempotency-Key is still in progress")
                 return found
-            session.add(IdempotentRequest(principal=owner, key=key, fingerprint=fingerprint))
+            repository.add(
+                session, IdempotentRequest(principal=owner, key=key, fingerprint=fingerprint)
+            )
             try:
                 await session.commit()
                 return None
@@ -243,11 +269,13 @@ async def _settle(owner: str, key: str, captured: dict[str, Any]) -> None:
 
 async def _store_answer(owner: str, key: str, captured: dict[str, Any]) -> None:
     async with async_sessionmaker_()() as session:
-        row = await session.get(IdempotentRequest, (owner, key))
+        row = await repository.get(session, owner, key)
         if row is None:
             return
         if captured["status"] >= 500:
-            await session.delete(row)  # not an answer worth keeping: the client may retry
+            await repository.remove(
+                session, row
+            )  # not an answer worth keeping: the client may retry
         else:
             headers = {k.lower(): v for k, v in captured["headers"]}
             row.status_code = captured["status"]

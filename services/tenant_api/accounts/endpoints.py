@@ -3,6 +3,7 @@ disable, enable and reset accounts) and /v1/auth (sign-in)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Annotated, Any
 
@@ -18,6 +19,8 @@ from tenant_api.accounts import repository, service
 from tenant_api.accounts.schemas import AccountCreate, AccountOut, PasswordReset
 from tenant_api.audit.service import record, record_as
 from tenant_api.deps import AccountsManage, AccountsWrite, SessionDep, SettingsDep
+from tenant_api.kit import tasks
+from tenant_api.kit.session import keep_on_error
 from tenant_api.throttle import Throttle, client_address
 
 router = APIRouter(tags=["auth"])
@@ -53,7 +56,6 @@ async def create_account(
         tenant_id=account.tenant_id,
         details={"role": account.role},
     )
-    await session.commit()
     return AccountOut.model_validate(account, from_attributes=True)
 
 
@@ -87,9 +89,9 @@ async def disable_account(
     account = await _manageable(session, principal, account_id)
     await service.disable(session, principal, account)
     _audit(session, request, principal, "account.disable", account)
-    await session.commit()
     # After commit: from here on no new token can be issued, so every older one is ended.
-    await Throttle.for_settings(settings).revoke_sessions(str(account.id))
+    throttle = Throttle.for_settings(settings)
+    tasks.after_commit(session, functools.partial(throttle.revoke_sessions, str(account.id)))
     return AccountOut.model_validate(account, from_attributes=True)
 
 
@@ -101,7 +103,6 @@ async def enable_account(
     account = await _manageable(session, principal, account_id)
     await service.enable(session, account)
     _audit(session, request, principal, "account.enable", account)
-    await session.commit()
     return AccountOut.model_validate(account, from_attributes=True)
 
 
@@ -119,10 +120,9 @@ async def reset_password(
     account = await _manageable(session, principal, account_id)
     await service.reset_password(session, settings, account, body.password)
     _audit(session, request, principal, "account.reset_password", account)
-    await session.commit()
     throttle = Throttle.for_settings(settings)
-    await throttle.revoke_sessions(str(account.id))
-    await throttle.forget_signin_failures(account.email)
+    tasks.after_commit(session, functools.partial(throttle.revoke_sessions, str(account.id)))
+    tasks.after_commit(session, functools.partial(throttle.forget_signin_failures, account.email))
     return AccountOut.model_validate(account, from_attributes=True)
 
 
@@ -171,13 +171,12 @@ async def token(
         try:
             issued = await service.refresh_grant(session, settings, refresh_token)
         except service.RefreshReuse:
-            await session.commit()  # keep the family revoked
+            keep_on_error(session)  # the family stays revoked
             await throttle.count_address_failure(address)
             raise
         except Unauthorized:
             await throttle.count_address_failure(address)
             raise
-    await session.commit()
     return TokenOut(
         access_token=issued.access_token,
         expires_in=issued.expires_in,
@@ -229,7 +228,7 @@ async def _audit_lockout(
             "client_address": address,
         },
     )
-    await session.commit()
+    keep_on_error(session)  # the event stays although the answer is an error
 
 
 @router.post("/v1/auth/revoke", status_code=status.HTTP_200_OK)
@@ -241,5 +240,4 @@ async def revoke(
     """Revoke a refresh token and every token of its sign-in (RFC 7009: unknown tokens are
     not an error)."""
     await service.revoke(session, settings, token)
-    await session.commit()
     return {}

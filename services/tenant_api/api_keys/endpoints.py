@@ -31,7 +31,6 @@ async def create_api_key(
         tenant_id=key.tenant_id,
         details={"scopes": key.scopes, "name": key.name},
     )
-    await session.commit()
     return ApiKeyCreated(**service.to_out(key).model_dump(), key=secret)
 
 
@@ -55,5 +54,4 @@ async def revoke_api_key(
         key.key_id,
         tenant_id=key.tenant_id,
     )
-    await session.commit()
     return service.to_out(key)

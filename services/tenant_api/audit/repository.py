@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.auth import Principal
 from platform_core.models import AuditEvent
-from tenant_api.tenants.repository import scoped
+from tenant_api.kit.scoping import scoped
 
 
 async def recent(

@@ -24,8 +24,8 @@ from tenant_api.errors import PROBLEM
 from tenant_api.exports import service
 from tenant_api.exports.repository import ExportRepository, get_for_download
 from tenant_api.exports.schemas import ExportAccepted, ExportList, ExportOut
+from tenant_api.kit import tasks
 from tenant_api.operations.repository import OperationRepository
-from tenant_api.tenants.endpoints import enqueue
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.tenants.schemas import OperationRef
 from tenant_api.urls import absolute_url
@@ -83,9 +83,8 @@ async def export_tenant(
             tenant_id=tenant.id,
         )
     operation_state = operation.state
-    await session.commit()
     if new:
-        await enqueue(TaskNames.EXPORT_TENANT, operation.id)
+        tasks.enqueue(session, TaskNames.EXPORT_TENANT, operation.id)
     url = absolute_url(request, "get_operation", operation_id=operation.id)
     response.headers["Location"] = url
     out = service.to_out(

@@ -18,7 +18,7 @@ from platform_core.models import (
     TenantExport,
     TenantStatus,
 )
-from tenant_api.tenants.repository import scoped
+from tenant_api.kit.scoping import scoped
 
 
 class ExportRepository:

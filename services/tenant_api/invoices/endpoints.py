@@ -164,7 +164,6 @@ async def finalize_invoice(
             doc.number,
             tenant_id=tenant_id,
         )
-        await session.commit()
     except service.AlreadyFinalized:
         await session.rollback()
         invoice = await session.run_sync(repository.get_invoice, tenant_id, period)

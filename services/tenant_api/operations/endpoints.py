@@ -13,9 +13,9 @@ from platform_core.models import OperationState
 from platform_core.operation_history import OperationEvent
 from tenant_api.audit.service import record
 from tenant_api.deps import SessionDep, TenantsAdmin, TenantsRead
+from tenant_api.kit import tasks
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.operations.schemas import OperationOut
-from tenant_api.tenants.endpoints import enqueue
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
@@ -57,7 +57,7 @@ async def retry_operation(
         tenant_id=operation.tenant_id,
         details={"kind": operation.kind.value, "last_error": operation.last_error},
     )
-    await session.commit()
+    await session.flush()
     await session.refresh(operation)
-    await enqueue(TASK_FOR_OPERATION_KIND[operation.kind.value], operation.id)
+    tasks.enqueue(session, TASK_FOR_OPERATION_KIND[operation.kind.value], operation.id)
     return OperationOut.model_validate(operation)

@@ -19,7 +19,6 @@ async def create_plan(
 ) -> PlanOut:
     plan = await service.create_plan(PlanRepository(session), body)
     record(session, request, principal, "plan.create", "plan", plan.code)
-    await session.commit()
     return service.to_out(plan)
 
 
@@ -47,6 +46,6 @@ async def update_plan(
         plan.code,
         details=body.model_dump(exclude_none=True, mode="json"),
     )
-    await session.commit()
+    await session.flush()
     await session.refresh(plan)
     return service.to_out(plan)

@@ -51,7 +51,6 @@ async def create_registration_token(
             "expires_at": created.expires_at.isoformat() if created.expires_at else None,
         },
     )
-    await session.commit()
     return created
 
 
@@ -93,5 +92,4 @@ async def delete_registration_token(
         service.fingerprint(token),
         tenant_id=tenant.id,
     )
-    await session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
 from platform_core.auth import Principal
-from platform_core.celery import TaskNames, send_task
+from platform_core.celery import TaskNames
 from platform_core.crypto import SecretBox
 from platform_core.settings import Settings
 from tenant_api.audit.service import record
 from tenant_api.deps import SessionDep, SettingsDep, TenantsAdmin, TenantsRead, TenantsWrite
+from tenant_api.kit import tasks
+from tenant_api.kit.pagination import decode_cursor, encode_cursor
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants import service
 from tenant_api.tenants.repository import TenantRepository
@@ -28,19 +28,7 @@ from tenant_api.tenants.schemas import (
 )
 from tenant_api.urls import absolute_url
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
-
-
-async def enqueue(task_name: str, operation_id: uuid.UUID) -> None:
-    """Enqueue after commit. If the broker is down the operation stays pending and the
-    reconciler enqueues it later: accepted work is never lost."""
-    try:
-        await asyncio.to_thread(send_task, task_name, str(operation_id))
-    except Exception as exc:  # noqa: BLE001 — broker trouble must not fail an accepted request
-        log.warning(
-            "enqueue of operation %s deferred to reconcile: %s", operation_id, type(exc).__name__
-        )
 
 
 def _accepted(
@@ -74,8 +62,7 @@ async def create_tenant(
         tenant_id=tenant.id,
         details={"slug": tenant.slug, "plan": plan_code},
     )
-    await session.commit()
-    await enqueue(TaskNames.PROVISION_TENANT, operation.id)
+    tasks.enqueue(session, TaskNames.PROVISION_TENANT, operation.id)
     return _accepted(request, response, service.to_out(tenant, plan_code, settings), operation.id)
 
 
@@ -88,13 +75,13 @@ async def list_tenants(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> TenantPage:
     tenants = TenantRepository(session, principal)
-    after = service.decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor) if cursor else None
     rows = await tenants.page(limit=limit + 1, after=after)
     page, more = rows[:limit], len(rows) > limit
     codes = await tenants.plan_codes({t.plan_id for t in page})
     return TenantPage(
         items=[service.to_out(t, codes[t.plan_id], settings) for t in page],
-        next_cursor=service.encode_cursor(page[-1]) if more else None,
+        next_cursor=encode_cursor(page[-1]) if more else None,
     )
 
 
@@ -145,7 +132,7 @@ async def update_tenant(
         tenant_id=tenant.id,
         details=body.audit_details(),
     )
-    await session.commit()
+    await session.flush()
     await session.refresh(tenant)
     if operation is not None:
         # The new plan's limits and settings reach the homeserver through this operation.
@@ -153,7 +140,7 @@ async def update_tenant(
             request, "get_operation", operation_id=operation.id
         )
         if new_operation:  # a pending one joined was enqueued when it was made
-            await enqueue(TaskNames.RECONFIGURE_TENANT, operation.id)
+            tasks.enqueue(session, TaskNames.RECONFIGURE_TENANT, operation.id)
     return service.to_out(tenant, plan_code, settings)
 
 
@@ -189,8 +176,7 @@ async def delete_tenant(
         tenant_id=tenant.id,
         details={"purge": purge},
     )
-    await session.commit()
-    await enqueue(TaskNames.DEPROVISION_TENANT, operation.id)
+    tasks.enqueue(session, TaskNames.DEPROVISION_TENANT, operation.id)
     return _accepted(request, response, out, operation.id)
 
 
@@ -217,8 +203,7 @@ async def _lifecycle(
     record(
         session, request, principal, f"tenant.{action}", "tenant", tenant.id, tenant_id=tenant.id
     )
-    await session.commit()
-    await enqueue(task, operation.id)
+    tasks.enqueue(session, task, operation.id)
     return _accepted(request, response, out, operation.id)
 
 

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.auth import Principal
 from platform_core.errors import NotFound
 from platform_core.models import Homeserver, Plan, Tenant, TenantPlanChange
-
-
-def scoped(statement: Select, principal: Principal, tenant_column: Any = Tenant.id) -> Select:  # type: ignore[type-arg]
-    """The one place tenant visibility is decided: platform-wide principals (operators, org
-    keys) see every tenant; tenant admins and tenant keys only their own."""
-    if principal.platform_wide:
-        return statement
-    return statement.where(tenant_column == principal.tenant_id)
+from tenant_api.kit.scoping import scoped
 
 
 class TenantRepository:

@@ -1,13 +1,8 @@
-"""Tenant rules: creation, listing, deletion. Never commits — the endpoint does."""
+"""Tenant rules: creation, listing, deletion. Never commits — the request boundary does."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import uuid
 from collections.abc import Sequence
-from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
@@ -221,20 +216,3 @@ async def delete_tenant(
         return existing  # DELETE is idempotent: the deletion under way
     tenant.status = TenantStatus.DELETING
     return await operations.start(tenant.id, OperationKind.DEPROVISION, {"purge": purge})
-
-
-def encode_cursor(tenant: Tenant) -> str:
-    raw = json.dumps([tenant.created_at.isoformat(), str(tenant.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, tenant_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        parsed = datetime.fromisoformat(created_at)
-        if parsed.tzinfo is None:
-            raise ValueError("naive")
-        return parsed, uuid.UUID(tenant_id)
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
-        raise InvalidRequest("cursor: not a cursor this API returned") from exc

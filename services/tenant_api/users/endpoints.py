@@ -52,7 +52,6 @@ async def create_user(
         tenant_id=tenant.id,
         details={"admin": body.admin},
     )
-    await session.commit()
     return created
 
 
@@ -110,7 +109,6 @@ async def update_user(
         tenant_id=tenant.id,
         details=details,
     )
-    await session.commit()
     return updated
 
 
@@ -138,5 +136,4 @@ async def deactivate_user(
         tenant_id=tenant.id,
         details={"erase": body.erase},
     )
-    await session.commit()
     return done

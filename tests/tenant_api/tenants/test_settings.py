@@ -17,7 +17,7 @@ from platform_core.db import task_session
 from platform_core.models import Operation, OperationKind, OperationState, Tenant
 from platform_core.settings import get_settings
 from tenant_api.access_log import RedactCredentials
-from tenant_api.tenants import endpoints
+from tenant_api.kit import tasks as kit_tasks
 from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
 from tests.tenant_api.tenants.test_lifecycle import active_tenant, plan_with_upload_limit
 
@@ -132,9 +132,9 @@ async def test_a_burst_of_changes_queues_one_reconfigure_while_it_waits(
     reconfigure that has not started; once a worker runs it, one more (and only one) follows."""
     tenant = await active_tenant(api)
     enqueued: list[str] = []
-    real_send_task = endpoints.send_task
+    real_send_task = kit_tasks.send_task
     monkeypatch.setattr(
-        endpoints,
+        kit_tasks,
         "send_task",
         lambda name, op_id: (enqueued.append(op_id), real_send_task(name, op_id)),
     )

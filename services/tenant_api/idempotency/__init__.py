@@ -1,0 +1,1 @@
+"""Stored answers to ``Idempotency-Key`` requests (the middleware lives in ``middleware.py``)."""
