@@ -1,0 +1,60 @@
+"""The tenant API's shape: SQL only in repositories (and the kit), commits only at the request
+boundary, one problem+json builder, and domains that take shared things from the kit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2] / "services" / "tenant_api"
+# A SQL statement built in place (``select(…)``), not a method of that name (``router.delete(…)``).
+SQL = re.compile(r"(?<![\w.])(text|select|update|insert|delete)\(")
+
+
+def _sources() -> list[Path]:
+    return sorted(ROOT.rglob("*.py"))
+
+
+def _relative(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def test_sql_lives_in_repositories_and_the_kit() -> None:
+    outside = [
+        f"{_relative(p)}:{n}"
+        for p in _sources()
+        if p.name != "repository.py" and not _relative(p).startswith("kit/")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if SQL.search(line)
+    ]
+    assert outside == []
+
+
+def test_only_the_request_boundary_commits() -> None:
+    committing = [
+        _relative(p)
+        for p in _sources()
+        if p.name in ("endpoints.py", "service.py") and ".commit()" in p.read_text()
+    ]
+    assert committing == []
+
+
+def test_one_problem_builder() -> None:
+    builders = [_relative(p) for p in _sources() if "docs.c3.dev/problems" in p.read_text()]
+    assert builders == ["kit/problems.py"]
+    assert not any("about:blank" in p.read_text() for p in _sources())
+
+
+def test_domains_take_shared_things_from_the_kit_not_from_tenants() -> None:
+    kit_things = re.compile(
+        r"from tenant_api\.tenants\.(endpoints|repository) import (enqueue|scoped)"
+    )
+    borrowing = [_relative(p) for p in _sources() if kit_things.search(p.read_text())]
+    endpoints_imported = [
+        _relative(p)
+        for p in _sources()
+        if not _relative(p).startswith("tenants/")
+        and _relative(p) != "main.py"
+        and "tenant_api.tenants.endpoints" in p.read_text()
+    ]
+    assert borrowing == [] and endpoints_imported == []
