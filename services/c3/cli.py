@@ -67,6 +67,7 @@ def api() -> None:
     """Run the tenant API (C3_API_HOST:C3_API_PORT)."""
     import uvicorn
 
+    from platform_core.http_wall import PROBLEM_ANSWERS, guarded_protocol
     from platform_core.settings import get_settings
 
     _logging()
@@ -77,6 +78,13 @@ def api() -> None:
         factory=True,
         host=settings.api_host,
         port=settings.api_port,
+        # The same first gate as the proxy's (head size cap, head and body timeouts, strict
+        # parser), answering problem+json; bodies are capped by tenant_api's middleware.
+        http=guarded_protocol(
+            answers=PROBLEM_ANSWERS,
+            header_timeout=settings.api_header_timeout_s,
+            body_timeout=settings.api_body_timeout_s,
+        ),
         proxy_headers=False,
         timeout_graceful_shutdown=10,
         log_config=None,
@@ -103,7 +111,7 @@ def proxy(
     import uvicorn
 
     from homeserver_proxy.app import ProxyApp
-    from homeserver_proxy.http_protocol import guarded_protocol
+    from platform_core.http_wall import MATRIX_ANSWERS, guarded_protocol
     from platform_core.settings import get_settings
 
     _logging()
@@ -114,8 +122,10 @@ def proxy(
         port=settings.proxy_port,
         loop="uvloop",
         # httptools (llhttp) is the strict parser; the subclass adds the header and body
-        # timeouts and the head size cap (homeserver_proxy.http_protocol).
-        http=guarded_protocol(header_timeout=header_timeout, body_timeout=body_timeout),
+        # timeouts and the head size cap (platform_core.http_wall).
+        http=guarded_protocol(
+            answers=MATRIX_ANSWERS, header_timeout=header_timeout, body_timeout=body_timeout
+        ),
         lifespan="on",
         access_log=False,
         proxy_headers=False,
