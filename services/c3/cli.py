@@ -7,11 +7,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.callback()
+def _private_files() -> None:
+    # Before anything is created or spawned: what every service and its children (Synapse,
+    # the embedded Redis, SQLite, log files) create is readable by our user only.
+    from platform_core.private_files import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
 
 
 def _logging() -> None:
@@ -171,7 +181,7 @@ def beat() -> None:
     _logging()
     _keep_our_logging()
     schedule = get_settings().data_path / "celerybeat-schedule"
-    schedule.parent.mkdir(parents=True, exist_ok=True)
+    schedule.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # At INFO beat logs every due task, i.e. the usage consumer every second.
     logging.getLogger("celery.beat").setLevel(logging.WARNING)
     celery_app().start(["beat", f"--schedule={schedule}"])
