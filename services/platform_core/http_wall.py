@@ -17,7 +17,7 @@ and uvicorn arms no timer until a first response is sent. This subclass adds:
 - absolute-form targets (``GET http://host/path``): the target's host must be the Host header
   (RFC 9112 lets the target override Host; we route by Host, so the two must agree);
 - a **lingering close**: when the app answers without reading the whole body (a 413, say)
-  and closes, we half-close (FIN after the answer) and read and drop what the client still
+  and closes, or a head is refused as too large, we half-close (FIN after the answer) and read and drop what the client still
   sends for up to ``linger`` seconds and ``linger_bytes`` bytes, as nginx's lingering_close:
   closing at once with bytes still arriving makes the kernel send a reset, and the client
   would lose the answer; past the bounds the connection is closed all the same;
@@ -174,6 +174,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         # The app has answered (and wants the connection closed) while the request body is
         # still arriving: the answer goes out with a FIN, the rest of the body is dropped.
+        self._linger_then_close()
+
+    def _linger_then_close(self) -> None:
+        if self.linger <= 0:
+            self._socket.close()
+            return
         self._lingering = True
         self._stop_timer()
         if self._socket.can_write_eof():
@@ -188,7 +194,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._timer = None
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:  # the rest of a body nobody reads
+        if self._lingering:  # the rest of a request nobody reads
             self._lingered_bytes += len(data)
             if self._lingered_bytes > self.linger_bytes:
                 self._socket.close()
@@ -296,7 +302,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # As connection_lost will: the app's request sees a disconnect, its sends go nowhere.
             cycle.disconnected = True
             cycle.message_event.set()
-        self._socket.close()
+        if response is self.answers.head_too_large:
+            # The client is likely still sending its head: let it see the answer.
+            self._linger_then_close()
+        else:
+            self._socket.close()
 
 
 def guarded_protocol(
