@@ -37,7 +37,6 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 KEY_TTL = timedelta(hours=24)
-MAX_BODY = 1024 * 1024
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 PROBLEM = b"application/problem+json"
@@ -181,11 +180,12 @@ class IdempotencyMiddleware:
                 send, 422, "Invalid request", "Idempotency-Key: 1-255 visible ASCII characters"
             )
             return
-        body = await _read_body(receive)
+        # BodyLimitMiddleware (outside) has refused larger bodies already; this is the same
+        # limit, for an app built without it.
+        limit = get_settings().api_max_body_bytes
+        body = await _read_body(receive, limit)
         if body is None:
-            await _problem(
-                send, 413, "Payload too large", f"request bodies are limited to {MAX_BODY} bytes"
-            )
+            await _problem(send, 413, "Content too large", body_limit_detail(limit))
             return
         try:
             owner = await _owner(scope)
@@ -234,7 +234,7 @@ class IdempotencyMiddleware:
             await _settle(owner, key, captured)
 
 
-async def _read_body(receive: Any) -> bytes | None:
+async def _read_body(receive: Any, limit: int) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -243,7 +243,7 @@ async def _read_body(receive: Any) -> bytes | None:
             break
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
