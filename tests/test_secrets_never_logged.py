@@ -4,6 +4,7 @@ platform holds. Runs against the session's real platform."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,10 @@ def platform_secrets(platform: RunningPlatform) -> dict[str, str]:
             if tenant.status is TenantStatus.ACTIVE and signs_up_by_token:
                 found.update(live_registration_tokens(platform, str(tenant.id)))
     engine.dispose()
+    local_secrets = platform.data_dir / "local-secrets.json"  # the embedded Redis's password
+    if local_secrets.exists():
+        for name, value in json.loads(local_secrets.read_text()).items():
+            found[f"local secret {name}"] = value
     for config in (platform.data_dir / "homeservers").glob("*/homeserver.yaml"):
         values = yaml.safe_load(config.read_text())
         for name in ("registration_shared_secret", "macaroon_secret_key", "form_secret"):

@@ -7,11 +7,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.callback()
+def _private_files() -> None:
+    # Before anything is created or spawned: what every service and its children (Synapse,
+    # the embedded Redis, SQLite, log files) create is readable by our user only.
+    from platform_core.private_files import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
 
 
 def _logging() -> None:
@@ -67,6 +77,7 @@ def api() -> None:
     """Run the tenant API (C3_API_HOST:C3_API_PORT)."""
     import uvicorn
 
+    from platform_core.http_wall import PROBLEM_ANSWERS, guarded_protocol
     from platform_core.settings import get_settings
 
     _logging()
@@ -77,6 +88,13 @@ def api() -> None:
         factory=True,
         host=settings.api_host,
         port=settings.api_port,
+        # The same first gate as the proxy's (head size cap, head and body timeouts, strict
+        # parser), answering problem+json; bodies are capped by tenant_api's middleware.
+        http=guarded_protocol(
+            answers=PROBLEM_ANSWERS,
+            header_timeout=settings.api_header_timeout_s,
+            body_timeout=settings.api_body_timeout_s,
+        ),
         proxy_headers=False,
         timeout_graceful_shutdown=10,
         log_config=None,
@@ -103,7 +121,7 @@ def proxy(
     import uvicorn
 
     from homeserver_proxy.app import ProxyApp
-    from homeserver_proxy.http_protocol import guarded_protocol
+    from platform_core.http_wall import MATRIX_ANSWERS, guarded_protocol
     from platform_core.settings import get_settings
 
     _logging()
@@ -114,8 +132,10 @@ def proxy(
         port=settings.proxy_port,
         loop="uvloop",
         # httptools (llhttp) is the strict parser; the subclass adds the header and body
-        # timeouts and the head size cap (homeserver_proxy.http_protocol).
-        http=guarded_protocol(header_timeout=header_timeout, body_timeout=body_timeout),
+        # timeouts and the head size cap (platform_core.http_wall).
+        http=guarded_protocol(
+            answers=MATRIX_ANSWERS, header_timeout=header_timeout, body_timeout=body_timeout
+        ),
         lifespan="on",
         access_log=False,
         proxy_headers=False,
@@ -161,7 +181,7 @@ def beat() -> None:
     _logging()
     _keep_our_logging()
     schedule = get_settings().data_path / "celerybeat-schedule"
-    schedule.parent.mkdir(parents=True, exist_ok=True)
+    schedule.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # At INFO beat logs every due task, i.e. the usage consumer every second.
     logging.getLogger("celery.beat").setLevel(logging.WARNING)
     celery_app().start(["beat", f"--schedule={schedule}"])

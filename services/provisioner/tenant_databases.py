@@ -262,7 +262,7 @@ def dump_database(admin_url: str, database_name: str, dest: Path, *, check: bool
     if pg_dump is None:
         raise PermanentError("pg_dump is not installed (PostgreSQL client tools)")
     params, env = _client_params(admin_url, database_name)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     try:

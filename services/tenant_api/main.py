@@ -19,7 +19,11 @@ from tenant_api.exports.endpoints import router as exports_router
 from tenant_api.invoices.endpoints import router as invoices_router
 from tenant_api.kit.repository import ping_database
 from tenant_api.metrics.endpoints import router as metrics_router
-from tenant_api.middleware import IdempotencyMiddleware, RequestIdMiddleware
+from tenant_api.middleware import (
+    BodyLimitMiddleware,
+    IdempotencyMiddleware,
+    RequestIdMiddleware,
+)
 from tenant_api.operations.endpoints import router as operations_router
 from tenant_api.plans.endpoints import router as plans_router
 from tenant_api.registration_tokens.endpoints import router as registration_tokens_router
@@ -62,8 +66,10 @@ def create_app() -> FastAPI:
     app.include_router(audit_router)
     app.include_router(metrics_router)
     app.include_router(exports_router)
-    # Outermost first: the request id exists before idempotency replays or records anything.
+    # Outermost last: the request id exists before anything is refused, replayed or
+    # recorded; an oversized body is refused before idempotency (or a route) reads it.
     app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=get_settings().api_max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/healthz", tags=["health"])

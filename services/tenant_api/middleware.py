@@ -1,4 +1,5 @@
-"""Pure ASGI middleware of the API: request ids, and ``Idempotency-Key`` on every POST.
+"""Pure ASGI middleware of the API: request ids, the request body limit, and
+``Idempotency-Key`` on every POST.
 
 Idempotency: the first POST with a key runs and its answer (status < 500) is stored for 24 h
 under (principal, key); the same key with the same method, path and body replays that answer
@@ -20,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from platform_core.auth import bearer_token
 from platform_core.crypto import SecretBox
@@ -36,7 +38,6 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 KEY_TTL = timedelta(hours=24)
-MAX_BODY = 1024 * 1024
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 
@@ -107,6 +108,91 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit. FastAPI re-raises an
+    HTTPException met while reading a body (it does not turn it into its 400), so a route
+    answers it through ``errors.install``; a middleware reading the body lets it pass up to
+    ``BodyLimitMiddleware``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, body_limit_detail(limit))
+
+
+def body_limit_detail(limit: int) -> str:
+    return f"Request bodies are limited to {limit} bytes"
+
+
+def _declared_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    # llhttp admits digits only; anything else is left to the server's parser.
+    if value is None or not value.isdigit():
+        return None
+    return int(value) if len(value) < 19 else 2**63
+
+
+class BodyLimitMiddleware:
+    """Request bodies larger than ``max_bytes`` are refused 413 before they are read: at once
+    when ``Content-Length`` declares more, else (chunked) as soon as the bytes received pass
+    the limit — ``receive`` is wrapped, so nothing inside ever holds more than the limit. The
+    413 closes the connection: the rest of the body is never read."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        refused = False
+        started = False
+
+        async def send_closing(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if refused:  # uvicorn closes the connection after a response saying so
+                    message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            refused = True
+            await _problem(
+                send_closing,
+                413,
+                "Content too large",
+                body_limit_detail(limit),
+                type_slug="payload-too-large",
+            )
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            message: Message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    raise BodyTooLarge(limit)
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send_closing)
+        except BodyTooLarge:
+            if started:  # a response under way cannot change; the connection closes
+                raise
+            await _problem(
+                send_closing,
+                413,
+                "Content too large",
+                body_limit_detail(limit),
+                type_slug="payload-too-large",
+            )
+
+
 class IdempotencyMiddleware:
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -125,13 +211,16 @@ class IdempotencyMiddleware:
                 type_slug="invalid-request",
             )
             return
-        body = await _read_body(receive)
+        # BodyLimitMiddleware (outside) has refused larger bodies already; this is the same
+        # limit, for an app built without it.
+        limit = get_settings().api_max_body_bytes
+        body = await _read_body(receive, limit)
         if body is None:
             await _problem(
                 send,
                 413,
-                "Payload too large",
-                f"request bodies are limited to {MAX_BODY} bytes",
+                "Content too large",
+                body_limit_detail(limit),
                 type_slug="payload-too-large",
             )
             return
@@ -185,7 +274,7 @@ class IdempotencyMiddleware:
             await _settle(owner, key, captured)
 
 
-async def _read_body(receive: Any) -> bytes | None:
+async def _read_body(receive: Any, limit: int) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -194,7 +283,7 @@ async def _read_body(receive: Any) -> bytes | None:
             break
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):

@@ -4,6 +4,7 @@ homeservers back on the next start."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis
 
 from tests.platform import poll, start_platform
 
@@ -68,6 +70,56 @@ def test_c3_up_on_embedded_defaults(tmp_path: Path) -> None:
     finally:
         assert running.stop() == 0
     assert processes_under(data_dir) == []
+
+
+def open_to_others(root: Path) -> list[str]:
+    """Files and directories under ``root`` (itself included) that group or others may use."""
+    found = []
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink() or path == root / "c3-up.log":  # the test's own capture of stdout
+            continue
+        mode = path.lstat().st_mode & 0o777
+        if mode & 0o077:
+            found.append(f"{oct(mode)} {path.relative_to(root)}")
+    return found
+
+
+def test_c3_up_keeps_tenant_data_private_and_redis_locked(tmp_path: Path) -> None:
+    """Other local users can read nothing: the data tree is 0700/0600 from the start (an
+    existing open data dir is tightened), and the embedded Redis wants its password."""
+    data_dir = tmp_path / "c3"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)  # as a `mkdir` under the usual umask 022 leaves it
+    token = "c3op_" + secrets.token_urlsafe(16)
+    running = start_platform({"C3_BASE_DOMAIN": "c3.localhost"}, data_dir, token)
+    try:
+        tenant = running.create_tenant("privy")
+        running.create_user(tenant["id"], "alice", "alice-secret-1")  # tokens in its database
+        assert (running.homeserver_dir(tenant["id"]) / "homeserver.db").is_file()
+        assert open_to_others(data_dir) == []
+        assert "restricted it to its owner" in running.log_path.read_text()
+
+        password = json.loads((data_dir / "local-secrets.json").read_text())["redis_password"]
+        # Redis rewrites its command line (its title); it runs in its --dir.
+        [server] = [
+            p
+            for p in psutil.process_iter(["name", "cwd"])
+            if p.info["name"] == "redis-server" and p.info["cwd"] == str(data_dir / "redis")
+        ]
+        for process in psutil.process_iter(["cmdline"]):  # every local user can read these
+            assert password not in " ".join(process.info["cmdline"] or [])
+        [port] = [c.laddr.port for c in server.net_connections("tcp") if c.status == "LISTEN"]
+        with pytest.raises(redis.AuthenticationError):  # NOAUTH
+            redis.Redis(port=port).ping()
+        assert redis.Redis(port=port, password=password).ping()
+    finally:
+        assert running.stop() == 0
+    assert open_to_others(data_dir) == []
+    logs = [p for p in data_dir.rglob("*") if p.is_file() and p.suffix in (".log", ".config")]
+    logs.append(running.log_path)  # the banner and everything c3 up printed
+    assert len(logs) > 3
+    for log in logs:
+        assert password not in log.read_text(errors="replace"), log
 
 
 def test_services_refuse_an_unmigrated_database(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import uvicorn
 
 from c3.local_run import free_port
 from homeserver_proxy.asgi import Receive, Scope, Send
-from homeserver_proxy.http_protocol import guarded_protocol
+from platform_core.http_wall import MATRIX_ANSWERS, guarded_protocol
 
 HEADER_TIMEOUT_S = 0.5
 BODY_TIMEOUT_S = 0.5
@@ -92,7 +92,10 @@ async def server() -> AsyncIterator[Server]:
         host="127.0.0.1",
         port=port,
         http=guarded_protocol(
-            header_timeout=HEADER_TIMEOUT_S, body_timeout=BODY_TIMEOUT_S, max_head_bytes=16 * 1024
+            answers=MATRIX_ANSWERS,
+            header_timeout=HEADER_TIMEOUT_S,
+            body_timeout=BODY_TIMEOUT_S,
+            max_head_bytes=16 * 1024,
         ),
         lifespan="off",
         log_config=None,

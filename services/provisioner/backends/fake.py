@@ -50,7 +50,7 @@ class FakeBackend(LocalBackend):
         if target.port is None:
             raise ValueError("fake homeservers need a port")
         directory = self.tenant_dir(target.tenant_id)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = {
             "server_name": target.server_name,
             "bind": self.bind,

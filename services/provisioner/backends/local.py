@@ -24,6 +24,7 @@ import psycopg
 import yaml
 
 from platform_core.errors import TemporaryError
+from platform_core.private_files import create_private
 from provisioner.backends.base import (
     HOMESERVER_MEDIA_BYTES_SQL,
     HOMESERVER_MESSAGES_SQL,
@@ -148,13 +149,17 @@ class LocalBackend(Backend):
         existing = sorted(self.archive_root.glob(f"{tenant_id}-*.tar.gz"))
         if not directory.exists():
             return str(existing[-1]) if existing else None
-        self.archive_root.mkdir(parents=True, exist_ok=True)
+        self.archive_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         final = self.archive_root / f"{tenant_id}-{stamp}.tar.gz"
         partial = final.with_suffix(".partial")
-        with tarfile.open(partial, "w:gz") as tar:
+        partial.unlink(missing_ok=True)  # left by an attempt that died mid-way
+        # Private from its creation: the archive holds the tenant's messages and secrets.
+        with (
+            os.fdopen(create_private(partial), "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w:gz") as tar,
+        ):
             tar.add(directory, arcname=tenant_id)
-        os.chmod(partial, 0o600)
         partial.replace(final)
         shutil.rmtree(directory)
         return str(final)

@@ -1,5 +1,5 @@
-"""The proxy's HTTP/1.1 server protocol: uvicorn's httptools protocol plus what only the
-connection can see.
+"""The first gate of our HTTP servers (the proxy and the tenant API): uvicorn's httptools
+protocol plus what only the connection can see, before any app is called.
 
 llhttp (under httptools) is a strict parser: it refuses bare-LF line ends, obs-fold header
 continuations, repeated Content-Length, Content-Length with Transfer-Encoding, malformed chunk
@@ -16,14 +16,25 @@ and uvicorn arms no timer until a first response is sent. This subclass adds:
 - trailer fields of chunked bodies dropped (uvicorn would merge them into the headers);
 - absolute-form targets (``GET http://host/path``): the target's host must be the Host header
   (RFC 9112 lets the target override Host; we route by Host, so the two must agree);
-- the parser's refusals answered as Matrix errors, as every other refusal of the proxy.
+- a **lingering close**: when the app answers without reading the whole body (a 413, say)
+  and closes, or a head is refused as too large, we half-close (FIN after the answer) and read and drop what the client still
+  sends for up to ``linger`` seconds and ``linger_bytes`` bytes, as nginx's lingering_close:
+  closing at once with bytes still arriving makes the kernel send a reset, and the client
+  would lose the answer; past the bounds the connection is closed all the same;
+- the parser's refusals answered in the server's own error shape (``WallAnswers``): Matrix
+  errors for the proxy, ``application/problem+json`` for the API.
+
+The limits and the answers are parameters: ``guarded_protocol(...)`` makes the class that
+``uvicorn.run(http=...)`` takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -31,29 +42,60 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 60.0  # between two reads of a body, as nginx's client_body_timeout
 MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_LINGER_S = 2.0
+DEFAULT_LINGER_BYTES = 16 * 1024 * 1024
 
 
-def _matrix_error(status: int, errcode: str, error: str) -> bytes:
-    body = json.dumps({"errcode": errcode, "error": error}).encode()
+def _answer(status: int, content_type: bytes, body: dict[str, Any]) -> bytes:
+    payload = json.dumps(body).encode()
     return b"".join(
         [
             STATUS_LINE[status],
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"content-type: " + content_type + b"\r\n",
+            b"content-length: " + str(len(payload)).encode() + b"\r\n",
             b"connection: close\r\n",
             b"\r\n",
-            body,
+            payload,
         ]
     )
 
 
-_MALFORMED = _matrix_error(400, "M_UNRECOGNIZED", "Malformed HTTP request")
-_TARGET_MISMATCH = _matrix_error(
-    400, "M_UNRECOGNIZED", "The request target names another host than the Host header"
-)
-_HEAD_TIMEOUT = _matrix_error(408, "M_UNKNOWN", "Request head not received in time")
-_BODY_TIMEOUT = _matrix_error(408, "M_UNKNOWN", "Request body not received in time")
-_HEAD_TOO_LARGE = _matrix_error(431, "M_UNKNOWN", "Request head too large")
+@dataclass(frozen=True)
+class WallAnswers:
+    """The complete responses (status line to body) the gate answers its refusals with."""
+
+    malformed: bytes
+    target_mismatch: bytes
+    head_timeout: bytes
+    body_timeout: bytes
+    head_too_large: bytes
+
+    @classmethod
+    def build(cls, render: Callable[[int, str, str], bytes]) -> WallAnswers:
+        """``render(status, title, detail)`` → the bytes of one answer."""
+        return cls(
+            malformed=render(400, "Bad request", "Malformed HTTP request"),
+            target_mismatch=render(
+                400, "Bad request", "The request target names another host than the Host header"
+            ),
+            head_timeout=render(408, "Request timeout", "Request head not received in time"),
+            body_timeout=render(408, "Request timeout", "Request body not received in time"),
+            head_too_large=render(431, "Request header fields too large", "Request head too large"),
+        )
+
+
+def _matrix_error(status: int, _title: str, error: str) -> bytes:
+    errcode = "M_UNRECOGNIZED" if status == 400 else "M_UNKNOWN"
+    return _answer(status, b"application/json", {"errcode": errcode, "error": error})
+
+
+def _problem(status: int, title: str, detail: str) -> bytes:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return _answer(status, b"application/problem+json", body)
+
+
+MATRIX_ANSWERS = WallAnswers.build(_matrix_error)  # the homeserver proxy
+PROBLEM_ANSWERS = WallAnswers.build(_problem)  # the tenant API (RFC 9457)
 
 
 class _TargetMismatch(Exception):
@@ -67,10 +109,31 @@ def _host_only(authority: bytes) -> bytes:
     return host.rsplit(b":", 1)[0].rstrip(b".")
 
 
+class _LingeringTransport:
+    """The connection's transport as uvicorn sees it: ``close()`` asks the protocol, which
+    may linger first (and is "closing" meanwhile: uvicorn starts nothing more on it)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol._close_or_linger()
+
+    def is_closing(self) -> bool:
+        return self._protocol._lingering or self._transport.is_closing()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S
     max_head_bytes: int = MAX_HEAD_BYTES
+    answers: WallAnswers = MATRIX_ANSWERS
+    linger: float = DEFAULT_LINGER_S
+    linger_bytes: int = DEFAULT_LINGER_BYTES
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -80,16 +143,49 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_body = False
         self._head_bytes = 0
         self._head_fields = 0
+        self._lingering = False
+        self._lingered_bytes = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # Connection --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._socket = transport
+        super().connection_made(cast(asyncio.Transport, _LingeringTransport(transport, self)))
         self._expect(self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
+
+    def _close_or_linger(self) -> None:
+        cycle = self.cycle
+        if (
+            self._lingering
+            or self.linger <= 0
+            or not self._reading_body
+            or cycle is None
+            or not cycle.response_complete
+            or self._socket.is_closing()
+        ):
+            self._socket.close()
+            return
+        # The app has answered (and wants the connection closed) while the request body is
+        # still arriving: the answer goes out with a FIN, the rest of the body is dropped.
+        self._linger_then_close()
+
+    def _linger_then_close(self) -> None:
+        if self.linger <= 0:
+            self._socket.close()
+            return
+        self._lingering = True
+        self._stop_timer()
+        if self._socket.can_write_eof():
+            self._socket.write_eof()
+        self.flow.resume_reading()
+        self._linger_timer = self.loop.call_later(self.linger, self._socket.close)
 
     def _stop_timer(self) -> None:
         self._deadline = None
@@ -98,6 +194,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._timer = None
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # the rest of a request nobody reads
+            self._lingered_bytes += len(data)
+            if self._lingered_bytes > self.linger_bytes:
+                self._socket.close()
+            return
         was_reading_head = self._reading_head
         if self._reading_body:
             self._deadline = self.loop.time() + self.body_timeout
@@ -107,7 +208,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # read is counted from the next one: at most one read goes uncounted.)
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
-                self._refuse(_HEAD_TOO_LARGE)
+                self._refuse(self.answers.head_too_large)
 
     def handle_websocket_upgrade(self) -> None:
         # The connection leaves this protocol (the app closes it at once: Matrix has no
@@ -117,7 +218,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         # Called by uvicorn when llhttp refuses the bytes (or a callback of ours raised).
-        self._refuse(_MALFORMED)
+        self._refuse(self.answers.malformed)
 
     # Parser callbacks --------------------------------------------------------------------
 
@@ -156,7 +257,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             target_host = b"[" + target_host + b"]"  # an IPv6 literal, as the Host header has it
         hosts = [value for name, value in self.headers if name == b"host"]
         if len(hosts) != 1 or _host_only(hosts[0]) != _host_only(target_host):
-            self._refuse(_TARGET_MISMATCH)
+            self._refuse(self.answers.target_mismatch)
             # Stops the parser (uvicorn answers a parser error with send_400_response, which
             # finds the transport closing already and writes nothing more).
             raise _TargetMismatch()
@@ -187,7 +288,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if now < deadline:
             self._timer = self.loop.call_at(deadline, self._timer_fired)
             return
-        self._refuse(_HEAD_TIMEOUT if self._reading_head else _BODY_TIMEOUT)
+        self._refuse(self.answers.head_timeout if self._reading_head else self.answers.body_timeout)
 
     def _refuse(self, response: bytes) -> None:
         """Answer ``response`` unless a response is under way on this connection (a status
@@ -201,16 +302,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # As connection_lost will: the app's request sees a disconnect, its sends go nowhere.
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.close()
+        if response is self.answers.head_too_large:
+            # The client is likely still sending its head: let it see the answer.
+            self._linger_then_close()
+        else:
+            self._socket.close()
 
 
 def guarded_protocol(
     *,
+    answers: WallAnswers,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
     max_head_bytes: int = MAX_HEAD_BYTES,
+    linger: float = DEFAULT_LINGER_S,
+    linger_bytes: int = DEFAULT_LINGER_BYTES,
 ) -> type[GuardedHttpToolsProtocol]:
-    """The protocol class for ``uvicorn.run(http=...)`` with these limits."""
+    """The protocol class for ``uvicorn.run(http=...)`` with these limits and answers."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
@@ -218,5 +326,8 @@ def guarded_protocol(
             "header_timeout": header_timeout,
             "body_timeout": body_timeout,
             "max_head_bytes": max_head_bytes,
+            "answers": answers,
+            "linger": linger,
+            "linger_bytes": linger_bytes,
         },
     )
