@@ -5,21 +5,14 @@ stays queued (same id) and is retried on the next tick, so a Redis hiccup loses 
 consumer's batch-id check makes a retried write harmless. ``kill -9`` loses at most the counts
 of the current interval (``C3_USAGE_FLUSH_INTERVAL_S``, 1 s by default).
 
-Batch payload (version 2), all times UTC epoch seconds::
-
-    {"v": 2, "ts": <window start>,
-     "usage":  [[tenant_id, hour_start, meter, quantity], ...],        # summable counters
-     "events": [[tenant_id, meter, natural_id, quantity, ts], ...]}    # counted once per id
-
-Events are messages and calls (natural id = event_id), uploads (the mxc URI, quantity =
-bytes) and monthly active users (``"2026-11|@alice:acme"``).
+The batch format (version 2: summed counters per tenant and UTC hour, and billable events
+counted once per natural id) is ``platform_core.usage_batch``, shared with the consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -31,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
+from platform_core import usage_batch
 from platform_core.models.usage import Meter
 from platform_core.redis import RedisKeys
 
@@ -127,21 +121,20 @@ class UsageMeter:
         window_start, self._window_start = self._window_start, self._clock()
         if not hours and not events:
             return None
-        usage: list[list[object]] = []
+        usage: list[usage_batch.UsageRow] = []
         for (tenant_id, hour), counts in hours.items():
             for meter in _HourUsage.__slots__:
                 quantity = getattr(counts, meter)
                 if quantity:
-                    usage.append([tenant_id, hour, meter, quantity])
-        return {
-            "v": 2,
-            "ts": window_start,
-            "usage": usage,
-            "events": [
-                [tenant_id, meter, natural_id, quantity, ts]
+                    usage.append((tenant_id, hour, meter, quantity))
+        return usage_batch.new_batch(
+            window_start,
+            usage,
+            (
+                (tenant_id, meter, natural_id, quantity, ts)
                 for (tenant_id, meter, natural_id), (quantity, ts) in events.items()
-            ],
-        }
+            ),
+        )
 
 
 class UsageFlusher:
@@ -194,7 +187,7 @@ class UsageFlusher:
         if len(self._queue) >= _MAX_QUEUED_BATCHES:
             dropped_id, _ = self._queue.popleft()
             log.error("usage batch %s dropped: Redis unreachable for too long", dropped_id)
-        self._queue.append((uuid.uuid4().hex, json.dumps(payload, separators=(",", ":"))))
+        self._queue.append((uuid.uuid4().hex, usage_batch.encode(payload)))
 
     async def _write_queued(self) -> bool:
         while self._queue:
