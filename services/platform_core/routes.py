@@ -7,10 +7,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# Per-tenant limits each proxy instance enforces (plan limits ``proxy_*``). Generous: a busy
-# enterprise tenant stays well below them; they exist to stop a runaway client, not to ration.
-# Equal to the provisioner's DEFAULT_LIMITS; here they apply to routes published before the
-# fields existed.
+# Per-tenant limits each proxy instance enforces (plan limits ``proxy_*``), by default: the one
+# definition, used by the provisioner's default plan limits and for routes published before the
+# fields existed. Generous: a busy enterprise tenant stays well below them; they exist to stop a
+# runaway client, not to ration.
 DEFAULT_PROXY_RATE_PER_SECOND = 200.0
 DEFAULT_PROXY_RATE_BURST = 400
 DEFAULT_PROXY_MAX_CONCURRENT = 256
