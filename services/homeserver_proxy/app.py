@@ -26,7 +26,7 @@ from homeserver_proxy.federation import (
 )
 from homeserver_proxy.forwarding import ClientGone, Forwarder, ForwardResult, is_long_poll
 from homeserver_proxy.guard import Verdict, classify
-from homeserver_proxy.identity import TokenUsers, access_token
+from homeserver_proxy.identity import TokenUsers, access_token, whoami
 from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import UsageFlusher, UsageMeter
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
@@ -60,7 +60,9 @@ class ProxyApp:
         self.federation_limiter = TenantLimiter()
         self._trusted_proxies = settings.proxy_trusted_proxies
         self.metering = metering
-        self.token_users = TokenUsers(self.forwarder.whoami)
+        self.token_users = TokenUsers(
+            lambda upstream, token: whoami(self.forwarder.session, upstream, token)
+        )
         self.flusher = UsageFlusher(
             self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
         )
@@ -216,7 +218,7 @@ class ProxyApp:
         # Refused here (429/503) means never forwarded and never billed: a tenant does not pay
         # for requests we turned away.
         admission = self.limiter.admit(route, client, long_poll=long_poll)
-        kind = billable.classify(scope["method"], path) if self.metering else Kind.OTHER
+        kind = billable.kind_of(scope["method"], path) if self.metering else Kind.OTHER
         try:
             result = await self.forwarder.forward(
                 scope,

@@ -238,6 +238,12 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session to the homeservers (for the proxy's own calls to them)."""
+        assert self._session is not None, "Forwarder.start() was not awaited"
+        return self._session
+
     async def forward(
         self,
         scope: Scope,
@@ -342,20 +348,6 @@ class Forwarder:
         finally:
             if spooled is not None:
                 spooled.close()
-
-    async def whoami(self, upstream: str, token: str) -> str | None:
-        """The user an access token belongs to, or None if the homeserver refuses it."""
-        assert self._session is not None, "Forwarder.start() was not awaited"
-        async with self._session.get(
-            upstream + "/_matrix/client/v3/account/whoami",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=aiohttp.ClientTimeout(total=10, sock_connect=5),
-        ) as response:
-            if response.status != 200:
-                return None
-            payload = await response.json(content_type=None)
-        user = payload.get("user_id") if isinstance(payload, dict) else None
-        return user if isinstance(user, str) else None
 
     async def _stream_body(
         self, first: bytes, receive: Receive, counter: list[int], max_body: int
