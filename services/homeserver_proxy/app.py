@@ -24,13 +24,12 @@ from homeserver_proxy.federation import (
     public_port,
     server_delegation,
 )
-from homeserver_proxy.forwarding import ClientGone, Forwarder, ForwardResult, is_long_poll
+from homeserver_proxy.forwarding import ClientGone, Forwarder, is_long_poll
 from homeserver_proxy.guard import Verdict, classify
-from homeserver_proxy.identity import TokenUsers, access_token, whoami
+from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
-from homeserver_proxy.metering import UsageFlusher, UsageMeter
+from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
-from platform_core.models.usage import Meter
 from platform_core.redis import keys_for
 from platform_core.routes import Route
 from platform_core.settings import Settings, get_settings
@@ -63,6 +62,7 @@ class ProxyApp:
         self.token_users = TokenUsers(
             lambda upstream, token: whoami(self.forwarder.session, upstream, token)
         )
+        self.exchange_meter = ExchangeMeter(self.meter, self.token_users)
         self.flusher = UsageFlusher(
             self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
         )
@@ -237,7 +237,7 @@ class ProxyApp:
         finally:
             admission.release()
         if self.metering:
-            self._meter(route, scope, path, kind, result)
+            self.exchange_meter.record(route, scope, path, kind, result)
 
     async def _federate(
         self, route: Route, scope: Scope, receive: Receive, send: Send, path: str
@@ -261,66 +261,6 @@ class ProxyApp:
             )
         finally:
             admission.release()
-
-    def _meter(
-        self, route: Route, scope: Scope, path: str, kind: Kind, result: ForwardResult
-    ) -> None:
-        """Count one forwarded exchange: requests and bytes always; billable events and the
-        active user only from a successful answer."""
-        tenant = route.tenant_id
-        meter = self.meter
-        ok = 200 <= result.status < 300
-        meter.record_request(
-            tenant, result.bytes_in, result.bytes_out, media_egress=ok and kind is Kind.MEDIA_EGRESS
-        )
-        if not ok:
-            return
-        token = access_token(scope)
-        if kind is Kind.WHOAMI and token is not None:
-            user = self.token_users.get(tenant, token)
-            if user is not None:  # known token: nothing to learn from the answer
-                meter.record_active_user(tenant, user)
-                return
-        answer = billable.json_object(result.response_body)
-        if kind in (Kind.SEND, Kind.SEND_CALL_INVITE):
-            if (event_id := billable.string_field(answer, "event_id")) is not None:
-                meter.record_event(tenant, Meter.MESSAGES, event_id)
-                if kind is Kind.SEND_CALL_INVITE:
-                    meter.record_event(tenant, Meter.CALLS, event_id)
-        elif kind is Kind.RTC_MEMBER:
-            event_id = billable.string_field(answer, "event_id")
-            if event_id is not None and billable.joins_call(result.request_body):
-                meter.record_event(tenant, Meter.CALLS, event_id)
-        elif kind is Kind.UPLOAD:
-            if (uri := billable.string_field(answer, "content_uri")) is not None:
-                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
-        elif kind is Kind.UPLOAD_ASYNC:
-            if (uri := billable.async_upload_uri(path)) is not None:
-                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
-        elif kind is Kind.LOGIN:
-            # The request carried credentials, not a token: the answer names the user.
-            user = billable.string_field(answer, "user_id")
-            new_token = billable.string_field(answer, "access_token")
-            if user is not None and new_token is not None:
-                self.token_users.remember(tenant, new_token, user)
-                meter.record_active_user(tenant, user)
-            return
-        elif kind is Kind.WHOAMI and token is not None:
-            if (user := billable.string_field(answer, "user_id")) is not None:
-                self.token_users.remember(tenant, token, user)
-        if token is None:
-            return
-        user = self.token_users.get(tenant, token)
-        if user is not None:
-            meter.record_active_user(tenant, user)
-            return
-        at = meter.now()
-        self.token_users.resolve_later(
-            tenant,
-            token,
-            route.upstream,
-            lambda found: meter.record_active_user(tenant, found, at),
-        )
 
 
 def _checked_head(scope: Scope) -> str | None:
