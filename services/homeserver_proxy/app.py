@@ -1,8 +1,10 @@
-"""The homeserver proxy: a pure ASGI app — resolve tenant, guard path, forward, meter."""
+"""The proxy's pure ASGI app: dispatches each request — resolve the tenant, guard the path,
+limit, forward, meter (the layers in order: see the package docstring)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -24,13 +26,12 @@ from homeserver_proxy.federation import (
     public_port,
     server_delegation,
 )
-from homeserver_proxy.forwarding import ClientGone, Forwarder, ForwardResult, is_long_poll
+from homeserver_proxy.forwarding import ClientGone, Forwarder, is_long_poll
 from homeserver_proxy.guard import Verdict, classify
-from homeserver_proxy.identity import TokenUsers, access_token
+from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
-from homeserver_proxy.metering import UsageFlusher, UsageMeter
+from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
-from platform_core.models.usage import Meter
 from platform_core.redis import keys_for
 from platform_core.routes import Route
 from platform_core.settings import Settings, get_settings
@@ -60,7 +61,10 @@ class ProxyApp:
         self.federation_limiter = TenantLimiter()
         self._trusted_proxies = settings.proxy_trusted_proxies
         self.metering = metering
-        self.token_users = TokenUsers(self.forwarder.whoami)
+        self.token_users = TokenUsers(
+            lambda upstream, token: whoami(self.forwarder.session, upstream, token)
+        )
+        self.exchange_meter = ExchangeMeter(self.meter, self.token_users)
         self.flusher = UsageFlusher(
             self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
         )
@@ -120,72 +124,59 @@ class ProxyApp:
             ).send(send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        try:
-            path = raw_path.decode("ascii")
-        except UnicodeDecodeError:
-            raise errors.bad_path() from None
-        if "?" in path:  # some servers leave the query on raw_path
-            path = path.split("?", 1)[0]
+        """Resolve the tenant, guard the path, then answer, redirect or forward."""
+        path = _raw_path(scope)
         host = _checked_head(scope)
-
         if path == "/_c3/health":
             # The proxy's own liveness; never forwarded (no tenant prefix reaches it).
             await errors.send_json(send, 200, {"status": "ok"})
             return
-
-        prefixed = split_slug_prefix(path)
-        route: Route | None
-        if prefixed is not None:
-            slug, path = prefixed
-            route = await self.routes.by_slug(slug)
-            if route is None:
-                raise errors.unknown_tenant_slug()
-            base_url = f"{self._public_base}/t/{route.slug}"
-        else:
-            if host is None:
-                raise errors.bad_framing("Missing Host header")
-            host_name = normalize_host(host)
-            route = await self.routes.by_host(host_name)
-            if route is not None:
-                # The name the client used (its server name or a custom domain), on the
-                # proxy's public scheme and port.
-                base_url = self.settings.homeserver_url(host_name)
-            else:
-                route = await self._media_owner(scope["method"], path)
-                if route is None:
-                    raise errors.unknown_tenant_host()
-                base_url = self.settings.homeserver_url(route.server_name)
-
-        verdict = classify(path)
+        target = await self._resolve(scope["method"], path, host)
+        verdict = classify(target.path)
         if verdict is Verdict.WELL_KNOWN_CLIENT:
-            await errors.send_json(send, 200, {"m.homeserver": {"base_url": base_url}})
+            await errors.send_json(send, 200, {"m.homeserver": {"base_url": target.base_url}})
             return
         if verdict is Verdict.WELL_KNOWN_SERVER:
-            if not federates(route):
+            if not federates(target.route):
                 raise errors.does_not_federate(well_known=True)
-            await errors.send_json(send, 200, server_delegation(route, self._federation_port))
+            delegation = server_delegation(target.route, self._federation_port)
+            await errors.send_json(send, 200, delegation)
             return
-        if verdict is Verdict.MALFORMED:
-            raise errors.bad_path()
-        if verdict is Verdict.FEDERATION:
-            # Remote servers address a tenant by Host (its server name), never by /t/<slug>.
-            if prefixed is not None or not federates(route):
-                raise errors.does_not_federate()
-        elif verdict is not Verdict.FORWARD:
-            raise errors.not_served()
-        if route.status != "active":
-            raise errors.tenant_unavailable(route.status)
+        _refuse_unless_forwarded(verdict, target)
+        route, path = target.route, target.path
         if verdict is Verdict.FEDERATION:
             await self._federate(route, scope, receive, send, path)
-        elif prefixed is not None and starts_sso(scope["method"], path):
+        elif target.by_prefix and starts_sso(scope["method"], path):
             # Single sign-on ends at the tenant's host name (Synapse's public_baseurl, where
             # the identity provider calls back): it must start there too.
             location = (self.settings.homeserver_url(route.server_name) + path).encode()
             query = scope.get("query_string", b"")
             await errors.send_redirect(send, location + (b"?" + query if query else b""))
         else:
-            await self._forward(route, scope, receive, send, path, base_url=base_url)
+            await self._forward(route, scope, receive, send, path, base_url=target.base_url)
+
+    async def _resolve(self, method: str, path: str, host: str | None) -> _Target:
+        """The tenant a request is for: by the ``/t/<slug>`` prefix, else by exact Host, else
+        (media only) by the server name in the path."""
+        prefixed = split_slug_prefix(path)
+        if prefixed is not None:
+            slug, path = prefixed
+            route = await self.routes.by_slug(slug)
+            if route is None:
+                raise errors.unknown_tenant_slug()
+            return _Target(route, path, f"{self._public_base}/t/{route.slug}", by_prefix=True)
+        if host is None:
+            raise errors.bad_framing("Missing Host header")
+        host_name = normalize_host(host)
+        route = await self.routes.by_host(host_name)
+        if route is not None:
+            # The name the client used (its server name or a custom domain), on the proxy's
+            # public scheme and port.
+            return _Target(route, path, self.settings.homeserver_url(host_name))
+        route = await self._media_owner(method, path)
+        if route is None:
+            raise errors.unknown_tenant_host()
+        return _Target(route, path, self.settings.homeserver_url(route.server_name))
 
     async def _media_owner(self, method: str, path: str) -> Route | None:
         """The tenant whose server name a media download/thumbnail path names, for a request
@@ -216,7 +207,7 @@ class ProxyApp:
         # Refused here (429/503) means never forwarded and never billed: a tenant does not pay
         # for requests we turned away.
         admission = self.limiter.admit(route, client, long_poll=long_poll)
-        kind = billable.classify(scope["method"], path) if self.metering else Kind.OTHER
+        kind = billable.kind_of(scope["method"], path) if self.metering else Kind.OTHER
         try:
             result = await self.forwarder.forward(
                 scope,
@@ -235,7 +226,7 @@ class ProxyApp:
         finally:
             admission.release()
         if self.metering:
-            self._meter(route, scope, path, kind, result)
+            self.exchange_meter.record(route, scope, path, kind, result)
 
     async def _federate(
         self, route: Route, scope: Scope, receive: Receive, send: Send, path: str
@@ -260,65 +251,43 @@ class ProxyApp:
         finally:
             admission.release()
 
-    def _meter(
-        self, route: Route, scope: Scope, path: str, kind: Kind, result: ForwardResult
-    ) -> None:
-        """Count one forwarded exchange: requests and bytes always; billable events and the
-        active user only from a successful answer."""
-        tenant = route.tenant_id
-        meter = self.meter
-        ok = 200 <= result.status < 300
-        meter.record_request(
-            tenant, result.bytes_in, result.bytes_out, media_egress=ok and kind is Kind.MEDIA_EGRESS
-        )
-        if not ok:
-            return
-        token = access_token(scope)
-        if kind is Kind.WHOAMI and token is not None:
-            user = self.token_users.get(tenant, token)
-            if user is not None:  # known token: nothing to learn from the answer
-                meter.record_active_user(tenant, user)
-                return
-        answer = billable.json_object(result.response_body)
-        if kind in (Kind.SEND, Kind.SEND_CALL_INVITE):
-            if (event_id := billable.string_field(answer, "event_id")) is not None:
-                meter.record_event(tenant, Meter.MESSAGES, event_id)
-                if kind is Kind.SEND_CALL_INVITE:
-                    meter.record_event(tenant, Meter.CALLS, event_id)
-        elif kind is Kind.RTC_MEMBER:
-            event_id = billable.string_field(answer, "event_id")
-            if event_id is not None and billable.joins_call(result.request_body):
-                meter.record_event(tenant, Meter.CALLS, event_id)
-        elif kind is Kind.UPLOAD:
-            if (uri := billable.string_field(answer, "content_uri")) is not None:
-                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
-        elif kind is Kind.UPLOAD_ASYNC:
-            if (uri := billable.async_upload_uri(path)) is not None:
-                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
-        elif kind is Kind.LOGIN:
-            # The request carried credentials, not a token: the answer names the user.
-            user = billable.string_field(answer, "user_id")
-            new_token = billable.string_field(answer, "access_token")
-            if user is not None and new_token is not None:
-                self.token_users.remember(tenant, new_token, user)
-                meter.record_active_user(tenant, user)
-            return
-        elif kind is Kind.WHOAMI and token is not None:
-            if (user := billable.string_field(answer, "user_id")) is not None:
-                self.token_users.remember(tenant, token, user)
-        if token is None:
-            return
-        user = self.token_users.get(tenant, token)
-        if user is not None:
-            meter.record_active_user(tenant, user)
-            return
-        at = meter.now()
-        self.token_users.resolve_later(
-            tenant,
-            token,
-            route.upstream,
-            lambda found: meter.record_active_user(tenant, found, at),
-        )
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a request goes: its tenant, its path there (without a ``/t/<slug>`` prefix) and
+    the base URL the client came in by."""
+
+    route: Route
+    path: str
+    base_url: str
+    by_prefix: bool = False
+
+
+def _raw_path(scope: Scope) -> str:
+    """The request path as the client sent it (undecoded), without a query."""
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    try:
+        path: str = raw_path.decode("ascii")
+    except UnicodeDecodeError:
+        raise errors.bad_path() from None
+    if "?" in path:  # some servers leave the query on raw_path
+        path = path.split("?", 1)[0]
+    return path
+
+
+def _refuse_unless_forwarded(verdict: Verdict, target: _Target) -> None:
+    """Raise the Matrix error for a request that is not to be forwarded: a malformed or
+    unserved path, server-server traffic for a tenant that does not federate (or under
+    ``/t/<slug>``: remote servers address a tenant by Host), a tenant that is not active."""
+    if verdict is Verdict.MALFORMED:
+        raise errors.bad_path()
+    if verdict is Verdict.FEDERATION:
+        if target.by_prefix or not federates(target.route):
+            raise errors.does_not_federate()
+    elif verdict is not Verdict.FORWARD:
+        raise errors.not_served()
+    if target.route.status != "active":
+        raise errors.tenant_unavailable(target.route.status)
 
 
 def _checked_head(scope: Scope) -> str | None:

@@ -51,7 +51,8 @@ class Kind(Enum):
         return self not in (Kind.OTHER, Kind.MEDIA_EGRESS, Kind.UPLOAD_ASYNC)
 
 
-def classify(method: str, path: str) -> Kind:
+def kind_of(method: str, path: str) -> Kind:
+    """What a client request may bill, from its method and raw path alone."""
     if not path.startswith("/_matrix/"):
         return Kind.OTHER
     if method == "PUT":

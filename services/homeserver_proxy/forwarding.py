@@ -217,6 +217,48 @@ def _public_url_headers(scope: Scope, public_scheme: str | None) -> list[tuple[s
     return headers
 
 
+def _upstream_headers(
+    scope: Scope, client_address: str, public_scheme: str | None
+) -> tuple[list[tuple[str, str]], int | None]:
+    """The headers that go upstream, and the declared Content-Length (None if none): the
+    client's, less hop-by-hop and forwarding headers (in any spelling), plus ours."""
+    headers: list[tuple[str, str]] = []
+    declared_length: int | None = None
+    for name, value in scope["headers"]:
+        if name in HOP_BY_HOP or (b"_" in name and name in _HOP_BY_HOP_UNDERSCORED):
+            continue
+        if name == b"content-length":
+            try:
+                declared_length = int(value)
+            except ValueError:
+                raise errors.bad_framing("Invalid Content-Length") from None
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    headers.append(("X-Forwarded-For", client_address))
+    headers.extend(_public_url_headers(scope, public_scheme))
+    return headers, declared_length
+
+
+@dataclass
+class _OutgoingBody:
+    data: bytes | AsyncIterator[bytes]
+    spooled: IO[bytes] | None = None  # the temporary file ``data`` reads, closed by ``close``
+    length: int | None = None  # a Content-Length to send (a chunked body received whole)
+
+    def close(self) -> None:
+        if self.spooled is not None:
+            self.spooled.close()
+
+
+@dataclass
+class _UpstreamRequest:
+    method: str
+    url: URL
+    headers: list[tuple[str, str]]
+    body: bytes | AsyncIterator[bytes]
+    has_body: bool
+    timeout: aiohttp.ClientTimeout
+
+
 class Forwarder:
     def __init__(self, *, public_scheme: str | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -238,6 +280,12 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session to the homeservers (for the proxy's own calls to them)."""
+        assert self._session is not None, "Forwarder.start() was not awaited"
+        return self._session
+
     async def forward(
         self,
         scope: Scope,
@@ -257,82 +305,30 @@ class Forwarder:
         (a large upload's once its head is), and may raise a refusal. ``rewrite`` may replace a
         successful answer's (small, complete) body: it gets the body and returns the one to send
         instead, or None to send it unchanged."""
-        assert self._session is not None, "Forwarder.start() was not awaited"
+        session = self.session
         query = scope.get("query_string", b"").decode("latin-1")
-        method = scope["method"]
-
-        headers: list[tuple[str, str]] = []
-        declared_length: int | None = None
-        for name, value in scope["headers"]:
-            if name in HOP_BY_HOP or (b"_" in name and name in _HOP_BY_HOP_UNDERSCORED):
-                continue
-            if name == b"content-length":
-                try:
-                    declared_length = int(value)
-                except ValueError:
-                    raise errors.bad_framing("Invalid Content-Length") from None
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        headers, declared_length = _upstream_headers(scope, client_address, self._public_scheme)
         if declared_length is not None and declared_length > max_body:
             raise errors.too_large(max_body)
-        headers.append(("X-Forwarded-For", client_address))
-        headers.extend(_public_url_headers(scope, self._public_scheme))
-
-        counter = [0]
-        first = await receive()
-        if first["type"] == "http.disconnect":
-            raise ClientGone()
-        first_chunk: bytes = first.get("body", b"")
-        body: bytes | AsyncIterator[bytes]
-        spooled: IO[bytes] | None = None
-        if not first.get("more_body", False):
-            body = first_chunk
-            counter[0] = len(first_chunk)
-            if counter[0] > max_body:
-                raise errors.too_large(max_body)
-        elif declared_length is not None and declared_length > _SPOOL_IN_MEMORY:
-            # A large upload is streamed: received whole first, every upload would wait on
-            # (and fill) the disk. It takes its tenant slot from its head on.
-            body = self._stream_body(first_chunk, receive, counter, max_body)
-        else:
-            # The whole body before the homeserver sees any of it.
-            received = await _receive_all(first_chunk, receive, max_body)
-            counter[0] = received.size
-            if received.file is None:
-                body = received.data
-            else:
-                spooled = received.file
-                body = _read_file(spooled)
-                if declared_length is None:
-                    headers.append(("Content-Length", str(received.size)))
+        counter = [0]  # request body bytes received
+        body = await self._request_body(receive, declared_length, max_body, counter)
+        if body.length is not None:
+            headers.append(("Content-Length", str(body.length)))
         try:
             if before_upstream is not None:
                 before_upstream()
-        except BaseException:
-            if spooled is not None:
-                spooled.close()
-            raise
-
-        url = URL(upstream + path + ("?" + query if query else ""), encoded=True)
-        session = self._session
-
-        async def exchange() -> ForwardResult:
-            async with session.request(
-                method,
-                url,
+            request = _UpstreamRequest(
+                method=scope["method"],
+                url=URL(upstream + path + ("?" + query if query else ""), encoded=True),
                 headers=headers,
-                data=body if body != b"" or declared_length else None,
-                allow_redirects=False,
+                body=body.data,
+                has_body=body.data != b"" or bool(declared_length),
                 timeout=upstream_timeout(path, query),
-            ) as response:
-                result = await self._relay(response, send, method, capture, counter, rewrite)
-                if capture and isinstance(body, bytes):
-                    result.request_body = body
-                return result
-
-        try:
+            )
+            exchange = self._exchange(session, request, send, capture, counter, rewrite)
             if is_long_poll(path):
-                return await _unless_client_leaves(exchange(), receive)
-            return await exchange()
+                return await _unless_client_leaves(exchange, receive)
+            return await exchange
         except BodyTooLarge:
             raise errors.too_large(max_body) from None
         except TimeoutError:
@@ -340,22 +336,59 @@ class Forwarder:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError):
             raise errors.upstream_unavailable() from None
         finally:
-            if spooled is not None:
-                spooled.close()
+            body.close()
 
-    async def whoami(self, upstream: str, token: str) -> str | None:
-        """The user an access token belongs to, or None if the homeserver refuses it."""
-        assert self._session is not None, "Forwarder.start() was not awaited"
-        async with self._session.get(
-            upstream + "/_matrix/client/v3/account/whoami",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=aiohttp.ClientTimeout(total=10, sock_connect=5),
+    async def _request_body(
+        self, receive: Receive, declared_length: int | None, max_body: int, counter: list[int]
+    ) -> _OutgoingBody:
+        """The request body as it goes upstream: received whole if it is small or has no
+        declared length (spooled to disk past 1 MiB), streamed if it is a large upload."""
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            raise ClientGone()
+        first_chunk: bytes = first.get("body", b"")
+        if not first.get("more_body", False):
+            counter[0] = len(first_chunk)
+            if counter[0] > max_body:
+                raise errors.too_large(max_body)
+            return _OutgoingBody(first_chunk)
+        if declared_length is not None and declared_length > _SPOOL_IN_MEMORY:
+            # A large upload is streamed: received whole first, every upload would wait on
+            # (and fill) the disk. It takes its tenant slot from its head on.
+            return _OutgoingBody(self._stream_body(first_chunk, receive, counter, max_body))
+        # The whole body before the homeserver sees any of it.
+        received = await _receive_all(first_chunk, receive, max_body)
+        counter[0] = received.size
+        if received.file is None:
+            return _OutgoingBody(received.data)
+        return _OutgoingBody(
+            _read_file(received.file),
+            spooled=received.file,
+            length=received.size if declared_length is None else None,
+        )
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        request: _UpstreamRequest,
+        send: Send,
+        capture: bool,
+        counter: list[int],
+        rewrite: Callable[[bytes], bytes | None] | None,
+    ) -> ForwardResult:
+        """Send the request upstream and relay the answer to the client."""
+        async with session.request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            data=request.body if request.has_body else None,
+            allow_redirects=False,
+            timeout=request.timeout,
         ) as response:
-            if response.status != 200:
-                return None
-            payload = await response.json(content_type=None)
-        user = payload.get("user_id") if isinstance(payload, dict) else None
-        return user if isinstance(user, str) else None
+            result = await self._relay(response, send, request.method, capture, counter, rewrite)
+            if capture and isinstance(request.body, bytes):
+                result.request_body = request.body
+            return result
 
     async def _stream_body(
         self, first: bytes, receive: Receive, counter: list[int], max_body: int

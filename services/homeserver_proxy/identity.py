@@ -15,12 +15,28 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
+import aiohttp
+
 from homeserver_proxy.asgi import Scope
 
 log = logging.getLogger(__name__)
 
 Resolve = Callable[[str, str], Awaitable[str | None]]  # (upstream, token) -> user id
 OnUser = Callable[[str], None]
+
+
+async def whoami(session: aiohttp.ClientSession, upstream: str, token: str) -> str | None:
+    """The user an access token belongs to, or None if the homeserver refuses it."""
+    async with session.get(
+        upstream + "/_matrix/client/v3/account/whoami",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=aiohttp.ClientTimeout(total=10, sock_connect=5),
+    ) as response:
+        if response.status != 200:
+            return None
+        payload = await response.json(content_type=None)
+    user = payload.get("user_id") if isinstance(payload, dict) else None
+    return user if isinstance(user, str) else None
 
 
 def access_token(scope: Scope) -> str | None:

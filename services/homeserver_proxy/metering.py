@@ -1,25 +1,22 @@
-"""In-memory usage counters flushed as batches to a Redis Stream (no round trip per request).
+"""What a forwarded exchange bills, counted in memory and flushed as batches to a Redis Stream
+(no round trip per request).
+
+``ExchangeMeter.record`` is the one call per forwarded client exchange: it reads the billable
+facts (``billable``) and the active user (``identity``) and counts them in a ``UsageMeter``.
 
 Each flush drains the counters into a batch with a unique id. A batch that cannot be written
 stays queued (same id) and is retried on the next tick, so a Redis hiccup loses nothing and the
 consumer's batch-id check makes a retried write harmless. ``kill -9`` loses at most the counts
 of the current interval (``C3_USAGE_FLUSH_INTERVAL_S``, 1 s by default).
 
-Batch payload (version 2), all times UTC epoch seconds::
-
-    {"v": 2, "ts": <window start>,
-     "usage":  [[tenant_id, hour_start, meter, quantity], ...],        # summable counters
-     "events": [[tenant_id, meter, natural_id, quantity, ts], ...]}    # counted once per id
-
-Events are messages and calls (natural id = event_id), uploads (the mxc URI, quantity =
-bytes) and monthly active users (``"2026-11|@alice:acme"``).
+The batch format (version 2: summed counters per tenant and UTC hour, and billable events
+counted once per natural id) is ``platform_core.usage_batch``, shared with the consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -31,8 +28,15 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
+from homeserver_proxy import billable
+from homeserver_proxy.asgi import Scope
+from homeserver_proxy.billable import Kind
+from homeserver_proxy.forwarding import ForwardResult
+from homeserver_proxy.identity import TokenUsers, access_token
+from platform_core import usage_batch
 from platform_core.models.usage import Meter
 from platform_core.redis import RedisKeys
+from platform_core.routes import Route
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +131,99 @@ class UsageMeter:
         window_start, self._window_start = self._window_start, self._clock()
         if not hours and not events:
             return None
-        usage: list[list[object]] = []
+        usage: list[usage_batch.UsageRow] = []
         for (tenant_id, hour), counts in hours.items():
             for meter in _HourUsage.__slots__:
                 quantity = getattr(counts, meter)
                 if quantity:
-                    usage.append([tenant_id, hour, meter, quantity])
-        return {
-            "v": 2,
-            "ts": window_start,
-            "usage": usage,
-            "events": [
-                [tenant_id, meter, natural_id, quantity, ts]
+                    usage.append((tenant_id, hour, meter, quantity))
+        return usage_batch.new_batch(
+            window_start,
+            usage,
+            (
+                (tenant_id, meter, natural_id, quantity, ts)
                 for (tenant_id, meter, natural_id), (quantity, ts) in events.items()
-            ],
-        }
+            ),
+        )
+
+
+class ExchangeMeter:
+    """What one forwarded client exchange bills: requests and bytes always; billable events
+    and the active user only from a successful answer."""
+
+    def __init__(self, meter: UsageMeter, token_users: TokenUsers) -> None:
+        self._meter = meter
+        self._token_users = token_users
+
+    def record(
+        self, route: Route, scope: Scope, path: str, kind: Kind, result: ForwardResult
+    ) -> None:
+        """Count the exchange of ``scope`` (its raw ``path``, of ``kind`` from
+        ``billable.kind_of``) with the tenant of ``route``, which ended with ``result``."""
+        tenant = route.tenant_id
+        ok = 200 <= result.status < 300
+        self._meter.record_request(
+            tenant, result.bytes_in, result.bytes_out, media_egress=ok and kind is Kind.MEDIA_EGRESS
+        )
+        if not ok:
+            return
+        if kind is Kind.LOGIN:
+            self._signed_in(tenant, result)
+            return
+        self._record_events(tenant, path, kind, result)
+        token = access_token(scope)
+        if token is not None:
+            self._record_user(route, token, kind, result)
+
+    def _record_events(self, tenant: str, path: str, kind: Kind, result: ForwardResult) -> None:
+        """The billable events a successful answer (or request) names."""
+        meter = self._meter
+        if kind in (Kind.SEND, Kind.SEND_CALL_INVITE):
+            answer = billable.json_object(result.response_body)
+            if (event_id := billable.string_field(answer, "event_id")) is not None:
+                meter.record_event(tenant, Meter.MESSAGES, event_id)
+                if kind is Kind.SEND_CALL_INVITE:
+                    meter.record_event(tenant, Meter.CALLS, event_id)
+        elif kind is Kind.RTC_MEMBER:
+            answer = billable.json_object(result.response_body)
+            event_id = billable.string_field(answer, "event_id")
+            if event_id is not None and billable.joins_call(result.request_body):
+                meter.record_event(tenant, Meter.CALLS, event_id)
+        elif kind is Kind.UPLOAD:
+            answer = billable.json_object(result.response_body)
+            if (uri := billable.string_field(answer, "content_uri")) is not None:
+                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
+        elif kind is Kind.UPLOAD_ASYNC:
+            if (uri := billable.async_upload_uri(path)) is not None:
+                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
+
+    def _signed_in(self, tenant: str, result: ForwardResult) -> None:
+        """A login or registration carried credentials, not a token: the answer names the
+        user of its new token."""
+        answer = billable.json_object(result.response_body)
+        user = billable.string_field(answer, "user_id")
+        new_token = billable.string_field(answer, "access_token")
+        if user is not None and new_token is not None:
+            self._token_users.remember(tenant, new_token, user)
+            self._meter.record_active_user(tenant, user)
+
+    def _record_user(self, route: Route, token: str, kind: Kind, result: ForwardResult) -> None:
+        """The token's user is active: known already, named by a whoami answer, or resolved
+        in the background (and counted at the time of this request)."""
+        tenant = route.tenant_id
+        meter = self._meter
+        user = self._token_users.get(tenant, token)
+        if user is None and kind is Kind.WHOAMI:
+            answer = billable.json_object(result.response_body)
+            if (user := billable.string_field(answer, "user_id")) is not None:
+                self._token_users.remember(tenant, token, user)
+        if user is not None:
+            meter.record_active_user(tenant, user)
+            return
+        at = meter.now()
+        self._token_users.resolve_later(
+            tenant, token, route.upstream, lambda found: meter.record_active_user(tenant, found, at)
+        )
 
 
 class UsageFlusher:
@@ -194,7 +276,7 @@ class UsageFlusher:
         if len(self._queue) >= _MAX_QUEUED_BATCHES:
             dropped_id, _ = self._queue.popleft()
             log.error("usage batch %s dropped: Redis unreachable for too long", dropped_id)
-        self._queue.append((uuid.uuid4().hex, json.dumps(payload, separators=(",", ":"))))
+        self._queue.append((uuid.uuid4().hex, usage_batch.encode(payload)))
 
     async def _write_queued(self) -> bool:
         while self._queue:

@@ -7,10 +7,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# Per-tenant limits each proxy instance enforces (plan limits ``proxy_*``). Generous: a busy
-# enterprise tenant stays well below them; they exist to stop a runaway client, not to ration.
-# Equal to the provisioner's DEFAULT_LIMITS; here they apply to routes published before the
-# fields existed.
+# Per-tenant limits each proxy instance enforces (plan limits ``proxy_*``), by default: the one
+# definition, used by the provisioner's default plan limits and for routes published before the
+# fields existed. Generous: a busy enterprise tenant stays well below them; they exist to stop a
+# runaway client, not to ration.
 DEFAULT_PROXY_RATE_PER_SECOND = 200.0
 DEFAULT_PROXY_RATE_BURST = 400
 DEFAULT_PROXY_MAX_CONCURRENT = 256
@@ -47,6 +47,11 @@ class Route:
         """The route-table fields under which this route is published."""
         return [host_field(self.server_name), slug_field(self.slug)]
 
+    def differs_from(self, payload: str | bytes) -> set[str]:
+        """The fields of this route that a published ``payload`` has otherwise (or lacks)."""
+        published: dict[str, Any] = json.loads(payload)
+        return {k for k, v in asdict(self).items() if published.get(k) != v}
+
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Route))
 
@@ -57,6 +62,20 @@ def host_field(host: str) -> str:
 
 def slug_field(slug: str) -> str:
     return f"slug:{slug}"
+
+
+def published_payloads(redis_client, keys, route: Route) -> list[bytes | None]:  # type: ignore[no-untyped-def]
+    """What is published under each of ``route``'s fields, as stored (None where nothing is);
+    equal to ``route.to_json().encode()`` where the published route is current."""
+    return [redis_client.hget(keys.routes, field) for field in route.fields()]
+
+
+def is_published(redis_client, keys, *, server_name: str, slug: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether anything is published under the server name or the slug."""
+    return bool(
+        redis_client.hexists(keys.routes, host_field(server_name))
+        or redis_client.hexists(keys.routes, slug_field(slug))
+    )
 
 
 def publish_route(redis_client, keys, route: Route) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,6 @@ pass's counts, end time and duration are added to the platform metrics (``GET /m
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -33,7 +32,7 @@ from platform_core.db import task_session
 from platform_core.metrics import ReconcileAction, record_reconcile_run
 from platform_core.models import AuditEvent, TenantStatus, utcnow
 from platform_core.operation_history import OperationEvent
-from platform_core.routes import Route, host_field, slug_field
+from platform_core.routes import Route, is_published, published_payloads
 from provisioner import repository, steps
 from provisioner.lease import Lease
 
@@ -170,17 +169,15 @@ def _route_drift(ctx: steps.Context, route: Route) -> dict[str, Any] | None:
     """How the published route differs from ``route`` (None: it does not). Names the fields,
     not their values: upstream addresses are the platform's business, not the tenant's."""
     wanted = route.to_json().encode()
-    published = [ctx.redis.hget(ctx.keys.routes, f) for f in route.fields()]
+    published = published_payloads(ctx.redis, ctx.keys, route)
     if all(value == wanted for value in published):
         return None
     present = [value for value in published if value is not None]
     if len(present) < len(published):
         return {"observed": "route missing", "desired": f"route published ({route.status})"}
-    desired = json.loads(wanted)
     fields: set[str] = set()
     for value in present:
-        seen = json.loads(value)
-        fields |= {k for k in desired if seen.get(k) != desired[k]}
+        fields |= route.differs_from(value)
     return {
         "observed": "route stale",
         "desired": f"route published ({route.status})",
@@ -277,9 +274,7 @@ def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> N
                 "desired": "archives purged after the retention period",
             },
         )
-    if ctx.redis.hexists(ctx.keys.routes, host_field(server_name)) or ctx.redis.hexists(
-        ctx.keys.routes, slug_field(slug)
-    ):
+    if is_published(ctx.redis, ctx.keys, server_name=server_name, slug=slug):
         with task_session() as session:
             tenant = repository.get_tenant(session, tenant_id)
             assert tenant is not None

@@ -29,6 +29,11 @@ from platform_core.homeserver_settings import (
 )
 from platform_core.outbound import OUTBOUND_BLOCKED_NETWORKS
 from platform_core.private_files import write_private
+from platform_core.routes import (
+    DEFAULT_PROXY_MAX_CONCURRENT,
+    DEFAULT_PROXY_RATE_BURST,
+    DEFAULT_PROXY_RATE_PER_SECOND,
+)
 
 DEFAULT_LIMITS: dict[str, Any] = {
     "max_upload_size_bytes": DEFAULT_MAX_UPLOAD_SIZE_BYTES,
@@ -41,11 +46,10 @@ DEFAULT_LIMITS: dict[str, Any] = {
     "rc_joins_burst": 50,
     "rc_invites_per_second": 5.0,
     "rc_invites_burst": 50,
-    # Enforced by each proxy instance, not by Synapse; the same values as the Route defaults
-    # in platform_core.routes (tests/homeserver_proxy/test_limits.py keeps them equal).
-    "proxy_rate_per_second": 200.0,
-    "proxy_rate_burst": 400,
-    "proxy_max_concurrent": 256,
+    # Enforced by each proxy instance, not by Synapse: the Route defaults.
+    "proxy_rate_per_second": DEFAULT_PROXY_RATE_PER_SECOND,
+    "proxy_rate_burst": DEFAULT_PROXY_RATE_BURST,
+    "proxy_max_concurrent": DEFAULT_PROXY_MAX_CONCURRENT,
 }
 
 

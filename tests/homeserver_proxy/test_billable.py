@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from homeserver_proxy.billable import Kind, async_upload_uri, classify, joins_call
+from homeserver_proxy.billable import Kind, async_upload_uri, joins_call, kind_of
 from homeserver_proxy.identity import access_token
 
 ROOM = "/_matrix/client/v3/rooms/!r:acme"
@@ -34,7 +34,7 @@ ROOM = "/_matrix/client/v3/rooms/!r:acme"
 def test_requests_are_classified_like_synapse_routes_them(
     method: str, path: str, kind: Kind
 ) -> None:
-    assert classify(method, path) is kind
+    assert kind_of(method, path) is kind
 
 
 def test_an_async_upload_is_billed_under_its_mxc_uri() -> None:

@@ -10,8 +10,12 @@ import pytest
 
 from homeserver_proxy.errors import MatrixError
 from homeserver_proxy.limits import Admission, TenantLimiter, client_key
-from platform_core.routes import Route
-from provisioner.synapse_config import DEFAULT_LIMITS
+from platform_core.routes import (
+    DEFAULT_PROXY_MAX_CONCURRENT,
+    DEFAULT_PROXY_RATE_BURST,
+    DEFAULT_PROXY_RATE_PER_SECOND,
+    Route,
+)
 
 ROUTE = Route(
     tenant_id="t1",
@@ -130,9 +134,9 @@ def test_routes_published_before_the_limits_existed_get_the_defaults() -> None:
     }
     route = Route.from_json(json.dumps(old))
     assert (route.rate_per_second, route.rate_burst, route.max_concurrent) == (
-        DEFAULT_LIMITS["proxy_rate_per_second"],
-        DEFAULT_LIMITS["proxy_rate_burst"],
-        DEFAULT_LIMITS["proxy_max_concurrent"],
+        DEFAULT_PROXY_RATE_PER_SECOND,
+        DEFAULT_PROXY_RATE_BURST,
+        DEFAULT_PROXY_MAX_CONCURRENT,
     )
     # And a route from a newer provisioner, with a field this proxy does not know, still loads.
     newer = json.loads(ROUTE.to_json()) | {"some_future_limit": 3}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,20 +24,9 @@ from platform_core.models import (
     UsageCounter,
     UsageReconciliation,
 )
+from platform_core.usage_batch import UsageEvent
 
 _SQLITE_CHUNK = 500
-
-
-class NewEvent(NamedTuple):
-    tenant_id: uuid.UUID
-    meter: str
-    natural_id: str
-    quantity: int
-    ts: float  # UTC epoch seconds
-
-    @property
-    def occurred_at(self) -> datetime:
-        return datetime.fromtimestamp(self.ts, UTC)
 
 
 def _range(statement: Any, start: datetime | None, end: datetime | None) -> Any:
@@ -137,7 +126,7 @@ _PG_ADD_EVENTS = text(
 HourKey = tuple[uuid.UUID, str, datetime]
 
 
-def add_billable_events(session: Session, events: list[NewEvent]) -> dict[HourKey, int]:
+def add_billable_events(session: Session, events: list[UsageEvent]) -> dict[HourKey, int]:
     """Insert the events whose natural id was never seen; returns the new quantity per
     (tenant, meter, UTC hour)."""
     if not events:

@@ -21,7 +21,8 @@ from platform_core.db import task_session
 from platform_core.metrics import park_dead_letters
 from platform_core.redis import RedisKeys, keys_for
 from platform_core.settings import get_settings
-from tenant_api.usage.service import MalformedBatch, ParsedBatch, apply_batches, parse_batch
+from platform_core.usage_batch import MalformedBatch, ParsedBatch, decode
+from tenant_api.usage.service import apply_batches
 
 log = logging.getLogger(__name__)
 app = celery_app()
@@ -104,7 +105,7 @@ def _apply_entries(
         try:
             batch_id = fields[b"batch_id"].decode()
             source = fields.get(b"source", b"?").decode()
-            parsed.append((batch_id, source, parse_batch(fields[b"payload"].decode())))
+            parsed.append((batch_id, source, decode(fields[b"payload"].decode())))
             done_ids.append(entry_id)
         except (KeyError, UnicodeDecodeError, MalformedBatch) as exc:
             # Retrying cannot fix it: park it for a human instead of blocking the stream.
