@@ -232,18 +232,8 @@ class IdempotencyMiddleware:
         if owner is None:  # not authenticated: the route itself answers 401
             await self.app(scope, _replay_receive(body), send)
             return
-        fingerprint = hashlib.sha256(
-            b"\0".join(
-                [
-                    scope["method"].encode(),
-                    scope["path"].encode(),
-                    scope.get("query_string", b""),
-                    body,
-                ]
-            )
-        ).hexdigest()
         try:
-            claimed = await _claim(owner, key, fingerprint)
+            claimed = await _claim(owner, key, _fingerprint(scope, body))
         except DATABASE_UNAVAILABLE:
             await _unavailable(send)
             return
@@ -251,11 +241,7 @@ class IdempotencyMiddleware:
             await _replay(send, claimed)
             return
         if claimed is not None:
-            status, detail = claimed
-            if status == 409:
-                await _problem(send, 409, "Conflict", detail, type_slug="conflict")
-            else:
-                await _problem(send, status, "Invalid request", detail, type_slug="invalid-request")
+            await _refuse_claim(send, *claimed)
             return
 
         captured: dict[str, Any] = {"status": 500, "headers": [], "body": b""}
@@ -272,6 +258,20 @@ class IdempotencyMiddleware:
             await self.app(scope, _replay_receive(body), capture)
         finally:
             await _settle(owner, key, captured)
+
+
+def _fingerprint(scope: Scope, body: bytes) -> str:
+    """What "the same request" means for an Idempotency-Key: method, path, query and body."""
+    parts = [scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b""), body]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+async def _refuse_claim(send: Any, status: int, detail: str) -> None:
+    """The key is in use by a request still running (409) or by a different request (422)."""
+    if status == 409:
+        await _problem(send, 409, "Conflict", detail, type_slug="conflict")
+    else:
+        await _problem(send, status, "Invalid request", detail, type_slug="invalid-request")
 
 
 async def _read_body(receive: Any, limit: int) -> bytes | None:
