@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.platform import RunningPlatform, start_platform
+from tests.helpers.platform import RunningPlatform, start_platform
 
 
 def exit_on_sigterm(signum: int, frame: object) -> None:

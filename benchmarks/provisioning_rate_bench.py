@@ -48,7 +48,7 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
-from tests.platform import RunningPlatform, poll  # noqa: E402
+from tests.helpers.platform import RunningPlatform, poll  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -64,7 +64,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
 from c3.local_run import free_port  # noqa: E402
-from tests.platform import RunningPlatform, poll  # noqa: E402
+from tests.helpers.platform import RunningPlatform, poll  # noqa: E402
 
 BASE_DOMAIN = "c3.bench"
 USERNAME = "bench"

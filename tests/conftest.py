@@ -10,39 +10,22 @@ import os
 import secrets
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from c3.local_run import EmbeddedRedis
 from platform_core.db import sync_engine
 from platform_core.migrate import upgrade
 from platform_core.settings import get_settings
-from tests.platform import RunningPlatform, start_platform
-
-OPERATOR_TOKEN = "c3op_test_" + secrets.token_urlsafe(16)
-
-
-def _create_postgres_database(base_url: str) -> tuple[str, str]:
-    url = make_url(base_url).set(drivername="postgresql+psycopg")
-    name = f"c3_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False), name
-
-
-def _drop_postgres_database(base_url: str, name: str) -> None:
-    url = make_url(base_url).set(drivername="postgresql+psycopg")
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+from tests.helpers.environment import (
+    OPERATOR_TOKEN,
+    clear_namespace,
+    fresh_database,
+    isolated_platform,
+)
+from tests.helpers.platform import RunningPlatform
 
 
 @pytest.fixture(scope="session")
@@ -59,21 +42,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
     yield embedded.start()
     embedded.stop()
-
-
-@contextmanager
-def fresh_database(directory: Path) -> Iterator[str]:
-    """A new, empty platform database on the test PostgreSQL (or a SQLite file)."""
-    external = os.environ.get("C3_TEST_DATABASE_URL")
-    if external:
-        url, name = _create_postgres_database(external)
-        try:
-            yield url
-        finally:
-            _drop_postgres_database(external, name)
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    yield f"sqlite:///{directory / f'platform-{uuid.uuid4().hex[:8]}.db'}"
 
 
 @pytest.fixture(scope="session")
@@ -116,41 +84,6 @@ def redis_client(platform_env: dict[str, str]) -> Iterator[redis.Redis]:
     yield client
     client.close()
     clear_namespace(platform_env["C3_REDIS_URL"], platform_env["C3_REDIS_NAMESPACE"])
-
-
-def clear_namespace(url: str, namespace: str) -> None:
-    """Remove every key a test run wrote (its namespace and the per-test ones under it)."""
-    client = redis.Redis.from_url(url)
-    for key in client.scan_iter(match=f"{namespace}*", count=1000):
-        client.delete(key)
-    client.close()
-
-
-def auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-
-
-@contextmanager
-def isolated_platform(
-    platform_env: dict[str, str], data_dir: Path, **settings: str
-) -> Iterator[RunningPlatform]:
-    """The whole platform (`c3 up`) on the test PostgreSQL (or SQLite) and Redis with its own
-    database and Redis namespace (so work queued by in-process tests never reaches its
-    worker) and ``settings`` (C3_* variables) on top; stopped and cleaned up afterwards."""
-    with fresh_database(data_dir) as url:
-        env = {
-            **platform_env,
-            "C3_DATABASE_URL": url,
-            "C3_REDIS_NAMESPACE": f"c3e{uuid.uuid4().hex[:10]}",
-            **settings,
-        }
-        env.pop("C3_OPERATOR_TOKEN")
-        running = start_platform(env, data_dir, OPERATOR_TOKEN)
-        try:
-            yield running
-        finally:
-            running.stop()
-            clear_namespace(env["C3_REDIS_URL"], env["C3_REDIS_NAMESPACE"])
 
 
 @pytest.fixture(scope="session")

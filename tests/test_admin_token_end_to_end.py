@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.platform import RunningPlatform
+from tests.helpers.platform import RunningPlatform
 
 pytestmark = pytest.mark.e2e
 

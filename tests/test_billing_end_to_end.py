@@ -18,8 +18,8 @@ import redis
 
 from c3.local_run import free_port
 from provisioner.backends.local import LocalBackend
-from tests.platform import RunningPlatform, poll, start_proxy
-from tests.test_end_to_end import login, usage_of
+from tests.helpers.matrix import login, usage_of
+from tests.helpers.platform import RunningPlatform, poll, start_proxy
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,6 @@ import io
 import json
 import socket
 import uuid
-from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
@@ -18,31 +17,10 @@ import nio
 import psutil
 import pytest
 
-from tests.platform import RunningPlatform, poll
+from tests.helpers.matrix import login, synapse_processes, usage_of
+from tests.helpers.platform import RunningPlatform, poll
 
 pytestmark = pytest.mark.e2e
-
-
-def synapse_processes(config: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(config) in (proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
-
-
-async def login(base_url: str, user_id: str, password: str) -> nio.AsyncClient:
-    client = nio.AsyncClient(base_url, user_id)
-    response = await client.login(password)
-    assert isinstance(response, nio.LoginResponse), response
-    return client
-
-
-def usage_of(platform: RunningPlatform, tenant_id: str) -> dict[str, int]:
-    with platform.api() as api:
-        response = api.get(f"/v1/tenants/{tenant_id}/usage")
-        assert response.status_code == 200, response.text
-        return response.json()["totals"]
 
 
 async def test_tenant_lifecycle_with_real_client(platform: RunningPlatform) -> None:

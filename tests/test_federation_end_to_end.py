@@ -9,8 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.platform import RunningPlatform, poll
-from tests.test_lifecycle_end_to_end import wait_operation
+from tests.helpers.platform import RunningPlatform, poll, wait_operation
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import isolated_platform
-from tests.platform import RunningPlatform, poll
+from tests.helpers.environment import isolated_platform
+from tests.helpers.platform import RunningPlatform, poll
 
 pytestmark = pytest.mark.e2e
 

@@ -8,27 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
 
 import httpx
 import nio
 import pytest
 
-from tests.platform import RunningPlatform, poll
-from tests.test_end_to_end import login, synapse_processes
+from tests.helpers.matrix import login, synapse_processes
+from tests.helpers.platform import RunningPlatform, poll, wait_operation
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_operation(platform: RunningPlatform, url: str, timeout: float = 90) -> dict[str, Any]:
-    with platform.api() as api:
-
-        def done() -> dict[str, Any] | None:
-            operation = api.get(url).json()
-            assert operation["state"] != "failed", operation
-            return operation if operation["state"] == "succeeded" else None
-
-        return poll(done, timeout=timeout, what=f"operation {url} to succeed")
 
 
 async def test_suspend_keeps_everything_and_resume_brings_it_back(

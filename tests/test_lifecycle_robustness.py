@@ -33,8 +33,8 @@ from psycopg.conninfo import make_conninfo
 
 from c3.local_run import EmbeddedRedis
 from provisioner import tenant_databases
-from tests.conftest import isolated_platform
-from tests.platform import RunningPlatform, poll
+from tests.helpers.environment import isolated_platform
+from tests.helpers.platform import RunningPlatform, poll
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from platform_core.db import make_sync_engine
 from platform_core.migrate import DatabaseNotMigrated, assert_migrated, upgrade
 from platform_core.models import Plan
-from tests.conftest import fresh_database
+from tests.helpers.environment import fresh_database
 
 
 def test_an_empty_database_is_refused_with_a_clear_message(

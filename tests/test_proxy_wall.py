@@ -34,7 +34,7 @@ import redis
 from c3.local_run import free_port
 from platform_core.redis import RedisKeys
 from platform_core.routes import Route, publish_route, slug_field, withdraw_route
-from tests.platform import RunningPlatform, poll, start_proxy
+from tests.helpers.platform import RunningPlatform, poll, start_proxy
 
 pytestmark = pytest.mark.e2e
 

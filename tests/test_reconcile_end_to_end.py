@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from platform_core.metrics import ReconcileStats
 from platform_core.migrate import upgrade
 from platform_core.redis import RedisKeys
-from tests.conftest import clear_namespace, fresh_database
-from tests.platform import RunningPlatform, poll
-from tests.test_end_to_end import synapse_processes
+from tests.helpers.environment import clear_namespace, fresh_database
+from tests.helpers.matrix import synapse_processes
+from tests.helpers.platform import RunningPlatform, poll
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from platform_core.db import make_sync_engine
 from platform_core.models import Operation, OperationKind
 from provisioner.backends.fake import CONFIG_NAME
-from tests.conftest import isolated_platform
-from tests.platform import poll
+from tests.helpers.environment import isolated_platform
+from tests.helpers.platform import poll
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from platform_core.crypto import SecretBox
 from platform_core.db import driver_url
 from platform_core.models import Homeserver, Tenant, TenantStatus
-from tests.platform import RunningPlatform
+from tests.helpers.platform import RunningPlatform
 
 pytestmark = pytest.mark.e2e
 

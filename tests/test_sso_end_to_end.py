@@ -32,9 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from jose import jwk, jwt
 
-from tests.conftest import isolated_platform
-from tests.platform import RunningPlatform, poll
-from tests.test_lifecycle_end_to_end import wait_operation
+from tests.helpers.environment import isolated_platform
+from tests.helpers.platform import RunningPlatform, poll, wait_operation
 
 pytestmark = pytest.mark.e2e
 

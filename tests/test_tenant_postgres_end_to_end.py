@@ -26,15 +26,10 @@ from sqlalchemy.engine import make_url
 
 from provisioner import tenant_databases
 from provisioner.backends.local import LocalBackend
-from tests.conftest import isolated_platform
-from tests.platform import RunningPlatform, poll
-from tests.test_end_to_end import login
-from tests.test_export_end_to_end import (
-    assert_serves_the_export,
-    export_filled_tenant,
-    restored_synapse,
-)
-from tests.test_lifecycle_end_to_end import wait_operation
+from tests.helpers.environment import isolated_platform
+from tests.helpers.exports import assert_serves_the_export, export_filled_tenant, restored_synapse
+from tests.helpers.matrix import login
+from tests.helpers.platform import RunningPlatform, poll, wait_operation
 
 ADMIN_URL = os.environ.get("C3_TEST_DATABASE_URL", "")
 pytestmark = [

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import redis
 
-from tests.platform import poll, start_platform
+from tests.helpers.platform import poll, start_platform
 
 pytestmark = pytest.mark.e2e
 

@@ -47,8 +47,8 @@ from provisioner.lease import Lease
 from provisioner.synapse_config import HomeserverSecrets, HomeserverSpec, write_homeserver_files
 from tenant_api import access_log
 from tenant_api.exports import links, service
-from tests.factories import make_tenant
-from tests.platform import poll
+from tests.helpers.factories import make_tenant
+from tests.helpers.platform import poll
 
 MEDIA = {"local_content/ab/cd/efgh": b"\x89PNG fake image", "local_thumbnails/ab/cd/x/32": b"t"}
 

@@ -16,7 +16,7 @@ from platform_core.synapse_admin import SynapseAdminClient, login_with_password
 from provisioner.backends.base import HomeserverTarget
 from provisioner.backends.fake import FakeBackend
 from provisioner.synapse_config import HomeserverSecrets
-from tests.platform import poll
+from tests.helpers.platform import poll
 
 PASSWORD = "fake-admin-pass-1"
 

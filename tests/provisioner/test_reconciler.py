@@ -36,8 +36,8 @@ from provisioner import steps
 from provisioner.backends.fake import FakeBackend
 from provisioner.lease import Lease
 from provisioner.reconciler import reconcile_all
-from tests.conftest import clear_namespace, fresh_database
-from tests.factories import make_tenant
+from tests.helpers.environment import clear_namespace, fresh_database
+from tests.helpers.factories import make_tenant
 
 
 def _reset_engines() -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -9,18 +8,8 @@ import pytest
 
 from platform_core.settings import get_settings
 from tenant_api.main import create_app
-from tests.conftest import auth
-
-
-def client_address() -> str:
-    """A fresh client address (TEST-NET-2/benchmarking range): the API keeps failure budgets
-    per address, so each test gets its own budget."""
-    return f"198.18.{random.randrange(256)}.{random.randrange(1, 255)}"
-
-
-def api_client(app: object, address: str | None = None, **headers: str) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, client=(address or client_address(), 40000))  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers)
+from tests.helpers.api import api_client
+from tests.helpers.environment import auth
 
 
 @pytest.fixture

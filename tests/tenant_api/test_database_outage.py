@@ -12,7 +12,7 @@ import pytest
 from platform_core.db import async_engine, async_sessionmaker_
 from platform_core.settings import get_settings
 from tenant_api.main import create_app
-from tests.conftest import auth
+from tests.helpers.environment import auth
 
 
 def _reset() -> None:

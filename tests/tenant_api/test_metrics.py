@@ -9,8 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from platform_core.metrics import ReconcileAction, park_dead_letters, record_reconcile_run
 from platform_core.redis import keys_for
 from platform_core.settings import get_settings
-from tests.tenant_api.auth.test_accounts import bearer, new_tenant
-from tests.tenant_api.tenants.test_endpoints import assert_problem
+from tests.helpers.api import assert_problem, bearer, new_tenant
 
 
 async def scrape(api: httpx.AsyncClient, **kwargs: object) -> dict[tuple[str, str], float]:

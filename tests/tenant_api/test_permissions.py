@@ -35,7 +35,7 @@ from platform_core.settings import get_settings
 from tenant_api.exports import links
 from tenant_api.invoices import tasks as invoice_tasks
 from tenant_api.main import create_app
-from tests.tenant_api.tenants.test_endpoints import slug
+from tests.helpers.api import slug
 
 PASSWORD = "correct horse battery"
 CALLERS = ("operator", "admin_a", "admin_b", "key_a_read", "key_a_write", "expired", "anonymous")

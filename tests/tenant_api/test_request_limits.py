@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from c3.local_run import free_port
-from tests.conftest import auth
-from tests.platform import poll
+from tests.helpers.environment import auth
+from tests.helpers.platform import poll
 
 MAX_BODY = 64 * 1024  # the API's C3_API_MAX_BODY_BYTES here
 HEADER_TIMEOUT_S = 1.0

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from c3.local_run import free_port
-from tests.conftest import OPERATOR_TOKEN
-from tests.platform import poll
+from tests.helpers.environment import OPERATOR_TOKEN
+from tests.helpers.platform import poll
 
 schemathesis_checks = [schemathesis.checks.not_a_server_error, response_schema_conformance]
 PASSWORD = "correct horse battery"

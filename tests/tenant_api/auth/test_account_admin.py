@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.platform import poll_async
-from tests.tenant_api.auth.test_accounts import PASSWORD, bearer, email, new_tenant, sign_in
-from tests.tenant_api.tenants.test_endpoints import assert_problem
+from tests.helpers.api import PASSWORD, assert_problem, bearer, email, new_tenant, sign_in
+from tests.helpers.platform import poll_async
 
 NEW_PASSWORD = "a brand new passphrase"
 

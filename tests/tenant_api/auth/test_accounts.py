@@ -9,31 +9,7 @@ import httpx
 from typer.testing import CliRunner
 
 from c3.cli import app as cli
-from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
-
-PASSWORD = "correct horse battery"
-
-
-def email() -> str:
-    return f"u{uuid.uuid4().hex[:10]}@example.com"
-
-
-async def new_tenant(api: httpx.AsyncClient) -> dict:
-    response = await api.post("/v1/tenants", json={"slug": slug(), "display_name": "X"})
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
-async def sign_in(api: httpx.AsyncClient, user: str, password: str = PASSWORD) -> httpx.Response:
-    return await api.post(
-        "/v1/auth/token",
-        data={"grant_type": "password", "username": user, "password": password},
-        headers={"Authorization": ""},
-    )
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.helpers.api import PASSWORD, assert_problem, bearer, email, new_tenant, sign_in, slug
 
 
 async def test_a_tenant_admin_signs_in_and_sees_only_its_tenant(api: httpx.AsyncClient) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from platform_core.db import task_session
 from platform_core.models import IdempotentRequest, Tenant
-from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
+from tests.helpers.api import assert_problem, slug
 
 
 def tenants_named(name: str) -> int:

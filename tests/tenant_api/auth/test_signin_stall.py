@@ -13,9 +13,8 @@ import pytest
 
 from platform_core.auth import passwords
 from platform_core.settings import get_settings
-from tests.platform import poll_async
-from tests.tenant_api.auth.test_accounts import email, sign_in
-from tests.tenant_api.tenants.test_endpoints import assert_problem
+from tests.helpers.api import assert_problem, email, sign_in
+from tests.helpers.platform import poll_async
 
 
 async def wait_for(check: Callable[[], bool], what: str) -> None:

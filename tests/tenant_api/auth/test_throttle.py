@@ -12,10 +12,17 @@ import pytest
 from platform_core.auth.passwords import hashing_limiter
 from platform_core.settings import get_settings
 from tenant_api.main import create_app
-from tests.conftest import OPERATOR_TOKEN
-from tests.tenant_api.auth.test_accounts import PASSWORD, bearer, email, new_tenant, sign_in
-from tests.tenant_api.conftest import api_client, client_address
-from tests.tenant_api.tenants.test_endpoints import assert_problem
+from tests.helpers.api import (
+    PASSWORD,
+    api_client,
+    assert_problem,
+    bearer,
+    client_address,
+    email,
+    new_tenant,
+    sign_in,
+)
+from tests.helpers.environment import OPERATOR_TOKEN
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ from platform_core.models import (
 )
 from platform_core.settings import get_settings
 from tenant_api.main import create_app
-from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
-from tests.tenant_api.tenants.test_lifecycle import active_tenant
+from tests.helpers.api import active_tenant, assert_problem, slug
 
 ARCHIVE = b"\x1f\x8b pretend this is a tar.gz"
 

@@ -11,7 +11,7 @@ import httpx
 
 from platform_core.db import task_session
 from tenant_api.usage.repository import add_to_counters
-from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
+from tests.helpers.api import assert_problem, slug
 
 
 def plan_body(**overrides: object) -> dict[str, object]:

@@ -7,21 +7,7 @@ import uuid
 import httpx
 import pytest
 
-PROBLEM = "application/problem+json"
-
-
-def slug() -> str:
-    return f"co{uuid.uuid4().hex[:10]}"
-
-
-def assert_problem(response: httpx.Response, status: int, *needles: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    for needle in needles:
-        assert needle in body["detail"], body
-    return body
+from tests.helpers.api import assert_problem, slug
 
 
 async def test_create_returns_202_with_the_tenant_and_its_operation(api: httpx.AsyncClient) -> None:

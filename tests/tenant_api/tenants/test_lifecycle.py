@@ -9,18 +9,9 @@ import httpx
 import pytest
 
 from platform_core.db import task_session
-from platform_core.models import Operation, OperationState, Tenant, TenantStatus
+from platform_core.models import Operation, OperationState
 from platform_core.settings import get_settings
-from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
-
-
-async def active_tenant(api: httpx.AsyncClient) -> dict:
-    tenant = (await api.post("/v1/tenants", json={"slug": slug(), "display_name": "L"})).json()
-    with task_session() as session:
-        row = session.get(Tenant, uuid.UUID(tenant["id"]))
-        assert row is not None
-        row.status = TenantStatus.ACTIVE
-    return tenant
+from tests.helpers.api import active_tenant, assert_problem, plan_with_upload_limit, slug
 
 
 async def test_suspend_and_resume_are_operations_and_repeatable(api: httpx.AsyncClient) -> None:
@@ -40,22 +31,6 @@ async def test_a_provisioning_tenant_cannot_be_suspended(api: httpx.AsyncClient)
     assert_problem(
         await api.post(f"/v1/tenants/{tenant['id']}/suspend"), 409, "only an active tenant"
     )
-
-
-async def plan_with_upload_limit(api: httpx.AsyncClient, limit_bytes: int) -> str:
-    """A new EUR plan whose only limit is ``limit_bytes`` per upload; its code."""
-    code = f"up{uuid.uuid4().hex[:8]}"
-    created = await api.post(
-        "/v1/plans",
-        json={
-            "code": code,
-            "name": f"Uploads up to {limit_bytes} bytes",
-            "currency": "EUR",
-            "limits": {"max_upload_size_bytes": limit_bytes},
-        },
-    )
-    assert created.status_code == 201, created.text
-    return code
 
 
 async def test_a_plan_change_starts_a_reconfigure_operation(api: httpx.AsyncClient) -> None:

@@ -18,8 +18,7 @@ from platform_core.models import Operation, OperationKind, OperationState, Tenan
 from platform_core.settings import get_settings
 from tenant_api.access_log import RedactCredentials
 from tenant_api.kit import tasks as kit_tasks
-from tests.tenant_api.tenants.test_endpoints import assert_problem, slug
-from tests.tenant_api.tenants.test_lifecycle import active_tenant, plan_with_upload_limit
+from tests.helpers.api import active_tenant, assert_problem, plan_with_upload_limit, slug
 
 TURN_SECRET = "coturn-static-auth-secret-1"
 OIDC_SECRET = "oidc-client-secret-1"
@@ -433,7 +432,7 @@ async def test_an_operator_allowed_network_may_hold_the_issuer(
     those networks through; everything else stays refused."""
     from tenant_api.deps import settings_dep
     from tenant_api.main import create_app
-    from tests.conftest import auth
+    from tests.helpers.environment import auth
 
     allowed = get_settings().model_copy(
         update={"outbound_allowed_networks": [ipaddress.ip_network("127.0.0.1/32")]}

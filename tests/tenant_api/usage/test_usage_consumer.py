@@ -18,7 +18,7 @@ from platform_core.redis import RedisKeys
 from platform_core.settings import get_settings
 from tenant_api.invoices.repository import usage_between
 from tenant_api.usage import tasks
-from tests.factories import make_tenant
+from tests.helpers.factories import make_tenant
 
 
 def _totals(tenant_id: uuid.UUID) -> dict[str, int]:

@@ -203,3 +203,14 @@ def start_platform(env_overrides: dict[str, str], data_dir: Path, token: str) ->
 
     poll(ready, timeout=120, what="c3 up to report it is running")
     return running
+
+
+def wait_operation(platform: RunningPlatform, url: str, timeout: float = 90) -> dict[str, Any]:
+    with platform.api() as api:
+
+        def done() -> dict[str, Any] | None:
+            operation = api.get(url).json()
+            assert operation["state"] != "failed", operation
+            return operation if operation["state"] == "succeeded" else None
+
+        return poll(done, timeout=timeout, what=f"operation {url} to succeed")
