@@ -1,10 +1,12 @@
 """The lifecycle's transition tables: every legal move lands where the table says, every other
-one raises."""
+one raises — and no code outside ``platform_core.lifecycle`` moves a tenant or operation."""
 
 from __future__ import annotations
 
+import ast
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,8 @@ from platform_core.lifecycle import (
     TenantTransition,
 )
 from platform_core.models import Operation, OperationKind, OperationState, Tenant, TenantStatus
+
+SERVICES = Path(__file__).resolve().parents[2] / "services"
 
 
 def operation(state: OperationState, kind: OperationKind = OperationKind.PROVISION) -> Operation:
@@ -237,3 +241,148 @@ def test_the_exception_type_decides_what_follows_an_attempt(
     exc: Exception, outcome: Outcome
 ) -> None:
     assert lifecycle.outcome_of(exc) is outcome
+
+
+# The source: one home for state changes ------------------------------------------------
+
+
+def _modules() -> Iterator[tuple[Path, ast.AST]]:
+    for path in sorted(SERVICES.rglob("*.py")):
+        yield path, ast.parse(path.read_text(), filename=str(path))
+
+
+_LIFECYCLE_ENUMS = {"TenantStatus", "OperationState"}
+
+
+def _moves_lifecycle_state(node: ast.AST) -> bool:
+    """An assignment to some row's ``status``/``state`` that could be a tenant's or an
+    operation's: anything but another enum's member (an export's state) or ``self``'s own."""
+    targets: list[ast.expr] = []
+    value: ast.expr | None = None
+    if isinstance(node, ast.Assign):
+        targets, value = node.targets, node.value
+    elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+        targets, value = [node.target], node.value
+    for target in targets:
+        if not (isinstance(target, ast.Attribute) and target.attr in ("status", "state")):
+            continue
+        if isinstance(target.value, ast.Name) and target.value.id == "self":
+            continue
+        other_enum = (
+            isinstance(value, ast.Attribute)
+            and isinstance(value.value, ast.Name)
+            and value.value.id not in _LIFECYCLE_ENUMS
+            and value.value.id.endswith("State")
+        )
+        if not other_enum:
+            return True
+    return False
+
+
+def _sets_state_by_keyword(node: ast.AST) -> bool:
+    """``Tenant(status=…)``, ``Operation(state=…)``, ``….values(status=…)``, setattr."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+    if name == "setattr" and len(node.args) >= 2:
+        field = node.args[1]
+        return isinstance(field, ast.Constant) and field.value in ("status", "state")
+    keywords = {k.arg for k in node.keywords}
+    if name == "Tenant":
+        return "status" in keywords
+    if name == "Operation":
+        return "state" in keywords
+    if name == "values":
+        return bool(keywords & {"status", "state"})
+    return False
+
+
+def test_only_the_lifecycle_moves_tenants_and_operations() -> None:
+    offenders = [
+        f"{path.relative_to(SERVICES)}:{node.lineno}"  # type: ignore[attr-defined]
+        for path, tree in _modules()
+        if path != SERVICES / "platform_core" / "lifecycle.py"
+        for node in ast.walk(tree)
+        if _moves_lifecycle_state(node) or _sets_state_by_keyword(node)
+    ]
+    assert offenders == []
+
+
+def test_the_source_check_sees_a_state_write() -> None:
+    for code in (
+        "tenant.status = TenantStatus.ACTIVE",
+        "op.state = new",
+        "Tenant(slug='x', status=TenantStatus.ACTIVE)",
+        "update(Operation).values(state=OperationState.FAILED)",
+        "setattr(op, 'state', s)",
+    ):
+        node = ast.parse(code).body[0]
+        inner = node.value if isinstance(node, ast.Expr) else node
+        assert _moves_lifecycle_state(inner) or _sets_state_by_keyword(inner), code
+    assert not _moves_lifecycle_state(ast.parse("row.state = ExportState.READY").body[0])
+
+
+def _backend_classes() -> set[str]:
+    return {
+        node.name
+        for path, tree in _modules()
+        if (SERVICES / "provisioner" / "backends") in path.parents
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Backend")
+    }
+
+
+def test_no_caller_asks_which_backend_it_has() -> None:
+    backends = _backend_classes()
+    assert {"Backend", "LocalBackend", "FakeBackend"} <= backends
+    offenders = []
+    for path, tree in _modules():
+        if (SERVICES / "provisioner" / "backends") in path.parents:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance":
+                names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+                if names & backends:
+                    offenders.append(f"{path.relative_to(SERVICES)}:{node.lineno}")
+    assert offenders == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules: dict[str, Path] = {}
+    for path in SERVICES.rglob("*.py"):
+        parts = list(path.relative_to(SERVICES).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # function-level imports too
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    imported.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        graph[module] = {m for m in imported if m in modules and m != module}
+    return graph
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    graph = _import_graph()
+    circles: list[list[str]] = []
+
+    def visit(module: str, path: list[str], done: set[str]) -> None:
+        for imported in sorted(graph[module]):
+            if imported in path:
+                circles.append([*path[path.index(imported) :], imported])
+            elif imported not in done:
+                visit(imported, [*path, imported], done)
+        done.add(module)
+
+    finished: set[str] = set()
+    for module in sorted(graph):
+        if module not in finished:
+            visit(module, [module], finished)
+    assert circles == []
