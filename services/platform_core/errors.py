@@ -86,3 +86,17 @@ class TemporaryError(C3Error):
 
 class PermanentError(C3Error):
     """A step failed in a way that will not pass by retrying: the operation fails."""
+
+
+class IllegalTransition(PermanentError):
+    """A tenant or operation was asked to move where its lifecycle does not allow
+    (``platform_core.lifecycle``): retrying cannot help."""
+
+    status = 409
+    title = "Conflict"
+    type_slug = "conflict"
+
+
+class Superseded(C3Error):
+    """The tenant moved on (e.g. deleted while provisioning): the operation stops without
+    failing its tenant."""

@@ -83,7 +83,6 @@ from typing import IO, Any
 
 import yaml
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
 
 from platform_core.db import task_session
 from platform_core.errors import PermanentError, TemporaryError
@@ -98,9 +97,7 @@ from platform_core.models import (
 )
 from platform_core.private_files import create_private
 from platform_core.settings import Settings
-from provisioner import repository, steps, tenant_databases
-from provisioner.backends.local import LocalBackend
-from provisioner.lease import Lease
+from provisioner import tenant_databases
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +112,6 @@ _CHUNK = 1024 * 1024
 # gzip's own default. tarfile's 9 took twice as long for the same size: media (most of the
 # bytes) is compressed already.
 _GZIP_LEVEL = 6
-_RENEW_EVERY_S = 20.0
 _GONE = (TenantStatus.DELETING, TenantStatus.DELETED)
 # Work directories of exports that died (kill -9) are removed after this long.
 _STALE_WORK_AFTER = timedelta(hours=2)
@@ -184,96 +180,6 @@ class _Manifest:
             "files": dict(sorted(self.files.items())),
         }
         return json.dumps(body, indent=2).encode()
-
-
-# The operation body -------------------------------------------------------------------
-
-
-def export(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
-    """Make the export's archive unless it exists, then mark the export ready. A redelivered
-    task finds the finished archive (it is renamed into place only when complete) and makes
-    no second one."""
-    with task_session() as session:
-        row = _export_of(session, op_id)
-        if row.state is ExportState.READY:
-            return
-        if row.state is ExportState.EXPIRED:
-            raise PermanentError("this export expired already")
-        row.state = ExportState.PENDING  # a failed export that an operator retried
-        tenant = repository.get_tenant(session, row.tenant_id)
-        assert tenant is not None
-        if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
-            from provisioner.tasks import Superseded  # tasks imports this module
-
-            raise Superseded(f"a {tenant.status.value} tenant cannot be exported")
-        source = _source(session, ctx, tenant, row.id)
-    final = archive_path(ctx.settings, source.export_id)
-    if not final.exists():
-        build_archive(
-            source,
-            final,
-            admin_url=ctx.settings.tenant_database_url,
-            synapse_version=synapse_version(ctx.settings.synapse_python),
-            keep_alive=_renewer(lease),
-        )
-    size, digest = file_digest(final)
-    with task_session() as session:
-        row = _export_of(session, op_id)
-        row.state = ExportState.READY
-        row.path = str(final)
-        row.size_bytes = size
-        row.sha256 = digest
-        row.expires_at = utcnow() + timedelta(seconds=ctx.settings.export_link_ttl_s)
-    log.info("export %s of tenant %s ready (%d bytes)", source.export_id, source.tenant_id, size)
-
-
-def _export_of(session: Session, op_id: uuid.UUID) -> TenantExport:
-    row = session.scalars(select(TenantExport).where(TenantExport.operation_id == op_id)).first()
-    if row is None:
-        raise PermanentError(f"operation {op_id} has no export record")
-    return row
-
-
-def _source(
-    session: Session, ctx: steps.Context, tenant: Tenant, export_id: uuid.UUID
-) -> ExportSource:
-    if not isinstance(ctx.backend, LocalBackend):
-        raise PermanentError(f"exports are not available on the {ctx.backend.name} backend")
-    hs = repository.get_homeserver(session, tenant.id)
-    if hs is None or hs.secrets_encrypted is None:
-        raise PermanentError("the tenant has no homeserver to export")
-    homeserver_secrets = ctx.box.decrypt_json(hs.secrets_encrypted)
-    homeserver_secrets.pop("signing_key", None)  # exported on purpose, as signing.key
-    setting_secrets = (
-        ctx.box.decrypt_json(tenant.settings_secrets_encrypted)
-        if tenant.settings_secrets_encrypted
-        else {}
-    )
-    known = [*homeserver_secrets.values(), *setting_secrets.values()]
-    return ExportSource(
-        export_id=export_id,
-        tenant_id=tenant.id,
-        server_name=tenant.server_name,
-        data_dir=ctx.backend.tenant_dir(str(tenant.id)),
-        database_name=hs.database_name,
-        secrets=frozenset(v for v in known if isinstance(v, str) and len(v) >= 8),
-        platform_users=frozenset(
-            u for u in (hs.admin_user_id, f"@{steps.ADMIN_LOCALPART}:{tenant.server_name}") if u
-        ),
-    )
-
-
-def _renewer(lease: Lease) -> Callable[[], None]:
-    """Renews the tenant's lease now and then while a long archive is written."""
-    last = time.monotonic()
-
-    def keep_alive() -> None:
-        nonlocal last
-        if time.monotonic() - last >= _RENEW_EVERY_S:
-            lease.renew()
-            last = time.monotonic()
-
-    return keep_alive
 
 
 # The archive --------------------------------------------------------------------------

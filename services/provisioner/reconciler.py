@@ -26,12 +26,11 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from platform_core import operation_history
+from platform_core import lifecycle, operation_history
 from platform_core.celery import TASK_FOR_OPERATION_KIND, send_task
 from platform_core.db import task_session
 from platform_core.metrics import ReconcileAction, record_reconcile_run
 from platform_core.models import AuditEvent, TenantStatus, utcnow
-from platform_core.operation_history import OperationEvent
 from platform_core.routes import Route, is_published, published_payloads
 from provisioner import repository, steps
 from provisioner.lease import Lease
@@ -302,9 +301,7 @@ def _requeue_stuck_operations(ctx: steps.Context, run: Pass) -> None:
                 continue
             idle_since = op.updated_at
             # Recording the requeue also moves updated_at: not again before stuck_after.
-            operation_history.record(
-                op, OperationEvent.REQUEUED, detail="no worker had it; enqueued again"
-            )
+            lifecycle.requeue(op)
             requeue.append((TASK_FOR_OPERATION_KIND[op.kind.value], str(op.id)))
             run.record(
                 ReconcileAction.OPERATION_REQUEUED,

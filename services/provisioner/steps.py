@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -206,24 +205,12 @@ def wait_healthy(ctx: Context, target: HomeserverTarget) -> None:
             pass
         if not ctx.backend.is_running(target.tenant_id):
             raise TemporaryError(
-                "homeserver exited during start-up: " + _log_tail(ctx, target.tenant_id)
+                "homeserver exited during start-up: " + ctx.backend.log_tail(target.tenant_id)
             )
         time.sleep(0.1)
     raise TemporaryError(
         f"homeserver not healthy after {ctx.settings.homeserver_start_timeout_s:.0f}s"
     )
-
-
-def _log_tail(ctx: Context, tenant_id: str) -> str:
-    backend = ctx.backend
-    if not isinstance(backend, LocalBackend):
-        return "see the homeserver's logs"
-    path: Path = backend.tenant_dir(tenant_id) / "stdout.log"
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "no log"
-    return " | ".join(lines[-3:])[-500:] or "no output"
 
 
 # Admin --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from platform_core.crypto import SecretBox
 from platform_core.db import task_session
-from platform_core.errors import NotFound
+from platform_core.errors import NotFound, Superseded
 from platform_core.models import (
     ExportState,
     Homeserver,
@@ -44,6 +44,7 @@ from platform_core.settings import get_settings
 from provisioner import exports, steps
 from provisioner.backends.local import LocalBackend
 from provisioner.lease import Lease
+from provisioner.operations import export as export_operation
 from provisioner.synapse_config import HomeserverSecrets, HomeserverSpec, write_homeserver_files
 from tenant_api import access_log
 from tenant_api.exports import links, service
@@ -482,7 +483,7 @@ def test_a_redelivered_export_makes_no_second_archive(ctx: steps.Context) -> Non
     tenant_id, op_id, secrets = pending_export(ctx)
     lease = lease_for(ctx, tenant_id)
     try:
-        exports.export(ctx, op_id, lease)
+        export_operation.export(ctx, op_id, lease)
         first = export_row(op_id)
         assert first.state is ExportState.READY and first.path and first.expires_at
         archive = Path(first.path)
@@ -492,14 +493,14 @@ def test_a_redelivered_export_makes_no_second_archive(ctx: steps.Context) -> Non
         assert timedelta(seconds=ctx.settings.export_link_ttl_s - 60) < ttl
         made = archive.stat().st_ino, archive.stat().st_mtime_ns
 
-        exports.export(ctx, op_id, lease)  # delivered again after it finished
+        export_operation.export(ctx, op_id, lease)  # delivered again after it finished
         # ... and again after the archive was renamed into place but before the row said so
         with task_session() as session:
             row = session.scalars(
                 select(TenantExport).where(TenantExport.operation_id == op_id)
             ).one()
             row.state, row.sha256 = ExportState.PENDING, None
-        exports.export(ctx, op_id, lease)
+        export_operation.export(ctx, op_id, lease)
     finally:
         lease.release()
     again = export_row(op_id)
@@ -520,7 +521,7 @@ def test_expired_exports_lose_their_archive_and_failed_ones_are_recorded(
     tenant_id, op_id, _ = pending_export(ctx)
     lease = lease_for(ctx, tenant_id)
     try:
-        exports.export(ctx, op_id, lease)
+        export_operation.export(ctx, op_id, lease)
     finally:
         lease.release()
     archive = Path(export_row(op_id).path or "")
@@ -538,7 +539,7 @@ def test_expired_exports_lose_their_archive_and_failed_ones_are_recorded(
     deleted_id, deleted_op, _ = pending_export(ctx)
     lease = lease_for(ctx, deleted_id)
     try:
-        exports.export(ctx, deleted_op, lease)
+        export_operation.export(ctx, deleted_op, lease)
     finally:
         lease.release()
     with task_session() as session:
@@ -576,8 +577,6 @@ def test_a_scratch_copy_left_by_a_killed_export_is_dropped(ctx: steps.Context) -
 
 
 def test_only_an_exportable_tenant_is_exported(ctx: steps.Context) -> None:
-    from provisioner.tasks import Superseded
-
     tenant_id, op_id, _ = pending_export(ctx)
     with task_session() as session:
         tenant = session.get(Tenant, tenant_id)
@@ -586,7 +585,7 @@ def test_only_an_exportable_tenant_is_exported(ctx: steps.Context) -> None:
     lease = lease_for(ctx, tenant_id)
     try:
         with pytest.raises(Superseded):
-            exports.export(ctx, op_id, lease)
+            export_operation.export(ctx, op_id, lease)
     finally:
         lease.release()
     assert not exports.archive_path(ctx.settings, export_row(op_id).id).exists()

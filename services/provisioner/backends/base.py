@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from provisioner.synapse_config import HomeserverSecrets
@@ -86,6 +87,22 @@ class Backend(abc.ABC):
         """The homeserver's own record of billable usage, read from its database:
         ``messages`` (timeline events) and ``media_bytes`` (local uploads). None when the
         homeserver has no database yet."""
+
+    @abc.abstractmethod
+    def data_dir(self, tenant_id: str) -> Path | None:
+        """The homeserver's files (config, signing key, media; its SQLite database if it has
+        no PostgreSQL one) on this worker's filesystem, for exports; None when the backend
+        keeps them where a worker cannot read them as files."""
+
+    @abc.abstractmethod
+    def archive_dir(self) -> Path:
+        """Where a deleted tenant's data is archived; dumps of its database go beside, so
+        ``purge_archives`` removes them with it."""
+
+    @abc.abstractmethod
+    def log_tail(self, tenant_id: str) -> str:
+        """The last lines the homeserver wrote (why it exited during start-up), short
+        enough for an operation's error."""
 
     @abc.abstractmethod
     def purge_archives(self, tenant_id: str, *, older_than: datetime | None = None) -> int:

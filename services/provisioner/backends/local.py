@@ -178,6 +178,19 @@ class LocalBackend(Backend):
                 purged += 1
         return purged
 
+    def data_dir(self, tenant_id: str) -> Path:
+        return self.tenant_dir(tenant_id)
+
+    def archive_dir(self) -> Path:
+        return self.archive_root
+
+    def log_tail(self, tenant_id: str) -> str:
+        try:
+            text = (self.tenant_dir(tenant_id) / "stdout.log").read_text(errors="replace")
+        except OSError:
+            return "no log"
+        return " | ".join(text.strip().splitlines()[-3:])[-500:] or "no output"
+
     def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
         config = self._config_path(tenant_id)
         if not config.exists():

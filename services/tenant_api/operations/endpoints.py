@@ -6,11 +6,10 @@ import uuid
 
 from fastapi import APIRouter, Request
 
-from platform_core import operation_history as history
+from platform_core import lifecycle
 from platform_core.celery import TASK_FOR_OPERATION_KIND
 from platform_core.errors import Conflict, NotFound
 from platform_core.models import OperationState
-from platform_core.operation_history import OperationEvent
 from tenant_api.audit.service import record
 from tenant_api.deps import SessionDep, TenantsAdmin, TenantsRead
 from tenant_api.kit import tasks
@@ -43,10 +42,7 @@ async def retry_operation(
         raise Conflict(
             f"only a failed operation can be retried (this one is {operation.state.value})"
         )
-    operation.state = OperationState.PENDING
-    operation.attempts = 0
-    operation.finished_at = None
-    history.record(operation, OperationEvent.RETRY_REQUESTED)
+    lifecycle.retry_requested(operation)
     record(
         session,
         request,

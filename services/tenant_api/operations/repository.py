@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from platform_core import lifecycle
 from platform_core.auth import Principal
 from platform_core.models import Operation, OperationKind, OperationState, Tenant, utcnow
 from tenant_api.kit.scoping import scoped
@@ -29,14 +30,7 @@ class OperationRepository:
     async def start(
         self, tenant_id: uuid.UUID, kind: OperationKind, params: dict[str, Any] | None = None
     ) -> Operation:
-        operation = Operation(
-            tenant_id=tenant_id,
-            kind=kind,
-            state=OperationState.PENDING,
-            attempts=0,
-            steps_done=[],
-            params=params or {},
-        )
+        operation = lifecycle.start_operation(tenant_id, kind, params)
         self.session.add(operation)
         await self.session.flush()
         return operation

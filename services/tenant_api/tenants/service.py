@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import IntegrityError
 
+from platform_core import lifecycle
 from platform_core.auth import Principal
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, Forbidden, InvalidRequest
@@ -77,11 +78,10 @@ async def create_tenant(
     if await tenants.get_by_server_name(server_name) is not None:
         raise Conflict(f"server name '{server_name}' is already taken")
     now = utcnow()
-    tenant = Tenant(
+    tenant = lifecycle.new_tenant(
         slug=body.slug,
         display_name=body.display_name,
         server_name=server_name,
-        status=TenantStatus.PROVISIONING,
         plan_id=plan.id,
         created_at=now,
         updated_at=now,
@@ -214,5 +214,5 @@ async def delete_tenant(
     existing = await operations.unfinished_for(tenant.id, OperationKind.DEPROVISION)
     if existing is not None:
         return existing  # DELETE is idempotent: the deletion under way
-    tenant.status = TenantStatus.DELETING
+    lifecycle.begin_tenant_deletion(tenant)
     return await operations.start(tenant.id, OperationKind.DEPROVISION, {"purge": purge})
