@@ -24,6 +24,11 @@ def _private_files() -> None:
     os.umask(PRIVATE_UMASK)
 
 
+# The modules whose Celery tasks a worker runs: the lifecycle and reconcile (provisioner), the
+# usage consumer and invoice finalization (tenant_api). Composition is c3's job, so it is here.
+WORKER_TASK_MODULES = ("provisioner.tasks", "tenant_api.usage.tasks", "tenant_api.invoices.tasks")
+
+
 def _logging() -> None:
     logging.basicConfig(
         level=logging.INFO,
@@ -104,18 +109,6 @@ def api() -> None:
 @app.command()
 def proxy(
     metering: bool = typer.Option(True, help="Meter usage (off only for benchmarks)"),
-    header_timeout: float = typer.Option(
-        10.0,
-        envvar="C3_PROXY_HEADER_TIMEOUT_S",
-        min=0.1,
-        help="Seconds a client has to send a complete request head (slowloris guard)",
-    ),
-    body_timeout: float = typer.Option(
-        60.0,
-        envvar="C3_PROXY_BODY_TIMEOUT_S",
-        min=0.1,
-        help="Seconds a request body may stall between two reads before the client is cut off",
-    ),
 ) -> None:
     """Run the homeserver proxy (C3_PROXY_HOST:C3_PROXY_PORT)."""
     import uvicorn
@@ -134,7 +127,9 @@ def proxy(
         # httptools (llhttp) is the strict parser; the subclass adds the header and body
         # timeouts and the head size cap (platform_core.http_wall).
         http=guarded_protocol(
-            answers=MATRIX_ANSWERS, header_timeout=header_timeout, body_timeout=body_timeout
+            answers=MATRIX_ANSWERS,
+            header_timeout=settings.proxy_header_timeout_s,
+            body_timeout=settings.proxy_body_timeout_s,
         ),
         lifespan="on",
         access_log=False,
@@ -160,7 +155,9 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
     for chatty in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     _keep_our_logging()
-    celery_app().worker_main(
+    app = celery_app()
+    app.conf.include = WORKER_TASK_MODULES
+    app.worker_main(
         [
             "worker",
             "--loglevel=INFO",

@@ -16,7 +16,7 @@ import time
 import redis.asyncio as aioredis
 
 from platform_core.redis import RedisKeys
-from platform_core.routes import Route, host_field, slug_field
+from platform_core.routes import Route, host_field, read_route, read_routes, slug_field
 
 log = logging.getLogger(__name__)
 
@@ -83,31 +83,22 @@ class RouteTable:
         if missed_at is not None and now - missed_at < _MISS_TTL_S:
             return None
         try:
-            raw = await self._redis.hget(self._keys.routes, field)
+            route = await read_route(self._redis, self._keys, field)
         except aioredis.RedisError:
             log.warning("route lookup failed: Redis unavailable")
             return None
-        if raw is None:
+        if route is None:
             if len(self._misses) > 10_000:
                 self._misses.clear()
             self._misses[field] = now
             return None
-        route = Route.from_json(raw)
         self._routes[field] = route
         return route
 
     # Loading ---------------------------------------------------------------------------
 
     async def load(self) -> None:
-        raw = await self._redis.hgetall(self._keys.routes)
-        table: dict[str, Route] = {}
-        for field, payload in raw.items():
-            name = field.decode() if isinstance(field, bytes) else field
-            try:
-                table[name] = Route.from_json(payload)
-            except (ValueError, TypeError):
-                log.error("ignoring malformed route entry %s", name)
-        self._routes = table
+        self._routes = await read_routes(self._redis, self._keys)
         self._misses.clear()
 
     async def start(self) -> None:

@@ -33,8 +33,6 @@ TASK_FOR_OPERATION_KIND = {
     "export": TaskNames.EXPORT_TENANT,
 }
 
-TASK_MODULES = ["provisioner.tasks", "tenant_api.usage.tasks", "tenant_api.invoices.tasks"]
-
 
 def _config() -> dict[str, object]:
     """Celery configuration from C3 settings, read only when Celery first needs it (so task
@@ -91,7 +89,8 @@ def _config() -> dict[str, object]:
 
 @lru_cache(maxsize=1)
 def celery_app() -> Celery:
-    app = Celery("c3", include=TASK_MODULES)
+    # Which modules define tasks is wiring, not a shared contract: `c3 worker` names them.
+    app = Celery("c3")
     app.add_defaults(_config)
     return app
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from typing import Any
 DEFAULT_PROXY_RATE_PER_SECOND = 200.0
 DEFAULT_PROXY_RATE_BURST = 400
 DEFAULT_PROXY_MAX_CONCURRENT = 256
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,25 @@ def is_published(redis_client, keys, *, server_name: str, slug: str) -> bool:  #
         redis_client.hexists(keys.routes, host_field(server_name))
         or redis_client.hexists(keys.routes, slug_field(slug))
     )
+
+
+async def read_route(redis_client, keys, field: str) -> Route | None:  # type: ignore[no-untyped-def]
+    """The route published under ``field`` (async client: the proxy's hot path), if any."""
+    raw = await redis_client.hget(keys.routes, field)
+    return None if raw is None else Route.from_json(raw)
+
+
+async def read_routes(redis_client, keys) -> dict[str, Route]:  # type: ignore[no-untyped-def]
+    """Every published route by field (async client); a malformed entry is logged and left
+    out rather than hiding the others."""
+    table: dict[str, Route] = {}
+    for field, payload in (await redis_client.hgetall(keys.routes)).items():
+        name = field.decode() if isinstance(field, bytes) else field
+        try:
+            table[name] = Route.from_json(payload)
+        except (ValueError, TypeError):
+            log.error("ignoring malformed route entry %s", name)
+    return table
 
 
 def publish_route(redis_client, keys, route: Route) -> None:  # type: ignore[no-untyped-def]

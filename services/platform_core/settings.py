@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # plan or tenant settings, is a few KiB); a request head must arrive within the header
     # timeout, and a body may not stall longer than the body timeout between two reads.
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # `c3 proxy`: a client that has not sent its whole request head in time gets 408 and is
+    # closed (slowloris); a request body that stalls this long between reads is cut off.
+    proxy_header_timeout_s: float = Field(default=10.0, gt=0)
+    proxy_body_timeout_s: float = Field(default=60.0, gt=0)
     api_header_timeout_s: float = Field(default=10.0, gt=0)
     api_body_timeout_s: float = Field(default=60.0, gt=0)
     backend: BackendKind = BackendKind.LOCAL
