@@ -18,8 +18,7 @@ from fastapi.responses import FileResponse
 
 from platform_core.celery import TaskNames
 from platform_core.errors import NotFound
-from tenant_api.audit.service import record
-from tenant_api.deps import SessionDep, SettingsDep, TenantsWrite
+from tenant_api.deps import AuditDep, SessionDep, SettingsDep, TenantsWrite
 from tenant_api.errors import PROBLEM
 from tenant_api.exports import service
 from tenant_api.exports.repository import ExportRepository, get_for_download
@@ -57,6 +56,7 @@ async def export_tenant(
     session: SessionDep,
     principal: TenantsWrite,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> ExportAccepted:
     """Make a downloadable archive of the tenant's homeserver: database dump, media, signing
     key, config (the platform's operating secrets removed) and a manifest with every file's
@@ -70,18 +70,9 @@ async def export_tenant(
         tenant,
         ExportRepository(session, principal),
         OperationRepository(session, principal),
+        audit,
         max_kept=settings.exports_per_tenant_max,
     )
-    if new:
-        record(
-            session,
-            request,
-            principal,
-            "tenant.export",
-            "tenant_export",
-            export.id,
-            tenant_id=tenant.id,
-        )
     operation_state = operation.state
     if new:
         tasks.enqueue(session, TaskNames.EXPORT_TENANT, operation.id)

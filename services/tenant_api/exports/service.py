@@ -23,6 +23,7 @@ from platform_core.models import (
 from tenant_api.exports import links
 from tenant_api.exports.repository import ExportRepository
 from tenant_api.exports.schemas import ExportOut
+from tenant_api.kit.audit import AuditContext
 from tenant_api.operations.repository import OperationRepository
 
 EXPORTABLE = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
@@ -37,7 +38,12 @@ class Gone(C3Error):
 
 
 async def start_export(
-    tenant: Tenant, exports: ExportRepository, operations: OperationRepository, *, max_kept: int
+    tenant: Tenant,
+    exports: ExportRepository,
+    operations: OperationRepository,
+    audit: AuditContext,
+    *,
+    max_kept: int,
 ) -> tuple[TenantExport, Operation, bool]:
     """A new export (and its operation), or the one still being made: asking twice while an
     export runs does not make two archives. The flag says whether it is new. Each archive is a
@@ -65,6 +71,7 @@ async def start_export(
     operation = await operations.start(tenant.id, OperationKind.EXPORT)
     export = TenantExport(tenant_id=tenant.id, operation_id=operation.id, state=ExportState.PENDING)
     await exports.add(export)
+    audit.record("tenant.export", "tenant_export", export.id, tenant_id=tenant.id)
     return export, operation, True
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from platform_core import operation_history as history
 from platform_core.celery import TASK_FOR_OPERATION_KIND
 from platform_core.errors import Conflict, NotFound
 from platform_core.models import OperationState
 from platform_core.operation_history import OperationEvent
-from tenant_api.audit.service import record
-from tenant_api.deps import SessionDep, TenantsAdmin, TenantsRead
+from tenant_api.deps import AuditDep, SessionDep, TenantsAdmin, TenantsRead
 from tenant_api.kit import tasks
+from tenant_api.operations import service
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.operations.schemas import OperationOut
 
@@ -32,7 +32,7 @@ async def get_operation(
 
 @router.post("/{operation_id}/retry", response_model=OperationOut)
 async def retry_operation(
-    operation_id: uuid.UUID, request: Request, session: SessionDep, principal: TenantsAdmin
+    operation_id: uuid.UUID, session: SessionDep, principal: TenantsAdmin, audit: AuditDep
 ) -> OperationOut:
     """Run a failed operation again from where it stopped (its steps are idempotent), with a
     fresh attempt budget. Only failed operations can be retried."""
@@ -47,16 +47,7 @@ async def retry_operation(
     operation.attempts = 0
     operation.finished_at = None
     history.record(operation, OperationEvent.RETRY_REQUESTED)
-    record(
-        session,
-        request,
-        principal,
-        "operation.retry",
-        "operation",
-        operation.id,
-        tenant_id=operation.tenant_id,
-        details={"kind": operation.kind.value, "last_error": operation.last_error},
-    )
+    service.accept_retry(audit, operation)
     await session.flush()
     await session.refresh(operation)
     tasks.enqueue(session, TASK_FOR_OPERATION_KIND[operation.kind.value], operation.id)

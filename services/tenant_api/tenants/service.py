@@ -21,6 +21,7 @@ from platform_core.models import (
 )
 from platform_core.outbound import IPNetwork
 from platform_core.settings import Settings
+from tenant_api.kit.audit import AuditContext
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants import homeserver_settings
 from tenant_api.tenants.repository import TenantRepository
@@ -52,6 +53,7 @@ def to_out(tenant: Tenant, plan_code: str, settings: Settings) -> TenantOut:
 async def create_tenant(
     tenants: TenantRepository,
     operations: OperationRepository,
+    audit: AuditContext,
     body: TenantCreate,
     settings: Settings,
 ) -> tuple[Tenant, str, Operation]:
@@ -94,12 +96,20 @@ async def create_tenant(
         TenantPlanChange(tenant_id=tenant.id, plan_id=plan.id, effective_at=now)
     )
     operation = await operations.start(tenant.id, OperationKind.PROVISION)
+    audit.record(
+        "tenant.create",
+        "tenant",
+        tenant.id,
+        tenant_id=tenant.id,
+        details={"slug": tenant.slug, "plan": plan.code},
+    )
     return tenant, plan.code, operation
 
 
 async def update_tenant(
     tenants: TenantRepository,
     operations: OperationRepository,
+    audit: AuditContext,
     tenant: Tenant,
     body: TenantPatch,
     box: SecretBox,
@@ -127,6 +137,9 @@ async def update_tenant(
     plan, plan_changed = await _plan_after(tenants, tenant, body.plan)
     _check_open_registration(tenants.principal, tenant, body, plan)
     settings_changed = homeserver_settings.apply_patch(tenant, body, box, plan.limits or {})
+    audit.record(
+        "tenant.update", "tenant", tenant.id, tenant_id=tenant.id, details=body.audit_details()
+    )
     if not (plan_changed or settings_changed) or tenant.status not in (
         TenantStatus.ACTIVE,
         TenantStatus.SUSPENDED,
@@ -182,9 +195,12 @@ async def _plan_after(
     return new_plan, True
 
 
-async def suspend_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:
+async def suspend_tenant(
+    tenant: Tenant, operations: OperationRepository, audit: AuditContext
+) -> Operation:
     """Stop serving a tenant (e.g. unpaid): the proxy refuses its clients with a clear Matrix
     error, the homeserver stops, every byte of data is kept."""
+    audit.record("tenant.suspend", "tenant", tenant.id, tenant_id=tenant.id)
     existing = await operations.unfinished_for(tenant.id, OperationKind.SUSPEND)
     if existing is not None:
         return existing
@@ -195,7 +211,10 @@ async def suspend_tenant(tenant: Tenant, operations: OperationRepository) -> Ope
     return await operations.start(tenant.id, OperationKind.SUSPEND)
 
 
-async def resume_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:
+async def resume_tenant(
+    tenant: Tenant, operations: OperationRepository, audit: AuditContext
+) -> Operation:
+    audit.record("tenant.resume", "tenant", tenant.id, tenant_id=tenant.id)
     existing = await operations.unfinished_for(tenant.id, OperationKind.RESUME)
     if existing is not None:
         return existing
@@ -207,10 +226,13 @@ async def resume_tenant(tenant: Tenant, operations: OperationRepository) -> Oper
 
 
 async def delete_tenant(
-    tenant: Tenant, operations: OperationRepository, *, purge: bool = False
+    tenant: Tenant, operations: OperationRepository, audit: AuditContext, *, purge: bool = False
 ) -> Operation:
     if tenant.status is TenantStatus.DELETED:
         raise Conflict("tenant is already deleted")
+    audit.record(
+        "tenant.delete", "tenant", tenant.id, tenant_id=tenant.id, details={"purge": purge}
+    )
     existing = await operations.unfinished_for(tenant.id, OperationKind.DEPROVISION)
     if existing is not None:
         return existing  # DELETE is idempotent: the deletion under way
