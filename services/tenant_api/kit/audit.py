@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platform_core.models import AuditEvent
+from platform_core.audit import add_event
 
 
 def request_id(request: Request) -> str:
@@ -36,14 +36,13 @@ class AuditContext:
         tenant_id: uuid.UUID | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        self.session.add(
-            AuditEvent(
-                actor=self.actor,
-                action=action,
-                target_type=target_type,
-                target_id=str(target_id),
-                tenant_id=tenant_id,
-                request_id=self.request_id,
-                details=details or {},
-            )
+        add_event(
+            self.session,
+            actor=self.actor,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            request_id=self.request_id,
+            tenant_id=tenant_id,
+            details=details,
         )
