@@ -1,6 +1,6 @@
 """The tenant API's shape: SQL only in repositories (and the kit), commits only at the request
 boundary, one problem+json builder, domains that take shared things from the kit, and audit
-events recorded by the services that change state."""
+events recorded and tasks enqueued by the services that change state."""
 
 from __future__ import annotations
 
@@ -75,3 +75,14 @@ def test_services_record_audit_events_not_endpoints() -> None:
         if AUDIT_WRITE.search(line)
     ]
     assert recording == []
+
+
+def test_services_enqueue_their_tasks_not_endpoints() -> None:
+    enqueuing = [
+        f"{_relative(p)}:{n}"
+        for p in _sources()
+        if p.name == "endpoints.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if "enqueue(" in line
+    ]
+    assert enqueuing == []

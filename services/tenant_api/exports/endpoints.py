@@ -16,14 +16,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
-from platform_core.celery import TaskNames
 from platform_core.errors import NotFound
 from tenant_api.deps import AuditDep, SessionDep, SettingsDep, TenantsWrite
 from tenant_api.errors import PROBLEM
 from tenant_api.exports import service
 from tenant_api.exports.repository import ExportRepository, get_for_download
 from tenant_api.exports.schemas import ExportAccepted, ExportList, ExportOut
-from tenant_api.kit import tasks
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.tenants.schemas import OperationRef
@@ -66,7 +64,7 @@ async def export_tenant(
     expires."""
     # Locked until commit: two concurrent requests cannot both pass the cap.
     tenant = await TenantRepository(session, principal).get_or_404(tenant_id, for_update=True)
-    export, operation, new = await service.start_export(
+    export, operation = await service.start_export(
         tenant,
         ExportRepository(session, principal),
         OperationRepository(session, principal),
@@ -74,8 +72,6 @@ async def export_tenant(
         max_kept=settings.exports_per_tenant_max,
     )
     operation_state = operation.state
-    if new:
-        tasks.enqueue(session, TaskNames.EXPORT_TENANT, operation.id)
     url = absolute_url(request, "get_operation", operation_id=operation.id)
     response.headers["Location"] = url
     out = service.to_out(

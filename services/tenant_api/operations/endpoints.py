@@ -7,12 +7,10 @@ import uuid
 from fastapi import APIRouter
 
 from platform_core import operation_history as history
-from platform_core.celery import TASK_FOR_OPERATION_KIND
 from platform_core.errors import Conflict, NotFound
 from platform_core.models import OperationState
 from platform_core.operation_history import OperationEvent
 from tenant_api.deps import AuditDep, SessionDep, TenantsAdmin, TenantsRead
-from tenant_api.kit import tasks
 from tenant_api.operations import service
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.operations.schemas import OperationOut
@@ -47,8 +45,5 @@ async def retry_operation(
     operation.attempts = 0
     operation.finished_at = None
     history.record(operation, OperationEvent.RETRY_REQUESTED)
-    service.accept_retry(audit, operation)
-    await session.flush()
-    await session.refresh(operation)
-    tasks.enqueue(session, TASK_FOR_OPERATION_KIND[operation.kind.value], operation.id)
+    await service.accept_retry(session, audit, operation)
     return OperationOut.model_validate(operation)

@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from platform_core.auth import Principal
-from platform_core.celery import TaskNames
 from platform_core.crypto import SecretBox
 from platform_core.settings import Settings
 from tenant_api.deps import (
@@ -19,7 +18,6 @@ from tenant_api.deps import (
     TenantsRead,
     TenantsWrite,
 )
-from tenant_api.kit import tasks
 from tenant_api.kit.audit import AuditContext
 from tenant_api.kit.pagination import decode_cursor, encode_cursor
 from tenant_api.operations.repository import OperationRepository
@@ -60,7 +58,6 @@ async def create_tenant(
     tenant, plan_code, operation = await service.create_tenant(
         tenants, OperationRepository(session, principal), audit, body, settings
     )
-    tasks.enqueue(session, TaskNames.PROVISION_TENANT, operation.id)
     return _accepted(request, response, service.to_out(tenant, plan_code, settings), operation.id)
 
 
@@ -129,8 +126,6 @@ async def update_tenant(
         response.headers["Location"] = absolute_url(
             request, "get_operation", operation_id=operation.id
         )
-        if new_operation:  # a pending one joined was enqueued when it was made
-            tasks.enqueue(session, TaskNames.RECONFIGURE_TENANT, operation.id)
     return service.to_out(tenant, plan_code, settings)
 
 
@@ -157,7 +152,6 @@ async def delete_tenant(
     )
     codes = await tenants.plan_codes({tenant.plan_id})
     out = service.to_out(tenant, codes[tenant.plan_id], settings)
-    tasks.enqueue(session, TaskNames.DEPROVISION_TENANT, operation.id)
     return _accepted(request, response, out, operation.id)
 
 
@@ -176,13 +170,10 @@ async def _lifecycle(
     operations = OperationRepository(session, principal)
     if action == "suspend":
         operation = await service.suspend_tenant(tenant, operations, audit)
-        task = TaskNames.SUSPEND_TENANT
     else:
         operation = await service.resume_tenant(tenant, operations, audit)
-        task = TaskNames.RESUME_TENANT
     codes = await tenants.plan_codes({tenant.plan_id})
     out = service.to_out(tenant, codes[tenant.plan_id], settings)
-    tasks.enqueue(session, task, operation.id)
     return _accepted(request, response, out, operation.id)
 
 

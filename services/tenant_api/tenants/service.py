@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import IntegrityError
 
 from platform_core.auth import Principal
+from platform_core.celery import TaskNames
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, Forbidden, InvalidRequest
 from platform_core.homeserver_settings import RegistrationPolicy, registration_policy
@@ -21,6 +22,7 @@ from platform_core.models import (
 )
 from platform_core.outbound import IPNetwork
 from platform_core.settings import Settings
+from tenant_api.kit import tasks
 from tenant_api.kit.audit import AuditContext
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants import homeserver_settings
@@ -103,6 +105,7 @@ async def create_tenant(
         tenant_id=tenant.id,
         details={"slug": tenant.slug, "plan": plan.code},
     )
+    tasks.enqueue(operations.session, TaskNames.PROVISION_TENANT, operation.id)
     return tenant, plan.code, operation
 
 
@@ -120,7 +123,7 @@ async def update_tenant(
     brings a new plan's limits or new homeserver settings to the homeserver (None when the
     homeserver's config does not change, or when there is no running homeserver yet: the
     provisioning renders the settings as they are then) and whether that operation is new
-    (to be enqueued).
+    (enqueued here, sent after commit).
 
     Changes coalesce: while a reconfigure of the tenant waits to start, later changes join it
     (the worker renders the settings as they are when it starts), so a burst of changes
@@ -148,7 +151,9 @@ async def update_tenant(
     pending = await operations.claim_pending(tenant.id, OperationKind.RECONFIGURE)
     if pending is not None:
         return plan.code, pending, False
-    return plan.code, await operations.start(tenant.id, OperationKind.RECONFIGURE), True
+    operation = await operations.start(tenant.id, OperationKind.RECONFIGURE)
+    tasks.enqueue(operations.session, TaskNames.RECONFIGURE_TENANT, operation.id)
+    return plan.code, operation, True
 
 
 def _check_open_registration(
@@ -203,12 +208,13 @@ async def suspend_tenant(
     audit.record("tenant.suspend", "tenant", tenant.id, tenant_id=tenant.id)
     existing = await operations.unfinished_for(tenant.id, OperationKind.SUSPEND)
     if existing is not None:
-        return existing
+        return _enqueued(operations, TaskNames.SUSPEND_TENANT, existing)
     if tenant.status is not TenantStatus.ACTIVE:
         raise Conflict(
             f"only an active tenant can be suspended (this one is {tenant.status.value})"
         )
-    return await operations.start(tenant.id, OperationKind.SUSPEND)
+    operation = await operations.start(tenant.id, OperationKind.SUSPEND)
+    return _enqueued(operations, TaskNames.SUSPEND_TENANT, operation)
 
 
 async def resume_tenant(
@@ -217,12 +223,13 @@ async def resume_tenant(
     audit.record("tenant.resume", "tenant", tenant.id, tenant_id=tenant.id)
     existing = await operations.unfinished_for(tenant.id, OperationKind.RESUME)
     if existing is not None:
-        return existing
+        return _enqueued(operations, TaskNames.RESUME_TENANT, existing)
     if tenant.status is not TenantStatus.SUSPENDED:
         raise Conflict(
             f"only a suspended tenant can be resumed (this one is {tenant.status.value})"
         )
-    return await operations.start(tenant.id, OperationKind.RESUME)
+    operation = await operations.start(tenant.id, OperationKind.RESUME)
+    return _enqueued(operations, TaskNames.RESUME_TENANT, operation)
 
 
 async def delete_tenant(
@@ -234,7 +241,15 @@ async def delete_tenant(
         "tenant.delete", "tenant", tenant.id, tenant_id=tenant.id, details={"purge": purge}
     )
     existing = await operations.unfinished_for(tenant.id, OperationKind.DEPROVISION)
-    if existing is not None:
-        return existing  # DELETE is idempotent: the deletion under way
+    if existing is not None:  # DELETE is idempotent: the deletion under way
+        return _enqueued(operations, TaskNames.DEPROVISION_TENANT, existing)
     tenant.status = TenantStatus.DELETING
-    return await operations.start(tenant.id, OperationKind.DEPROVISION, {"purge": purge})
+    operation = await operations.start(tenant.id, OperationKind.DEPROVISION, {"purge": purge})
+    return _enqueued(operations, TaskNames.DEPROVISION_TENANT, operation)
+
+
+def _enqueued(operations: OperationRepository, task: str, operation: Operation) -> Operation:
+    """Send ``task`` for ``operation`` after commit — an unfinished one found again too (asking
+    twice sends it again; its steps are idempotent)."""
+    tasks.enqueue(operations.session, task, operation.id)
+    return operation
