@@ -16,10 +16,11 @@ import uuid
 import httpx
 from sqlalchemy import select, update
 
+from platform_core.audit import add_event
 from platform_core.crypto import SecretBox
 from platform_core.db import request_session
 from platform_core.errors import UpstreamError
-from platform_core.models import AuditEvent, Homeserver
+from platform_core.models import Homeserver
 from platform_core.synapse_admin import TokenRenewer, login_with_password
 
 log = logging.getLogger(__name__)
@@ -68,16 +69,15 @@ async def renew_admin_token(
             .values(admin_token_encrypted=box.encrypt(fresh))
         )
         if stored_now.rowcount == 1:  # type: ignore[attr-defined]
-            session.add(
-                AuditEvent(
-                    actor=ACTOR,
-                    action=RENEWED,
-                    target_type="homeserver",
-                    target_id=str(tenant_id),
-                    tenant_id=tenant_id,
-                    request_id=request_id,
-                    details={"admin_user_id": user_id, "reason": "token refused (M_UNKNOWN_TOKEN)"},
-                )
+            add_event(
+                session,
+                actor=ACTOR,
+                action=RENEWED,
+                target_type="homeserver",
+                target_id=tenant_id,
+                request_id=request_id,
+                tenant_id=tenant_id,
+                details={"admin_user_id": user_id, "reason": "token refused (M_UNKNOWN_TOKEN)"},
             )
             log.warning("tenant %s: platform admin token was refused; renewed", tenant_id)
             return fresh

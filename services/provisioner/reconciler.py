@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from platform_core import lifecycle, operation_history
+from platform_core.audit import add_event
 from platform_core.celery import TASK_FOR_OPERATION_KIND, send_task
 from platform_core.db import task_session
 from platform_core.metrics import ReconcileAction, record_reconcile_run
@@ -67,20 +68,24 @@ class Pass:
         ):
             return
         target_type, target_id = target or ("tenant", tenant_id)
-        event = AuditEvent(
-            actor=ACTOR,
-            action=action.value,
-            target_type=target_type,
-            target_id=str(target_id),
-            tenant_id=tenant_id,
-            request_id=self.id,
-            details=details,
-        )
+
+        def write(into: Session) -> None:
+            add_event(
+                into,
+                actor=ACTOR,
+                action=action.value,
+                target_type=target_type,
+                target_id=target_id,
+                request_id=self.id,
+                tenant_id=tenant_id,
+                details=details,
+            )
+
         if session is not None:
-            session.add(event)
+            write(session)
         else:
             with task_session() as own:
-                own.add(event)
+                write(own)
 
     @staticmethod
     def _repeats_last_failure(

@@ -26,6 +26,7 @@ from platform_core.errors import Forbidden, Unauthorized
 from platform_core.models import AccountRole, utcnow
 from platform_core.settings import Settings, get_settings
 from tenant_api.api_keys import repository as api_key_repository
+from tenant_api.kit.audit import AuditContext, request_id
 from tenant_api.kit.session import request_session
 from tenant_api.throttle import Throttle, client_address
 
@@ -108,6 +109,17 @@ async def principal_dep(
 
 
 PrincipalDep = Annotated[Principal, Depends(principal_dep)]
+
+
+async def audit_context(
+    request: Request, session: SessionDep, principal: PrincipalDep
+) -> AuditContext:
+    """The audit log's view of this request: its session, who acts and the request id."""
+    return AuditContext(session, principal.actor, request_id(request))
+
+
+# What services that change state record their audit events with.
+AuditDep = Annotated[AuditContext, Depends(audit_context)]
 
 
 def require(

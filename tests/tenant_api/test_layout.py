@@ -1,5 +1,6 @@
 """The tenant API's shape: SQL only in repositories (and the kit), commits only at the request
-boundary, one problem+json builder, and domains that take shared things from the kit."""
+boundary, one problem+json builder, domains that take shared things from the kit, and audit
+events recorded and tasks enqueued by the services that change state."""
 
 from __future__ import annotations
 
@@ -58,3 +59,30 @@ def test_domains_take_shared_things_from_the_kit_not_from_tenants() -> None:
         and "tenant_api.tenants.endpoints" in p.read_text()
     ]
     assert borrowing == [] and endpoints_imported == []
+
+
+# An audit event written by hand: ``record(…)``, ``audit.record(…)``, ``record_as(…)`` or the row
+# itself (``history.record`` — an operation's own transition log — is not the audit log).
+AUDIT_WRITE = re.compile(r"(?<![\w.])(audit\.)?(record|record_as|AuditEvent)\(")
+
+
+def test_services_record_audit_events_not_endpoints() -> None:
+    recording = [
+        f"{_relative(p)}:{n}"
+        for p in _sources()
+        if p.name == "endpoints.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if AUDIT_WRITE.search(line)
+    ]
+    assert recording == []
+
+
+def test_services_enqueue_their_tasks_not_endpoints() -> None:
+    enqueuing = [
+        f"{_relative(p)}:{n}"
+        for p in _sources()
+        if p.name == "endpoints.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if "enqueue(" in line
+    ]
+    assert enqueuing == []

@@ -15,11 +15,11 @@ from platform_core.auth import Principal
 from platform_core.errors import InvalidRequest, NotFound, Unauthorized
 from platform_core.models import Account
 from platform_core.settings import Settings
-from tenant_api.accounts import repository, service
+from tenant_api.accounts import service
 from tenant_api.accounts.schemas import AccountCreate, AccountOut, PasswordReset
-from tenant_api.audit.service import record, record_as
-from tenant_api.deps import AccountsManage, AccountsWrite, SessionDep, SettingsDep
+from tenant_api.deps import AccountsManage, AccountsWrite, AuditDep, SessionDep, SettingsDep
 from tenant_api.kit import tasks
+from tenant_api.kit.audit import AuditContext, request_id
 from tenant_api.kit.session import keep_on_error
 from tenant_api.throttle import Throttle, client_address
 
@@ -40,22 +40,12 @@ class TokenOut(BaseModel):
 @router.post("/v1/accounts", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
 async def create_account(
     body: AccountCreate,
-    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     principal: AccountsWrite,
+    audit: AuditDep,
 ) -> AccountOut:
-    account = await service.create_account(session, settings, body)
-    record(
-        session,
-        request,
-        principal,
-        "account.create",
-        "account",
-        account.id,
-        tenant_id=account.tenant_id,
-        details={"role": account.role},
-    )
+    account = await service.create_account(session, settings, audit, body)
     return AccountOut.model_validate(account, from_attributes=True)
 
 
@@ -79,16 +69,15 @@ async def get_account(
 @router.post("/v1/accounts/{account_id}/disable", response_model=AccountOut)
 async def disable_account(
     account_id: uuid.UUID,
-    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     principal: AccountsManage,
+    audit: AuditDep,
 ) -> AccountOut:
     """The account can no longer sign in; every refresh token is revoked and its access tokens
     stop working at once. Idempotent."""
     account = await _manageable(session, principal, account_id)
-    await service.disable(session, principal, account)
-    _audit(session, request, principal, "account.disable", account)
+    await service.disable(session, principal, audit, account)
     # After commit: from here on no new token can be issued, so every older one is ended.
     throttle = Throttle.for_settings(settings)
     tasks.after_commit(session, functools.partial(throttle.revoke_sessions, str(account.id)))
@@ -97,12 +86,11 @@ async def disable_account(
 
 @router.post("/v1/accounts/{account_id}/enable", response_model=AccountOut)
 async def enable_account(
-    account_id: uuid.UUID, request: Request, session: SessionDep, principal: AccountsManage
+    account_id: uuid.UUID, session: SessionDep, principal: AccountsManage, audit: AuditDep
 ) -> AccountOut:
     """The account can sign in again (sessions ended by the disable stay ended)."""
     account = await _manageable(session, principal, account_id)
-    await service.enable(session, account)
-    _audit(session, request, principal, "account.enable", account)
+    await service.enable(session, audit, account)
     return AccountOut.model_validate(account, from_attributes=True)
 
 
@@ -110,35 +98,19 @@ async def enable_account(
 async def reset_password(
     account_id: uuid.UUID,
     body: PasswordReset,
-    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     principal: AccountsManage,
+    audit: AuditDep,
 ) -> AccountOut:
     """Set a new password and end every session of the account (refresh tokens revoked,
     access tokens refused at once). Also lifts a sign-in lockout of the account."""
     account = await _manageable(session, principal, account_id)
-    await service.reset_password(session, settings, account, body.password)
-    _audit(session, request, principal, "account.reset_password", account)
+    await service.reset_password(session, settings, audit, account, body.password)
     throttle = Throttle.for_settings(settings)
     tasks.after_commit(session, functools.partial(throttle.revoke_sessions, str(account.id)))
     tasks.after_commit(session, functools.partial(throttle.forget_signin_failures, account.email))
     return AccountOut.model_validate(account, from_attributes=True)
-
-
-def _audit(
-    session: AsyncSession, request: Request, principal: Principal, action: str, account: Account
-) -> None:
-    record(
-        session,
-        request,
-        principal,
-        action,
-        "account",
-        account.id,
-        tenant_id=account.tenant_id,
-        details={"email": account.email, "role": account.role},
-    )
 
 
 @router.post("/v1/auth/token", response_model=TokenOut, responses=_TOO_MANY)
@@ -200,35 +172,12 @@ async def _password_grant(
         issued = await service.password_grant(session, settings, email, password)
     except Unauthorized:
         if await throttle.count_signin_failure(address, email):
-            await _audit_lockout(request, session, settings, address, email)
+            # An anonymous attempt: the audit log names it by its client address.
+            audit = AuditContext(session, f"address:{address}", request_id(request))
+            await service.record_lockout(session, settings, audit, address, email)
         raise
     await throttle.forget_signin_failures(email)
     return issued
-
-
-async def _audit_lockout(
-    request: Request, session: AsyncSession, settings: Settings, address: str, email: str
-) -> None:
-    """One audit event per lockout of an existing account (unknown emails leave none)."""
-    await session.rollback()
-    account = await repository.by_email(session, email)
-    if account is None:
-        return
-    record_as(
-        session,
-        request,
-        f"address:{address}",
-        "account.throttle",
-        "account",
-        account.id,
-        tenant_id=account.tenant_id,
-        details={
-            "failures": settings.signin_account_max_failures,
-            "locked_for_s": settings.signin_account_window_s,
-            "client_address": address,
-        },
-    )
-    keep_on_error(session)  # the event stays although the answer is an error
 
 
 @router.post("/v1/auth/revoke", status_code=status.HTTP_200_OK)

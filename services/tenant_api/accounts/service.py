@@ -23,6 +23,8 @@ from platform_core.models import Account, AccountRole, RefreshToken, Tenant, Ten
 from platform_core.settings import Settings
 from tenant_api.accounts import repository
 from tenant_api.accounts.schemas import AccountCreate
+from tenant_api.kit.audit import AuditContext
+from tenant_api.kit.session import keep_on_error
 
 REFRESH_PREFIX = "c3r_"
 
@@ -34,7 +36,9 @@ class IssuedTokens:
     refresh_token: str
 
 
-async def create_account(session: AsyncSession, settings: Settings, body: AccountCreate) -> Account:
+async def create_account(
+    session: AsyncSession, settings: Settings, audit: AuditContext, body: AccountCreate
+) -> Account:
     if body.tenant_id is not None:
         tenant = await session.get(Tenant, body.tenant_id)
         if tenant is None or tenant.status is TenantStatus.DELETED:
@@ -52,6 +56,13 @@ async def create_account(session: AsyncSession, settings: Settings, body: Accoun
         await session.flush()
     except IntegrityError as exc:
         raise Conflict("an account with this email exists") from exc
+    audit.record(
+        "account.create",
+        "account",
+        account.id,
+        tenant_id=account.tenant_id,
+        details={"role": account.role},
+    )
     return account
 
 
@@ -147,7 +158,9 @@ def _is_self(principal: Principal, account: Account) -> bool:
     return principal.kind is not PrincipalKind.API_KEY and principal.subject == str(account.id)
 
 
-async def disable(session: AsyncSession, principal: Principal, account: Account) -> None:
+async def disable(
+    session: AsyncSession, principal: Principal, audit: AuditContext, account: Account
+) -> None:
     """No more sign-ins, every refresh token revoked; the caller ends the access tokens after
     commit (``Throttle.revoke_sessions``)."""
     if _is_self(principal, account):
@@ -157,19 +170,55 @@ async def disable(session: AsyncSession, principal: Principal, account: Account)
         account.disabled_at = now
     await repository.revoke_all_refresh_tokens(session, account.id, now)
     await session.flush()
+    _record(audit, "account.disable", account)
 
 
-async def enable(session: AsyncSession, account: Account) -> None:
+async def enable(session: AsyncSession, audit: AuditContext, account: Account) -> None:
     """Sign-in works again; sessions ended by the disable stay ended."""
     account.disabled_at = None
     await session.flush()
+    _record(audit, "account.enable", account)
 
 
 async def reset_password(
-    session: AsyncSession, settings: Settings, account: Account, password: str
+    session: AsyncSession, settings: Settings, audit: AuditContext, account: Account, password: str
 ) -> None:
     """A new password and every session ended (refresh tokens here; access tokens by the
     caller after commit)."""
     account.password_hash = await hash_password_off_loop(settings, password)
     await repository.revoke_all_refresh_tokens(session, account.id, utcnow())
     await session.flush()
+    _record(audit, "account.reset_password", account)
+
+
+def _record(audit: AuditContext, action: str, account: Account) -> None:
+    audit.record(
+        action,
+        "account",
+        account.id,
+        tenant_id=account.tenant_id,
+        details={"email": account.email, "role": account.role},
+    )
+
+
+async def record_lockout(
+    session: AsyncSession, settings: Settings, audit: AuditContext, address: str, email: str
+) -> None:
+    """One audit event per lockout of an existing account (unknown emails leave none); the
+    attempt's own writes are dropped, the event stays although the answer is an error."""
+    await session.rollback()
+    account = await repository.by_email(session, email)
+    if account is None:
+        return
+    audit.record(
+        "account.throttle",
+        "account",
+        account.id,
+        tenant_id=account.tenant_id,
+        details={
+            "failures": settings.signin_account_max_failures,
+            "locked_for_s": settings.signin_account_window_s,
+            "client_address": address,
+        },
+    )
+    keep_on_error(session)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 
 from tenant_api.api_keys import repository, service
 from tenant_api.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyOut
-from tenant_api.audit.service import record
-from tenant_api.deps import KeysWrite, SessionDep, SettingsDep
+from tenant_api.deps import AuditDep, KeysWrite, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
@@ -15,22 +14,12 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
 async def create_api_key(
     body: ApiKeyCreate,
-    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     principal: KeysWrite,
+    audit: AuditDep,
 ) -> ApiKeyCreated:
-    key, secret = await service.create_key(session, settings, principal, body)
-    record(
-        session,
-        request,
-        principal,
-        "api_key.create",
-        "api_key",
-        key.key_id,
-        tenant_id=key.tenant_id,
-        details={"scopes": key.scopes, "name": key.name},
-    )
+    key, secret = await service.create_key(session, settings, principal, audit, body)
     return ApiKeyCreated(**service.to_out(key).model_dump(), key=secret)
 
 
@@ -42,16 +31,7 @@ async def list_api_keys(session: SessionDep, principal: KeysWrite) -> ApiKeyList
 
 @router.delete("/{key_id}", response_model=ApiKeyOut)
 async def revoke_api_key(
-    key_id: str, request: Request, session: SessionDep, principal: KeysWrite
+    key_id: str, session: SessionDep, principal: KeysWrite, audit: AuditDep
 ) -> ApiKeyOut:
-    key = await service.revoke_key(session, principal, key_id)
-    record(
-        session,
-        request,
-        principal,
-        "api_key.revoke",
-        "api_key",
-        key.key_id,
-        tenant_id=key.tenant_id,
-    )
+    key = await service.revoke_key(session, principal, audit, key_id)
     return service.to_out(key)

@@ -12,6 +12,7 @@ from platform_core.models import ApiKey, Tenant, TenantStatus, utcnow
 from platform_core.settings import Settings
 from tenant_api.api_keys import repository
 from tenant_api.api_keys.schemas import ApiKeyCreate, ApiKeyOut
+from tenant_api.kit.audit import AuditContext
 
 
 def to_out(key: ApiKey) -> ApiKeyOut:
@@ -28,7 +29,11 @@ def to_out(key: ApiKey) -> ApiKeyOut:
 
 
 async def create_key(
-    session: AsyncSession, settings: Settings, principal: Principal, body: ApiKeyCreate
+    session: AsyncSession,
+    settings: Settings,
+    principal: Principal,
+    audit: AuditContext,
+    body: ApiKeyCreate,
 ) -> tuple[ApiKey, str]:
     tenant_id = body.tenant_id
     if not principal.platform_wide:
@@ -57,13 +62,23 @@ async def create_key(
     )
     session.add(key)
     await session.flush()
+    audit.record(
+        "api_key.create",
+        "api_key",
+        key.key_id,
+        tenant_id=key.tenant_id,
+        details={"scopes": key.scopes, "name": key.name},
+    )
     return key, generated.full
 
 
-async def revoke_key(session: AsyncSession, principal: Principal, key_id: str) -> ApiKey:
+async def revoke_key(
+    session: AsyncSession, principal: Principal, audit: AuditContext, key_id: str
+) -> ApiKey:
     key = await repository.get_visible(session, principal, key_id)
     if key is None:
         raise NotFound(f"API key {key_id} not found")
     if key.revoked_at is None:
         key.revoked_at = utcnow()
+    audit.record("api_key.revoke", "api_key", key.key_id, tenant_id=key.tenant_id)
     return key

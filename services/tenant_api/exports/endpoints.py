@@ -16,15 +16,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
-from platform_core.celery import TaskNames
 from platform_core.errors import NotFound
-from tenant_api.audit.service import record
-from tenant_api.deps import SessionDep, SettingsDep, TenantsWrite
+from tenant_api.deps import AuditDep, SessionDep, SettingsDep, TenantsWrite
 from tenant_api.errors import PROBLEM
 from tenant_api.exports import service
 from tenant_api.exports.repository import ExportRepository, get_for_download
 from tenant_api.exports.schemas import ExportAccepted, ExportList, ExportOut
-from tenant_api.kit import tasks
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.tenants.schemas import OperationRef
@@ -57,6 +54,7 @@ async def export_tenant(
     session: SessionDep,
     principal: TenantsWrite,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> ExportAccepted:
     """Make a downloadable archive of the tenant's homeserver: database dump, media, signing
     key, config (the platform's operating secrets removed) and a manifest with every file's
@@ -66,25 +64,14 @@ async def export_tenant(
     expires."""
     # Locked until commit: two concurrent requests cannot both pass the cap.
     tenant = await TenantRepository(session, principal).get_or_404(tenant_id, for_update=True)
-    export, operation, new = await service.start_export(
+    export, operation = await service.start_export(
         tenant,
         ExportRepository(session, principal),
         OperationRepository(session, principal),
+        audit,
         max_kept=settings.exports_per_tenant_max,
     )
-    if new:
-        record(
-            session,
-            request,
-            principal,
-            "tenant.export",
-            "tenant_export",
-            export.id,
-            tenant_id=tenant.id,
-        )
     operation_state = operation.state
-    if new:
-        tasks.enqueue(session, TaskNames.EXPORT_TENANT, operation.id)
     url = absolute_url(request, "get_operation", operation_id=operation.id)
     response.headers["Location"] = url
     out = service.to_out(

@@ -1,5 +1,5 @@
 """Export rules: who can be exported, what a client sees of an export, which links download.
-Never commits — the endpoint does."""
+Never commits — the request boundary does."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from platform_core.celery import TaskNames
 from platform_core.errors import C3Error, Conflict, NotFound, TooManyRequests
 from platform_core.models import (
     ExportState,
@@ -23,6 +24,8 @@ from platform_core.models import (
 from tenant_api.exports import links
 from tenant_api.exports.repository import ExportRepository
 from tenant_api.exports.schemas import ExportOut
+from tenant_api.kit import tasks
+from tenant_api.kit.audit import AuditContext
 from tenant_api.operations.repository import OperationRepository
 
 EXPORTABLE = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
@@ -37,15 +40,21 @@ class Gone(C3Error):
 
 
 async def start_export(
-    tenant: Tenant, exports: ExportRepository, operations: OperationRepository, *, max_kept: int
-) -> tuple[TenantExport, Operation, bool]:
+    tenant: Tenant,
+    exports: ExportRepository,
+    operations: OperationRepository,
+    audit: AuditContext,
+    *,
+    max_kept: int,
+) -> tuple[TenantExport, Operation]:
     """A new export (and its operation), or the one still being made: asking twice while an
-    export runs does not make two archives. The flag says whether it is new. Each archive is a
-    full copy of the tenant's data until its link expires, so a tenant holds at most
-    ``max_kept`` (the new one included); one more is refused until the oldest expires."""
+    export runs does not make two archives; a new one is audited and its task sent after
+    commit. Each archive is a full copy of the tenant's data until its link expires, so a
+    tenant holds at most ``max_kept`` (the new one included); one more is refused until the
+    oldest expires."""
     running = await exports.unfinished(tenant.id)
     if running is not None:
-        return running[0], running[1], False
+        return running[0], running[1]
     if tenant.status not in EXPORTABLE:
         raise Conflict(
             f"only an active or suspended tenant can be exported (this one is {tenant.status.value})"
@@ -65,7 +74,9 @@ async def start_export(
     operation = await operations.start(tenant.id, OperationKind.EXPORT)
     export = TenantExport(tenant_id=tenant.id, operation_id=operation.id, state=ExportState.PENDING)
     await exports.add(export)
-    return export, operation, True
+    audit.record("tenant.export", "tenant_export", export.id, tenant_id=tenant.id)
+    tasks.enqueue(exports.session, TaskNames.EXPORT_TENANT, operation.id)
+    return export, operation
 
 
 def visible_state(export: TenantExport, operation_state: OperationState) -> ExportState:

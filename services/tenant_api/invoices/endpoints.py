@@ -8,12 +8,10 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy.orm import Session
 
 from platform_core.errors import NotFound
 from platform_core.models import utcnow
-from tenant_api.audit.service import record
-from tenant_api.deps import BillingRead, BillingWrite, SessionDep
+from tenant_api.deps import AuditDep, BillingRead, BillingWrite, SessionDep
 from tenant_api.invoices import repository, service
 from tenant_api.invoices.schemas import InvoiceLineOut, InvoiceList, InvoiceOut, InvoiceSummary
 from tenant_api.tenants.repository import TenantRepository
@@ -141,32 +139,11 @@ async def get_invoice(
 async def finalize_invoice(
     tenant_id: uuid.UUID,
     period: str,
-    request: Request,
     session: SessionDep,
     principal: BillingWrite,
+    audit: AuditDep,
 ) -> InvoiceOut:
     """Finalize a month that has ended now, without waiting for the grace period.
     Idempotent: a month already finalized returns its invoice unchanged."""
     await TenantRepository(session, principal).get_or_404(tenant_id)
-
-    def run(sync_session: Session) -> service.InvoiceDoc:
-        invoice = service.finalize(sync_session, tenant_id, period, utcnow())
-        return service.doc_of(invoice)
-
-    try:
-        doc = await session.run_sync(run)
-        record(
-            session,
-            request,
-            principal,
-            "invoice.finalize",
-            "invoice",
-            doc.number,
-            tenant_id=tenant_id,
-        )
-    except service.AlreadyFinalized:
-        await session.rollback()
-        invoice = await session.run_sync(repository.get_invoice, tenant_id, period)
-        assert invoice is not None
-        doc = service.doc_of(invoice)
-    return to_out(doc)
+    return to_out(await service.finalize_requested(session, audit, tenant_id, period))

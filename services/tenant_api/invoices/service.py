@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from platform_core.errors import Conflict, InvalidRequest, NotFound
-from platform_core.models import Invoice, InvoiceLine, InvoiceStatus, Plan, Tenant
+from platform_core.models import Invoice, InvoiceLine, InvoiceStatus, Plan, Tenant, utcnow
 from tenant_api.invoices import repository
 from tenant_api.invoices.rating import (
     MONTHLY_METERS,
@@ -31,6 +32,7 @@ from tenant_api.invoices.rating import (
     invoice_total,
     rate_month,
 )
+from tenant_api.kit.audit import AuditContext
 
 
 @dataclass
@@ -310,6 +312,26 @@ def finalize(session: Session, tenant_id: uuid.UUID, period: str, now: datetime)
     ]
     repository.add_invoice(session, invoice, rows)
     return invoice
+
+
+async def finalize_requested(
+    session: AsyncSession, audit: AuditContext, tenant_id: uuid.UUID, period: str
+) -> InvoiceDoc:
+    """``finalize`` asked for through the API (audited); a concurrent finalizer that won the
+    race leaves its invoice, which is returned instead."""
+
+    def run(sync_session: Session) -> InvoiceDoc:
+        return doc_of(finalize(sync_session, tenant_id, period, utcnow()))
+
+    try:
+        doc = await session.run_sync(run)
+    except AlreadyFinalized:
+        await session.rollback()
+        invoice = await session.run_sync(repository.get_invoice, tenant_id, period)
+        assert invoice is not None
+        return doc_of(invoice)
+    audit.record("invoice.finalize", "invoice", doc.number, tenant_id=tenant_id)
+    return doc
 
 
 class AlreadyFinalized(Exception):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 
-from tenant_api.audit.service import record
-from tenant_api.deps import Authenticated, PlansWrite, SessionDep
+from tenant_api.deps import AuditDep, Authenticated, PlansWrite, SessionDep
 from tenant_api.plans import service
 from tenant_api.plans.repository import PlanRepository
 from tenant_api.plans.schemas import PlanCreate, PlanList, PlanOut, PlanPatch
@@ -15,10 +14,9 @@ router = APIRouter(prefix="/v1/plans", tags=["plans"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PlanOut)
 async def create_plan(
-    body: PlanCreate, request: Request, session: SessionDep, principal: PlansWrite
+    body: PlanCreate, session: SessionDep, principal: PlansWrite, audit: AuditDep
 ) -> PlanOut:
-    plan = await service.create_plan(PlanRepository(session), body)
-    record(session, request, principal, "plan.create", "plan", plan.code)
+    plan = await service.create_plan(PlanRepository(session), audit, body)
     return service.to_out(plan)
 
 
@@ -34,18 +32,9 @@ async def get_plan(code: str, session: SessionDep, principal: Authenticated) -> 
 
 @router.patch("/{code}", response_model=PlanOut)
 async def update_plan(
-    code: str, body: PlanPatch, request: Request, session: SessionDep, principal: PlansWrite
+    code: str, body: PlanPatch, session: SessionDep, principal: PlansWrite, audit: AuditDep
 ) -> PlanOut:
-    plan = service.update_plan(await service.get_plan(PlanRepository(session), code), body)
-    record(
-        session,
-        request,
-        principal,
-        "plan.update",
-        "plan",
-        plan.code,
-        details=body.model_dump(exclude_none=True, mode="json"),
-    )
+    plan = service.update_plan(await service.get_plan(PlanRepository(session), code), audit, body)
     await session.flush()
     await session.refresh(plan)
     return service.to_out(plan)

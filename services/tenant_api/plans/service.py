@@ -1,4 +1,4 @@
-"""Plan rules: creation and changes. Never commits — the endpoint does."""
+"""Plan rules: creation and changes. Never commits — the request boundary does."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from sqlalchemy.exc import IntegrityError
 
 from platform_core.errors import Conflict, NotFound
 from platform_core.models import Plan
+from tenant_api.kit.audit import AuditContext
 from tenant_api.plans.repository import PlanRepository
 from tenant_api.plans.schemas import LimitsIn, PlanCreate, PlanOut, PlanPatch, PriceIn
 
@@ -34,7 +35,7 @@ def to_out(plan: Plan) -> PlanOut:
     )
 
 
-async def create_plan(plans: PlanRepository, body: PlanCreate) -> Plan:
+async def create_plan(plans: PlanRepository, audit: AuditContext, body: PlanCreate) -> Plan:
     if await plans.get_by_code(body.code) is not None:
         raise Conflict(f"a plan with code '{body.code}' already exists")
     plan = Plan(
@@ -51,6 +52,7 @@ async def create_plan(plans: PlanRepository, body: PlanCreate) -> Plan:
         await plans.add(plan)
     except IntegrityError as exc:  # a concurrent request took the code first
         raise Conflict(f"a plan with code '{body.code}' already exists") from exc
+    audit.record("plan.create", "plan", plan.code)
     return plan
 
 
@@ -61,7 +63,7 @@ async def get_plan(plans: PlanRepository, code: str) -> Plan:
     return plan
 
 
-def update_plan(plan: Plan, body: PlanPatch) -> Plan:
+def update_plan(plan: Plan, audit: AuditContext, body: PlanPatch) -> Plan:
     """Price changes apply to every invoice not yet finalized, including this month's draft;
     finalized invoices keep the prices they were rated with."""
     if body.name is not None:
@@ -74,4 +76,7 @@ def update_plan(plan: Plan, body: PlanPatch) -> Plan:
         plan.limits = _limits(body.limits)
     if body.allow_open_registration is not None:
         plan.allow_open_registration = body.allow_open_registration
+    audit.record(
+        "plan.update", "plan", plan.code, details=body.model_dump(exclude_none=True, mode="json")
+    )
     return plan

@@ -6,10 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
-from tenant_api.audit.service import record
-from tenant_api.deps import SessionDep, SettingsDep, UsersWrite
+from tenant_api.deps import AuditDep, SessionDep, SettingsDep, UsersWrite
 from tenant_api.registration_tokens import service
 from tenant_api.registration_tokens.schemas import (
     RegistrationTokenCreate,
@@ -29,29 +28,15 @@ Token = Annotated[str, Path(max_length=64, description="The registration token")
 async def create_registration_token(
     tenant_id: uuid.UUID,
     body: RegistrationTokenCreate,
-    request: Request,
     session: SessionDep,
     principal: UsersWrite,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> RegistrationTokenOut:
     """Create a token people sign up with (Matrix clients ask for it when registration is
     'token'). The answer carries the token: hand it out, it is a credential."""
     tenant, homeserver, box = await homeserver_of(tenant_id, session, principal, settings)
-    created = await service.create_token(tenant, homeserver, box, body)
-    record(
-        session,
-        request,
-        principal,
-        "registration_token.create",
-        "registration_token",
-        service.fingerprint(created.token),
-        tenant_id=tenant.id,
-        details={
-            "uses_allowed": created.uses_allowed,
-            "expires_at": created.expires_at.isoformat() if created.expires_at else None,
-        },
-    )
-    return created
+    return await service.create_token(tenant, homeserver, box, audit, body)
 
 
 @router.get("", response_model=RegistrationTokenList)
@@ -75,21 +60,12 @@ async def list_registration_tokens(
 async def delete_registration_token(
     tenant_id: uuid.UUID,
     token: Token,
-    request: Request,
     session: SessionDep,
     principal: UsersWrite,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> Response:
     """Revoke a token at once; accounts already created with it stay."""
     tenant, homeserver, box = await homeserver_of(tenant_id, session, principal, settings)
-    await service.delete_token(tenant, homeserver, box, token)
-    record(
-        session,
-        request,
-        principal,
-        "registration_token.delete",
-        "registration_token",
-        service.fingerprint(token),
-        tenant_id=tenant.id,
-    )
+    await service.delete_token(tenant, homeserver, box, audit, token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

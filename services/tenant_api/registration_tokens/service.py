@@ -11,6 +11,7 @@ from typing import Any
 from platform_core.crypto import SecretBox
 from platform_core.errors import NotFound
 from platform_core.models import Homeserver, Tenant
+from tenant_api.kit.audit import AuditContext
 from tenant_api.registration_tokens.schemas import (
     RegistrationTokenCreate,
     RegistrationTokenList,
@@ -42,7 +43,11 @@ def _out(answer: dict[str, Any]) -> RegistrationTokenOut:
 
 
 async def create_token(
-    tenant: Tenant, homeserver: Homeserver | None, box: SecretBox, body: RegistrationTokenCreate
+    tenant: Tenant,
+    homeserver: Homeserver | None,
+    box: SecretBox,
+    audit: AuditContext,
+    body: RegistrationTokenCreate,
 ) -> RegistrationTokenOut:
     expiry_ms = int(body.expires_at.timestamp() * 1000) if body.expires_at else None
     async with admin_client(tenant, homeserver, box) as client:
@@ -52,7 +57,18 @@ async def create_token(
             uses_allowed=body.uses_allowed,
             expiry_time_ms=expiry_ms,
         )
-    return _out(answer)
+    created = _out(answer)
+    audit.record(
+        "registration_token.create",
+        "registration_token",
+        fingerprint(created.token),
+        tenant_id=tenant.id,
+        details={
+            "uses_allowed": created.uses_allowed,
+            "expires_at": created.expires_at.isoformat() if created.expires_at else None,
+        },
+    )
+    return created
 
 
 async def list_tokens(
@@ -65,8 +81,14 @@ async def list_tokens(
 
 
 async def delete_token(
-    tenant: Tenant, homeserver: Homeserver | None, box: SecretBox, token: str
+    tenant: Tenant, homeserver: Homeserver | None, box: SecretBox, audit: AuditContext, token: str
 ) -> None:
     async with admin_client(tenant, homeserver, box) as client:
         if not await client.delete_registration_token(token):
             raise NotFound("no such registration token")
+    audit.record(
+        "registration_token.delete",
+        "registration_token",
+        fingerprint(token),
+        tenant_id=tenant.id,
+    )

@@ -8,12 +8,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from platform_core.auth import Principal
-from platform_core.celery import TaskNames
 from platform_core.crypto import SecretBox
+from platform_core.models import OperationKind
 from platform_core.settings import Settings
-from tenant_api.audit.service import record
-from tenant_api.deps import SessionDep, SettingsDep, TenantsAdmin, TenantsRead, TenantsWrite
-from tenant_api.kit import tasks
+from tenant_api.deps import (
+    AuditDep,
+    SessionDep,
+    SettingsDep,
+    TenantsAdmin,
+    TenantsRead,
+    TenantsWrite,
+)
+from tenant_api.kit.audit import AuditContext
 from tenant_api.kit.pagination import decode_cursor, encode_cursor
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants import service
@@ -47,22 +53,12 @@ async def create_tenant(
     session: SessionDep,
     principal: TenantsAdmin,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> TenantAccepted:
     tenants = TenantRepository(session, principal)
     tenant, plan_code, operation = await service.create_tenant(
-        tenants, OperationRepository(session, principal), body, settings
+        tenants, OperationRepository(session, principal), audit, body, settings
     )
-    record(
-        session,
-        request,
-        principal,
-        "tenant.create",
-        "tenant",
-        tenant.id,
-        tenant_id=tenant.id,
-        details={"slug": tenant.slug, "plan": plan_code},
-    )
-    tasks.enqueue(session, TaskNames.PROVISION_TENANT, operation.id)
     return _accepted(request, response, service.to_out(tenant, plan_code, settings), operation.id)
 
 
@@ -104,6 +100,7 @@ async def update_tenant(
     session: SessionDep,
     principal: TenantsWrite,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> TenantOut:
     """Change the display name, the plan (operators only) or the homeserver settings
     (federation, registration, retention, upload cap, TURN, SSO). A change that alters the
@@ -117,20 +114,11 @@ async def update_tenant(
     plan_code, operation, new_operation = await service.update_tenant(
         tenants,
         OperationRepository(session, principal),
+        audit,
         tenant,
         body,
         SecretBox(settings.require_secret_key()),
         allowed_networks=settings.outbound_allowed_networks,
-    )
-    record(
-        session,
-        request,
-        principal,
-        "tenant.update",
-        "tenant",
-        tenant.id,
-        tenant_id=tenant.id,
-        details=body.audit_details(),
     )
     await session.flush()
     await session.refresh(tenant)
@@ -139,8 +127,6 @@ async def update_tenant(
         response.headers["Location"] = absolute_url(
             request, "get_operation", operation_id=operation.id
         )
-        if new_operation:  # a pending one joined was enqueued when it was made
-            tasks.enqueue(session, TaskNames.RECONFIGURE_TENANT, operation.id)
     return service.to_out(tenant, plan_code, settings)
 
 
@@ -152,6 +138,7 @@ async def delete_tenant(
     session: SessionDep,
     principal: TenantsAdmin,
     settings: SettingsDep,
+    audit: AuditDep,
     purge: Annotated[
         bool,
         Query(description="Delete the archived data at once instead of after the retention"),
@@ -162,48 +149,29 @@ async def delete_tenant(
     tenants = TenantRepository(session, principal)
     tenant = await tenants.get_or_404(tenant_id)
     operation = await service.delete_tenant(
-        tenant, OperationRepository(session, principal), purge=purge
+        tenant, OperationRepository(session, principal), audit, purge=purge
     )
     codes = await tenants.plan_codes({tenant.plan_id})
     out = service.to_out(tenant, codes[tenant.plan_id], settings)
-    record(
-        session,
-        request,
-        principal,
-        "tenant.delete",
-        "tenant",
-        tenant.id,
-        tenant_id=tenant.id,
-        details={"purge": purge},
-    )
-    tasks.enqueue(session, TaskNames.DEPROVISION_TENANT, operation.id)
     return _accepted(request, response, out, operation.id)
 
 
-async def _lifecycle(
+async def _change_serving(
     tenant_id: uuid.UUID,
     request: Request,
     response: Response,
     session: SessionDep,
     principal: Principal,
     settings: Settings,
-    action: str,
+    audit: AuditContext,
+    kind: OperationKind,
 ) -> TenantAccepted:
     tenants = TenantRepository(session, principal)
     tenant = await tenants.get_or_404(tenant_id)
     operations = OperationRepository(session, principal)
-    if action == "suspend":
-        operation = await service.suspend_tenant(tenant, operations)
-        task = TaskNames.SUSPEND_TENANT
-    else:
-        operation = await service.resume_tenant(tenant, operations)
-        task = TaskNames.RESUME_TENANT
+    operation = await service.change_serving(tenant, operations, audit, kind)
     codes = await tenants.plan_codes({tenant.plan_id})
     out = service.to_out(tenant, codes[tenant.plan_id], settings)
-    record(
-        session, request, principal, f"tenant.{action}", "tenant", tenant.id, tenant_id=tenant.id
-    )
-    tasks.enqueue(session, task, operation.id)
     return _accepted(request, response, out, operation.id)
 
 
@@ -217,10 +185,13 @@ async def suspend_tenant(
     session: SessionDep,
     principal: TenantsAdmin,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> TenantAccepted:
     """Stop serving the tenant (its clients get `M_FORBIDDEN` from the proxy, its homeserver
     stops); all data is kept. Repeating it returns the suspension under way."""
-    return await _lifecycle(tenant_id, request, response, session, principal, settings, "suspend")
+    return await _change_serving(
+        tenant_id, request, response, session, principal, settings, audit, OperationKind.SUSPEND
+    )
 
 
 @router.post(
@@ -233,6 +204,9 @@ async def resume_tenant(
     session: SessionDep,
     principal: TenantsAdmin,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> TenantAccepted:
     """Start the homeserver again and serve the tenant's clients."""
-    return await _lifecycle(tenant_id, request, response, session, principal, settings, "resume")
+    return await _change_serving(
+        tenant_id, request, response, session, principal, settings, audit, OperationKind.RESUME
+    )

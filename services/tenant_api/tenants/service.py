@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
 from platform_core import lifecycle
 from platform_core.auth import Principal
+from platform_core.celery import TaskNames
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, Forbidden, InvalidRequest
 from platform_core.homeserver_settings import RegistrationPolicy, registration_policy
@@ -22,6 +24,8 @@ from platform_core.models import (
 )
 from platform_core.outbound import IPNetwork
 from platform_core.settings import Settings
+from tenant_api.kit import tasks
+from tenant_api.kit.audit import AuditContext
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants import homeserver_settings
 from tenant_api.tenants.repository import TenantRepository
@@ -53,6 +57,7 @@ def to_out(tenant: Tenant, plan_code: str, settings: Settings) -> TenantOut:
 async def create_tenant(
     tenants: TenantRepository,
     operations: OperationRepository,
+    audit: AuditContext,
     body: TenantCreate,
     settings: Settings,
 ) -> tuple[Tenant, str, Operation]:
@@ -94,12 +99,21 @@ async def create_tenant(
         TenantPlanChange(tenant_id=tenant.id, plan_id=plan.id, effective_at=now)
     )
     operation = await operations.start(tenant.id, OperationKind.PROVISION)
+    audit.record(
+        "tenant.create",
+        "tenant",
+        tenant.id,
+        tenant_id=tenant.id,
+        details={"slug": tenant.slug, "plan": plan.code},
+    )
+    tasks.enqueue(operations.session, TaskNames.PROVISION_TENANT, operation.id)
     return tenant, plan.code, operation
 
 
 async def update_tenant(
     tenants: TenantRepository,
     operations: OperationRepository,
+    audit: AuditContext,
     tenant: Tenant,
     body: TenantPatch,
     box: SecretBox,
@@ -110,7 +124,7 @@ async def update_tenant(
     brings a new plan's limits or new homeserver settings to the homeserver (None when the
     homeserver's config does not change, or when there is no running homeserver yet: the
     provisioning renders the settings as they are then) and whether that operation is new
-    (to be enqueued).
+    (enqueued here, sent after commit).
 
     Changes coalesce: while a reconfigure of the tenant waits to start, later changes join it
     (the worker renders the settings as they are when it starts), so a burst of changes
@@ -127,6 +141,9 @@ async def update_tenant(
     plan, plan_changed = await _plan_after(tenants, tenant, body.plan)
     _check_open_registration(tenants.principal, tenant, body, plan)
     settings_changed = homeserver_settings.apply_patch(tenant, body, box, plan.limits or {})
+    audit.record(
+        "tenant.update", "tenant", tenant.id, tenant_id=tenant.id, details=body.audit_details()
+    )
     if not (plan_changed or settings_changed) or tenant.status not in (
         TenantStatus.ACTIVE,
         TenantStatus.SUSPENDED,
@@ -135,7 +152,9 @@ async def update_tenant(
     pending = await operations.claim_pending(tenant.id, OperationKind.RECONFIGURE)
     if pending is not None:
         return plan.code, pending, False
-    return plan.code, await operations.start(tenant.id, OperationKind.RECONFIGURE), True
+    operation = await operations.start(tenant.id, OperationKind.RECONFIGURE)
+    tasks.enqueue(operations.session, TaskNames.RECONFIGURE_TENANT, operation.id)
+    return plan.code, operation, True
 
 
 def _check_open_registration(
@@ -182,37 +201,71 @@ async def _plan_after(
     return new_plan, True
 
 
-async def suspend_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:
-    """Stop serving a tenant (e.g. unpaid): the proxy refuses its clients with a clear Matrix
-    error, the homeserver stops, every byte of data is kept."""
-    existing = await operations.unfinished_for(tenant.id, OperationKind.SUSPEND)
-    if existing is not None:
-        return existing
-    if tenant.status is not TenantStatus.ACTIVE:
-        raise Conflict(
-            f"only an active tenant can be suspended (this one is {tenant.status.value})"
-        )
-    return await operations.start(tenant.id, OperationKind.SUSPEND)
+@dataclass(frozen=True)
+class _ServingChange:
+    """Suspend or resume: which state the tenant must be in, what the refusal says, the task
+    that carries it out and the audit action."""
+
+    kind: OperationKind
+    requires: TenantStatus
+    refusal: str
+    task: str
+    action: str
 
 
-async def resume_tenant(tenant: Tenant, operations: OperationRepository) -> Operation:
-    existing = await operations.unfinished_for(tenant.id, OperationKind.RESUME)
+SERVING_CHANGES = {
+    OperationKind.SUSPEND: _ServingChange(
+        OperationKind.SUSPEND,
+        TenantStatus.ACTIVE,
+        "only an active tenant can be suspended",
+        TaskNames.SUSPEND_TENANT,
+        "tenant.suspend",
+    ),
+    OperationKind.RESUME: _ServingChange(
+        OperationKind.RESUME,
+        TenantStatus.SUSPENDED,
+        "only a suspended tenant can be resumed",
+        TaskNames.RESUME_TENANT,
+        "tenant.resume",
+    ),
+}
+
+
+async def change_serving(
+    tenant: Tenant, operations: OperationRepository, audit: AuditContext, kind: OperationKind
+) -> Operation:
+    """Suspend (stop serving, e.g. unpaid: the proxy refuses the tenant's clients with a clear
+    Matrix error, the homeserver stops, every byte of data is kept) or resume a tenant. Asking
+    again while one is under way returns that one."""
+    change = SERVING_CHANGES[kind]
+    audit.record(change.action, "tenant", tenant.id, tenant_id=tenant.id)
+    existing = await operations.unfinished_for(tenant.id, kind)
     if existing is not None:
-        return existing
-    if tenant.status is not TenantStatus.SUSPENDED:
-        raise Conflict(
-            f"only a suspended tenant can be resumed (this one is {tenant.status.value})"
-        )
-    return await operations.start(tenant.id, OperationKind.RESUME)
+        return _enqueued(operations, change.task, existing)
+    if tenant.status is not change.requires:
+        raise Conflict(f"{change.refusal} (this one is {tenant.status.value})")
+    operation = await operations.start(tenant.id, kind)
+    return _enqueued(operations, change.task, operation)
 
 
 async def delete_tenant(
-    tenant: Tenant, operations: OperationRepository, *, purge: bool = False
+    tenant: Tenant, operations: OperationRepository, audit: AuditContext, *, purge: bool = False
 ) -> Operation:
     if tenant.status is TenantStatus.DELETED:
         raise Conflict("tenant is already deleted")
+    audit.record(
+        "tenant.delete", "tenant", tenant.id, tenant_id=tenant.id, details={"purge": purge}
+    )
     existing = await operations.unfinished_for(tenant.id, OperationKind.DEPROVISION)
-    if existing is not None:
-        return existing  # DELETE is idempotent: the deletion under way
+    if existing is not None:  # DELETE is idempotent: the deletion under way
+        return _enqueued(operations, TaskNames.DEPROVISION_TENANT, existing)
     lifecycle.begin_tenant_deletion(tenant)
-    return await operations.start(tenant.id, OperationKind.DEPROVISION, {"purge": purge})
+    operation = await operations.start(tenant.id, OperationKind.DEPROVISION, {"purge": purge})
+    return _enqueued(operations, TaskNames.DEPROVISION_TENANT, operation)
+
+
+def _enqueued(operations: OperationRepository, task: str, operation: Operation) -> Operation:
+    """Send ``task`` for ``operation`` after commit — an unfinished one found again too (asking
+    twice sends it again; its steps are idempotent)."""
+    tasks.enqueue(operations.session, task, operation.id)
+    return operation

@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, status
 from pydantic import AfterValidator
 
 from platform_core.errors import InvalidRequest
-from tenant_api.audit.service import record
-from tenant_api.deps import SessionDep, SettingsDep, TenantsRead, UsersWrite
+from tenant_api.deps import AuditDep, SessionDep, SettingsDep, TenantsRead, UsersWrite
 from tenant_api.users import service
 from tenant_api.users.schemas import (
     HomeserverUserCreate,
@@ -35,24 +34,13 @@ Username = Annotated[
 async def create_user(
     tenant_id: uuid.UUID,
     body: HomeserverUserCreate,
-    request: Request,
     session: SessionDep,
     principal: UsersWrite,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> HomeserverUserOut:
     tenant, homeserver, box = await service.homeserver_of(tenant_id, session, principal, settings)
-    created = await service.create_user(tenant, homeserver, body, box)
-    record(
-        session,
-        request,
-        principal,
-        "homeserver_user.create",
-        "homeserver_user",
-        created.user_id,
-        tenant_id=tenant.id,
-        details={"admin": body.admin},
-    )
-    return created
+    return await service.create_user(tenant, homeserver, body, box, audit)
 
 
 @router.get("", response_model=HomeserverUserPage)
@@ -88,28 +76,14 @@ async def update_user(
     tenant_id: uuid.UUID,
     username: Username,
     body: HomeserverUserPatch,
-    request: Request,
     session: SessionDep,
     principal: UsersWrite,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> HomeserverUserOut:
     """Display name, admin flag, password reset (which signs the user out everywhere)."""
     tenant, homeserver, box = await service.homeserver_of(tenant_id, session, principal, settings)
-    updated = await service.update_user(tenant, homeserver, box, username, body)
-    details = body.model_dump(exclude_none=True, exclude={"password"})
-    if body.password is not None:
-        details["password_reset"] = True
-    record(
-        session,
-        request,
-        principal,
-        "homeserver_user.update",
-        "homeserver_user",
-        updated.user_id,
-        tenant_id=tenant.id,
-        details=details,
-    )
-    return updated
+    return await service.update_user(tenant, homeserver, box, audit, username, body)
 
 
 @router.post("/{username}/deactivate", response_model=HomeserverUserOut)
@@ -117,23 +91,12 @@ async def deactivate_user(
     tenant_id: uuid.UUID,
     username: Username,
     body: HomeserverUserDeactivate,
-    request: Request,
     session: SessionDep,
     principal: UsersWrite,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> HomeserverUserOut:
     """Deactivate for good (Synapse cannot undo it); with `erase`, also erase the user's
     messages for future room members. Repeating it changes nothing."""
     tenant, homeserver, box = await service.homeserver_of(tenant_id, session, principal, settings)
-    done = await service.deactivate_user(tenant, homeserver, box, username, erase=body.erase)
-    record(
-        session,
-        request,
-        principal,
-        "homeserver_user.deactivate",
-        "homeserver_user",
-        done.user_id,
-        tenant_id=tenant.id,
-        details={"erase": body.erase},
-    )
-    return done
+    return await service.deactivate_user(tenant, homeserver, box, audit, username, erase=body.erase)

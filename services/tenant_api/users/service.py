@@ -17,6 +17,7 @@ from platform_core.errors import Conflict, InvalidRequest, NotFound
 from platform_core.models import Homeserver, Tenant, TenantStatus
 from platform_core.settings import Settings
 from platform_core.synapse_admin import SynapseAdminClient
+from tenant_api.kit.audit import AuditContext
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.users.schemas import (
     RESERVED_LOCALPARTS,
@@ -82,13 +83,24 @@ def _user_id(tenant: Tenant, username: str) -> str:
 
 
 async def create_user(
-    tenant: Tenant, homeserver: Homeserver | None, body: HomeserverUserCreate, box: SecretBox
+    tenant: Tenant,
+    homeserver: Homeserver | None,
+    body: HomeserverUserCreate,
+    box: SecretBox,
+    audit: AuditContext,
 ) -> HomeserverUserOut:
     user_id = _full_user_id(tenant, body.username)
     async with admin_client(tenant, homeserver, box) as client:
         answer = await client.create_user(
             user_id, password=body.password, displayname=body.displayname, admin=body.admin
         )
+    audit.record(
+        "homeserver_user.create",
+        "homeserver_user",
+        user_id,
+        tenant_id=tenant.id,
+        details={"admin": body.admin},
+    )
     return _out(
         tenant, {"displayname": body.displayname, "admin": body.admin, **answer}, body.username
     )
@@ -128,6 +140,7 @@ async def update_user(
     tenant: Tenant,
     homeserver: Homeserver | None,
     box: SecretBox,
+    audit: AuditContext,
     username: str,
     body: HomeserverUserPatch,
 ) -> HomeserverUserOut:
@@ -147,11 +160,27 @@ async def update_user(
         if current.get("deactivated"):
             raise Conflict(f"user {username} is deactivated")
         answer = await client.update_user(user_id, changes) if changes else current
+    details = body.model_dump(exclude_none=True, exclude={"password"})
+    if body.password is not None:
+        details["password_reset"] = True
+    audit.record(
+        "homeserver_user.update",
+        "homeserver_user",
+        user_id,
+        tenant_id=tenant.id,
+        details=details,
+    )
     return _out(tenant, answer, username)
 
 
 async def deactivate_user(
-    tenant: Tenant, homeserver: Homeserver | None, box: SecretBox, username: str, *, erase: bool
+    tenant: Tenant,
+    homeserver: Homeserver | None,
+    box: SecretBox,
+    audit: AuditContext,
+    username: str,
+    *,
+    erase: bool,
 ) -> HomeserverUserOut:
     user_id = _user_id(tenant, username)
     async with admin_client(tenant, homeserver, box) as client:
@@ -161,4 +190,11 @@ async def deactivate_user(
         if not current.get("deactivated"):
             await client.deactivate_user(user_id, erase=erase)
         answer = await client.get_user(user_id) or {**current, "deactivated": True}
+    audit.record(
+        "homeserver_user.deactivate",
+        "homeserver_user",
+        user_id,
+        tenant_id=tenant.id,
+        details={"erase": erase},
+    )
     return _out(tenant, answer, username)
