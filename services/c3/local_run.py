@@ -239,7 +239,9 @@ class LocalPlatform:
                 "",
                 "C3 is running (Ctrl-C stops everything)",
                 f"  tenant API     {api}   (docs: {api}/docs)",
-                f"  proxy          {proxy}   (tenant base URL: {proxy}/t/<slug>)",
+                f"  proxy          {proxy}",
+                f"  Matrix clients {s.homeserver_url('<slug>.' + s.base_domain)}"
+                f"  or  {proxy}/t/<slug>",
                 f"  data           {self.data_dir}",
                 f"  redis          {'embedded' if self.redis else 'external'}",
                 *where,
