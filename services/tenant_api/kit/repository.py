@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from platform_core.auth import Principal
 from platform_core.db import async_engine
@@ -31,6 +32,15 @@ class Repository:
         if self.principal is None:
             raise TypeError(f"{type(self).__name__} has no principal to scope by")
         return scoped(statement, self.principal, tenant_column)
+
+
+class SyncRepository:
+    """The base for repositories shared with Celery tasks (sync ``Session``). Unscoped: the
+    API authorises the tenant (``TenantRepository.get_or_404``) before it calls in through
+    ``run_sync``, and tasks act for the platform."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
 
 
 async def ping_database() -> None:
