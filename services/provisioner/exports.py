@@ -82,22 +82,18 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
-from sqlalchemy import or_, select
 
 from platform_core.db import task_session
 from platform_core.errors import PermanentError, TemporaryError
 from platform_core.models import (
     ExportState,
-    Operation,
-    OperationState,
-    Tenant,
     TenantExport,
     TenantStatus,
     utcnow,
 )
 from platform_core.private_files import create_private
 from platform_core.settings import Settings
-from provisioner import tenant_databases
+from provisioner import repository, tenant_databases
 
 log = logging.getLogger(__name__)
 
@@ -491,26 +487,12 @@ def expire_exports(settings: Settings) -> dict[str, int]:
     now = utcnow()
     report = {"expired": 0, "failed": 0, "stale_work_dirs": 0}
     with task_session() as session:
-        due = session.scalars(
-            select(TenantExport)
-            .join(Tenant, Tenant.id == TenantExport.tenant_id)
-            .where(
-                TenantExport.state == ExportState.READY,
-                or_(TenantExport.expires_at <= now, Tenant.status.in_(_GONE)),
-            )
-        )
+        due = repository.ready_exports_due(session, now, _GONE)
         for row in due:
             _delete_archive(settings, row)
             row.state = ExportState.EXPIRED
             report["expired"] += 1
-        given_up = session.scalars(
-            select(TenantExport)
-            .join(Operation, Operation.id == TenantExport.operation_id)
-            .where(
-                TenantExport.state == ExportState.PENDING,
-                Operation.state == OperationState.FAILED,
-            )
-        )
+        given_up = repository.pending_exports_of_failed_operations(session)
         for row in given_up:
             _delete_archive(settings, row)
             row.state = ExportState.FAILED

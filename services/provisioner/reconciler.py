@@ -23,7 +23,6 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from platform_core import lifecycle, operation_history
@@ -31,7 +30,7 @@ from platform_core.audit import add_event
 from platform_core.celery import TASK_FOR_OPERATION_KIND, send_task
 from platform_core.db import task_session
 from platform_core.metrics import ReconcileAction, record_reconcile_run
-from platform_core.models import AuditEvent, TenantStatus, utcnow
+from platform_core.models import TenantStatus, utcnow
 from platform_core.routes import Route, is_published, published_payloads
 from provisioner import repository, steps
 from provisioner.lease import Lease
@@ -94,12 +93,7 @@ class Pass:
         if action is not ReconcileAction.FAILED:
             return False
         with task_session() as session:
-            last = session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.tenant_id == tenant_id, AuditEvent.actor == ACTOR)
-                .order_by(AuditEvent.occurred_at.desc())
-                .limit(1)
-            ).first()
+            last = repository.last_audit_event_by(session, tenant_id, ACTOR)
             return bool(
                 last is not None and last.action == action.value and last.details == details
             )

@@ -6,15 +6,18 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from platform_core.models import (
+    AuditEvent,
+    ExportState,
     Homeserver,
     Operation,
     OperationState,
     Plan,
     Tenant,
+    TenantExport,
     TenantStatus,
     UsageCounter,
     UsageReconciliation,
@@ -92,3 +95,49 @@ def record_reconciliation(
     )
     session.add(row)
     return row
+
+
+def last_audit_event_by(session: Session, tenant_id: uuid.UUID, actor: str) -> AuditEvent | None:
+    """The newest audit event ``actor`` recorded for the tenant."""
+    return session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.tenant_id == tenant_id, AuditEvent.actor == actor)
+        .order_by(AuditEvent.occurred_at.desc())
+        .limit(1)
+    ).first()
+
+
+def get_export_by_operation(session: Session, operation_id: uuid.UUID) -> TenantExport | None:
+    return session.scalars(
+        select(TenantExport).where(TenantExport.operation_id == operation_id)
+    ).first()
+
+
+def ready_exports_due(
+    session: Session, now: datetime, gone: Sequence[TenantStatus]
+) -> list[TenantExport]:
+    """Ready exports past their expiry or whose tenant is in one of the ``gone`` statuses."""
+    return list(
+        session.scalars(
+            select(TenantExport)
+            .join(Tenant, Tenant.id == TenantExport.tenant_id)
+            .where(
+                TenantExport.state == ExportState.READY,
+                or_(TenantExport.expires_at <= now, Tenant.status.in_(gone)),
+            )
+        )
+    )
+
+
+def pending_exports_of_failed_operations(session: Session) -> list[TenantExport]:
+    """Exports still pending whose operation gave up."""
+    return list(
+        session.scalars(
+            select(TenantExport)
+            .join(Operation, Operation.id == TenantExport.operation_id)
+            .where(
+                TenantExport.state == ExportState.PENDING,
+                Operation.state == OperationState.FAILED,
+            )
+        )
+    )

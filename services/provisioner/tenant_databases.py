@@ -11,6 +11,9 @@ it empty.
 The URL's role needs CREATEROLE and CREATEDB (a superuser works too). A non-superuser grants
 itself membership in each tenant role: PostgreSQL requires it to create a database owned by
 that role, and it lets the platform dump and drop the database later.
+
+Its SQL stays here, not in ``provisioner.repository``: it administers PostgreSQL roles and
+databases through the tenant database URL, not the platform's own rows.
 """
 
 from __future__ import annotations

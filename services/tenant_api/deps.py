@@ -25,7 +25,7 @@ from platform_core.auth.tokens import token_digest, verify_access_token
 from platform_core.errors import Forbidden, Unauthorized
 from platform_core.models import AccountRole, utcnow
 from platform_core.settings import Settings, get_settings
-from tenant_api.api_keys import repository as api_key_repository
+from tenant_api.api_keys.repository import ApiKeyRepository
 from tenant_api.kit.audit import AuditContext, request_id
 from tenant_api.kit.session import request_session
 from tenant_api.throttle import Throttle, client_address
@@ -72,7 +72,7 @@ async def _api_key_principal(token: str, settings: Settings, session: AsyncSessi
     parsed = key_format.parse(token)
     if parsed is None:
         raise Unauthorized("invalid API key")
-    key = await api_key_repository.by_key_id(session, parsed.key_id)
+    key = await ApiKeyRepository(session).by_key_id(parsed.key_id)
     digest = token_digest(settings.require_secret_key(), parsed.full)
     if key is None or not hmac.compare_digest(key.secret_hash, digest):
         raise Unauthorized("invalid API key")
@@ -80,7 +80,7 @@ async def _api_key_principal(token: str, settings: Settings, session: AsyncSessi
         raise Unauthorized("this API key was revoked")
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
-        await api_key_repository.mark_used(session, key, now)
+        await ApiKeyRepository(session).mark_used(key, now)
         # Its own unit of work, before the request's: a key's use is recorded even when the
         # call it authenticated is refused.
         await session.commit()

@@ -29,7 +29,7 @@ from platform_core.db import async_sessionmaker_
 from platform_core.errors import C3Error
 from platform_core.models import IdempotentRequest, utcnow
 from platform_core.settings import get_settings
-from tenant_api.idempotency import repository
+from tenant_api.idempotency.repository import IdempotencyRepository
 from tenant_api.kit.problems import PROBLEM, problem_body
 
 log = logging.getLogger(__name__)
@@ -326,19 +326,18 @@ async def _claim(
 ) -> IdempotentRequest | tuple[int, str] | None:
     """Reserve ``key`` for this request (None), or the stored answer to replay, or an error."""
     async with async_sessionmaker_()() as session:
-        await repository.delete_older_than(session, utcnow() - KEY_TTL)
+        stored = IdempotencyRepository(session)
+        await stored.delete_older_than(utcnow() - KEY_TTL)
         await session.commit()
         for _ in range(2):
-            found = await repository.get(session, owner, key)
+            found = await stored.get(owner, key)
             if found is not None:
                 if found.fingerprint != fingerprint:
                     return (422, "Idempotency-Key was already used with a different request")
                 if found.status_code is None:
                     return (409, "a request with this Idempotency-Key is still in progress")
                 return found
-            repository.add(
-                session, IdempotentRequest(principal=owner, key=key, fingerprint=fingerprint)
-            )
+            stored.add(IdempotentRequest(principal=owner, key=key, fingerprint=fingerprint))
             try:
                 await session.commit()
                 return None
@@ -358,13 +357,12 @@ async def _settle(owner: str, key: str, captured: dict[str, Any]) -> None:
 
 async def _store_answer(owner: str, key: str, captured: dict[str, Any]) -> None:
     async with async_sessionmaker_()() as session:
-        row = await repository.get(session, owner, key)
+        stored = IdempotencyRepository(session)
+        row = await stored.get(owner, key)
         if row is None:
             return
         if captured["status"] >= 500:
-            await repository.remove(
-                session, row
-            )  # not an answer worth keeping: the client may retry
+            await stored.remove(row)  # not an answer worth keeping: the client may retry
         else:
             headers = {k.lower(): v for k, v in captured["headers"]}
             row.status_code = captured["status"]

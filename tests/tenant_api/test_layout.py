@@ -1,6 +1,6 @@
-"""The tenant API's shape: SQL only in repositories (and the kit), commits only at the request
-boundary, one problem+json builder, domains that take shared things from the kit, and audit
-events recorded and tasks enqueued by the services that change state."""
+"""The tenant API's shape: SQL only in repositories (and the kit), one repository style, commits
+only at the request boundary, one problem+json builder, domains that take shared things from the
+kit, and audit events recorded and tasks enqueued by the services that change state."""
 
 from __future__ import annotations
 
@@ -29,6 +29,32 @@ def test_sql_lives_in_repositories_and_the_kit() -> None:
         if SQL.search(line)
     ]
     assert outside == []
+
+
+def test_repositories_are_classes_on_the_kit_base() -> None:
+    """One repository style: a class on ``Repository`` (async, the API) or ``SyncRepository``
+    (sync, shared with Celery tasks); module-level helpers are private."""
+    repositories = [p for p in _sources() if p.name == "repository.py" and p.parent.name != "kit"]
+    public_functions = [
+        f"{_relative(p)}:{n}"
+        for p in repositories
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.match(r"(async )?def [a-z]", line)
+    ]
+    other_classes = [
+        f"{_relative(p)}:{n}"
+        for p in repositories
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if line.startswith("class ") and not re.match(r"class \w+\((Sync)?Repository\):", line)
+    ]
+    assert public_functions == [] and other_classes == []
+
+
+def test_the_api_reaches_sync_code_through_run_sync_in_services() -> None:
+    calling = [
+        _relative(p) for p in _sources() if p.name != "service.py" and "run_sync(" in p.read_text()
+    ]
+    assert calling == []
 
 
 def test_only_the_request_boundary_commits() -> None:

@@ -9,13 +9,12 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from platform_core.db import task_session
 from platform_core.errors import PermanentError, Superseded
 from platform_core.models import ExportState, Homeserver, Tenant, TenantExport, TenantStatus, utcnow
-from provisioner import exports, steps
+from provisioner import exports, repository, steps
 from provisioner.lease import Lease
 from provisioner.operations.common import load
 
@@ -61,7 +60,7 @@ def export(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
 
 
 def _export_of(session: Session, op_id: uuid.UUID) -> TenantExport:
-    row = session.scalars(select(TenantExport).where(TenantExport.operation_id == op_id)).first()
+    row = repository.get_export_by_operation(session, op_id)
     if row is None:
         raise PermanentError(f"operation {op_id} has no export record")
     return row

@@ -21,7 +21,7 @@ from platform_core.auth.tokens import issue_access_token, token_digest
 from platform_core.errors import Conflict, InvalidRequest, Unauthorized
 from platform_core.models import Account, AccountRole, RefreshToken, Tenant, TenantStatus, utcnow
 from platform_core.settings import Settings
-from tenant_api.accounts import repository
+from tenant_api.accounts.repository import AccountRepository
 from tenant_api.accounts.schemas import AccountCreate
 from tenant_api.kit.audit import AuditContext
 from tenant_api.kit.session import keep_on_error
@@ -43,7 +43,7 @@ async def create_account(
         tenant = await session.get(Tenant, body.tenant_id)
         if tenant is None or tenant.status is TenantStatus.DELETED:
             raise InvalidRequest(f"tenant_id: no tenant {body.tenant_id}")
-    if await repository.by_email(session, body.email) is not None:
+    if await AccountRepository(session).by_email(body.email) is not None:
         raise Conflict("an account with this email exists")
     account = Account(
         email=body.email,
@@ -101,7 +101,7 @@ async def _usable(session: AsyncSession, account: Account | None) -> Account:
 async def password_grant(
     session: AsyncSession, settings: Settings, email: str, password: str
 ) -> IssuedTokens:
-    account = await repository.by_email(session, email.strip().lower())
+    account = await AccountRepository(session).by_email(email.strip().lower())
     password_hash = account.password_hash if account else None
     if not await verify_password_off_loop(settings, password_hash, password):
         raise Unauthorized("invalid credentials")
@@ -116,28 +116,28 @@ class RefreshReuse(Unauthorized):
 
 
 async def refresh_grant(session: AsyncSession, settings: Settings, token: str) -> IssuedTokens:
-    stored = await repository.refresh_token(
-        session, token_digest(settings.require_secret_key(), token)
+    stored = await AccountRepository(session).refresh_token(
+        token_digest(settings.require_secret_key(), token)
     )
     now = utcnow()
     if stored is None or stored.revoked_at is not None:
         raise Unauthorized("invalid refresh token")
     if stored.used_at is not None:
-        await repository.revoke_family(session, stored.family_id, now)
+        await AccountRepository(session).revoke_family(stored.family_id, now)
         raise RefreshReuse("refresh token already used: every token of this sign-in is revoked")
     if stored.expires_at <= now:
         raise Unauthorized("refresh token expired")
     stored.used_at = now
-    account = await _usable(session, await repository.get(session, stored.account_id))
+    account = await _usable(session, await AccountRepository(session).get(stored.account_id))
     return await _issue(session, settings, account, stored.family_id)
 
 
 async def revoke(session: AsyncSession, settings: Settings, token: str) -> None:
-    stored = await repository.refresh_token(
-        session, token_digest(settings.require_secret_key(), token)
+    stored = await AccountRepository(session).refresh_token(
+        token_digest(settings.require_secret_key(), token)
     )
     if stored is not None:
-        await repository.revoke_family(session, stored.family_id, utcnow())
+        await AccountRepository(session).revoke_family(stored.family_id, utcnow())
 
 
 async def manageable_account(
@@ -146,7 +146,7 @@ async def manageable_account(
     """The account if ``principal`` may manage it: operators (and operator-organisation keys)
     any account, a tenant's admins and keys only that tenant's admin accounts. None otherwise
     (the caller answers 404: other tenants' accounts and operators are not revealed)."""
-    account = await repository.get(session, account_id)
+    account = await AccountRepository(session).get(account_id)
     if account is None or principal.platform_wide:
         return account
     if account.role == AccountRole.TENANT_ADMIN.value and account.tenant_id == principal.tenant_id:
@@ -168,7 +168,7 @@ async def disable(
     now = utcnow()
     if account.disabled_at is None:
         account.disabled_at = now
-    await repository.revoke_all_refresh_tokens(session, account.id, now)
+    await AccountRepository(session).revoke_all_refresh_tokens(account.id, now)
     await session.flush()
     _record(audit, "account.disable", account)
 
@@ -186,7 +186,7 @@ async def reset_password(
     """A new password and every session ended (refresh tokens here; access tokens by the
     caller after commit)."""
     account.password_hash = await hash_password_off_loop(settings, password)
-    await repository.revoke_all_refresh_tokens(session, account.id, utcnow())
+    await AccountRepository(session).revoke_all_refresh_tokens(account.id, utcnow())
     await session.flush()
     _record(audit, "account.reset_password", account)
 
@@ -207,7 +207,7 @@ async def record_lockout(
     """One audit event per lockout of an existing account (unknown emails leave none); the
     attempt's own writes are dropped, the event stays although the answer is an error."""
     await session.rollback()
-    account = await repository.by_email(session, email)
+    account = await AccountRepository(session).by_email(email)
     if account is None:
         return
     audit.record(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from tenant_api.api_keys import repository, service
+from tenant_api.api_keys import service
+from tenant_api.api_keys.repository import ApiKeyRepository
 from tenant_api.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyOut
 from tenant_api.deps import AuditDep, KeysWrite, SessionDep, SettingsDep
 
@@ -25,7 +26,7 @@ async def create_api_key(
 
 @router.get("", response_model=ApiKeyList)
 async def list_api_keys(session: SessionDep, principal: KeysWrite) -> ApiKeyList:
-    keys = await repository.visible(session, principal)
+    keys = await ApiKeyRepository(session, principal).visible()
     return ApiKeyList(items=[service.to_out(k) for k in keys])
 
 

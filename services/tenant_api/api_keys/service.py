@@ -10,7 +10,7 @@ from platform_core.auth.tokens import token_digest
 from platform_core.errors import InvalidRequest, NotFound
 from platform_core.models import ApiKey, Tenant, TenantStatus, utcnow
 from platform_core.settings import Settings
-from tenant_api.api_keys import repository
+from tenant_api.api_keys.repository import ApiKeyRepository
 from tenant_api.api_keys.schemas import ApiKeyCreate, ApiKeyOut
 from tenant_api.kit.audit import AuditContext
 
@@ -75,7 +75,7 @@ async def create_key(
 async def revoke_key(
     session: AsyncSession, principal: Principal, audit: AuditContext, key_id: str
 ) -> ApiKey:
-    key = await repository.get_visible(session, principal, key_id)
+    key = await ApiKeyRepository(session, principal).get_visible(key_id)
     if key is None:
         raise NotFound(f"API key {key_id} not found")
     if key.revoked_at is None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from tenant_api.audit import repository
+from tenant_api.audit.repository import AuditRepository
 from tenant_api.audit.schemas import AuditEventOut, AuditEventPage
 from tenant_api.deps import AuditRead, SessionDep
 
@@ -22,7 +22,7 @@ async def list_audit_events(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditEventPage:
     """Newest first."""
-    events = await repository.recent(session, principal, tenant_id=tenant_id, limit=limit)
+    events = await AuditRepository(session, principal).recent(tenant_id=tenant_id, limit=limit)
     return AuditEventPage(
         items=[AuditEventOut.model_validate(e, from_attributes=True) for e in events]
     )

@@ -20,7 +20,7 @@ from platform_core.errors import NotFound
 from tenant_api.deps import AuditDep, SessionDep, SettingsDep, TenantsWrite
 from tenant_api.errors import PROBLEM
 from tenant_api.exports import service
-from tenant_api.exports.repository import ExportRepository, get_for_download
+from tenant_api.exports.repository import ExportRepository
 from tenant_api.exports.schemas import ExportAccepted, ExportList, ExportOut
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants.repository import TenantRepository
@@ -134,7 +134,7 @@ async def download_export(
 ) -> FileResponse:
     """Download an export's archive. Authorised by the link's signature alone (no
     Authorization header): the `download_url` of a ready export."""
-    found = await get_for_download(session, export_id)
+    found = await ExportRepository(session).get_for_download(export_id)
     path = service.downloadable(found, export_id, expires, sig, settings.require_secret_key())
     assert found is not None
     export = found[0]

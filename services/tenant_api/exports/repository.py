@@ -7,9 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from platform_core.auth import Principal
 from platform_core.models import (
     ExportState,
     Operation,
@@ -18,19 +16,15 @@ from platform_core.models import (
     TenantExport,
     TenantStatus,
 )
-from tenant_api.kit.scoping import scoped
+from tenant_api.kit.repository import Repository
 
 
-class ExportRepository:
-    def __init__(self, session: AsyncSession, principal: Principal) -> None:
-        self.session = session
-        self.principal = principal
-
+class ExportRepository(Repository):
     def _with_operation_state(self) -> Select[Any]:
         statement = select(TenantExport, Operation.state).join(
             Operation, Operation.id == TenantExport.operation_id
         )
-        return scoped(statement, self.principal, TenantExport.tenant_id)
+        return self.scoped(statement, TenantExport.tenant_id)
 
     async def list_for_tenant(
         self, tenant_id: uuid.UUID, *, limit: int
@@ -84,16 +78,15 @@ class ExportRepository:
         self.session.add(export)
         await self.session.flush()
 
-
-async def get_for_download(
-    session: AsyncSession, export_id: uuid.UUID
-) -> tuple[TenantExport, TenantStatus] | None:
-    """The export and its tenant's status. Unscoped on purpose: a download is authorised by
-    the link's signature, not a principal."""
-    statement = (
-        select(TenantExport, Tenant.status)
-        .join(Tenant, Tenant.id == TenantExport.tenant_id)
-        .where(TenantExport.id == export_id)
-    )
-    row = (await session.execute(statement)).first()
-    return (row[0], row[1]) if row is not None else None
+    async def get_for_download(
+        self, export_id: uuid.UUID
+    ) -> tuple[TenantExport, TenantStatus] | None:
+        """The export and its tenant's status. Unscoped on purpose: a download is authorised by
+        the link's signature, not a principal."""
+        statement = (
+            select(TenantExport, Tenant.status)
+            .join(Tenant, Tenant.id == TenantExport.tenant_id)
+            .where(TenantExport.id == export_id)
+        )
+        row = (await self.session.execute(statement)).first()
+        return (row[0], row[1]) if row is not None else None

@@ -5,22 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.models import IdempotentRequest
+from tenant_api.kit.repository import Repository
 
 
-async def delete_older_than(session: AsyncSession, moment: datetime) -> None:
-    await session.execute(delete(IdempotentRequest).where(IdempotentRequest.created_at < moment))
+class IdempotencyRepository(Repository):
+    """Unscoped: keyed by the caller's owner string, read before the endpoint runs."""
 
+    async def delete_older_than(self, moment: datetime) -> None:
+        await self.session.execute(
+            delete(IdempotentRequest).where(IdempotentRequest.created_at < moment)
+        )
 
-async def get(session: AsyncSession, owner: str, key: str) -> IdempotentRequest | None:
-    return await session.get(IdempotentRequest, (owner, key))
+    async def get(self, owner: str, key: str) -> IdempotentRequest | None:
+        return await self.session.get(IdempotentRequest, (owner, key))
 
+    def add(self, request: IdempotentRequest) -> None:
+        self.session.add(request)
 
-def add(session: AsyncSession, request: IdempotentRequest) -> None:
-    session.add(request)
-
-
-async def remove(session: AsyncSession, request: IdempotentRequest) -> None:
-    await session.delete(request)
+    async def remove(self, request: IdempotentRequest) -> None:
+        await self.session.delete(request)

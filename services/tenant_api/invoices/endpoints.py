@@ -10,9 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from platform_core.errors import NotFound
-from platform_core.models import utcnow
 from tenant_api.deps import AuditDep, BillingRead, BillingWrite, SessionDep
-from tenant_api.invoices import repository, service
+from tenant_api.invoices import service
 from tenant_api.invoices.schemas import InvoiceLineOut, InvoiceList, InvoiceOut, InvoiceSummary
 from tenant_api.tenants.repository import TenantRepository
 
@@ -89,7 +88,7 @@ async def list_invoices(
     tenant_id: uuid.UUID, session: SessionDep, principal: BillingRead
 ) -> InvoiceList:
     await TenantRepository(session, principal).get_or_404(tenant_id)
-    invoices = await session.run_sync(repository.finalized_invoices, tenant_id)
+    invoices = await service.finalized_invoices(session, tenant_id)
     return InvoiceList(
         items=[
             InvoiceSummary(
@@ -115,7 +114,7 @@ async def upcoming_invoice(
 ) -> InvoiceOut | Response:
     """This month's invoice as it stands now (a live draft: it changes as usage lands)."""
     await TenantRepository(session, principal).get_or_404(tenant_id)
-    doc = await session.run_sync(service.upcoming, tenant_id, utcnow())
+    doc = await service.upcoming_now(session, tenant_id)
     return _respond(request, fmt, doc)
 
 
@@ -129,7 +128,7 @@ async def get_invoice(
     fmt: FormatQuery = None,
 ) -> InvoiceOut | Response:
     await TenantRepository(session, principal).get_or_404(tenant_id)
-    invoice = await session.run_sync(repository.get_invoice_by_number, tenant_id, number)
+    invoice = await service.invoice_by_number(session, tenant_id, number)
     if invoice is None:
         raise NotFound(f"invoice {number} not found for tenant {tenant_id}")
     return _respond(request, fmt, service.doc_of(invoice))

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 from platform_core.errors import Conflict, InvalidRequest, NotFound
 from platform_core.models import Invoice, InvoiceLine, InvoiceStatus, Plan, Tenant, utcnow
-from tenant_api.invoices import repository
 from tenant_api.invoices.rating import (
     MONTHLY_METERS,
     Line,
@@ -32,6 +31,7 @@ from tenant_api.invoices.rating import (
     invoice_total,
     rate_month,
 )
+from tenant_api.invoices.repository import InvoiceRepository
 from tenant_api.kit.audit import AuditContext
 
 
@@ -145,9 +145,9 @@ def plan_spans(session: Session, tenant: Tenant, period: str) -> list[DaySpan]:
         last_day = tenant.deleted_at.day
     if tenant.created_at >= end or (tenant.deleted_at is not None and tenant.deleted_at < start):
         return []
-    changes = repository.plan_changes(session, tenant.id)
+    changes = InvoiceRepository(session).plan_changes(tenant.id)
     if not changes:  # a tenant from before plan history: its current plan throughout
-        changes = [(tenant.created_at, repository.get_plan(session, tenant.plan_id))]
+        changes = [(tenant.created_at, InvoiceRepository(session).get_plan(tenant.plan_id))]
     spans: list[DaySpan] = []
     for day in range(first_day, last_day + 1):
         day_end = start + timedelta(days=day)
@@ -173,9 +173,11 @@ def _rate(session: Session, tenant_id: uuid.UUID, period: str, spans: list[DaySp
     for span in spans:
         seg_start = start + timedelta(days=span.first_day - 1)
         seg_end = start + timedelta(days=span.last_day)
-        usage = repository.usage_between(session, tenant_id, seg_start, seg_end)
+        usage = InvoiceRepository(session).usage_between(tenant_id, seg_start, seg_end)
         segments.append(Segment(span.first_day, span.last_day, span.terms, usage))
-    monthly = repository.usage_between(session, tenant_id, start, start + timedelta(days=days))
+    monthly = InvoiceRepository(session).usage_between(
+        tenant_id, start, start + timedelta(days=days)
+    )
     return rate_month(days, segments, {m: monthly.get(m, 0) for m in MONTHLY_METERS})
 
 
@@ -184,7 +186,7 @@ def _rate(session: Session, tenant_id: uuid.UUID, period: str, spans: list[DaySp
 
 def adjustments(session: Session, tenant_id: uuid.UUID, before: str) -> list[Line]:
     """Late usage of finalized months before ``before``: current rating − what was billed."""
-    invoices = repository.finalized_invoices(session, tenant_id)
+    invoices = InvoiceRepository(session).finalized_invoices(tenant_id)
     billed: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # quantity, amount
     for invoice in invoices:
         for line in invoice.lines:
@@ -241,7 +243,9 @@ def adjustments(session: Session, tenant_id: uuid.UUID, before: str) -> list[Lin
 def compose(session: Session, tenant: Tenant, period: str) -> InvoiceDoc:
     spans = plan_spans(session, tenant, period)
     currency = (
-        spans[-1].terms.currency if spans else repository.get_plan(session, tenant.plan_id).currency
+        spans[-1].terms.currency
+        if spans
+        else InvoiceRepository(session).get_plan(tenant.plan_id).currency
     )
     lines = _rate(session, tenant.id, period, spans) + adjustments(session, tenant.id, period)
     terms = [
@@ -257,7 +261,7 @@ def upcoming(session: Session, tenant_id: uuid.UUID, now: datetime) -> InvoiceDo
 
 
 def _tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
-    tenant = repository.get_tenant(session, tenant_id)
+    tenant = InvoiceRepository(session).get_tenant(tenant_id)
     if tenant is None:
         raise NotFound(f"tenant {tenant_id} not found")
     return tenant
@@ -273,12 +277,14 @@ def finalize(session: Session, tenant_id: uuid.UUID, period: str, now: datetime)
     _, end, _ = period_bounds(period)
     if end > now:
         raise Conflict(f"period {period} has not ended yet; see the upcoming invoice instead")
-    existing = repository.get_invoice(session, tenant_id, period)
+    existing = InvoiceRepository(session).get_invoice(tenant_id, period)
     if existing is not None:
         return existing
     tenant = _tenant(session, tenant_id)
-    number = repository.take_invoice_number(session)
-    existing = repository.get_invoice(session, tenant_id, period)  # finalized while we waited
+    number = InvoiceRepository(session).take_invoice_number()
+    existing = InvoiceRepository(session).get_invoice(
+        tenant_id, period
+    )  # finalized while we waited
     if existing is not None:
         raise AlreadyFinalized(existing)
     doc = compose(session, tenant, period)
@@ -310,8 +316,29 @@ def finalize(session: Session, tenant_id: uuid.UUID, period: str, now: datetime)
         )
         for position, line in enumerate(doc.lines, start=1)
     ]
-    repository.add_invoice(session, invoice, rows)
+    InvoiceRepository(session).add_invoice(invoice, rows)
     return invoice
+
+
+async def finalized_invoices(session: AsyncSession, tenant_id: uuid.UUID) -> list[Invoice]:
+    return await session.run_sync(
+        lambda sync_session: InvoiceRepository(sync_session).finalized_invoices(tenant_id)
+    )
+
+
+async def invoice_by_number(
+    session: AsyncSession, tenant_id: uuid.UUID, number: str
+) -> Invoice | None:
+    return await session.run_sync(
+        lambda sync_session: InvoiceRepository(sync_session).get_invoice_by_number(
+            tenant_id, number
+        )
+    )
+
+
+async def upcoming_now(session: AsyncSession, tenant_id: uuid.UUID) -> InvoiceDoc:
+    """``upcoming`` asked for through the API: this month as it stands now."""
+    return await session.run_sync(upcoming, tenant_id, utcnow())
 
 
 async def finalize_requested(
@@ -327,7 +354,9 @@ async def finalize_requested(
         doc = await session.run_sync(run)
     except AlreadyFinalized:
         await session.rollback()
-        invoice = await session.run_sync(repository.get_invoice, tenant_id, period)
+        invoice = await session.run_sync(
+            lambda sync_session: InvoiceRepository(sync_session).get_invoice(tenant_id, period)
+        )
         assert invoice is not None
         return doc_of(invoice)
     audit.record("invoice.finalize", "invoice", doc.number, tenant_id=tenant_id)

@@ -14,7 +14,8 @@ from platform_core.celery import TaskNames, celery_app
 from platform_core.db import task_session
 from platform_core.models import utcnow
 from platform_core.settings import get_settings
-from tenant_api.invoices import repository, service
+from tenant_api.invoices import service
+from tenant_api.invoices.repository import InvoiceRepository
 
 log = logging.getLogger(__name__)
 app = celery_app()
@@ -30,7 +31,7 @@ def finalize_one(tenant_id: uuid.UUID, period: str, now: datetime) -> uuid.UUID:
         return won.invoice_id
     except IntegrityError:  # the unique (tenant, period) constraint: someone else committed
         with task_session() as session:
-            invoice = repository.get_invoice(session, tenant_id, period)
+            invoice = InvoiceRepository(session).get_invoice(tenant_id, period)
             if invoice is None:
                 raise
             return invoice.id
@@ -39,9 +40,9 @@ def finalize_one(tenant_id: uuid.UUID, period: str, now: datetime) -> uuid.UUID:
 def finalize_due(now: datetime, grace: timedelta) -> dict[str, int]:
     cutoff = now - grace
     with task_session() as session:
-        tenants = repository.tenants_alive_before(session, cutoff)
+        tenants = InvoiceRepository(session).tenants_alive_before(cutoff)
         invoiced: dict[uuid.UUID, set[str]] = defaultdict(set)
-        for tenant_id, period in repository.invoiced_periods(session):
+        for tenant_id, period in InvoiceRepository(session).invoiced_periods():
             invoiced[tenant_id].add(period)
         due = [
             (tenant.id, period)

@@ -1,4 +1,8 @@
-"""The repository base: a session and the principal whose view of the data it serves."""
+"""The repository base: a session and the principal whose view of the data it serves.
+
+One rule for sync and async: API code is async (``AsyncSession``); code shared with Celery
+tasks (``invoices/``, ``usage/`` ingestion) is sync (``Session``), and the API calls it through
+``AsyncSession.run_sync`` at the service boundary."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from platform_core.auth import Principal
 from platform_core.db import async_engine
@@ -14,14 +19,28 @@ from tenant_api.kit.scoping import scoped
 
 
 class Repository:
-    """All SQL of a domain lives in its subclass; ``scoped`` hides other tenants' rows."""
+    """All SQL of a domain lives in its subclass; ``scoped`` hides other tenants' rows.
 
-    def __init__(self, session: AsyncSession, principal: Principal) -> None:
+    ``principal`` is None for repositories that serve no principal (sign-in before there is
+    one, the idempotency middleware, platform gauges): they cannot scope, and say so."""
+
+    def __init__(self, session: AsyncSession, principal: Principal | None = None) -> None:
         self.session = session
         self.principal = principal
 
     def scoped(self, statement: Select, tenant_column: Any = Tenant.id) -> Select:  # type: ignore[type-arg]
+        if self.principal is None:
+            raise TypeError(f"{type(self).__name__} has no principal to scope by")
         return scoped(statement, self.principal, tenant_column)
+
+
+class SyncRepository:
+    """The base for repositories shared with Celery tasks (sync ``Session``). Unscoped: the
+    API authorises the tenant (``TenantRepository.get_or_404``) before it calls in through
+    ``run_sync``, and tasks act for the platform."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
 
 
 async def ping_database() -> None:

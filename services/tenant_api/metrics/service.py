@@ -10,7 +10,7 @@ from platform_core.errors import TemporaryError
 from platform_core.metrics import PlatformSnapshot, ReconcileStats, UsageStats
 from platform_core.redis import keys_for
 from platform_core.settings import Settings
-from tenant_api.metrics import repository
+from tenant_api.metrics.repository import MetricsRepository
 
 
 async def snapshot(session: AsyncSession, settings: Settings) -> PlatformSnapshot:
@@ -26,7 +26,7 @@ async def snapshot(session: AsyncSession, settings: Settings) -> PlatformSnapsho
         ) from exc
     return PlatformSnapshot(
         reconcile=ReconcileStats.from_redis(raw),
-        tenants=await repository.tenants_by_status(session),
-        operations=await repository.operations_by_state(session),
+        tenants=await MetricsRepository(session).tenants_by_status(),
+        operations=await MetricsRepository(session).operations_by_state(),
         usage=UsageStats.from_redis(usage),
     )

@@ -6,26 +6,20 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core import lifecycle
-from platform_core.auth import Principal
 from platform_core.models import Operation, OperationKind, OperationState, Tenant, utcnow
-from tenant_api.kit.scoping import scoped
+from tenant_api.kit.repository import Repository
 
 
-class OperationRepository:
-    def __init__(self, session: AsyncSession, principal: Principal) -> None:
-        self.session = session
-        self.principal = principal
-
+class OperationRepository(Repository):
     async def get(self, operation_id: uuid.UUID) -> Operation | None:
         statement = (
             select(Operation)
             .join(Tenant, Tenant.id == Operation.tenant_id)
             .where(Operation.id == operation_id)
         )
-        return (await self.session.scalars(scoped(statement, self.principal))).first()
+        return (await self.session.scalars(self.scoped(statement))).first()
 
     async def start(
         self, tenant_id: uuid.UUID, kind: OperationKind, params: dict[str, Any] | None = None

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.models import Plan
+from tenant_api.kit.repository import Repository
 
 
-class PlanRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class PlanRepository(Repository):
     async def list(self) -> list[Plan]:
         return list((await self.session.scalars(select(Plan).order_by(Plan.code))).all())
 

@@ -11,16 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from platform_core.auth import Principal
 from platform_core.errors import NotFound
 from platform_core.models import Homeserver, Plan, Tenant, TenantPlanChange
-from tenant_api.kit.scoping import scoped
+from tenant_api.kit.repository import Repository
 
 
-class TenantRepository:
+class TenantRepository(Repository):
+    principal: Principal  # required: the tenants service asks who is asking (plan changes)
+
     def __init__(self, session: AsyncSession, principal: Principal) -> None:
-        self.session = session
-        self.principal = principal
+        super().__init__(session, principal)
 
     async def get(self, tenant_id: uuid.UUID, *, for_update: bool = False) -> Tenant | None:
-        statement = scoped(select(Tenant).where(Tenant.id == tenant_id), self.principal)
+        statement = self.scoped(select(Tenant).where(Tenant.id == tenant_id))
         if for_update:  # held until the transaction ends (PostgreSQL; SQLite has one writer)
             statement = statement.with_for_update()
         return (await self.session.scalars(statement)).first()
@@ -50,7 +51,7 @@ class TenantRepository:
                     and_(Tenant.created_at == created_at, Tenant.id > tenant_id),
                 )
             )
-        return list((await self.session.scalars(scoped(statement, self.principal))).all())
+        return list((await self.session.scalars(self.scoped(statement))).all())
 
     async def add(self, tenant: Tenant) -> None:
         self.session.add(tenant)

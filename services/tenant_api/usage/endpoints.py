@@ -12,7 +12,7 @@ from platform_core.errors import InvalidRequest
 from platform_core.models import Meter
 from tenant_api.deps import SessionDep, UsageRead
 from tenant_api.tenants.repository import TenantRepository
-from tenant_api.usage import repository
+from tenant_api.usage.repository import UsageRepository
 from tenant_api.usage.schemas import (
     ReconciliationCheck,
     ReconciliationOut,
@@ -53,12 +53,14 @@ async def get_usage(
         raise InvalidRequest("from must be before to")
     await TenantRepository(session, principal).get_or_404(tenant_id)
     meters = [m.value for m in (meter or list(Meter))]
-    found = await repository.totals(session, tenant_id, from_, to)
+    found = await UsageRepository(session).totals(tenant_id, from_, to)
     totals = {m: found.get(m, 0) for m in meters}
     series = None
     if granularity is not None:
         buckets: dict[datetime, dict[str, int]] = {}
-        for hour, name, quantity in await repository.hourly(session, tenant_id, from_, to, meters):
+        for hour, name, quantity in await UsageRepository(session).hourly(
+            tenant_id, from_, to, meters
+        ):
             values = buckets.setdefault(bucket_start(hour, granularity), dict.fromkeys(meters, 0))
             values[name] += quantity
         series = [UsageBucket(start=start, values=values) for start, values in buckets.items()]
@@ -84,7 +86,7 @@ async def get_reconciliation(
     """Billed usage compared with the homeserver's own records (drift = homeserver − billed),
     newest check first."""
     await TenantRepository(session, principal).get_or_404(tenant_id)
-    rows = await repository.reconciliations(session, tenant_id, limit)
+    rows = await UsageRepository(session).reconciliations(tenant_id, limit)
     return ReconciliationOut(
         items=[
             ReconciliationCheck(

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from platform_core.usage_batch import ParsedBatch
-from tenant_api.usage import repository
+from tenant_api.usage.repository import UsageBatchRepository
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,13 @@ def apply_batches(session: Session, batches: list[tuple[str, str, ParsedBatch]])
     unique: dict[str, tuple[str, ParsedBatch]] = {}
     for batch_id, source, batch in batches:
         unique.setdefault(batch_id, (source, batch))
-    claimed = repository.claim_batches(
-        session, [(batch_id, source) for batch_id, (source, _) in unique.items()]
-    )
+    ledger = UsageBatchRepository(session)
+    claimed = ledger.claim_batches([(batch_id, source) for batch_id, (source, _) in unique.items()])
     fresh = [unique[batch_id][1] for batch_id in unique if batch_id in claimed]
     usage = [row for batch in fresh for row in batch.usage]
     events = [event for batch in fresh for event in batch.events]
     wanted = {row[0] for row in usage} | {event.tenant_id for event in events}
-    known = repository.existing_tenant_ids(session, wanted)
+    known = ledger.existing_tenant_ids(wanted)
     if unknown := wanted - known:
         log.error(
             "usage batches name unknown tenants %s; their usage is skipped",
@@ -47,7 +46,7 @@ def apply_batches(session: Session, batches: list[tuple[str, str, ParsedBatch]])
         if tenant_id in known:
             deltas[(tenant_id, meter, hour)] += quantity
     kept = [event for event in events if event.tenant_id in known]
-    for key, quantity in repository.add_billable_events(session, kept).items():
+    for key, quantity in ledger.add_billable_events(kept).items():
         deltas[key] += quantity
-    repository.add_to_counters(session, [(t, m, p, q) for (t, m, p), q in deltas.items()])
+    ledger.add_to_counters([(t, m, p, q) for (t, m, p), q in deltas.items()])
     return len(claimed)

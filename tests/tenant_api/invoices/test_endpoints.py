@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import httpx
 
 from platform_core.db import task_session
-from tenant_api.usage.repository import add_to_counters
+from tenant_api.usage.repository import UsageBatchRepository
 from tests.helpers.api import assert_problem, slug
 
 
@@ -134,8 +134,7 @@ async def test_usage_as_a_series_by_day(api: httpx.AsyncClient) -> None:
     tenant = (await api.post("/v1/tenants", json={"slug": slug(), "display_name": "X"})).json()
     tenant_id = uuid.UUID(tenant["id"])
     with task_session() as session:
-        add_to_counters(
-            session,
+        UsageBatchRepository(session).add_to_counters(
             [
                 (tenant_id, "messages", datetime(2026, 11, 2, 9, tzinfo=UTC), 3),
                 (tenant_id, "messages", datetime(2026, 11, 2, 17, tzinfo=UTC), 4),

@@ -21,8 +21,8 @@ from platform_core.models import (
 )
 from tenant_api.invoices import service, tasks
 from tenant_api.invoices.rating import invoice_total, rate_month
-from tenant_api.invoices.repository import get_invoice
-from tenant_api.usage.repository import add_to_counters
+from tenant_api.invoices.repository import InvoiceRepository
+from tenant_api.usage.repository import UsageBatchRepository
 
 SEPT = datetime(2026, 9, 1, tzinfo=UTC)
 
@@ -63,7 +63,9 @@ def make_billed_tenant(created: datetime, plans: list[tuple[datetime, uuid.UUID]
 
 def add_messages(tenant_id: uuid.UUID, at: datetime, count: int) -> None:
     with task_session() as session:
-        add_to_counters(session, [(tenant_id, "messages", at.replace(minute=0), count)])
+        UsageBatchRepository(session).add_to_counters(
+            [(tenant_id, "messages", at.replace(minute=0), count)]
+        )
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ def test_a_mid_month_plan_change_is_prorated_by_day(september_tenant: uuid.UUID)
 
 
 def _with_lines(session, invoice: Invoice) -> Invoice:  # type: ignore[no-untyped-def]
-    found = get_invoice(session, invoice.tenant_id, invoice.period)
+    found = InvoiceRepository(session).get_invoice(invoice.tenant_id, invoice.period)
     assert found is not None
     return found
 

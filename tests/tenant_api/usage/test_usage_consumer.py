@@ -16,7 +16,7 @@ from platform_core.metrics import UsageStats
 from platform_core.models import UsageCounter
 from platform_core.redis import RedisKeys
 from platform_core.settings import get_settings
-from tenant_api.invoices.repository import usage_between
+from tenant_api.invoices.repository import InvoiceRepository
 from tenant_api.usage import tasks
 from tests.helpers.factories import make_tenant
 
@@ -180,11 +180,11 @@ def test_monthly_active_users_count_each_user_once_per_calendar_month(
         redis_client.xadd(keys.usage_stream, _batch(tenant, requests=0, messages=[], events=events))
     tasks.drain_usage_stream(redis_client, keys, "consumer-1")
     with task_session() as session:
-        by_month = usage_between(
-            session, tenant, datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+        by_month = InvoiceRepository(session).usage_between(
+            tenant, datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
         )
-        november_totals = usage_between(
-            session, tenant, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+        november_totals = InvoiceRepository(session).usage_between(
+            tenant, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
         )
     assert by_month["active_users"] == 2
     assert november_totals["active_users"] == 1
