@@ -16,6 +16,10 @@ import httpx
 
 from platform_core.errors import Conflict, InvalidRequest, TemporaryError, UpstreamError
 
+# The platform's own admin account on every homeserver (@c3-admin:<server_name>): registered by
+# the provisioner, never a tenant's user, scrubbed from exports, refused as a username.
+PLATFORM_ADMIN_LOCALPART = "c3-admin"
+
 # Given the token Synapse refused, returns one that works (see platform_core.admin_token).
 TokenRenewer = Callable[[str], Awaitable[str]]
 

@@ -31,7 +31,11 @@ from platform_core.models import (
 from platform_core.redis import RedisKeys, keys_for
 from platform_core.routes import Route, publish_route, withdraw_route
 from platform_core.settings import BackendKind, Settings, get_settings
-from platform_core.synapse_admin import SynapseAdminClient, login_with_password
+from platform_core.synapse_admin import (
+    PLATFORM_ADMIN_LOCALPART,
+    SynapseAdminClient,
+    login_with_password,
+)
 from provisioner import repository, tenant_databases
 from provisioner.backends import fake
 from provisioner.backends.base import Backend, HomeserverTarget
@@ -41,7 +45,7 @@ from provisioner.synapse_config import HomeserverSecrets, effective_limits
 
 log = logging.getLogger(__name__)
 
-ADMIN_LOCALPART = "c3-admin"
+ADMIN_LOCALPART = PLATFORM_ADMIN_LOCALPART
 
 
 @dataclass

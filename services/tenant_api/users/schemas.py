@@ -6,12 +6,14 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from platform_core.synapse_admin import PLATFORM_ADMIN_LOCALPART
+
 # Matrix user-id localparts as the spec asks new accounts to have them (its historical
 # grammar also allowed ``/`` and more, which would steer the platform's admin API calls).
 LOCALPART_RE = re.compile(r"^[a-z0-9._=\-]+$")
 USER_ID_MAX = 255  # the whole user id, @localpart:server_name (checked with the tenant's)
 LOCALPART_MAX = USER_ID_MAX - 3
-RESERVED_LOCALPARTS = frozenset({"c3-admin"})
+RESERVED_LOCALPARTS = frozenset({PLATFORM_ADMIN_LOCALPART})
 USERNAME_RULE = f"1-{LOCALPART_MAX} characters of a-z, 0-9 and . _ = -"
 
 
