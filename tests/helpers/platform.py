@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -214,3 +215,33 @@ def wait_operation(platform: RunningPlatform, url: str, timeout: float = 90) -> 
             return operation if operation["state"] == "succeeded" else None
 
         return poll(done, timeout=timeout, what=f"operation {url} to succeed")
+
+
+@contextmanager
+def running_api(env: dict[str, str], log: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A real ``c3 api`` server (its own process and port, ``env`` its whole environment) until
+    the block ends; yields its port and process. Fails if it logged a traceback meanwhile."""
+    port = free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "c3", "api"],
+            env={**env, "C3_API_PORT": str(port)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError("c3 api exited:\n" + log.read_text())
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        poll(up, timeout=30, what="the API server")
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "Traceback" not in log.read_text(), log.read_text()[-4000:]

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,9 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from c3.local_run import free_port
 from tests.helpers.environment import auth
-from tests.helpers.platform import poll
+from tests.helpers.platform import running_api
 
 MAX_BODY = 64 * 1024  # the API's C3_API_MAX_BODY_BYTES here
 HEADER_TIMEOUT_S = 1.0
@@ -49,34 +47,15 @@ class ApiServer:
 def api_server(
     platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
-    port = free_port()
     log = tmp_path_factory.mktemp("api-limits") / "api.log"
     env = {
         **os.environ,
         **platform_env,
-        "C3_API_PORT": str(port),
         "C3_API_MAX_BODY_BYTES": str(MAX_BODY),
         "C3_API_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
     }
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "c3", "api"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    server = ApiServer(port, process, log)
-
-    def up() -> bool:
-        if process.poll() is not None:
-            raise AssertionError("c3 api exited:\n" + log.read_text())
-        try:
-            return httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    poll(up, timeout=30, what="the API server")
-    yield server
-    process.terminate()
-    process.wait(timeout=30)
-    assert "Traceback" not in log.read_text(), log.read_text()[-4000:]
+    with running_api(env, log) as (port, process):
+        yield ApiServer(port, process, log)
 
 
 async def response_then_close(

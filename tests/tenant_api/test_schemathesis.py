@@ -6,8 +6,6 @@ Zero server errors and zero answers that contradict the schema."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -17,9 +15,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from c3.local_run import free_port
 from tests.helpers.environment import OPERATOR_TOKEN
-from tests.helpers.platform import poll
+from tests.helpers.platform import running_api
 
 schemathesis_checks = [schemathesis.checks.not_a_server_error, response_schema_conformance]
 PASSWORD = "correct horse battery"
@@ -29,29 +26,9 @@ PASSWORD = "correct horse battery"
 def api_server(
     platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    port = free_port()
     log = tmp_path_factory.mktemp("schemathesis") / "api.log"
-    env = {**os.environ, **platform_env, "C3_API_PORT": str(port)}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "c3", "api"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            raise AssertionError("c3 api exited:\n" + log.read_text())
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    poll(up, timeout=30, what="the API server")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-    errors = [line for line in log.read_text().splitlines() if "Traceback" in line]
-    assert not errors, log.read_text()[-4000:]
+    with running_api({**os.environ, **platform_env}, log) as (port, _):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
