@@ -45,8 +45,6 @@ from provisioner.synapse_config import HomeserverSecrets, effective_limits
 
 log = logging.getLogger(__name__)
 
-ADMIN_LOCALPART = PLATFORM_ADMIN_LOCALPART
-
 
 @dataclass
 class Context:
@@ -225,14 +223,14 @@ def ensure_admin(ctx: Context, tenant: Tenant, hs: Homeserver, target: Homeserve
     if hs.admin_token_encrypted is not None:
         return
     base_url = ctx.backend.upstream_url(target)
-    user_id = f"@{ADMIN_LOCALPART}:{tenant.server_name}"
+    user_id = f"@{PLATFORM_ADMIN_LOCALPART}:{tenant.server_name}"
 
     async def register() -> str:
         async with SynapseAdminClient(base_url) as client:
             try:
                 answer = await client.register_with_shared_secret(
                     shared_secret=target.secrets.registration_shared_secret,
-                    username=ADMIN_LOCALPART,
+                    username=PLATFORM_ADMIN_LOCALPART,
                     password=target.secrets.admin_password,
                     admin=True,
                 )

@@ -71,3 +71,19 @@ def record_step(op_id: uuid.UUID, step: str) -> None:
         op = repository.get_operation(session, op_id)
         if op is not None:
             lifecycle.record_step(op, step)
+
+
+def serve(
+    ctx: steps.Context,
+    op_id: uuid.UUID,
+    homeserver: HomeserverTarget,
+    mark: Callable[[Tenant], None],
+) -> None:
+    """The last step of provision and resume: the tenant takes its transition (``mark``), its
+    homeserver's upstream is recorded and its route published, so the proxy serves it."""
+    with task_session() as session:
+        tenant, hs = tenant_and_homeserver(session, uuid.UUID(homeserver.tenant_id))
+        mark(tenant)
+        hs.upstream_url = ctx.backend.upstream_url(homeserver)
+        steps.publish(ctx, steps.route_for(ctx, tenant, hs, homeserver))
+    record_step(op_id, "route-published")

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from platform_core.db import task_session
 from platform_core.errors import PermanentError, Superseded
 from platform_core.models import ExportState, Homeserver, Tenant, TenantExport, TenantStatus, utcnow
+from platform_core.synapse_admin import PLATFORM_ADMIN_LOCALPART
 from provisioner import exports, repository, steps
 from provisioner.lease import Lease
 from provisioner.operations.common import load
@@ -90,7 +91,7 @@ def _source(
         database_name=hs.database_name,
         secrets=frozenset(v for v in known if isinstance(v, str) and len(v) >= 8),
         platform_users=frozenset(
-            u for u in (hs.admin_user_id, f"@{steps.ADMIN_LOCALPART}:{tenant.server_name}") if u
+            u for u in (hs.admin_user_id, f"@{PLATFORM_ADMIN_LOCALPART}:{tenant.server_name}") if u
         ),
     )
 

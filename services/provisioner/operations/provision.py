@@ -9,7 +9,7 @@ from platform_core import lifecycle
 from platform_core.db import task_session
 from provisioner import repository, steps, tenant_databases
 from provisioner.lease import Lease
-from provisioner.operations.common import load, record_step, tenant_and_homeserver
+from provisioner.operations.common import load, record_step, serve, tenant_and_homeserver
 
 
 def provision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
@@ -36,9 +36,4 @@ def provision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
         steps.ensure_admin(ctx, tenant, hs, target)
     record_step(op_id, "admin-registered")
 
-    with task_session() as session:
-        tenant, hs = tenant_and_homeserver(session, uuid.UUID(target.tenant_id))
-        lifecycle.tenant_provisioned(tenant)
-        hs.upstream_url = ctx.backend.upstream_url(target)
-        steps.publish(ctx, steps.route_for(ctx, tenant, hs, target))
-    record_step(op_id, "route-published")
+    serve(ctx, op_id, target, lifecycle.tenant_provisioned)

@@ -9,7 +9,7 @@ from platform_core.db import task_session
 from platform_core.models import HomeserverDesiredState
 from provisioner import steps
 from provisioner.lease import Lease
-from provisioner.operations.common import load, record_step, target, tenant_and_homeserver
+from provisioner.operations.common import load, record_step, serve, target
 
 
 def resume(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
@@ -22,9 +22,4 @@ def resume(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
         homeserver = target(session, ctx, tenant, hs)
     steps.ensure_running(ctx, homeserver)
     record_step(op_id, "homeserver-running")
-    with task_session() as session:
-        tenant, hs = tenant_and_homeserver(session, uuid.UUID(homeserver.tenant_id))
-        lifecycle.resume_tenant(tenant)
-        hs.upstream_url = ctx.backend.upstream_url(homeserver)
-        steps.publish(ctx, steps.route_for(ctx, tenant, hs, homeserver))
-    record_step(op_id, "route-published")
+    serve(ctx, op_id, homeserver, lifecycle.resume_tenant)
