@@ -521,6 +521,27 @@ def test_requests_without_exactly_one_known_host_never_reach_the_homeserver(
     assert lines_from(platform, wall["id"], HOST_PROBER) == [control]
 
 
+def access_line_of(
+    platform: RunningPlatform, proxy_url: str, wall: dict, *, source: str, headers: str
+) -> str:
+    """Send a request to the wall tenant through ``proxy_url`` from ``source`` with extra
+    ``headers`` (CRLF-terminated lines); the homeserver's access-log line for it."""
+    marker = uuid.uuid4().hex
+    answer = raw_request(
+        proxy_url,
+        f"GET /t/wall/_matrix/client/versions?marker={marker} HTTP/1.1\r\nHost: x\r\n"
+        f"{headers}Connection: close\r\n\r\n".encode(),
+        source=source,
+    )
+    assert answer.status == 200
+    [line] = poll(
+        lambda: [x for x in access_log(platform, wall["id"]) if marker in x],
+        timeout=10,
+        what="the request in the homeserver's access log",
+    )
+    return line
+
+
 def test_the_homeserver_sees_the_real_client_address_not_a_spoofed_one(
     platform: RunningPlatform, wall: dict, recorder: RecordingHomeserver, extra_route: Any
 ) -> None:
@@ -529,19 +550,7 @@ def test_the_homeserver_sees_the_real_client_address_not_a_spoofed_one(
         f"X_Forwarded_For: {SPOOFED}\r\nX-Real-IP: {SPOOFED}\r\n"
         f"Forwarded: for={SPOOFED}\r\nX-Forwarded-Host: evil.test\r\n"
     )
-    marker = uuid.uuid4().hex
-    answer = raw_request(
-        platform.proxy_url,
-        f"GET /t/wall/_matrix/client/versions?spoof={marker} HTTP/1.1\r\nHost: x\r\n"
-        f"{spoofing}Connection: close\r\n\r\n".encode(),
-        source=SPOOFER,
-    )
-    assert answer.status == 200
-    [line] = poll(
-        lambda: [line for line in access_log(platform, wall["id"]) if marker in line],
-        timeout=10,
-        what="the request in the homeserver's access log",
-    )
+    line = access_line_of(platform, platform.proxy_url, wall, source=SPOOFER, headers=spoofing)
     assert _CLIENT.search(line)["client"] == SPOOFER  # type: ignore[index]
     assert SPOOFED not in line
 
@@ -1068,19 +1077,8 @@ def test_behind_a_trusted_balancer_the_homeserver_and_the_limits_see_the_real_cl
     try:
 
         def seen_by_synapse(source: str, forwarded: str) -> str:
-            marker = uuid.uuid4().hex
-            answer = raw_request(
-                proxy.url,
-                f"GET /t/wall/_matrix/client/versions?xff={marker} HTTP/1.1\r\nHost: x\r\n"
-                f"X-Forwarded-For: {forwarded}\r\nConnection: close\r\n\r\n".encode(),
-                source=source,
-            )
-            assert answer.status == 200
-            [line] = poll(
-                lambda: [x for x in access_log(platform, wall["id"]) if marker in x],
-                timeout=10,
-                what="the request in the homeserver's access log",
-            )
+            headers = f"X-Forwarded-For: {forwarded}\r\n"
+            line = access_line_of(platform, proxy.url, wall, source=source, headers=headers)
             return _CLIENT.search(line)["client"]  # type: ignore[index]
 
         # The balancer appended the client's address; what the client wrote is not believed.

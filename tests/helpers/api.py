@@ -78,6 +78,29 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def new_tenant_admin(api: httpx.AsyncClient, tenant_id: str) -> dict:
+    """A new tenant admin account of ``tenant_id`` (password ``PASSWORD``), as the API shows it."""
+    created = await api.post(
+        "/v1/accounts",
+        json={
+            "email": email(),
+            "password": PASSWORD,
+            "role": "tenant_admin",
+            "tenant_id": tenant_id,
+        },
+    )
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
+async def tenant_admin_headers(api: httpx.AsyncClient, tenant_id: str) -> dict[str, str]:
+    """Authorization headers of a new, signed-in tenant admin of ``tenant_id``."""
+    admin = await new_tenant_admin(api, tenant_id)
+    tokens = await sign_in(api, admin["email"])
+    assert tokens.status_code == 200, tokens.text
+    return bearer(tokens.json()["access_token"])
+
+
 def client_address() -> str:
     """A fresh client address (TEST-NET-2/benchmarking range): the API keeps failure budgets
     per address, so each test gets its own budget."""

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from homeserver_proxy.client_urls import login_answer_for, media_server_name
+from tests.helpers.stand_in import serving
 from tests.homeserver_proxy.test_federation import Proxy, StandIn, running_proxy
 
 # What Synapse answers a login with: its public_baseurl, the tenant's Host form.
@@ -53,18 +54,9 @@ async def homeserver(server_name: str) -> AsyncIterator[Homeserver]:
             return web.Response(body=f"bytes of {server_name}".encode())
         return web.json_response({"server": server_name})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    stand_in.url = f"http://{host}:{port}"
-    try:
+    async with serving(answer) as url:
+        stand_in.url = url
         yield stand_in
-    finally:
-        await runner.cleanup()
 
 
 @dataclass

@@ -21,6 +21,7 @@ from homeserver_proxy.federation import FEDERATION_MAX_BODY, public_port
 from platform_core.redis import keys_for
 from platform_core.routes import Route, publish_route
 from platform_core.settings import get_settings
+from tests.helpers.stand_in import serving
 
 
 @dataclass
@@ -39,16 +40,9 @@ async def upstream() -> AsyncIterator[StandIn]:
         stand_in.paths.append(request.raw_path)
         return web.json_response({"server": {"name": "stand-in"}})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    stand_in.url = f"http://{host}:{port}"
-    yield stand_in
-    await runner.cleanup()
+    async with serving(answer) as url:
+        stand_in.url = url
+        yield stand_in
 
 
 Publish = Callable[..., Route]

@@ -6,24 +6,18 @@ from __future__ import annotations
 
 import httpx
 
-from tests.helpers.api import PASSWORD, assert_problem, bearer, email, new_tenant, sign_in
+from tests.helpers.api import (
+    PASSWORD,
+    assert_problem,
+    bearer,
+    email,
+    new_tenant,
+    new_tenant_admin,
+    sign_in,
+)
 from tests.helpers.platform import poll_async
 
 NEW_PASSWORD = "a brand new passphrase"
-
-
-async def new_admin(api: httpx.AsyncClient, tenant_id: str) -> dict:
-    created = await api.post(
-        "/v1/accounts",
-        json={
-            "email": email(),
-            "password": PASSWORD,
-            "role": "tenant_admin",
-            "tenant_id": tenant_id,
-        },
-    )
-    assert created.status_code == 201, created.text
-    return created.json()
 
 
 async def refresh(api: httpx.AsyncClient, token: str) -> httpx.Response:
@@ -60,7 +54,7 @@ async def test_a_disabled_account_loses_every_session_and_can_be_enabled_again(
     api: httpx.AsyncClient,
 ) -> None:
     tenant = await new_tenant(api)
-    admin = await new_admin(api, tenant["id"])
+    admin = await new_tenant_admin(api, tenant["id"])
     tokens = await signed_in(api, admin["email"])
     assert (await api.get("/v1/tenants", headers=bearer(tokens["access_token"]))).status_code == 200
 
@@ -87,7 +81,7 @@ async def test_a_disabled_account_loses_every_session_and_can_be_enabled_again(
 
 async def test_a_password_reset_ends_every_session(api: httpx.AsyncClient) -> None:
     tenant = await new_tenant(api)
-    admin = await new_admin(api, tenant["id"])
+    admin = await new_tenant_admin(api, tenant["id"])
     old = await signed_in(api, admin["email"])
 
     too_short = await api.post(f"/v1/accounts/{admin['id']}/reset-password", json={"password": "x"})
@@ -108,8 +102,8 @@ async def test_a_password_reset_ends_every_session(api: httpx.AsyncClient) -> No
 
 async def test_tenant_admins_manage_only_their_own_tenants_admins(api: httpx.AsyncClient) -> None:
     mine, theirs = await new_tenant(api), await new_tenant(api)
-    me, colleague = await new_admin(api, mine["id"]), await new_admin(api, mine["id"])
-    stranger = await new_admin(api, theirs["id"])
+    me, colleague = await new_tenant_admin(api, mine["id"]), await new_tenant_admin(api, mine["id"])
+    stranger = await new_tenant_admin(api, theirs["id"])
     operator = await api.post(
         "/v1/accounts", json={"email": email(), "password": PASSWORD, "role": "operator"}
     )

@@ -13,13 +13,13 @@ from platform_core.auth.passwords import hashing_limiter
 from platform_core.settings import get_settings
 from tenant_api.main import create_app
 from tests.helpers.api import (
-    PASSWORD,
     api_client,
     assert_problem,
     bearer,
     client_address,
     email,
     new_tenant,
+    new_tenant_admin,
     sign_in,
 )
 from tests.helpers.environment import OPERATOR_TOKEN
@@ -36,19 +36,8 @@ def small_budgets(tuned_settings: Callable[..., None]) -> None:
 
 
 async def new_admin(api: httpx.AsyncClient) -> dict:
-    tenant = await new_tenant(api)
-    user = email()
-    created = await api.post(
-        "/v1/accounts",
-        json={
-            "email": user,
-            "password": PASSWORD,
-            "role": "tenant_admin",
-            "tenant_id": tenant["id"],
-        },
-    )
-    assert created.status_code == 201, created.text
-    return created.json()
+    """A tenant admin of a new tenant."""
+    return await new_tenant_admin(api, (await new_tenant(api))["id"])
 
 
 def assert_throttled(response: httpx.Response, window_s: int, why: str) -> None:

@@ -18,7 +18,13 @@ from platform_core.models import Operation, OperationKind, OperationState, Tenan
 from platform_core.settings import get_settings
 from tenant_api.access_log import RedactCredentials
 from tenant_api.kit import tasks as kit_tasks
-from tests.helpers.api import active_tenant, assert_problem, plan_with_upload_limit, slug
+from tests.helpers.api import (
+    active_tenant,
+    assert_problem,
+    plan_with_upload_limit,
+    slug,
+    tenant_admin_headers,
+)
 
 TURN_SECRET = "coturn-static-auth-secret-1"
 OIDC_SECRET = "oidc-client-secret-1"
@@ -262,29 +268,9 @@ async def test_settings_of_a_provisioning_tenant_wait_for_its_homeserver(
     assert stored(tenant["id"])[0] == {"registration": "open"}
 
 
-async def tenant_admin(api: httpx.AsyncClient, tenant_id: str) -> dict[str, str]:
-    """Authorization headers of a new tenant admin of ``tenant_id``."""
-    email = f"adm{uuid.uuid4().hex[:8]}@example.com"
-    await api.post(
-        "/v1/accounts",
-        json={
-            "email": email,
-            "password": "correct horse battery",
-            "role": "tenant_admin",
-            "tenant_id": tenant_id,
-        },
-    )
-    tokens = await api.post(
-        "/v1/auth/token",
-        data={"grant_type": "password", "username": email, "password": "correct horse battery"},
-        headers={"Authorization": ""},
-    )
-    return {"Authorization": f"Bearer {tokens.json()['access_token']}"}
-
-
 async def test_tenant_admins_change_settings_but_not_the_plan(api: httpx.AsyncClient) -> None:
     tenant = await active_tenant(api)
-    admin = await tenant_admin(api, tenant["id"])
+    admin = await tenant_admin_headers(api, tenant["id"])
     url = f"/v1/tenants/{tenant['id']}"
     changed = await api.patch(url, json={"registration": "token"}, headers=admin)
     assert changed.status_code == 200, changed.text
@@ -298,7 +284,7 @@ async def test_tenant_admins_open_registration_only_on_a_plan_that_allows_it(
     api: httpx.AsyncClient,
 ) -> None:
     tenant = await active_tenant(api)
-    admin = await tenant_admin(api, tenant["id"])
+    admin = await tenant_admin_headers(api, tenant["id"])
     url = f"/v1/tenants/{tenant['id']}"
     refused = await api.patch(url, json={"registration": "open"}, headers=admin)
     assert_problem(refused, 403, "does not allow tenant admins")
@@ -338,7 +324,7 @@ async def test_operators_open_registration_on_any_plan(api: httpx.AsyncClient) -
     assert opened.status_code == 200, opened.text
     assert stored(tenant["id"])[0] == {"registration": "open"}
     # Once the operator opened it, the tenant admin may repeat it (no change) or close it.
-    admin = await tenant_admin(api, tenant["id"])
+    admin = await tenant_admin_headers(api, tenant["id"])
     url = f"/v1/tenants/{tenant['id']}"
     same = await api.patch(url, json={"registration": "open"}, headers=admin)
     assert same.status_code == 200, same.text
