@@ -20,6 +20,7 @@ up: install
 	$(BIN)/c3 up
 
 test: install
+	scripts/system_deps
 	$(BIN)/pytest
 
 check: install

@@ -98,3 +98,12 @@ def platform(
         C3_USAGE_RECONCILE_INTERVAL_S="2",
     ) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    """One headless Debian chromium for the session's page tests (Playwright, sync API)."""
+    from tests.helpers.browser import chromium
+
+    with chromium() as launched:
+        yield launched
