@@ -50,12 +50,37 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* ServiceAccount of api, proxy and beat: never a token. */}}
 {{- define "c3.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "c3.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
+{{- end }}
+
+{{/* ServiceAccount of the worker: the only one whose token is mounted (kubernetes backend). */}}
+{{- define "c3.workerServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "c3.componentName" (dict "ctx" . "component" "worker")) .Values.serviceAccount.worker.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.worker.name }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the worker talks to the Kubernetes API (mounts its token, gets RBAC). */}}
+{{- define "c3.workerUsesKubernetes" -}}
+{{- if eq .Values.backend "kubernetes" }}true{{- end }}
+{{- end }}
+
+{{/* "true" when C3_TENANT_DATABASE_URL comes from the Secret (always on kubernetes). */}}
+{{- define "c3.tenantDatabaseFromSecret" -}}
+{{- if or .Values.tenantDatabaseUrlFromSecret (eq .Values.backend "kubernetes") }}true{{- end }}
+{{- end }}
+
+{{/* "true" when the object store credentials come from the Secret. */}}
+{{- define "c3.objectStoreCredentialsFromSecret" -}}
+{{- if and .Values.objectStore.url .Values.objectStore.credentialsFromSecret }}true{{- end }}
 {{- end }}
 
 {{- define "c3.configMapName" -}}
@@ -96,7 +121,27 @@ C3_DATABASE_URL C3_REDIS_URL C3_SECRET_KEY C3_OPERATOR_TOKEN
 
 {{/* Secret settings that extraConfig refuses (the optional ones included). */}}
 {{- define "c3.refusedInConfig" -}}
-{{ include "c3.secretKeys" . }} C3_TENANT_DATABASE_URL
+{{ include "c3.secretKeys" . }} C3_TENANT_DATABASE_URL C3_OBJECT_STORE_ACCESS_KEY_ID C3_OBJECT_STORE_SECRET_ACCESS_KEY
+{{- end }}
+
+{{/* Settings that have their own value (extraConfig refuses them even when the value is empty). */}}
+{{- define "c3.settingsFromValues" -}}
+C3_LOG_FORMAT C3_OBJECT_STORE_URL C3_OBJECT_STORE_BUCKET C3_OBJECT_STORE_REGION C3_OBJECT_STORE_PREFIX C3_KUBERNETES_SYNAPSE_IMAGE C3_KUBERNETES_RELEASE C3_KUBERNETES_PLATFORM_NAMESPACE C3_KUBERNETES_STORAGE_CLASS C3_KUBERNETES_DATABASE_CIDR C3_KUBERNETES_CLUSTER_DOMAIN C3_PROXY_SPOOL_DIR C3_PROXY_SPOOL_BUDGET_BYTES
+{{- end }}
+
+{{/* Where the proxy spools bodies, and its budget in bytes (below the volume's sizeLimit). */}}
+{{- define "c3.proxySpoolDir" -}}
+/var/spool/c3-proxy
+{{- end }}
+
+{{- define "c3.proxySpoolBudgetBytes" -}}
+{{- $spool := .Values.proxy.spool }}
+{{- mul (int $spool.largestUploadMiB) (int $spool.concurrentUploads) 1048576 }}
+{{- end }}
+
+{{- define "c3.proxySpoolSizeLimit" -}}
+{{- $spool := .Values.proxy.spool }}
+{{- printf "%dMi" (add (mul (int $spool.largestUploadMiB) (int $spool.concurrentUploads)) (int $spool.headroomMiB)) }}
 {{- end }}
 
 {{/*
@@ -115,6 +160,12 @@ pod annotations so a change rolls the Deployments.
 {{- if not (has .Values.backend (list "kubernetes" "local")) }}
 {{- fail (printf "backend must be \"kubernetes\" or \"local\", got %q" (toString .Values.backend)) }}
 {{- end }}
+{{- if and (eq .Values.backend "kubernetes") (not .Values.kubernetes.databaseCidr) }}
+{{- fail "kubernetes.databaseCidr is required with backend kubernetes: the address (CIDR) of the platform PostgreSQL, which every tenant's Synapse reaches through its NetworkPolicy, e.g. --set kubernetes.databaseCidr=10.0.0.5/32" }}
+{{- end }}
+{{- if and .Values.objectStore.url (not .Values.objectStore.bucket) }}
+{{- fail "objectStore.bucket is required when objectStore.url is set" }}
+{{- end }}
 {{- $cfg := dict
   "C3_MODE" "production"
   "C3_BASE_DOMAIN" (include "c3.baseDomain" .)
@@ -126,10 +177,33 @@ pod annotations so a change rolls the Deployments.
   "C3_BACKEND" .Values.backend
   "C3_REDIS_NAMESPACE" .Values.redisNamespace
   "C3_DATA_DIR" "/var/lib/c3"
+  "C3_LOG_FORMAT" .Values.logFormat
   "HOME" "/tmp"
   "PYTHONUNBUFFERED" "1"
   "PYTHONDONTWRITEBYTECODE" "1"
 }}
+{{- if eq .Values.backend "kubernetes" }}
+{{- $_ := set $cfg "C3_KUBERNETES_RELEASE" .Release.Name }}
+{{- $_ = set $cfg "C3_KUBERNETES_PLATFORM_NAMESPACE" .Release.Namespace }}
+{{- $_ = set $cfg "C3_KUBERNETES_DATABASE_CIDR" .Values.kubernetes.databaseCidr }}
+{{- $_ = set $cfg "C3_KUBERNETES_CLUSTER_DOMAIN" .Values.kubernetes.clusterDomain }}
+{{- with .Values.kubernetes.synapseImage }}
+{{- $_ = set $cfg "C3_KUBERNETES_SYNAPSE_IMAGE" . }}
+{{- end }}
+{{- with .Values.kubernetes.storageClass }}
+{{- $_ = set $cfg "C3_KUBERNETES_STORAGE_CLASS" . }}
+{{- end }}
+{{- end }}
+{{- with .Values.objectStore.url }}
+{{- $_ := set $cfg "C3_OBJECT_STORE_URL" . }}
+{{- $_ = set $cfg "C3_OBJECT_STORE_BUCKET" $.Values.objectStore.bucket }}
+{{- with $.Values.objectStore.region }}
+{{- $_ = set $cfg "C3_OBJECT_STORE_REGION" . }}
+{{- end }}
+{{- with $.Values.objectStore.prefix }}
+{{- $_ = set $cfg "C3_OBJECT_STORE_PREFIX" . }}
+{{- end }}
+{{- end }}
 {{- with .Values.proxy.trustedProxies }}
 {{- $_ := set $cfg "C3_PROXY_TRUSTED_PROXIES" (join "," .) }}
 {{- end }}
@@ -138,11 +212,12 @@ pod annotations so a change rolls the Deployments.
 {{- $_ := set $cfg "C3_API_PUBLIC_URL" (printf "https://%s" (include "c3.apiHost" .)) }}
 {{- end }}
 {{- $secretKeys := splitList " " (include "c3.refusedInConfig" .) }}
+{{- $valueKeys := splitList " " (include "c3.settingsFromValues" .) }}
 {{- range $key, $value := .Values.extraConfig }}
 {{- if has $key $secretKeys }}
 {{- fail (printf "extraConfig.%s is a secret setting: put it in the Secret named by existingSecret, never in values" $key) }}
 {{- end }}
-{{- if hasKey $cfg $key }}
+{{- if or (hasKey $cfg $key) (has $key $valueKeys) }}
 {{- fail (printf "extraConfig.%s is set by the chart itself; use the dedicated value instead" $key) }}
 {{- end }}
 {{- $_ := set $cfg $key (toString $value) }}
@@ -166,12 +241,21 @@ pod annotations so a change rolls the Deployments.
       name: {{ $secret }}
       key: {{ . }}
 {{- end }}
-{{- if .Values.tenantDatabaseUrlFromSecret }}
+{{- if include "c3.tenantDatabaseFromSecret" . }}
 - name: C3_TENANT_DATABASE_URL
   valueFrom:
     secretKeyRef:
       name: {{ $secret }}
       key: C3_TENANT_DATABASE_URL
+{{- end }}
+{{- if include "c3.objectStoreCredentialsFromSecret" . }}
+{{- range list "C3_OBJECT_STORE_ACCESS_KEY_ID" "C3_OBJECT_STORE_SECRET_ACCESS_KEY" }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ . }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -183,10 +267,19 @@ checksum/config: {{ include "c3.configData" . | sha256sum }}
 {{- end }}
 {{- end }}
 
-{{/* Scheduling and identity shared by every platform pod. */}}
+{{/*
+Scheduling and identity shared by every platform pod: (dict "ctx" $ "component" "api"). Only
+the worker (with the kubernetes backend) gets its ServiceAccount token.
+*/}}
 {{- define "c3.podCommon" -}}
+{{- with .ctx }}
+{{- if eq $.component "worker" }}
+serviceAccountName: {{ include "c3.workerServiceAccountName" . }}
+automountServiceAccountToken: {{ include "c3.workerUsesKubernetes" . | eq "true" }}
+{{- else }}
 serviceAccountName: {{ include "c3.serviceAccountName" . }}
-automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+automountServiceAccountToken: false
+{{- end }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -200,6 +293,7 @@ nodeSelector:
 {{- with .Values.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 {{- end }}
 
