@@ -236,3 +236,80 @@ def operator_create(
         session.add(account)
         session.flush()
         typer.echo(f"operator {body.email} created (id {account.id})")
+
+
+probe_app = typer.Typer(
+    no_args_is_help=True,
+    help="Health checks for Kubernetes exec probes and `helm test` (exit 0 healthy, 1 not).",
+)
+app.add_typer(probe_app, name="probe")
+
+
+def _unhealthy(message: str) -> typer.Exit:
+    typer.echo(f"c3: {message}", err=True)
+    return typer.Exit(1)
+
+
+@probe_app.command("worker")
+def probe_worker(
+    timeout: float = typer.Option(5.0, help="Seconds to wait for the worker's answer"),
+) -> None:
+    """This host's Celery worker answers a ping through the broker (its main loop is alive)."""
+    import socket
+
+    from platform_core.celery import celery_app
+
+    # `c3 worker` names no node, so Celery's default applies: celery@<hostname> (the pod name).
+    node = f"celery@{socket.gethostname()}"
+    try:
+        replies = celery_app().control.ping(destination=[node], timeout=timeout)
+    except Exception as exc:  # the broker is unreachable: that is the answer, not a crash
+        raise _unhealthy(f"cannot ping worker {node}: {type(exc).__name__}: {exc}") from None
+    if not any(node in reply for reply in replies):
+        raise _unhealthy(f"worker {node} did not answer a ping within {timeout:g} s")
+    typer.echo(f"worker {node} answered")
+
+
+@probe_app.command("beat")
+def probe_beat(
+    max_age: float = typer.Option(
+        600.0, "--max-age", help="Seconds since beat last wrote its schedule file"
+    ),
+) -> None:
+    """`c3 beat` wrote its schedule file lately (it does at start and, while it sends tasks,
+    at least every three minutes)."""
+    import time
+
+    from platform_core.settings import get_settings
+
+    data = get_settings().data_path
+    # The dbm module behind the schedule's shelve decides the suffixes (none, .db, .dat, ...).
+    written = [path.stat().st_mtime for path in data.glob("celerybeat-schedule*")]
+    if not written:
+        raise _unhealthy(f"beat has written no schedule under {data}")
+    age = time.time() - max(written)
+    if age > max_age:
+        raise _unhealthy(f"beat last wrote its schedule {age:.0f} s ago (more than {max_age:g})")
+    typer.echo(f"beat wrote its schedule {age:.0f} s ago")
+
+
+@probe_app.command("http")
+def probe_http(
+    urls: list[str] = typer.Argument(..., help="URLs that must answer 2xx"),
+    timeout: float = typer.Option(5.0, help="Seconds per request"),
+) -> None:
+    """Every URL answers 2xx (the chart's `helm test` Pod: API /healthz, proxy /_c3/health)."""
+    import httpx
+
+    failed = False
+    for url in urls:
+        try:
+            status = httpx.get(url, timeout=timeout).status_code
+        except httpx.HTTPError as exc:
+            typer.echo(f"c3: {url}: {type(exc).__name__}: {exc}", err=True)
+            failed = True
+            continue
+        typer.echo(f"{url}: {status}")
+        failed = failed or not 200 <= status < 300
+    if failed:
+        raise typer.Exit(1)
