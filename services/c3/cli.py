@@ -1,7 +1,8 @@
 """The `c3` command: the composition root that starts the platform's services.
 
 `c3 up` runs everything locally on embedded defaults; `c3 api`, `c3 proxy`, `c3 worker`,
-`c3 beat` run one service each (as in production); `c3 migrate` upgrades the database.
+`c3 beat` run one service each (as in production); `c3 migrate` upgrades the database;
+`c3 probe worker|beat|http` are the health checks the Helm chart's probes and `helm test` run.
 """
 
 from __future__ import annotations

@@ -14,7 +14,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helpers.helm import CHART, ToolsUnavailable, helm, helm_tools, render, template
+from tests.helpers.helm import (
+    CHART,
+    ToolsUnavailable,
+    helm,
+    helm_tools,
+    render,
+    template,
+    values_file,
+)
 
 RELEASE = "acme-c3"
 NAMESPACE = "platform"
@@ -183,8 +191,6 @@ def _config(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_lint_strict_passes(name: str, tmp_path: Path) -> None:
-    from tests.helpers.helm import values_file
-
     done = helm("lint", "--strict", str(CHART), "-f", str(values_file(VALUE_SETS[name], tmp_path)))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
