@@ -417,6 +417,24 @@ def test_worker_and_beat_have_exec_probes(tmp_path: Path) -> None:
 # Network -----------------------------------------------------------------------------------
 
 
+def test_containers_keep_the_image_entrypoint(tmp_path: Path) -> None:
+    """Only arguments: the image's ENTRYPOINT (tini as PID 1, then c3) is never replaced."""
+    docs = _rendered(PRODUCTION, tmp_path)
+    commands = {}
+    for where, spec in _pod_specs(docs):
+        (container,) = spec["containers"]
+        assert "command" not in container, where
+        commands[where] = container["args"][0]
+    assert commands == {
+        f"Deployment/{RELEASE}-api": "api",
+        f"Deployment/{RELEASE}-proxy": "proxy",
+        f"Deployment/{RELEASE}-worker": "worker",
+        f"Deployment/{RELEASE}-beat": "beat",
+        f"Job/{RELEASE}-migrate": "migrate",
+        f"Pod/{RELEASE}-test": "probe",
+    }
+
+
 def test_platform_pods_carry_the_labels_tenant_policies_select(tmp_path: Path) -> None:
     docs = _rendered(REQUIRED, tmp_path)
     for component in ("api", "proxy", "worker", "beat"):
@@ -478,7 +496,8 @@ def test_helm_test_pod_calls_api_healthz_and_proxy_health(tmp_path: Path) -> Non
         s["metadata"]["name"]: s["spec"]["ports"][0]["port"] for s in _by_kind(docs, "Service")
     }
     container = pod["spec"]["containers"][0]
-    assert container["command"] == ["c3"]
+    # The image's entrypoint (tini, then c3) stays PID 1: the chart only gives arguments.
+    assert "command" not in container
     assert container["args"] == [
         "probe",
         "http",
