@@ -357,15 +357,36 @@ def test_object_store_settings_and_credentials_from_the_secret(tmp_path: Path) -
     assert config["C3_OBJECT_STORE_REGION"] == "eu-west-1"
     assert config["C3_OBJECT_STORE_PREFIX"] == "prod/"
     assert not any("SECRET" in key or "ACCESS_KEY" in key for key in config)
+    # Each secret reaches only the pods that use it: the worker writes archives and creates
+    # tenant databases, the API signs download links.
+    expected = {
+        f"Deployment/{RELEASE}-api": {
+            "C3_OBJECT_STORE_ACCESS_KEY_ID",
+            "C3_OBJECT_STORE_SECRET_ACCESS_KEY",
+        },
+        f"Deployment/{RELEASE}-worker": {
+            "C3_OBJECT_STORE_ACCESS_KEY_ID",
+            "C3_OBJECT_STORE_SECRET_ACCESS_KEY",
+            "C3_TENANT_DATABASE_URL",
+        },
+        f"Deployment/{RELEASE}-proxy": set(),
+        f"Deployment/{RELEASE}-beat": set(),
+        f"Job/{RELEASE}-migrate": set(),
+        f"Pod/{RELEASE}-test": None,
+    }
+    base = {"C3_DATABASE_URL", "C3_REDIS_URL", "C3_SECRET_KEY", "C3_OPERATOR_TOKEN"}
     for where, spec in _pod_specs(docs):
-        if where.startswith("Pod/"):  # the helm test Pod holds no platform setting
-            continue
-        env = _env(spec["containers"][0])
-        for key in ("C3_OBJECT_STORE_ACCESS_KEY_ID", "C3_OBJECT_STORE_SECRET_ACCESS_KEY"):
-            assert env[key] == {"secretKeyRef": {"name": "c3-secrets", "key": key}}, where
-        assert env["C3_TENANT_DATABASE_URL"] == {
-            "secretKeyRef": {"name": "c3-secrets", "key": "C3_TENANT_DATABASE_URL"}
+        from_secret = {
+            name: ref["secretKeyRef"]
+            for name, ref in _env(spec["containers"][0]).items()
+            if isinstance(ref, dict)
         }
+        if expected[where] is None:  # the helm test Pod holds no platform setting
+            assert not from_secret, where
+            continue
+        assert set(from_secret) == base | expected[where], where
+        for name, ref in from_secret.items():
+            assert ref == {"name": "c3-secrets", "key": name}, where
     # Workload identity instead of keys: no credential from the Secret.
     no_keys = _merged(PRODUCTION, {"objectStore": {"credentialsFromSecret": False}})
     worker = _named(_rendered(no_keys, tmp_path), "Deployment", f"{RELEASE}-worker")

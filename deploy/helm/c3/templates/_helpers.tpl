@@ -227,29 +227,28 @@ pod annotations so a change rolls the Deployments.
 {{- end }}
 {{- end }}
 
-{{/* env entries for the secret settings, each from existingSecret. */}}
+{{/*
+env entries for the secret settings, each from existingSecret: (dict "ctx" $ "component" "api").
+Every service needs the four base settings (production mode refuses to start without them);
+the tenant database's admin URL only the worker (it creates tenant databases, dumps them),
+the object store credentials only the worker (writes archives) and the API (signs links).
+*/}}
 {{- define "c3.secretEnv" -}}
 {{- include "c3.secretEnv.lines" . | trim }}
 {{- end }}
 
 {{- define "c3.secretEnv.lines" -}}
+{{- $component := .component }}
+{{- with .ctx }}
 {{- $secret := include "c3.secretName" . }}
-{{- range splitList " " (include "c3.secretKeys" .) }}
-- name: {{ . }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: {{ . }}
+{{- $keys := splitList " " (include "c3.secretKeys" .) }}
+{{- if and (eq $component "worker") (include "c3.tenantDatabaseFromSecret" .) }}
+{{- $keys = append $keys "C3_TENANT_DATABASE_URL" }}
 {{- end }}
-{{- if include "c3.tenantDatabaseFromSecret" . }}
-- name: C3_TENANT_DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: C3_TENANT_DATABASE_URL
+{{- if and (has $component (list "worker" "api")) (include "c3.objectStoreCredentialsFromSecret" .) }}
+{{- $keys = concat $keys (list "C3_OBJECT_STORE_ACCESS_KEY_ID" "C3_OBJECT_STORE_SECRET_ACCESS_KEY") }}
 {{- end }}
-{{- if include "c3.objectStoreCredentialsFromSecret" . }}
-{{- range list "C3_OBJECT_STORE_ACCESS_KEY_ID" "C3_OBJECT_STORE_SECRET_ACCESS_KEY" }}
+{{- range $keys }}
 - name: {{ . }}
   valueFrom:
     secretKeyRef:
