@@ -403,6 +403,8 @@ def test_proxy_spool_volume_is_sized_above_its_budget(tmp_path: Path) -> None:
         headroom = values.get("proxy", {}).get("spool", {}).get("headroomMiB", 16)
         assert volume["emptyDir"]["sizeLimit"] == f"{mib + headroom}Mi"
         container = spec["containers"][0]
+        # The node keeps that much disk free for the pod.
+        assert container["resources"]["requests"]["ephemeral-storage"] == f"{mib + headroom}Mi"
         (mount,) = [m for m in container["volumeMounts"] if m["name"] == "spool"]
         env = _env(container)
         assert env["C3_PROXY_SPOOL_DIR"] == mount["mountPath"]
