@@ -21,12 +21,11 @@ import abc
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
 from platform_core.errors import PermanentError, TemporaryError
 from platform_core.private_files import create_private
@@ -256,9 +255,7 @@ class S3Store(ObjectStore):
 
     def put_file(self, key: str, path: Path) -> StoredObject:
         with self._errors(f"uploading {key}"), open(path, "rb") as source:
-            self._client.upload_fileobj(
-                source, self.bucket, self._full(key), Config=self._transfer
-            )
+            self._client.upload_fileobj(source, self.bucket, self._full(key), Config=self._transfer)
         found = self.stat(key)
         if found is None:
             raise TemporaryError(f"object store: {key} is missing right after its upload")
@@ -272,7 +269,7 @@ class S3Store(ObjectStore):
                 body = self._client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
         except ClientError as exc:
             raise FileNotFoundError(key) from exc
-        return _BodyReader(body)
+        return cast(IO[bytes], body)  # botocore's StreamingBody is an io.IOBase
 
     def stat(self, key: str) -> StoredObject | None:
         from botocore.exceptions import ClientError
@@ -333,7 +330,9 @@ class _S3Errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> Literal[False]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         if isinstance(exc, ClientError):
@@ -351,30 +350,6 @@ class _S3Errors:
                 f"object store: {self.what} failed ({type(exc).__name__})"
             ) from None
         return False
-
-
-class _BodyReader:
-    """A botocore StreamingBody as a closeable binary stream."""
-
-    def __init__(self, body: Any) -> None:
-        self._body = body
-
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self._body.read(None if size < 0 else size)
-        return data
-
-    def iter_chunks(self) -> Iterator[bytes]:
-        while chunk := self.read(_CHUNK):
-            yield chunk
-
-    def close(self) -> None:
-        self._body.close()
-
-    def __enter__(self) -> _BodyReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _utc(value: datetime) -> datetime:
