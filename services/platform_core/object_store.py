@@ -301,7 +301,9 @@ class S3Store(ObjectStore):
             "Bucket": self.bucket,
             "Key": self._full(key),
             "ResponseContentDisposition": f'attachment; filename="{_plain(filename)}"',
-            "ResponseContentType": "application/octet-stream",
+            "ResponseContentType": (
+                "application/gzip" if filename.endswith(".gz") else "application/octet-stream"
+            ),
             "ResponseCacheControl": "private, no-store",
         }
         url: str = self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from platform_core import object_store
 from platform_core.db import task_session
 from platform_core.models import (
     AuditEvent,
@@ -21,7 +22,6 @@ from platform_core.models import (
     TenantExport,
     utcnow,
 )
-from platform_core import object_store
 from platform_core.object_store import export_key
 from platform_core.settings import get_settings
 from tenant_api.main import create_app
@@ -151,7 +151,8 @@ async def test_with_an_object_store_the_link_redirects_to_a_presigned_url(
     assert presigned.path.endswith(f"/api-test/{key}")
     ttl = int(presigned.params["X-Amz-Expires"])
     assert 3500 <= ttl <= 3600  # as long as the export lives: one hour here
-    got = httpx.get(presigned, timeout=30)  # a plain client, no Authorization header
+    async with httpx.AsyncClient(timeout=30) as plain:  # no Authorization header
+        got = await plain.get(presigned)
     assert got.status_code == 200 and got.content == ARCHIVE
     assert hashlib.sha256(got.content).hexdigest() == ready["sha256"]
     assert "attachment" in got.headers["content-disposition"]
