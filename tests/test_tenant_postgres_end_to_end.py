@@ -276,7 +276,7 @@ def restored_database(dump: Path) -> Iterator[dict[str, Any]]:
 
 
 def test_an_export_restores_into_a_new_database_and_a_fresh_synapse(
-    pg_platform: RunningPlatform, tmp_path: Path
+    pg_platform: RunningPlatform, pg_bucket: S3Store, tmp_path: Path
 ) -> None:
     tenant = create_tenant(pg_platform, "pg-export")
     exported = export_filled_tenant(pg_platform, tenant, tmp_path, bucket=pg_bucket)
