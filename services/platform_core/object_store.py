@@ -112,6 +112,11 @@ class ObjectStore(abc.ABC):
         seconds, or None when this store has no URLs of its own (the caller streams
         ``open(key)`` instead)."""
 
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise PermanentError when the store cannot work at all (no such bucket, refused
+        credentials), TemporaryError when it cannot be reached right now. For start-up."""
+
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
@@ -192,6 +197,9 @@ class LocalStore(ObjectStore):
 
     def download_url(self, key: str, ttl_s: int, filename: str) -> str | None:
         return None
+
+    def check(self) -> None:
+        return None  # the data directory is checked (and made private) by c3 itself
 
 
 # S3 ---------------------------------------------------------------------------------------
@@ -308,6 +316,17 @@ class S3Store(ObjectStore):
         }
         url: str = self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
         return url
+
+    def check(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self._errors("checking the bucket"):
+                self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:  # HEAD answers a bare 404 for a missing bucket
+            raise PermanentError(
+                f"object store: bucket {self.bucket!r} does not exist at {self.config.endpoint_url}"
+            ) from exc
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (tests and first runs; production buckets

@@ -167,3 +167,33 @@ def test_settings_choose_the_store(s3_server: S3Server, tmp_path: Path):
     )
     assert isinstance(s3, S3Store) and s3.bucket == bucket.bucket
     assert bucket.config.secret_access_key not in repr(s3.config)
+
+
+def test_a_missing_bucket_stops_the_api_and_worker_at_start(s3_server: S3Server, tmp_path: Path):
+    """`c3 worker` (and `c3 api`) check the store before serving: a bucket that does not
+    exist is a clear error naming it, and the process exits 2 without serving."""
+    import subprocess
+    import sys
+
+    missing = "no-such-bucket-" + uuid.uuid4().hex[:8]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("C3_")},
+        **s3_server.env(S3Store(s3_server.config(missing))),
+        "C3_DATA_DIR": str(tmp_path),
+    }
+    from platform_core.migrate import upgrade
+
+    upgrade(f"sqlite:///{tmp_path / 'platform.db'}")
+    done = subprocess.run(
+        [sys.executable, "-m", "c3", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert missing in done.stderr and "does not exist" in done.stderr
+    assert s3_server.env(S3Store(s3_server.config(missing)))[
+        "C3_OBJECT_STORE_SECRET_ACCESS_KEY"
+    ] not in (done.stderr + done.stdout)
