@@ -50,6 +50,7 @@ from provisioner.synapse_config import HomeserverSecrets, HomeserverSpec, write_
 from tenant_api import access_log
 from tenant_api.exports import links, service
 from tests.helpers.factories import make_tenant
+from tests.helpers.object_store import S3Server
 from tests.helpers.platform import poll
 
 MEDIA = {"local_content/ab/cd/efgh": b"\x89PNG fake image", "local_thumbnails/ab/cd/x/32": b"t"}
@@ -602,3 +603,34 @@ def test_only_an_exportable_tenant_is_exported(ctx: steps.Context) -> None:
     finally:
         lease.release()
     assert not ctx.store.exists(export_key(export_row(op_id).id))
+
+
+def test_with_an_object_store_the_archive_lives_only_in_the_bucket_until_it_expires(
+    ctx: steps.Context, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """The worker builds the archive in a private work directory, puts it in the bucket and
+    keeps no copy; the expiry task deletes it from the bucket."""
+    bucket = s3_server.bucket(prefix="worker")
+    ctx.store = bucket  # what C3_OBJECT_STORE_URL gives the worker
+    tenant_id, op_id, _ = pending_export(ctx)
+    lease = lease_for(ctx, tenant_id)
+    try:
+        export_operation.export(ctx, op_id, lease)
+    finally:
+        lease.release()
+    row = export_row(op_id)
+    assert row.state is ExportState.READY and row.path == export_key(row.id)
+    data = bucket.read_bytes(row.path)
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (row.size_bytes, row.sha256)
+    assert not (ctx.settings.data_path / row.path).exists()
+    assert list(exports.work_dir(ctx.settings).iterdir()) == []
+    (tmp_path / "downloaded.tar.gz").write_bytes(data)
+    manifest = json.loads(members(tmp_path / "downloaded.tar.gz")["manifest.json"])
+    assert manifest["export_id"] == str(row.id)
+
+    with task_session() as session:
+        found = session.get(TenantExport, row.id)
+        assert found is not None
+        found.expires_at = utcnow() - timedelta(seconds=1)
+    exports.expire_exports(ctx.settings, bucket)
+    assert not bucket.exists(row.path) and export_row(op_id).state is ExportState.EXPIRED
