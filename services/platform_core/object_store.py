@@ -186,9 +186,11 @@ class LocalStore(ObjectStore):
             return []
         found = []
         for path in sorted(base.rglob("*")):
-            if not path.is_file() or path.name.startswith("."):  # partial writes are hidden
+            parts = path.relative_to(self.root).parts
+            # Partial writes (and work directories of older releases) are hidden.
+            if not path.is_file() or any(part.startswith(".") for part in parts):
                 continue
-            key = PurePosixPath(*path.relative_to(self.root).parts).as_posix()
+            key = PurePosixPath(*parts).as_posix()
             if key.startswith(prefix):
                 item = self.stat(key)
                 if item is not None:

@@ -197,3 +197,12 @@ def test_a_missing_bucket_stops_the_api_and_worker_at_start(s3_server: S3Server,
     assert s3_server.env(S3Store(s3_server.config(missing)))[
         "C3_OBJECT_STORE_SECRET_ACCESS_KEY"
     ] not in (done.stderr + done.stdout)
+
+
+def test_local_partial_writes_are_not_objects(tmp_path: Path):
+    store = LocalStore(tmp_path)
+    (tmp_path / "exports" / ".work-old").mkdir(parents=True)
+    (tmp_path / "exports" / ".work-old" / "homeserver.db").write_bytes(b"x")
+    (tmp_path / "exports" / ".1.tar.gz.ab12cd34.partial").write_bytes(b"half")
+    store.put_file("exports/1.tar.gz", _file(tmp_path, b"whole"))
+    assert [item.key for item in store.list("exports/")] == ["exports/1.tar.gz"]
