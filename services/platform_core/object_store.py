@@ -86,9 +86,14 @@ class ObjectStore(abc.ABC):
     kind: str
 
     @abc.abstractmethod
+    def put_stream(self, key: str, stream: IO[bytes]) -> StoredObject:
+        """Store what ``stream`` yields until its end under ``key`` (replacing what was
+        there). Readers see the old object or the complete new one, never a part."""
+
     def put_file(self, key: str, path: Path) -> StoredObject:
-        """Store the file at ``path`` under ``key`` (replacing what was there). Readers see the
-        old object or the complete new one, never a part."""
+        """Store the file at ``path`` under ``key`` (see ``put_stream``)."""
+        with open(path, "rb") as source:
+            return self.put_stream(key, source)
 
     @abc.abstractmethod
     def open(self, key: str) -> IO[bytes]:
@@ -149,13 +154,13 @@ class LocalStore(ObjectStore):
     def path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 
-    def put_file(self, key: str, path: Path) -> StoredObject:
+    def put_stream(self, key: str, stream: IO[bytes]) -> StoredObject:
         dest = self.path(key)
         dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
         try:
-            with open(path, "rb") as source, os.fdopen(create_private(partial), "wb") as target:
-                shutil.copyfileobj(source, target, _CHUNK)
+            with os.fdopen(create_private(partial), "wb") as target:
+                shutil.copyfileobj(stream, target, _CHUNK)
                 target.flush()
                 os.fsync(target.fileno())
             partial.replace(dest)
@@ -263,9 +268,9 @@ class S3Store(ObjectStore):
     def _errors(self, what: str) -> Any:
         return _S3Errors(what, self.bucket)
 
-    def put_file(self, key: str, path: Path) -> StoredObject:
-        with self._errors(f"uploading {key}"), open(path, "rb") as source:
-            self._client.upload_fileobj(source, self.bucket, self._full(key), Config=self._transfer)
+    def put_stream(self, key: str, stream: IO[bytes]) -> StoredObject:
+        with self._errors(f"uploading {key}"):
+            self._client.upload_fileobj(stream, self.bucket, self._full(key), Config=self._transfer)
         found = self.stat(key)
         if found is None:
             raise TemporaryError(f"object store: {key} is missing right after its upload")

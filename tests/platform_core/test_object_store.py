@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,15 @@ def test_a_file_put_under_a_key_reads_back_with_its_size(store: ObjectStore, tmp
     assert store.read_bytes(key) == data
     assert store.exists(key)
     assert store.stat(key) == stored
+
+
+def test_a_stream_is_stored_until_its_end(store: ObjectStore):
+    data = os.urandom(1024 * 1024 + 3)
+    stored = store.put_stream("archive/t-1-20260101T000000Z.pgdump", io.BytesIO(data))
+    assert stored.size == len(data)
+    with store.open(stored.key) as stream:
+        assert stream.read(10) == data[:10]
+        assert stream.read() == data[10:]
 
 
 def test_putting_again_replaces_the_object(store: ObjectStore, tmp_path: Path):
