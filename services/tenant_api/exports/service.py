@@ -149,7 +149,7 @@ def downloadable(
         raise Gone("this tenant was deleted, and its exports with it")
     if export.expires_at is not None and export.expires_at <= utcnow():
         raise Gone("this download link has expired; start a new export")
-    if export.state is not ExportState.READY or export.path is None:
+    if export.state is not ExportState.READY or export.path is None or export.expires_at is None:
         raise NotFound(_NO_LINK)
     return export
 
@@ -164,8 +164,8 @@ def open_download(store: ObjectStore, export: TenantExport) -> Download:
         raise Gone("this export's archive was cleaned up; start a new export")
     stamp = export.created_at.strftime("%Y%m%dT%H%M%SZ")
     filename = f"c3-export-{export.tenant_id}-{stamp}.tar.gz"
-    assert export.expires_at is not None
-    ttl_s = math.ceil((export.expires_at - utcnow()).total_seconds())
+    expires_at = export.expires_at or utcnow()  # set on every ready export (downloadable)
+    ttl_s = math.ceil((expires_at - utcnow()).total_seconds())
     url = store.download_url(key, ttl_s, filename)
     if url is not None:
         return Download(filename, stored.size, url=url)
