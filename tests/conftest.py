@@ -107,3 +107,12 @@ def browser() -> Iterator:
 
     with chromium() as launched:
         yield launched
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real S3-compatible server (moto's standalone server) on loopback for the session."""
+    from tests.helpers.object_store import moto_server
+
+    with moto_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server

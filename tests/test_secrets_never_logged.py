@@ -47,6 +47,8 @@ def platform_secrets(platform: RunningPlatform) -> dict[str, str]:
         "operator token": platform.token,
         "secret key": platform.env["C3_SECRET_KEY"],
     }
+    if platform.env.get("C3_OBJECT_STORE_SECRET_ACCESS_KEY"):
+        found["object store secret"] = platform.env["C3_OBJECT_STORE_SECRET_ACCESS_KEY"]
     for password in KNOWN_PASSWORDS:
         found[f"user password {password}"] = password
     box = SecretBox(platform.env["C3_SECRET_KEY"])

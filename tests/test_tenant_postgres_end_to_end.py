@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nio
 import psycopg
 import pytest
@@ -24,11 +25,13 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.engine import make_url
 
+from platform_core.object_store import S3Store, archive_prefix
 from provisioner import tenant_databases
 from provisioner.backends.local import LocalBackend
 from tests.helpers.environment import isolated_platform
 from tests.helpers.exports import assert_serves_the_export, export_filled_tenant, restored_synapse
 from tests.helpers.matrix import login
+from tests.helpers.object_store import SECRET_ACCESS_KEY, S3Server
 from tests.helpers.platform import RunningPlatform, poll, wait_operation
 
 ADMIN_URL = os.environ.get("C3_TEST_DATABASE_URL", "")
@@ -39,16 +42,27 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
+def pg_bucket(s3_server: S3Server) -> S3Store:
+    return s3_server.bucket(prefix="pg-platform")
+
+
+@pytest.fixture(scope="module")
 def pg_platform(
-    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    platform_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_server: S3Server,
+    pg_bucket: S3Store,
 ) -> Iterator[RunningPlatform]:
-    """`c3 up` whose tenants get their own PostgreSQL database on the test server."""
+    """`c3 up` whose tenants get their own PostgreSQL database on the test server, and whose
+    exports, archives and dumps go to a bucket of a real S3 server (moto): production's
+    layout on one machine."""
     try:
         with isolated_platform(
             platform_env,
             tmp_path_factory.mktemp("c3-pg-platform"),
             C3_TENANT_DATABASE_URL=ADMIN_URL,
             C3_USAGE_RECONCILE_INTERVAL_S="2",
+            **s3_server.env(pg_bucket),
         ) as running:
             yield running
     finally:
@@ -165,12 +179,13 @@ async def test_each_homeserver_keeps_its_data_in_a_database_only_it_can_open(
 
 
 def test_deleting_a_tenant_archives_its_database_and_purging_leaves_nothing(
-    pg_platform: RunningPlatform,
+    pg_platform: RunningPlatform, pg_bucket: S3Store, tmp_path: Path
 ) -> None:
+    """The data archive and the database dump land in the bucket (nothing stays on the
+    worker's disk); ?purge=true leaves nothing there."""
     kept = create_tenant(pg_platform, "pg-kept")
     purged = create_tenant(pg_platform, "pg-purged")
     pg_platform.create_user(kept["id"], "kim", "kim-secret-123")
-    archive_dir = pg_platform.data_dir / "archive"
 
     with pg_platform.api() as api:
         deleted = api.delete(f"/v1/tenants/{kept['id']}")
@@ -180,8 +195,16 @@ def test_deleting_a_tenant_archives_its_database_and_purging_leaves_nothing(
     steps = wait_operation(pg_platform, deleted.json()["operation"]["url"], 120)["steps_done"]
     [archived] = [s.split(":", 1)[1] for s in steps if s.startswith("database-archived:")]
     assert "database-dropped" in steps
-    dump = Path(archived)
-    assert dump.parent == archive_dir and dump.name.startswith(kept["id"])
+    assert archived.startswith(f"archive/{kept['id']}-") and archived.endswith(".pgdump")
+    stored = [item.key for item in pg_bucket.list(archive_prefix(kept["id"]))]
+    assert archived in stored
+    assert [k for k in stored if k.endswith(".tar.gz")] == [
+        s.split(":", 1)[1] for s in steps if s.startswith("data-archived:")
+    ]
+    assert not (pg_platform.data_dir / "archive").exists()  # nothing on the worker's disk
+    assert not pg_platform.homeserver_dir(kept["id"]).exists()
+    dump = tmp_path / "kept.pgdump"
+    dump.write_bytes(pg_bucket.read_bytes(archived))
     listing = subprocess.run(
         ["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=True
     ).stdout
@@ -191,7 +214,7 @@ def test_deleting_a_tenant_archives_its_database_and_purging_leaves_nothing(
     steps = wait_operation(pg_platform, purging.json()["operation"]["url"], 120)["steps_done"]
     assert "database-dropped" in steps and "data-purged" in steps
     assert not any(s.startswith("database-archived") for s in steps)
-    assert list(archive_dir.glob(f"{purged['id']}-*")) == []
+    assert pg_bucket.list(archive_prefix(purged["id"])) == []
     assert database_gone(database_of(purged))
 
 
@@ -253,10 +276,10 @@ def restored_database(dump: Path) -> Iterator[dict[str, Any]]:
 
 
 def test_an_export_restores_into_a_new_database_and_a_fresh_synapse(
-    pg_platform: RunningPlatform, tmp_path: Path
+    pg_platform: RunningPlatform, pg_bucket: S3Store, tmp_path: Path
 ) -> None:
     tenant = create_tenant(pg_platform, "pg-export")
-    exported = export_filled_tenant(pg_platform, tenant, tmp_path)
+    exported = export_filled_tenant(pg_platform, tenant, tmp_path, bucket=pg_bucket)
     assert exported.manifest["database"] == {
         "engine": "postgresql",
         "path": "database/homeserver.pgdump",
@@ -281,3 +304,27 @@ def test_an_export_restores_into_a_new_database_and_a_fresh_synapse(
         ) as restored,
     ):
         assert_serves_the_export(restored, exported)
+
+
+def test_the_object_store_secret_is_in_no_log_and_no_answer(
+    pg_platform: RunningPlatform, pg_bucket: S3Store
+) -> None:
+    """After the exports and deletions above went through the bucket: the S3 secret access key
+    appears in no log the platform or its homeservers wrote, and in no API answer."""
+    logs = [pg_platform.log_path, *(pg_platform.data_dir / "logs").glob("*.log")]
+    logs += (pg_platform.data_dir / "homeservers").glob("*/*.log")
+    assert [p.name for p in logs if SECRET_ACCESS_KEY in p.read_text(errors="replace")] == []
+    tenant = create_tenant(pg_platform, "pg-secret")
+    with pg_platform.api() as api:
+        accepted = api.post(f"/v1/tenants/{tenant['id']}/export")
+        wait_operation(pg_platform, accepted.headers["location"], timeout=120)
+        answers = [
+            accepted,
+            api.get(f"/v1/tenants/{tenant['id']}/exports"),
+            api.get(accepted.headers["location"]),
+        ]
+    link = answers[1].json()["items"][0]["download_url"]
+    answers.append(httpx.get(link, timeout=30))  # the redirect to the presigned URL
+    for answer in answers:
+        assert SECRET_ACCESS_KEY not in answer.text
+        assert SECRET_ACCESS_KEY not in str(answer.headers)

@@ -52,6 +52,22 @@ def _require_migrated() -> None:
         raise typer.Exit(2) from None
 
 
+def _require_object_store() -> None:
+    """Refuse to start the API or a worker whose object store cannot work (no such bucket,
+    refused credentials); one that is only unreachable right now is a warning."""
+    from platform_core import object_store
+    from platform_core.errors import PermanentError, TemporaryError
+    from platform_core.settings import get_settings
+
+    try:
+        object_store.from_settings(get_settings()).check()
+    except PermanentError as exc:
+        typer.echo(f"c3: {exc} (C3_OBJECT_STORE_*)", err=True)
+        raise typer.Exit(2) from None
+    except TemporaryError as exc:
+        logging.getLogger("c3").warning("%s; exports and archives fail until it is back", exc)
+
+
 def _keep_our_logging() -> None:
     """Tell Celery the logging is configured already (ours, above), so it changes nothing."""
     from celery.signals import setup_logging
@@ -88,6 +104,7 @@ def api() -> None:
 
     _logging()
     _require_migrated()
+    _require_object_store()
     settings = get_settings()
     uvicorn.run(
         "tenant_api.main:create_app",
@@ -151,6 +168,7 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
 
     _logging()
     _require_migrated()
+    _require_object_store()
     # Beat applies usage every second: per-task "received"/"succeeded" lines would drown the
     # log. Tasks log what matters themselves (tenant active, operation failed, ...).
     for chatty in ("celery.app.trace", "celery.worker.strategy"):

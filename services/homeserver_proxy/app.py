@@ -26,7 +26,7 @@ from homeserver_proxy.federation import (
     public_port,
     server_delegation,
 )
-from homeserver_proxy.forwarding import ClientGone, Forwarder, is_long_poll
+from homeserver_proxy.forwarding import ClientGone, Forwarder, SpoolBudget, is_long_poll
 from homeserver_proxy.guard import Verdict, classify
 from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
@@ -46,7 +46,8 @@ class ProxyApp:
         self.redis = aioredis.from_url(settings.require_redis_url())
         self.routes = RouteTable(self.redis, self.keys)
         self.forwarder = Forwarder(
-            public_scheme=urlsplit(settings.effective_proxy_public_url).scheme
+            public_scheme=urlsplit(settings.effective_proxy_public_url).scheme,
+            spool_budget=SpoolBudget(settings.proxy_spool_budget_bytes, settings.proxy_spool_dir),
         )
         self.meter = UsageMeter()
         # Each client address gets a share of its tenant's budget: one client (however many

@@ -143,6 +143,19 @@ def too_many_in_flight() -> MatrixError:
     )
 
 
+def spool_full() -> MatrixError:
+    # 503 and closing: the proxy's spool space for bodies without a length is taken by other
+    # requests for now (nothing the client did wrong), and the rest of this body is not read.
+    return MatrixError(
+        503,
+        "M_LIMIT_EXCEEDED",
+        "The server is receiving too many large requests right now; retry shortly "
+        "(sending a Content-Length lets an upload stream instead of waiting for space)",
+        headers=[(b"retry-after", b"5"), (b"connection", b"close")],
+        extra={"retry_after_ms": 5000},
+    )
+
+
 def bad_framing(reason: str) -> MatrixError:
     """The request's framing or Host is ambiguous: refused, and the connection closed (what
     follows on it cannot be trusted to be where a server would read the next request)."""

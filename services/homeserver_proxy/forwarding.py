@@ -16,6 +16,12 @@ with a ``Content-Length``: an oversized one is refused before any byte of it goe
 the homeserver never has to agree with us on where a chunked body ends. Matrix clients send
 lengths; chunked uploads are rare.
 
+Spool files live in ``C3_PROXY_SPOOL_DIR`` (the system temp directory when unset), and all of
+one process's spools together hold at most ``C3_PROXY_SPOOL_BUDGET_BYTES``: a chunk that would
+take them past it is not written, and its request is refused with 503 ``M_LIMIT_EXCEEDED`` and
+``Retry-After`` instead — a full volume (a pod evicted for its ``emptyDir``) never. A request's
+share goes back when its spool closes: done, refused, failed upstream or the client gone.
+
 The homeserver's ``Server`` header (``Synapse/1.x (b=…)``) is not passed on: it tells anyone
 which version, with which known holes, runs behind us.
 """
@@ -24,10 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs
 
@@ -75,8 +84,11 @@ _RESPONSE_DROP = frozenset(
 
 # A client can repeat a header under a name some frameworks read as the same one
 # (X_Forwarded_For is HTTP_X_FORWARDED_FOR to CGI and WSGI): such names are dropped too.
+log = logging.getLogger(__name__)
+
 _HOP_BY_HOP_UNDERSCORED = frozenset(name.replace(b"-", b"_") for name in HOP_BY_HOP)
 _SPOOL_IN_MEMORY = 1024 * 1024
+DEFAULT_SPOOL_BUDGET_BYTES = 512 * 1024 * 1024
 _SPOOL_READ = 256 * 1024
 
 _SYNC = re.compile(r"^/_matrix/client/(?:r0|v3|unstable/[^/]+)/(?:sync|events)$")
@@ -153,25 +165,74 @@ class BodyTooLarge(Exception):
     pass
 
 
+class SpoolBudget:
+    """The disk bytes all in-flight spools of this process may hold together. The event loop
+    is the only writer: no lock needed."""
+
+    def __init__(self, limit: int, directory: Path | None = None) -> None:
+        self.limit = limit
+        self.directory = directory
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+class _Spool:
+    """One request body's temporary file and the share of the budget it holds; closing it
+    (idempotent) removes the file and returns the share."""
+
+    def __init__(self, budget: SpoolBudget) -> None:
+        self._budget = budget
+        self._held = 0
+        self.file = tempfile.TemporaryFile(dir=budget.directory)  # noqa: SIM115 — see close
+
+    def write(self, data: bytes) -> None:
+        if not self._budget.take(len(data)):
+            log.warning(
+                "refused a chunked request body: spooling it would pass the spool budget "
+                "(C3_PROXY_SPOOL_BUDGET_BYTES=%d, %d held)",
+                self._budget.limit,
+                self._budget.held,
+            )
+            raise errors.spool_full()
+        self._held += len(data)
+        self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+        self._budget.give_back(self._held)
+        self._held = 0
+
+
 @dataclass
 class _ReceivedBody:
     size: int
     data: bytes = b""
-    file: IO[bytes] | None = None  # set instead of ``data`` past _SPOOL_IN_MEMORY
+    spool: _Spool | None = None  # set instead of ``data`` past _SPOOL_IN_MEMORY
 
 
-async def _receive_all(first: bytes, receive: Receive, max_body: int) -> _ReceivedBody:
-    """Receive a whole request body of unknown length, refusing it past ``max_body``."""
+async def _receive_all(
+    first: bytes, receive: Receive, max_body: int, budget: SpoolBudget
+) -> _ReceivedBody:
+    """Receive a whole request body of unknown length, refusing it past ``max_body`` (413)
+    or when spooling it would pass the process's spool budget (503)."""
     parts = [first]
     size = len(first)
-    spool: IO[bytes] | None = None
+    spool: _Spool | None = None
     try:
         while True:
             if size > max_body:
                 raise errors.too_large(max_body)
             if spool is None and size > _SPOOL_IN_MEMORY:
-                spool = tempfile.TemporaryFile()  # noqa: SIM115 — closed by the caller
-                spool.writelines(parts)
+                spool = _Spool(budget)
+                spool.write(b"".join(parts))
                 parts = []
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -192,8 +253,8 @@ async def _receive_all(first: bytes, receive: Receive, max_body: int) -> _Receiv
         raise
     if spool is None:
         return _ReceivedBody(size, data=b"".join(parts))
-    spool.seek(0)
-    return _ReceivedBody(size, file=spool)
+    spool.file.seek(0)
+    return _ReceivedBody(size, spool=spool)
 
 
 async def _read_file(file: IO[bytes]) -> AsyncIterator[bytes]:
@@ -241,7 +302,7 @@ def _upstream_headers(
 @dataclass
 class _OutgoingBody:
     data: bytes | AsyncIterator[bytes]
-    spooled: IO[bytes] | None = None  # the temporary file ``data`` reads, closed by ``close``
+    spooled: _Spool | None = None  # the temporary file ``data`` reads, closed by ``close``
     length: int | None = None  # a Content-Length to send (a chunked body received whole)
 
     def close(self) -> None:
@@ -260,12 +321,21 @@ class _UpstreamRequest:
 
 
 class Forwarder:
-    def __init__(self, *, public_scheme: str | None = None) -> None:
+    def __init__(
+        self, *, public_scheme: str | None = None, spool_budget: SpoolBudget | None = None
+    ) -> None:
         self._session: aiohttp.ClientSession | None = None
         # The scheme clients use (C3_PROXY_PUBLIC_URL's; TLS may end in front of us).
         self._public_scheme = public_scheme
+        self.spool_budget = spool_budget or SpoolBudget(DEFAULT_SPOOL_BUDGET_BYTES)
 
     async def start(self) -> None:
+        directory = self.spool_budget.directory
+        if directory is not None and not (directory.is_dir() and os.access(directory, os.W_OK)):
+            raise RuntimeError(
+                f"C3_PROXY_SPOOL_DIR={directory} is not a writable directory (mount the "
+                "proxy's spool volume there, or leave it unset for the system temp directory)"
+            )
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True
         )
@@ -357,13 +427,13 @@ class Forwarder:
             # (and fill) the disk. It takes its tenant slot from its head on.
             return _OutgoingBody(self._stream_body(first_chunk, receive, counter, max_body))
         # The whole body before the homeserver sees any of it.
-        received = await _receive_all(first_chunk, receive, max_body)
+        received = await _receive_all(first_chunk, receive, max_body, self.spool_budget)
         counter[0] = received.size
-        if received.file is None:
+        if received.spool is None:
             return _OutgoingBody(received.data)
         return _OutgoingBody(
-            _read_file(received.file),
-            spooled=received.file,
+            _read_file(received.spool.file),
+            spooled=received.spool,
             length=received.size if declared_length is None else None,
         )
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -52,3 +55,19 @@ def ensure_private_dir(path: Path) -> None:
             path,
             mode,
         )
+
+
+def work_root(data_dir: Path) -> Path:
+    """Where workers build archives and dumps before they go to the object store: on the data
+    volume, not the system temp directory (a read-only root filesystem, a small ``/tmp``)."""
+    return data_dir / "work"
+
+
+@contextmanager
+def private_temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new 0700 directory under ``parent`` (made private if missing), removed with all it
+    holds when the block ends: where a worker builds an archive before uploading it. Kept on
+    the data volume, not the system temp directory, because archives are as big as tenants."""
+    ensure_private_dir(parent)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=prefix) as work:
+        yield Path(work)

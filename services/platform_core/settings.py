@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The operator token grants everything; outside local mode it must be long enough not to guess.
@@ -135,6 +135,74 @@ class Settings(BaseSettings):
     # internal (loopback, private, link-local, ...): a tenant's OIDC issuer may then be there,
     # and Synapse's ip_range_whitelist lets its outbound HTTP through. Empty: none.
     outbound_allowed_networks: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
+
+    # --- Object storage and the proxy spool (issue 12, "state that survives a pod") ---------
+    # Exports, deletion archives and database dumps (platform_core.object_store): an
+    # S3-compatible endpoint (https://s3.eu-central-1.amazonaws.com, http://minio:9000);
+    # empty: the data directory holds them (local runs). Credentials: both or neither
+    # (neither: boto3's own chain, e.g. a pod's web identity).
+    object_store_url: str | None = None
+    object_store_bucket: str | None = None
+    object_store_region: str = "us-east-1"
+    object_store_access_key_id: str | None = Field(default=None, repr=False)
+    object_store_secret_access_key: SecretStr | None = Field(default=None, repr=False)
+    # Every key goes under this prefix (one bucket shared by several platforms).
+    object_store_prefix: str = ""
+    # The proxy spools a chunked request body past 1 MiB to a file in this directory (the
+    # system temp directory when unset); all spools of one proxy process together may hold
+    # at most the budget: a request that would pass it gets 503 M_LIMIT_EXCEEDED first.
+    proxy_spool_dir: Path | None = None
+    proxy_spool_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+
+    @field_validator("object_store_url")
+    @classmethod
+    def _object_store_url(cls, v: str | None) -> str | None:
+        if not v or not v.strip():
+            return None
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "C3_OBJECT_STORE_URL must be the S3 endpoint's http(s) URL, "
+                "such as https://s3.eu-central-1.amazonaws.com"
+            )
+        return v.strip().rstrip("/")
+
+    @field_validator("object_store_prefix")
+    @classmethod
+    def _object_store_prefix(cls, v: str) -> str:
+        v = v.strip().strip("/")
+        if v and any(part in ("", ".", "..") for part in v.split("/")):
+            raise ValueError("C3_OBJECT_STORE_PREFIX must be a plain path such as c3/prod")
+        return v
+
+    @model_validator(mode="after")
+    def _check_object_store(self) -> Settings:
+        if self.object_store_url:
+            if not self.object_store_bucket:
+                raise ValueError("C3_OBJECT_STORE_URL needs C3_OBJECT_STORE_BUCKET")
+            if bool(self.object_store_access_key_id) != bool(self.object_store_secret_access_key):
+                raise ValueError(
+                    "C3_OBJECT_STORE_ACCESS_KEY_ID and C3_OBJECT_STORE_SECRET_ACCESS_KEY go "
+                    "together (or leave both unset for the environment's own credentials)"
+                )
+            if self.export_link_ttl_s > 7 * 24 * 3600:
+                raise ValueError(
+                    "C3_EXPORT_LINK_TTL_S may be at most 7 days (604800) with an object store: "
+                    "presigned S3 links live no longer"
+                )
+        if (
+            self.mode is Mode.PRODUCTION
+            and self.backend is BackendKind.KUBERNETES
+            and not self.object_store_url
+        ):
+            raise ValueError(
+                "production mode with C3_BACKEND=kubernetes needs C3_OBJECT_STORE_URL (and "
+                "C3_OBJECT_STORE_BUCKET): pods do not share a disk, so exports, archives and "
+                "dumps must go to object storage"
+            )
+        return self
+
+    # --- end of object storage and proxy spool ---------------------------------------------
 
     @field_validator("base_domain")
     @classmethod

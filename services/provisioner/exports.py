@@ -1,6 +1,9 @@
 """Tenant exports: one ``.tar.gz`` of a tenant's homeserver that restores into a fresh Synapse.
 
-The archive (``<data dir>/exports/<export id>.tar.gz``, mode 0600) holds::
+The archive is built in a private work directory on the worker (``<data dir>/work/``), then
+put in the platform's object store under ``exports/<export id>.tar.gz``
+(platform_core.object_store: the data directory, or S3 with ``C3_OBJECT_STORE_URL``) and the
+local copy removed. It holds::
 
     database/homeserver.db      SQLite, copied with SQLite's online backup API
     database/homeserver.pgdump  or: ``pg_dump -Fc`` of the tenant's own PostgreSQL database
@@ -56,7 +59,7 @@ archive's ``server_name``, ``signing_key_path`` → ``signing.key``, ``media_sto
   instead of ``--role``). Synapse needs the C collation, hence ``template0``.
 
 Made by an operation body (``export``) under the tenant's lease; the beat task
-``expire_exports`` deletes archives past their expiry. Both are idempotent.
+``expire_exports`` deletes archives past their expiry from the store. Both are idempotent.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ from typing import IO, Any
 
 import yaml
 
+from platform_core import object_store
 from platform_core.db import task_session
 from platform_core.errors import PermanentError, TemporaryError
 from platform_core.models import (
@@ -91,7 +95,8 @@ from platform_core.models import (
     TenantStatus,
     utcnow,
 )
-from platform_core.private_files import create_private
+from platform_core.object_store import ObjectStore
+from platform_core.private_files import create_private, private_temp_dir, work_root
 from platform_core.settings import Settings
 from provisioner import repository, tenant_databases
 
@@ -116,12 +121,9 @@ _STALE_WORK_AFTER = timedelta(hours=2)
 # Paths --------------------------------------------------------------------------------
 
 
-def exports_dir(settings: Settings) -> Path:
-    return settings.data_path / "exports"
-
-
-def archive_path(settings: Settings, export_id: uuid.UUID) -> Path:
-    return exports_dir(settings) / f"{export_id}.tar.gz"
+def work_dir(settings: Settings) -> Path:
+    """Where workers build archives before they go to the object store (private dirs)."""
+    return work_root(settings.data_path)
 
 
 def _partial(path: Path) -> Path:
@@ -449,11 +451,35 @@ def _add_bytes(tar: tarfile.TarFile, manifest: _Manifest | None, name: str, data
 
 def file_digest(path: Path) -> tuple[int, str]:
     """Size and SHA-256 (hex) of a file."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return path.stat().st_size, digest.hexdigest()
+        return _stream_digest(handle)
+
+
+def stored_digest(store: ObjectStore, key: str) -> tuple[int, str]:
+    """Size and SHA-256 (hex) of an object in the store (read back in full)."""
+    with store.open(key) as handle:
+        return _stream_digest(handle)
+
+
+def _stream_digest(handle: IO[bytes]) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def publish_archive(
+    store: ObjectStore, settings: Settings, build: Callable[[Path], None], key: str
+) -> tuple[int, str]:
+    """Build an archive with ``build(dest)`` in a private work directory, put it in ``store``
+    under ``key`` and remove the local copy; returns its size and SHA-256 (hex)."""
+    with private_temp_dir(work_dir(settings), prefix="export-") as work:
+        local = work / Path(key).name
+        build(local)
+        size, digest = file_digest(local)
+        store.put_file(key, local)
+    return size, digest
 
 
 def synapse_version(python: str | None) -> str:
@@ -479,22 +505,23 @@ def synapse_version(python: str | None) -> str:
 # Expiry -------------------------------------------------------------------------------
 
 
-def expire_exports(settings: Settings) -> dict[str, int]:
+def expire_exports(settings: Settings, store: ObjectStore | None = None) -> dict[str, int]:
     """Delete the archives of exports past their expiry or of deleted tenants (state →
     expired: a deleted tenant's data must not outlive it here), record exports
     whose operation gave up as failed (state → failed, leftovers deleted), and remove work
     directories of exports that died mid-way. Idempotent: a second run finds nothing to do."""
+    store = store if store is not None else object_store.from_settings(settings)
     now = utcnow()
     report = {"expired": 0, "failed": 0, "stale_work_dirs": 0}
     with task_session() as session:
         due = repository.ready_exports_due(session, now, _GONE)
         for row in due:
-            _delete_archive(settings, row)
+            _delete_archive(settings, store, row)
             row.state = ExportState.EXPIRED
             report["expired"] += 1
         given_up = repository.pending_exports_of_failed_operations(session)
         for row in given_up:
-            _delete_archive(settings, row)
+            _delete_archive(settings, store, row)
             row.state = ExportState.FAILED
             report["failed"] += 1
     report["stale_work_dirs"] = _remove_stale_work_dirs(settings, now)
@@ -503,10 +530,10 @@ def expire_exports(settings: Settings) -> dict[str, int]:
     return report
 
 
-def _delete_archive(settings: Settings, row: TenantExport) -> None:
-    final = archive_path(settings, row.id)
-    for path in {final, _partial(final), *([Path(row.path)] if row.path else [])}:
-        path.unlink(missing_ok=True)
+def _delete_archive(settings: Settings, store: ObjectStore, row: TenantExport) -> None:
+    store.delete(object_store.export_key(row.id))
+    if row.path and Path(row.path).is_absolute():
+        Path(row.path).unlink(missing_ok=True)  # written by a release before the object store
     if settings.tenant_database_url and row.state is ExportState.PENDING:
         # A worker killed mid-export leaves its unscrubbed scratch copy: never keep it.
         tenant_databases.drop_scratch(
@@ -515,12 +542,13 @@ def _delete_archive(settings: Settings, row: TenantExport) -> None:
 
 
 def _remove_stale_work_dirs(settings: Settings, now: datetime) -> int:
-    root = exports_dir(settings)
+    """Work directories of archives whose worker died (kill -9) before it cleaned up."""
+    root = work_dir(settings)
     if not root.is_dir():
         return 0
     cutoff = (now - _STALE_WORK_AFTER).timestamp()
     removed = 0
-    for work in root.glob(".work-*"):
+    for work in root.iterdir():
         if work.is_dir() and work.stat().st_mtime < cutoff:
             shutil.rmtree(work, ignore_errors=True)
             removed += 1

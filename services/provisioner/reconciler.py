@@ -262,7 +262,7 @@ def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> N
         )
     retention_days = ctx.settings.archive_retention_days
     cutoff = utcnow() - timedelta(days=retention_days)
-    if purged := ctx.backend.purge_archives(str(tenant_id), older_than=cutoff):
+    if purged := ctx.backend.purge_archives(str(tenant_id), ctx.store, older_than=cutoff):
         run.record(
             ReconcileAction.ARCHIVE_PURGED,
             tenant_id,

@@ -18,7 +18,7 @@ import httpx
 import redis
 from sqlalchemy.orm import Session
 
-from platform_core import outbound
+from platform_core import object_store, outbound
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, PermanentError, TemporaryError
 from platform_core.homeserver_settings import effective_max_upload_bytes, federation_mode
@@ -28,6 +28,7 @@ from platform_core.models import (
     Plan,
     Tenant,
 )
+from platform_core.object_store import ObjectStore
 from platform_core.redis import RedisKeys, keys_for
 from platform_core.routes import Route, publish_route, withdraw_route
 from platform_core.settings import BackendKind, Settings, get_settings
@@ -66,6 +67,11 @@ class Context:
     @cached_property
     def keys(self) -> RedisKeys:
         return keys_for(self.settings)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        """Where exports, deletion archives and database dumps go."""
+        return object_store.from_settings(self.settings)
 
 
 def make_backend(settings: Settings) -> Backend:

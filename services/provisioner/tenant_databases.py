@@ -25,7 +25,6 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +32,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from platform_core import object_store
 from platform_core.errors import PermanentError, TemporaryError
+from platform_core.object_store import ObjectStore
+from platform_core.private_files import private_temp_dir, work_root
 from platform_core.settings import Settings
 from provisioner.synapse_config import HomeserverSecrets
 
@@ -413,23 +415,26 @@ def drop_database(admin_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def dump_path(archive_dir: Path, tenant_id: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return archive_dir / f"{tenant_id}-{stamp}.pgdump"
-
-
 def retire(
-    settings: Settings, name: str, tenant_id: str, archive_dir: Path, *, keep: bool
-) -> Path | None:
-    """Delete-time step: with ``keep``, dump the database next to the tenant's data archive
-    (``<tenant id>-<UTC stamp>.pgdump``, so retention and purge find it), then drop database
-    and role. Idempotent across redelivery: a database already gone is not dumped again, and
-    an existing dump is kept (it was made after the homeserver stopped). Returns the dump."""
+    settings: Settings, name: str, tenant_id: str, store: ObjectStore, *, keep: bool
+) -> str | None:
+    """Delete-time step: with ``keep``, dump the database into the object store beside the
+    tenant's data archive (``archive/<tenant id>-<UTC stamp>.pgdump``, so retention and purge
+    find it; built in a private work directory, removed once stored), then drop database and
+    role. Idempotent across redelivery: a database already gone is not dumped again, and an
+    existing dump is kept (it was made after the homeserver stopped). Returns the dump's key."""
     admin_url = require_admin_url(settings)
-    existing = sorted(archive_dir.glob(f"{tenant_id}-*.pgdump"))
+    existing = [
+        item.key
+        for item in store.list(object_store.archive_prefix(tenant_id))
+        if item.key.endswith(".pgdump")
+    ]
     dump = existing[-1] if existing else None
     if keep and dump is None and database_exists(admin_url, name):
-        dump = dump_path(archive_dir, tenant_id)
-        dump_database(admin_url, name, dump)
+        dump = object_store.archive_key(tenant_id, ".pgdump")
+        with private_temp_dir(work_root(settings.data_path), prefix="dump-") as work:
+            local = work / "database.pgdump"
+            dump_database(admin_url, name, local)
+            store.put_file(dump, local)
     drop_database(admin_url, name)
     return dump if keep else None

@@ -24,6 +24,7 @@ import yaml
 from psycopg.conninfo import make_conninfo
 
 from c3.local_run import free_port
+from platform_core.object_store import S3Store
 from provisioner import tenant_databases
 from provisioner.synapse_config import HomeserverSecrets, HomeserverSpec, write_homeserver_files
 from tests.helpers.platform import RunningPlatform, poll, wait_operation
@@ -217,10 +218,16 @@ class Exported:
 
 
 def export_filled_tenant(
-    platform: RunningPlatform, tenant: dict[str, Any], tmp_path: Path
+    platform: RunningPlatform,
+    tenant: dict[str, Any],
+    tmp_path: Path,
+    *,
+    bucket: S3Store | None = None,
 ) -> Exported:
     """Fill the (active) tenant's homeserver through the proxy, export it, download the
-    archive through its signed link with no credentials, and unpack and check it."""
+    archive through its signed link with no credentials, and unpack and check it. With
+    ``bucket`` (the platform runs with C3_OBJECT_STORE_URL) the archive must be there, not
+    in the data directory, and the link must redirect to its presigned URL."""
     user = platform.create_user(tenant["id"], "eve", PASSWORD)
     base = f"{platform.proxy_url}/t/{tenant['slug']}"
     signed_in = login(base, "eve")
@@ -235,12 +242,22 @@ def export_filled_tenant(
         wait_operation(platform, accepted.headers["location"], timeout=120)
         export = api.get(f"/v1/tenants/{tenant['id']}/exports/{accepted.json()['id']}").json()
     assert export["state"] == "ready", export
-    stored = platform.data_dir / "exports" / f"{export['id']}.tar.gz"
-    assert stored.stat().st_mode & 0o777 == 0o600
+    key = f"exports/{export['id']}.tar.gz"
+    if bucket is None:
+        assert (platform.data_dir / key).stat().st_mode & 0o777 == 0o600
+    else:
+        stored = bucket.stat(key)
+        assert stored is not None and stored.size == export["size_bytes"]
+        assert not (platform.data_dir / key).exists()
+        assert list((platform.data_dir / "work").iterdir()) == []  # no local copy left
 
     # A plain HTTP client with no credentials, as a browser or curl would fetch it.
-    download = httpx.get(export["download_url"], timeout=60)
+    download = httpx.get(export["download_url"], timeout=60, follow_redirects=True)
     assert download.status_code == 200, download.text
+    if bucket is not None:  # through the API's link to the presigned URL of the bucket
+        assert [r.status_code for r in download.history] == [307]
+        assert "X-Amz-Signature" in download.url.params
+        assert download.url.path.endswith(key)
     assert download.headers["content-type"] == "application/gzip"
     assert hashlib.sha256(download.content).hexdigest() == export["sha256"]
     assert len(download.content) == export["size_bytes"]

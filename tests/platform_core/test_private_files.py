@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from c3.local_run import load_local_secrets
+from platform_core.object_store import LocalStore
 from platform_core.private_files import ensure_private_dir, write_private
 from provisioner.backends.local import LocalBackend
 from provisioner.exports import backup_sqlite
@@ -92,8 +93,10 @@ def test_archives_and_export_copies_are_private_from_creation(
     directory = backend.tenant_dir("t-1")
     directory.mkdir(parents=True, mode=0o700)
     (directory / "homeserver.db").write_bytes(b"data")
-    archive = Path(backend.archive("t-1") or "")
+    key = backend.archive("t-1", LocalStore(tmp_path))  # the data directory's store
+    archive = tmp_path / (key or "")
     assert private(archive) and tarfile.open(archive).getnames()
+    assert private(archive.parent)
 
     database = tmp_path / "live.db"
     with sqlite3.connect(database) as conn:

@@ -105,3 +105,58 @@ def test_outbound_allowed_networks_are_comma_separated_cidrs(
     monkeypatch.setenv("C3_OUTBOUND_ALLOWED_NETWORKS", "127.0.0.1/32,intranet")
     with pytest.raises(ValidationError, match="C3_OUTBOUND_ALLOWED_NETWORKS must be"):
         Settings()
+
+
+def test_an_object_store_url_needs_a_bucket_and_both_credentials() -> None:
+    with pytest.raises(ValidationError, match="C3_OBJECT_STORE_BUCKET"):
+        Settings(object_store_url="https://s3.example.com")
+    with pytest.raises(ValidationError, match="go together"):
+        Settings(
+            object_store_url="https://s3.example.com",
+            object_store_bucket="b",
+            object_store_access_key_id="AKIA1",
+        )
+    with pytest.raises(ValidationError, match="http"):
+        Settings(object_store_url="s3://bucket", object_store_bucket="b")
+    with pytest.raises(ValidationError, match="C3_OBJECT_STORE_PREFIX"):
+        Settings(
+            object_store_url="https://s3.example.com",
+            object_store_bucket="b",
+            object_store_prefix="a/../b",
+        )
+    with pytest.raises(ValidationError, match="7 days"):
+        Settings(
+            object_store_url="https://s3.example.com",
+            object_store_bucket="b",
+            export_link_ttl_s=8 * 24 * 3600,
+        )
+    empty = Settings(object_store_url="")  # the chart's empty default: the data directory
+    assert empty.object_store_url is None
+
+
+def test_the_object_store_secret_is_never_shown() -> None:
+    settings = Settings(
+        object_store_url="https://s3.example.com/",
+        object_store_bucket="b",
+        object_store_access_key_id="AKIA1",
+        object_store_secret_access_key="very-secret-s3-key",
+        object_store_prefix="/c3/prod/",
+    )
+    assert settings.object_store_url == "https://s3.example.com"
+    assert settings.object_store_prefix == "c3/prod"
+    assert "very-secret-s3-key" not in repr(settings) + str(settings)
+    assert "very-secret-s3-key" not in settings.model_dump_json()
+
+
+def test_production_on_kubernetes_needs_an_object_store() -> None:
+    production = {
+        "mode": "production",
+        "database_url": "postgresql://db/c3",
+        "redis_url": "redis://r",
+        "secret_key": "k" * 32,
+        "operator_token": "t" * 32,
+        "backend": "kubernetes",
+    }
+    with pytest.raises(ValidationError, match="C3_OBJECT_STORE_URL"):
+        Settings(**production)
+    Settings(**production, object_store_url="https://s3.example.com", object_store_bucket="b")

@@ -40,6 +40,7 @@ from platform_core.models import (
     TenantStatus,
     utcnow,
 )
+from platform_core.object_store import LocalStore, export_key
 from platform_core.settings import get_settings
 from provisioner import exports, steps
 from provisioner.backends.local import LocalBackend
@@ -49,6 +50,7 @@ from provisioner.synapse_config import HomeserverSecrets, HomeserverSpec, write_
 from tenant_api import access_log
 from tenant_api.exports import links, service
 from tests.helpers.factories import make_tenant
+from tests.helpers.object_store import S3Server
 from tests.helpers.platform import poll
 
 MEDIA = {"local_content/ab/cd/efgh": b"\x89PNG fake image", "local_thumbnails/ab/cd/x/32": b"t"}
@@ -383,20 +385,29 @@ def test_signed_links_verify_only_unchanged() -> None:
 
 def test_a_download_is_refused_without_revealing_why(tmp_path: Path) -> None:
     key = "k" * 40
-    archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(b"archive")
+    export_id = uuid.uuid4()
     export = TenantExport(
-        id=uuid.uuid4(),
+        id=export_id,
         tenant_id=uuid.uuid4(),
         operation_id=uuid.uuid4(),
         state=ExportState.READY,
-        path=str(archive),
+        path=export_key(export_id),
         expires_at=utcnow() + timedelta(hours=1),
+        created_at=utcnow(),
     )
     good = links.query(key, export.id, export.expires_at)  # type: ignore[arg-type]
     expires, sig = int(good["expires"]), good["sig"]
     found = (export, TenantStatus.ACTIVE)
-    assert service.downloadable(found, export.id, expires, sig, key) == archive
+    assert service.downloadable(found, export.id, expires, sig, key) is export
+    store = LocalStore(tmp_path)
+    with pytest.raises(service.Gone, match="cleaned up"):
+        service.open_download(store, export)  # the store no longer holds it
+    (tmp_path / "archive").write_bytes(b"archive")
+    store.put_file(export_key(export_id), tmp_path / "archive")
+    download = service.open_download(store, export)
+    assert download.url is None and download.size == 7 and download.stream is not None
+    with download.stream:
+        assert download.stream.read() == b"archive"
     with pytest.raises(NotFound) as bad_sig:
         service.downloadable(found, export.id, expires, "0" * 64, key)
     with pytest.raises(NotFound) as unknown:
@@ -486,7 +497,8 @@ def test_a_redelivered_export_makes_no_second_archive(ctx: steps.Context) -> Non
         export_operation.export(ctx, op_id, lease)
         first = export_row(op_id)
         assert first.state is ExportState.READY and first.path and first.expires_at
-        archive = Path(first.path)
+        assert first.path == export_key(first.id)
+        archive = ctx.settings.data_path / first.path  # the data directory's store
         assert first.size_bytes == archive.stat().st_size
         assert first.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
         ttl = first.expires_at - utcnow()
@@ -506,8 +518,9 @@ def test_a_redelivered_export_makes_no_second_archive(ctx: steps.Context) -> Non
     again = export_row(op_id)
     assert again.state is ExportState.READY and again.sha256 == first.sha256
     assert (archive.stat().st_ino, archive.stat().st_mtime_ns) == made
-    ours = [p.name for p in exports.exports_dir(ctx.settings).iterdir() if str(again.id) in p.name]
+    ours = [p.name for p in archive.parent.iterdir() if str(again.id) in p.name]
     assert ours == [f"{again.id}.tar.gz"]
+    assert list(exports.work_dir(ctx.settings).iterdir()) == []  # the work copy is gone
     manifest = json.loads(members(archive)["manifest.json"])
     assert manifest["tenant_id"] == str(tenant_id) and manifest["export_id"] == str(again.id)
     with tarfile.open(archive) as tar:
@@ -524,17 +537,18 @@ def test_expired_exports_lose_their_archive_and_failed_ones_are_recorded(
         export_operation.export(ctx, op_id, lease)
     finally:
         lease.release()
-    archive = Path(export_row(op_id).path or "")
+    archive = ctx.settings.data_path / (export_row(op_id).path or "")
     _, failed_op, _ = pending_export(ctx)
-    leftover = exports.archive_path(ctx.settings, export_row(failed_op).id)
-    leftover.with_name(leftover.name + ".partial").write_bytes(b"half")
+    # An archive whose upload finished while its operation gave up: deleted with it.
+    leftover = ctx.settings.data_path / export_key(export_row(failed_op).id)
+    leftover.write_bytes(b"late")
     with task_session() as session:
         session.get(Operation, failed_op).state = OperationState.FAILED  # type: ignore[union-attr]
 
     exports.expire_exports(ctx.settings)
     assert archive.exists() and export_row(op_id).state is ExportState.READY  # not yet due
     assert export_row(failed_op).state is ExportState.FAILED
-    assert not leftover.with_name(leftover.name + ".partial").exists()
+    assert not leftover.exists()
 
     deleted_id, deleted_op, _ = pending_export(ctx)
     lease = lease_for(ctx, deleted_id)
@@ -550,7 +564,7 @@ def test_expired_exports_lose_their_archive_and_failed_ones_are_recorded(
     assert report["expired"] >= 2
     assert not archive.exists() and export_row(op_id).state is ExportState.EXPIRED
     # A deleted tenant's export goes at once, whatever its expiry.
-    assert not Path(export_row(deleted_op).path or "").exists()
+    assert not (ctx.settings.data_path / (export_row(deleted_op).path or "")).exists()
     assert export_row(deleted_op).state is ExportState.EXPIRED
     assert exports.expire_exports(ctx.settings)["expired"] == 0  # idempotent
 
@@ -588,4 +602,35 @@ def test_only_an_exportable_tenant_is_exported(ctx: steps.Context) -> None:
             export_operation.export(ctx, op_id, lease)
     finally:
         lease.release()
-    assert not exports.archive_path(ctx.settings, export_row(op_id).id).exists()
+    assert not ctx.store.exists(export_key(export_row(op_id).id))
+
+
+def test_with_an_object_store_the_archive_lives_only_in_the_bucket_until_it_expires(
+    ctx: steps.Context, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """The worker builds the archive in a private work directory, puts it in the bucket and
+    keeps no copy; the expiry task deletes it from the bucket."""
+    bucket = s3_server.bucket(prefix="worker")
+    ctx.store = bucket  # what C3_OBJECT_STORE_URL gives the worker
+    tenant_id, op_id, _ = pending_export(ctx)
+    lease = lease_for(ctx, tenant_id)
+    try:
+        export_operation.export(ctx, op_id, lease)
+    finally:
+        lease.release()
+    row = export_row(op_id)
+    assert row.state is ExportState.READY and row.path == export_key(row.id)
+    data = bucket.read_bytes(row.path)
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (row.size_bytes, row.sha256)
+    assert not (ctx.settings.data_path / row.path).exists()
+    assert list(exports.work_dir(ctx.settings).iterdir()) == []
+    (tmp_path / "downloaded.tar.gz").write_bytes(data)
+    manifest = json.loads(members(tmp_path / "downloaded.tar.gz")["manifest.json"])
+    assert manifest["export_id"] == str(row.id)
+
+    with task_session() as session:
+        found = session.get(TenantExport, row.id)
+        assert found is not None
+        found.expires_at = utcnow() - timedelta(seconds=1)
+    exports.expire_exports(ctx.settings, bucket)
+    assert not bucket.exists(row.path) and export_row(op_id).state is ExportState.EXPIRED

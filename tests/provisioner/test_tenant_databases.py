@@ -22,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
 from platform_core.errors import PermanentError
+from platform_core.object_store import LocalStore, ObjectStore
 from platform_core.settings import Settings
 from provisioner import tenant_databases
 from provisioner.synapse_config import HomeserverSecrets
@@ -188,22 +189,29 @@ def test_a_dump_restores_and_dropping_is_idempotent(names: list[str], tmp_path: 
         assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None
 
 
+@pytest.mark.parametrize("kind", ["local", "s3"])
 def test_retiring_keeps_one_dump_or_none_and_survives_redelivery(
-    names: list[str], tmp_path: Path
+    names: list[str], tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    settings = Settings(tenant_database_url=ADMIN_URL)
+    """The dump goes to the object store (the data directory, or S3 on moto's server) beside
+    the tenant's archives, built in a private work directory that is empty afterwards."""
+    settings = Settings(tenant_database_url=ADMIN_URL, data_dir=tmp_path)
+    store: ObjectStore = (
+        LocalStore(tmp_path) if kind == "local" else request.getfixturevalue("s3_server").bucket()
+    )
     kept, purged = new_name(names), new_name(names)
     for name in (kept, purged):
         tenant_databases.ensure_database(ADMIN_URL, name, "pw")
-    archive = tmp_path / "archive"
 
-    dump = tenant_databases.retire(settings, kept, "tenant-k", archive, keep=True)
-    assert dump is not None and dump.name.startswith("tenant-k-") and dump.suffix == ".pgdump"
-    again = tenant_databases.retire(settings, kept, "tenant-k", archive, keep=True)
-    assert again == dump and sorted(archive.iterdir()) == [dump]  # redelivered: same dump
+    dump = tenant_databases.retire(settings, kept, "tenant-k", store, keep=True)
+    assert dump is not None and dump.startswith("archive/tenant-k-") and dump.endswith(".pgdump")
+    assert store.read_bytes(dump).startswith(b"PGDMP")  # pg_dump's custom format
+    again = tenant_databases.retire(settings, kept, "tenant-k", store, keep=True)
+    assert again == dump and [item.key for item in store.list("archive/")] == [dump]
 
-    assert tenant_databases.retire(settings, purged, "tenant-p", archive, keep=False) is None
-    assert sorted(archive.iterdir()) == [dump]
+    assert tenant_databases.retire(settings, purged, "tenant-p", store, keep=False) is None
+    assert [item.key for item in store.list("archive/")] == [dump]
+    assert list((tmp_path / "work").iterdir()) == []  # no local copy left
     with connect() as conn:
         left = conn.execute(
             "SELECT datname FROM pg_database WHERE datname = ANY(%s)", ([kept, purged],)

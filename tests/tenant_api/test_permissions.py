@@ -255,10 +255,10 @@ def _ready_export(tenant_id: str) -> tuple[str, dict[str, str]]:
         )
         session.add(export)
         session.flush()
-        path = settings.data_path / "exports" / f"{export.id}.tar.gz"
+        path = settings.data_path / "exports" / f"{export.id}.tar.gz"  # the data dir's store
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"archive")
-        export.path, export.size_bytes = str(path), path.stat().st_size
+        export.path, export.size_bytes = f"exports/{export.id}.tar.gz", path.stat().st_size
         query = links.query(settings.require_secret_key(), export.id, export.expires_at)  # type: ignore[arg-type]
         return str(export.id), query
 

@@ -8,6 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from platform_core import object_store
+from platform_core.object_store import ObjectStore
 from provisioner.synapse_config import HomeserverSecrets
 
 # What the proxy bills as messages: every timeline (non-state) event a client sent with
@@ -75,8 +77,12 @@ class Backend(abc.ABC):
         """Stop the homeserver if it runs. Idempotent."""
 
     @abc.abstractmethod
-    def archive(self, tenant_id: str) -> str | None:
-        """Move the homeserver's data out of service into an archive; returns where. Idempotent."""
+    def archive(self, tenant_id: str, store: ObjectStore) -> str | None:
+        """Move the homeserver's data out of service into a ``.tar.gz`` in ``store`` under
+        ``object_store.archive_key(tenant_id, ".tar.gz")`` (build it in a private work
+        directory, put it, remove the local copy); returns its key, or None when there was
+        nothing to archive. Idempotent: once the data is archived, a second call returns the
+        newest archive's key and makes no other."""
 
     @abc.abstractmethod
     def stop_all(self) -> list[str]:
@@ -95,16 +101,19 @@ class Backend(abc.ABC):
         keeps them where a worker cannot read them as files."""
 
     @abc.abstractmethod
-    def archive_dir(self) -> Path:
-        """Where a deleted tenant's data is archived; dumps of its database go beside, so
-        ``purge_archives`` removes them with it."""
-
-    @abc.abstractmethod
     def log_tail(self, tenant_id: str) -> str:
         """The last lines the homeserver wrote (why it exited during start-up), short
         enough for an operation's error."""
 
-    @abc.abstractmethod
-    def purge_archives(self, tenant_id: str, *, older_than: datetime | None = None) -> int:
-        """Delete the tenant's archives (all, or those made before ``older_than``); returns
-        how many. Idempotent."""
+    def purge_archives(
+        self, tenant_id: str, store: ObjectStore, *, older_than: datetime | None = None
+    ) -> int:
+        """Delete the tenant's archives and database dumps from ``store`` (all, or those
+        stored before ``older_than``); returns how many. Idempotent. Every backend keeps them
+        under ``object_store.archive_prefix``, so this one implementation serves all."""
+        purged = 0
+        for item in store.list(object_store.archive_prefix(tenant_id)):
+            if older_than is None or item.modified < older_than:
+                store.delete(item.key)
+                purged += 1
+        return purged

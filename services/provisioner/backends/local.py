@@ -16,15 +16,16 @@ import subprocess
 import sys
 import tarfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import yaml
 
+from platform_core import object_store
 from platform_core.errors import TemporaryError
-from platform_core.private_files import create_private
+from platform_core.object_store import ObjectStore
+from platform_core.private_files import create_private, private_temp_dir, work_root
 from provisioner.backends.base import (
     HOMESERVER_MEDIA_BYTES_SQL,
     HOMESERVER_MESSAGES_SQL,
@@ -41,7 +42,7 @@ class LocalBackend(Backend):
 
     def __init__(self, data_dir: Path, *, python: str | None = None, bind: str = "127.0.0.1"):
         self.root = data_dir / "homeservers"
-        self.archive_root = data_dir / "archive"
+        self.work_root = work_root(data_dir)
         self.python = python or sys.executable
         self.bind = bind
 
@@ -144,45 +145,31 @@ class LocalBackend(Backend):
             _signal(pid, signal.SIGKILL)
         self._pid_path(tenant_id).unlink(missing_ok=True)
 
-    def archive(self, tenant_id: str) -> str | None:
+    def archive(self, tenant_id: str, store: ObjectStore) -> str | None:
         directory = self.tenant_dir(tenant_id)
-        existing = sorted(self.archive_root.glob(f"{tenant_id}-*.tar.gz"))
         if not directory.exists():
-            return str(existing[-1]) if existing else None
-        self.archive_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        final = self.archive_root / f"{tenant_id}-{stamp}.tar.gz"
-        partial = final.with_suffix(".partial")
-        partial.unlink(missing_ok=True)  # left by an attempt that died mid-way
-        # Private from its creation: the archive holds the tenant's messages and secrets.
-        with (
-            os.fdopen(create_private(partial), "wb") as raw,
-            tarfile.open(fileobj=raw, mode="w:gz") as tar,
-        ):
-            tar.add(directory, arcname=tenant_id)
-        partial.replace(final)
+            existing = [
+                item.key
+                for item in store.list(object_store.archive_prefix(tenant_id))
+                if item.key.endswith(".tar.gz")
+            ]
+            return existing[-1] if existing else None
+        key = object_store.archive_key(tenant_id, ".tar.gz")
+        with private_temp_dir(self.work_root, prefix="archive-") as work:
+            local = work / "data.tar.gz"
+            # Private from its creation: the archive holds the tenant's messages and secrets.
+            with (
+                os.fdopen(create_private(local), "wb") as raw,
+                tarfile.open(fileobj=raw, mode="w:gz") as tar,
+            ):
+                tar.add(directory, arcname=tenant_id)
+            store.put_file(key, local)
+        # Only once the archive is stored: a worker dying before this archives again.
         shutil.rmtree(directory)
-        return str(final)
-
-    def purge_archives(self, tenant_id: str, *, older_than: datetime | None = None) -> int:
-        purged = 0
-        # Data archives, and dumps of the tenant's PostgreSQL database (tenant_databases).
-        paths = [
-            *self.archive_root.glob(f"{tenant_id}-*.tar.gz"),
-            *self.archive_root.glob(f"{tenant_id}-*.pgdump"),
-        ]
-        for path in paths:
-            made = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            if older_than is None or made < older_than:
-                path.unlink(missing_ok=True)
-                purged += 1
-        return purged
+        return key
 
     def data_dir(self, tenant_id: str) -> Path:
         return self.tenant_dir(tenant_id)
-
-    def archive_dir(self) -> Path:
-        return self.archive_root
 
     def log_tail(self, tenant_id: str) -> str:
         try:

@@ -1,5 +1,6 @@
 """Deprovision (DELETE): route withdrawn, homeserver stopped, database dumped and dropped,
-data archived (or purged) — then the tenant is deleted."""
+data archived (or purged) — then the tenant is deleted. Dumps and archives go to the object
+store (platform_core.object_store) under ``archive/<tenant id>-…``."""
 
 from __future__ import annotations
 
@@ -30,18 +31,18 @@ def deprovision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
     record_step(op_id, "homeserver-stopped")
 
     if database_name is not None:
-        # Beside the backend's data archives: retention and ?purge=true remove it too.
+        # In the object store beside the data archive: retention and ?purge=true remove it too.
         dump = tenant_databases.retire(
-            ctx.settings, database_name, tenant_id, ctx.backend.archive_dir(), keep=not purge
+            ctx.settings, database_name, tenant_id, ctx.store, keep=not purge
         )
         if dump is not None:
             record_step(op_id, f"database-archived:{dump}")
         record_step(op_id, "database-dropped")
 
-    archived = ctx.backend.archive(tenant_id)
+    archived = ctx.backend.archive(tenant_id, ctx.store)
     record_step(op_id, f"data-archived:{archived}" if archived else "data-archived")
     if purge:
-        ctx.backend.purge_archives(tenant_id)
+        ctx.backend.purge_archives(tenant_id, ctx.store)
         record_step(op_id, "data-purged")
 
     with task_session() as session:

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from platform_core import object_store
 from platform_core.db import task_session
 from platform_core.errors import PermanentError, Superseded
 from platform_core.models import ExportState, Homeserver, Tenant, TenantExport, TenantStatus, utcnow
@@ -25,9 +26,9 @@ _RENEW_EVERY_S = 20.0
 
 
 def export(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
-    """Make the export's archive unless it exists, then mark the export ready. A redelivered
-    task finds the finished archive (it is renamed into place only when complete) and makes
-    no second one."""
+    """Make the export's archive unless the object store holds it, then mark the export
+    ready. A redelivered task finds the finished archive (an object appears only once its
+    upload completed) and makes no second one."""
     with task_session() as session:
         row = _export_of(session, op_id)
         if row.state is ExportState.READY:
@@ -40,20 +41,26 @@ def export(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
         if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
             raise Superseded(f"a {tenant.status.value} tenant cannot be exported")
         source = _source(ctx, tenant, loaded.homeserver_or_none, row.id)
-    final = exports.archive_path(ctx.settings, source.export_id)
-    if not final.exists():
-        exports.build_archive(
-            source,
-            final,
-            admin_url=ctx.settings.tenant_database_url,
-            synapse_version=exports.synapse_version(ctx.settings.synapse_python),
-            keep_alive=_renewer(lease),
+    key = object_store.export_key(source.export_id)
+    if ctx.store.exists(key):  # a redelivered task whose upload finished
+        size, digest = exports.stored_digest(ctx.store, key)
+    else:
+        size, digest = exports.publish_archive(
+            ctx.store,
+            ctx.settings,
+            lambda dest: exports.build_archive(
+                source,
+                dest,
+                admin_url=ctx.settings.tenant_database_url,
+                synapse_version=exports.synapse_version(ctx.settings.synapse_python),
+                keep_alive=_renewer(lease),
+            ),
+            key,
         )
-    size, digest = exports.file_digest(final)
     with task_session() as session:
         row = _export_of(session, op_id)
         row.state = ExportState.READY
-        row.path = str(final)
+        row.path = key  # the object store key
         row.size_bytes = size
         row.sha256 = digest
         row.expires_at = utcnow() + timedelta(seconds=ctx.settings.export_link_ttl_s)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from platform_core import object_store
 from platform_core.errors import NotFound
 from tenant_api.deps import AuditDep, SessionDep, SettingsDep, TenantsWrite
 from tenant_api.errors import PROBLEM
@@ -114,15 +116,20 @@ async def get_export(
 
 
 _PROBLEM_BODY: dict[str, Any] = {"content": {PROBLEM: {}}}
+_CHUNK = 256 * 1024
 
 
 @router.get(
     "/exports/{export_id}/download",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={
         200: {"content": {"application/gzip": {}}, "description": "The archive (.tar.gz)"},
+        307: {
+            "description": "With an object store (C3_OBJECT_STORE_URL): a redirect to the "
+            "archive's presigned URL, valid until the export expires"
+        },
         404: {**_PROBLEM_BODY, "description": "No export at this link (or a bad signature)"},
-        410: {**_PROBLEM_BODY, "description": "The link expired"},
+        410: {**_PROBLEM_BODY, "description": "The link expired, or the archive is gone"},
     },
 )
 async def download_export(
@@ -131,19 +138,31 @@ async def download_export(
     settings: SettingsDep,
     expires: Annotated[int, Query(ge=0, le=2**40, description="Expiry (Unix seconds)")],
     sig: Annotated[str, Query(max_length=256, description="The link's signature")],
-) -> FileResponse:
+) -> Response:
     """Download an export's archive. Authorised by the link's signature alone (no
-    Authorization header): the `download_url` of a ready export."""
+    Authorization header): the `download_url` of a ready export. With an object store the
+    answer is a redirect to the archive's presigned URL (follow redirects)."""
     found = await ExportRepository(session).get_for_download(export_id)
-    path = service.downloadable(found, export_id, expires, sig, settings.require_secret_key())
-    assert found is not None
-    export = found[0]
+    export = service.downloadable(found, export_id, expires, sig, settings.require_secret_key())
+    store = object_store.from_settings(settings)
+    download = await run_in_threadpool(service.open_download, store, export)
     log.info("export %s of tenant %s downloaded", export.id, export.tenant_id)
-    stamp = export.created_at.strftime("%Y%m%dT%H%M%SZ")
-    return FileResponse(
-        path,
+    no_store = {"Cache-Control": "private, no-store"}
+    if download.url is not None:
+        return RedirectResponse(download.url, status_code=307, headers=no_store)
+    assert download.stream is not None
+    return StreamingResponse(
+        iterate_in_threadpool(_chunks(download.stream)),
         media_type="application/gzip",
-        filename=f"c3-export-{export.tenant_id}-{stamp}.tar.gz",
-        content_disposition_type="attachment",
-        headers={"Cache-Control": "private, no-store"},
+        headers={
+            **no_store,
+            "Content-Length": str(download.size),
+            "Content-Disposition": f'attachment; filename="{download.filename}"',
+        },
     )
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
+    with stream:
+        while chunk := stream.read(_CHUNK):
+            yield chunk

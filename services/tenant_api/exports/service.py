@@ -7,8 +7,10 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
+from typing import IO
 
+from platform_core import object_store
 from platform_core.celery import TaskNames
 from platform_core.errors import C3Error, Conflict, NotFound, TooManyRequests
 from platform_core.models import (
@@ -21,6 +23,7 @@ from platform_core.models import (
     TenantStatus,
     utcnow,
 )
+from platform_core.object_store import ObjectStore
 from tenant_api.exports import links
 from tenant_api.exports.repository import ExportRepository
 from tenant_api.exports.schemas import ExportOut
@@ -116,16 +119,27 @@ def to_out(
 _NO_LINK = "no export download at this link"
 
 
+@dataclass(frozen=True)
+class Download:
+    """How an archive reaches the client: a redirect to the store's own presigned URL (S3),
+    or its bytes streamed from the store (the data directory)."""
+
+    filename: str
+    size: int
+    url: str | None = None
+    stream: IO[bytes] | None = None
+
+
 def downloadable(
     found: tuple[TenantExport, TenantStatus] | None,
     export_id: uuid.UUID,
     expires: int,
     sig: str,
     secret_key: str,
-) -> Path:
-    """The archive a download link points at. A wrong signature and an unknown export look the
-    same (404); a genuine link past its expiry, or whose archive was cleaned up, is 410, and
-    so is one of a deleted tenant (its data must not outlive it)."""
+) -> TenantExport:
+    """The export a download link points at. A wrong signature and an unknown export look the
+    same (404); a genuine link past its expiry is 410, and so is one of a deleted tenant (its
+    data must not outlive it)."""
     if not links.is_valid(secret_key, export_id, expires, sig) or found is None:
         raise NotFound(_NO_LINK)
     export, tenant_status = found
@@ -135,9 +149,27 @@ def downloadable(
         raise Gone("this tenant was deleted, and its exports with it")
     if export.expires_at is not None and export.expires_at <= utcnow():
         raise Gone("this download link has expired; start a new export")
-    if export.state is not ExportState.READY or export.path is None:
+    if export.state is not ExportState.READY or export.path is None or export.expires_at is None:
         raise NotFound(_NO_LINK)
-    path = Path(export.path)
-    if not path.is_file():
+    return export
+
+
+def open_download(store: ObjectStore, export: TenantExport) -> Download:
+    """The archive of a downloadable export (blocking I/O: call it in a worker thread). An
+    archive the store no longer holds (cleaned up) is 410. A presigned URL lives until the
+    export expires, as long as the link that led to it."""
+    key = object_store.export_key(export.id)
+    stored = store.stat(key)
+    if stored is None:
         raise Gone("this export's archive was cleaned up; start a new export")
-    return path
+    stamp = export.created_at.strftime("%Y%m%dT%H%M%SZ")
+    filename = f"c3-export-{export.tenant_id}-{stamp}.tar.gz"
+    expires_at = export.expires_at or utcnow()  # set on every ready export (downloadable)
+    ttl_s = math.ceil((expires_at - utcnow()).total_seconds())
+    url = store.download_url(key, ttl_s, filename)
+    if url is not None:
+        return Download(filename, stored.size, url=url)
+    try:
+        return Download(filename, stored.size, stream=store.open(key))
+    except FileNotFoundError:
+        raise Gone("this export's archive was cleaned up; start a new export") from None

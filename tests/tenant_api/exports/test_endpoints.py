@@ -3,15 +3,16 @@ leave it): starting one, listing, the signed download link without credentials, 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select
 
+from platform_core import object_store
 from platform_core.db import task_session
 from platform_core.models import (
     AuditEvent,
@@ -21,9 +22,11 @@ from platform_core.models import (
     TenantExport,
     utcnow,
 )
+from platform_core.object_store import export_key
 from platform_core.settings import get_settings
 from tenant_api.main import create_app
 from tests.helpers.api import active_tenant, assert_problem, slug
+from tests.helpers.object_store import SECRET_ACCESS_KEY, S3Server
 
 ARCHIVE = b"\x1f\x8b pretend this is a tar.gz"
 
@@ -36,18 +39,22 @@ async def anonymous(platform_env: dict[str, str]) -> AsyncIterator[httpx.AsyncCl
         yield client
 
 
-def finish(export_id: str, *, expires_in: timedelta = timedelta(hours=1)) -> Path:
-    """What the export task leaves behind: an archive on disk and a ready row."""
-    path = get_settings().data_path / "exports" / f"{export_id}.tar.gz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(ARCHIVE)
+def finish(export_id: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:
+    """What the export task leaves behind: an archive in the platform's object store (the
+    data directory, or S3 when C3_OBJECT_STORE_URL is set) and a ready row; returns its key."""
+    settings = get_settings()
+    key = export_key(uuid.UUID(export_id))
+    source = settings.data_path / f"upload-{export_id}"
+    source.write_bytes(ARCHIVE)
+    object_store.from_settings(settings).put_file(key, source)
+    source.unlink()
     with task_session() as session:
         row = session.get(TenantExport, uuid.UUID(export_id))
         assert row is not None
-        row.state, row.path, row.size_bytes = ExportState.READY, str(path), len(ARCHIVE)
-        row.sha256 = "ab" * 32
+        row.state, row.path, row.size_bytes = ExportState.READY, key, len(ARCHIVE)
+        row.sha256 = hashlib.sha256(ARCHIVE).hexdigest()
         row.expires_at = utcnow() + expires_in
-    return path
+    return key
 
 
 async def test_an_export_is_an_operation_and_asking_again_returns_the_one_under_way(
@@ -115,6 +122,49 @@ async def test_a_ready_export_downloads_without_credentials_until_it_expires(
     assert_problem(await anonymous.get(link), 410, "expired")
     shown = (await api.get(f"/v1/tenants/{tenant['id']}/exports/{export['id']}")).json()
     assert shown["state"] == "expired" and shown["download_url"] is None
+
+
+async def test_with_an_object_store_the_link_redirects_to_a_presigned_url(
+    api: httpx.AsyncClient,
+    anonymous: httpx.AsyncClient,
+    s3_server: S3Server,
+    tuned_settings: Callable[..., None],
+) -> None:
+    """C3_OBJECT_STORE_URL set: the same signed link answers 307 to the archive's presigned
+    URL (no credentials needed there either, valid until the export expires); expired, or
+    gone from the bucket, it is 410 as before."""
+    bucket = s3_server.bucket(prefix="api-test")
+    tuned_settings(**s3_server.env(bucket))
+    tenant = await active_tenant(api)
+    export = (await api.post(f"/v1/tenants/{tenant['id']}/export")).json()
+    key = finish(export["id"])
+    assert bucket.exists(key)  # the bucket, not the data directory, holds it
+    assert not (get_settings().data_path / key).exists()
+    ready = (await api.get(f"/v1/tenants/{tenant['id']}/exports/{export['id']}")).json()
+    link = httpx.URL(ready["download_url"])
+
+    answer = await anonymous.get(link)
+    assert answer.status_code == 307, answer.text
+    assert answer.headers["cache-control"] == "private, no-store"
+    presigned = httpx.URL(answer.headers["location"])
+    assert presigned.host == "127.0.0.1" and "X-Amz-Signature" in presigned.params
+    assert presigned.path.endswith(f"/api-test/{key}")
+    ttl = int(presigned.params["X-Amz-Expires"])
+    assert 3500 <= ttl <= 3600  # as long as the export lives: one hour here
+    async with httpx.AsyncClient(timeout=30) as plain:  # no Authorization header
+        got = await plain.get(presigned)
+    assert got.status_code == 200 and got.content == ARCHIVE
+    assert hashlib.sha256(got.content).hexdigest() == ready["sha256"]
+    assert "attachment" in got.headers["content-disposition"]
+    assert SECRET_ACCESS_KEY not in answer.headers["location"]
+
+    bucket.delete(key)  # cleaned up behind the API's back
+    assert_problem(await anonymous.get(link), 410, "cleaned up")
+    with task_session() as session:
+        row = session.get(TenantExport, uuid.UUID(export["id"]))
+        assert row is not None
+        row.expires_at = utcnow() - timedelta(seconds=1)
+    assert_problem(await anonymous.get(link), 410, "expired")
 
 
 async def test_a_failed_export_shows_as_failed_and_a_new_one_can_start(
