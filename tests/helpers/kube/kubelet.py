@@ -598,9 +598,9 @@ class Kubelet:
             owner = self.store.find(STATEFULSET, runtime.namespace, runtime.statefulset) or {}
             headless = (owner.get("spec") or {}).get("serviceName")
             if headless:
-                hosts[f"{runtime.name}.{headless}.{runtime.namespace}.svc.{self.cluster_domain}"] = (
-                    self.pod_ip(runtime.namespace)
-                )
+                hosts[
+                    f"{runtime.name}.{headless}.{runtime.namespace}.svc.{self.cluster_domain}"
+                ] = self.pod_ip(runtime.namespace)
         if hosts != self._hosts or not self.hosts_file.exists():
             temporary = self.hosts_file.with_suffix(".tmp")
             temporary.write_text(json.dumps(hosts, indent=1, sort_keys=True))
