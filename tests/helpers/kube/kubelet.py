@@ -597,7 +597,7 @@ class Kubelet:
                 f"{name}.{namespace}",
             ):
                 hosts[host] = ip
-        for runtime in self.pods.values():
+        for runtime in list(self.pods.values()):
             owner = self.store.find(STATEFULSET, runtime.namespace, runtime.statefulset) or {}
             headless = (owner.get("spec") or {}).get("serviceName")
             if headless:
@@ -614,14 +614,16 @@ class Kubelet:
 
     def kill(self, namespace: str, pod: str = "synapse-0") -> int:
         """SIGKILL the pod's process (a crash): the stand-in restarts it with back-off."""
-        runtime = next(r for r in self.pods.values() if (r.namespace, r.name) == (namespace, pod))
+        runtime = next(
+            r for r in list(self.pods.values()) if (r.namespace, r.name) == (namespace, pod)
+        )
         assert runtime.process is not None, f"{namespace}/{pod} has no running process"
         pid = runtime.process.pid
         os.kill(pid, signal.SIGKILL)
         return pid
 
     def process_of(self, namespace: str, pod: str = "synapse-0") -> subprocess.Popen[bytes] | None:
-        for runtime in self.pods.values():
+        for runtime in list(self.pods.values()):
             if (runtime.namespace, runtime.name) == (namespace, pod):
                 return runtime.process
         return None

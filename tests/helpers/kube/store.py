@@ -155,9 +155,9 @@ def field_paths(obj: Obj) -> set[Path]:
     for key, value in obj.items():
         if key in ("apiVersion", "kind", "metadata", "status"):
             continue
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty map owns nothing (others' keys stay)
             paths.update((key, sub) for sub in value)
-        else:
+        elif value is not None:
             paths.add((key,))
     return paths
 
