@@ -27,6 +27,13 @@ from tests.helpers.kube.tenant import tenant_objects
 from tests.helpers.platform import poll
 
 MANAGER = "c3"
+UVLOOP_LOOKUP = """
+import asyncio, uvloop
+async def main():
+    found = await asyncio.get_running_loop().getaddrinfo("web.shop.svc.cluster.local", 8008)
+    print(found[0][4][0])
+uvloop.run(main())
+"""
 
 
 @pytest.fixture
@@ -249,6 +256,14 @@ def test_a_subprocess_resolves_service_names_through_the_map(
         return run.stdout.strip() if run.returncode == 0 else None
 
     assert poll(resolved, timeout=10, what="the Service name to resolve") == address
+    # Under uvloop too (uvicorn's loop for the API and the proxy), which resolves via libuv.
+    on_uvloop = subprocess.run(
+        [sys.executable, "-c", UVLOOP_LOOKUP],
+        env=kube.with_resolver({"PATH": "/usr/bin:/bin"}),
+        capture_output=True,
+        text=True,
+    )
+    assert on_uvloop.stdout.strip() == address, on_uvloop.stderr
     # Without the resolver on its path, the name means nothing (nothing test-only ships).
     plain = subprocess.run(
         [sys.executable, "-c", lookup],
