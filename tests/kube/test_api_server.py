@@ -175,6 +175,23 @@ def test_errors_are_status_objects_like_the_real_server(
     assert unauthenticated.json()["reason"] == "Unauthorized"
 
 
+def test_watch_resumes_from_a_listed_resource_version(client: Client) -> None:
+    client.apply(Namespace(metadata=ObjectMeta(name="team")))
+    client.apply(config_map("settings", "team", mode="a"))
+    listed = client.list(ConfigMap, namespace="team")
+    assert [c.metadata.name for c in listed] == ["settings"]
+    since = listed.resourceVersion
+    client.apply(config_map("settings", "team", mode="b"))
+    client.delete(ConfigMap, "settings", namespace="team")
+
+    seen = []
+    for kind, obj in client.watch(ConfigMap, namespace="team", resource_version=since):
+        seen.append((kind, obj.metadata.name, (obj.data or {}).get("mode")))
+        if kind == "DELETED":
+            break
+    assert seen == [("MODIFIED", "settings", "b"), ("DELETED", "settings", "b")]
+
+
 def test_scale_subresource_moves_replicas_to_its_manager(client: Client) -> None:
     client.apply(Namespace(metadata=ObjectMeta(name="team")))
     # Not a tenant namespace: the kubelet stand-in leaves it alone.
@@ -387,3 +404,14 @@ def test_a_pod_with_a_broken_config_crash_loops_with_backoff_events(
         return tail if "yaml" in tail and "Error" in tail else None
 
     poll(logged_error, timeout=30, what="the crash's traceback in the pod log")
+
+    # A deleted pod is replaced by a new one (the StatefulSet's job), its count starting over.
+    first_uid = client.get(Pod, "synapse-0", namespace=namespace).metadata.uid
+    client.delete(Pod, "synapse-0", namespace=namespace)
+
+    def replaced() -> bool:
+        pod = kube.get("Pod", namespace, "synapse-0")
+        return pod is not None and pod["metadata"]["uid"] != first_uid
+
+    poll(replaced, timeout=30, what="a new synapse-0 pod")
+    assert restarts() < 2
