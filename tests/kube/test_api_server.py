@@ -297,7 +297,12 @@ def ready_replicas(client: Client, namespace: str) -> int:
 
 
 def synapse_container(client: Client, namespace: str):  # noqa: ANN201 -- a lightkube model
-    pod = client.get(Pod, "synapse-0", namespace=namespace)
+    try:
+        pod = client.get(Pod, "synapse-0", namespace=namespace)
+    except ApiError as error:
+        if error.status.code == 404:  # not made yet (or being replaced)
+            return None
+        raise
     statuses = (pod.status.containerStatuses or []) if pod.status else []
     return statuses[0] if statuses else None
 
