@@ -165,6 +165,13 @@ async def portal_user(request: Request, session: SessionDep, settings: SettingsD
 UserDep = Annotated[PortalUser, Depends(portal_user)]
 
 
+async def done(user: PortalUser, path: str, message: str) -> Response:
+    """After a form did its work: back to ``path``, which shows ``message`` once."""
+    flash(user.record, message, level="success")
+    await SessionStore(get_settings()).save(user.session_id, user.record)
+    return RedirectResponse(path, status_code=303, headers=SECURITY_HEADERS)
+
+
 async def _check_csrf(request: Request) -> None:
     store = SessionStore(get_settings())
     record = await store.load(request.cookies.get(COOKIE))
@@ -193,6 +200,27 @@ def _path_of(url: str) -> str:
     return match.group(1) if match else ""
 
 
+def field_of(detail: str, fields: set[str]) -> tuple[str | None, str]:
+    """The form field a problem detail names (``scopes: …``, ``federation: allowed_servers: …``
+    → ``federation.allowed_servers``) and the message for beside it; (None, detail) if none."""
+    path: list[str] = []
+    rest = detail
+    while match := _FIELD_PREFIX.match(rest):
+        path.extend(match.group(1).split("."))
+        rest = rest[match.end() :]
+    for size in range(len(path), 0, -1):
+        name = ".".join(path[:size])
+        if name in fields:
+            return name, rest
+    if path:  # a group of fields (``oidc: …``): beside its first one
+        first = next((f for f in sorted(fields) if f.startswith(path[0] + ".")), None)
+        if first:
+            return first, rest
+        # A field the browser sent nothing for (no box ticked): the page still has its place.
+        return ".".join(path), rest
+    return None, detail
+
+
 async def _refused_form(request: Request, status: int, detail: str) -> Response:
     """Back to the form's page with the problem detail beside the field it names (the value
     sent is kept, secrets excepted)."""
@@ -203,14 +231,12 @@ async def _refused_form(request: Request, status: int, detail: str) -> Response:
     if back is None or record is None or session_id is None:
         return await _error_page(request, status, detail)
     form = await request.form()
-    fields = {str(k) for k in form}
-    match = _FIELD_PREFIX.match(detail)
-    field = match.group(1) if match and match.group(1).split(".")[0] in fields else None
     values = {k: str(v) for k, v in form.items() if not _SECRET_FIELD.search(k)}
     form_id = str(form.get("form_id") or "")
     flash(record, detail, level="error", form=form_id, values=values)
+    field, message = field_of(detail, {str(k) for k in form})
     if field:
-        flash(record, detail[match.end() :] if match else detail, field=field, form=form_id)
+        flash(record, message, field=field, form=form_id)
     await SessionStore(get_settings()).save(session_id, record)
     return RedirectResponse(back, status_code=303, headers=SECURITY_HEADERS)
 

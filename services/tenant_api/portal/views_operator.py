@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import RedirectResponse
 
 from platform_core.auth import Scope
 from platform_core.errors import NotFound
@@ -18,8 +17,8 @@ from tenant_api.operations import service as operations
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.plans import service as plans
 from tenant_api.plans.repository import PlanRepository
-from tenant_api.portal.rendering import SECURITY_HEADERS, flash, render
-from tenant_api.portal.routing import PortalRoute, UserDep, parse_id
+from tenant_api.portal.rendering import render
+from tenant_api.portal.routing import PortalRoute, UserDep, done, parse_id
 from tenant_api.tenants import service as tenants
 from tenant_api.tenants.repository import TenantRepository
 from tenant_api.usage.repository import UsageRepository
@@ -110,13 +109,11 @@ async def retry(
     if operation is None:
         raise NotFound(f"operation {operation_id} not found")
     await operations.retry(session, user.audit(request, session), operation)
-    flash(
-        user.record,
+    message = (
         f"The {operation.kind.value} operation runs again (its state is now "
-        f"{operation.state.value}).",
-        level="success",
+        f"{operation.state.value})."
     )
-    return RedirectResponse("/portal/operations/failed", status_code=303, headers=SECURITY_HEADERS)
+    return await done(user, "/portal/operations/failed", message)
 
 
 @router.get("/plans")

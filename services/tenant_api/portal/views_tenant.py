@@ -11,7 +11,6 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import RedirectResponse
 
 from platform_core.auth import TENANT_KEY_SCOPES, Scope
 from platform_core.crypto import SecretBox
@@ -29,8 +28,15 @@ from tenant_api.operations.repository import OperationRepository
 from tenant_api.plans import service as plans
 from tenant_api.plans.repository import PlanRepository
 from tenant_api.portal.charts import DailySeries, bar_chart, days_between
-from tenant_api.portal.rendering import SECURITY_HEADERS, flash, render
-from tenant_api.portal.routing import PortalRoute, PortalUser, UserDep, parse_id, validated
+from tenant_api.portal.rendering import render
+from tenant_api.portal.routing import (
+    PortalRoute,
+    PortalUser,
+    UserDep,
+    done,
+    parse_id,
+    validated,
+)
 from tenant_api.portal.settings_form import patch_from_form
 from tenant_api.registration_tokens import service as registration_tokens
 from tenant_api.registration_tokens.schemas import RegistrationTokenCreate
@@ -65,11 +71,6 @@ def _back(request: Request, tenant_id: str, page: str = "") -> str:
     path = f"/portal/tenants/{tenant_id}" + (f"/{page}" if page else "")
     request.state.portal_back = path
     return path
-
-
-def _done(user: PortalUser, path: str, message: str) -> Response:
-    flash(user.record, message, level="success")
-    return RedirectResponse(path, status_code=303, headers=SECURITY_HEADERS)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -148,7 +149,7 @@ async def create_user(
         parse_id(tenant_id), session, user.principal, settings
     )
     created = await users.create_user(tenant, homeserver, body, box, user.audit(request, session))
-    return _done(user, back, f"User {created.user_id} created.")
+    return await done(user, back, f"User {created.user_id} created.")
 
 
 @router.post("/users/{username}/deactivate")
@@ -166,7 +167,7 @@ async def deactivate_user(
     tenant, homeserver, box = await users.homeserver_of(
         parse_id(tenant_id), session, user.principal, settings
     )
-    done = await users.deactivate_user(
+    gone = await users.deactivate_user(
         tenant,
         homeserver,
         box,
@@ -174,7 +175,7 @@ async def deactivate_user(
         username,
         erase=form.get("erase") == "on",
     )
-    return _done(user, back, f"User {done.user_id} deactivated.")
+    return await done(user, back, f"User {gone.user_id} deactivated.")
 
 
 @router.post("/users/{username}/password")
@@ -193,10 +194,12 @@ async def reset_password(
     tenant, homeserver, box = await users.homeserver_of(
         parse_id(tenant_id), session, user.principal, settings
     )
-    done = await users.update_user(
+    changed = await users.update_user(
         tenant, homeserver, box, user.audit(request, session), username, body
     )
-    return _done(user, back, f"Password of {done.user_id} reset; it is signed out everywhere.")
+    return await done(
+        user, back, f"Password of {changed.user_id} reset; it is signed out everywhere."
+    )
 
 
 @router.get("/registration-tokens")
@@ -246,7 +249,7 @@ async def create_token(
     created = await registration_tokens.create_token(
         tenant, homeserver, box, user.audit(request, session), body
     )
-    return _done(user, back, f"Registration token {created.token} created.")
+    return await done(user, back, f"Registration token {created.token} created.")
 
 
 @router.post("/registration-tokens/{token}/delete")
@@ -266,7 +269,7 @@ async def delete_token(
     await registration_tokens.delete_token(
         tenant, homeserver, box, user.audit(request, session), token[:64]
     )
-    return _done(user, back, "Registration token revoked.")
+    return await done(user, back, "Registration token revoked.")
 
 
 def _month_start(day: date, months_back: int = 0) -> date:
@@ -434,7 +437,7 @@ async def revoke_key(
     if key is None or key.tenant_id != out.id:
         raise NotFound(f"API key {key_id[:64]} not found")
     await api_keys.revoke_key(session, user.principal, user.audit(request, session), key.key_id)
-    return _done(user, back, f"API key {key.key_id} revoked; it stops working at once.")
+    return await done(user, back, f"API key {key.key_id} revoked; it stops working at once.")
 
 
 @router.get("/settings")
@@ -473,7 +476,7 @@ async def save_settings(
     message = "Settings saved."
     if operation is not None:
         message += " The homeserver restarts with them shortly; clients reconnect by themselves."
-    return _done(user, back, message)
+    return await done(user, back, message)
 
 
 @router.get("/audit")
