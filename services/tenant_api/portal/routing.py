@@ -120,7 +120,7 @@ async def _refreshed(
                 raise
             await own.commit()
     except Unauthorized:
-        await store.delete(session_id)
+        await store.forget(session_id)
         raise SignInRequired(ENDED) from None
     finally:
         await store.release_refresh_lock(session_id)
@@ -143,7 +143,7 @@ async def _principal(
     try:
         return await authenticate(record.access_token or "", settings, session, throttle)
     except Unauthorized:
-        await store.delete(session_id)
+        await store.forget(session_id)
         raise SignInRequired(ENDED) from None
 
 

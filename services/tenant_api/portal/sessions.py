@@ -93,7 +93,7 @@ class SessionStore:
         """Store (and extend the idle time of) a session; False when it is past its maximum."""
         ttl = self._ttl(record)
         if ttl <= 0:
-            await self.delete(session_id)
+            await self.forget(session_id)
             return False
         token = self.box.encrypt_json(asdict(record))
         await _run(self.client.set(self._key(session_id), token, ex=ttl))
@@ -104,7 +104,7 @@ class SessionStore:
         await self.save(session_id, record)
         return session_id
 
-    async def delete(self, session_id: str) -> None:
+    async def forget(self, session_id: str) -> None:
         await _run(self.client.delete(self._key(session_id)))
 
     async def refresh_lock(self, session_id: str) -> bool:

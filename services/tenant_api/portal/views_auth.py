@@ -90,7 +90,7 @@ async def sign_in(
     store = SessionStore(settings)
     old = request.cookies.get(COOKIE)
     if old:
-        await store.delete(old)  # a new id for the signed-in session (no fixation)
+        await store.forget(old)  # a new id for the signed-in session (no fixation)
     record = anonymous_session()
     record.access_token, record.refresh_token = issued.access_token, issued.refresh_token
     record.email = email.strip().lower()
@@ -108,7 +108,7 @@ async def sign_out(
     session record deleted (the access token in it dies with it)."""
     await accounts.revoke(session, settings, user.record.refresh_token or "")
     store = SessionStore(settings)
-    await store.delete(user.session_id)
+    await store.forget(user.session_id)
     record: PortalSession = anonymous_session()
     flash(record, "You are signed out.")
     session_id = await store.create(record)

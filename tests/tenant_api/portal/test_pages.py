@@ -45,7 +45,7 @@ def app(platform_env: dict[str, str]) -> object:
 
 
 @pytest.fixture
-async def browser(app: object) -> AsyncIterator[httpx.AsyncClient]:
+async def portal(app: object) -> AsyncIterator[httpx.AsyncClient]:
     """A cookie-keeping client of the portal that follows nothing by itself."""
     transport = httpx.ASGITransport(app=app, client=(client_address(), 40000))  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
@@ -75,23 +75,23 @@ async def admin_of_new_tenant(api: httpx.AsyncClient) -> tuple[dict, dict]:
 
 
 async def test_a_tenant_admin_signs_in_to_their_overview_with_a_safe_cookie(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
     tenant, admin = await admin_of_new_tenant(api)
-    signed_in = await sign_in(browser, admin["email"])
+    signed_in = await sign_in(portal, admin["email"])
     assert signed_in.status_code == 303
     cookie = signed_in.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/portal" in cookie
     assert "Secure" not in cookie  # plain HTTP here; over TLS see the next test
-    home = await browser.get(signed_in.headers["location"])
+    home = await portal.get(signed_in.headers["location"])
     assert home.headers["location"] == f"/portal/tenants/{tenant['id']}"
-    overview = await browser.get(home.headers["location"])
+    overview = await portal.get(home.headers["location"])
     assert overview.status_code == 200
     page = text_of(overview)
     assert tenant["server_name"] in page and "Connect a client" in page
     assert "frame-ancestors 'none'" in overview.headers["content-security-policy"]
-    # The browser holds a random id only: neither token is in any cookie or page.
-    session_id = browser.cookies["c3_portal"]
+    # The portal holds a random id only: neither token is in any cookie or page.
+    session_id = portal.cookies["c3_portal"]
     assert len(session_id) >= 40 and "eyJ" not in overview.text
 
 
@@ -105,115 +105,115 @@ async def test_the_cookie_is_secure_over_tls(api: httpx.AsyncClient, app: object
 
 
 async def test_a_wrong_password_is_shown_on_the_sign_in_form(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
     _, admin = await admin_of_new_tenant(api)
-    refused = await sign_in(browser, admin["email"], "not the password at all")
+    refused = await sign_in(portal, admin["email"], "not the password at all")
     assert refused.status_code == 303
-    page = await browser.get(refused.headers["location"])
+    page = await portal.get(refused.headers["location"])
     assert "invalid credentials" in text_of(page)
-    assert "c3_portal" in browser.cookies  # the form still works: sign in with the right one
-    assert (await sign_in(browser, admin["email"])).headers["location"] == "/portal/"
+    assert "c3_portal" in portal.cookies  # the form still works: sign in with the right one
+    assert (await sign_in(portal, admin["email"])).headers["location"] == "/portal/"
 
 
 async def test_a_form_without_or_with_a_wrong_csrf_token_is_refused(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
     tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(browser, admin["email"])
+    await sign_in(portal, admin["email"])
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
     form = {"form_id": "create-key", "name": "crm", "scopes": "usage:read"}
-    without = await browser.post(keys_url, data=form)
-    wrong = await browser.post(keys_url, data={**form, "csrf_token": "x" * 43})
+    without = await portal.post(keys_url, data=form)
+    wrong = await portal.post(keys_url, data={**form, "csrf_token": "x" * 43})
     for refused in (without, wrong):
         assert refused.status_code == 403
         assert "security token (CSRF)" in text_of(refused)
     listed = await api.get("/v1/api-keys")
     assert not [k for k in listed.json()["items"] if k["tenant_id"] == tenant["id"]]
-    # Another browser's valid token does not help either (bound to the session).
-    transport = httpx.ASGITransport(app=browser._transport.app, client=(client_address(), 1))  # type: ignore[attr-defined]
+    # Another portal's valid token does not help either (bound to the session).
+    transport = httpx.ASGITransport(app=portal._transport.app, client=(client_address(), 1))  # type: ignore[attr-defined]
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as other:
         other_token = csrf_of(await other.get("/portal/sign-in"))
-    crossed = await browser.post(keys_url, data={**form, "csrf_token": other_token})
+    crossed = await portal.post(keys_url, data={**form, "csrf_token": other_token})
     assert crossed.status_code == 403
 
 
 async def test_another_tenants_pages_and_operator_pages_are_404_for_a_tenant_admin(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
     _, admin = await admin_of_new_tenant(api)
     other = await active_tenant(api)
-    await sign_in(browser, admin["email"])
+    await sign_in(portal, admin["email"])
     for path in ("", "/usage", "/invoices", "/api-keys", "/settings", "/audit", "/users"):
-        page = await browser.get(f"/portal/tenants/{other['id']}{path}")
+        page = await portal.get(f"/portal/tenants/{other['id']}{path}")
         assert page.status_code == 404, (path, page.text[:300])
         assert other["server_name"] not in page.text
     for path in ("/portal/fleet", "/portal/operations/failed", "/portal/plans"):
-        assert (await browser.get(path)).status_code == 404
-    assert (await browser.get(f"/portal/tenants/{uuid.uuid4()}")).status_code == 404
-    assert (await browser.get("/portal/tenants/not-an-id/usage")).status_code == 404
+        assert (await portal.get(path)).status_code == 404
+    assert (await portal.get(f"/portal/tenants/{uuid.uuid4()}")).status_code == 404
+    assert (await portal.get("/portal/tenants/not-an-id/usage")).status_code == 404
 
 
 async def test_an_expired_session_goes_to_sign_in_and_back_to_the_page(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient, redis_client: redis.Redis
+    api: httpx.AsyncClient, portal: httpx.AsyncClient, redis_client: redis.Redis
 ) -> None:
     tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(browser, admin["email"])
+    await sign_in(portal, admin["email"])
     usage = f"/portal/tenants/{tenant['id']}/usage"
-    assert (await browser.get(usage)).status_code == 200
+    assert (await portal.get(usage)).status_code == 200
     # What the idle timeout does in Redis: the record is gone.
-    digest = hashlib.sha256(browser.cookies["c3_portal"].encode()).hexdigest()
+    digest = hashlib.sha256(portal.cookies["c3_portal"].encode()).hexdigest()
     assert redis_client.delete(f"{get_settings().redis_namespace}:portal:session:{digest}") == 1
 
-    bounced = await browser.get(usage)
+    bounced = await portal.get(usage)
     assert bounced.status_code == 303
     assert bounced.headers["location"] == f"/portal/sign-in?next={usage}&ended=1"
-    form = await browser.get(bounced.headers["location"])
+    form = await portal.get(bounced.headers["location"])
     assert "Your session has ended" in text_of(form)
-    again = await sign_in(browser, admin["email"], next_=usage)
+    again = await sign_in(portal, admin["email"], next_=usage)
     assert again.headers["location"] == usage
-    assert (await browser.get(usage)).status_code == 200
+    assert (await portal.get(usage)).status_code == 200
 
 
 async def test_a_password_reset_ends_the_portal_session_at_once(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
     tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(browser, admin["email"])
+    await sign_in(portal, admin["email"])
     overview = f"/portal/tenants/{tenant['id']}"
-    assert (await browser.get(overview)).status_code == 200
+    assert (await portal.get(overview)).status_code == 200
     reset = await api.post(
         f"/v1/accounts/{admin['id']}/reset-password", json={"password": "a new long password"}
     )
     assert reset.status_code == 200, reset.text
-    bounced = await browser.get(overview)
+    bounced = await portal.get(overview)
     assert bounced.status_code == 303 and bounced.headers["location"].startswith(
         "/portal/sign-in?next="
     )
 
 
 async def test_sign_out_ends_the_session(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
     tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(browser, admin["email"])
-    overview = await browser.get(f"/portal/tenants/{tenant['id']}")
-    old_cookie = browser.cookies["c3_portal"]
-    out = await browser.post("/portal/sign-out", data={"csrf_token": csrf_of(overview)})
+    await sign_in(portal, admin["email"])
+    overview = await portal.get(f"/portal/tenants/{tenant['id']}")
+    old_cookie = portal.cookies["c3_portal"]
+    out = await portal.post("/portal/sign-out", data={"csrf_token": csrf_of(overview)})
     assert out.status_code == 303 and out.headers["location"] == "/portal/sign-in"
-    assert "You are signed out" in text_of(await browser.get("/portal/sign-in"))
-    browser.cookies.set("c3_portal", old_cookie)  # a copied cookie is dead too
-    assert (await browser.get(f"/portal/tenants/{tenant['id']}")).status_code == 303
+    assert "You are signed out" in text_of(await portal.get("/portal/sign-in"))
+    portal.cookies.set("c3_portal", old_cookie)  # a copied cookie is dead too
+    assert (await portal.get(f"/portal/tenants/{tenant['id']}")).status_code == 303
 
 
 async def test_the_apis_problem_detail_is_shown_beside_the_field(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
     tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(browser, admin["email"])
+    await sign_in(portal, admin["email"])
     settings_url = f"/portal/tenants/{tenant['id']}/settings"
-    page = await browser.get(settings_url)
-    refused = await browser.post(
+    page = await portal.get(settings_url)
+    refused = await portal.post(
         settings_url,
         data={
             "csrf_token": csrf_of(page),
@@ -224,33 +224,33 @@ async def test_the_apis_problem_detail_is_shown_beside_the_field(
         },
     )
     assert refused.status_code == 303 and refused.headers["location"] == settings_url
-    shown = await browser.get(settings_url)
+    shown = await portal.get(settings_url)
     beside = re.search(r'id="settings-federation-allowed_servers-error">([^<]*)<', shown.text)
     assert beside and "mode allowlist needs at least one server name" in beside.group(1)
     assert 'aria-invalid="true"' in shown.text
     assert 'value="allowlist" selected' in shown.text  # what was sent is kept
     # Shown once: the next view is clean.
-    assert "needs at least one server" not in (await browser.get(settings_url)).text
+    assert "needs at least one server" not in (await portal.get(settings_url)).text
 
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
-    page = await browser.get(keys_url)
-    await browser.post(
+    page = await portal.get(keys_url)
+    await portal.post(
         keys_url, data={"csrf_token": csrf_of(page), "form_id": "create-key", "name": "crm"}
     )
-    shown = await browser.get(keys_url)
+    shown = await portal.get(keys_url)
     beside = re.search(r'id="create-key-scopes-error">([^<]*)<', shown.text)
     assert beside and "at least 1 item" in beside.group(1)
     assert 'value="crm"' in shown.text
 
 
 async def test_an_api_key_is_shown_once_works_and_stops_when_revoked(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient, app: object
+    api: httpx.AsyncClient, portal: httpx.AsyncClient, app: object
 ) -> None:
     tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(browser, admin["email"])
+    await sign_in(portal, admin["email"])
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
-    page = await browser.get(keys_url)
-    created = await browser.post(
+    page = await portal.get(keys_url)
+    created = await portal.post(
         keys_url,
         data={
             "csrf_token": csrf_of(page),
@@ -264,21 +264,21 @@ async def test_an_api_key_is_shown_once_works_and_stops_when_revoked(
     assert secret, created.text[:3000]
     async with api_client(app, **bearer(secret.group(1))) as integrator:
         assert (await integrator.get(f"/v1/tenants/{tenant['id']}/usage")).status_code == 200
-        listing = await browser.get(keys_url)
+        listing = await portal.get(keys_url)
         assert secret.group(1) not in listing.text  # never shown again
         key_id = re.search(r"/api-keys/([^/]+)/revoke", listing.text)
         assert key_id
-        revoked = await browser.post(
+        revoked = await portal.post(
             f"{keys_url}/{key_id.group(1)}/revoke",
             data={"csrf_token": csrf_of(listing), "form_id": "revoke-key"},
         )
         assert revoked.status_code == 303
-        assert "revoked; it stops working at once" in text_of(await browser.get(keys_url))
+        assert "revoked; it stops working at once" in text_of(await portal.get(keys_url))
         assert (await integrator.get(f"/v1/tenants/{tenant['id']}/usage")).status_code == 401
 
 
 async def test_an_operator_sees_the_fleet_and_drills_into_a_tenant(
-    api: httpx.AsyncClient, browser: httpx.AsyncClient
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
     tenant = await active_tenant(api)
     operator = email()
@@ -286,11 +286,11 @@ async def test_an_operator_sees_the_fleet_and_drills_into_a_tenant(
         "/v1/accounts", json={"email": operator, "password": PASSWORD, "role": "operator"}
     )
     assert created.status_code == 201, created.text
-    signed_in = await sign_in(browser, operator)
-    assert (await browser.get(signed_in.headers["location"])).headers["location"] == "/portal/fleet"
-    fleet = await browser.get("/portal/fleet", params={"q": tenant["slug"]})
+    signed_in = await sign_in(portal, operator)
+    assert (await portal.get(signed_in.headers["location"])).headers["location"] == "/portal/fleet"
+    fleet = await portal.get("/portal/fleet", params={"q": tenant["slug"]})
     assert fleet.status_code == 200
     assert tenant["server_name"] in fleet.text and "1 of" in text_of(fleet)
-    assert (await browser.get(f"/portal/tenants/{tenant['id']}/usage")).status_code == 200
-    assert (await browser.get("/portal/plans")).status_code == 200
-    assert (await browser.get("/portal/operations/failed")).status_code == 200
+    assert (await portal.get(f"/portal/tenants/{tenant['id']}/usage")).status_code == 200
+    assert (await portal.get("/portal/plans")).status_code == 200
+    assert (await portal.get("/portal/operations/failed")).status_code == 200
