@@ -64,7 +64,7 @@ def bar_chart(series: DailySeries, chart_id: str) -> Markup:
             f'width="{slot * 0.7:.1f}" height="{height:.1f}"><title>{day.isoformat()}: '
             f"{value:,} {escape(series.unit)}</title></rect>"
         )
-        if day.day in (1, 8, 15, 22, 29):
+        if day.day in (1, 15):
             parts.append(
                 f'<text class="tick" x="{x + slot * 0.35:.1f}" y="{HEIGHT - 6}" '
                 f'text-anchor="middle">{day.strftime("%d %b")}</text>'
