@@ -192,9 +192,7 @@ async def test_a_password_reset_ends_the_portal_session_at_once(
     )
 
 
-async def test_sign_out_ends_the_session(
-    api: httpx.AsyncClient, portal: httpx.AsyncClient
-) -> None:
+async def test_sign_out_ends_the_session(api: httpx.AsyncClient, portal: httpx.AsyncClient) -> None:
     tenant, admin = await admin_of_new_tenant(api)
     await sign_in(portal, admin["email"])
     overview = await portal.get(f"/portal/tenants/{tenant['id']}")
