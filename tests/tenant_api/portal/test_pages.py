@@ -16,6 +16,7 @@ import redis
 
 from platform_core.settings import get_settings
 from tenant_api.main import create_app
+from tenant_api.portal.sessions import SessionStore
 from tests.helpers.api import (
     PASSWORD,
     active_tenant,
@@ -292,3 +293,30 @@ async def test_an_operator_sees_the_fleet_and_drills_into_a_tenant(
     assert (await portal.get(f"/portal/tenants/{tenant['id']}/usage")).status_code == 200
     assert (await portal.get("/portal/plans")).status_code == 200
     assert (await portal.get("/portal/operations/failed")).status_code == 200
+
+
+async def test_a_refused_access_token_is_renewed_with_the_refresh_token_unnoticed(
+    api: httpx.AsyncClient, portal: httpx.AsyncClient, platform_env: dict[str, str]
+) -> None:
+    """What happens every 15 minutes (the access token expires): the next page trades the
+    refresh token for new tokens, once; the old refresh token is then spent."""
+    tenant, admin = await admin_of_new_tenant(api)
+    await sign_in(portal, admin["email"])
+    store = SessionStore(get_settings())
+    session_id = portal.cookies["c3_portal"]
+    record = await store.load(session_id)
+    assert record is not None and record.refresh_token
+    spent = record.refresh_token
+    record.access_token = "eyJ.no-longer-valid.token"
+    await store.save(session_id, record)
+
+    assert (await portal.get(f"/portal/tenants/{tenant['id']}")).status_code == 200
+    renewed = await store.load(session_id)
+    assert renewed is not None and renewed.refresh_token != spent
+    assert renewed.access_token != "eyJ.no-longer-valid.token"
+    reuse = await api.post(
+        "/v1/auth/token",
+        data={"grant_type": "refresh_token", "refresh_token": spent},
+        headers={"Authorization": ""},
+    )
+    assert reuse.status_code == 401
