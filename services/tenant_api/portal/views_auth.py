@@ -59,6 +59,8 @@ async def sign_in_page(
     if record is None or session_id is None:
         record = anonymous_session()
         session_id = await store.create(record)
+    elif record.signed_in:
+        return RedirectResponse(safe_next(next_), status_code=303, headers=SECURITY_HEADERS)
     if ended and not record.flash:
         flash(record, "Your session has ended. Sign in again to continue where you were.")
     response = await render(
