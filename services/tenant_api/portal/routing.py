@@ -174,7 +174,11 @@ async def done(user: PortalUser, path: str, message: str) -> Response:
 
 async def _check_csrf(request: Request) -> None:
     store = SessionStore(get_settings())
-    record = await store.load(request.cookies.get(COOKIE))
+    session_id = request.cookies.get(COOKIE)
+    record = await store.load(session_id)
+    if record is None and session_id:
+        # The session expired while the form was open: nothing is done, sign in again.
+        raise SignInRequired(ENDED)
     form = await request.form()
     sent = form.get("csrf_token")
     if record is None or not isinstance(sent, str) or not sent:

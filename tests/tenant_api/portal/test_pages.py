@@ -320,3 +320,23 @@ async def test_a_refused_access_token_is_renewed_with_the_refresh_token_unnotice
         headers={"Authorization": ""},
     )
     assert reuse.status_code == 401
+
+
+async def test_a_form_sent_after_the_session_expired_goes_to_sign_in_and_does_nothing(
+    api: httpx.AsyncClient, portal: httpx.AsyncClient, redis_client: redis.Redis
+) -> None:
+    tenant, admin = await admin_of_new_tenant(api)
+    await sign_in(portal, admin["email"])
+    keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
+    page = await portal.get(keys_url)
+    digest = hashlib.sha256(portal.cookies["c3_portal"].encode()).hexdigest()
+    redis_client.delete(f"{get_settings().redis_namespace}:portal:session:{digest}")
+    sent = await portal.post(
+        keys_url,
+        data={"csrf_token": csrf_of(page), "name": "late", "scopes": "usage:read"},
+        headers={"Referer": f"http://api{keys_url}"},
+    )
+    assert sent.status_code == 303
+    assert sent.headers["location"] == f"/portal/sign-in?next={keys_url}&ended=1"
+    listed = await api.get("/v1/api-keys")
+    assert not [k for k in listed.json()["items"] if k["tenant_id"] == tenant["id"]]
