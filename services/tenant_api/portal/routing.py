@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import re
 import time
 import uuid
@@ -34,9 +35,12 @@ from platform_core.settings import Settings, get_settings
 from tenant_api.accounts import service as accounts
 from tenant_api.deps import SessionDep, SettingsDep, authenticate
 from tenant_api.kit.audit import AuditContext, request_id
+from tenant_api.middleware import DATABASE_UNAVAILABLE, UNAVAILABLE_DETAIL
 from tenant_api.portal.rendering import SECURITY_HEADERS, flash, render
 from tenant_api.portal.sessions import COOKIE, PortalSession, SessionStore
 from tenant_api.throttle import Throttle
+
+log = logging.getLogger(__name__)
 
 SIGN_IN = "/portal/sign-in"
 ENDED = "Your session has ended. Sign in again to continue where you were."
@@ -246,7 +250,13 @@ async def _refused_form(request: Request, status: int, detail: str) -> Response:
 
 
 async def _error_page(request: Request, status: int, detail: str) -> Response:
-    titles = {403: "Not allowed", 404: "Not found", 409: "Conflict", 429: "Too many requests"}
+    titles = {
+        403: "Not allowed",
+        404: "Not found",
+        409: "Conflict",
+        429: "Too many requests",
+        503: "Unavailable",
+    }
     return await render(
         request,
         "error.html",
@@ -277,6 +287,11 @@ async def _served(
         return await _error_page(request, exc.status, exc.detail)
     except RequestValidationError:
         return await _error_page(request, 404, "There is no such page.")
+    except DATABASE_UNAVAILABLE:
+        return await _error_page(request, 503, UNAVAILABLE_DETAIL)
+    except Exception:
+        log.exception("unhandled error on portal page %s %s", request.method, request.url.path)
+        return await _error_page(request, 500, "An unexpected error occurred; it has been logged.")
 
 
 class PortalRoute(APIRoute):
