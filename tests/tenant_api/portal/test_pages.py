@@ -9,14 +9,19 @@ import html
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 import redis
 
+from platform_core.db import task_session
+from platform_core.models import Tenant
 from platform_core.settings import get_settings
+from tenant_api.invoices.tasks import finalize_one
 from tenant_api.main import create_app
 from tenant_api.portal.sessions import SessionStore
+from tenant_api.usage.repository import UsageBatchRepository
 from tests.helpers.api import (
     PASSWORD,
     active_tenant,
@@ -37,7 +42,8 @@ def csrf_of(page: httpx.Response) -> str:
 
 
 def text_of(page: httpx.Response) -> str:
-    return html.unescape(re.sub(r"\s+", " ", page.text))
+    """The page's text as a person reads it (tags dropped, whitespace collapsed)."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page.text)))
 
 
 @pytest.fixture
@@ -340,3 +346,47 @@ async def test_a_form_sent_after_the_session_expired_goes_to_sign_in_and_does_no
     assert sent.headers["location"] == f"/portal/sign-in?next={keys_url}&ended=1"
     listed = await api.get("/v1/api-keys")
     assert not [k for k in listed.json()["items"] if k["tenant_id"] == tenant["id"]]
+
+
+async def test_usage_by_day_and_a_finalized_invoice_as_page_and_csv(
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
+) -> None:
+    tenant, admin = await admin_of_new_tenant(api)
+    tenant_id = uuid.UUID(tenant["id"])
+    now = datetime.now(UTC)
+    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    with task_session() as session:
+        row = session.get(Tenant, tenant_id)
+        assert row is not None
+        row.created_at = last_month  # a customer since last month
+        UsageBatchRepository(session).add_to_counters(
+            [
+                (tenant_id, "messages", last_month.replace(day=2, hour=9), 3),
+                (tenant_id, "messages", last_month.replace(day=2, hour=17), 4),
+                (tenant_id, "messages", this_month.replace(hour=1), 5),
+                (tenant_id, "api_requests", this_month.replace(hour=1), 50),
+            ]
+        )
+    period = last_month.strftime("%Y-%m")
+    # As the monthly finalizer does it (POST …/finalize answers 500 here: see the report).
+    finalize_one(tenant_id, period, now)
+    listed = await api.get(f"/v1/tenants/{tenant['id']}/invoices")
+    number = listed.json()["items"][0]["number"]
+
+    await sign_in(portal, admin["email"])
+    base = f"/portal/tenants/{tenant['id']}"
+    usage = text_of(await portal.get(f"{base}/usage"))
+    assert "Messages This month: 5 messages · last month: 7" in usage
+    assert f"{last_month.replace(day=2).date().isoformat()} 7 0 0 0" in usage
+    assert f"{this_month.date().isoformat()} 5 0 0 50" in usage
+
+    listing = text_of(await portal.get(f"{base}/invoices"))
+    assert number in listing and period in listing
+    page = await portal.get(f"{base}/invoices/{number}")
+    assert page.status_code == 200 and f"Invoice {number}" in text_of(page)
+    as_csv = await portal.get(f"{base}/invoices/{number}", params={"format": "csv"})
+    from_api = await api.get(f"/v1/tenants/{tenant['id']}/invoices/{number}?format=csv")
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.text == from_api.text
+    assert (await portal.get(f"{base}/invoices/C3-99999999")).status_code == 404
