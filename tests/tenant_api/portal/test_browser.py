@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.helpers.api import PASSWORD
-from tests.helpers.browser import DESKTOP, PHONE, screenshot
+from tests.helpers.browser import DESKTOP, PHONE, chromium, screenshot
 from tests.helpers.environment import isolated_platform
 from tests.helpers.matrix import login
 from tests.helpers.platform import RunningPlatform, poll
@@ -43,6 +43,14 @@ def new_account(platform: RunningPlatform, role: str, tenant_id: str | None = No
         created = api.post("/v1/accounts", json=body)
     assert created.status_code == 201, created.text
     return address
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """This module's own chromium (not the session's): Playwright's sync API keeps an event
+    loop running in this thread while it is open, which async tests run later would trip on."""
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
