@@ -100,9 +100,11 @@ def platform(
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
-    """One headless Debian chromium for the session's page tests (Playwright, sync API)."""
+    """A headless Debian chromium for one module's page tests (Playwright, sync API). Module
+    scope, not session: while Playwright's sync API is open it keeps an event loop running, and
+    the async tests of later modules could not start theirs."""
     from tests.helpers.browser import chromium
 
     with chromium() as launched:

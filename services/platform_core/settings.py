@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     # internal (loopback, private, link-local, ...): a tenant's OIDC issuer may then be there,
     # and Synapse's ip_range_whitelist lets its outbound HTTP through. Empty: none.
     outbound_allowed_networks: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
+    # --- Portal (tenant_api/portal) ---------------------------------------------------
+    # A portal sign-in ends after this long without a page view, and after portal_session_max_s
+    # at the latest; the next page then asks to sign in again and returns to where it was.
+    portal_session_idle_s: int = Field(default=1800, ge=60, le=7 * 86400)
+    portal_session_max_s: int = Field(default=12 * 3600, ge=300, le=30 * 86400)
 
     # --- Object storage and the proxy spool (issue 12, "state that survives a pod") ---------
     # Exports, deletion archives and database dumps (platform_core.object_store): an

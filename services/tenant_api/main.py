@@ -1,4 +1,5 @@
-"""The tenant API application (FastAPI): /v1 REST, /healthz, OpenAPI at /docs."""
+"""The tenant API application (FastAPI): /v1 REST, /healthz, OpenAPI at /docs, the admin
+portal at /portal."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from platform_core.db import async_engine
 from platform_core.migrate import assert_migrated
 from platform_core.redis import close_async_clients
 from platform_core.settings import get_settings
-from tenant_api import access_log, errors
+from tenant_api import access_log, errors, portal
 from tenant_api.accounts.endpoints import router as accounts_router
 from tenant_api.api_keys.endpoints import router as api_keys_router
 from tenant_api.audit.endpoints import router as audit_router
@@ -66,6 +67,7 @@ def create_app() -> FastAPI:
     app.include_router(audit_router)
     app.include_router(metrics_router)
     app.include_router(exports_router)
+    portal.install(app)
     # Outermost last: the request id exists before anything is refused, replayed or
     # recorded; an oversized body is refused before idempotency (or a route) reads it.
     app.add_middleware(IdempotencyMiddleware)

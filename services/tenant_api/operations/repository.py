@@ -65,3 +65,30 @@ class OperationRepository(Repository):
             .execution_options(synchronize_session=False)
         )
         return operation if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
+
+    async def latest_for(self, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, Operation]:
+        """Each tenant's newest operation (the portal's fleet), among those this principal sees."""
+        if not tenant_ids:
+            return {}
+        statement = (
+            select(Operation)
+            .join(Tenant, Tenant.id == Operation.tenant_id)
+            .where(Operation.tenant_id.in_(tenant_ids))
+            .order_by(Operation.created_at.desc(), Operation.id.desc())
+        )
+        latest: dict[uuid.UUID, Operation] = {}
+        for operation in (await self.session.scalars(self.scoped(statement))).all():
+            latest.setdefault(operation.tenant_id, operation)
+        return latest
+
+    async def failed(self, *, limit: int) -> list[tuple[Operation, Tenant]]:
+        """Failed operations, newest first, with their tenant (what an operator retries)."""
+        statement = (
+            select(Operation, Tenant)
+            .join(Tenant, Tenant.id == Operation.tenant_id)
+            .where(Operation.state == OperationState.FAILED)
+            .order_by(Operation.updated_at.desc(), Operation.id)
+            .limit(limit)
+        )
+        rows = await self.session.execute(self.scoped(statement))
+        return [(operation, tenant) for operation, tenant in rows.tuples()]

@@ -92,6 +92,20 @@ class UsageRepository(Repository):
         rows = await self.session.execute(_range(statement, start, end))
         return {meter: int(total or 0) for meter, total in rows}
 
+    async def totals_by_tenant(
+        self, tenant_ids: list[uuid.UUID], meter: str, start: datetime, end: datetime
+    ) -> dict[uuid.UUID, int]:
+        """One meter's total per tenant over [start, end) (the portal's fleet: MAU)."""
+        if not tenant_ids:
+            return {}
+        statement = (
+            select(UsageCounter.tenant_id, func.sum(UsageCounter.quantity))
+            .where(UsageCounter.tenant_id.in_(tenant_ids), UsageCounter.meter == meter)
+            .group_by(UsageCounter.tenant_id)
+        )
+        rows = await self.session.execute(_range(statement, start, end))
+        return {tenant_id: int(total or 0) for tenant_id, total in rows}
+
     async def hourly(
         self,
         tenant_id: uuid.UUID,
