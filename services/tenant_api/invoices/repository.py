@@ -95,9 +95,8 @@ class InvoiceRepository(SyncRepository):
         return int(taken) - 1
 
     def add_invoice(self, invoice: Invoice, lines: list[InvoiceLine]) -> None:
+        # Through the relationship, so the new invoice carries its lines without a load
+        # (``Invoice.lines`` is lazy="raise"; the caller renders the invoice at once).
+        invoice.lines = lines
         self.session.add(invoice)
-        self.session.flush()
-        for line in lines:
-            line.invoice_id = invoice.id
-        self.session.add_all(lines)
         self.session.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -128,6 +128,20 @@ async def test_finalized_invoices_are_listed_and_served_as_json_and_csv(
     )
     assert (await api.get(f"/v1/tenants/{tenant['id']}/invoices")).json()["items"] == []
     assert_problem(await api.get(f"/v1/tenants/{tenant['id']}/invoices/C3-99999999"), 404, "")
+
+    # A month that has ended is finalized through the API (and again: the same invoice).
+    first_of_month = datetime.now(UTC).replace(day=1)
+    last_month = (first_of_month - timedelta(days=1)).strftime("%Y-%m")
+    finalized = await api.post(f"/v1/tenants/{tenant['id']}/invoices/{last_month}/finalize")
+    assert finalized.status_code == 200, finalized.text
+    invoice = finalized.json()
+    assert invoice["status"] == "finalized" and invoice["total"] == sum(
+        line["amount"] for line in invoice["lines"]
+    )
+    again = await api.post(f"/v1/tenants/{tenant['id']}/invoices/{last_month}/finalize")
+    assert again.json()["number"] == invoice["number"]
+    listed = (await api.get(f"/v1/tenants/{tenant['id']}/invoices")).json()["items"]
+    assert [item["number"] for item in listed] == [invoice["number"]]
 
 
 async def test_usage_as_a_series_by_day(api: httpx.AsyncClient) -> None:
