@@ -115,7 +115,13 @@ class SynapseAdminClient:
 
     async def list_users(self, *, start: int, limit: int) -> dict[str, Any]:
         """A page of local, non-guest accounts (deactivated ones included), by name."""
-        params = {"from": str(start), "limit": str(limit), "guests": "false", "order_by": "name"}
+        params = {
+            "from": str(start),
+            "limit": str(limit),
+            "guests": "false",
+            "deactivated": "true",
+            "order_by": "name",
+        }
         return await self._request("GET", "/_synapse/admin/v2/users", params=params)
 
     async def update_user(self, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
