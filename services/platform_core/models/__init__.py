@@ -9,6 +9,16 @@ from platform_core.models.auth import (
     RefreshToken,
 )
 from platform_core.models.base import Base, UTCDateTime, utcnow
+from platform_core.models.contexts import (
+    AppserviceTransaction,
+    Context,
+    ContextEvent,
+    ContextEventKind,
+    ContextParticipant,
+    ContextStatus,
+    ParticipantKind,
+    ParticipantStatus,
+)
 from platform_core.models.billing import Invoice, InvoiceCounter, InvoiceLine, InvoiceStatus
 from platform_core.models.tenancy import (
     ExportState,
@@ -32,6 +42,14 @@ from platform_core.models.usage import (
 )
 
 __all__ = [
+    "AppserviceTransaction",
+    "Context",
+    "ContextEvent",
+    "ContextEventKind",
+    "ContextParticipant",
+    "ContextStatus",
+    "ParticipantKind",
+    "ParticipantStatus",
     "Account",
     "AccountRole",
     "ApiKey",
