@@ -9,6 +9,7 @@ from platform_core.models.auth import (
     RefreshToken,
 )
 from platform_core.models.base import Base, UTCDateTime, utcnow
+from platform_core.models.billing import Invoice, InvoiceCounter, InvoiceLine, InvoiceStatus
 from platform_core.models.contexts import (
     AppserviceTransaction,
     Context,
@@ -19,7 +20,6 @@ from platform_core.models.contexts import (
     ParticipantKind,
     ParticipantStatus,
 )
-from platform_core.models.billing import Invoice, InvoiceCounter, InvoiceLine, InvoiceStatus
 from platform_core.models.tenancy import (
     ExportState,
     Homeserver,

@@ -1,0 +1,86 @@
+"""The expiry beat task: deactivates the homeserver accounts of external participants whose
+credential expired, or whose removal or context's closing a crash interrupted. Their tokens
+already stopped working at expiry (the homeserver enforces ``valid_until_ms``); this makes
+the account itself unusable and takes it out of the room."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from datetime import datetime
+
+from platform_core import admin_token
+from platform_core.celery import TaskNames, celery_app
+from platform_core.crypto import SecretBox
+from platform_core.db import task_session
+from platform_core.errors import C3Error
+from platform_core.models import ContextParticipant, ParticipantStatus, TenantStatus, utcnow
+from platform_core.settings import get_settings
+from platform_core.synapse_admin import SynapseAdminClient, TokenRenewer
+from tenant_api.contexts.repository import ExpiryRepository
+
+log = logging.getLogger(__name__)
+app = celery_app()
+
+SWEEP_BATCH = 200
+
+
+async def _deactivate_all(
+    upstream: str, token: str, renew: TokenRenewer, user_ids: list[str]
+) -> set[str]:
+    """The user ids that are deactivated now (already, or by this call)."""
+    done: set[str] = set()
+    async with SynapseAdminClient(upstream, access_token=token, renew_token=renew) as admin:
+        for user_id in user_ids:
+            try:
+                found = await admin.get_user(user_id)
+                if found is not None and not found.get("deactivated"):
+                    await admin.deactivate_user(user_id, erase=False)
+                done.add(user_id)
+            except C3Error as exc:  # the next sweep tries again
+                log.warning("deactivating an external participant failed: %s", exc)
+    return done
+
+
+def sweep(now: datetime) -> dict[str, int]:
+    """One pass; returns how many accounts were cut off and how many must wait."""
+    box = SecretBox(get_settings().require_secret_key())
+    cut_off = waiting = 0
+    with task_session() as session:
+        repo = ExpiryRepository(session)
+        by_tenant: dict[uuid.UUID, list[ContextParticipant]] = defaultdict(list)
+        for participant in repo.due(now, SWEEP_BATCH):
+            by_tenant[participant.tenant_id].append(participant)
+        for tenant_id, participants in by_tenant.items():
+            found = repo.homeserver(tenant_id)
+            if found is None or found[0].status is not TenantStatus.ACTIVE:
+                waiting += len(participants)  # suspended or going away: its tokens are dead
+                continue
+            tenant, hs = found
+            if hs.upstream_url is None or hs.admin_token_encrypted is None:
+                waiting += len(participants)
+                continue
+            done = asyncio.run(
+                _deactivate_all(
+                    hs.upstream_url,
+                    box.decrypt(hs.admin_token_encrypted),
+                    admin_token.renewer(hs.id, box),
+                    [p.user_id for p in participants],
+                )
+            )
+            for participant in participants:
+                if participant.user_id in done:
+                    if participant.status is ParticipantStatus.ACTIVE:
+                        participant.status = ParticipantStatus.EXPIRED
+                    participant.cut_off_at = now
+                    cut_off += 1
+                else:
+                    waiting += 1
+    return {"cut_off": cut_off, "waiting": waiting}
+
+
+@app.task(name=TaskNames.EXPIRE_CONTEXT_PARTICIPANTS, acks_late=True)
+def expire_context_participants() -> dict[str, int]:
+    return sweep(utcnow())
