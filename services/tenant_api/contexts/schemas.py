@@ -36,7 +36,7 @@ class ParticipantIn(BaseModel):
     )
     ttl_s: int | None = Field(
         default=None,
-        ge=60,
+        ge=1,
         description="External participant: seconds the credential lives (capped by the"
         " platform's C3_CONTEXTS_EXTERNAL_TTL_MAX_S)",
     )
@@ -99,6 +99,9 @@ class Credential(BaseModel):
     user_id: str
     device_id: str | None
     homeserver_url: str = Field(description="The tenant's homeserver through the C3 proxy")
+    homeserver_path_url: str = Field(
+        description="The same homeserver by path (…/t/{slug}), for single-domain setups"
+    )
     room_id: str
     expires_at: datetime
 

@@ -191,9 +191,7 @@ async def _add_tenant_user(
     if found is None or found.get("deactivated"):
         raise InvalidRequest(f"user: {user_id} is not an active user of this homeserver")
     await service.invite(context.room_id, user_id)
-    await matrix.tenant_user_join(
-        admin, str(scope.homeserver.upstream_url), context.room_id, user_id
-    )  # type: ignore[union-attr]
+    await matrix.tenant_user_join(admin, service.base_url, context.room_id, user_id)
     participant = existing or ContextParticipant(
         context_id=context.id,
         tenant_id=scope.tenant.id,
@@ -250,6 +248,7 @@ async def _add_external(
         user_id=user_id,
         device_id=None,
         homeserver_url=scope.settings.homeserver_url(scope.tenant.server_name),
+        homeserver_path_url=f"{scope.settings.effective_proxy_public_url}/t/{scope.tenant.slug}",
         room_id=context.room_id,
         expires_at=expires_at,
     )
