@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     PrimaryKeyConstraint,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -84,6 +85,10 @@ class ContextParticipant(UUIDPk, Timestamps, Base):
     )
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The external's access token (a Fernet token, platform_core.crypto), kept only to log it
+    # out when the participant is cut off: Synapse files an admin-issued token under the
+    # admin, so deactivating the account alone would not end it. None once logged out.
+    credential_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
     # When the homeserver account was deactivated (externals): None while it still works.
     cut_off_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 

@@ -14,7 +14,7 @@ from platform_core import admin_token, appservice
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict
 from platform_core.models import Homeserver, Tenant, TenantStatus
-from platform_core.synapse_admin import SynapseAdminClient, path_segment
+from platform_core.synapse_admin import SynapseAdminClient, TokenRefused, path_segment
 
 _CLIENT = "/_matrix/client/v3"
 
@@ -30,9 +30,7 @@ class ServiceUserClient(SynapseAdminClient):
     def base_url(self) -> str:
         return str(self._client.base_url).rstrip("/")
 
-    async def create_context_room(
-        self, *, ref: str, title: str, metadata: dict[str, Any], service_user: str
-    ) -> str:
+    async def create_context_room(self, *, ref: str, title: str, metadata: dict[str, Any]) -> str:
         body = {
             "preset": "private_chat",
             "visibility": "private",
@@ -49,9 +47,9 @@ class ServiceUserClient(SynapseAdminClient):
                     "content": {"guest_access": "forbidden"},
                 },
             ],
-            # Members talk; only the platform invites, kicks and changes the room.
+            # Members talk; only the platform (the creator: above every level in room
+            # version 12, 100 in older ones) invites, kicks and changes the room.
             "power_level_content_override": {
-                "users": {service_user: 100},
                 "invite": 100,
                 "kick": 100,
                 "ban": 100,
@@ -138,6 +136,23 @@ async def tenant_user_join(
             await as_user.join(room_id)
         finally:
             await as_user.logout()
+
+
+async def cut_off_external(
+    admin: SynapseAdminClient, client_base: str, user_id: str, token: str | None
+) -> None:
+    """End an external participant: log its credential out (Synapse files an admin-issued
+    token under the admin, so deactivation alone would not end it) and deactivate the
+    account (it leaves its room; no token of it works again). Repeating it changes nothing."""
+    if token is not None:
+        async with ServiceUserClient(client_base, access_token=token) as as_user:
+            try:
+                await as_user.logout()
+            except TokenRefused:
+                pass  # expired or logged out already
+    found = await admin.get_user(user_id)
+    if found is not None and not found.get("deactivated"):
+        await admin.deactivate_user(user_id, erase=False)
 
 
 def _ready(tenant: Tenant, homeserver: Homeserver | None) -> Homeserver:

@@ -137,10 +137,9 @@ async def put_context(
     if existing is not None:
         return (await contexts_out(scope, [existing]))[0], False
     user_ids = [_tenant_user_id(scope.tenant, p.user) for p in body.participants]
-    service_user = appservice.service_user_id(scope.tenant.server_name)
     async with matrix.clients(scope.tenant, scope.homeserver, scope.box) as (service, admin):
         room_id = await service.create_context_room(
-            ref=ref, title=body.title, metadata=body.metadata, service_user=service_user
+            ref=ref, title=body.title, metadata=body.metadata
         )
         context = Context(
             tenant_id=scope.tenant.id,
@@ -243,6 +242,7 @@ async def _add_external(
     # The homeserver refuses this token after expires_at by itself; the sweep then
     # deactivates the account.
     token = await admin.login_as(user_id, valid_until_ms=int(expires_at.timestamp() * 1000))
+    participant.credential_encrypted = scope.box.encrypt(token)
     credential = Credential(
         access_token=token,
         user_id=user_id,
@@ -278,13 +278,21 @@ async def add_participant(
     return created
 
 
-async def _cut_off(admin: SynapseAdminClient, participant: ContextParticipant) -> None:
-    """Deactivate an external participant's account: every token of it stops working and it
-    leaves its room. Repeating it changes nothing."""
-    found = await admin.get_user(participant.user_id)
-    if found is not None and not found.get("deactivated"):
-        await admin.deactivate_user(participant.user_id, erase=False)
+async def _cut_off(
+    scope: Scope, admin: SynapseAdminClient, participant: ContextParticipant
+) -> None:
+    token = (
+        scope.box.decrypt(participant.credential_encrypted)
+        if participant.credential_encrypted
+        else None
+    )
+    await matrix.cut_off_external(admin, admin_base_url(scope), participant.user_id, token)
+    participant.credential_encrypted = None
     participant.cut_off_at = utcnow()
+
+
+def admin_base_url(scope: Scope) -> str:
+    return str(scope.homeserver.upstream_url if scope.homeserver else "")
 
 
 async def remove_participant(
@@ -298,7 +306,7 @@ async def remove_participant(
         participant.status = ParticipantStatus.REMOVED
         async with matrix.clients(scope.tenant, scope.homeserver, scope.box) as (service, admin):
             if participant.kind is ParticipantKind.EXTERNAL:
-                await _cut_off(admin, participant)
+                await _cut_off(scope, admin, participant)
             elif context.status is ContextStatus.OPEN:
                 await service.kick(context.room_id, participant.user_id, "removed from the context")
         audit.record(
@@ -329,7 +337,7 @@ async def close_context(scope: Scope, ref: str, audit: AuditContext) -> ContextO
             if participant.status is ParticipantStatus.ACTIVE:
                 participant.status = ParticipantStatus.CLOSED
             if participant.kind is ParticipantKind.EXTERNAL and participant.cut_off_at is None:
-                await _cut_off(admin, participant)
+                await _cut_off(scope, admin, participant)
     await scope.contexts.add(
         ContextEvent(
             tenant_id=scope.tenant.id,

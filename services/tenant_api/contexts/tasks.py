@@ -19,6 +19,7 @@ from platform_core.errors import C3Error
 from platform_core.models import ContextParticipant, ParticipantStatus, TenantStatus, utcnow
 from platform_core.settings import get_settings
 from platform_core.synapse_admin import SynapseAdminClient, TokenRenewer
+from tenant_api.contexts.matrix import cut_off_external
 from tenant_api.contexts.repository import ExpiryRepository
 
 log = logging.getLogger(__name__)
@@ -27,17 +28,16 @@ app = celery_app()
 SWEEP_BATCH = 200
 
 
-async def _deactivate_all(
-    upstream: str, token: str, renew: TokenRenewer, user_ids: list[str]
+async def _cut_off_all(
+    upstream: str, token: str, renew: TokenRenewer, externals: dict[str, str | None]
 ) -> set[str]:
-    """The user ids that are deactivated now (already, or by this call)."""
+    """The user ids that are cut off now (already, or by this call); ``externals``: user id →
+    its credential, if still kept."""
     done: set[str] = set()
     async with SynapseAdminClient(upstream, access_token=token, renew_token=renew) as admin:
-        for user_id in user_ids:
+        for user_id, credential in externals.items():
             try:
-                found = await admin.get_user(user_id)
-                if found is not None and not found.get("deactivated"):
-                    await admin.deactivate_user(user_id, erase=False)
+                await cut_off_external(admin, upstream, user_id, credential)
                 done.add(user_id)
             except C3Error as exc:  # the next sweep tries again
                 log.warning("deactivating an external participant failed: %s", exc)
@@ -62,12 +62,16 @@ def sweep(now: datetime) -> dict[str, int]:
             if hs.upstream_url is None or hs.admin_token_encrypted is None:
                 waiting += len(participants)
                 continue
+            externals = {
+                p.user_id: box.decrypt(p.credential_encrypted) if p.credential_encrypted else None
+                for p in participants
+            }
             done = asyncio.run(
-                _deactivate_all(
+                _cut_off_all(
                     hs.upstream_url,
                     box.decrypt(hs.admin_token_encrypted),
                     admin_token.renewer(hs.id, box),
-                    [p.user_id for p in participants],
+                    externals,
                 )
             )
             for participant in participants:
@@ -75,6 +79,7 @@ def sweep(now: datetime) -> dict[str, int]:
                     if participant.status is ParticipantStatus.ACTIVE:
                         participant.status = ParticipantStatus.EXPIRED
                     participant.cut_off_at = now
+                    participant.credential_encrypted = None
                     cut_off += 1
                 else:
                     waiting += 1
