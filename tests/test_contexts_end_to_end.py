@@ -128,7 +128,7 @@ async def test_case_4711_conversation_confinement_close_and_billing(
         assert "hello from the patient" in await _texts(alice, room_id)
         assert "hello Pat" in await _texts(external, room_id)
 
-        await _confinement_refuses(external, alice, world)
+        await _confinement_refuses(external, alice, {**world, "room_id": room_id})
 
         # A back-office notice: posted by the service user, billed once by its event id.
         posted = api.post(
@@ -146,7 +146,7 @@ async def test_case_4711_conversation_confinement_close_and_billing(
         # The application service push keeps the context's activity.
         def counted() -> dict[str, Any] | None:
             context = api.get(_context_url(tenant_id, "case-4711")).json()
-            return context if context["message_count"] >= 3 else None
+            return context if context["message_count"] >= 4 else None
 
         context = poll(counted, timeout=30, what="the appservice push to count the messages")
         assert context["last_activity_at"] is not None
@@ -208,6 +208,49 @@ async def _confinement_refuses(
         )
     assert search.status_code == 200, search.text
     assert search.json()["results"] == [], search.text
+
+    # No profile lookups of others (the proxy: Synapse has no hook for it); its own is fine.
+    async with httpx.AsyncClient(base_url=world["base_url"], timeout=10) as http:
+        auth = {"Authorization": f"Bearer {external.access_token}"}
+        other = await http.get(f"/_matrix/client/v3/profile/{world['alice']}", headers=auth)
+        assert other.status_code == 403, other.text
+        assert other.json()["errcode"] == "M_FORBIDDEN"
+        own = await http.get(f"/_matrix/client/v3/profile/{external.user_id}", headers=auth)
+        assert own.status_code == 200, own.text
+
+    # Media of another room: refused (the proxy), while the context's own media is served.
+    elsewhere_mxc = await _post_file(alice, private.room_id, b"not for the patient")
+    context_mxc = await _post_file(alice, world["room_id"], b"the claim form")
+    async with httpx.AsyncClient(base_url=world["base_url"], timeout=10) as http:
+        auth = {"Authorization": f"Bearer {external.access_token}"}
+        foreign = await http.get(_download_path(elsewhere_mxc), headers=auth)
+        assert foreign.status_code == 403, foreign.text
+        assert foreign.json()["errcode"] == "M_FORBIDDEN"
+
+        async def served() -> bytes | None:
+            answer = await http.get(_download_path(context_mxc), headers=auth)
+            return answer.content if answer.status_code == 200 else None
+
+        assert await poll_async(served, timeout=30, what="the context's file") == b"the claim form"
+
+
+async def _post_file(client: nio.AsyncClient, room_id: str, data: bytes) -> str:
+    uploaded, _ = await client.upload(
+        lambda *_: data, content_type="text/plain", filesize=len(data)
+    )
+    assert isinstance(uploaded, nio.UploadResponse), uploaded
+    sent = await client.room_send(
+        room_id,
+        "m.room.message",
+        {"msgtype": "m.file", "body": "file.txt", "url": uploaded.content_uri},
+    )
+    assert isinstance(sent, nio.RoomSendResponse), sent
+    return str(uploaded.content_uri)
+
+
+def _download_path(mxc: str) -> str:
+    server, media = mxc.removeprefix("mxc://").split("/", 1)
+    return f"/_matrix/client/v1/media/download/{server}/{media}"
 
 
 async def test_an_expired_credential_is_refused_by_the_homeserver(

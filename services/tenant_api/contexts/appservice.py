@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse
 from platform_core import appservice
 from platform_core.crypto import SecretBox
 from platform_core.models import Context, ContextEvent, ContextEventKind, utcnow
+from platform_core.redis import async_client, keys_for
+from platform_core.settings import Settings
 from tenant_api.contexts.matrix import hs_token_of
 from tenant_api.contexts.repository import AppserviceRepository
 from tenant_api.deps import SessionDep, SettingsDep
@@ -70,10 +72,13 @@ async def push_transaction(
         tenant_id, {str(e.get("room_id")) for e in events if isinstance(e.get("room_id"), str)}
     )
     service_user = appservice.service_user_id(checked)
+    media: dict[str, set[str]] = {}
     for event in events:
         context = contexts.get(str(event.get("room_id")))
         if context is not None:
             await _apply(repo, context, event, service_user)
+            media.setdefault(context.room_id, set()).update(media_uris(event))
+    await _remember_media(settings, media)
     await repo.add_transaction(tenant_id, txn_id, len(events))
     return JSONResponse({})
 
@@ -112,6 +117,33 @@ async def ping(
         authorization,
     )
     return checked if isinstance(checked, JSONResponse) else JSONResponse({})
+
+
+def media_uris(event: dict[str, Any]) -> set[str]:
+    """The mxc URIs an event's content points at (file, image, its thumbnail; encrypted
+    attachments' ``file.url`` too)."""
+    content = event.get("content")
+    if not isinstance(content, dict):
+        return set()
+    info = content.get("info") if isinstance(content.get("info"), dict) else {}
+    candidates = [
+        content.get("url"),
+        (content.get("file") or {}).get("url") if isinstance(content.get("file"), dict) else None,
+        info.get("thumbnail_url"),  # type: ignore[union-attr]
+    ]
+    thumbnail_file = info.get("thumbnail_file")  # type: ignore[union-attr]
+    if isinstance(thumbnail_file, dict):
+        candidates.append(thumbnail_file.get("url"))
+    return {c for c in candidates if isinstance(c, str) and c.startswith("mxc://")}
+
+
+async def _remember_media(settings: Settings, media: dict[str, set[str]]) -> None:
+    """What external participants of each room may fetch through the proxy."""
+    keys = keys_for(settings)
+    client = async_client(settings)
+    for room_id, uris in media.items():
+        if uris:
+            await client.sadd(keys.context_media(room_id), *uris)
 
 
 def _occurred_at(event: dict[str, Any]) -> datetime:

@@ -243,6 +243,12 @@ async def _add_external(
     # deactivates the account.
     token = await admin.login_as(user_id, valid_until_ms=int(expires_at.timestamp() * 1000))
     participant.credential_encrypted = scope.box.encrypt(token)
+    # The proxy's confinement learns the participant's room (media of other rooms refused).
+    keys = keys_for(scope.settings)
+    ttl = int((expires_at - utcnow()).total_seconds()) + 60
+    await async_client(scope.settings).set(
+        keys.context_external(user_id), context.room_id, ex=max(ttl, 60)
+    )
     credential = Credential(
         access_token=token,
         user_id=user_id,
