@@ -219,8 +219,9 @@ async def _add_external(
     service: matrix.ServiceUserClient,
     admin: SynapseAdminClient,
     body: ParticipantIn,
+    ttl: timedelta,
 ) -> ParticipantCreated:
-    expires_at = (utcnow() + _ttl(scope.settings, body.ttl_s)).replace(microsecond=0)
+    expires_at = (utcnow() + ttl).replace(microsecond=0)
     localpart = appservice.EXTERNAL_LOCALPART_PREFIX + secrets.token_hex(10)
     user_id = await service.register_external(localpart)
     participant = ContextParticipant(
@@ -267,13 +268,15 @@ async def add_participant(
     context = await context_or_404(scope, ref)
     if context.status is not ContextStatus.OPEN:
         raise Conflict(f"context {ref} is closed")
+    # Checked before the homeserver is asked anything.
+    user_id = _tenant_user_id(scope.tenant, body.user) if body.user is not None else None
+    ttl = _ttl(scope.settings, body.ttl_s)
     async with matrix.clients(scope.tenant, scope.homeserver, scope.box) as (service, admin):
-        if body.user is not None:
-            user_id = _tenant_user_id(scope.tenant, body.user)
+        if user_id is not None:
             added = await _add_tenant_user(scope, context, service, admin, user_id)
             created = ParticipantCreated(**participant_out(added).model_dump())
         else:
-            created = await _add_external(scope, context, service, admin, body)
+            created = await _add_external(scope, context, service, admin, body, ttl)
     audit.record(
         "context.participant_add",
         "context",
