@@ -67,12 +67,7 @@ class ProxyApp:
         )
         self.exchange_meter = ExchangeMeter(self.meter, self.token_users)
         # External context participants: no other profiles, no media of other rooms.
-        self.confinement = Confinement(
-            self.redis,
-            self.keys,
-            self.token_users,
-            lambda upstream, token: whoami(self.forwarder.session, upstream, token),
-        )
+        self.confinement = Confinement(self.redis, self.keys)
         self.flusher = UsageFlusher(
             self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
         )
@@ -161,7 +156,7 @@ class ProxyApp:
             query = scope.get("query_string", b"")
             await errors.send_redirect(send, location + (b"?" + query if query else b""))
         else:
-            await self.confinement.check(route, scope, path)
+            await self.confinement.check(scope, path)
             await self._forward(route, scope, receive, send, path, base_url=target.base_url)
 
     async def _resolve(self, method: str, path: str, host: str | None) -> _Target:

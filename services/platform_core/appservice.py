@@ -8,6 +8,7 @@ receives its transaction push (``tenant_api.contexts.appservice``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -34,6 +35,12 @@ def external_user_regex(server_name: str) -> str:
 
 def is_external_user(user_id: str, server_name: str) -> bool:
     return re.fullmatch(external_user_regex(server_name), user_id) is not None
+
+
+def token_digest(access_token: str) -> str:
+    """How the platform names an external participant's credential in Redis (never in clear;
+    a random 256-bit token needs no key to stay unguessable from its hash)."""
+    return hashlib.sha256(access_token.encode()).hexdigest()
 
 
 def receiver_url(base_url: str, tenant_id: str) -> str:

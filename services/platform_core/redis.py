@@ -61,10 +61,11 @@ class RedisKeys:
         """Counter (expires with its window): failed credentials from one client address."""
         return f"{self.namespace}:throttle:address:{address}"
 
-    def context_external(self, user_id: str) -> str:
-        """String (expires with the credential): the context room of an external participant,
-        for the proxy's confinement (homeserver_proxy.confinement)."""
-        return f"{self.namespace}:contexts:external:{user_id}"
+    def context_external(self, token_digest: str) -> str:
+        """String (expires with the credential), by the SHA-256 of an external participant's
+        access token: ``<user id> <room id>``, for the proxy's confinement
+        (homeserver_proxy.confinement). Deleted when the participant is cut off."""
+        return f"{self.namespace}:contexts:external:{token_digest}"
 
     def context_media(self, room_id: str) -> str:
         """Set: the mxc URIs posted in a context room (written by the application service

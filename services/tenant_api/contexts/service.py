@@ -246,9 +246,11 @@ async def _add_external(
     participant.credential_encrypted = scope.box.encrypt(token)
     # The proxy's confinement learns the participant's room (media of other rooms refused).
     keys = keys_for(scope.settings)
-    ttl = int((expires_at - utcnow()).total_seconds()) + 60
+    lifetime_s = int((expires_at - utcnow()).total_seconds()) + 60
     await async_client(scope.settings).set(
-        keys.context_external(user_id), context.room_id, ex=max(ttl, 60)
+        keys.context_external(appservice.token_digest(token)),
+        f"{user_id} {context.room_id}",
+        ex=max(lifetime_s, 60),
     )
     credential = Credential(
         access_token=token,
