@@ -38,7 +38,7 @@ def upgrade() -> None:
         sa.Column("room_id", sa.String(length=255), nullable=False),
         sa.Column(
             "status",
-            sa.Enum("open", "closed", name="contextstatus", native_enum=False, length=32),
+            sa.Enum("open", "closed", name="contextstate", native_enum=False, length=32),
             nullable=False,
         ),
         sa.Column("message_count", sa.BigInteger(), nullable=False),
@@ -106,7 +106,7 @@ def upgrade() -> None:
                 "removed",
                 "expired",
                 "closed",
-                name="participantstatus",
+                name="participantstate",
                 native_enum=False,
                 length=32,
             ),

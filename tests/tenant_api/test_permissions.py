@@ -23,14 +23,14 @@ from platform_core.models import (
     AuditEvent,
     Context,
     ContextParticipant,
-    ContextStatus,
+    ContextState,
     ExportState,
     Invoice,
     Operation,
     OperationKind,
     OperationState,
     ParticipantKind,
-    ParticipantStatus,
+    ParticipantState,
     Plan,
     Tenant,
     TenantExport,
@@ -288,7 +288,7 @@ def _open_context(tenant_id: str) -> str:
             ref="case-1",
             title="Case 1",
             room_id=f"!{uuid.uuid4().hex}:perm.test",
-            status=ContextStatus.OPEN,
+            status=ContextState.OPEN,
         )
         session.add(context)
         session.flush()
@@ -297,7 +297,7 @@ def _open_context(tenant_id: str) -> str:
             tenant_id=context.tenant_id,
             kind=ParticipantKind.EXTERNAL,
             user_id=f"@c3x-{uuid.uuid4().hex[:8]}:perm.test",
-            status=ParticipantStatus.ACTIVE,
+            status=ParticipantState.ACTIVE,
             expires_at=datetime.now(UTC) + timedelta(hours=1),
         )
         session.add(participant)

@@ -16,9 +16,9 @@ from platform_core.models.contexts import (
     ContextEvent,
     ContextEventKind,
     ContextParticipant,
-    ContextStatus,
+    ContextState,
     ParticipantKind,
-    ParticipantStatus,
+    ParticipantState,
 )
 from platform_core.models.tenancy import (
     ExportState,
@@ -47,9 +47,9 @@ __all__ = [
     "ContextEvent",
     "ContextEventKind",
     "ContextParticipant",
-    "ContextStatus",
+    "ContextState",
     "ParticipantKind",
-    "ParticipantStatus",
+    "ParticipantState",
     "Account",
     "AccountRole",
     "ApiKey",

@@ -25,7 +25,7 @@ from platform_core.models.base import Base, Timestamps, UTCDateTime, UUIDPk, utc
 from platform_core.models.tenancy import _enum
 
 
-class ContextStatus(StrEnum):
+class ContextState(StrEnum):
     OPEN = "open"
     CLOSED = "closed"
 
@@ -35,7 +35,7 @@ class ParticipantKind(StrEnum):
     EXTERNAL = "external"  # a room-only account in the application service's namespace
 
 
-class ParticipantStatus(StrEnum):
+class ParticipantState(StrEnum):
     ACTIVE = "active"
     REMOVED = "removed"  # DELETE …/participants/{id}
     EXPIRED = "expired"  # its credential's time ran out (externals only)
@@ -60,7 +60,7 @@ class Context(UUIDPk, Timestamps, Base):
     title: Mapped[str] = mapped_column(String(300))
     context_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     room_id: Mapped[str] = mapped_column(String(255), unique=True)
-    status: Mapped[ContextStatus] = mapped_column(_enum(ContextStatus), default=ContextStatus.OPEN)
+    status: Mapped[ContextState] = mapped_column(_enum(ContextState), default=ContextState.OPEN)
     # Kept up to date by the application service receiver (tenant_api.contexts.appservice).
     message_count: Mapped[int] = mapped_column(BigInteger, default=0)
     last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
@@ -80,8 +80,8 @@ class ContextParticipant(UUIDPk, Timestamps, Base):
     kind: Mapped[ParticipantKind] = mapped_column(_enum(ParticipantKind))
     user_id: Mapped[str] = mapped_column(String(255))
     display_name: Mapped[str | None] = mapped_column(String(256), default=None)
-    status: Mapped[ParticipantStatus] = mapped_column(
-        _enum(ParticipantStatus), default=ParticipantStatus.ACTIVE
+    status: Mapped[ParticipantState] = mapped_column(
+        _enum(ParticipantState), default=ParticipantState.ACTIVE
     )
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import AfterValidator
 
-from platform_core.models import ContextStatus
+from platform_core.models import ContextState
 from tenant_api.contexts import service
 from tenant_api.contexts.schemas import (
     REF_RULE,
@@ -65,7 +65,7 @@ async def list_contexts(
     principal: TenantsRead,
     settings: SettingsDep,
     ref: Annotated[str | None, Query(max_length=200)] = None,
-    status_: Annotated[ContextStatus | None, Query(alias="status")] = None,
+    status_: Annotated[ContextState | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> ContextPage:

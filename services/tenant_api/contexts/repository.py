@@ -13,10 +13,10 @@ from platform_core.models import (
     Context,
     ContextEvent,
     ContextParticipant,
-    ContextStatus,
+    ContextState,
     Homeserver,
     ParticipantKind,
-    ParticipantStatus,
+    ParticipantState,
     Tenant,
 )
 from tenant_api.kit.repository import Repository, SyncRepository
@@ -37,7 +37,7 @@ class ContextRepository(Repository):
         limit: int,
         after: tuple[datetime, uuid.UUID] | None,
         ref: str | None,
-        status: ContextStatus | None,
+        status: ContextState | None,
     ) -> list[Context]:
         statement = self._contexts().where(Context.tenant_id == tenant_id)
         if ref is not None:
@@ -150,7 +150,7 @@ class ExpiryRepository(SyncRepository):
                 ContextParticipant.kind == ParticipantKind.EXTERNAL,
                 ContextParticipant.cut_off_at.is_(None),
                 or_(
-                    ContextParticipant.status != ParticipantStatus.ACTIVE,
+                    ContextParticipant.status != ParticipantState.ACTIVE,
                     ContextParticipant.expires_at <= now,
                 ),
             )

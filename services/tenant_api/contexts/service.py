@@ -22,11 +22,11 @@ from platform_core.models import (
     ContextEvent,
     ContextEventKind,
     ContextParticipant,
-    ContextStatus,
+    ContextState,
     Homeserver,
     Meter,
     ParticipantKind,
-    ParticipantStatus,
+    ParticipantState,
     Tenant,
     utcnow,
 )
@@ -147,7 +147,7 @@ async def put_context(
             title=body.title,
             context_metadata=body.metadata,
             room_id=room_id,
-            status=ContextStatus.OPEN,
+            status=ContextState.OPEN,
         )
         await scope.contexts.add(context)
         for user_id in dict.fromkeys(user_ids):
@@ -184,7 +184,7 @@ async def _add_tenant_user(
     user_id: str,
 ) -> ContextParticipant:
     existing = await scope.contexts.participant_by_user(context, user_id)
-    if existing is not None and existing.status is ParticipantStatus.ACTIVE:
+    if existing is not None and existing.status is ParticipantState.ACTIVE:
         return existing
     found = await admin.get_user(user_id)
     if found is None or found.get("deactivated"):
@@ -197,7 +197,7 @@ async def _add_tenant_user(
         kind=ParticipantKind.TENANT_USER,
         user_id=user_id,
     )
-    participant.status = ParticipantStatus.ACTIVE
+    participant.status = ParticipantState.ACTIVE
     participant.joined_at = utcnow()
     if existing is None:
         await scope.contexts.add(participant)
@@ -230,7 +230,7 @@ async def _add_external(
         kind=ParticipantKind.EXTERNAL,
         user_id=user_id,
         display_name=body.display_name,
-        status=ParticipantStatus.ACTIVE,
+        status=ParticipantState.ACTIVE,
         expires_at=expires_at,
     )
     # Recorded before anything else can fail: the sweep cuts off an account a failed request
@@ -268,7 +268,7 @@ async def add_participant(
     scope: Scope, ref: str, body: ParticipantIn, audit: AuditContext
 ) -> ParticipantCreated:
     context = await context_or_404(scope, ref)
-    if context.status is not ContextStatus.OPEN:
+    if context.status is not ContextState.OPEN:
         raise Conflict(f"context {ref} is closed")
     # Checked before the homeserver is asked anything.
     user_id = _tenant_user_id(scope.tenant, body.user) if body.user is not None else None
@@ -313,12 +313,12 @@ async def remove_participant(
     participant = await scope.contexts.participant(context, participant_id)
     if participant is None:
         raise NotFound(f"participant {participant_id} not found in context {ref}")
-    if participant.status is ParticipantStatus.ACTIVE:
-        participant.status = ParticipantStatus.REMOVED
+    if participant.status is ParticipantState.ACTIVE:
+        participant.status = ParticipantState.REMOVED
         async with matrix.clients(scope.tenant, scope.homeserver, scope.box) as (service, admin):
             if participant.kind is ParticipantKind.EXTERNAL:
                 await _cut_off(scope, admin, participant)
-            elif context.status is ContextStatus.OPEN:
+            elif context.status is ContextState.OPEN:
                 await service.kick(context.room_id, participant.user_id, "removed from the context")
         audit.record(
             "context.participant_remove",
@@ -338,15 +338,15 @@ async def close_context(scope: Scope, ref: str, audit: AuditContext) -> ContextO
     closed context changes nothing."""
     context = await context_or_404(scope, ref)
     participants = await scope.contexts.participants([context.id])
-    if context.status is ContextStatus.CLOSED:
+    if context.status is ContextState.CLOSED:
         return context_out(context, participants)
     async with matrix.clients(scope.tenant, scope.homeserver, scope.box) as (service, admin):
         await service.make_read_only(context.room_id)
-        context.status = ContextStatus.CLOSED
+        context.status = ContextState.CLOSED
         context.closed_at = utcnow()
         for participant in participants:
-            if participant.status is ParticipantStatus.ACTIVE:
-                participant.status = ParticipantStatus.CLOSED
+            if participant.status is ParticipantState.ACTIVE:
+                participant.status = ParticipantState.CLOSED
             if participant.kind is ParticipantKind.EXTERNAL and participant.cut_off_at is None:
                 await _cut_off(scope, admin, participant)
     await scope.contexts.add(
@@ -367,7 +367,7 @@ async def post_message(scope: Scope, ref: str, body: str, audit: AuditContext) -
     """Post as the service user; billed like a message a client sent through the proxy (the
     usage stream, counted once by its event id)."""
     context = await context_or_404(scope, ref)
-    if context.status is not ContextStatus.OPEN:
+    if context.status is not ContextState.OPEN:
         raise Conflict(f"context {ref} is closed; it is read-only")
     async with matrix.clients(scope.tenant, scope.homeserver, scope.box) as (service, _admin):
         event_id = await service.send_text(context.room_id, body)

@@ -16,7 +16,7 @@ from platform_core.celery import TaskNames, celery_app
 from platform_core.crypto import SecretBox
 from platform_core.db import task_session
 from platform_core.errors import C3Error
-from platform_core.models import ContextParticipant, ParticipantStatus, TenantStatus, utcnow
+from platform_core.models import ContextParticipant, ParticipantState, TenantStatus, utcnow
 from platform_core.settings import get_settings
 from platform_core.synapse_admin import SynapseAdminClient, TokenRenewer
 from tenant_api.contexts.matrix import cut_off_external
@@ -76,8 +76,8 @@ def sweep(now: datetime) -> dict[str, int]:
             )
             for participant in participants:
                 if participant.user_id in done:
-                    if participant.status is ParticipantStatus.ACTIVE:
-                        participant.status = ParticipantStatus.EXPIRED
+                    if participant.status is ParticipantState.ACTIVE:
+                        participant.status = ParticipantState.EXPIRED
                     participant.cut_off_at = now
                     participant.credential_encrypted = None
                     cut_off += 1

@@ -18,11 +18,11 @@ from platform_core.models import (
     Context,
     ContextEvent,
     ContextParticipant,
-    ContextStatus,
+    ContextState,
     Homeserver,
     HomeserverDesiredState,
     ParticipantKind,
-    ParticipantStatus,
+    ParticipantState,
     Tenant,
 )
 from platform_core.redis import keys_for
@@ -55,7 +55,7 @@ def _tenant_with_context() -> tuple[uuid.UUID, str, str]:
             ref="case-1",
             title="Case",
             room_id=f"!{uuid.uuid4().hex}:{tenant.server_name}",
-            status=ContextStatus.OPEN,
+            status=ContextState.OPEN,
         )
         session.add(context)
         session.flush()
@@ -66,7 +66,7 @@ def _tenant_with_context() -> tuple[uuid.UUID, str, str]:
                 tenant_id=tenant_id,
                 kind=ParticipantKind.EXTERNAL,
                 user_id=external,
-                status=ParticipantStatus.ACTIVE,
+                status=ParticipantState.ACTIVE,
             )
         )
         return tenant_id, context.room_id, external

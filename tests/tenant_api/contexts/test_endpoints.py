@@ -9,11 +9,11 @@ import uuid
 import httpx
 
 from platform_core.db import task_session
-from platform_core.models import Context, ContextStatus
+from platform_core.models import Context, ContextState
 from tests.helpers.factories import make_tenant
 
 
-def _context(tenant_id: uuid.UUID, ref: str, status: ContextStatus) -> None:
+def _context(tenant_id: uuid.UUID, ref: str, status: ContextState) -> None:
     with task_session() as session:
         session.add(
             Context(
@@ -38,7 +38,7 @@ async def test_a_participant_is_either_a_tenant_user_or_an_external(
     api: httpx.AsyncClient,
 ) -> None:
     tenant_id = make_tenant()
-    _context(tenant_id, "case-1", ContextStatus.OPEN)
+    _context(tenant_id, "case-1", ContextState.OPEN)
     url = f"/v1/tenants/{tenant_id}/contexts/case-1/participants"
     both = await api.post(url, json={"user": "alice", "display_name": "Pat"})
     assert both.status_code == 422
@@ -55,7 +55,7 @@ async def test_a_participant_is_either_a_tenant_user_or_an_external(
 
 async def test_a_closed_context_takes_no_participants_or_messages(api: httpx.AsyncClient) -> None:
     tenant_id = make_tenant()
-    _context(tenant_id, "case-2", ContextStatus.CLOSED)
+    _context(tenant_id, "case-2", ContextState.CLOSED)
     base = f"/v1/tenants/{tenant_id}/contexts/case-2"
     added = await api.post(f"{base}/participants", json={"display_name": "Pat"})
     assert added.status_code == 409 and "closed" in added.json()["detail"]
@@ -66,9 +66,9 @@ async def test_a_closed_context_takes_no_participants_or_messages(api: httpx.Asy
 async def test_list_filters_by_ref_and_status_and_pages(api: httpx.AsyncClient) -> None:
     tenant_id = make_tenant()
     for n in range(3):
-        _context(tenant_id, f"case-{n}", ContextStatus.OPEN)
-    _context(tenant_id, "case-closed", ContextStatus.CLOSED)
-    _context(make_tenant(), "case-0", ContextStatus.OPEN)  # another tenant's: never listed
+        _context(tenant_id, f"case-{n}", ContextState.OPEN)
+    _context(tenant_id, "case-closed", ContextState.CLOSED)
+    _context(make_tenant(), "case-0", ContextState.OPEN)  # another tenant's: never listed
     url = f"/v1/tenants/{tenant_id}/contexts"
     first = (await api.get(url, params={"limit": 2, "status": "open"})).json()
     second = (
