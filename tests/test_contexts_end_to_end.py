@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.helpers.environment import isolated_platform
-from tests.helpers.matrix import login
+from tests.helpers.matrix import login, usage_of
 from tests.helpers.platform import RunningPlatform, poll, poll_async
 
 pytestmark = pytest.mark.e2e
@@ -172,6 +172,13 @@ async def test_case_4711_conversation_confinement_close_and_billing(
         assert late.status_code == 409, late.text
         listed = api.get(f"/v1/tenants/{tenant_id}/contexts", params={"status": "closed"})
         assert [c["ref"] for c in listed.json()["items"]] == ["case-4711"]
+
+        # The external participant was a monthly active user like anyone else.
+        poll(
+            lambda: usage_of(contexts_platform, tenant_id).get("active_users", 0) >= 2,
+            timeout=30,
+            what="alice and the external participant to count as active users",
+        )
     finally:
         await external.close()
         api.close()
@@ -251,6 +258,35 @@ async def _post_file(client: nio.AsyncClient, room_id: str, data: bytes) -> str:
 def _download_path(mxc: str) -> str:
     server, media = mxc.removeprefix("mxc://").split("/", 1)
     return f"/_matrix/client/v1/media/download/{server}/{media}"
+
+
+async def test_removing_participants_ends_their_access(
+    contexts_platform: RunningPlatform, world: dict[str, Any], alice: nio.AsyncClient
+) -> None:
+    tenant_id = world["tenant"]["id"]
+    base = _context_url(tenant_id, "case-4713")
+    with contexts_platform.api() as api:
+        room_id = api.put(base, json={"title": "t"}).json()["room_id"]
+        tenant_user = api.post(f"{base}/participants", json={"user": world["alice"]})
+        assert tenant_user.status_code == 201, tenant_user.text
+        assert tenant_user.json()["credential"] is None
+        assert room_id in (await alice.joined_rooms()).rooms  # type: ignore[union-attr]
+        external = api.post(f"{base}/participants", json={"display_name": "Gone soon"}).json()
+        headers = {"Authorization": f"Bearer {external['credential']['access_token']}"}
+        async with httpx.AsyncClient(base_url=world["base_url"], timeout=10) as http:
+            works = await http.get("/_matrix/client/v3/account/whoami", headers=headers)
+            assert works.status_code == 200, works.text
+
+            for participant in (tenant_user.json(), external):
+                removed = api.delete(f"{base}/participants/{participant['id']}")
+                assert removed.status_code == 200, removed.text
+                assert removed.json()["status"] == "removed"
+
+            refused = await http.get("/_matrix/client/v3/account/whoami", headers=headers)
+            assert refused.status_code == 401 and refused.json()["errcode"] == "M_UNKNOWN_TOKEN"
+        assert room_id not in (await alice.joined_rooms()).rooms  # type: ignore[union-attr]
+        again = api.delete(f"{base}/participants/{external['id']}")
+        assert again.status_code == 200 and again.json()["status"] == "removed"
 
 
 async def test_an_expired_credential_is_refused_by_the_homeserver(
