@@ -163,22 +163,25 @@ def _ready(tenant: Tenant, homeserver: Homeserver | None) -> Homeserver:
     return homeserver
 
 
+def _appservice_secret(homeserver: Homeserver, box: SecretBox, name: str) -> str | None:
+    if homeserver.secrets_encrypted is None:
+        return None
+    value = box.decrypt_json(homeserver.secrets_encrypted).get(name)
+    return str(value) if value else None
+
+
 def as_token_of(homeserver: Homeserver, box: SecretBox) -> str:
-    secrets_ = box.decrypt_json(homeserver.secrets_encrypted or box.encrypt_json({}))
-    token = secrets_.get("appservice_as_token")
-    if not token:
+    token = _appservice_secret(homeserver, box, "appservice_as_token")
+    if token is None:
         raise Conflict(
             "the tenant homeserver has no application service yet; it gets one when its"
             " config is next applied (reconfigure)"
         )
-    return str(token)
+    return token
 
 
 def hs_token_of(homeserver: Homeserver, box: SecretBox) -> str | None:
-    if homeserver.secrets_encrypted is None:
-        return None
-    token = box.decrypt_json(homeserver.secrets_encrypted).get("appservice_hs_token")
-    return str(token) if token else None
+    return _appservice_secret(homeserver, box, "appservice_hs_token")
 
 
 @asynccontextmanager
