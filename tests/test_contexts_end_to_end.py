@@ -266,6 +266,10 @@ async def test_removing_participants_ends_their_access(
     tenant_id = world["tenant"]["id"]
     base = _context_url(tenant_id, "case-4713")
     with contexts_platform.api() as api:
+        typo = api.put(base, json={"title": "t", "participants": [{"user": "alcie"}]})
+        assert typo.status_code == 422, typo.text
+        assert "alcie" in typo.json()["detail"]
+        assert api.get(base).status_code == 404  # nothing was created
         room_id = api.put(base, json={"title": "t"}).json()["room_id"]
         tenant_user = api.post(f"{base}/participants", json={"user": world["alice"]})
         assert tenant_user.status_code == 201, tenant_user.text

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core import appservice, usage_batch
@@ -136,8 +137,10 @@ async def put_context(
     existing = await scope.contexts.get_by_ref(scope.tenant.id, ref)
     if existing is not None:
         return (await contexts_out(scope, [existing]))[0], False
-    user_ids = [_tenant_user_id(scope.tenant, p.user) for p in body.participants]
+    user_ids = list(dict.fromkeys(_tenant_user_id(scope.tenant, p.user) for p in body.participants))
     async with matrix.clients(scope.tenant, scope.homeserver, scope.box) as (service, admin):
+        for user_id in user_ids:  # before the room exists: a typo leaves no room behind
+            await _require_active_user(admin, user_id)
         room_id = await service.create_context_room(
             ref=ref, title=body.title, metadata=body.metadata
         )
@@ -149,8 +152,13 @@ async def put_context(
             room_id=room_id,
             status=ContextState.OPEN,
         )
-        await scope.contexts.add(context)
-        for user_id in dict.fromkeys(user_ids):
+        try:
+            await scope.contexts.add(context)
+        except IntegrityError:
+            # Only where the tenant row lock does not serialize (SQLite): another request
+            # created this ref meanwhile. Its room is the context's; this one stays unused.
+            raise Conflict(f"context {ref} was created meanwhile; repeat the request") from None
+        for user_id in user_ids:
             await _add_tenant_user(scope, context, service, admin, user_id)
     audit.record(
         "context.create", "context", context.id, tenant_id=scope.tenant.id, details={"ref": ref}
@@ -176,6 +184,12 @@ def _tenant_user_id(tenant: Tenant, user: str) -> str:
     return f"@{localpart}{suffix}"
 
 
+async def _require_active_user(admin: SynapseAdminClient, user_id: str) -> None:
+    found = await admin.get_user(user_id)
+    if found is None or found.get("deactivated"):
+        raise InvalidRequest(f"user: {user_id} is not an active user of this homeserver")
+
+
 async def _add_tenant_user(
     scope: Scope,
     context: Context,
@@ -186,9 +200,7 @@ async def _add_tenant_user(
     existing = await scope.contexts.participant_by_user(context, user_id)
     if existing is not None and existing.status is ParticipantState.ACTIVE:
         return existing
-    found = await admin.get_user(user_id)
-    if found is None or found.get("deactivated"):
-        raise InvalidRequest(f"user: {user_id} is not an active user of this homeserver")
+    await _require_active_user(admin, user_id)
     await service.invite(context.room_id, user_id)
     await matrix.tenant_user_join(admin, service.base_url, context.room_id, user_id)
     participant = existing or ContextParticipant(
