@@ -91,10 +91,14 @@ class AppserviceRepository(Repository):
     a principal."""
 
     async def homeserver(self, tenant_id: uuid.UUID) -> tuple[Tenant, Homeserver] | None:
+        """The tenant and its homeserver, the tenant row held FOR KEY SHARE first: a context
+        being created or closed (which holds the tenant row) is committed before this
+        transaction reads any context, and the two never wait for each other in a cycle."""
         statement = (
             select(Tenant, Homeserver)
             .join(Homeserver, Homeserver.tenant_id == Tenant.id)
             .where(Tenant.id == tenant_id)
+            .with_for_update(of=Tenant, read=True, key_share=True)
         )
         row = (await self.session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row is not None else None
