@@ -30,14 +30,12 @@ WORKER_TASK_MODULES = ("provisioner.tasks", "tenant_api.usage.tasks", "tenant_ap
 
 
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Request lines of our own HTTP clients are noise at INFO (health checks every reconcile).
-    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """One handler for the whole process, in C3_LOG_FORMAT (text on stderr, or JSON lines on
+    stdout), every line stamped with the request id that caused it (platform_core.logging)."""
+    from platform_core.logging import configure
+    from platform_core.settings import get_settings
+
+    configure(get_settings().log_format)
 
 
 def _require_migrated() -> None:
