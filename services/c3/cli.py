@@ -56,6 +56,13 @@ def _keep_our_logging() -> None:
     setup_logging.connect(lambda **_: None, weak=False)
 
 
+def _quiet_celery() -> list[str]:
+    """With JSON logs, Celery's start-up banners (plain text on stdout) are left out."""
+    from platform_core.settings import get_settings
+
+    return ["--quiet"] if get_settings().log_format == "json" else []
+
+
 @app.command()
 def up() -> None:
     """Start the whole platform locally (SQLite + embedded Redis unless configured)."""
@@ -157,6 +164,7 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
     app.conf.include = WORKER_TASK_MODULES
     app.worker_main(
         [
+            *_quiet_celery(),
             "worker",
             "--loglevel=INFO",
             f"--concurrency={concurrency}",
@@ -179,7 +187,7 @@ def beat() -> None:
     schedule.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # At INFO beat logs every due task, i.e. the usage consumer every second.
     logging.getLogger("celery.beat").setLevel(logging.WARNING)
-    celery_app().start(["beat", f"--schedule={schedule}"])
+    celery_app().start([*_quiet_celery(), "beat", f"--schedule={schedule}"])
 
 
 @app.command()

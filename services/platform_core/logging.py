@@ -105,5 +105,8 @@ def configure(log_format: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # Python warnings (deprecations, Celery's superuser warning) become log lines too, not
+    # bare text in the middle of the JSON.
+    logging.captureWarnings(True)
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
