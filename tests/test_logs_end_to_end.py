@@ -104,6 +104,13 @@ def test_a_proxy_request_carries_its_id_there_and_back(json_platform: RunningPla
     )
     assert lines[0]["tenant_id"] == tenant["id"]
     assert "GET /t/" in lines[0]["message"] and " 200 " in lines[0]["message"]
+    # Forwarded upstream: the tenant's Synapse names the request by the same id.
+    synapse_log = json_platform.homeserver_dir(tenant["id"]) / "homeserver.log"
+    poll(
+        lambda: f"GET-{request_id}" in synapse_log.read_text(),
+        timeout=10,
+        what="Synapse's log line for the request",
+    )
 
     # An id that could break a log line or a header is replaced by one of the proxy's own.
     unsafe = httpx.get(versions, headers={"X-Request-ID": 'x" injected\\u000a'})
