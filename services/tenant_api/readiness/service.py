@@ -167,7 +167,7 @@ async def check_readiness(tenant: Tenant, settings: Settings | None = None) -> l
             _guarded("sliding_sync", "Sliding sync (Element X)", _sliding_sync(client), timeout),
             _guarded("password_login", "Password sign-in", _password_login(client), timeout),
             _guarded("well_known", "Server discovery (.well-known)", _well_known(client, target), timeout),
-            _guarded("turn", "TURN server (calls)", _turn(target, timeout), timeout),
+            _guarded("turn", "TURN server (calls)", _turn(target, settings), timeout),
             _guarded("federation", "Federation", _federation(client, target), timeout),
         ]  # fmt: skip
         return list(await asyncio.gather(*checks))
@@ -285,7 +285,7 @@ async def _well_known(client: _Client, target: _Target) -> Outcome:
     return True, f"It names {target.public_base}, with CORS", ""
 
 
-async def _turn(target: _Target, timeout: float) -> Outcome:  # noqa: ASYNC109 â€” a bound
+async def _turn(target: _Target, settings: Settings) -> Outcome:
     uris = list((target.settings.get("turn") or {}).get("uris") or [])
     if not uris:
         return (
@@ -302,11 +302,20 @@ async def _turn(target: _Target, timeout: float) -> Outcome:  # noqa: ASYNC109 â
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        probes.append(turn.probe(parsed, timeout))
+        probes.append(
+            turn.probe(parsed, settings.readiness_timeout_s, settings.outbound_allowed_networks)
+        )
         probed.append(uri)
     for uri, problem in zip(probed, await asyncio.gather(*probes), strict=True):
         if problem is not None:
             problems.append(f"{uri}: {problem}")
+    if any("not probed" in problem for problem in problems):
+        return (
+            False,
+            "; ".join(problems),
+            "Give TURN URIs that clients on the internet can reach; an operator may allow an "
+            "internal TURN server with C3_OUTBOUND_ALLOWED_NETWORKS",
+        )
     if problems:
         return (
             False,
@@ -323,6 +332,8 @@ async def _federation(client: _Client, target: _Target) -> Outcome:
         client.request("GET", "/.well-known/matrix/server"),
         client.request("GET", "/_matrix/key/v2/server"),
     )
+    if discovery.status_code == 421:  # the proxy has no homeserver for this host at all
+        return False, f"The proxy answered {_describe(discovery)}", _NOT_SERVING_FIX
     if mode is FederationMode.OFF:
         return _federation_refused(discovery, keys)
     return _federation_served(target, mode, discovery, keys)

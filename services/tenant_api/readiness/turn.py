@@ -4,16 +4,27 @@ over UDP, TCP or TLS as the URI says (RFC 7065) — answered by a Binding succes
 A TURN server answers Binding requests without credentials (coturn does), so this needs no
 secret and allocates nothing: it shows the server is up and reachable from where the API runs,
 not that the shared secret matches.
+
+The URIs are the tenant's to set, so the probe is outbound traffic a tenant chooses: like the
+homeservers' own outbound connections (``platform_core.outbound``), it never goes to an
+internal address (loopback, private, link-local, ...) unless ``C3_OUTBOUND_ALLOWED_NETWORKS``
+allows it — else the readiness check would be a port scanner of the platform's network. The
+name is resolved once and the checked address is the one connected to (no DNS rebinding).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import socket
 import ssl
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs
+
+from platform_core.outbound import IPNetwork, OutboundRefused, check_addresses
 
 _BINDING_REQUEST = 0x0001
 _BINDING_SUCCESS = 0x0101
@@ -77,11 +88,21 @@ class _OneAnswer(asyncio.DatagramProtocol):
             self.answered.set_exception(exc)
 
 
-async def _probe_udp(target: TurnTarget) -> None:
+async def _allowed_address(target: TurnTarget, allowed: Sequence[IPNetwork]) -> str:
+    """The address to probe: ``target.host`` resolved once, refused if any of its addresses is
+    internal and not allowed (``OutboundRefused``)."""
+    kind = socket.SOCK_DGRAM if target.transport == "udp" else socket.SOCK_STREAM
+    infos = await asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=kind)
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    check_addresses(target.host, addresses, allowed)
+    return str(addresses[0])
+
+
+async def _probe_udp(target: TurnTarget, address: str) -> None:
     request, transaction = _binding_request()
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: _OneAnswer(transaction), remote_addr=(target.host, target.port)
+        lambda: _OneAnswer(transaction), remote_addr=(address, target.port)
     )
     try:
         # UDP may lose the request: send it again every half second until answered.
@@ -95,10 +116,10 @@ async def _probe_udp(target: TurnTarget) -> None:
         transport.close()
 
 
-async def _probe_stream(target: TurnTarget) -> None:
+async def _probe_stream(target: TurnTarget, address: str) -> None:
     context = ssl.create_default_context() if target.transport == "tls" else None
     reader, writer = await asyncio.open_connection(
-        target.host, target.port, ssl=context, server_hostname=target.host if context else None
+        address, target.port, ssl=context, server_hostname=target.host if context else None
     )
     try:
         request, transaction = _binding_request()
@@ -111,16 +132,26 @@ async def _probe_stream(target: TurnTarget) -> None:
         writer.close()
 
 
-async def probe(target: TurnTarget, timeout: float) -> str | None:  # noqa: ASYNC109 — a bound, not a cancel
-    """None if ``target`` answered a Binding request within ``timeout`` seconds, else why not."""
+async def probe(
+    target: TurnTarget,
+    timeout: float,  # noqa: ASYNC109 — a bound, not a cancel
+    allowed: Sequence[IPNetwork] = (),
+) -> str | None:
+    """None if ``target`` answered a Binding request within ``timeout`` seconds, else why not.
+    An internal address not in ``allowed`` is not probed at all."""
     try:
         async with asyncio.timeout(timeout):
+            address = await _allowed_address(target, allowed)
             if target.transport == "udp":
-                await _probe_udp(target)
+                await _probe_udp(target, address)
             else:
-                await _probe_stream(target)
+                await _probe_stream(target, address)
+    except OutboundRefused as exc:
+        return f"not probed: {exc}"
     except TimeoutError:
         return f"no answer within {timeout:g}s"
+    except socket.gaierror:
+        return f"{target.host} does not resolve"
     except ssl.SSLError as exc:
         return f"TLS failed ({exc.reason or type(exc).__name__})"
     except (OSError, asyncio.IncompleteReadError) as exc:

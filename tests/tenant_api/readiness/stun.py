@@ -9,6 +9,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 _HEADER = struct.Struct("!HHI12s")
 
@@ -22,9 +23,16 @@ def _success_for(request: bytes) -> bytes | None:
     return _HEADER.pack(0x0101, 0, cookie, transaction)
 
 
+@dataclass
+class StunServer:
+    port: int
+    requests: int = 0  # Binding requests it received
+
+
 class _Udp(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         data, sock = self.request
+        self.server.stun.requests += 1  # type: ignore[attr-defined]
         answer = _success_for(data)
         if answer:
             sock.sendto(answer, self.client_address)
@@ -33,20 +41,22 @@ class _Udp(socketserver.BaseRequestHandler):
 class _Tcp(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         answer = _success_for(self.request.recv(_HEADER.size))
+        self.server.stun.requests += 1  # type: ignore[attr-defined]
         if answer:
             self.request.sendall(answer)
 
 
 @contextmanager
-def stun_server(transport: str) -> Iterator[int]:
-    """A STUN responder on 127.0.0.1 (``udp`` or ``tcp``) until the block ends; yields its port."""
+def stun_server(transport: str) -> Iterator[StunServer]:
+    """A STUN responder on 127.0.0.1 (``udp`` or ``tcp``) until the block ends."""
     server_class = socketserver.UDPServer if transport == "udp" else socketserver.TCPServer
     handler = _Udp if transport == "udp" else _Tcp
     server = server_class(("127.0.0.1", 0), handler)
+    server.stun = StunServer(int(server.server_address[1]))  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield int(server.server_address[1])
+        yield server.stun  # type: ignore[attr-defined]
     finally:
         server.shutdown()
         server.server_close()

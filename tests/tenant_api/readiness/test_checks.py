@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from ipaddress import ip_network
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from platform_core.settings import Settings, get_settings
 from tenant_api.readiness.service import ReadinessCheck, check_readiness
 from tenant_api.readiness.turn import parse_turn_uri
 from tests.helpers.stand_in import serving
+from tests.tenant_api.readiness.stun import stun_server
 
 
 def a_tenant(**homeserver_settings: Any) -> Tenant:
@@ -24,9 +26,9 @@ def a_tenant(**homeserver_settings: Any) -> Tenant:
     )
 
 
-def through(url: str, timeout: float = 2.0) -> Settings:
+def through(url: str, timeout: float = 2.0, **settings: Any) -> Settings:
     return get_settings().model_copy(
-        update={"readiness_proxy_url": url, "readiness_timeout_s": timeout}
+        update={"readiness_proxy_url": url, "readiness_timeout_s": timeout, **settings}
     )
 
 
@@ -115,6 +117,35 @@ async def test_a_homeserver_that_never_answers_fails_within_the_timeout(
         released.set()
 
     assert all(c.ok is False and "in time" in c.detail for c in checks if c.name != "turn")
+
+
+async def test_a_turn_server_on_an_internal_address_is_not_probed(
+    platform_env: dict[str, str],
+) -> None:
+    """TURN URIs are the tenant's choice: probing any address would let a tenant scan the
+    platform's network through the readiness check."""
+    handler = homeserver(flows=["m.login.password"], sliding_sync=True)
+    async with serving(handler) as url:
+        with stun_server("udp") as udp, stun_server("tcp") as tcp:
+            tenant = a_tenant(
+                turn={
+                    "uris": [
+                        f"turn:127.0.0.1:{udp.port}?transport=udp",
+                        f"turn:127.0.0.1:{tcp.port}?transport=tcp",
+                    ]
+                }
+            )
+            refused = by_name(await check_readiness(tenant, through(url)))["turn"]
+            assert (udp.requests, tcp.requests) == (0, 0)
+
+            allowed = through(url, outbound_allowed_networks=[ip_network("127.0.0.0/8")])
+            probed = by_name(await check_readiness(tenant, allowed))["turn"]
+
+    assert refused.ok is False
+    assert "not probed" in refused.detail and "loopback" in refused.detail
+    assert "C3_OUTBOUND_ALLOWED_NETWORKS" in refused.fix
+    assert probed.ok is True, probed
+    assert udp.requests >= 1 and tcp.requests == 1
 
 
 def test_turn_uris_are_read_as_clients_read_them() -> None:

@@ -1,19 +1,34 @@
 """The client readiness check on the real platform: real Synapse behind the real proxy, reached
 as a client would (the tenant's public host name). A fresh tenant is ready for Element X; TURN
-and federation checks follow the tenant's settings."""
+and federation checks follow the tenant's settings (on a platform that lets the API probe a
+TURN server on loopback: C3_OUTBOUND_ALLOWED_NETWORKS)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.helpers.environment import isolated_platform
 from tests.helpers.platform import RunningPlatform, wait_operation
 from tests.tenant_api.readiness.stun import stun_server
 
 pytestmark = pytest.mark.e2e
 
 TURN_SECRET = "readiness-e2e-turn-static-secret"
+
+
+@pytest.fixture(scope="module")
+def loopback_turn_platform(
+    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPlatform]:
+    with isolated_platform(
+        platform_env,
+        tmp_path_factory.mktemp("c3-readiness"),
+        C3_OUTBOUND_ALLOWED_NETWORKS="127.0.0.1/32",
+    ) as running:
+        yield running
 
 
 def readiness(platform: RunningPlatform, tenant_id: str) -> dict[str, Any]:
@@ -48,11 +63,14 @@ def test_a_fresh_tenant_is_ready_for_element_x(platform: RunningPlatform) -> Non
     assert answer["ready"] is True
 
 
-def test_turn_and_federation_checks_follow_the_settings(platform: RunningPlatform) -> None:
+def test_turn_and_federation_checks_follow_the_settings(
+    loopback_turn_platform: RunningPlatform,
+) -> None:
+    platform = loopback_turn_platform
     tenant = platform.create_tenant("ready-calls")
-    with stun_server("udp") as udp_port, stun_server("tcp") as tcp_port:
-        udp_uri = f"turn:127.0.0.1:{udp_port}?transport=udp"
-        tcp_uri = f"turn:127.0.0.1:{tcp_port}?transport=tcp"
+    with stun_server("udp") as udp, stun_server("tcp") as tcp:
+        udp_uri = f"turn:127.0.0.1:{udp.port}?transport=udp"
+        tcp_uri = f"turn:127.0.0.1:{tcp.port}?transport=tcp"
         with platform.api() as api:
             patched = api.patch(
                 f"/v1/tenants/{tenant['id']}",
