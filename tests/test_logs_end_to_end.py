@@ -80,6 +80,7 @@ def test_a_tenant_creation_is_traced_from_the_api_to_the_worker(
 
     lines = poll(worker_lines, timeout=30, what="worker lines with the request id")
     assert any("succeeded" in line["message"] and tenant_id in line["message"] for line in lines)
+    assert all(line.get("tenant_id") == tenant_id for line in lines), lines
     assert all(line["logger"] != "tenant_api.middleware" for line in lines)
 
     for service in SERVICES:  # every line of every service is JSON, with its fields
