@@ -36,14 +36,12 @@ WORKER_TASK_MODULES = (
 
 
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Request lines of our own HTTP clients are noise at INFO (health checks every reconcile).
-    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """One handler for the whole process, in C3_LOG_FORMAT (text on stderr, or JSON lines on
+    stdout), every line stamped with the request id that caused it (platform_core.logging)."""
+    from platform_core.logging import configure
+    from platform_core.settings import get_settings
+
+    configure(get_settings().log_format)
 
 
 def _require_migrated() -> None:
@@ -78,6 +76,13 @@ def _keep_our_logging() -> None:
     from celery.signals import setup_logging
 
     setup_logging.connect(lambda **_: None, weak=False)
+
+
+def _quiet_celery() -> list[str]:
+    """With JSON logs, Celery's start-up banners (plain text on stdout) are left out."""
+    from platform_core.settings import get_settings
+
+    return ["--quiet"] if get_settings().log_format == "json" else []
 
 
 @app.command()
@@ -183,6 +188,7 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
     app.conf.include = WORKER_TASK_MODULES
     app.worker_main(
         [
+            *_quiet_celery(),
             "worker",
             "--loglevel=INFO",
             f"--concurrency={concurrency}",
@@ -205,7 +211,7 @@ def beat() -> None:
     schedule.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # At INFO beat logs every due task, i.e. the usage consumer every second.
     logging.getLogger("celery.beat").setLevel(logging.WARNING)
-    celery_app().start(["beat", f"--schedule={schedule}"])
+    celery_app().start([*_quiet_celery(), "beat", f"--schedule={schedule}"])
 
 
 @app.command()

@@ -312,7 +312,10 @@ def run_local() -> int:
         platform.prepare()
         platform.start_children()
         platform.wait_ready()
-        print(platform.banner(), flush=True)
+        if settings.log_format == "json":  # stdout holds JSON lines only
+            log.info("%s", platform.banner())
+        else:
+            print(platform.banner(), flush=True)
         platform.supervise()
         return 0
     except Exception as exc:  # noqa: BLE001 — say what failed, then clean up

@@ -4,6 +4,8 @@ limit, forward, meter (the layers in order: see the package docstring)."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from urllib.parse import urlsplit
@@ -33,11 +35,13 @@ from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
+from platform_core.logging import request_context, request_id_from, tenant_id_var
 from platform_core.redis import keys_for
 from platform_core.routes import Route
 from platform_core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("homeserver_proxy.access")
 
 
 class ProxyApp:
@@ -103,25 +107,48 @@ class ProxyApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
+        request_id = request_id_from(_request_id_header(scope))
+        # Upstream gets the same id (its header replaced, never repeated); the client gets it
+        # back; every log line of this request carries it.
+        scope["headers"] = [
+            *(h for h in scope["headers"] if h[0] != b"x-request-id"),
+            (b"x-request-id", request_id.encode()),
+        ]
+        id_header = (b"x-request-id", request_id.encode())
+        status = 0
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
+                message["headers"] = [
+                    *(h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"),
+                    id_header,
+                ]
             await send(message)
 
+        started_at = time.monotonic()
+        with request_context(request_id):
+            try:
+                await self._dispatch(scope, receive, tracking_send, started=lambda: status != 0)
+            finally:
+                if self.settings.proxy_access_log:
+                    _access_line(scope, status, time.monotonic() - started_at)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, *, started: Callable[[], bool]
+    ) -> None:
         try:
-            await self._handle(scope, receive, tracking_send)
+            await self._handle(scope, receive, send)
         except ClientGone:
             return
         except errors.MatrixError as exc:
-            if started:
+            if started():
                 raise  # mid-stream failure: closing the connection is the only honest signal
             await exc.send(send)
         except Exception:
             log.exception("proxy error on %s", scope.get("method"))
-            if started:
+            if started():
                 raise
             await errors.MatrixError(
                 502, "M_UNKNOWN", "The proxy could not handle this request"
@@ -136,6 +163,7 @@ class ProxyApp:
             await errors.send_json(send, 200, {"status": "ok"})
             return
         target = await self._resolve(scope["method"], path, host)
+        tenant_id_var.set(target.route.tenant_id)
         verdict = classify(target.path)
         if verdict is Verdict.WELL_KNOWN_CLIENT:
             await errors.send_json(send, 200, {"m.homeserver": {"base_url": target.base_url}})
@@ -328,6 +356,21 @@ def _checked_head(scope: Scope) -> str | None:
     if codings and (codings > 1 or version == "1.0" or coding.strip().lower() != b"chunked"):
         raise errors.bad_framing("Unsupported Transfer-Encoding")
     return host.decode("latin-1") if host is not None else None
+
+
+def _request_id_header(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _access_line(scope: Scope, status: int, seconds: float) -> None:
+    """One line per request (C3_PROXY_ACCESS_LOG). The path only: a query may hold an
+    ``access_token`` or a registration token, so it is never logged."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = raw.split(b"?", 1)[0].decode("ascii", "backslashreplace")
+    access_log.info("%s %s %d %.1fms", scope.get("method"), path, status, seconds * 1000)
 
 
 def create_app(settings: Settings | None = None) -> ProxyApp:

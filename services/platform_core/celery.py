@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from celery.signals import before_task_publish, task_postrun, task_prerun
 
+from platform_core.logging import request_id_var, tenant_id_var
 from platform_core.settings import get_settings
 
 
@@ -94,11 +97,43 @@ def _config() -> dict[str, object]:
     }
 
 
+# Message headers that carry the enqueuing request's ids to the task (platform_core.logging).
+REQUEST_ID_HEADER = "c3_request_id"
+TENANT_ID_HEADER = "c3_tenant_id"
+
+
+def _stamp_request_ids(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """before_task_publish: the task carries the id of the request (or task) enqueuing it."""
+    if headers is None:
+        return
+    request_id, tenant_id = request_id_var.get(), tenant_id_var.get()
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    if tenant_id:
+        headers[TENANT_ID_HEADER] = tenant_id
+
+
+def _restore_request_ids(task: Task | None = None, **_: Any) -> None:
+    """task_prerun: the task's log lines carry the ids its message came with (or none)."""
+    request = getattr(task, "request", None)
+    request_id_var.set(getattr(request, REQUEST_ID_HEADER, None))
+    tenant_id_var.set(getattr(request, TENANT_ID_HEADER, None))
+
+
+def _forget_request_ids(**_: Any) -> None:
+    """task_postrun: the next task in this worker process starts without them."""
+    request_id_var.set(None)
+    tenant_id_var.set(None)
+
+
 @lru_cache(maxsize=1)
 def celery_app() -> Celery:
     # Which modules define tasks is wiring, not a shared contract: `c3 worker` names them.
     app = Celery("c3")
     app.add_defaults(_config)
+    before_task_publish.connect(_stamp_request_ids, weak=False)
+    task_prerun.connect(_restore_request_ids, weak=False)
+    task_postrun.connect(_forget_request_ids, weak=False)
     return app
 
 

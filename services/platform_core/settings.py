@@ -7,7 +7,7 @@ from enum import StrEnum
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -222,6 +222,39 @@ class Settings(BaseSettings):
     # may have left some behind; their tokens already stopped working at expiry).
     contexts_expiry_interval_s: float = Field(default=30.0, gt=0)
     # --- end contexts ---------------------------------------------------------------------
+
+    # --- Logs and client readiness (issue 13: readiness) --------------------------------
+    # text: human lines on stderr; json: one JSON object per line on stdout (ts, level,
+    # logger, message, request_id, tenant_id when known, exception) for log collectors.
+    log_format: Literal["text", "json"] = "text"
+    # One line per proxied request (method, path without its query, status, duration,
+    # request id). Off by default: it is the hot path, and a line per /sync is a lot of log.
+    proxy_access_log: bool = False
+    # GET /v1/tenants/{id}/readiness: each check (one or two HTTP requests, a TURN probe) gives
+    # up after this long, and they run at once, so the whole answer takes about this long at most.
+    readiness_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    # Where the API connects to reach the proxy for the readiness checks (e.g. the in-cluster
+    # Service http://c3-proxy:8080), sending each tenant's public Host as a client would.
+    # Unset: the proxy's own address in local mode, else the public URL through DNS.
+    readiness_proxy_url: str | None = None
+
+    @field_validator("readiness_proxy_url")
+    @classmethod
+    def _readiness_proxy_origin(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        parts = urlsplit(v)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+        ):
+            raise ValueError(
+                "C3_READINESS_PROXY_URL must be an http(s) origin such as http://c3-proxy:8080"
+            )
+        return v.rstrip("/")
+
+    # --- end of logs and client readiness -----------------------------------------------
 
     @field_validator("base_domain")
     @classmethod

@@ -23,6 +23,7 @@ from platform_core import lifecycle
 from platform_core import operation_history as history
 from platform_core.db import task_session
 from platform_core.lifecycle import Outcome
+from platform_core.logging import tenant_id_var
 from platform_core.models import Operation, OperationState, utcnow
 from platform_core.settings import Settings
 from provisioner import repository, steps
@@ -55,6 +56,7 @@ def run_operation(task: Task, operation_id: str, body: Body) -> None:
             return  # delivered again after it finished
         tenant_id = op.tenant_id
         due = history.retry_due_at(op)
+    tenant_id_var.set(str(tenant_id))  # this task's log lines name the tenant (task_postrun resets)
     early_s = (due - utcnow()).total_seconds() if due is not None else 0.0
     if early_s > 0:
         # A second copy of the task (reconcile's, or a redelivery) ahead of the scheduled

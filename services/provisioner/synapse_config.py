@@ -149,6 +149,10 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
                 "tls": False,
                 # The proxy overwrites X-Forwarded-For with the real client address.
                 "x_forwarded": True,
+                # The proxy sends every request's id (platform_core.logging): Synapse's log
+                # lines of that request carry it ("GET-<id>"), so one id traces a request
+                # from the client through the proxy into the homeserver.
+                "request_id_header": "X-Request-ID",
                 "resources": [{"names": _listener_resources(spec.settings), "compress": False}],
             }
         ],

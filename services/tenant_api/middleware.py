@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import re
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +26,7 @@ from platform_core.auth import bearer_token
 from platform_core.crypto import SecretBox
 from platform_core.db import async_sessionmaker_
 from platform_core.errors import C3Error
+from platform_core.logging import request_context, request_id_from
 from platform_core.models import IdempotentRequest, utcnow
 from platform_core.settings import get_settings
 from tenant_api.idempotency.repository import IdempotencyRepository
@@ -39,7 +39,8 @@ Message = dict[str, Any]
 
 KEY_TTL = timedelta(hours=24)
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+# The tenant a request names in its path (its log lines carry it).
+_TENANT_IN_PATH = re.compile(r"^/v1/tenants/([0-9a-fA-F-]{36})(?:/|$)")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -83,8 +84,9 @@ async def _unavailable(send: Any) -> None:
 
 
 class RequestIdMiddleware:
-    """Every request gets an id (the client's ``X-Request-ID`` if sane), echoed back and
-    recorded in audit events."""
+    """Every request gets an id (the client's ``X-Request-ID`` if sane), echoed back, recorded
+    in audit events, on every log line the request causes, and carried to the tasks it
+    enqueues (``platform_core.logging``)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -93,9 +95,9 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-request-id")
-        request_id = given if given and _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        request_id = request_id_from(_header(scope, b"x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
+        tenant = _TENANT_IN_PATH.match(scope["path"])
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -105,7 +107,8 @@ class RequestIdMiddleware:
                 ]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        with request_context(request_id, tenant[1].lower() if tenant else None):
+            await self.app(scope, receive, send_with_id)
 
 
 class BodyTooLarge(StarletteHTTPException):

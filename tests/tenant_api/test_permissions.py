@@ -102,6 +102,8 @@ MATRIX: dict[str, dict[str, Cell]] = {
     # Authorised by the link's signature alone: whoever holds a valid link downloads, with any
     # Authorization header or none (a bad signature is 404 for everyone: test_exports).
     "GET /v1/exports/{export_id}/download": row([("ok", "ok")] * len(CALLERS)),
+    # Runs checks through the proxy (none runs here: they fail, the answer is still 200).
+    "GET /v1/tenants/{tenant_id}/readiness": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
     "GET /metrics": row(["ok", "403", "403", "403", "403", "401", "401"]),
     # Contexts: read with tenants:read, changed with users:write (they create accounts). The
     # tenants here have no homeserver, so allowed writes answer 409.
