@@ -38,6 +38,7 @@ from tenant_api.portal.routing import (
     validated,
 )
 from tenant_api.portal.settings_form import patch_from_form
+from tenant_api.readiness.service import check_readiness
 from tenant_api.registration_tokens import service as registration_tokens
 from tenant_api.registration_tokens.schemas import RegistrationTokenCreate
 from tenant_api.tenants import service as tenants
@@ -92,6 +93,26 @@ async def overview(
         operation=latest.get(tenant.id),
         title=f"{out.display_name}: overview",
         page="overview",
+    )
+
+
+@router.get("/readiness")
+async def readiness_page(
+    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """The client readiness check, run now through the proxy (bounded by
+    C3_READINESS_TIMEOUT_S; the same checks as GET /v1/tenants/{id}/readiness)."""
+    tenant, out = await _tenant(user, session, settings, tenant_id, Scope.TENANTS_READ)
+    checks = await check_readiness(tenant, settings)
+    return await render(
+        request,
+        "readiness.html",
+        tenant=out,
+        checks=checks,
+        ready=all(check.ok is not False for check in checks),
+        checked_at=datetime.now(UTC),
+        title=f"{out.display_name}: client readiness",
+        page="readiness",
     )
 
 

@@ -222,8 +222,16 @@ def test_a_tenant_admin_manages_users_sees_usage_and_api_keys(
     page.keyboard.press("Tab")
     assert page.evaluate("() => document.activeElement.textContent") == "Skip to content"
 
+    # The client readiness check, run through the proxy against the real homeserver.
+    page.goto(base)
+    page.get_by_role("link", name="client readiness check").click()
+    for title in ("Sliding sync (Element X)", "Password sign-in", "Server discovery (.well-known)"):
+        assert "passed" in page.locator("tr", has_text=title).inner_text(), title
+    assert "skipped" in page.locator("tr", has_text="TURN server (calls)").inner_text()
+
     for name, path in [
         ("overview", ""),
+        ("readiness", "/readiness"),
         ("users", "/users"),
         ("registration-tokens", "/registration-tokens"),
         ("usage", "/usage"),
