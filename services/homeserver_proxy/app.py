@@ -4,6 +4,7 @@ limit, forward, meter (the layers in order: see the package docstring)."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import partial
 from urllib.parse import urlsplit
@@ -31,6 +32,7 @@ from homeserver_proxy.guard import Verdict, classify
 from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
+from homeserver_proxy.proxy_metrics import MetricsListener, ProxyMetrics, RouteClass, route_class
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
 from platform_core.redis import keys_for
 from platform_core.routes import Route
@@ -65,8 +67,21 @@ class ProxyApp:
             lambda upstream, token: whoami(self.forwarder.session, upstream, token)
         )
         self.exchange_meter = ExchangeMeter(self.meter, self.token_users)
+        self.metrics = ProxyMetrics()
         self.flusher = UsageFlusher(
-            self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
+            self.meter,
+            self.redis,
+            self.keys,
+            interval=settings.usage_flush_interval_s,
+            on_flushed=self.metrics.batches_flushed.inc,
+        )
+        self.metrics.pending_batches_from(lambda: self.flusher.queued_batches)
+        self._metrics_listener = (
+            MetricsListener(
+                self.metrics.registry, settings.proxy_metrics_host, settings.proxy_metrics_port
+            )
+            if settings.proxy_metrics_port is not None
+            else None
         )
         self._public_base = settings.effective_proxy_public_url
         self._federation_port = public_port(self._public_base)
@@ -86,6 +101,8 @@ class ProxyApp:
             if message["type"] == "lifespan.startup":
                 await self.forwarder.start()
                 await self.routes.start()
+                if self._metrics_listener is not None:
+                    self._metrics_listener.start()
                 if self.metering:
                     self.flusher.start()
                 await send({"type": "lifespan.startup.complete"})
@@ -95,16 +112,20 @@ class ProxyApp:
                 await self.flusher.stop()
                 await self.forwarder.stop()
                 await self.redis.aclose()
+                if self._metrics_listener is not None:
+                    self._metrics_listener.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
+        began = time.perf_counter()
+        status = 0  # the answer's, once its head is sent
+        route = route_class(scope["path"])
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
             await send(message)
 
         try:
@@ -112,16 +133,28 @@ class ProxyApp:
         except ClientGone:
             return
         except errors.MatrixError as exc:
-            if started:
+            self._count_error(route, exc)
+            if status:
                 raise  # mid-stream failure: closing the connection is the only honest signal
             await exc.send(send)
+            status = exc.status
         except Exception:
             log.exception("proxy error on %s", scope.get("method"))
-            if started:
+            if status:
                 raise
             await errors.MatrixError(
                 502, "M_UNKNOWN", "The proxy could not handle this request"
             ).send(send)
+            status = 502
+        finally:
+            if status:
+                self.metrics.answered(route, status, time.perf_counter() - began)
+
+    def _count_error(self, route: RouteClass, exc: errors.MatrixError) -> None:
+        if exc.reason.startswith("upstream_"):
+            self.metrics.upstream_error(route, exc.reason.removeprefix("upstream_"))
+        else:
+            self.metrics.refused(exc.reason)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Resolve the tenant, guard the path, then answer, redirect or forward."""
@@ -208,6 +241,8 @@ class ProxyApp:
         # for requests we turned away.
         admission = self.limiter.admit(route, client, long_poll=long_poll)
         kind = billable.kind_of(scope["method"], path) if self.metering else Kind.OTHER
+        if long_poll:
+            self.metrics.long_polls.inc()
         try:
             result = await self.forwarder.forward(
                 scope,
@@ -225,6 +260,10 @@ class ProxyApp:
             )
         finally:
             admission.release()
+            if long_poll:
+                self.metrics.long_polls.dec()
+        if result.first_byte_s is not None:
+            self.metrics.first_byte(route_class(path), result.first_byte_s)
         if self.metering:
             self.exchange_meter.record(route, scope, path, kind, result)
 
