@@ -297,7 +297,9 @@ def test_every_dashboard_and_alert_query_names_an_exported_metric(
     observed: Scrapes, tenant: dict[str, str]
 ) -> None:
     with observed.platform.api() as api:
-        (group,) = [g for g in api.get("/metrics/homeservers").json() if g["labels"]["tenant"] == "watched"]
+        (group,) = [
+            g for g in api.get("/metrics/homeservers").json() if g["labels"]["tenant"] == "watched"
+        ]
     synapse = httpx.get(f"http://{group['targets'][0]}/_synapse/metrics", timeout=10).text
     exported = (
         exported_names(observed.api_text())
