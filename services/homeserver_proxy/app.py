@@ -73,7 +73,7 @@ class ProxyApp:
             self.redis,
             self.keys,
             interval=settings.usage_flush_interval_s,
-            on_flushed=self.metrics.batches_flushed.inc,
+            on_flushed=self.metrics.batch_flushed,
         )
         self.metrics.pending_batches_from(lambda: self.flusher.queued_batches)
         self._metrics_listener = (
@@ -242,7 +242,7 @@ class ProxyApp:
         admission = self.limiter.admit(route, client, long_poll=long_poll)
         kind = billable.kind_of(scope["method"], path) if self.metering else Kind.OTHER
         if long_poll:
-            self.metrics.long_polls.inc()
+            self.metrics.long_poll_opened()
         try:
             result = await self.forwarder.forward(
                 scope,
@@ -261,7 +261,7 @@ class ProxyApp:
         finally:
             admission.release()
             if long_poll:
-                self.metrics.long_polls.dec()
+                self.metrics.long_poll_closed()
         if result.first_byte_s is not None:
             self.metrics.first_byte(route_class(path), result.first_byte_s)
         if self.metering:

@@ -1,8 +1,9 @@
 """The proxy's Prometheus metrics, served on a listener of their own (``C3_PROXY_METRICS_PORT``),
 never on the public port that tenants' clients reach.
 
-Cheap on the hot path: every labelled child is bound once, here, and a request picks its
-children by index (route class, status class); no label dictionaries are built per request.
+Cheap on the hot path: the counters are plain numbers laid out once, here, and a request picks
+its own by index (route class, status class): no label dictionaries, no locks, no metric
+objects per request. They become Prometheus families only when scraped.
 Labels are bounded by construction: four route classes, five status classes, a fixed list of
 refusal reasons and upstream error kinds. No per-tenant label (thousands of tenants times every
 histogram bucket would be too many series; per-tenant traffic is in the usage pipeline).
@@ -11,11 +12,19 @@ histogram bucket would be too many series; per-tenant traffic is in the usage pi
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from enum import IntEnum
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 
 class RouteClass(IntEnum):
@@ -57,89 +66,142 @@ def route_class(path: str) -> RouteClass:
     return RouteClass.OTHER
 
 
-class ProxyMetrics:
-    """Every proxy metric, its children bound in advance."""
+class _Histogram:
+    """Observations counted per bucket (not cumulative) with their sum: one ``bisect`` and two
+    additions per observation, cumulated only when scraped."""
+
+    __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        requests = Counter(
-            "c3_proxy_requests",
-            "Requests answered by the proxy (forwarded or refused), by route class and status "
-            "class",
-            ["route", "status"],
-            registry=self.registry,
-        )
-        latency = Histogram(
-            "c3_proxy_request_duration_seconds",
-            "Time from the request's head to the end of its answer, by route class (sync "
-            "includes the long-poll wait)",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        ttfb = Histogram(
-            "c3_proxy_upstream_first_byte_seconds",
-            "Time from sending a request to the homeserver to its answer's head, by route class",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        upstream_errors = Counter(
-            "c3_proxy_upstream_errors",
-            "Forwarded requests the homeserver did not answer (unavailable, timeout)",
-            ["route", "error"],
-            registry=self.registry,
-        )
-        refused = Counter(
-            "c3_proxy_refused",
-            "Requests the proxy answered itself instead of forwarding, by reason",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.long_polls = Gauge(
-            "c3_proxy_open_long_polls",
-            "Long-polls (/sync, /events) parked at the homeservers right now",
-            registry=self.registry,
-        )
-        self.batches_flushed = Counter(
-            "c3_proxy_usage_batches_flushed",
-            "Usage batches written to the usage stream",
-            registry=self.registry,
-        )
-        self.batches_pending = Gauge(
-            "c3_proxy_usage_batches_pending",
-            "Usage batches waiting to be written (Redis unreachable)",
-            registry=self.registry,
-        )
-        self._requests = [[requests.labels(r, s) for s in STATUS_CLASSES] for r in ROUTE_CLASSES]
-        self._latency = [latency.labels(r) for r in ROUTE_CLASSES]
-        self._ttfb = [ttfb.labels(r) for r in ROUTE_CLASSES]
-        self._upstream_errors = {
-            error: [upstream_errors.labels(r, error) for r in ROUTE_CLASSES]
-            for error in UPSTREAM_ERRORS
-        }
-        self._refused = {reason: refused.labels(reason) for reason in REFUSAL_REASONS}
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last: above every bound
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> tuple[list[tuple[str, float]], float]:
+        counts, running = list(self.counts), 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*map(repr, _LATENCY_BUCKETS), "+Inf"), counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        return buckets, self.total
+
+
+class ProxyMetrics(Collector):
+    """Every proxy metric as plain numbers, laid out in advance and read at scrape time.
+
+    Only the proxy's event loop thread writes them (no locks on the hot path); the metrics
+    listener's thread reads them, which the GIL keeps safe for single numbers."""
+
+    def __init__(self) -> None:
+        self._requests = [[0] * len(STATUS_CLASSES) for _ in ROUTE_CLASSES]
+        self._latency = [_Histogram() for _ in ROUTE_CLASSES]
+        self._first_byte = [_Histogram() for _ in ROUTE_CLASSES]
+        self._upstream_errors = {error: [0] * len(ROUTE_CLASSES) for error in UPSTREAM_ERRORS}
+        self._refused = dict.fromkeys(REFUSAL_REASONS, 0)
+        self._long_polls = 0
+        self._batches_flushed = 0
+        self._pending_batches: Callable[[], int] = lambda: 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    # Hot path ---------------------------------------------------------------------------
 
     def answered(self, route: RouteClass, status: int, seconds: float) -> None:
-        self._requests[route][min(max(status // 100, 1), 5) - 1].inc()
+        self._requests[route][min(max(status // 100, 1), 5) - 1] += 1
         self._latency[route].observe(seconds)
 
     def first_byte(self, route: RouteClass, seconds: float) -> None:
-        self._ttfb[route].observe(seconds)
+        self._first_byte[route].observe(seconds)
 
     def refused(self, reason: str) -> None:
-        child = self._refused.get(reason)
-        if child is not None:
-            child.inc()
+        if reason in self._refused:
+            self._refused[reason] += 1
 
     def upstream_error(self, route: RouteClass, error: str) -> None:
-        children = self._upstream_errors.get(error)
-        if children is not None:
-            children[route].inc()
+        counts = self._upstream_errors.get(error)
+        if counts is not None:
+            counts[route] += 1
+
+    def long_poll_opened(self) -> None:
+        self._long_polls += 1
+
+    def long_poll_closed(self) -> None:
+        self._long_polls -= 1
+
+    def batch_flushed(self) -> None:
+        self._batches_flushed += 1
 
     def pending_batches_from(self, count: Callable[[], int]) -> None:
         """Read the pending batch count at scrape time."""
-        self.batches_pending.set_function(lambda: float(count()))
+        self._pending_batches = count
+
+    # Scrape -----------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "c3_proxy_requests",
+            "Requests answered by the proxy (forwarded or refused), by route class and status "
+            "class",
+            labels=["route", "status"],
+        )
+        for route, counts in zip(ROUTE_CLASSES, self._requests, strict=True):
+            for status, count in zip(STATUS_CLASSES, counts, strict=True):
+                requests.add_metric([route, status], count)
+        yield requests
+        yield _histogram(
+            "c3_proxy_request_duration_seconds",
+            "Time from the request's head to the end of its answer, by route class (sync "
+            "includes the long-poll wait)",
+            self._latency,
+        )
+        yield _histogram(
+            "c3_proxy_upstream_first_byte_seconds",
+            "Time from sending a request to the homeserver to its answer's head, by route class",
+            self._first_byte,
+        )
+        errors = CounterMetricFamily(
+            "c3_proxy_upstream_errors",
+            "Forwarded requests the homeserver did not answer (unavailable, timeout)",
+            labels=["route", "error"],
+        )
+        for error, counts in self._upstream_errors.items():
+            for route, count in zip(ROUTE_CLASSES, counts, strict=True):
+                errors.add_metric([route, error], count)
+        yield errors
+        refused = CounterMetricFamily(
+            "c3_proxy_refused",
+            "Requests the proxy answered itself instead of forwarding, by reason",
+            labels=["reason"],
+        )
+        for reason, count in self._refused.items():
+            refused.add_metric([reason], count)
+        yield refused
+        yield GaugeMetricFamily(
+            "c3_proxy_open_long_polls",
+            "Long-polls (/sync, /events) parked at the homeservers right now",
+            value=self._long_polls,
+        )
+        yield CounterMetricFamily(
+            "c3_proxy_usage_batches_flushed",
+            "Usage batches written to the usage stream",
+            value=self._batches_flushed,
+        )
+        yield GaugeMetricFamily(
+            "c3_proxy_usage_batches_pending",
+            "Usage batches waiting to be written (Redis unreachable)",
+            value=self._pending_batches(),
+        )
+
+
+def _histogram(name: str, documentation: str, by_route: list[_Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=["route"])
+    for route, histogram in zip(ROUTE_CLASSES, by_route, strict=True):
+        buckets, total = histogram.cumulative()
+        family.add_metric([route], buckets, total)
+    return family
 
 
 class MetricsListener:
