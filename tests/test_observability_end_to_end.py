@@ -253,13 +253,29 @@ def test_synapse_metrics_reach_the_platform_with_the_tenant_as_a_label(
 _METRIC = re.compile(r"\b((?:c3|synapse|process|python)_[a-zA-Z0-9_]+|up)\b(?!\s*\()")
 
 
+_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset"})
+
+
+def _stripped(expr: str) -> str:
+    """``expr`` without strings, label matchers, ranges, grouping clauses and numbers."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    return re.sub(r"\b\d+(?:\.\d+)?(?:e[-+]?\d+)?\b", "", expr)
+
+
 def metric_names_in(expr: str) -> set[str]:
     """The metric names a PromQL expression uses (ours, Synapse's, the process and Python
-    collectors', ``up``): label matchers, strings and grouping clauses left out."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", "", expr)
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    return set(_METRIC.findall(expr))
+    collectors', ``up``); any other bare name in it is a mistake (a typo'd metric)."""
+    stripped = _stripped(expr)
+    names = set(_METRIC.findall(stripped))
+    others = {
+        token
+        for token in re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b(?!\s*\()", stripped)
+        if token not in names and token not in _KEYWORDS
+    }
+    assert not others, f"{expr!r} names {others}: neither a known metric nor PromQL"
+    return names
 
 
 def dashboard_queries() -> dict[str, list[str]]:
@@ -272,11 +288,13 @@ def dashboard_queries() -> dict[str, list[str]]:
             for target in panel.get("targets", [])
             if "expr" in target
         ]
-        exprs += [
+        variables = [
             v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
             for v in dashboard.get("templating", {}).get("list", [])
             if v.get("type") == "query"
         ]
+        # Grafana's label_values(<series>, <label>): the series is PromQL, the label is not.
+        exprs += [re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", q) for q in variables]
         found[path.name] = exprs
     return found
 
