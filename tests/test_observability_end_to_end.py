@@ -348,3 +348,41 @@ def test_every_dashboard_and_alert_query_names_an_exported_metric(
     }
     assert not unknown, f"queries name metrics nothing exports: {sorted(unknown)}"
     assert all(exprs for exprs in dashboards.values())
+
+
+def test_a_failing_provisioning_is_counted_by_kind_outcome_and_step(
+    platform_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A tenant whose homeserver never starts (fake backend): each failed attempt is counted
+    with the last step it completed, the last one as the operation failing for good."""
+    worker_port = free_port()
+    with isolated_platform(
+        platform_env,
+        tmp_path / "c3",
+        C3_BACKEND="fake",
+        C3_FAKE_BACKEND_FAIL="doomed",
+        C3_OPERATION_MAX_ATTEMPTS="2",
+        C3_OPERATION_RETRY_BASE_S="0.2",
+        C3_WORKER_METRICS_PORT=str(worker_port),
+    ) as running:
+        with running.api() as api:
+            created = api.post("/v1/tenants", json={"slug": "doomed", "display_name": "Doomed"})
+            assert created.status_code == 202, created.text
+        worker = f"http://127.0.0.1:{worker_port}/metrics"
+
+        def failed_for_good() -> Samples | None:
+            found = samples(httpx.get(worker, timeout=10).text)
+            outcome = {"kind": "provision", "outcome": "failed"}
+            return found if value(found, "c3_operation_attempts_total", **outcome) else None
+
+        found = poll(failed_for_good, timeout=60, what="the provisioning to fail for good")
+    assert value(found, "c3_operation_attempts_total", kind="provision", outcome="retried") == 1
+    assert value(found, "c3_operation_attempts_total", kind="provision", outcome="failed") == 1
+    # Both attempts recorded the homeserver (port, config) before its start failed.
+    failures = {
+        dict(labels)["step"]: count
+        for (name, labels), count in found.items()
+        if name == "c3_operation_failures_total"
+    }
+    assert failures == {"homeserver-record": 2}, failures
+    assert value(found, "c3_operation_duration_seconds_count", kind="provision") == 2
