@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import redis
 from celery import Task
+from sqlalchemy.exc import SQLAlchemyError
 
 from platform_core import lifecycle, metrics
 from platform_core import operation_history as history
@@ -116,12 +117,12 @@ def _measure(
 ) -> None:
     """Count the attempt in the operation metrics (``failed``: the operation whose attempt
     failed, to name the last step it completed). Best effort: metrics never fail an operation."""
-    last_step = None
-    if failed is not None:
-        with task_session() as session:
-            op = repository.get_operation(session, failed)
-            last_step = op.steps_done[-1] if op is not None and op.steps_done else None
     try:
+        last_step = None
+        if failed is not None:
+            with task_session() as session:
+                op = repository.get_operation(session, failed)
+                last_step = op.steps_done[-1] if op is not None and op.steps_done else None
         metrics.record_operation_attempt(
             ctx.redis,
             ctx.keys,
@@ -130,7 +131,7 @@ def _measure(
             duration_s=duration_s,
             failed_after_step=last_step,
         )
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, SQLAlchemyError, OSError) as exc:
         log.warning("operation metrics not recorded (%s)", type(exc).__name__)
 
 
