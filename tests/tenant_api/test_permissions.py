@@ -98,6 +98,7 @@ MATRIX: dict[str, dict[str, Cell]] = {
     # Authorization header or none (a bad signature is 404 for everyone: test_exports).
     "GET /v1/exports/{export_id}/download": row([("ok", "ok")] * len(CALLERS)),
     "GET /metrics": row(["ok", "403", "403", "403", "403", "401", "401"]),
+    "GET /metrics/homeservers": row(["ok", "403", "403", "403", "403", "401", "401"]),
 }  # fmt: skip
 # Open to everyone by design: sign-in, token revocation, health.
 PUBLIC = {"POST /v1/auth/token", "POST /v1/auth/revoke", "GET /healthz"}
