@@ -184,6 +184,7 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
     for chatty in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     _keep_our_logging()
+    _worker_metrics_listener()
     app = celery_app()
     app.conf.include = WORKER_TASK_MODULES
     app.worker_main(
@@ -197,6 +198,24 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
             "--prefetch-multiplier=1",
         ]
     )
+
+
+def _worker_metrics_listener() -> None:
+    """GET /metrics on C3_WORKER_METRICS_HOST:PORT (when set), served by a thread of the main
+    worker process; it reads Redis at scrape time (platform_core.worker_metrics), so what the
+    prefork children did is in it without a multiprocess directory."""
+    from prometheus_client import start_http_server
+
+    from platform_core.settings import get_settings
+    from platform_core.worker_metrics import worker_registry
+
+    settings = get_settings()
+    if settings.worker_metrics_port is not None:
+        start_http_server(
+            settings.worker_metrics_port,
+            addr=settings.worker_metrics_host,
+            registry=worker_registry(settings),
+        )
 
 
 @app.command()

@@ -34,6 +34,7 @@ from homeserver_proxy.guard import Verdict, classify
 from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
+from homeserver_proxy.proxy_metrics import MetricsListener, ProxyMetrics, RouteClass, route_class
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
 from platform_core.logging import request_context, request_id_from, tenant_id_var
 from platform_core.redis import keys_for
@@ -73,8 +74,21 @@ class ProxyApp:
         self.exchange_meter = ExchangeMeter(self.meter, self.token_users)
         # External context participants: no other profiles, no media of other rooms.
         self.confinement = Confinement(self.redis, self.keys)
+        self.metrics = ProxyMetrics()
         self.flusher = UsageFlusher(
-            self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
+            self.meter,
+            self.redis,
+            self.keys,
+            interval=settings.usage_flush_interval_s,
+            on_flushed=self.metrics.batch_flushed,
+        )
+        self.metrics.pending_batches_from(lambda: self.flusher.queued_batches)
+        self._metrics_listener = (
+            MetricsListener(
+                self.metrics.registry, settings.proxy_metrics_host, settings.proxy_metrics_port
+            )
+            if settings.proxy_metrics_port is not None
+            else None
         )
         self._public_base = settings.effective_proxy_public_url
         self._federation_port = public_port(self._public_base)
@@ -94,6 +108,8 @@ class ProxyApp:
             if message["type"] == "lifespan.startup":
                 await self.forwarder.start()
                 await self.routes.start()
+                if self._metrics_listener is not None:
+                    self._metrics_listener.start()
                 if self.metering:
                     self.flusher.start()
                 await send({"type": "lifespan.startup.complete"})
@@ -103,6 +119,8 @@ class ProxyApp:
                 await self.flusher.stop()
                 await self.forwarder.stop()
                 await self.redis.aclose()
+                if self._metrics_listener is not None:
+                    self._metrics_listener.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -115,7 +133,9 @@ class ProxyApp:
             (b"x-request-id", request_id.encode()),
         ]
         id_header = (b"x-request-id", request_id.encode())
-        status = 0
+        began = time.perf_counter()
+        route = route_class(scope["path"])
+        status = 0  # the answer's, once its head is sent
 
         async def tracking_send(message: Message) -> None:
             nonlocal status
@@ -127,22 +147,33 @@ class ProxyApp:
                 ]
             await send(message)
 
-        started_at = time.monotonic()
         with request_context(request_id):
             try:
-                await self._dispatch(scope, receive, tracking_send, started=lambda: status != 0)
+                await self._dispatch(
+                    scope, receive, tracking_send, route, started=lambda: status != 0
+                )
             finally:
+                elapsed = time.perf_counter() - began
+                if status:
+                    self.metrics.answered(route, status, elapsed)
                 if self.settings.proxy_access_log:
-                    _access_line(scope, status, time.monotonic() - started_at)
+                    _access_line(scope, status, elapsed)
 
     async def _dispatch(
-        self, scope: Scope, receive: Receive, send: Send, *, started: Callable[[], bool]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: RouteClass,
+        *,
+        started: Callable[[], bool],
     ) -> None:
         try:
             await self._handle(scope, receive, send)
         except ClientGone:
             return
         except errors.MatrixError as exc:
+            self._count_error(route, exc)
             if started():
                 raise  # mid-stream failure: closing the connection is the only honest signal
             await exc.send(send)
@@ -153,6 +184,12 @@ class ProxyApp:
             await errors.MatrixError(
                 502, "M_UNKNOWN", "The proxy could not handle this request"
             ).send(send)
+
+    def _count_error(self, route: RouteClass, exc: errors.MatrixError) -> None:
+        if exc.reason.startswith("upstream_"):
+            self.metrics.upstream_error(route, exc.reason.removeprefix("upstream_"))
+        else:
+            self.metrics.refused(exc.reason)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Resolve the tenant, guard the path, then answer, redirect or forward."""
@@ -241,6 +278,8 @@ class ProxyApp:
         # for requests we turned away.
         admission = self.limiter.admit(route, client, long_poll=long_poll)
         kind = billable.kind_of(scope["method"], path) if self.metering else Kind.OTHER
+        if long_poll:
+            self.metrics.long_poll_opened()
         try:
             result = await self.forwarder.forward(
                 scope,
@@ -258,6 +297,10 @@ class ProxyApp:
             )
         finally:
             admission.release()
+            if long_poll:
+                self.metrics.long_poll_closed()
+        if result.first_byte_s is not None:
+            self.metrics.first_byte(route_class(path), result.first_byte_s)
         if self.metering:
             self.exchange_meter.record(route, scope, path, kind, result)
 

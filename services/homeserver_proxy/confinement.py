@@ -31,7 +31,9 @@ _MEDIA = re.compile(
 
 
 def _forbidden(what: str) -> errors.MatrixError:
-    return errors.MatrixError(403, "M_FORBIDDEN", f"External participants cannot {what}")
+    return errors.MatrixError(
+        403, "M_FORBIDDEN", f"External participants cannot {what}", reason="confined"
+    )
 
 
 def _confinable(method: str, path: str) -> tuple[str, re.Match[str] | None] | None:

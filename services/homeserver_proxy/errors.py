@@ -18,8 +18,12 @@ class MatrixError(Exception):
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
         extra: dict[str, Any] | None = None,
+        reason: str = "",
     ) -> None:
         super().__init__(error)
+        # Why the proxy answered itself, for its metrics (``proxy_metrics.REFUSAL_REASONS``;
+        # ``upstream_*``: the homeserver did not answer).
+        self.reason = reason
         self.status = status
         self.errcode = errcode
         self.error = error
@@ -71,30 +75,43 @@ async def send_redirect(send: Send, location: bytes) -> None:
 
 
 def unknown_tenant_host() -> MatrixError:
-    return MatrixError(421, "M_UNRECOGNIZED", "No homeserver is served for this host")
+    return MatrixError(
+        421, "M_UNRECOGNIZED", "No homeserver is served for this host", reason="unknown_tenant"
+    )
 
 
 def unknown_tenant_slug() -> MatrixError:
-    return MatrixError(404, "M_NOT_FOUND", "No homeserver is served at this path")
+    return MatrixError(
+        404, "M_NOT_FOUND", "No homeserver is served at this path", reason="unknown_tenant"
+    )
 
 
 def not_served() -> MatrixError:
-    return MatrixError(404, "M_UNRECOGNIZED", "Unrecognized request")
+    return MatrixError(404, "M_UNRECOGNIZED", "Unrecognized request", reason="not_served")
 
 
 def does_not_federate(*, well_known: bool = False) -> MatrixError:
     """Server-server requests (and server discovery) for a tenant that does not federate."""
     if well_known:
-        return MatrixError(404, "M_NOT_FOUND", "This homeserver does not federate")
-    return MatrixError(404, "M_UNRECOGNIZED", "This homeserver does not federate")
+        return MatrixError(
+            404, "M_NOT_FOUND", "This homeserver does not federate", reason="no_federation"
+        )
+    return MatrixError(
+        404, "M_UNRECOGNIZED", "This homeserver does not federate", reason="no_federation"
+    )
 
 
 def bad_path() -> MatrixError:
-    return MatrixError(400, "M_UNRECOGNIZED", "Malformed request path")
+    return MatrixError(400, "M_UNRECOGNIZED", "Malformed request path", reason="bad_request")
 
 
 def tenant_unavailable(status: str) -> MatrixError:
-    return MatrixError(403, "M_FORBIDDEN", f"This homeserver is not available (tenant is {status})")
+    return MatrixError(
+        403,
+        "M_FORBIDDEN",
+        f"This homeserver is not available (tenant is {status})",
+        reason="tenant_unavailable",
+    )
 
 
 def upstream_unavailable() -> MatrixError:
@@ -103,11 +120,14 @@ def upstream_unavailable() -> MatrixError:
         "M_UNKNOWN",
         "The homeserver is not reachable right now; retry shortly",
         headers=[(b"retry-after", b"2")],
+        reason="upstream_unavailable",
     )
 
 
 def upstream_timeout() -> MatrixError:
-    return MatrixError(504, "M_UNKNOWN", "The homeserver did not answer in time")
+    return MatrixError(
+        504, "M_UNKNOWN", "The homeserver did not answer in time", reason="upstream_timeout"
+    )
 
 
 def too_large(limit: int) -> MatrixError:
@@ -118,6 +138,7 @@ def too_large(limit: int) -> MatrixError:
         "M_TOO_LARGE",
         f"Request body exceeds this homeserver's limit of {limit} bytes",
         headers=[(b"connection", b"close")],
+        reason="too_large",
     )
 
 
@@ -128,6 +149,7 @@ def rate_limited(retry_after_ms: int) -> MatrixError:
         "Too many requests for this homeserver; retry later",
         headers=[(b"retry-after", str(max(1, math.ceil(retry_after_ms / 1000))).encode())],
         extra={"retry_after_ms": retry_after_ms},
+        reason="rate_limited",
     )
 
 
@@ -140,6 +162,7 @@ def too_many_in_flight() -> MatrixError:
         "Too many requests in progress for this homeserver; retry shortly",
         headers=[(b"retry-after", b"1")],
         extra={"retry_after_ms": 1000},
+        reason="concurrency",
     )
 
 
@@ -153,10 +176,17 @@ def spool_full() -> MatrixError:
         "(sending a Content-Length lets an upload stream instead of waiting for space)",
         headers=[(b"retry-after", b"5"), (b"connection", b"close")],
         extra={"retry_after_ms": 5000},
+        reason="spool_full",
     )
 
 
-def bad_framing(reason: str) -> MatrixError:
+def bad_framing(why: str) -> MatrixError:
     """The request's framing or Host is ambiguous: refused, and the connection closed (what
     follows on it cannot be trusted to be where a server would read the next request)."""
-    return MatrixError(400, "M_UNRECOGNIZED", reason, headers=[(b"connection", b"close")])
+    return MatrixError(
+        400,
+        "M_UNRECOGNIZED",
+        why,
+        headers=[(b"connection", b"close")],
+        reason="bad_request",
+    )

@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,8 @@ class ForwardResult:
     # answer's complete body, for metering to read billable facts from.
     request_body: bytes | None = None
     response_body: bytes | None = None
+    # From sending the request upstream to the answer's head (None: not measured).
+    first_byte_s: float | None = None
 
 
 class BodyTooLarge(Exception):
@@ -447,6 +450,7 @@ class Forwarder:
         rewrite: Callable[[bytes], bytes | None] | None,
     ) -> ForwardResult:
         """Send the request upstream and relay the answer to the client."""
+        sent_at = time.perf_counter()
         async with session.request(
             request.method,
             request.url,
@@ -455,7 +459,9 @@ class Forwarder:
             allow_redirects=False,
             timeout=request.timeout,
         ) as response:
+            first_byte_s = time.perf_counter() - sent_at
             result = await self._relay(response, send, request.method, capture, counter, rewrite)
+            result.first_byte_s = first_byte_s
             if capture and isinstance(request.body, bytes):
                 result.request_body = request.body
             return result

@@ -235,6 +235,7 @@ class UsageFlusher:
         *,
         interval: float = 1.0,
         source: str | None = None,
+        on_flushed: Callable[[], None] | None = None,
     ) -> None:
         self._meter = meter
         self._redis = redis
@@ -243,6 +244,7 @@ class UsageFlusher:
         self.source = source or f"proxy:{socket.gethostname()}:{os.getpid()}"
         self._queue: deque[tuple[str, str]] = deque()  # (batch_id, payload JSON)
         self._task: asyncio.Task[None] | None = None
+        self._on_flushed = on_flushed  # called once per batch written
 
     @property
     def queued_batches(self) -> int:
@@ -294,6 +296,8 @@ class UsageFlusher:
                 )
                 return False
             self._queue.popleft()
+            if self._on_flushed is not None:
+                self._on_flushed()
         return True
 
     async def _run(self) -> None:

@@ -1,23 +1,30 @@
 """Platform metrics in the Prometheus text format (0.0.4).
 
-The reconcile loop's counters live in one Redis hash that every worker adds to (so they are
-platform totals, and survive a worker restart), the usage consumer's in another; the API reads
-them at scrape time together with gauges counted from the platform database. Writer (provisioner) and reader (API) share the
-action names below.
+The workers' counters live in Redis hashes that every worker process adds to: the reconcile
+loop's, the usage consumer's and the lifecycle operations' (attempts, failures, a duration
+histogram). They are platform totals, survive a worker restart, and are the same whichever
+process (a Celery prefork child, another replica) did the work — which is why Celery's several
+processes need no ``prometheus_client`` multiprocess directory: a scrape reads Redis. The API's
+``/metrics`` reads them with gauges counted from the platform database; the worker's own
+listener (``worker_metrics``) reads them with the queue depth and the usage consumer's lag.
+Writers (provisioner, usage consumer) and readers share the names below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from platform_core.redis import RedisKeys
+from platform_core.routes import Route
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -86,6 +93,104 @@ def park_dead_letters(
     return dropped
 
 
+# Per attempt of a lifecycle operation: what it led to (``attempts``) and how long it ran.
+OPERATION_OUTCOMES = ("succeeded", "retried", "failed", "superseded")
+OPERATION_DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_SEP = "|"
+
+
+def step_label(step: str | None) -> str:
+    """A recorded step as a label: its name without what follows ``:`` (a dump's file name),
+    so the label set stays the fixed set of step names; ``start`` before the first step."""
+    return step.split(":", 1)[0] if step else "start"
+
+
+def record_operation_attempt(
+    client: redis.Redis,
+    keys: RedisKeys,
+    *,
+    kind: str,
+    outcome: str,
+    duration_s: float,
+    failed_after_step: str | None = None,
+) -> None:
+    """Add one finished attempt of an operation of ``kind``: its outcome (one of
+    ``OPERATION_OUTCOMES``), its duration and, for a failed attempt (``retried``, ``failed``),
+    the last step it had completed."""
+    key = keys.operation_metrics
+    pipe = client.pipeline(transaction=True)
+    pipe.hincrby(key, _SEP.join(("attempts", kind, outcome)), 1)
+    if outcome in ("retried", "failed"):
+        pipe.hincrby(key, _SEP.join(("failures", kind, step_label(failed_after_step))), 1)
+    for bound in OPERATION_DURATION_BUCKETS:
+        if duration_s <= bound:
+            pipe.hincrby(key, _SEP.join(("bucket", kind, repr(bound))), 1)
+    pipe.hincrby(key, _SEP.join(("count", kind)), 1)
+    pipe.hincrbyfloat(key, _SEP.join(("sum", kind)), duration_s)
+    pipe.execute()
+
+
+@dataclass(frozen=True)
+class OperationStats:
+    """The operation hash, parsed: counters by (kind, outcome) and (kind, step), and one
+    duration histogram per kind."""
+
+    attempts: dict[tuple[str, str], int] = field(default_factory=dict)
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    buckets: dict[str, dict[float, int]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_redis(cls, raw: Mapping[bytes | str, bytes | str]) -> OperationStats:
+        stats = cls()
+        for k, v in raw.items():
+            parts = _text(k).split(_SEP)
+            value = _text(v)
+            if parts[0] == "attempts" and len(parts) == 3:
+                stats.attempts[(parts[1], parts[2])] = int(value)
+            elif parts[0] == "failures" and len(parts) == 3:
+                stats.failures[(parts[1], parts[2])] = int(value)
+            elif parts[0] == "bucket" and len(parts) == 3:
+                stats.buckets.setdefault(parts[1], {})[float(parts[2])] = int(value)
+            elif parts[0] == "count" and len(parts) == 2:
+                stats.counts[parts[1]] = int(value)
+            elif parts[0] == "sum" and len(parts) == 2:
+                stats.sums[parts[1]] = float(value)
+        return stats
+
+
+def operation_families(
+    stats: OperationStats,
+) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    attempts = CounterMetricFamily(
+        "c3_operation_attempts",
+        "Finished attempts of lifecycle operations, by kind and outcome",
+        labels=["kind", "outcome"],
+    )
+    for (kind, outcome), count in sorted(stats.attempts.items()):
+        attempts.add_metric([kind, outcome], count)
+    yield attempts
+    failures = CounterMetricFamily(
+        "c3_operation_failures",
+        "Failed attempts of lifecycle operations, by kind and the last step they completed",
+        labels=["kind", "step"],
+    )
+    for (kind, step), count in sorted(stats.failures.items()):
+        failures.add_metric([kind, step], count)
+    yield failures
+    duration = HistogramMetricFamily(
+        "c3_operation_duration_seconds",
+        "How long one attempt of a lifecycle operation ran, by kind",
+        labels=["kind"],
+    )
+    for kind, count in sorted(stats.counts.items()):
+        found = stats.buckets.get(kind, {})
+        buckets = [(repr(b), found.get(b, 0)) for b in OPERATION_DURATION_BUCKETS]
+        duration.add_metric([kind], [*buckets, ("+Inf", count)], stats.sums.get(kind, 0.0))
+    yield duration
+
+
 @dataclass(frozen=True)
 class UsageStats:
     dead_lettered: int = 0  # unparseable usage entries parked in <ns>:usage:dead
@@ -141,47 +246,55 @@ class _SnapshotCollector(Collector):
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        reconcile = self._snapshot.reconcile
-        yield CounterMetricFamily(
-            "c3_reconcile_runs", "Reconcile passes finished", value=reconcile.runs
-        )
-        actions = CounterMetricFamily(
-            "c3_reconcile_actions",
-            "Repairs and outcomes of reconcile passes, by action",
-            labels=["action"],
-        )
-        # Every known action, zero included, so rate() works from the first scrape.
-        for action in sorted({a.value for a in ReconcileAction} | set(reconcile.actions)):
-            actions.add_metric([action], reconcile.actions.get(action, 0))
-        yield actions
-        if reconcile.last_run_at is not None:
-            yield GaugeMetricFamily(
-                "c3_reconcile_last_run_timestamp_seconds",
-                "When the last reconcile pass finished (Unix time)",
-                value=reconcile.last_run_at,
-            )
-        if reconcile.last_duration_s is not None:
-            yield GaugeMetricFamily(
-                "c3_reconcile_duration_seconds",
-                "How long the last reconcile pass took",
-                value=reconcile.last_duration_s,
-            )
-        usage = self._snapshot.usage
-        yield CounterMetricFamily(
-            "c3_usage_dead_lettered",
-            "Usage entries the consumer could not parse, parked in the dead-letter stream",
-            value=usage.dead_lettered,
-        )
-        yield CounterMetricFamily(
-            "c3_usage_dead_letter_dropped",
-            "Parked usage entries dropped (oldest first) to keep the dead-letter stream within "
-            "C3_USAGE_DEAD_LETTER_MAX",
-            value=usage.dead_letter_dropped,
-        )
+        yield from reconcile_families(self._snapshot.reconcile)
+        yield from usage_families(self._snapshot.usage)
         yield _by_label("c3_tenants", "Tenants by status", "status", self._snapshot.tenants)
         yield _by_label(
             "c3_operations", "Lifecycle operations by state", "state", self._snapshot.operations
         )
+
+
+def reconcile_families(
+    reconcile: ReconcileStats,
+) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    yield CounterMetricFamily(
+        "c3_reconcile_runs", "Reconcile passes finished", value=reconcile.runs
+    )
+    actions = CounterMetricFamily(
+        "c3_reconcile_actions",
+        "Repairs and outcomes of reconcile passes, by action",
+        labels=["action"],
+    )
+    # Every known action, zero included, so rate() works from the first scrape.
+    for action in sorted({a.value for a in ReconcileAction} | set(reconcile.actions)):
+        actions.add_metric([action], reconcile.actions.get(action, 0))
+    yield actions
+    if reconcile.last_run_at is not None:
+        yield GaugeMetricFamily(
+            "c3_reconcile_last_run_timestamp_seconds",
+            "When the last reconcile pass finished (Unix time)",
+            value=reconcile.last_run_at,
+        )
+    if reconcile.last_duration_s is not None:
+        yield GaugeMetricFamily(
+            "c3_reconcile_duration_seconds",
+            "How long the last reconcile pass took",
+            value=reconcile.last_duration_s,
+        )
+
+
+def usage_families(usage: UsageStats) -> Iterator[CounterMetricFamily]:
+    yield CounterMetricFamily(
+        "c3_usage_dead_lettered",
+        "Usage entries the consumer could not parse, parked in the dead-letter stream",
+        value=usage.dead_lettered,
+    )
+    yield CounterMetricFamily(
+        "c3_usage_dead_letter_dropped",
+        "Parked usage entries dropped (oldest first) to keep the dead-letter stream within "
+        "C3_USAGE_DEAD_LETTER_MAX",
+        value=usage.dead_letter_dropped,
+    )
 
 
 def _by_label(
@@ -198,3 +311,36 @@ def exposition(snapshot: PlatformSnapshot) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snapshot))
     return generate_latest(registry)
+
+
+# Synapse's own metrics --------------------------------------------------------------------
+
+
+def synapse_metrics_address(upstream: str, fixed_port: int | None) -> str:
+    """``host:port`` of the metrics listener of the homeserver at ``upstream`` (a route's
+    base URL): ``fixed_port`` on the same host (C3_SYNAPSE_METRICS_PORT, where every
+    homeserver has an address of its own), else the client port + 1 (the local backend)."""
+    parts = urlsplit(upstream)
+    port = fixed_port if fixed_port is not None else (parts.port or 80) + 1
+    host = parts.hostname or ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def homeserver_targets(routes: Iterable[Route], fixed_port: int | None) -> list[dict[str, Any]]:
+    """Prometheus HTTP service discovery (``http_sd_configs``): one target group per active
+    tenant, labelled with the tenant's slug, id and server name."""
+    seen: dict[str, Route] = {}
+    for route in routes:
+        if route.status == "active":
+            seen.setdefault(route.tenant_id, route)
+    return [
+        {
+            "targets": [synapse_metrics_address(route.upstream, fixed_port)],
+            "labels": {
+                "tenant": route.slug,
+                "tenant_id": route.tenant_id,
+                "server_name": route.server_name,
+            },
+        }
+        for route in sorted(seen.values(), key=lambda r: r.slug)
+    ]

@@ -50,6 +50,12 @@ class RedisKeys:
         (platform_core.metrics)."""
         return f"{self.namespace}:metrics:usage"
 
+    @property
+    def operation_metrics(self) -> str:
+        """Hash: lifecycle operation attempts, failures and durations by kind
+        (platform_core.metrics)."""
+        return f"{self.namespace}:metrics:operations"
+
     def tenant_lease(self, tenant_id: str) -> str:
         return f"{self.namespace}:lease:tenant:{tenant_id}"
 

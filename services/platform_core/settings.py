@@ -255,6 +255,17 @@ class Settings(BaseSettings):
         return v.rstrip("/")
 
     # --- end of logs and client readiness -----------------------------------------------
+    # --- Observability (metrics) -------------------------------------------------------
+    # The proxy's and the worker's Prometheus endpoints: a listener of their own (GET /metrics
+    # on host:port), never the proxy's public port. Unset: no metrics listener.
+    proxy_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    proxy_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+    # Every tenant's Synapse serves its own metrics on a `metrics` listener at this port
+    # (the kubernetes backend: 9000, the container's metrics port). Unset: the homeserver's
+    # client port + 1 (the local backend allocates both).
+    synapse_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("base_domain")
     @classmethod
@@ -316,6 +327,11 @@ class Settings(BaseSettings):
             )
         if self.api_port == self.proxy_port and self.api_host == self.proxy_host:
             raise ValueError("C3_API_PORT and C3_PROXY_PORT must differ")
+        if self.proxy_metrics_port is not None and self.proxy_metrics_port == self.proxy_port:
+            raise ValueError(
+                "C3_PROXY_METRICS_PORT must differ from C3_PROXY_PORT: tenants' clients must "
+                "never reach the platform's metrics"
+            )
         return self
 
     # Derived values -------------------------------------------------------------------

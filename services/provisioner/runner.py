@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable
 
 import redis
 from celery import Task
+from sqlalchemy.exc import SQLAlchemyError
 
-from platform_core import lifecycle
+from platform_core import lifecycle, metrics
 from platform_core import operation_history as history
 from platform_core.db import task_session
 from platform_core.lifecycle import Outcome
@@ -73,15 +75,18 @@ def run_operation(task: Task, operation_id: str, body: Body) -> None:
         attempt = _begin_attempt(op_id, settings.operation_max_attempts)
         if attempt is None:
             return
+        began = time.monotonic()
         try:
             with lease.kept_alive():
                 body(ctx, op_id, lease)
         except Exception as exc:  # noqa: BLE001 — the exception's type decides what follows
-            delay = _after_failed_attempt(op_id, attempt, exc, settings)
+            outcome, delay = _after_failed_attempt(op_id, attempt, exc, settings)
+            _measure(ctx, body, outcome, time.monotonic() - began, op_id)
             if delay is None:
                 return
             raise task.retry(countdown=delay, max_retries=None) from None
         _transition(op_id, lifecycle.succeed)
+        _measure(ctx, body, "succeeded", time.monotonic() - began, None)
         log.info("operation %s (%s of tenant %s) succeeded", op_id, body.__name__, tenant_id)
     finally:
         _release(lease)
@@ -89,23 +94,47 @@ def run_operation(task: Task, operation_id: str, body: Body) -> None:
 
 def _after_failed_attempt(
     op_id: uuid.UUID, attempt: int, exc: Exception, settings: Settings
-) -> float | None:
-    """Record what the failed attempt leads to; the delay before the next one, if any."""
+) -> tuple[str, float | None]:
+    """Record what the failed attempt leads to; that outcome (a ``metrics.OPERATION_OUTCOMES``
+    name) and the delay before the next attempt, if any."""
     outcome = lifecycle.outcome_of(exc)
     if outcome is Outcome.SUPERSEDE:
         _transition(op_id, lambda op: lifecycle.supersede(op, str(exc)))
-        return None
+        return "superseded", None
     if outcome is Outcome.FAIL:
         _fail(op_id, str(exc))
-        return None
+        return "failed", None
     detail = exc.detail if hasattr(exc, "detail") else f"{type(exc).__name__}: {exc}"
     log.warning("operation %s attempt %d failed: %s", op_id, attempt, detail)
     if attempt >= settings.operation_max_attempts:
         _fail(op_id, f"gave up after {attempt} attempts: {detail}")
-        return None
+        return "failed", None
     delay = backoff_seconds(attempt, settings)
     _transition(op_id, lambda op: lifecycle.schedule_retry(op, detail, delay))
-    return delay
+    return "retried", delay
+
+
+def _measure(
+    ctx: steps.Context, body: Body, outcome: str, duration_s: float, failed: uuid.UUID | None
+) -> None:
+    """Count the attempt in the operation metrics (``failed``: the operation whose attempt
+    failed, to name the last step it completed). Best effort: metrics never fail an operation."""
+    try:
+        last_step = None
+        if failed is not None:
+            with task_session() as session:
+                op = repository.get_operation(session, failed)
+                last_step = op.steps_done[-1] if op is not None and op.steps_done else None
+        metrics.record_operation_attempt(
+            ctx.redis,
+            ctx.keys,
+            kind=body.__name__,
+            outcome=outcome,
+            duration_s=duration_s,
+            failed_after_step=last_step,
+        )
+    except (redis.RedisError, SQLAlchemyError, OSError) as exc:
+        log.warning("operation metrics not recorded (%s)", type(exc).__name__)
 
 
 def _begin_attempt(op_id: uuid.UUID, max_attempts: int) -> int | None:

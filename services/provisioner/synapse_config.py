@@ -123,6 +123,11 @@ class HomeserverSpec:
     # Where the homeserver pushes the platform application service's transactions
     # (platform_core.appservice.receiver_url); None: no application service (stand-ins).
     appservice_url: str | None = None
+    # Synapse's own Prometheus metrics, on a listener of their own that only the platform
+    # reaches (the local backend: the client port + 1 on loopback; kubernetes: 9000 on the
+    # pod, C3_SYNAPSE_METRICS_PORT); None: no metrics listener.
+    metrics_port: int | None = None
+    metrics_bind_address: str | None = None  # None: bind_address
 
 
 def effective_limits(plan_limits: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +181,7 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
         "ip_range_blacklist": list(OUTBOUND_BLOCKED_NETWORKS),
         "ip_range_whitelist": list(spec.outbound_allowed_networks),
         "serve_server_wellknown": False,
-        "enable_metrics": False,
+        "enable_metrics": spec.metrics_port is not None,
         "max_upload_size": str(effective_max_upload_bytes(limits, spec.settings)),
         "rc_message": _rate(limits["rc_message_per_second"], limits["rc_message_burst"]),
         "rc_login": {
@@ -194,6 +199,15 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
             "per_issuer": _rate(limits["rc_invites_per_second"], limits["rc_invites_burst"]),
         },
     }
+    if spec.metrics_port is not None:
+        config["listeners"].append(
+            {
+                "port": spec.metrics_port,
+                "bind_addresses": [spec.metrics_bind_address or spec.bind_address],
+                "type": "metrics",
+                "tls": False,
+            }
+        )
     if limits.get("max_mau"):
         config["limit_usage_by_mau"] = True
         config["max_mau_value"] = int(limits["max_mau"])

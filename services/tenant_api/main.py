@@ -22,6 +22,7 @@ from tenant_api.exports.endpoints import router as exports_router
 from tenant_api.invoices.endpoints import router as invoices_router
 from tenant_api.kit.repository import ping_database
 from tenant_api.metrics.endpoints import router as metrics_router
+from tenant_api.metrics.latency import LatencyMiddleware
 from tenant_api.middleware import (
     BodyLimitMiddleware,
     IdempotencyMiddleware,
@@ -79,6 +80,8 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=get_settings().api_max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    # Outermost: its time includes every other middleware's.
+    app.add_middleware(LatencyMiddleware)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

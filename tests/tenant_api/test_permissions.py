@@ -114,6 +114,7 @@ MATRIX: dict[str, dict[str, Cell]] = {
     "DELETE /v1/tenants/{tenant_id}/contexts/{ref}/participants/{participant_id}": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
     "POST /v1/tenants/{tenant_id}/contexts/{ref}/close": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
     "POST /v1/tenants/{tenant_id}/contexts/{ref}/messages": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "GET /metrics/homeservers": row(["ok", "403", "403", "403", "403", "401", "401"]),
 }  # fmt: skip
 # Open to everyone by design: sign-in, token revocation, health.
 PUBLIC = {"POST /v1/auth/token", "POST /v1/auth/revoke", "GET /healthz"}

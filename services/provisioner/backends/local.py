@@ -60,15 +60,22 @@ class LocalBackend(Backend):
     # Backend ---------------------------------------------------------------------------
 
     def allocate_port(self, taken: set[int]) -> int:
+        """A free client port whose next port (Synapse's metrics listener,
+        ``synapse_metrics_address``) is free too; neither is another homeserver's pair."""
         for _ in range(50):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.bind((self.bind, 0))
                 port = sock.getsockname()[1]
-            if port not in taken:
+            clashes = {port - 1, port, port + 1} & taken
+            if not clashes and port < 65535 and self._bindable(port + 1):
                 return port
-        raise TemporaryError("no free loopback port found for the homeserver")
+        raise TemporaryError("no free loopback port pair found for the homeserver")
 
     def port_is_free(self, port: int) -> bool:
+        """The client port and the metrics port after it are both free."""
+        return self._bindable(port) and self._bindable(port + 1)
+
+    def _bindable(self, port: int) -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -87,6 +94,7 @@ class LocalBackend(Backend):
             server_name=target.server_name,
             public_baseurl=target.public_baseurl,
             port=target.port,
+            metrics_port=target.port + 1,
             bind_address=self.bind,
             data_dir=self.tenant_dir(target.tenant_id),
             limits=target.limits,

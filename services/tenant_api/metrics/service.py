@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from platform_core.errors import TemporaryError
 from platform_core.metrics import PlatformSnapshot, ReconcileStats, UsageStats
 from platform_core.redis import keys_for
+from platform_core.routes import Route, read_routes
 from platform_core.settings import Settings
 from tenant_api.metrics.repository import MetricsRepository
 
@@ -30,3 +31,15 @@ async def snapshot(session: AsyncSession, settings: Settings) -> PlatformSnapsho
         operations=await MetricsRepository(session).operations_by_state(),
         usage=UsageStats.from_redis(usage),
     )
+
+
+async def published_routes(settings: Settings) -> list[Route]:
+    """Every route in the route table (each tenant under its host and slug, possibly more)."""
+    try:
+        async with aioredis.from_url(settings.require_redis_url()) as client:
+            table = await read_routes(client, keys_for(settings))
+    except (aioredis.RedisError, OSError) as exc:
+        raise TemporaryError(
+            f"homeserver targets unavailable: Redis is not reachable ({type(exc).__name__})"
+        ) from exc
+    return list(table.values())
