@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from homeserver_proxy import errors
+from homeserver_proxy import confinement, errors
 from homeserver_proxy.proxy_metrics import REFUSAL_REASONS, ProxyMetrics, RouteClass, route_class
 
 
@@ -38,6 +38,8 @@ def test_every_refusal_has_a_counted_reason() -> None:
         errors.rate_limited(100),
         errors.too_many_in_flight(),
         errors.bad_framing("Missing Host header"),
+        errors.spool_full(),
+        confinement._forbidden("look up other users' profiles"),
     ]
     assert {e.reason for e in refusals} == set(REFUSAL_REASONS)
     assert errors.upstream_unavailable().reason == "upstream_unavailable"
