@@ -22,8 +22,8 @@ ARG PG_MAJOR=15
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE} AS builder
 ARG PYTHON
-ENV DEBIAN_FRONTEND=noninteractive \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ARG DEBIAN_FRONTEND=noninteractive
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
@@ -65,11 +65,7 @@ RUN --mount=type=secret,id=pip_ca \
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE} AS runtime
 ARG PG_MAJOR
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG CREATED=unknown
-
-ENV DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive
 # tini as PID 1 (reaps Synapse and Celery children, forwards signals); the PostgreSQL client of
 # PG_MAJOR for the worker's tenant database dumps (pg_dump) and the restore instructions
 # (pg_restore) of an export.
@@ -91,6 +87,17 @@ ENV PATH=/opt/c3/bin:/usr/lib/postgresql/${PG_MAJOR}/bin:/usr/local/sbin:/usr/lo
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8
 
+WORKDIR /var/lib/c3
+USER 10001:10001
+# 8000: c3 api; 8080: c3 proxy.
+EXPOSE 8000 8080
+ENTRYPOINT ["/usr/bin/tini", "--", "c3"]
+CMD ["--help"]
+
+# Last, so that a new revision or build time rebuilds nothing but this metadata.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
 LABEL org.opencontainers.image.title="c3" \
       org.opencontainers.image.description="C3 platform: tenant API, metering proxy, provisioning worker, beat and migrations (c3 api|proxy|worker|beat|migrate)" \
       org.opencontainers.image.version="${VERSION}" \
@@ -99,10 +106,3 @@ LABEL org.opencontainers.image.title="c3" \
       org.opencontainers.image.vendor="C3" \
       org.opencontainers.image.licenses="NOASSERTION" \
       org.opencontainers.image.documentation="docs/image.md"
-
-WORKDIR /var/lib/c3
-USER 10001:10001
-# 8000: c3 api; 8080: c3 proxy.
-EXPOSE 8000 8080
-ENTRYPOINT ["/usr/bin/tini", "--", "c3"]
-CMD ["--help"]

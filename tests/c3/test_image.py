@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -126,8 +127,8 @@ def test_nothing_secret_is_copied_and_the_context_is_an_allowlist() -> None:
             assert not re.search(r"\.c3|\.env|secret|\.pem|\.key|token", source), source
 
 
-def chart_containers() -> list[dict]:
-    containers = []
+def chart_containers() -> list[dict[str, Any]]:
+    containers: list[dict[str, Any]] = []
     for template in sorted(TEMPLATES.glob("*.yaml")):
         # Template lines are not YAML; the container blocks are, once the {{ }} lines are gone.
         text = "\n".join(
