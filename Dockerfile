@@ -10,10 +10,9 @@
 # tenant databases of PostgreSQL 15 or older; platform and tenant PostgreSQL must be <= 15 for
 # the worker's dumps (pass --build-arg PG_MAJOR=16.. with a base that ships that client).
 
-# A Python 3.11 on Debian bookworm. The registry default is pinned to a patch release; pin the
-# digest too in a release build (--build-arg BASE=python:3.11.14-slim-bookworm@sha256:...).
-# scripts/build_image passes a debootstrapped bookworm (its python3 is 3.11) instead.
-ARG BASE=python:3.11.14-slim-bookworm
+# A Python 3.11 on Debian bookworm, pinned to a patch release and its multi-platform index
+# digest. scripts/build_image passes a debootstrapped bookworm (its python3 is 3.11) instead.
+ARG BASE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 # The base's interpreter: python3.11 is on PATH in both the registry image
 # (/usr/local/bin) and Debian (/usr/bin).
 ARG PYTHON=python3.11
