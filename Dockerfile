@@ -25,6 +25,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
 
 # Debian's python3 has no ensurepip until python3-venv is installed; the registry image has it.
 RUN if ! ${PYTHON} -c 'import ensurepip, venv' 2>/dev/null; then \
@@ -33,8 +34,6 @@ RUN if ! ${PYTHON} -c 'import ensurepip, venv' 2>/dev/null; then \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && ${PYTHON} -m venv /opt/c3
-
-WORKDIR /src
 
 # The dependencies first (their own layer: rebuilt only when pyproject.toml or the lock
 # change): the runtime dependencies of pyproject.toml at the versions requirements.lock pins.
@@ -47,11 +46,11 @@ RUN --mount=type=secret,id=pip_ca \
     && /opt/c3/bin/pip install -q --constraint requirements.lock --requirement /tmp/runtime-requirements.txt
 
 # Then C3 itself, as a wheel (which carries alembic.ini and migrations/ as platform_core/_alembic).
+# The context is what .dockerignore allows: pyproject.toml, requirements.lock, README.md,
+# alembic.ini, migrations/, services/ (one COPY: every step is a full layer copy on vfs).
 # Bytecode for everything, checked by hash, not mtime: valid whatever timestamps the copy into
 # the runtime stage gives, and nothing needs writing at run time (read-only root).
-COPY README.md alembic.ini ./
-COPY migrations ./migrations
-COPY services ./services
+COPY . ./
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
     && /opt/c3/bin/pip wheel -q --no-deps --wheel-dir /tmp/dist . \
@@ -65,19 +64,9 @@ RUN --mount=type=secret,id=pip_ca \
 FROM ${BASE} AS runtime
 ARG PG_MAJOR
 ARG DEBIAN_FRONTEND=noninteractive
-# tini as PID 1 (reaps Synapse and Celery children, forwards signals); the PostgreSQL client of
-# PG_MAJOR for the worker's tenant database dumps (pg_dump) and the restore instructions
-# (pg_restore) of an export.
-RUN apt-get update -q \
-    && apt-get install -y -q --no-install-recommends tini ca-certificates "postgresql-client-${PG_MAJOR}" \
-    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/* /var/log/apt /var/log/dpkg.log \
-    && groupadd --gid 10001 c3 \
-    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin c3 \
-    && install -d -o 10001 -g 10001 -m 0700 /var/lib/c3
-
-COPY --from=builder /opt/c3 /opt/c3
-
-# The version's own pg_dump first (Debian's /usr/bin/pg_dump is a wrapper that picks a version).
+# Metadata first, the heavy layers last: with buildah's vfs driver every step after them would
+# copy the whole filesystem again.
+# The version's own pg_dump first on PATH (Debian's /usr/bin/pg_dump is a version wrapper).
 ENV PATH=/opt/c3/bin:/usr/lib/postgresql/${PG_MAJOR}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp \
     TMPDIR=/tmp \
@@ -85,13 +74,26 @@ ENV PATH=/opt/c3/bin:/usr/lib/postgresql/${PG_MAJOR}/bin:/usr/local/sbin:/usr/lo
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8
-
-WORKDIR /var/lib/c3
-USER 10001:10001
 # 8000: c3 api; 8080: c3 proxy.
 EXPOSE 8000 8080
 ENTRYPOINT ["/usr/bin/tini", "--", "c3"]
 CMD ["--help"]
+WORKDIR /var/lib/c3
+
+# tini as PID 1 (reaps Synapse and Celery children, forwards signals); the PostgreSQL client of
+# PG_MAJOR for the worker's tenant database dumps (pg_dump) and the restore instructions
+# (pg_restore) of an export; user and group c3 = 10001, owning only the data directory.
+RUN apt-get update -q \
+    && apt-get install -y -q --no-install-recommends tini ca-certificates "postgresql-client-${PG_MAJOR}" \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/* /var/log/apt /var/log/dpkg.log \
+    && groupadd --gid 10001 c3 \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin c3 \
+    && chown 10001:10001 /var/lib/c3 \
+    && chmod 0700 /var/lib/c3
+USER 10001:10001
+
+# Root-owned and read-only for the c3 user.
+COPY --from=builder /opt/c3 /opt/c3
 
 # Last, so that a new revision or build time rebuilds nothing but this metadata.
 ARG VERSION=0.1.0
