@@ -5,10 +5,11 @@
 # Build here with buildah and a Debian base made with debootstrap:   scripts/build_image
 #
 # Runs as UID/GID 10001 on a read-only root filesystem: the only writable paths it uses are
-# HOME=/tmp, TMPDIR=/tmp and C3_DATA_DIR=/var/lib/c3, which the chart mounts as volumes.
+# HOME=/tmp, TMPDIR=/tmp and C3_DATA_DIR=/var/lib/c3, volumes where a role writes (the chart:
+# /tmp everywhere, /var/lib/c3 on worker and beat).
 # pg_dump/pg_restore are PostgreSQL 15's (Debian bookworm's postgresql-client-15): they dump
-# tenant databases of PostgreSQL 15 or older; platform and tenant PostgreSQL must be <= 15 for
-# the worker's dumps (pass --build-arg PG_MAJOR=16.. with a base that ships that client).
+# databases of PostgreSQL 15 or older, so the server holding tenant databases must be <= 15
+# for exports and deletion archives (PG_MAJOR=16.. needs a base that ships that client).
 
 # A Python 3.11 on Debian bookworm, pinned to a patch release and its multi-platform index
 # digest. scripts/build_image passes a debootstrapped bookworm (its python3 is 3.11) instead.
