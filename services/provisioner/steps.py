@@ -128,6 +128,7 @@ def target_for(ctx: Context, tenant: Tenant, plan: Plan, hs: Homeserver) -> Home
         setting_secrets=_setting_secrets(ctx, tenant),
         database=tenant_databases.synapse_database(ctx.settings, hs.database_name, hs_secrets),
         outbound_allowed_networks=tuple(str(n) for n in ctx.settings.outbound_allowed_networks),
+        plan_code=plan.code,
     )
 
 

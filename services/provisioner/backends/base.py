@@ -41,6 +41,7 @@ class HomeserverTarget:
     database: dict[str, Any] | None = None
     # C3_OUTBOUND_ALLOWED_NETWORKS: internal networks the homeserver may still reach.
     outbound_allowed_networks: tuple[str, ...] = ()
+    plan_code: str = ""  # the tenant's plan (labels the tenant's Kubernetes objects)
 
 
 class Backend(abc.ABC):
