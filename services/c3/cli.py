@@ -51,6 +51,21 @@ def _require_migrated() -> None:
         raise typer.Exit(2) from None
 
 
+def _require_backend() -> None:
+    """Refuse to start a service that runs homeservers when the configured backend cannot
+    work (C3_BACKEND=kubernetes without cluster access or without C3_TENANT_DATABASE_URL):
+    a clear message now, rather than tenants failing one by one."""
+    from platform_core.errors import PermanentError
+    from platform_core.settings import get_settings
+    from provisioner.steps import make_backend
+
+    try:
+        make_backend(get_settings())
+    except PermanentError as exc:
+        typer.echo(f"c3: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _keep_our_logging() -> None:
     """Tell Celery the logging is configured already (ours, above), so it changes nothing."""
     from celery.signals import setup_logging
@@ -64,6 +79,7 @@ def up() -> None:
     from c3.local_run import run_local
 
     _logging()
+    _require_backend()
     raise typer.Exit(run_local())
 
 
@@ -150,6 +166,7 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
 
     _logging()
     _require_migrated()
+    _require_backend()
     # Beat applies usage every second: per-task "received"/"succeeded" lines would drown the
     # log. Tasks log what matters themselves (tenant active, operation failed, ...).
     for chatty in ("celery.app.trace", "celery.worker.strategy"):
@@ -176,6 +193,7 @@ def beat() -> None:
     from platform_core.settings import get_settings
 
     _logging()
+    _require_backend()
     _keep_our_logging()
     schedule = get_settings().data_path / "celerybeat-schedule"
     schedule.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

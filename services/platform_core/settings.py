@@ -186,7 +186,6 @@ class Settings(BaseSettings):
 
     # --- end of the Kubernetes backend's settings -------------------------------------------
 
-
     @field_validator("base_domain")
     @classmethod
     def _domain_lower(cls, v: str) -> str:

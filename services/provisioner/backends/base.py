@@ -109,3 +109,15 @@ class Backend(abc.ABC):
     def purge_archives(self, tenant_id: str, *, older_than: datetime | None = None) -> int:
         """Delete the tenant's archives (all, or those made before ``older_than``); returns
         how many. Idempotent."""
+
+    def export_files(self, tenant_id: str, into: Path) -> Path | None:
+        """A directory with the homeserver's ``homeserver.yaml``, ``signing.key`` and
+        ``media_store/`` for an export: its data directory, or (when the worker cannot read that)
+        what the backend can copy into ``into``. None: the homeserver has none."""
+        return self.data_dir(tenant_id)
+
+    def drift(self, target: HomeserverTarget) -> list[str]:
+        """What someone changed of the homeserver's deployment since it was applied (the next
+        ``render``/``start`` repairs it), for the reconciler's record; [] when nothing did or
+        the backend cannot tell."""
+        return []

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightkube.core.resource import NamespacedResource
 from lightkube.models.apps_v1 import StatefulSetSpec
 from lightkube.models.core_v1 import (
     Capabilities,
@@ -115,6 +114,17 @@ DEFAULT_CPU_MILLICORES = 1000
 DEFAULT_MEMORY_MIB = 1024
 DEFAULT_STORAGE_GIB = 10
 
+TenantObject = (
+    Namespace
+    | ResourceQuota
+    | LimitRange
+    | NetworkPolicy
+    | Secret
+    | ConfigMap
+    | Service
+    | StatefulSet
+)
+
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -167,7 +177,7 @@ class TenantManifests:
     limit_range: LimitRange
     stateful_set: StatefulSet
 
-    def in_order(self) -> list[Namespace | NamespacedResource]:
+    def in_order(self) -> list[TenantObject]:
         return [
             self.namespace,
             self.resource_quota,

@@ -165,18 +165,7 @@ class LocalBackend(Backend):
         return str(final)
 
     def purge_archives(self, tenant_id: str, *, older_than: datetime | None = None) -> int:
-        purged = 0
-        # Data archives, and dumps of the tenant's PostgreSQL database (tenant_databases).
-        paths = [
-            *self.archive_root.glob(f"{tenant_id}-*.tar.gz"),
-            *self.archive_root.glob(f"{tenant_id}-*.pgdump"),
-        ]
-        for path in paths:
-            made = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            if older_than is None or made < older_than:
-                path.unlink(missing_ok=True)
-                purged += 1
-        return purged
+        return purge_archive_files(self.archive_root, tenant_id, older_than=older_than)
 
     def data_dir(self, tenant_id: str) -> Path:
         return self.tenant_dir(tenant_id)
@@ -199,7 +188,7 @@ class LocalBackend(Backend):
         # database or the SQLite file in its data directory.
         section = yaml.safe_load(config.read_text()).get("database") or {}
         if section.get("name") == "psycopg2":
-            return _postgres_usage_counts(section["args"])
+            return postgres_usage_counts(section["args"])
         database = Path(section.get("args", {}).get("database", ""))
         if not database.is_file():
             return None
@@ -240,7 +229,26 @@ class LocalBackend(Backend):
         return pid
 
 
-def _postgres_usage_counts(args: dict[str, Any]) -> dict[str, int] | None:
+def purge_archive_files(
+    archive_root: Path, tenant_id: str, *, older_than: datetime | None = None
+) -> int:
+    """Delete the tenant's archives in ``archive_root`` (all, or those made before
+    ``older_than``); returns how many."""
+    purged = 0
+    # Data archives, and dumps of the tenant's PostgreSQL database (tenant_databases).
+    paths = [
+        *archive_root.glob(f"{tenant_id}-*.tar.gz"),
+        *archive_root.glob(f"{tenant_id}-*.pgdump"),
+    ]
+    for path in paths:
+        made = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        if older_than is None or made < older_than:
+            path.unlink(missing_ok=True)
+            purged += 1
+    return purged
+
+
+def postgres_usage_counts(args: dict[str, Any]) -> dict[str, int] | None:
     """Usage from the tenant's PostgreSQL database, as the tenant's own role, read-only."""
     params = {k: v for k, v in args.items() if not k.startswith("cp_")}  # Synapse pool options
     with psycopg.connect(**params, connect_timeout=10) as conn:

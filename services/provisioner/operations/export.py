@@ -4,10 +4,12 @@ the export ready for download."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -28,27 +30,33 @@ def export(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
     """Make the export's archive unless it exists, then mark the export ready. A redelivered
     task finds the finished archive (it is renamed into place only when complete) and makes
     no second one."""
-    with task_session() as session:
-        row = _export_of(session, op_id)
-        if row.state is ExportState.READY:
-            return
-        if row.state is ExportState.EXPIRED:
-            raise PermanentError("this export expired already")
-        row.state = ExportState.PENDING  # a failed export that an operator retried
-        loaded = load(session, op_id)
-        tenant = loaded.tenant
-        if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
-            raise Superseded(f"a {tenant.status.value} tenant cannot be exported")
-        source = _source(ctx, tenant, loaded.homeserver_or_none, row.id)
-    final = exports.archive_path(ctx.settings, source.export_id)
-    if not final.exists():
-        exports.build_archive(
-            source,
-            final,
-            admin_url=ctx.settings.tenant_database_url,
-            synapse_version=exports.synapse_version(ctx.settings.synapse_python),
-            keep_alive=_renewer(lease),
-        )
+    # A backend whose files the worker cannot read copies what it can into scratch.
+    scratch_root = exports.exports_dir(ctx.settings)
+    scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_root, prefix=".work-") as scratch:
+        with task_session() as session:
+            row = _export_of(session, op_id)
+            if row.state is ExportState.READY:
+                return
+            if row.state is ExportState.EXPIRED:
+                raise PermanentError("this export expired already")
+            row.state = ExportState.PENDING  # a failed export that an operator retried
+            loaded = load(session, op_id)
+            tenant = loaded.tenant
+            if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
+                raise Superseded(f"a {tenant.status.value} tenant cannot be exported")
+            source = _source(
+                ctx, tenant, loaded.homeserver_or_none, row.id, Path(scratch) / "homeserver"
+            )
+        final = exports.archive_path(ctx.settings, source.export_id)
+        if not final.exists():
+            exports.build_archive(
+                source,
+                final,
+                admin_url=ctx.settings.tenant_database_url,
+                synapse_version=exports.synapse_version(ctx.settings.synapse_python),
+                keep_alive=_renewer(lease),
+            )
     size, digest = exports.file_digest(final)
     with task_session() as session:
         row = _export_of(session, op_id)
@@ -68,11 +76,15 @@ def _export_of(session: Session, op_id: uuid.UUID) -> TenantExport:
 
 
 def _source(
-    ctx: steps.Context, tenant: Tenant, hs: Homeserver | None, export_id: uuid.UUID
+    ctx: steps.Context,
+    tenant: Tenant,
+    hs: Homeserver | None,
+    export_id: uuid.UUID,
+    scratch: Path,
 ) -> exports.ExportSource:
-    data_dir = ctx.backend.data_dir(str(tenant.id))
+    data_dir = ctx.backend.export_files(str(tenant.id), scratch)
     if data_dir is None:
-        raise PermanentError(f"exports are not available on the {ctx.backend.name} backend")
+        raise PermanentError("the tenant's homeserver has no files to export (not deployed)")
     if hs is None or hs.secrets_encrypted is None:
         raise PermanentError("the tenant has no homeserver to export")
     homeserver_secrets = ctx.box.decrypt_json(hs.secrets_encrypted)
