@@ -1,0 +1,45 @@
+"""Test-only: resolve Kubernetes Service names to the kubelet stand-in's loopback addresses.
+
+Put this directory first on a subprocess's PYTHONPATH together with KUBE_FAKE_HOSTS_FILE (the
+JSON map {"synapse.c3-t-<id>.svc.cluster.local": "127.0.x.y"} the stand-in keeps current);
+Python imports ``sitecustomize`` at start-up and this patches ``socket.getaddrinfo`` for the
+names in the map (re-read when it changes). Nothing here ships in services/."""
+
+import json
+import os
+import socket
+
+_HOSTS_FILE = os.environ.get("KUBE_FAKE_HOSTS_FILE", "")
+_original_getaddrinfo = socket.getaddrinfo
+_cache: dict = {"mtime": None, "hosts": {}}
+
+
+def _hosts() -> dict:
+    try:
+        mtime = os.stat(_HOSTS_FILE).st_mtime_ns
+    except OSError:
+        return {}
+    if mtime != _cache["mtime"]:
+        try:
+            with open(_HOSTS_FILE) as file:
+                _cache["hosts"] = json.load(file)
+            _cache["mtime"] = mtime
+        except (OSError, ValueError):
+            pass
+    return _cache["hosts"]
+
+
+def _getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+    if isinstance(host, bytes):
+        name = host.decode("ascii", "replace")
+    else:
+        name = host
+    if isinstance(name, str):
+        mapped = _hosts().get(name.lower().rstrip("."))
+        if mapped:
+            host = mapped
+    return _original_getaddrinfo(host, *args, **kwargs)
+
+
+if _HOSTS_FILE:
+    socket.getaddrinfo = _getaddrinfo
