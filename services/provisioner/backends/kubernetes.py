@@ -306,7 +306,7 @@ class KubernetesBackend(Backend):
             return str(existing[-1]) if existing else None
         archived = existing[-1] if existing else None
         if current.metadata is None or current.metadata.deletionTimestamp is None:
-            archived = self._archive_objects(tenant_id, namespace)
+            archived = self._archive_objects(tenant_id)
             try:
                 self._call(
                     f"delete namespace {namespace}", self.client.delete, Namespace, namespace
@@ -316,14 +316,12 @@ class KubernetesBackend(Backend):
         self._wait_namespace_gone(namespace)
         return str(archived) if archived else None
 
-    def _archive_objects(self, tenant_id: str, namespace: str) -> Path:
-        files: dict[str, bytes] = {}
-        config = self._get(ConfigMap, manifests.CONFIG_MAP, namespace)
-        for name, text in ((config.data or {}) if config else {}).items():
-            files[f"config/{name}"] = text.encode()
-        secret = self._get(Secret, manifests.SECRET, namespace)
-        for name, encoded in ((secret.data or {}) if secret else {}).items():
-            files[f"secrets/{name}"] = base64.b64decode(encoded)
+    def _archive_objects(self, tenant_id: str) -> Path:
+        config, secret_files = self._deployed_files(tenant_id)
+        files = {
+            **{f"config/{name}": text.encode() for name, text in config.items()},
+            **{f"secrets/{name}": data for name, data in secret_files.items()},
+        }
         self.archive_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         final = self.archive_root / f"{tenant_id}-{stamp}.tar.gz"
@@ -358,36 +356,36 @@ class KubernetesBackend(Backend):
         return []  # homeservers in the cluster outlive the platform process that started them
 
     def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
-        secret = self._get(Secret, manifests.SECRET, manifests.namespace_name(tenant_id))
-        encoded = (secret.data or {}).get("secrets.yaml") if secret else None
-        if not encoded:
+        config, secret_files = self._deployed_files(tenant_id)
+        section = (yaml.safe_load(config.get("homeserver.yaml", "")) or {}).get("database") or {}
+        password = secret_files.get(manifests.DATABASE_PASSWORD_KEY)
+        if section.get("name") != "psycopg2" or password is None:
             return None
-        section = (yaml.safe_load(base64.b64decode(encoded)) or {}).get("database") or {}
-        if section.get("name") != "psycopg2":
-            return None
-        return postgres_usage_counts(section["args"])
+        return postgres_usage_counts({**section["args"], "password": password.decode()})
+
+    def _deployed_files(self, tenant_id: str) -> tuple[dict[str, str], dict[str, bytes]]:
+        """The ConfigMap's and the Secret's files as the cluster holds them ({} if absent)."""
+        namespace = manifests.namespace_name(tenant_id)
+        config = self._get(ConfigMap, manifests.CONFIG_MAP, namespace)
+        secret = self._get(Secret, manifests.SECRET, namespace)
+        return (
+            dict((config.data or {}) if config else {}),
+            {k: base64.b64decode(v) for k, v in ((secret.data or {}) if secret else {}).items()},
+        )
 
     def data_dir(self, tenant_id: str) -> None:
         return None  # on the pod's volume: not files this worker can read
 
     def export_files(self, tenant_id: str, into: Path) -> Path | None:
-        """``homeserver.yaml`` as Synapse reads it (the ConfigMap's, with the Secret's options
-        merged in, as its two --config-path do), ``signing.key`` and an empty ``media_store``:
-        media stays on the pod's volume."""
-        namespace = manifests.namespace_name(tenant_id)
-        config = self._get(ConfigMap, manifests.CONFIG_MAP, namespace)
-        secret = self._get(Secret, manifests.SECRET, namespace)
-        if config is None or secret is None:
+        """``homeserver.yaml`` (the ConfigMap's: it holds no secret, only paths to them),
+        ``signing.key`` and an empty ``media_store``: media stays on the pod's volume."""
+        config, secret_files = self._deployed_files(tenant_id)
+        if "homeserver.yaml" not in config or "signing.key" not in secret_files:
             return None
-        secret_files = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-        merged = {
-            **(yaml.safe_load(secret_files.get("secrets.yaml", b"")) or {}),
-            **(yaml.safe_load((config.data or {}).get("homeserver.yaml", "")) or {}),
-        }
         into.mkdir(mode=0o700, parents=True, exist_ok=True)
         (into / "media_store").mkdir(mode=0o700, exist_ok=True)
-        write_private(into / "homeserver.yaml", yaml.safe_dump(merged, sort_keys=True))
-        write_private(into / "signing.key", secret_files.get("signing.key", b""))
+        write_private(into / "homeserver.yaml", config["homeserver.yaml"])
+        write_private(into / "signing.key", secret_files["signing.key"])
         return into
 
     def archive_dir(self) -> Path:

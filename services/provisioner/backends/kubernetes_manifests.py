@@ -5,13 +5,15 @@ the same objects are applied by ``provisioner.backends.kubernetes``, validated o
 Kubernetes schemas by the tests, and counted by the benchmark. ``homeserver.yaml`` comes from the
 same renderer as the local backend's (``provisioner.synapse_config``), laid out for the pod:
 config under ``/config`` (ConfigMap), secrets under ``/secrets`` (Secret), data under ``/data``
-(the StatefulSet's volume claim). The options that hold secrets are not in the ConfigMap: they
-go to ``/secrets/secrets.yaml``, which Synapse reads first (several ``--config-path`` merge).
+(the StatefulSet's volume claim). No secret is in the ConfigMap: each is a file of the Secret
+that ``homeserver.yaml`` names with Synapse's ``*_path`` options, and the database password
+reaches libpq as ``PGPASSWORD`` from the Secret.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import re
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from lightkube.models.core_v1 import (
     Container,
     ContainerPort,
     EmptyDirVolumeSource,
+    EnvVar,
+    EnvVarSource,
     HTTPGetAction,
     LimitRangeItem,
     LimitRangeSpec,
@@ -39,6 +43,7 @@ from lightkube.models.core_v1 import (
     ResourceQuotaSpec,
     ResourceRequirements,
     SeccompProfile,
+    SecretKeySelector,
     SecretVolumeSource,
     SecurityContext,
     ServicePort,
@@ -96,18 +101,16 @@ LAYOUT = FileLayout(
     log_file=None,  # standard error: the pod's log
 )
 CONFIG_PATH = "/config/homeserver.yaml"
-SECRETS_CONFIG_PATH = "/secrets/secrets.yaml"
 
-# Options of homeserver.yaml that hold a secret (top-level keys: Synapse merges several config
-# files key by key, so a whole section moves, e.g. ``database`` with its password).
-SECRET_OPTIONS = (
+# Synapse options holding a secret → the Secret's file that holds it instead (``<option>_path``).
+SECRET_FILE_OPTIONS = (
     "registration_shared_secret",
     "macaroon_secret_key",
     "form_secret",
-    "database",
     "turn_shared_secret",
-    "oidc_providers",
 )
+OIDC_CLIENT_SECRET_FILE = "oidc_client_secret"
+DATABASE_PASSWORD_KEY = "database_password"
 
 # Plans without these limits get these (the homeserver pod's requests/limits, its volume).
 DEFAULT_CPU_MILLICORES = 1000
@@ -200,7 +203,8 @@ def labels(settings: Settings, target: HomeserverTarget) -> dict[str, str]:
 
 
 def homeserver_files(target: HomeserverTarget) -> tuple[dict[str, str], dict[str, str]]:
-    """The ConfigMap's files and the Secret's files, rendered by the local backend's code."""
+    """The ConfigMap's files and the Secret's files, rendered by the local backend's code;
+    every secret value moved from ``homeserver.yaml`` to a file of its own."""
     spec = HomeserverSpec(
         server_name=target.server_name,
         public_baseurl=target.public_baseurl,
@@ -214,15 +218,22 @@ def homeserver_files(target: HomeserverTarget) -> tuple[dict[str, str], dict[str
         outbound_allowed_networks=target.outbound_allowed_networks,
         layout=LAYOUT,
     )
-    config = render_homeserver_config(spec, target.secrets)
-    secret_options = {key: config.pop(key) for key in SECRET_OPTIONS if key in config}
+    # A copy: the rendered config shares dicts with the target (its database section).
+    config = copy.deepcopy(render_homeserver_config(spec, target.secrets))
+    secret_files = {"signing.key": target.secrets.signing_key + "\n"}
+    for option in SECRET_FILE_OPTIONS:
+        if option in config:
+            secret_files[option] = str(config.pop(option))
+            config[f"{option}_path"] = str(LAYOUT.secrets_dir / option)
+    for provider in config.get("oidc_providers") or []:
+        secret_files[OIDC_CLIENT_SECRET_FILE] = str(provider.pop("client_secret"))
+        provider["client_secret_path"] = str(LAYOUT.secrets_dir / OIDC_CLIENT_SECRET_FILE)
+    database_args = (config.get("database") or {}).get("args") or {}
+    if "password" in database_args:
+        secret_files[DATABASE_PASSWORD_KEY] = str(database_args.pop("password"))
     config_files = {
         "homeserver.yaml": yaml.safe_dump(config, sort_keys=True),
         "log.yaml": yaml.safe_dump(render_log_config(LAYOUT.log_file), sort_keys=True),
-    }
-    secret_files = {
-        "secrets.yaml": yaml.safe_dump(secret_options, sort_keys=True),
-        "signing.key": target.secrets.signing_key + "\n",
     }
     return config_files, secret_files
 
@@ -315,7 +326,18 @@ def _stateful_set(
         # Synapse itself, not the image's start.py (which rewrites files and switches users):
         # the root filesystem stays read-only and the pod never needs root.
         command=["python", "-m", "synapse.app.homeserver"],
-        args=["--config-path", SECRETS_CONFIG_PATH, "--config-path", CONFIG_PATH],
+        args=["--config-path", CONFIG_PATH],
+        # libpq reads the database password from the environment: not in any config file.
+        env=[
+            EnvVar(
+                name="PGPASSWORD",
+                valueFrom=EnvVarSource(
+                    secretKeyRef=SecretKeySelector(
+                        name=SECRET, key=DATABASE_PASSWORD_KEY, optional=True
+                    )
+                ),
+            )
+        ],
         ports=[ContainerPort(name="client", containerPort=PORT, protocol="TCP")],
         # Migrations on a large database may take minutes: up to 10 before liveness applies.
         startupProbe=_health_probe(period_s=5, failures=120),

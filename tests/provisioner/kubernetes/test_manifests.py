@@ -117,7 +117,15 @@ def test_no_secret_is_in_the_config_map_and_synapse_reads_both_files(tmp_path: P
     for text in config.values():
         for value in everything_secret:
             assert value not in text
-    assert set(secret) == {"secrets.yaml", "signing.key"}
+    assert set(secret) == {
+        "signing.key",
+        "registration_shared_secret",
+        "macaroon_secret_key",
+        "form_secret",
+        "turn_shared_secret",
+        "oidc_client_secret",
+        "database_password",
+    }
 
     # Paths only under the pod's three mounts.
     homeserver = yaml.safe_load(config["homeserver.yaml"])
@@ -135,14 +143,21 @@ def test_no_secret_is_in_the_config_map_and_synapse_reads_both_files(tmp_path: P
             (tmp_path / mount / name).write_text(text)
     (tmp_path / "data").mkdir()
     container = built.stateful_set.spec.template.spec.containers[0]  # type: ignore[union-attr]
-    args = [a.replace("/config/", f"{tmp_path}/config/").replace("/secrets/", f"{tmp_path}/secrets/")
-            for a in container.args or []]  # fmt: skip
-    assert (container.args or [])[-2:] == ["--config-path", "/config/homeserver.yaml"]
-    loaded = HomeServerConfig.load_config("c3", args)
-    assert loaded.database.databases[0].config["args"]["password"] == SECRETS.database_password
+    assert container.args == ["--config-path", "/config/homeserver.yaml"]
+    [password] = container.env or []
+    assert password.name == "PGPASSWORD" and password.valueFrom is not None
+    assert password.valueFrom.secretKeyRef is not None
+    assert password.valueFrom.secretKeyRef.key == "database_password"
+    loaded = HomeServerConfig.load_config(
+        "c3", ["--config-path", str(tmp_path / "config" / "homeserver.yaml")]
+    )
+    assert loaded.registration.registration_shared_secret == SECRETS.registration_shared_secret
     assert loaded.key.macaroon_secret_key == SECRETS.macaroon_secret_key.encode()
-    assert [p.idp_id for p in loaded.oidc.oidc_providers] == ["oidc"]
+    assert loaded.key.form_secret == SECRETS.form_secret
+    [provider] = loaded.oidc.oidc_providers
+    assert provider.client_secret == SETTING_SECRETS["oidc_client_secret"]
     assert loaded.voip.turn_shared_secret == SETTING_SECRETS["turn_shared_secret"]
+    assert "password" not in loaded.database.databases[0].config["args"]
 
 
 def test_the_pod_is_pinned_hardened_probed_and_sized_from_the_plan() -> None:
