@@ -404,8 +404,10 @@ class KubernetesBackend(Backend):
             )
         except (ApiError, httpx2.HTTPError):
             lines = []  # no log (yet), or the API server keeps none
-        log = " | ".join(line.strip() for line in lines if line.strip())
-        return (seen.describe() + (f"; log: {log}" if log else ""))[-500:]
+        # The last lines that say something (Synapse frames its start-up errors in ****).
+        said = [line.strip() for line in lines if line.strip().strip("*")][-3:]
+        log = " | ".join(said)[-240:]
+        return seen.describe()[:260] + (f"; log: {log}" if log else "")
 
     def drift(self, target: HomeserverTarget) -> list[str]:
         """What differs in the cluster from what was applied (before re-applying repairs it):
