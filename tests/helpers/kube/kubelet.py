@@ -32,8 +32,9 @@ POD, STATEFULSET, EVENT, PVC = (
 CONFIGMAP, SECRET, SERVICE = (TYPES_BY_KIND[k] for k in ("ConfigMap", "Secret", "Service"))
 KUBELET = "kubelet"
 CONTROLLER = "kube-controller-manager"
-# Variables of the test process that a pod must not inherit.
-_NOT_INHERITED = ("KUBECONFIG", "KUBE_FAKE_HOSTS_FILE", "PYTHONPATH")
+# Variables of the test process that a pod must not inherit (the resolver is for platform
+# processes; a pod is "in the cluster").
+_NOT_INHERITED = ("KUBECONFIG", "KUBE_FAKE_HOSTS_FILE")
 
 
 class MountError(Exception):
@@ -271,9 +272,11 @@ class Kubelet:
             runtime.backoff_until = time.monotonic() + 1.0
             self._event(runtime, "FailedMount", "Warning", str(error))
             return
-        env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+        env = _inherited_env()
         env.update(self._container_env(runtime.namespace, container))
-        with runtime.log_path.open("ab") as log:
+        if runtime.log_path.exists():  # like `kubectl logs --previous`: the last run's log
+            runtime.log_path.replace(runtime.root / "previous.log")
+        with runtime.log_path.open("wb") as log:
             runtime.process = subprocess.Popen(
                 command,
                 stdout=log,
@@ -598,9 +601,9 @@ class Kubelet:
             owner = self.store.find(STATEFULSET, runtime.namespace, runtime.statefulset) or {}
             headless = (owner.get("spec") or {}).get("serviceName")
             if headless:
-                hosts[f"{runtime.name}.{headless}.{runtime.namespace}.svc.{self.cluster_domain}"] = (
-                    self.pod_ip(runtime.namespace)
-                )
+                hosts[
+                    f"{runtime.name}.{headless}.{runtime.namespace}.svc.{self.cluster_domain}"
+                ] = self.pod_ip(runtime.namespace)
         if hosts != self._hosts or not self.hosts_file.exists():
             temporary = self.hosts_file.with_suffix(".tmp")
             temporary.write_text(json.dumps(hosts, indent=1, sort_keys=True))
@@ -623,11 +626,22 @@ class Kubelet:
                 return runtime.process
         return None
 
-    def log_of(self, namespace: str, pod: str) -> str | None:
-        for runtime in self.pods.values():
-            if (runtime.namespace, runtime.name) == (namespace, pod) and runtime.log_path.exists():
-                return runtime.log_path.read_text(errors="replace")
+    def log_of(self, namespace: str, pod: str, *, previous: bool = False) -> str | None:
+        """The output of the pod's current (or previous) run of its container."""
+        for runtime in list(self.pods.values()):
+            if (runtime.namespace, runtime.name) != (namespace, pod):
+                continue
+            path = runtime.root / "previous.log" if previous else runtime.log_path
+            return path.read_text(errors="replace") if path.exists() else ""
         return None
+
+
+def _inherited_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    resolver = str(Path(__file__).parent / "resolve")
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != resolver]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
 
 
 def _probe_of(container: Obj) -> tuple[str, int]:

@@ -110,7 +110,7 @@ def list_body(rtype: ResourceType, revision: int, items: list[Obj]) -> Obj:
 class Api:
     """Turns one parsed request into a store call; returns (HTTP status, body)."""
 
-    def __init__(self, store: Store, log_of_pod: Callable[[str, str], str | None]) -> None:
+    def __init__(self, store: Store, log_of_pod: Callable[..., str | None]) -> None:
         self.store = store
         self.log_of_pod = log_of_pod
 
@@ -123,10 +123,13 @@ class Api:
         body: bytes,
         agent: str,
     ) -> tuple[int, Any]:
+        if query.get("dryRun") and method != "GET":
+            # Refused rather than silently persisted: nothing here implements dry runs.
+            raise bad_request("dryRun is not supported by the in-memory API server")
         if target.subresource == "scale" and target.rtype.scale:
             return self._scale(method, target, query, content_type, body, agent)
         if target.subresource == "log" and target.rtype.kind == "Pod" and method == "GET":
-            return self._log(target)
+            return self._log(target, query)
         if target.subresource not in ("", "status"):
             raise ApiStatus(404, "NotFound", "the server could not find the requested resource")
         handler = {
@@ -247,8 +250,17 @@ class Api:
     def _delete(
         self, target: Target, query: dict[str, str], content_type: str, body: bytes, agent: str
     ) -> tuple[int, Any]:
-        name = self._named(target)
-        return 200, self.store.delete(target.rtype, target.namespace, name)
+        if target.name is None:  # deletecollection
+            _, items = self.store.list_objects(
+                target.rtype,
+                target.namespace,
+                query.get("labelSelector"),
+                query.get("fieldSelector"),
+            )
+            for item in items:
+                self.store.delete(target.rtype, target.namespace, item["metadata"]["name"])
+            return 200, list_body(target.rtype, self.store.revision, items)
+        return 200, self.store.delete(target.rtype, target.namespace, target.name)
 
     def _scale(
         self,
@@ -289,10 +301,17 @@ class Api:
         )
         return 200, scale_of(updated)
 
-    def _log(self, target: Target) -> tuple[int, Any]:
+    def _log(self, target: Target, query: dict[str, str]) -> tuple[int, Any]:
+        """The container's output (``previous``, ``tailLines``; ``follow`` ends at once)."""
         name = self._named(target)
         self.store.get(target.rtype, target.namespace, name)
-        return 200, self.log_of_pod(target.namespace or "", name) or ""
+        previous = query.get("previous") in ("true", "1")
+        text = self.log_of_pod(target.namespace or "", name, previous=previous) or ""
+        tail = query.get("tailLines")
+        if tail and tail.isdigit():
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(tail) :]) if int(tail) else ""
+        return 200, text
 
     @staticmethod
     def _named(target: Target) -> str:

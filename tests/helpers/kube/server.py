@@ -153,8 +153,9 @@ class KubeApiServer:
     def pod_process(self, namespace: str, pod: str = "synapse-0") -> Any:
         return self.kubelet.process_of(namespace, pod)
 
-    def pod_log(self, namespace: str, pod: str = "synapse-0") -> str:
-        return self.kubelet.log_of(namespace, pod) or ""
+    def pod_log(self, namespace: str, pod: str = "synapse-0", *, previous: bool = False) -> str:
+        """What the pod's current (or previous) run printed."""
+        return self.kubelet.log_of(namespace, pod, previous=previous) or ""
 
     def address_of(self, namespace: str) -> str:
         """The loopback address the namespace's Services and pods have."""

@@ -413,10 +413,11 @@ class Store:
     ) -> Obj:
         with self.lock:
             self._settle()
-            body = self._checked_body(rtype, namespace, body, name=name)
             key = self._key(rtype, namespace, name)
             stored = self._existing(rtype, key, name)
-            self._check_version(rtype, stored, body, name)
+            if isinstance(body, dict):
+                self._check_version(rtype, stored, body, name)
+            body = self._checked_body(rtype, namespace, body, name=name)
             new = copy.deepcopy(body)
             for meta in _SERVER_METADATA + ("deletionTimestamp",):
                 if meta in stored.obj["metadata"]:
