@@ -37,6 +37,7 @@ def backend(tmp_path: Path) -> KubernetesBackend:
         kube_settings(
             data_dir=str(tmp_path),
             tenant_database_url=DATABASE_URL or "postgresql://unused@127.0.0.1/postgres",
+            kubernetes_database_cidr=os.environ.get("C3_KUBERNETES_DATABASE_CIDR", "10.0.0.5/32"),
             kubernetes_platform_namespace=os.environ.get(
                 "C3_TEST_CLUSTER_PLATFORM_NAMESPACE", "c3"
             ),
