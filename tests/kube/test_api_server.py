@@ -27,6 +27,13 @@ from tests.helpers.kube.tenant import tenant_objects
 from tests.helpers.platform import poll
 
 MANAGER = "c3"
+UVLOOP_LOOKUP = """
+import asyncio, uvloop
+async def main():
+    found = await asyncio.get_running_loop().getaddrinfo("web.shop.svc.cluster.local", 8008)
+    print(found[0][4][0])
+uvloop.run(main())
+"""
 
 
 @pytest.fixture
@@ -168,6 +175,23 @@ def test_errors_are_status_objects_like_the_real_server(
     assert unauthenticated.json()["reason"] == "Unauthorized"
 
 
+def test_watch_resumes_from_a_listed_resource_version(client: Client) -> None:
+    client.apply(Namespace(metadata=ObjectMeta(name="team")))
+    client.apply(config_map("settings", "team", mode="a"))
+    listed = client.list(ConfigMap, namespace="team")
+    assert [c.metadata.name for c in listed] == ["settings"]
+    since = listed.resourceVersion
+    client.apply(config_map("settings", "team", mode="b"))
+    client.delete(ConfigMap, "settings", namespace="team")
+
+    seen = []
+    for kind, obj in client.watch(ConfigMap, namespace="team", resource_version=since):
+        seen.append((kind, obj.metadata.name, (obj.data or {}).get("mode")))
+        if kind == "DELETED":
+            break
+    assert seen == [("MODIFIED", "settings", "b"), ("DELETED", "settings", "b")]
+
+
 def test_scale_subresource_moves_replicas_to_its_manager(client: Client) -> None:
     client.apply(Namespace(metadata=ObjectMeta(name="team")))
     # Not a tenant namespace: the kubelet stand-in leaves it alone.
@@ -249,6 +273,14 @@ def test_a_subprocess_resolves_service_names_through_the_map(
         return run.stdout.strip() if run.returncode == 0 else None
 
     assert poll(resolved, timeout=10, what="the Service name to resolve") == address
+    # Under uvloop too (uvicorn's loop for the API and the proxy), which resolves via libuv.
+    on_uvloop = subprocess.run(
+        [sys.executable, "-c", UVLOOP_LOOKUP],
+        env=kube.with_resolver({"PATH": "/usr/bin:/bin"}),
+        capture_output=True,
+        text=True,
+    )
+    assert on_uvloop.stdout.strip() == address, on_uvloop.stderr
     # Without the resolver on its path, the name means nothing (nothing test-only ships).
     plain = subprocess.run(
         [sys.executable, "-c", lookup],
@@ -265,7 +297,12 @@ def ready_replicas(client: Client, namespace: str) -> int:
 
 
 def synapse_container(client: Client, namespace: str):  # noqa: ANN201 -- a lightkube model
-    pod = client.get(Pod, "synapse-0", namespace=namespace)
+    try:
+        pod = client.get(Pod, "synapse-0", namespace=namespace)
+    except ApiError as error:
+        if error.status.code == 404:  # not made yet (or being replaced)
+            return None
+        raise
     statuses = (pod.status.containerStatuses or []) if pod.status else []
     return statuses[0] if statuses else None
 
@@ -372,3 +409,14 @@ def test_a_pod_with_a_broken_config_crash_loops_with_backoff_events(
         return tail if "yaml" in tail and "Error" in tail else None
 
     poll(logged_error, timeout=30, what="the crash's traceback in the pod log")
+
+    # A deleted pod is replaced by a new one (the StatefulSet's job), its count starting over.
+    first_uid = client.get(Pod, "synapse-0", namespace=namespace).metadata.uid
+    client.delete(Pod, "synapse-0", namespace=namespace)
+
+    def replaced() -> bool:
+        pod = kube.get("Pod", namespace, "synapse-0")
+        return pod is not None and pod["metadata"]["uid"] != first_uid
+
+    poll(replaced, timeout=30, what="a new synapse-0 pod")
+    assert restarts() < 2

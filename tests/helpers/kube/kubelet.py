@@ -32,9 +32,9 @@ POD, STATEFULSET, EVENT, PVC = (
 CONFIGMAP, SECRET, SERVICE = (TYPES_BY_KIND[k] for k in ("ConfigMap", "Secret", "Service"))
 KUBELET = "kubelet"
 CONTROLLER = "kube-controller-manager"
-# Variables of the test process that a pod must not inherit (the resolver is for platform
-# processes; a pod is "in the cluster").
-_NOT_INHERITED = ("KUBECONFIG", "KUBE_FAKE_HOSTS_FILE")
+# A pod does not get the test process's cluster credentials.
+_NOT_INHERITED = ("KUBECONFIG",)
+RESOLVE_DIR = Path(__file__).parent / "resolve"
 
 
 class MountError(Exception):
@@ -272,7 +272,7 @@ class Kubelet:
             runtime.backoff_until = time.monotonic() + 1.0
             self._event(runtime, "FailedMount", "Warning", str(error))
             return
-        env = _inherited_env()
+        env = _pod_env(self.hosts_file)
         env.update(self._container_env(runtime.namespace, container))
         if runtime.log_path.exists():  # like `kubectl logs --previous`: the last run's log
             runtime.log_path.replace(runtime.root / "previous.log")
@@ -597,7 +597,7 @@ class Kubelet:
                 f"{name}.{namespace}",
             ):
                 hosts[host] = ip
-        for runtime in self.pods.values():
+        for runtime in list(self.pods.values()):
             owner = self.store.find(STATEFULSET, runtime.namespace, runtime.statefulset) or {}
             headless = (owner.get("spec") or {}).get("serviceName")
             if headless:
@@ -614,14 +614,16 @@ class Kubelet:
 
     def kill(self, namespace: str, pod: str = "synapse-0") -> int:
         """SIGKILL the pod's process (a crash): the stand-in restarts it with back-off."""
-        runtime = next(r for r in self.pods.values() if (r.namespace, r.name) == (namespace, pod))
+        runtime = next(
+            r for r in list(self.pods.values()) if (r.namespace, r.name) == (namespace, pod)
+        )
         assert runtime.process is not None, f"{namespace}/{pod} has no running process"
         pid = runtime.process.pid
         os.kill(pid, signal.SIGKILL)
         return pid
 
     def process_of(self, namespace: str, pod: str = "synapse-0") -> subprocess.Popen[bytes] | None:
-        for runtime in self.pods.values():
+        for runtime in list(self.pods.values()):
             if (runtime.namespace, runtime.name) == (namespace, pod):
                 return runtime.process
         return None
@@ -636,11 +638,13 @@ class Kubelet:
         return None
 
 
-def _inherited_env() -> dict[str, str]:
+def _pod_env(hosts_file: Path) -> dict[str, str]:
+    """The test process's environment, without its kubeconfig, and with the name resolver:
+    in a cluster, a pod resolves Service names (e.g. a database Service) too."""
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
-    resolver = str(Path(__file__).parent / "resolve")
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != resolver]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(RESOLVE_DIR)]
+    env["PYTHONPATH"] = os.pathsep.join([str(RESOLVE_DIR), *paths])
+    env["KUBE_FAKE_HOSTS_FILE"] = str(hosts_file)
     return env
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import socket
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.kube.kubelet import Kubelet
+from tests.helpers.kube.kubelet import RESOLVE_DIR, Kubelet
 from tests.helpers.kube.rest import (
     Api,
     KubeHttpServer,
@@ -22,7 +23,6 @@ from tests.helpers.kube.rest import (
 )
 from tests.helpers.kube.store import TYPES_BY_KIND, Obj, Store
 
-RESOLVE_DIR = Path(__file__).parent / "resolve"
 HOSTS_FILE_VARIABLE = "KUBE_FAKE_HOSTS_FILE"
 
 
@@ -105,11 +105,14 @@ class KubeApiServer:
     def start(self) -> KubeApiServer:
         self._thread.start()
         self.kubelet.start()
+        # Synapses run in their own sessions: stop them even if the block is never left.
+        atexit.register(self.kubelet.stop)
         return self
 
     def stop(self) -> None:
         self.state.stopping.set()
         self.kubelet.stop()
+        atexit.unregister(self.kubelet.stop)
         self.http.shutdown()
         self.http.server_close()
 

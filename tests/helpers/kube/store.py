@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import re
 import threading
 import time
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import jsonschema
 import kubernetes_validate.utils as schema_check
+from referencing import Registry, Resource
 
 Obj = dict[str, Any]
 Path = tuple[str, ...]
@@ -152,9 +155,9 @@ def field_paths(obj: Obj) -> set[Path]:
     for key, value in obj.items():
         if key in ("apiVersion", "kind", "metadata", "status"):
             continue
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty map owns nothing (others' keys stay)
             paths.update((key, sub) for sub in value)
-        else:
+        elif value is not None:
             paths.add((key,))
     return paths
 
@@ -615,13 +618,13 @@ class Store:
         checked["metadata"] = {
             k: v for k, v in body["metadata"].items() if k not in _SERVER_METADATA
         }
-        try:
-            schema_check.validate(checked, self.kubernetes_version, strict=True)
-        except schema_check.ValidationError as error:
+        validator = _validator(rtype.kind, rtype.api_version, self.kubernetes_version)
+        error = (
+            jsonschema.exceptions.best_match(validator.iter_errors(checked)) if validator else None
+        )
+        if error is not None:
             where = ".".join(str(p) for p in error.path) or "<root>"
-            raise invalid(rtype, name, [("FieldValueInvalid", where, error.message)]) from None
-        except schema_check.SchemaNotFoundError:
-            pass
+            raise invalid(rtype, name, [("FieldValueInvalid", where, error.message)])
         self._check_semantics(rtype, name, body)
 
     @staticmethod
@@ -868,6 +871,23 @@ class Store:
         self.history.append(WatchEvent(self.revision, kind, rtype, copy.deepcopy(obj)))
         del self.history[:-5000]
         self.changed.notify_all()
+
+
+@functools.lru_cache(maxsize=64)
+def _validator(kind: str, api_version: str, version: str) -> Any:
+    """kubernetes-validate's strict schema for ``kind`` (what its ``validate`` loads from disk
+    on every call, built once here: the schemas are megabytes of JSON)."""
+    wanted = schema_check.major_minor(version)
+    newest = [v for v in schema_check.all_versions() if schema_check.major_minor(v) <= wanted][-1]
+    directory = f"kubernetes-json-schema/v{newest}-local-strict"
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    try:
+        schema = schema_check.schema_contents(f"{directory}/{kind.lower()}-{group}.json", version)
+    except FileNotFoundError:
+        return None
+    definitions = schema_check.schema_contents(f"{directory}/_definitions.json", version)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
 
 
 def _content(obj: Obj) -> Obj:

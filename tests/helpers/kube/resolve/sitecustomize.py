@@ -2,8 +2,10 @@
 
 Put this directory first on a subprocess's PYTHONPATH together with KUBE_FAKE_HOSTS_FILE (the
 JSON map {"synapse.c3-t-<id>.svc.cluster.local": "127.0.x.y"} the stand-in keeps current);
-Python imports ``sitecustomize`` at start-up and this patches ``socket.getaddrinfo`` for the
-names in the map (re-read when it changes). Nothing here ships in services/."""
+Python imports ``sitecustomize`` at start-up and this patches ``socket.getaddrinfo`` — and
+uvloop's ``Loop.getaddrinfo``, which resolves through libuv, not the socket module (uvicorn runs
+the API and the proxy on uvloop) — for the names in the map, re-read when it changes. Nothing
+here ships in services/."""
 
 import json
 import os
@@ -29,16 +31,28 @@ def _hosts() -> dict:
     return _cache["hosts"]
 
 
-def _getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
-    if isinstance(host, bytes):
-        name = host.decode("ascii", "replace")
-    else:
-        name = host
+def _mapped(host):  # type: ignore[no-untyped-def]
+    name = host.decode("ascii", "replace") if isinstance(host, bytes) else host
     if isinstance(name, str):
-        mapped = _hosts().get(name.lower().rstrip("."))
-        if mapped:
-            host = mapped
-    return _original_getaddrinfo(host, *args, **kwargs)
+        return _hosts().get(name.lower().rstrip(".")) or host
+    return host
+
+
+def _getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+    return _original_getaddrinfo(_mapped(host), *args, **kwargs)
+
+
+def _patch_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    original = uvloop.Loop.getaddrinfo
+
+    async def getaddrinfo(self, host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return await original(self, _mapped(host), *args, **kwargs)
+
+    uvloop.Loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
 
 
 def _patch_uvloop() -> None:
