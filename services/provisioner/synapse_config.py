@@ -95,12 +95,12 @@ class FileLayout:
     secrets_dir: Path  # signing.key
     data_dir: Path  # media_store/, the pid file, the SQLite database if any
     log_config_name: str = "log.config"
-    # Where Synapse writes its log; None: standard error (a pod's log, read by the platform).
-    log_file: Path | None = None
+    # Where Synapse writes its log file; None: standard error (a pod's log, read by the platform).
+    log_dir: Path | None = None
 
     @classmethod
     def single_directory(cls, directory: Path) -> FileLayout:
-        return cls(directory, directory, directory, log_file=directory / "homeserver.log")
+        return cls(directory, directory, directory, log_dir=directory)
 
 
 @dataclass(frozen=True)
@@ -292,18 +292,19 @@ def _oidc_config(settings: dict[str, Any], secrets_: dict[str, str]) -> dict[str
     return {"oidc_providers": [provider]}
 
 
-def render_log_config(log_file: Path | None) -> dict[str, Any]:
-    """Synapse's logging: a rotated file (local), or standard error (a pod's log)."""
+def render_log_config(log_dir: Path | None) -> dict[str, Any]:
+    """Synapse's logging: a rotated ``homeserver.log`` in ``log_dir`` (local), or standard
+    error when None (a pod's log)."""
     handler: dict[str, Any] = {
         "class": "logging.StreamHandler",
         "formatter": "precise",
         "filters": ["context"],
     }
-    if log_file is not None:
+    if log_dir is not None:
         handler = {
             "class": "logging.handlers.RotatingFileHandler",
             "formatter": "precise",
-            "filename": str(log_file),
+            "filename": str(log_dir / "homeserver.log"),
             "maxBytes": 10 * 1024 * 1024,
             "backupCount": 3,
             "filters": ["context"],
@@ -341,7 +342,7 @@ def write_homeserver_files(spec: HomeserverSpec, hs_secrets: HomeserverSecrets) 
     spec.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (spec.data_dir / "media_store").mkdir(mode=0o700, exist_ok=True)
     config = yaml.safe_dump(render_homeserver_config(spec, hs_secrets), sort_keys=True)
-    log_config = yaml.safe_dump(render_log_config(spec.files.log_file), sort_keys=True)
+    log_config = yaml.safe_dump(render_log_config(spec.files.log_dir), sort_keys=True)
     changed = write_if_changed(spec.data_dir / "homeserver.yaml", config)
     changed |= write_if_changed(spec.data_dir / "log.config", log_config)
     changed |= write_if_changed(spec.data_dir / "signing.key", hs_secrets.signing_key + "\n")

@@ -98,7 +98,7 @@ LAYOUT = FileLayout(
     secrets_dir=Path("/secrets"),
     data_dir=Path("/data"),
     log_config_name="log.yaml",
-    log_file=None,  # standard error: the pod's log
+    log_dir=None,  # standard error: the pod's log
 )
 CONFIG_PATH = "/config/homeserver.yaml"
 
@@ -233,7 +233,7 @@ def homeserver_files(target: HomeserverTarget) -> tuple[dict[str, str], dict[str
         secret_files[DATABASE_PASSWORD_KEY] = str(database_args.pop("password"))
     config_files = {
         "homeserver.yaml": yaml.safe_dump(config, sort_keys=True),
-        "log.yaml": yaml.safe_dump(render_log_config(LAYOUT.log_file), sort_keys=True),
+        "log.yaml": yaml.safe_dump(render_log_config(LAYOUT.log_dir), sort_keys=True),
     }
     return config_files, secret_files
 
