@@ -55,24 +55,6 @@ def _patch_uvloop() -> None:
     uvloop.Loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
 
 
-def _patch_uvloop() -> None:
-    """uvloop resolves in libuv, not through socket.getaddrinfo: the proxy (loop="uvloop") and
-    the API (uvicorn's default loop) would miss the map without this."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    original = uvloop.Loop.getaddrinfo
-
-    async def getaddrinfo(self, host, *args, **kwargs):  # type: ignore[no-untyped-def]
-        name = host.decode("ascii", "replace") if isinstance(host, bytes) else host
-        if isinstance(name, str):
-            host = _hosts().get(name.lower().rstrip("."), host)
-        return await original(self, host, *args, **kwargs)
-
-    uvloop.Loop.getaddrinfo = getaddrinfo
-
-
 if _HOSTS_FILE:
     socket.getaddrinfo = _getaddrinfo
     _patch_uvloop()
