@@ -135,8 +135,9 @@ class KubernetesBackend(Backend):
     # Talking to the API server -----------------------------------------------------------
 
     def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """One API call; an unreachable or failing API server is a temporary error (the step
-        retries), a refusal (4xx but 404/409) a permanent one."""
+        """One API call. Not found (404) is raised as it is, for the caller to decide; an
+        unreachable or failing API server, a conflict or throttling is a temporary error (the
+        step retries); any other refusal a permanent one."""
         try:
             return call(*args, **kwargs)
         except ApiError as exc:
@@ -154,15 +155,12 @@ class KubernetesBackend(Backend):
 
     def _get(self, kind: type[R], name: str, namespace: str | None = None) -> R | None:
         try:
-            return self._call(
-                f"read {kind.__name__} {name}",
-                self.client.get,
-                kind,
-                name,  # type: ignore[no-any-return]
-                namespace=namespace,
+            found: R = self._call(
+                f"read {kind.__name__} {name}", self.client.get, kind, name, namespace=namespace
             )
         except ApiError:
             return None  # 404
+        return found
 
     def apply(self, obj: manifests.TenantObject) -> Any:
         """Server-side apply: our field manager, forcing our own fields back."""
@@ -188,15 +186,14 @@ class KubernetesBackend(Backend):
         host = manifests.service_host(target.tenant_id, self.settings.kubernetes_cluster_domain)
         return f"http://{host}:{manifests.PORT}"
 
-    def manifests(
-        self, target: HomeserverTarget, *, replicas: int = 1
-    ) -> manifests.TenantManifests:
-        return manifests.build(self.settings, target, replicas=replicas)
+    def objects_for(self, target: HomeserverTarget) -> manifests.TenantManifests:
+        """The tenant's objects as this backend applies them (one replica)."""
+        return manifests.build(self.settings, target)
 
     def render(self, target: HomeserverTarget) -> bool:
         """Apply everything but the StatefulSet (``start`` applies it). True when the
         StatefulSet's pod runs with another config than this one."""
-        objects = self.manifests(target)
+        objects = self.objects_for(target)
         for obj in objects.in_order()[:-1]:
             self.apply(obj)
         running = self._get(StatefulSet, manifests.NAME, manifests.namespace_name(target.tenant_id))
@@ -211,7 +208,7 @@ class KubernetesBackend(Backend):
         )
 
     def start(self, target: HomeserverTarget) -> None:
-        self.apply(self.manifests(target).stateful_set)
+        self.apply(self.objects_for(target).stateful_set)
 
     def observe(self, tenant_id: str) -> Observed:
         namespace = manifests.namespace_name(tenant_id)
@@ -414,7 +411,7 @@ class KubernetesBackend(Backend):
         a missing object, edited config or secrets, a StatefulSet scaled by someone else."""
         namespace = manifests.namespace_name(target.tenant_id)
         found: list[str] = []
-        for wanted in self.manifests(target).in_order():
+        for wanted in self.objects_for(target).in_order():
             assert wanted.metadata is not None and wanted.metadata.name is not None
             name = wanted.metadata.name
             current: Any = self._get(
