@@ -71,6 +71,21 @@ def _require_object_store() -> None:
         logging.getLogger("c3").warning("%s; exports and archives fail until it is back", exc)
 
 
+def _require_backend() -> None:
+    """Refuse to start a service that runs homeservers when the configured backend cannot
+    work (C3_BACKEND=kubernetes without cluster access or without C3_TENANT_DATABASE_URL):
+    a clear message now, rather than tenants failing one by one."""
+    from platform_core.errors import PermanentError
+    from platform_core.settings import get_settings
+    from provisioner.steps import make_backend
+
+    try:
+        make_backend(get_settings())
+    except PermanentError as exc:
+        typer.echo(f"c3: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _keep_our_logging() -> None:
     """Tell Celery the logging is configured already (ours, above), so it changes nothing."""
     from celery.signals import setup_logging
@@ -91,6 +106,7 @@ def up() -> None:
     from c3.local_run import run_local
 
     _logging()
+    _require_backend()
     raise typer.Exit(run_local())
 
 
@@ -177,6 +193,9 @@ def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
     from platform_core.celery import celery_app
 
     _logging()
+    # Only the worker runs homeservers, so only it needs the backend (in the chart, only its
+    # pod mounts a service-account token); the API, proxy and beat never check it.
+    _require_backend()
     _require_migrated()
     _require_object_store()
     # Beat applies usage every second: per-task "received"/"succeeded" lines would drown the

@@ -35,6 +35,9 @@ class ReconcileAction(StrEnum):
     HOMESERVER_RESTARTED = "homeserver.restarted"
     HOMESERVER_STOPPED = "homeserver.stopped"
     HOMESERVER_RECONFIGURED = "homeserver.reconfigured"  # config drifted: re-rendered, restarted
+    # Its deployment was changed by someone else (a deleted Service, an edited ConfigMap, ...):
+    # applied again.
+    HOMESERVER_REPAIRED = "homeserver.repaired"
     ROUTE_PUBLISHED = "route.published"
     ROUTE_WITHDRAWN = "route.withdrawn"
     OPERATION_REQUEUED = "operation.requeued"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from enum import StrEnum
 from functools import lru_cache
@@ -266,6 +267,55 @@ class Settings(BaseSettings):
     # (the kubernetes backend: 9000, the container's metrics port). Unset: the homeserver's
     # client port + 1 (the local backend allocates both).
     synapse_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    # --- Kubernetes backend (C3_BACKEND=kubernetes; provisioner/backends/kubernetes.py) -----
+    # Each tenant's Synapse runs in namespace c3-t-<tenant id>; the worker reaches the API
+    # server through KUBECONFIG (or ~/.kube/config) or the pod's service account.
+    # The Synapse image every tenant's StatefulSet pins (the release the suite runs locally).
+    kubernetes_synapse_image: str = "ghcr.io/element-hq/synapse:v1.163.2"
+    # The platform's Helm release: labels tenant objects and selects the proxy and worker pods
+    # that a tenant's NetworkPolicy lets in.
+    kubernetes_release: str = "c3"
+    # Namespace the platform's pods (proxy, worker) run in.
+    kubernetes_platform_namespace: str = "c3"
+    # StorageClass of each tenant's data volume; None: the cluster's default class.
+    kubernetes_storage_class: str | None = None
+    # The only network (besides DNS) a tenant's pod may reach: the tenant database's address,
+    # port 5432 (e.g. 10.0.0.5/32). None: no egress but DNS, so Synapse cannot reach its database.
+    kubernetes_database_cidr: IPv4Network | IPv6Network | None = None
+    kubernetes_cluster_domain: str = "cluster.local"
+
+    @field_validator("kubernetes_release", "kubernetes_platform_namespace")
+    @classmethod
+    def _kubernetes_name(cls, v: str, info: ValidationInfo) -> str:
+        if not cls._is_dns_label(v):
+            raise ValueError(
+                f"C3_{(info.field_name or '').upper()} must be a DNS label (lower-case letters, "
+                f"digits and '-', at most 63 characters): {v!r} is not"
+            )
+        return v
+
+    @field_validator("kubernetes_cluster_domain")
+    @classmethod
+    def _kubernetes_domain(cls, v: str) -> str:
+        v = v.strip().lower().rstrip(".")
+        if not v or not all(cls._is_dns_label(part) for part in v.split(".")):
+            raise ValueError(f"C3_KUBERNETES_CLUSTER_DOMAIN must be a DNS name: {v!r} is not")
+        return v
+
+    @field_validator("kubernetes_synapse_image")
+    @classmethod
+    def _kubernetes_image(cls, v: str) -> str:
+        if not v.strip() or any(c.isspace() for c in v):
+            raise ValueError("C3_KUBERNETES_SYNAPSE_IMAGE must be an image reference")
+        return v
+
+    @staticmethod
+    def _is_dns_label(value: str) -> bool:
+        """An RFC 1123 label, as Kubernetes names namespaces and label values of ours."""
+        return re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value) is not None
+
+    # --- end of the Kubernetes backend's settings -------------------------------------------
 
     @field_validator("base_domain")
     @classmethod

@@ -3,7 +3,8 @@
 Runs at start-up and periodically (beat). For each tenant it takes the tenant's lease (skipping
 tenants another worker is acting on): an active tenant's homeserver is (re)started and its route
 re-published if missing or stale (and its config re-rendered from its plan: a changed config
-restarts it); a suspended tenant's homeserver is kept stopped; a deleted tenant's homeserver is
+restarts it; what someone else changed of its deployment — a deleted Service, an edited
+ConfigMap, a scaled-down StatefulSet on Kubernetes — is applied again); a suspended tenant's homeserver is kept stopped; a deleted tenant's homeserver is
 stopped and its route withdrawn; an operation stuck in pending/running with nobody holding its
 lease (and no retry scheduled) is re-enqueued.
 
@@ -201,8 +202,15 @@ def _reconcile_active(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> No
         steps.ensure_port_usable(session, ctx, hs)
         plan = repository.get_plan(session, tenant.plan_id)
         target = steps.target_for(ctx, tenant, plan, hs)
+    drift = ctx.backend.drift(target)
     was_running = ctx.backend.is_running(str(tenant_id))
     reconfigured = steps.ensure_running(ctx, target)
+    if drift:
+        run.record(
+            ReconcileAction.HOMESERVER_REPAIRED,
+            tenant_id,
+            {"tenant_status": "active", "observed": "; ".join(drift), "desired": "as applied"},
+        )
     if reconfigured:
         run.record(
             ReconcileAction.HOMESERVER_RECONFIGURED,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from urllib.parse import urlsplit
 
@@ -47,10 +46,20 @@ from provisioner.synapse_config import HomeserverSecrets, effective_limits
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class Context:
-    settings: Settings
-    backend: Backend
+    """What a task works with: the settings, and the backend — made on first use, so a
+    backend that cannot be made (no cluster access, say) fails the operation that needs it,
+    with its reason, instead of the task before it could record anything."""
+
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self._backend = backend
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = make_backend(self.settings)
+        return self._backend
 
     @cached_property
     def box(self) -> SecretBox:
@@ -84,6 +93,11 @@ def make_backend(settings: Settings) -> Backend:
             fail=fake.names(settings.fake_backend_fail),
             crash=fake.names(settings.fake_backend_crash),
         )
+    if settings.backend is BackendKind.KUBERNETES:
+        # Imported here: lightkube is needed only where this backend runs.
+        from provisioner.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(settings)
     raise PermanentError(f"backend {settings.backend.value!r} is not available in this build")
 
 
@@ -93,8 +107,7 @@ _context: Context | None = None
 def context() -> Context:
     global _context
     if _context is None:
-        settings = get_settings()
-        _context = Context(settings, make_backend(settings))
+        _context = Context(get_settings())
     return _context
 
 
@@ -142,6 +155,7 @@ def target_for(ctx: Context, tenant: Tenant, plan: Plan, hs: Homeserver) -> Home
         appservice_url=appservice.receiver_url(
             ctx.settings.contexts_receiver_base_url, str(tenant.id)
         ),
+        plan_code=plan.code,
     )
 
 

@@ -107,6 +107,23 @@ class HomeserverSecrets:
 
 
 @dataclass(frozen=True)
+class FileLayout:
+    """Where the homeserver's files are as Synapse sees them. The local backend keeps them all
+    in one directory; a Kubernetes pod mounts config, secrets and data separately."""
+
+    config_dir: Path  # the log config (homeserver.yaml beside it)
+    secrets_dir: Path  # signing.key
+    data_dir: Path  # media_store/, the pid file, the SQLite database if any
+    log_config_name: str = "log.config"
+    # Where Synapse writes its log file; None: standard error (a pod's log, read by the platform).
+    log_dir: Path | None = None
+
+    @classmethod
+    def single_directory(cls, directory: Path) -> FileLayout:
+        return cls(directory, directory, directory, log_dir=directory)
+
+
+@dataclass(frozen=True)
 class HomeserverSpec:
     """What one tenant's homeserver config depends on."""
 
@@ -128,6 +145,11 @@ class HomeserverSpec:
     # pod, C3_SYNAPSE_METRICS_PORT); None: no metrics listener.
     metrics_port: int | None = None
     metrics_bind_address: str | None = None  # None: bind_address
+    layout: FileLayout | None = None  # None: everything in data_dir (the local backend)
+
+    @property
+    def files(self) -> FileLayout:
+        return self.layout or FileLayout.single_directory(self.data_dir)
 
 
 def effective_limits(plan_limits: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +162,8 @@ def _rate(per_second: float, burst: int) -> dict[str, Any]:
 
 def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets) -> dict[str, Any]:
     limits = effective_limits(spec.limits)
-    d = spec.data_dir
+    files = spec.files
+    d = files.data_dir
     config: dict[str, Any] = {
         "server_name": spec.server_name,
         "public_baseurl": spec.public_baseurl,
@@ -163,9 +186,9 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
         ],
         "database": spec.database
         or {"name": "sqlite3", "args": {"database": str(d / "homeserver.db")}},
-        "log_config": str(d / "log.config"),
+        "log_config": str(files.config_dir / files.log_config_name),
         "media_store_path": str(d / "media_store"),
-        "signing_key_path": str(d / "signing.key"),
+        "signing_key_path": str(files.secrets_dir / "signing.key"),
         "registration_shared_secret": hs_secrets.registration_shared_secret,
         "macaroon_secret_key": hs_secrets.macaroon_secret_key,
         "form_secret": hs_secrets.form_secret,
@@ -337,7 +360,24 @@ def _oidc_config(settings: dict[str, Any], secrets_: dict[str, str]) -> dict[str
     return {"oidc_providers": [provider]}
 
 
-def render_log_config(data_dir: Path) -> dict[str, Any]:
+def render_log_config(log_dir: Path | None) -> dict[str, Any]:
+    """Synapse's logging: a rotated ``homeserver.log`` in ``log_dir`` (local), or standard
+    error when None (a pod's log)."""
+    handler: dict[str, Any] = {
+        "class": "logging.StreamHandler",
+        "formatter": "precise",
+        "filters": ["context"],
+    }
+    if log_dir is not None:
+        handler = {
+            "class": "logging.handlers.RotatingFileHandler",
+            "formatter": "precise",
+            "filename": str(log_dir / "homeserver.log"),
+            "maxBytes": 10 * 1024 * 1024,
+            "backupCount": 3,
+            "filters": ["context"],
+            "encoding": "utf8",
+        }
     return {
         "version": 1,
         "formatters": {
@@ -349,17 +389,7 @@ def render_log_config(data_dir: Path) -> dict[str, Any]:
         "filters": {
             "context": {"()": "synapse.logging.context.LoggingContextFilter", "request": ""}
         },
-        "handlers": {
-            "file": {
-                "class": "logging.handlers.RotatingFileHandler",
-                "formatter": "precise",
-                "filename": str(data_dir / "homeserver.log"),
-                "maxBytes": 10 * 1024 * 1024,
-                "backupCount": 3,
-                "filters": ["context"],
-                "encoding": "utf8",
-            }
-        },
+        "handlers": {"file": handler},
         "loggers": {"synapse.storage.SQL": {"level": "WARNING"}},
         "root": {"level": "INFO", "handlers": ["file"]},
         "disable_existing_loggers": False,
@@ -380,7 +410,7 @@ def write_homeserver_files(spec: HomeserverSpec, hs_secrets: HomeserverSecrets) 
     spec.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (spec.data_dir / "media_store").mkdir(mode=0o700, exist_ok=True)
     config = yaml.safe_dump(render_homeserver_config(spec, hs_secrets), sort_keys=True)
-    log_config = yaml.safe_dump(render_log_config(spec.data_dir), sort_keys=True)
+    log_config = yaml.safe_dump(render_log_config(spec.files.log_dir), sort_keys=True)
     changed = write_if_changed(spec.data_dir / "homeserver.yaml", config)
     changed |= write_if_changed(spec.data_dir / "log.config", log_config)
     changed |= write_if_changed(spec.data_dir / "signing.key", hs_secrets.signing_key + "\n")

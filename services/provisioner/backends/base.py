@@ -45,6 +45,7 @@ class HomeserverTarget:
     outbound_allowed_networks: tuple[str, ...] = ()
     # Where the homeserver pushes the platform application service's transactions.
     appservice_url: str | None = None
+    plan_code: str = ""  # the tenant's plan (labels the tenant's Kubernetes objects)
 
 
 class Backend(abc.ABC):
@@ -119,3 +120,15 @@ class Backend(abc.ABC):
                 store.delete(item.key)
                 purged += 1
         return purged
+
+    def export_files(self, tenant_id: str, into: Path) -> Path | None:
+        """A directory with the homeserver's ``homeserver.yaml``, ``signing.key`` and
+        ``media_store/`` for an export: its data directory, or (when the worker cannot read that)
+        what the backend can copy into ``into``. None: the homeserver has none."""
+        return self.data_dir(tenant_id)
+
+    def drift(self, target: HomeserverTarget) -> list[str]:
+        """What someone changed of the homeserver's deployment since it was applied (the next
+        ``render``/``start`` repairs it), for the reconciler's record; [] when nothing did or
+        the backend cannot tell."""
+        return []

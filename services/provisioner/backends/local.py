@@ -195,7 +195,7 @@ class LocalBackend(Backend):
         # database or the SQLite file in its data directory.
         section = yaml.safe_load(config.read_text()).get("database") or {}
         if section.get("name") == "psycopg2":
-            return _postgres_usage_counts(section["args"])
+            return postgres_usage_counts(section["args"])
         database = Path(section.get("args", {}).get("database", ""))
         if not database.is_file():
             return None
@@ -236,7 +236,7 @@ class LocalBackend(Backend):
         return pid
 
 
-def _postgres_usage_counts(args: dict[str, Any]) -> dict[str, int] | None:
+def postgres_usage_counts(args: dict[str, Any]) -> dict[str, int] | None:
     """Usage from the tenant's PostgreSQL database, as the tenant's own role, read-only."""
     params = {k: v for k, v in args.items() if not k.startswith("cp_")}  # Synapse pool options
     with psycopg.connect(**params, connect_timeout=10) as conn:

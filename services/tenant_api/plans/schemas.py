@@ -70,6 +70,11 @@ class LimitsIn(BaseModel):
     proxy_rate_per_second: float | None = Field(default=None, gt=0, le=100_000)
     proxy_rate_burst: int | None = Field(default=None, ge=1, le=1_000_000)
     proxy_max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
+    # Kubernetes backend: the homeserver pod's CPU and memory (its requests and limits, and its
+    # namespace's quota) and its data volume (media, signing key).
+    homeserver_cpu_millicores: int | None = Field(default=None, ge=100, le=64_000)
+    homeserver_memory_mib: int | None = Field(default=None, ge=256, le=262_144)
+    homeserver_storage_gib: int | None = Field(default=None, ge=1, le=16_384)
 
 
 def _check_prices(prices: dict[str, PriceIn]) -> dict[str, PriceIn]:

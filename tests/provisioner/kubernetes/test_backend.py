@@ -1,0 +1,253 @@
+"""The kubernetes backend against the in-memory API server (tests/helpers/kube): server-side
+apply with one field manager, idempotent applies, suspend/resume as scale, deletion that waits
+for the namespace, drift repaired by applying again, a crash-looping pod's events in the
+observed state, and start-up refused without cluster access."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube import Client
+from lightkube.config.kubeconfig import KubeConfig
+from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Service
+from lightkube.types import PatchType
+
+from platform_core.errors import PermanentError, TemporaryError
+from provisioner.backends import kubernetes_manifests as manifests
+from provisioner.backends.kubernetes import FIELD_MANAGER, KubernetesBackend
+from provisioner.steps import make_backend
+from tests.helpers.kube import KubeApiServer, kube_api_server
+from tests.helpers.platform import poll
+from tests.provisioner.kubernetes.helpers import kube_settings, tenant_target
+
+APPLY = "application/apply-patch+yaml"
+
+
+@pytest.fixture
+def api_only(tmp_path: Path) -> Iterator[KubeApiServer]:
+    """The API server with a kubelet that runs no pod of ours (its namespace prefix is not
+    ours): what the backend applies, without Synapse processes."""
+    with kube_api_server(tmp_path / "kube", namespace_prefix="kubelet-off-") as server:
+        yield server
+
+
+def backend_for(server: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                **options: Any) -> KubernetesBackend:  # fmt: skip
+    """The backend as a worker makes it: the kubeconfig found through KUBECONFIG."""
+    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig))
+    backend = make_backend(kube_settings(data_dir=str(tmp_path / "data")))
+    assert isinstance(backend, KubernetesBackend)
+    for name, value in options.items():
+        setattr(backend, name, value)
+    return backend
+
+
+def other_client(server: KubeApiServer) -> Client:
+    """Someone else (an operator with kubectl): another field manager."""
+    return Client(config=KubeConfig.from_file(str(server.kubeconfig)), field_manager="kubectl")
+
+
+def versions(server: KubeApiServer, namespace: str) -> dict[str, str]:
+    found = {}
+    for kind in ("ResourceQuota", "LimitRange", "NetworkPolicy", "Secret", "ConfigMap",
+                 "Service", "StatefulSet"):  # fmt: skip
+        for obj in server.objects(kind, namespace):
+            found[f"{kind}/{obj['metadata']['name']}"] = obj["metadata"]["resourceVersion"]
+    found["Namespace"] = server.get("Namespace", None, namespace)["metadata"]["resourceVersion"]  # type: ignore[index]
+    return found
+
+
+def test_apply_is_server_side_with_one_field_manager_and_force_and_idempotent(
+    api_only: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backend_for(api_only, tmp_path, monkeypatch)
+    target = tenant_target()
+    namespace = manifests.namespace_name(target.tenant_id)
+    assert backend.render(target) is False  # nothing ran with another config
+    backend.start(target)
+
+    writes = [r for r in api_only.requests if r.method in ("PATCH", "POST", "PUT")]
+    assert len(writes) == 8  # every object once, and nothing but applies
+    for request in writes:
+        assert request.method == "PATCH" and request.content_type.startswith(APPLY), request
+        assert request.query.get("fieldManager") == FIELD_MANAGER
+        assert request.query.get("force") == "true"
+    sts = api_only.get("StatefulSet", namespace, "synapse")
+    assert sts is not None and sts["spec"]["replicas"] == 1
+    managers = {entry["manager"] for entry in sts["metadata"]["managedFields"]}
+    assert FIELD_MANAGER in managers
+    assert backend.upstream_url(target) == (f"http://synapse.{namespace}.svc.cluster.local:8008")
+
+    before = versions(api_only, namespace)
+    assert backend.render(target) is False
+    backend.start(target)
+    assert versions(api_only, namespace) == before  # a second apply changes nothing
+
+    # Another config (a plan change) is a change the running pod must pick up.
+    changed = tenant_target(tenant_id=target.tenant_id, limits={"rc_message_burst": 7})
+    assert backend.render(changed) is True
+
+
+def test_suspend_scales_to_zero_and_resume_to_one(
+    api_only: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backend_for(api_only, tmp_path, monkeypatch)
+    target = tenant_target()
+    namespace = manifests.namespace_name(target.tenant_id)
+    backend.render(target)
+    backend.start(target)
+    assert backend.is_running(target.tenant_id)
+
+    backend.stop(target.tenant_id)
+    assert api_only.get("StatefulSet", namespace, "synapse")["spec"]["replicas"] == 0  # type: ignore[index]
+    assert not backend.is_running(target.tenant_id)
+    backend.stop(target.tenant_id)  # idempotent
+
+    backend.start(target)
+    assert api_only.get("StatefulSet", namespace, "synapse")["spec"]["replicas"] == 1  # type: ignore[index]
+    assert backend.is_running(target.tenant_id)
+
+
+def test_delete_archives_then_waits_for_the_namespace_to_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with kube_api_server(
+        tmp_path / "kube", namespace_prefix="kubelet-off-", terminate_seconds=2.0
+    ) as server:
+        backend = backend_for(server, tmp_path, monkeypatch)
+        target = tenant_target()
+        namespace = manifests.namespace_name(target.tenant_id)
+        backend.render(target)
+        backend.start(target)
+
+        started = time.monotonic()
+        archived = backend.archive(target.tenant_id)
+        waited = time.monotonic() - started
+        assert server.get("Namespace", None, namespace) is None
+        assert waited >= 1.5  # it waited while the namespace was terminating
+        assert archived is not None
+        with tarfile.open(archived) as tar:
+            names = set(tar.getnames())
+            homeserver = tar.extractfile(f"{target.tenant_id}/config/homeserver.yaml")
+            assert homeserver is not None and b"server_name: acme.c3.example" in homeserver.read()
+        assert f"{target.tenant_id}/secrets/signing.key" in names
+        assert (Path(archived).stat().st_mode & 0o077) == 0  # private
+        # Again: nothing left to do, the same archive answers.
+        assert backend.archive(target.tenant_id) == archived
+        assert backend.purge_archives(target.tenant_id) == 1
+
+
+def test_a_namespace_that_takes_too_long_to_go_is_a_temporary_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with kube_api_server(
+        tmp_path / "kube", namespace_prefix="kubelet-off-", terminate_seconds=30.0
+    ) as server:
+        backend = backend_for(server, tmp_path, monkeypatch, namespace_gone_timeout_s=0.5)
+        target = tenant_target()
+        backend.render(target)
+        with pytest.raises(TemporaryError, match="still terminating"):
+            backend.archive(target.tenant_id)
+        # The retry does not archive again: the namespace is terminating already.
+        with pytest.raises(TemporaryError):
+            backend.archive(target.tenant_id)
+        assert len(list((tmp_path / "data" / "archive").glob("*.tar.gz"))) == 1
+
+
+def test_drift_is_seen_and_repaired_by_applying_again(
+    api_only: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backend_for(api_only, tmp_path, monkeypatch)
+    target = tenant_target()
+    namespace = manifests.namespace_name(target.tenant_id)
+    backend.render(target)
+    backend.start(target)
+    assert backend.drift(target) == []
+    wanted_config = api_only.get("ConfigMap", namespace, "synapse-config")["data"]  # type: ignore[index]
+
+    operator = other_client(api_only)
+    operator.delete(Service, "synapse", namespace=namespace)
+    operator.patch(
+        ConfigMap, "synapse-config", {"data": {"homeserver.yaml": "server_name: hijacked\n"}},
+        namespace=namespace, patch_type=PatchType.MERGE,
+    )  # fmt: skip
+    operator.patch(
+        StatefulSet.Scale, "synapse", {"spec": {"replicas": 0}},
+        namespace=namespace, patch_type=PatchType.MERGE,
+    )  # fmt: skip
+    assert sorted(backend.drift(target)) == [
+        "ConfigMap synapse-config edited",
+        "Service synapse missing",
+        "StatefulSet synapse scaled to 0",
+    ]
+
+    backend.render(target)
+    backend.start(target)
+    assert backend.drift(target) == []
+    assert api_only.get("Service", namespace, "synapse") is not None
+    assert api_only.get("ConfigMap", namespace, "synapse-config")["data"] == wanted_config  # type: ignore[index]
+    assert api_only.get("StatefulSet", namespace, "synapse")["spec"]["replicas"] == 1  # type: ignore[index]
+    assert operator.get(Namespace, namespace).metadata is not None
+
+
+def test_a_crash_looping_pod_shows_in_the_observed_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real Synapse pod (kubelet stand-in) whose database does not answer exits at start;
+    its restarts, BackOff events and last log lines are what the operation's error says."""
+    with kube_api_server(tmp_path / "kube", backoff_base=0.2, backoff_max=2.0) as server:
+        backend = backend_for(server, tmp_path, monkeypatch)
+        target = tenant_target()
+        target.database["args"].update(host="127.0.0.1", port=1)  # type: ignore[index]
+        backend.render(target)
+        backend.start(target)
+
+        seen = poll(
+            lambda: (s := backend.observe(target.tenant_id)).restarts >= 2 and s.warnings and s,
+            timeout=120,
+            what="the pod restarting with BackOff events",
+        )
+        assert any(w.startswith("BackOff") for w in seen.warnings), seen.warnings
+        poll(
+            lambda: not backend.is_running(target.tenant_id),
+            timeout=60,
+            what="the crash loop seen as not running",
+        )
+        tail = backend.log_tail(target.tenant_id)
+        assert "restarts" in tail and "BackOff" in tail, tail
+
+
+def test_backend_refuses_without_cluster_access_or_tenant_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    with pytest.raises(PermanentError, match="no usable kubeconfig"):
+        make_backend(kube_settings())
+    with pytest.raises(PermanentError, match="C3_TENANT_DATABASE_URL"):
+        make_backend(kube_settings(tenant_database_url=None))
+
+
+def test_the_worker_refuses_to_start_without_cluster_access(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),  # no ~/.kube/config
+        "KUBECONFIG": str(tmp_path / "missing-kubeconfig"),
+        "PYTHONPATH": ":".join(sys.path),
+        "C3_BACKEND": "kubernetes",
+        "C3_TENANT_DATABASE_URL": "postgresql://c3admin@127.0.0.1:5432/postgres",
+        "C3_DATA_DIR": str(tmp_path / "data"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "c3", "worker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "C3_BACKEND=kubernetes needs access to a cluster" in done.stderr
+    assert "no usable kubeconfig" in done.stderr

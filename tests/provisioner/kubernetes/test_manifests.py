@@ -1,0 +1,234 @@
+"""Every object the kubernetes backend applies validates, offline and strictly (no unknown
+field), against the Kubernetes schemas of the oldest and newest versions the chart claims
+(Chart.yaml kubeVersion), for a matrix of plans and tenant settings; and says what it must."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from synapse.config.homeserver import HomeServerConfig
+
+from provisioner.backends import kubernetes_manifests as manifests
+from tests.provisioner.kubernetes.helpers import (
+    LARGE,
+    OIDC,
+    SECRETS,
+    SETTING_SECRETS,
+    SMALL,
+    TURN,
+    kube_settings,
+    tenant_target,
+)
+
+CHART = Path(__file__).resolve().parents[3] / "deploy" / "helm" / "c3" / "Chart.yaml"
+
+
+def claimed_versions() -> tuple[str, str]:
+    """The oldest version the chart claims (kubeVersion ">=1.25.0-0") and the newest whose
+    schemas kubernetes-validate ships."""
+    claim = yaml.safe_load(CHART.read_text())["kubeVersion"]
+    match = re.fullmatch(r">=\s*(\d+)\.(\d+)\.\d+(-0)?", claim.strip())
+    assert match, f"unexpected kubeVersion {claim!r}"
+    return f"{match[1]}.{match[2]}.0", kubernetes_validate.latest_version()
+
+
+OLDEST, NEWEST = claimed_versions()
+
+MATRIX = list(
+    itertools.product(
+        [("small", SMALL), ("large", LARGE)],
+        [("federation-off", {}), ("federation-open", {"federation": {"mode": "open"}})],
+        [("oidc-off", {}), ("oidc-on", {"oidc": OIDC})],
+        [("turn-unset", {}), ("turn-set", {"turn": TURN})],
+        [("running", 1), ("suspended", 0)],
+    )
+)
+
+
+def case_id(case: tuple[tuple[str, Any], ...]) -> str:
+    return "-".join(name for name, _ in case)
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=[case_id(c) for c in MATRIX])
+def test_every_object_validates_strictly_on_the_oldest_and_newest_claimed_version(
+    case: tuple[tuple[str, Any], ...],
+) -> None:
+    (_, limits), (_, federation), (_, oidc), (_, turn), (_, replicas) = case
+    target = tenant_target(limits=limits, settings={**federation, **oidc, **turn})
+    built = manifests.build(kube_settings(), target, replicas=replicas)
+    objects = built.in_order()
+    assert [o.kind for o in objects] == [
+        "Namespace", "ResourceQuota", "LimitRange", "NetworkPolicy",
+        "Secret", "ConfigMap", "Service", "StatefulSet",
+    ]  # fmt: skip
+    for obj in objects:
+        for version in (OLDEST, NEWEST):
+            kubernetes_validate.validate(obj.to_dict(), version, strict=True)
+    assert built.stateful_set.spec is not None and built.stateful_set.spec.replicas == replicas
+
+
+def test_the_strict_check_does_refuse_an_unknown_field() -> None:
+    """Guard against a validator that passes anything: a misspelt field fails."""
+    service = manifests.build(kube_settings(), tenant_target()).service.to_dict()
+    service["spec"]["clusterIp"] = "None"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(service, NEWEST, strict=True)
+
+
+def test_objects_are_labelled_and_named_per_tenant() -> None:
+    target = tenant_target(plan_code="Enterprise Plus!")
+    built = manifests.build(kube_settings(kubernetes_release="prod"), target)
+    namespace = f"c3-t-{target.tenant_id}"
+    for obj in built.in_order():
+        assert obj.metadata is not None and obj.metadata.labels is not None
+        assert obj.metadata.labels["app.kubernetes.io/managed-by"] == "c3"
+        assert obj.metadata.labels["c3.io/tenant"] == target.tenant_id
+        assert obj.metadata.labels["c3.io/plan"] == "Enterprise-Plus"
+        assert obj.metadata.labels["c3.io/release"] == "prod"
+        if obj.kind != "Namespace":
+            assert obj.metadata.namespace == namespace
+    assert built.namespace.metadata is not None and built.namespace.metadata.name == namespace
+
+
+def files(built: manifests.TenantManifests) -> tuple[dict[str, str], dict[str, str]]:
+    secret = {k: base64.b64decode(v).decode() for k, v in (built.secret.data or {}).items()}
+    return dict(built.config_map.data or {}), secret
+
+
+def test_no_secret_is_in_the_config_map_and_synapse_reads_both_files(tmp_path: Path) -> None:
+    target = tenant_target(settings={"oidc": OIDC, "turn": TURN, "federation": {"mode": "open"}})
+    built = manifests.build(kube_settings(), target)
+    config, secret = files(built)
+    everything_secret = [
+        SECRETS.registration_shared_secret,
+        SECRETS.macaroon_secret_key,
+        SECRETS.form_secret,
+        SECRETS.database_password,
+        SECRETS.signing_key.split()[-1],
+        *SETTING_SECRETS.values(),
+    ]
+    for text in config.values():
+        for value in everything_secret:
+            assert value not in text
+    assert set(secret) == {
+        "signing.key",
+        "registration_shared_secret",
+        "macaroon_secret_key",
+        "form_secret",
+        "turn_shared_secret",
+        "oidc_client_secret",
+        "database_password",
+    }
+
+    # Paths only under the pod's three mounts.
+    homeserver = yaml.safe_load(config["homeserver.yaml"])
+    for key in ("pid_file", "log_config", "media_store_path", "signing_key_path"):
+        assert homeserver[key].split("/")[1] in ("config", "secrets", "data"), key
+    [listener] = homeserver["listeners"]
+    assert listener["port"] == 8008 and listener["bind_addresses"] == ["0.0.0.0"]
+
+    # Synapse's own loader, with the container's arguments (mount paths rewritten to tmp).
+    for mount, contents in (("config", config), ("secrets", secret)):
+        (tmp_path / mount).mkdir()
+        for name, text in contents.items():
+            for prefix in ("/config/", "/secrets/", "/data/"):
+                text = text.replace(prefix, f"{tmp_path}{prefix}")
+            (tmp_path / mount / name).write_text(text)
+    (tmp_path / "data").mkdir()
+    container = built.stateful_set.spec.template.spec.containers[0]  # type: ignore[union-attr]
+    assert container.args == ["--config-path", "/config/homeserver.yaml"]
+    [password] = container.env or []
+    assert password.name == "PGPASSWORD" and password.valueFrom is not None
+    assert password.valueFrom.secretKeyRef is not None
+    assert password.valueFrom.secretKeyRef.key == "database_password"
+    loaded = HomeServerConfig.load_config(
+        "c3", ["--config-path", str(tmp_path / "config" / "homeserver.yaml")]
+    )
+    assert loaded.registration.registration_shared_secret == SECRETS.registration_shared_secret
+    assert loaded.key.macaroon_secret_key == SECRETS.macaroon_secret_key.encode()
+    assert loaded.key.form_secret == SECRETS.form_secret
+    [provider] = loaded.oidc.oidc_providers
+    assert provider.client_secret == SETTING_SECRETS["oidc_client_secret"]
+    assert loaded.voip.turn_shared_secret == SETTING_SECRETS["turn_shared_secret"]
+    assert "password" not in loaded.database.databases[0].config["args"]
+
+
+def test_the_pod_is_pinned_hardened_probed_and_sized_from_the_plan() -> None:
+    built = manifests.build(kube_settings(), tenant_target(limits=SMALL))
+    spec = built.stateful_set.spec
+    assert spec is not None and spec.template.spec is not None
+    pod = spec.template.spec
+    [container] = pod.containers
+    assert container.name == "synapse"
+    assert container.image == "ghcr.io/element-hq/synapse:v1.163.2"
+    assert pod.securityContext is not None and pod.securityContext.runAsNonRoot is True
+    assert container.securityContext is not None
+    assert container.securityContext.readOnlyRootFilesystem is True
+    assert container.securityContext.allowPrivilegeEscalation is False
+    for probe in (container.startupProbe, container.readinessProbe, container.livenessProbe):
+        assert probe is not None and probe.httpGet is not None
+        assert (probe.httpGet.path, probe.httpGet.port) == ("/health", "client")
+    assert container.resources is not None
+    assert container.resources.limits == {"cpu": "250m", "memory": "512Mi"}
+    mounts = {m.mountPath: m.name for m in container.volumeMounts or []}
+    assert mounts == {"/config": "config", "/secrets": "secrets", "/data": "data", "/tmp": "tmp"}
+    [claim] = spec.volumeClaimTemplates or []
+    assert claim.spec is not None and claim.spec.resources is not None
+    assert claim.spec.resources.requests == {"storage": "1Gi"}
+    quota = built.resource_quota.spec
+    assert quota is not None and quota.hard is not None and quota.hard["requests.storage"] == "1Gi"
+
+
+def test_network_policy_lets_in_only_the_platform_and_out_only_dns_and_the_database() -> None:
+    settings = kube_settings(kubernetes_platform_namespace="c3-prod", kubernetes_release="prod")
+    policy = manifests.build(settings, tenant_target()).network_policy.to_dict()["spec"]
+    assert policy["podSelector"] == {} and policy["policyTypes"] == ["Ingress", "Egress"]
+    [ingress] = policy["ingress"]
+    [peer] = ingress["from"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "c3-prod"}}
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": "prod"}
+    assert peer["podSelector"]["matchExpressions"] == [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["proxy", "worker"]}
+    ]
+    destinations = [(rule["to"], rule["ports"]) for rule in policy["egress"]]
+    assert destinations == [
+        (
+            [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                    }
+                }
+            ],
+            [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+        ),
+        ([{"ipBlock": {"cidr": "10.0.0.5/32"}}], [{"port": 5432, "protocol": "TCP"}]),
+    ]
+    # A federating tenant also reaches public addresses, never internal ones.
+    federating = manifests.build(settings, tenant_target(settings={"federation": {"mode": "open"}}))
+    public = federating.network_policy.to_dict()["spec"]["egress"][-1]
+    assert public["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert "10.0.0.0/8" in public["to"][0]["ipBlock"]["except"]
+
+
+def test_config_hash_follows_the_config() -> None:
+    target = tenant_target()
+    same = manifests.build(kube_settings(), target)
+    again = manifests.build(kube_settings(), target)
+    other = manifests.build(
+        kube_settings(), tenant_target(tenant_id=target.tenant_id, limits=LARGE)
+    )
+
+    def digest(built: manifests.TenantManifests) -> str:
+        meta = built.stateful_set.spec.template.metadata  # type: ignore[union-attr]
+        assert meta is not None and meta.annotations is not None
+        return meta.annotations[manifests.CONFIG_HASH_ANNOTATION]
+
+    assert digest(same) == digest(again) != digest(other)
