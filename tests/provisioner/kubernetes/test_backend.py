@@ -21,6 +21,7 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace, Service
 from lightkube.types import PatchType
 
 from platform_core.errors import PermanentError, TemporaryError
+from platform_core.object_store import LocalStore
 from provisioner.backends import kubernetes_manifests as manifests
 from provisioner.backends.kubernetes import FIELD_MANAGER, KubernetesBackend
 from provisioner.steps import make_backend
@@ -128,21 +129,22 @@ def test_delete_archives_then_waits_for_the_namespace_to_go(
         backend.render(target)
         backend.start(target)
 
+        store = LocalStore(tmp_path / "store")
         started = time.monotonic()
-        archived = backend.archive(target.tenant_id)
+        archived = backend.archive(target.tenant_id, store)
         waited = time.monotonic() - started
         assert server.get("Namespace", None, namespace) is None
         assert waited >= 1.5  # it waited while the namespace was terminating
         assert archived is not None
-        with tarfile.open(archived) as tar:
+        with tarfile.open(store.path(archived)) as tar:
             names = set(tar.getnames())
             homeserver = tar.extractfile(f"{target.tenant_id}/config/homeserver.yaml")
             assert homeserver is not None and b"server_name: acme.c3.example" in homeserver.read()
         assert f"{target.tenant_id}/secrets/signing.key" in names
-        assert (Path(archived).stat().st_mode & 0o077) == 0  # private
+        assert (store.path(archived).stat().st_mode & 0o077) == 0  # private
         # Again: nothing left to do, the same archive answers.
-        assert backend.archive(target.tenant_id) == archived
-        assert backend.purge_archives(target.tenant_id) == 1
+        assert backend.archive(target.tenant_id, store) == archived
+        assert backend.purge_archives(target.tenant_id, store) == 1
 
 
 def test_a_namespace_that_takes_too_long_to_go_is_a_temporary_error(
@@ -154,12 +156,13 @@ def test_a_namespace_that_takes_too_long_to_go_is_a_temporary_error(
         backend = backend_for(server, tmp_path, monkeypatch, namespace_gone_timeout_s=0.5)
         target = tenant_target()
         backend.render(target)
+        store = LocalStore(tmp_path / "store")
         with pytest.raises(TemporaryError, match="still terminating"):
-            backend.archive(target.tenant_id)
+            backend.archive(target.tenant_id, store)
         # The retry does not archive again: the namespace is terminating already.
         with pytest.raises(TemporaryError):
-            backend.archive(target.tenant_id)
-        assert len(list((tmp_path / "data" / "archive").glob("*.tar.gz"))) == 1
+            backend.archive(target.tenant_id, store)
+        assert len(store.list("archive/")) == 1
 
 
 def test_drift_is_seen_and_repaired_by_applying_again(

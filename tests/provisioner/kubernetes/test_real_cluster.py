@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from lightkube.resources.core_v1 import Namespace
 
+from platform_core.object_store import LocalStore
 from provisioner import tenant_databases
 from provisioner.backends import kubernetes_manifests as manifests
 from provisioner.backends.kubernetes import FIELD_MANAGER, KubernetesBackend
@@ -68,7 +69,7 @@ def test_the_api_server_admits_every_object(
 
 @pytest.mark.skipif(not DATABASE_URL, reason="needs C3_TEST_CLUSTER_DATABASE_URL")
 def test_a_tenant_runs_suspends_resumes_and_goes(
-    backend: KubernetesBackend, namespace_cleanup: list[str]
+    backend: KubernetesBackend, namespace_cleanup: list[str], tmp_path: Path
 ) -> None:
     tenant_id = str(uuid.uuid4())
     secrets = HomeserverSecrets.generate()
@@ -92,7 +93,7 @@ def test_a_tenant_runs_suspends_resumes_and_goes(
         poll(lambda: backend.observe(tenant_id).ready_replicas == 1, timeout=600,
              what="the homeserver pod to be ready again")  # fmt: skip
         started = time.monotonic()
-        backend.archive(tenant_id)
+        backend.archive(tenant_id, LocalStore(tmp_path / "store"))
         assert backend._get(Namespace, manifests.namespace_name(tenant_id)) is None
         print(f"namespace gone after {time.monotonic() - started:.1f}s")
     finally:
