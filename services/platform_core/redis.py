@@ -40,6 +40,12 @@ class RedisKeys:
         return "usage-appliers"
 
     @property
+    def archives_purged(self) -> str:
+        """Set of deleted tenants' ids whose archives the reconciler purged after retention
+        (it asks the object store no more for them; LIST requests cost per tenant and pass)."""
+        return f"{self.namespace}:archives:purged"
+
+    @property
     def reconcile_metrics(self) -> str:
         """Hash: reconcile passes, actions and the last pass's time (platform_core.metrics)."""
         return f"{self.namespace}:metrics:reconcile"

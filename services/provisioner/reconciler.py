@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -255,21 +255,18 @@ def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) ->
     _ensure_route(ctx, tenant_id, route, run)
 
 
-def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> None:
-    with task_session() as session:
-        tenant = repository.get_tenant(session, tenant_id)
-        if tenant is None:
-            return
-        server_name, slug = tenant.server_name, tenant.slug
-    if ctx.backend.is_running(str(tenant_id)):
-        ctx.backend.stop(str(tenant_id))
-        run.record(
-            ReconcileAction.HOMESERVER_STOPPED,
-            tenant_id,
-            {"tenant_status": "deleted", "observed": "running", "desired": "stopped"},
-        )
+def _purge_expired_archives(
+    ctx: steps.Context, tenant_id: uuid.UUID, deleted_at: datetime | None, run: Pass
+) -> None:
+    """Purge a deleted tenant's archives and dumps once C3_ARCHIVE_RETENTION_DAYS have passed.
+    They are all made at deletion, so the store is not asked before the retention ran out, and
+    not again after a pass purged them (each ask is a LIST request on S3, every pass)."""
     retention_days = ctx.settings.archive_retention_days
     cutoff = utcnow() - timedelta(days=retention_days)
+    if deleted_at is not None and deleted_at > cutoff:
+        return
+    if ctx.redis.sismember(ctx.keys.archives_purged, str(tenant_id)):
+        return
     if purged := ctx.backend.purge_archives(str(tenant_id), ctx.store, older_than=cutoff):
         run.record(
             ReconcileAction.ARCHIVE_PURGED,
@@ -280,6 +277,24 @@ def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> N
                 "desired": "archives purged after the retention period",
             },
         )
+    if deleted_at is not None:  # everything it left was made before deleted_at <= cutoff
+        ctx.redis.sadd(ctx.keys.archives_purged, str(tenant_id))
+
+
+def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> None:
+    with task_session() as session:
+        tenant = repository.get_tenant(session, tenant_id)
+        if tenant is None:
+            return
+        server_name, slug, deleted_at = tenant.server_name, tenant.slug, tenant.deleted_at
+    if ctx.backend.is_running(str(tenant_id)):
+        ctx.backend.stop(str(tenant_id))
+        run.record(
+            ReconcileAction.HOMESERVER_STOPPED,
+            tenant_id,
+            {"tenant_status": "deleted", "observed": "running", "desired": "stopped"},
+        )
+    _purge_expired_archives(ctx, tenant_id, deleted_at, run)
     if is_published(ctx.redis, ctx.keys, server_name=server_name, slug=slug):
         with task_session() as session:
             tenant = repository.get_tenant(session, tenant_id)

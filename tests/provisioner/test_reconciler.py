@@ -5,6 +5,7 @@ database and Redis namespace of this test alone: a pass acts on every tenant it 
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from platform_core import object_store
 from platform_core.celery import celery_app
 from platform_core.db import _sync_sessionmaker, sync_engine, task_session
 from platform_core.metrics import ReconcileStats
@@ -217,3 +219,34 @@ def test_a_config_that_drifted_is_rendered_again_and_said_so(own_platform: None)
         assert '"rc_message_burst": 999' in config
     finally:
         ctx.backend.stop_all()
+
+
+def test_archives_are_purged_once_their_retention_ran_out(own_platform: None) -> None:
+    """A deleted tenant's archives go after C3_ARCHIVE_RETENTION_DAYS (30), and not before;
+    once purged, the store is not asked again for that tenant."""
+    settings = get_settings()
+    ctx = steps.Context(settings, FakeBackend(settings.data_path))
+    long_ago = make_tenant(TenantStatus.DELETED)
+    recently = make_tenant(TenantStatus.DELETED)
+    old = (utcnow() - timedelta(days=45)).timestamp()
+    with task_session() as session:
+        for tenant_id, days in ((long_ago, 40), (recently, 2)):
+            tenant = session.get(Tenant, tenant_id)
+            assert tenant is not None
+            tenant.deleted_at = utcnow() - timedelta(days=days)
+    for tenant_id in (long_ago, recently):
+        for suffix in (".tar.gz", ".pgdump"):
+            key = object_store.archive_key(str(tenant_id), suffix)
+            ctx.store.put_stream(key, io.BytesIO(b"archived"))
+            os.utime(ctx.store.path(key), (old, old))  # as if made 45 days ago
+
+    assert reconcile_all(ctx).get("archive.purged") == 1
+    assert ctx.store.list(object_store.archive_prefix(str(long_ago))) == []
+    (purged,) = [e for e in events(long_ago) if e["action"] == "archive.purged"]
+    assert purged["observed"] == "2 archive(s) older than 30 days"
+    # Deleted two days ago: its archives stay (whatever their files' age says).
+    assert len(ctx.store.list(object_store.archive_prefix(str(recently)))) == 2
+
+    # An archive that appeared later for the purged tenant is no longer looked for.
+    ctx.store.put_stream(object_store.archive_key(str(long_ago), ".tar.gz"), io.BytesIO(b"x"))
+    assert "archive.purged" not in reconcile_all(ctx)
