@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -670,6 +671,37 @@ def test_scraping_opens_the_metrics_listeners_prometheus_scrapes(tmp_path: Path)
     for service in _by_kind(docs, "Service"):
         assert not {p["port"] for p in service["spec"]["ports"]} & set(ports.values()), service
         assert all(p.get("targetPort") != "metrics" for p in service["spec"]["ports"])
+
+
+def test_the_services_accept_the_listener_settings_the_chart_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's and the worker's settings as their pods see them (the ConfigMap, then the
+    container's env; placeholders for the Secret's keys) load into the real Settings."""
+    from platform_core.settings import Settings
+
+    docs = _rendered(OBSERVABILITY, tmp_path)
+    secrets = {
+        "C3_DATABASE_URL": "postgresql://c3@db.example/c3",
+        "C3_REDIS_URL": "redis://redis.example:6379/0",
+        "C3_SECRET_KEY": "s" * 32,
+        "C3_OPERATOR_TOKEN": "o" * 32,
+        "C3_TENANT_DATABASE_URL": "postgresql://admin@db.example/postgres",
+    }
+    for component, port in (("proxy", 9100), ("worker", 9101)):
+        for name in [n for n in os.environ if n.startswith("C3_")]:
+            monkeypatch.delenv(name)
+        (container,) = _containers(docs, component)
+        plain = {k: v for k, v in _env(container).items() if isinstance(v, str)}
+        for name, value in {**_config(docs), **plain, **secrets}.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings()
+        listener = (
+            (settings.proxy_metrics_host, settings.proxy_metrics_port)
+            if component == "proxy"
+            else (settings.worker_metrics_host, settings.worker_metrics_port)
+        )
+        assert listener == ("0.0.0.0", port)
 
 
 def test_network_policies_let_only_prometheus_into_the_metrics_ports(tmp_path: Path) -> None:
