@@ -1,7 +1,11 @@
 """The Helm chart (deploy/helm/c3) checked with a real helm: lint, render with the required and
 with production-like values, every manifest validated offline (strict) against the oldest and
 newest Kubernetes versions the chart claims, the values schema refusing wrong input, RBAC no
-wider than the kubernetes backend needs, and only the worker holding a ServiceAccount token."""
+wider than the kubernetes backend needs, and only the worker holding a ServiceAccount token.
+With observability on: the monitoring.coreos.com objects against prometheus-operator's CRD
+schemas (tests/deploy/monitoring_schemas.py), the alert rules and dashboards as shipped, the
+proxy's and workers' metrics listeners, the Prometheus-only NetworkPolicy rules and the API key
+the Synapse target discovery uses."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.deploy import monitoring_schemas
 from tests.helpers.helm import (
     CHART,
     ToolsUnavailable,
@@ -594,6 +599,41 @@ def test_monitoring_resources_are_well_formed(tmp_path: Path) -> None:
         "ScrapeConfig",
         "ServiceMonitor",
     ]
+
+
+def _crd_validated(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    try:
+        monitoring_schemas.validator()
+    except ToolsUnavailable as exc:
+        pytest.skip(f"no prometheus-operator schemas: {exc}")
+    return monitoring_schemas.validate(docs)
+
+
+@pytest.mark.parametrize("name", ["production", "observability"])
+def test_monitoring_resources_match_prometheus_operators_schemas(name: str, tmp_path: Path) -> None:
+    docs = [
+        doc
+        for doc in _rendered(VALUE_SETS[name], tmp_path)
+        if doc["apiVersion"].split("/")[0] in CUSTOM_API_GROUPS
+    ]
+    results = _crd_validated(docs)
+    assert len(results) == len(docs) >= 1
+    assert [r for r in results if r["error"]] == []
+
+
+def test_the_crd_schemas_refuse_a_wrong_monitoring_object(tmp_path: Path) -> None:
+    """The validator bites: a PodMonitor endpoint's port is a name, every rule needs an expr."""
+    docs = _rendered(OBSERVABILITY, tmp_path)
+    monitor = copy.deepcopy(_by_kind(docs, "PodMonitor")[0])
+    monitor["spec"]["podMetricsEndpoints"][0]["port"] = 9100
+    rule = copy.deepcopy(_by_kind(docs, "PrometheusRule")[0])
+    del rule["spec"]["groups"][0]["rules"][0]["expr"]
+    scrape = copy.deepcopy(_by_kind(docs, "ScrapeConfig")[0])
+    scrape["spec"]["httpSDConfigs"][0]["refreshInterval"] = "60"
+    errors = [r["error"] for r in _crd_validated([monitor, rule, scrape])]
+    assert "podMetricsEndpoints/0/port must be string" in errors[0]
+    assert "rules/0 must have required property expr" in errors[1]
+    assert "httpSDConfigs/0/refreshInterval must match pattern" in errors[2]
 
 
 def test_prometheus_rule_carries_the_tested_alert_rules(tmp_path: Path) -> None:
