@@ -1,11 +1,17 @@
 """The Helm chart (deploy/helm/c3) checked with a real helm: lint, render with the required and
 with production-like values, every manifest validated offline (strict) against the oldest and
 newest Kubernetes versions the chart claims, the values schema refusing wrong input, RBAC no
-wider than the kubernetes backend needs, and only the worker holding a ServiceAccount token."""
+wider than the kubernetes backend needs, and only the worker holding a ServiceAccount token.
+With observability on: the monitoring.coreos.com objects against prometheus-operator's CRD
+schemas (tests/deploy/monitoring_schemas.py), the alert rules and dashboards as shipped, the
+proxy's and workers' metrics listeners, the Prometheus-only NetworkPolicy rules and the API key
+the Synapse target discovery uses."""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.deploy import monitoring_schemas
 from tests.helpers.helm import (
     CHART,
     ToolsUnavailable,
@@ -103,7 +110,33 @@ LOCAL: dict[str, Any] = {
     "tests": {"enabled": False},
 }
 
-VALUE_SETS = {"required": REQUIRED, "production": PRODUCTION, "local": LOCAL}
+# Production with every observability piece on: dashboards, alert rules, PodMonitors for the
+# proxy and the workers (which then open their metrics listeners), the Synapse ScrapeConfig.
+PROMETHEUS_POD = {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+OBSERVABILITY: dict[str, Any] = {
+    **PRODUCTION,
+    "metrics": {
+        "serviceMonitor": {
+            "enabled": True,
+            "labels": {"release": "kps"},
+            "bearerTokenSecret": {"name": "c3-metrics", "key": "api-key"},
+        },
+    },
+    "observability": {
+        "dashboards": {"enabled": True, "annotations": {"grafana_folder": "C3"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+        "scrape": {"enabled": True, "labels": {"release": "kps"}},
+        "prometheusNamespace": "monitoring",
+        "prometheusPodSelector": PROMETHEUS_POD,
+    },
+}
+
+VALUE_SETS = {
+    "required": REQUIRED,
+    "production": PRODUCTION,
+    "local": LOCAL,
+    "observability": OBSERVABILITY,
+}
 
 # Custom resources have no schema in kubernetes_validate: the only ones the chart may render.
 CUSTOM_API_GROUPS = {"monitoring.coreos.com"}
@@ -232,7 +265,12 @@ def test_every_manifest_validates_strictly(name: str, version: str, tmp_path: Pa
                 f"{doc['kind']}/{doc['metadata']['name']} is not valid Kubernetes {version}: "
                 f"{exc.message} at {list(exc.path)}"
             ) from None
-    assert custom == (["ServiceMonitor"] if name == "production" else [])
+    expected = {
+        "production": ["ServiceMonitor"],
+        "observability": ["PodMonitor", "PodMonitor", "PrometheusRule", "ScrapeConfig"]
+        + ["ServiceMonitor"],
+    }
+    assert sorted(custom) == expected.get(name, [])
 
 
 # Values schema -----------------------------------------------------------------------------
@@ -381,10 +419,11 @@ def test_object_store_settings_and_credentials_from_the_secret(tmp_path: Path) -
             for name, ref in _env(spec["containers"][0]).items()
             if isinstance(ref, dict)
         }
-        if expected[where] is None:  # the helm test Pod holds no platform setting
+        wanted = expected[where]
+        if wanted is None:  # the helm test Pod holds no platform setting
             assert not from_secret, where
             continue
-        assert set(from_secret) == base | expected[where], where
+        assert set(from_secret) == base | wanted, where
         for name, ref in from_secret.items():
             assert ref == {"name": "c3-secrets", "key": name}, where
     # Workload identity instead of keys: no credential from the Secret.
@@ -505,6 +544,321 @@ def test_network_policies_allow_only_what_each_component_uses(tmp_path: Path) ->
         peer["podSelector"]["matchLabels"] for peer in api_rule["from"] if "podSelector" in peer
     ]
     assert any(all(test_pod.get(k) == v for k, v in sel.items()) for sel in selected)
+
+
+# Observability ---------------------------------------------------------------------------
+
+OBSERVABILITY_FILES = CHART / "files" / "observability"
+MONITORING_KINDS = {
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PodMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+    "ScrapeConfig": "monitoring.coreos.com/v1alpha1",
+}
+
+
+def _containers(docs: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
+    deployment = _named(docs, "Deployment", f"{RELEASE}-{component}")
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) == {"matchLabels"}, selector
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def test_observability_is_off_by_default(tmp_path: Path) -> None:
+    docs = _rendered(PRODUCTION, tmp_path)
+    assert not [d for d in docs if d["kind"] in ("PodMonitor", "PrometheusRule", "ScrapeConfig")]
+    assert [d["metadata"]["name"] for d in _by_kind(docs, "ConfigMap")] == [f"{RELEASE}-config"]
+    for component in ("proxy", "worker"):
+        (container,) = _containers(docs, component)
+        assert not any("METRICS" in name for name in _env(container)), component
+        assert [p["name"] for p in container.get("ports", [])] == (
+            ["http"] if component == "proxy" else []
+        )
+
+
+def test_monitoring_resources_are_well_formed(tmp_path: Path) -> None:
+    docs = _rendered(OBSERVABILITY, tmp_path)
+    monitoring = [d for d in docs if d["kind"] in MONITORING_KINDS]
+    for doc in monitoring:
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        assert doc["apiVersion"] == MONITORING_KINDS[doc["kind"]], where
+        assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}, where
+        assert len(doc["metadata"]["name"]) <= 63, where
+        assert "namespace" not in doc["metadata"], where  # the release's namespace
+        # The label the operator's selectors were told to match (kube-prometheus-stack: release).
+        assert doc["metadata"]["labels"]["release"] == "kps", where
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE, where
+    assert sorted(d["kind"] for d in monitoring) == [
+        "PodMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ScrapeConfig",
+        "ServiceMonitor",
+    ]
+
+
+def _crd_validated(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    try:
+        monitoring_schemas.validator()
+    except ToolsUnavailable as exc:
+        pytest.skip(f"no prometheus-operator schemas: {exc}")
+    return monitoring_schemas.validate(docs)
+
+
+@pytest.mark.parametrize("name", ["production", "observability"])
+def test_monitoring_resources_match_prometheus_operators_schemas(name: str, tmp_path: Path) -> None:
+    docs = [
+        doc
+        for doc in _rendered(VALUE_SETS[name], tmp_path)
+        if doc["apiVersion"].split("/")[0] in CUSTOM_API_GROUPS
+    ]
+    results = _crd_validated(docs)
+    assert len(results) == len(docs) >= 1
+    assert [r for r in results if r["error"]] == []
+
+
+def test_the_crd_schemas_refuse_a_wrong_monitoring_object(tmp_path: Path) -> None:
+    """The validator bites: a PodMonitor endpoint's port is a name, every rule needs an expr."""
+    docs = _rendered(OBSERVABILITY, tmp_path)
+    monitor = copy.deepcopy(_by_kind(docs, "PodMonitor")[0])
+    monitor["spec"]["podMetricsEndpoints"][0]["port"] = 9100
+    rule = copy.deepcopy(_by_kind(docs, "PrometheusRule")[0])
+    del rule["spec"]["groups"][0]["rules"][0]["expr"]
+    scrape = copy.deepcopy(_by_kind(docs, "ScrapeConfig")[0])
+    scrape["spec"]["httpSDConfigs"][0]["refreshInterval"] = "60"
+    errors = [r["error"] for r in _crd_validated([monitor, rule, scrape])]
+    assert "podMetricsEndpoints/0/port must be string" in errors[0]
+    assert "rules/0 must have required property expr" in errors[1]
+    assert "httpSDConfigs/0/refreshInterval must match pattern" in errors[2]
+
+
+def test_prometheus_rule_carries_the_tested_alert_rules(tmp_path: Path) -> None:
+    """The rules promtool checks and unit-tests (deploy/observability/alerts.yaml), unchanged."""
+    (rule,) = _by_kind(_rendered(OBSERVABILITY, tmp_path), "PrometheusRule")
+    alerts = yaml.safe_load((OBSERVABILITY_FILES / "alerts.yaml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    assert set(rule["spec"]) == {"groups"}
+    names = set()
+    for group in rule["spec"]["groups"]:
+        assert group["name"] and group["rules"], group
+        for entry in group["rules"]:
+            assert entry["alert"] and entry["expr"].strip(), entry
+            names.add(entry["alert"])
+    assert {"C3TenantHomeserverDown", "C3ProxyHigh5xxRatio", "C3ReconcileStalled"} <= names
+
+
+def test_dashboards_are_configmaps_for_the_grafana_sidecar(tmp_path: Path) -> None:
+    docs = _rendered(OBSERVABILITY, tmp_path)
+    shipped = {
+        path.name: json.loads(path.read_text())
+        for path in (OBSERVABILITY_FILES / "dashboards").glob("*.json")
+    }
+    assert len(shipped) == 5
+    found = {}
+    for config_map in _by_kind(docs, "ConfigMap"):
+        if config_map["metadata"]["name"] == f"{RELEASE}-config":
+            continue
+        metadata = config_map["metadata"]
+        assert metadata["labels"]["grafana_dashboard"] == "1", metadata
+        assert metadata["annotations"] == {"grafana_folder": "C3"}
+        assert metadata["name"].startswith(f"{RELEASE}-dashboard-"), metadata
+        ((file_name, text),) = config_map["data"].items()
+        found[file_name] = json.loads(text)  # valid JSON as Grafana reads it
+    assert found == shipped
+    # Somewhere else: the namespace the sidecar watches.
+    elsewhere = _merged(OBSERVABILITY, {"observability": {"dashboards": {"namespace": "grafana"}}})
+    dashboards = [
+        cm
+        for cm in _by_kind(_rendered(elsewhere, tmp_path), "ConfigMap")
+        if "grafana_dashboard" in cm["metadata"]["labels"]
+    ]
+    assert {cm["metadata"]["namespace"] for cm in dashboards} == {"grafana"}
+
+
+def test_scraping_opens_the_metrics_listeners_prometheus_scrapes(tmp_path: Path) -> None:
+    docs = _rendered(OBSERVABILITY, tmp_path)
+    ports = {"proxy": 9100, "worker": 9101}
+    monitors = {m["metadata"]["name"]: m["spec"] for m in _by_kind(docs, "PodMonitor")}
+    assert set(monitors) == {f"{RELEASE}-proxy", f"{RELEASE}-worker"}
+    for component, port in ports.items():
+        deployment = _named(docs, "Deployment", f"{RELEASE}-{component}")
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        (container,) = _containers(docs, component)
+        env = _env(container)
+        prefix = f"C3_{component.upper()}_METRICS"
+        assert (env[f"{prefix}_HOST"], env[f"{prefix}_PORT"]) == ("0.0.0.0", str(port))
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert named["metrics"] == port
+        # Its PodMonitor selects exactly these pods (no other component's) by the port's name.
+        monitor = monitors[f"{RELEASE}-{component}"]
+        assert _selects(monitor["selector"], pod_labels)
+        for other in {"api", "proxy", "worker", "beat"} - {component}:
+            other_pod = _named(docs, "Deployment", f"{RELEASE}-{other}")
+            assert not _selects(
+                monitor["selector"], other_pod["spec"]["template"]["metadata"]["labels"]
+            )
+        (endpoint,) = monitor["podMetricsEndpoints"]
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        assert {"targetLabel": "job", "replacement": f"c3-{component}"} in endpoint["relabelings"]
+    # No other pod opens a listener, and no Service or Ingress reaches one.
+    for component in ("api", "beat"):
+        (container,) = _containers(docs, component)
+        assert not any("_METRICS_" in name for name in _env(container)), component
+    for service in _by_kind(docs, "Service"):
+        assert not {p["port"] for p in service["spec"]["ports"]} & set(ports.values()), service
+        assert all(p.get("targetPort") != "metrics" for p in service["spec"]["ports"])
+
+
+def test_the_services_accept_the_listener_settings_the_chart_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's and the worker's settings as their pods see them (the ConfigMap, then the
+    container's env; placeholders for the Secret's keys) load into the real Settings."""
+    from platform_core.settings import Settings
+
+    docs = _rendered(OBSERVABILITY, tmp_path)
+    secrets = {
+        "C3_DATABASE_URL": "postgresql://c3@db.example/c3",
+        "C3_REDIS_URL": "redis://redis.example:6379/0",
+        "C3_SECRET_KEY": "s" * 32,
+        "C3_OPERATOR_TOKEN": "o" * 32,
+        "C3_TENANT_DATABASE_URL": "postgresql://admin@db.example/postgres",
+    }
+    for component, port in (("proxy", 9100), ("worker", 9101)):
+        for name in [n for n in os.environ if n.startswith("C3_")]:
+            monkeypatch.delenv(name)
+        (container,) = _containers(docs, component)
+        plain = {k: v for k, v in _env(container).items() if isinstance(v, str)}
+        for name, value in {**_config(docs), **plain, **secrets}.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings()
+        listener = (
+            (settings.proxy_metrics_host, settings.proxy_metrics_port)
+            if component == "proxy"
+            else (settings.worker_metrics_host, settings.worker_metrics_port)
+        )
+        assert listener == ("0.0.0.0", port)
+
+
+def test_network_policies_let_only_prometheus_into_the_metrics_ports(tmp_path: Path) -> None:
+    def ingress(values: dict[str, Any], component: str) -> list[dict[str, Any]]:
+        docs = _rendered(values, tmp_path)
+        rules: list[dict[str, Any]] = _named(docs, "NetworkPolicy", f"{RELEASE}-{component}")[
+            "spec"
+        ]["ingress"]
+        return rules
+
+    namespace = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    proxy_rules = ingress(OBSERVABILITY, "proxy")
+    assert proxy_rules[0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert proxy_rules[1] == {
+        "ports": [{"port": 9100, "protocol": "TCP"}],
+        "from": [{**namespace, "podSelector": PROMETHEUS_POD}],
+    }
+    assert ingress(OBSERVABILITY, "worker") == [
+        {
+            "ports": [{"port": 9101, "protocol": "TCP"}],
+            "from": [{**namespace, "podSelector": PROMETHEUS_POD}],
+        }
+    ]
+    assert ingress(OBSERVABILITY, "beat") == []
+    assert [p["port"] for r in ingress(OBSERVABILITY, "api") for p in r["ports"]] == [8000]
+
+    def only(**prometheus: Any) -> dict[str, Any]:
+        values = copy.deepcopy(OBSERVABILITY)
+        values["observability"].update(prometheusNamespace="", prometheusPodSelector={})
+        values["observability"].update(prometheus)
+        return values
+
+    assert ingress(only(prometheusNamespace="monitoring"), "worker")[0]["from"] == [namespace]
+    # A pod selector alone: those pods in any namespace.
+    assert ingress(only(prometheusPodSelector=PROMETHEUS_POD), "worker")[0]["from"] == [
+        {"namespaceSelector": {}, "podSelector": PROMETHEUS_POD}
+    ]
+    # Unauthenticated ports are never opened to everyone by omission.
+    done = template(only(), tmp_path)
+    assert done.returncode != 0
+    assert "needs observability.prometheusNamespace or observability.prometheusPodSelector" in (
+        done.stderr
+    )
+    # Without NetworkPolicies there is nothing to open.
+    no_policies = _merged(only(), {"networkPolicy": {"enabled": False}})
+    assert not _by_kind(_rendered(no_policies, tmp_path), "NetworkPolicy")
+
+
+def test_synapse_targets_come_from_the_api_with_the_operators_key(tmp_path: Path) -> None:
+    docs = _rendered(OBSERVABILITY, tmp_path)
+    (scrape,) = _by_kind(docs, "ScrapeConfig")
+    spec = scrape["spec"]
+    assert spec["metricsPath"] == "/_synapse/metrics"
+    assert {"targetLabel": "job", "replacement": "c3-synapse"} in spec["relabelings"]
+    (discovery,) = spec["httpSDConfigs"]
+    service = _named(docs, "Service", f"{RELEASE}-api")
+    port = service["spec"]["ports"][0]["port"]
+    # The API's Service, by its full cluster DNS name (the chart's kubernetes.clusterDomain).
+    assert discovery["url"] == (
+        f"http://{RELEASE}-api.{NAMESPACE}.svc.cluster.example:{port}/metrics/homeservers"
+    )
+    # The key the operator put in their Secret, the same one the API's ServiceMonitor shows.
+    credentials = {"name": "c3-metrics", "key": "api-key"}
+    assert discovery["authorization"] == {"type": "Bearer", "credentials": credentials}
+    (monitor,) = _by_kind(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["authorization"]["credentials"] == credentials
+    # No key, no scraping: helm names the value to set.
+    keyless = copy.deepcopy(OBSERVABILITY)
+    keyless["metrics"]["serviceMonitor"] = {"enabled": False}
+    done = template(keyless, tmp_path)
+    assert done.returncode != 0
+    assert "observability.scrape needs metrics.serviceMonitor.bearerTokenSecret.name" in (
+        done.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"observability": {"scrape": {"proxyPort": 8080}}},
+            "observability.scrape.proxyPort must differ from 8080",
+        ),
+        (
+            {"extraConfig": {"C3_PROXY_METRICS_PORT": "9100"}},
+            "extraConfig.C3_PROXY_METRICS_PORT is set by the chart itself",
+        ),
+        (
+            {"extraConfig": {"C3_WORKER_METRICS_HOST": "0.0.0.0"}},
+            "extraConfig.C3_WORKER_METRICS_HOST is set by the chart itself",
+        ),
+        ({"observability": {"scrape": {"port": 9100}}}, "additional properties 'port' not allowed"),
+        ({"observability": {"grafana": {}}}, "additional properties 'grafana' not allowed"),
+        ({"observability": {"scrape": {"workerPort": "9101"}}}, "/observability/scrape/workerPort"),
+        (
+            {"observability": {"dashboards": {"enabled": "yes"}}},
+            "/observability/dashboards/enabled",
+        ),
+        ({"observability": {"scrape": {"interval": "30"}}}, "/observability/scrape/interval"),
+        (
+            {"observability": {"prometheusNamespace": "Monitoring"}},
+            "/observability/prometheusNamespace",
+        ),
+        (
+            {"observability": {"prometheusPodSelector": {"app": "prometheus"}}},
+            "additional properties 'app' not allowed",
+        ),
+    ],
+)
+def test_observability_values_are_checked(
+    extra: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    done = template(_merged(OBSERVABILITY, extra), tmp_path)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
 
 
 # helm test ---------------------------------------------------------------------------------

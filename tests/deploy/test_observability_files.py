@@ -130,12 +130,18 @@ def test_the_chart_ships_the_one_copy() -> None:
     )
 
 
-def test_everything_is_off_by_default_and_matches_the_schema_fragment() -> None:
+def test_everything_is_off_by_default_and_matches_the_chart_schema() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())["observability"]
-    assert not any(block["enabled"] for block in values.values())
-    schema = json.loads(
-        (ROOT / "deploy" / "helm" / "observability.values.schema.fragment.json").read_text()
+    assert not any(
+        block["enabled"]
+        for block in values.values()
+        if isinstance(block, dict) and "enabled" in block
     )
+    assert {"dashboards", "prometheusRule", "scrape"} <= set(values)
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["observability"]
+    assert schema["additionalProperties"] is False
     jsonschema.validate(values, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**values, "scrape": {**values["scrape"], "proxyPort": 0}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**values, "scrape": {**values["scrape"], "unknown": 1}}, schema)

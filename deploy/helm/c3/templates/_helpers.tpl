@@ -126,7 +126,41 @@ C3_DATABASE_URL C3_REDIS_URL C3_SECRET_KEY C3_OPERATOR_TOKEN
 
 {{/* Settings that have their own value (extraConfig refuses them even when the value is empty). */}}
 {{- define "c3.settingsFromValues" -}}
-C3_LOG_FORMAT C3_OBJECT_STORE_URL C3_OBJECT_STORE_BUCKET C3_OBJECT_STORE_REGION C3_OBJECT_STORE_PREFIX C3_KUBERNETES_SYNAPSE_IMAGE C3_KUBERNETES_RELEASE C3_KUBERNETES_PLATFORM_NAMESPACE C3_KUBERNETES_STORAGE_CLASS C3_KUBERNETES_DATABASE_CIDR C3_KUBERNETES_CLUSTER_DOMAIN C3_PROXY_SPOOL_DIR C3_PROXY_SPOOL_BUDGET_BYTES
+C3_LOG_FORMAT C3_OBJECT_STORE_URL C3_OBJECT_STORE_BUCKET C3_OBJECT_STORE_REGION C3_OBJECT_STORE_PREFIX C3_KUBERNETES_SYNAPSE_IMAGE C3_KUBERNETES_RELEASE C3_KUBERNETES_PLATFORM_NAMESPACE C3_KUBERNETES_STORAGE_CLASS C3_KUBERNETES_DATABASE_CIDR C3_KUBERNETES_CLUSTER_DOMAIN C3_PROXY_SPOOL_DIR C3_PROXY_SPOOL_BUDGET_BYTES C3_PROXY_METRICS_HOST C3_PROXY_METRICS_PORT C3_WORKER_METRICS_HOST C3_WORKER_METRICS_PORT
+{{- end }}
+
+{{/*
+The metrics listener of the proxy or the worker: its port when observability.scrape is on,
+else nothing (no listener). (dict "ctx" $ "component" "proxy")
+*/}}
+{{- define "c3.metricsPort" -}}
+{{- $scrape := .ctx.Values.observability.scrape }}
+{{- if $scrape.enabled }}
+{{- if eq .component "proxy" }}{{ $scrape.proxyPort }}{{ else if eq .component "worker" }}{{ $scrape.workerPort }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* env entries that open that listener on every address of the pod (see c3.metricsPort). */}}
+{{- define "c3.metricsEnv" -}}
+{{- $port := include "c3.metricsPort" . }}
+{{- if $port }}
+{{- $prefix := printf "C3_%s_METRICS" (upper .component) }}
+# The Prometheus listener (GET /metrics): container port `metrics`, never in a Service.
+- name: {{ $prefix }}_HOST
+  value: "0.0.0.0"
+- name: {{ $prefix }}_PORT
+  value: {{ $port | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The container port entry of that listener. */}}
+{{- define "c3.metricsContainerPort" -}}
+{{- $port := include "c3.metricsPort" . }}
+{{- if $port }}
+- name: metrics
+  containerPort: {{ $port }}
+  protocol: TCP
+{{- end }}
 {{- end }}
 
 {{/* Where the proxy spools bodies, and its budget in bytes (below the volume's sizeLimit). */}}
