@@ -30,6 +30,7 @@ from tenant_api.registration_tokens.endpoints import router as registration_toke
 from tenant_api.tenants.endpoints import router as tenants_router
 from tenant_api.usage.endpoints import router as usage_router
 from tenant_api.users.endpoints import router as users_router
+from tenant_api.widget.endpoints import router as widget_router
 
 
 @asynccontextmanager
@@ -66,6 +67,7 @@ def create_app() -> FastAPI:
     app.include_router(audit_router)
     app.include_router(metrics_router)
     app.include_router(exports_router)
+    app.include_router(widget_router)
     # Outermost last: the request id exists before anything is refused, replayed or
     # recorded; an oversized body is refused before idempotency (or a route) reads it.
     app.add_middleware(IdempotencyMiddleware)
