@@ -27,7 +27,12 @@ def _private_files() -> None:
 
 # The modules whose Celery tasks a worker runs: the lifecycle and reconcile (provisioner), the
 # usage consumer and invoice finalization (tenant_api). Composition is c3's job, so it is here.
-WORKER_TASK_MODULES = ("provisioner.tasks", "tenant_api.usage.tasks", "tenant_api.invoices.tasks")
+WORKER_TASK_MODULES = (
+    "provisioner.tasks",
+    "tenant_api.usage.tasks",
+    "tenant_api.invoices.tasks",
+    "tenant_api.contexts.tasks",
+)
 
 
 def _logging() -> None:

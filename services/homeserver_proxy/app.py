@@ -20,6 +20,7 @@ from homeserver_proxy.client_urls import (
     media_server_name,
     starts_sso,
 )
+from homeserver_proxy.confinement import Confinement
 from homeserver_proxy.federation import (
     FEDERATION_MAX_BODY,
     federates,
@@ -66,6 +67,8 @@ class ProxyApp:
             lambda upstream, token: whoami(self.forwarder.session, upstream, token)
         )
         self.exchange_meter = ExchangeMeter(self.meter, self.token_users)
+        # External context participants: no other profiles, no media of other rooms.
+        self.confinement = Confinement(self.redis, self.keys)
         self.flusher = UsageFlusher(
             self.meter, self.redis, self.keys, interval=settings.usage_flush_interval_s
         )
@@ -154,6 +157,7 @@ class ProxyApp:
             query = scope.get("query_string", b"")
             await errors.send_redirect(send, location + (b"?" + query if query else b""))
         else:
+            await self.confinement.check(scope, path)
             await self._forward(route, scope, receive, send, path, base_url=target.base_url)
 
     async def _resolve(self, method: str, path: str, host: str | None) -> _Target:

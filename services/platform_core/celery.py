@@ -21,6 +21,7 @@ class TaskNames:
     RECONCILE_USAGE = "c3.provisioner.reconcile_usage"
     APPLY_USAGE_BATCHES = "c3.usage.apply_usage_batches"
     FINALIZE_INVOICES = "c3.invoices.finalize_invoices"
+    EXPIRE_CONTEXT_PARTICIPANTS = "c3.contexts.expire_participants"
 
 
 # The task that carries out each kind of operation (keyed by OperationKind value).
@@ -77,6 +78,12 @@ def _config() -> dict[str, object]:
                 "task": TaskNames.RECONCILE_USAGE,
                 "schedule": settings.usage_reconcile_interval_s,
                 "options": {"expires": settings.usage_reconcile_interval_s},
+            },
+            # External context participants whose credential expired lose their account.
+            "expire-context-participants": {
+                "task": TaskNames.EXPIRE_CONTEXT_PARTICIPANTS,
+                "schedule": settings.contexts_expiry_interval_s,
+                "options": {"expires": settings.contexts_expiry_interval_s},
             },
             "finalize-invoices": {
                 "task": TaskNames.FINALIZE_INVOICES,

@@ -61,6 +61,17 @@ class RedisKeys:
         """Counter (expires with its window): failed credentials from one client address."""
         return f"{self.namespace}:throttle:address:{address}"
 
+    def context_external(self, token_digest: str) -> str:
+        """String (expires with the credential), by the SHA-256 of an external participant's
+        access token: ``<user id> <room id>``, for the proxy's confinement
+        (homeserver_proxy.confinement). Deleted when the participant is cut off."""
+        return f"{self.namespace}:contexts:external:{token_digest}"
+
+    def context_media(self, room_id: str) -> str:
+        """Set: the mxc URIs posted in a context room (written by the application service
+        receiver): the only media its external participants may fetch."""
+        return f"{self.namespace}:contexts:media:{room_id}"
+
     def sessions_revoked_at(self, account_id: str) -> str:
         """Milliseconds since the epoch: access tokens of this account issued at or before it
         are refused (disable, password reset). Expires once all such tokens have expired."""

@@ -203,6 +203,19 @@ class Settings(BaseSettings):
         return self
 
     # --- end of object storage and proxy spool ---------------------------------------------
+    # --- Contexts (issue 14): application service, external participants, expiry ----------
+    # Base URL at which tenant homeservers reach the API's application service receiver
+    # (/_c3/appservice/{tenant}/…); it must be reachable from the homeservers (in Kubernetes,
+    # the API's cluster Service). Unset: the API's own http://C3_API_HOST:C3_API_PORT.
+    contexts_appservice_url: str | None = None
+    # The longest life an external participant's credential may be given (ttl_s), and the
+    # one it gets when the request names none.
+    contexts_external_ttl_max_s: int = Field(default=30 * 24 * 3600, ge=60)
+    contexts_external_ttl_default_s: int = Field(default=24 * 3600, ge=60)
+    # How often the beat task deactivates external accounts whose credential expired (a crash
+    # may have left some behind; their tokens already stopped working at expiry).
+    contexts_expiry_interval_s: float = Field(default=30.0, gt=0)
+    # --- end contexts ---------------------------------------------------------------------
 
     @field_validator("base_domain")
     @classmethod
@@ -258,6 +271,10 @@ class Settings(BaseSettings):
             raise ValueError("C3_FAKE_BACKEND_FAIL/CRASH need C3_BACKEND=fake")
         if self.secret_key is not None and len(self.secret_key) < 32:
             raise ValueError("C3_SECRET_KEY must be at least 32 characters")
+        if self.contexts_external_ttl_default_s > self.contexts_external_ttl_max_s:
+            raise ValueError(
+                "C3_CONTEXTS_EXTERNAL_TTL_DEFAULT_S may not exceed C3_CONTEXTS_EXTERNAL_TTL_MAX_S"
+            )
         if self.api_port == self.proxy_port and self.api_host == self.proxy_host:
             raise ValueError("C3_API_PORT and C3_PROXY_PORT must differ")
         return self
@@ -287,6 +304,12 @@ class Settings(BaseSettings):
         default_port = {"http": 80, "https": 443}.get(public.scheme)
         port = f":{public.port}" if public.port and public.port != default_port else ""
         return f"{public.scheme}://{server_name}{port}"
+
+    @property
+    def contexts_receiver_base_url(self) -> str:
+        if self.contexts_appservice_url:
+            return self.contexts_appservice_url.rstrip("/")
+        return f"http://{self.api_host}:{self.api_port}"
 
     def require_secret_key(self) -> str:
         if not self.secret_key:

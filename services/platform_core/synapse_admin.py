@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -64,7 +64,7 @@ class SynapseAdminClient:
         self._token = access_token
         self._renew_token = renew_token
 
-    async def __aenter__(self) -> SynapseAdminClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -128,6 +128,16 @@ class SynapseAdminClient:
         return await self._request(
             "POST", f"/_synapse/admin/v1/deactivate/{path_segment(user_id)}", json={"erase": erase}
         )
+
+    async def login_as(self, user_id: str, *, valid_until_ms: int | None) -> str:
+        """An access token for ``user_id`` (no device) that the homeserver itself refuses
+        after ``valid_until_ms`` (UTC epoch ms; None: until logged out)."""
+        answer = await self._request(
+            "POST",
+            f"/_synapse/admin/v1/users/{path_segment(user_id)}/login",
+            json={"valid_until_ms": valid_until_ms},
+        )
+        return str(answer["access_token"])
 
     async def list_registration_tokens(self, *, valid: bool | None = None) -> list[dict[str, Any]]:
         """All registration tokens (``valid``: only usable ones, or only used-up/expired ones)."""

@@ -18,7 +18,7 @@ import httpx
 import redis
 from sqlalchemy.orm import Session
 
-from platform_core import object_store, outbound
+from platform_core import appservice, object_store, outbound
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, PermanentError, TemporaryError
 from platform_core.homeserver_settings import effective_max_upload_bytes, federation_mode
@@ -123,6 +123,11 @@ def target_for(ctx: Context, tenant: Tenant, plan: Plan, hs: Homeserver) -> Home
     if hs.secrets_encrypted is None:
         raise PermanentError("homeserver record has no secrets")
     hs_secrets = HomeserverSecrets.from_dict(ctx.box.decrypt_json(hs.secrets_encrypted))
+    if not hs_secrets.appservice_as_token:
+        # A homeserver made before contexts existed: its application service tokens are made
+        # once and kept with its other secrets (the caller's transaction commits them).
+        hs_secrets = hs_secrets.with_appservice_tokens()
+        hs.secrets_encrypted = ctx.box.encrypt_json(hs_secrets.to_dict())
     return HomeserverTarget(
         tenant_id=str(tenant.id),
         server_name=tenant.server_name,
@@ -134,6 +139,9 @@ def target_for(ctx: Context, tenant: Tenant, plan: Plan, hs: Homeserver) -> Home
         setting_secrets=_setting_secrets(ctx, tenant),
         database=tenant_databases.synapse_database(ctx.settings, hs.database_name, hs_secrets),
         outbound_allowed_networks=tuple(str(n) for n in ctx.settings.outbound_allowed_networks),
+        appservice_url=appservice.receiver_url(
+            ctx.settings.contexts_receiver_base_url, str(tenant.id)
+        ),
     )
 
 

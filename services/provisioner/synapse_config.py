@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from signedjson.key import generate_signing_key, write_signing_keys
 
+from platform_core import appservice
 from platform_core.errors import PermanentError
 from platform_core.homeserver_settings import (
     DEFAULT_MAX_UPLOAD_SIZE_BYTES,
@@ -63,6 +64,11 @@ class HomeserverSecrets:
     # The tenant's PostgreSQL role password (provisioner.tenant_databases); records made before
     # it existed load with "" and stay on SQLite.
     database_password: str = ""
+    # The platform's application service (platform_core.appservice): the token it acts with
+    # and the token the homeserver proves itself with when it pushes transactions. Records
+    # made before contexts existed load with "" and get theirs from steps.target_for.
+    appservice_as_token: str = ""
+    appservice_hs_token: str = ""
 
     @classmethod
     def generate(cls) -> HomeserverSecrets:
@@ -76,6 +82,20 @@ class HomeserverSecrets:
             signing_key=buffer.getvalue().strip(),
             admin_password=secrets.token_urlsafe(24),
             database_password=secrets.token_urlsafe(32),
+            appservice_as_token=secrets.token_urlsafe(32),
+            appservice_hs_token=secrets.token_urlsafe(32),
+        )
+
+    def with_appservice_tokens(self) -> HomeserverSecrets:
+        """These secrets, with application service tokens if they had none yet."""
+        if self.appservice_as_token and self.appservice_hs_token:
+            return self
+        return HomeserverSecrets.from_dict(
+            {
+                **self.to_dict(),
+                "appservice_as_token": secrets.token_urlsafe(32),
+                "appservice_hs_token": secrets.token_urlsafe(32),
+            }
         )
 
     def to_dict(self) -> dict[str, str]:
@@ -100,6 +120,9 @@ class HomeserverSpec:
     setting_secrets: dict[str, str] = field(default_factory=dict)
     database: dict[str, Any] | None = None  # None: SQLite under data_dir
     outbound_allowed_networks: tuple[str, ...] = ()  # C3_OUTBOUND_ALLOWED_NETWORKS
+    # Where the homeserver pushes the platform application service's transactions
+    # (platform_core.appservice.receiver_url); None: no application service (stand-ins).
+    appservice_url: str | None = None
 
 
 def effective_limits(plan_limits: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +198,34 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
     config.update(_retention_config(spec.settings))
     config.update(_turn_config(spec.settings, spec.setting_secrets))
     config.update(_oidc_config(spec.settings, spec.setting_secrets))
+    config.update(_contexts_config(spec))
     return config
+
+
+APPSERVICE_FILE = "appservice-c3.yaml"
+
+
+def _contexts_config(spec: HomeserverSpec) -> dict[str, Any]:
+    """The platform's application service and the module confining external participants
+    (docs/contexts.md): on every tenant homeserver, new and existing."""
+    if spec.appservice_url is None:
+        return {}
+    return {
+        "app_service_config_files": [str(spec.data_dir / APPSERVICE_FILE)],
+        "modules": [appservice.confinement_module(spec.server_name)],
+    }
+
+
+def render_appservice_registration(spec: HomeserverSpec, hs_secrets: HomeserverSecrets) -> str:
+    if not (hs_secrets.appservice_as_token and hs_secrets.appservice_hs_token):
+        raise PermanentError("homeserver secrets have no application service tokens")
+    registration = appservice.registration(
+        server_name=spec.server_name,
+        url=spec.appservice_url or "",
+        as_token=hs_secrets.appservice_as_token,
+        hs_token=hs_secrets.appservice_hs_token,
+    )
+    return yaml.safe_dump(registration, sort_keys=True)
 
 
 # Tenant settings (platform_core.homeserver_settings) → Synapse options ------------------
@@ -316,4 +366,7 @@ def write_homeserver_files(spec: HomeserverSpec, hs_secrets: HomeserverSecrets) 
     changed = write_if_changed(spec.data_dir / "homeserver.yaml", config)
     changed |= write_if_changed(spec.data_dir / "log.config", log_config)
     changed |= write_if_changed(spec.data_dir / "signing.key", hs_secrets.signing_key + "\n")
+    if spec.appservice_url is not None:
+        registration = render_appservice_registration(spec, hs_secrets)
+        changed |= write_if_changed(spec.data_dir / APPSERVICE_FILE, registration)
     return changed

@@ -15,6 +15,8 @@ from tenant_api import access_log, errors
 from tenant_api.accounts.endpoints import router as accounts_router
 from tenant_api.api_keys.endpoints import router as api_keys_router
 from tenant_api.audit.endpoints import router as audit_router
+from tenant_api.contexts.appservice import router as appservice_router
+from tenant_api.contexts.endpoints import router as contexts_router
 from tenant_api.exports.endpoints import router as exports_router
 from tenant_api.invoices.endpoints import router as invoices_router
 from tenant_api.kit.repository import ping_database
@@ -68,6 +70,8 @@ def create_app() -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(exports_router)
     app.include_router(widget_router)
+    app.include_router(contexts_router)
+    app.include_router(appservice_router)
     # Outermost last: the request id exists before anything is refused, replayed or
     # recorded; an oversized body is refused before idempotency (or a route) reads it.
     app.add_middleware(IdempotencyMiddleware)

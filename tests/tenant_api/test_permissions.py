@@ -21,11 +21,16 @@ from platform_core.models import (
     Account,
     ApiKey,
     AuditEvent,
+    Context,
+    ContextParticipant,
+    ContextState,
     ExportState,
     Invoice,
     Operation,
     OperationKind,
     OperationState,
+    ParticipantKind,
+    ParticipantState,
     Plan,
     Tenant,
     TenantExport,
@@ -98,6 +103,15 @@ MATRIX: dict[str, dict[str, Cell]] = {
     # Authorization header or none (a bad signature is 404 for everyone: test_exports).
     "GET /v1/exports/{export_id}/download": row([("ok", "ok")] * len(CALLERS)),
     "GET /metrics": row(["ok", "403", "403", "403", "403", "401", "401"]),
+    # Contexts: read with tenants:read, changed with users:write (they create accounts). The
+    # tenants here have no homeserver, so allowed writes answer 409.
+    "PUT /v1/tenants/{tenant_id}/contexts/{ref}": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/contexts": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "GET /v1/tenants/{tenant_id}/contexts/{ref}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "POST /v1/tenants/{tenant_id}/contexts/{ref}/participants": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "DELETE /v1/tenants/{tenant_id}/contexts/{ref}/participants/{participant_id}": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "POST /v1/tenants/{tenant_id}/contexts/{ref}/close": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
+    "POST /v1/tenants/{tenant_id}/contexts/{ref}/messages": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
 }  # fmt: skip
 # Open to everyone by design: sign-in, token revocation, health.
 PUBLIC = {"POST /v1/auth/token", "POST /v1/auth/revoke", "GET /healthz"}
@@ -116,6 +130,8 @@ class World:
     exports: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     # A tenant admin account of tenant a/b that no caller signs in with.
     accounts: dict[str, str] = field(default_factory=dict)
+    # An open context of tenant a/b (ref case-1) and an active external participant in it.
+    participants: dict[str, str] = field(default_factory=dict)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -222,6 +238,7 @@ async def _world(api: httpx.AsyncClient) -> World:
         tenants, operations, invoices, last_month, plan_code, headers, lambda s: victims[s].pop()
     )
     world.exports = {side: _ready_export(tenants[side]["id"]) for side in ("a", "b")}
+    world.participants = {side: _open_context(tenants[side]["id"]) for side in ("a", "b")}
     for side in ("a", "b"):
         victim = await api.post(
             "/v1/accounts",
@@ -263,6 +280,31 @@ def _ready_export(tenant_id: str) -> tuple[str, dict[str, str]]:
         return str(export.id), query
 
 
+def _open_context(tenant_id: str) -> str:
+    """Context case-1 of the tenant with one active external participant; its id."""
+    with task_session() as session:
+        context = Context(
+            tenant_id=uuid.UUID(tenant_id),
+            ref="case-1",
+            title="Case 1",
+            room_id=f"!{uuid.uuid4().hex}:perm.test",
+            status=ContextState.OPEN,
+        )
+        session.add(context)
+        session.flush()
+        participant = ContextParticipant(
+            context_id=context.id,
+            tenant_id=context.tenant_id,
+            kind=ParticipantKind.EXTERNAL,
+            user_id=f"@c3x-{uuid.uuid4().hex[:8]}:perm.test",
+            status=ParticipantState.ACTIVE,
+            expires_at=datetime.now(UTC) + timedelta(hours=1),
+        )
+        session.add(participant)
+        session.flush()
+        return str(participant.id)
+
+
 def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str, Any]]:
     method, template = route.split(" ", 1)
     tenant = world.tenants[side]
@@ -276,6 +318,8 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         .replace("{token}", "mx-token-1234")
         .replace("{export_id}", world.exports[side][0])
         .replace("{account_id}", world.accounts[side])
+        .replace("{ref}", "case-1")
+        .replace("{participant_id}", world.participants[side])
     )
     if "{key_id}" in path:
         path = path.replace("{key_id}", world.victim_key(side))
@@ -295,6 +339,9 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         },
         "POST /v1/api-keys": {"name": "n", "scopes": ["tenants:read"]},
         "POST /v1/accounts/{account_id}/reset-password": {"password": "a new long password"},
+        "PUT /v1/tenants/{tenant_id}/contexts/{ref}": {"title": "Case 1"},
+        "POST /v1/tenants/{tenant_id}/contexts/{ref}/participants": {"display_name": "Pat"},
+        "POST /v1/tenants/{tenant_id}/contexts/{ref}/messages": {"body": "hello"},
     }
     if route == "GET /v1/exports/{export_id}/download":
         return method, path, {"params": world.exports[side][1]}
@@ -319,6 +366,12 @@ def database_state() -> dict[str, Any]:
             "operations": len(session.scalars(select(Operation.id)).all()),
             "invoices": len(session.scalars(select(Invoice.id)).all()),
             "audit": len(session.scalars(select(AuditEvent.id)).all()),
+            "contexts": sorted(
+                (str(c.id), c.status.value, c.title) for c in session.scalars(select(Context))
+            ),
+            "participants": sorted(
+                (str(p.id), p.status.value) for p in session.scalars(select(ContextParticipant))
+            ),
         }
 
 

@@ -10,6 +10,16 @@ from platform_core.models.auth import (
 )
 from platform_core.models.base import Base, UTCDateTime, utcnow
 from platform_core.models.billing import Invoice, InvoiceCounter, InvoiceLine, InvoiceStatus
+from platform_core.models.contexts import (
+    AppserviceTransaction,
+    Context,
+    ContextEvent,
+    ContextEventKind,
+    ContextParticipant,
+    ContextState,
+    ParticipantKind,
+    ParticipantState,
+)
 from platform_core.models.tenancy import (
     ExportState,
     Homeserver,
@@ -32,6 +42,14 @@ from platform_core.models.usage import (
 )
 
 __all__ = [
+    "AppserviceTransaction",
+    "Context",
+    "ContextEvent",
+    "ContextEventKind",
+    "ContextParticipant",
+    "ContextState",
+    "ParticipantKind",
+    "ParticipantState",
     "Account",
     "AccountRole",
     "ApiKey",

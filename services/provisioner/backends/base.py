@@ -43,6 +43,8 @@ class HomeserverTarget:
     database: dict[str, Any] | None = None
     # C3_OUTBOUND_ALLOWED_NETWORKS: internal networks the homeserver may still reach.
     outbound_allowed_networks: tuple[str, ...] = ()
+    # Where the homeserver pushes the platform application service's transactions.
+    appservice_url: str | None = None
 
 
 class Backend(abc.ABC):

@@ -94,6 +94,7 @@ class LocalBackend(Backend):
             setting_secrets=target.setting_secrets,
             database=target.database,
             outbound_allowed_networks=target.outbound_allowed_networks,
+            appservice_url=target.appservice_url,
         )
         return write_homeserver_files(spec, target.secrets)
 
