@@ -35,7 +35,6 @@ from tests.helpers.platform import RunningPlatform, poll_async
 pytestmark = pytest.mark.e2e
 
 ALICE_PASSWORD = "alice-secret-1"
-PAT_PASSWORD = "pat-secret-12"
 WAIT_MS = 30_000
 # A 1x1 PNG: an image the widget must show inline (fetched with the token, as a blob).
 PIXEL = bytes.fromhex(
@@ -118,8 +117,7 @@ def widget_platform(
 def tenant(widget_platform: RunningPlatform) -> dict[str, Any]:
     created = widget_platform.create_tenant(f"wg{uuid.uuid4().hex[:6]}")
     alice = widget_platform.create_user(created["id"], "alice", ALICE_PASSWORD)
-    pat = widget_platform.create_user(created["id"], "pat", PAT_PASSWORD)
-    return {**created, "alice": alice, "pat": pat}
+    return {**created, "alice": alice}
 
 
 @pytest.fixture
@@ -130,38 +128,31 @@ async def alice(tenant: dict[str, Any]) -> AsyncIterator[nio.AsyncClient]:
     await client.close()
 
 
-async def credential_for_pat(tenant: dict[str, Any], room_id: str) -> dict[str, Any]:
-    """Pat's credential in the shape POST …/contexts/{ref}/participants returns: the
-    homeserver by host name (``<slug>.c3.localhost``, which Chromium resolves to loopback;
-    this process reaches the same homeserver by path)."""
-    async with httpx.AsyncClient(base_url=tenant["homeserver_path_url"], timeout=30) as http:
-        logged_in = await http.post(
-            "/_matrix/client/v3/login",
-            json={
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": tenant["pat"]},
-                "password": PAT_PASSWORD,
-            },
+def open_context(platform: RunningPlatform, tenant: dict[str, Any], ref: str) -> str:
+    """The back office opens context ``ref`` with Alice in it; its room id."""
+    with platform.api() as api:
+        created = api.put(
+            f"/v1/tenants/{tenant['id']}/contexts/{ref}",
+            json={"title": f"Claim {ref}", "participants": [{"user": "alice"}]},
         )
-        assert logged_in.status_code == 200, logged_in.text
-        session = logged_in.json()
-        auth = {"Authorization": f"Bearer {session['access_token']}"}
-        joined = await http.post(f"/_matrix/client/v3/join/{room_id}", json={}, headers=auth)
-        assert joined.status_code == 200, joined.text
-        named = await http.put(
-            f"/_matrix/client/v3/profile/{tenant['pat']}/displayname",
-            json={"displayname": "Pat Patient"},
-            headers=auth,
+        assert created.status_code == 201, created.text
+        return str(created.json()["room_id"])
+
+
+def external_credential(
+    platform: RunningPlatform, tenant: dict[str, Any], ref: str, ttl_s: int = 3600
+) -> dict[str, Any]:
+    """What the customer's backend gets for Pat (POST …/participants) and hands the page."""
+    with platform.api() as api:
+        added = api.post(
+            f"/v1/tenants/{tenant['id']}/contexts/{ref}/participants",
+            json={"display_name": "Pat Patient", "ttl_s": ttl_s},
         )
-        assert named.status_code == 200, named.text
-    return {
-        "access_token": session["access_token"],
-        "user_id": session["user_id"],
-        "device_id": session["device_id"],
-        "homeserver_url": tenant["homeserver_url"],
-        "room_id": room_id,
-        "expires_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
-    }
+        assert added.status_code == 201, added.text
+        credential = dict(added.json()["credential"])
+    # By host name (<slug>.c3.localhost): Chromium resolves it to loopback.
+    assert credential["homeserver_url"] == tenant["homeserver_url"]
+    return credential
 
 
 @pytest.fixture
@@ -226,15 +217,14 @@ async def test_a_conversation_in_the_customers_page(
     alice: nio.AsyncClient,
     chromium: Any,
 ) -> None:
-    created = await alice.room_create(name="Claim 4711", invite=[tenant["pat"]])
-    assert isinstance(created, nio.RoomCreateResponse), created
-    room_id = created.room_id
+    room_id = open_context(widget_platform, tenant, "case-4711")
     await alice.room_send(
         room_id, "m.room.message", {"msgtype": "m.text", "body": "Welcome, this is claim 4711"}
     )
     site = CustomerSite(widget_url(widget_platform))
-    site.credential = await credential_for_pat(tenant, room_id)
-    pat = tenant["pat"]
+    site.credential = external_credential(widget_platform, tenant, "case-4711")
+    assert site.credential["room_id"] == room_id
+    pat = site.credential["user_id"]
 
     with site.serving():
         context = await chromium.new_context(viewport=DESKTOP)
@@ -376,22 +366,45 @@ async def test_a_conversation_in_the_customers_page(
         html = await page.evaluate("() => document.documentElement.outerHTML")
         assert site.credential["access_token"] not in html
 
-        # The credential is revoked: the widget says access has ended and stops.
-        async with httpx.AsyncClient(base_url=tenant["homeserver_path_url"]) as http:
-            out = await http.post(
-                "/_matrix/client/v3/logout",
-                headers={"Authorization": f"Bearer {site.credential['access_token']}"},
-            )
-            assert out.status_code == 200, out.text
+        # The back office closes the case: the widget says access has ended and stops.
+        with widget_platform.api() as api:
+            closed = api.post(f"/v1/tenants/{tenant['id']}/contexts/case-4711/close")
+            assert closed.status_code == 200, closed.text
         ended = widget.get_by_role("alert")
         await ended.filter(has_text="access to this conversation has ended").wait_for(
             timeout=WAIT_MS
         )
         assert await box.is_disabled()
-        events = await page.evaluate("() => window.c3Events.map(([name]) => name)")
-        assert "c3-access-ended" in events
+        ended_events = await page.evaluate(
+            "() => window.c3Events.filter(([name]) => name === 'c3-access-ended')"
+        )
+        # Removed from the room, or the token refused: whichever the widget saw first.
+        assert ended_events[0][1]["reason"] in ("C3_LEFT", "M_UNKNOWN_TOKEN"), ended_events
         await shot(page, "widget-access-ended")
         assert errors == []
+        await context.close()
+
+
+async def test_an_expired_credential_ends_access_in_the_page(
+    widget_platform: RunningPlatform, tenant: dict[str, Any], chromium: Any
+) -> None:
+    open_context(widget_platform, tenant, "case-4712")
+    site = CustomerSite(widget_url(widget_platform))
+    site.credential = external_credential(widget_platform, tenant, "case-4712", ttl_s=5)
+    with site.serving():
+        context = await chromium.new_context(viewport=DESKTOP)
+        page = await context.new_page()
+        await page.goto(site.url)
+        await ready(page)
+        widget = page.locator("c3-conversation")
+        assert await widget.get_by_label("Message").is_enabled()
+        # The homeserver refuses the token at expiry; the widget asks again then and says so.
+        await widget.get_by_role("alert").filter(has_text="has ended").wait_for(timeout=WAIT_MS)
+        assert await widget.get_by_label("Message").is_disabled()
+        ended = await page.evaluate(
+            "() => window.c3Events.filter(([name]) => name === 'c3-access-ended')"
+        )
+        assert ended[0][1]["reason"] == "M_UNKNOWN_TOKEN"
         await context.close()
 
 

@@ -19,9 +19,11 @@ const SYNC_TIMEOUT_MS = 30000;
 const TIMELINE_LIMIT = 50;
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30000;
+const MEDIA_TRIES = 6;
 const TYPING_TIMEOUT_MS = 20000;
 const TYPING_RESEND_MS = 10000;
 const TYPING_IDLE_MS = 5000;
+const ENDED_TEXT = "Your access to this conversation has ended.";
 const ENDED_ERRCODES = new Set(["M_UNKNOWN_TOKEN", "M_USER_DEACTIVATED", "M_MISSING_TOKEN"]);
 
 const STYLE = `
@@ -378,7 +380,7 @@ class C3Conversation extends HTMLElement {
           return;
         }
         if (error && error.name === "AbortError") continue; // woken on purpose: ask again now
-        this._setStatus("reconnecting", "Connection lost — reconnecting…");
+        this._setStatus("reconnecting", this._lostText());
         await this._pause(delay, run);
         delay = Math.min(delay * 2, BACKOFF_MAX_MS);
       }
@@ -401,7 +403,7 @@ class C3Conversation extends HTMLElement {
   _applySync(answer) {
     const rooms = answer.rooms || {};
     if ((rooms.leave && rooms.leave[this._roomId]) || (rooms.ban && rooms.ban[this._roomId])) {
-      this._end("You are no longer a member of this conversation.", "C3_LEFT");
+      this._end(ENDED_TEXT, "C3_LEFT");
       return;
     }
     const room = rooms.join && rooms.join[this._roomId];
@@ -424,7 +426,7 @@ class C3Conversation extends HTMLElement {
     const content = event.content || {};
     if (content.displayname) this._members.set(event.state_key, content.displayname);
     if (event.state_key === this._userId && ["leave", "ban"].includes(content.membership)) {
-      this._end("You are no longer a member of this conversation.", "C3_LEFT");
+      this._end(ENDED_TEXT, "C3_LEFT");
     }
   }
 
@@ -514,12 +516,21 @@ class C3Conversation extends HTMLElement {
   async _download(mxc) {
     const match = /^mxc:\/\/([^/]+)\/([^/?#]+)$/.exec(String(mxc));
     if (!match) throw new Error("not an mxc URI");
-    const response = await this._request(
-      "GET",
-      `/_matrix/client/v1/media/download/${enc(match[1])}/${enc(match[2])}`,
-      { raw: true },
-    );
-    return URL.createObjectURL(await response.blob());
+    const path = `/_matrix/client/v1/media/download/${enc(match[1])}/${enc(match[2])}`;
+    // A file just posted may be refused for a moment (C3 learns a context's media from the
+    // homeserver's push, which can trail this client's /sync): a few tries, backing off.
+    let delay = BACKOFF_FIRST_MS;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        const response = await this._request("GET", path, { raw: true });
+        return URL.createObjectURL(await response.blob());
+      } catch (error) {
+        const again = !(error instanceof MatrixError && error.endsAccess) && attempt < MEDIA_TRIES;
+        if (!again || !this._running) throw error;
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(delay * 2, BACKOFF_MAX_MS);
+      }
+    }
   }
 
   // ---- sending --------------------------------------------------------------------------
@@ -722,13 +733,17 @@ class C3Conversation extends HTMLElement {
     }
   }
 
+  _lostText() {
+    return navigator.onLine ? "Connection lost — reconnecting…" : "Offline — waiting for the network…";
+  }
+
   _setComposerEnabled(enabled) {
     for (const control of [this._input, this._send, this._attach]) control.disabled = !enabled;
   }
 
   _handleFatal(error) {
     if (error.endsAccess || error.status === 403 || error.status === 404) {
-      this._end("Your access to this conversation has ended.", error.errcode || `HTTP_${error.status}`);
+      this._end(ENDED_TEXT, error.errcode || `HTTP_${error.status}`);
     } else {
       this._setStatus("reconnecting", `Something went wrong: ${error.message}`);
     }
@@ -775,7 +790,7 @@ class C3Conversation extends HTMLElement {
     window.addEventListener("online", () => this._wake());
     window.addEventListener("offline", () => {
       if (!this._running) return;
-      this._setStatus("reconnecting", "Offline — waiting for the network…");
+      this._setStatus("reconnecting", this._lostText());
       this._wake();
     });
     document.addEventListener("visibilitychange", () => {
