@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -157,7 +156,7 @@ def external_credential(
 
 @pytest.fixture
 async def chromium() -> AsyncIterator[Any]:
-    if not Path(CHROMIUM).exists():
+    if shutil.which(CHROMIUM) is None:
         pytest.skip("browser tests need Debian's chromium (scripts/system_deps installs it)")
     from playwright.async_api import async_playwright
 

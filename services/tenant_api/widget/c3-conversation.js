@@ -41,7 +41,7 @@ const STYLE = `
 .status { padding: 4px 12px; font-size: .85em; color: var(--c3-muted, #57606a); min-height: 1.4em; }
 .status[data-state="offline"] { color: var(--c3-error, #b42318); }
 .log { flex: 1; overflow-y: auto; padding: 8px 12px; display: flex; flex-direction: column; gap: 6px; }
-.msg { max-width: 80%; align-self: flex-start; padding: 6px 10px; border-radius: var(--c3-radius, 8px);
+.msg { flex-shrink: 0; max-width: 80%; align-self: flex-start; padding: 6px 10px; border-radius: var(--c3-radius, 8px);
   background: var(--c3-other-bg, #f0f2f5); color: var(--c3-other-fg, inherit); overflow-wrap: anywhere; }
 .msg.own { align-self: flex-end; background: var(--c3-own-bg, #0b57d0); color: var(--c3-own-fg, #ffffff); }
 .msg.notice { align-self: center; background: transparent; color: var(--c3-muted, #57606a); font-style: italic; }
@@ -51,7 +51,7 @@ const STYLE = `
 .body { white-space: pre-wrap; }
 .body img { max-width: 100%; max-height: 240px; display: block; border-radius: 4px; }
 .msg.own a { color: inherit; }
-.seen { align-self: flex-end; font-size: .75em; color: var(--c3-muted, #57606a); }
+.seen { flex-shrink: 0; align-self: flex-end; font-size: .75em; color: var(--c3-muted, #57606a); }
 .typing { padding: 0 12px; font-size: .85em; color: var(--c3-muted, #57606a); min-height: 1.4em; }
 .ended { margin: 8px 12px; padding: 8px 10px; border-radius: var(--c3-radius, 8px);
   background: var(--c3-ended-bg, #fff4e5); color: var(--c3-ended-fg, #7a2e0e); }
