@@ -256,9 +256,18 @@ async def test_a_conversation_in_the_customers_page(
         # The widget read it: Alice sees Pat's read receipt on her message.
         await _wait_for_receipt(alice, room_id, pat)
 
-        # widget -> nio, by keyboard alone: the labelled input, Enter sends.
+        # Screen readers: a polite live log, a labelled field, buttons with names.
+        assert await log.get_attribute("aria-live") == "polite"
+        assert await log.get_attribute("aria-label") == "Conversation"
+        await widget.get_by_role("button", name="Attach a file").wait_for()
+        await widget.get_by_role("button", name="Send").wait_for()
+
+        # widget -> nio, by keyboard alone: Tab from the page into the labelled field (after
+        # the focusable log), Enter sends.
         box = widget.get_by_label("Message")
-        await box.focus()
+        await page.keyboard.press("Tab")
+        await page.keyboard.press("Tab")
+        assert await box.evaluate("(el) => el.getRootNode().activeElement === el")
         await box.type("Sure, one moment")
         await _wait_for_typing(alice, room_id, pat)  # typing went out while composing
         await page.keyboard.press("Enter")
@@ -382,6 +391,26 @@ async def test_a_conversation_in_the_customers_page(
         await shot(page, "widget-access-ended")
         assert errors == []
         await context.close()
+
+
+async def test_the_proxy_lets_a_page_on_another_origin_call_the_homeserver(
+    widget_platform: RunningPlatform, tenant: dict[str, Any]
+) -> None:
+    """What the browser asks before the widget's first authenticated call: the preflight,
+    answered by Synapse and passed on by the proxy."""
+    async with httpx.AsyncClient(base_url=tenant["homeserver_path_url"]) as http:
+        preflight = await http.options(
+            "/_matrix/client/v3/sync",
+            headers={
+                "Origin": "https://shop.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+    assert preflight.status_code in (200, 204), preflight.text
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    assert "PUT" in preflight.headers["access-control-allow-methods"]
 
 
 async def test_an_expired_credential_ends_access_in_the_page(

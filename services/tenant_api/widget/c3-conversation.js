@@ -175,7 +175,14 @@ class C3Conversation extends HTMLElement {
   }
 
   set credential(value) {
-    const credential = typeof value === "string" ? JSON.parse(value) : value;
+    let credential = value;
+    if (typeof value === "string") {
+      try {
+        credential = JSON.parse(value);
+      } catch {
+        credential = {}; // shown as a credential that lacks its fields
+      }
+    }
     this._start(credential || null);
   }
 
