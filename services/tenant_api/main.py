@@ -35,6 +35,7 @@ from tenant_api.registration_tokens.endpoints import router as registration_toke
 from tenant_api.tenants.endpoints import router as tenants_router
 from tenant_api.usage.endpoints import router as usage_router
 from tenant_api.users.endpoints import router as users_router
+from tenant_api.widget.endpoints import router as widget_router
 
 
 @asynccontextmanager
@@ -72,6 +73,7 @@ def create_app() -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(exports_router)
     portal.install(app)
+    app.include_router(widget_router)
     app.include_router(contexts_router)
     app.include_router(appservice_router)
     app.include_router(readiness_router)
