@@ -82,7 +82,7 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from platform_core.errors import PermanentError
 from platform_core.homeserver_settings import FederationMode, federation_mode
 from platform_core.outbound import OUTBOUND_BLOCKED_NETWORKS
-from platform_core.settings import Settings
+from platform_core.settings import KUBERNETES_SYNAPSE_METRICS_PORT, Settings
 from provisioner.backends.base import HomeserverTarget
 from provisioner.synapse_config import (
     APPSERVICE_FILE,
@@ -99,7 +99,8 @@ CONFIG_MAP = "synapse-config"
 SECRET = "synapse-secrets"
 DATA_CLAIM = "data"
 PORT = 8008
-METRICS_PORT = 9000  # the container's and the Service's ``metrics`` port
+# The container's and the Service's ``metrics`` port (C3_SYNAPSE_METRICS_PORT overrides it).
+METRICS_PORT = KUBERNETES_SYNAPSE_METRICS_PORT
 # Where the confinement module's source is mounted; the container's PYTHONPATH.
 MODULES_DIR = "/modules"
 MODULE_PACKAGE = "c3_synapse"

@@ -1,8 +1,9 @@
 """The kubelet stand-in: turns each StatefulSet with replicas >= 1 in a tenant namespace into a
 real Synapse process (pod ``<name>-0``) with its ConfigMap, Secret and PVC materialised as local
-directories, restarts it with back-off when it exits (restartCount, BackOff events), reports
-readiness from its HTTP probe, and stops it on scale-to-0, pod or StatefulSet deletion, and
-namespace deletion."""
+directories (projected ``items`` too; the container's ``PYTHONPATH`` names the local copies of
+its mounts, so Synapse imports modules from them), restarts it with back-off when it exits
+(restartCount, BackOff events), reports readiness from its HTTP probe, and stops it on
+scale-to-0, pod or StatefulSet deletion, and namespace deletion."""
 
 from __future__ import annotations
 
