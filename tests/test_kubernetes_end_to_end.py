@@ -260,3 +260,69 @@ def test_reconcile_repairs_what_someone_changed_in_the_cluster(
         "StatefulSet synapse scaled to 0",
     ):
         assert change in observed, observed
+
+
+async def context_conversation(
+    c3: RunningPlatform, tenant: dict[str, Any], alice: str
+) -> tuple[str, dict[str, Any]]:
+    """A context with Alice and an external participant; the external participant says hello
+    and Alice reads it; a room of its own is refused (the confinement module). Returns the
+    room's id and the context as the API shows it once the homeserver pushed the messages."""
+    url = f"/v1/tenants/{tenant['id']}/contexts/case-kube"
+    with c3.api() as api:
+        created = api.put(url, json={"title": "Kube case", "participants": [{"user": "alice"}]})
+        assert created.status_code == 201, created.text
+        room_id = created.json()["room_id"]
+        added = api.post(f"{url}/participants", json={"display_name": "Pat", "ttl_s": 3600})
+        assert added.status_code == 201, added.text
+    credential = added.json()["credential"]
+    external = nio.AsyncClient(credential["homeserver_path_url"], credential["user_id"])
+    external.access_token, external.user_id = credential["access_token"], credential["user_id"]
+    try:
+        sent = await external.room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": "hello from outside"}
+        )
+        assert isinstance(sent, nio.RoomSendResponse), sent
+        # Synapse's module (loaded from the pod's mounted copy) refuses a room of its own.
+        own = await external.room_create(name="elsewhere")
+        assert isinstance(own, nio.RoomCreateError) and own.status_code == "M_FORBIDDEN", own
+    finally:
+        await external.close()
+    assert "hello from outside" in await history(
+        credential["homeserver_path_url"], alice, "alice-secret-123", room_id
+    )
+
+    # The pod pushed the message to the API's application service receiver.
+    def pushed() -> dict[str, Any] | None:
+        with c3.api() as api:
+            context = api.get(url).json()
+        return context if context["message_count"] >= 1 else None
+
+    return room_id, poll(pushed, timeout=60, what="the pod's application service push")
+
+
+def test_contexts_and_synapse_metrics_on_a_kubernetes_tenant(
+    kube_c3: RunningPlatform, cluster: KubeApiServer
+) -> None:
+    """The pod runs the stock image's way (module from the ConfigMap, PYTHONPATH=/modules):
+    an external participant talks in its context and nowhere else, the homeserver pushes its
+    events to the API (NetworkPolicy egress to the API pods), and Prometheus' discovery
+    (GET /metrics/homeservers) names the tenant's Service on the metrics port, which answers."""
+    tenant = kube_c3.create_tenant("kube-ctx", timeout=240)
+    namespace = namespace_of(tenant)
+    alice = kube_c3.create_user(tenant["id"], "alice", "alice-secret-123")
+    _, context = asyncio.run(context_conversation(kube_c3, tenant, alice))
+    assert context["last_activity_at"] is not None
+    modules = cluster.kubelet.pod_volume(namespace, "modules")
+    assert modules is not None
+    assert cluster.kubelet.imported_from(namespace, "c3_synapse.confinement") == (
+        modules / "c3_synapse" / "confinement.py"
+    )
+
+    with kube_c3.api() as api:
+        groups = api.get("/metrics/homeservers").json()
+    [group] = [g for g in groups if g["labels"]["tenant_id"] == tenant["id"]]
+    [target] = group["targets"]
+    assert target == f"synapse.{namespace}.svc.cluster.local:9000"
+    scraped = httpx.get(f"http://{cluster.address_of(namespace)}:9000/_synapse/metrics")
+    assert scraped.status_code == 200 and "synapse_" in scraped.text

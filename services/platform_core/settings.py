@@ -23,6 +23,10 @@ class Mode(StrEnum):
     PRODUCTION = "production"
 
 
+# A tenant Synapse pod's metrics listener when C3_SYNAPSE_METRICS_PORT is unset.
+KUBERNETES_SYNAPSE_METRICS_PORT = 9000
+
+
 class BackendKind(StrEnum):
     LOCAL = "local"
     KUBERNETES = "kubernetes"
@@ -284,11 +288,17 @@ class Settings(BaseSettings):
     # port 5432 (e.g. 10.0.0.5/32). None: no egress but DNS, so Synapse cannot reach its database.
     kubernetes_database_cidr: IPv4Network | IPv6Network | None = None
     kubernetes_cluster_domain: str = "cluster.local"
+    # A Prometheus in another namespace than the platform's that scrapes the tenants' Synapse
+    # metrics (port 9000): each tenant's NetworkPolicy lets that namespace in too. None: only
+    # the platform namespace reaches the metrics port.
+    kubernetes_monitoring_namespace: str | None = None
 
-    @field_validator("kubernetes_release", "kubernetes_platform_namespace")
+    @field_validator(
+        "kubernetes_release", "kubernetes_platform_namespace", "kubernetes_monitoring_namespace"
+    )
     @classmethod
-    def _kubernetes_name(cls, v: str, info: ValidationInfo) -> str:
-        if not cls._is_dns_label(v):
+    def _kubernetes_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not cls._is_dns_label(v):
             raise ValueError(
                 f"C3_{(info.field_name or '').upper()} must be a DNS label (lower-case letters, "
                 f"digits and '-', at most 63 characters): {v!r} is not"
@@ -314,6 +324,15 @@ class Settings(BaseSettings):
     def _is_dns_label(value: str) -> bool:
         """An RFC 1123 label, as Kubernetes names namespaces and label values of ours."""
         return re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value) is not None
+
+    @property
+    def homeserver_metrics_port(self) -> int | None:
+        """The port every tenant Synapse's metrics listener has: C3_SYNAPSE_METRICS_PORT, else
+        9000 on the kubernetes backend (the pod's and its Service's ``metrics`` port); None:
+        the local backend's client port + 1."""
+        if self.synapse_metrics_port is not None:
+            return self.synapse_metrics_port
+        return KUBERNETES_SYNAPSE_METRICS_PORT if self.backend is BackendKind.KUBERNETES else None
 
     # --- end of the Kubernetes backend's settings -------------------------------------------
 

@@ -252,7 +252,8 @@ def _contexts_config(spec: HomeserverSpec) -> dict[str, Any]:
     if spec.appservice_url is None:
         return {}
     return {
-        "app_service_config_files": [str(spec.data_dir / APPSERVICE_FILE)],
+        # It holds the as/hs tokens: beside the other secrets (a pod's Secret volume).
+        "app_service_config_files": [str(spec.files.secrets_dir / APPSERVICE_FILE)],
         "modules": [appservice.confinement_module(spec.server_name)],
     }
 

@@ -387,6 +387,27 @@ def test_kubernetes_backend_settings_name_the_release(tmp_path: Path) -> None:
     assert not any(key.startswith("C3_OBJECT_STORE") for key in defaults)
 
 
+def test_tenant_homeservers_reach_the_application_service_at_the_api_service(
+    tmp_path: Path,
+) -> None:
+    """With the kubernetes backend the receiver URL is the API's in-cluster Service (its DNS
+    name and port); extraConfig may name another; the local backend keeps the API's own."""
+    config = _config(_rendered(PRODUCTION, tmp_path))
+    assert (
+        config["C3_CONTEXTS_APPSERVICE_URL"]
+        == f"http://{RELEASE}-api.{NAMESPACE}.svc.cluster.example:80"
+    )
+    service = _named(_rendered(PRODUCTION, tmp_path), "Service", f"{RELEASE}-api")
+    assert service["spec"]["ports"][0]["port"] == 80
+    custom = _merged(
+        PRODUCTION, {"extraConfig": {"C3_CONTEXTS_APPSERVICE_URL": "http://c3-api.internal:8000"}}
+    )
+    assert _config(_rendered(custom, tmp_path))["C3_CONTEXTS_APPSERVICE_URL"] == (
+        "http://c3-api.internal:8000"
+    )
+    assert "C3_CONTEXTS_APPSERVICE_URL" not in _config(_rendered(LOCAL, tmp_path))
+
+
 def test_object_store_settings_and_credentials_from_the_secret(tmp_path: Path) -> None:
     docs = _rendered(PRODUCTION, tmp_path)
     config = _config(docs)
@@ -519,7 +540,7 @@ def test_network_policies_allow_only_what_each_component_uses(tmp_path: Path) ->
         rules = policies[f"{RELEASE}-{component}"]["egress"]
         return {port["port"] for rule in rules for port in rule["ports"]}
 
-    assert ingress_ports("api") == [8000] and ingress_ports("proxy") == [8080]
+    assert ingress_ports("api") == [8000, 8000] and ingress_ports("proxy") == [8080]
     assert ingress_ports("worker") == [] and ingress_ports("beat") == []
     assert egress_ports("api") == {53, 6379, 5432, 8008, 443}
     assert egress_ports("proxy") == {53, 6379, 8008}
@@ -539,7 +560,17 @@ def test_network_policies_allow_only_what_each_component_uses(tmp_path: Path) ->
                 assert rule["to"] == [{"ipBlock": {"cidr": "10.20.0.7/32"}}]
     # Restricted ingress still lets the `helm test` Pod reach the API.
     test_pod = _by_kind(docs, "Pod")[0]["metadata"]["labels"]
-    (api_rule,) = policies[f"{RELEASE}-api"]["ingress"]
+    (api_rule, from_homeservers) = policies[f"{RELEASE}-api"]["ingress"]
+    # Tenant homeservers reach the API (the application service's transactions).
+    assert from_homeservers["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"c3.io/release": RELEASE}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "synapse"}},
+        }
+    ]
+    local = _rendered(_merged(LOCAL, {"networkPolicy": {"enabled": True}}), tmp_path)
+    (local_api,) = _named(local, "NetworkPolicy", f"{RELEASE}-api")["spec"]["ingress"]
+    assert [p["port"] for p in local_api["ports"]] == [8000]
     selected = [
         peer["podSelector"]["matchLabels"] for peer in api_rule["from"] if "podSelector" in peer
     ]

@@ -12,6 +12,7 @@ from synapse.config.homeserver import HomeServerConfig
 
 from platform_core.metrics import homeserver_targets, synapse_metrics_address
 from platform_core.routes import Route
+from platform_core.settings import Settings
 from provisioner.backends.local import LocalBackend
 from provisioner.synapse_config import (
     HomeserverSecrets,
@@ -103,3 +104,17 @@ def test_scrape_targets_follow_the_same_rule() -> None:
             "labels": {"tenant": "acme", "tenant_id": "id-acme", "server_name": "acme.c3.test"},
         }
     ]
+
+
+def test_discovery_port_is_the_kubernetes_pods_metrics_port() -> None:
+    """GET /metrics/homeservers targets <Service>:9000 on the kubernetes backend (the pod's
+    and the Service's ``metrics`` port), C3_SYNAPSE_METRICS_PORT when set, else client + 1."""
+    kube = Settings(backend="kubernetes")
+    assert kube.homeserver_metrics_port == 9000
+    assert Settings(backend="kubernetes", synapse_metrics_port=9100).homeserver_metrics_port == 9100
+    assert Settings(backend="local").homeserver_metrics_port is None
+    [group] = homeserver_targets(
+        [route("acme", "http://synapse.c3-t-1.svc.cluster.local:8008")],
+        kube.homeserver_metrics_port,
+    )
+    assert group["targets"] == ["synapse.c3-t-1.svc.cluster.local:9000"]

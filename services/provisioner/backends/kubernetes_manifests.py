@@ -6,15 +6,21 @@ Kubernetes schemas by the tests, and counted by the benchmark. ``homeserver.yaml
 same renderer as the local backend's (``provisioner.synapse_config``), laid out for the pod:
 config under ``/config`` (ConfigMap), secrets under ``/secrets`` (Secret), data under ``/data``
 (the StatefulSet's volume claim). No secret is in the ConfigMap: each is a file of the Secret
-that ``homeserver.yaml`` names with Synapse's ``*_path`` options, and the database password
-reaches libpq as ``PGPASSWORD`` from the Secret.
+that ``homeserver.yaml`` names with Synapse's ``*_path`` options (the application service's
+registration, which holds its tokens, too), and the database password reaches libpq as
+``PGPASSWORD`` from the Secret. The confinement module (``c3_synapse``) reaches the stock Synapse
+image as source files: keys of the ConfigMap projected to ``/modules/c3_synapse/`` with
+``PYTHONPATH=/modules``. Synapse's metrics listener is the pod's and the Service's ``metrics``
+port, which only the platform's namespace (and the monitoring one, if set) may reach.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
+import importlib.util
 import re
 from dataclasses import dataclass
 from ipaddress import ip_network
@@ -32,6 +38,7 @@ from lightkube.models.core_v1 import (
     EnvVar,
     EnvVarSource,
     HTTPGetAction,
+    KeyToPath,
     LimitRangeItem,
     LimitRangeSpec,
     PersistentVolumeClaim,
@@ -72,13 +79,16 @@ from lightkube.resources.core_v1 import (
 )
 from lightkube.resources.networking_v1 import NetworkPolicy
 
+from platform_core.errors import PermanentError
 from platform_core.homeserver_settings import FederationMode, federation_mode
 from platform_core.outbound import OUTBOUND_BLOCKED_NETWORKS
-from platform_core.settings import Settings
+from platform_core.settings import KUBERNETES_SYNAPSE_METRICS_PORT, Settings
 from provisioner.backends.base import HomeserverTarget
 from provisioner.synapse_config import (
+    APPSERVICE_FILE,
     FileLayout,
     HomeserverSpec,
+    render_appservice_registration,
     render_homeserver_config,
     render_log_config,
 )
@@ -89,6 +99,11 @@ CONFIG_MAP = "synapse-config"
 SECRET = "synapse-secrets"
 DATA_CLAIM = "data"
 PORT = 8008
+# The container's and the Service's ``metrics`` port (C3_SYNAPSE_METRICS_PORT overrides it).
+METRICS_PORT = KUBERNETES_SYNAPSE_METRICS_PORT
+# Where the confinement module's source is mounted; the container's PYTHONPATH.
+MODULES_DIR = "/modules"
+MODULE_PACKAGE = "c3_synapse"
 # Synapse's image runs as this user and group (its Dockerfile's default UID/GID).
 SYNAPSE_UID = 991
 CONFIG_HASH_ANNOTATION = "c3.io/config-hash"
@@ -202,7 +217,29 @@ def labels(settings: Settings, target: HomeserverTarget) -> dict[str, str]:
     }
 
 
-def homeserver_files(target: HomeserverTarget) -> tuple[dict[str, str], dict[str, str]]:
+@functools.cache
+def module_files() -> dict[str, str]:
+    """The confinement module's source files as ConfigMap keys (``c3_synapse.<file>``: a key
+    has no ``/``); ``module_items`` projects them to ``c3_synapse/<file>`` under the mount."""
+    found = importlib.util.find_spec(MODULE_PACKAGE)  # located, not imported (needs Synapse)
+    if found is None or found.origin is None:
+        raise PermanentError(f"the {MODULE_PACKAGE} package is not installed beside the worker")
+    return {
+        f"{MODULE_PACKAGE}.{source.name}": source.read_text()
+        for source in sorted(Path(found.origin).parent.glob("*.py"))
+    }
+
+
+def module_items() -> list[KeyToPath]:
+    return [
+        KeyToPath(key=key, path=f"{MODULE_PACKAGE}/{key.removeprefix(MODULE_PACKAGE + '.')}")
+        for key in module_files()
+    ]
+
+
+def homeserver_files(
+    target: HomeserverTarget, *, metrics_port: int = METRICS_PORT
+) -> tuple[dict[str, str], dict[str, str]]:
     """The ConfigMap's files and the Secret's files, rendered by the local backend's code;
     every secret value moved from ``homeserver.yaml`` to a file of its own."""
     spec = HomeserverSpec(
@@ -216,6 +253,9 @@ def homeserver_files(target: HomeserverTarget) -> tuple[dict[str, str], dict[str
         setting_secrets=target.setting_secrets,
         database=target.database,
         outbound_allowed_networks=target.outbound_allowed_networks,
+        appservice_url=target.appservice_url,
+        metrics_port=metrics_port,
+        metrics_bind_address="0.0.0.0",
         layout=LAYOUT,
     )
     # A copy: the rendered config shares dicts with the target (its database section).
@@ -231,9 +271,12 @@ def homeserver_files(target: HomeserverTarget) -> tuple[dict[str, str], dict[str
     database_args = (config.get("database") or {}).get("args") or {}
     if "password" in database_args:
         secret_files[DATABASE_PASSWORD_KEY] = str(database_args.pop("password"))
+    if spec.appservice_url is not None:
+        secret_files[APPSERVICE_FILE] = render_appservice_registration(spec, target.secrets)
     config_files = {
         "homeserver.yaml": yaml.safe_dump(config, sort_keys=True),
         "log.yaml": yaml.safe_dump(render_log_config(LAYOUT.log_dir), sort_keys=True),
+        **module_files(),
     }
     return config_files, secret_files
 
@@ -252,7 +295,8 @@ def build(settings: Settings, target: HomeserverTarget, *, replicas: int = 1) ->
     namespace = namespace_name(target.tenant_id)
     tenant_labels = labels(settings, target)
     resources = Resources.of(target.limits)
-    config_files, secret_files = homeserver_files(target)
+    metrics_port = settings.homeserver_metrics_port or METRICS_PORT
+    config_files, secret_files = homeserver_files(target, metrics_port=metrics_port)
 
     def meta(name: str) -> ObjectMeta:
         return ObjectMeta(name=name, namespace=namespace, labels=dict(tenant_labels))
@@ -279,7 +323,13 @@ def build(settings: Settings, target: HomeserverTarget, *, replicas: int = 1) ->
             spec=ServiceSpec(
                 type="ClusterIP",
                 selector=_pod_selector(target),
-                ports=[ServicePort(name="client", port=PORT, targetPort="client", protocol="TCP")],
+                ports=[
+                    ServicePort(name="client", port=PORT, targetPort="client", protocol="TCP"),
+                    # Prometheus scrapes <Service>:<metrics port> (GET /metrics/homeservers).
+                    ServicePort(
+                        name="metrics", port=metrics_port, targetPort="metrics", protocol="TCP"
+                    ),
+                ],
             ),
         ),
         network_policy=_network_policy(settings, target, meta(NAME)),
@@ -292,6 +342,7 @@ def build(settings: Settings, target: HomeserverTarget, *, replicas: int = 1) ->
             resources,
             replicas=replicas,
             config_hash=config_hash(config_files, secret_files),
+            metrics_port=metrics_port,
         ),
     )
 
@@ -317,6 +368,7 @@ def _stateful_set(
     *,
     replicas: int,
     config_hash: str,
+    metrics_port: int,
 ) -> StatefulSet:
     limits = {"cpu": f"{resources.cpu_millicores}m", "memory": f"{resources.memory_mib}Mi"}
     container = Container(
@@ -327,8 +379,8 @@ def _stateful_set(
         # the root filesystem stays read-only and the pod never needs root.
         command=["python", "-m", "synapse.app.homeserver"],
         args=["--config-path", CONFIG_PATH],
-        # libpq reads the database password from the environment: not in any config file.
         env=[
+            # libpq reads the database password from the environment: not in any config file.
             EnvVar(
                 name="PGPASSWORD",
                 valueFrom=EnvVarSource(
@@ -336,9 +388,16 @@ def _stateful_set(
                         name=SECRET, key=DATABASE_PASSWORD_KEY, optional=True
                     )
                 ),
-            )
+            ),
+            # The confinement module (homeserver.yaml's ``modules:``) from the modules volume.
+            EnvVar(name="PYTHONPATH", value=MODULES_DIR),
+            # The modules volume is read-only: no __pycache__ beside the sources.
+            EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
         ],
-        ports=[ContainerPort(name="client", containerPort=PORT, protocol="TCP")],
+        ports=[
+            ContainerPort(name="client", containerPort=PORT, protocol="TCP"),
+            ContainerPort(name="metrics", containerPort=metrics_port, protocol="TCP"),
+        ],
         # Migrations on a large database may take minutes: up to 10 before liveness applies.
         startupProbe=_health_probe(period_s=5, failures=120),
         readinessProbe=_health_probe(period_s=10, failures=3),
@@ -355,6 +414,7 @@ def _stateful_set(
         volumeMounts=[
             VolumeMount(name="config", mountPath="/config", readOnly=True),
             VolumeMount(name="secrets", mountPath="/secrets", readOnly=True),
+            VolumeMount(name="modules", mountPath=MODULES_DIR, readOnly=True),
             VolumeMount(name=DATA_CLAIM, mountPath="/data"),
             # Synapse spools uploads and thumbnails through the temporary directory.
             VolumeMount(name="tmp", mountPath="/tmp"),
@@ -398,6 +458,12 @@ def _stateful_set(
                             configMap=ConfigMapVolumeSource(name=CONFIG_MAP, defaultMode=0o444),
                         ),
                         Volume(
+                            name="modules",
+                            configMap=ConfigMapVolumeSource(
+                                name=CONFIG_MAP, defaultMode=0o444, items=module_items()
+                            ),
+                        ),
+                        Volume(
                             name="secrets",
                             secret=SecretVolumeSource(secretName=SECRET, defaultMode=0o440),
                         ),
@@ -418,22 +484,13 @@ def _network_policy(
     settings: Settings, target: HomeserverTarget, metadata: ObjectMeta
 ) -> NetworkPolicy:
     """Every pod of the namespace (``podSelector: {}``), so anything not allowed here is
-    denied: in, only the platform release's proxy and worker pods, on the client port; out,
-    DNS, the tenant's database, and — only for a tenant that federates or signs in through an
-    OIDC provider — public addresses on HTTPS and the federation port."""
-    platform_pods = NetworkPolicyPeer(
-        namespaceSelector=LabelSelector(
-            matchLabels={"kubernetes.io/metadata.name": settings.kubernetes_platform_namespace}
-        ),
-        podSelector=LabelSelector(
-            matchLabels={"app.kubernetes.io/instance": settings.kubernetes_release},
-            matchExpressions=[
-                LabelSelectorRequirement(
-                    key="app.kubernetes.io/component", operator="In", values=["proxy", "worker"]
-                )
-            ],
-        ),
-    )
+    denied: in, the platform release's proxy, worker and API pods (the API calls Synapse's
+    admin API) on the client port, and the platform's namespace (and the monitoring one, if
+    set) on the metrics port; out, DNS, the platform's API pods on the API port (the
+    application service's transactions), the tenant's database, and — only for a tenant that
+    federates or signs in through an OIDC provider — public addresses on HTTPS and the
+    federation port."""
+    metrics_port = settings.homeserver_metrics_port or METRICS_PORT
     egress = [
         NetworkPolicyEgressRule(
             to=[
@@ -447,7 +504,11 @@ def _network_policy(
                 NetworkPolicyPort(protocol="UDP", port=53),
                 NetworkPolicyPort(protocol="TCP", port=53),
             ],
-        )
+        ),
+        NetworkPolicyEgressRule(
+            to=[_platform_pods(settings, ["api"])],
+            ports=[NetworkPolicyPort(protocol="TCP", port=settings.api_port)],
+        ),
     ]
     if settings.kubernetes_database_cidr is not None:
         egress.append(
@@ -467,12 +528,48 @@ def _network_policy(
             policyTypes=["Ingress", "Egress"],
             ingress=[
                 NetworkPolicyIngressRule(
-                    from_=[platform_pods], ports=[NetworkPolicyPort(protocol="TCP", port=PORT)]
-                )
+                    from_=[_platform_pods(settings, ["api", "proxy", "worker"])],
+                    ports=[NetworkPolicyPort(protocol="TCP", port=PORT)],
+                ),
+                NetworkPolicyIngressRule(
+                    from_=[_namespace_peer(n) for n in _monitoring_namespaces(settings)],
+                    ports=[NetworkPolicyPort(protocol="TCP", port=metrics_port)],
+                ),
             ],
             egress=egress,
         ),
     )
+
+
+def _namespace_peer(namespace: str) -> NetworkPolicyPeer:
+    return NetworkPolicyPeer(
+        namespaceSelector=LabelSelector(matchLabels={"kubernetes.io/metadata.name": namespace})
+    )
+
+
+def _platform_pods(settings: Settings, components: list[str]) -> NetworkPolicyPeer:
+    """The platform release's pods of these components (the chart's component labels)."""
+    return NetworkPolicyPeer(
+        namespaceSelector=_namespace_peer(settings.kubernetes_platform_namespace).namespaceSelector,
+        podSelector=LabelSelector(
+            matchLabels={"app.kubernetes.io/instance": settings.kubernetes_release},
+            matchExpressions=[
+                LabelSelectorRequirement(
+                    key="app.kubernetes.io/component", operator="In", values=components
+                )
+            ],
+        ),
+    )
+
+
+def _monitoring_namespaces(settings: Settings) -> list[str]:
+    """Who scrapes Synapse's metrics: any pod of the platform's namespace, and of
+    C3_KUBERNETES_MONITORING_NAMESPACE (a Prometheus of its own) when set."""
+    namespaces = [settings.kubernetes_platform_namespace]
+    monitoring = settings.kubernetes_monitoring_namespace
+    if monitoring and monitoring not in namespaces:
+        namespaces.append(monitoring)
+    return namespaces
 
 
 def _reaches_out(target: HomeserverTarget) -> bool:

@@ -40,4 +40,4 @@ async def homeserver_metrics_targets(settings: SettingsDep, _: MetricsRead) -> l
     one target group per active tenant (its homeserver's metrics listener, reachable only from
     the platform's network), labelled ``tenant`` (slug), ``tenant_id`` and ``server_name``."""
     routes = await service.published_routes(settings)
-    return homeserver_targets(routes, settings.synapse_metrics_port)
+    return homeserver_targets(routes, settings.homeserver_metrics_port)

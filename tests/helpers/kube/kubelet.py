@@ -1,8 +1,9 @@
 """The kubelet stand-in: turns each StatefulSet with replicas >= 1 in a tenant namespace into a
 real Synapse process (pod ``<name>-0``) with its ConfigMap, Secret and PVC materialised as local
-directories, restarts it with back-off when it exits (restartCount, BackOff events), reports
-readiness from its HTTP probe, and stops it on scale-to-0, pod or StatefulSet deletion, and
-namespace deletion."""
+directories (projected ``items`` too; the container's ``PYTHONPATH`` names the local copies of
+its mounts, so Synapse imports modules from them), restarts it with back-off when it exits
+(restartCount, BackOff events), reports readiness from its HTTP probe, and stops it on
+scale-to-0, pod or StatefulSet deletion, and namespace deletion."""
 
 from __future__ import annotations
 
@@ -65,6 +66,10 @@ class PodRuntime:
     @property
     def log_path(self) -> Path:
         return self.root / "container.log"
+
+    @property
+    def imports_log(self) -> Path:
+        return self.root / "imports.log"
 
 
 class Kubelet:
@@ -272,8 +277,16 @@ class Kubelet:
             runtime.backoff_until = time.monotonic() + 1.0
             self._event(runtime, "FailedMount", "Warning", str(error))
             return
-        env = _pod_env(self.hosts_file)
-        env.update(self._container_env(runtime.namespace, container))
+        env = _pod_env(self.hosts_file, runtime.imports_log)
+        container_env = self._container_env(runtime.namespace, container)
+        if "PYTHONPATH" in container_env:
+            # The container's own PYTHONPATH replaces the test process's (a pod does not
+            # inherit it), its mount paths made local; the name resolver stays first.
+            entries = container_env.pop("PYTHONPATH").split(os.pathsep)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(RESOLVE_DIR), *(str(_local_path(e, mounts)) for e in entries if e)]
+            )
+        env.update(container_env)
         if runtime.log_path.exists():  # like `kubectl logs --previous`: the last run's log
             runtime.log_path.replace(runtime.root / "previous.log")
         with runtime.log_path.open("wb") as log:
@@ -628,6 +641,27 @@ class Kubelet:
                 return runtime.process
         return None
 
+    def imported_from(self, namespace: str, module: str, pod: str = "synapse-0") -> Path | None:
+        """The file the pod's current process imported ``module`` from (None: not yet)."""
+        for runtime in list(self.pods.values()):
+            if (runtime.namespace, runtime.name) != (namespace, pod):
+                continue
+            if not runtime.imports_log.exists():
+                return None
+            for line in runtime.imports_log.read_text().splitlines():
+                name, _, origin = line.partition(" ")
+                if name == module:
+                    return Path(origin)
+        return None
+
+    def pod_volume(self, namespace: str, volume: str, pod: str = "synapse-0") -> Path | None:
+        """The local directory standing in for one of the pod's volumes (ConfigMap, Secret,
+        emptyDir), as the process sees it."""
+        for runtime in list(self.pods.values()):
+            if (runtime.namespace, runtime.name) == (namespace, pod):
+                return runtime.root / "volumes" / volume
+        return None
+
     def log_of(self, namespace: str, pod: str, *, previous: bool = False) -> str | None:
         """The output of the pod's current (or previous) run of its container."""
         for runtime in list(self.pods.values()):
@@ -638,13 +672,15 @@ class Kubelet:
         return None
 
 
-def _pod_env(hosts_file: Path) -> dict[str, str]:
+def _pod_env(hosts_file: Path, imports_log: Path) -> dict[str, str]:
     """The test process's environment, without its kubeconfig, and with the name resolver:
-    in a cluster, a pod resolves Service names (e.g. a database Service) too."""
+    in a cluster, a pod resolves Service names (e.g. a database Service) too. The resolver
+    also notes where the C3 packages are imported from (``Kubelet.imported_from``)."""
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(RESOLVE_DIR)]
     env["PYTHONPATH"] = os.pathsep.join([str(RESOLVE_DIR), *paths])
     env["KUBE_FAKE_HOSTS_FILE"] = str(hosts_file)
+    env["KUBE_FAKE_IMPORTS_LOG"] = str(imports_log)
     return env
 
 

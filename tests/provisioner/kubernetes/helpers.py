@@ -20,6 +20,8 @@ OIDC = {
     "display_name": "Acme SSO",
     "scopes": ["openid", "profile"],
 }
+# Where a pod pushes the application service's transactions: the API's in-cluster Service.
+APPSERVICE_URL = "http://c3-api.c3.svc.cluster.local:80"
 TURN = {"uris": ["turn:turn.acme.example:3478?transport=udp"], "user_lifetime_s": 3600}
 SMALL = {
     "homeserver_cpu_millicores": 250,
@@ -52,6 +54,7 @@ def tenant_target(
     settings: dict[str, Any] | None = None,
     server_name: str = "acme.c3.example",
     plan_code: str = "pro",
+    appservice_url: str | None = APPSERVICE_URL,
 ) -> HomeserverTarget:
     tenant_id = tenant_id or str(uuid.uuid4())
     name = "t_" + tenant_id.replace("-", "")[:20]
@@ -75,4 +78,5 @@ def tenant_target(
             },
         },
         plan_code=plan_code,
+        appservice_url=appservice_url,
     )

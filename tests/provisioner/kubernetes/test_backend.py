@@ -5,6 +5,7 @@ observed state, and start-up refused without cluster access."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tarfile
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import c3_synapse
+import httpx
 import pytest
 from lightkube import Client
 from lightkube.config.kubeconfig import KubeConfig
@@ -226,6 +229,41 @@ def test_a_crash_looping_pod_shows_in_the_observed_state(
         )
         tail = backend.log_tail(target.tenant_id)
         assert "restarts" in tail and "BackOff" in tail, tail
+
+
+def test_a_stock_image_pod_loads_the_mounted_module_and_serves_metrics_on_its_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod as the backend applies it, run by the kubelet stand-in with the container's own
+    PYTHONPATH (/modules, its ConfigMap volume): Synapse imports the confinement module from
+    that mounted copy, starts with it (a module that fails to load stops Synapse), and answers
+    Prometheus on the Service's metrics port — where GET /metrics/homeservers points."""
+    with kube_api_server(tmp_path / "kube") as server:
+        backend = backend_for(server, tmp_path, monkeypatch)
+        target = tenant_target(server_name="mod.c3.example")
+        target = dataclasses.replace(target, database=None)  # SQLite on the pod's volume
+        namespace = manifests.namespace_name(target.tenant_id)
+        backend.render(target)
+        backend.start(target)
+        poll(
+            lambda: backend.observe(target.tenant_id).ready_replicas == 1,
+            timeout=120,
+            what="the pod to be ready",
+        )
+
+        modules = server.kubelet.pod_volume(namespace, "modules")
+        assert modules is not None
+        confinement = server.kubelet.imported_from(namespace, "c3_synapse.confinement")
+        assert confinement == modules / "c3_synapse" / "confinement.py"
+        shipped = Path(c3_synapse.__file__).parent / "confinement.py"
+        assert confinement.read_text() == shipped.read_text()
+
+        service = server.get("Service", namespace, "synapse")
+        assert service is not None
+        [port] = [p["port"] for p in service["spec"]["ports"] if p["name"] == "metrics"]
+        metrics = httpx.get(f"http://{server.address_of(namespace)}:{port}/_synapse/metrics")
+        assert metrics.status_code == 200
+        assert "synapse_http_server_requests" in metrics.text or "python_info" in metrics.text
 
 
 def test_backend_refuses_without_cluster_access_or_tenant_database(

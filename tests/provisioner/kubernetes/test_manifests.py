@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import c3_synapse
 import kubernetes_validate
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from synapse.config.homeserver import HomeServerConfig
 
 from provisioner.backends import kubernetes_manifests as manifests
 from tests.provisioner.kubernetes.helpers import (
+    APPSERVICE_URL,
     LARGE,
     OIDC,
     SECRETS,
@@ -112,6 +114,8 @@ def test_no_secret_is_in_the_config_map_and_synapse_reads_both_files(tmp_path: P
         SECRETS.form_secret,
         SECRETS.database_password,
         SECRETS.signing_key.split()[-1],
+        SECRETS.appservice_as_token,
+        SECRETS.appservice_hs_token,
         *SETTING_SECRETS.values(),
     ]
     for text in config.values():
@@ -125,14 +129,21 @@ def test_no_secret_is_in_the_config_map_and_synapse_reads_both_files(tmp_path: P
         "turn_shared_secret",
         "oidc_client_secret",
         "database_password",
+        "appservice-c3.yaml",
     }
 
     # Paths only under the pod's three mounts.
     homeserver = yaml.safe_load(config["homeserver.yaml"])
     for key in ("pid_file", "log_config", "media_store_path", "signing_key_path"):
         assert homeserver[key].split("/")[1] in ("config", "secrets", "data"), key
-    [listener] = homeserver["listeners"]
-    assert listener["port"] == 8008 and listener["bind_addresses"] == ["0.0.0.0"]
+    assert homeserver["app_service_config_files"] == ["/secrets/appservice-c3.yaml"]
+    client, metrics = homeserver["listeners"]
+    assert client["port"] == 8008 and client["bind_addresses"] == ["0.0.0.0"]
+    assert (metrics["type"], metrics["port"], metrics["bind_addresses"]) == (
+        "metrics",
+        9000,
+        ["0.0.0.0"],
+    )
 
     # Synapse's own loader, with the container's arguments (mount paths rewritten to tmp).
     for mount, contents in (("config", config), ("secrets", secret)):
@@ -144,8 +155,8 @@ def test_no_secret_is_in_the_config_map_and_synapse_reads_both_files(tmp_path: P
     (tmp_path / "data").mkdir()
     container = built.stateful_set.spec.template.spec.containers[0]  # type: ignore[union-attr]
     assert container.args == ["--config-path", "/config/homeserver.yaml"]
-    [password] = container.env or []
-    assert password.name == "PGPASSWORD" and password.valueFrom is not None
+    password = next(e for e in container.env or [] if e.name == "PGPASSWORD")
+    assert password.valueFrom is not None
     assert password.valueFrom.secretKeyRef is not None
     assert password.valueFrom.secretKeyRef.key == "database_password"
     loaded = HomeServerConfig.load_config(
@@ -158,6 +169,56 @@ def test_no_secret_is_in_the_config_map_and_synapse_reads_both_files(tmp_path: P
     assert provider.client_secret == SETTING_SECRETS["oidc_client_secret"]
     assert loaded.voip.turn_shared_secret == SETTING_SECRETS["turn_shared_secret"]
     assert "password" not in loaded.database.databases[0].config["args"]
+    assert loaded.appservice.app_service_config_files == [
+        str(tmp_path / "secrets" / "appservice-c3.yaml")
+    ]
+    registration = yaml.safe_load(secret["appservice-c3.yaml"])
+    assert registration["url"] == APPSERVICE_URL
+    assert registration["as_token"] == SECRETS.appservice_as_token
+    assert registration["hs_token"] == SECRETS.appservice_hs_token
+    assert loaded.metrics.enable_metrics is True
+
+
+def test_the_confinement_module_reaches_a_stock_image_through_the_config_map() -> None:
+    """No custom image: the module's source files are keys of the ConfigMap, projected to
+    /modules/c3_synapse/ (read-only), and the container's PYTHONPATH is /modules."""
+    built = manifests.build(kube_settings(), tenant_target())
+    config, _ = files(built)
+    package = Path(c3_synapse.__file__).parent
+    pod = built.stateful_set.spec.template.spec  # type: ignore[union-attr]
+    assert pod is not None
+    [container] = pod.containers
+    env = {e.name: e.value for e in container.env or []}
+    assert env["PYTHONPATH"] == "/modules"
+    [mount] = [m for m in container.volumeMounts or [] if m.mountPath == "/modules"]
+    assert mount.readOnly is True
+    [volume] = [v for v in pod.volumes or [] if v.name == mount.name]
+    assert volume.configMap is not None and volume.configMap.name == "synapse-config"
+    projected = {i.path: config[i.key] for i in volume.configMap.items or []}
+    assert projected == {
+        "c3_synapse/__init__.py": (package / "__init__.py").read_text(),
+        "c3_synapse/confinement.py": (package / "confinement.py").read_text(),
+    }
+    homeserver = yaml.safe_load(config["homeserver.yaml"])
+    [module] = homeserver["modules"]
+    assert module["module"].startswith("c3_synapse.confinement.")
+
+
+def test_metrics_are_a_named_port_of_the_pod_and_the_service() -> None:
+    for settings, port in (
+        (kube_settings(), 9000),
+        (kube_settings(synapse_metrics_port=9100), 9100),
+    ):
+        built = manifests.build(settings, tenant_target())
+        [container] = built.stateful_set.spec.template.spec.containers  # type: ignore[union-attr]
+        ports = {p.name: p.containerPort for p in container.ports or []}
+        assert ports == {"client": 8008, "metrics": port}
+        assert built.service.spec is not None
+        service = {p.name: (p.port, p.targetPort) for p in built.service.spec.ports or []}
+        assert service == {"client": (8008, "client"), "metrics": (port, "metrics")}
+        homeserver = yaml.safe_load(files(built)[0]["homeserver.yaml"])
+        assert homeserver["enable_metrics"] is True
+        assert [listener["port"] for listener in homeserver["listeners"]] == [8008, port]
 
 
 def test_the_pod_is_pinned_hardened_probed_and_sized_from_the_plan() -> None:
@@ -178,7 +239,13 @@ def test_the_pod_is_pinned_hardened_probed_and_sized_from_the_plan() -> None:
     assert container.resources is not None
     assert container.resources.limits == {"cpu": "250m", "memory": "512Mi"}
     mounts = {m.mountPath: m.name for m in container.volumeMounts or []}
-    assert mounts == {"/config": "config", "/secrets": "secrets", "/data": "data", "/tmp": "tmp"}
+    assert mounts == {
+        "/config": "config",
+        "/secrets": "secrets",
+        "/modules": "modules",
+        "/data": "data",
+        "/tmp": "tmp",
+    }
     [claim] = spec.volumeClaimTemplates or []
     assert claim.spec is not None and claim.spec.resources is not None
     assert claim.spec.resources.requests == {"storage": "1Gi"}
@@ -186,31 +253,56 @@ def test_the_pod_is_pinned_hardened_probed_and_sized_from_the_plan() -> None:
     assert quota is not None and quota.hard is not None and quota.hard["requests.storage"] == "1Gi"
 
 
-def test_network_policy_lets_in_only_the_platform_and_out_only_dns_and_the_database() -> None:
-    settings = kube_settings(kubernetes_platform_namespace="c3-prod", kubernetes_release="prod")
+def platform_pods(namespace: str, release: str, components: list[str]) -> dict[str, Any]:
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "podSelector": {
+            "matchLabels": {"app.kubernetes.io/instance": release},
+            "matchExpressions": [
+                {"key": "app.kubernetes.io/component", "operator": "In", "values": components}
+            ],
+        },
+    }
+
+
+def namespace_peer(namespace: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+
+
+def test_network_policy_lets_in_only_the_platform_and_out_only_dns_the_api_and_the_database() -> (
+    None
+):
+    settings = kube_settings(
+        kubernetes_platform_namespace="c3-prod", kubernetes_release="prod", api_port=8000
+    )
     policy = manifests.build(settings, tenant_target()).network_policy.to_dict()["spec"]
     assert policy["podSelector"] == {} and policy["policyTypes"] == ["Ingress", "Egress"]
-    [ingress] = policy["ingress"]
-    [peer] = ingress["from"]
-    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "c3-prod"}}
-    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": "prod"}
-    assert peer["podSelector"]["matchExpressions"] == [
-        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["proxy", "worker"]}
+    # The client port from the proxy, the worker and the API (Synapse's admin API); the
+    # metrics port from the platform's namespace (its Prometheus).
+    assert [(rule["from"], rule["ports"]) for rule in policy["ingress"]] == [
+        (
+            [platform_pods("c3-prod", "prod", ["api", "proxy", "worker"])],
+            [{"port": 8008, "protocol": "TCP"}],
+        ),
+        ([namespace_peer("c3-prod")], [{"port": 9000, "protocol": "TCP"}]),
     ]
     destinations = [(rule["to"], rule["ports"]) for rule in policy["egress"]]
     assert destinations == [
         (
-            [
-                {
-                    "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
-                    }
-                }
-            ],
+            [namespace_peer("kube-system")],
             [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
         ),
+        # The application service's transactions, to the API pods' port.
+        ([platform_pods("c3-prod", "prod", ["api"])], [{"port": 8000, "protocol": "TCP"}]),
         ([{"ipBlock": {"cidr": "10.0.0.5/32"}}], [{"port": 5432, "protocol": "TCP"}]),
     ]
+    # A Prometheus in a namespace of its own scrapes the metrics port too, nothing else.
+    monitored = manifests.build(
+        kube_settings(kubernetes_monitoring_namespace="monitoring"), tenant_target()
+    )
+    metrics_rule = monitored.network_policy.to_dict()["spec"]["ingress"][1]
+    assert metrics_rule["from"] == [namespace_peer("c3"), namespace_peer("monitoring")]
+    assert metrics_rule["ports"] == [{"port": 9000, "protocol": "TCP"}]
     # A federating tenant also reaches public addresses, never internal ones.
     federating = manifests.build(settings, tenant_target(settings={"federation": {"mode": "open"}}))
     public = federating.network_policy.to_dict()["spec"]["egress"][-1]

@@ -227,6 +227,11 @@ pod annotations so a change rolls the Deployments.
 {{- with .Values.kubernetes.storageClass }}
 {{- $_ = set $cfg "C3_KUBERNETES_STORAGE_CLASS" . }}
 {{- end }}
+{{- /* Tenant pods push the application service's transactions to the API's Service. */}}
+{{- if not (hasKey .Values.extraConfig "C3_CONTEXTS_APPSERVICE_URL") }}
+{{- $api := include "c3.componentName" (dict "ctx" . "component" "api") }}
+{{- $_ = set $cfg "C3_CONTEXTS_APPSERVICE_URL" (printf "http://%s.%s.svc.%s:%v" $api .Release.Namespace .Values.kubernetes.clusterDomain .Values.api.service.port) }}
+{{- end }}
 {{- end }}
 {{- with .Values.objectStore.url }}
 {{- $_ := set $cfg "C3_OBJECT_STORE_URL" . }}

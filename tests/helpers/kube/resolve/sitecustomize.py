@@ -4,8 +4,9 @@ Put this directory first on a subprocess's PYTHONPATH together with KUBE_FAKE_HO
 JSON map {"synapse.c3-t-<id>.svc.cluster.local": "127.0.x.y"} the stand-in keeps current);
 Python imports ``sitecustomize`` at start-up and this patches ``socket.getaddrinfo`` — and
 uvloop's ``Loop.getaddrinfo``, which resolves through libuv, not the socket module (uvicorn runs
-the API and the proxy on uvloop) — for the names in the map, re-read when it changes. Nothing
-here ships in services/."""
+the API and the proxy on uvloop) — for the names in the map, re-read when it changes. With
+KUBE_FAKE_IMPORTS_LOG it also notes the file each C3 package shipped into Synapse is imported
+from. Nothing here ships in services/."""
 
 import json
 import os
@@ -58,3 +59,29 @@ def _patch_uvloop() -> None:
 if _HOSTS_FILE:
     socket.getaddrinfo = _getaddrinfo
     _patch_uvloop()
+
+
+# Where the code C3 ships into Synapse is imported from (the kubelet stand-in's
+# ``imported_from``): a pod must load the confinement module from its mounted copy.
+_IMPORTS_LOG = os.environ.get("KUBE_FAKE_IMPORTS_LOG", "")
+_WATCHED = ("c3_synapse", "c3_synapse.confinement")
+
+
+class _ImportRecorder:
+    @staticmethod
+    def find_spec(name, path=None, target=None):  # type: ignore[no-untyped-def]
+        if name not in _WATCHED:
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.origin:
+            with open(_IMPORTS_LOG, "a") as log:
+                log.write(f"{name} {spec.origin}\n")
+        return spec
+
+
+if _IMPORTS_LOG:
+    import sys
+
+    sys.meta_path.insert(0, _ImportRecorder)
