@@ -408,6 +408,15 @@ def test_tenant_homeservers_reach_the_application_service_at_the_api_service(
     assert "C3_CONTEXTS_APPSERVICE_URL" not in _config(_rendered(LOCAL, tmp_path))
 
 
+def test_tenant_homeservers_let_prometheus_in_from_its_namespace(tmp_path: Path) -> None:
+    """observability.prometheusNamespace reaches the worker as C3_KUBERNETES_MONITORING_NAMESPACE,
+    which opens each tenant's Synapse metrics port to that namespace (kubernetes_manifests)."""
+    assert _config(_rendered(OBSERVABILITY, tmp_path))["C3_KUBERNETES_MONITORING_NAMESPACE"] == (
+        "monitoring"
+    )
+    assert "C3_KUBERNETES_MONITORING_NAMESPACE" not in _config(_rendered(PRODUCTION, tmp_path))
+
+
 def test_object_store_settings_and_credentials_from_the_secret(tmp_path: Path) -> None:
     docs = _rendered(PRODUCTION, tmp_path)
     config = _config(docs)
@@ -799,7 +808,8 @@ def test_network_policies_let_only_prometheus_into_the_metrics_ports(tmp_path: P
         }
     ]
     assert ingress(OBSERVABILITY, "beat") == []
-    assert [p["port"] for r in ingress(OBSERVABILITY, "api") for p in r["ports"]] == [8000]
+    # The API's own port only (from clients, and from tenant pods for the application service).
+    assert {p["port"] for r in ingress(OBSERVABILITY, "api") for p in r["ports"]} == {8000}
 
     def only(**prometheus: Any) -> dict[str, Any]:
         values = copy.deepcopy(OBSERVABILITY)
