@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import abc
+import os
+import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 
 from platform_core import object_store
 from platform_core.object_store import ObjectStore
+from platform_core.private_files import create_private, private_temp_dir
 from provisioner.synapse_config import HomeserverSecrets
 
 # What the proxy bills as messages: every timeline (non-state) event a client sent with
@@ -132,3 +136,21 @@ class Backend(abc.ABC):
         ``render``/``start`` repairs it), for the reconciler's record; [] when nothing did or
         the backend cannot tell."""
         return []
+
+
+def store_archive(
+    store: ObjectStore, work_root: Path, tenant_id: str, fill: Callable[[tarfile.TarFile], None]
+) -> str:
+    """Write a deletion archive (``fill`` adds its members to a gzipped tar) in a private work
+    directory, put it in ``store`` under a fresh archive key, and return the key. The file is
+    private from its creation: an archive holds the tenant's messages and secrets."""
+    key = object_store.archive_key(tenant_id, ".tar.gz")
+    with private_temp_dir(work_root, prefix="archive-") as work:
+        local = work / "data.tar.gz"
+        with (
+            os.fdopen(create_private(local), "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w:gz") as tar,
+        ):
+            fill(tar)
+        store.put_file(key, local)
+    return key

@@ -42,10 +42,10 @@ from lightkube.types import PatchType
 from platform_core import object_store
 from platform_core.errors import PermanentError, TemporaryError
 from platform_core.object_store import ObjectStore
-from platform_core.private_files import create_private, private_temp_dir, work_root, write_private
+from platform_core.private_files import work_root, write_private
 from platform_core.settings import Settings
 from provisioner.backends import kubernetes_manifests as manifests
-from provisioner.backends.base import Backend, HomeserverTarget
+from provisioner.backends.base import Backend, HomeserverTarget, store_archive
 from provisioner.backends.local import postgres_usage_counts
 
 FIELD_MANAGER = "c3-provisioner"
@@ -325,20 +325,14 @@ class KubernetesBackend(Backend):
             **{f"config/{name}": text.encode() for name, text in config.items()},
             **{f"secrets/{name}": data for name, data in secret_files.items()},
         }
-        key = object_store.archive_key(tenant_id, ".tar.gz")
-        with private_temp_dir(self.work_root, prefix="archive-") as work:
-            local = work / "data.tar.gz"
-            # Private from its creation: the archive holds the tenant's secrets.
-            with (
-                os.fdopen(create_private(local), "wb") as raw,
-                tarfile.open(fileobj=raw, mode="w:gz") as tar,
-            ):
-                for name, data in sorted(files.items()):
-                    info = tarfile.TarInfo(f"{tenant_id}/{name}")
-                    info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
-                    tar.addfile(info, io.BytesIO(data))
-            store.put_file(key, local)
-        return key
+
+        def fill(tar: tarfile.TarFile) -> None:
+            for name, data in sorted(files.items()):
+                info = tarfile.TarInfo(f"{tenant_id}/{name}")
+                info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+
+        return store_archive(store, self.work_root, tenant_id, fill)
 
     def _wait_namespace_gone(self, namespace: str) -> None:
         deadline = time.monotonic() + self.namespace_gone_timeout_s

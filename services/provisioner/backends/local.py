@@ -14,7 +14,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,13 @@ import yaml
 from platform_core import object_store
 from platform_core.errors import TemporaryError
 from platform_core.object_store import ObjectStore
-from platform_core.private_files import create_private, private_temp_dir, work_root
+from platform_core.private_files import work_root
 from provisioner.backends.base import (
     HOMESERVER_MEDIA_BYTES_SQL,
     HOMESERVER_MESSAGES_SQL,
     Backend,
     HomeserverTarget,
+    store_archive,
 )
 from provisioner.synapse_config import HomeserverSpec, write_homeserver_files
 
@@ -163,16 +163,9 @@ class LocalBackend(Backend):
                 if item.key.endswith(".tar.gz")
             ]
             return existing[-1] if existing else None
-        key = object_store.archive_key(tenant_id, ".tar.gz")
-        with private_temp_dir(self.work_root, prefix="archive-") as work:
-            local = work / "data.tar.gz"
-            # Private from its creation: the archive holds the tenant's messages and secrets.
-            with (
-                os.fdopen(create_private(local), "wb") as raw,
-                tarfile.open(fileobj=raw, mode="w:gz") as tar,
-            ):
-                tar.add(directory, arcname=tenant_id)
-            store.put_file(key, local)
+        key = store_archive(
+            store, self.work_root, tenant_id, lambda tar: tar.add(directory, arcname=tenant_id)
+        )
         # Only once the archive is stored: a worker dying before this archives again.
         shutil.rmtree(directory)
         return key
