@@ -29,6 +29,9 @@ def _oidc(form: dict[str, str]) -> dict[str, Any] | None:
         "client_id": form.get("oidc.client_id", "").strip(),
         "display_name": form.get("oidc.display_name", "").strip() or None,
     }
+    scopes = form.get("oidc.scopes", "").split()
+    if scopes:  # the form shows the current scopes: saving it keeps them
+        oidc["scopes"] = scopes
     secret = form.get("oidc.client_secret", "")
     if secret:  # write-only: kept when left empty
         oidc["client_secret"] = secret

@@ -390,3 +390,55 @@ async def test_usage_by_day_and_a_finalized_invoice_as_page_and_csv(
     assert as_csv.headers["content-type"].startswith("text/csv")
     assert as_csv.text == from_api.text
     assert (await portal.get(f"{base}/invoices/C3-99999999")).status_code == 404
+
+
+def form_fields(page: httpx.Response) -> dict[str, str]:
+    """What a browser would send for the page's form as shown: every input's value and every
+    select's selected option."""
+    fields = {
+        html.unescape(name): html.unescape(value)
+        for name, value in re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page.text)
+    }
+    for name, body in re.findall(
+        r'<select[^>]*name="([^"]+)"[^>]*>(.*?)</select>', page.text, re.S
+    ):
+        chosen = re.search(r'value="([^"]*)" selected', body)
+        fields[html.unescape(name)] = html.unescape(chosen.group(1)) if chosen else ""
+    return fields
+
+
+async def test_saving_the_settings_form_as_shown_changes_nothing_it_does_not_show(
+    api: httpx.AsyncClient, portal: httpx.AsyncClient
+) -> None:
+    """The SSO scopes and the TURN server (which the form does not edit) survive a save."""
+    tenant, admin = await admin_of_new_tenant(api)
+    settings = {
+        "turn": {"uris": ["turns:turn.acme.example:443?transport=tcp"], "shared_secret": "t" * 16},
+        "oidc": {
+            "issuer": "https://login.acme.example/realms/staff",
+            "client_id": "c3-acme",
+            "client_secret": "oidc-client-secret-1",
+            "scopes": ["openid", "email"],
+        },
+    }
+    patched = await api.patch(f"/v1/tenants/{tenant['id']}", json=settings)
+    assert patched.status_code == 200, patched.text
+    before = patched.json()["settings"]
+
+    await sign_in(portal, admin["email"])
+    settings_url = f"/portal/tenants/{tenant['id']}/settings"
+    page = await portal.get(settings_url)
+    fields = form_fields(page)
+    assert fields["oidc.scopes"] == "openid email"
+    saved = await portal.post(settings_url, data={**fields, "form_id": "settings"})
+    assert saved.status_code == 303, saved.text
+    after = (await api.get(f"/v1/tenants/{tenant['id']}")).json()["settings"]
+    assert after["oidc"] == before["oidc"] and after["turn"] == before["turn"]
+
+    # Edited in the form: the new scopes are what the API shows.
+    page = await portal.get(settings_url)
+    fields = {**form_fields(page), "oidc.scopes": "openid profile email"}
+    await portal.post(settings_url, data={**fields, "form_id": "settings"})
+    shown = (await api.get(f"/v1/tenants/{tenant['id']}")).json()["settings"]["oidc"]
+    assert shown["scopes"][0] == "openid"  # the API's order: openid first
+    assert set(shown["scopes"]) == {"openid", "profile", "email"}
