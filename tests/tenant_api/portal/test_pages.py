@@ -41,6 +41,22 @@ def csrf_of(page: httpx.Response) -> str:
     return found.group(1)
 
 
+async def submit(
+    client: httpx.AsyncClient,
+    url: str,
+    form_id: str,
+    fields: dict[str, str | list[str]] | None = None,
+    *,
+    page: httpx.Response | None = None,
+) -> httpx.Response:
+    """Send a portal form as its page does: with that page's CSRF token (``page``, else the
+    page at ``url`` fetched now) and the form's id."""
+    page = page or await client.get(url)
+    return await client.post(
+        url, data={"csrf_token": csrf_of(page), "form_id": form_id, **(fields or {})}
+    )
+
+
 def text_of(page: httpx.Response) -> str:
     """The page's text as a person reads it (tags dropped, whitespace collapsed)."""
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page.text)))
@@ -64,16 +80,8 @@ async def sign_in(
 ) -> httpx.Response:
     form = await client.get("/portal/sign-in", params={"next": next_})
     assert form.status_code == 200, form.text
-    return await client.post(
-        "/portal/sign-in",
-        data={
-            "csrf_token": csrf_of(form),
-            "form_id": "sign-in",
-            "email": user,
-            "password": password,
-            "next": next_,
-        },
-    )
+    fields = {"email": user, "password": password, "next": next_}
+    return await submit(client, "/portal/sign-in", "sign-in", fields, page=form)
 
 
 async def admin_of_new_tenant(api: httpx.AsyncClient) -> tuple[dict, dict]:
@@ -217,12 +225,11 @@ async def test_the_apis_problem_detail_is_shown_beside_the_field(
     tenant, admin = await admin_of_new_tenant(api)
     await sign_in(portal, admin["email"])
     settings_url = f"/portal/tenants/{tenant['id']}/settings"
-    page = await portal.get(settings_url)
-    refused = await portal.post(
+    refused = await submit(
+        portal,
         settings_url,
-        data={
-            "csrf_token": csrf_of(page),
-            "form_id": "settings",
+        "settings",
+        {
             "federation.mode": "allowlist",
             "federation.allowed_servers": "",
             "registration": "closed",
@@ -238,10 +245,7 @@ async def test_the_apis_problem_detail_is_shown_beside_the_field(
     assert "needs at least one server" not in (await portal.get(settings_url)).text
 
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
-    page = await portal.get(keys_url)
-    await portal.post(
-        keys_url, data={"csrf_token": csrf_of(page), "form_id": "create-key", "name": "crm"}
-    )
+    await submit(portal, keys_url, "create-key", {"name": "crm"})
     shown = await portal.get(keys_url)
     beside = re.search(r'id="create-key-scopes-error">([^<]*)<', shown.text)
     assert beside and "at least 1 item" in beside.group(1)
@@ -254,15 +258,11 @@ async def test_an_api_key_is_shown_once_works_and_stops_when_revoked(
     tenant, admin = await admin_of_new_tenant(api)
     await sign_in(portal, admin["email"])
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
-    page = await portal.get(keys_url)
-    created = await portal.post(
+    created = await submit(
+        portal,
         keys_url,
-        data={
-            "csrf_token": csrf_of(page),
-            "form_id": "create-key",
-            "name": "billing export",
-            "scopes": ["usage:read", "billing:read"],
-        },
+        "create-key",
+        {"name": "billing export", "scopes": ["usage:read", "billing:read"]},
     )
     assert created.status_code == 200
     secret = re.search(r'id="new-key" class="copy" readonly value="(c3k_[^"]+)"', created.text)
@@ -273,9 +273,8 @@ async def test_an_api_key_is_shown_once_works_and_stops_when_revoked(
         assert secret.group(1) not in listing.text  # never shown again
         key_id = re.search(r"/api-keys/([^/]+)/revoke", listing.text)
         assert key_id
-        revoked = await portal.post(
-            f"{keys_url}/{key_id.group(1)}/revoke",
-            data={"csrf_token": csrf_of(listing), "form_id": "revoke-key"},
+        revoked = await submit(
+            portal, f"{keys_url}/{key_id.group(1)}/revoke", "revoke-key", page=listing
         )
         assert revoked.status_code == 303
         assert "revoked; it stops working at once" in text_of(await portal.get(keys_url))
