@@ -89,6 +89,13 @@ async def admin_of_new_tenant(api: httpx.AsyncClient) -> tuple[dict, dict]:
     return tenant, await new_tenant_admin(api, tenant["id"])
 
 
+async def signed_in_admin(api: httpx.AsyncClient, portal: httpx.AsyncClient) -> tuple[dict, dict]:
+    """A new active tenant and its admin, signed in to ``portal``."""
+    tenant, admin = await admin_of_new_tenant(api)
+    assert (await sign_in(portal, admin["email"])).status_code == 303
+    return tenant, admin
+
+
 async def test_a_tenant_admin_signs_in_to_their_overview_with_a_safe_cookie(
     api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
@@ -134,8 +141,7 @@ async def test_a_wrong_password_is_shown_on_the_sign_in_form(
 async def test_a_form_without_or_with_a_wrong_csrf_token_is_refused(
     api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
     form = {"form_id": "create-key", "name": "crm", "scopes": "usage:read"}
     without = await portal.post(keys_url, data=form)
@@ -172,8 +178,7 @@ async def test_another_tenants_pages_and_operator_pages_are_404_for_a_tenant_adm
 async def test_an_expired_session_goes_to_sign_in_and_back_to_the_page(
     api: httpx.AsyncClient, portal: httpx.AsyncClient, redis_client: redis.Redis
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, admin = await signed_in_admin(api, portal)
     usage = f"/portal/tenants/{tenant['id']}/usage"
     assert (await portal.get(usage)).status_code == 200
     # What the idle timeout does in Redis: the record is gone.
@@ -193,8 +198,7 @@ async def test_an_expired_session_goes_to_sign_in_and_back_to_the_page(
 async def test_a_password_reset_ends_the_portal_session_at_once(
     api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, admin = await signed_in_admin(api, portal)
     overview = f"/portal/tenants/{tenant['id']}"
     assert (await portal.get(overview)).status_code == 200
     reset = await api.post(
@@ -208,8 +212,7 @@ async def test_a_password_reset_ends_the_portal_session_at_once(
 
 
 async def test_sign_out_ends_the_session(api: httpx.AsyncClient, portal: httpx.AsyncClient) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     overview = await portal.get(f"/portal/tenants/{tenant['id']}")
     old_cookie = portal.cookies["c3_portal"]
     out = await portal.post("/portal/sign-out", data={"csrf_token": csrf_of(overview)})
@@ -222,8 +225,7 @@ async def test_sign_out_ends_the_session(api: httpx.AsyncClient, portal: httpx.A
 async def test_the_apis_problem_detail_is_shown_beside_the_field(
     api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     settings_url = f"/portal/tenants/{tenant['id']}/settings"
     refused = await submit(
         portal,
@@ -255,8 +257,7 @@ async def test_the_apis_problem_detail_is_shown_beside_the_field(
 async def test_an_api_key_is_shown_once_works_and_stops_when_revoked(
     api: httpx.AsyncClient, portal: httpx.AsyncClient, app: object
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
     created = await submit(
         portal,
@@ -305,8 +306,7 @@ async def test_a_refused_access_token_is_renewed_with_the_refresh_token_unnotice
 ) -> None:
     """What happens every 15 minutes (the access token expires): the next page trades the
     refresh token for new tokens, once; the old refresh token is then spent."""
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     store = SessionStore(get_settings())
     session_id = portal.cookies["c3_portal"]
     record = await store.load(session_id)
@@ -330,8 +330,7 @@ async def test_a_refused_access_token_is_renewed_with_the_refresh_token_unnotice
 async def test_a_form_sent_after_the_session_expired_goes_to_sign_in_and_does_nothing(
     api: httpx.AsyncClient, portal: httpx.AsyncClient, redis_client: redis.Redis
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
     page = await portal.get(keys_url)
     digest = hashlib.sha256(portal.cookies["c3_portal"].encode()).hexdigest()
