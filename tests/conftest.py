@@ -23,9 +23,8 @@ from tests.helpers.environment import (
     OPERATOR_TOKEN,
     clear_namespace,
     fresh_database,
-    isolated_platform,
+    platform_fixture,
 )
-from tests.helpers.platform import RunningPlatform
 
 
 @pytest.fixture(scope="session")
@@ -86,18 +85,13 @@ def redis_client(platform_env: dict[str, str]) -> Iterator[redis.Redis]:
     clear_namespace(platform_env["C3_REDIS_URL"], platform_env["C3_REDIS_NAMESPACE"])
 
 
-@pytest.fixture(scope="session")
-def platform(
-    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPlatform]:
-    """The whole platform for end-to-end tests."""
-    with isolated_platform(
-        platform_env,
-        tmp_path_factory.mktemp("c3-platform"),
-        # Billed usage vs the homeservers' own records, often enough to watch in tests.
-        C3_USAGE_RECONCILE_INTERVAL_S="2",
-    ) as running:
-        yield running
+platform = platform_fixture(
+    "c3-platform",
+    "The whole platform for end-to-end tests.",
+    scope="session",
+    # Billed usage vs the homeservers' own records, often enough to watch in tests.
+    C3_USAGE_RECONCILE_INTERVAL_S="2",
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ refused by the homeserver itself, and a back-office message is billed once."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.helpers.environment import isolated_platform
+from tests.helpers.environment import platform_fixture
 from tests.helpers.matrix import login, usage_of
 from tests.helpers.platform import RunningPlatform, poll, poll_async
 
@@ -25,16 +25,12 @@ pytestmark = pytest.mark.e2e
 PASSWORD = "alice-secret-1"
 
 
-@pytest.fixture(scope="module")
-def contexts_platform(
-    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPlatform]:
-    """The platform with a quick expiry sweep (an expired credential's account is
-    deactivated within a second or two)."""
-    with isolated_platform(
-        platform_env, tmp_path_factory.mktemp("c3-contexts"), C3_CONTEXTS_EXPIRY_INTERVAL_S="1"
-    ) as running:
-        yield running
+contexts_platform = platform_fixture(
+    "c3-contexts",
+    "The platform with a quick expiry sweep (an expired credential's account is deactivated "
+    "within a second or two).",
+    C3_CONTEXTS_EXPIRY_INTERVAL_S="1",
+)
 
 
 def _context_url(tenant_id: str, ref: str) -> str:

@@ -9,13 +9,12 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers.environment import isolated_platform
+from tests.helpers.environment import platform_fixture
 from tests.helpers.platform import RunningPlatform, poll
 
 pytestmark = pytest.mark.e2e
@@ -41,15 +40,11 @@ def js_sdk() -> Path:
     return JS_DIR / "client_check.mjs"
 
 
-@pytest.fixture(scope="module")
-def local_platform(
-    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPlatform]:
-    """The platform as `c3 up` runs it for a developer: tenants at <slug>.c3.localhost."""
-    with isolated_platform(
-        platform_env, tmp_path_factory.mktemp("c3-js"), C3_BASE_DOMAIN="c3.localhost"
-    ) as running:
-        yield running
+local_platform = platform_fixture(
+    "c3-js",
+    "The platform as `c3 up` runs it for a developer: tenants at <slug>.c3.localhost.",
+    C3_BASE_DOMAIN="c3.localhost",
+)
 
 
 def run_client(script: Path, base_url: str, *credentials: str) -> dict:

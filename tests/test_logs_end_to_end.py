@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers.environment import isolated_platform
+from tests.helpers.environment import platform_fixture
 from tests.helpers.platform import RunningPlatform, poll
 
 pytestmark = pytest.mark.e2e
@@ -21,17 +20,12 @@ pytestmark = pytest.mark.e2e
 SERVICES = ("api", "worker", "beat", "proxy")
 
 
-@pytest.fixture(scope="module")
-def json_platform(
-    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPlatform]:
-    with isolated_platform(
-        platform_env,
-        tmp_path_factory.mktemp("c3-json-logs"),
-        C3_LOG_FORMAT="json",
-        C3_PROXY_ACCESS_LOG="true",
-    ) as running:
-        yield running
+json_platform = platform_fixture(
+    "c3-json-logs",
+    "The platform writing JSON logs, the proxy's access log included.",
+    C3_LOG_FORMAT="json",
+    C3_PROXY_ACCESS_LOG="true",
+)
 
 
 def log_lines(platform: RunningPlatform, service: str) -> list[dict[str, Any]]:

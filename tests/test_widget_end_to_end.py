@@ -27,7 +27,7 @@ import pytest
 from c3.local_run import free_port
 from tenant_api.widget.asset import widget_asset
 from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, SCREENSHOT_DIR
-from tests.helpers.environment import isolated_platform
+from tests.helpers.environment import platform_fixture
 from tests.helpers.matrix import login
 from tests.helpers.platform import RunningPlatform, poll_async
 
@@ -101,15 +101,11 @@ class CustomerSite:
             self.server.server_close()
 
 
-@pytest.fixture(scope="module")
-def widget_platform(
-    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPlatform]:
-    """The platform with tenants at <slug>.c3.localhost: loopback names Chromium resolves."""
-    with isolated_platform(
-        platform_env, tmp_path_factory.mktemp("c3-widget"), C3_BASE_DOMAIN="c3.localhost"
-    ) as running:
-        yield running
+widget_platform = platform_fixture(
+    "c3-widget",
+    "The platform with tenants at <slug>.c3.localhost: loopback names Chromium resolves.",
+    C3_BASE_DOMAIN="c3.localhost",
+)
 
 
 @pytest.fixture(scope="module")

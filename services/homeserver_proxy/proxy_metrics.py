@@ -26,6 +26,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from platform_core.metrics import labelled_counter
+
 
 class RouteClass(IntEnum):
     """What a request is, for the metrics: long-poll sync, an event sent, media, the rest."""
@@ -143,16 +145,17 @@ class ProxyMetrics(Collector):
     # Scrape -----------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
+        yield labelled_counter(
             "c3_proxy_requests",
             "Requests answered by the proxy (forwarded or refused), by route class and status "
             "class",
-            labels=["route", "status"],
+            ["route", "status"],
+            (
+                ([route, status], count)
+                for route, counts in zip(ROUTE_CLASSES, self._requests, strict=True)
+                for status, count in zip(STATUS_CLASSES, counts, strict=True)
+            ),
         )
-        for route, counts in zip(ROUTE_CLASSES, self._requests, strict=True):
-            for status, count in zip(STATUS_CLASSES, counts, strict=True):
-                requests.add_metric([route, status], count)
-        yield requests
         yield _histogram(
             "c3_proxy_request_duration_seconds",
             "Time from the request's head to the end of its answer, by route class (sync "
@@ -164,23 +167,22 @@ class ProxyMetrics(Collector):
             "Time from sending a request to the homeserver to its answer's head, by route class",
             self._first_byte,
         )
-        errors = CounterMetricFamily(
+        yield labelled_counter(
             "c3_proxy_upstream_errors",
             "Forwarded requests the homeserver did not answer (unavailable, timeout)",
-            labels=["route", "error"],
+            ["route", "error"],
+            (
+                ([route, error], count)
+                for error, counts in self._upstream_errors.items()
+                for route, count in zip(ROUTE_CLASSES, counts, strict=True)
+            ),
         )
-        for error, counts in self._upstream_errors.items():
-            for route, count in zip(ROUTE_CLASSES, counts, strict=True):
-                errors.add_metric([route, error], count)
-        yield errors
-        refused = CounterMetricFamily(
+        yield labelled_counter(
             "c3_proxy_refused",
             "Requests the proxy answered itself instead of forwarding, by reason",
-            labels=["reason"],
+            ["reason"],
+            (([reason], count) for reason, count in self._refused.items()),
         )
-        for reason, count in self._refused.items():
-            refused.add_metric([reason], count)
-        yield refused
         yield GaugeMetricFamily(
             "c3_proxy_open_long_polls",
             "Long-polls (/sync, /events) parked at the homeservers right now",

@@ -163,25 +163,31 @@ class OperationStats:
         return stats
 
 
+def labelled_counter(
+    name: str, documentation: str, labels: list[str], counts: Iterable[tuple[list[str], float]]
+) -> CounterMetricFamily:
+    """A counter family with one sample per set of label values (``([kind, outcome], 3)``)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, count in counts:
+        family.add_metric(values, count)
+    return family
+
+
 def operation_families(
     stats: OperationStats,
 ) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
-    attempts = CounterMetricFamily(
+    yield labelled_counter(
         "c3_operation_attempts",
         "Finished attempts of lifecycle operations, by kind and outcome",
-        labels=["kind", "outcome"],
+        ["kind", "outcome"],
+        (([kind, outcome], count) for (kind, outcome), count in sorted(stats.attempts.items())),
     )
-    for (kind, outcome), count in sorted(stats.attempts.items()):
-        attempts.add_metric([kind, outcome], count)
-    yield attempts
-    failures = CounterMetricFamily(
+    yield labelled_counter(
         "c3_operation_failures",
         "Failed attempts of lifecycle operations, by kind and the last step they completed",
-        labels=["kind", "step"],
+        ["kind", "step"],
+        (([kind, step], count) for (kind, step), count in sorted(stats.failures.items())),
     )
-    for (kind, step), count in sorted(stats.failures.items()):
-        failures.add_metric([kind, step], count)
-    yield failures
     duration = HistogramMetricFamily(
         "c3_operation_duration_seconds",
         "How long one attempt of a lifecycle operation ran, by kind",
@@ -263,15 +269,14 @@ def reconcile_families(
     yield CounterMetricFamily(
         "c3_reconcile_runs", "Reconcile passes finished", value=reconcile.runs
     )
-    actions = CounterMetricFamily(
+    # Every known action, zero included, so rate() works from the first scrape.
+    known = sorted({a.value for a in ReconcileAction} | set(reconcile.actions))
+    yield labelled_counter(
         "c3_reconcile_actions",
         "Repairs and outcomes of reconcile passes, by action",
-        labels=["action"],
+        ["action"],
+        (([action], reconcile.actions.get(action, 0)) for action in known),
     )
-    # Every known action, zero included, so rate() works from the first scrape.
-    for action in sorted({a.value for a in ReconcileAction} | set(reconcile.actions)):
-        actions.add_metric([action], reconcile.actions.get(action, 0))
-    yield actions
     if reconcile.last_run_at is not None:
         yield GaugeMetricFamily(
             "c3_reconcile_last_run_timestamp_seconds",

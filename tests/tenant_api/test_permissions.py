@@ -23,14 +23,11 @@ from platform_core.models import (
     AuditEvent,
     Context,
     ContextParticipant,
-    ContextState,
     ExportState,
     Invoice,
     Operation,
     OperationKind,
     OperationState,
-    ParticipantKind,
-    ParticipantState,
     Plan,
     Tenant,
     TenantExport,
@@ -41,6 +38,7 @@ from tenant_api.exports import links
 from tenant_api.invoices import tasks as invoice_tasks
 from tenant_api.main import create_app
 from tests.helpers.api import slug
+from tests.helpers.factories import add_open_context
 
 PASSWORD = "correct horse battery"
 CALLERS = ("operator", "admin_a", "admin_b", "key_a_read", "key_a_write", "expired", "anonymous")
@@ -286,25 +284,10 @@ def _ready_export(tenant_id: str) -> tuple[str, dict[str, str]]:
 def _open_context(tenant_id: str) -> str:
     """Context case-1 of the tenant with one active external participant; its id."""
     with task_session() as session:
-        context = Context(
-            tenant_id=uuid.UUID(tenant_id),
-            ref="case-1",
-            title="Case 1",
-            room_id=f"!{uuid.uuid4().hex}:perm.test",
-            status=ContextState.OPEN,
+        expires_at = datetime.now(UTC) + timedelta(hours=1)
+        _, participant = add_open_context(
+            session, uuid.UUID(tenant_id), "perm.test", title="Case 1", expires_at=expires_at
         )
-        session.add(context)
-        session.flush()
-        participant = ContextParticipant(
-            context_id=context.id,
-            tenant_id=context.tenant_id,
-            kind=ParticipantKind.EXTERNAL,
-            user_id=f"@c3x-{uuid.uuid4().hex[:8]}:perm.test",
-            status=ParticipantState.ACTIVE,
-            expires_at=datetime.now(UTC) + timedelta(hours=1),
-        )
-        session.add(participant)
-        session.flush()
         return str(participant.id)
 
 

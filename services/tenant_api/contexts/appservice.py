@@ -35,9 +35,10 @@ def _matrix_error(status: int, errcode: str, error: str) -> JSONResponse:
 
 
 async def _authorised(
-    repo: AppserviceRepository, tenant_id: uuid.UUID, box: SecretBox, authorization: str | None
+    repo: AppserviceRepository, tenant_id: uuid.UUID, settings: Settings, authorization: str | None
 ) -> JSONResponse | str:
     """The tenant's server name if the caller proved to be its homeserver; else the answer."""
+    box = SecretBox(settings.require_secret_key())
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return _matrix_error(401, "M_UNAUTHORIZED", "missing hs_token")
@@ -58,9 +59,7 @@ async def push_transaction(
     authorization: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     repo = AppserviceRepository(session)
-    checked = await _authorised(
-        repo, tenant_id, SecretBox(settings.require_secret_key()), authorization
-    )
+    checked = await _authorised(repo, tenant_id, settings, authorization)
     if isinstance(checked, JSONResponse):
         return checked
     if len(txn_id) > MAX_TXN_ID:
@@ -92,12 +91,7 @@ async def query_user(
     authorization: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """External participants exist only once the platform registered them: none on demand."""
-    checked = await _authorised(
-        AppserviceRepository(session),
-        tenant_id,
-        SecretBox(settings.require_secret_key()),
-        authorization,
-    )
+    checked = await _authorised(AppserviceRepository(session), tenant_id, settings, authorization)
     if isinstance(checked, JSONResponse):
         return checked
     return _matrix_error(404, "M_NOT_FOUND", "no such user")
@@ -110,12 +104,7 @@ async def ping(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    checked = await _authorised(
-        AppserviceRepository(session),
-        tenant_id,
-        SecretBox(settings.require_secret_key()),
-        authorization,
-    )
+    checked = await _authorised(AppserviceRepository(session), tenant_id, settings, authorization)
     return checked if isinstance(checked, JSONResponse) else JSONResponse({})
 
 

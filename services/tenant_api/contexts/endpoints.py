@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from pydantic import AfterValidator
 
 from platform_core.models import ContextState
@@ -35,24 +35,45 @@ Ref = Annotated[
 ]
 
 
+async def _readable(
+    tenant_id: uuid.UUID, session: SessionDep, principal: TenantsRead, settings: SettingsDep
+) -> service.Scope:
+    return await service.scope_of(tenant_id, session, principal, settings)
+
+
+async def _writable(
+    tenant_id: uuid.UUID, session: SessionDep, principal: UsersWrite, settings: SettingsDep
+) -> service.Scope:
+    return await service.scope_of(tenant_id, session, principal, settings)
+
+
+async def _locked(
+    tenant_id: uuid.UUID, session: SessionDep, principal: UsersWrite, settings: SettingsDep
+) -> service.Scope:
+    """For writers that may create or close a room: serialized per tenant until commit."""
+    return await service.scope_of(tenant_id, session, principal, settings, lock=True)
+
+
+# The tenant's contexts as the principal may use them (404 unless it sees the tenant).
+ReadScope = Annotated[service.Scope, Depends(_readable)]
+WriteScope = Annotated[service.Scope, Depends(_writable)]
+LockedScope = Annotated[service.Scope, Depends(_locked)]
+
+
 @router.put(
     "/{ref}",
     response_model=ContextOut,
     responses={201: {"model": ContextOut, "description": "Created"}},
 )
 async def put_context(
-    tenant_id: uuid.UUID,
+    scope: LockedScope,
     ref: Ref,
     body: ContextPut,
     response: Response,
-    session: SessionDep,
-    principal: UsersWrite,
-    settings: SettingsDep,
     audit: AuditDep,
 ) -> ContextOut:
     """Create the context of `ref` (201) or return the existing one unchanged (200): the same
     reference always names the same room."""
-    scope = await service.scope_of(tenant_id, session, principal, settings, lock=True)
     out, created = await service.put_context(scope, ref, body, audit)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return out
@@ -60,18 +81,14 @@ async def put_context(
 
 @router.get("", response_model=ContextPage)
 async def list_contexts(
-    tenant_id: uuid.UUID,
-    session: SessionDep,
-    principal: TenantsRead,
-    settings: SettingsDep,
+    scope: ReadScope,
     ref: Annotated[str | None, Query(max_length=200)] = None,
     status_: Annotated[ContextState | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> ContextPage:
-    scope = await service.scope_of(tenant_id, session, principal, settings)
     rows = await scope.contexts.page(
-        tenant_id,
+        scope.tenant.id,
         limit=limit + 1,
         after=decode_cursor(cursor) if cursor else None,
         ref=ref,
@@ -85,14 +102,7 @@ async def list_contexts(
 
 
 @router.get("/{ref}", response_model=ContextOut)
-async def get_context(
-    tenant_id: uuid.UUID,
-    ref: Ref,
-    session: SessionDep,
-    principal: TenantsRead,
-    settings: SettingsDep,
-) -> ContextOut:
-    scope = await service.scope_of(tenant_id, session, principal, settings)
+async def get_context(scope: ReadScope, ref: Ref) -> ContextOut:
     context = await service.context_or_404(scope, ref)
     return (await service.contexts_out(scope, [context]))[0]
 
@@ -101,63 +111,47 @@ async def get_context(
     "/{ref}/participants", status_code=status.HTTP_201_CREATED, response_model=ParticipantCreated
 )
 async def add_participant(
-    tenant_id: uuid.UUID,
+    scope: WriteScope,
     ref: Ref,
     body: ParticipantIn,
-    session: SessionDep,
-    principal: UsersWrite,
-    settings: SettingsDep,
     audit: AuditDep,
 ) -> ParticipantCreated:
     """A tenant user (`{"user": "alice"}`: invited and joined) or an external participant
     (`{"display_name": "…", "ttl_s": 3600}`): a room-only account made on the spot, and its
     `credential` (shown once) for an SDK or the widget to join at once."""
-    scope = await service.scope_of(tenant_id, session, principal, settings)
     return await service.add_participant(scope, ref, body, audit)
 
 
 @router.delete("/{ref}/participants/{participant_id}", response_model=ParticipantOut)
 async def remove_participant(
-    tenant_id: uuid.UUID,
+    scope: WriteScope,
     ref: Ref,
     participant_id: uuid.UUID,
-    session: SessionDep,
-    principal: UsersWrite,
-    settings: SettingsDep,
     audit: AuditDep,
 ) -> ParticipantOut:
     """Remove from the room; an external participant's account is deactivated (every token
     of it stops working)."""
-    scope = await service.scope_of(tenant_id, session, principal, settings)
     return await service.remove_participant(scope, ref, participant_id, audit)
 
 
 @router.post("/{ref}/close", response_model=ContextOut)
 async def close_context(
-    tenant_id: uuid.UUID,
+    scope: LockedScope,
     ref: Ref,
-    session: SessionDep,
-    principal: UsersWrite,
-    settings: SettingsDep,
     audit: AuditDep,
 ) -> ContextOut:
     """The room becomes read-only for everyone, its history stays, every external participant
     is cut off. Closing again changes nothing."""
-    scope = await service.scope_of(tenant_id, session, principal, settings, lock=True)
     return await service.close_context(scope, ref, audit)
 
 
 @router.post("/{ref}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
 async def post_message(
-    tenant_id: uuid.UUID,
+    scope: WriteScope,
     ref: Ref,
     body: MessageIn,
-    session: SessionDep,
-    principal: UsersWrite,
-    settings: SettingsDep,
     audit: AuditDep,
 ) -> MessageOut:
     """A back-office notice in the room (e.g. "document uploaded"), posted by the platform's
     service user and billed as a message."""
-    scope = await service.scope_of(tenant_id, session, principal, settings)
     return await service.post_message(scope, ref, body.body, audit)

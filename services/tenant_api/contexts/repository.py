@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, or_, select
 
 from platform_core.models import (
     AppserviceTransaction,
@@ -19,7 +19,7 @@ from platform_core.models import (
     ParticipantState,
     Tenant,
 )
-from tenant_api.kit.repository import Repository, SyncRepository
+from tenant_api.kit.repository import Repository, SyncRepository, keyset_page
 
 
 class ContextRepository(Repository):
@@ -44,15 +44,7 @@ class ContextRepository(Repository):
             statement = statement.where(Context.ref == ref)
         if status is not None:
             statement = statement.where(Context.status == status)
-        if after is not None:
-            created_at, row_id = after
-            statement = statement.where(
-                or_(
-                    Context.created_at > created_at,
-                    and_(Context.created_at == created_at, Context.id > row_id),
-                )
-            )
-        statement = statement.order_by(Context.created_at, Context.id).limit(limit)
+        statement = keyset_page(statement, Context, after, limit)
         return list((await self.session.scalars(statement)).all())
 
     async def add(self, row: Context | ContextParticipant | ContextEvent) -> None:

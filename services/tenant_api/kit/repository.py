@@ -6,9 +6,11 @@ tasks (``invoices/``, ``usage/`` ingestion) is sync (``Session``), and the API c
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, text
+from sqlalchemy import Select, and_, or_, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -32,6 +34,25 @@ class Repository:
         if self.principal is None:
             raise TypeError(f"{type(self).__name__} has no principal to scope by")
         return scoped(statement, self.principal, tenant_column)
+
+
+def keyset_page(
+    statement: Select,  # type: ignore[type-arg]
+    model: Any,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> Select:  # type: ignore[type-arg]
+    """At most ``limit`` rows of ``model`` in (created_at, id) order, those after the cursor
+    ``after`` (``tenant_api.kit.pagination``) when one is given."""
+    if after is not None:
+        created_at, row_id = after
+        statement = statement.where(
+            or_(
+                model.created_at > created_at,
+                and_(model.created_at == created_at, model.id > row_id),
+            )
+        )
+    return statement.order_by(model.created_at, model.id).limit(limit)
 
 
 class SyncRepository:

@@ -7,15 +7,17 @@ Each page authorises as the REST endpoint does (the principal's scopes, then the
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.auth import TENANT_KEY_SCOPES, Scope
 from platform_core.crypto import SecretBox
 from platform_core.errors import Conflict, NotFound
-from platform_core.models import Meter, Tenant
+from platform_core.models import Homeserver, Meter, Tenant
 from platform_core.settings import Settings
 from tenant_api.api_keys import service as api_keys
 from tenant_api.api_keys.repository import ApiKeyRepository
@@ -24,6 +26,7 @@ from tenant_api.audit.repository import AuditRepository
 from tenant_api.deps import SessionDep, SettingsDep
 from tenant_api.invoices import service as invoices
 from tenant_api.invoices.endpoints import _csv as invoice_csv
+from tenant_api.kit.audit import AuditContext
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.plans import service as plans
 from tenant_api.plans.repository import PlanRepository
@@ -58,75 +61,112 @@ CHARTED = [
 ]
 
 
-async def _tenant(
-    user: PortalUser, session: SessionDep, settings: Settings, tenant_id: str, scope: Scope
-) -> tuple[Tenant, TenantOut]:
-    user.require(scope)
-    repository = TenantRepository(session, user.principal)
-    tenant = await repository.get_or_404(parse_id(tenant_id))
-    codes = await repository.plan_codes({tenant.plan_id})
-    return tenant, tenants.to_out(tenant, codes[tenant.plan_id], settings)
+@dataclass
+class TenantPages:
+    """What every page of one tenant works with: the request, the signed-in person, the
+    request session and settings, and the tenant id from the path (checked when loaded)."""
+
+    request: Request
+    tenant_id: str
+    user: PortalUser
+    session: AsyncSession
+    settings: Settings
+
+    async def tenant(self, scope: Scope) -> tuple[Tenant, TenantOut]:
+        """The tenant as the API shows it, once the person holds ``scope`` (else a 404)."""
+        self.user.require(scope)
+        repository = TenantRepository(self.session, self.user.principal)
+        tenant = await repository.get_or_404(parse_id(self.tenant_id))
+        codes = await repository.plan_codes({tenant.plan_id})
+        return tenant, tenants.to_out(tenant, codes[tenant.plan_id], self.settings)
+
+    async def homeserver(self) -> tuple[Tenant, Homeserver | None, SecretBox]:
+        """The tenant, its homeserver and the secrets box, as the users endpoints load them."""
+        return await users.homeserver_of(
+            parse_id(self.tenant_id), self.session, self.user.principal, self.settings
+        )
+
+    def back(self, page: str = "") -> str:
+        """The page a form returns to (also where a refused form shows its problem)."""
+        path = f"/portal/tenants/{self.tenant_id}" + (f"/{page}" if page else "")
+        self.request.state.portal_back = path
+        return path
+
+    async def form(self) -> dict[str, str]:
+        return {k: str(v) for k, v in (await self.request.form()).items()}
+
+    async def homeserver_form(self, page: str) -> tuple[str, dict[str, str]]:
+        """A form that changes the homeserver's users or tokens: where it returns, what it
+        sent (after the scope check the users endpoints make)."""
+        back = self.back(page)
+        self.user.require(Scope.USERS_WRITE)
+        return back, await self.form()
+
+    def audit(self) -> AuditContext:
+        return self.user.audit(self.request, self.session)
+
+    async def done(self, back: str, message: str) -> Response:
+        return await done(self.user, back, message)
+
+    async def render(
+        self, template: str, out: TenantOut, page: str, heading: str, **context: Any
+    ) -> Response:
+        """A tenant page: titled ``<display name>: <heading>``, ``page`` marked in the menu."""
+        return await render(
+            self.request,
+            template,
+            tenant=out,
+            title=f"{out.display_name}: {heading}",
+            page=page,
+            **context,
+        )
 
 
-def _back(request: Request, tenant_id: str, page: str = "") -> str:
-    path = f"/portal/tenants/{tenant_id}" + (f"/{page}" if page else "")
-    request.state.portal_back = path
-    return path
+async def tenant_pages(
+    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
+) -> TenantPages:
+    return TenantPages(request, tenant_id, user, session, settings)
 
 
-async def _form(request: Request) -> dict[str, str]:
-    return {k: str(v) for k, v in (await request.form()).items()}
+PagesDep = Annotated[TenantPages, Depends(tenant_pages)]
 
 
 @router.get("")
-async def overview(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    tenant, out = await _tenant(user, session, settings, tenant_id, Scope.TENANTS_READ)
-    plan = plans.to_out(await plans.get_plan(PlanRepository(session), out.plan))
-    latest = await OperationRepository(session, user.principal).latest_for([tenant.id])
-    return await render(
-        request,
+async def overview(pages: PagesDep) -> Response:
+    tenant, out = await pages.tenant(Scope.TENANTS_READ)
+    plan = plans.to_out(await plans.get_plan(PlanRepository(pages.session), out.plan))
+    latest = await OperationRepository(pages.session, pages.user.principal).latest_for([tenant.id])
+    return await pages.render(
         "tenant_overview.html",
-        tenant=out,
+        out,
+        "overview",
+        "overview",
         plan=plan,
         operation=latest.get(tenant.id),
-        title=f"{out.display_name}: overview",
-        page="overview",
     )
 
 
 @router.get("/readiness")
-async def readiness_page(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
+async def readiness_page(pages: PagesDep) -> Response:
     """The client readiness check, run now through the proxy (bounded by
     C3_READINESS_TIMEOUT_S; the same checks as GET /v1/tenants/{id}/readiness)."""
-    tenant, out = await _tenant(user, session, settings, tenant_id, Scope.TENANTS_READ)
-    checks = await check_readiness(tenant, settings)
-    return await render(
-        request,
+    tenant, out = await pages.tenant(Scope.TENANTS_READ)
+    checks = await check_readiness(tenant, pages.settings)
+    return await pages.render(
         "readiness.html",
-        tenant=out,
+        out,
+        "readiness",
+        "client readiness",
         checks=checks,
         ready=all(check.ok is not False for check in checks),
         checked_at=datetime.now(UTC),
-        title=f"{out.display_name}: client readiness",
-        page="readiness",
     )
 
 
 @router.get("/users")
-async def users_page(
-    request: Request,
-    tenant_id: str,
-    user: UserDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    q: Annotated[str, Query(max_length=100)] = "",
-) -> Response:
-    _, out = await _tenant(user, session, settings, tenant_id, Scope.TENANTS_READ)
-    tenant, homeserver, box = await users.homeserver_of(out.id, session, user.principal, settings)
+async def users_page(pages: PagesDep, q: Annotated[str, Query(max_length=100)] = "") -> Response:
+    _, out = await pages.tenant(Scope.TENANTS_READ)
+    tenant, homeserver, box = await pages.homeserver()
     found, unavailable = [], None
     try:
         page = await users.list_users(tenant, homeserver, box, start=0, limit=500)
@@ -138,25 +178,14 @@ async def users_page(
         ]
     except Conflict as exc:
         unavailable = exc.detail
-    return await render(
-        request,
-        "users.html",
-        tenant=out,
-        users=found,
-        q=q,
-        unavailable=unavailable,
-        title=f"{out.display_name}: users",
-        page="users",
+    return await pages.render(
+        "users.html", out, "users", "users", users=found, q=q, unavailable=unavailable
     )
 
 
 @router.post("/users")
-async def create_user(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    back = _back(request, tenant_id, "users")
-    user.require(Scope.USERS_WRITE)
-    form = await _form(request)
+async def create_user(pages: PagesDep) -> Response:
+    back, form = await pages.homeserver_form("users")
     body = validated(
         HomeserverUserCreate,
         {
@@ -166,82 +195,48 @@ async def create_user(
             "admin": form.get("admin") == "on",
         },
     )
-    tenant, homeserver, box = await users.homeserver_of(
-        parse_id(tenant_id), session, user.principal, settings
-    )
-    created = await users.create_user(tenant, homeserver, body, box, user.audit(request, session))
-    return await done(user, back, f"User {created.user_id} created.")
+    tenant, homeserver, box = await pages.homeserver()
+    created = await users.create_user(tenant, homeserver, body, box, pages.audit())
+    return await pages.done(back, f"User {created.user_id} created.")
 
 
 @router.post("/users/{username}/deactivate")
-async def deactivate_user(
-    request: Request,
-    tenant_id: str,
-    username: str,
-    user: UserDep,
-    session: SessionDep,
-    settings: SettingsDep,
-) -> Response:
-    back = _back(request, tenant_id, "users")
-    user.require(Scope.USERS_WRITE)
-    form = await _form(request)
-    tenant, homeserver, box = await users.homeserver_of(
-        parse_id(tenant_id), session, user.principal, settings
-    )
+async def deactivate_user(pages: PagesDep, username: str) -> Response:
+    back, form = await pages.homeserver_form("users")
+    tenant, homeserver, box = await pages.homeserver()
     gone = await users.deactivate_user(
-        tenant,
-        homeserver,
-        box,
-        user.audit(request, session),
-        username,
-        erase=form.get("erase") == "on",
+        tenant, homeserver, box, pages.audit(), username, erase=form.get("erase") == "on"
     )
-    return await done(user, back, f"User {gone.user_id} deactivated.")
+    return await pages.done(back, f"User {gone.user_id} deactivated.")
 
 
 @router.post("/users/{username}/password")
-async def reset_password(
-    request: Request,
-    tenant_id: str,
-    username: str,
-    user: UserDep,
-    session: SessionDep,
-    settings: SettingsDep,
-) -> Response:
-    back = _back(request, tenant_id, "users")
-    user.require(Scope.USERS_WRITE)
-    form = await _form(request)
+async def reset_password(pages: PagesDep, username: str) -> Response:
+    back, form = await pages.homeserver_form("users")
     body = validated(HomeserverUserPatch, {"password": form.get("password", "")})
-    tenant, homeserver, box = await users.homeserver_of(
-        parse_id(tenant_id), session, user.principal, settings
-    )
-    changed = await users.update_user(
-        tenant, homeserver, box, user.audit(request, session), username, body
-    )
-    return await done(
-        user, back, f"Password of {changed.user_id} reset; it is signed out everywhere."
+    tenant, homeserver, box = await pages.homeserver()
+    changed = await users.update_user(tenant, homeserver, box, pages.audit(), username, body)
+    return await pages.done(
+        back, f"Password of {changed.user_id} reset; it is signed out everywhere."
     )
 
 
 @router.get("/registration-tokens")
-async def tokens_page(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    _, out = await _tenant(user, session, settings, tenant_id, Scope.USERS_WRITE)
-    tenant, homeserver, box = await users.homeserver_of(out.id, session, user.principal, settings)
+async def tokens_page(pages: PagesDep) -> Response:
+    _, out = await pages.tenant(Scope.USERS_WRITE)
+    tenant, homeserver, box = await pages.homeserver()
     items, unavailable = [], None
     try:
         items = (await registration_tokens.list_tokens(tenant, homeserver, box, valid=None)).items
     except Conflict as exc:
         unavailable = exc.detail
-    return await render(
-        request,
+    return await pages.render(
         "registration_tokens.html",
-        tenant=out,
+        out,
+        "tokens",
+        "registration tokens",
         tokens=items,
         unavailable=unavailable,
-        title=f"{out.display_name}: registration tokens",
-        page="tokens",
     )
 
 
@@ -251,12 +246,8 @@ def _expiry(raw: str) -> str | None:
 
 
 @router.post("/registration-tokens")
-async def create_token(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    back = _back(request, tenant_id, "registration-tokens")
-    user.require(Scope.USERS_WRITE)
-    form = await _form(request)
+async def create_token(pages: PagesDep) -> Response:
+    back, form = await pages.homeserver_form("registration-tokens")
     body = validated(
         RegistrationTokenCreate,
         {
@@ -264,33 +255,17 @@ async def create_token(
             "expires_at": _expiry(form.get("expires_at", "")),
         },
     )
-    tenant, homeserver, box = await users.homeserver_of(
-        parse_id(tenant_id), session, user.principal, settings
-    )
-    created = await registration_tokens.create_token(
-        tenant, homeserver, box, user.audit(request, session), body
-    )
-    return await done(user, back, f"Registration token {created.token} created.")
+    tenant, homeserver, box = await pages.homeserver()
+    created = await registration_tokens.create_token(tenant, homeserver, box, pages.audit(), body)
+    return await pages.done(back, f"Registration token {created.token} created.")
 
 
 @router.post("/registration-tokens/{token}/delete")
-async def delete_token(
-    request: Request,
-    tenant_id: str,
-    token: str,
-    user: UserDep,
-    session: SessionDep,
-    settings: SettingsDep,
-) -> Response:
-    back = _back(request, tenant_id, "registration-tokens")
-    user.require(Scope.USERS_WRITE)
-    tenant, homeserver, box = await users.homeserver_of(
-        parse_id(tenant_id), session, user.principal, settings
-    )
-    await registration_tokens.delete_token(
-        tenant, homeserver, box, user.audit(request, session), token[:64]
-    )
-    return await done(user, back, "Registration token revoked.")
+async def delete_token(pages: PagesDep, token: str) -> Response:
+    back, _ = await pages.homeserver_form("registration-tokens")
+    tenant, homeserver, box = await pages.homeserver()
+    await registration_tokens.delete_token(tenant, homeserver, box, pages.audit(), token[:64])
+    return await pages.done(back, "Registration token revoked.")
 
 
 def _month_start(day: date, months_back: int = 0) -> date:
@@ -300,16 +275,14 @@ def _month_start(day: date, months_back: int = 0) -> date:
 
 
 @router.get("/usage")
-async def usage_page(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    tenant, out = await _tenant(user, session, settings, tenant_id, Scope.USAGE_READ)
+async def usage_page(pages: PagesDep) -> Response:
+    tenant, out = await pages.tenant(Scope.USAGE_READ)
     today = datetime.now(UTC).date()
     start, this_month, end = _month_start(today, 1), _month_start(today), _month_start(today, -1)
     at = [datetime(d.year, d.month, d.day, tzinfo=UTC) for d in (start, end)]
     per_day: dict[str, dict[date, int]] = defaultdict(lambda: defaultdict(int))
     meters = [m.value for m, _, _ in CHARTED]
-    for hour, meter, quantity in await UsageRepository(session).hourly(
+    for hour, meter, quantity in await UsageRepository(pages.session).hourly(
         tenant.id, at[0], at[1], meters
     ):
         per_day[meter][hour.date()] += quantity
@@ -327,105 +300,84 @@ async def usage_page(
             m.value: sum(per_day[m.value][d] for d in days if d < this_month) for m, *_ in CHARTED
         },
     }
-    return await render(
-        request,
+    return await pages.render(
         "usage.html",
-        tenant=out,
+        out,
+        "usage",
+        "usage",
         charts=charts,
         charted=CHARTED,
         rows=[(d, [per_day[m.value][d] for m, *_ in CHARTED]) for d in days if d <= today],
         months=months,
         this_month=this_month,
         last_month=start,
-        title=f"{out.display_name}: usage",
-        page="usage",
     )
 
 
 @router.get("/invoices")
-async def invoices_page(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    tenant, out = await _tenant(user, session, settings, tenant_id, Scope.BILLING_READ)
-    upcoming = await invoices.upcoming_now(session, tenant.id)
-    finalized = await invoices.finalized_invoices(session, tenant.id)
-    return await render(
-        request,
-        "invoices.html",
-        tenant=out,
-        upcoming=upcoming,
-        invoices=finalized,
-        title=f"{out.display_name}: invoices",
-        page="invoices",
+async def invoices_page(pages: PagesDep) -> Response:
+    tenant, out = await pages.tenant(Scope.BILLING_READ)
+    upcoming = await invoices.upcoming_now(pages.session, tenant.id)
+    finalized = await invoices.finalized_invoices(pages.session, tenant.id)
+    return await pages.render(
+        "invoices.html", out, "invoices", "invoices", upcoming=upcoming, invoices=finalized
     )
 
 
 @router.get("/invoices/{number}")
 async def invoice_page(
-    request: Request,
-    tenant_id: str,
+    pages: PagesDep,
     number: str,
-    user: UserDep,
-    session: SessionDep,
-    settings: SettingsDep,
     format_: Annotated[str | None, Query(alias="format", pattern="^(html|csv)$")] = None,
 ) -> Response:
     """One invoice (``upcoming``: this month so far), as a page or as the API's CSV."""
-    tenant, out = await _tenant(user, session, settings, tenant_id, Scope.BILLING_READ)
+    tenant, out = await pages.tenant(Scope.BILLING_READ)
     if number == "upcoming":
-        doc = await invoices.upcoming_now(session, tenant.id)
+        doc = await invoices.upcoming_now(pages.session, tenant.id)
     else:
-        invoice = await invoices.invoice_by_number(session, tenant.id, number[:40])
+        invoice = await invoices.invoice_by_number(pages.session, tenant.id, number[:40])
         if invoice is None:
             raise NotFound(f"invoice {number[:40]} not found")
         doc = invoices.doc_of(invoice)
     if format_ == "csv":
         return invoice_csv(doc)
-    return await render(
-        request,
+    return await pages.render(
         "invoice.html",
-        tenant=out,
+        out,
+        "invoices",
+        f"invoice {doc.number or doc.period + ' (upcoming)'}",
         invoice=doc,
         number=number,
-        title=f"{out.display_name}: invoice {doc.number or doc.period + ' (upcoming)'}",
-        page="invoices",
     )
 
 
-async def _keys_page(
-    request: Request, user: PortalUser, session: SessionDep, out: TenantOut, **extra: Any
-) -> Response:
-    keys = await ApiKeyRepository(session, user.principal).visible()
+async def _keys_page(pages: TenantPages, out: TenantOut, **extra: Any) -> Response:
+    keys = await ApiKeyRepository(pages.session, pages.user.principal).visible()
     mine = [api_keys.to_out(k) for k in keys if k.tenant_id == out.id]
-    return await render(
-        request,
+    return await pages.render(
         "api_keys.html",
-        tenant=out,
+        out,
+        "keys",
+        "API keys",
         keys=mine,
         scopes=sorted(s.value for s in TENANT_KEY_SCOPES),
-        title=f"{out.display_name}: API keys",
-        page="keys",
         **extra,
     )
 
 
 @router.get("/api-keys")
-async def keys_page(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    _, out = await _tenant(user, session, settings, tenant_id, Scope.KEYS_WRITE)
-    return await _keys_page(request, user, session, out)
+async def keys_page(pages: PagesDep) -> Response:
+    _, out = await pages.tenant(Scope.KEYS_WRITE)
+    return await _keys_page(pages, out)
 
 
 @router.post("/api-keys")
-async def create_key(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
+async def create_key(pages: PagesDep) -> Response:
     """Answers the page itself with the new key (it is shown this once and stored nowhere in
     clear: not in the session, not in a redirect)."""
-    _back(request, tenant_id, "api-keys")
-    _, out = await _tenant(user, session, settings, tenant_id, Scope.KEYS_WRITE)
-    form = await request.form()
+    pages.back("api-keys")
+    _, out = await pages.tenant(Scope.KEYS_WRITE)
+    form = await pages.request.form()
     body = validated(
         ApiKeyCreate,
         {
@@ -435,82 +387,56 @@ async def create_key(
         },
     )
     key, secret = await api_keys.create_key(
-        session, settings, user.principal, user.audit(request, session), body
+        pages.session, pages.settings, pages.user.principal, pages.audit(), body
     )
-    await session.flush()
-    return await _keys_page(
-        request, user, session, out, created=api_keys.to_out(key), secret=secret
-    )
+    await pages.session.flush()
+    return await _keys_page(pages, out, created=api_keys.to_out(key), secret=secret)
 
 
 @router.post("/api-keys/{key_id}/revoke")
-async def revoke_key(
-    request: Request,
-    tenant_id: str,
-    key_id: str,
-    user: UserDep,
-    session: SessionDep,
-    settings: SettingsDep,
-) -> Response:
-    back = _back(request, tenant_id, "api-keys")
-    _, out = await _tenant(user, session, settings, tenant_id, Scope.KEYS_WRITE)
-    key = await ApiKeyRepository(session, user.principal).get_visible(key_id[:64])
+async def revoke_key(pages: PagesDep, key_id: str) -> Response:
+    back = pages.back("api-keys")
+    _, out = await pages.tenant(Scope.KEYS_WRITE)
+    key = await ApiKeyRepository(pages.session, pages.user.principal).get_visible(key_id[:64])
     if key is None or key.tenant_id != out.id:
         raise NotFound(f"API key {key_id[:64]} not found")
-    await api_keys.revoke_key(session, user.principal, user.audit(request, session), key.key_id)
-    return await done(user, back, f"API key {key.key_id} revoked; it stops working at once.")
+    await api_keys.revoke_key(pages.session, pages.user.principal, pages.audit(), key.key_id)
+    return await pages.done(back, f"API key {key.key_id} revoked; it stops working at once.")
 
 
 @router.get("/settings")
-async def settings_page(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    _, out = await _tenant(user, session, settings, tenant_id, Scope.TENANTS_READ)
-    return await render(
-        request,
-        "settings.html",
-        tenant=out,
-        current=out.settings,
-        title=f"{out.display_name}: homeserver settings",
-        page="settings",
+async def settings_page(pages: PagesDep) -> Response:
+    _, out = await pages.tenant(Scope.TENANTS_READ)
+    return await pages.render(
+        "settings.html", out, "settings", "homeserver settings", current=out.settings
     )
 
 
 @router.post("/settings")
-async def save_settings(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    back = _back(request, tenant_id, "settings")
-    user.require(Scope.TENANTS_WRITE)
-    repository = TenantRepository(session, user.principal)
-    tenant = await repository.get_or_404(parse_id(tenant_id), for_update=True)
-    body = patch_from_form(await _form(request))
+async def save_settings(pages: PagesDep) -> Response:
+    back = pages.back("settings")
+    pages.user.require(Scope.TENANTS_WRITE)
+    repository = TenantRepository(pages.session, pages.user.principal)
+    tenant = await repository.get_or_404(parse_id(pages.tenant_id), for_update=True)
+    body = patch_from_form(await pages.form())
     _, operation, _ = await tenants.update_tenant(
         repository,
-        OperationRepository(session, user.principal),
-        user.audit(request, session),
+        OperationRepository(pages.session, pages.user.principal),
+        pages.audit(),
         tenant,
         body,
-        SecretBox(settings.require_secret_key()),
-        allowed_networks=settings.outbound_allowed_networks,
+        SecretBox(pages.settings.require_secret_key()),
+        allowed_networks=pages.settings.outbound_allowed_networks,
     )
     message = "Settings saved."
     if operation is not None:
         message += " The homeserver restarts with them shortly; clients reconnect by themselves."
-    return await done(user, back, message)
+    return await pages.done(back, message)
 
 
 @router.get("/audit")
-async def audit_page(
-    request: Request, tenant_id: str, user: UserDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    tenant, out = await _tenant(user, session, settings, tenant_id, Scope.AUDIT_READ)
-    events = await AuditRepository(session, user.principal).recent(tenant_id=tenant.id, limit=200)
-    return await render(
-        request,
-        "audit.html",
-        tenant=out,
-        events=events,
-        title=f"{out.display_name}: audit log",
-        page="audit",
-    )
+async def audit_page(pages: PagesDep) -> Response:
+    tenant, out = await pages.tenant(Scope.AUDIT_READ)
+    audit = AuditRepository(pages.session, pages.user.principal)
+    events = await audit.recent(tenant_id=tenant.id, limit=200)
+    return await pages.render("audit.html", out, "audit", "audit log", events=events)

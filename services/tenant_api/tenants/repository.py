@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.auth import Principal
 from platform_core.errors import NotFound
 from platform_core.models import Homeserver, Plan, Tenant, TenantPlanChange
-from tenant_api.kit.repository import Repository
+from tenant_api.kit.repository import Repository, keyset_page
 
 
 class TenantRepository(Repository):
@@ -42,15 +42,7 @@ class TenantRepository(Repository):
         return (await self.session.scalars(statement)).first()
 
     async def page(self, *, limit: int, after: tuple[datetime, uuid.UUID] | None) -> list[Tenant]:
-        statement = select(Tenant).order_by(Tenant.created_at, Tenant.id).limit(limit)
-        if after is not None:
-            created_at, tenant_id = after
-            statement = statement.where(
-                or_(
-                    Tenant.created_at > created_at,
-                    and_(Tenant.created_at == created_at, Tenant.id > tenant_id),
-                )
-            )
+        statement = keyset_page(select(Tenant), Tenant, after, limit)
         return list((await self.session.scalars(self.scoped(statement))).all())
 
     async def add(self, tenant: Tenant) -> None:

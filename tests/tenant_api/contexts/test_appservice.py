@@ -18,16 +18,13 @@ from platform_core.models import (
     Context,
     ContextEvent,
     ContextParticipant,
-    ContextState,
     Homeserver,
     HomeserverDesiredState,
-    ParticipantKind,
-    ParticipantState,
     Tenant,
 )
 from platform_core.redis import keys_for
 from platform_core.settings import get_settings
-from tests.helpers.factories import make_tenant
+from tests.helpers.factories import add_open_context, make_tenant
 
 HS_TOKEN = secrets.token_urlsafe(16)
 
@@ -50,26 +47,8 @@ def _tenant_with_context() -> tuple[uuid.UUID, str, str]:
                 ),
             )
         )
-        context = Context(
-            tenant_id=tenant_id,
-            ref="case-1",
-            title="Case",
-            room_id=f"!{uuid.uuid4().hex}:{tenant.server_name}",
-            status=ContextState.OPEN,
-        )
-        session.add(context)
-        session.flush()
-        external = f"@c3x-{uuid.uuid4().hex[:8]}:{tenant.server_name}"
-        session.add(
-            ContextParticipant(
-                context_id=context.id,
-                tenant_id=tenant_id,
-                kind=ParticipantKind.EXTERNAL,
-                user_id=external,
-                status=ParticipantState.ACTIVE,
-            )
-        )
-        return tenant_id, context.room_id, external
+        context, external = add_open_context(session, tenant_id, tenant.server_name)
+        return tenant_id, context.room_id, external.user_id
 
 
 def _url(tenant_id: uuid.UUID, txn: str) -> str:

@@ -41,6 +41,22 @@ def csrf_of(page: httpx.Response) -> str:
     return found.group(1)
 
 
+async def submit(
+    client: httpx.AsyncClient,
+    url: str,
+    form_id: str,
+    fields: dict[str, str | list[str]] | None = None,
+    *,
+    page: httpx.Response | None = None,
+) -> httpx.Response:
+    """Send a portal form as its page does: with that page's CSRF token (``page``, else the
+    page at ``url`` fetched now) and the form's id."""
+    page = page or await client.get(url)
+    return await client.post(
+        url, data={"csrf_token": csrf_of(page), "form_id": form_id, **(fields or {})}
+    )
+
+
 def text_of(page: httpx.Response) -> str:
     """The page's text as a person reads it (tags dropped, whitespace collapsed)."""
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page.text)))
@@ -64,21 +80,20 @@ async def sign_in(
 ) -> httpx.Response:
     form = await client.get("/portal/sign-in", params={"next": next_})
     assert form.status_code == 200, form.text
-    return await client.post(
-        "/portal/sign-in",
-        data={
-            "csrf_token": csrf_of(form),
-            "form_id": "sign-in",
-            "email": user,
-            "password": password,
-            "next": next_,
-        },
-    )
+    fields = {"email": user, "password": password, "next": next_}
+    return await submit(client, "/portal/sign-in", "sign-in", fields, page=form)
 
 
 async def admin_of_new_tenant(api: httpx.AsyncClient) -> tuple[dict, dict]:
     tenant = await active_tenant(api)
     return tenant, await new_tenant_admin(api, tenant["id"])
+
+
+async def signed_in_admin(api: httpx.AsyncClient, portal: httpx.AsyncClient) -> tuple[dict, dict]:
+    """A new active tenant and its admin, signed in to ``portal``."""
+    tenant, admin = await admin_of_new_tenant(api)
+    assert (await sign_in(portal, admin["email"])).status_code == 303
+    return tenant, admin
 
 
 async def test_a_tenant_admin_signs_in_to_their_overview_with_a_safe_cookie(
@@ -126,8 +141,7 @@ async def test_a_wrong_password_is_shown_on_the_sign_in_form(
 async def test_a_form_without_or_with_a_wrong_csrf_token_is_refused(
     api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
     form = {"form_id": "create-key", "name": "crm", "scopes": "usage:read"}
     without = await portal.post(keys_url, data=form)
@@ -164,8 +178,7 @@ async def test_another_tenants_pages_and_operator_pages_are_404_for_a_tenant_adm
 async def test_an_expired_session_goes_to_sign_in_and_back_to_the_page(
     api: httpx.AsyncClient, portal: httpx.AsyncClient, redis_client: redis.Redis
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, admin = await signed_in_admin(api, portal)
     usage = f"/portal/tenants/{tenant['id']}/usage"
     assert (await portal.get(usage)).status_code == 200
     # What the idle timeout does in Redis: the record is gone.
@@ -185,8 +198,7 @@ async def test_an_expired_session_goes_to_sign_in_and_back_to_the_page(
 async def test_a_password_reset_ends_the_portal_session_at_once(
     api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, admin = await signed_in_admin(api, portal)
     overview = f"/portal/tenants/{tenant['id']}"
     assert (await portal.get(overview)).status_code == 200
     reset = await api.post(
@@ -200,8 +212,7 @@ async def test_a_password_reset_ends_the_portal_session_at_once(
 
 
 async def test_sign_out_ends_the_session(api: httpx.AsyncClient, portal: httpx.AsyncClient) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     overview = await portal.get(f"/portal/tenants/{tenant['id']}")
     old_cookie = portal.cookies["c3_portal"]
     out = await portal.post("/portal/sign-out", data={"csrf_token": csrf_of(overview)})
@@ -214,15 +225,13 @@ async def test_sign_out_ends_the_session(api: httpx.AsyncClient, portal: httpx.A
 async def test_the_apis_problem_detail_is_shown_beside_the_field(
     api: httpx.AsyncClient, portal: httpx.AsyncClient
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     settings_url = f"/portal/tenants/{tenant['id']}/settings"
-    page = await portal.get(settings_url)
-    refused = await portal.post(
+    refused = await submit(
+        portal,
         settings_url,
-        data={
-            "csrf_token": csrf_of(page),
-            "form_id": "settings",
+        "settings",
+        {
             "federation.mode": "allowlist",
             "federation.allowed_servers": "",
             "registration": "closed",
@@ -238,10 +247,7 @@ async def test_the_apis_problem_detail_is_shown_beside_the_field(
     assert "needs at least one server" not in (await portal.get(settings_url)).text
 
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
-    page = await portal.get(keys_url)
-    await portal.post(
-        keys_url, data={"csrf_token": csrf_of(page), "form_id": "create-key", "name": "crm"}
-    )
+    await submit(portal, keys_url, "create-key", {"name": "crm"})
     shown = await portal.get(keys_url)
     beside = re.search(r'id="create-key-scopes-error">([^<]*)<', shown.text)
     assert beside and "at least 1 item" in beside.group(1)
@@ -251,18 +257,13 @@ async def test_the_apis_problem_detail_is_shown_beside_the_field(
 async def test_an_api_key_is_shown_once_works_and_stops_when_revoked(
     api: httpx.AsyncClient, portal: httpx.AsyncClient, app: object
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
-    page = await portal.get(keys_url)
-    created = await portal.post(
+    created = await submit(
+        portal,
         keys_url,
-        data={
-            "csrf_token": csrf_of(page),
-            "form_id": "create-key",
-            "name": "billing export",
-            "scopes": ["usage:read", "billing:read"],
-        },
+        "create-key",
+        {"name": "billing export", "scopes": ["usage:read", "billing:read"]},
     )
     assert created.status_code == 200
     secret = re.search(r'id="new-key" class="copy" readonly value="(c3k_[^"]+)"', created.text)
@@ -273,9 +274,8 @@ async def test_an_api_key_is_shown_once_works_and_stops_when_revoked(
         assert secret.group(1) not in listing.text  # never shown again
         key_id = re.search(r"/api-keys/([^/]+)/revoke", listing.text)
         assert key_id
-        revoked = await portal.post(
-            f"{keys_url}/{key_id.group(1)}/revoke",
-            data={"csrf_token": csrf_of(listing), "form_id": "revoke-key"},
+        revoked = await submit(
+            portal, f"{keys_url}/{key_id.group(1)}/revoke", "revoke-key", page=listing
         )
         assert revoked.status_code == 303
         assert "revoked; it stops working at once" in text_of(await portal.get(keys_url))
@@ -306,8 +306,7 @@ async def test_a_refused_access_token_is_renewed_with_the_refresh_token_unnotice
 ) -> None:
     """What happens every 15 minutes (the access token expires): the next page trades the
     refresh token for new tokens, once; the old refresh token is then spent."""
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     store = SessionStore(get_settings())
     session_id = portal.cookies["c3_portal"]
     record = await store.load(session_id)
@@ -331,8 +330,7 @@ async def test_a_refused_access_token_is_renewed_with_the_refresh_token_unnotice
 async def test_a_form_sent_after_the_session_expired_goes_to_sign_in_and_does_nothing(
     api: httpx.AsyncClient, portal: httpx.AsyncClient, redis_client: redis.Redis
 ) -> None:
-    tenant, admin = await admin_of_new_tenant(api)
-    await sign_in(portal, admin["email"])
+    tenant, _ = await signed_in_admin(api, portal)
     keys_url = f"/portal/tenants/{tenant['id']}/api-keys"
     page = await portal.get(keys_url)
     digest = hashlib.sha256(portal.cookies["c3_portal"].encode()).hexdigest()

@@ -5,12 +5,11 @@ TURN server on loopback: C3_OUTBOUND_ALLOWED_NETWORKS)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.helpers.environment import isolated_platform
+from tests.helpers.environment import platform_fixture
 from tests.helpers.platform import RunningPlatform, wait_operation
 from tests.tenant_api.readiness.stun import stun_server
 
@@ -19,16 +18,11 @@ pytestmark = pytest.mark.e2e
 TURN_SECRET = "readiness-e2e-turn-static-secret"
 
 
-@pytest.fixture(scope="module")
-def loopback_turn_platform(
-    platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPlatform]:
-    with isolated_platform(
-        platform_env,
-        tmp_path_factory.mktemp("c3-readiness"),
-        C3_OUTBOUND_ALLOWED_NETWORKS="127.0.0.1/32",
-    ) as running:
-        yield running
+loopback_turn_platform = platform_fixture(
+    "c3-readiness",
+    "The platform with the API allowed to probe a TURN server on loopback.",
+    C3_OUTBOUND_ALLOWED_NETWORKS="127.0.0.1/32",
+)
 
 
 def readiness(platform: RunningPlatform, tenant_id: str) -> dict[str, Any]:
