@@ -62,7 +62,8 @@ def _wants_csv(request: Request, fmt: str | None) -> bool:
     return "text/csv" in request.headers.get("accept", "")
 
 
-def _csv(doc: service.InvoiceDoc) -> Response:
+def csv_response(doc: service.InvoiceDoc) -> Response:
+    """The invoice as CSV (the API's and the portal's download, byte for byte)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
@@ -80,7 +81,7 @@ def _csv(doc: service.InvoiceDoc) -> Response:
 
 
 def _respond(request: Request, fmt: str | None, doc: service.InvoiceDoc) -> InvoiceOut | Response:
-    return _csv(doc) if _wants_csv(request, fmt) else to_out(doc)
+    return csv_response(doc) if _wants_csv(request, fmt) else to_out(doc)
 
 
 @router.get("", response_model=InvoiceList)

@@ -25,7 +25,7 @@ from tenant_api.api_keys.schemas import ApiKeyCreate
 from tenant_api.audit.repository import AuditRepository
 from tenant_api.deps import SessionDep, SettingsDep
 from tenant_api.invoices import service as invoices
-from tenant_api.invoices.endpoints import _csv as invoice_csv
+from tenant_api.invoices.endpoints import csv_response as invoice_csv
 from tenant_api.kit.audit import AuditContext
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.plans import service as plans

@@ -367,7 +367,7 @@ async def test_usage_by_day_and_a_finalized_invoice_as_page_and_csv(
             ]
         )
     period = last_month.strftime("%Y-%m")
-    # As the monthly finalizer does it (POST …/finalize answers 500 here: see the report).
+    # As the monthly finalizer does it, at a chosen "now" (the month has ended by then).
     finalize_one(tenant_id, period, now)
     listed = await api.get(f"/v1/tenants/{tenant['id']}/invoices")
     number = listed.json()["items"][0]["number"]
