@@ -15,7 +15,13 @@ synchronous client — where the official ``kubernetes`` client needs hand-built
 content types for server-side apply, and brings a generated client of every API group.
 
 The worker cannot read a pod's volume: ``data_dir`` is None. An export of a tenant here holds its
-database and config (from the ConfigMap and Secret), not its media (on the pod's volume).
+database, its config and signing key (from the ConfigMap and Secret) and its local media, which
+``provisioner.media_copy`` downloads through the homeserver's own APIs with the platform admin's
+token into Synapse's media_store layout (the tenant's NetworkPolicy lets workers reach port
+8008). A deletion archive holds the config, secrets and media the same way: it is made by
+``archive_running`` *before* the deletion stops the homeserver and drops its database (media
+can only be listed and read from a running Synapse); ``archive`` then finds it and only deletes
+the namespace. A suspended homeserver is scaled to one replica for the copy and back to zero.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import io
 import os
 import tarfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,13 +49,17 @@ from lightkube.resources.core_v1 import ConfigMap, Event, Namespace, Pod, Secret
 from lightkube.types import PatchType
 
 from platform_core import object_store
-from platform_core.errors import PermanentError, TemporaryError
+from platform_core.crypto import SecretBox
+from platform_core.db import task_session
+from platform_core.errors import PermanentError, TemporaryError, UpstreamError
 from platform_core.object_store import ObjectStore
-from platform_core.private_files import work_root, write_private
+from platform_core.private_files import private_temp_dir, work_root, write_private
 from platform_core.settings import Settings
+from provisioner import repository
 from provisioner.backends import kubernetes_manifests as manifests
 from provisioner.backends.base import Backend, HomeserverTarget, store_archive
 from provisioner.backends.local import postgres_usage_counts
+from provisioner.media_copy import MediaAccess, copy_local_media
 
 FIELD_MANAGER = "c3-provisioner"
 POD = f"{manifests.NAME}-0"  # the StatefulSet's only pod
@@ -118,6 +131,7 @@ class KubernetesBackend(Backend):
         client: Client | None = None,
         stop_timeout_s: float = 120.0,
         namespace_gone_timeout_s: float = 300.0,
+        media_access: Callable[[str], MediaAccess | None] | None = None,
     ) -> None:
         if not settings.tenant_database_url:
             raise PermanentError(
@@ -133,6 +147,8 @@ class KubernetesBackend(Backend):
         self.work_root = work_root(settings.data_path)
         self.stop_timeout_s = stop_timeout_s
         self.namespace_gone_timeout_s = namespace_gone_timeout_s
+        # How the worker reaches a tenant's Synapse to copy its media (tests give their own).
+        self.media_access = media_access or self._media_access_from_database
 
     # Talking to the API server -----------------------------------------------------------
 
@@ -274,16 +290,7 @@ class KubernetesBackend(Backend):
         if self._get(StatefulSet, manifests.NAME, namespace) is None:
             return
         try:
-            self._call(
-                "scale the homeserver to 0",
-                self.client.patch,
-                StatefulSet.Scale,
-                manifests.NAME,
-                {"spec": {"replicas": 0}},
-                namespace=namespace,
-                patch_type=PatchType.MERGE,
-                field_manager=FIELD_MANAGER,
-            )
+            self._scale(namespace, 0)
         except ApiError:
             return  # deleted meanwhile
         deadline = time.monotonic() + self.stop_timeout_s
@@ -295,21 +302,50 @@ class KubernetesBackend(Backend):
                 )
             time.sleep(_POLL_S)
 
-    def archive(self, tenant_id: str, store: ObjectStore) -> str | None:
-        """Archive the config and secrets into ``store`` (the database is dumped beside by
-        ``tenant_databases.retire``), then delete the namespace and wait until it is gone."""
-        namespace = manifests.namespace_name(tenant_id)
+    def _scale(self, namespace: str, replicas: int) -> None:
+        self._call(
+            f"scale the homeserver to {replicas}",
+            self.client.patch,
+            StatefulSet.Scale,
+            manifests.NAME,
+            {"spec": {"replicas": replicas}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+            field_manager=FIELD_MANAGER,
+        )
+
+    @staticmethod
+    def _newest_archive(tenant_id: str, store: ObjectStore) -> str | None:
         existing = [
             item.key
             for item in store.list(object_store.archive_prefix(tenant_id))
             if item.key.endswith(".tar.gz")
         ]
-        archived = existing[-1] if existing else None
+        return existing[-1] if existing else None
+
+    def archive_running(self, tenant_id: str, store: ObjectStore) -> str | None:
+        """Before a deletion stops the homeserver: archive its config, secrets and media while
+        Synapse can still serve the media (``archive`` then finds this archive). Idempotent."""
+        archived = self._newest_archive(tenant_id, store)
+        if archived is not None:
+            return archived
+        current = self._get(Namespace, manifests.namespace_name(tenant_id))
+        if current is None or (current.metadata and current.metadata.deletionTimestamp):
+            return None
+        return self._archive_objects(tenant_id, store)
+
+    def archive(self, tenant_id: str, store: ObjectStore) -> str | None:
+        """Archive the config, secrets and media into ``store`` unless ``archive_running``
+        did (the database is dumped beside by ``tenant_databases.retire``), then delete the
+        namespace and wait until it is gone."""
+        namespace = manifests.namespace_name(tenant_id)
+        archived = self._newest_archive(tenant_id, store)
         current = self._get(Namespace, namespace)
         if current is None:
             return archived
         if current.metadata is None or current.metadata.deletionTimestamp is None:
-            archived = self._archive_objects(tenant_id, store)
+            if archived is None:
+                archived = self._archive_objects(tenant_id, store)
             try:
                 self._call(
                     f"delete namespace {namespace}", self.client.delete, Namespace, namespace
@@ -320,19 +356,30 @@ class KubernetesBackend(Backend):
         return archived
 
     def _archive_objects(self, tenant_id: str, store: ObjectStore) -> str:
+        """The config, the secrets and (``<tenant>/media_store/…``) the media. A homeserver
+        that cannot serve its media (it crash-loops, or never finished provisioning) must
+        not block its deletion: the archive then says so in ``MEDIA_NOT_COPIED``."""
         config, secret_files = self._deployed_files(tenant_id)
         files = {
             **{f"config/{name}": text.encode() for name, text in config.items()},
             **{f"secrets/{name}": data for name, data in secret_files.items()},
         }
+        with private_temp_dir(self.work_root, prefix="archive-media-") as work:
+            media_store = work / "media_store"
+            try:
+                self.copy_media(tenant_id, media_store)
+            except (PermanentError, HomeserverNotServing) as exc:
+                files["MEDIA_NOT_COPIED"] = f"{exc}\n".encode()
 
-        def fill(tar: tarfile.TarFile) -> None:
-            for name, data in sorted(files.items()):
-                info = tarfile.TarInfo(f"{tenant_id}/{name}")
-                info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
+            def fill(tar: tarfile.TarFile) -> None:
+                for name, data in sorted(files.items()):
+                    info = tarfile.TarInfo(f"{tenant_id}/{name}")
+                    info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+                    tar.addfile(info, io.BytesIO(data))
+                if media_store.is_dir():
+                    tar.add(media_store, f"{tenant_id}/media_store", filter=_private_member)
 
-        return store_archive(store, self.work_root, tenant_id, fill)
+            return store_archive(store, self.work_root, tenant_id, fill)
 
     def _wait_namespace_gone(self, namespace: str) -> None:
         deadline = time.monotonic() + self.namespace_gone_timeout_s
@@ -370,15 +417,74 @@ class KubernetesBackend(Backend):
 
     def export_files(self, tenant_id: str, into: Path) -> Path | None:
         """``homeserver.yaml`` (the ConfigMap's: it holds no secret, only paths to them),
-        ``signing.key`` and an empty ``media_store``: media stays on the pod's volume."""
+        ``signing.key`` and ``media_store/`` with every local upload, downloaded from the
+        homeserver (a suspended one is scaled up for it, then down again)."""
         config, secret_files = self._deployed_files(tenant_id)
         if "homeserver.yaml" not in config or "signing.key" not in secret_files:
             return None
         into.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (into / "media_store").mkdir(mode=0o700, exist_ok=True)
         write_private(into / "homeserver.yaml", config["homeserver.yaml"])
         write_private(into / "signing.key", secret_files["signing.key"])
+        try:
+            self.copy_media(tenant_id, into / "media_store")
+        except HomeserverNotServing as exc:
+            raise TemporaryError(str(exc)) from None
         return into
+
+    # Media, through the homeserver's own APIs ----------------------------------------------
+
+    def copy_media(self, tenant_id: str, media_store: Path) -> None:
+        """Every local upload of the tenant's homeserver into ``media_store`` (Synapse's
+        layout). PermanentError: the homeserver has no platform admin to read it with."""
+        access = self.media_access(tenant_id)
+        if access is None:
+            raise PermanentError("the homeserver has no platform admin token to copy media with")
+        with self._serving(tenant_id):
+            try:
+                copy_local_media(access, media_store)
+            except UpstreamError as exc:
+                raise TemporaryError(f"copying media failed: {exc}") from None
+
+    @contextmanager
+    def _serving(self, tenant_id: str) -> Iterator[None]:
+        """The homeserver serving for the block: a suspended one (scaled to 0) is scaled to 1
+        and back to 0 afterwards (its route stays withdrawn: no client reaches it meanwhile)."""
+        namespace = manifests.namespace_name(tenant_id)
+        seen = self.observe(tenant_id)
+        if not seen.exists:
+            raise HomeserverNotServing(f"the homeserver of {namespace} is not deployed")
+        scaled_up = seen.desired_replicas == 0
+        if scaled_up:
+            self._scale(namespace, 1)
+        try:
+            self._wait_ready(tenant_id)
+            yield
+        finally:
+            if scaled_up:
+                self.stop(tenant_id)
+
+    def _wait_ready(self, tenant_id: str) -> None:
+        deadline = time.monotonic() + self.settings.homeserver_start_timeout_s
+        while (seen := self.observe(tenant_id)).ready_replicas < 1:
+            if seen.crash_looping or time.monotonic() > deadline:
+                raise HomeserverNotServing(f"the homeserver is not serving: {seen.describe()}")
+            time.sleep(_POLL_S)
+
+    def _media_access_from_database(self, tenant_id: str) -> MediaAccess | None:
+        """The platform admin's token (decrypted) and where the worker reaches the homeserver."""
+        with task_session() as session:
+            tenant = repository.get_tenant(session, uuid.UUID(tenant_id))
+            hs = repository.get_homeserver(session, uuid.UUID(tenant_id))
+            if tenant is None or hs is None or hs.admin_token_encrypted is None:
+                return None
+            token = SecretBox(self.settings.require_secret_key()).decrypt(hs.admin_token_encrypted)
+            base_url = (
+                hs.upstream_url
+                or f"http://{manifests.service_host(tenant_id, self.settings.kubernetes_cluster_domain)}:{manifests.PORT}"
+            )
+            return MediaAccess(
+                base_url=base_url, access_token=token, server_name=tenant.server_name
+            )
 
     def log_tail(self, tenant_id: str) -> str:
         seen = self.observe(tenant_id)
@@ -416,3 +522,13 @@ class KubernetesBackend(Backend):
             elif isinstance(wanted, StatefulSet) and current.spec.replicas != 1:
                 found.append(f"{wanted.kind} {name} scaled to {current.spec.replicas}")
         return found
+
+
+class HomeserverNotServing(TemporaryError):
+    """The homeserver is not deployed, or did not become ready (crash loop, timeout)."""
+
+
+def _private_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+    info.mode = 0o700 if info.isdir() else 0o600
+    return info
