@@ -91,6 +91,13 @@ class Backend(abc.ABC):
         nothing to archive. Idempotent: once the data is archived, a second call returns the
         newest archive's key and makes no other."""
 
+    def archive_running(self, tenant_id: str, store: ObjectStore) -> str | None:
+        """Before a deletion stops the homeserver: archive what can only be read while it
+        runs (kubernetes: media, served by Synapse), as ``archive`` would; ``archive`` then
+        finds that archive. Returns its key, or None (the default: ``archive`` takes
+        everything after the stop). Idempotent."""
+        return None
+
     @abc.abstractmethod
     def stop_all(self) -> list[str]:
         """Stop every homeserver this backend runs (local shutdown); returns tenant ids."""

@@ -332,7 +332,7 @@ class KubernetesBackend(Backend):
         current = self._get(Namespace, manifests.namespace_name(tenant_id))
         if current is None or (current.metadata and current.metadata.deletionTimestamp):
             return None
-        return self._archive_objects(tenant_id, store)
+        return self._archive_objects(tenant_id, store, with_media=True)
 
     def archive(self, tenant_id: str, store: ObjectStore) -> str | None:
         """Archive the config, secrets and media into ``store`` unless ``archive_running``
@@ -344,8 +344,8 @@ class KubernetesBackend(Backend):
         if current is None:
             return archived
         if current.metadata is None or current.metadata.deletionTimestamp is None:
-            if archived is None:
-                archived = self._archive_objects(tenant_id, store)
+            if archived is None:  # purged, or archive_running was not called
+                archived = self._archive_objects(tenant_id, store, with_media=False)
             try:
                 self._call(
                     f"delete namespace {namespace}", self.client.delete, Namespace, namespace
@@ -355,7 +355,7 @@ class KubernetesBackend(Backend):
         self._wait_namespace_gone(namespace)
         return archived
 
-    def _archive_objects(self, tenant_id: str, store: ObjectStore) -> str:
+    def _archive_objects(self, tenant_id: str, store: ObjectStore, *, with_media: bool) -> str:
         """The config, the secrets and (``<tenant>/media_store/…``) the media. A homeserver
         that cannot serve its media (it crash-loops, or never finished provisioning) must
         not block its deletion: the archive then says so in ``MEDIA_NOT_COPIED``."""
@@ -366,10 +366,13 @@ class KubernetesBackend(Backend):
         }
         with private_temp_dir(self.work_root, prefix="archive-media-") as work:
             media_store = work / "media_store"
-            try:
-                self.copy_media(tenant_id, media_store)
-            except (PermanentError, HomeserverNotServing) as exc:
-                files["MEDIA_NOT_COPIED"] = f"{exc}\n".encode()
+            missing = (
+                self._copy_media_if_served(tenant_id, media_store)
+                if with_media
+                else "the homeserver was stopped before it was archived"
+            )
+            if missing:
+                files["MEDIA_NOT_COPIED"] = f"{missing}\n".encode()
 
             def fill(tar: tarfile.TarFile) -> None:
                 for name, data in sorted(files.items()):
@@ -380,6 +383,14 @@ class KubernetesBackend(Backend):
                     tar.add(media_store, f"{tenant_id}/media_store", filter=_private_member)
 
             return store_archive(store, self.work_root, tenant_id, fill)
+
+    def _copy_media_if_served(self, tenant_id: str, media_store: Path) -> str | None:
+        """None when copied; else why not (a transient download failure still raises)."""
+        try:
+            self.copy_media(tenant_id, media_store)
+        except (PermanentError, HomeserverNotServing) as exc:
+            return str(exc)
+        return None
 
     def _wait_namespace_gone(self, namespace: str) -> None:
         deadline = time.monotonic() + self.namespace_gone_timeout_s

@@ -27,6 +27,11 @@ def deprovision(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
         purge = bool((loaded.operation.params or {}).get("purge"))
     record_step(op_id, "route-withdrawn")
 
+    # A backend that reads media through the running homeserver archives it first (not
+    # when the archive would be purged right after).
+    early = None if purge else ctx.backend.archive_running(tenant_id, ctx.store)
+    if early is not None:
+        record_step(op_id, f"data-archived-before-stop:{early}")
     ctx.backend.stop(tenant_id)
     record_step(op_id, "homeserver-stopped")
 
