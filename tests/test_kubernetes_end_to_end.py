@@ -97,6 +97,14 @@ async def history(base: str, user: str, password: str, room_id: str) -> list[str
         await client.close()
 
 
+async def access_token(base: str, user: str, password: str) -> str:
+    client = await login(base, user, password)
+    try:
+        return str(client.access_token)
+    finally:
+        await client.close()
+
+
 def namespace_of(tenant: dict[str, Any]) -> str:
     return f"c3-t-{tenant['id']}"
 
@@ -141,7 +149,20 @@ def test_provision_message_suspend_resume_export_delete(
     assert replicas(cluster, tenant) == 1
     assert "hello from a pod" in asyncio.run(history(base, alice, "alice-secret-123", room_id))
 
-    # Export: the database and the config (no secret in it), downloadable by its link.
+    # Export: the database, the config (no secret in it) and the media Alice uploaded,
+    # downloadable by its link.
+    alice_token = asyncio.run(access_token(base, alice, "alice-secret-123"))
+    picture = b"\x89PNG not really, but bytes a user would miss" * 1000
+    upload = httpx.post(
+        f"{base}/_matrix/media/v3/upload",
+        params={"filename": "picture.png"},
+        content=picture,
+        headers={"Authorization": f"Bearer {alice_token}", "Content-Type": "image/png"},
+        timeout=30,
+    )
+    assert upload.status_code == 200, upload.text
+    media_id = upload.json()["content_uri"].rsplit("/", 1)[1]
+    media_path = f"media_store/local_content/{media_id[:2]}/{media_id[2:4]}/{media_id[4:]}"
     with kube_c3.api() as api:
         accepted = api.post(f"/v1/tenants/{tenant['id']}/export")
         assert accepted.status_code == 202, accepted.text
@@ -157,6 +178,8 @@ def test_provision_message_suspend_resume_export_delete(
         config = tar.extractfile("homeserver.yaml")
         assert config is not None
         text = config.read().decode()
+        exported = tar.extractfile(media_path)
+        assert exported is not None and exported.read() == picture
     assert {"homeserver.yaml", "signing.key", "manifest.json"} <= names
     assert any(name.startswith("database") for name in names), names
     assert f"server_name: {tenant['server_name']}" in text
@@ -175,6 +198,10 @@ def test_provision_message_suspend_resume_export_delete(
     assert cluster.pod_process(namespace) is None
     archives = sorted((kube_c3.data_dir / "archive").glob(f"{tenant['id']}-*"))
     assert {p.name.rsplit(".", 1)[-1] for p in archives} >= {"gz", "pgdump"}, archives
+    [data_archive] = [p for p in archives if p.name.endswith(".tar.gz")]
+    with tarfile.open(data_archive) as tar:
+        archived = tar.extractfile(f"{tenant['id']}/{media_path}")
+        assert archived is not None and archived.read() == picture
     gone = httpx.get(f"{base}/_matrix/client/v3/login")
     assert gone.status_code in (403, 404), gone.text
 

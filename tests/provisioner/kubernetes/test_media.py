@@ -108,7 +108,9 @@ def test_export_and_deletion_archive_hold_the_media_uploaded_on_the_pod(
     assert cluster.get("StatefulSet", namespace, "synapse")["spec"]["replicas"] == 0  # type: ignore[index]
     assert cluster.pod_process(namespace) is None
     with store.open(key) as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar:
-        member = f"{target.tenant_id}/media_store/local_content/{photo[:2]}/{photo[2:4]}/{photo[4:]}"
+        member = (
+            f"{target.tenant_id}/media_store/local_content/{photo[:2]}/{photo[2:4]}/{photo[4:]}"
+        )
         extracted = tar.extractfile(member)
         assert extracted is not None and extracted.read() == PHOTO
         names = set(tar.getnames())
