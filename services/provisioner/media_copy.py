@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,13 +65,12 @@ def copy_local_media(
     *,
     concurrency: int = 4,
     timeout_s: float = 60.0,
-    keep_alive: Callable[[], None] = lambda: None,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> CopyReport:
     """Download every local media item of the homeserver into ``media_store`` (created 0700);
-    blocking, for a worker. Files are written 0600, complete or not at all."""
+    blocking, for a worker (whose operation runner keeps the tenant's lease alive meanwhile).
+    Files are written 0600, complete or not at all."""
     media_store.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return asyncio.run(_copy(access, media_store, concurrency, timeout_s, keep_alive, transport))
+    return asyncio.run(_copy(access, media_store, concurrency, timeout_s))
 
 
 async def _copy(
@@ -79,21 +78,18 @@ async def _copy(
     media_store: Path,
     concurrency: int,
     timeout_s: float,
-    keep_alive: Callable[[], None],
-    transport: httpx.AsyncBaseTransport | None,
 ) -> CopyReport:
     report = CopyReport()
     slots = asyncio.Semaphore(concurrency)
     headers = {"Authorization": f"Bearer {access.access_token}"}
     timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
     async with httpx.AsyncClient(
-        base_url=access.base_url, headers=headers, timeout=timeout, transport=transport
+        base_url=access.base_url, headers=headers, timeout=timeout
     ) as client:
         pending: set[asyncio.Task[None]] = set()
         try:
             async for media_id in _local_media_ids(client):
                 await slots.acquire()
-                keep_alive()
                 task = asyncio.create_task(
                     _download(client, access.server_name, media_id, media_store, report)
                 )
@@ -125,10 +121,13 @@ async def _reap(pending: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
 
 async def _local_media_ids(client: httpx.AsyncClient) -> AsyncIterator[str]:
     async for user in _pages(client, "/_synapse/admin/v1/statistics/users/media", "users"):
-        if not user.get("media_count"):
-            continue
-        path = f"/_synapse/admin/v1/users/{path_segment(str(user['user_id']))}/media"
-        async for item in _pages(client, path, "media"):
+        user_id = user.get("user_id")
+        if not isinstance(user_id, str) or not user.get("media_count"):
+            continue  # media recorded without an uploader cannot be listed by user
+        path = f"/_synapse/admin/v1/users/{path_segment(user_id)}/media"
+        # Oldest first: an upload made meanwhile lands on a later page, not on one read.
+        order = {"order_by": "created_ts", "dir": "f"}
+        async for item in _pages(client, path, "media", order, skip_missing=True):
             media_id = str(item.get("media_id", ""))
             if _MEDIA_ID.fullmatch(media_id):
                 yield media_id
@@ -136,11 +135,20 @@ async def _local_media_ids(client: httpx.AsyncClient) -> AsyncIterator[str]:
                 log.warning("skipped a media item with an unexpected id")
 
 
-async def _pages(client: httpx.AsyncClient, path: str, key: str) -> AsyncIterator[dict[str, Any]]:
-    """Every item of a paginated admin API list (``from``/``limit``, ``next_token``)."""
+async def _pages(
+    client: httpx.AsyncClient,
+    path: str,
+    key: str,
+    params: dict[str, str] | None = None,
+    *,
+    skip_missing: bool = False,
+) -> AsyncIterator[dict[str, Any]]:
+    """Every item of a paginated admin API list (``from``/``limit``, ``next_token``).
+    ``skip_missing``: a 404 (the user is not a local account) is an empty list."""
     start: Any = 0
     while True:
-        answer = await _get_json(client, path, {"from": str(start), "limit": str(_PAGE)})
+        page = {**(params or {}), "from": str(start), "limit": str(_PAGE)}
+        answer = await _get_json(client, path, page, skip_missing=skip_missing)
         for item in answer.get(key) or []:
             if isinstance(item, dict):
                 yield item
@@ -149,11 +157,15 @@ async def _pages(client: httpx.AsyncClient, path: str, key: str) -> AsyncIterato
             return
 
 
-async def _get_json(client: httpx.AsyncClient, path: str, params: dict[str, str]) -> dict[str, Any]:
+async def _get_json(
+    client: httpx.AsyncClient, path: str, params: dict[str, str], *, skip_missing: bool
+) -> dict[str, Any]:
     try:
         response = await client.get(path, params=params)
     except httpx.HTTPError as exc:
         raise TemporaryError(f"homeserver unreachable listing media: {type(exc).__name__}") from exc
+    if skip_missing and response.status_code == 404:
+        return {}
     _raise_for(response, "listing media")
     payload = response.json()
     if not isinstance(payload, dict):
