@@ -7,7 +7,9 @@ user's media list names the items (``GET /_synapse/admin/v1/users/<user>/media``
 downloaded through authenticated media (``GET /_matrix/client/v1/media/download/<server>/<id>``)
 straight to disk — a chunk at a time, a few at once — in Synapse's own layout,
 ``local_content/<aa>/<bb>/<rest of the id>``: the export archive then has the same format as a
-local tenant's. Thumbnails are not copied (Synapse makes them again from the originals).
+local tenant's. Not copied: thumbnails (Synapse makes them again from the originals when one is
+asked for), URL previews' cached pages and images (a cache), an upload created but never sent
+(``/create`` without the upload: it has no bytes), and media recorded without an uploader.
 
 A homeserver that does not answer, times out or answers 5xx is a TemporaryError (the operation
 retries); an item listed but gone by the time it is fetched (deleted, quarantined) is skipped.
@@ -128,6 +130,8 @@ async def _local_media_ids(client: httpx.AsyncClient) -> AsyncIterator[str]:
         # Oldest first: an upload made meanwhile lands on a later page, not on one read.
         order = {"order_by": "created_ts", "dir": "f"}
         async for item in _pages(client, path, "media", order, skip_missing=True):
+            if item.get("url_cache") or item.get("media_length") is None:
+                continue  # a URL preview's cached copy, or an upload never completed
             media_id = str(item.get("media_id", ""))
             if _MEDIA_ID.fullmatch(media_id):
                 yield media_id

@@ -86,6 +86,11 @@ def test_export_and_deletion_archive_hold_the_media_uploaded_on_the_pod(
     alice = asyncio.run(_register(base_url, "alice", "alice-pw-123456", admin=False))
     photo = upload(base_url, alice, PHOTO, "photo.bin")
     note = upload(base_url, alice, b"a small note", "note.txt")
+    # An upload announced but never sent (asynchronous upload): it has no bytes to export.
+    created = httpx.post(
+        f"{base_url}/_matrix/media/v1/create", headers={"Authorization": f"Bearer {alice}"}
+    )
+    assert created.status_code == 200, created.text
     accesses.append(MediaAccess(base_url=base_url, access_token=admin, server_name=SERVER_NAME))
     monkeypatch.setattr(media_copy, "_PAGE", 1)  # every list read page by page
 
