@@ -14,7 +14,7 @@ from typing import Any
 from platform_core import object_store
 from platform_core.object_store import ObjectStore
 from platform_core.private_files import create_private, private_temp_dir
-from provisioner.synapse_config import HomeserverSecrets
+from provisioner.synapse_config import HomeserverSecrets, HomeserverSpec
 
 # What the proxy bills as messages: every timeline (non-state) event a client sent with
 # ``PUT …/send``. Redactions have their own endpoint and are not billed; outliers and
@@ -50,6 +50,22 @@ class HomeserverTarget:
     # Where the homeserver pushes the platform application service's transactions.
     appservice_url: str | None = None
     plan_code: str = ""  # the tenant's plan (labels the tenant's Kubernetes objects)
+
+
+def spec_for(target: HomeserverTarget, **placement: Any) -> HomeserverSpec:
+    """The homeserver config ``target`` asks for, placed where a backend runs it: ``port``,
+    ``bind_address``, ``data_dir`` and, where they differ, ``layout`` and the metrics listener."""
+    return HomeserverSpec(
+        server_name=target.server_name,
+        public_baseurl=target.public_baseurl,
+        limits=target.limits,
+        settings=target.settings,
+        setting_secrets=target.setting_secrets,
+        database=target.database,
+        outbound_allowed_networks=target.outbound_allowed_networks,
+        appservice_url=target.appservice_url,
+        **placement,
+    )
 
 
 class Backend(abc.ABC):

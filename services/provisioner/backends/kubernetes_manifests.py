@@ -83,11 +83,10 @@ from platform_core.errors import PermanentError
 from platform_core.homeserver_settings import FederationMode, federation_mode
 from platform_core.outbound import OUTBOUND_BLOCKED_NETWORKS
 from platform_core.settings import KUBERNETES_SYNAPSE_METRICS_PORT, Settings
-from provisioner.backends.base import HomeserverTarget
+from provisioner.backends.base import HomeserverTarget, spec_for
 from provisioner.synapse_config import (
     APPSERVICE_FILE,
     FileLayout,
-    HomeserverSpec,
     render_appservice_registration,
     render_homeserver_config,
     render_log_config,
@@ -242,18 +241,11 @@ def homeserver_files(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The ConfigMap's files and the Secret's files, rendered by the local backend's code;
     every secret value moved from ``homeserver.yaml`` to a file of its own."""
-    spec = HomeserverSpec(
-        server_name=target.server_name,
-        public_baseurl=target.public_baseurl,
+    spec = spec_for(
+        target,
         port=PORT,
         bind_address="0.0.0.0",
         data_dir=LAYOUT.data_dir,
-        limits=target.limits,
-        settings=target.settings,
-        setting_secrets=target.setting_secrets,
-        database=target.database,
-        outbound_allowed_networks=target.outbound_allowed_networks,
-        appservice_url=target.appservice_url,
         metrics_port=metrics_port,
         metrics_bind_address="0.0.0.0",
         layout=LAYOUT,

@@ -30,9 +30,10 @@ from provisioner.backends.base import (
     HOMESERVER_MESSAGES_SQL,
     Backend,
     HomeserverTarget,
+    spec_for,
     store_archive,
 )
-from provisioner.synapse_config import HomeserverSpec, write_homeserver_files
+from provisioner.synapse_config import write_homeserver_files
 
 _STOP_GRACE_S = 15.0
 
@@ -90,19 +91,12 @@ class LocalBackend(Backend):
     def render(self, target: HomeserverTarget) -> bool:
         if target.port is None:
             raise ValueError("local homeservers need a port")
-        spec = HomeserverSpec(
-            server_name=target.server_name,
-            public_baseurl=target.public_baseurl,
+        spec = spec_for(
+            target,
             port=target.port,
             metrics_port=target.port + 1,
             bind_address=self.bind,
             data_dir=self.tenant_dir(target.tenant_id),
-            limits=target.limits,
-            settings=target.settings,
-            setting_secrets=target.setting_secrets,
-            database=target.database,
-            outbound_allowed_networks=target.outbound_allowed_networks,
-            appservice_url=target.appservice_url,
         )
         return write_homeserver_files(spec, target.secrets)
 
