@@ -26,6 +26,7 @@ from lightkube.types import PatchType
 from platform_core.errors import PermanentError, TemporaryError
 from platform_core.object_store import LocalStore
 from provisioner.backends import kubernetes_manifests as manifests
+from provisioner.backends.base import HomeserverTarget
 from provisioner.backends.kubernetes import FIELD_MANAGER, KubernetesBackend
 from provisioner.steps import make_backend
 from tests.helpers.kube import KubeApiServer, kube_api_server
@@ -52,6 +53,18 @@ def backend_for(server: KubeApiServer, tmp_path: Path, monkeypatch: pytest.Monke
     for name, value in options.items():
         setattr(backend, name, value)
     return backend
+
+
+def deployed(server: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             target: HomeserverTarget | None = None,
+             **options: Any) -> tuple[KubernetesBackend, HomeserverTarget, str]:  # fmt: skip
+    """A backend (``backend_for``) that has rendered and started ``target`` (a new tenant's by
+    default); with the tenant's namespace."""
+    backend = backend_for(server, tmp_path, monkeypatch, **options)
+    target = target or tenant_target()
+    backend.render(target)
+    backend.start(target)
+    return backend, target, manifests.namespace_name(target.tenant_id)
 
 
 def other_client(server: KubeApiServer) -> Client:
@@ -103,11 +116,7 @@ def test_apply_is_server_side_with_one_field_manager_and_force_and_idempotent(
 def test_suspend_scales_to_zero_and_resume_to_one(
     api_only: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = backend_for(api_only, tmp_path, monkeypatch)
-    target = tenant_target()
-    namespace = manifests.namespace_name(target.tenant_id)
-    backend.render(target)
-    backend.start(target)
+    backend, target, namespace = deployed(api_only, tmp_path, monkeypatch)
     assert backend.is_running(target.tenant_id)
 
     backend.stop(target.tenant_id)
@@ -126,11 +135,7 @@ def test_delete_archives_then_waits_for_the_namespace_to_go(
     with kube_api_server(
         tmp_path / "kube", namespace_prefix="kubelet-off-", terminate_seconds=2.0
     ) as server:
-        backend = backend_for(server, tmp_path, monkeypatch)
-        target = tenant_target()
-        namespace = manifests.namespace_name(target.tenant_id)
-        backend.render(target)
-        backend.start(target)
+        backend, target, namespace = deployed(server, tmp_path, monkeypatch)
 
         store = LocalStore(tmp_path / "store")
         started = time.monotonic()
@@ -171,11 +176,7 @@ def test_a_namespace_that_takes_too_long_to_go_is_a_temporary_error(
 def test_drift_is_seen_and_repaired_by_applying_again(
     api_only: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = backend_for(api_only, tmp_path, monkeypatch)
-    target = tenant_target()
-    namespace = manifests.namespace_name(target.tenant_id)
-    backend.render(target)
-    backend.start(target)
+    backend, target, namespace = deployed(api_only, tmp_path, monkeypatch)
     assert backend.drift(target) == []
     wanted_config = api_only.get("ConfigMap", namespace, "synapse-config")["data"]  # type: ignore[index]
 
@@ -210,11 +211,9 @@ def test_a_crash_looping_pod_shows_in_the_observed_state(
     """A real Synapse pod (kubelet stand-in) whose database does not answer exits at start;
     its restarts, BackOff events and last log lines are what the operation's error says."""
     with kube_api_server(tmp_path / "kube", backoff_base=0.2, backoff_max=2.0) as server:
-        backend = backend_for(server, tmp_path, monkeypatch)
         target = tenant_target()
         target.database["args"].update(host="127.0.0.1", port=1)  # type: ignore[index]
-        backend.render(target)
-        backend.start(target)
+        backend, target, _ = deployed(server, tmp_path, monkeypatch, target)
 
         seen = poll(
             lambda: (s := backend.observe(target.tenant_id)).restarts >= 2 and s.warnings and s,
@@ -239,12 +238,9 @@ def test_a_stock_image_pod_loads_the_mounted_module_and_serves_metrics_on_its_se
     that mounted copy, starts with it (a module that fails to load stops Synapse), and answers
     Prometheus on the Service's metrics port — where GET /metrics/homeservers points."""
     with kube_api_server(tmp_path / "kube") as server:
-        backend = backend_for(server, tmp_path, monkeypatch)
-        target = tenant_target(server_name="mod.c3.example")
-        target = dataclasses.replace(target, database=None)  # SQLite on the pod's volume
-        namespace = manifests.namespace_name(target.tenant_id)
-        backend.render(target)
-        backend.start(target)
+        # SQLite on the pod's volume
+        target = dataclasses.replace(tenant_target(server_name="mod.c3.example"), database=None)
+        backend, target, namespace = deployed(server, tmp_path, monkeypatch, target)
         poll(
             lambda: backend.observe(target.tenant_id).ready_replicas == 1,
             timeout=120,
