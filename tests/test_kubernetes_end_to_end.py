@@ -19,11 +19,6 @@ from typing import Any
 import httpx
 import nio
 import pytest
-from lightkube import Client
-from lightkube.config.kubeconfig import KubeConfig
-from lightkube.resources.apps_v1 import StatefulSet
-from lightkube.resources.core_v1 import ConfigMap, Service
-from lightkube.types import PatchType
 
 from tests.helpers.environment import isolated_platform
 from tests.helpers.kube import KubeApiServer, kube_api_server
@@ -243,16 +238,7 @@ def test_reconcile_repairs_what_someone_changed_in_the_cluster(
     user = kube_c3.create_user(tenant["id"], "dora", "dora-secret-123")
     namespace = namespace_of(tenant)
     wanted_config = cluster.get("ConfigMap", namespace, "synapse-config")["data"]  # type: ignore[index]
-    kubectl = Client(config=KubeConfig.from_file(str(cluster.kubeconfig)), field_manager="kubectl")
-    kubectl.delete(Service, "synapse", namespace=namespace)
-    kubectl.patch(
-        ConfigMap, "synapse-config", {"data": {"homeserver.yaml": "server_name: elsewhere\n"}},
-        namespace=namespace, patch_type=PatchType.MERGE,
-    )  # fmt: skip
-    kubectl.patch(
-        StatefulSet.Scale, "synapse", {"spec": {"replicas": 0}},
-        namespace=namespace, patch_type=PatchType.MERGE,
-    )  # fmt: skip
+    cluster.drift_as_an_operator(namespace)
     poll(lambda: cluster.pod_process(namespace) is None, timeout=60, what="the pod to stop")
 
     subprocess.run(

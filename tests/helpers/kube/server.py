@@ -164,6 +164,26 @@ class KubeApiServer:
         """The loopback address the namespace's Services and pods have."""
         return self.addresses(namespace)
 
+    def drift_as_an_operator(self, namespace: str) -> None:
+        """What someone with kubectl (another field manager) does to a tenant's homeserver:
+        deletes its Service, edits its ConfigMap, scales its StatefulSet to 0."""
+        from lightkube import Client
+        from lightkube.config.kubeconfig import KubeConfig
+        from lightkube.resources.apps_v1 import StatefulSet
+        from lightkube.resources.core_v1 import ConfigMap, Service
+        from lightkube.types import PatchType
+
+        kubectl = Client(config=KubeConfig.from_file(str(self.kubeconfig)), field_manager="kubectl")
+        kubectl.delete(Service, "synapse", namespace=namespace)
+        kubectl.patch(
+            ConfigMap, "synapse-config", {"data": {"homeserver.yaml": "server_name: elsewhere\n"}},
+            namespace=namespace, patch_type=PatchType.MERGE,
+        )  # fmt: skip
+        kubectl.patch(
+            StatefulSet.Scale, "synapse", {"spec": {"replicas": 0}},
+            namespace=namespace, patch_type=PatchType.MERGE,
+        )  # fmt: skip
+
 
 @contextmanager
 def kube_api_server(root: Path, **options: Any) -> Iterator[KubeApiServer]:

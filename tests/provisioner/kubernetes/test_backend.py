@@ -19,9 +19,7 @@ import httpx
 import pytest
 from lightkube import Client
 from lightkube.config.kubeconfig import KubeConfig
-from lightkube.resources.apps_v1 import StatefulSet
-from lightkube.resources.core_v1 import ConfigMap, Namespace, Service
-from lightkube.types import PatchType
+from lightkube.resources.core_v1 import Namespace
 
 from platform_core.errors import PermanentError, TemporaryError
 from platform_core.object_store import LocalStore
@@ -180,16 +178,7 @@ def test_drift_is_seen_and_repaired_by_applying_again(
     assert backend.drift(target) == []
     wanted_config = api_only.get("ConfigMap", namespace, "synapse-config")["data"]  # type: ignore[index]
 
-    operator = other_client(api_only)
-    operator.delete(Service, "synapse", namespace=namespace)
-    operator.patch(
-        ConfigMap, "synapse-config", {"data": {"homeserver.yaml": "server_name: hijacked\n"}},
-        namespace=namespace, patch_type=PatchType.MERGE,
-    )  # fmt: skip
-    operator.patch(
-        StatefulSet.Scale, "synapse", {"spec": {"replicas": 0}},
-        namespace=namespace, patch_type=PatchType.MERGE,
-    )  # fmt: skip
+    api_only.drift_as_an_operator(namespace)
     assert sorted(backend.drift(target)) == [
         "ConfigMap synapse-config edited",
         "Service synapse missing",
@@ -202,7 +191,7 @@ def test_drift_is_seen_and_repaired_by_applying_again(
     assert api_only.get("Service", namespace, "synapse") is not None
     assert api_only.get("ConfigMap", namespace, "synapse-config")["data"] == wanted_config  # type: ignore[index]
     assert api_only.get("StatefulSet", namespace, "synapse")["spec"]["replicas"] == 1  # type: ignore[index]
-    assert operator.get(Namespace, namespace).metadata is not None
+    assert other_client(api_only).get(Namespace, namespace).metadata is not None
 
 
 def test_a_crash_looping_pod_shows_in_the_observed_state(
