@@ -37,18 +37,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.harness import stop_on_sigterm  # noqa: E402
 from benchmarks.provisioning_bench import (  # noqa: E402
     BASE_DOMAIN,
     DEFAULT_TENANT_DATABASE_URL,
-    delete,
     fmt_steps,
-    provision,
-    step_seconds,
-    summarize,
+    measure,
 )
 from platform_core.settings import Settings  # noqa: E402
-from provisioner import tenant_databases  # noqa: E402
 from provisioner.backends import kubernetes_manifests as manifests  # noqa: E402
 from provisioner.backends.base import HomeserverTarget  # noqa: E402
 from provisioner.backends.kubernetes import KubernetesBackend  # noqa: E402
@@ -129,8 +125,6 @@ def run_apply(count: int) -> dict[str, Any]:
 
 def run_provision(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="c3-kube-provisioning-"))
-    samples: list[dict[str, Any]] = []
-    created: list[str] = []
     with tempfile.TemporaryDirectory(prefix="c3-kube-cluster-") as root:
         with kube_api_server(Path(root), terminate_seconds=1.0) as cluster:
             overrides = {k: v for k, v in os.environ.items() if k.startswith("C3_")}
@@ -140,24 +134,7 @@ def run_provision(args: argparse.Namespace) -> dict[str, Any]:
                 C3_BACKEND="kubernetes",
                 C3_TENANT_DATABASE_URL=args.tenant_database_url,
             )
-            try:
-                with (
-                    running_platform(overrides, data_dir, keep_data=args.keep_data) as running,
-                    running.api() as api,
-                ):
-                    for n in range(args.tenants):
-                        tenant, url, seconds = provision(api, f"bench-kube-{n}", created)
-                        steps = step_seconds(api.get(url).json(), tenant["created_at"])
-                        samples.append(
-                            {"tenant_id": tenant["id"], "seconds": seconds, "steps": steps}
-                        )
-                        print(f"  kubernetes #{n + 1}: {seconds:6.2f} s  {fmt_steps(steps)}")
-                        delete(api, tenant["id"])
-            finally:
-                for tenant_id in created:  # a deletion that did not finish leaves its database
-                    name = tenant_databases.database_name_for(uuid.UUID(tenant_id))
-                    tenant_databases.drop_database(args.tenant_database_url, name)
-    summary = summarize("kubernetes", samples)
+            summary = measure("kubernetes", overrides, data_dir, args, drop_databases=True)
     print(
         f"provision: POST /v1/tenants → active on the kubernetes backend (kubelet stand-in,"
         f" real Synapse, tenant PostgreSQL): median {summary['median_s']:.2f} s"

@@ -136,6 +136,19 @@ def delete(api: httpx.Client, tenant_id: str) -> None:
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"c3-provisioning-{mode}-"))
     overrides = platform_overrides(mode, args.tenant_database_url)
+    return measure(mode, overrides, data_dir, args, drop_databases=mode == "postgres")
+
+
+def measure(
+    label: str,
+    overrides: dict[str, str],
+    data_dir: Path,
+    args: argparse.Namespace,
+    *,
+    drop_databases: bool,
+) -> dict[str, Any]:
+    """Provision (and delete) ``args.tenants`` tenants one after another on a platform started
+    with ``overrides``; the summary of their times to active and per step."""
     samples: list[dict[str, Any]] = []
     created: list[str] = []
     try:
@@ -144,17 +157,17 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             running.api() as api,
         ):
             for n in range(args.tenants):
-                tenant, operation_url, seconds = provision(api, f"bench-{mode}-{n}", created)
+                tenant, operation_url, seconds = provision(api, f"bench-{label}-{n}", created)
                 steps = step_seconds(api.get(operation_url).json(), tenant["created_at"])
                 samples.append({"tenant_id": tenant["id"], "seconds": seconds, "steps": steps})
-                print(f"  {mode} #{n + 1}: {seconds:6.2f} s  {fmt_steps(steps)}", flush=True)
+                print(f"  {label} #{n + 1}: {seconds:6.2f} s  {fmt_steps(steps)}", flush=True)
                 delete(api, tenant["id"])
     finally:
-        if mode == "postgres":
+        if drop_databases:
             for tenant_id in created:  # a deletion that did not finish leaves its database
                 name = tenant_databases.database_name_for(uuid.UUID(tenant_id))
                 tenant_databases.drop_database(args.tenant_database_url, name)
-    return summarize(mode, samples)
+    return summarize(label, samples)
 
 
 # Report --------------------------------------------------------------------------------
