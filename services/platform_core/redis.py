@@ -73,6 +73,12 @@ class RedisKeys:
         """Counter (expires with its window): failed credentials from one client address."""
         return f"{self.namespace}:throttle:address:{address}"
 
+    def api_rate(self, bucket: str) -> str:
+        """GCRA state of one credential's (or client address's) API request rate
+        (tenant_api.rate_limit): the theoretical arrival time in microseconds; expires when
+        the bucket is full again."""
+        return f"{self.namespace}:ratelimit:{bucket}"
+
     def context_external(self, token_digest: str) -> str:
         """String (expires with the credential), by the SHA-256 of an external participant's
         access token: ``<user id> <room id>``, for the proxy's confinement

@@ -260,6 +260,22 @@ class Settings(BaseSettings):
         return v.rstrip("/")
 
     # --- end of logs and client readiness -----------------------------------------------
+
+    # --- Tenant API request rate limits (issue 15; tenant_api/rate_limit.py) ---------------
+    # Per credential, in Redis (shared by every API replica), as requests per minute with a
+    # burst (how many an idle credential may send at once). Tenant-scoped credentials (tenant
+    # admins' access tokens, tenant keys) take their plan's `api_requests_per_minute` and
+    # `api_burst`; these two are the default for plans that set none (a plan setting only the
+    # rate gets a burst of one minute's worth). Operators (accounts, operator-organisation keys,
+    # the bootstrap token) take the operator pair; requests without a valid credential the
+    # anonymous pair, per client address. Generous: they stop runaway clients, not ration.
+    api_rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
+    api_rate_burst: int = Field(default=600, ge=1, le=1_000_000)
+    api_operator_rate_per_minute: int = Field(default=6000, ge=1, le=1_000_000)
+    api_operator_rate_burst: int = Field(default=3000, ge=1, le=1_000_000)
+    api_anonymous_rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
+    api_anonymous_rate_burst: int = Field(default=600, ge=1, le=1_000_000)
+    # --- end of tenant API request rate limits ---------------------------------------------
     # --- Observability (metrics) -------------------------------------------------------
     # The proxy's and the worker's Prometheus endpoints: a listener of their own (GET /metrics
     # on host:port), never the proxy's public port. Unset: no metrics listener.

@@ -43,15 +43,22 @@ SessionDep = Annotated[AsyncSession, Depends(request_session, scope="function")]
 
 
 async def authenticate(
-    token: str, settings: Settings, session: AsyncSession, throttle: Throttle
+    token: str,
+    settings: Settings,
+    session: AsyncSession,
+    throttle: Throttle,
+    *,
+    record_use: bool = True,
 ) -> Principal:
     """Bootstrap operator token, an API key, or an access JWT — in that order. Access tokens
-    issued before their account's sessions were revoked (disabled, password reset) fail."""
+    issued before their account's sessions were revoked (disabled, password reset) fail.
+    ``record_use=False`` writes nothing (a key's last use is not recorded): for looking at who
+    calls before deciding to serve them (the rate limit)."""
     bootstrap = bootstrap_operator(token, settings)
     if bootstrap is not None:
         return bootstrap
     if token.startswith(key_format.PREFIX):
-        return await _api_key_principal(token, settings, session)
+        return await _api_key_principal(token, settings, session, record_use=record_use)
     claims = verify_access_token(token, settings)
     revoked_at_ms = await throttle.sessions_revoked_at_ms(claims.subject)
     if revoked_at_ms is not None and claims.issued_at_ms <= revoked_at_ms:
@@ -68,7 +75,9 @@ async def authenticate(
     raise Unauthorized("invalid or expired token")
 
 
-async def _api_key_principal(token: str, settings: Settings, session: AsyncSession) -> Principal:
+async def _api_key_principal(
+    token: str, settings: Settings, session: AsyncSession, *, record_use: bool
+) -> Principal:
     parsed = key_format.parse(token)
     if parsed is None:
         raise Unauthorized("invalid API key")
@@ -79,7 +88,7 @@ async def _api_key_principal(token: str, settings: Settings, session: AsyncSessi
     if key.revoked_at is not None:
         raise Unauthorized("this API key was revoked")
     now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
+    if record_use and (key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION):
         await ApiKeyRepository(session).mark_used(key, now)
         # Its own unit of work, before the request's: a key's use is recorded even when the
         # call it authenticated is refused.

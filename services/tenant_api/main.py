@@ -30,6 +30,7 @@ from tenant_api.middleware import (
 )
 from tenant_api.operations.endpoints import router as operations_router
 from tenant_api.plans.endpoints import router as plans_router
+from tenant_api.rate_limit import RateLimitMiddleware
 from tenant_api.readiness.endpoints import router as readiness_router
 from tenant_api.registration_tokens.endpoints import router as registration_tokens_router
 from tenant_api.tenants.endpoints import router as tenants_router
@@ -78,8 +79,10 @@ def create_app() -> FastAPI:
     app.include_router(appservice_router)
     app.include_router(readiness_router)
     # Outermost last: the request id exists before anything is refused, replayed or
-    # recorded; an oversized body is refused before idempotency (or a route) reads it.
+    # recorded; an oversized body is refused before idempotency (or a route) reads it; a
+    # request over its rate limit is refused before its Idempotency-Key is claimed.
     app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(RateLimitMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=get_settings().api_max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     # Outermost: its time includes every other middleware's.

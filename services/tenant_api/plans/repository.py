@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from sqlalchemy import select
 
-from platform_core.models import Plan
+from platform_core.models import Plan, Tenant
 from tenant_api.kit.repository import Repository
 
 
@@ -18,3 +21,12 @@ class PlanRepository(Repository):
     async def add(self, plan: Plan) -> None:
         self.session.add(plan)
         await self.session.flush()
+
+    async def limits_of_tenant(self, tenant_id: uuid.UUID) -> dict[str, Any]:
+        """The limits of ``tenant_id``'s plan (empty: the defaults apply)."""
+        statement = (
+            select(Plan.limits)
+            .join(Tenant, Tenant.plan_id == Plan.id)
+            .where(Tenant.id == tenant_id)
+        )
+        return dict((await self.session.scalar(statement)) or {})

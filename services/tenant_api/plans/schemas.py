@@ -70,6 +70,21 @@ class LimitsIn(BaseModel):
     proxy_rate_per_second: float | None = Field(default=None, gt=0, le=100_000)
     proxy_rate_burst: int | None = Field(default=None, ge=1, le=1_000_000)
     proxy_max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
+    # Enforced by the tenant API (tenant_api.rate_limit), per credential of the tenant (each
+    # tenant key, each tenant admin): unset, the platform's C3_API_RATE_PER_MINUTE/_BURST.
+    api_requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Tenant API requests per minute, per credential of the tenant",
+    )
+    api_burst: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Tenant API requests an idle credential may send at once "
+        "(default: one minute's worth)",
+    )
     # Kubernetes backend: the homeserver pod's CPU and memory (its requests and limits, and its
     # namespace's quota) and its data volume (media, signing key).
     homeserver_cpu_millicores: int | None = Field(default=None, ge=100, le=64_000)
