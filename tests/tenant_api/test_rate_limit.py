@@ -6,14 +6,18 @@ recovers after RateLimit-Reset; every limited answer says where the caller stand
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import uuid
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from platform_core.db import task_session
 from platform_core.models import ApiKey, IdempotentRequest
 from tenant_api.main import create_app
+from tenant_api.rate_limit import RateLimiter
 from tests.helpers.api import (
     api_client,
     assert_problem,
@@ -24,8 +28,8 @@ from tests.helpers.api import (
     slug,
 )
 
-# 60 per minute: one request a second once the burst of 3 is spent.
-SMALL = {"api_requests_per_minute": 60, "api_burst": 3}
+# 30 per minute: one request every 2 s once the burst of 3 is spent.
+SMALL = {"api_requests_per_minute": 30, "api_burst": 3}
 
 
 async def tenant_on_plan(api: httpx.AsyncClient, limits: dict[str, int]) -> dict:
@@ -77,14 +81,14 @@ async def test_a_key_over_its_plans_limit_gets_429_and_others_are_unaffected(
     served = await spend(api, path, key, 3)
     assert [r.status_code for r in served] == [200, 200, 200]
     assert [limit_headers(r)[:2] for r in served] == [(3, 2), (3, 1), (3, 0)]
-    assert served[0].headers["RateLimit-Policy"] == "60;w=60;burst=3"
+    assert served[0].headers["RateLimit-Policy"] == "30;w=60;burst=3"
 
     refused = await api.get(path, headers=bearer(key))
-    body = assert_problem(refused, 429, "60 per minute", "retry after")
+    body = assert_problem(refused, 429, "30 per minute", "retry after")
     assert body["instance"] == path
     assert 1 <= int(refused.headers["Retry-After"]) <= 2
     limit, remaining, reset = limit_headers(refused)
-    assert (limit, remaining) == (3, 0) and 1 <= reset <= 3
+    assert (limit, remaining) == (3, 0) and 4 <= reset <= 6
 
     # Per credential: the tenant's other key, and another tenant's key, are served.
     assert (await api.get(path, headers=bearer(second_key))).status_code == 200
@@ -102,7 +106,7 @@ async def test_a_key_over_its_plans_limit_gets_429_and_others_are_unaffected(
 async def test_a_refused_request_does_nothing(api: httpx.AsyncClient) -> None:
     """Refused before any work: no key created, no Idempotency-Key claimed (the same key works
     once the limit allows), the key's last use not recorded."""
-    tenant = await tenant_on_plan(api, {"api_requests_per_minute": 60, "api_burst": 1})
+    tenant = await tenant_on_plan(api, {"api_requests_per_minute": 30, "api_burst": 1})
     key = await new_key(api, tenant["id"], "keys:write", "tenants:read")
     served = await api.get("/v1/api-keys", headers=bearer(key))
     assert served.status_code == 200
@@ -133,15 +137,15 @@ async def test_operator_credentials_take_the_limit_from_settings(
 ) -> None:
     org_key = await new_key(api, None, "tenants:read")
     tenant = await tenant_on_plan(api, SMALL)  # a tenant plan's limit binds no operator
-    tuned_settings(C3_API_OPERATOR_RATE_PER_MINUTE="30", C3_API_OPERATOR_RATE_BURST="4")
+    tuned_settings(C3_API_OPERATOR_RATE_PER_MINUTE="2", C3_API_OPERATOR_RATE_BURST="4")
 
     served = await spend(api, f"/v1/tenants/{tenant['id']}", org_key, 4)
     assert [r.status_code for r in served] == [200] * 4
     assert [limit_headers(r)[:2] for r in served] == [(4, 3), (4, 2), (4, 1), (4, 0)]
-    assert served[0].headers["RateLimit-Policy"] == "30;w=60;burst=4"
+    assert served[0].headers["RateLimit-Policy"] == "2;w=60;burst=4"
     refused = await api.get("/v1/tenants", headers=bearer(org_key))
-    assert_problem(refused, 429, "30 per minute")
-    assert 1 <= int(refused.headers["Retry-After"]) <= 2
+    assert_problem(refused, 429, "2 per minute")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 30
 
 
 async def test_headers_on_every_v1_answer_and_none_on_health_or_metrics(
@@ -163,7 +167,7 @@ async def test_headers_on_every_v1_answer_and_none_on_health_or_metrics(
 async def test_requests_without_a_valid_credential_are_limited_per_address(
     api: httpx.AsyncClient, tuned_settings: Callable[..., None]
 ) -> None:
-    tuned_settings(C3_API_ANONYMOUS_RATE_PER_MINUTE="60", C3_API_ANONYMOUS_RATE_BURST="2")
+    tuned_settings(C3_API_ANONYMOUS_RATE_PER_MINUTE="1", C3_API_ANONYMOUS_RATE_BURST="2")
     async with api_client(create_app(), client_address()) as anonymous:
         first = await sign_in(anonymous, "nobody@example.com", "wrong password")
         assert first.status_code == 401 and limit_headers(first)[:2] == (2, 1)
@@ -172,3 +176,23 @@ async def test_requests_without_a_valid_credential_are_limited_per_address(
         assert_problem(refused, 429, "without a valid credential")
     # Another address, and any valid credential, are unaffected.
     assert (await api.get("/v1/tenants")).status_code == 200
+
+
+async def test_redis_away_fails_open_with_a_log_line(
+    api: httpx.AsyncClient,
+    tuned_settings: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without Redis the limit is not enforced (and says so in the log); authentication,
+    which needs Redis for its failure budgets, answers 503 — never a 429 or a 500."""
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    tuned_settings(C3_REDIS_URL=dead)
+    RateLimiter._warned_at = 0.0
+    with caplog.at_level(logging.WARNING, logger="tenant_api.rate_limit"):
+        answer = await api.get("/v1/tenants")
+    body = assert_problem(answer, 503, "unavailable")
+    assert "RateLimit-Limit" not in answer.headers and answer.headers["Retry-After"]
+    assert body["status"] == 503
+    assert any("failing open" in r.getMessage() for r in caplog.records)
