@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from starlette.requests import Request
 
 from platform_core.auth import Principal, bearer_token
@@ -42,13 +43,27 @@ from platform_core.redis import async_client, keys_for
 from platform_core.settings import Settings, get_settings
 from tenant_api.deps import authenticate
 from tenant_api.kit.problems import PROBLEM, problem_body
+from tenant_api.metrics.latency import REGISTRY
 from tenant_api.middleware import DATABASE_UNAVAILABLE
 from tenant_api.plans.repository import PlanRepository
 from tenant_api.throttle import Throttle, client_address
 
 log = logging.getLogger(__name__)
 
+REFUSED = Counter(
+    "c3_api_rate_limited_total",
+    "API requests refused 429 by the rate limit, by kind of caller",
+    ["principal"],  # operator, tenant_admin, api_key, anonymous
+    registry=REGISTRY,
+)
+UNENFORCED = Counter(
+    "c3_api_rate_limit_unenforced_total",
+    "API requests let through without a rate-limit decision because Redis was unavailable",
+    registry=REGISTRY,
+)
+
 LIMITED_PREFIX = "/v1/"
+ANONYMOUS = "anonymous"
 _US = 1_000_000
 
 # KEYS[1]: the bucket; ARGV[1]: emission interval (µs per request), ARGV[2]: burst.
@@ -151,6 +166,7 @@ class RateLimiter:
                 _GCRA, 1, self.keys.api_rate(bucket), quota.interval_us, quota.burst
             )
         except (aioredis.RedisError, OSError) as exc:
+            UNENFORCED.inc()
             now = time.monotonic()
             if now - RateLimiter._warned_at > 60:
                 RateLimiter._warned_at = now
@@ -275,9 +291,10 @@ class RateLimitMiddleware:
         if decided is None:
             await self.app(scope, receive, send)
             return
-        decision, anonymous = decided
+        decision, kind = decided
         if not decision.allowed:
-            await _refuse(send, decision, scope["path"], anonymous=anonymous)
+            REFUSED.labels(kind).inc()
+            await _refuse(send, decision, scope["path"], anonymous=kind == ANONYMOUS)
             return
         extra = decision.headers()
 
@@ -288,9 +305,9 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
-    async def _decide(self, scope: dict[str, Any]) -> tuple[Decision, bool] | None:
-        """This request's decision and whether it was anonymous; None: not limited (Redis or
-        the database unavailable)."""
+    async def _decide(self, scope: dict[str, Any]) -> tuple[Decision, str] | None:
+        """This request's decision and the kind of caller (a principal kind or ``anonymous``);
+        None: not limited (Redis or the database unavailable)."""
         settings = get_settings()
         try:
             identified = await _principal(scope, settings)
@@ -298,7 +315,9 @@ class RateLimitMiddleware:
             return None  # the route answers 503 itself
         if identified is None:
             bucket, quota = f"address:{client_address(Request(scope))}", anonymous_quota(settings)
+            kind = ANONYMOUS
         else:
             bucket, quota = identified[0].actor, identified[1]
+            kind = identified[0].kind.value
         decision = await RateLimiter(settings).take(bucket, quota)
-        return None if decision is None else (decision, identified is None)
+        return None if decision is None else (decision, kind)

@@ -27,6 +27,7 @@ from tests.helpers.api import (
     sign_in,
     slug,
 )
+from tests.helpers.environment import auth
 
 # 30 per minute: one request every 2 s once the burst of 3 is spent.
 SMALL = {"api_requests_per_minute": 30, "api_burst": 3}
@@ -54,6 +55,14 @@ async def new_key(api: httpx.AsyncClient, tenant_id: str | None, *scopes: str) -
     created = await api.post("/v1/api-keys", json=body)
     assert created.status_code == 201, created.text
     return str(created.json()["key"])
+
+
+def refusals_counted(metrics: httpx.Response, kind: str = "api_key") -> float:
+    assert metrics.status_code == 200, metrics.text
+    for line in metrics.text.splitlines():
+        if line.startswith(f'c3_api_rate_limited_total{{principal="{kind}"}}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def limit_headers(response: httpx.Response) -> tuple[int, int, int]:
@@ -143,9 +152,12 @@ async def test_operator_credentials_take_the_limit_from_settings(
     assert [r.status_code for r in served] == [200] * 4
     assert [limit_headers(r)[:2] for r in served] == [(4, 3), (4, 2), (4, 1), (4, 0)]
     assert served[0].headers["RateLimit-Policy"] == "2;w=60;burst=4"
+    before = refusals_counted(await api.get("/metrics", headers=auth()))
     refused = await api.get("/v1/tenants", headers=bearer(org_key))
     assert_problem(refused, 429, "2 per minute")
     assert 1 <= int(refused.headers["Retry-After"]) <= 30
+    # Operators see refusals in /metrics (by kind of caller).
+    assert refusals_counted(await api.get("/metrics", headers=auth())) == before + 1
 
 
 async def test_headers_on_every_v1_answer_and_none_on_health_or_metrics(
