@@ -9,13 +9,16 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import BaseModel
 
-from c3.sdk import C3Error, Client, Operation, OperationEvent, OperationFailed, WaitTimeout
-from c3.sdk.errors import ApiError
+# The SDK (httpx, pydantic models) is imported when a client command runs, not when `c3` starts:
+# `c3 worker`, `c3 api` and `c3 up`'s children never need it (~1 s of imports each).
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from c3.sdk import Client, Operation, OperationEvent
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"  # `c3 up`'s API
 
@@ -56,6 +59,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def client(api_url: str | None, token: str | None) -> Iterator[Client]:
     """A client for one command; the SDK's errors end the command with a clear message:
     1 for what the API or the operation said, 2 for missing configuration."""
+    from c3.sdk import ApiError, C3Error, Client, OperationFailed, WaitTimeout
+
     secret = token or local_operator_token()
     if not secret:
         raise fail("no token: pass --token or set C3_API_TOKEN", 2)
@@ -86,7 +91,7 @@ def resolve_tenant(c3: Client, ref: str) -> str:
 
 
 def dump(value: Any) -> Any:
-    if isinstance(value, BaseModel):
+    if hasattr(value, "model_dump"):  # a pydantic model of the SDK
         return value.model_dump(mode="json", by_alias=True)
     if isinstance(value, list):
         return [dump(item) for item in value]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,7 +18,9 @@ from c3.commands._common import (
     print_record,
     wait_with_progress,
 )
-from c3.sdk import Operation
+
+if TYPE_CHECKING:
+    from c3.sdk import Operation
 
 app = typer.Typer(no_args_is_help=True, help="Operations: asynchronous lifecycle requests.")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,7 +19,9 @@ from c3.commands._common import (
     resolve_tenant,
     wait_with_progress,
 )
-from c3.sdk import Client, Tenant, TenantAccepted
+
+if TYPE_CHECKING:
+    from c3.sdk import Client, Tenant, TenantAccepted
 
 app = typer.Typer(no_args_is_help=True, help="Tenants: one Matrix homeserver each.")
 
