@@ -14,6 +14,7 @@ from c3.sdk import (
     Client,
     NotFoundError,
     Operation,
+    TenantAccepted,
     ValidationError,
 )
 from tests.helpers.platform import RunningPlatform
@@ -23,6 +24,15 @@ pytestmark = pytest.mark.e2e
 
 def _slug() -> str:
     return f"sdk{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def active(platform: RunningPlatform) -> TenantAccepted:
+    """One tenant with a running homeserver, shared by the tests that only read it."""
+    with Client(platform.api_url, platform.token) as c3:
+        accepted = c3.tenants.create(_slug(), "Shared Co")
+        c3.wait_for_operation(accepted.operation.id, timeout=120)
+    return accepted
 
 
 def test_a_tenant_is_created_once_per_idempotency_key_and_waited_for(
@@ -89,24 +99,25 @@ async def test_the_async_client_creates_waits_and_iterates(platform: RunningPlat
         assert any(p.is_default for p in plans)
 
 
-def test_status_reports_every_component_and_each_homeserver(platform: RunningPlatform) -> None:
+def test_status_reports_every_component_and_each_homeserver(
+    platform: RunningPlatform, active: TenantAccepted
+) -> None:
     with Client(platform.api_url, platform.token) as c3:
-        accepted = c3.tenants.create(_slug(), "Status Co")
-        c3.wait_for_operation(accepted.operation.id, timeout=120)
         report = c3.status()
     components = {c.name: c for c in report.components}
     assert set(components) == {"api", "database", "redis", "proxy", "workers", "homeservers"}
     assert all(c.up for c in components.values()), report.components
     assert report.ok
     assert "answered" in components["workers"].detail
-    ours = [h for h in report.homeservers if h.tenant_id == accepted.id]
+    ours = [h for h in report.homeservers if h.tenant_id == active.id]
     assert len(ours) == 1 and ours[0].up, report.homeservers
 
 
-def test_a_homeservers_log_is_read_with_its_tokens_redacted(platform: RunningPlatform) -> None:
+def test_a_homeservers_log_is_read_with_its_tokens_redacted(
+    platform: RunningPlatform, active: TenantAccepted
+) -> None:
+    accepted = active
     with Client(platform.api_url, platform.token) as c3:
-        accepted = c3.tenants.create(_slug(), "Logs Co")
-        c3.wait_for_operation(accepted.operation.id, timeout=120)
         # A line as Synapse writes one for a client that put its token in the query.
         log = platform.homeserver_dir(str(accepted.id)) / "homeserver.log"
         with log.open("a") as out:
@@ -123,9 +134,11 @@ def test_a_homeservers_log_is_read_with_its_tokens_redacted(platform: RunningPla
     assert len(ours) == 1 and "access_token=<redacted>" in ours[0], ours
 
 
-def test_logs_and_status_are_for_operators_only(platform: RunningPlatform) -> None:
+def test_logs_and_status_are_for_operators_only(
+    platform: RunningPlatform, active: TenantAccepted
+) -> None:
+    accepted = active
     with Client(platform.api_url, platform.token) as c3:
-        accepted = c3.tenants.create(_slug(), "Keyed Co")
         key = c3.keys.create("reader", ["tenants:read"], tenant_id=accepted.id)
     with Client(platform.api_url, key.key) as tenant_key:
         for attempt in (lambda: tenant_key.status(), lambda: tenant_key.tenants.logs(accepted.id)):
