@@ -75,15 +75,18 @@ async def _proxy(settings: Settings) -> ComponentStatus:
     return ComponentStatus(name="proxy", up=up, detail=f"{url} answered {response.status_code}")
 
 
-def _ping_workers(timeout: float) -> list[str]:
-    replies: list[dict[str, Any]] = celery_app().control.ping(timeout=timeout) or []
+def _ping_workers(timeout: float, limit: int | None) -> list[str]:
+    """The nodes answering within ``timeout``: Celery collects replies for that long, since
+    it cannot know how many workers there are — unless ``limit`` replies are enough."""
+    replies: list[dict[str, Any]] = celery_app().control.ping(timeout=timeout, limit=limit) or []
     return sorted(node for reply in replies for node in reply)
 
 
-async def _ping(settings: Settings) -> list[str] | str:
-    """The Celery nodes answering a ping, or why none could be asked."""
+async def _ping(settings: Settings, limit: int | None = None) -> list[str] | str:
+    """The Celery nodes answering a ping (all of them, or the first ``limit``), or why none
+    could be asked."""
     try:
-        return await anyio.to_thread.run_sync(_ping_workers, settings.status_check_timeout_s)
+        return await anyio.to_thread.run_sync(_ping_workers, settings.status_check_timeout_s, limit)
     except Exception as exc:  # the broker is unreachable: that is the answer
         return f"ping failed: {_reason(exc)}"
 
@@ -154,7 +157,7 @@ async def homeserver_logs(
         raise Conflict(
             f"tenant is {tenant.status.value} and has no homeserver yet, so no log to read"
         )
-    pinged = await _ping(settings)
+    pinged = await _ping(settings, limit=1)  # one worker is enough to ask
     if not pinged or isinstance(pinged, str):
         raise TemporaryError(
             "no worker is running to read the homeserver's log "
