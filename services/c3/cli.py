@@ -1,8 +1,11 @@
-"""The `c3` command: the composition root that starts the platform's services.
+"""The `c3` command: the composition root that starts the platform's services, and a client
+for the daily work.
 
 `c3 up` runs everything locally on embedded defaults; `c3 api`, `c3 proxy`, `c3 worker`,
 `c3 beat` run one service each (as in production); `c3 migrate` upgrades the database;
 `c3 probe worker|beat|http` are the health checks the Helm chart's probes and `helm test` run.
+`c3 tenants|operations|keys|status|logs|version` talk to the API over HTTP through the SDK
+(`C3_API_URL`, `C3_API_TOKEN`; docs/cli.md), never to the database.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sys
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(no_args_is_help=True, help=__doc__)  # --install-completion: shell completion
 
 
 @app.callback()
@@ -381,3 +384,18 @@ def probe_http(
         failed = failed or not 200 <= status < 300
     if failed:
         raise typer.Exit(1)
+
+
+def _client_commands() -> None:
+    """The API client's commands (services/c3/commands/, on the SDK)."""
+    from c3.commands import keys, operations, platform, tenants
+
+    app.add_typer(tenants.app, name="tenants")
+    app.add_typer(operations.app, name="operations")
+    app.add_typer(keys.app, name="keys")
+    app.command("status")(platform.status)
+    app.command("logs")(platform.logs)
+    app.command("version")(platform.version)
+
+
+_client_commands()

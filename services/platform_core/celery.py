@@ -25,6 +25,9 @@ class TaskNames:
     APPLY_USAGE_BATCHES = "c3.usage.apply_usage_batches"
     FINALIZE_INVOICES = "c3.invoices.finalize_invoices"
     EXPIRE_CONTEXT_PARTICIPANTS = "c3.contexts.expire_participants"
+    # Questions the API asks a worker and waits for (platform_core.worker_requests).
+    HOMESERVER_LOGS = "c3.provisioner.homeserver_logs"
+    HOMESERVER_HEALTH = "c3.provisioner.homeserver_health"
 
 
 # The task that carries out each kind of operation (keyed by OperationKind value).

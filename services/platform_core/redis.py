@@ -62,6 +62,11 @@ class RedisKeys:
         (platform_core.metrics)."""
         return f"{self.namespace}:metrics:operations"
 
+    def worker_reply(self, request_id: str) -> str:
+        """List (expires a minute after it is written): a worker's answer to one question the
+        API asked it (platform_core.worker_requests)."""
+        return f"{self.namespace}:worker-reply:{request_id}"
+
     def tenant_lease(self, tenant_id: str) -> str:
         return f"{self.namespace}:lease:tenant:{tenant_id}"
 

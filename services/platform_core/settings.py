@@ -276,6 +276,15 @@ class Settings(BaseSettings):
     api_anonymous_rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
     api_anonymous_rate_burst: int = Field(default=600, ge=1, le=1_000_000)
     # --- end of tenant API request rate limits ---------------------------------------------
+
+    # --- Platform status and homeserver logs (issue 15: the SDK and the `c3` CLI) --------
+    # GET /v1/status: each direct check (database, Redis, proxy, the workers' ping) gives up
+    # after status_check_timeout_s. GET /v1/status (homeservers) and GET /v1/tenants/{id}/logs
+    # ask a worker, since only workers reach homeservers, and wait this long for its answer.
+    status_check_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    worker_answer_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # --- end of platform status and homeserver logs ---------------------------------------
+
     # --- Observability (metrics) -------------------------------------------------------
     # The proxy's and the worker's Prometheus endpoints: a listener of their own (GET /metrics
     # on host:port), never the proxy's public port. Unset: no metrics listener.

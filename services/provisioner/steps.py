@@ -217,7 +217,7 @@ def ensure_running(ctx: Context, target: HomeserverTarget) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _health_client() -> httpx.Client:
+def health_client() -> httpx.Client:
     """One client per worker process: building one loads the CA bundle (~60 ms), which was
     most of a reconcile pass that had nothing to do."""
     return httpx.Client(timeout=2.0)
@@ -226,7 +226,7 @@ def _health_client() -> httpx.Client:
 def wait_healthy(ctx: Context, target: HomeserverTarget) -> None:
     url = ctx.backend.upstream_url(target) + "/health"
     deadline = time.monotonic() + ctx.settings.homeserver_start_timeout_s
-    client = _health_client()
+    client = health_client()
     while time.monotonic() < deadline:
         try:
             if client.get(url).status_code == 200:

@@ -8,7 +8,7 @@ from celery import Task
 from celery.signals import worker_ready
 
 from platform_core.celery import TaskNames, celery_app
-from provisioner import exports, steps
+from provisioner import exports, questions, steps
 from provisioner.operations.deprovision import deprovision
 from provisioner.operations.export import export
 from provisioner.operations.provision import provision
@@ -72,3 +72,15 @@ def _reconcile_on_start(**_: object) -> None:
 @app.task(name=TaskNames.RECONCILE_USAGE, acks_late=True)
 def reconcile_usage() -> dict[str, int]:
     return reconcile_usage_all(steps.context())
+
+
+# Questions the API waits for (platform_core.worker_requests): not acks_late — a question
+# whose worker died is simply unanswered (the API's wait ends), never asked twice.
+@app.task(name=TaskNames.HOMESERVER_LOGS, acks_late=False)
+def homeserver_logs(reply_key: str, tenant_id: str, lines: int) -> None:
+    questions.homeserver_logs(steps.context(), reply_key, tenant_id, lines)
+
+
+@app.task(name=TaskNames.HOMESERVER_HEALTH, acks_late=False)
+def homeserver_health(reply_key: str) -> None:
+    questions.homeserver_health(steps.context(), reply_key)

@@ -155,6 +155,8 @@ def _dep(scope: Scope, *, platform_wide: bool = False) -> Any:
 TenantsRead = _dep(Scope.TENANTS_READ)
 TenantsWrite = _dep(Scope.TENANTS_WRITE)
 TenantsAdmin = _dep(Scope.TENANTS_WRITE, platform_wide=True)
+# Operators reading what only they may see of a tenant (its homeserver's log).
+TenantsOperatorRead = _dep(Scope.TENANTS_READ, platform_wide=True)
 UsersWrite = _dep(Scope.USERS_WRITE)
 UsageRead = _dep(Scope.USAGE_READ)
 BillingRead = _dep(Scope.BILLING_READ)

@@ -33,6 +33,7 @@ from tenant_api.plans.endpoints import router as plans_router
 from tenant_api.rate_limit import RateLimitMiddleware
 from tenant_api.readiness.endpoints import router as readiness_router
 from tenant_api.registration_tokens.endpoints import router as registration_tokens_router
+from tenant_api.status.endpoints import router as status_router
 from tenant_api.tenants.endpoints import router as tenants_router
 from tenant_api.usage.endpoints import router as usage_router
 from tenant_api.users.endpoints import router as users_router
@@ -78,6 +79,7 @@ def create_app() -> FastAPI:
     app.include_router(contexts_router)
     app.include_router(appservice_router)
     app.include_router(readiness_router)
+    app.include_router(status_router)
     # Outermost last: the request id exists before anything is refused, replayed or
     # recorded; an oversized body is refused before idempotency (or a route) reads it; a
     # request over its rate limit is refused before its Idempotency-Key is claimed.

@@ -113,6 +113,10 @@ MATRIX: dict[str, dict[str, Cell]] = {
     "POST /v1/tenants/{tenant_id}/contexts/{ref}/close": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
     "POST /v1/tenants/{tenant_id}/contexts/{ref}/messages": row([("ok*", "ok*"), ("ok*", "404"), ("404", "ok*"), ("403", "403"), ("ok*", "404"), U, U]),
     "GET /metrics/homeservers": row(["ok", "403", "403", "403", "403", "401", "401"]),
+    # Operators only. No worker runs here: status still answers 200 (workers and homeservers
+    # down); the tenants have no homeserver, so their logs answer 409.
+    "GET /v1/status": row(["ok", "403", "403", "403", "403", "401", "401"]),
+    "GET /v1/tenants/{tenant_id}/logs": row([("ok*", "ok*"), ("403", "403"), ("403", "403"), ("403", "403"), ("403", "403"), U, U]),
 }  # fmt: skip
 # Open to everyone by design: sign-in, token revocation, health.
 PUBLIC = {"POST /v1/auth/token", "POST /v1/auth/revoke", "GET /healthz"}

@@ -135,6 +135,11 @@ class Backend(abc.ABC):
         """The last lines the homeserver wrote (why it exited during start-up), short
         enough for an operation's error."""
 
+    @abc.abstractmethod
+    def log_lines(self, tenant_id: str, lines: int) -> list[str]:
+        """The homeserver's last ``lines`` log lines as it wrote them (not redacted: the
+        caller redacts before they leave the worker); [] when it has written none."""
+
     def purge_archives(
         self, tenant_id: str, store: ObjectStore, *, older_than: datetime | None = None
     ) -> int:

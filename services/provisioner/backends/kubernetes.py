@@ -515,6 +515,22 @@ class KubernetesBackend(Backend):
         log = " | ".join(said)[-240:]
         return seen.describe()[:260] + (f"; log: {log}" if log else "")
 
+    def log_lines(self, tenant_id: str, lines: int) -> list[str]:
+        """The Synapse container's last ``lines`` log lines (the pod's log: Synapse logs to
+        standard error there); [] when the pod has none or is gone."""
+        try:
+            return [
+                line.rstrip("\n")
+                for line in self.client.log(
+                    POD,
+                    namespace=manifests.namespace_name(tenant_id),
+                    container=manifests.NAME,
+                    tail_lines=lines,
+                )
+            ]
+        except (ApiError, httpx2.HTTPError):
+            return []
+
     def drift(self, target: HomeserverTarget) -> list[str]:
         """What differs in the cluster from what was applied (before re-applying repairs it):
         a missing object, edited config or secrets, a StatefulSet scaled by someone else."""

@@ -174,6 +174,16 @@ class LocalBackend(Backend):
             return "no log"
         return " | ".join(text.strip().splitlines()[-3:])[-500:] or "no output"
 
+    def log_lines(self, tenant_id: str, lines: int) -> list[str]:
+        """The tail of ``homeserver.log`` (Synapse's own log; its rotated predecessors are
+        not read), else of ``stdout.log`` (what it printed before its logging started)."""
+        directory = self.tenant_dir(tenant_id)
+        for name in ("homeserver.log", "stdout.log"):
+            found = _tail(directory / name, lines)
+            if found:
+                return found
+        return []
+
     def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
         config = self._config_path(tenant_id)
         if not config.exists():
@@ -252,3 +262,22 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+_TAIL_CHUNK = 64 * 1024
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``path`` without reading the whole file (it may be 10 MiB
+    before it rotates); [] when it does not exist."""
+    try:
+        with path.open("rb") as file:
+            end = file.seek(0, os.SEEK_END)
+            data, start = b"", end
+            while start > 0 and data.count(b"\n") <= lines:
+                start = max(0, start - _TAIL_CHUNK)
+                file.seek(start)
+                data = file.read(end - start)
+    except OSError:
+        return []
+    return data.decode("utf-8", errors="replace").splitlines()[-lines:]

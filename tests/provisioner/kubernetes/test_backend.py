@@ -198,7 +198,8 @@ def test_a_crash_looping_pod_shows_in_the_observed_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real Synapse pod (kubelet stand-in) whose database does not answer exits at start;
-    its restarts, BackOff events and last log lines are what the operation's error says."""
+    its restarts, BackOff events and last log lines are what the operation's error says, and
+    its log is readable line by line."""
     with kube_api_server(tmp_path / "kube", backoff_base=0.2, backoff_max=2.0) as server:
         target = tenant_target()
         target.database["args"].update(host="127.0.0.1", port=1)  # type: ignore[index]
@@ -217,6 +218,10 @@ def test_a_crash_looping_pod_shows_in_the_observed_state(
         )
         tail = backend.log_tail(target.tenant_id)
         assert "restarts" in tail and "BackOff" in tail, tail
+        # What `GET /v1/tenants/{id}/logs` shows: the pod's last lines, as Synapse wrote them.
+        lines = backend.log_lines(target.tenant_id, 5)
+        assert 0 < len(lines) <= 5 and all("\n" not in line for line in lines), lines
+        assert backend.log_lines(tenant_target().tenant_id, 5) == []  # no such pod
 
 
 def test_a_stock_image_pod_loads_the_mounted_module_and_serves_metrics_on_its_service(
