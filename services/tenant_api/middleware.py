@@ -248,6 +248,10 @@ class IdempotencyMiddleware:
             return
 
         captured: dict[str, Any] = {"status": 500, "headers": [], "body": b""}
+        # The answer is held until it is recorded: a client that repeats the request the
+        # moment it has the first answer must get that answer replayed, not a 409 "still in
+        # progress" from a record not yet settled. (POST answers here are small JSON.)
+        held: list[Message] = []
 
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -255,12 +259,14 @@ class IdempotencyMiddleware:
                 captured["headers"] = message.get("headers", [])
             elif message["type"] == "http.response.body":
                 captured["body"] += message.get("body", b"")
-            await send(message)
+            held.append(message)
 
         try:
             await self.app(scope, _replay_receive(body), capture)
         finally:
             await _settle(owner, key, captured)
+        for message in held:
+            await send(message)
 
 
 def _fingerprint(scope: Scope, body: bytes) -> str:
