@@ -32,6 +32,7 @@ WORKER_TASK_MODULES = (
     "tenant_api.usage.tasks",
     "tenant_api.invoices.tasks",
     "tenant_api.contexts.tasks",
+    "tenant_api.webhooks.tasks",
 )
 
 

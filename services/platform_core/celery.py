@@ -25,6 +25,9 @@ class TaskNames:
     APPLY_USAGE_BATCHES = "c3.usage.apply_usage_batches"
     FINALIZE_INVOICES = "c3.invoices.finalize_invoices"
     EXPIRE_CONTEXT_PARTICIPANTS = "c3.contexts.expire_participants"
+    DISPATCH_WEBHOOKS = "c3.webhooks.dispatch"
+    DELIVER_WEBHOOK = "c3.webhooks.deliver"
+    CHECK_USAGE_THRESHOLDS = "c3.webhooks.check_usage_thresholds"
 
 
 # The task that carries out each kind of operation (keyed by OperationKind value).
@@ -87,6 +90,18 @@ def _config() -> dict[str, object]:
                 "task": TaskNames.EXPIRE_CONTEXT_PARTICIPANTS,
                 "schedule": settings.contexts_expiry_interval_s,
                 "options": {"expires": settings.contexts_expiry_interval_s},
+            },
+            # Webhooks: new events fanned out, due deliveries (retries, and those whose worker
+            # died mid-send) enqueued again.
+            "dispatch-webhooks": {
+                "task": TaskNames.DISPATCH_WEBHOOKS,
+                "schedule": settings.webhook_dispatch_interval_s,
+                "options": {"expires": max(2.0, settings.webhook_dispatch_interval_s * 2)},
+            },
+            "check-usage-thresholds": {
+                "task": TaskNames.CHECK_USAGE_THRESHOLDS,
+                "schedule": settings.webhook_usage_check_interval_s,
+                "options": {"expires": settings.webhook_usage_check_interval_s},
             },
             "finalize-invoices": {
                 "task": TaskNames.FINALIZE_INVOICES,

@@ -35,6 +35,7 @@ from tenant_api.registration_tokens.endpoints import router as registration_toke
 from tenant_api.tenants.endpoints import router as tenants_router
 from tenant_api.usage.endpoints import router as usage_router
 from tenant_api.users.endpoints import router as users_router
+from tenant_api.webhooks.endpoints import router as webhooks_router
 from tenant_api.widget.endpoints import router as widget_router
 
 
@@ -77,6 +78,7 @@ def create_app() -> FastAPI:
     app.include_router(contexts_router)
     app.include_router(appservice_router)
     app.include_router(readiness_router)
+    app.include_router(webhooks_router)
     # Outermost last: the request id exists before anything is refused, replayed or
     # recorded; an oversized body is refused before idempotency (or a route) reads it.
     app.add_middleware(IdempotencyMiddleware)
