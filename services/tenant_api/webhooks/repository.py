@@ -43,6 +43,13 @@ class WebhookRepository(Repository):
         # A tenant's principal sees its tenant's endpoints, never the operators'.
         return self.scoped(statement, WebhookEndpoint.tenant_id)
 
+    async def tenant_visible(self, tenant_id: uuid.UUID) -> bool:
+        """The tenant exists, is not deleted, and the principal may see it."""
+        statement = self.scoped(select(Tenant.id)).where(
+            Tenant.id == tenant_id, Tenant.status != TenantStatus.DELETED
+        )
+        return (await self.session.scalars(statement)).one_or_none() is not None
+
     async def get_endpoint(self, endpoint_id: uuid.UUID) -> WebhookEndpoint | None:
         statement = self._endpoints().where(WebhookEndpoint.id == endpoint_id)
         return (await self.session.scalars(statement)).one_or_none()

@@ -7,7 +7,6 @@ import asyncio
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core import webhook_events
@@ -17,8 +16,6 @@ from platform_core.crypto import SecretBox
 from platform_core.errors import InvalidRequest, NotFound
 from platform_core.models import (
     DeliveryState,
-    Tenant,
-    TenantStatus,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
@@ -28,7 +25,6 @@ from platform_core.outbound import OutboundRefused
 from platform_core.settings import Settings
 from tenant_api.kit import tasks
 from tenant_api.kit.audit import AuditContext
-from tenant_api.kit.scoping import scoped
 from tenant_api.webhooks import sender
 from tenant_api.webhooks.repository import WebhookRepository
 from tenant_api.webhooks.schemas import (
@@ -75,10 +71,9 @@ async def _tenant_for(
     tenant_id = wanted if principal.platform_wide else principal.tenant_id
     if wanted is not None and wanted != tenant_id:
         raise NotFound("tenant not found")
-    statement = scoped(select(Tenant.id), principal).where(
-        Tenant.id == tenant_id, Tenant.status != TenantStatus.DELETED
-    )
-    if (await session.scalars(statement)).one_or_none() is None:
+    if tenant_id is None or not await WebhookRepository(session, principal).tenant_visible(
+        tenant_id
+    ):
         raise NotFound("tenant not found")
     return tenant_id
 
