@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 from tests.helpers.environment import isolated_platform
-from tests.helpers.platform import RunningPlatform, poll
+from tests.helpers.platform import RunningPlatform, kill_worker, poll
 from tests.helpers.webhooks import Receiver, python_verifier
-from tests.test_lifecycle_robustness import kill_worker
 
 pytestmark = pytest.mark.e2e
 
