@@ -32,6 +32,10 @@ FAST = {
 }
 
 
+# Every signing secret the tests were shown: none may appear in any log of the platform.
+SHOWN_SECRETS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def hooks_platform(
     platform_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
@@ -55,6 +59,7 @@ def _endpoint(
         body["tenant_id"] = tenant_id
     response = api.post("/v1/webhook-endpoints", json=body)
     assert response.status_code == 201, response.text
+    SHOWN_SECRETS.append(response.json()["secret"])
     return dict(response.json())
 
 
@@ -159,3 +164,15 @@ def test_a_replay_arrives_with_the_same_webhook_id(
     assert ids == [first["message_id"], first["message_id"]]
     assert receiver.received[0].body == receiver.received[1].body
     assert again["status"] == "succeeded" and again["attempt_count"] == 2
+
+
+def test_no_signing_secret_in_any_log(hooks_platform: RunningPlatform) -> None:
+    with hooks_platform.api() as api:
+        endpoint = _endpoint(api, "http://127.0.0.1:9/unused", ["tenant.deleted"])
+        rotated = api.post(f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret")
+        SHOWN_SECRETS.append(rotated.json()["secret"])
+    logs = [hooks_platform.log_path, *sorted((hooks_platform.data_dir / "logs").glob("*.log"))]
+    text = "\n".join(path.read_text(errors="replace") for path in logs if path.exists())
+    assert len(SHOWN_SECRETS) >= 5 and text.strip()
+    leaked = [secret[:10] for secret in SHOWN_SECRETS if secret in text or secret[6:] in text]
+    assert not leaked

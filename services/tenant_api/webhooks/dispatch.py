@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy.orm import Session
+
 from platform_core import webhook_events
 from platform_core.audit import add_event
 from platform_core.crypto import SecretBox
@@ -156,13 +158,13 @@ def retry_delay(attempts: int, result: sender.SendResult, settings: Settings) ->
     return delay
 
 
-def disable(session: object, endpoint: WebhookEndpoint, reason: str, now: datetime) -> None:
+def disable(session: Session, endpoint: WebhookEndpoint, reason: str, now: datetime) -> None:
     """The platform stops sending to ``endpoint``: recorded in the audit log, and announced as
     a ``webhook_endpoint.disabled`` event (to the owner's other endpoints, and in the API)."""
     endpoint.enabled = False
     endpoint.disabled_reason = reason
     add_event(
-        session,  # type: ignore[arg-type]
+        session,
         actor=_ACTOR,
         action="webhook_endpoint.disable",
         target_type="webhook_endpoint",
@@ -172,7 +174,7 @@ def disable(session: object, endpoint: WebhookEndpoint, reason: str, now: dateti
         details={"reason": reason, "url": endpoint.url},
     )
     webhook_events.record(
-        session,  # type: ignore[arg-type]
+        session,
         webhook_events.ENDPOINT_DISABLED,
         endpoint.tenant_id,
         {

@@ -22,16 +22,18 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from platform_core import webhook_events
+from platform_core import lifecycle, webhook_events
 from platform_core.crypto import SecretBox
 from platform_core.db import task_session
 from platform_core.models import (
     AuditEvent,
     Homeserver,
     HomeserverDesiredState,
+    OperationKind,
     Plan,
     Tenant,
     TenantPlanChange,
+    TenantStatus,
     UsageCounter,
     WebhookDelivery,
     WebhookEndpoint,
@@ -39,7 +41,10 @@ from platform_core.models import (
 )
 from platform_core.settings import get_settings
 from tenant_api.invoices import tasks as invoice_tasks
+from tenant_api.main import create_app
 from tenant_api.webhooks import dispatch, thresholds
+from tenant_api.webhooks.endpoints import router as webhooks_router
+from tenant_api.webhooks.sender import SendResult
 from tests.helpers.api import assert_problem, tenant_admin_headers
 from tests.helpers.factories import add_open_context, make_tenant
 from tests.helpers.webhooks import DOCS, Receiver, doc_snippet, python_verifier
@@ -471,3 +476,59 @@ def test_the_docs_name_every_event_type() -> None:
     text = DOCS.read_text()
     missing = [t for t in webhook_events.EVENT_TYPES if f"`{t}`" not in text]
     assert not missing
+
+
+def test_every_webhook_route_has_its_name() -> None:
+    """Route names become the OpenAPI operation ids integrators' generated clients use."""
+    names = {getattr(route, "name", "") for route in webhooks_router.routes}
+    served = {path for path in create_app().openapi()["paths"] if "webhook" in path}
+    assert served == {getattr(route, "path", "") for route in webhooks_router.routes}
+    assert names == {
+        "webhook_endpoints.create",
+        "webhook_endpoints.list",
+        "webhook_endpoints.get",
+        "webhook_endpoints.update",
+        "webhook_endpoints.delete",
+        "webhook_endpoints.rotate_secret",
+        "webhook_endpoints.deliveries.list",
+        "webhook_endpoints.deliveries.replay",
+        "webhook_events.list",
+    }
+
+
+def test_retries_follow_the_schedule_and_honour_retry_after(
+    tuned_settings: Callable[..., None],
+) -> None:
+    tuned_settings(C3_WEBHOOK_RETRY_JITTER="0.1")
+    settings = get_settings()
+    assert settings.webhook_retry_schedule_s == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    failed = SendResult(500, 3, "HTTP 500")
+    for attempts, planned in enumerate(settings.webhook_retry_schedule_s, start=1):
+        delay = dispatch.retry_delay(attempts, failed, settings)
+        assert delay is not None and planned * 0.9 <= delay <= planned * 1.1
+    assert dispatch.retry_delay(8, failed, settings) is None  # 8 attempts, then failed
+    for code in (429, 502, 503, 504):
+        slow_down = SendResult(code, 3, f"HTTP {code}", retry_after_s=600)
+        delay = dispatch.retry_delay(1, slow_down, settings)
+        assert delay is not None and delay >= 600
+    ignored = SendResult(500, 3, "HTTP 500", retry_after_s=600)  # only when asked to slow down
+    delay = dispatch.retry_delay(1, ignored, settings)
+    assert delay is not None and delay < 10
+
+
+async def test_a_failed_operation_is_announced(api: httpx.AsyncClient, receiver: Receiver) -> None:
+    tenant_id = make_tenant(TenantStatus.PROVISIONING)
+    endpoint = await _endpoint(api, receiver.url, tenant_id, ["operation.failed"])
+    with task_session() as session:
+        op = lifecycle.start_operation(tenant_id, OperationKind.PROVISION)
+        session.add(op)
+        session.flush()
+        tenant = session.get(Tenant, tenant_id)
+        lifecycle.begin_attempt(op, 5, tenant)
+        lifecycle.fail(op, "homeserver did not become healthy", tenant)
+        op_id = op.id
+    assert _deliver_all(endpoint["id"]) == ["succeeded"]
+    body = json.loads(receiver.received[0].body)
+    assert body["type"] == "operation.failed"
+    assert body["data"]["operation_id"] == str(op_id) and body["data"]["kind"] == "provision"
+    assert body["data"]["error"] == "homeserver did not become healthy"
