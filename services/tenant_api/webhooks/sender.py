@@ -4,8 +4,10 @@ lookup a DNS rebinding could answer differently)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +25,13 @@ from platform_core.outbound import (
 from platform_core.settings import Mode, Settings
 
 USER_AGENT = "C3-Webhooks/1.0"
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context per process: building one loads the CA bundle (~20 ms idle,
+    ~175 ms on a loaded machine), which dominated a delivery when done per send."""
+    return ssl.create_default_context()
 
 
 @dataclass(frozen=True)
@@ -137,7 +146,9 @@ def send(url: str, headers: dict[str, str], body: bytes, settings: Settings) -> 
     # TLS is verified against the endpoint's name (SNI and certificate), not the address.
     extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
     try:
-        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
+        with httpx.Client(
+            timeout=settings.webhook_timeout_s, follow_redirects=False, verify=_tls_context()
+        ) as client:
             request = client.build_request(
                 "POST", pinned, headers=request_headers, content=body, extensions=extensions
             )
