@@ -5,6 +5,7 @@ docs/webhooks.md, run as written."""
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,9 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
     hold: threading.Event | None = None
+    # (certificate, key) files: serve https at https://<tls_host>:<port>/hook instead.
+    tls: tuple[Path, Path] | None = None
+    tls_host: str = "localhost"
     url: str = ""
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -63,6 +67,11 @@ class Receiver:
         self._server.daemon_threads = True
         port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{port}/hook"
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.url = f"https://{self.tls_host}:{port}/hook"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,14 +43,16 @@ from platform_core.models import (
 from platform_core.settings import get_settings
 from tenant_api.invoices import tasks as invoice_tasks
 from tenant_api.main import create_app
-from tenant_api.webhooks import dispatch, thresholds
+from tenant_api.webhooks import dispatch, sender, thresholds
 from tenant_api.webhooks.endpoints import router as webhooks_router
 from tenant_api.webhooks.sender import SendResult
 from tests.helpers.api import assert_problem, tenant_admin_headers
 from tests.helpers.factories import add_open_context, make_tenant
+from tests.helpers.tls import make_certificates
 from tests.helpers.webhooks import DOCS, Receiver, doc_snippet, python_verifier
 
 NODE = shutil.which("node")
+_real_getaddrinfo = socket.getaddrinfo
 
 
 @pytest.fixture
@@ -532,3 +535,45 @@ async def test_a_failed_operation_is_announced(api: httpx.AsyncClient, receiver:
     assert body["type"] == "operation.failed"
     assert body["data"]["operation_id"] == str(op_id) and body["data"]["kind"] == "provision"
     assert body["data"]["error"] == "homeserver did not become healthy"
+
+
+def _loopback_for(*names: str) -> Callable[..., list[Any]]:
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+        return _real_getaddrinfo(host, *args, **kwargs)
+
+    return getaddrinfo
+
+
+async def test_https_goes_to_the_checked_address_with_the_name_verified(
+    api: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender connects to the address it resolved and checked, yet TLS still sees and
+    verifies the endpoint's name (SNI and certificate), so pinning costs no security."""
+    ca, cert, key = make_certificates(tmp_path, dns_name="hooks.localhost")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    sender._tls_context.cache_clear()
+    # Both names resolve to the receivers' loopback address, as DNS would say.
+    monkeypatch.setattr(socket, "getaddrinfo", _loopback_for("hooks.localhost", "other.localhost"))
+    tls_receiver = Receiver(tls=(cert, key), tls_host="hooks.localhost").start()
+    try:
+        tenant_id = make_tenant()
+        endpoint = await _endpoint(api, tls_receiver.url, tenant_id, ["tenant.active"])
+        _record(tenant_id)
+        assert _deliver_all(endpoint["id"]) == ["succeeded"]
+        assert tls_receiver.received[0].headers["host"] == tls_receiver.url.split("/")[2]
+        # A certificate for another name is refused, though the address is the same.
+        imposter = Receiver(tls=(cert, key), tls_host="other.localhost").start()
+        try:
+            other = await _endpoint(api, imposter.url, tenant_id, ["tenant.suspended"])
+            _record(tenant_id, "tenant.suspended")
+            assert _deliver_all(other["id"], rounds=1) == ["retry"]
+            assert imposter.received == []
+            deliveries = (await api.get(f"/v1/webhook-endpoints/{other['id']}/deliveries")).json()
+            assert "certificate" in deliveries["items"][0]["attempts"][0]["error"].lower()
+        finally:
+            imposter.stop()
+    finally:
+        tls_receiver.stop()
+        sender._tls_context.cache_clear()
