@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import time
 import uuid
@@ -34,7 +33,7 @@ from psycopg.conninfo import make_conninfo
 from c3.local_run import EmbeddedRedis
 from provisioner import tenant_databases
 from tests.helpers.environment import isolated_platform
-from tests.helpers.platform import RunningPlatform, poll
+from tests.helpers.platform import RunningPlatform, kill_worker, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -90,39 +89,6 @@ def operation(api: httpx.Client, tenant: dict[str, Any]) -> dict[str, Any]:
 
 
 # Worker processes ---------------------------------------------------------------------
-
-
-def worker_main(running: RunningPlatform) -> psutil.Process | None:
-    """The live `c3 worker` main process of the platform once its pool of 2 is up."""
-    for proc in psutil.Process(running.process.pid).children():
-        try:
-            if proc.cmdline()[-2:] != ["c3", "worker"] or proc.status() == "zombie":
-                continue
-            pool = [c for c in proc.children() if c.status() != "zombie"]
-        except psutil.NoSuchProcess:
-            continue
-        if len(pool) == 2:
-            return proc
-    return None
-
-
-def kill_worker(running: RunningPlatform, *, part: str) -> None:
-    """kill -9 the worker's main process (its pool dies with it; `c3 up` starts a new
-    worker) or one child of its pool (the main process replaces it); returns once the
-    worker is whole again."""
-    main = poll(lambda: worker_main(running), timeout=60, what="a running worker")
-    victim = main if part == "main" else [c for c in main.children() if c.status() != "zombie"][0]
-    os.kill(victim.pid, signal.SIGKILL)
-
-    def whole_again() -> bool:
-        now = worker_main(running)
-        if now is None:
-            return False
-        if part == "main":
-            return now.pid != main.pid
-        return victim.pid not in {c.pid for c in now.children() if c.status() != "zombie"}
-
-    poll(whole_again, timeout=60, what=f"the worker to recover from kill -9 of its {part}")
 
 
 def kill_during_attempts(

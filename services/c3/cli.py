@@ -35,6 +35,7 @@ WORKER_TASK_MODULES = (
     "tenant_api.usage.tasks",
     "tenant_api.invoices.tasks",
     "tenant_api.contexts.tasks",
+    "tenant_api.webhooks.tasks",
 )
 
 

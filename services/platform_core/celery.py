@@ -28,6 +28,10 @@ class TaskNames:
     # Questions the API asks a worker and waits for (platform_core.worker_requests).
     HOMESERVER_LOGS = "c3.provisioner.homeserver_logs"
     HOMESERVER_HEALTH = "c3.provisioner.homeserver_health"
+    # Webhooks (tenant_api.webhooks.tasks).
+    DISPATCH_WEBHOOKS = "c3.webhooks.dispatch"
+    DELIVER_WEBHOOK = "c3.webhooks.deliver"
+    CHECK_USAGE_THRESHOLDS = "c3.webhooks.check_usage_thresholds"
 
 
 # The task that carries out each kind of operation (keyed by OperationKind value).
@@ -90,6 +94,18 @@ def _config() -> dict[str, object]:
                 "task": TaskNames.EXPIRE_CONTEXT_PARTICIPANTS,
                 "schedule": settings.contexts_expiry_interval_s,
                 "options": {"expires": settings.contexts_expiry_interval_s},
+            },
+            # Webhooks: new events fanned out, due deliveries (retries, and those whose worker
+            # died mid-send) enqueued again.
+            "dispatch-webhooks": {
+                "task": TaskNames.DISPATCH_WEBHOOKS,
+                "schedule": settings.webhook_dispatch_interval_s,
+                "options": {"expires": max(2.0, settings.webhook_dispatch_interval_s * 2)},
+            },
+            "check-usage-thresholds": {
+                "task": TaskNames.CHECK_USAGE_THRESHOLDS,
+                "schedule": settings.webhook_usage_check_interval_s,
+                "options": {"expires": settings.webhook_usage_check_interval_s},
             },
             "finalize-invoices": {
                 "task": TaskNames.FINALIZE_INVOICES,

@@ -14,6 +14,7 @@ from enum import Enum, StrEnum
 from typing import Any
 
 from platform_core import operation_history as history
+from platform_core import webhook_events
 from platform_core.errors import IllegalTransition, PermanentError, Superseded
 from platform_core.models import (
     Operation,
@@ -130,7 +131,11 @@ def tenant_after(tenant: Tenant, transition: TenantTransition) -> TenantStatus:
 
 
 def _move(tenant: Tenant, transition: TenantTransition) -> None:
+    before = tenant.status
     tenant.status = tenant_after(tenant, transition)
+    if tenant.status is not before:
+        # The outbox row commits with the status it announces (tenant.active, …).
+        webhook_events.tenant_status_changed(tenant)
 
 
 def new_tenant(**fields: Any) -> Tenant:
@@ -178,8 +183,11 @@ def tenant_deleted(tenant: Tenant) -> None:
 def _advance(
     op: Operation, transition: OperationTransition, *, detail: str | None = None, **extra: Any
 ) -> None:
+    before = op.state
     op.state = next_state(OPERATION_TRANSITIONS, transition, op.state)
     history.record(op, _EVENT_OF[transition], detail=detail, **extra)
+    if op.state is OperationState.FAILED and before is not OperationState.FAILED:
+        webhook_events.operation_failed(op)
 
 
 def start_operation(

@@ -228,6 +228,51 @@ class Settings(BaseSettings):
     contexts_expiry_interval_s: float = Field(default=30.0, gt=0)
     # --- end contexts ---------------------------------------------------------------------
 
+    # --- Webhooks (issue 15: Standard Webhooks 1.0; tenant_api/webhooks) ------------------
+    # Delays before each retry after the first, immediate attempt (comma-separated seconds):
+    # the spec's 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h. Each is stretched or shrunk by up
+    # to the jitter share so that many failing deliveries do not retry in lockstep.
+    webhook_retry_schedule_s: Annotated[list[float], NoDecode] = [
+        5.0,
+        300.0,
+        1800.0,
+        7200.0,
+        18000.0,
+        36000.0,
+        36000.0,
+    ]
+    webhook_retry_jitter: float = Field(default=0.1, ge=0, lt=1)
+    # After POST …/rotate-secret, deliveries are signed with the old secret too for this long.
+    webhook_secret_overlap_s: int = Field(default=24 * 3600, ge=0, le=30 * 86400)
+    # An endpoint whose deliveries have failed without a success for this long is disabled.
+    webhook_disable_after_s: float = Field(default=5 * 86400, gt=0)
+    # Production mode refuses endpoints on internal networks (loopback, private, link-local,
+    # CGNAT, multicast, ULA, ...), at creation and after resolving at delivery; these networks
+    # (comma-separated CIDRs) are let through anyway (tests, an in-cluster receiver).
+    webhook_allowed_networks: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
+    # The beat task that fans new events out to endpoints and re-enqueues due deliveries
+    # (retries, and those whose worker died mid-send once their lease lapsed).
+    webhook_dispatch_interval_s: float = Field(default=1.0, gt=0)
+    # A worker sending a delivery holds it this long at most (longer than the send timeout).
+    webhook_lease_ttl_s: float = Field(default=60.0, ge=1)
+    webhook_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    # How often usage is compared with the plans' included units (usage.threshold events).
+    webhook_usage_check_interval_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("webhook_retry_schedule_s", mode="before")
+    @classmethod
+    def _retry_schedule(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        try:
+            return [float(item) for item in v.split(",") if item.strip()]
+        except ValueError:
+            raise ValueError(
+                "C3_WEBHOOK_RETRY_SCHEDULE_S must be comma-separated seconds such as 5,300,1800"
+            ) from None
+
+    # --- end webhooks ---------------------------------------------------------------------
+
     # --- Logs and client readiness (issue 13: readiness) --------------------------------
     # text: human lines on stderr; json: one JSON object per line on stdout (ts, level,
     # logger, message, request_id, tenant_id when known, exception) for log collectors.
@@ -369,7 +414,12 @@ class Settings(BaseSettings):
             raise ValueError("C3_BASE_DOMAIN must be a DNS name such as c3.example.com")
         return v
 
-    @field_validator("proxy_trusted_proxies", "outbound_allowed_networks", mode="before")
+    @field_validator(
+        "proxy_trusted_proxies",
+        "outbound_allowed_networks",
+        "webhook_allowed_networks",
+        mode="before",
+    )
     @classmethod
     def _networks(cls, v: Any, info: ValidationInfo) -> Any:
         """Comma-separated CIDRs or addresses (environment) → networks."""

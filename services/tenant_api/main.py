@@ -37,6 +37,7 @@ from tenant_api.status.endpoints import router as status_router
 from tenant_api.tenants.endpoints import router as tenants_router
 from tenant_api.usage.endpoints import router as usage_router
 from tenant_api.users.endpoints import router as users_router
+from tenant_api.webhooks.endpoints import router as webhooks_router
 from tenant_api.widget.endpoints import router as widget_router
 
 
@@ -80,6 +81,7 @@ def create_app() -> FastAPI:
     app.include_router(appservice_router)
     app.include_router(readiness_router)
     app.include_router(status_router)
+    app.include_router(webhooks_router)
     # Outermost last: the request id exists before anything is refused, replayed or
     # recorded; an oversized body is refused before idempotency (or a route) reads it; a
     # request over its rate limit is refused before its Idempotency-Key is claimed.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 import yaml
 
 from c3.local_run import free_port
@@ -253,3 +254,36 @@ def running_api(env: dict[str, str], log: Path) -> Iterator[tuple[int, subproces
         process.terminate()
         process.wait(timeout=30)
     assert "Traceback" not in log.read_text(), log.read_text()[-4000:]
+
+
+def worker_main(running: RunningPlatform) -> psutil.Process | None:
+    """The live `c3 worker` main process of the platform once its pool of 2 is up."""
+    for proc in psutil.Process(running.process.pid).children():
+        try:
+            if proc.cmdline()[-2:] != ["c3", "worker"] or proc.status() == "zombie":
+                continue
+            pool = [c for c in proc.children() if c.status() != "zombie"]
+        except psutil.NoSuchProcess:
+            continue
+        if len(pool) == 2:
+            return proc
+    return None
+
+
+def kill_worker(running: RunningPlatform, *, part: str) -> None:
+    """kill -9 the worker's main process (its pool dies with it; `c3 up` starts a new
+    worker) or one child of its pool (the main process replaces it); returns once the
+    worker is whole again."""
+    main = poll(lambda: worker_main(running), timeout=60, what="a running worker")
+    victim = main if part == "main" else [c for c in main.children() if c.status() != "zombie"][0]
+    os.kill(victim.pid, signal.SIGKILL)
+
+    def whole_again() -> bool:
+        now = worker_main(running)
+        if now is None:
+            return False
+        if part == "main":
+            return now.pid != main.pid
+        return victim.pid not in {c.pid for c in now.children() if c.status() != "zombie"}
+
+    poll(whole_again, timeout=60, what=f"the worker to recover from kill -9 of its {part}")

@@ -15,7 +15,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from platform_core import webhook_events
 from platform_core.auth.tokens import issue_access_token
+from platform_core.crypto import SecretBox
 from platform_core.db import task_session
 from platform_core.models import (
     Account,
@@ -23,6 +25,7 @@ from platform_core.models import (
     AuditEvent,
     Context,
     ContextParticipant,
+    DeliveryState,
     ExportState,
     Invoice,
     Operation,
@@ -32,6 +35,8 @@ from platform_core.models import (
     Tenant,
     TenantExport,
     TenantPlanChange,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 from platform_core.settings import get_settings
 from tenant_api.exports import links
@@ -117,6 +122,17 @@ MATRIX: dict[str, dict[str, Cell]] = {
     # down); the tenants have no homeserver, so their logs answer 409.
     "GET /v1/status": row(["ok", "403", "403", "403", "403", "401", "401"]),
     "GET /v1/tenants/{tenant_id}/logs": row([("ok*", "ok*"), ("403", "403"), ("403", "403"), ("403", "403"), ("403", "403"), U, U]),
+    # Webhooks: read with tenants:read, changed with tenants:write; a tenant's principal sees
+    # its tenant's endpoints only (DELETE takes a victim endpoint, like the keys).
+    "POST /v1/webhook-endpoints": row(["ok", "ok", "ok", "403", "ok", "401", "401"]),
+    "GET /v1/webhook-endpoints": row(["ok", "ok", "ok", "ok", "ok", "401", "401"]),
+    "GET /v1/webhook-endpoints/{endpoint_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "PATCH /v1/webhook-endpoints/{endpoint_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
+    "DELETE /v1/webhook-endpoints/{endpoint_id}": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
+    "POST /v1/webhook-endpoints/{endpoint_id}/rotate-secret": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
+    "GET /v1/webhook-endpoints/{endpoint_id}/deliveries": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("ok", "404"), ("ok", "404"), U, U]),
+    "POST /v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay": row([("ok", "ok"), ("ok", "404"), ("404", "ok"), ("403", "403"), ("ok", "404"), U, U]),
+    "GET /v1/webhook-events": row(["ok", "ok", "ok", "ok", "ok", "401", "401"]),
 }  # fmt: skip
 # Open to everyone by design: sign-in, token revocation, health.
 PUBLIC = {"POST /v1/auth/token", "POST /v1/auth/revoke", "GET /healthz"}
@@ -137,6 +153,9 @@ class World:
     accounts: dict[str, str] = field(default_factory=dict)
     # An open context of tenant a/b (ref case-1) and an active external participant in it.
     participants: dict[str, str] = field(default_factory=dict)
+    # A webhook endpoint of tenant a/b with one delivery, and fresh ones to delete.
+    webhooks: dict[str, tuple[str, str]] = field(default_factory=dict)
+    victim_endpoints: dict[str, list[str]] = field(default_factory=dict)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -244,6 +263,10 @@ async def _world(api: httpx.AsyncClient) -> World:
     )
     world.exports = {side: _ready_export(tenants[side]["id"]) for side in ("a", "b")}
     world.participants = {side: _open_context(tenants[side]["id"]) for side in ("a", "b")}
+    world.webhooks = {side: _webhook_endpoint(tenants[side]["id"]) for side in ("a", "b")}
+    world.victim_endpoints = {
+        side: [_webhook_endpoint(tenants[side]["id"])[0] for _ in CALLERS] for side in ("a", "b")
+    }
     for side in ("a", "b"):
         victim = await api.post(
             "/v1/accounts",
@@ -295,6 +318,34 @@ def _open_context(tenant_id: str) -> str:
         return str(participant.id)
 
 
+def _webhook_endpoint(tenant_id: str) -> tuple[str, str]:
+    """A webhook endpoint of the tenant with one pending delivery; their ids."""
+    with task_session() as session:
+        endpoint = WebhookEndpoint(
+            tenant_id=uuid.UUID(tenant_id),
+            url="https://example.com/hook",
+            event_types=["tenant.active"],
+            secret_encrypted=SecretBox(get_settings().require_secret_key()).encrypt(
+                webhook_events.new_secret()
+            ),
+        )
+        event = webhook_events.record(
+            session, "tenant.active", uuid.UUID(tenant_id), {"tenant_id": tenant_id}
+        )
+        session.add(endpoint)
+        session.flush()
+        event.fanned_out_at = event.occurred_at
+        delivery = WebhookDelivery(
+            endpoint_id=endpoint.id,
+            event_id=event.id,
+            message_id=webhook_events.message_id(event.id),
+            state=DeliveryState.SUCCEEDED,
+        )
+        session.add(delivery)
+        session.flush()
+        return str(endpoint.id), str(delivery.id)
+
+
 def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str, Any]]:
     method, template = route.split(" ", 1)
     tenant = world.tenants[side]
@@ -310,9 +361,13 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         .replace("{account_id}", world.accounts[side])
         .replace("{ref}", "case-1")
         .replace("{participant_id}", world.participants[side])
+        .replace("{delivery_id}", world.webhooks[side][1])
     )
     if "{key_id}" in path:
         path = path.replace("{key_id}", world.victim_key(side))
+    if route.startswith("DELETE /v1/webhook-endpoints/"):
+        path = path.replace("{endpoint_id}", world.victim_endpoints[side].pop())
+    path = path.replace("{endpoint_id}", world.webhooks[side][0])
     bodies: dict[str, Any] = {
         "POST /v1/tenants": {"slug": slug(), "display_name": "New"},
         "PATCH /v1/tenants/{tenant_id}": {"display_name": f"Renamed {uuid.uuid4().hex[:4]}"},
@@ -332,6 +387,11 @@ def request_for(route: str, world: World, side: str) -> tuple[str, str, dict[str
         "PUT /v1/tenants/{tenant_id}/contexts/{ref}": {"title": "Case 1"},
         "POST /v1/tenants/{tenant_id}/contexts/{ref}/participants": {"display_name": "Pat"},
         "POST /v1/tenants/{tenant_id}/contexts/{ref}/messages": {"body": "hello"},
+        "POST /v1/webhook-endpoints": {
+            "url": "https://example.com/new",
+            "event_types": ["tenant.active"],
+        },
+        "PATCH /v1/webhook-endpoints/{endpoint_id}": {"description": uuid.uuid4().hex[:8]},
     }
     if route == "GET /v1/exports/{export_id}/download":
         return method, path, {"params": world.exports[side][1]}
@@ -362,6 +422,13 @@ def database_state() -> dict[str, Any]:
             "participants": sorted(
                 (str(p.id), p.status.value) for p in session.scalars(select(ContextParticipant))
             ),
+            "webhook_endpoints": sorted(
+                (str(e.id), e.description, e.enabled, e.secret_encrypted)
+                for e in session.scalars(select(WebhookEndpoint))
+            ),
+            "webhook_deliveries": sorted(
+                (str(d.id), d.state.value) for d in session.scalars(select(WebhookDelivery))
+            ),
         }
 
 
@@ -380,7 +447,12 @@ async def test_every_route_is_declared(platform_env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("caller", CALLERS)
-async def test_the_permission_matrix(api: httpx.AsyncClient, caller: str) -> None:
+async def test_the_permission_matrix(
+    api: httpx.AsyncClient, caller: str, tuned_settings: Callable[..., None]
+) -> None:
+    # The expired and anonymous callers fail more credentials from one address than the
+    # sign-in throttle's default budget allows once the matrix has this many routes.
+    tuned_settings(C3_AUTH_ADDRESS_MAX_FAILURES="1000")
     world = await _world(api)
     failures = []
     deletes_last = sorted(MATRIX, key=lambda r: r.startswith("DELETE /v1/tenants"))

@@ -40,6 +40,14 @@ from platform_core.models.usage import (
     UsageCounter,
     UsageReconciliation,
 )
+from platform_core.models.webhooks import (
+    AttemptOutcome,
+    DeliveryState,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 
 __all__ = [
     "AppserviceTransaction",
@@ -79,4 +87,10 @@ __all__ = [
     "UsageCounter",
     "UsageReconciliation",
     "utcnow",
+    "AttemptOutcome",
+    "DeliveryState",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

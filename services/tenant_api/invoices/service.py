@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from platform_core import webhook_events
 from platform_core.errors import Conflict, InvalidRequest, NotFound
 from platform_core.models import Invoice, InvoiceLine, InvoiceStatus, Plan, Tenant, utcnow
 from tenant_api.invoices.rating import (
@@ -317,6 +318,21 @@ def finalize(session: Session, tenant_id: uuid.UUID, period: str, now: datetime)
         for position, line in enumerate(doc.lines, start=1)
     ]
     InvoiceRepository(session).add_invoice(invoice, rows)
+    # In the finalizing transaction: the event exists exactly when the invoice does.
+    webhook_events.record(
+        session,
+        webhook_events.INVOICE_FINALIZED,
+        tenant_id,
+        {
+            "invoice_id": str(invoice.id),
+            "tenant_id": str(tenant_id),
+            "number": invoice.number,
+            "period": period,
+            "currency": invoice.currency,
+            "total": invoice.total,
+        },
+        natural_id=f"invoice.finalized:{invoice.id}",
+    )
     return invoice
 
 
