@@ -247,26 +247,33 @@ class IdempotencyMiddleware:
             await _refuse_claim(send, *claimed)
             return
 
-        captured: dict[str, Any] = {"status": 500, "headers": [], "body": b""}
-        # The answer is held until it is recorded: a client that repeats the request the
-        # moment it has the first answer must get that answer replayed, not a 409 "still in
-        # progress" from a record not yet settled. (POST answers here are small JSON.)
-        held: list[Message] = []
+        await _answer_recorded(self.app, scope, body, send, owner, key)
 
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                captured["status"] = message["status"]
-                captured["headers"] = message.get("headers", [])
-            elif message["type"] == "http.response.body":
-                captured["body"] += message.get("body", b"")
-            held.append(message)
 
-        try:
-            await self.app(scope, _replay_receive(body), capture)
-        finally:
-            await _settle(owner, key, captured)
-        for message in held:
-            await send(message)
+async def _answer_recorded(
+    app: Any, scope: Scope, body: bytes, send: Any, owner: str, key: str
+) -> None:
+    """Run the request and record its answer under the key, then send it. The answer is held
+    until it is recorded: a client that repeats the request the moment it has the first answer
+    gets that answer replayed, not a 409 "still in progress" from a record not yet settled.
+    (POST answers here are small JSON.)"""
+    captured: dict[str, Any] = {"status": 500, "headers": [], "body": b""}
+    held: list[Message] = []
+
+    async def capture(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            captured["status"] = message["status"]
+            captured["headers"] = message.get("headers", [])
+        elif message["type"] == "http.response.body":
+            captured["body"] += message.get("body", b"")
+        held.append(message)
+
+    try:
+        await app(scope, _replay_receive(body), capture)
+    finally:
+        await _settle(owner, key, captured)
+    for message in held:
+        await send(message)
 
 
 def _fingerprint(scope: Scope, body: bytes) -> str:
