@@ -84,7 +84,7 @@ def _respond(request: Request, fmt: str | None, doc: service.InvoiceDoc) -> Invo
     return csv_response(doc) if _wants_csv(request, fmt) else to_out(doc)
 
 
-@router.get("", response_model=InvoiceList)
+@router.get("", response_model=InvoiceList, name="invoices.list")
 async def list_invoices(
     tenant_id: uuid.UUID, session: SessionDep, principal: BillingRead
 ) -> InvoiceList:
@@ -105,7 +105,7 @@ async def list_invoices(
     )
 
 
-@router.get("/upcoming", response_model=InvoiceOut)
+@router.get("/upcoming", response_model=InvoiceOut, name="invoices.upcoming")
 async def upcoming_invoice(
     tenant_id: uuid.UUID,
     request: Request,
@@ -119,7 +119,7 @@ async def upcoming_invoice(
     return _respond(request, fmt, doc)
 
 
-@router.get("/{number}", response_model=InvoiceOut)
+@router.get("/{number}", response_model=InvoiceOut, name="invoices.get")
 async def get_invoice(
     tenant_id: uuid.UUID,
     number: str,
@@ -135,7 +135,7 @@ async def get_invoice(
     return _respond(request, fmt, service.doc_of(invoice))
 
 
-@router.post("/{period}/finalize", response_model=InvoiceOut)
+@router.post("/{period}/finalize", response_model=InvoiceOut, name="invoices.finalize")
 async def finalize_invoice(
     tenant_id: uuid.UUID,
     period: str,
