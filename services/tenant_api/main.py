@@ -12,7 +12,7 @@ from platform_core.db import async_engine
 from platform_core.migrate import assert_migrated
 from platform_core.redis import close_async_clients
 from platform_core.settings import get_settings
-from tenant_api import access_log, errors, portal
+from tenant_api import access_log, errors, openapi, portal
 from tenant_api.accounts.endpoints import router as accounts_router
 from tenant_api.api_keys.endpoints import router as api_keys_router
 from tenant_api.audit.endpoints import router as audit_router
@@ -93,4 +93,5 @@ def create_app() -> FastAPI:
         await ping_database()
         return {"status": "ok"}
 
+    openapi.install(app)
     return app
