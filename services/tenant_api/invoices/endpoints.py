@@ -20,6 +20,14 @@ router = APIRouter(prefix="/v1/tenants/{tenant_id}/invoices", tags=["invoices"])
 FormatQuery = Annotated[
     str | None, Query(alias="format", pattern="^(json|csv)$", description="or Accept: text/csv")
 ]
+# Both media types of the 200 answer (JSON from response_model; CSV asked for by ?format=csv or
+# Accept: text/csv), so clients and the OpenAPI document know the CSV exists.
+_CSV_TOO = {
+    200: {
+        "description": "The invoice: JSON, or CSV with a header row and one row per line",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    }
+}
 CSV_COLUMNS = [
     "number",
     "period",
@@ -105,7 +113,9 @@ async def list_invoices(
     )
 
 
-@router.get("/upcoming", response_model=InvoiceOut, name="invoices.upcoming")
+@router.get(
+    "/upcoming", response_model=InvoiceOut, responses=_CSV_TOO, name="invoices.upcoming"
+)
 async def upcoming_invoice(
     tenant_id: uuid.UUID,
     request: Request,
@@ -119,7 +129,7 @@ async def upcoming_invoice(
     return _respond(request, fmt, doc)
 
 
-@router.get("/{number}", response_model=InvoiceOut, name="invoices.get")
+@router.get("/{number}", response_model=InvoiceOut, responses=_CSV_TOO, name="invoices.get")
 async def get_invoice(
     tenant_id: uuid.UUID,
     number: str,
