@@ -7,8 +7,8 @@ new route is described by the same rules:
 
 - every problem answer an operation can give, as ``application/problem+json`` with one
   ``Problem`` schema (the body ``kit/problems.py`` builds): 401 and 429 where a credential is
-  needed, 403 where a scope is, 404 where the path names an object, 413 and 422 where a body or
-  parameters are read, 409 where a POST may meet its ``Idempotency-Key`` in use (plus the
+  needed, 403 where a scope is, 404 where the path names an object, 400, 413 and 422 where a
+  body is read (422 where parameters are), 409 where a POST may meet its ``Idempotency-Key`` in use (plus the
   conflicts listed below), 503 everywhere (the database, and Redis for credential checks);
 - the ``Idempotency-Key`` request header on authenticated POSTs (the middleware honours it
   there) and ``X-Request-ID`` on every operation and answer;
@@ -47,6 +47,8 @@ EXTRA_PROBLEMS: dict[str, frozenset[int]] = {
     "contexts.close": frozenset({409, 502}),
     "context_participants": frozenset({409, 502}),
     "context_messages": frozenset({409, 502}),
+    # A body naming a tenant the caller cannot see (or that does not exist).
+    "api_keys.create": frozenset({404}),
     "tenants.update": frozenset({409}),
     "tenants.delete": frozenset({409}),
     "exports.create": frozenset({409}),
@@ -61,7 +63,8 @@ _RATE_HEADERS = {
 }
 
 _DESCRIPTIONS = {
-    400: "The request could not be read",
+    400: "The body could not be read at all (not UTF-8 text, or a broken form); a body "
+    "that is read but invalid is a 422",
     401: "No credential, or one that is invalid, expired or revoked "
     "(`WWW-Authenticate: Bearer`)",
     403: "The credential lacks the scope this operation needs, or is not an operator's",
@@ -215,7 +218,7 @@ def _problems(route: RouteContext, method: str, operation: dict[str, Any]) -> se
     if route.dependant.path_params or any(d.path_params for d in _dependencies(route.dependant)):
         statuses.add(404)
     if "requestBody" in operation:
-        statuses |= {413, 422}
+        statuses |= {400, 413, 422}  # 400: bytes that are no text (not UTF-8) or no form
     if operation.get("parameters"):
         statuses.add(422)
     if authenticated and method == "post":

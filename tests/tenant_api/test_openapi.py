@@ -142,7 +142,7 @@ def test_every_problem_answer_is_problem_json_with_its_headers(schema: dict[str,
                 answers[429]["headers"]
             ), where
         if "requestBody" in operation:
-            assert {413, 422} <= set(answers), where
+            assert {400, 413, 422} <= set(answers), where
         if "{" in path:
             assert 404 in answers, where
 
@@ -211,3 +211,12 @@ def test_each_example_is_valid_for_its_schema(schema: dict[str, Any], name: str)
     }
     if name in request_models:
         request_models[name].model_validate(EXAMPLES[name])
+
+
+async def test_a_body_that_is_not_text_is_the_documented_400(api: httpx.AsyncClient) -> None:
+    refused = await api.post(
+        "/v1/api-keys", content=b"\xff\xfe{", headers={"Content-Type": "application/json"}
+    )
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["title"] == "Bad request"
