@@ -65,8 +65,7 @@ _RATE_HEADERS = {
 _DESCRIPTIONS = {
     400: "The body could not be read at all (not UTF-8 text, or a broken form); a body "
     "that is read but invalid is a 422",
-    401: "No credential, or one that is invalid, expired or revoked "
-    "(`WWW-Authenticate: Bearer`)",
+    401: "No credential, or one that is invalid, expired or revoked (`WWW-Authenticate: Bearer`)",
     403: "The credential lacks the scope this operation needs, or is not an operator's",
     404: "Not found, or not visible to this credential (another tenant's objects are "
     "always 404, never 403)",
@@ -230,6 +229,13 @@ def _problems(route: RouteContext, method: str, operation: dict[str, Any]) -> se
 
 
 def _describe(route: RouteContext, method: str, operation: dict[str, Any]) -> None:
+    if (
+        operation.get("summary") == route.name.replace("_", " ").title()
+    ):  # FastAPI's "Tenants.Create"
+        resource, _, verb = route.name.rpartition(".")
+        operation["summary"] = (
+            f"{resource.replace('_', ' ').capitalize()}: {verb.replace('_', ' ')}"
+        )
     statuses = _problems(route, method, operation)
     parameters = operation.setdefault("parameters", [])
     parameters.append({"$ref": "#/components/parameters/X-Request-ID"})
