@@ -222,17 +222,16 @@ def _problems(route: RouteContext, method: str, operation: dict[str, Any]) -> se
         statuses.add(422)
     if authenticated and method == "post":
         statuses |= {409, 422}  # Idempotency-Key in use, malformed or reused
-    name = route.name
+    name = route.name or ""
     statuses |= EXTRA_PROBLEMS.get(name, frozenset())
     statuses |= EXTRA_PROBLEMS.get(name.split(".")[0], frozenset())
     return statuses
 
 
 def _describe(route: RouteContext, method: str, operation: dict[str, Any]) -> None:
-    if (
-        operation.get("summary") == route.name.replace("_", " ").title()
-    ):  # FastAPI's "Tenants.Create"
-        resource, _, verb = route.name.rpartition(".")
+    name = route.name or ""
+    if operation.get("summary") == name.replace("_", " ").title():  # FastAPI's "Tenants.Create"
+        resource, _, verb = name.rpartition(".")
         operation["summary"] = (
             f"{resource.replace('_', ' ').capitalize()}: {verb.replace('_', ' ')}"
         )
@@ -287,7 +286,7 @@ def build(app: FastAPI) -> dict[str, Any]:
         (route.path_format, method.lower()): route
         for route in api_routes(app)
         if route.include_in_schema
-        for method in route.methods
+        for method in route.methods or ()
     }
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():

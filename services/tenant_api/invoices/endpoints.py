@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -22,7 +22,7 @@ FormatQuery = Annotated[
 ]
 # Both media types of the 200 answer (JSON from response_model; CSV asked for by ?format=csv or
 # Accept: text/csv), so clients and the OpenAPI document know the CSV exists.
-_CSV_TOO = {
+_CSV_TOO: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The invoice: JSON, or CSV with a header row and one row per line",
         "content": {"text/csv": {"schema": {"type": "string"}}},
