@@ -113,9 +113,7 @@ async def list_invoices(
     )
 
 
-@router.get(
-    "/upcoming", response_model=InvoiceOut, responses=_CSV_TOO, name="invoices.upcoming"
-)
+@router.get("/upcoming", response_model=InvoiceOut, responses=_CSV_TOO, name="invoices.upcoming")
 async def upcoming_invoice(
     tenant_id: uuid.UUID,
     request: Request,
