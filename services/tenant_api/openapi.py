@@ -8,8 +8,9 @@ new route is described by the same rules:
 - every problem answer an operation can give, as ``application/problem+json`` with one
   ``Problem`` schema (the body ``kit/problems.py`` builds): 401 and 429 where a credential is
   needed, 403 where a scope is, 404 where the path names an object, 400, 413 and 422 where a
-  body is read (422 where parameters are), 409 where a POST may meet its ``Idempotency-Key`` in use (plus the
-  conflicts listed below), 503 everywhere (the database, and Redis for credential checks);
+  body is read (422 where parameters are), 409 where a POST may meet its ``Idempotency-Key``
+  in use (plus the conflicts listed below), 503 everywhere (the database, and Redis for
+  credential checks);
 - the ``Idempotency-Key`` request header on authenticated POSTs (the middleware honours it
   there) and ``X-Request-ID`` on every operation and answer;
 - examples on the main schemas (``openapi_examples.py``) and readable names for FastAPI's
@@ -160,6 +161,7 @@ def _components() -> dict[str, Any]:
         "X-Request-ID": {
             "description": "The request's id (yours if you sent a sane `X-Request-ID`): in "
             "the audit log and every log line the request caused",
+            "required": True,
             "schema": {"type": "string"},
         }
     }
