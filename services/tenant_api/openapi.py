@@ -258,6 +258,12 @@ def _describe(route: RouteContext, method: str, operation: dict[str, Any]) -> No
             answer.setdefault("headers", {})["X-Request-ID"] = {
                 "$ref": "#/components/headers/X-Request-ID"
             }
+        if status == "202":  # accepted work: where its operation is
+            answer["headers"]["Location"] = {
+                "description": "The URL of the operation doing the work (`operations.get`)",
+                "required": True,
+                "schema": {"type": "string", "format": "uri"},
+            }
 
 
 def _form_body_names(schema: dict[str, Any]) -> None:

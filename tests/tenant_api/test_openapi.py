@@ -134,6 +134,8 @@ def test_every_problem_answer_is_problem_json_with_its_headers(schema: dict[str,
                 assert answer["content"] == {
                     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
                 }, f"{where} {status}"
+            if status == 202:
+                assert answer["headers"]["Location"]["required"], where
             if status in (429, 503):
                 assert "Retry-After" in answer["headers"], f"{where} {status}"
         if operation.get("security"):
