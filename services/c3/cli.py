@@ -3,7 +3,8 @@ for the daily work.
 
 `c3 up` runs everything locally on embedded defaults; `c3 api`, `c3 proxy`, `c3 worker`,
 `c3 beat` run one service each (as in production); `c3 migrate` upgrades the database;
-`c3 probe worker|beat|http` are the health checks the Helm chart's probes and `helm test` run.
+`c3 probe worker|beat|http` are the health checks the Helm chart's probes and `helm test` run;
+`c3 openapi` prints the API's OpenAPI document (`--write` refreshes docs/openapi.json).
 `c3 tenants|operations|keys|status|logs|version` talk to the API over HTTP through the SDK
 (`C3_API_URL`, `C3_API_TOKEN`; docs/cli.md), never to the database.
 """
@@ -263,6 +264,34 @@ def reconcile() -> None:
 
     send_task(TaskNames.RECONCILE)
     typer.echo("reconcile enqueued")
+
+
+OPENAPI_PATH = "docs/openapi.json"
+
+
+@app.command()
+def openapi(
+    write: bool = typer.Option(
+        False, "--write", help=f"Write it to {OPENAPI_PATH} (run from the repository root)"
+    ),
+) -> None:
+    """Print the tenant API's OpenAPI document (or write the committed copy with --write)."""
+    from pathlib import Path
+
+    from tenant_api import openapi as document
+    from tenant_api.main import create_app
+
+    text = document.document(create_app())
+    if not write:
+        typer.echo(text, nl=False)
+        return
+    target = Path(OPENAPI_PATH)
+    if not target.parent.is_dir():
+        typer.echo(f"c3: no {target.parent}/ here; run this from the repository root", err=True)
+        raise typer.Exit(2)
+    target.write_text(text)
+    target.chmod(0o644)  # a public document (c3's umask keeps what it creates private)
+    typer.echo(f"wrote {target}")
 
 
 operator_app = typer.Typer(no_args_is_help=True, help="Operator accounts (platform staff).")

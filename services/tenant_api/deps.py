@@ -9,7 +9,8 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.auth import (
@@ -97,13 +98,25 @@ async def _api_key_principal(
     return Principal(PrincipalKind.API_KEY, key.key_id, tenant_id=key.tenant_id, scopes=scopes)
 
 
+# The OpenAPI security scheme ("bearer") every authenticated operation declares, so Swagger UI
+# offers Authorize and generated clients send the credential. It decides nothing: with
+# auto_error off it never answers, and the raw header is read below, so a missing or malformed
+# credential is refused exactly as before (401 problem+json, counted by the throttle).
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An access token from `POST /v1/auth/token`, an API key (`c3k_…`), or the "
+    "bootstrap operator token, as `Authorization: Bearer <token>`.",
+)
+
+
 async def principal_dep(
     request: Request,
     settings: SettingsDep,
     session: SessionDep,
-    authorization: Annotated[str | None, Header()] = None,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
 ) -> Principal:
-    token = bearer_token(authorization)
+    token = bearer_token(request.headers.get("authorization"))
     address = client_address(request)
     throttle = Throttle.for_settings(settings)
     # Spent budget: refused before the credential is even looked at (no guessing oracle).

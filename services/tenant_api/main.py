@@ -12,7 +12,7 @@ from platform_core.db import async_engine
 from platform_core.migrate import assert_migrated
 from platform_core.redis import close_async_clients
 from platform_core.settings import get_settings
-from tenant_api import access_log, errors, portal
+from tenant_api import access_log, errors, openapi, portal
 from tenant_api.accounts.endpoints import router as accounts_router
 from tenant_api.api_keys.endpoints import router as api_keys_router
 from tenant_api.audit.endpoints import router as audit_router
@@ -60,6 +60,9 @@ def create_app() -> FastAPI:
         description="Provision and manage tenants (one Matrix homeserver each), their users, "
         "their usage, plans and invoices. Authenticate with `Authorization: Bearer <token>`: an access token from `POST /v1/auth/token`, an API key (`c3k_…`), or the bootstrap operator token.",
         lifespan=lifespan,
+        # Operation ids are the routes' names ("tenants.create"): stable, readable, and what
+        # generated clients call their methods.
+        generate_unique_id_function=lambda route: route.name,
     )
     errors.install(app)
     app.include_router(tenants_router)
@@ -92,9 +95,10 @@ def create_app() -> FastAPI:
     # Outermost: its time includes every other middleware's.
     app.add_middleware(LatencyMiddleware)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], name="health.get")
     async def healthz() -> dict[str, str]:
         await ping_database()
         return {"status": "ok"}
 
+    openapi.install(app)
     return app

@@ -37,7 +37,12 @@ class TokenOut(BaseModel):
     refresh_token: str
 
 
-@router.post("/v1/accounts", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
+@router.post(
+    "/v1/accounts",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AccountOut,
+    name="accounts.create",
+)
 async def create_account(
     body: AccountCreate,
     session: SessionDep,
@@ -58,7 +63,7 @@ async def _manageable(
     return account
 
 
-@router.get("/v1/accounts/{account_id}", response_model=AccountOut)
+@router.get("/v1/accounts/{account_id}", response_model=AccountOut, name="accounts.get")
 async def get_account(
     account_id: uuid.UUID, session: SessionDep, principal: AccountsManage
 ) -> AccountOut:
@@ -66,7 +71,9 @@ async def get_account(
     return AccountOut.model_validate(account, from_attributes=True)
 
 
-@router.post("/v1/accounts/{account_id}/disable", response_model=AccountOut)
+@router.post(
+    "/v1/accounts/{account_id}/disable", response_model=AccountOut, name="accounts.disable"
+)
 async def disable_account(
     account_id: uuid.UUID,
     session: SessionDep,
@@ -84,7 +91,7 @@ async def disable_account(
     return AccountOut.model_validate(account, from_attributes=True)
 
 
-@router.post("/v1/accounts/{account_id}/enable", response_model=AccountOut)
+@router.post("/v1/accounts/{account_id}/enable", response_model=AccountOut, name="accounts.enable")
 async def enable_account(
     account_id: uuid.UUID, session: SessionDep, principal: AccountsManage, audit: AuditDep
 ) -> AccountOut:
@@ -94,7 +101,11 @@ async def enable_account(
     return AccountOut.model_validate(account, from_attributes=True)
 
 
-@router.post("/v1/accounts/{account_id}/reset-password", response_model=AccountOut)
+@router.post(
+    "/v1/accounts/{account_id}/reset-password",
+    response_model=AccountOut,
+    name="accounts.reset_password",
+)
 async def reset_password(
     account_id: uuid.UUID,
     body: PasswordReset,
@@ -113,7 +124,7 @@ async def reset_password(
     return AccountOut.model_validate(account, from_attributes=True)
 
 
-@router.post("/v1/auth/token", response_model=TokenOut, responses=_TOO_MANY)
+@router.post("/v1/auth/token", response_model=TokenOut, responses=_TOO_MANY, name="auth.token")
 async def token(
     request: Request,
     session: SessionDep,
@@ -180,7 +191,7 @@ async def _password_grant(
     return issued
 
 
-@router.post("/v1/auth/revoke", status_code=status.HTTP_200_OK)
+@router.post("/v1/auth/revoke", status_code=status.HTTP_200_OK, name="auth.revoke")
 async def revoke(
     session: SessionDep,
     settings: SettingsDep,

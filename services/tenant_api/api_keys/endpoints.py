@@ -12,7 +12,9 @@ from tenant_api.deps import AuditDep, KeysWrite, SessionDep, SettingsDep
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated, name="api_keys.create"
+)
 async def create_api_key(
     body: ApiKeyCreate,
     session: SessionDep,
@@ -24,13 +26,13 @@ async def create_api_key(
     return ApiKeyCreated(**service.to_out(key).model_dump(), key=secret)
 
 
-@router.get("", response_model=ApiKeyList)
+@router.get("", response_model=ApiKeyList, name="api_keys.list")
 async def list_api_keys(session: SessionDep, principal: KeysWrite) -> ApiKeyList:
     keys = await ApiKeyRepository(session, principal).visible()
     return ApiKeyList(items=[service.to_out(k) for k in keys])
 
 
-@router.delete("/{key_id}", response_model=ApiKeyOut)
+@router.delete("/{key_id}", response_model=ApiKeyOut, name="api_keys.revoke")
 async def revoke_api_key(
     key_id: str, session: SessionDep, principal: KeysWrite, audit: AuditDep
 ) -> ApiKeyOut:

@@ -14,7 +14,7 @@ from tenant_api.deps import AuditRead, SessionDep
 router = APIRouter(prefix="/v1/audit-events", tags=["audit"])
 
 
-@router.get("", response_model=AuditEventPage)
+@router.get("", response_model=AuditEventPage, name="audit_events.list")
 async def list_audit_events(
     session: SessionDep,
     principal: AuditRead,

@@ -49,7 +49,7 @@ async def _authorised(
     return found[0].server_name  # type: ignore[index]
 
 
-@router.put("/transactions/{txn_id}")
+@router.put("/transactions/{txn_id}", name="appservice.push_transaction")
 async def push_transaction(
     tenant_id: uuid.UUID,
     txn_id: str,
@@ -82,7 +82,7 @@ async def push_transaction(
     return JSONResponse({})
 
 
-@router.get("/users/{user_id}")
+@router.get("/users/{user_id}", name="appservice.query_user")
 async def query_user(
     tenant_id: uuid.UUID,
     user_id: str,
@@ -97,7 +97,7 @@ async def query_user(
     return _matrix_error(404, "M_NOT_FOUND", "no such user")
 
 
-@router.post("/ping")
+@router.post("/ping", name="appservice.ping")
 async def ping(
     tenant_id: uuid.UUID,
     session: SessionDep,

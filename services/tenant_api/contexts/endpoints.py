@@ -64,6 +64,7 @@ LockedScope = Annotated[service.Scope, Depends(_locked)]
     "/{ref}",
     response_model=ContextOut,
     responses={201: {"model": ContextOut, "description": "Created"}},
+    name="contexts.put",
 )
 async def put_context(
     scope: LockedScope,
@@ -79,7 +80,7 @@ async def put_context(
     return out
 
 
-@router.get("", response_model=ContextPage)
+@router.get("", response_model=ContextPage, name="contexts.list")
 async def list_contexts(
     scope: ReadScope,
     ref: Annotated[str | None, Query(max_length=200)] = None,
@@ -101,14 +102,17 @@ async def list_contexts(
     )
 
 
-@router.get("/{ref}", response_model=ContextOut)
+@router.get("/{ref}", response_model=ContextOut, name="contexts.get")
 async def get_context(scope: ReadScope, ref: Ref) -> ContextOut:
     context = await service.context_or_404(scope, ref)
     return (await service.contexts_out(scope, [context]))[0]
 
 
 @router.post(
-    "/{ref}/participants", status_code=status.HTTP_201_CREATED, response_model=ParticipantCreated
+    "/{ref}/participants",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ParticipantCreated,
+    name="context_participants.create",
 )
 async def add_participant(
     scope: WriteScope,
@@ -122,7 +126,11 @@ async def add_participant(
     return await service.add_participant(scope, ref, body, audit)
 
 
-@router.delete("/{ref}/participants/{participant_id}", response_model=ParticipantOut)
+@router.delete(
+    "/{ref}/participants/{participant_id}",
+    response_model=ParticipantOut,
+    name="context_participants.delete",
+)
 async def remove_participant(
     scope: WriteScope,
     ref: Ref,
@@ -134,7 +142,7 @@ async def remove_participant(
     return await service.remove_participant(scope, ref, participant_id, audit)
 
 
-@router.post("/{ref}/close", response_model=ContextOut)
+@router.post("/{ref}/close", response_model=ContextOut, name="contexts.close")
 async def close_context(
     scope: LockedScope,
     ref: Ref,
@@ -145,7 +153,12 @@ async def close_context(
     return await service.close_context(scope, ref, audit)
 
 
-@router.post("/{ref}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
+@router.post(
+    "/{ref}/messages",
+    status_code=status.HTTP_201_CREATED,
+    response_model=MessageOut,
+    name="context_messages.create",
+)
 async def post_message(
     scope: WriteScope,
     ref: Ref,

@@ -34,7 +34,7 @@ router = APIRouter(prefix="/v1", tags=["exports"])
 
 
 def _download_base(request: Request) -> Callable[[uuid.UUID], str]:
-    return lambda export_id: absolute_url(request, "download_export", export_id=export_id)
+    return lambda export_id: absolute_url(request, "exports.download", export_id=export_id)
 
 
 @router.post(
@@ -48,6 +48,7 @@ def _download_base(request: Request) -> Callable[[uuid.UUID], str]:
             "exports; Retry-After says when the oldest expires",
         }
     },
+    name="exports.create",
 )
 async def export_tenant(
     tenant_id: uuid.UUID,
@@ -74,7 +75,7 @@ async def export_tenant(
         max_kept=settings.exports_per_tenant_max,
     )
     operation_state = operation.state
-    url = absolute_url(request, "get_operation", operation_id=operation.id)
+    url = absolute_url(request, "operations.get", operation_id=operation.id)
     response.headers["Location"] = url
     out = service.to_out(
         export, operation_state, settings.require_secret_key(), _download_base(request)
@@ -82,7 +83,7 @@ async def export_tenant(
     return ExportAccepted(**out.model_dump(), operation=OperationRef(id=operation.id, url=url))
 
 
-@router.get("/tenants/{tenant_id}/exports", response_model=ExportList)
+@router.get("/tenants/{tenant_id}/exports", response_model=ExportList, name="exports.list")
 async def list_exports(
     tenant_id: uuid.UUID,
     request: Request,
@@ -97,7 +98,9 @@ async def list_exports(
     return ExportList(items=[service.to_out(e, state, key, base) for e, state in rows])
 
 
-@router.get("/tenants/{tenant_id}/exports/{export_id}", response_model=ExportOut)
+@router.get(
+    "/tenants/{tenant_id}/exports/{export_id}", response_model=ExportOut, name="exports.get"
+)
 async def get_export(
     tenant_id: uuid.UUID,
     export_id: uuid.UUID,
@@ -131,6 +134,7 @@ _CHUNK = 256 * 1024
         404: {**_PROBLEM_BODY, "description": "No export at this link (or a bad signature)"},
         410: {**_PROBLEM_BODY, "description": "The link expired, or the archive is gone"},
     },
+    name="exports.download",
 )
 async def download_export(
     export_id: uuid.UUID,

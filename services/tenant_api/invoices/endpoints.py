@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -20,6 +20,14 @@ router = APIRouter(prefix="/v1/tenants/{tenant_id}/invoices", tags=["invoices"])
 FormatQuery = Annotated[
     str | None, Query(alias="format", pattern="^(json|csv)$", description="or Accept: text/csv")
 ]
+# Both media types of the 200 answer (JSON from response_model; CSV asked for by ?format=csv or
+# Accept: text/csv), so clients and the OpenAPI document know the CSV exists.
+_CSV_TOO: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The invoice: JSON, or CSV with a header row and one row per line",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    }
+}
 CSV_COLUMNS = [
     "number",
     "period",
@@ -84,7 +92,7 @@ def _respond(request: Request, fmt: str | None, doc: service.InvoiceDoc) -> Invo
     return csv_response(doc) if _wants_csv(request, fmt) else to_out(doc)
 
 
-@router.get("", response_model=InvoiceList)
+@router.get("", response_model=InvoiceList, name="invoices.list")
 async def list_invoices(
     tenant_id: uuid.UUID, session: SessionDep, principal: BillingRead
 ) -> InvoiceList:
@@ -105,7 +113,7 @@ async def list_invoices(
     )
 
 
-@router.get("/upcoming", response_model=InvoiceOut)
+@router.get("/upcoming", response_model=InvoiceOut, responses=_CSV_TOO, name="invoices.upcoming")
 async def upcoming_invoice(
     tenant_id: uuid.UUID,
     request: Request,
@@ -119,7 +127,7 @@ async def upcoming_invoice(
     return _respond(request, fmt, doc)
 
 
-@router.get("/{number}", response_model=InvoiceOut)
+@router.get("/{number}", response_model=InvoiceOut, responses=_CSV_TOO, name="invoices.get")
 async def get_invoice(
     tenant_id: uuid.UUID,
     number: str,
@@ -135,7 +143,7 @@ async def get_invoice(
     return _respond(request, fmt, service.doc_of(invoice))
 
 
-@router.post("/{period}/finalize", response_model=InvoiceOut)
+@router.post("/{period}/finalize", response_model=InvoiceOut, name="invoices.finalize")
 async def finalize_invoice(
     tenant_id: uuid.UUID,
     period: str,

@@ -26,6 +26,7 @@ router = APIRouter(tags=["metrics"])
             "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
         }
     },
+    name="metrics.scrape",
 )
 async def metrics(session: SessionDep, settings: SettingsDep, _: MetricsRead) -> Response:
     """Reconcile runs, actions by kind, last run time and duration; tenants by status and
@@ -34,7 +35,7 @@ async def metrics(session: SessionDep, settings: SettingsDep, _: MetricsRead) ->
     return Response(exposition(snapshot) + latency.exposition(), media_type=CONTENT_TYPE)
 
 
-@router.get("/metrics/homeservers")
+@router.get("/metrics/homeservers", name="metrics.homeserver_targets")
 async def homeserver_metrics_targets(settings: SettingsDep, _: MetricsRead) -> list[dict[str, Any]]:
     """Prometheus HTTP service discovery (``http_sd_configs``) for the tenants' Synapse metrics:
     one target group per active tenant (its homeserver's metrics listener, reachable only from

@@ -15,7 +15,7 @@ from tenant_api.operations.schemas import OperationOut
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
 
-@router.get("/{operation_id}", response_model=OperationOut)
+@router.get("/{operation_id}", response_model=OperationOut, name="operations.get")
 async def get_operation(
     operation_id: uuid.UUID, session: SessionDep, principal: TenantsRead
 ) -> OperationOut:
@@ -25,7 +25,7 @@ async def get_operation(
     return OperationOut.model_validate(operation)
 
 
-@router.post("/{operation_id}/retry", response_model=OperationOut)
+@router.post("/{operation_id}/retry", response_model=OperationOut, name="operations.retry")
 async def retry_operation(
     operation_id: uuid.UUID, session: SessionDep, principal: TenantsAdmin, audit: AuditDep
 ) -> OperationOut:

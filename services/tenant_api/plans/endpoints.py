@@ -12,7 +12,7 @@ from tenant_api.plans.schemas import PlanCreate, PlanList, PlanOut, PlanPatch
 router = APIRouter(prefix="/v1/plans", tags=["plans"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=PlanOut)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=PlanOut, name="plans.create")
 async def create_plan(
     body: PlanCreate, session: SessionDep, principal: PlansWrite, audit: AuditDep
 ) -> PlanOut:
@@ -20,17 +20,17 @@ async def create_plan(
     return service.to_out(plan)
 
 
-@router.get("", response_model=PlanList)
+@router.get("", response_model=PlanList, name="plans.list")
 async def list_plans(session: SessionDep, principal: Authenticated) -> PlanList:
     return PlanList(items=[service.to_out(p) for p in await PlanRepository(session).list()])
 
 
-@router.get("/{code}", response_model=PlanOut)
+@router.get("/{code}", response_model=PlanOut, name="plans.get")
 async def get_plan(code: str, session: SessionDep, principal: Authenticated) -> PlanOut:
     return service.to_out(await service.get_plan(PlanRepository(session), code))
 
 
-@router.patch("/{code}", response_model=PlanOut)
+@router.patch("/{code}", response_model=PlanOut, name="plans.update")
 async def update_plan(
     code: str, body: PlanPatch, session: SessionDep, principal: PlansWrite, audit: AuditDep
 ) -> PlanOut:

@@ -46,7 +46,7 @@ def _set_cookie(response: Response, request: Request, settings: Settings, sessio
     )
 
 
-@router.get("/sign-in")
+@router.get("/sign-in", name="portal.sign_in_page")
 async def sign_in_page(
     request: Request,
     settings: SettingsDep,
@@ -75,7 +75,7 @@ async def sign_in_page(
     return response
 
 
-@router.post("/sign-in")
+@router.post("/sign-in", name="portal.sign_in")
 async def sign_in(
     request: Request,
     session: SessionDep,
@@ -102,7 +102,7 @@ async def sign_in(
     return response
 
 
-@router.post("/sign-out")
+@router.post("/sign-out", name="portal.sign_out")
 async def sign_out(
     request: Request, session: SessionDep, settings: SettingsDep, user: UserDep
 ) -> Response:
@@ -119,7 +119,7 @@ async def sign_out(
     return response
 
 
-@router.get("/")
+@router.get("/", name="portal.home")
 async def home(user: UserDep) -> Response:
     if user.is_operator:
         return RedirectResponse("/portal/fleet", status_code=303)

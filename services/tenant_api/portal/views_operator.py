@@ -39,7 +39,7 @@ def _month_bounds(now: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
-@router.get("/fleet")
+@router.get("/fleet", name="portal.fleet")
 async def fleet(
     request: Request,
     user: UserDep,
@@ -90,7 +90,7 @@ async def fleet(
     )
 
 
-@router.get("/operations/failed")
+@router.get("/operations/failed", name="portal.failed_operations")
 async def failed_operations(request: Request, user: UserDep, session: SessionDep) -> Response:
     user.require(Scope.TENANTS_WRITE, platform_wide=True)
     failed = await OperationRepository(session, user.principal).failed(limit=200)
@@ -99,7 +99,7 @@ async def failed_operations(request: Request, user: UserDep, session: SessionDep
     )
 
 
-@router.post("/operations/{operation_id}/retry")
+@router.post("/operations/{operation_id}/retry", name="portal.retry")
 async def retry(
     request: Request, operation_id: str, user: UserDep, session: SessionDep
 ) -> Response:
@@ -116,7 +116,7 @@ async def retry(
     return await done(user, "/portal/operations/failed", message)
 
 
-@router.get("/plans")
+@router.get("/plans", name="portal.plans_page")
 async def plans_page(request: Request, user: UserDep, session: SessionDep) -> Response:
     user.require(Scope.PLANS_WRITE, platform_wide=True)
     items = [plans.to_out(p) for p in await PlanRepository(session).list()]

@@ -131,7 +131,7 @@ async def tenant_pages(
 PagesDep = Annotated[TenantPages, Depends(tenant_pages)]
 
 
-@router.get("")
+@router.get("", name="portal.overview")
 async def overview(pages: PagesDep) -> Response:
     tenant, out = await pages.tenant(Scope.TENANTS_READ)
     plan = plans.to_out(await plans.get_plan(PlanRepository(pages.session), out.plan))
@@ -146,7 +146,7 @@ async def overview(pages: PagesDep) -> Response:
     )
 
 
-@router.get("/readiness")
+@router.get("/readiness", name="portal.readiness_page")
 async def readiness_page(pages: PagesDep) -> Response:
     """The client readiness check, run now through the proxy (bounded by
     C3_READINESS_TIMEOUT_S; the same checks as GET /v1/tenants/{id}/readiness)."""
@@ -163,7 +163,7 @@ async def readiness_page(pages: PagesDep) -> Response:
     )
 
 
-@router.get("/users")
+@router.get("/users", name="portal.users_page")
 async def users_page(pages: PagesDep, q: Annotated[str, Query(max_length=100)] = "") -> Response:
     _, out = await pages.tenant(Scope.TENANTS_READ)
     tenant, homeserver, box = await pages.homeserver()
@@ -183,7 +183,7 @@ async def users_page(pages: PagesDep, q: Annotated[str, Query(max_length=100)] =
     )
 
 
-@router.post("/users")
+@router.post("/users", name="portal.create_user")
 async def create_user(pages: PagesDep) -> Response:
     back, form = await pages.homeserver_form("users")
     body = validated(
@@ -200,7 +200,7 @@ async def create_user(pages: PagesDep) -> Response:
     return await pages.done(back, f"User {created.user_id} created.")
 
 
-@router.post("/users/{username}/deactivate")
+@router.post("/users/{username}/deactivate", name="portal.deactivate_user")
 async def deactivate_user(pages: PagesDep, username: str) -> Response:
     back, form = await pages.homeserver_form("users")
     tenant, homeserver, box = await pages.homeserver()
@@ -210,7 +210,7 @@ async def deactivate_user(pages: PagesDep, username: str) -> Response:
     return await pages.done(back, f"User {gone.user_id} deactivated.")
 
 
-@router.post("/users/{username}/password")
+@router.post("/users/{username}/password", name="portal.reset_password")
 async def reset_password(pages: PagesDep, username: str) -> Response:
     back, form = await pages.homeserver_form("users")
     body = validated(HomeserverUserPatch, {"password": form.get("password", "")})
@@ -221,7 +221,7 @@ async def reset_password(pages: PagesDep, username: str) -> Response:
     )
 
 
-@router.get("/registration-tokens")
+@router.get("/registration-tokens", name="portal.tokens_page")
 async def tokens_page(pages: PagesDep) -> Response:
     _, out = await pages.tenant(Scope.USERS_WRITE)
     tenant, homeserver, box = await pages.homeserver()
@@ -245,7 +245,7 @@ def _expiry(raw: str) -> str | None:
     return f"{raw}T00:00:00Z" if raw else None
 
 
-@router.post("/registration-tokens")
+@router.post("/registration-tokens", name="portal.create_token")
 async def create_token(pages: PagesDep) -> Response:
     back, form = await pages.homeserver_form("registration-tokens")
     body = validated(
@@ -260,7 +260,7 @@ async def create_token(pages: PagesDep) -> Response:
     return await pages.done(back, f"Registration token {created.token} created.")
 
 
-@router.post("/registration-tokens/{token}/delete")
+@router.post("/registration-tokens/{token}/delete", name="portal.delete_token")
 async def delete_token(pages: PagesDep, token: str) -> Response:
     back, _ = await pages.homeserver_form("registration-tokens")
     tenant, homeserver, box = await pages.homeserver()
@@ -274,7 +274,7 @@ def _month_start(day: date, months_back: int = 0) -> date:
     return date(year, (month - 1) % 12 + 1, 1)
 
 
-@router.get("/usage")
+@router.get("/usage", name="portal.usage_page")
 async def usage_page(pages: PagesDep) -> Response:
     tenant, out = await pages.tenant(Scope.USAGE_READ)
     today = datetime.now(UTC).date()
@@ -314,7 +314,7 @@ async def usage_page(pages: PagesDep) -> Response:
     )
 
 
-@router.get("/invoices")
+@router.get("/invoices", name="portal.invoices_page")
 async def invoices_page(pages: PagesDep) -> Response:
     tenant, out = await pages.tenant(Scope.BILLING_READ)
     upcoming = await invoices.upcoming_now(pages.session, tenant.id)
@@ -324,7 +324,7 @@ async def invoices_page(pages: PagesDep) -> Response:
     )
 
 
-@router.get("/invoices/{number}")
+@router.get("/invoices/{number}", name="portal.invoice_page")
 async def invoice_page(
     pages: PagesDep,
     number: str,
@@ -365,13 +365,13 @@ async def _keys_page(pages: TenantPages, out: TenantOut, **extra: Any) -> Respon
     )
 
 
-@router.get("/api-keys")
+@router.get("/api-keys", name="portal.keys_page")
 async def keys_page(pages: PagesDep) -> Response:
     _, out = await pages.tenant(Scope.KEYS_WRITE)
     return await _keys_page(pages, out)
 
 
-@router.post("/api-keys")
+@router.post("/api-keys", name="portal.create_key")
 async def create_key(pages: PagesDep) -> Response:
     """Answers the page itself with the new key (it is shown this once and stored nowhere in
     clear: not in the session, not in a redirect)."""
@@ -393,7 +393,7 @@ async def create_key(pages: PagesDep) -> Response:
     return await _keys_page(pages, out, created=api_keys.to_out(key), secret=secret)
 
 
-@router.post("/api-keys/{key_id}/revoke")
+@router.post("/api-keys/{key_id}/revoke", name="portal.revoke_key")
 async def revoke_key(pages: PagesDep, key_id: str) -> Response:
     back = pages.back("api-keys")
     _, out = await pages.tenant(Scope.KEYS_WRITE)
@@ -404,7 +404,7 @@ async def revoke_key(pages: PagesDep, key_id: str) -> Response:
     return await pages.done(back, f"API key {key.key_id} revoked; it stops working at once.")
 
 
-@router.get("/settings")
+@router.get("/settings", name="portal.settings_page")
 async def settings_page(pages: PagesDep) -> Response:
     _, out = await pages.tenant(Scope.TENANTS_READ)
     return await pages.render(
@@ -412,7 +412,7 @@ async def settings_page(pages: PagesDep) -> Response:
     )
 
 
-@router.post("/settings")
+@router.post("/settings", name="portal.save_settings")
 async def save_settings(pages: PagesDep) -> Response:
     back = pages.back("settings")
     pages.user.require(Scope.TENANTS_WRITE)
@@ -434,7 +434,7 @@ async def save_settings(pages: PagesDep) -> Response:
     return await pages.done(back, message)
 
 
-@router.get("/audit")
+@router.get("/audit", name="portal.audit_page")
 async def audit_page(pages: PagesDep) -> Response:
     tenant, out = await pages.tenant(Scope.AUDIT_READ)
     audit = AuditRepository(pages.session, pages.user.principal)

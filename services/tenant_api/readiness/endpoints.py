@@ -24,6 +24,7 @@ router = APIRouter(prefix="/v1/tenants/{tenant_id}/readiness", tags=["readiness"
     "TURN (if set) and federation as configured. Each failed check carries a one-line fix. "
     "Takes up to C3_READINESS_TIMEOUT_S seconds; an unreachable homeserver gives failed "
     "checks, not an error.",
+    name="readiness.get",
 )
 async def get_readiness(
     tenant_id: uuid.UUID, session: SessionDep, principal: TenantsRead, settings: SettingsDep

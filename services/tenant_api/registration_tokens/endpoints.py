@@ -24,7 +24,12 @@ router = APIRouter(
 Token = Annotated[str, Path(max_length=64, description="The registration token")]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RegistrationTokenOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RegistrationTokenOut,
+    name="registration_tokens.create",
+)
 async def create_registration_token(
     tenant_id: uuid.UUID,
     body: RegistrationTokenCreate,
@@ -39,7 +44,7 @@ async def create_registration_token(
     return await service.create_token(tenant, homeserver, box, audit, body)
 
 
-@router.get("", response_model=RegistrationTokenList)
+@router.get("", response_model=RegistrationTokenList, name="registration_tokens.list")
 async def list_registration_tokens(
     tenant_id: uuid.UUID,
     session: SessionDep,
@@ -56,7 +61,9 @@ async def list_registration_tokens(
     return await service.list_tokens(tenant, homeserver, box, valid=valid)
 
 
-@router.delete("/{token}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{token}", status_code=status.HTTP_204_NO_CONTENT, name="registration_tokens.delete"
+)
 async def delete_registration_token(
     tenant_id: uuid.UUID,
     token: Token,

@@ -40,12 +40,14 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 def _accepted(
     request: Request, response: Response, out: TenantOut, operation_id: uuid.UUID
 ) -> TenantAccepted:
-    url = absolute_url(request, "get_operation", operation_id=operation_id)
+    url = absolute_url(request, "operations.get", operation_id=operation_id)
     response.headers["Location"] = url
     return TenantAccepted(**out.model_dump(), operation=OperationRef(id=operation_id, url=url))
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted)
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted, name="tenants.create"
+)
 async def create_tenant(
     body: TenantCreate,
     request: Request,
@@ -62,7 +64,7 @@ async def create_tenant(
     return _accepted(request, response, service.to_out(tenant, plan_code, settings), operation.id)
 
 
-@router.get("", response_model=TenantPage)
+@router.get("", response_model=TenantPage, name="tenants.list")
 async def list_tenants(
     session: SessionDep,
     principal: TenantsRead,
@@ -81,7 +83,7 @@ async def list_tenants(
     )
 
 
-@router.get("/{tenant_id}", response_model=TenantOut)
+@router.get("/{tenant_id}", response_model=TenantOut, name="tenants.get")
 async def get_tenant(
     tenant_id: uuid.UUID, session: SessionDep, principal: TenantsRead, settings: SettingsDep
 ) -> TenantOut:
@@ -91,7 +93,7 @@ async def get_tenant(
     return service.to_out(tenant, codes[tenant.plan_id], settings)
 
 
-@router.patch("/{tenant_id}", response_model=TenantOut)
+@router.patch("/{tenant_id}", response_model=TenantOut, name="tenants.update")
 async def update_tenant(
     tenant_id: uuid.UUID,
     body: TenantPatch,
@@ -125,12 +127,17 @@ async def update_tenant(
     if operation is not None:
         # The new plan's limits and settings reach the homeserver through this operation.
         response.headers["Location"] = absolute_url(
-            request, "get_operation", operation_id=operation.id
+            request, "operations.get", operation_id=operation.id
         )
     return service.to_out(tenant, plan_code, settings)
 
 
-@router.delete("/{tenant_id}", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted)
+@router.delete(
+    "/{tenant_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TenantAccepted,
+    name="tenants.delete",
+)
 async def delete_tenant(
     tenant_id: uuid.UUID,
     request: Request,
@@ -176,7 +183,10 @@ async def _change_serving(
 
 
 @router.post(
-    "/{tenant_id}/suspend", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted
+    "/{tenant_id}/suspend",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TenantAccepted,
+    name="tenants.suspend",
 )
 async def suspend_tenant(
     tenant_id: uuid.UUID,
@@ -195,7 +205,10 @@ async def suspend_tenant(
 
 
 @router.post(
-    "/{tenant_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAccepted
+    "/{tenant_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TenantAccepted,
+    name="tenants.resume",
 )
 async def resume_tenant(
     tenant_id: uuid.UUID,

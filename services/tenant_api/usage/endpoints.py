@@ -31,7 +31,7 @@ def bucket_start(hour: datetime, granularity: str) -> datetime:
     return hour
 
 
-@router.get("", response_model=UsageOut, response_model_by_alias=True)
+@router.get("", response_model=UsageOut, response_model_by_alias=True, name="usage.get")
 async def get_usage(
     tenant_id: uuid.UUID,
     session: SessionDep,
@@ -76,7 +76,7 @@ async def get_usage(
     )
 
 
-@router.get("/reconciliation", response_model=ReconciliationOut)
+@router.get("/reconciliation", response_model=ReconciliationOut, name="usage.reconciliation")
 async def get_reconciliation(
     tenant_id: uuid.UUID,
     session: SessionDep,

@@ -30,7 +30,9 @@ Username = Annotated[
 ]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=HomeserverUserOut)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=HomeserverUserOut, name="users.create"
+)
 async def create_user(
     tenant_id: uuid.UUID,
     body: HomeserverUserCreate,
@@ -43,7 +45,7 @@ async def create_user(
     return await service.create_user(tenant, homeserver, body, box, audit)
 
 
-@router.get("", response_model=HomeserverUserPage)
+@router.get("", response_model=HomeserverUserPage, name="users.list")
 async def list_users(
     tenant_id: uuid.UUID,
     session: SessionDep,
@@ -59,7 +61,7 @@ async def list_users(
     return await service.list_users(tenant, homeserver, box, start=int(cursor or 0), limit=limit)
 
 
-@router.get("/{username}", response_model=HomeserverUserOut)
+@router.get("/{username}", response_model=HomeserverUserOut, name="users.get")
 async def get_user(
     tenant_id: uuid.UUID,
     username: Username,
@@ -71,7 +73,7 @@ async def get_user(
     return await service.get_user(tenant, homeserver, box, username)
 
 
-@router.patch("/{username}", response_model=HomeserverUserOut)
+@router.patch("/{username}", response_model=HomeserverUserOut, name="users.update")
 async def update_user(
     tenant_id: uuid.UUID,
     username: Username,
@@ -86,7 +88,7 @@ async def update_user(
     return await service.update_user(tenant, homeserver, box, audit, username, body)
 
 
-@router.post("/{username}/deactivate", response_model=HomeserverUserOut)
+@router.post("/{username}/deactivate", response_model=HomeserverUserOut, name="users.deactivate")
 async def deactivate_user(
     tenant_id: uuid.UUID,
     username: Username,

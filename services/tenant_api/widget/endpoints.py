@@ -28,7 +28,7 @@ def _accepts_gzip(request: Request) -> bool:
     return any(part.split(";")[0].strip() in ("gzip", "*") for part in offered.split(","))
 
 
-@router.api_route(f"/widget/latest/{FILE_NAME}", methods=["GET", "HEAD"])
+@router.api_route(f"/widget/latest/{FILE_NAME}", methods=["GET", "HEAD"], name="widget.latest")
 async def latest_widget() -> Response:
     """A redirect to the current release's script (cached 5 minutes)."""
     asset = widget_asset()
@@ -39,7 +39,7 @@ async def latest_widget() -> Response:
     )
 
 
-@router.api_route(f"/widget/{{version}}/{FILE_NAME}", methods=["GET", "HEAD"])
+@router.api_route(f"/widget/{{version}}/{FILE_NAME}", methods=["GET", "HEAD"], name="widget.script")
 async def widget_script(version: str, request: Request) -> Response:
     """The script of the running release, gzipped when the client takes it."""
     asset = widget_asset()
