@@ -58,9 +58,10 @@ EXTRA_PROBLEMS: dict[str, frozenset[int]] = {
 }
 
 _RATE_HEADERS = {
-    "RateLimit-Limit": "Requests this credential may make in the current window.",
-    "RateLimit-Remaining": "Requests left in the current window.",
-    "RateLimit-Reset": "Seconds until the window resets.",
+    "RateLimit-Limit": "The credential's burst: the most requests it may send at once.",
+    "RateLimit-Remaining": "Requests this credential may send right now.",
+    "RateLimit-Reset": "Seconds until `RateLimit-Remaining` is back at `RateLimit-Limit`.",
+    "RateLimit-Policy": "The sustained rate, e.g. `600;w=60;burst=600`.",
 }
 
 _DESCRIPTIONS = {
@@ -166,10 +167,8 @@ def _components() -> dict[str, Any]:
         }
     }
     for name, description in _RATE_HEADERS.items():
-        headers[name] = {
-            "description": f"{description} Sent once the API rate-limits credentials.",
-            **_SECONDS,
-        }
+        schema = {"schema": {"type": "string"}} if name == "RateLimit-Policy" else _SECONDS
+        headers[name] = {"description": description, **schema}
     return {
         "responses": {_COMPONENT[s]: _response_component(s) for s in _COMPONENT},
         "headers": headers,
