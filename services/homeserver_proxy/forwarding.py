@@ -29,7 +29,7 @@ which version, with which known holes, runs behind us.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import os
 import re
@@ -97,23 +97,32 @@ _MEDIA_UPLOAD = re.compile(r"^/_matrix/(?:media/(?:r0|v3|v1)|client/v1/media)/up
 _MAX_LONG_POLL_MS = 120_000
 
 
+# One timeout object per kind of route, made once: aiohttp only reads them, and a new one per
+# request was measurable garbage on the hot path (docs/benchmarks.md, "The hot path").
+_DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=90, sock_connect=5)
+_MEDIA_TIMEOUT = aiohttp.ClientTimeout(total=600, sock_connect=5, sock_read=60)
+
+
+@functools.lru_cache(maxsize=512)
+def _long_poll_timeout(wait_ms: int, since: bool) -> aiohttp.ClientTimeout:
+    # An initial sync (no since token) can take minutes on a big account.
+    return aiohttp.ClientTimeout(total=wait_ms / 1000 + (30 if since else 300), sock_connect=5)
+
+
 def upstream_timeout(path: str, query: str) -> aiohttp.ClientTimeout:
     """Per-route timeouts: long-polls wait their own ``timeout`` plus a margin."""
     if _SYNC.match(path):
-        values = parse_qs(query).get("timeout", [])
+        values = parse_qs(query).get("timeout", []) if "timeout=" in query else []
         try:
             wait_ms = min(max(int(values[0]), 0), _MAX_LONG_POLL_MS) if values else 0
         except ValueError:
             wait_ms = 0
-        since = "since=" in query
-        # An initial sync (no since token) can take minutes on a big account.
-        total = wait_ms / 1000 + (30 if since else 300)
-        return aiohttp.ClientTimeout(total=total, sock_connect=5)
+        return _long_poll_timeout(wait_ms, "since=" in query)
     if _MEDIA_UPLOAD.match(path) or path.startswith(
         ("/_matrix/media/", "/_matrix/client/v1/media/")
     ):
-        return aiohttp.ClientTimeout(total=600, sock_connect=5, sock_read=60)
-    return aiohttp.ClientTimeout(total=90, sock_connect=5)
+        return _MEDIA_TIMEOUT
+    return _DEFAULT_TIMEOUT
 
 
 def is_long_poll(path: str) -> bool:
@@ -128,27 +137,33 @@ async def _unless_client_leaves(
     exchange: Coroutine[Any, Any, ForwardResult], receive: Receive
 ) -> ForwardResult:
     """Run ``exchange`` but cancel it when the client disconnects: a parked long-poll whose
-    client left must not hold a homeserver connection until its timeout."""
-    upstream = asyncio.ensure_future(exchange)
+    client left must not hold a homeserver connection until its timeout.
+
+    ASGI tells of a disconnect only through ``receive``, so one small task waits on it; the
+    exchange itself runs in the request's own task (which the watcher cancels), not in a
+    third one: a parked long-poll holds two tasks, not three, and no ``asyncio.wait``."""
+    request_task = asyncio.current_task()
+    assert request_task is not None
+    client_left = False
 
     async def disconnected() -> None:
+        nonlocal client_left
         while (await receive())["type"] != "http.disconnect":
             pass
+        client_left = True
+        request_task.cancel()
 
-    watcher = asyncio.ensure_future(disconnected())
+    watcher = asyncio.get_running_loop().create_task(disconnected())
     try:
-        done, _ = await asyncio.wait({upstream, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await exchange
     except asyncio.CancelledError:
-        upstream.cancel()
-        watcher.cancel()
+        # Ours (the client left, and nobody else cancelled the request): the exchange was
+        # abandoned, nothing is left to send. Anyone else's: passed on.
+        if client_left and request_task.uncancel() == 0:
+            raise ClientGone() from None
         raise
-    if upstream in done:
+    finally:
         watcher.cancel()
-        return upstream.result()
-    upstream.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await upstream
-    raise ClientGone()
 
 
 @dataclass
