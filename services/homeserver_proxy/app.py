@@ -3,7 +3,6 @@ limit, forward, meter (the layers in order: see the package docstring)."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from homeserver_proxy.federation import (
 )
 from homeserver_proxy.forwarding import ClientGone, Forwarder, SpoolBudget, is_long_poll
 from homeserver_proxy.guard import Verdict, classify
+from homeserver_proxy.heap import settle_heap
 from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
@@ -46,28 +46,10 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("homeserver_proxy.access")
 
 
-# The first generation's threshold once started (CPython's default: 700). A request allocates a
-# few hundred tracked objects; at 700, collections ran every couple of requests and promoted
-# in-flight requests' objects to older generations, whose full collections then took ~30 ms
-# each (docs/benchmarks.md, "The hot path").
-GC_GEN0_THRESHOLD = 20_000
-
-
-def settle_heap() -> None:
-    """Called once the proxy has started: what exists by then (modules, settings, the route
-    table, the upstream session) lives as long as the process, so it is frozen out of every
-    later collection, and short-lived request objects get a first generation large enough to
-    die in."""
-    gc.collect()
-    gc.freeze()
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, second, third)
-
-
 class ProxyApp:
     def __init__(self, settings: Settings, *, metering: bool = True, tune_gc: bool = False) -> None:
-        """``tune_gc``: ``settle_heap()`` after start-up (``c3 proxy``, a process of its own;
-        not for an app embedded in another process, e.g. the tests')."""
+        """``tune_gc``: ``heap.settle_heap()`` once started (``c3 proxy``, a process of its
+        own; not for an app embedded in another process, e.g. the tests')."""
         self.settings = settings
         self._tune_gc = tune_gc
         self.keys = keys_for(settings)
