@@ -1,7 +1,8 @@
 """nginx for the benchmarks: Debian's package (``apt-get install nginx-light``), one worker,
 as the yardstick the proxy is measured against in the same run.
 
-One nginx serves two things on loopback ports of its own:
+``running_nginx`` starts one nginx (master + 1 worker) serving either of, on loopback ports of
+its own (two processes when both are wanted, so a proxy's CPU is not mixed with its upstream's):
 
 - a **static upstream** (``return 200`` of a small JSON body): the fastest homeserver there
   could be, so a proxy in front of it shows its own ceiling, not the homeserver's;
@@ -60,15 +61,17 @@ def tree_cpu_seconds(pid: int) -> float:
 @dataclass
 class Nginx:
     process: subprocess.Popen[bytes]
-    static_url: str  # the static upstream
-    proxy_url: str  # the reverse proxy; ``proxy_url + "/t/<slug>"`` reaches that upstream
+    static_url: str | None  # the static upstream
+    proxy_url: str | None  # the reverse proxy; ``proxy_url + "/t/<slug>"`` reaches that upstream
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
 
-def _config(prefix: Path, static_port: int, proxy_port: int, upstreams: dict[str, str]) -> str:
+def _config(
+    prefix: Path, static_port: int | None, proxy_port: int | None, upstreams: dict[str, str]
+) -> str:
     blocks = []
     locations = []
     for index, (slug, upstream) in enumerate(sorted(upstreams.items())):
@@ -77,6 +80,23 @@ def _config(prefix: Path, static_port: int, proxy_port: int, upstreams: dict[str
         locations.append(
             f"location /t/{slug}/ {{ proxy_pass http://u{index}/; }}"
         )  # the trailing / strips the prefix, as the C3 proxy does
+    static = (
+        f"""server {{
+        listen 127.0.0.1:{static_port} backlog=4096;
+        default_type application/json;
+        location / {{ return 200 '{STATIC_BODY}'; }}
+    }}"""
+        if static_port is not None
+        else ""
+    )
+    proxy = (
+        f"""server {{
+        listen 127.0.0.1:{proxy_port} backlog=4096;
+        {" ".join(locations)}
+    }}"""
+        if proxy_port is not None
+        else ""
+    )
     return f"""
 worker_processes 1;
 daemon off;
@@ -99,22 +119,17 @@ http {{
     proxy_set_header X-Forwarded-For $remote_addr;
     proxy_read_timeout 130s;
     {" ".join(blocks)}
-    server {{
-        listen 127.0.0.1:{static_port};
-        default_type application/json;
-        location / {{ return 200 '{STATIC_BODY}'; }}
-    }}
-    server {{
-        listen 127.0.0.1:{proxy_port} backlog=4096;
-        {" ".join(locations)}
-    }}
+    {static}
+    {proxy}
 }}
 """
 
 
 @contextmanager
-def running_nginx(upstreams: dict[str, str], static_port: int, proxy_port: int) -> Iterator[Nginx]:
-    """nginx with one worker serving the static upstream on ``static_port`` and proxying
+def running_nginx(
+    upstreams: dict[str, str], static_port: int | None = None, proxy_port: int | None = None
+) -> Iterator[Nginx]:
+    """nginx with one worker serving the static upstream on ``static_port`` and/or proxying
     ``/t/<slug>/`` to ``upstreams[slug]`` on ``proxy_port``; stopped on the way out."""
     binary = nginx_binary()
     if binary is None:
