@@ -145,8 +145,12 @@ def running_nginx(
         start_new_session=True,
     )
     try:
-        _wait_listening(process, [static_port, proxy_port], prefix)
-        yield Nginx(process, f"http://127.0.0.1:{static_port}", f"http://127.0.0.1:{proxy_port}")
+        _wait_listening(process, [p for p in (static_port, proxy_port) if p is not None], prefix)
+        yield Nginx(
+            process,
+            f"http://127.0.0.1:{static_port}" if static_port is not None else None,
+            f"http://127.0.0.1:{proxy_port}" if proxy_port is not None else None,
+        )
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGQUIT)  # graceful: the worker finishes, then exits
