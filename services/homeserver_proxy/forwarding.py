@@ -45,7 +45,7 @@ import aiohttp
 from yarl import URL
 
 from homeserver_proxy import errors
-from homeserver_proxy.asgi import Receive, Scope, Send
+from homeserver_proxy.asgi import Message, Receive, Scope, Send
 
 HOP_BY_HOP = frozenset(
     {
@@ -134,28 +134,38 @@ class ClientGone(Exception):
 
 
 async def _unless_client_leaves(
-    exchange: Coroutine[Any, Any, ForwardResult], receive: Receive
+    exchange: Callable[[Send], Coroutine[Any, Any, ForwardResult]], send: Send, receive: Receive
 ) -> ForwardResult:
-    """Run ``exchange`` but cancel it when the client disconnects: a parked long-poll whose
-    client left must not hold a homeserver connection until its timeout.
+    """Run ``exchange(send)`` but cancel it when the client disconnects: a parked long-poll
+    whose client left must not hold a homeserver connection until its timeout.
 
     ASGI tells of a disconnect only through ``receive``, so one small task waits on it; the
     exchange itself runs in the request's own task (which the watcher cancels), not in a
-    third one: a parked long-poll holds two tasks, not three, and no ``asyncio.wait``."""
+    third one: a parked long-poll holds two tasks, not three, and no ``asyncio.wait``. Once the
+    answer's last byte is handed over, a disconnect is no longer the client leaving (uvicorn
+    answers ``receive`` with one as soon as the response is complete): the exchange finishes
+    and its result is metered."""
     request_task = asyncio.current_task()
     assert request_task is not None
-    client_left = False
+    client_left = answered = False
+
+    async def answering(message: Message) -> None:
+        nonlocal answered
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered = True  # before: the server may report the disconnect while we send
+        await send(message)
 
     async def disconnected() -> None:
         nonlocal client_left
         while (await receive())["type"] != "http.disconnect":
             pass
-        client_left = True
-        request_task.cancel()
+        if not answered:
+            client_left = True
+            request_task.cancel()
 
     watcher = asyncio.get_running_loop().create_task(disconnected())
     try:
-        return await exchange
+        return await exchange(answering)
     except asyncio.CancelledError:
         # Ours (the client left, and nobody else cancelled the request): the exchange was
         # abandoned, nothing is left to send. Anyone else's: passed on.
@@ -413,10 +423,20 @@ class Forwarder:
                 has_body=body.data != b"" or bool(declared_length),
                 timeout=upstream_timeout(path, query),
             )
-            exchange = self._exchange(session, request, send, capture, counter, rewrite)
             if is_long_poll(path):
-                return await _unless_client_leaves(exchange, receive)
-            return await exchange
+                return await _unless_client_leaves(
+                    functools.partial(
+                        self._exchange,
+                        session,
+                        request,
+                        capture=capture,
+                        counter=counter,
+                        rewrite=rewrite,
+                    ),
+                    send,
+                    receive,
+                )
+            return await self._exchange(session, request, send, capture, counter, rewrite)
         except BodyTooLarge:
             raise errors.too_large(max_body) from None
         except TimeoutError:

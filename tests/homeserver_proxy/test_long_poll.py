@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from aiohttp import web
 
 from homeserver_proxy.asgi import Message
 from homeserver_proxy.forwarding import ClientGone, Forwarder
 from tests.helpers.platform import poll_async
+from tests.helpers.stand_in import serving
 
 SYNC = "/_matrix/client/v3/sync"
 
@@ -125,3 +127,44 @@ async def test_a_poll_cancelled_by_the_server_is_cancelled_not_a_client_hang_up(
     with pytest.raises(asyncio.CancelledError):
         await poll
     await until(lambda: homeserver.closed, "the proxy to close the homeserver connection")
+
+
+async def test_a_poll_answered_in_full_returns_its_result_though_the_server_then_reports_a_disconnect(
+    forwarder: Forwarder,
+) -> None:
+    # uvicorn answers ``receive`` with http.disconnect as soon as a response is complete: that
+    # is not the client leaving, and the exchange's result (what metering counts) must come back.
+    answer = b'{"next_batch": "s2"}'
+
+    async def sync(request: web.Request) -> web.Response:
+        return web.Response(body=answer, content_type="application/json")
+
+    complete = asyncio.Event()
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop()
+        await complete.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            complete.set()
+            await asyncio.sleep(0)  # let the watcher see the disconnect before we return
+
+    async with serving(sync) as url:
+        result = await forwarder.forward(
+            sync_scope(),
+            receive,
+            send,
+            upstream=url,
+            path=SYNC,
+            max_body=1024,
+            client_address="127.0.0.1",
+        )
+    assert result.status == 200
+    assert result.bytes_out == len(answer)
+    assert sent[-1]["body"] == answer
