@@ -112,7 +112,7 @@ def _long_poll_timeout(wait_ms: int, since: bool) -> aiohttp.ClientTimeout:
 def upstream_timeout(path: str, query: str) -> aiohttp.ClientTimeout:
     """Per-route timeouts: long-polls wait their own ``timeout`` plus a margin."""
     if _SYNC.match(path):
-        values = parse_qs(query).get("timeout", []) if "timeout=" in query else []
+        values = parse_qs(query).get("timeout", [])
         try:
             wait_ms = min(max(int(values[0]), 0), _MAX_LONG_POLL_MS) if values else 0
         except ValueError:
