@@ -12,14 +12,20 @@ One run:
    access token, and creates a room through the proxy;
 4. starts a second proxy, ``c3 proxy --no-metering``, with the platform proxy's environment on
    another port;
-5. load-tests ``GET /_matrix/client/versions``, an authenticated
-   ``GET /_matrix/client/v3/account/whoami`` (Synapse directly, the metered proxy and the
-   unmetered proxy) and a billable ``PUT .../send/m.room.message/<unique txn id>`` (both proxies
-   only), at each connection count, ``--reps`` times ``--duration`` seconds each, targets
-   alternating, and keeps the median;
-6. prints a table (with the metering cost, 1 - metered/unmetered throughput) and writes it as
-   JSON to ``benchmarks/results/<timestamp>.json``;
-7. stops the unmetered proxy and the platform, whatever happened.
+5. starts nginx (Debian's package, 1 worker) twice when it is installed: as a reverse proxy to
+   the same Synapse under the same ``/t/<slug>/`` prefix (the yardstick), and as a **static
+   upstream** (``return 200``) that a second route of the tenant, and the nginx proxy, point at;
+6. load-tests ``GET /_matrix/client/versions``, an authenticated
+   ``GET /_matrix/client/v3/account/whoami`` (Synapse directly, the metered proxy, the
+   unmetered proxy and nginx), a billable ``PUT .../send/m.room.message/<unique txn id>`` (the
+   proxies only) and ``static`` (``/versions`` from the static upstream: the proxies' own
+   ceiling), at each connection count, ``--reps`` times ``--duration`` seconds each, targets
+   alternating, and keeps the median; every run also reads the CPU time of the target's
+   process(es) from ``/proc/<pid>/stat`` (CPU per request);
+7. prints the tables (with the metering cost, 1 - metered/unmetered throughput, and the
+   proxies against nginx: req/s, CPU per request, p99) and writes them as JSON to
+   ``benchmarks/results/<timestamp>.json``;
+8. stops nginx, the unmetered proxy and the platform, whatever happened.
 
 The load comes from ``wrk`` when it is installed (``apt-get install wrk``), otherwise from an
 aiohttp load generator running in its own process.
@@ -57,13 +63,17 @@ from urllib.parse import quote
 
 import httpx
 import psutil
+import redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.nginx import INSTALL_HINT, nginx_binary, running_nginx, tree_cpu_seconds  # noqa: E402
 from c3.local_run import free_port  # noqa: E402
+from platform_core.redis import RedisKeys  # noqa: E402
+from platform_core.routes import Route, publish_route, slug_field  # noqa: E402
 from tests.helpers.platform import RunningPlatform, poll  # noqa: E402
 
 BASE_DOMAIN = "c3.bench"
@@ -77,6 +87,10 @@ WRK_THREADS = 1  # two cores: Synapse and the proxy need them more than the load
 WRK_RESULT_TAG = "C3BENCH"
 METERING_COST_TARGET_PCT = 5.0
 SEND_BODY = b'{"msgtype":"m.text","body":"benchmark"}'
+# The goals of issue 16 ("A hot path that costs a third"), printed with the cells that miss them.
+CPU_PER_REQUEST_GOAL_US = 60.0
+STATIC_CEILING_GOAL = 0.4  # x nginx's req/s, static upstream, most connections
+P99_GOAL = 1.2  # x direct Synapse's p99, most connections
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,9 @@ class Endpoint:
     # The path ends with a transaction id: every request appends a unique one.
     unique_txn: bool = False
     direct: bool = True  # measured against Synapse directly too, not only through the proxies
+    # Served by the static upstream (nginx ``return 200``) instead of Synapse: "direct" is
+    # that upstream, the proxies and nginx reach it through a second route of the tenant.
+    static: bool = False
 
     def targets(self) -> tuple[str, ...]:
         return TARGETS if self.direct else PROXY_TARGETS
@@ -104,10 +121,12 @@ ENDPOINTS = (
         unique_txn=True,
         direct=False,
     ),
+    Endpoint("static", "/_matrix/client/versions", authenticated=False, static=True),
 )
-# "proxy" meters usage as in production; "proxy_unmetered" is ``c3 proxy --no-metering``.
-TARGETS = ("direct", "proxy", "proxy_unmetered")
-PROXY_TARGETS = ("proxy", "proxy_unmetered")
+# "proxy" meters usage as in production; "proxy_unmetered" is ``c3 proxy --no-metering``;
+# "nginx" is nginx (1 worker) as a reverse proxy to the same upstream, when installed.
+TARGETS = ("direct", "proxy", "proxy_unmetered", "nginx")
+PROXY_TARGETS = ("proxy", "proxy_unmetered", "nginx")
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,8 @@ class Sample:
     p99_ms: float
     non_2xx: int
     errors: int  # connection errors and timeouts: requests that got no response
+    # CPU time of the target's process(es) per answered request (None: not measured).
+    cpu_us: float | None = None
 
 
 # Platform ------------------------------------------------------------------------------
@@ -242,22 +263,65 @@ def create_room(proxy_base: str, token: str) -> str:
     return str(response.json()["room_id"])
 
 
-def platform_proxy_env(running: RunningPlatform) -> dict[str, str]:
-    """The environment ``c3 up`` gave its proxy (it holds the embedded Redis URL, secrets...)."""
+def platform_proxy(running: RunningPlatform) -> psutil.Process:
+    """The proxy process ``c3 up`` started."""
     for child in psutil.Process(running.process.pid).children():
         try:
             argv = child.cmdline()
             if argv[-3:] == ["-m", "c3", "proxy"]:
-                return dict(child.environ())
+                return child
         except psutil.Error:
             continue
     raise RuntimeError("the platform's proxy process was not found among c3 up's children")
 
 
+def platform_proxy_env(running: RunningPlatform) -> dict[str, str]:
+    """The environment ``c3 up`` gave its proxy (it holds the embedded Redis URL, secrets...)."""
+    return dict(platform_proxy(running).environ())
+
+
+def publish_static_route(running: RunningPlatform, slug: str, static_url: str) -> str:
+    """A second route of the benchmark tenant (same id and limits, slug ``<slug>-static``)
+    to the static upstream; returns its slug. Not the provisioner's: nothing withdraws it
+    until the platform's Redis goes away with the run."""
+    env = platform_proxy_env(running)
+    client = redis.Redis.from_url(env["C3_REDIS_URL"])
+    keys = RedisKeys(env.get("C3_REDIS_NAMESPACE", "c3"))
+    original = Route.from_json(client.hget(keys.routes, slug_field(slug)))  # type: ignore[arg-type]
+    static_slug = f"{slug}-static"
+    route = replace(
+        original, slug=static_slug, server_name=f"{static_slug}.{BASE_DOMAIN}", upstream=static_url
+    )
+    publish_route(client, keys, route)
+    client.close()
+    return static_slug
+
+
+@dataclass
+class Targets:
+    """Each target's base URL, and the process(es) whose CPU it costs, for the endpoints that
+    Synapse answers and for the static upstream's."""
+
+    bases: dict[str, str]
+    static_bases: dict[str, str]
+    pids: dict[str, int]
+    static_pids: dict[str, int]
+
+    def bases_of(self, endpoint: Endpoint) -> dict[str, str]:
+        return self.static_bases if endpoint.static else self.bases
+
+    def pids_of(self, endpoint: Endpoint) -> dict[str, int]:
+        return self.static_pids if endpoint.static else self.pids
+
+    def names(self, endpoint: Endpoint) -> tuple[str, ...]:
+        bases = self.bases_of(endpoint)
+        return tuple(t for t in endpoint.targets() if t in bases)
+
+
 @contextmanager
-def unmetered_proxy(running: RunningPlatform) -> Iterator[str]:
+def unmetered_proxy(running: RunningPlatform) -> Iterator[tuple[str, int]]:
     """``c3 proxy --no-metering`` with the platform proxy's environment on a free port; yields
-    its base URL and stops it on the way out, whatever happened."""
+    its base URL and pid and stops it on the way out, whatever happened."""
     env = platform_proxy_env(running)
     port = free_port()
     env["C3_PROXY_PORT"] = str(port)
@@ -287,7 +351,7 @@ def unmetered_proxy(running: RunningPlatform) -> Iterator[str]:
                 return False
 
         poll(healthy, timeout=60, what="c3 proxy --no-metering")
-        yield url
+        yield url, process.pid
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -297,6 +361,24 @@ def unmetered_proxy(running: RunningPlatform) -> Iterator[str]:
                 process.kill()
                 process.wait()
         print(f"unmetered proxy stopped (exit {process.returncode})", flush=True)
+
+
+@contextmanager
+def nginx_yardstick(slug: str, direct: str) -> Iterator[tuple[Any, Any]]:
+    """nginx as a reverse proxy to the tenant's Synapse (and, for the static cell, to the
+    static upstream) and nginx as the static upstream: two processes, so the proxy's CPU is
+    its own. (None, None) without nginx."""
+    if nginx_binary() is None:
+        print(INSTALL_HINT + ": no nginx column, no static cell", flush=True)
+        yield None, None
+        return
+    static_port = free_port()
+    upstreams = {slug: direct, f"{slug}-static": f"http://127.0.0.1:{static_port}"}
+    with (
+        running_nginx({}, static_port=static_port) as static,
+        running_nginx(upstreams, proxy_port=free_port()) as reverse,
+    ):
+        yield reverse, static
 
 
 def usage_messages(running: RunningPlatform, tenant_id: str) -> int:
@@ -325,13 +407,13 @@ def load_request(endpoint: Endpoint, base: str, token: str) -> LoadRequest:
     )
 
 
-def check_endpoints(bases: dict[str, str], token: str, endpoints: list[Endpoint]) -> int:
+def check_endpoints(targets: Targets, token: str, endpoints: list[Endpoint]) -> int:
     """One request per target and endpoint, so a broken setup fails before any load; returns
     how many messages went through the metered proxy."""
     sent = 0
     for endpoint in endpoints:
-        for target in endpoint.targets():
-            request = load_request(endpoint, bases[target], token)
+        for target in targets.names(endpoint):
+            request = load_request(endpoint, targets.bases_of(endpoint)[target], token)
             url = request.url + (f"{request.txn_prefix}check" if request.txn_prefix else "")
             response = httpx.request(
                 request.method, url, headers=request.headers, content=request.body, timeout=30
@@ -523,6 +605,9 @@ def median_sample(samples: list[Sample]) -> Sample:
         p99_ms=statistics.median(s.p99_ms for s in samples),
         non_2xx=sum(s.non_2xx for s in samples),
         errors=sum(s.errors for s in samples),
+        cpu_us=statistics.median(cpus)
+        if (cpus := [s.cpu_us for s in samples if s.cpu_us])
+        else None,
     )
 
 
@@ -540,12 +625,33 @@ def paired_metering_cost_pct(metered: list[Sample], unmetered: list[Sample]) -> 
     return statistics.median(costs) if costs else math.nan
 
 
-TARGET_LABELS = {"direct": "direct", "proxy": "metered", "proxy_unmetered": "unmetered"}
+TARGET_LABELS = {
+    "direct": "direct",
+    "proxy": "metered",
+    "proxy_unmetered": "unmetered",
+    "nginx": "nginx",
+}
+
+
+def run_measured(
+    generator: LoadGenerator,
+    request: LoadRequest,
+    connections: int,
+    duration: float,
+    pid: int | None,
+) -> Sample:
+    """One load run, with the CPU time ``pid`` (and its children) spent per answered request,
+    from ``/proc/<pid>/stat``."""
+    before = tree_cpu_seconds(pid) if pid is not None else 0.0
+    sample = generator.run(request, connections, duration)
+    if pid is not None and sample.requests:
+        sample = replace(sample, cpu_us=(tree_cpu_seconds(pid) - before) / sample.requests * 1e6)
+    return sample
 
 
 def measure(
     generator: LoadGenerator,
-    bases: dict[str, str],
+    where: Targets,
     token: str,
     endpoint: Endpoint,
     connections: int,
@@ -553,7 +659,8 @@ def measure(
 ) -> dict[str, Any]:
     """Warm every target up, then run each ``args.reps`` times, targets alternating and their
     order reversed every other rep, so that drift weighs on all of them alike."""
-    targets = endpoint.targets()
+    targets = where.names(endpoint)
+    bases, pids = where.bases_of(endpoint), where.pids_of(endpoint)
     warmups: dict[str, Sample] = {}
     if args.warmup > 0:
         for target in targets:
@@ -563,12 +670,14 @@ def measure(
     for rep in range(args.reps):
         for target in targets if rep % 2 == 0 else targets[::-1]:
             request = load_request(endpoint, bases[target], token)
-            sample = generator.run(request, connections, args.duration)
+            sample = run_measured(generator, request, connections, args.duration, pids.get(target))
             reps[target].append(sample)
+            cpu = f"{sample.cpu_us:7.1f} us/req" if sample.cpu_us is not None else "-"
             print(
                 f"  {endpoint.name:8} c={connections:<3} rep {rep + 1}/{args.reps} "
                 f"{TARGET_LABELS[target]:9} {sample.rps:8.0f} req/s  p50 {sample.p50_ms:7.2f} ms  "
-                f"p99 {sample.p99_ms:7.2f} ms  non-2xx {sample.non_2xx}  errors {sample.errors}",
+                f"p99 {sample.p99_ms:7.2f} ms  cpu {cpu}  non-2xx {sample.non_2xx}  "
+                f"errors {sample.errors}",
                 flush=True,
             )
     medians = {
@@ -577,6 +686,7 @@ def measure(
     }
     return {
         "endpoint": endpoint.name,
+        "static": endpoint.static,
         "method": endpoint.method,
         "path": endpoint.path,
         "connections": connections,
@@ -643,6 +753,74 @@ LATENCY_COLUMNS = (
 )
 
 
+NGINX_COLUMNS = (
+    ("endpoint", "{:<8}"),
+    ("conns", "{:>5}"),
+    ("nginx req/s", "{:>11}"),
+    ("metered/nginx", "{:>13}"),
+    ("unmetered/nginx", "{:>15}"),
+    ("CPU us/req metered/unmetered/nginx", "{:>34}"),
+    ("p99 ms direct/metered/nginx", "{:>27}"),
+    ("metered p99/direct", "{:>18}"),
+)
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> float:
+    return a[key] / b[key] if a and b and b[key] else math.nan
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    return "-" if value is None or math.isnan(value) else fmt.format(value)
+
+
+def nginx_row(row: dict[str, Any]) -> list[str]:
+    direct, metered, unmetered = row["direct"], row["proxy"], row["proxy_unmetered"]
+    nginx = row.get("nginx")
+    cpus = "/".join(_fmt(s and s.get("cpu_us"), "{:.0f}") for s in (metered, unmetered, nginx))
+    p99s = "/".join(_fmt(s and s["p99_ms"], "{:.1f}") for s in (direct, metered, nginx))
+    return [
+        row["endpoint"],
+        str(row["connections"]),
+        _cell(nginx, "{rps:.0f}"),
+        _fmt(_ratio(metered, nginx, "rps"), "{:.2f}"),
+        _fmt(_ratio(unmetered, nginx, "rps"), "{:.2f}"),
+        cpus,
+        p99s,
+        _fmt(_ratio(metered, direct, "p99_ms") if not row.get("static") else math.nan, "{:.2f}"),
+    ]
+
+
+def goals_verdict(report: dict[str, Any]) -> list[str]:
+    """Issue 16's goals for the hot path, cell by cell, for the metered proxy."""
+    rows = report["results"]
+    most = max(r["connections"] for r in rows)
+    lines = []
+    cpu = [(r, r["proxy"].get("cpu_us")) for r in rows if r["proxy"].get("cpu_us") is not None]
+    over = [f"{r['endpoint']} c={r['connections']} ({c:.0f})" for r, c in cpu if c > 60]
+    lines.append(
+        f"goal: proxy CPU per request <= {CPU_PER_REQUEST_GOAL_US:g} us: met in "
+        f"{len(cpu) - len(over)}/{len(cpu)} cells"
+        + ("; over in " + ", ".join(over) if over else "")
+    )
+    for row in rows:
+        if row.get("static") and row["connections"] == most and row.get("nginx"):
+            ratio = _ratio(row["proxy"], row["nginx"], "rps")
+            lines.append(
+                f"goal: static-upstream ceiling >= {STATIC_CEILING_GOAL:g} x nginx's "
+                f"(c={most}): {ratio:.2f} x ({row['proxy']['rps']:.0f} vs "
+                f"{row['nginx']['rps']:.0f} req/s) "
+                + ("met" if ratio >= STATIC_CEILING_GOAL else "MISSED")
+            )
+        elif row["direct"] and not row.get("static") and row["connections"] == most:
+            ratio = _ratio(row["proxy"], row["direct"], "p99_ms")
+            lines.append(
+                f"goal: p99 at {most} connections <= {P99_GOAL:g} x direct ({row['endpoint']}): "
+                f"{ratio:.2f} x ({row['proxy']['p99_ms']:.1f} vs {row['direct']['p99_ms']:.1f} "
+                f"ms) " + ("met" if ratio <= P99_GOAL else "MISSED")
+            )
+    return lines
+
+
 def _cell(sample: dict[str, Any] | None, fmt: str) -> str:
     return "-" if sample is None else fmt.format(**sample)
 
@@ -705,6 +883,8 @@ def render_table(report: dict[str, Any]) -> str:
     rows = report["results"]
     lines = _table(THROUGHPUT_COLUMNS, [throughput_row(r) for r in rows])
     lines += [""] + _table(LATENCY_COLUMNS, [latency_row(r) for r in rows])
+    if any(r.get("nginx") for r in rows):
+        lines += [""] + _table(NGINX_COLUMNS, [nginx_row(r) for r in rows])
     settings = report["settings"]
     check = report["metering_check"]
     lines += [
@@ -714,6 +894,7 @@ def render_table(report: dict[str, Any]) -> str:
         "the same ratio within a rep); added p50 = metered - direct; "
         "metering p99 = metered - unmetered",
         metering_verdict(report),
+        *goals_verdict(report),
         f"messages counted for the metered sends: {check['counted']} (expected "
         f"{check['expected_min']}..{check['expected_max']}) "
         + ("ok" if check["ok"] else "MISMATCH: check the metering"),
@@ -768,16 +949,43 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
     token = login(proxy)
     room_id = create_room(proxy, token)
     endpoints = [replace(e, path=e.path.format(room=quote(room_id, safe=""))) for e in ENDPOINTS]
-    with unmetered_proxy(running) as unmetered:
+    with (
+        unmetered_proxy(running) as (unmetered, unmetered_pid),
+        nginx_yardstick(slug, direct) as (nginx_proxy, nginx_static),
+    ):
         bases = {"direct": direct, "proxy": proxy, "proxy_unmetered": f"{unmetered}/t/{slug}"}
-        checked_sends = check_endpoints(bases, token, endpoints)
+        pids = {"proxy": platform_proxy(running).pid, "proxy_unmetered": unmetered_pid}
+        static_bases: dict[str, str] = {}
+        static_pids: dict[str, int] = {}
+        if nginx_proxy is not None and nginx_static is not None:
+            assert nginx_proxy.proxy_url is not None and nginx_static.static_url is not None
+            bases["nginx"] = f"{nginx_proxy.proxy_url}/t/{slug}"
+            pids["nginx"] = nginx_proxy.pid
+            static_slug = publish_static_route(running, slug, nginx_static.static_url)
+            static_bases = {
+                "direct": nginx_static.static_url,
+                "proxy": f"{running.proxy_url}/t/{static_slug}",
+                "proxy_unmetered": f"{unmetered}/t/{static_slug}",
+                "nginx": f"{nginx_proxy.proxy_url}/t/{static_slug}",
+            }
+            static_pids = {**pids, "direct": nginx_static.pid}
+            for base in static_bases.values():
+                poll(
+                    lambda b=base: httpx.get(f"{b}/_matrix/client/versions").status_code == 200,  # type: ignore[misc]
+                    timeout=30,
+                    what=f"the static route at {base}",
+                )
+        else:
+            endpoints = [e for e in endpoints if not e.static]
+        targets = Targets(bases, static_bases, pids, static_pids)
+        checked_sends = check_endpoints(targets, token, endpoints)
         print(
             f"direct {direct}  metered {proxy}  unmetered {bases['proxy_unmetered']}  "
-            f"room {room_id}  ({generator.name})",
+            f"nginx {bases.get('nginx', '-')}  room {room_id}  ({generator.name})",
             flush=True,
         )
         results = [
-            measure(generator, bases, token, endpoint, connections, args)
+            measure(generator, targets, token, endpoint, connections, args)
             for endpoint in endpoints
             for connections in args.connections
         ]

@@ -169,7 +169,7 @@ def proxy(
     _logging()
     settings = get_settings()
     uvicorn.run(
-        ProxyApp(settings, metering=metering),
+        ProxyApp(settings, metering=metering, tune_gc=True),
         host=settings.proxy_host,
         port=settings.proxy_port,
         loop="uvloop",

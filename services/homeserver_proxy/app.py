@@ -31,6 +31,7 @@ from homeserver_proxy.federation import (
 )
 from homeserver_proxy.forwarding import ClientGone, Forwarder, SpoolBudget, is_long_poll
 from homeserver_proxy.guard import Verdict, classify
+from homeserver_proxy.heap import settle_heap
 from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
@@ -46,8 +47,11 @@ access_log = logging.getLogger("homeserver_proxy.access")
 
 
 class ProxyApp:
-    def __init__(self, settings: Settings, *, metering: bool = True) -> None:
+    def __init__(self, settings: Settings, *, metering: bool = True, tune_gc: bool = False) -> None:
+        """``tune_gc``: ``heap.settle_heap()`` once started (``c3 proxy``, a process of its
+        own; not for an app embedded in another process, e.g. the tests')."""
         self.settings = settings
+        self._tune_gc = tune_gc
         self.keys = keys_for(settings)
         self.redis = aioredis.from_url(settings.require_redis_url())
         self.routes = RouteTable(self.redis, self.keys)
@@ -112,6 +116,8 @@ class ProxyApp:
                     self._metrics_listener.start()
                 if self.metering:
                     self.flusher.start()
+                if self._tune_gc:
+                    settle_heap()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.routes.stop()

@@ -29,7 +29,7 @@ which version, with which known holes, runs behind us.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import os
 import re
@@ -45,7 +45,7 @@ import aiohttp
 from yarl import URL
 
 from homeserver_proxy import errors
-from homeserver_proxy.asgi import Receive, Scope, Send
+from homeserver_proxy.asgi import Message, Receive, Scope, Send
 
 HOP_BY_HOP = frozenset(
     {
@@ -97,6 +97,18 @@ _MEDIA_UPLOAD = re.compile(r"^/_matrix/(?:media/(?:r0|v3|v1)|client/v1/media)/up
 _MAX_LONG_POLL_MS = 120_000
 
 
+# One timeout object per kind of route, made once: aiohttp only reads them, and a new one per
+# request was measurable garbage on the hot path (docs/benchmarks.md, "The hot path").
+_DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=90, sock_connect=5)
+_MEDIA_TIMEOUT = aiohttp.ClientTimeout(total=600, sock_connect=5, sock_read=60)
+
+
+@functools.lru_cache(maxsize=512)
+def _long_poll_timeout(wait_ms: int, since: bool) -> aiohttp.ClientTimeout:
+    # An initial sync (no since token) can take minutes on a big account.
+    return aiohttp.ClientTimeout(total=wait_ms / 1000 + (30 if since else 300), sock_connect=5)
+
+
 def upstream_timeout(path: str, query: str) -> aiohttp.ClientTimeout:
     """Per-route timeouts: long-polls wait their own ``timeout`` plus a margin."""
     if _SYNC.match(path):
@@ -105,15 +117,12 @@ def upstream_timeout(path: str, query: str) -> aiohttp.ClientTimeout:
             wait_ms = min(max(int(values[0]), 0), _MAX_LONG_POLL_MS) if values else 0
         except ValueError:
             wait_ms = 0
-        since = "since=" in query
-        # An initial sync (no since token) can take minutes on a big account.
-        total = wait_ms / 1000 + (30 if since else 300)
-        return aiohttp.ClientTimeout(total=total, sock_connect=5)
+        return _long_poll_timeout(wait_ms, "since=" in query)
     if _MEDIA_UPLOAD.match(path) or path.startswith(
         ("/_matrix/media/", "/_matrix/client/v1/media/")
     ):
-        return aiohttp.ClientTimeout(total=600, sock_connect=5, sock_read=60)
-    return aiohttp.ClientTimeout(total=90, sock_connect=5)
+        return _MEDIA_TIMEOUT
+    return _DEFAULT_TIMEOUT
 
 
 def is_long_poll(path: str) -> bool:
@@ -125,30 +134,46 @@ class ClientGone(Exception):
 
 
 async def _unless_client_leaves(
-    exchange: Coroutine[Any, Any, ForwardResult], receive: Receive
+    exchange: Callable[[Send], Coroutine[Any, Any, ForwardResult]], send: Send, receive: Receive
 ) -> ForwardResult:
-    """Run ``exchange`` but cancel it when the client disconnects: a parked long-poll whose
-    client left must not hold a homeserver connection until its timeout."""
-    upstream = asyncio.ensure_future(exchange)
+    """Run ``exchange(send)`` but cancel it when the client disconnects: a parked long-poll
+    whose client left must not hold a homeserver connection until its timeout.
+
+    ASGI tells of a disconnect only through ``receive``, so one small task waits on it; the
+    exchange itself runs in the request's own task (which the watcher cancels), not in a
+    third one: a parked long-poll holds two tasks, not three, and no ``asyncio.wait``. Once the
+    answer's last byte is handed over, a disconnect is no longer the client leaving (uvicorn
+    answers ``receive`` with one as soon as the response is complete): the exchange finishes
+    and its result is metered."""
+    request_task = asyncio.current_task()
+    assert request_task is not None
+    client_left = answered = False
+
+    async def answering(message: Message) -> None:
+        nonlocal answered
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered = True  # before: the server may report the disconnect while we send
+        await send(message)
 
     async def disconnected() -> None:
+        nonlocal client_left
         while (await receive())["type"] != "http.disconnect":
             pass
+        if not answered:
+            client_left = True
+            request_task.cancel()
 
-    watcher = asyncio.ensure_future(disconnected())
+    watcher = asyncio.get_running_loop().create_task(disconnected())
     try:
-        done, _ = await asyncio.wait({upstream, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await exchange(answering)
     except asyncio.CancelledError:
-        upstream.cancel()
-        watcher.cancel()
+        # Ours (the client left, and nobody else cancelled the request): the exchange was
+        # abandoned, nothing is left to send. Anyone else's: passed on.
+        if client_left and request_task.uncancel() == 0:
+            raise ClientGone() from None
         raise
-    if upstream in done:
+    finally:
         watcher.cancel()
-        return upstream.result()
-    upstream.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await upstream
-    raise ClientGone()
 
 
 @dataclass
@@ -398,10 +423,20 @@ class Forwarder:
                 has_body=body.data != b"" or bool(declared_length),
                 timeout=upstream_timeout(path, query),
             )
-            exchange = self._exchange(session, request, send, capture, counter, rewrite)
             if is_long_poll(path):
-                return await _unless_client_leaves(exchange, receive)
-            return await exchange
+                return await _unless_client_leaves(
+                    functools.partial(
+                        self._exchange,
+                        session,
+                        request,
+                        capture=capture,
+                        counter=counter,
+                        rewrite=rewrite,
+                    ),
+                    send,
+                    receive,
+                )
+            return await self._exchange(session, request, send, capture, counter, rewrite)
         except BodyTooLarge:
             raise errors.too_large(max_body) from None
         except TimeoutError:

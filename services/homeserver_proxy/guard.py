@@ -7,6 +7,7 @@ folded, repeated slashes collapsed, ``;params`` dropped) so that no encoding tri
 
 from __future__ import annotations
 
+import functools
 import re
 from enum import Enum
 from urllib.parse import unquote
@@ -49,7 +50,20 @@ def canonical_path(raw_path: str) -> str | None:
     return _SLASHES.sub("/", "/".join(segments)).lower()
 
 
+_CACHED_PATH_CHARS = 256
+
+
 def classify(raw_path: str) -> Verdict:
+    """The verdict on a raw request path. Most requests repeat a handful of paths (``/sync``,
+    ``/versions``, ``whoami``): their verdicts are kept, in a bounded cache of short paths
+    only, so unique paths (room and txn ids) push older entries out and a long one (a head
+    may be 64 KiB) is never kept."""
+    if len(raw_path) <= _CACHED_PATH_CHARS:
+        return _classify_cached(raw_path)
+    return _classify(raw_path)
+
+
+def _classify(raw_path: str) -> Verdict:
     if not raw_path.startswith("/"):
         return Verdict.MALFORMED
     try:
@@ -70,6 +84,9 @@ def classify(raw_path: str) -> Verdict:
     if _literal_prefix(raw_path, canonical, FEDERATION_PREFIXES):
         return Verdict.FEDERATION
     return Verdict.NOT_SERVED
+
+
+_classify_cached = functools.lru_cache(maxsize=4096)(_classify)
 
 
 def _literal_prefix(raw_path: str, canonical: str, prefixes: tuple[str, ...]) -> bool:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,10 +33,11 @@ _NOISY = ("httpx", "httpcore", "alembic.runtime.plugins")
 
 
 def request_id_from(given: str | None) -> str:
-    """The client's request id if it is sane, else a new one."""
+    """The client's request id if it is sane, else a new one (32 random hex digits, as
+    ``uuid4().hex`` but without building a UUID object: this runs for every proxied request)."""
     if given and _SANE_REQUEST_ID.match(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 @contextmanager
