@@ -8,7 +8,7 @@ from celery import Task
 from celery.signals import worker_ready
 
 from platform_core.celery import TaskNames, celery_app
-from provisioner import exports, steps
+from provisioner import exports, hibernation, steps
 from provisioner.operations.deprovision import deprovision
 from provisioner.operations.export import export
 from provisioner.operations.provision import provision
@@ -72,3 +72,18 @@ def _reconcile_on_start(**_: object) -> None:
 @app.task(name=TaskNames.RECONCILE_USAGE, acks_late=True)
 def reconcile_usage() -> dict[str, int]:
     return reconcile_usage_all(steps.context())
+
+
+@app.task(name=TaskNames.SLEEP_IDLE_HOMESERVERS, acks_late=True)
+def sleep_idle_homeservers() -> dict[str, int]:
+    return hibernation.sleep_idle(steps.context())
+
+
+@app.task(name=TaskNames.WAKE_HOMESERVER, acks_late=True)
+def wake_homeserver(tenant_id: str, stay_awake_s: float | None = None) -> str:
+    return hibernation.wake(steps.context(), tenant_id, stay_awake_s=stay_awake_s)
+
+
+@app.task(name=TaskNames.WAKE_FOR_MAINTENANCE, acks_late=True)
+def wake_for_maintenance() -> int:
+    return hibernation.wake_for_maintenance(steps.context())

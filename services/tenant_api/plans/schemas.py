@@ -70,6 +70,9 @@ class LimitsIn(BaseModel):
     proxy_rate_per_second: float | None = Field(default=None, gt=0, le=100_000)
     proxy_rate_burst: int | None = Field(default=None, ge=1, le=1_000_000)
     proxy_max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
+    # Sleeping homeservers: the homeserver is stopped (scaled to 0) after serving nothing for
+    # this long and woken by the next request. Null or 0: always on.
+    idle_after_seconds: int | None = Field(default=None, ge=0, le=365 * 24 * 3600)
     # Kubernetes backend: the homeserver pod's CPU and memory (its requests and limits, and its
     # namespace's quota) and its data volume (media, signing key).
     homeserver_cpu_millicores: int | None = Field(default=None, ge=100, le=64_000)
