@@ -240,6 +240,13 @@ class Settings(BaseSettings):
     # asleep again by the normal rule. None: no maintenance wake.
     sleep_maintenance_hour_utc: int | None = Field(default=3, ge=0, le=23)
     sleep_maintenance_stay_s: float = Field(default=900.0, ge=0)
+
+    @field_validator("sleep_maintenance_hour_utc", mode="before")
+    @classmethod
+    def _maintenance_off(cls, v: Any) -> Any:
+        """``C3_SLEEP_MAINTENANCE_HOUR_UTC=off`` (or empty) turns the maintenance wake off."""
+        return None if isinstance(v, str) and v.strip().lower() in ("", "off", "none") else v
+
     # --- end of sleeping homeservers ------------------------------------------------------
 
     # --- Logs and client readiness (issue 13: readiness) --------------------------------

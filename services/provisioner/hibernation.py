@@ -123,7 +123,7 @@ def _mark_asleep(ctx: steps.Context, tenant_id: uuid.UUID, counts: Counter[str])
     due = ctx.backend.due_work(str(tenant_id))
     if due and any(due.values()):
         counts["kept_awake_due_work"] += 1
-        log.info("tenant %s stays awake: %s due", tenant_id, due)
+        log.debug("tenant %s stays awake: %s due", tenant_id, due)
         return False
     with task_session() as session:
         tenant = repository.get_tenant(session, tenant_id)

@@ -72,7 +72,7 @@ class TenantRepository(Repository):
                 Homeserver.tenant_id.in_(tenant_ids), Homeserver.asleep_since.is_not(None)
             )
         )
-        return {tenant_id: since for tenant_id, since in rows}
+        return {tenant_id: since for tenant_id, since in rows if since is not None}
 
     async def get_homeserver(self, tenant_id: uuid.UUID) -> Homeserver | None:
         statement = select(Homeserver).where(Homeserver.tenant_id == tenant_id)
