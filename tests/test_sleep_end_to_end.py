@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,6 +96,29 @@ def wait_asleep(platform: RunningPlatform, tenant: dict[str, Any]) -> dict[str, 
     return asleep
 
 
+def wake_breakdown(platform: RunningPlatform, tenant: dict[str, Any]) -> str:
+    """Where the last wake's time went, from the logs: the proxy's ask, Synapse's first log
+    line after its imports, Synapse listening, the worker's end of the wake."""
+
+    def last(path: Path, needle: str) -> datetime | None:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if needle in line]
+        return datetime.strptime(lines[-1][:23], "%Y-%m-%d %H:%M:%S,%f") if lines else None
+
+    logs, home = platform.data_dir / "logs", platform.homeserver_dir(tenant["id"])
+    marks = {
+        "asked": last(logs / "proxy.log", f"asked for a wake of tenant {tenant['id']}"),
+        "synapse configured": last(home / "homeserver.log", "Server hostname"),
+        "synapse listening": last(home / "homeserver.log", "Synapse now listening"),
+        "worker done": last(logs / "worker.log", f"tenant {tenant['id']}: homeserver "),
+    }
+    start = marks["asked"]
+    return ", ".join(
+        f"{name} +{(at - start).total_seconds():.2f}s"
+        for name, at in marks.items()
+        if at is not None and start is not None
+    )
+
+
 def base(platform: RunningPlatform, tenant: dict[str, Any]) -> str:
     return f"{platform.proxy_url}/t/{tenant['slug']}"
 
@@ -143,6 +168,7 @@ def test_an_idle_homeserver_sleeps_and_the_first_requests_wake_it_once(
     poll(lambda: wakes(platform) >= before + 1, timeout=30, what="the wake to be counted")
     assert wakes(platform) == before + 1
     print(f"wake latency (50 concurrent first requests, all answered): {took:.2f}s")
+    print(f"  {wake_breakdown(platform, tenant)}")
     assert tenant_of(platform, tenant["id"])["homeserver"]["state"] == "awake"
 
     # Asleep again: a client's /sync and send wake it; the message is stored and billed once.
@@ -162,6 +188,7 @@ def test_an_idle_homeserver_sleeps_and_the_first_requests_wake_it_once(
         timeout=90,
     )
     assert sent.status_code == 200, sent.text
+    print(f"wake by a send: {wake_breakdown(platform, tenant)}")
     messages = httpx.get(
         f"{base(platform, tenant)}/_matrix/client/v3/rooms/{room_id}/messages",
         params={"dir": "b", "limit": "50"},
@@ -244,14 +271,14 @@ def test_lifecycle_operations_and_reconcile_on_a_sleeping_tenant(
     assert not synapse_processes(config)
     assert tenant_of(platform, tenant["id"])["homeserver"]["state"] == "asleep"
 
-    # Reconfigure renders the new config without waking it; the wake applies it.
+    # Reconfigure renders the new config without waking it (the next wake starts with it).
     with platform.api() as api:
-        patched = api.patch(f"/v1/tenants/{tenant['id']}", json={"max_upload_size_bytes": 123456})
+        patched = api.patch(f"/v1/tenants/{tenant['id']}", json={"max_upload_size_bytes": 2345678})
         assert patched.status_code == 200, patched.text
     operation = wait_operation(platform, patched.headers["location"])
     assert "config-rendered-asleep" in operation["steps_done"]
     assert not synapse_processes(config)
-    assert "123456" in config.read_text()
+    assert "2345678" in config.read_text()
 
     # Export works on the stopped homeserver's files, without waking it.
     with platform.api() as api:
@@ -310,6 +337,7 @@ def test_a_killed_homeserver_heals_through_the_proxy(sleepy_platform: RunningPla
     )
     took = time.monotonic() - killed
     print(f"killed -> serving again through the proxy: {took:.2f}s")
+    print(f"  {wake_breakdown(platform, tenant)}")
     assert all(a.status_code in (502, 503) and a.headers.get("retry-after") for a in refusals)
     assert all(a.json()["errcode"] == "M_UNKNOWN" for a in refusals)
     assert len(synapse_processes(config)) == 1

@@ -246,7 +246,10 @@ def _wake_under_lease(ctx: steps.Context, tenant_id: uuid.UUID, stay_awake_s: fl
     if asleep:
         log.info("tenant %s: homeserver woken", tenant_id)
         return "woken"
-    return "already_awake" if running else "healed"
+    if not running:
+        log.info("tenant %s: homeserver restarted (healed)", tenant_id)
+        return "healed"
+    return "already_awake"
 
 
 def wake_for_maintenance(ctx: steps.Context) -> int:
