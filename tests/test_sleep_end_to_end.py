@@ -27,6 +27,7 @@ from tests.helpers.platform import RunningPlatform, poll, poll_async, wait_opera
 pytestmark = pytest.mark.e2e
 
 IDLE_S = 3
+MAINTENANCE_STAY_S = 10
 PASSWORD = "sleepy-password-1"
 
 sleepy_platform = platform_fixture(
@@ -34,6 +35,7 @@ sleepy_platform = platform_fixture(
     "A platform whose sleep pass runs every second.",
     C3_SLEEP_CHECK_INTERVAL_S="1",
     C3_WAKE_TIMEOUT_S="60",
+    C3_SLEEP_MAINTENANCE_STAY_S=str(MAINTENANCE_STAY_S),
 )
 
 
@@ -245,6 +247,38 @@ def test_a_pending_delayed_event_keeps_the_homeserver_awake(
     )
     assert cancelled.status_code == 200, cancelled.text
     wait_asleep(platform, tenant)
+
+
+def test_the_maintenance_window_wakes_sleepers_for_a_while(
+    sleepy_platform: RunningPlatform,
+) -> None:
+    platform = sleepy_platform
+    tenant = sleepy_tenant(platform)
+    config = platform.homeserver_dir(tenant["id"]) / "homeserver.yaml"
+    wait_asleep(platform, tenant)
+    # What beat sends daily at C3_SLEEP_MAINTENANCE_HOUR_UTC, sent now.
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from platform_core.celery import TaskNames, send_task; "
+            "send_task(TaskNames.WAKE_FOR_MAINTENANCE)",
+        ],
+        env={**os.environ, **platform.env},
+        check=True,
+        capture_output=True,
+    )
+    poll(
+        lambda: tenant_of(platform, tenant["id"])["homeserver"]["state"] == "awake",
+        timeout=90,
+        what="the maintenance window to wake the sleeper",
+    )
+    woke = time.time()
+    assert synapse_processes(config)
+    # Up for the window (longer than its idle time), then asleep by the normal rule.
+    asleep = wait_asleep(platform, tenant)
+    slept_at = datetime.fromisoformat(asleep["homeserver"]["asleep_since"]).timestamp()
+    assert slept_at - woke >= MAINTENANCE_STAY_S - 2 > IDLE_S
 
 
 def test_lifecycle_operations_and_reconcile_on_a_sleeping_tenant(
