@@ -128,7 +128,9 @@ def test_a_killed_homeserver_is_restarted_and_clients_recover(platform: RunningP
     )
 
     def recovered() -> bool:
-        answer = httpx.get(f"{base}/_matrix/client/v3/account/whoami", headers=headers)
+        # Held while it restarts (homeserver_proxy.wake), up to C3_WAKE_TIMEOUT_S: a client
+        # that waits that long gets its answer instead of an error.
+        answer = httpx.get(f"{base}/_matrix/client/v3/account/whoami", headers=headers, timeout=60)
         return answer.status_code == 200
 
     poll(recovered, timeout=90, what="the homeserver to come back behind the proxy")

@@ -98,7 +98,8 @@ class Waker:
     async def _held(self, route: Route) -> Route:
         try:
             return await asyncio.wait_for(asyncio.shield(self._waiter(route)), self._timeout_s)
-        except TimeoutError:
+        except (TimeoutError, aioredis.RedisError, OSError):
+            # Not woken in time, or Redis away (no wake can be asked for): retry later.
             raise errors.homeserver_starting(retry_after_s=2) from None
 
     def _waiter(self, route: Route) -> asyncio.Task[Route]:
@@ -110,14 +111,20 @@ class Waker:
         return task
 
     async def _wake(self, route: Route) -> Route:
-        """Ask for the wake once, then wait until the route says awake and ``/health``
-        answers. Raises a Matrix error when the tenant is no longer served."""
+        """Ask for the wake once (unless the fresh route says awake and ``/health`` answers
+        already), then wait until both hold. Raises a Matrix error when the tenant is no
+        longer served."""
         tenant_id = route.tenant_id
-        await self._ask(tenant_id)
         field = host_field(route.server_name)
         deadline = time.monotonic() + self._timeout_s
+        asked = False
         try:
+            if tenant_id in self._healing:  # a refused connection: ask without looking first
+                await self._ask(tenant_id)
+                asked = True
             while time.monotonic() < deadline:
+                if asked:
+                    await asyncio.sleep(_POLL_S)
                 current = await read_route(self._redis, self._keys, field)
                 if current is None:
                     raise errors.unknown_tenant_host()
@@ -125,7 +132,11 @@ class Waker:
                     raise errors.tenant_unavailable(current.status)
                 if not current.asleep and await self._healthy(current.upstream):
                     return current
-                await asyncio.sleep(_POLL_S)
+                if not asked:
+                    # Only now: this process's route table may have been a moment behind a
+                    # wake that just ended (then the check above found it awake).
+                    await self._ask(tenant_id)
+                    asked = True
         finally:
             self._healing.discard(tenant_id)
         raise TimeoutError
