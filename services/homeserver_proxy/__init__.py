@@ -13,8 +13,10 @@ The layers, in the order a request meets them:
    traffic only for a tenant that federates; only active tenants.
 5. **Limit** (``limits``, ``client_address``): the tenant's and the client's rate and
    concurrency.
-6. **Forward** (``forwarding``): headers filtered, the body received or streamed, the exchange
+6. **Wake** (``wake``): a sleeping homeserver is woken first (its requests held, one wake
+   asked for); a refused connection asks for a restart through the same wake.
+7. **Forward** (``forwarding``): headers filtered, the body received or streamed, the exchange
    with the homeserver relayed back.
-7. **Meter** (``metering``, ``billable``, ``identity``): what the exchange bills, counted in
+8. **Meter** (``metering``, ``billable``, ``identity``): what the exchange bills, counted in
    memory and flushed as usage batches (``platform_core.usage_batch``).
 """

@@ -37,6 +37,7 @@ from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
 from homeserver_proxy.proxy_metrics import MetricsListener, ProxyMetrics, RouteClass, route_class
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
+from homeserver_proxy.wake import Waker
 from platform_core.logging import request_context, request_id_from, tenant_id_var
 from platform_core.redis import keys_for
 from platform_core.routes import Route
@@ -94,6 +95,14 @@ class ProxyApp:
             if settings.proxy_metrics_port is not None
             else None
         )
+        # Sleeping homeservers: held requests, one wake, heal on a refused connection.
+        self.wake = Waker(
+            self.redis,
+            self.keys,
+            lambda: self.forwarder.session,
+            timeout_s=settings.wake_timeout_s,
+            flush_interval_s=settings.usage_flush_interval_s,
+        )
         self._public_base = settings.effective_proxy_public_url
         self._federation_port = public_port(self._public_base)
 
@@ -116,11 +125,13 @@ class ProxyApp:
                     self._metrics_listener.start()
                 if self.metering:
                     self.flusher.start()
-                if self._tune_gc:
+                self.wake.start()
+                if self._tune_gc:  # last: everything start-up made is frozen
                     settle_heap()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.routes.stop()
+                await self.wake.stop()
                 await self.token_users.settle(deadline_s=2.0)
                 await self.flusher.stop()
                 await self.forwarder.stop()
@@ -287,6 +298,7 @@ class ProxyApp:
         if long_poll:
             self.metrics.long_poll_opened()
         try:
+            route = await self.wake.ready(route)  # a sleeping homeserver wakes first
             result = await self.forwarder.forward(
                 scope,
                 receive,
@@ -301,6 +313,8 @@ class ProxyApp:
                     partial(login_answer_for, base_url) if is_login(scope["method"], path) else None
                 ),
             )
+        except errors.MatrixError as exc:
+            raise self.wake.after_failure(route, exc) from None
         finally:
             admission.release()
             if long_poll:
@@ -320,6 +334,7 @@ class ProxyApp:
         client = client_address(scope, self._trusted_proxies)
         admission = self.federation_limiter.admit(route, client, long_poll=False)
         try:
+            route = await self.wake.ready(route)
             await self.forwarder.forward(
                 scope,
                 receive,
@@ -330,6 +345,8 @@ class ProxyApp:
                 client_address=client,
                 before_upstream=admission.take_tenant_slot,
             )
+        except errors.MatrixError as exc:
+            raise self.wake.after_failure(route, exc) from None
         finally:
             admission.release()
 

@@ -124,6 +124,34 @@ def upstream_unavailable() -> MatrixError:
     )
 
 
+class UpstreamRefused(MatrixError):
+    """The homeserver refused the connection: nothing was sent, it is not running (killed, or
+    put to sleep before this proxy saw its route say so). ``homeserver_proxy.wake`` heals it."""
+
+
+def upstream_refused() -> MatrixError:
+    return UpstreamRefused(
+        502,
+        "M_UNKNOWN",
+        "The homeserver is not reachable right now; retry shortly",
+        headers=[(b"retry-after", b"2")],
+        reason="upstream_unavailable",
+    )
+
+
+def homeserver_starting(retry_after_s: int) -> MatrixError:
+    """A sleeping homeserver did not wake in time, or a stopped one is being restarted: 503
+    (the service is coming back), never a hang."""
+    return MatrixError(
+        503,
+        "M_UNKNOWN",
+        "The homeserver is starting; retry shortly",
+        headers=[(b"retry-after", str(retry_after_s).encode())],
+        extra={"retry_after_ms": retry_after_s * 1000},
+        reason="upstream_unavailable",
+    )
+
+
 def upstream_timeout() -> MatrixError:
     return MatrixError(
         504, "M_UNKNOWN", "The homeserver did not answer in time", reason="upstream_timeout"

@@ -441,6 +441,8 @@ class Forwarder:
             raise errors.too_large(max_body) from None
         except TimeoutError:
             raise errors.upstream_timeout() from None
+        except aiohttp.ClientConnectorError:  # refused: nothing went upstream (wake.py heals)
+            raise errors.upstream_refused() from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError):
             raise errors.upstream_unavailable() from None
         finally:

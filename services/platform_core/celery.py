@@ -6,6 +6,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery, Task
+from celery.schedules import crontab
 from celery.signals import before_task_publish, task_postrun, task_prerun
 
 from platform_core.logging import request_id_var, tenant_id_var
@@ -32,6 +33,10 @@ class TaskNames:
     DISPATCH_WEBHOOKS = "c3.webhooks.dispatch"
     DELIVER_WEBHOOK = "c3.webhooks.deliver"
     CHECK_USAGE_THRESHOLDS = "c3.webhooks.check_usage_thresholds"
+    # Sleeping homeservers (provisioner.hibernation): the proxy sends WAKE_HOMESERVER.
+    SLEEP_IDLE_HOMESERVERS = "c3.provisioner.sleep_idle_homeservers"
+    WAKE_HOMESERVER = "c3.provisioner.wake_homeserver"
+    WAKE_FOR_MAINTENANCE = "c3.provisioner.wake_for_maintenance"
 
 
 # The task that carries out each kind of operation (keyed by OperationKind value).
@@ -107,12 +112,32 @@ def _config() -> dict[str, object]:
                 "schedule": settings.webhook_usage_check_interval_s,
                 "options": {"expires": settings.webhook_usage_check_interval_s},
             },
+            # Idle homeservers with nothing due are put to sleep (plans with idle_after_seconds).
+            "sleep-idle-homeservers": {
+                "task": TaskNames.SLEEP_IDLE_HOMESERVERS,
+                "schedule": settings.sleep_check_interval_s,
+                "options": {"expires": settings.sleep_check_interval_s},
+            },
+            **_maintenance_entry(settings.sleep_maintenance_hour_utc),
             "finalize-invoices": {
                 "task": TaskNames.FINALIZE_INVOICES,
                 "schedule": settings.invoice_finalize_interval_s,
                 "options": {"expires": settings.invoice_finalize_interval_s},
             },
         },
+    }
+
+
+def _maintenance_entry(hour_utc: int | None) -> dict[str, object]:
+    """The daily wake of sleeping homeservers for their scheduled jobs (none when unset)."""
+    if hour_utc is None:
+        return {}
+    return {
+        "wake-for-maintenance": {
+            "task": TaskNames.WAKE_FOR_MAINTENANCE,
+            "schedule": crontab(minute=0, hour=hour_utc),
+            "options": {"expires": 3600},
+        }
     }
 
 

@@ -241,6 +241,54 @@ def _text(value: bytes | str) -> str:
 
 
 @dataclass(frozen=True)
+class SleepStats:
+    """Sleep passes' and wakes' outcomes (provisioner.hibernation), ``sleep:<outcome>`` and
+    ``wake:<outcome>`` counters in Redis."""
+
+    sleep: Mapping[str, int] = field(default_factory=dict)
+    wake: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_redis(cls, raw: Mapping[bytes | str, bytes | str]) -> SleepStats:
+        sleep: dict[str, int] = {}
+        wake: dict[str, int] = {}
+        for key, value in raw.items():
+            kind, _, outcome = _text(key).partition(":")
+            if kind == "sleep":
+                sleep[outcome] = int(_text(value))
+            elif kind == "wake":
+                wake[outcome] = int(_text(value))
+        return cls(sleep, wake)
+
+
+def sleep_families(stats: SleepStats) -> Iterator[CounterMetricFamily]:
+    # The outcomes provisioner.hibernation counts (every one reported, zero included).
+    sleep_outcomes = ("slept", "kept_awake_due_work", "woke_meanwhile", "skipped_busy", "failed")
+    wake_outcomes = (
+        "wake_tasks",
+        "woken",
+        "healed",
+        "already_awake",
+        "not_active",
+        "busy",
+        "failed",
+    )
+    yield labelled_counter(
+        "c3_homeserver_sleeps",
+        "Sleep pass outcomes per idle homeserver (slept, kept awake because work was due, ...)",
+        ["outcome"],
+        (([o], stats.sleep.get(o, 0)) for o in sorted({*sleep_outcomes, *stats.sleep})),
+    )
+    yield labelled_counter(
+        "c3_homeserver_wakes",
+        "Wake tasks (asked by proxies and the maintenance window) by outcome; wake_tasks "
+        "counts every task",
+        ["outcome"],
+        (([o], stats.wake.get(o, 0)) for o in sorted({*wake_outcomes, *stats.wake})),
+    )
+
+
+@dataclass(frozen=True)
 class PlatformSnapshot:
     """Everything one scrape reports: reconcile counters and database counts."""
 
@@ -248,6 +296,9 @@ class PlatformSnapshot:
     tenants: Mapping[str, int]  # by status, every status present
     operations: Mapping[str, int]  # by state, every state present
     usage: UsageStats = field(default_factory=UsageStats)
+    # Homeservers by state: awake, asleep (active tenants), stopped (suspended tenants).
+    homeservers: Mapping[str, int] = field(default_factory=dict)
+    sleep: SleepStats = field(default_factory=SleepStats)
 
 
 class _SnapshotCollector(Collector):
@@ -261,6 +312,13 @@ class _SnapshotCollector(Collector):
         yield _by_label(
             "c3_operations", "Lifecycle operations by state", "state", self._snapshot.operations
         )
+        yield _by_label(
+            "c3_homeservers",
+            "Homeservers by state: awake or asleep (active tenants), stopped (suspended)",
+            "state",
+            self._snapshot.homeservers,
+        )
+        yield from sleep_families(self._snapshot.sleep)
 
 
 def reconcile_families(

@@ -67,6 +67,29 @@ class RedisKeys:
         API asked it (platform_core.worker_requests)."""
         return f"{self.namespace}:worker-reply:{request_id}"
 
+    @property
+    def homeserver_last_seen(self) -> str:
+        """Hash: tenant id -> Unix time of the last request a proxy forwarded (or held) for it,
+        client or federation; written by each proxy once per flush interval, read by the sleep
+        pass (provisioner.hibernation)."""
+        return f"{self.namespace}:homeservers:last-seen"
+
+    @property
+    def homeserver_awake_until(self) -> str:
+        """Hash: tenant id -> Unix time before which its homeserver is not put to sleep (the
+        daily maintenance window's wake)."""
+        return f"{self.namespace}:homeservers:awake-until"
+
+    @property
+    def sleep_metrics(self) -> str:
+        """Hash: sleep and wake counters (platform_core.metrics)."""
+        return f"{self.namespace}:metrics:sleep"
+
+    def wake_requested(self, tenant_id: str) -> str:
+        """String (SET NX, expires after the proxy's wake timeout): a wake of this tenant's
+        homeserver was asked for; the first proxy request to set it sends the wake task."""
+        return f"{self.namespace}:wake:{tenant_id}"
+
     def tenant_lease(self, tenant_id: str) -> str:
         return f"{self.namespace}:lease:tenant:{tenant_id}"
 

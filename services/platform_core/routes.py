@@ -35,6 +35,10 @@ class Route:
     # Federation mode of the homeserver ("off", "allowlist", "open"): the proxy forwards
     # /_matrix/federation and /_matrix/key and serves /.well-known/matrix/server only if not "off".
     federation: str = "off"
+    # The homeserver sleeps (idle, stopped by the worker; the tenant is still "active"): the
+    # proxy holds the tenant's requests, asks for one wake and forwards once it is awake
+    # (homeserver_proxy.wake).
+    asleep: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

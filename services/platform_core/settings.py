@@ -273,6 +273,27 @@ class Settings(BaseSettings):
 
     # --- end webhooks ---------------------------------------------------------------------
 
+    # --- Sleeping homeservers (issue 16; provisioner/hibernation.py, homeserver_proxy/wake.py)
+    # A tenant whose plan sets limits.idle_after_seconds sleeps once its homeserver served
+    # nothing that long and has nothing due. The beat's sleep pass runs this often.
+    sleep_check_interval_s: float = Field(default=30.0, gt=0)
+    # The proxy holds a sleeping (or restarting) tenant's requests at most this long while it
+    # wakes; past it they get 503 M_UNKNOWN with Retry-After.
+    wake_timeout_s: float = Field(default=20.0, gt=0, le=300)
+    # Daily maintenance window: at this hour (UTC) every sleeping homeserver is woken for its
+    # scheduled jobs (retention purges, federation retries) and kept up this long, then falls
+    # asleep again by the normal rule. None: no maintenance wake.
+    sleep_maintenance_hour_utc: int | None = Field(default=3, ge=0, le=23)
+    sleep_maintenance_stay_s: float = Field(default=900.0, ge=0)
+
+    @field_validator("sleep_maintenance_hour_utc", mode="before")
+    @classmethod
+    def _maintenance_off(cls, v: Any) -> Any:
+        """``C3_SLEEP_MAINTENANCE_HOUR_UTC=off`` (or empty) turns the maintenance wake off."""
+        return None if isinstance(v, str) and v.strip().lower() in ("", "off", "none") else v
+
+    # --- end of sleeping homeservers ------------------------------------------------------
+
     # --- Logs and client readiness (issue 13: readiness) --------------------------------
     # text: human lines on stderr; json: one JSON object per line on stdout (ts, level,
     # logger, message, request_id, tenant_id when known, exception) for log collectors.

@@ -199,9 +199,19 @@ def _reconcile_active(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> No
         hs = repository.get_homeserver(session, tenant_id)
         if tenant is None or hs is None or tenant.status is not TenantStatus.ACTIVE:
             return
-        steps.ensure_port_usable(session, ctx, hs)
-        plan = repository.get_plan(session, tenant.plan_id)
-        target = steps.target_for(ctx, tenant, plan, hs)
+        if hs.asleep_since is not None:
+            # Asleep: stopped on purpose, not dead; only its (asleep) route is kept right.
+            plan = repository.get_plan(session, tenant.plan_id)
+            route = steps.route_for(ctx, tenant, hs, steps.target_for(ctx, tenant, plan, hs))
+            asleep = True
+        else:
+            steps.ensure_port_usable(session, ctx, hs)
+            plan = repository.get_plan(session, tenant.plan_id)
+            target = steps.target_for(ctx, tenant, plan, hs)
+            asleep = False
+    if asleep:
+        _ensure_route(ctx, tenant_id, route, run)
+        return
     drift = ctx.backend.drift(target)
     was_running = ctx.backend.is_running(str(tenant_id))
     reconfigured = steps.ensure_running(ctx, target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -139,5 +140,28 @@ def pending_exports_of_failed_operations(session: Session) -> list[TenantExport]
                 TenantExport.state == ExportState.PENDING,
                 Operation.state == OperationState.FAILED,
             )
+        )
+    )
+
+
+def awake_active_homeservers(session: Session) -> list[tuple[uuid.UUID, dict[str, Any]]]:
+    """(tenant id, plan limits) of every active tenant whose homeserver is awake: the sleep
+    pass's candidates."""
+    rows = session.execute(
+        select(Tenant.id, Plan.limits)
+        .join(Plan, Plan.id == Tenant.plan_id)
+        .join(Homeserver, Homeserver.tenant_id == Tenant.id)
+        .where(Tenant.status == TenantStatus.ACTIVE, Homeserver.asleep_since.is_(None))
+    )
+    return [(tenant_id, dict(limits or {})) for tenant_id, limits in rows]
+
+
+def sleeping_tenants(session: Session) -> list[uuid.UUID]:
+    """Active tenants whose homeserver sleeps."""
+    return list(
+        session.scalars(
+            select(Tenant.id)
+            .join(Homeserver, Homeserver.tenant_id == Tenant.id)
+            .where(Tenant.status == TenantStatus.ACTIVE, Homeserver.asleep_since.is_not(None))
         )
     )

@@ -216,6 +216,15 @@ def ensure_running(ctx: Context, target: HomeserverTarget) -> bool:
     return restarted
 
 
+def ensure_awake(ctx: Context, target: HomeserverTarget) -> None:
+    """Wake a sleeping homeserver from its current config (a reconfigure while it slept only
+    rendered it) and wait until it is healthy."""
+    check_outbound_hosts(target)
+    ctx.backend.render(target)
+    ctx.backend.wake(target)
+    wait_healthy(ctx, target)
+
+
 @lru_cache(maxsize=1)
 def health_client() -> httpx.Client:
     """One client per worker process: building one loads the CA bundle (~60 ms), which was
@@ -288,6 +297,7 @@ def route_for(ctx: Context, tenant: Tenant, hs: Homeserver, target: HomeserverTa
         rate_burst=int(limits["proxy_rate_burst"]),
         max_concurrent=int(limits["proxy_max_concurrent"]),
         federation=federation_mode(target.settings).value,
+        asleep=hs.asleep_since is not None,
     )
 
 

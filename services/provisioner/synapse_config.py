@@ -198,6 +198,10 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
         "suppress_key_server_warning": True,
         "allow_public_rooms_over_federation": False,
         "url_preview_enabled": False,
+        # Delayed events (MSC4140: Element Call's "leave the call if I vanish" member events).
+        # Kept in the homeserver's database, where the sleep pass sees them: a homeserver
+        # with one pending never sleeps (provisioner.hibernation).
+        "max_event_delay_duration": "24h",
         # Synapse's outbound HTTP (federation, push gateways, URL previews, modules) never
         # reaches internal networks; only what the operator allowed (C3_OUTBOUND_ALLOWED_
         # NETWORKS). Its OIDC client ignores these lists: the issuer is checked by us instead.

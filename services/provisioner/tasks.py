@@ -8,7 +8,7 @@ from celery import Task
 from celery.signals import worker_ready
 
 from platform_core.celery import TaskNames, celery_app
-from provisioner import exports, questions, steps
+from provisioner import exports, hibernation, questions, steps
 from provisioner.operations.deprovision import deprovision
 from provisioner.operations.export import export
 from provisioner.operations.provision import provision
@@ -84,3 +84,18 @@ def homeserver_logs(reply_key: str, tenant_id: str, lines: int) -> None:
 @app.task(name=TaskNames.HOMESERVER_HEALTH, acks_late=False)
 def homeserver_health(reply_key: str) -> None:
     questions.homeserver_health(steps.context(), reply_key)
+
+
+@app.task(name=TaskNames.SLEEP_IDLE_HOMESERVERS, acks_late=True)
+def sleep_idle_homeservers() -> dict[str, int]:
+    return hibernation.sleep_idle(steps.context())
+
+
+@app.task(name=TaskNames.WAKE_HOMESERVER, acks_late=True)
+def wake_homeserver(tenant_id: str, stay_awake_s: float | None = None) -> str:
+    return hibernation.wake(steps.context(), tenant_id, stay_awake_s=stay_awake_s)
+
+
+@app.task(name=TaskNames.WAKE_FOR_MAINTENANCE, acks_late=True)
+def wake_for_maintenance() -> int:
+    return hibernation.wake_for_maintenance(steps.context())

@@ -135,6 +135,9 @@ class Homeserver(UUIDPk, Timestamps, Base):
     secrets_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
     # Name of the tenant's own PostgreSQL database (C3_TENANT_DATABASE_URL); None on SQLite.
     database_name: Mapped[str | None] = mapped_column(String(63), default=None)
+    # Since when the homeserver sleeps (stopped while its tenant stays active; woken by the
+    # first request); None: awake (or not running because the tenant is not active).
+    asleep_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class ExportState(StrEnum):

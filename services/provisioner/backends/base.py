@@ -26,6 +26,14 @@ HOMESERVER_MESSAGES_SQL = (
 HOMESERVER_MEDIA_BYTES_SQL = (
     "SELECT coalesce(sum(media_length), 0) FROM local_media_repository WHERE url_cache IS NULL"
 )
+# What a homeserver still has to do by itself, so it must not be put to sleep: delayed events
+# not yet sent (MSC4140: a sleeping server would leave ghost call members behind) and its own
+# background jobs (database migrations Synapse runs after start-up; the admin API's
+# background_updates/status reads the same table).
+HOMESERVER_DUE_WORK_SQL = {
+    "delayed_events": "SELECT count(*) FROM delayed_events WHERE NOT is_processed",
+    "background_updates": "SELECT count(*) FROM background_updates",
+}
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,22 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def stop(self, tenant_id: str) -> None:
         """Stop the homeserver if it runs. Idempotent."""
+
+    @abc.abstractmethod
+    def sleep(self, tenant_id: str) -> None:
+        """Stop an idle homeserver so that it takes no memory, keeping everything it needs to
+        ``wake`` quickly (its tenant stays active). Idempotent."""
+
+    @abc.abstractmethod
+    def wake(self, target: HomeserverTarget) -> None:
+        """Start a sleeping homeserver again from its rendered config (the caller waits until
+        it is healthy). Idempotent."""
+
+    def due_work(self, tenant_id: str) -> dict[str, int] | None:
+        """What the homeserver still has to do by itself (``HOMESERVER_DUE_WORK_SQL``: pending
+        delayed events, background jobs), read from its database; None when it has no
+        database yet (nothing can be due)."""
+        return None
 
     @abc.abstractmethod
     def archive(self, tenant_id: str, store: ObjectStore) -> str | None:

@@ -57,8 +57,13 @@ from platform_core.private_files import private_temp_dir, work_root, write_priva
 from platform_core.settings import Settings
 from provisioner import repository
 from provisioner.backends import kubernetes_manifests as manifests
-from provisioner.backends.base import Backend, HomeserverTarget, store_archive
-from provisioner.backends.local import postgres_usage_counts
+from provisioner.backends.base import (
+    HOMESERVER_DUE_WORK_SQL,
+    Backend,
+    HomeserverTarget,
+    store_archive,
+)
+from provisioner.backends.local import postgres_counts, postgres_usage_counts
 from provisioner.media_copy import MediaAccess, copy_local_media
 
 FIELD_MANAGER = "c3-provisioner"
@@ -301,6 +306,25 @@ class KubernetesBackend(Backend):
                     f"{self.stop_timeout_s:.0f}s"
                 )
             time.sleep(_POLL_S)
+
+    def sleep(self, tenant_id: str) -> None:
+        """Scale the StatefulSet to 0 and wait for the pod to go (as ``stop``): its memory is
+        freed, its volume, config and Service stay, so ``wake`` only scales back to 1."""
+        self.stop(tenant_id)
+
+    def wake(self, target: HomeserverTarget) -> None:
+        """Scale the StatefulSet back to 1 (re-applied: one replica is what it asks for)."""
+        self.start(target)
+
+    def due_work(self, tenant_id: str) -> dict[str, int] | None:
+        config, secret_files = self._deployed_files(tenant_id)
+        section = (yaml.safe_load(config.get("homeserver.yaml", "")) or {}).get("database") or {}
+        password = secret_files.get(manifests.DATABASE_PASSWORD_KEY)
+        if section.get("name") != "psycopg2" or password is None:
+            return None
+        return postgres_counts(
+            {**section["args"], "password": password.decode()}, HOMESERVER_DUE_WORK_SQL
+        )
 
     def _scale(self, namespace: str, replicas: int) -> None:
         self._call(

@@ -26,6 +26,7 @@ from platform_core.errors import TemporaryError
 from platform_core.object_store import ObjectStore
 from platform_core.private_files import work_root
 from provisioner.backends.base import (
+    HOMESERVER_DUE_WORK_SQL,
     HOMESERVER_MEDIA_BYTES_SQL,
     HOMESERVER_MESSAGES_SQL,
     Backend,
@@ -148,6 +149,14 @@ class LocalBackend(Backend):
             _signal(pid, signal.SIGKILL)
         self._pid_path(tenant_id).unlink(missing_ok=True)
 
+    def sleep(self, tenant_id: str) -> None:
+        """The process stops (SIGTERM, as ``stop``); its files, port and config stay, so
+        ``wake`` is a plain start."""
+        self.stop(tenant_id)
+
+    def wake(self, target: HomeserverTarget) -> None:
+        self.start(target)
+
     def archive(self, tenant_id: str, store: ObjectStore) -> str | None:
         directory = self.tenant_dir(tenant_id)
         if not directory.exists():
@@ -185,6 +194,18 @@ class LocalBackend(Backend):
         return []
 
     def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
+        counts = self._database_counts(
+            tenant_id,
+            {"messages": HOMESERVER_MESSAGES_SQL, "media_bytes": HOMESERVER_MEDIA_BYTES_SQL},
+        )
+        return None if counts is None else {k: int(v or 0) for k, v in counts.items()}
+
+    def due_work(self, tenant_id: str) -> dict[str, int] | None:
+        return self._database_counts(tenant_id, HOMESERVER_DUE_WORK_SQL)
+
+    def _database_counts(self, tenant_id: str, queries: dict[str, str]) -> dict[str, int] | None:
+        """One number per query from the homeserver's own database, read-only; None when it
+        has none yet."""
         config = self._config_path(tenant_id)
         if not config.exists():
             return None
@@ -192,18 +213,22 @@ class LocalBackend(Backend):
         # database or the SQLite file in its data directory.
         section = yaml.safe_load(config.read_text()).get("database") or {}
         if section.get("name") == "psycopg2":
-            return postgres_usage_counts(section["args"])
+            return postgres_counts(section["args"], queries)
         database = Path(section.get("args", {}).get("database", ""))
         if not database.is_file():
             return None
         # Read-only, never creating the file; Synapse keeps writing meanwhile.
         conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
         try:
-            (messages,) = conn.execute(HOMESERVER_MESSAGES_SQL).fetchone()
-            (media_bytes,) = conn.execute(HOMESERVER_MEDIA_BYTES_SQL).fetchone()
+            return {
+                name: int(conn.execute(sql).fetchone()[0] or 0) for name, sql in queries.items()
+            }
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None  # Synapse has not created its schema yet
+            raise
         finally:
             conn.close()
-        return {"messages": int(messages), "media_bytes": int(media_bytes or 0)}
 
     def stop_all(self) -> list[str]:
         stopped: list[str] = []
@@ -235,16 +260,26 @@ class LocalBackend(Backend):
 
 def postgres_usage_counts(args: dict[str, Any]) -> dict[str, int] | None:
     """Usage from the tenant's PostgreSQL database, as the tenant's own role, read-only."""
+    return postgres_counts(
+        args, {"messages": HOMESERVER_MESSAGES_SQL, "media_bytes": HOMESERVER_MEDIA_BYTES_SQL}
+    )
+
+
+def postgres_counts(args: dict[str, Any], queries: dict[str, str]) -> dict[str, int] | None:
+    """One number per query from the tenant's PostgreSQL database, as the tenant's own role,
+    read-only; None before Synapse created its schema."""
     params = {k: v for k, v in args.items() if not k.startswith("cp_")}  # Synapse pool options
+    counts: dict[str, int] = {}
     with psycopg.connect(**params, connect_timeout=10) as conn:
         conn.read_only = True
         try:
-            messages = conn.execute(HOMESERVER_MESSAGES_SQL).fetchone()
-            media_bytes = conn.execute(HOMESERVER_MEDIA_BYTES_SQL).fetchone()
+            for name, sql in queries.items():
+                row = conn.execute(sql).fetchone()
+                assert row is not None
+                counts[name] = int(row[0] or 0)
         except psycopg.errors.UndefinedTable:
             return None  # Synapse has not created its schema yet
-    assert messages is not None and media_bytes is not None
-    return {"messages": int(messages[0]), "media_bytes": int(media_bytes[0] or 0)}
+    return counts
 
 
 def _alive(pid: int) -> bool:

@@ -84,6 +84,7 @@ def serve(
     with task_session() as session:
         tenant, hs = tenant_and_homeserver(session, uuid.UUID(homeserver.tenant_id))
         mark(tenant)
+        hs.asleep_since = None  # it runs: provisioned, or resumed from a sleeping suspension
         hs.upstream_url = ctx.backend.upstream_url(homeserver)
         steps.publish(ctx, steps.route_for(ctx, tenant, hs, homeserver))
     record_step(op_id, "route-published")

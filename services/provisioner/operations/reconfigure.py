@@ -15,7 +15,7 @@ from provisioner.operations.common import load, record_step, target, tenant_and_
 def reconfigure(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
     """Restart the homeserver only if its config changed (clients ride the restart out: the
     proxy answers 502 + Retry-After and Matrix clients retry). A suspended tenant's new config
-    applies when it resumes."""
+    applies when it resumes, a sleeping one's when it wakes."""
     with task_session() as session:
         loaded = load(session, op_id)
         tenant, hs = loaded.tenant, loaded.homeserver
@@ -24,8 +24,14 @@ def reconfigure(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
                 return
             raise PermanentError(f"a {tenant.status.value} tenant cannot be reconfigured")
         homeserver = target(session, ctx, tenant, hs)
-    steps.ensure_running(ctx, homeserver)
-    record_step(op_id, "config-applied")
+        asleep = hs.asleep_since is not None
+    if asleep:
+        # Not woken for it: the new config is rendered now and read when it wakes.
+        ctx.backend.render(homeserver)
+        record_step(op_id, "config-rendered-asleep")
+    else:
+        steps.ensure_running(ctx, homeserver)
+        record_step(op_id, "config-applied")
     with task_session() as session:
         tenant, hs = tenant_and_homeserver(session, uuid.UUID(homeserver.tenant_id))
         steps.publish(ctx, steps.route_for(ctx, tenant, hs, homeserver))

@@ -19,6 +19,7 @@ def suspend(ctx: steps.Context, op_id: uuid.UUID, lease: Lease) -> None:
         tenant, hs = loaded.tenant, loaded.homeserver
         lifecycle.suspend_tenant(tenant)
         hs.desired_state = HomeserverDesiredState.STOPPED
+        hs.asleep_since = None  # stopped for its suspension now, not asleep
         route = steps.route_for(ctx, tenant, hs, target(session, ctx, tenant, hs))
         steps.publish(ctx, route)
         tenant_id = str(tenant.id)

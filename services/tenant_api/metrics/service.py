@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_core.errors import TemporaryError
-from platform_core.metrics import PlatformSnapshot, ReconcileStats, UsageStats
+from platform_core.metrics import PlatformSnapshot, ReconcileStats, SleepStats, UsageStats
 from platform_core.redis import keys_for
 from platform_core.routes import Route, read_routes
 from platform_core.settings import Settings
@@ -20,6 +20,7 @@ async def snapshot(session: AsyncSession, settings: Settings) -> PlatformSnapsho
             keys = keys_for(settings)
             raw = await client.hgetall(keys.reconcile_metrics)
             usage = await client.hgetall(keys.usage_metrics)
+            sleep = await client.hgetall(keys.sleep_metrics)
     except (aioredis.RedisError, OSError) as exc:
         # A failed scrape (503) rather than counters that silently read zero.
         raise TemporaryError(
@@ -30,6 +31,8 @@ async def snapshot(session: AsyncSession, settings: Settings) -> PlatformSnapsho
         tenants=await MetricsRepository(session).tenants_by_status(),
         operations=await MetricsRepository(session).operations_by_state(),
         usage=UsageStats.from_redis(usage),
+        homeservers=await MetricsRepository(session).homeservers_by_state(),
+        sleep=SleepStats.from_redis(sleep),
     )
 
 

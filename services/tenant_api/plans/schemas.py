@@ -85,6 +85,9 @@ class LimitsIn(BaseModel):
         description="Tenant API requests an idle credential may send at once "
         "(default: one minute's worth)",
     )
+    # Sleeping homeservers: the homeserver is stopped (scaled to 0) after serving nothing for
+    # this long and woken by the next request. Null or 0: always on.
+    idle_after_seconds: int | None = Field(default=None, ge=0, le=365 * 24 * 3600)
     # Kubernetes backend: the homeserver pod's CPU and memory (its requests and limits, and its
     # namespace's quota) and its data volume (media, signing key).
     homeserver_cpu_millicores: int | None = Field(default=None, ge=100, le=64_000)

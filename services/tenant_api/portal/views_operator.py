@@ -72,11 +72,16 @@ async def fleet(
     start, end = _month_bounds(datetime.now(UTC))
     mau = await UsageRepository(session).totals_by_tenant(ids, Meter.ACTIVE_USERS.value, start, end)
     latest = await OperationRepository(session, user.principal).latest_for(ids)
+    asleep = await repository.asleep_since(set(ids))
     return await render(
         request,
         "fleet.html",
         tenants=[
-            (tenants.to_out(t, codes[t.plan_id], settings), mau.get(t.id, 0), latest.get(t.id))
+            (
+                tenants.to_out(t, codes[t.plan_id], settings, asleep_since=asleep.get(t.id)),
+                mau.get(t.id, 0),
+                latest.get(t.id),
+            )
             for t in shown
         ],
         total=len(rows),

@@ -78,7 +78,10 @@ class TenantPages:
         repository = TenantRepository(self.session, self.user.principal)
         tenant = await repository.get_or_404(parse_id(self.tenant_id))
         codes = await repository.plan_codes({tenant.plan_id})
-        return tenant, tenants.to_out(tenant, codes[tenant.plan_id], self.settings)
+        asleep = (await repository.asleep_since({tenant.id})).get(tenant.id)
+        return tenant, tenants.to_out(
+            tenant, codes[tenant.plan_id], self.settings, asleep_since=asleep
+        )
 
     async def homeserver(self) -> tuple[Tenant, Homeserver | None, SecretBox]:
         """The tenant, its homeserver and the secrets box, as the users endpoints load them."""

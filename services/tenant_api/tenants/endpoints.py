@@ -77,8 +77,12 @@ async def list_tenants(
     rows = await tenants.page(limit=limit + 1, after=after)
     page, more = rows[:limit], len(rows) > limit
     codes = await tenants.plan_codes({t.plan_id for t in page})
+    asleep = await tenants.asleep_since({t.id for t in page})
     return TenantPage(
-        items=[service.to_out(t, codes[t.plan_id], settings) for t in page],
+        items=[
+            service.to_out(t, codes[t.plan_id], settings, asleep_since=asleep.get(t.id))
+            for t in page
+        ],
         next_cursor=encode_cursor(page[-1]) if more else None,
     )
 
@@ -90,7 +94,10 @@ async def get_tenant(
     tenants = TenantRepository(session, principal)
     tenant = await tenants.get_or_404(tenant_id)
     codes = await tenants.plan_codes({tenant.plan_id})
-    return service.to_out(tenant, codes[tenant.plan_id], settings)
+    asleep = await tenants.asleep_since({tenant.id})
+    return service.to_out(
+        tenant, codes[tenant.plan_id], settings, asleep_since=asleep.get(tenant.id)
+    )
 
 
 @router.patch("/{tenant_id}", response_model=TenantOut, name="tenants.update")

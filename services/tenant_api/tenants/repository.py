@@ -63,6 +63,17 @@ class TenantRepository(Repository):
         statement = select(Plan).where(Plan.code == code if code else Plan.is_default.is_(True))
         return (await self.session.scalars(statement)).first()
 
+    async def asleep_since(self, tenant_ids: set[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+        """Since when each of these tenants' homeservers sleeps (awake ones are left out)."""
+        if not tenant_ids:
+            return {}
+        rows = await self.session.execute(
+            select(Homeserver.tenant_id, Homeserver.asleep_since).where(
+                Homeserver.tenant_id.in_(tenant_ids), Homeserver.asleep_since.is_not(None)
+            )
+        )
+        return {tenant_id: since for tenant_id, since in rows if since is not None}
+
     async def get_homeserver(self, tenant_id: uuid.UUID) -> Homeserver | None:
         statement = select(Homeserver).where(Homeserver.tenant_id == tenant_id)
         return (await self.session.scalars(statement)).first()

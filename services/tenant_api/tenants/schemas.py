@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -352,6 +353,14 @@ class OperationRef(BaseModel):
     url: str
 
 
+class HomeserverStateOut(BaseModel):
+    """Whether the tenant's homeserver runs. `asleep`: stopped after its plan's idle time
+    (`limits.idle_after_seconds`) while the tenant stays active; the next request wakes it."""
+
+    state: Literal["starting", "awake", "asleep", "stopped"]
+    asleep_since: datetime | None = None
+
+
 class TenantOut(BaseModel):
     id: uuid.UUID
     slug: str
@@ -362,6 +371,7 @@ class TenantOut(BaseModel):
     homeserver_url: str = Field(description="Base URL Matrix clients use (through the proxy)")
     homeserver_path_url: str = Field(description="Same homeserver under the proxy's /t/<slug>")
     settings: HomeserverSettingsOut
+    homeserver: HomeserverStateOut
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
@@ -29,14 +30,32 @@ from tenant_api.kit.audit import AuditContext
 from tenant_api.operations.repository import OperationRepository
 from tenant_api.tenants import homeserver_settings
 from tenant_api.tenants.repository import TenantRepository
-from tenant_api.tenants.schemas import TenantCreate, TenantOut, TenantPatch
+from tenant_api.tenants.schemas import (
+    HomeserverStateOut,
+    TenantCreate,
+    TenantOut,
+    TenantPatch,
+)
 
 
 def server_name_for(slug: str, settings: Settings) -> str:
     return f"{slug}.{settings.base_domain}"
 
 
-def to_out(tenant: Tenant, plan_code: str, settings: Settings) -> TenantOut:
+def homeserver_state(tenant: Tenant, asleep_since: datetime | None) -> HomeserverStateOut:
+    """``asleep_since``: the homeserver row's (None: awake, or not running for its status)."""
+    if tenant.status in (TenantStatus.PENDING, TenantStatus.PROVISIONING):
+        return HomeserverStateOut(state="starting")
+    if tenant.status is not TenantStatus.ACTIVE:
+        return HomeserverStateOut(state="stopped")
+    if asleep_since is not None:
+        return HomeserverStateOut(state="asleep", asleep_since=asleep_since)
+    return HomeserverStateOut(state="awake")
+
+
+def to_out(
+    tenant: Tenant, plan_code: str, settings: Settings, *, asleep_since: datetime | None = None
+) -> TenantOut:
     public = settings.effective_proxy_public_url
     return TenantOut(
         id=tenant.id,
@@ -48,6 +67,7 @@ def to_out(tenant: Tenant, plan_code: str, settings: Settings) -> TenantOut:
         homeserver_url=settings.homeserver_url(tenant.server_name),
         homeserver_path_url=f"{public}/t/{tenant.slug}",
         settings=homeserver_settings.settings_out(tenant),
+        homeserver=homeserver_state(tenant, asleep_since),
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,
         deleted_at=tenant.deleted_at,

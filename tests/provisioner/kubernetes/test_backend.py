@@ -127,6 +127,28 @@ def test_suspend_scales_to_zero_and_resume_to_one(
     assert backend.is_running(target.tenant_id)
 
 
+def test_sleep_scales_to_zero_keeping_everything_and_wake_scales_back(
+    api_only: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sleeping homeserver takes no pod (no memory) but keeps its config, secrets, Service
+    and volume claim, so waking it is one scale back to 1."""
+    backend, target, namespace = deployed(api_only, tmp_path, monkeypatch)
+    backend.sleep(target.tenant_id)
+    assert api_only.get("StatefulSet", namespace, "synapse")["spec"]["replicas"] == 0  # type: ignore[index]
+    assert api_only.get("Pod", namespace, "synapse-0") is None
+    assert not backend.is_running(target.tenant_id)
+    for kind, name in (("ConfigMap", manifests.CONFIG_MAP), ("Secret", manifests.SECRET)):
+        assert api_only.get(kind, namespace, name) is not None, kind
+    assert api_only.get("Service", namespace, "synapse") is not None
+    backend.sleep(target.tenant_id)  # idempotent
+
+    backend.wake(target)
+    assert api_only.get("StatefulSet", namespace, "synapse")["spec"]["replicas"] == 1  # type: ignore[index]
+    assert backend.is_running(target.tenant_id)
+    backend.wake(target)  # idempotent
+    assert backend.drift(target) == []
+
+
 def test_delete_archives_then_waits_for_the_namespace_to_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
