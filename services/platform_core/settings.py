@@ -336,6 +336,14 @@ class Settings(BaseSettings):
 
     # --- end of the Kubernetes backend's settings -------------------------------------------
 
+    # --- Synapse's footprint (issue 16; docs/benchmarks.md "Synapse's footprint") ------------
+    # Every tenant's Synapse runs with jemalloc preloaded (LD_PRELOAD): the local backend uses
+    # Debian's libjemalloc2 when it is installed (scripts/system_deps installs it), the
+    # kubernetes backend the one Synapse's image ships. Needed for the plans' cache autotuning
+    # (limit synapse_cache_max_memory_mib). false: glibc's malloc.
+    synapse_jemalloc: bool = True
+    # --- end of Synapse's footprint ----------------------------------------------------------
+
     @field_validator("base_domain")
     @classmethod
     def _domain_lower(cls, v: str) -> str:

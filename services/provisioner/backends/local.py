@@ -33,6 +33,7 @@ from provisioner.backends.base import (
     spec_for,
     store_archive,
 )
+from provisioner.malloc import synapse_environment
 from provisioner.synapse_config import write_homeserver_files
 
 _STOP_GRACE_S = 15.0
@@ -41,11 +42,21 @@ _STOP_GRACE_S = 15.0
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, data_dir: Path, *, python: str | None = None, bind: str = "127.0.0.1"):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        python: str | None = None,
+        bind: str = "127.0.0.1",
+        jemalloc: bool = True,
+    ):
         self.root = data_dir / "homeservers"
         self.work_root = work_root(data_dir)
         self.python = python or sys.executable
         self.bind = bind
+        # C3_SYNAPSE_JEMALLOC: preload Debian's jemalloc into every homeserver when installed
+        # (provisioner.malloc; the measured difference is in docs/benchmarks.md).
+        self.jemalloc = jemalloc
 
     # Paths -----------------------------------------------------------------------------
 
@@ -120,6 +131,7 @@ class LocalBackend(Backend):
             ["sh", "-c", command, "sh", str(directory / "stdout.log"), str(pid_file)]
             + self._program(config),
             cwd=directory,
+            env=synapse_environment(dict(os.environ), use_jemalloc=self.jemalloc),
             capture_output=True,
             check=True,
             start_new_session=True,
