@@ -54,15 +54,15 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "services"))
 
+from benchmarks.harness import stop_on_sigterm  # noqa: E402
 from platform_core.synapse_admin import registration_mac  # noqa: E402
-from provisioner.malloc import jemalloc_path  # noqa: E402
+from provisioner.malloc import JEMALLOC_CONF, jemalloc_path  # noqa: E402
 from provisioner.synapse_config import (  # noqa: E402
     HomeserverSecrets,
     HomeserverSpec,
     write_homeserver_files,
 )
 
-JEMALLOC_LEAN = "narenas:1,tcache:false,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
 START_TIMEOUT_S = 90.0
 SETTLE_MAX_S = 90.0
 MIB = 1024 * 1024
@@ -128,7 +128,7 @@ def _variants() -> dict[str, Variant]:
             "jemalloc-lean",
             jemalloc=True,
             limits={"synapse_cache_factor": 0.5},
-            env={"MALLOC_CONF": JEMALLOC_LEAN},
+            env={"MALLOC_CONF": JEMALLOC_CONF},  # what C3_SYNAPSE_JEMALLOC=true ships,
         )
     )
     return {v.name: v for v in found}
@@ -141,7 +141,8 @@ VARIANTS = _variants()
 
 
 def memory_of(pid: int) -> dict[str, float]:
-    """RSS, PSS and private memory (MiB) from ``/proc/<pid>/smaps_rollup``."""
+    """RSS, PSS, private and anonymous memory (MiB) from ``/proc/<pid>/smaps_rollup``.
+    Anonymous (the heap) does not depend on which other processes share library pages."""
     fields: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, _, rest = line.partition(":")
@@ -153,6 +154,7 @@ def memory_of(pid: int) -> dict[str, float]:
         "rss": fields.get("Rss", 0) / 1024,
         "pss": fields.get("Pss", 0) / 1024,
         "private": private / 1024,
+        "anon": fields.get("Anonymous", 0) / 1024,
     }
 
 
@@ -368,7 +370,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name, runs in by_variant.items():
         entry: dict[str, Any] = {"variant": name, "runs": len(runs)}
         for phase in ("idle", "working", "working_settled"):
-            for kind in ("rss", "pss", "private"):
+            for kind in ("rss", "pss", "private", "anon"):
                 entry[f"{phase}_{kind}"] = statistics.median(r[phase][kind] for r in runs)
         entry["send_p50_ms"] = statistics.median(r["send_p50_ms"] for r in runs)
         entry["send_p99_ms"] = statistics.median(r["send_p99_ms"] for r in runs)
@@ -384,15 +386,16 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
         f"{args.messages} messages, syncs"
     )
     head = (
-        f"{'variant':<22}{'idle RSS':>9}{'PSS':>7}{'priv':>7}"
-        f"{'work RSS':>10}{'PSS':>7}{'priv':>7}{'settled RSS':>12}{'priv':>7}"
+        f"{'variant':<22}{'idle RSS':>9}{'PSS':>7}{'priv':>7}{'anon':>7}"
+        f"{'work RSS':>10}{'PSS':>7}{'priv':>7}{'anon':>7}{'settled RSS':>12}{'priv':>7}"
         f"{'send p50':>10}{'p99 ms':>8}{'work s':>8}"
     )
     print(head)
     for e in summary:
         print(
             f"{e['variant']:<22}{e['idle_rss']:>9.1f}{e['idle_pss']:>7.1f}{e['idle_private']:>7.1f}"
-            f"{e['working_rss']:>10.1f}{e['working_pss']:>7.1f}{e['working_private']:>7.1f}"
+            f"{e['idle_anon']:>7.1f}{e['working_rss']:>10.1f}{e['working_pss']:>7.1f}"
+            f"{e['working_private']:>7.1f}{e['working_anon']:>7.1f}"
             f"{e['working_settled_rss']:>12.1f}{e['working_settled_private']:>7.1f}"
             f"{e['send_p50_ms']:>10.1f}{e['send_p99_ms']:>8.1f}{e['workload_s']:>8.1f}"
         )
@@ -416,6 +419,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    stop_on_sigterm()  # SIGTERM stops the homeserver of the current variant too
     root = Path(tempfile.mkdtemp(prefix="c3-footprint-"))
     rows: list[dict[str, Any]] = []
     try:

@@ -12,7 +12,7 @@ from synapse.config.homeserver import HomeServerConfig
 
 from provisioner.backends.base import HomeserverTarget
 from provisioner.backends.local import LocalBackend
-from provisioner.malloc import jemalloc_path, synapse_environment
+from provisioner.malloc import JEMALLOC_CONF, jemalloc_path, synapse_environment
 from provisioner.synapse_config import (
     FOOTPRINT_DEFAULTS,
     HomeserverSecrets,
@@ -83,6 +83,9 @@ def test_jemalloc_is_preloaded_only_when_wanted_and_installed() -> None:
         assert with_jemalloc == base
     else:  # first, and whatever the operator preloads stays
         assert with_jemalloc["LD_PRELOAD"] == f"{found} /opt/other.so"
+        assert with_jemalloc["MALLOC_CONF"] == JEMALLOC_CONF
+        own = synapse_environment({**base, "MALLOC_CONF": "narenas:2"}, use_jemalloc=True)
+        assert own["MALLOC_CONF"] == "narenas:2"  # the operator's own options win
 
 
 def cache_max_sizes(metrics_url: str) -> dict[str, float]:
@@ -99,7 +102,7 @@ def cache_max_sizes(metrics_url: str) -> dict[str, float]:
 def test_a_real_homeserver_runs_with_jemalloc_and_the_plan_caches(tmp_path: Path) -> None:
     if jemalloc_path() is None:
         pytest.skip("libjemalloc2 is not installed (scripts/system_deps installs it as root)")
-    backend = LocalBackend(tmp_path)
+    backend = LocalBackend(tmp_path, jemalloc=True)  # C3_SYNAPSE_JEMALLOC=true
     target = HomeserverTarget(
         tenant_id="footprint",
         server_name="acme.c3.test",
@@ -122,6 +125,7 @@ def test_a_real_homeserver_runs_with_jemalloc_and_the_plan_caches(tmp_path: Path
         poll(healthy, timeout=90, what="the homeserver to answer /health")
         [process] = synapse_processes(backend.tenant_dir("footprint") / "homeserver.yaml")
         assert "libjemalloc" in Path(f"/proc/{process.pid}/maps").read_text()
+        assert process.environ().get("MALLOC_CONF") == JEMALLOC_CONF
 
         assert target.port is not None
         metrics_url = f"http://127.0.0.1:{target.port + 1}/_synapse/metrics"

@@ -48,14 +48,14 @@ class LocalBackend(Backend):
         *,
         python: str | None = None,
         bind: str = "127.0.0.1",
-        jemalloc: bool = True,
+        jemalloc: bool = False,
     ):
         self.root = data_dir / "homeservers"
         self.work_root = work_root(data_dir)
         self.python = python or sys.executable
         self.bind = bind
         # C3_SYNAPSE_JEMALLOC: preload Debian's jemalloc into every homeserver when installed
-        # (provisioner.malloc; the measured difference is in docs/benchmarks.md).
+        # (provisioner.malloc; measured in docs/benchmarks.md: off by default).
         self.jemalloc = jemalloc
 
     # Paths -----------------------------------------------------------------------------
