@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from synapse.config.homeserver import HomeServerConfig
 
 from provisioner.backends.base import HomeserverTarget
@@ -20,6 +21,7 @@ from provisioner.synapse_config import (
     render_homeserver_config,
     write_homeserver_files,
 )
+from tenant_api.plans.schemas import LimitsIn
 from tests.helpers.matrix import synapse_processes
 from tests.helpers.platform import poll
 
@@ -72,6 +74,20 @@ def test_a_plan_sets_its_own_caches_and_synapse_reads_them(tmp_path: Path) -> No
             "caches"
         ]
     )
+
+
+def test_operators_set_the_cache_limits_on_a_plan_within_bounds() -> None:
+    limits = LimitsIn(
+        synapse_cache_factor=0.25, synapse_event_cache_size=2000, synapse_cache_max_memory_mib=0
+    )
+    assert limits.model_dump(exclude_none=True) == {
+        "synapse_cache_factor": 0.25,
+        "synapse_event_cache_size": 2000,
+        "synapse_cache_max_memory_mib": 0,
+    }
+    for bad in ({"synapse_cache_factor": 0}, {"synapse_event_cache_size": 10}):
+        with pytest.raises(ValidationError):
+            LimitsIn(**bad)
 
 
 def test_jemalloc_is_preloaded_only_when_wanted_and_installed() -> None:
