@@ -83,9 +83,11 @@ WORKDIR /var/lib/c3
 
 # tini as PID 1 (reaps Synapse and Celery children, forwards signals); the PostgreSQL client of
 # PG_MAJOR for the worker's tenant database dumps (pg_dump) and the restore instructions
-# (pg_restore) of an export; user and group c3 = 10001, owning only the data directory.
+# (pg_restore) of an export; Debian's jemalloc, which the local backend preloads into every
+# homeserver it starts when C3_SYNAPSE_JEMALLOC=true (tenant pods use Synapse's image's); user
+# and group c3 = 10001, owning only the data directory.
 RUN apt-get update -q \
-    && apt-get install -y -q --no-install-recommends tini ca-certificates "postgresql-client-${PG_MAJOR}" \
+    && apt-get install -y -q --no-install-recommends tini ca-certificates libjemalloc2 "postgresql-client-${PG_MAJOR}" \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/* /var/log/apt /var/log/dpkg.log \
     && groupadd --gid 10001 c3 \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin c3 \

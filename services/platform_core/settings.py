@@ -427,6 +427,16 @@ class Settings(BaseSettings):
 
     # --- end of the Kubernetes backend's settings -------------------------------------------
 
+    # --- Synapse's footprint (issue 16; docs/benchmarks.md "Synapse's footprint") ------------
+    # true: every tenant's Synapse runs with jemalloc preloaded (LD_PRELOAD, MALLOC_CONF from
+    # provisioner.malloc): the local backend uses Debian's libjemalloc2 when installed
+    # (scripts/system_deps and the image install it), the kubernetes backend the one Synapse's
+    # image ships. Off by default: measured, glibc's malloc keeps a tenant Synapse 2-9 MiB
+    # smaller. On for large, long-running tenants, and for plans with cache autotuning
+    # (synapse_cache_max_memory_mib), which needs jemalloc.
+    synapse_jemalloc: bool = False
+    # --- end of Synapse's footprint ----------------------------------------------------------
+
     @field_validator("base_domain")
     @classmethod
     def _domain_lower(cls, v: str) -> str:

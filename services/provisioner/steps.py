@@ -85,7 +85,9 @@ class Context:
 
 def make_backend(settings: Settings) -> Backend:
     if settings.backend is BackendKind.LOCAL:
-        return LocalBackend(settings.data_path, python=settings.synapse_python)
+        return LocalBackend(
+            settings.data_path, python=settings.synapse_python, jemalloc=settings.synapse_jemalloc
+        )
     if settings.backend is BackendKind.FAKE:
         return FakeBackend(
             settings.data_path,

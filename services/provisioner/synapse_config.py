@@ -36,6 +36,22 @@ from platform_core.routes import (
     DEFAULT_PROXY_RATE_PER_SECOND,
 )
 
+# Synapse's memory per plan (issue 16, "Synapse's own footprint"; measured in
+# docs/benchmarks.md with benchmarks/synapse_footprint_bench.py):
+#   synapse_cache_factor          caches.global_factor: scales every cache's size (Synapse: 0.5)
+#   synapse_event_cache_size      event_cache_size: events kept in memory (Synapse: 10000)
+#   synapse_cache_max_memory_mib  caches.cache_autotuning: above this many MiB of jemalloc
+#                                 heap Synapse evicts cache entries down to 3/4 of it (only with
+#                                 jemalloc loaded, C3_SYNAPSE_JEMALLOC; 0 or absent: none)
+# The defaults are Synapse's own: measured, factors 0.1-1.0, a 5x smaller event cache and
+# autotuning changed a tenant's RSS by at most 1.5 MiB (its caches never fill), so nothing
+# smaller is worth the cache misses a busy tenant would pay.
+FOOTPRINT_DEFAULTS: dict[str, Any] = {
+    "synapse_cache_factor": 0.5,
+    "synapse_event_cache_size": 10_000,
+    "synapse_cache_max_memory_mib": 0,
+}
+
 DEFAULT_LIMITS: dict[str, Any] = {
     "max_upload_size_bytes": DEFAULT_MAX_UPLOAD_SIZE_BYTES,
     # Synapse's own default rc_message (0.2/s, burst 10) is far too low for an enterprise.
@@ -51,6 +67,7 @@ DEFAULT_LIMITS: dict[str, Any] = {
     "proxy_rate_per_second": DEFAULT_PROXY_RATE_PER_SECOND,
     "proxy_rate_burst": DEFAULT_PROXY_RATE_BURST,
     "proxy_max_concurrent": DEFAULT_PROXY_MAX_CONCURRENT,
+    **FOOTPRINT_DEFAULTS,
 }
 
 
@@ -238,6 +255,7 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
     if limits.get("max_mau"):
         config["limit_usage_by_mau"] = True
         config["max_mau_value"] = int(limits["max_mau"])
+    config.update(_cache_config(limits))
     config.update(_federation_config(spec.settings))
     config.update(_registration_config(spec.settings))
     config.update(_retention_config(spec.settings))
@@ -245,6 +263,22 @@ def render_homeserver_config(spec: HomeserverSpec, hs_secrets: HomeserverSecrets
     config.update(_oidc_config(spec.settings, spec.setting_secrets))
     config.update(_contexts_config(spec))
     return config
+
+
+def _cache_config(limits: dict[str, Any]) -> dict[str, Any]:
+    """Synapse's caches from the plan: the largest share of a working homeserver's memory
+    that configuration controls (its code and interpreter are the rest)."""
+    caches: dict[str, Any] = {"global_factor": float(limits["synapse_cache_factor"])}
+    max_mib = int(limits.get("synapse_cache_max_memory_mib") or 0)
+    if max_mib > 0:
+        # Synapse needs all three options or none; it evicts down to the target once the
+        # jemalloc heap passes the maximum, but never entries younger than min_cache_ttl.
+        caches["cache_autotuning"] = {
+            "max_cache_memory_usage": f"{max_mib}M",
+            "target_cache_memory_usage": f"{max(1, max_mib * 3 // 4)}M",
+            "min_cache_ttl": "5m",
+        }
+    return {"caches": caches, "event_cache_size": int(limits["synapse_event_cache_size"])}
 
 
 APPSERVICE_FILE = "appservice-c3.yaml"

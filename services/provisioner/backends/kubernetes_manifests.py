@@ -84,6 +84,7 @@ from platform_core.homeserver_settings import FederationMode, federation_mode
 from platform_core.outbound import OUTBOUND_BLOCKED_NETWORKS
 from platform_core.settings import KUBERNETES_SYNAPSE_METRICS_PORT, Settings
 from provisioner.backends.base import HomeserverTarget, spec_for
+from provisioner.malloc import DEBIAN_JEMALLOC_PRELOAD, JEMALLOC_CONF
 from provisioner.synapse_config import (
     APPSERVICE_FILE,
     FileLayout,
@@ -352,6 +353,15 @@ def _health_probe(*, period_s: int, failures: int) -> Probe:
     )
 
 
+def _jemalloc_env(settings: Settings) -> list[EnvVar]:
+    if not settings.synapse_jemalloc:
+        return []
+    return [
+        EnvVar(name="LD_PRELOAD", value=DEBIAN_JEMALLOC_PRELOAD),
+        EnvVar(name="MALLOC_CONF", value=JEMALLOC_CONF),
+    ]
+
+
 def _stateful_set(
     settings: Settings,
     target: HomeserverTarget,
@@ -385,6 +395,9 @@ def _stateful_set(
             EnvVar(name="PYTHONPATH", value=MODULES_DIR),
             # The modules volume is read-only: no __pycache__ beside the sources.
             EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
+            # C3_SYNAPSE_JEMALLOC: the image's jemalloc (its start.py would preload it; we
+            # bypass start.py).
+            *_jemalloc_env(settings),
         ],
         ports=[
             ContainerPort(name="client", containerPort=PORT, protocol="TCP"),

@@ -34,6 +34,7 @@ from provisioner.backends.base import (
     spec_for,
     store_archive,
 )
+from provisioner.malloc import synapse_environment
 from provisioner.synapse_config import write_homeserver_files
 
 _STOP_GRACE_S = 15.0
@@ -42,11 +43,21 @@ _STOP_GRACE_S = 15.0
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, data_dir: Path, *, python: str | None = None, bind: str = "127.0.0.1"):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        python: str | None = None,
+        bind: str = "127.0.0.1",
+        jemalloc: bool = False,
+    ):
         self.root = data_dir / "homeservers"
         self.work_root = work_root(data_dir)
         self.python = python or sys.executable
         self.bind = bind
+        # C3_SYNAPSE_JEMALLOC: preload Debian's jemalloc into every homeserver when installed
+        # (provisioner.malloc; measured in docs/benchmarks.md: off by default).
+        self.jemalloc = jemalloc
 
     # Paths -----------------------------------------------------------------------------
 
@@ -121,6 +132,7 @@ class LocalBackend(Backend):
             ["sh", "-c", command, "sh", str(directory / "stdout.log"), str(pid_file)]
             + self._program(config),
             cwd=directory,
+            env=synapse_environment(dict(os.environ), use_jemalloc=self.jemalloc),
             capture_output=True,
             check=True,
             start_new_session=True,

@@ -93,6 +93,18 @@ class LimitsIn(BaseModel):
     homeserver_cpu_millicores: int | None = Field(default=None, ge=100, le=64_000)
     homeserver_memory_mib: int | None = Field(default=None, ge=256, le=262_144)
     homeserver_storage_gib: int | None = Field(default=None, ge=1, le=16_384)
+    # Synapse's memory (docs/benchmarks.md, "Synapse's footprint"): every cache's size times
+    # this factor, the event cache's base size, and a jemalloc heap size above which Synapse
+    # evicts cache entries (0: never).
+    synapse_cache_factor: float | None = Field(
+        default=None, gt=0, le=20, description="[caches.global_factor]"
+    )
+    synapse_event_cache_size: int | None = Field(
+        default=None, ge=100, le=10_000_000, description="[event_cache_size]"
+    )
+    synapse_cache_max_memory_mib: int | None = Field(
+        default=None, ge=0, le=262_144, description="[caches.cache_autotuning]"
+    )
 
 
 def _check_prices(prices: dict[str, PriceIn]) -> dict[str, PriceIn]:

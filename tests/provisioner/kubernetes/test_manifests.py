@@ -253,6 +253,22 @@ def test_the_pod_is_pinned_hardened_probed_and_sized_from_the_plan() -> None:
     assert quota is not None and quota.hard is not None and quota.hard["requests.storage"] == "1Gi"
 
 
+def test_synapse_runs_with_the_images_jemalloc_when_turned_on() -> None:
+    """Synapse's image ships Debian's libjemalloc2 but only its start.py (which we bypass)
+    preloads it; the dynamic linker expands $LIB to the node's multiarch directory."""
+
+    def env_of(**overrides: Any) -> dict[str, str]:
+        built = manifests.build(kube_settings(**overrides), tenant_target(limits=SMALL))
+        assert built.stateful_set.spec is not None
+        [container] = built.stateful_set.spec.template.spec.containers  # type: ignore[union-attr]
+        return {e.name: e.value for e in container.env or [] if e.value is not None}
+
+    assert "LD_PRELOAD" not in env_of()  # measured smaller without: off by default
+    on = env_of(synapse_jemalloc=True)
+    assert on["LD_PRELOAD"] == "/usr/$LIB/libjemalloc.so.2"
+    assert on["MALLOC_CONF"].startswith("narenas:1,")
+
+
 def platform_pods(namespace: str, release: str, components: list[str]) -> dict[str, Any]:
     return {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},

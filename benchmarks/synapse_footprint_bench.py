@@ -1,0 +1,455 @@
+"""Synapse footprint benchmark: one tenant homeserver's memory, idle and working, with and without
+jemalloc and under several cache settings (issue 16, "Synapse's own footprint").
+
+For each variant, one run:
+
+1. renders a tenant homeserver's config exactly as the provisioner does
+   (``provisioner.synapse_config.write_homeserver_files``; SQLite, the local default) with the
+   variant's plan limits (``synapse_cache_factor``, ``synapse_event_cache_size``,
+   ``synapse_cache_max_memory_mib``), and starts ``python -m synapse.app.homeserver`` with the
+   variant's environment (``LD_PRELOAD`` of Debian's libjemalloc2 for the jemalloc variants);
+2. **idle**: once ``/health`` answers, waits until the resident size has stopped growing (no
+   change above 1 % for ``--settle`` seconds; at most 90 s) and reads ``/proc/<pid>/smaps_rollup``:
+   RSS, PSS and private (clean + dirty) memory;
+3. **working**: registers ``--users`` users (shared-secret admin registration), has them create
+   ``--rooms`` public rooms and join them all, sends ``--messages`` messages round-robin over
+   users and rooms, with every user syncing (initial sync, then an incremental sync after every
+   ``--users`` messages) and a final initial sync per user; reads memory right after, and
+   again once it settled (the "working, settled" columns: what the process keeps);
+4. stops the homeserver and removes its directory.
+
+Prints one table (MiB) and writes ``benchmarks/results/synapse-footprint-<UTC stamp>.json``.
+Variants run one after another, so they do not compete for the CPU; ``--repeat`` runs the whole
+list again (interleaved), and the table shows the median per variant.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/synapse_footprint_bench.py
+    .venv/bin/python benchmarks/synapse_footprint_bench.py --variants glibc jemalloc --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host_platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "services"))
+
+from benchmarks.harness import stop_on_sigterm  # noqa: E402
+from platform_core.synapse_admin import registration_mac  # noqa: E402
+from provisioner.malloc import JEMALLOC_CONF, jemalloc_path  # noqa: E402
+from provisioner.synapse_config import (  # noqa: E402
+    HomeserverSecrets,
+    HomeserverSpec,
+    write_homeserver_files,
+)
+
+START_TIMEOUT_S = 90.0
+SETTLE_MAX_S = 90.0
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    jemalloc: bool = False
+    limits: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _variants() -> dict[str, Variant]:
+    found = [
+        # Synapse's own defaults: global_factor 0.5, event_cache_size 10K.
+        Variant("glibc", limits={"synapse_cache_factor": 0.5}),
+        Variant(
+            "glibc-arena2", limits={"synapse_cache_factor": 0.5}, env={"MALLOC_ARENA_MAX": "2"}
+        ),
+        Variant("jemalloc", jemalloc=True, limits={"synapse_cache_factor": 0.5}),
+    ]
+    for factor in (1.0, 0.25, 0.1):
+        found.append(
+            Variant(f"jemalloc-f{factor:g}", jemalloc=True, limits={"synapse_cache_factor": factor})
+        )
+    found.append(Variant("glibc-f0.1", limits={"synapse_cache_factor": 0.1}))
+    found.append(
+        Variant(
+            "jemalloc-f0.25-ev2k",
+            jemalloc=True,
+            limits={"synapse_cache_factor": 0.25, "synapse_event_cache_size": 2000},
+        )
+    )
+    found.append(
+        Variant(
+            "jemalloc-f0.5-auto64",
+            jemalloc=True,
+            limits={"synapse_cache_factor": 0.5, "synapse_cache_max_memory_mib": 64},
+        )
+    )
+    found.append(
+        Variant(
+            "jemalloc-f0.25-decay",
+            jemalloc=True,
+            limits={"synapse_cache_factor": 0.25},
+            # Return freed pages to the kernel within a second instead of jemalloc's 10 s.
+            env={"MALLOC_CONF": "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"},
+        )
+    )
+    # jemalloc with fewer arenas (Synapse is one reactor thread and a small database thread
+    # pool; jemalloc's default is 4 per CPU) and without per-thread caches, returning pages fast.
+    found.append(
+        Variant(
+            "jemalloc-narenas1",
+            jemalloc=True,
+            limits={"synapse_cache_factor": 0.5},
+            env={"MALLOC_CONF": "narenas:1"},
+        )
+    )
+    found.append(
+        Variant(
+            "jemalloc-lean",
+            jemalloc=True,
+            limits={"synapse_cache_factor": 0.5},
+            env={"MALLOC_CONF": JEMALLOC_CONF},  # what C3_SYNAPSE_JEMALLOC=true ships,
+        )
+    )
+    return {v.name: v for v in found}
+
+
+VARIANTS = _variants()
+
+
+# Memory ---------------------------------------------------------------------------------
+
+
+def memory_of(pid: int) -> dict[str, float]:
+    """RSS, PSS, private and anonymous memory (MiB) from ``/proc/<pid>/smaps_rollup``.
+    Anonymous (the heap) does not depend on which other processes share library pages."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[-1] == "kB":
+            fields[name.strip()] = int(parts[0])
+    private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    return {
+        "rss": fields.get("Rss", 0) / 1024,
+        "pss": fields.get("Pss", 0) / 1024,
+        "private": private / 1024,
+        "anon": fields.get("Anonymous", 0) / 1024,
+    }
+
+
+def settled_memory(pid: int, settle_s: float) -> dict[str, float]:
+    """Memory once RSS has changed by at most 1 % for ``settle_s`` (at most SETTLE_MAX_S)."""
+    deadline = time.monotonic() + SETTLE_MAX_S
+    window: list[float] = []
+    while True:
+        rss = memory_of(pid)["rss"]
+        window = [*window, rss][-max(2, int(settle_s * 2)) :]
+        steady = len(window) >= settle_s * 2 and max(window) - min(window) <= 0.01 * max(window)
+        if steady or time.monotonic() > deadline:
+            return memory_of(pid)
+        time.sleep(0.5)
+
+
+def maps_jemalloc(pid: int) -> bool:
+    return "libjemalloc" in Path(f"/proc/{pid}/maps").read_text()
+
+
+# One homeserver -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Homeserver:
+    def __init__(self, variant: Variant, root: Path):
+        self.variant = variant
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.secrets = HomeserverSecrets.generate()
+        self.spec = HomeserverSpec(
+            server_name="footprint.bench",
+            public_baseurl=self.base_url + "/",
+            port=self.port,
+            bind_address="127.0.0.1",
+            data_dir=root / variant.name,
+            limits=dict(variant.limits),
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> int:
+        write_homeserver_files(self.spec, self.secrets)
+        env = {**os.environ, **self.variant.env}
+        env.pop("LD_PRELOAD", None)
+        if self.variant.jemalloc:
+            path = jemalloc_path()
+            if path is None:
+                raise RuntimeError("libjemalloc2 is not installed (apt-get install libjemalloc2)")
+            env["LD_PRELOAD"] = str(path)
+        config = self.spec.data_dir / "homeserver.yaml"
+        log = (self.spec.data_dir / "stdout.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "synapse.app.homeserver", "-c", str(config)],
+            cwd=self.spec.data_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"synapse exited {self.process.returncode}; see {log.name}")
+            try:
+                if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
+                    return self.process.pid
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("synapse did not answer /health in time")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# Workload ---------------------------------------------------------------------------------
+
+
+def register(client: httpx.Client, shared_secret: str, username: str) -> str:
+    nonce = client.get("/_synapse/admin/v1/register").json()["nonce"]
+    password = uuid.uuid4().hex
+    body = {
+        "nonce": nonce,
+        "username": username,
+        "password": password,
+        "admin": False,
+        "mac": registration_mac(shared_secret, nonce, username, password, False),
+    }
+    response = client.post("/_synapse/admin/v1/register", json=body)
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def workload(hs: Homeserver, users: int, rooms: int, messages: int) -> dict[str, Any]:
+    """Users, rooms, messages and syncs; returns counts and the send latency."""
+    client = httpx.Client(base_url=hs.base_url, timeout=60)
+    try:
+        tokens = [
+            register(client, hs.secrets.registration_shared_secret, f"user{n}")
+            for n in range(users)
+        ]
+        auth = [{"Authorization": f"Bearer {t}"} for t in tokens]
+        room_ids: list[str] = []
+        for n in range(rooms):
+            response = client.post(
+                "/_matrix/client/v3/createRoom",
+                json={"preset": "public_chat", "name": f"room {n}"},
+                headers=auth[n % users],
+            )
+            response.raise_for_status()
+            room_ids.append(response.json()["room_id"])
+        for n in range(users):
+            for room_id in room_ids:
+                response = client.post(f"/_matrix/client/v3/join/{room_id}", headers=auth[n])
+                response.raise_for_status()
+        since: list[str | None] = [None] * users
+
+        def sync(n: int) -> None:
+            params = {"timeout": "0"}
+            if since[n]:
+                params["since"] = since[n]  # type: ignore[assignment]
+            response = client.get("/_matrix/client/v3/sync", params=params, headers=auth[n])
+            response.raise_for_status()
+            since[n] = response.json()["next_batch"]
+
+        for n in range(users):
+            sync(n)
+        send_ms: list[float] = []
+        for m in range(messages):
+            n = m % users
+            room_id = room_ids[m % rooms]
+            started = time.perf_counter()
+            response = client.put(
+                f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t{m}",
+                json={"msgtype": "m.text", "body": f"message {m} " + "lorem ipsum " * 8},
+                headers=auth[n],
+            )
+            send_ms.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+            if n == users - 1:
+                for k in range(users):
+                    sync(k)
+        for n in range(users):  # a client signing in anew: a full initial sync
+            response = client.get("/_matrix/client/v3/sync", headers=auth[n])
+            response.raise_for_status()
+        send_ms.sort()
+        return {
+            "users": users,
+            "rooms": rooms,
+            "messages": messages,
+            "send_p50_ms": statistics.median(send_ms),
+            "send_p99_ms": send_ms[min(len(send_ms) - 1, int(len(send_ms) * 0.99))],
+        }
+    finally:
+        client.close()
+
+
+def run_variant(variant: Variant, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    hs = Homeserver(variant, root)
+    try:
+        started = time.perf_counter()
+        pid = hs.start()
+        start_s = time.perf_counter() - started
+        idle = settled_memory(pid, args.settle)
+        work_started = time.perf_counter()
+        work = workload(hs, args.users, args.rooms, args.messages)
+        work_s = time.perf_counter() - work_started
+        working = memory_of(pid)
+        working_settled = settled_memory(pid, args.settle)
+        row = {
+            "variant": variant.name,
+            "jemalloc_mapped": maps_jemalloc(pid),
+            "limits": variant.limits,
+            "env": variant.env,
+            "start_s": start_s,
+            "workload_s": work_s,
+            "idle": idle,
+            "working": working,
+            "working_settled": working_settled,
+            **work,
+        }
+        print(
+            f"  {variant.name:<22} idle rss {idle['rss']:6.1f}  working rss "
+            f"{working['rss']:6.1f} settled {working_settled['rss']:6.1f} MiB  "
+            f"send p50 {work['send_p50_ms']:.1f} ms  ({work_s:.0f} s)",
+            flush=True,
+        )
+        return row
+    finally:
+        hs.stop()
+        shutil.rmtree(hs.spec.data_dir, ignore_errors=True)
+
+
+# Report ------------------------------------------------------------------------------------
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    summary = []
+    for name, runs in by_variant.items():
+        entry: dict[str, Any] = {"variant": name, "runs": len(runs)}
+        for phase in ("idle", "working", "working_settled"):
+            for kind in ("rss", "pss", "private", "anon"):
+                entry[f"{phase}_{kind}"] = statistics.median(r[phase][kind] for r in runs)
+        entry["send_p50_ms"] = statistics.median(r["send_p50_ms"] for r in runs)
+        entry["send_p99_ms"] = statistics.median(r["send_p99_ms"] for r in runs)
+        entry["workload_s"] = statistics.median(r["workload_s"] for r in runs)
+        summary.append(entry)
+    return summary
+
+
+def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"\nOne tenant Synapse (SQLite), MiB from /proc/<pid>/smaps_rollup, median of "
+        f"{args.repeat}; workload: {args.users} users, {args.rooms} rooms, "
+        f"{args.messages} messages, syncs"
+    )
+    head = (
+        f"{'variant':<22}{'idle RSS':>9}{'PSS':>7}{'priv':>7}{'anon':>7}"
+        f"{'work RSS':>10}{'PSS':>7}{'priv':>7}{'anon':>7}{'settled RSS':>12}{'priv':>7}"
+        f"{'send p50':>10}{'p99 ms':>8}{'work s':>8}"
+    )
+    print(head)
+    for e in summary:
+        print(
+            f"{e['variant']:<22}{e['idle_rss']:>9.1f}{e['idle_pss']:>7.1f}{e['idle_private']:>7.1f}"
+            f"{e['idle_anon']:>7.1f}{e['working_rss']:>10.1f}{e['working_pss']:>7.1f}"
+            f"{e['working_private']:>7.1f}{e['working_anon']:>7.1f}"
+            f"{e['working_settled_rss']:>12.1f}{e['working_settled_private']:>7.1f}"
+            f"{e['send_p50_ms']:>10.1f}{e['send_p99_ms']:>8.1f}{e['workload_s']:>8.1f}"
+        )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
+        help="which configurations to measure (default: all)",
+    )  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1, help="runs of the whole list")
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--rooms", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds RSS must stay within 1 %%"
+    )
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    stop_on_sigterm()  # SIGTERM stops the homeserver of the current variant too
+    root = Path(tempfile.mkdtemp(prefix="c3-footprint-"))
+    rows: list[dict[str, Any]] = []
+    try:
+        for rep in range(args.repeat):
+            print(f"run {rep + 1}/{args.repeat}", flush=True)
+            for name in args.variants:
+                rows.append(run_variant(VARIANTS[name], args, root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    summary = summarize(rows)
+    print_table(summary, args)
+    report = {
+        "started_at": datetime.now(UTC).isoformat(),
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": host_platform.python_version(),
+            "machine": host_platform.machine(),
+            "jemalloc": str(jemalloc_path()),
+        },
+        "args": vars(args),
+        "summary": summary,
+        "runs": rows,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"synapse-footprint-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults written to {path.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
