@@ -17,7 +17,12 @@ import sys
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help=__doc__)  # --install-completion: shell completion
+_HELP = (
+    "Run the C3 platform and work with it. `c3 up` starts everything locally; `c3 api|proxy|"
+    "worker|beat|migrate` run one service each, as in production. `c3 tenants|operations|keys|"
+    "status|logs|version` talk to the API over HTTP (C3_API_URL, C3_API_TOKEN; docs/cli.md)."
+)
+app = typer.Typer(no_args_is_help=True, help=_HELP)  # --install-completion: shell completion
 
 
 @app.callback()

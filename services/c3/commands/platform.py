@@ -26,8 +26,9 @@ def version_of_c3() -> str:
 
 
 def status(api_url: ApiUrl = None, token: Token = None, as_json: AsJson = False) -> None:
-    """The platform's components (API, database, Redis, proxy, workers, homeservers) up or
-    down, and each active tenant's homeserver (operators). Exit 1 when anything is down."""
+    """Which components (API, database, Redis, proxy, workers, homeservers) are up; exit 1 if any is down.
+
+    Operators only; also lists each active tenant's homeserver."""
     with client(api_url, token) as c3:
         report = c3.status()
     if as_json:
