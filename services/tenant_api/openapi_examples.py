@@ -30,6 +30,7 @@ _TENANT = {
     "homeserver_url": "https://acme.c3.example.com",
     "homeserver_path_url": "https://matrix.c3.example.com/t/acme",
     "settings": _SETTINGS,
+    "homeserver": {"state": "starting", "asleep_since": None},
     "created_at": CREATED,
     "updated_at": CREATED,
     "deleted_at": None,
