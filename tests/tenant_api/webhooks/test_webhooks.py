@@ -577,3 +577,54 @@ async def test_https_goes_to_the_checked_address_with_the_name_verified(
     finally:
         tls_receiver.stop()
         sender._tls_context.cache_clear()
+
+
+def _closed_on(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((host, port)) != 0
+
+
+async def test_the_next_allowed_address_is_tried_when_one_refuses_the_connection(
+    api: httpx.AsyncClient, tuned_settings: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with several addresses: internal ones outside the allow-list are never
+    contacted, an allowed one that refuses the connection is passed over for the next."""
+    # The receiver listens on 127.0.0.2 only; the same port on 127.0.0.1 is closed.
+    live = Receiver(host="127.0.0.2").start()
+    try:
+        port = int(live.url.split(":")[2].split("/")[0])
+        if not _closed_on("127.0.0.1", port):
+            pytest.skip(f"something else listens on 127.0.0.1:{port}")
+        resolved = ["10.1.2.3", "127.0.0.1", "127.0.0.2"]  # refused, closed, listening
+
+        def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+            if host == "hooks.localhost":
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0)) for a in resolved]
+            return _real_getaddrinfo(host, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+        tenant_id = make_tenant()
+        endpoint = await _endpoint(
+            api, f"http://hooks.localhost:{port}/hook", tenant_id, ["tenant.active"]
+        )
+        _production(tuned_settings, C3_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8")
+        _record(tenant_id)
+        assert _deliver_all(endpoint["id"], rounds=1) == ["succeeded"]
+        assert len(live.received) == 1
+        assert live.received[0].headers["host"] == f"hooks.localhost:{port}"
+
+        # Only refused and closed addresses: no delivery, and the attempt says why.
+        resolved[:] = ["10.1.2.3", "127.0.0.1"]
+        _record(tenant_id)
+        assert _deliver_all(endpoint["id"], rounds=1) == ["retry"]
+        deliveries = (await api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries")).json()
+        error = deliveries["items"][-1]["attempts"][0]["error"]
+        assert "127.0.0.1" in error and "10.1.2.3" not in error
+        resolved[:] = ["10.1.2.3"]
+        _record(tenant_id)
+        assert _deliver_all(endpoint["id"], rounds=1) == ["retry"]
+        deliveries = (await api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries")).json()
+        assert "internal networks" in deliveries["items"][-1]["attempts"][0]["error"]
+        assert len(live.received) == 1
+    finally:
+        live.stop()
