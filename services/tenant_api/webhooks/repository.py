@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, delete, func, or_, select, update
 
 from platform_core.models import (
     ContextEvent,
@@ -103,6 +103,19 @@ class WebhookRepository(Repository):
             WebhookDelivery.id == delivery_id, WebhookDelivery.endpoint_id == endpoint_id
         )
         return (await self.session.scalars(statement)).one_or_none()
+
+    async def replay(self, endpoint_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool:
+        """Make the delivery due now, whatever a sender in flight writes next. Every column
+        is set in the statement (an ORM flush would leave out ``state`` when it read
+        ``pending``, and a send finishing meanwhile could then keep its ``succeeded``); the new
+        due time tells that sender its result no longer decides (DispatchRepository.settle)."""
+        result = await self.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.endpoint_id == endpoint_id)
+            .values(state=DeliveryState.PENDING, next_attempt_at=now, enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def events_page(
         self,
@@ -204,6 +217,48 @@ class DispatchRepository(SyncRepository):
 
     def delivery(self, delivery_id: uuid.UUID) -> WebhookDelivery | None:
         return self.session.get(WebhookDelivery, delivery_id, with_for_update=True)
+
+    def settle(
+        self,
+        delivery_id: uuid.UUID,
+        lease_until: datetime,
+        due_at: datetime,
+        values: dict[str, object],
+    ) -> bool:
+        """Write a send's outcome if the delivery is still as the sender claimed it: its
+        lease, and its due time (a replay moves it). False: something newer decides."""
+        result = self.session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.lease_until == lease_until,
+                WebhookDelivery.next_attempt_at == due_at,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def count_attempt(
+        self, delivery_id: uuid.UUID, lease_until: datetime, attempts: int, error: str | None
+    ) -> None:
+        """A send whose outcome no longer decides (``settle`` said so) still counts, and its
+        lease, if still held, is given up so the replay can be sent."""
+        values: dict[str, object] = {
+            "attempts": attempts,
+            "lease_until": case(
+                (WebhookDelivery.lease_until == lease_until, None),
+                else_=WebhookDelivery.lease_until,
+            ),
+        }
+        if error is not None:
+            values["last_error"] = error
+        self.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
 
     def endpoint(self, endpoint_id: uuid.UUID) -> WebhookEndpoint | None:
         return self.session.get(WebhookEndpoint, endpoint_id, with_for_update=True)

@@ -628,3 +628,76 @@ async def test_the_next_allowed_address_is_tried_when_one_refuses_the_connection
         assert len(live.received) == 1
     finally:
         live.stop()
+
+
+async def _one_delivery(api: httpx.AsyncClient, url: str) -> tuple[str, uuid.UUID]:
+    """An endpoint at ``url`` with one fanned-out delivery: (endpoint id, delivery id)."""
+    tenant_id = make_tenant()
+    endpoint = await _endpoint(api, url, tenant_id, ["tenant.active"])
+    _record(tenant_id)
+    dispatch.collect(datetime.now(UTC))
+    with task_session() as session:
+        delivery_id = session.scalars(
+            select(WebhookDelivery.id).where(
+                WebhookDelivery.endpoint_id == uuid.UUID(endpoint["id"])
+            )
+        ).one()
+    return endpoint["id"], delivery_id
+
+
+@pytest.mark.parametrize("in_flight_answer", [204, 500])
+async def test_a_replay_landing_while_a_send_is_in_flight_is_sent_after_it(
+    api: httpx.AsyncClient, in_flight_answer: int
+) -> None:
+    """The replay's task finds the delivery held by the sender in flight; that sender's
+    result, whatever it is, must not overwrite the replay: the message goes out once more,
+    with the same webhook-id, right after the send in flight finishes."""
+    receiver = Receiver(answer=lambda n: in_flight_answer if n == 0 else 204).start()
+    try:
+        settings = get_settings()
+        endpoint_id, delivery_id = await _one_delivery(api, receiver.url)
+        in_flight = dispatch.claim(delivery_id, settings)  # a worker took it and is sending
+        assert in_flight is not None
+        replay = f"/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay"
+        replayed = await api.post(replay)
+        assert replayed.status_code == 202, replayed.text
+        assert replayed.json()["status"] == "pending"
+        # The replay's own task: the delivery is held by the sender in flight.
+        assert dispatch.deliver(delivery_id, settings) == "skipped"
+        # The send in flight ends; its result no longer decides what happens next.
+        result = dispatch.send(in_flight, settings)
+        assert result.status_code == in_flight_answer
+        assert dispatch.settle(in_flight, result, settings) == "replayed"
+        # The replay happens: by the worker that was sending (deliver's loop), or here.
+        assert dispatch.deliver(delivery_id, settings) == "succeeded"
+        assert dispatch.deliver(delivery_id, settings) == "skipped"  # and only once
+    finally:
+        receiver.stop()
+    ids = [r.headers["webhook-id"] for r in receiver.received]
+    assert len(ids) == 2 and ids[0] == ids[1]
+    shown = (await api.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries")).json()["items"]
+    assert shown[0]["status"] == "succeeded" and shown[0]["attempt_count"] == 2
+    assert [a["response_code"] for a in shown[0]["attempts"]] == [in_flight_answer, 204]
+
+
+async def test_a_sender_whose_lease_lapsed_does_not_overwrite_the_next_sender(
+    api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """A worker stalled past its lease; the sweeper gave the delivery to another one. The
+    stalled worker's late result is recorded as an attempt, but does not decide."""
+    settings = get_settings()
+    endpoint_id, delivery_id = await _one_delivery(api, receiver.url)
+    stalled = dispatch.claim(delivery_id, settings)
+    assert stalled is not None
+    with task_session() as session:  # its lease lapses
+        row = session.get(WebhookDelivery, delivery_id)
+        assert row is not None
+        row.lease_until = datetime.now(UTC) - timedelta(seconds=1)
+    second = dispatch.claim(delivery_id, settings)
+    assert second is not None
+    late = SendResult(500, 3, "HTTP 500")
+    assert dispatch.settle(stalled, late, settings) == "replayed"
+    assert dispatch.settle(second, dispatch.send(second, settings), settings) == "succeeded"
+    shown = (await api.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries")).json()["items"]
+    assert shown[0]["status"] == "succeeded" and shown[0]["attempt_count"] == 2
+    assert len(receiver.received) == 1
