@@ -287,3 +287,72 @@ class DispatchRepository(SyncRepository):
             .group_by(UsageCounter.tenant_id, UsageCounter.meter, Plan.id)
         )
         return [(t, m, int(q or 0), p) for t, m, q, p in self.session.execute(statement).all()]
+
+
+class RetentionRepository(SyncRepository):
+    """The retention sweep's SQL: each call deletes one bounded batch, rows a concurrent
+    sender or dispatcher holds are skipped (the next run takes them)."""
+
+    _ENDED = (DeliveryState.SUCCEEDED, DeliveryState.FAILED)
+
+    def delete_ended_deliveries(self, before: datetime, limit: int) -> tuple[int, int]:
+        """Deliveries that ended before ``before``, with their attempts: (deliveries,
+        attempts). A pending delivery (due, retrying, replayed) is never one of them."""
+        ids = list(
+            self.session.scalars(
+                select(WebhookDelivery.id)
+                .where(WebhookDelivery.state.in_(self._ENDED), WebhookDelivery.updated_at < before)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+        )
+        if not ids:
+            return 0, 0
+        attempts = self.session.execute(
+            delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids))
+        )
+        deliveries = self.session.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.id.in_(ids), WebhookDelivery.state.in_(self._ENDED)
+            )
+        )
+        return deliveries.rowcount, attempts.rowcount  # type: ignore[attr-defined]
+
+    def delete_fanned_out_events(
+        self, before: datetime, keep_type_since: dict[str, datetime], limit: int
+    ) -> int:
+        """Events fanned out before ``before`` with no delivery left. ``keep_type_since``:
+        events of a type that occurred since a time are kept whatever their age (their natural
+        id still stops a second announcement, as a usage threshold's within its month)."""
+        has_delivery = (
+            select(WebhookDelivery.id).where(WebhookDelivery.event_id == WebhookEvent.id).exists()
+        )
+        statement = select(WebhookEvent.id).where(
+            WebhookEvent.fanned_out_at < before, ~has_delivery
+        )
+        for event_type, since in keep_type_since.items():
+            statement = statement.where(
+                or_(WebhookEvent.type != event_type, WebhookEvent.occurred_at < since)
+            )
+        ids = list(
+            self.session.scalars(statement.limit(limit).with_for_update(skip_locked=True)).all()
+        )
+        if not ids:
+            return 0
+        result = self.session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_(ids)))
+        return result.rowcount  # type: ignore[attr-defined]
+
+    def delete_copied_context_events(self, before: datetime, limit: int) -> int:
+        """Context outbox rows copied into webhook events before ``before``."""
+        ids = list(
+            self.session.scalars(
+                select(ContextEvent.id)
+                .where(ContextEvent.delivered_at < before)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+        )
+        if not ids:
+            return 0
+        result = self.session.execute(delete(ContextEvent).where(ContextEvent.id.in_(ids)))
+        return result.rowcount  # type: ignore[attr-defined]
