@@ -1,6 +1,7 @@
 """What one webhook worker process sends: N events of one tenant fanned out to one endpoint
 (a loopback receiver answering 204 at once) and delivered one by one, as the Celery tasks'
-bodies do it (take the lease, sign, POST, record the attempt), on the test PostgreSQL.
+bodies do it (take the lease, sign, POST, record the attempt), on the test PostgreSQL; then
+the retention sweep deleting them all once they are past C3_WEBHOOK_RETENTION_DAYS.
 
     PYTHONPATH=services:. C3_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
         .venv/bin/python benchmarks/webhook_bench.py --events 500
@@ -14,6 +15,7 @@ import secrets
 import statistics
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from tempfile import mkdtemp
 
@@ -40,7 +42,7 @@ def run(count: int) -> None:
     from platform_core.db import sync_engine, task_session
     from platform_core.migrate import upgrade
     from platform_core.models import WebhookEndpoint, utcnow
-    from tenant_api.webhooks import dispatch
+    from tenant_api.webhooks import dispatch, retention
     from tests.helpers.factories import make_tenant
     from tests.helpers.webhooks import Receiver
 
@@ -61,7 +63,9 @@ def run(count: int) -> None:
         for _ in range(count):
             webhook_events.record(session, "tenant.active", tenant_id, {"n": uuid.uuid4().hex})
     started = time.perf_counter()
-    ids = dispatch.collect(utcnow())
+    ids: list[uuid.UUID] = []
+    while batch := dispatch.collect(utcnow()):  # 500 events per transaction
+        ids += batch
     fanned = time.perf_counter() - started
     latencies = []
     started = time.perf_counter()
@@ -71,13 +75,24 @@ def run(count: int) -> None:
         latencies.append((time.perf_counter() - one) * 1000)
     sent = time.perf_counter() - started
     receiver.stop()
-    sync_engine().dispose()
     assert len(receiver.received) == count
+    # Everything settled long ago: the retention sweep deletes it all, batch by batch.
+    later = utcnow() + timedelta(days=get_settings().webhook_retention_days + 1)
+    started = time.perf_counter()
+    pruned = retention.prune(later, get_settings())
+    swept = time.perf_counter() - started
+    assert pruned["deliveries"] >= count and pruned["events"] >= count, pruned
+    sync_engine().dispose()
     print(f"fan-out: {count} events in {fanned:.2f} s ({count / fanned:.0f}/s)")
     print(
         f"delivery, one process: {count / sent:.0f}/s; per delivery p50 "
         f"{statistics.median(latencies):.1f} ms, p99 "
         f"{statistics.quantiles(latencies, n=100)[98]:.1f} ms"
+    )
+    rows = pruned["deliveries"] + pruned["attempts"] + pruned["events"]
+    print(
+        f"retention: {pruned['deliveries']} deliveries, {pruned['attempts']} attempts, "
+        f"{pruned['events']} events deleted in {swept:.2f} s ({rows / swept:.0f} rows/s)"
     )
 
 

@@ -33,6 +33,7 @@ class TaskNames:
     DISPATCH_WEBHOOKS = "c3.webhooks.dispatch"
     DELIVER_WEBHOOK = "c3.webhooks.deliver"
     CHECK_USAGE_THRESHOLDS = "c3.webhooks.check_usage_thresholds"
+    PRUNE_WEBHOOKS = "c3.webhooks.prune"
     # Sleeping homeservers (provisioner.hibernation): the proxy sends WAKE_HOMESERVER.
     SLEEP_IDLE_HOMESERVERS = "c3.provisioner.sleep_idle_homeservers"
     WAKE_HOMESERVER = "c3.provisioner.wake_homeserver"
@@ -111,6 +112,12 @@ def _config() -> dict[str, object]:
                 "task": TaskNames.CHECK_USAGE_THRESHOLDS,
                 "schedule": settings.webhook_usage_check_interval_s,
                 "options": {"expires": settings.webhook_usage_check_interval_s},
+            },
+            # Settled webhook deliveries, events and context outbox rows past their retention.
+            "prune-webhooks": {
+                "task": TaskNames.PRUNE_WEBHOOKS,
+                "schedule": settings.webhook_retention_interval_s,
+                "options": {"expires": settings.webhook_retention_interval_s},
             },
             # Idle homeservers with nothing due are put to sleep (plans with idle_after_seconds).
             "sleep-idle-homeservers": {

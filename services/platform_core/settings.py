@@ -258,6 +258,12 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=15.0, gt=0, le=300)
     # How often usage is compared with the plans' included units (usage.threshold events).
     webhook_usage_check_interval_s: float = Field(default=60.0, gt=0)
+    # Retention: deliveries that ended (succeeded, or failed for good) with their attempts,
+    # fanned-out events with no delivery left, and context outbox rows copied to webhooks
+    # are deleted this long after they were settled, in bounded batches by a beat task run
+    # every C3_WEBHOOK_RETENTION_INTERVAL_S. Nothing still due is ever deleted.
+    webhook_retention_days: float = Field(default=30.0, gt=0)
+    webhook_retention_interval_s: float = Field(default=3600.0, gt=0)
 
     @field_validator("webhook_retry_schedule_s", mode="before")
     @classmethod

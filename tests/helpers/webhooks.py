@@ -36,6 +36,9 @@ class Receiver:
     # (certificate, key) files: serve https at https://<tls_host>:<port>/hook instead.
     tls: tuple[Path, Path] | None = None
     tls_host: str = "localhost"
+    # The loopback address to listen on, and its port (0: any free one).
+    host: str = "127.0.0.1"
+    port: int = 0
     url: str = ""
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -63,10 +66,10 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{port}/hook"
+        self.url = f"http://{self.host}:{port}/hook"
         if self.tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*self.tls)

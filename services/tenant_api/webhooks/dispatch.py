@@ -6,8 +6,11 @@
 2. ``due``: pending deliveries that are due and held by no live sender are put on the queue
    (the first attempt, scheduled retries, and a delivery whose worker was killed mid-send once
    its lease lapsed: at-least-once, with the same ``webhook-id``).
-3. ``deliver``: take the lease, send, record the attempt and what happens next (success, the
-   next retry from the schedule, or failure; 410 or failing too long disables the endpoint).
+3. ``deliver``: take the lease (``claim``), ``send``, and ``settle``: record the attempt and
+   what happens next (success, the next retry from the schedule, or failure; 410 or failing
+   too long disables the endpoint). The outcome is written only if the delivery is still as
+   it was claimed: a replay that landed while the message was in flight moved its due time,
+   so the replay wins and the delivery is sent again, after the send in flight.
 """
 
 from __future__ import annotations
@@ -108,14 +111,20 @@ def due(now: datetime, settings: Settings) -> list[uuid.UUID]:
 
 
 @dataclass(frozen=True)
-class Message:
+class Claim:
+    """A delivery a sender holds: the message, and the row as it was claimed (the lease taken,
+    the due time), which the result is written against."""
+
+    delivery_id: uuid.UUID
     url: str
     message_id: str
     body: bytes
     secrets: list[str]
+    lease_until: datetime
+    due_at: datetime
 
 
-def _claim(delivery_id: uuid.UUID, settings: Settings) -> Message | None:
+def claim(delivery_id: uuid.UUID, settings: Settings) -> Claim | None:
     """The message to send, with the delivery's lease taken; None if it is not ours to send
     (done, not due, held by another sender) or its endpoint is gone or disabled."""
     now = utcnow()
@@ -141,7 +150,16 @@ def _claim(delivery_id: uuid.UUID, settings: Settings) -> Message | None:
             and endpoint.previous_secret_expires_at > now
         ):
             secrets.append(box.decrypt(endpoint.previous_secret_encrypted))
-        return Message(endpoint.url, delivery.message_id, webhook_events.body_of(event), secrets)
+        assert delivery.lease_until is not None and delivery.next_attempt_at is not None
+        return Claim(
+            delivery_id=delivery.id,
+            url=endpoint.url,
+            message_id=delivery.message_id,
+            body=webhook_events.body_of(event),
+            secrets=secrets,
+            lease_until=delivery.lease_until,
+            due_at=delivery.next_attempt_at,
+        )
 
 
 def retry_delay(attempts: int, result: sender.SendResult, settings: Settings) -> float | None:
@@ -188,16 +206,21 @@ def disable(session: Session, endpoint: WebhookEndpoint, reason: str, now: datet
     log.warning("webhook endpoint %s disabled: %s", endpoint.id, reason)
 
 
-def _record(delivery_id: uuid.UUID, result: sender.SendResult, settings: Settings) -> str:
+def settle(claimed: Claim, result: sender.SendResult, settings: Settings) -> str:
+    """Record the attempt ``claimed`` made and what happens next: ``succeeded``, ``retry``,
+    ``failed``; ``replayed`` when the delivery was replayed while the message was in flight
+    (or claimed anew after this sender's lease lapsed): the attempt counts, but the newer
+    request decides what happens next, so a replay is never overwritten by an older send's
+    result; ``gone`` when the delivery was deleted meanwhile (with its endpoint)."""
     now = utcnow()
     with task_session() as session:
         repo = DispatchRepository(session)
-        delivery = repo.delivery(delivery_id)
-        assert delivery is not None
+        delivery = repo.delivery(claimed.delivery_id)
+        if delivery is None:
+            return "gone"
         endpoint = repo.endpoint(delivery.endpoint_id)
         assert endpoint is not None
-        delivery.attempts += 1
-        delivery.lease_until = None
+        attempts = delivery.attempts + 1
         repo.add(
             WebhookAttempt(
                 delivery_id=delivery.id,
@@ -208,46 +231,78 @@ def _record(delivery_id: uuid.UUID, result: sender.SendResult, settings: Setting
                 error=result.error,
             )
         )
-        if result.succeeded:
-            delivery.state = DeliveryState.SUCCEEDED
-            delivery.next_attempt_at = None
-            delivery.last_error = None
-            endpoint.failing_since = None
-            return "succeeded"
-        delivery.last_error = result.error
-        endpoint.failing_since = endpoint.failing_since or now
-        if endpoint.enabled and result.status_code == 410:
-            disable(session, endpoint, "the endpoint answered 410 Gone", now)
-        elif endpoint.enabled and (now - endpoint.failing_since).total_seconds() >= (
-            settings.webhook_disable_after_s
-        ):
-            disable(
-                session,
-                endpoint,
-                f"every delivery failed since {endpoint.failing_since.isoformat()}",
-                now,
-            )
-        delay = retry_delay(delivery.attempts, result, settings) if endpoint.enabled else None
-        if delay is None:
-            delivery.state = DeliveryState.FAILED
-            delivery.next_attempt_at = None
-            return "failed"
-        delivery.next_attempt_at = now + timedelta(seconds=delay)
-        return "retry"
+        outcome, values = _next_step(session, endpoint, attempts, result, settings, now)
+        if repo.settle(claimed.delivery_id, claimed.lease_until, claimed.due_at, values):
+            return outcome
+        repo.count_attempt(claimed.delivery_id, claimed.lease_until, attempts, result.error)
+        return "replayed"
+
+
+def _next_step(
+    session: Session,
+    endpoint: WebhookEndpoint,
+    attempts: int,
+    result: sender.SendResult,
+    settings: Settings,
+    now: datetime,
+) -> tuple[str, dict[str, object]]:
+    """What the attempt means for the endpoint (healthy again, failing, disabled) and for the
+    delivery: the outcome and the delivery's new values."""
+    done: dict[str, object] = {"attempts": attempts, "lease_until": None}
+    if result.succeeded:
+        endpoint.failing_since = None
+        return "succeeded", {
+            **done,
+            "state": DeliveryState.SUCCEEDED,
+            "next_attempt_at": None,
+            "last_error": None,
+        }
+    done["last_error"] = result.error
+    endpoint.failing_since = endpoint.failing_since or now
+    if endpoint.enabled and result.status_code == 410:
+        disable(session, endpoint, "the endpoint answered 410 Gone", now)
+    elif endpoint.enabled and (now - endpoint.failing_since).total_seconds() >= (
+        settings.webhook_disable_after_s
+    ):
+        disable(
+            session,
+            endpoint,
+            f"every delivery failed since {endpoint.failing_since.isoformat()}",
+            now,
+        )
+    delay = retry_delay(attempts, result, settings) if endpoint.enabled else None
+    if delay is None:
+        return "failed", {**done, "state": DeliveryState.FAILED, "next_attempt_at": None}
+    return "retry", {**done, "next_attempt_at": now + timedelta(seconds=delay)}
+
+
+def send(claimed: Claim, settings: Settings) -> sender.SendResult:
+    """One POST of the claimed message, signed now."""
+    timestamp = int(time.time())
+    headers = {
+        "webhook-id": claimed.message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": webhook_events.signature_header(
+            claimed.secrets, claimed.message_id, timestamp, claimed.body
+        ),
+    }
+    return sender.send(claimed.url, headers, claimed.body, settings)
+
+
+# A delivery replayed while in flight is sent again by the same task, at most this often in
+# a row (a later replay is left to its own task and the sweeper).
+_MAX_SENDS = 3
 
 
 def deliver(delivery_id: uuid.UUID, settings: Settings) -> str:
-    """One attempt at one delivery (a no-op for a delivery not ours to send)."""
-    message = _claim(delivery_id, settings)
-    if message is None:
-        return "skipped"
-    timestamp = int(time.time())
-    headers = {
-        "webhook-id": message.message_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": webhook_events.signature_header(
-            message.secrets, message.message_id, timestamp, message.body
-        ),
-    }
-    result = sender.send(message.url, headers, message.body, settings)
-    return _record(delivery_id, result, settings)
+    """Attempts at one delivery: one, or one more after each replay that landed while the
+    message was in flight (a no-op for a delivery not ours to send)."""
+    outcome = "skipped"
+    for _ in range(_MAX_SENDS):
+        claimed = claim(delivery_id, settings)
+        if claimed is None:
+            return outcome
+        outcome = settle(claimed, send(claimed, settings), settings)
+        if outcome != "replayed":
+            return outcome
+    return outcome

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, delete, func, or_, select, update
 
 from platform_core.models import (
     ContextEvent,
@@ -103,6 +103,19 @@ class WebhookRepository(Repository):
             WebhookDelivery.id == delivery_id, WebhookDelivery.endpoint_id == endpoint_id
         )
         return (await self.session.scalars(statement)).one_or_none()
+
+    async def replay(self, endpoint_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool:
+        """Make the delivery due now, whatever a sender in flight writes next. Every column
+        is set in the statement (an ORM flush would leave out ``state`` when it read
+        ``pending``, and a send finishing meanwhile could then keep its ``succeeded``); the new
+        due time tells that sender its result no longer decides (DispatchRepository.settle)."""
+        result = await self.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.endpoint_id == endpoint_id)
+            .values(state=DeliveryState.PENDING, next_attempt_at=now, enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def events_page(
         self,
@@ -205,6 +218,48 @@ class DispatchRepository(SyncRepository):
     def delivery(self, delivery_id: uuid.UUID) -> WebhookDelivery | None:
         return self.session.get(WebhookDelivery, delivery_id, with_for_update=True)
 
+    def settle(
+        self,
+        delivery_id: uuid.UUID,
+        lease_until: datetime,
+        due_at: datetime,
+        values: dict[str, object],
+    ) -> bool:
+        """Write a send's outcome if the delivery is still as the sender claimed it: its
+        lease, and its due time (a replay moves it). False: something newer decides."""
+        result = self.session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.lease_until == lease_until,
+                WebhookDelivery.next_attempt_at == due_at,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def count_attempt(
+        self, delivery_id: uuid.UUID, lease_until: datetime, attempts: int, error: str | None
+    ) -> None:
+        """A send whose outcome no longer decides (``settle`` said so) still counts, and its
+        lease, if still held, is given up so the replay can be sent."""
+        values: dict[str, object] = {
+            "attempts": attempts,
+            "lease_until": case(
+                (WebhookDelivery.lease_until == lease_until, None),
+                else_=WebhookDelivery.lease_until,
+            ),
+        }
+        if error is not None:
+            values["last_error"] = error
+        self.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
     def endpoint(self, endpoint_id: uuid.UUID) -> WebhookEndpoint | None:
         return self.session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
 
@@ -232,3 +287,72 @@ class DispatchRepository(SyncRepository):
             .group_by(UsageCounter.tenant_id, UsageCounter.meter, Plan.id)
         )
         return [(t, m, int(q or 0), p) for t, m, q, p in self.session.execute(statement).all()]
+
+
+class RetentionRepository(SyncRepository):
+    """The retention sweep's SQL: each call deletes one bounded batch, rows a concurrent
+    sender or dispatcher holds are skipped (the next run takes them)."""
+
+    _ENDED = (DeliveryState.SUCCEEDED, DeliveryState.FAILED)
+
+    def delete_ended_deliveries(self, before: datetime, limit: int) -> tuple[int, int]:
+        """Deliveries that ended before ``before``, with their attempts: (deliveries,
+        attempts). A pending delivery (due, retrying, replayed) is never one of them."""
+        ids = list(
+            self.session.scalars(
+                select(WebhookDelivery.id)
+                .where(WebhookDelivery.state.in_(self._ENDED), WebhookDelivery.updated_at < before)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+        )
+        if not ids:
+            return 0, 0
+        attempts = self.session.execute(
+            delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids))
+        )
+        deliveries = self.session.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.id.in_(ids), WebhookDelivery.state.in_(self._ENDED)
+            )
+        )
+        return deliveries.rowcount, attempts.rowcount  # type: ignore[attr-defined]
+
+    def delete_fanned_out_events(
+        self, before: datetime, keep_type_since: dict[str, datetime], limit: int
+    ) -> int:
+        """Events fanned out before ``before`` with no delivery left. ``keep_type_since``:
+        events of a type that occurred since a time are kept whatever their age (their natural
+        id still stops a second announcement, as a usage threshold's within its month)."""
+        has_delivery = (
+            select(WebhookDelivery.id).where(WebhookDelivery.event_id == WebhookEvent.id).exists()
+        )
+        statement = select(WebhookEvent.id).where(
+            WebhookEvent.fanned_out_at < before, ~has_delivery
+        )
+        for event_type, since in keep_type_since.items():
+            statement = statement.where(
+                or_(WebhookEvent.type != event_type, WebhookEvent.occurred_at < since)
+            )
+        ids = list(
+            self.session.scalars(statement.limit(limit).with_for_update(skip_locked=True)).all()
+        )
+        if not ids:
+            return 0
+        result = self.session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_(ids)))
+        return result.rowcount  # type: ignore[attr-defined]
+
+    def delete_copied_context_events(self, before: datetime, limit: int) -> int:
+        """Context outbox rows copied into webhook events before ``before``."""
+        ids = list(
+            self.session.scalars(
+                select(ContextEvent.id)
+                .where(ContextEvent.delivered_at < before)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+        )
+        if not ids:
+            return 0
+        result = self.session.execute(delete(ContextEvent).where(ContextEvent.id.in_(ids)))
+        return result.rowcount  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
-"""Sending one webhook message: resolve the endpoint's host once, refuse internal addresses
-in production mode (SSRF), and connect to exactly the address that was checked (no second
-lookup a DNS rebinding could answer differently)."""
+"""Sending one webhook message: resolve the endpoint's host once, leave out internal addresses
+in production mode (SSRF), and connect only to addresses that were checked (no second lookup a
+DNS rebinding could answer differently), the next one when a connection fails."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from platform_core.outbound import (
 from platform_core.settings import Mode, Settings
 
 USER_AGENT = "C3-Webhooks/1.0"
+# At most this many addresses of a name are tried per attempt: each may take the whole
+# timeout to refuse, and the attempt must end within the delivery's lease.
+MAX_ADDRESSES = 3
 
 
 @functools.cache
@@ -89,9 +92,10 @@ def _address(info: tuple[object, ...]) -> IPAddress:
     return ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
 
 
-def resolve_checked(host: str, port: int, settings: Settings) -> IPAddress:
-    """The one address the message goes to: the first the resolver gives, after every
-    address of the name was checked."""
+def resolve_checked(host: str, port: int, settings: Settings) -> list[IPAddress]:
+    """The addresses the message may go to, in the resolver's order: every address of the
+    name is checked, and in production mode the internal ones (outside the allow-list) are
+    left out; none left is a refusal, worded after the first refused address."""
     literal = literal_address(host)
     if literal is not None:
         addresses = [literal]
@@ -100,11 +104,23 @@ def resolve_checked(host: str, port: int, settings: Settings) -> IPAddress:
             infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
         except (OSError, UnicodeError) as exc:
             raise OutboundRefused(f"{host} does not resolve: {exc}") from None
-        addresses = [_address(info) for info in infos]
+        addresses = list(dict.fromkeys(_address(info) for info in infos))
     allowed = allowed_networks(settings)
-    if allowed is not None:
-        _refuse_internal(host, addresses, allowed)
-    return addresses[0]
+    if allowed is None:
+        return addresses
+    usable: list[IPAddress] = []
+    refused: OutboundRefused | None = None
+    for address in addresses:
+        try:
+            _refuse_internal(host, [address], allowed)
+        except OutboundRefused as exc:
+            refused = refused or exc
+            continue
+        usable.append(address)
+    if not usable:
+        assert refused is not None
+        raise refused
+    return usable
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -130,12 +146,9 @@ def send(url: str, headers: dict[str, str], body: bytes, settings: Settings) -> 
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        address = resolve_checked(host, port, settings)
+        addresses = resolve_checked(host, port, settings)
     except OutboundRefused as exc:
         return result(None, str(exc)[:500])
-    shown = f"[{address}]" if address.version == 6 else str(address)
-    netloc = f"{shown}:{parts.port}" if parts.port else shown
-    pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
     host_header = parts.netloc.rsplit("@", 1)[-1]
     request_headers = {
         **headers,
@@ -145,18 +158,29 @@ def send(url: str, headers: dict[str, str], body: bytes, settings: Settings) -> 
     }
     # TLS is verified against the endpoint's name (SNI and certificate), not the address.
     extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
-    try:
-        with httpx.Client(
-            timeout=settings.webhook_timeout_s, follow_redirects=False, verify=_tls_context()
-        ) as client:
+    unreachable: list[str] = []
+    with httpx.Client(
+        timeout=settings.webhook_timeout_s, follow_redirects=False, verify=_tls_context()
+    ) as client:
+        for address in addresses[:MAX_ADDRESSES]:
+            shown = f"[{address}]" if address.version == 6 else str(address)
+            netloc = f"{shown}:{parts.port}" if parts.port else shown
+            pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
             request = client.build_request(
                 "POST", pinned, headers=request_headers, content=body, extensions=extensions
             )
-            response = client.send(request)
-            response.read()
-    except httpx.TimeoutException:
-        return result(None, f"no answer within {settings.webhook_timeout_s:g}s")
-    except httpx.HTTPError as exc:
-        return result(None, f"{type(exc).__name__}: {exc}"[:500])
-    error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-    return result(response.status_code, error, _retry_after(response))
+            try:
+                response = client.send(request)
+                response.read()
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # Nothing was sent to this address: the next one of the name is tried, as
+                # a browser would (a receiver behind several addresses with one down).
+                unreachable.append(f"{address}: {type(exc).__name__}: {exc}")
+                continue
+            except httpx.TimeoutException:
+                return result(None, f"no answer within {settings.webhook_timeout_s:g}s")
+            except httpx.HTTPError as exc:
+                return result(None, f"{type(exc).__name__}: {exc}"[:500])
+            error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+            return result(response.status_code, error, _retry_after(response))
+    return result(None, ("could not connect to " + "; ".join(unreachable))[:500])

@@ -15,7 +15,6 @@ from platform_core.celery import TaskNames
 from platform_core.crypto import SecretBox
 from platform_core.errors import InvalidRequest, NotFound
 from platform_core.models import (
-    DeliveryState,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
@@ -246,11 +245,9 @@ async def replay(
         raise NotFound("delivery not found")
     if not endpoint.enabled:
         raise InvalidRequest("the endpoint is disabled; enable it (PATCH enabled: true) first")
-    now = utcnow()
-    delivery.state = DeliveryState.PENDING
-    delivery.next_attempt_at = now
-    delivery.enqueued_at = now
-    await session.flush()
+    if not await repo.replay(endpoint.id, delivery.id, utcnow()):
+        raise NotFound("delivery not found")  # deleted meanwhile (retention, its endpoint)
+    await session.refresh(delivery)
     audit.record(
         "webhook_delivery.replay",
         "webhook_delivery",

@@ -1,6 +1,6 @@
 """The webhook Celery tasks: the dispatcher beat (fan out new events, enqueue due deliveries:
 also the sweeper that re-enqueues a delivery whose worker died mid-send), one delivery
-attempt per task, and the usage threshold check."""
+attempt per task, the usage threshold check, and the retention sweep."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 from platform_core.celery import TaskNames, celery_app, send_task
 from platform_core.models import utcnow
 from platform_core.settings import get_settings
-from tenant_api.webhooks import dispatch, thresholds
+from tenant_api.webhooks import dispatch, retention, thresholds
 
 log = logging.getLogger(__name__)
 app = celery_app()
@@ -36,3 +36,8 @@ def deliver_webhook(delivery_id: str) -> str:
 @app.task(name=TaskNames.CHECK_USAGE_THRESHOLDS, acks_late=True, ignore_result=True)
 def check_usage_thresholds() -> int:
     return thresholds.check(utcnow())
+
+
+@app.task(name=TaskNames.PRUNE_WEBHOOKS, acks_late=True, ignore_result=True)
+def prune_webhooks() -> dict[str, int]:
+    return retention.prune(utcnow(), get_settings())

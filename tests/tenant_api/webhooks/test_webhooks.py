@@ -577,3 +577,127 @@ async def test_https_goes_to_the_checked_address_with_the_name_verified(
     finally:
         tls_receiver.stop()
         sender._tls_context.cache_clear()
+
+
+def _closed_on(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((host, port)) != 0
+
+
+async def test_the_next_allowed_address_is_tried_when_one_refuses_the_connection(
+    api: httpx.AsyncClient, tuned_settings: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with several addresses: internal ones outside the allow-list are never
+    contacted, an allowed one that refuses the connection is passed over for the next."""
+    # The receiver listens on 127.0.0.2 only; the same port on 127.0.0.1 is closed.
+    live = Receiver(host="127.0.0.2").start()
+    try:
+        port = int(live.url.split(":")[2].split("/")[0])
+        if not _closed_on("127.0.0.1", port):
+            pytest.skip(f"something else listens on 127.0.0.1:{port}")
+        resolved = ["10.1.2.3", "127.0.0.1", "127.0.0.2"]  # refused, closed, listening
+
+        def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+            if host == "hooks.localhost":
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0)) for a in resolved]
+            return _real_getaddrinfo(host, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+        tenant_id = make_tenant()
+        endpoint = await _endpoint(
+            api, f"http://hooks.localhost:{port}/hook", tenant_id, ["tenant.active"]
+        )
+        _production(tuned_settings, C3_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8")
+        _record(tenant_id)
+        assert _deliver_all(endpoint["id"], rounds=1) == ["succeeded"]
+        assert len(live.received) == 1
+        assert live.received[0].headers["host"] == f"hooks.localhost:{port}"
+
+        # Only refused and closed addresses: no delivery, and the attempt says why.
+        resolved[:] = ["10.1.2.3", "127.0.0.1"]
+        _record(tenant_id)
+        assert _deliver_all(endpoint["id"], rounds=1) == ["retry"]
+        deliveries = (await api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries")).json()
+        error = deliveries["items"][-1]["attempts"][0]["error"]
+        assert "127.0.0.1" in error and "10.1.2.3" not in error
+        resolved[:] = ["10.1.2.3"]
+        _record(tenant_id)
+        assert _deliver_all(endpoint["id"], rounds=1) == ["retry"]
+        deliveries = (await api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries")).json()
+        assert "internal networks" in deliveries["items"][-1]["attempts"][0]["error"]
+        assert len(live.received) == 1
+    finally:
+        live.stop()
+
+
+async def _one_delivery(api: httpx.AsyncClient, url: str) -> tuple[str, uuid.UUID]:
+    """An endpoint at ``url`` with one fanned-out delivery: (endpoint id, delivery id)."""
+    tenant_id = make_tenant()
+    endpoint = await _endpoint(api, url, tenant_id, ["tenant.active"])
+    _record(tenant_id)
+    dispatch.collect(datetime.now(UTC))
+    with task_session() as session:
+        delivery_id = session.scalars(
+            select(WebhookDelivery.id).where(
+                WebhookDelivery.endpoint_id == uuid.UUID(endpoint["id"])
+            )
+        ).one()
+    return endpoint["id"], delivery_id
+
+
+@pytest.mark.parametrize("in_flight_answer", [204, 500])
+async def test_a_replay_landing_while_a_send_is_in_flight_is_sent_after_it(
+    api: httpx.AsyncClient, in_flight_answer: int
+) -> None:
+    """The replay's task finds the delivery held by the sender in flight; that sender's
+    result, whatever it is, must not overwrite the replay: the message goes out once more,
+    with the same webhook-id, right after the send in flight finishes."""
+    receiver = Receiver(answer=lambda n: in_flight_answer if n == 0 else 204).start()
+    try:
+        settings = get_settings()
+        endpoint_id, delivery_id = await _one_delivery(api, receiver.url)
+        in_flight = dispatch.claim(delivery_id, settings)  # a worker took it and is sending
+        assert in_flight is not None
+        replay = f"/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay"
+        replayed = await api.post(replay)
+        assert replayed.status_code == 202, replayed.text
+        assert replayed.json()["status"] == "pending"
+        # The replay's own task: the delivery is held by the sender in flight.
+        assert dispatch.deliver(delivery_id, settings) == "skipped"
+        # The send in flight ends; its result no longer decides what happens next.
+        result = dispatch.send(in_flight, settings)
+        assert result.status_code == in_flight_answer
+        assert dispatch.settle(in_flight, result, settings) == "replayed"
+        # The replay happens: by the worker that was sending (deliver's loop), or here.
+        assert dispatch.deliver(delivery_id, settings) == "succeeded"
+        assert dispatch.deliver(delivery_id, settings) == "skipped"  # and only once
+    finally:
+        receiver.stop()
+    ids = [r.headers["webhook-id"] for r in receiver.received]
+    assert len(ids) == 2 and ids[0] == ids[1]
+    shown = (await api.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries")).json()["items"]
+    assert shown[0]["status"] == "succeeded" and shown[0]["attempt_count"] == 2
+    assert [a["response_code"] for a in shown[0]["attempts"]] == [in_flight_answer, 204]
+
+
+async def test_a_sender_whose_lease_lapsed_does_not_overwrite_the_next_sender(
+    api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """A worker stalled past its lease; the sweeper gave the delivery to another one. The
+    stalled worker's late result is recorded as an attempt, but does not decide."""
+    settings = get_settings()
+    endpoint_id, delivery_id = await _one_delivery(api, receiver.url)
+    stalled = dispatch.claim(delivery_id, settings)
+    assert stalled is not None
+    with task_session() as session:  # its lease lapses
+        row = session.get(WebhookDelivery, delivery_id)
+        assert row is not None
+        row.lease_until = datetime.now(UTC) - timedelta(seconds=1)
+    second = dispatch.claim(delivery_id, settings)
+    assert second is not None
+    late = SendResult(500, 3, "HTTP 500")
+    assert dispatch.settle(stalled, late, settings) == "replayed"
+    assert dispatch.settle(second, dispatch.send(second, settings), settings) == "succeeded"
+    shown = (await api.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries")).json()["items"]
+    assert shown[0]["status"] == "succeeded" and shown[0]["attempt_count"] == 2
+    assert len(receiver.received) == 1
