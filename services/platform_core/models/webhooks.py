@@ -95,6 +95,8 @@ class WebhookDelivery(UUIDPk, Timestamps, Base):
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
         Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        # The retention sweep (tenant_api.webhooks.retention): ended deliveries by last change.
+        Index("ix_webhook_deliveries_state_updated_at", "state", "updated_at"),
         Index("ix_webhook_deliveries_endpoint_id_created_at_id", "endpoint_id", "created_at", "id"),
     )
 
