@@ -53,6 +53,8 @@ EXTRA_PROBLEMS: dict[str, frozenset[int]] = {
     "tenants.update": frozenset({409}),
     "tenants.delete": frozenset({409}),
     "exports.create": frozenset({409}),
+    # No homeserver yet (provisioning, failed before it ran): no log to read.
+    "tenants.logs": frozenset({409}),
     "auth.token": frozenset({401, 429}),
     "auth.revoke": frozenset({401}),
 }
