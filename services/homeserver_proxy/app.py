@@ -55,7 +55,9 @@ class ProxyApp:
         self._tune_gc = tune_gc
         self.keys = keys_for(settings)
         self.redis = aioredis.from_url(settings.require_redis_url())
-        self.routes = RouteTable(self.redis, self.keys)
+        self.routes = RouteTable(
+            self.redis, self.keys, refresh_interval=settings.proxy_route_reload_interval_s
+        )
         self.forwarder = Forwarder(
             public_scheme=urlsplit(settings.effective_proxy_public_url).scheme,
             spool_budget=SpoolBudget(settings.proxy_spool_budget_bytes, settings.proxy_spool_dir),
