@@ -184,14 +184,14 @@ class RouteTable:
             if message is None:
                 break
             burst.append(message)
-        fields: set[str] | None = set()
+        fields: set[str] = set()
         for each in burst:
             named = changed_fields(each["data"])
             if named is None:  # names no fields (an older publisher): reload everything
-                fields = None
-                break
+                await self.load()
+                return
             fields.update(named)
-        if fields is None or len(fields) > _MAX_CHANGED_FIELDS:
+        if len(fields) > _MAX_CHANGED_FIELDS:
             await self.load()
         elif fields:
             await self.update(fields)
