@@ -300,7 +300,8 @@ class ProxyApp:
         if long_poll:
             self.metrics.long_poll_opened()
         try:
-            route = await self.wake.ready(route)  # a sleeping homeserver wakes first
+            # A sleeping homeserver wakes first (a client leaving meanwhile is ClientGone).
+            route, receive = await self.wake.ready(route, receive)
             result = await self.forwarder.forward(
                 scope,
                 receive,
@@ -336,7 +337,7 @@ class ProxyApp:
         client = client_address(scope, self._trusted_proxies)
         admission = self.federation_limiter.admit(route, client, long_poll=False)
         try:
-            route = await self.wake.ready(route)
+            route, receive = await self.wake.ready(route, receive)
             await self.forwarder.forward(
                 scope,
                 receive,
