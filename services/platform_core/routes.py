@@ -135,14 +135,20 @@ def changed_fields(message: str | bytes) -> list[str] | None:
 
 async def read_routes(redis_client, keys) -> dict[str, Route]:  # type: ignore[no-untyped-def]
     """Every published route by field (async client); a malformed entry is logged and left
-    out rather than hiding the others."""
+    out rather than hiding the others. A tenant's host and slug fields hold the same payload:
+    it is parsed once and both fields share the Route (half the parsing of a whole load)."""
     table: dict[str, Route] = {}
+    parsed: dict[bytes | str, Route] = {}
     for field, payload in (await redis_client.hgetall(keys.routes)).items():
         name = field.decode() if isinstance(field, bytes) else field
-        try:
-            table[name] = Route.from_json(payload)
-        except (ValueError, TypeError):
-            log.error("ignoring malformed route entry %s", name)
+        route = parsed.get(payload)
+        if route is None:
+            try:
+                route = parsed[payload] = Route.from_json(payload)
+            except (ValueError, TypeError):
+                log.error("ignoring malformed route entry %s", name)
+                continue
+        table[name] = route
     return table
 
 
