@@ -27,6 +27,9 @@ DEFAULT_PROXY_MAX_CONCURRENT = 256
 
 log = logging.getLogger(__name__)
 
+# Fields per HSCAN round trip of a whole load: ~10 ms of parsing each at most.
+_SCAN_COUNT = 500
+
 
 @dataclass(frozen=True)
 class Route:
@@ -135,11 +138,17 @@ def changed_fields(message: str | bytes) -> list[str] | None:
 
 async def read_routes(redis_client, keys) -> dict[str, Route]:  # type: ignore[no-untyped-def]
     """Every published route by field (async client); a malformed entry is logged and left
-    out rather than hiding the others. A tenant's host and slug fields hold the same payload:
-    it is parsed once and both fields share the Route (half the parsing of a whole load)."""
+    out rather than hiding the others.
+
+    Read with HSCAN, ``_SCAN_COUNT`` fields a round trip, not one HGETALL: at 10,000 tenants an
+    HGETALL answer takes a proxy's event loop ~0.3 s to parse in one piece (every request
+    waits meanwhile); in pieces, requests are served between them. A route written or removed
+    during the scan may be missed or still seen: its change notification, handled after the
+    load, puts it right. A tenant's host and slug fields hold the same payload: it is parsed
+    once and both fields share the Route."""
     table: dict[str, Route] = {}
     parsed: dict[bytes | str, Route] = {}
-    for field, payload in (await redis_client.hgetall(keys.routes)).items():
+    async for field, payload in redis_client.hscan_iter(keys.routes, count=_SCAN_COUNT):
         name = field.decode() if isinstance(field, bytes) else field
         route = parsed.get(payload)
         if route is None:
