@@ -1,5 +1,5 @@
 """What one route change costs a proxy, at many tenants: the whole-table reload every change
-caused before (HGETALL + parsing every route) against the incremental update (HMGET of the
+caused before (reading and parsing every route) against the incremental update (HMGET of the
 changed fields), in the proxy's own ``RouteTable`` against a real Redis.
 
 Publishes ``--tenants`` routes (two hash fields each: host and slug) under a namespace of its
