@@ -36,8 +36,8 @@ from platform_core.routes import (
 log = logging.getLogger(__name__)
 
 _MISS_TTL_S = 1.0
-# A burst naming more fields than this is read whole (HGETALL) instead: past that, one HMGET of
-# the fields costs about what a whole load does (docs/hibernation.md).
+# A burst naming more fields than this (a mass wake, a restore) is read by a whole load instead:
+# one HMGET answer is parsed in one piece, a whole load's scan in pieces between requests.
 _MAX_CHANGED_FIELDS = 2_000
 # Notifications coalesced into one update at most: a channel that never goes quiet still gets
 # its updates applied.
@@ -120,7 +120,7 @@ class RouteTable:
     # Loading ---------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read the whole table (HGETALL): O(routes)."""
+        """Read the whole table (HSCAN in pieces): O(routes)."""
         self._routes = await read_routes(self._redis, self._keys)
         self._misses.clear()
         self._loaded_at = time.monotonic()

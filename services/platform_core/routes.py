@@ -127,7 +127,7 @@ def changed_fields(message: str | bytes) -> list[str] | None:
     reader understands (an older publisher's ``"*"``, anything malformed): reload everything."""
     try:
         fields = json.loads(message)
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError included
         return None
     if not isinstance(fields, list) or not all(
         isinstance(f, str) and f.startswith(("host:", "slug:")) for f in fields
