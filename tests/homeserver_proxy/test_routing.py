@@ -260,3 +260,43 @@ async def test_a_tenant_cached_as_unknown_is_served_once_its_route_is_published(
         await client.aclose()
         sync_client.delete(keys.routes)
         sync_client.close()
+
+
+async def test_a_lost_subscription_reloads_the_whole_table_once_back(
+    platform_env: dict[str, str],
+) -> None:
+    keys = RedisKeys(f"{platform_env['C3_REDIS_NAMESPACE']}-lost-{uuid.uuid4().hex[:6]}")
+    name = f"c3-test-routes-{uuid.uuid4().hex[:8]}"  # only our own connections are cut
+    sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
+    tenant = _route(f"lost-{uuid.uuid4().hex[:6]}")
+    publish_route(sync_client, keys, tenant)
+    client = aioredis.from_url(platform_env["C3_REDIS_URL"], client_name=name)
+    table = RouteTable(client, keys, refresh_interval=60)
+    loads = _CountedLoads(table)
+    await table.start()
+    try:
+        await _until(lambda: _true(loads.count == 2))
+
+        async def subscribed() -> list[int]:
+            return [
+                c["id"]
+                for c in sync_client.client_list()
+                if c.get("name") == name and int(c.get("sub", 0)) > 0
+            ]
+
+        ids = await _until(subscribed)
+        # Changed with no notification (as if sent while the proxy was cut off), then cut off.
+        changed = replace(tenant, asleep=True)
+        sync_client.hset(keys.routes, f"host:{tenant.server_name}", changed.to_json())
+        sync_client.client_kill_filter(_id=ids[0])
+
+        async def reloaded() -> bool:
+            return table.get_cached(f"host:{tenant.server_name}") == changed
+
+        await _until(reloaded)
+        assert loads.count >= 3
+    finally:
+        await table.stop()
+        await client.aclose()
+        sync_client.delete(keys.routes)
+        sync_client.close()
