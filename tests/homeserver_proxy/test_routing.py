@@ -277,7 +277,7 @@ async def test_a_lost_subscription_reloads_the_whole_table_once_back(
     try:
         await _until(lambda: _true(loads.count == 2))
 
-        async def subscribed() -> list[int]:
+        async def subscribed() -> list[str]:
             return [
                 c["id"]
                 for c in sync_client.client_list()
