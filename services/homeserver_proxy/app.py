@@ -55,7 +55,9 @@ class ProxyApp:
         self._tune_gc = tune_gc
         self.keys = keys_for(settings)
         self.redis = aioredis.from_url(settings.require_redis_url())
-        self.routes = RouteTable(self.redis, self.keys)
+        self.routes = RouteTable(
+            self.redis, self.keys, refresh_interval=settings.proxy_route_reload_interval_s
+        )
         self.forwarder = Forwarder(
             public_scheme=urlsplit(settings.effective_proxy_public_url).scheme,
             spool_budget=SpoolBudget(settings.proxy_spool_budget_bytes, settings.proxy_spool_dir),
@@ -298,7 +300,8 @@ class ProxyApp:
         if long_poll:
             self.metrics.long_poll_opened()
         try:
-            route = await self.wake.ready(route)  # a sleeping homeserver wakes first
+            # A sleeping homeserver wakes first (a client leaving meanwhile is ClientGone).
+            route, receive = await self.wake.ready(route, receive)
             result = await self.forwarder.forward(
                 scope,
                 receive,
@@ -334,7 +337,7 @@ class ProxyApp:
         client = client_address(scope, self._trusted_proxies)
         admission = self.federation_limiter.admit(route, client, long_poll=False)
         try:
-            route = await self.wake.ready(route)
+            route, receive = await self.wake.ready(route, receive)
             await self.forwarder.forward(
                 scope,
                 receive,

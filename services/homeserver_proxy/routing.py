@@ -1,8 +1,14 @@
 """Tenant resolution: Host header or ``/t/{slug}`` prefix -> Route, from an in-memory table.
 
-The table is loaded from Redis at start, reloaded on every route-change notification (pub/sub)
-and every ``refresh_interval`` seconds as a safety net. A miss asks Redis once (a tenant that
-was just published may not have reached us yet); Redis being down keeps the last table serving.
+The table is loaded whole from Redis at start and on every (re)subscription to the route-change
+channel. A change notification names the fields that changed (``platform_core.routes``): only
+those are read (one HMGET) and updated or removed, so a homeserver going to sleep or waking costs
+the same at 10 tenants as at 10,000. A burst of notifications is coalesced into one read of all
+the fields it names. A notification that names no fields (an older publisher) reloads the whole
+table, and so does the safety net every ``refresh_interval`` seconds since the last whole load,
+however busy the channel (a lost notification is healed within one interval). A miss asks Redis
+once (a tenant that was just published may not have reached us yet); Redis being down keeps the
+last table serving.
 """
 
 from __future__ import annotations
@@ -14,13 +20,28 @@ import re
 import time
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from platform_core.redis import RedisKeys
-from platform_core.routes import Route, host_field, read_route, read_routes, slug_field
+from platform_core.routes import (
+    Route,
+    changed_fields,
+    host_field,
+    read_fields,
+    read_route,
+    read_routes,
+    slug_field,
+)
 
 log = logging.getLogger(__name__)
 
 _MISS_TTL_S = 1.0
+# A burst naming more fields than this (a mass wake, a restore) is read by a whole load instead:
+# one HMGET answer is parsed in one piece, a whole load's scan in pieces between requests.
+_MAX_CHANGED_FIELDS = 2_000
+# Notifications coalesced into one update at most: a channel that never goes quiet still gets
+# its updates applied.
+_MAX_BURST = 500
 # RFC 9110 Host: a reg-name or an IP literal, then an optional decimal port. (Underscores are
 # not DNS but appear in container host names.) Anything else is refused, not guessed at:
 # "acme.c3.test:80@evil.test" would otherwise route to acme.
@@ -61,6 +82,7 @@ class RouteTable:
         self._routes: dict[str, Route] = {}
         self._misses: dict[str, float] = {}
         self._refresh_interval = refresh_interval
+        self._loaded_at = time.monotonic()  # of the last whole load
         self._watcher: asyncio.Task[None] | None = None
 
     # Lookup (hot path) -----------------------------------------------------------------
@@ -98,8 +120,21 @@ class RouteTable:
     # Loading ---------------------------------------------------------------------------
 
     async def load(self) -> None:
+        """Read the whole table (HSCAN in pieces): O(routes)."""
         self._routes = await read_routes(self._redis, self._keys)
         self._misses.clear()
+        self._loaded_at = time.monotonic()
+
+    async def update(self, fields: set[str]) -> None:
+        """Read just ``fields`` (one HMGET) and update or remove their entries: O(fields)."""
+        found = await read_fields(self._redis, self._keys, sorted(fields))
+        routes = self._routes
+        for field, route in found.items():
+            self._misses.pop(field, None)  # published just now: no longer a cached miss
+            if route is None:
+                routes.pop(field, None)
+            else:
+                routes[field] = route
 
     async def start(self) -> None:
         try:
@@ -123,17 +158,7 @@ class RouteTable:
                     await self.load()  # anything changed while we were not subscribed
                     backoff = 0.5
                     while True:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=self._refresh_interval
-                        )
-                        # A change notification or a quiet interval: reload either way.
-                        if message is not None:
-                            # Coalesce a burst of notifications into one reload.
-                            while await pubsub.get_message(
-                                ignore_subscribe_messages=True, timeout=0.0
-                            ):
-                                pass
-                        await self.load()
+                        await self._follow(pubsub)
             except asyncio.CancelledError:
                 raise
             except (aioredis.RedisError, OSError) as exc:
@@ -142,3 +167,31 @@ class RouteTable:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    async def _follow(self, pubsub: PubSub) -> None:
+        """Wait for the next notification (or the safety net's turn) and apply it."""
+        due_in = self._loaded_at + self._refresh_interval - time.monotonic()
+        message = None
+        if due_in > 0:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=due_in)
+        if message is None:
+            if time.monotonic() >= self._loaded_at + self._refresh_interval:
+                await self.load()  # the safety net
+            return
+        burst = [message]  # coalesced: one read for all the fields a burst names
+        while len(burst) < _MAX_BURST:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0)
+            if message is None:
+                break
+            burst.append(message)
+        fields: set[str] = set()
+        for each in burst:
+            named = changed_fields(each["data"])
+            if named is None:  # names no fields (an older publisher): reload everything
+                await self.load()
+                return
+            fields.update(named)
+        if len(fields) > _MAX_CHANGED_FIELDS:
+            await self.load()
+        elif fields:
+            await self.update(fields)

@@ -23,6 +23,14 @@ the tenant's route from Redis every 50 ms until it is awake and the homeserver a
 ``/health``, and hands the fresh route to every held request. A wake that fails or takes
 longer than the timeout answers 503 ``M_UNKNOWN`` with ``Retry-After``; the request key has
 expired by then, so the next request asks again.
+
+**A held client that leaves.** ASGI tells of a disconnect only through ``receive``, so each held
+request (and only a held one: the awake path starts no task) gets one small task that reads its
+messages while it waits. A disconnect ends the hold at once with ``ClientGone``: its limiter slot
+is freed and nothing goes upstream for it when the homeserver is up; the shared waiter goes on
+for the others. The request body messages read meanwhile (at most ``_KEEP_BYTES``; a larger
+upload is left unread and its client's leaving shows once it is forwarded) are handed back to the
+forwarder through the ``receive`` that ``ready`` returns.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from homeserver_proxy import errors
+from homeserver_proxy.asgi import Message, Receive
+from homeserver_proxy.forwarding import ClientGone
 from platform_core.celery import TaskNames, send_task
 from platform_core.redis import RedisKeys
 from platform_core.routes import Route, host_field, read_route
@@ -46,6 +56,9 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
 _HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+# Request body a held request's watcher reads ahead (and keeps in memory) at most: the forwarder
+# keeps bodies up to 1 MiB in memory too.
+_KEEP_BYTES = 1024 * 1024
 
 
 class Waker:
@@ -70,14 +83,16 @@ class Waker:
 
     # Hooks (hot path) -------------------------------------------------------------------
 
-    async def ready(self, route: Route) -> Route:
-        """The route to forward by: ``route`` itself when its homeserver is awake; otherwise,
-        once it woke, the fresh route (raises 503 when it does not wake in time)."""
+    async def ready(self, route: Route, receive: Receive) -> tuple[Route, Receive]:
+        """The route to forward by and the ``receive`` to read the request by: ``route`` and
+        ``receive`` themselves when its homeserver is awake; otherwise, once it woke, the fresh
+        route and a ``receive`` that first replays what was read while holding. Raises 503
+        when it does not wake in time, ``ClientGone`` when the client leaves meanwhile."""
         tenant_id = route.tenant_id
         self._seen[tenant_id] = time.time()
         if not route.asleep and tenant_id not in self._healing:
-            return route
-        return await self._held(route)
+            return route, receive
+        return await self._held(route, receive)
 
     def after_failure(self, route: Route, exc: errors.MatrixError) -> errors.MatrixError:
         """The error to answer for a failed forward: a refused connection asks for the wake
@@ -95,9 +110,23 @@ class Waker:
 
     # Waking -----------------------------------------------------------------------------
 
-    async def _held(self, route: Route) -> Route:
+    async def _held(self, route: Route, receive: Receive) -> tuple[Route, Receive]:
+        waiter = self._waiter(route)
+        client = _ClientWatch(receive)
         try:
-            return await asyncio.wait_for(asyncio.shield(self._waiter(route)), self._timeout_s)
+            # Neither is cancelled by the wait: the waiter is shared with the other held
+            # requests (and replicas' wakes), the watch is stopped below.
+            await asyncio.wait(
+                (waiter, client.left), timeout=self._timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            client.stop()
+        if client.left.done() and not client.left.cancelled():
+            raise ClientGone()
+        if not waiter.done():
+            raise errors.homeserver_starting(retry_after_s=2)  # not woken in time
+        try:
+            return waiter.result(), client.replay()
         except (TimeoutError, aioredis.RedisError, OSError):
             # Not woken in time, or Redis away (no wake can be asked for): retry later.
             raise errors.homeserver_starting(retry_after_s=2) from None
@@ -193,7 +222,46 @@ class Waker:
                 log.warning("last-seen flush deferred (%s)", type(exc).__name__)
 
 
-def _retrieve(task: asyncio.Task[Route]) -> None:
+class _ClientWatch:
+    """Reads a held request's ``receive`` in a task of its own until the client disconnects
+    (``left`` is then done), keeping the body messages read on the way for ``replay``."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._kept: list[Message] = []
+        self.left: asyncio.Task[None] = asyncio.create_task(self._until_disconnect())
+        self.left.add_done_callback(_retrieve)
+
+    async def _until_disconnect(self) -> None:
+        kept = 0
+        while kept <= _KEEP_BYTES:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+            self._kept.append(message)
+            kept += len(message.get("body", b""))
+        # A large upload: the rest is left unread (the server stops reading the socket), so
+        # a disconnect can no longer be seen here; the forwarder sees it.
+        await asyncio.get_running_loop().create_future()
+
+    def stop(self) -> None:
+        # Cancelling a pending ``receive`` loses nothing: servers hand a message over only
+        # when it returns (uvicorn keeps the body read meanwhile for the next call).
+        self.left.cancel()
+
+    def replay(self) -> Receive:
+        """``receive`` as the forwarder should read it: the kept messages first."""
+        if not self._kept:
+            return self._receive
+        kept, receive = self._kept, self._receive
+
+        async def replaying() -> Message:
+            return kept.pop(0) if kept else await receive()
+
+        return replaying
+
+
+def _retrieve(task: asyncio.Task[Route] | asyncio.Task[None]) -> None:
     """A waiter nobody awaits any more (its requests timed out) must not log its error as
     never retrieved."""
     if not task.cancelled():

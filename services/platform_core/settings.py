@@ -443,6 +443,13 @@ class Settings(BaseSettings):
     synapse_jemalloc: bool = False
     # --- end of Synapse's footprint ----------------------------------------------------------
 
+    # --- The proxy's route table (issue 16; homeserver_proxy/routing.py) -------------------
+    # A route change reaches every proxy as a pub/sub message naming the changed fields, and
+    # each proxy re-reads only those. As a safety net against a lost message, each proxy also
+    # re-reads the whole table (HGETALL, O(tenants)) this often (docs/hibernation.md).
+    proxy_route_reload_interval_s: float = Field(default=10.0, gt=0)
+    # --- end of the proxy's route table -----------------------------------------------------
+
     @field_validator("base_domain")
     @classmethod
     def _domain_lower(cls, v: str) -> str:

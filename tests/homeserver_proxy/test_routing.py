@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 import redis
@@ -120,3 +121,182 @@ async def test_unknown_hosts_do_not_hit_redis_on_every_request(
         assert await table.by_host("nobody.c3.test") is None
     finally:
         await client.aclose()
+
+
+class _CountedLoads:
+    """Counts the table's whole loads (HGETALL) while letting them happen."""
+
+    def __init__(self, table: RouteTable) -> None:
+        self.count = 0
+        self._load = table.load
+        table.load = self  # type: ignore[method-assign]
+
+    async def __call__(self) -> None:
+        self.count += 1
+        await self._load()
+
+
+async def _watched_table(  # type: ignore[no-untyped-def]
+    platform_env: dict[str, str], routes: list[Route]
+):
+    """A started table over ``routes`` (published first), its whole loads counted."""
+    keys = RedisKeys(f"{platform_env['C3_REDIS_NAMESPACE']}-incr-{uuid.uuid4().hex[:6]}")
+    sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
+    for route in routes:
+        publish_route(sync_client, keys, route)
+    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
+    table = RouteTable(client, keys, refresh_interval=60)  # no safety-net reload in the test
+    loads = _CountedLoads(table)
+    await table.start()
+    # Subscribed (the watcher loads once more on subscribing): changes from now on arrive.
+    await _until(lambda: _true(loads.count == 2))
+    return keys, sync_client, client, table, loads
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_route_change_updates_just_that_route_without_reloading_the_table(
+    platform_env: dict[str, str],
+) -> None:
+    tenants = [_route(f"t{i}-{uuid.uuid4().hex[:6]}") for i in range(300)]
+    keys, sync_client, client, table, loads = await _watched_table(platform_env, tenants)
+    try:
+        # Loaded whole at start (in several HSCAN pieces: 600 fields).
+        assert all(table.get_cached(f"host:{t.server_name}") == t for t in tenants)
+        assert all(table.get_cached(f"slug:{t.slug}") == t for t in tenants)
+        # A homeserver falls asleep; a new tenant appears; another tenant is withdrawn.
+        sleeping = replace(tenants[7], asleep=True)
+        publish_route(sync_client, keys, sleeping)
+        newcomer = _route(f"new-{uuid.uuid4().hex[:6]}")
+        publish_route(sync_client, keys, newcomer)
+        gone = tenants[8]
+        withdraw_route(sync_client, keys, server_name=gone.server_name, slug=gone.slug)
+
+        async def applied() -> bool:
+            return (
+                table.get_cached(f"host:{sleeping.server_name}") == sleeping
+                and table.get_cached(f"slug:{sleeping.slug}") == sleeping
+                and table.get_cached(f"slug:{newcomer.slug}") == newcomer
+                and table.get_cached(f"host:{gone.server_name}") is None
+                and table.get_cached(f"slug:{gone.slug}") is None
+            )
+
+        await _until(applied)
+        assert loads.count == 2  # no whole reload for any of the three changes
+        # A burst of changes (every homeserver wakes at once) lands in full, still incrementally.
+        woken = [replace(t, upstream="http://127.0.0.1:2") for t in tenants[10:110]]
+        for route in woken:
+            publish_route(sync_client, keys, route)
+
+        async def all_woken() -> bool:
+            return all(table.get_cached(f"host:{r.server_name}") == r for r in woken)
+
+        await _until(all_woken)
+        assert loads.count == 2
+        # Everything else is still served, from memory.
+        assert table.get_cached(f"host:{tenants[0].server_name}") == tenants[0]
+        assert table.get_cached(f"slug:{tenants[299].slug}") == tenants[299]
+    finally:
+        await table.stop()
+        await client.aclose()
+        sync_client.delete(keys.routes)
+        sync_client.close()
+
+
+async def test_a_change_message_from_an_older_publisher_reloads_the_whole_table(
+    platform_env: dict[str, str],
+) -> None:
+    tenants = [_route(f"o{i}-{uuid.uuid4().hex[:6]}") for i in range(20)]
+    keys, sync_client, client, table, loads = await _watched_table(platform_env, tenants)
+    try:
+        # An older provisioner writes the hash and announces "*": no fields named.
+        changed = replace(tenants[3], status="suspended")
+        sync_client.hset(keys.routes, f"host:{changed.server_name}", changed.to_json())
+        sync_client.hdel(keys.routes, f"slug:{tenants[4].slug}")
+        sync_client.publish(keys.routes_changed, "*")
+
+        async def reloaded() -> bool:
+            return (
+                table.get_cached(f"host:{changed.server_name}") == changed
+                and table.get_cached(f"slug:{tenants[4].slug}") is None
+            )
+
+        await _until(reloaded)
+        assert loads.count == 3
+        # Anything else unparsable is treated the same way, never as "nothing changed".
+        sync_client.hdel(keys.routes, f"slug:{tenants[5].slug}")
+        sync_client.publish(keys.routes_changed, b'{"fields": ["slug:x"]}')
+
+        async def reloaded_again() -> bool:
+            return table.get_cached(f"slug:{tenants[5].slug}") is None
+
+        await _until(reloaded_again)
+        assert loads.count == 4
+    finally:
+        await table.stop()
+        await client.aclose()
+        sync_client.delete(keys.routes)
+        sync_client.close()
+
+
+async def test_a_tenant_cached_as_unknown_is_served_once_its_route_is_published(
+    platform_env: dict[str, str],
+) -> None:
+    keys, sync_client, client, table, loads = await _watched_table(platform_env, [])
+    try:
+        late = _route(f"late-{uuid.uuid4().hex[:6]}")
+        assert await table.by_host(late.server_name) is None  # remembered as a miss for 1 s
+        publish_route(sync_client, keys, late)
+
+        async def served() -> bool:
+            return await table.by_host(late.server_name) == late
+
+        await _until(served, within=0.9)  # sooner than the cached miss would expire
+        assert loads.count == 2
+    finally:
+        await table.stop()
+        await client.aclose()
+        sync_client.delete(keys.routes)
+        sync_client.close()
+
+
+async def test_a_lost_subscription_reloads_the_whole_table_once_back(
+    platform_env: dict[str, str],
+) -> None:
+    keys = RedisKeys(f"{platform_env['C3_REDIS_NAMESPACE']}-lost-{uuid.uuid4().hex[:6]}")
+    name = f"c3-test-routes-{uuid.uuid4().hex[:8]}"  # only our own connections are cut
+    sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
+    tenant = _route(f"lost-{uuid.uuid4().hex[:6]}")
+    publish_route(sync_client, keys, tenant)
+    client = aioredis.from_url(platform_env["C3_REDIS_URL"], client_name=name)
+    table = RouteTable(client, keys, refresh_interval=60)
+    loads = _CountedLoads(table)
+    await table.start()
+    try:
+        await _until(lambda: _true(loads.count == 2))
+
+        async def subscribed() -> list[str]:
+            return [
+                c["id"]
+                for c in sync_client.client_list()
+                if c.get("name") == name and int(c.get("sub", 0)) > 0
+            ]
+
+        ids = await _until(subscribed)
+        # Changed with no notification (as if sent while the proxy was cut off), then cut off.
+        changed = replace(tenant, asleep=True)
+        sync_client.hset(keys.routes, f"host:{tenant.server_name}", changed.to_json())
+        sync_client.client_kill_filter(_id=ids[0])
+
+        async def reloaded() -> bool:
+            return table.get_cached(f"host:{tenant.server_name}") == changed
+
+        await _until(reloaded)
+        assert loads.count >= 3
+    finally:
+        await table.stop()
+        await client.aclose()
+        sync_client.delete(keys.routes)
+        sync_client.close()
