@@ -294,8 +294,29 @@ def _sets_state_by_keyword(node: ast.AST) -> bool:
     if name == "Operation":
         return "state" in keywords
     if name == "values":
-        return bool(keywords & {"status", "state"})
+        target = _update_target(func)
+        if target == "Tenant":
+            return "status" in keywords
+        if target == "Operation":
+            return "state" in keywords
+        # update(<another model>) has states of its own (webhook deliveries, exports).
+        return target is None and bool(keywords & {"status", "state"})
     return False
+
+
+def _update_target(func: ast.expr) -> str | None:
+    """The model of ``update(Model).where(…).values(…)``; None when it cannot be told."""
+    node: ast.expr = func
+    while isinstance(node, (ast.Attribute, ast.Call)):
+        if isinstance(node, ast.Call):
+            callee = node.func
+            if isinstance(callee, ast.Name) and callee.id == "update" and node.args:
+                model = node.args[0]
+                return model.id if isinstance(model, ast.Name) else None
+            node = callee
+        else:
+            node = node.value
+    return None
 
 
 def test_only_the_lifecycle_moves_tenants_and_operations() -> None:
@@ -321,6 +342,8 @@ def test_the_source_check_sees_a_state_write() -> None:
         inner = node.value if isinstance(node, ast.Expr) else node
         assert _moves_lifecycle_state(inner) or _sets_state_by_keyword(inner), code
     assert not _moves_lifecycle_state(ast.parse("row.state = ExportState.READY").body[0])
+    other = ast.parse("update(WebhookDelivery).where(x).values(state=DeliveryState.PENDING)")
+    assert not _sets_state_by_keyword(other.body[0].value)  # type: ignore[attr-defined]
 
 
 def _backend_classes() -> set[str]:
