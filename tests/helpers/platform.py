@@ -248,7 +248,8 @@ def running_api(env: dict[str, str], log: Path) -> Iterator[tuple[int, subproces
             return False
 
     try:
-        poll(up, timeout=30, what="the API server")
+        # Generous: importing the API alone took 18 s on a 2-core machine at load ~17.
+        poll(up, timeout=90, what="the API server")
         yield port, process
     finally:
         process.terminate()
