@@ -54,8 +54,13 @@ def _check_finished(operation: Operation) -> Operation | None:
     return operation if operation.state == "succeeded" else None
 
 
-def _headers(config: Config) -> dict[str, str]:
-    return {"Authorization": f"Bearer {config.token}", "User-Agent": config.user_agent}
+def _http_options(config: Config, timeout: float) -> dict[str, Any]:
+    """What both clients give their ``httpx`` client besides the transport."""
+    return {
+        "base_url": config.base_url,
+        "headers": {"Authorization": f"Bearer {config.token}", "User-Agent": config.user_agent},
+        "timeout": timeout,
+    }
 
 
 def _request_args(call: Call[Any]) -> dict[str, Any]:
@@ -124,12 +129,7 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.config = Config.resolve(base_url, token, timeout=timeout, retry=retry)
-        self._http = httpx.Client(
-            base_url=self.config.base_url,
-            headers=_headers(self.config),
-            timeout=timeout,
-            transport=transport,
-        )
+        self._http = httpx.Client(**_http_options(self.config, timeout), transport=transport)
         self.tenants = Tenants(self)
         self.operations = Operations(self)
         self.keys = Keys(self)
@@ -335,12 +335,7 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = Config.resolve(base_url, token, timeout=timeout, retry=retry)
-        self._http = httpx.AsyncClient(
-            base_url=self.config.base_url,
-            headers=_headers(self.config),
-            timeout=timeout,
-            transport=transport,
-        )
+        self._http = httpx.AsyncClient(**_http_options(self.config, timeout), transport=transport)
         self.tenants = AsyncTenants(self)
         self.operations = AsyncOperations(self)
         self.keys = AsyncKeys(self)
