@@ -74,64 +74,54 @@ def _config() -> dict[str, object]:
         "enable_utc": True,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
-            "apply-usage-batches": {
-                "task": TaskNames.APPLY_USAGE_BATCHES,
-                "schedule": settings.usage_flush_interval_s,
-                "options": {"expires": max(2.0, settings.usage_flush_interval_s * 2)},
-            },
-            "reconcile": {
-                "task": TaskNames.RECONCILE,
-                "schedule": settings.reconcile_interval_s,
-                "options": {"expires": settings.reconcile_interval_s},
-            },
+            "apply-usage-batches": _every(
+                TaskNames.APPLY_USAGE_BATCHES,
+                settings.usage_flush_interval_s,
+                expires=max(2.0, settings.usage_flush_interval_s * 2),
+            ),
+            "reconcile": _every(TaskNames.RECONCILE, settings.reconcile_interval_s),
             # Expired export archives are deleted (their links already answer 410).
-            "expire-exports": {
-                "task": TaskNames.EXPIRE_EXPORTS,
-                "schedule": settings.reconcile_interval_s,
-                "options": {"expires": settings.reconcile_interval_s},
-            },
-            "reconcile-usage": {
-                "task": TaskNames.RECONCILE_USAGE,
-                "schedule": settings.usage_reconcile_interval_s,
-                "options": {"expires": settings.usage_reconcile_interval_s},
-            },
+            "expire-exports": _every(TaskNames.EXPIRE_EXPORTS, settings.reconcile_interval_s),
+            "reconcile-usage": _every(
+                TaskNames.RECONCILE_USAGE, settings.usage_reconcile_interval_s
+            ),
             # External context participants whose credential expired lose their account.
-            "expire-context-participants": {
-                "task": TaskNames.EXPIRE_CONTEXT_PARTICIPANTS,
-                "schedule": settings.contexts_expiry_interval_s,
-                "options": {"expires": settings.contexts_expiry_interval_s},
-            },
+            "expire-context-participants": _every(
+                TaskNames.EXPIRE_CONTEXT_PARTICIPANTS, settings.contexts_expiry_interval_s
+            ),
             # Webhooks: new events fanned out, due deliveries (retries, and those whose worker
             # died mid-send) enqueued again.
-            "dispatch-webhooks": {
-                "task": TaskNames.DISPATCH_WEBHOOKS,
-                "schedule": settings.webhook_dispatch_interval_s,
-                "options": {"expires": max(2.0, settings.webhook_dispatch_interval_s * 2)},
-            },
-            "check-usage-thresholds": {
-                "task": TaskNames.CHECK_USAGE_THRESHOLDS,
-                "schedule": settings.webhook_usage_check_interval_s,
-                "options": {"expires": settings.webhook_usage_check_interval_s},
-            },
+            "dispatch-webhooks": _every(
+                TaskNames.DISPATCH_WEBHOOKS,
+                settings.webhook_dispatch_interval_s,
+                expires=max(2.0, settings.webhook_dispatch_interval_s * 2),
+            ),
+            "check-usage-thresholds": _every(
+                TaskNames.CHECK_USAGE_THRESHOLDS, settings.webhook_usage_check_interval_s
+            ),
             # Settled webhook deliveries, events and context outbox rows past their retention.
-            "prune-webhooks": {
-                "task": TaskNames.PRUNE_WEBHOOKS,
-                "schedule": settings.webhook_retention_interval_s,
-                "options": {"expires": settings.webhook_retention_interval_s},
-            },
+            "prune-webhooks": _every(
+                TaskNames.PRUNE_WEBHOOKS, settings.webhook_retention_interval_s
+            ),
             # Idle homeservers with nothing due are put to sleep (plans with idle_after_seconds).
-            "sleep-idle-homeservers": {
-                "task": TaskNames.SLEEP_IDLE_HOMESERVERS,
-                "schedule": settings.sleep_check_interval_s,
-                "options": {"expires": settings.sleep_check_interval_s},
-            },
+            "sleep-idle-homeservers": _every(
+                TaskNames.SLEEP_IDLE_HOMESERVERS, settings.sleep_check_interval_s
+            ),
             **_maintenance_entry(settings.sleep_maintenance_hour_utc),
-            "finalize-invoices": {
-                "task": TaskNames.FINALIZE_INVOICES,
-                "schedule": settings.invoice_finalize_interval_s,
-                "options": {"expires": settings.invoice_finalize_interval_s},
-            },
+            "finalize-invoices": _every(
+                TaskNames.FINALIZE_INVOICES, settings.invoice_finalize_interval_s
+            ),
         },
+    }
+
+
+def _every(task: str, schedule: float | crontab, *, expires: float | None = None) -> dict[str, Any]:
+    """A beat entry running ``task`` on ``schedule`` (seconds or a crontab). A run not picked up
+    by ``expires`` seconds (default: the interval) is dropped: the next one does its work."""
+    return {
+        "task": task,
+        "schedule": schedule,
+        "options": {"expires": schedule if expires is None else expires},
     }
 
 
@@ -140,11 +130,9 @@ def _maintenance_entry(hour_utc: int | None) -> dict[str, object]:
     if hour_utc is None:
         return {}
     return {
-        "wake-for-maintenance": {
-            "task": TaskNames.WAKE_FOR_MAINTENANCE,
-            "schedule": crontab(minute=0, hour=hour_utc),
-            "options": {"expires": 3600},
-        }
+        "wake-for-maintenance": _every(
+            TaskNames.WAKE_FOR_MAINTENANCE, crontab(minute=0, hour=hour_utc), expires=3600
+        )
     }
 
 

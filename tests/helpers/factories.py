@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from platform_core.crypto import SecretBox
 from platform_core.db import task_session
 from platform_core.models import (
     Context,
     ContextParticipant,
     ContextState,
+    Homeserver,
+    HomeserverDesiredState,
     ParticipantKind,
     ParticipantState,
     Plan,
     Tenant,
     TenantStatus,
 )
+from platform_core.settings import get_settings
 
 
 def make_tenant(status: TenantStatus = TenantStatus.ACTIVE) -> uuid.UUID:
@@ -66,3 +71,33 @@ def add_open_context(
     session.add(participant)
     session.flush()
     return context, participant
+
+
+@dataclass(frozen=True)
+class TenantWithContext:
+    tenant_id: uuid.UUID
+    context_id: uuid.UUID
+    room_id: str
+    external_user_id: str
+
+
+def make_tenant_with_context(hs_token: str) -> TenantWithContext:
+    """A tenant whose homeserver runs the application service (pushing with ``hs_token``),
+    with its open context ``case-1`` and that context's one external participant."""
+    tenant_id = make_tenant()
+    box = SecretBox(get_settings().require_secret_key())
+    with task_session() as session:
+        tenant = session.get(Tenant, tenant_id)
+        assert tenant is not None
+        session.add(
+            Homeserver(
+                tenant_id=tenant_id,
+                backend="local",
+                desired_state=HomeserverDesiredState.RUNNING,
+                secrets_encrypted=box.encrypt_json(
+                    {"appservice_as_token": "as", "appservice_hs_token": hs_token}
+                ),
+            )
+        )
+        context, external = add_open_context(session, tenant_id, tenant.server_name)
+        return TenantWithContext(tenant_id, context.id, context.room_id, external.user_id)

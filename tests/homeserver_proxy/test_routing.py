@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
@@ -136,21 +137,30 @@ class _CountedLoads:
         await self._load()
 
 
+@asynccontextmanager
 async def _watched_table(  # type: ignore[no-untyped-def]
-    platform_env: dict[str, str], routes: list[Route]
+    platform_env: dict[str, str], routes: list[Route], *, client_name: str | None = None
 ):
-    """A started table over ``routes`` (published first), its whole loads counted."""
+    """A started table over ``routes`` (published first), its whole loads counted; stopped,
+    its routes deleted and its clients closed on the way out. ``client_name`` names the
+    table's Redis connections (to find and cut them)."""
     keys = RedisKeys(f"{platform_env['C3_REDIS_NAMESPACE']}-incr-{uuid.uuid4().hex[:6]}")
     sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
     for route in routes:
         publish_route(sync_client, keys, route)
-    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
+    client = aioredis.from_url(platform_env["C3_REDIS_URL"], client_name=client_name)
     table = RouteTable(client, keys, refresh_interval=60)  # no safety-net reload in the test
     loads = _CountedLoads(table)
     await table.start()
-    # Subscribed (the watcher loads once more on subscribing): changes from now on arrive.
-    await _until(lambda: _true(loads.count == 2))
-    return keys, sync_client, client, table, loads
+    try:
+        # Subscribed (the watcher loads once more on subscribing): changes from now on arrive.
+        await _until(lambda: _true(loads.count == 2))
+        yield keys, sync_client, client, table, loads
+    finally:
+        await table.stop()
+        await client.aclose()
+        sync_client.delete(keys.routes)
+        sync_client.close()
 
 
 async def _true(value: bool) -> bool:
@@ -161,8 +171,7 @@ async def test_a_route_change_updates_just_that_route_without_reloading_the_tabl
     platform_env: dict[str, str],
 ) -> None:
     tenants = [_route(f"t{i}-{uuid.uuid4().hex[:6]}") for i in range(300)]
-    keys, sync_client, client, table, loads = await _watched_table(platform_env, tenants)
-    try:
+    async with _watched_table(platform_env, tenants) as (keys, sync_client, client, table, loads):
         # Loaded whole at start (in several HSCAN pieces: 600 fields).
         assert all(table.get_cached(f"host:{t.server_name}") == t for t in tenants)
         assert all(table.get_cached(f"slug:{t.slug}") == t for t in tenants)
@@ -198,19 +207,13 @@ async def test_a_route_change_updates_just_that_route_without_reloading_the_tabl
         # Everything else is still served, from memory.
         assert table.get_cached(f"host:{tenants[0].server_name}") == tenants[0]
         assert table.get_cached(f"slug:{tenants[299].slug}") == tenants[299]
-    finally:
-        await table.stop()
-        await client.aclose()
-        sync_client.delete(keys.routes)
-        sync_client.close()
 
 
 async def test_a_change_message_from_an_older_publisher_reloads_the_whole_table(
     platform_env: dict[str, str],
 ) -> None:
     tenants = [_route(f"o{i}-{uuid.uuid4().hex[:6]}") for i in range(20)]
-    keys, sync_client, client, table, loads = await _watched_table(platform_env, tenants)
-    try:
+    async with _watched_table(platform_env, tenants) as (keys, sync_client, client, table, loads):
         # An older provisioner writes the hash and announces "*": no fields named.
         changed = replace(tenants[3], status="suspended")
         sync_client.hset(keys.routes, f"host:{changed.server_name}", changed.to_json())
@@ -234,18 +237,12 @@ async def test_a_change_message_from_an_older_publisher_reloads_the_whole_table(
 
         await _until(reloaded_again)
         assert loads.count == 4
-    finally:
-        await table.stop()
-        await client.aclose()
-        sync_client.delete(keys.routes)
-        sync_client.close()
 
 
 async def test_a_tenant_cached_as_unknown_is_served_once_its_route_is_published(
     platform_env: dict[str, str],
 ) -> None:
-    keys, sync_client, client, table, loads = await _watched_table(platform_env, [])
-    try:
+    async with _watched_table(platform_env, []) as (keys, sync_client, client, table, loads):
         late = _route(f"late-{uuid.uuid4().hex[:6]}")
         assert await table.by_host(late.server_name) is None  # remembered as a miss for 1 s
         publish_route(sync_client, keys, late)
@@ -255,27 +252,20 @@ async def test_a_tenant_cached_as_unknown_is_served_once_its_route_is_published(
 
         await _until(served, within=0.9)  # sooner than the cached miss would expire
         assert loads.count == 2
-    finally:
-        await table.stop()
-        await client.aclose()
-        sync_client.delete(keys.routes)
-        sync_client.close()
 
 
 async def test_a_lost_subscription_reloads_the_whole_table_once_back(
     platform_env: dict[str, str],
 ) -> None:
-    keys = RedisKeys(f"{platform_env['C3_REDIS_NAMESPACE']}-lost-{uuid.uuid4().hex[:6]}")
     name = f"c3-test-routes-{uuid.uuid4().hex[:8]}"  # only our own connections are cut
-    sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
     tenant = _route(f"lost-{uuid.uuid4().hex[:6]}")
-    publish_route(sync_client, keys, tenant)
-    client = aioredis.from_url(platform_env["C3_REDIS_URL"], client_name=name)
-    table = RouteTable(client, keys, refresh_interval=60)
-    loads = _CountedLoads(table)
-    await table.start()
-    try:
-        await _until(lambda: _true(loads.count == 2))
+    async with _watched_table(platform_env, [tenant], client_name=name) as (
+        keys,
+        sync_client,
+        _,
+        table,
+        loads,
+    ):
 
         async def subscribed() -> list[str]:
             return [
@@ -295,8 +285,3 @@ async def test_a_lost_subscription_reloads_the_whole_table_once_back(
 
         await _until(reloaded)
         assert loads.count >= 3
-    finally:
-        await table.stop()
-        await client.aclose()
-        sync_client.delete(keys.routes)
-        sync_client.close()

@@ -75,119 +75,109 @@ def _staying(body: bytes = b"") -> Receive:
     return receive
 
 
-def _keys(platform_env: dict[str, str]) -> RedisKeys:
-    return RedisKeys(f"{platform_env['C3_REDIS_NAMESPACE']}-wake-{uuid.uuid4().hex[:6]}")
+@dataclasses.dataclass
+class _Redis:
+    """This test's own Redis namespace, with the sync client the worker's side publishes routes
+    through and the asyncio client the proxy's ``Waker`` reads."""
+
+    keys: RedisKeys
+    sync_client: redis.Redis
+    client: aioredis.Redis
+
+
+@pytest.fixture
+async def rds(platform_env: dict[str, str]) -> AsyncIterator[_Redis]:
+    keys = RedisKeys(f"{platform_env['C3_REDIS_NAMESPACE']}-wake-{uuid.uuid4().hex[:6]}")
+    sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
+    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
+    try:
+        yield _Redis(keys, sync_client, client)
+    finally:
+        sync_client.close()
+        await client.aclose()
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """The wake tasks the proxy asked for (no worker runs them)."""
+    sent: list[tuple[str, ...]] = []
+    monkeypatch.setattr(wake, "send_task", lambda *args: sent.append(args))
+    return sent
+
+
+async def _until_wake_asked(asked: list[tuple[str, ...]]) -> None:
+    async def asked_once() -> bool:
+        return bool(asked)
+
+    await poll_async(asked_once, timeout=10, what="the wake to be asked for")
 
 
 async def test_fifty_held_requests_ask_for_one_wake_and_go_on_when_it_is_awake(
-    platform_env: dict[str, str],
-    upstream: str,
-    session: aiohttp.ClientSession,
-    monkeypatch: pytest.MonkeyPatch,
+    rds: _Redis, upstream: str, session: aiohttp.ClientSession, asked: list[tuple[str, ...]]
 ) -> None:
-    keys = _keys(platform_env)
-    sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
-    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
-    asked: list[tuple[str, ...]] = []
-    monkeypatch.setattr(wake, "send_task", lambda *args: asked.append(args))
     route = _asleep_route(upstream)
-    publish_route(sync_client, keys, route)
-    waker = Waker(client, keys, lambda: session, timeout_s=10, flush_interval_s=1)
-    try:
-        held = [asyncio.create_task(waker.ready(route, _staying())) for _ in range(50)]
+    publish_route(rds.sync_client, rds.keys, route)
+    waker = Waker(rds.client, rds.keys, lambda: session, timeout_s=10, flush_interval_s=1)
+    held = [asyncio.create_task(waker.ready(route, _staying())) for _ in range(50)]
 
-        async def asked_once() -> bool:
-            return bool(asked)
-
-        await poll_async(asked_once, timeout=10, what="the wake to be asked for")
-        assert not any(task.done() for task in held)  # held while it sleeps
-        # A second proxy replica's waiter finds the wake already asked for.
-        other = Waker(client, keys, lambda: session, timeout_s=10, flush_interval_s=1)
-        held.append(asyncio.create_task(other.ready(route, _staying())))
-        # The worker woke it: the route says awake.
-        publish_route(sync_client, keys, dataclasses.replace(route, asleep=False))
-        results = await asyncio.wait_for(asyncio.gather(*held), 10)
-        assert all(woken.asleep is False for woken, _ in results)
-        assert asked == [(wake.TaskNames.WAKE_HOMESERVER, route.tenant_id)]
-    finally:
-        sync_client.close()
-        await client.aclose()
+    await _until_wake_asked(asked)
+    assert not any(task.done() for task in held)  # held while it sleeps
+    # A second proxy replica's waiter finds the wake already asked for.
+    other = Waker(rds.client, rds.keys, lambda: session, timeout_s=10, flush_interval_s=1)
+    held.append(asyncio.create_task(other.ready(route, _staying())))
+    # The worker woke it: the route says awake.
+    publish_route(rds.sync_client, rds.keys, dataclasses.replace(route, asleep=False))
+    results = await asyncio.wait_for(asyncio.gather(*held), 10)
+    assert all(woken.asleep is False for woken, _ in results)
+    assert asked == [(wake.TaskNames.WAKE_HOMESERVER, route.tenant_id)]
 
 
 async def test_a_wake_that_does_not_come_answers_503_with_retry_after(
-    platform_env: dict[str, str],
-    upstream: str,
-    session: aiohttp.ClientSession,
-    monkeypatch: pytest.MonkeyPatch,
+    rds: _Redis, upstream: str, session: aiohttp.ClientSession, asked: list[tuple[str, ...]]
 ) -> None:
-    keys = _keys(platform_env)
-    sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
-    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
-    monkeypatch.setattr(wake, "send_task", lambda *args: None)  # no worker
-    route = _asleep_route(upstream)
-    publish_route(sync_client, keys, route)
-    waker = Waker(client, keys, lambda: session, timeout_s=0.5, flush_interval_s=1)
-    try:
-        started = time.monotonic()
-        outcomes = await asyncio.gather(
-            *(waker.ready(route, _staying()) for _ in range(10)), return_exceptions=True
-        )
-        assert time.monotonic() - started < 5
-        for outcome in outcomes:
-            assert isinstance(outcome, errors.MatrixError)
-            assert outcome.status == 503 and outcome.errcode == "M_UNKNOWN"
-            assert dict(outcome.headers)[b"retry-after"] == b"2"
-    finally:
-        sync_client.close()
-        await client.aclose()
+    route = _asleep_route(upstream)  # asked for, but no worker wakes it
+    publish_route(rds.sync_client, rds.keys, route)
+    waker = Waker(rds.client, rds.keys, lambda: session, timeout_s=0.5, flush_interval_s=1)
+    started = time.monotonic()
+    outcomes = await asyncio.gather(
+        *(waker.ready(route, _staying()) for _ in range(10)), return_exceptions=True
+    )
+    assert time.monotonic() - started < 5
+    for outcome in outcomes:
+        assert isinstance(outcome, errors.MatrixError)
+        assert outcome.status == 503 and outcome.errcode == "M_UNKNOWN"
+        assert dict(outcome.headers)[b"retry-after"] == b"2"
 
 
 async def test_a_refused_upstream_asks_for_a_restart_and_holds_the_next_requests(
-    platform_env: dict[str, str],
-    upstream: str,
-    session: aiohttp.ClientSession,
-    monkeypatch: pytest.MonkeyPatch,
+    rds: _Redis, upstream: str, session: aiohttp.ClientSession, asked: list[tuple[str, ...]]
 ) -> None:
-    keys = _keys(platform_env)
-    sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
-    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
-    asked: list[tuple[str, ...]] = []
-    monkeypatch.setattr(wake, "send_task", lambda *args: asked.append(args))
     route = dataclasses.replace(_asleep_route(upstream), asleep=False)
-    publish_route(sync_client, keys, route)
-    waker = Waker(client, keys, lambda: session, timeout_s=10, flush_interval_s=1)
-    try:
-        answer = waker.after_failure(route, errors.upstream_refused())
-        assert answer.status == 503 and dict(answer.headers)[b"retry-after"] == b"1"
-        other = errors.upstream_timeout()
-        assert waker.after_failure(route, other) is other  # only a refusal heals
-        # The upstream answers /health (restarted): the next request goes on.
-        assert (await asyncio.wait_for(waker.ready(route, _staying()), 10))[0] == route
-        assert asked == [(wake.TaskNames.WAKE_HOMESERVER, route.tenant_id)]
-    finally:
-        sync_client.close()
-        await client.aclose()
+    publish_route(rds.sync_client, rds.keys, route)
+    waker = Waker(rds.client, rds.keys, lambda: session, timeout_s=10, flush_interval_s=1)
+    answer = waker.after_failure(route, errors.upstream_refused())
+    assert answer.status == 503 and dict(answer.headers)[b"retry-after"] == b"1"
+    other = errors.upstream_timeout()
+    assert waker.after_failure(route, other) is other  # only a refusal heals
+    # The upstream answers /health (restarted): the next request goes on.
+    assert (await asyncio.wait_for(waker.ready(route, _staying()), 10))[0] == route
+    assert asked == [(wake.TaskNames.WAKE_HOMESERVER, route.tenant_id)]
 
 
 async def test_last_seen_times_reach_redis_in_one_write_per_flush(
-    platform_env: dict[str, str], upstream: str, session: aiohttp.ClientSession
+    rds: _Redis, upstream: str, session: aiohttp.ClientSession
 ) -> None:
-    keys = _keys(platform_env)
-    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
     route = dataclasses.replace(_asleep_route(upstream), asleep=False)
-    waker = Waker(client, keys, lambda: session, timeout_s=10, flush_interval_s=1)
-    try:
-        before = time.time()
-        for _ in range(100):
-            receive = _staying()
-            tasks = len(asyncio.all_tasks())
-            assert await waker.ready(route, receive) == (route, receive)  # awake: straight through
-            assert len(asyncio.all_tasks()) == tasks  # and nothing started to watch the client
-        await waker.flush()
-        seen = await client.hget(keys.homeserver_last_seen, route.tenant_id)
-        assert seen is not None and before <= float(seen) <= time.time()
-    finally:
-        await client.aclose()
+    waker = Waker(rds.client, rds.keys, lambda: session, timeout_s=10, flush_interval_s=1)
+    before = time.time()
+    for _ in range(100):
+        receive = _staying()
+        tasks = len(asyncio.all_tasks())
+        assert await waker.ready(route, receive) == (route, receive)  # awake: straight through
+        assert len(asyncio.all_tasks()) == tasks  # and nothing started to watch the client
+    await waker.flush()
+    seen = await rds.client.hget(rds.keys.homeserver_last_seen, route.tenant_id)
+    assert seen is not None and before <= float(seen) <= time.time()
 
 
 def _leaving(hang_up: asyncio.Event) -> Receive:
@@ -204,57 +194,40 @@ def _leaving(hang_up: asyncio.Event) -> Receive:
 
 
 async def test_a_held_client_that_leaves_stops_holding_and_the_others_go_on_with_their_bodies(
-    platform_env: dict[str, str],
-    upstream: str,
-    session: aiohttp.ClientSession,
-    monkeypatch: pytest.MonkeyPatch,
+    rds: _Redis, upstream: str, session: aiohttp.ClientSession, asked: list[tuple[str, ...]]
 ) -> None:
-    keys = _keys(platform_env)
-    sync_client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
-    client = aioredis.from_url(platform_env["C3_REDIS_URL"])
-    asked: list[tuple[str, ...]] = []
-    monkeypatch.setattr(wake, "send_task", lambda *args: asked.append(args))
     route = _asleep_route(upstream)
-    publish_route(sync_client, keys, route)
-    waker = Waker(client, keys, lambda: session, timeout_s=30, flush_interval_s=1)
-    try:
-        hang_up = asyncio.Event()
-        leaving = asyncio.create_task(waker.ready(route, _leaving(hang_up)))
-        staying = asyncio.create_task(waker.ready(route, _staying(b'{"body": "kept"}')))
+    publish_route(rds.sync_client, rds.keys, route)
+    waker = Waker(rds.client, rds.keys, lambda: session, timeout_s=30, flush_interval_s=1)
+    hang_up = asyncio.Event()
+    leaving = asyncio.create_task(waker.ready(route, _leaving(hang_up)))
+    staying = asyncio.create_task(waker.ready(route, _staying(b'{"body": "kept"}')))
 
-        async def asked_once() -> bool:
-            return bool(asked)
+    await _until_wake_asked(asked)
+    hung_up_at = time.monotonic()
+    hang_up.set()
+    with pytest.raises(ClientGone):
+        await asyncio.wait_for(leaving, 5)
+    assert time.monotonic() - hung_up_at < 1.0  # not at the wake timeout (30 s)
+    assert not staying.done()  # the wake goes on for the client still there
 
-        await poll_async(asked_once, timeout=10, what="the wake to be asked for")
-        hung_up_at = time.monotonic()
-        hang_up.set()
-        with pytest.raises(ClientGone):
-            await asyncio.wait_for(leaving, 5)
-        assert time.monotonic() - hung_up_at < 1.0  # not at the wake timeout (30 s)
-        assert not staying.done()  # the wake goes on for the client still there
-
-        publish_route(sync_client, keys, dataclasses.replace(route, asleep=False))
-        woken, receive = await asyncio.wait_for(staying, 10)
-        assert woken.asleep is False
-        # What the watcher read while holding reaches the forwarder.
-        assert await receive() == {
-            "type": "http.request",
-            "body": b'{"body": "kept"}',
-            "more_body": False,
-        }
-        assert len(asked) == 1
-    finally:
-        sync_client.close()
-        await client.aclose()
+    publish_route(rds.sync_client, rds.keys, dataclasses.replace(route, asleep=False))
+    woken, receive = await asyncio.wait_for(staying, 10)
+    assert woken.asleep is False
+    # What the watcher read while holding reaches the forwarder.
+    assert await receive() == {
+        "type": "http.request",
+        "body": b'{"body": "kept"}',
+        "more_body": False,
+    }
+    assert len(asked) == 1
 
 
 async def test_a_client_leaving_a_held_request_frees_its_slot_and_nothing_goes_upstream(
-    platform_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    platform_env: dict[str, str], asked: list[tuple[str, ...]]
 ) -> None:
     """Through the proxy app: the held request's limiter slot is given back when its client
     leaves, and once the homeserver is awake only the requests of clients still there reach it."""
-    asked: list[tuple[str, ...]] = []
-    monkeypatch.setattr(wake, "send_task", lambda *args: asked.append(args))
     reached: list[str] = []
 
     async def homeserver(request: web.Request) -> web.Response:

@@ -131,6 +131,22 @@ def print_record(value: BaseModel, fields: Sequence[str]) -> None:
         typer.echo(f"{name.ljust(width)}  {_cell(getattr(value, name, None))}")
 
 
+def show_record(value: BaseModel, fields: Sequence[str], *, as_json: bool) -> None:
+    """One object: JSON (every field) with ``--json``, else the ``fields`` as a record."""
+    if as_json:
+        print_json(value)
+    else:
+        print_record(value, fields)
+
+
+def show_rows(rows: Sequence[Any], columns: Sequence[str], *, as_json: bool) -> None:
+    """A list: JSON (every field) with ``--json``, else the ``columns`` as a table."""
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, columns)
+
+
 class Progress:
     """Prints an operation's progress while `--wait` polls it: each attempt, each step as it
     completes, retries with their reason, the end (the operation's own history). On stderr

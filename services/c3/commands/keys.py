@@ -13,8 +13,9 @@ from c3.commands._common import (
     client,
     print_json,
     print_record,
-    print_table,
     resolve_tenant,
+    show_record,
+    show_rows,
 )
 
 app = typer.Typer(no_args_is_help=True, help="API keys (integrator credentials).")
@@ -53,10 +54,7 @@ def list_keys(api_url: ApiUrl = None, token: Token = None, as_json: AsJson = Fal
     """The keys this credential may manage (no secrets)."""
     with client(api_url, token) as c3:
         keys = c3.keys.list()
-    if as_json:
-        print_json(keys)
-    else:
-        print_table(keys, COLUMNS)
+    show_rows(keys, COLUMNS, as_json=as_json)
 
 
 @app.command("revoke")
@@ -69,7 +67,4 @@ def revoke(
     """Revoke a key: refused from the next request on."""
     with client(api_url, token) as c3:
         key = c3.keys.revoke(key_id)
-    if as_json:
-        print_json(key)
-    else:
-        print_record(key, ("id", "name", "revoked_at"))
+    show_record(key, ("id", "name", "revoked_at"), as_json=as_json)

@@ -14,8 +14,7 @@ from c3.commands._common import (
     Wait,
     client,
     describe,
-    print_json,
-    print_record,
+    show_record,
     wait_with_progress,
 )
 
@@ -40,11 +39,8 @@ FIELDS = (
 
 
 def _show(operation: Operation, as_json: bool) -> None:
-    if as_json:
-        print_json(operation)
-        return
-    print_record(operation, FIELDS)
-    if operation.history:
+    show_record(operation, FIELDS, as_json=as_json)
+    if operation.history and not as_json:
         typer.echo("history")
         for event in operation.history:
             typer.echo(f"  {event.at:%Y-%m-%d %H:%M:%S}  {describe(event)}")

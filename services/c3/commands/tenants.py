@@ -15,8 +15,9 @@ from c3.commands._common import (
     client,
     print_json,
     print_record,
-    print_table,
     resolve_tenant,
+    show_record,
+    show_rows,
     wait_with_progress,
 )
 
@@ -47,17 +48,11 @@ def list_tenants(api_url: ApiUrl = None, token: Token = None, as_json: AsJson = 
     """Every tenant this credential sees (all pages)."""
     with client(api_url, token) as c3:
         tenants = list(c3.tenants.iter(page_size=200))
-    if as_json:
-        print_json(tenants)
-    else:
-        print_table(tenants, COLUMNS)
+    show_rows(tenants, COLUMNS, as_json=as_json)
 
 
 def _show(tenant: Tenant, as_json: bool) -> None:
-    if as_json:
-        print_json(tenant)
-    else:
-        print_record(tenant, FIELDS)
+    show_record(tenant, FIELDS, as_json=as_json)
 
 
 def _finish(

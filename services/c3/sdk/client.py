@@ -54,8 +54,62 @@ def _check_finished(operation: Operation) -> Operation | None:
     return operation if operation.state == "succeeded" else None
 
 
-def _headers(config: Config) -> dict[str, str]:
-    return {"Authorization": f"Bearer {config.token}", "User-Agent": config.user_agent}
+def _http_options(config: Config, timeout: float) -> dict[str, Any]:
+    """What both clients give their ``httpx`` client besides the transport."""
+    return {
+        "base_url": config.base_url,
+        "headers": {"Authorization": f"Bearer {config.token}", "User-Agent": config.user_agent},
+        "timeout": timeout,
+    }
+
+
+def _request_args(call: Call[Any]) -> dict[str, Any]:
+    """What ``httpx`` needs to send ``call`` (both clients' ``request``)."""
+    return {
+        "method": call.method,
+        "url": call.path,
+        "params": call.params,
+        "json": call.json,
+        "headers": call.request_headers(),
+    }
+
+
+def _delay_after_lost_connection(
+    config: Config, call: Call[Any], attempt: int, exc: httpx.TransportError
+) -> float:
+    """How long to wait before sending ``call`` again after a lost connection; raises
+    ``TransportError`` when the call may not be repeated or the policy gives up."""
+    delay = config.retry.delay(attempt, None) if call.repeatable else None
+    if delay is None:
+        raise TransportError(f"{call.method} {call.path}: {exc!r}") from exc
+    return delay
+
+
+def _delay_after_response(config: Config, attempt: int, response: httpx.Response) -> float | None:
+    """How long to wait before sending again after a 429/503, or ``None``: read the answer."""
+    if not wants_retry(response):
+        return None
+    return config.retry.delay(attempt, retry_after_of(response))
+
+
+class _Poll:
+    """``wait_for_operation``'s schedule, I/O-free: after each read of the operation, the
+    seconds to sleep, or ``None`` once it succeeded; raises when it failed or time is up."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.interval = POLL_INITIAL_S
+
+    def after(self, operation: Operation) -> float | None:
+        if _check_finished(operation) is not None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(operation, self.timeout)
+        delay = min(self.interval, left)
+        self.interval = _next_poll(self.interval)
+        return delay
 
 
 # Sync ---------------------------------------------------------------------------------
@@ -75,12 +129,7 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.config = Config.resolve(base_url, token, timeout=timeout, retry=retry)
-        self._http = httpx.Client(
-            base_url=self.config.base_url,
-            headers=_headers(self.config),
-            timeout=timeout,
-            transport=transport,
-        )
+        self._http = httpx.Client(**_http_options(self.config, timeout), transport=transport)
         self.tenants = Tenants(self)
         self.operations = Operations(self)
         self.keys = Keys(self)
@@ -99,26 +148,19 @@ class Client:
 
     def run(self, call: Call[T]) -> T:
         """Send ``call``, retrying 429/503 (and lost connections) as the policy allows."""
-        headers = call.request_headers()
+        args = _request_args(call)
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = self._http.request(
-                    call.method, call.path, params=call.params, json=call.json, headers=headers
-                )
+                response = self._http.request(**args)
             except httpx.TransportError as exc:
-                delay = self.config.retry.delay(attempt, None) if call.repeatable else None
-                if delay is None:
-                    raise TransportError(f"{call.method} {call.path}: {exc!r}") from exc
-                self.sleep(delay)
+                self.sleep(_delay_after_lost_connection(self.config, call, attempt, exc))
                 continue
-            if wants_retry(response):
-                delay = self.config.retry.delay(attempt, retry_after_of(response))
-                if delay is not None:
-                    self.sleep(delay)
-                    continue
-            return read(call, response)
+            delay = _delay_after_response(self.config, attempt, response)
+            if delay is None:
+                return read(call, response)
+            self.sleep(delay)
 
     def paginate(self, page: Callable[[str | None], Call[Page[M]]]) -> Iterator[M]:
         cursor: str | None = None
@@ -142,19 +184,15 @@ class Client:
     ) -> Operation:
         """Poll the operation until it succeeds (returned), fails (``OperationFailed``) or
         ``timeout`` seconds pass (``WaitTimeout``). ``on_progress`` sees every state read."""
-        deadline = time.monotonic() + timeout
-        interval = POLL_INITIAL_S
+        poll = _Poll(timeout)
         while True:
             operation = self.operations.get(operation_id)
             if on_progress is not None:
                 on_progress(operation)
-            if _check_finished(operation) is not None:
+            delay = poll.after(operation)
+            if delay is None:
                 return operation
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WaitTimeout(operation, timeout)
-            self.sleep(min(interval, left))
-            interval = _next_poll(interval)
+            self.sleep(delay)
 
 
 class _Resource:
@@ -297,12 +335,7 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = Config.resolve(base_url, token, timeout=timeout, retry=retry)
-        self._http = httpx.AsyncClient(
-            base_url=self.config.base_url,
-            headers=_headers(self.config),
-            timeout=timeout,
-            transport=transport,
-        )
+        self._http = httpx.AsyncClient(**_http_options(self.config, timeout), transport=transport)
         self.tenants = AsyncTenants(self)
         self.operations = AsyncOperations(self)
         self.keys = AsyncKeys(self)
@@ -320,26 +353,19 @@ class AsyncClient:
         await self._http.aclose()
 
     async def run(self, call: Call[T]) -> T:
-        headers = call.request_headers()
+        args = _request_args(call)
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await self._http.request(
-                    call.method, call.path, params=call.params, json=call.json, headers=headers
-                )
+                response = await self._http.request(**args)
             except httpx.TransportError as exc:
-                delay = self.config.retry.delay(attempt, None) if call.repeatable else None
-                if delay is None:
-                    raise TransportError(f"{call.method} {call.path}: {exc!r}") from exc
-                await self.sleep(delay)
+                await self.sleep(_delay_after_lost_connection(self.config, call, attempt, exc))
                 continue
-            if wants_retry(response):
-                delay = self.config.retry.delay(attempt, retry_after_of(response))
-                if delay is not None:
-                    await self.sleep(delay)
-                    continue
-            return read(call, response)
+            delay = _delay_after_response(self.config, attempt, response)
+            if delay is None:
+                return read(call, response)
+            await self.sleep(delay)
 
     async def paginate(self, page: Callable[[str | None], Call[Page[M]]]) -> AsyncIterator[M]:
         cursor: str | None = None
@@ -361,19 +387,15 @@ class AsyncClient:
         *,
         on_progress: ProgressCallback | None = None,
     ) -> Operation:
-        deadline = time.monotonic() + timeout
-        interval = POLL_INITIAL_S
+        poll = _Poll(timeout)
         while True:
             operation = await self.operations.get(operation_id)
             if on_progress is not None:
                 on_progress(operation)
-            if _check_finished(operation) is not None:
+            delay = poll.after(operation)
+            if delay is None:
                 return operation
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WaitTimeout(operation, timeout)
-            await self.sleep(min(interval, left))
-            interval = _next_poll(interval)
+            await self.sleep(delay)
 
 
 class _AsyncResource:

@@ -12,19 +12,15 @@ import httpx
 import redis
 from sqlalchemy import select
 
-from platform_core.crypto import SecretBox
 from platform_core.db import task_session
 from platform_core.models import (
     Context,
     ContextEvent,
     ContextParticipant,
-    Homeserver,
-    HomeserverDesiredState,
-    Tenant,
 )
 from platform_core.redis import keys_for
 from platform_core.settings import get_settings
-from tests.helpers.factories import add_open_context, make_tenant
+from tests.helpers.factories import make_tenant, make_tenant_with_context
 
 HS_TOKEN = secrets.token_urlsafe(16)
 
@@ -32,23 +28,8 @@ HS_TOKEN = secrets.token_urlsafe(16)
 def _tenant_with_context() -> tuple[uuid.UUID, str, str]:
     """A tenant whose homeserver has the application service; its context room and the
     external participant's user id."""
-    tenant_id = make_tenant()
-    box = SecretBox(get_settings().require_secret_key())
-    with task_session() as session:
-        tenant = session.get(Tenant, tenant_id)
-        assert tenant is not None
-        session.add(
-            Homeserver(
-                tenant_id=tenant_id,
-                backend="local",
-                desired_state=HomeserverDesiredState.RUNNING,
-                secrets_encrypted=box.encrypt_json(
-                    {"appservice_as_token": "as", "appservice_hs_token": HS_TOKEN}
-                ),
-            )
-        )
-        context, external = add_open_context(session, tenant_id, tenant.server_name)
-        return tenant_id, context.room_id, external.user_id
+    made = make_tenant_with_context(HS_TOKEN)
+    return made.tenant_id, made.room_id, made.external_user_id
 
 
 def _url(tenant_id: uuid.UUID, txn: str) -> str:

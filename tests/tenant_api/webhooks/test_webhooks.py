@@ -24,12 +24,9 @@ import pytest
 from sqlalchemy import select
 
 from platform_core import lifecycle, webhook_events
-from platform_core.crypto import SecretBox
 from platform_core.db import task_session
 from platform_core.models import (
     AuditEvent,
-    Homeserver,
-    HomeserverDesiredState,
     OperationKind,
     Plan,
     Tenant,
@@ -47,7 +44,7 @@ from tenant_api.webhooks import dispatch, sender, thresholds
 from tenant_api.webhooks.endpoints import router as webhooks_router
 from tenant_api.webhooks.sender import SendResult
 from tests.helpers.api import assert_problem, tenant_admin_headers
-from tests.helpers.factories import add_open_context, make_tenant
+from tests.helpers.factories import make_tenant, make_tenant_with_context
 from tests.helpers.tls import make_certificates
 from tests.helpers.webhooks import DOCS, Receiver, doc_snippet, python_verifier
 
@@ -433,23 +430,8 @@ async def test_a_context_message_is_announced_without_its_content(
     api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
     hs_token = uuid.uuid4().hex
-    tenant_id = make_tenant()
-    box = SecretBox(get_settings().require_secret_key())
-    with task_session() as session:
-        tenant = session.get(Tenant, tenant_id)
-        assert tenant is not None
-        session.add(
-            Homeserver(
-                tenant_id=tenant_id,
-                backend="local",
-                desired_state=HomeserverDesiredState.RUNNING,
-                secrets_encrypted=box.encrypt_json(
-                    {"appservice_as_token": "as", "appservice_hs_token": hs_token}
-                ),
-            )
-        )
-        context, _ = add_open_context(session, tenant_id, tenant.server_name)
-        room_id, context_id = context.room_id, context.id
+    made = make_tenant_with_context(hs_token)
+    tenant_id, room_id, context_id = made.tenant_id, made.room_id, made.context_id
     endpoint = await _endpoint(api, receiver.url, tenant_id, ["context.message"])
     event_id = f"$m-{uuid.uuid4().hex[:8]}"
     message = {
