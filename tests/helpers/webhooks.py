@@ -10,9 +10,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import func, select
+
+from platform_core.db import task_session
+from platform_core.models.webhooks import WebhookEvent
+from tenant_api.webhooks import dispatch
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 
@@ -114,3 +121,18 @@ def python_verifier() -> tuple[Callable[..., None], type[Exception]]:
     namespace: dict[str, Any] = {}
     exec(compile(doc_snippet("python"), str(DOCS), "exec"), namespace)  # noqa: S102
     return namespace["verify_webhook"], namespace["WebhookVerificationError"]
+
+
+def fan_out_everything(now: datetime) -> None:
+    """Fan out every event not yet fanned out, however many earlier tests left (one
+    ``dispatch.collect`` takes at most a batch, oldest first)."""
+    while True:
+        dispatch.collect(now)
+        with task_session() as session:
+            left = session.scalar(
+                select(func.count())
+                .select_from(WebhookEvent)
+                .where(WebhookEvent.fanned_out_at.is_(None))
+            )
+        if not left:
+            return

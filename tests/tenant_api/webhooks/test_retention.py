@@ -25,7 +25,7 @@ from platform_core.models import (
 from platform_core.settings import get_settings
 from tenant_api.webhooks import dispatch, retention
 from tests.helpers.factories import add_open_context, make_tenant
-from tests.helpers.webhooks import Receiver
+from tests.helpers.webhooks import Receiver, fan_out_everything
 
 OLD = timedelta(days=40)  # past the default 30 days
 
@@ -72,7 +72,7 @@ async def test_retention_deletes_what_ended_long_ago_and_nothing_still_due(
     endpoint_id = created.json()["id"]
     ok, failed, due, recent = (_event(tenant_id) for _ in range(4))
     nobody = _event(tenant_id, "tenant.deleted")  # no endpoint hears it: no delivery
-    dispatch.collect(now)
+    fan_out_everything(now)
     for event_id in (ok, failed, due, recent):
         assert dispatch.deliver(_delivery_of(event_id), settings) == "succeeded"
     long_ago = now - OLD

@@ -46,7 +46,13 @@ from tenant_api.webhooks.sender import SendResult
 from tests.helpers.api import assert_problem, tenant_admin_headers
 from tests.helpers.factories import make_tenant, make_tenant_with_context
 from tests.helpers.tls import make_certificates
-from tests.helpers.webhooks import DOCS, Receiver, doc_snippet, python_verifier
+from tests.helpers.webhooks import (
+    DOCS,
+    Receiver,
+    doc_snippet,
+    fan_out_everything,
+    python_verifier,
+)
 
 NODE = shutil.which("node")
 _real_getaddrinfo = socket.getaddrinfo
@@ -75,7 +81,7 @@ def _deliver_all(endpoint_id: str, *, rounds: int = 10) -> list[str]:
     outcomes = []
     for _ in range(rounds):
         now = datetime.now(UTC)
-        dispatch.collect(now)
+        fan_out_everything(now)
         with task_session() as session:
             due = session.scalars(
                 select(WebhookDelivery.id).where(
@@ -617,7 +623,7 @@ async def _one_delivery(api: httpx.AsyncClient, url: str) -> tuple[str, uuid.UUI
     tenant_id = make_tenant()
     endpoint = await _endpoint(api, url, tenant_id, ["tenant.active"])
     _record(tenant_id)
-    dispatch.collect(datetime.now(UTC))
+    fan_out_everything(datetime.now(UTC))
     with task_session() as session:
         delivery_id = session.scalars(
             select(WebhookDelivery.id).where(
