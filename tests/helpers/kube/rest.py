@@ -382,6 +382,7 @@ class KubeHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status = 500
+        recorded = False
         try:
             if self.headers.get("Authorization") != f"Bearer {state.token}":
                 raise ApiStatus(401, "Unauthorized", "Unauthorized")
@@ -406,12 +407,21 @@ class KubeHandler(BaseHTTPRequestHandler):
             status, answer = state.api.handle(
                 method, target, query, content_type, body, self.headers.get("User-Agent") or ""
             )
+            # Recorded before the answer goes out: a client that has its answer finds its
+            # request in the log (recording after sending raced with the test reading it).
+            state.requests.append(RecordedRequest(method, url.path, content_type, query, status))
+            recorded = True
             self._send(status, answer)
         except ApiStatus as error:
             status = error.code
+            state.requests.append(RecordedRequest(method, url.path, content_type, query, status))
+            recorded = True
             self._send(error.code, error.body())
         finally:
-            state.requests.append(RecordedRequest(method, url.path, content_type, query, status))
+            if not recorded:
+                state.requests.append(
+                    RecordedRequest(method, url.path, content_type, query, status)
+                )
 
     def _send(self, status: int, answer: Any) -> None:
         if isinstance(answer, str):

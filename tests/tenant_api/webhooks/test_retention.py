@@ -46,10 +46,15 @@ def _event(tenant_id: uuid.UUID, event_type: str = "tenant.active", **row: objec
         return event.id
 
 
-def _delivery_of(event_id: uuid.UUID) -> uuid.UUID:
+def _delivery_of(event_id: uuid.UUID, endpoint_id: str) -> uuid.UUID:
+    """The delivery of ``event_id`` to this test's endpoint (operator endpoints that earlier
+    tests left may hear the same event)."""
     with task_session() as session:
         return session.scalars(
-            select(WebhookDelivery.id).where(WebhookDelivery.event_id == event_id)
+            select(WebhookDelivery.id).where(
+                WebhookDelivery.event_id == event_id,
+                WebhookDelivery.endpoint_id == uuid.UUID(endpoint_id),
+            )
         ).one()
 
 
@@ -74,7 +79,7 @@ async def test_retention_deletes_what_ended_long_ago_and_nothing_still_due(
     nobody = _event(tenant_id, "tenant.deleted")  # no endpoint hears it: no delivery
     fan_out_everything(now)
     for event_id in (ok, failed, due, recent):
-        assert dispatch.deliver(_delivery_of(event_id), settings) == "succeeded"
+        assert dispatch.deliver(_delivery_of(event_id, endpoint_id), settings) == "succeeded"
     long_ago = now - OLD
     with task_session() as session:
         for event_id in (ok, failed, due, nobody):
@@ -82,7 +87,7 @@ async def test_retention_deletes_what_ended_long_ago_and_nothing_still_due(
             assert event is not None
             event.occurred_at = event.fanned_out_at = long_ago
         for event_id in (ok, failed, due):
-            delivery = session.get(WebhookDelivery, _delivery_of(event_id))
+            delivery = session.get(WebhookDelivery, _delivery_of(event_id, endpoint_id))
             assert delivery is not None
             delivery.updated_at = long_ago
             if event_id == failed:  # its retries ran out long ago
@@ -91,7 +96,7 @@ async def test_retention_deletes_what_ended_long_ago_and_nothing_still_due(
                 delivery.state = DeliveryState.PENDING
                 delivery.next_attempt_at = now + timedelta(minutes=5)
     waiting = _event(tenant_id, occurred_at=long_ago)  # old, but not fanned out yet
-    deliveries = {e: _delivery_of(e) for e in (ok, failed, due, recent)}
+    deliveries = {e: _delivery_of(e, endpoint_id) for e in (ok, failed, due, recent)}
 
     with task_session() as session:  # the contexts' outbox
         tenant = session.get(Tenant, tenant_id)
