@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from platform_core import webhook_events
 from platform_core.db import task_session
@@ -20,6 +20,7 @@ from platform_core.models import (
     Tenant,
     WebhookAttempt,
     WebhookDelivery,
+    WebhookEndpoint,
     WebhookEvent,
 )
 from platform_core.settings import get_settings
@@ -69,6 +70,8 @@ async def test_retention_deletes_what_ended_long_ago_and_nothing_still_due(
     settings = get_settings()
     assert settings.webhook_retention_days == 30
     now = datetime.now(UTC)
+    with task_session() as session:  # endpoints earlier tests left would hear these events too
+        session.execute(update(WebhookEndpoint).values(enabled=False))
     tenant_id = make_tenant()
     created = await api.post(
         "/v1/webhook-endpoints",
