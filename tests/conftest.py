@@ -6,6 +6,7 @@ Each test session gets its own database and Redis namespace, so runs never see e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import uuid
@@ -112,3 +113,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
     with moto_server(tmp_path_factory.mktemp("moto")) as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_zygote_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The Synapse zygotes this session's data directories started end with it (a platform's
+    shutdown stops its own; a test that drives a LocalBackend directly may leave one)."""
+    yield
+    import psutil
+
+    root = str(tmp_path_factory.getbasetemp())
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "c3_synapse.zygote" in cmdline and any(arg.startswith(root) for arg in cmdline):
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()

@@ -86,7 +86,11 @@ class Context:
 def make_backend(settings: Settings) -> Backend:
     if settings.backend is BackendKind.LOCAL:
         return LocalBackend(
-            settings.data_path, python=settings.synapse_python, jemalloc=settings.synapse_jemalloc
+            settings.data_path,
+            python=settings.synapse_python,
+            jemalloc=settings.synapse_jemalloc,
+            zygote=settings.synapse_zygote,
+            start_timeout_s=settings.homeserver_start_timeout_s,
         )
     if settings.backend is BackendKind.FAKE:
         return FakeBackend(

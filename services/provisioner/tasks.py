@@ -8,6 +8,7 @@ from celery import Task
 from celery.signals import worker_ready
 
 from platform_core.celery import TaskNames, celery_app
+from platform_core.settings import get_settings
 from provisioner import exports, hibernation, questions, steps
 from provisioner.operations.deprovision import deprovision
 from provisioner.operations.export import export
@@ -67,6 +68,9 @@ def _reconcile_on_start(**_: object) -> None:
     """Reconcile as soon as a worker is up (beat's first run comes only an interval later): a
     platform restarted after an outage repairs at once what drifted meanwhile."""
     app.send_task(TaskNames.RECONCILE)
+    # The local backend's zygote: the first wake finds Synapse imported. A backend of its own
+    # (this is the pool's parent: no task state is made here).
+    steps.make_backend(get_settings()).warm()
 
 
 @app.task(name=TaskNames.RECONCILE_USAGE, acks_late=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import nio
@@ -11,10 +13,20 @@ from tests.helpers.platform import RunningPlatform
 
 
 def synapse_processes(config: Path) -> list[psutil.Process]:
+    """The live homeserver processes of the tenant whose config is ``config``: started on their
+    own (the command line names it) or forked by the zygote (its command line, the tenant's
+    directory as working directory)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(config) in (proc.info["cmdline"] or []):
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if str(config) in cmdline:
             found.append(proc)
+        elif "c3_synapse.zygote" in cmdline:
+            with contextlib.suppress(psutil.Error):
+                if proc.cwd() == os.path.realpath(config.parent):
+                    found.append(proc)
     return found
 
 

@@ -151,4 +151,4 @@ def test_a_real_homeserver_runs_with_jemalloc_and_the_plan_caches(tmp_path: Path
         assert sizes["*getEvent*"] == int(1234 * 0.25)
         assert sizes["_event_auth_cache"] == 500_000 * 0.25
     finally:
-        backend.stop("footprint")
+        backend.stop_all()  # and the zygote it was forked from

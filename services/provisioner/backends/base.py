@@ -138,6 +138,11 @@ class Backend(abc.ABC):
         everything after the stop). Idempotent."""
         return None
 
+    def warm(self) -> None:
+        """Get ready to start homeservers fast (a worker calls it when it starts; the local
+        backend starts its Synapse zygote). Never raises; the default does nothing."""
+        return None
+
     @abc.abstractmethod
     def stop_all(self) -> list[str]:
         """Stop every homeserver this backend runs (local shutdown); returns tenant ids."""

@@ -1,12 +1,18 @@
 """Local backend: one Synapse process per tenant under ``<data dir>/homeservers/<tenant id>/``.
 
 Synapse is started detached (its parent exits at once) so it outlives the worker process that
-started it, and is found again through a pid file whose process command line must name the
-tenant's config — a recycled pid never passes for a homeserver.
+started it, and is found again through a pid file whose process must be the tenant's: its
+command line names the tenant's config, or (forked by the zygote) it is the zygote's and its
+working directory is the tenant's — a recycled pid never passes for a homeserver.
+
+A homeserver is forked from the Synapse zygote (``provisioner.backends.zygote``: Synapse
+imported once, each start skips the import, the largest part of a start) unless
+``C3_SYNAPSE_ZYGOTE`` is off; should the zygote fail, it is started as a process of its own.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -34,8 +40,11 @@ from provisioner.backends.base import (
     spec_for,
     store_archive,
 )
+from provisioner.backends.zygote import Zygote, ZygoteError, alive, fingerprint, forked_in
 from provisioner.malloc import synapse_environment
 from provisioner.synapse_config import write_homeserver_files
+
+log = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 15.0
 
@@ -50,6 +59,8 @@ class LocalBackend(Backend):
         python: str | None = None,
         bind: str = "127.0.0.1",
         jemalloc: bool = False,
+        zygote: bool = True,
+        start_timeout_s: float = 60.0,
     ):
         self.root = data_dir / "homeservers"
         self.work_root = work_root(data_dir)
@@ -58,6 +69,21 @@ class LocalBackend(Backend):
         # C3_SYNAPSE_JEMALLOC: preload Debian's jemalloc into every homeserver when installed
         # (provisioner.malloc; measured in docs/benchmarks.md: off by default).
         self.jemalloc = jemalloc
+        # C3_SYNAPSE_ZYGOTE: fork homeservers from a pre-imported Synapse (docs/hibernation.md).
+        self.zygote = (
+            Zygote(
+                self.root / ".zygote",
+                python=self.python,
+                environment=self._environment(),
+                fingerprint=fingerprint(self.python, jemalloc=jemalloc),
+                start_timeout_s=start_timeout_s,
+            )
+            if zygote
+            else None
+        )
+
+    def _environment(self) -> dict[str, str]:
+        return synapse_environment(dict(os.environ), use_jemalloc=self.jemalloc)
 
     # Paths -----------------------------------------------------------------------------
 
@@ -119,24 +145,36 @@ class LocalBackend(Backend):
         config = self._config_path(target.tenant_id)
         if not config.exists():
             raise TemporaryError("homeserver config missing; render it first")
+        pid_file = self._pid_path(target.tenant_id)
+        log_path = directory / "stdout.log"
+        if self.zygote is not None:
+            try:
+                self.zygote.spawn(
+                    config=config, directory=directory, log_path=log_path, pid_file=pid_file
+                )
+                return
+            except (OSError, ZygoteError) as exc:
+                log.warning("zygote unavailable (%s); starting Synapse on its own", exc)
         # `sh -c '… &'` double-forks: the homeserver is re-parented away from the worker, so
         # it neither dies with the worker nor lingers as its zombie. The shell, in its own
         # session, writes the pid file itself: a worker killed mid-start (kill -9) never
         # leaves a homeserver running that no pid file names.
-        pid_file = self._pid_path(target.tenant_id)
         command = (
             'exec 0</dev/null; log=$1 pid=$2; shift 2; "$@" >>"$log" 2>&1 & '
             'echo $! >"$pid.new" && mv "$pid.new" "$pid"'
         )
         subprocess.run(
-            ["sh", "-c", command, "sh", str(directory / "stdout.log"), str(pid_file)]
-            + self._program(config),
+            ["sh", "-c", command, "sh", str(log_path), str(pid_file)] + self._program(config),
             cwd=directory,
-            env=synapse_environment(dict(os.environ), use_jemalloc=self.jemalloc),
+            env=self._environment(),
             capture_output=True,
             check=True,
             start_new_session=True,
         )
+
+    def warm(self) -> None:
+        if self.zygote is not None:
+            self.zygote.warm()
 
     def _program(self, config: Path) -> list[str]:
         """The homeserver's command line; it names ``config``, which is how a live pid is
@@ -154,7 +192,7 @@ class LocalBackend(Backend):
         _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_GRACE_S
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not alive(pid):
                 break
             time.sleep(0.05)
         else:
@@ -250,6 +288,8 @@ class LocalBackend(Backend):
             if directory.is_dir() and self.is_running(directory.name):
                 self.stop(directory.name)
                 stopped.append(directory.name)
+        if self.zygote is not None:
+            self.zygote.stop()
         return stopped
 
     # Process identity ------------------------------------------------------------------
@@ -259,15 +299,17 @@ class LocalBackend(Backend):
             pid = int(self._pid_path(tenant_id).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        if not _alive(pid):
+        if not alive(pid):
             return None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
         except OSError:
             return None
-        if str(self._config_path(tenant_id)).encode() not in cmdline:
-            return None  # the pid was recycled by an unrelated process
-        return pid
+        if str(self._config_path(tenant_id)).encode() in cmdline:
+            return pid
+        if forked_in(pid, self.tenant_dir(tenant_id)):
+            return pid
+        return None  # the pid was recycled by an unrelated process
 
 
 def postgres_usage_counts(args: dict[str, Any]) -> dict[str, int] | None:
@@ -292,16 +334,6 @@ def postgres_counts(args: dict[str, Any], queries: dict[str, str]) -> dict[str, 
         except psycopg.errors.UndefinedTable:
             return None  # Synapse has not created its schema yet
     return counts
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # Field 3 (after the parenthesised command) is the state; Z and X are dead.
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X")
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -1,0 +1,254 @@
+"""A pre-imported Synapse that forks homeservers: the local backend's fast start.
+
+Importing Synapse is most of a homeserver's start — 1.3 s of CPU on a quiet 2-core machine,
+5–11 s at load average 15 — and every wake of a sleeping homeserver paid it again. The zygote
+imports Synapse (and the modules C3 loads into it) once; each homeserver is then a ``fork()`` of
+it that only reads its config, opens its database and starts listening. The forked homeservers
+also share the imported code's memory pages with the zygote until they write to them.
+
+**The protocol.** The zygote listens on a Unix socket (a directory only its owner can enter).
+A request is one JSON line ``{"fingerprint", "config", "directory", "log", "pid_file"}``; the
+answer one JSON line, ``{"pid": N}`` or ``{"error": "…"}``. A request with another
+``fingerprint`` (the code or the interpreter changed since the zygote started: the local
+backend's ``zygote_fingerprint``) is answered ``{"error": "stale"}`` and the zygote exits, so
+the next start runs the new code.
+
+**A homeserver's start.** The zygote forks twice (the homeserver is re-parented to init and
+lives in a session of its own, as the exec path's ``sh -c '… &'`` does); the grandchild moves
+into the tenant's directory, sends its output to ``log``, writes its own pid file (so a
+homeserver is never left running without one), gives itself a fresh Twisted reactor state (the
+epoll instance and the waker pipe made at import are kernel objects shared with the zygote and
+every sibling), and runs ``synapse.app.homeserver.main`` with ``-c config``. The local backend
+recognises such a process by its command line (the zygote's) and its working directory (the
+tenant's).
+
+**Lifetime.** The zygote serves until it is told to stop (SIGTERM: ``LocalBackend.stop_all``),
+answers a stale request, or finds its socket gone (its data directory was removed).
+
+Only the standard library, Twisted and Synapse are imported here (it runs where Synapse runs);
+``python -m c3_synapse.zygote --socket PATH --fingerprint F [--preload MODULE ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+# The module name in the command line: how a forked homeserver is told from other processes.
+MARKER = "c3_synapse.zygote"
+_MAX_REQUEST = 64 * 1024
+_IDLE_CHECK_S = 5.0
+# Imported before the first fork: Synapse's entry point, its storage and handlers (imported
+# lazily by the homeserver's set-up otherwise), both database drivers.
+PRELOAD = (
+    "synapse.app.homeserver",
+    "synapse.server",
+    "synapse.storage.databases.main",
+    "synapse.storage.engines",
+    "sqlite3",
+    "psycopg2",
+    "c3_synapse.confinement",
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m {MARKER}")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--fingerprint", required=True)
+    parser.add_argument("--preload", action="append", default=[])
+    args = parser.parse_args(argv)
+    for name in (*PRELOAD, *args.preload):
+        with contextlib.suppress(ImportError):  # e.g. psycopg2 where only SQLite is used
+            importlib.import_module(name)
+    listener = _listen(args.socket)
+    inode = os.stat(args.socket).st_ino  # the socket file's (fstat on the socket says sockfs')
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # What import made lives as long as the process: never scanned by the collector again, and
+    # pages the forked homeservers can keep sharing (a collection writes to every object).
+    gc.collect()
+    gc.freeze()
+    print(f"zygote ready (pid {os.getpid()})", flush=True)
+    try:
+        _serve(listener, args.socket, inode, args.fingerprint)
+    finally:
+        with contextlib.suppress(OSError):
+            if os.stat(args.socket).st_ino == inode:  # not a successor's
+                os.unlink(args.socket)
+
+
+def _listen(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a dead zygote's socket
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    listener.settimeout(_IDLE_CHECK_S)
+    return listener
+
+
+def _serve(listener: socket.socket, path: str, inode: int, fingerprint: str) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            try:
+                if os.stat(path).st_ino != inode:
+                    return  # another zygote took the socket's place
+            except FileNotFoundError:
+                return  # the data directory is gone
+            continue
+        with conn:
+            conn.settimeout(10.0)
+            try:
+                request = _read_request(conn)
+            except (OSError, ValueError) as exc:
+                _answer(conn, {"error": f"bad request: {exc}"})
+                continue
+            if request.get("ping"):
+                _answer(conn, {"fingerprint": fingerprint})
+                continue
+            if request.get("fingerprint") != fingerprint:
+                _answer(conn, {"error": "stale"})
+                return
+            try:
+                pid = _spawn(request, listener, conn)
+            except OSError as exc:
+                _answer(conn, {"error": f"fork failed: {exc}"})
+                continue
+            _answer(conn, {"pid": pid})
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > _MAX_REQUEST:
+            raise ValueError("too long")
+    request = json.loads(data)
+    if not isinstance(request, dict):
+        raise ValueError("not an object")
+    if request.get("ping"):
+        return request
+    for key in ("config", "directory", "log", "pid_file"):
+        if not isinstance(request.get(key), str):
+            raise ValueError(f"{key} missing")
+    return dict(request)
+
+
+def _answer(conn: socket.socket, answer: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps(answer).encode() + b"\n")
+
+
+def _spawn(request: dict[str, Any], listener: socket.socket, conn: socket.socket) -> int:
+    """Fork the homeserver (twice: it is re-parented to init); its pid once it wrote its pid
+    file, or the error that stopped it before."""
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the intermediate: a new session, then the homeserver, then gone
+        try:
+            os.close(ready_r)
+            os.setsid()
+            if os.fork() == 0:
+                _become_homeserver(request, ready_w, (listener, conn))
+            os._exit(0)
+        except BaseException:  # noqa: BLE001 — never return into the zygote's loop
+            os._exit(1)
+    os.close(ready_w)
+    try:
+        os.waitpid(child, 0)
+        with os.fdopen(ready_r, "rb") as ready:
+            told = ready.read().decode(errors="replace")
+    except OSError:
+        told = ""
+    if not told.isdigit():
+        raise OSError(told or "the homeserver exited before writing its pid file")
+    return int(told)
+
+
+def _become_homeserver(request: dict[str, Any], ready_w: int, inherited: tuple[Any, ...]) -> None:
+    code: Any = 1
+    try:
+        for sock in inherited:
+            sock.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.chdir(request["directory"])
+        os.umask(0o077)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(devnull)
+        os.close(log)
+        _write_pid_file(request["pid_file"])
+        os.write(ready_w, str(os.getpid()).encode())
+        os.close(ready_w)
+        ready_w = -1
+        _fresh_reactor()
+        gc.unfreeze()  # the homeserver's own objects are collected as usual
+        from synapse.app import homeserver
+
+        sys.argv = [homeserver.__file__, "-c", request["config"]]
+        homeserver.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException as exc:  # noqa: BLE001 — the log is the homeserver's stdout.log
+        print(f"homeserver failed to start: {exc!r}", file=sys.stderr)
+    finally:
+        if ready_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(ready_w, b"could not start the homeserver")
+        with contextlib.suppress(Exception):
+            logging.shutdown()  # Synapse's log handlers flush (os._exit runs no atexit)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+
+
+def _write_pid_file(path: str) -> None:
+    fresh = path + ".new"
+    with open(fresh, "w") as file:
+        file.write(f"{os.getpid()}\n")
+    os.replace(fresh, path)
+
+
+def _fresh_reactor() -> None:
+    """Give this process a reactor of its own: the epoll instance and the waker pipe Twisted
+    made when Synapse's import installed the reactor are shared with the zygote and every
+    sibling (registrations and wake-ups would cross between homeservers)."""
+    from select import epoll
+
+    from twisted.internet import reactor
+
+    if type(reactor).__name__ != "EPollReactor" or getattr(reactor, "running", False):
+        raise RuntimeError(f"cannot renew a {type(reactor).__name__} after fork")
+    # Only this process's copies are closed: nothing is unregistered from the shared epoll.
+    reactor._poller.close()  # type: ignore[attr-defined]
+    reactor._poller = epoll(1024)  # type: ignore[attr-defined]
+    reactor._reads.clear()  # type: ignore[attr-defined]
+    reactor._writes.clear()  # type: ignore[attr-defined]
+    reactor._selectables.clear()  # type: ignore[attr-defined]
+    waker = reactor.waker  # type: ignore[attr-defined]
+    if waker is not None:
+        reactor._internalReaders.discard(waker)  # type: ignore[attr-defined]
+        waker.connectionLost(None)  # closes the pipe's two ends
+        reactor.waker = None  # type: ignore[attr-defined]
+    reactor.installWaker()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()
