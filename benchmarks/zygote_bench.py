@@ -1,0 +1,209 @@
+"""Start latency and memory of tenant homeservers forked from the Synapse zygote against ones
+started as processes of their own (``C3_SYNAPSE_ZYGOTE`` on / off; issue 16, wake latency).
+
+For each mode, in turns (``--repeat`` rounds, the modes interleaved so both see the same load):
+
+1. renders ``--homeservers`` tenant configs through the local backend exactly as the provisioner
+   does (SQLite, the plan defaults) and starts each once, so its schema exists (a wake starts a
+   homeserver that has one), then stops them all;
+2. **start latency**: starts them again one after another, each timed from ``backend.start`` to
+   its first ``/health`` 200 (polled every 10 ms): what a wake costs on top of the platform's own
+   hops. The zygote mode's first round includes starting the zygote for the first start only
+   if it was not running (``--cold-zygote`` keeps that; by default it is warmed first, as a
+   worker does when it starts);
+3. **memory**: once all run, waits ``--settle`` seconds and sums RSS and PSS
+   (``/proc/<pid>/smaps_rollup``) over the homeservers (and the zygote, reported apart): PSS
+   splits pages the forked homeservers share with the zygote and each other;
+4. stops them (and the zygote).
+
+Prints one table and writes ``benchmarks/results/zygote-<UTC stamp>.json``.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=services:. .venv/bin/python benchmarks/zygote_bench.py --homeservers 10 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host_platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(REPO_ROOT / "services"))
+
+from provisioner.backends.base import HomeserverTarget  # noqa: E402
+from provisioner.backends.local import LocalBackend  # noqa: E402
+from provisioner.synapse_config import HomeserverSecrets  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def rss_pss(pid: int) -> tuple[int, int]:
+    rss = pss = 0
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0, 0
+    for line in lines:
+        if line.startswith("Rss:"):
+            rss = int(line.split()[1]) * 1024
+        elif line.startswith("Pss:"):
+            pss = int(line.split()[1]) * 1024
+    return rss, pss
+
+
+def wait_healthy(client: httpx.Client, url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.get(url + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"{url} not healthy after {timeout}s")
+
+
+def targets(backend: LocalBackend, count: int) -> list[HomeserverTarget]:
+    taken: set[int] = set()
+    found = []
+    for i in range(count):
+        port = backend.allocate_port(taken)
+        taken.update({port, port + 1})
+        found.append(
+            HomeserverTarget(
+                tenant_id=f"t{i}",
+                server_name=f"t{i}.c3.bench",
+                public_baseurl=f"http://t{i}.c3.bench/",
+                port=port,
+                limits={},
+                secrets=HomeserverSecrets.generate(),
+            )
+        )
+    return found
+
+
+def one_mode(root: Path, zygote: bool, count: int, settle: float, cold: bool) -> dict[str, Any]:
+    backend = LocalBackend(root / ("zygote" if zygote else "exec"), zygote=zygote)
+    client = httpx.Client(timeout=2.0)
+    homeservers = targets(backend, count)
+    try:
+        for target in homeservers:  # schema made once, as for a provisioned tenant
+            backend.render(target)
+            backend.start(target)
+            wait_healthy(client, backend.upstream_url(target))
+        for target in homeservers:
+            backend.stop(target.tenant_id)
+        if zygote and cold:
+            assert backend.zygote is not None
+            backend.zygote.stop()
+        elif zygote:
+            assert backend.zygote is not None
+            backend.zygote.start()
+        starts = []
+        for target in homeservers:
+            began = time.perf_counter()
+            backend.start(target)
+            wait_healthy(client, backend.upstream_url(target))
+            starts.append(time.perf_counter() - began)
+        time.sleep(settle)  # memory settles; a benchmark, not a test
+        rss = pss = 0
+        for target in homeservers:
+            pid = backend._live_pid(target.tenant_id)
+            assert pid is not None
+            r, p = rss_pss(pid)
+            rss, pss = rss + r, pss + p
+        zygote_rss, zygote_pss = (0, 0)
+        if zygote and backend.zygote is not None:
+            zpid = backend.zygote._live_pid()
+            if zpid is not None:
+                zygote_rss, zygote_pss = rss_pss(zpid)
+        return {
+            "mode": "zygote" if zygote else "exec",
+            "starts_s": starts,
+            "rss_bytes": rss,
+            "pss_bytes": pss,
+            "zygote_rss_bytes": zygote_rss,
+            "zygote_pss_bytes": zygote_pss,
+        }
+    finally:
+        backend.stop_all()
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--homeservers", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=15.0)
+    parser.add_argument("--cold-zygote", action="store_true")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="c3-zygote-bench-") as tmp:
+        for round_ in range(args.repeat):
+            for zygote in (True, False) if round_ % 2 == 0 else (False, True):
+                run = one_mode(
+                    Path(tmp) / str(round_), zygote, args.homeservers, args.settle, args.cold_zygote
+                )
+                runs.append(run)
+                starts = sorted(run["starts_s"])
+                print(
+                    f"round {round_} {run['mode']:6}: start→/health median "
+                    f"{statistics.median(starts):.2f}s max {starts[-1]:.2f}s; "
+                    f"{args.homeservers} homeservers RSS {run['rss_bytes'] / MIB:.0f} MiB "
+                    f"PSS {run['pss_bytes'] / MIB:.0f} MiB; zygote RSS "
+                    f"{run['zygote_rss_bytes'] / MIB:.0f} MiB",
+                    flush=True,
+                )
+    print()
+    print(
+        f"| {args.homeservers} homeservers, {args.repeat} rounds | start → /health p50 / p95 / max "
+        "| RSS per homeserver | PSS per homeserver | zygote RSS / PSS |"
+    )
+    print("|---|---|---|---|---|")
+    for mode in ("zygote", "exec"):
+        mine = [r for r in runs if r["mode"] == mode]
+        starts = sorted(s for r in mine for s in r["starts_s"])
+        p95 = starts[min(len(starts) - 1, int(round(0.95 * (len(starts) - 1))))]
+        rss = statistics.median(r["rss_bytes"] for r in mine) / args.homeservers / MIB
+        pss = statistics.median(r["pss_bytes"] for r in mine) / args.homeservers / MIB
+        zr = statistics.median(r["zygote_rss_bytes"] for r in mine) / MIB
+        zp = statistics.median(r["zygote_pss_bytes"] for r in mine) / MIB
+        print(
+            f"| {mode} | {statistics.median(starts):.2f} / {p95:.2f} / {starts[-1]:.2f} s "
+            f"| {rss:.1f} MiB | {pss:.1f} MiB | {zr:.0f} / {zp:.0f} MiB |"
+        )
+    load_after = os.getloadavg()
+    print(f"\nload average before {load_before[0]:.1f}, after {load_after[0]:.1f}")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    out = RESULTS_DIR / f"zygote-{stamp}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "machine": host_platform.platform(),
+                "load": [load_before, load_after],
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
