@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,9 @@ def rss_pss(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def wait_healthy(client: httpx.Client, url: str, timeout: float = 120.0) -> None:
+def wait_healthy(
+    client: httpx.Client, url: str, timeout: float = 120.0, why: Any = lambda: ""
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -73,7 +76,7 @@ def wait_healthy(client: httpx.Client, url: str, timeout: float = 120.0) -> None
         except httpx.TransportError:
             pass
         time.sleep(0.01)
-    raise RuntimeError(f"{url} not healthy after {timeout}s")
+    raise RuntimeError(f"{url} not healthy after {timeout}s: {why()}")
 
 
 def targets(backend: LocalBackend, count: int) -> list[HomeserverTarget]:
@@ -103,7 +106,11 @@ def one_mode(root: Path, zygote: bool, count: int, settle: float, cold: bool) ->
         for target in homeservers:  # schema made once, as for a provisioned tenant
             backend.render(target)
             backend.start(target)
-            wait_healthy(client, backend.upstream_url(target))
+            wait_healthy(
+                client,
+                backend.upstream_url(target),
+                why=partial(backend.log_tail, target.tenant_id),
+            )
         for target in homeservers:
             backend.stop(target.tenant_id)
         if zygote and cold:
@@ -116,7 +123,11 @@ def one_mode(root: Path, zygote: bool, count: int, settle: float, cold: bool) ->
         for target in homeservers:
             began = time.perf_counter()
             backend.start(target)
-            wait_healthy(client, backend.upstream_url(target))
+            wait_healthy(
+                client,
+                backend.upstream_url(target),
+                why=partial(backend.log_tail, target.tenant_id),
+            )
             starts.append(time.perf_counter() - began)
         time.sleep(settle)  # memory settles; a benchmark, not a test
         rss = pss = 0

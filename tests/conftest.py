@@ -125,6 +125,8 @@ def no_zygote_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     root = str(tmp_path_factory.getbasetemp())
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "c3_synapse.zygote" in cmdline and any(arg.startswith(root) for arg in cmdline):
+        if "provisioner.backends.zygote_server" in cmdline and any(
+            arg.startswith(root) for arg in cmdline
+        ):
             with contextlib.suppress(psutil.Error):
                 proc.terminate()

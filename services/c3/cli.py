@@ -198,7 +198,11 @@ def proxy(
 
 
 @app.command()
-def worker(concurrency: int = typer.Option(2, help="Worker processes")) -> None:
+def worker(
+    concurrency: int = typer.Option(
+        2, min=1, envvar="C3_WORKER_CONCURRENCY", help="Worker processes"
+    ),
+) -> None:
     """Run a Celery worker (provisioning, reconcile, usage application)."""
     from platform_core.celery import celery_app
 

@@ -442,7 +442,7 @@ class Settings(BaseSettings):
     # (synapse_cache_max_memory_mib), which needs jemalloc.
     synapse_jemalloc: bool = False
     # true: the local backend forks every homeserver from a zygote that imported Synapse once
-    # (c3_synapse/zygote.py), so a start or a wake skips the import (most of a start: 1.3 s of
+    # (provisioner/backends/zygote_server.py), so a start or a wake skips the import (most of a start: 1.3 s of
     # CPU on a quiet machine, 5-11 s under load). false: each homeserver is a fresh
     # `python -m synapse.app.homeserver` (also the fallback when the zygote fails).
     synapse_zygote: bool = True

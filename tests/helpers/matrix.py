@@ -23,7 +23,7 @@ def synapse_processes(config: Path) -> list[psutil.Process]:
             continue
         if str(config) in cmdline:
             found.append(proc)
-        elif "c3_synapse.zygote" in cmdline:
+        elif "provisioner.backends.zygote_server" in cmdline:
             with contextlib.suppress(psutil.Error):
                 if proc.cwd() == os.path.realpath(config.parent):
                     found.append(proc)

@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from c3_synapse.zygote import MARKER
 
 from provisioner.backends.base import HomeserverTarget
 from provisioner.backends.local import LocalBackend
 from provisioner.backends.zygote import Zygote
+from provisioner.backends.zygote_server import MARKER
 from provisioner.synapse_config import HomeserverSecrets
 from tests.helpers.matrix import synapse_processes
 from tests.helpers.platform import poll

@@ -1,5 +1,5 @@
-"""The local backend's side of the Synapse zygote (``c3_synapse.zygote``): start it when absent
-or stale, ask it to fork a tenant's homeserver, stop it with the platform.
+"""The local backend's side of the Synapse zygote (``zygote_server``): start it when absent or
+stale, ask it to fork a tenant's homeserver, stop it with the platform.
 
 One zygote per data directory, under ``<data dir>/homeservers/.zygote/`` (mode 0700: only the
 platform's user may ask it to start processes). Any worker process may start it; a file lock
@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import c3_synapse
-from c3_synapse.zygote import MARKER
+
+from provisioner.backends import zygote_server
+from provisioner.backends.zygote_server import MARKER
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,15 @@ class ZygoteError(Exception):
 
 
 def fingerprint(python: str, *, jemalloc: bool) -> str:
-    """What a forked homeserver would run: the interpreter, the allocator, Synapse's version
-    and C3's own Synapse code (each file's size and modification time)."""
+    """What a forked homeserver would run: the interpreter, the allocator, Synapse's version,
+    C3's own Synapse code and the zygote's (each file's size and modification time)."""
     parts = [python, f"jemalloc={jemalloc}"]
     try:
         parts.append(metadata.version("matrix-synapse"))
     except metadata.PackageNotFoundError:
         parts.append("synapse ?")
     package = Path(c3_synapse.__file__).parent
-    for path in sorted(package.glob("*.py")):
+    for path in [*sorted(package.glob("*.py")), Path(zygote_server.__file__)]:
         stat = path.stat()
         parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

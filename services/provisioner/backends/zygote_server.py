@@ -25,8 +25,9 @@ tenant's).
 **Lifetime.** The zygote serves until it is told to stop (SIGTERM: ``LocalBackend.stop_all``),
 answers a stale request, or finds its socket gone (its data directory was removed).
 
-Only the standard library, Twisted and Synapse are imported here (it runs where Synapse runs);
-``python -m c3_synapse.zygote --socket PATH --fingerprint F [--preload MODULE ...]``.
+Only the standard library, Twisted, Synapse and C3's Synapse module are imported here (it runs
+with the interpreter Synapse runs with, ``C3_SYNAPSE_PYTHON``); ``python -m
+provisioner.backends.zygote_server --socket PATH --fingerprint F [--preload MODULE ...]``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import sys
 from typing import Any
 
 # The module name in the command line: how a forked homeserver is told from other processes.
-MARKER = "c3_synapse.zygote"
+MARKER = "provisioner.backends.zygote_server"
 _MAX_REQUEST = 64 * 1024
 _IDLE_CHECK_S = 5.0
 # Imported before the first fork: Synapse's entry point, its storage and handlers (imported
