@@ -264,6 +264,7 @@ class Tenant:
     room_id: str = ""
     clients: list[Client] = field(default_factory=list)
     healing: bool = False  # its homeserver was killed and has not answered a probe since
+    kills: int = 0  # how many times it was killed: a request in flight at a kill is the heal's
 
 
 def create_plan(api: httpx.Client, idle_after: int | None) -> None:
@@ -488,8 +489,9 @@ def wait_until_asleep(running: RunningPlatform, tenants: list[Tenant], timeout: 
 @dataclass
 class Counts:
     requests: int = 0
-    # Keyed by "heal" (the tenant's homeserver was killed and has not answered since) or
-    # "other" (waking, awake or falling asleep): a 503 with Retry-After is expected in a heal.
+    # Keyed by "heal" (sent or answered while the tenant's homeserver was killed and had not
+    # answered the probe yet) or "other" (waking, awake or falling asleep): a 503 with
+    # Retry-After is expected in a heal, nowhere else.
     retried_503: Counter[str] = field(default_factory=Counter)  # 503 + Retry-After, retried
     server_errors: Counter[str] = field(default_factory=Counter)  # every other 5xx answer
     no_answer: Counter[str] = field(default_factory=Counter)  # connection errors, timeouts
@@ -523,16 +525,18 @@ async def request(
     client does), for at most REQUEST_TIMEOUT_S; None when the request got no answer."""
     deadline = time.perf_counter() + REQUEST_TIMEOUT_S
     while True:
-        context = "heal" if tenant.healing else "other"
+        healing, kills = tenant.healing, tenant.kills
         counts.requests += 1
         try:
             response = await http.request(
                 method, url, headers={"Authorization": f"Bearer {token}"}, **kw
             )
         except httpx.HTTPError as exc:
+            context = "heal" if healing or tenant.healing or tenant.kills != kills else "other"
             counts.no_answer[context] += 1
             counts.errors.append(f"{context}: {method} {url}: {type(exc).__name__}")
             return None
+        context = "heal" if healing or tenant.healing or tenant.kills != kills else "other"
         delay = retry_after_s(response)
         if delay is not None and time.perf_counter() + delay < deadline:
             counts.retried_503[context] += 1
@@ -599,6 +603,7 @@ async def heal_sample(
     client = tenant.clients[0]
     url = f"{tenant.base_url}/_matrix/client/v3/account/whoami"
     tenant.healing = True
+    tenant.kills += 1
     killed = time.perf_counter()
     os.kill(pid, signal.SIGKILL)
     try:
@@ -671,6 +676,8 @@ async def active_tenant(
 
 def heals_per_round(samples: int, rounds: int, active: int) -> list[int]:
     """``samples`` heal samples spread over the rounds, at most one per active tenant."""
+    if rounds <= 0:
+        return []
     return [
         min(active, samples // rounds + (1 if n < samples % rounds else 0)) for n in range(rounds)
     ]
