@@ -500,6 +500,7 @@ class Counts:
     wakes: list[dict[str, Any]] = field(default_factory=list)
     heals: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    error_kinds: Counter[str] = field(default_factory=Counter)  # "<context> <status> <error>"
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
@@ -510,6 +511,15 @@ def retry_after_s(response: httpx.Response) -> float | None:
         return float(response.headers["retry-after"])
     except (KeyError, ValueError):
         return None
+
+
+def matrix_error(response: httpx.Response) -> str:
+    """The Matrix ``error`` of an answer (its first 60 characters), else its body's start."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:60]
+    return str(body.get("error", "") if isinstance(body, dict) else body)[:60]
 
 
 async def request(
@@ -534,18 +544,22 @@ async def request(
         except httpx.HTTPError as exc:
             context = "heal" if healing or tenant.healing or tenant.kills != kills else "other"
             counts.no_answer[context] += 1
+            counts.error_kinds[f"{context} {method} {type(exc).__name__}"] += 1
             counts.errors.append(f"{context}: {method} {url}: {type(exc).__name__}")
             return None
         context = "heal" if healing or tenant.healing or tenant.kills != kills else "other"
         delay = retry_after_s(response)
         if delay is not None and time.perf_counter() + delay < deadline:
             counts.retried_503[context] += 1
+            counts.error_kinds[f"{context} {method} 503 {matrix_error(response)}"] += 1
             if context != "heal":
                 counts.errors.append(f"{context}: {method} {url}: 503 {response.text[:120]}")
             await asyncio.sleep(min(delay, RETRY_AFTER_CAP_S))  # as the answer asks
             continue
         if response.status_code >= 500:
             counts.server_errors[context] += 1
+            kind = f"{context} {method} {response.status_code} {matrix_error(response)}"
+            counts.error_kinds[kind] += 1
             counts.errors.append(
                 f"{context}: {method} {url}: {response.status_code} {response.text[:120]}"
             )
@@ -827,6 +841,7 @@ def summarize(
         "server_errors": dict(counts.server_errors),
         "no_answer": dict(counts.no_answer),
         "lost_messages": counts.lost_messages,
+        "error_kinds": dict(counts.error_kinds.most_common()),
         "first_errors": counts.errors[:20],
         "wakes": counts.wakes,
         "heals": counts.heals,
@@ -880,8 +895,8 @@ def print_report(s: dict[str, Any]) -> None:
         f"503 + Retry-After (retried) {s['retried_503']}, other 5xx {s['server_errors']}, "
         f"no answer {s['no_answer']}, lost messages {s['lost_messages']}"
     )
-    for error in s["first_errors"][:5]:
-        print(f"    {error}")
+    for kind, count in s["error_kinds"].items():
+        print(f"    {count} × {kind}")
 
 
 def parse_args() -> argparse.Namespace:
