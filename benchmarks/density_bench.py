@@ -28,7 +28,8 @@ One run:
    ``N%`` of the round; default the first half of it; ``0``: all at the same instant, the old
    behaviour), evenly spaced; at its arrival a tenant's state is read from the API, then its two
    clients both start with a ``/sync`` at once — the **wake latency** is from that first
-   request to the tenant's first answer — then each sends a message and syncs every
+   request to the tenant's first answer (a 503 with Retry-After is retried, not an answer) —
+   then each sends a message and syncs every
    ``--interval`` seconds until the round ends; finally each syncs until it has seen every
    message its peer sent (at most 15 s). Clients behave as Matrix clients do: a ``503`` with
    ``Retry-After`` is retried after that many seconds (the same transaction id for a send);
