@@ -933,12 +933,16 @@ def parse_args() -> argparse.Namespace:
         "--sample-every", type=float, default=5.0, help="seconds between memory samples"
     )
     parser.add_argument("--keep-data", action="store_true")
-    return parser.parse_args()
+    args = parser.parse_args()
+    try:
+        arrival_spread_s(args)
+    except ValueError:
+        parser.error(f"--arrival-spread: seconds or N%, not {args.arrival_spread!r}")
+    return args
 
 
 def main() -> int:
     args = parse_args()
-    arrival_spread_s(args)  # refuse a bad --arrival-spread before starting anything
     stop_on_sigterm()
     files = raise_file_limit()
     mode = "no-sleep" if args.no_sleep else "sleep"
