@@ -3,36 +3,57 @@ clients see, with homeservers that sleep when idle and without (issue 16, "Densi
 
 One run:
 
-1. starts the platform (``c3 up`` through ``benchmarks.harness``) in a temporary data directory
-   (the caller's ``C3_*`` settings pass through; nothing set: SQLite platform database, embedded
-   Redis, the local backend, SQLite per tenant) and creates a plan ``density``; in the default
-   (sleep) mode its limits carry ``idle_after_seconds`` (``--idle-after``), which turns sleeping
-   on; ``--no-sleep`` leaves it out (always on);
-2. provisions ``--tenants`` tenants on that plan through ``POST /v1/tenants``
-   (``--parallel`` at a time), and for each one, once active: two users (tenant API), both
-   signed in through the proxy (``/t/<slug>``), a room the first creates and the second joins.
-   ``--no-sleep`` stops early when the next tenant would not fit in ``--memory-budget-gib``
-   (all homeservers' plus the platform's RSS, one more homeserver estimated at the largest
-   seen), or when the machine's available memory would drop below 1 GiB: "as many as fit";
+1. raises this process's file limit (``RLIMIT_NOFILE``, inherited by the platform it starts:
+   the proxy holds connections to every awake homeserver), starts the platform (``c3 up``
+   through ``benchmarks.harness``) in a temporary data directory (the caller's ``C3_*`` settings
+   pass through; nothing set: SQLite platform database, embedded Redis, the local backend,
+   SQLite per tenant) and creates a plan ``density``; in the default (sleep) mode its limits
+   carry ``idle_after_seconds`` (``--idle-after``), which turns sleeping on; ``--no-sleep``
+   leaves it out (always on). ``c3 up`` runs one worker of 2 processes and has no setting for
+   more; ``--extra-worker-concurrency N`` starts one more ``c3 worker --concurrency N`` beside
+   it, in the environment ``c3 up`` gave its own (same broker, database, data directory), and
+   stops it before the platform;
+2. provisions ``--tenants`` tenants on that plan, ``--parallel`` at a time, each in a thread of
+   its own: ``POST /v1/tenants``, then, once active, two users (tenant API), both signed in
+   through the proxy (``/t/<slug>``), a room the first creates and the second joins. A progress
+   line every ``--progress-every`` tenants gives the rate and the ETA. ``--no-sleep`` stops
+   early when the next tenant would not fit in ``--memory-budget-gib`` (all homeservers' plus
+   the platform's RSS, one more homeserver estimated at the largest seen), or when the machine's
+   available memory would drop below 1 GiB: "as many as fit";
 3. sleep mode: waits until the tenants show ``homeserver.state == "asleep"`` in the API (the
    sleep contract), at most ``--idle-after`` + 120 s, and says how many did;
 4. the workload: ``--rounds`` rounds of ``--round-seconds``; each round a rotating
    ``--active-share`` of the tenants is active (the next slice each round, so in sleep mode
-   each was asleep): its two clients both start with a ``/sync`` at once — the **wake latency**
-   is from that first request to the tenant's first answer — then each sends a message and
-   syncs every ``--interval`` seconds until the round ends; finally each syncs until it has seen
-   every message its peer sent (at most 15 s). Counted: every send's latency, every 5xx answer,
-   every request that got no answer (connection error, timeout) and every message sent (200)
-   that the peer never saw ("lost");
-5. memory: at the end of each round, the RSS and PSS (``/proc/<pid>/smaps_rollup``) of every
-   tenant homeserver process and of the platform's processes (``c3 up`` and its children);
-6. prints a table, writes ``benchmarks/results/density-<mode>-<UTC stamp>.json``, stops the
+   each was asleep). Their users **arrive spread over** ``--arrival-spread`` (seconds, or
+   ``N%`` of the round; default the first half of it; ``0``: all at the same instant, the old
+   behaviour), evenly spaced; at its arrival a tenant's state is read from the API, then its two
+   clients both start with a ``/sync`` at once — the **wake latency** is from that first
+   request to the tenant's first answer (a 503 with Retry-After is retried, not an answer) —
+   then each sends a message and syncs every
+   ``--interval`` seconds until the round ends; finally each syncs until it has seen every
+   message its peer sent (at most 15 s). Clients behave as Matrix clients do: a ``503`` with
+   ``Retry-After`` is retried after that many seconds (the same transaction id for a send);
+5. heal: ``--heal-samples`` times during the workload (spread over the rounds), an active,
+   awake tenant's homeserver is killed (``SIGKILL``, its pid from the local backend's pid file)
+   a moment after its first answer; a probe of that tenant (``whoami`` as its first user, riding
+   out ``503`` + ``Retry-After``) measures kill → first ``200`` through the proxy, while its two
+   clients go on chatting;
+6. counted: every send's latency, every expected ``503`` with ``Retry-After`` (apart: during a
+   heal, elsewhere), every other 5xx answer and every request that got no answer (connection
+   error, timeout) — both apart for heal windows — and every message sent (200) that the peer
+   never saw ("lost");
+7. memory: every ``--sample-every`` seconds during the workload and at the end of each round,
+   the RSS and PSS (``/proc/<pid>/smaps_rollup``) of every tenant homeserver process and of the
+   platform's processes (``c3 up`` and its children, and the extra worker);
+8. prints a table, writes ``benchmarks/results/density-<mode>-<UTC stamp>.json``, stops the
    platform (also on failure or Ctrl-C), which stops every homeserver.
 
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/density_bench.py --tenants 1000            # sleeping on
     .venv/bin/python benchmarks/density_bench.py --no-sleep --tenants 100 --memory-budget-gib 8
+    .venv/bin/python benchmarks/density_bench.py --tenants 20 --idle-after 20 --rounds 3 \
+        --round-seconds 20                                                 # a smoke run
 """
 
 from __future__ import annotations
@@ -40,14 +61,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform as host_platform
+import resource
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,13 +97,70 @@ PLAN = "density"
 PROVISION_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 60.0
 CATCH_UP_S = 15.0
+HEAL_TIMEOUT_S = 120.0
+RETRY_AFTER_CAP_S = 5.0
+FILE_LIMIT = 65_536
 MIN_AVAILABLE_BYTES = 1024**3
 MIB = 1024 * 1024
 # Each sync returns up to this many timeline events per room: nothing a peer sent is skipped.
 SYNC_FILTER = json.dumps({"room": {"timeline": {"limit": 200}}})
 
 
-# Memory -----------------------------------------------------------------------------------
+# Processes and memory ---------------------------------------------------------------------
+
+EXTRA_WORKERS: list[int] = []  # pids of workers this script started beside c3 up's
+
+
+def raise_file_limit() -> int:
+    """As many open files as allowed (up to FILE_LIMIT); the platform started later inherits
+    it. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for wanted in (FILE_LIMIT, hard):
+        if wanted <= soft:
+            return soft
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard)))
+            return wanted
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+@contextmanager
+def extra_worker(running: RunningPlatform, concurrency: int) -> Iterator[None]:
+    """One more ``c3 worker --concurrency N`` beside ``c3 up``'s, in the environment ``c3 up``
+    gave its own worker (so the embedded Redis and the secrets it generated are the same);
+    stopped (SIGINT, as ``c3 up`` stops its children) when the block ends."""
+    if concurrency <= 0:
+        yield
+        return
+    env = None
+    for child in psutil.Process(running.process.pid).children():
+        if child.cmdline()[-2:] == ["c3", "worker"]:
+            env = child.environ()
+    if env is None:
+        raise RuntimeError("c3 up runs no worker to take the environment from")
+    log = open(running.data_dir / "logs" / "extra-worker.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "c3", "worker", f"--concurrency={concurrency}"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    EXTRA_WORKERS.append(process.pid)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        EXTRA_WORKERS.remove(process.pid)
 
 
 def rss_pss(pid: int) -> tuple[int, int]:
@@ -92,29 +178,58 @@ def rss_pss(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def homeserver_pids(data_dir: Path) -> list[int]:
-    """Every running tenant homeserver of this platform (its config is under the data dir)."""
-    root = str(data_dir / "homeservers")
-    found = []
+def tenant_homeserver_pid(running: RunningPlatform, tenant_id: str) -> int | None:
+    """The live homeserver of one tenant: the pid in the local backend's pid file
+    (``<data dir>/homeservers/<tenant id>/c3-homeserver.pid``), if that process runs and is
+    the tenant's (its command line names the tenant's directory) or the platform's (a
+    descendant of ``c3 up``: a homeserver forked from a pre-imported parent keeps the parent's
+    command line) — a recycled pid is neither."""
+    directory = running.data_dir / "homeservers" / tenant_id
+    try:
+        pid = int((directory / "c3-homeserver.pid").read_text().strip())
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if any(str(directory) in arg for arg in process.cmdline()):
+            return pid
+        if running.process.pid in (parent.pid for parent in process.parents()):
+            return pid
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return None
+
+
+def homeserver_pids(running: RunningPlatform) -> list[int]:
+    """Every running tenant homeserver of this platform: those the pid files name, and any
+    Synapse whose command line names a config under the data directory."""
+    root = running.data_dir / "homeservers"
+    found = set()
+    for directory in root.iterdir() if root.is_dir() else ():
+        pid = tenant_homeserver_pid(running, directory.name)
+        if pid is not None:
+            found.add(pid)
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "synapse.app.homeserver" in cmdline and any(a.startswith(root) for a in cmdline):
-            found.append(proc.pid)
-    return found
+        if "synapse.app.homeserver" in cmdline and any(a.startswith(str(root)) for a in cmdline):
+            found.add(proc.pid)
+    return sorted(found)
 
 
 def platform_pids(running: RunningPlatform, exclude: set[int]) -> list[int]:
-    """``c3 up`` and its descendants (API, proxy, worker, beat, Redis), not homeservers."""
-    try:
-        root = psutil.Process(running.process.pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+    """``c3 up`` and its descendants (API, proxy, worker, beat, Redis) and the extra worker's
+    tree, not homeservers."""
+    tree: list[psutil.Process] = []
+    for pid in (running.process.pid, *EXTRA_WORKERS):
+        try:
+            root = psutil.Process(pid)
+            tree += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
     return [p.pid for p in tree if p.pid not in exclude]
 
 
 def memory_sample(running: RunningPlatform) -> dict[str, Any]:
-    homeservers = homeserver_pids(running.data_dir)
+    homeservers = homeserver_pids(running)
     platform = platform_pids(running, set(homeservers))
     hs = [rss_pss(pid) for pid in homeservers]
     pf = [rss_pss(pid) for pid in platform]
@@ -149,6 +264,8 @@ class Tenant:
     base_url: str  # through the proxy, /t/<slug>
     room_id: str = ""
     clients: list[Client] = field(default_factory=list)
+    healing: bool = False  # its homeserver was killed and has not answered a probe since
+    kills: int = 0  # how many times it was killed: a request in flight at a kill is the heal's
 
 
 def create_plan(api: httpx.Client, idle_after: int | None) -> None:
@@ -254,45 +371,100 @@ def room_for_one_more(
     return None
 
 
+class ThreadClients:
+    """One API client and one proxy client per provisioning thread (``--parallel`` of each),
+    not per tenant; all closed at the end."""
+
+    def __init__(self, running: RunningPlatform) -> None:
+        self.running = running
+        self.local = threading.local()
+        self.opened: list[httpx.Client] = []
+        self.lock = threading.Lock()
+
+    def get(self) -> tuple[httpx.Client, httpx.Client]:
+        if not hasattr(self.local, "pair"):
+            pair = (self.running.api(), httpx.Client())
+            with self.lock:
+                self.opened.extend(pair)
+            self.local.pair = pair
+        return self.local.pair  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for client in self.opened:
+            client.close()
+
+
+def provision_one(running: RunningPlatform, clients: ThreadClients, slug: str) -> Tenant:
+    """POST the tenant, wait until it is active, set it up (in a provisioning thread)."""
+    api, http = clients.get()
+    tenant_id = post_tenant(api, slug)
+    deadline = time.monotonic() + PROVISION_TIMEOUT_S
+    while tenant_view(api, tenant_id)["status"] != "active":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"tenant {slug} not active after {PROVISION_TIMEOUT_S:.0f} s")
+        time.sleep(0.2)  # polling interval of the API, as provisioning_bench does
+    tenant = Tenant(tenant_id, slug, f"{running.proxy_url}/t/{slug}")
+    set_up_tenant(api, http, tenant)
+    return tenant
+
+
 def provision_all(
     running: RunningPlatform, args: argparse.Namespace, samples: list[dict[str, Any]]
-) -> tuple[list[Tenant], str]:
-    """Provision and set up tenants, ``args.parallel`` in flight; returns them and why it
-    stopped ("all", or what memory limit)."""
+) -> tuple[list[Tenant], str, float]:
+    """Provision and set up tenants, ``args.parallel`` in flight (provisioning and set-up
+    both); returns them, why it stopped ("all", or what memory limit) and the seconds taken."""
     tenants: list[Tenant] = []
     stopped = "all"
-    pending: dict[str, str] = {}  # id -> slug
     posted = 0
     started = time.perf_counter()
-    with running.api() as api, httpx.Client() as http:
-        while True:
-            while stopped == "all" and posted < args.tenants and len(pending) < args.parallel:
-                limit = room_for_one_more(running, args, len(pending))
-                if limit is not None:
-                    stopped = limit
+    clients = ThreadClients(running)
+    in_flight: set[Future[Tenant]] = set()
+    try:
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            while True:
+                while stopped == "all" and posted < args.tenants and len(in_flight) < args.parallel:
+                    limit = room_for_one_more(running, args, len(in_flight))
+                    if limit is not None:
+                        stopped = limit
+                        break
+                    slug = f"dens-{posted:04d}"
+                    in_flight.add(pool.submit(provision_one, running, clients, slug))
+                    posted += 1
+                if not in_flight:
                     break
-                slug = f"dens-{posted:04d}"
-                pending[post_tenant(api, slug)] = slug
-                posted += 1
-            if not pending:
-                return tenants, stopped
-            time.sleep(0.2)  # polling interval of the API, as provisioning_bench does
-            for tenant_id, slug in list(pending.items()):
-                if tenant_view(api, tenant_id)["status"] != "active":
-                    continue
-                del pending[tenant_id]
-                tenant = Tenant(tenant_id, slug, f"{running.proxy_url}/t/{slug}")
-                set_up_tenant(api, http, tenant)
-                tenants.append(tenant)
-                if len(tenants) % 10 == 0:
-                    sample = memory_sample(running)
-                    samples.append({"phase": "provisioning", **sample})
-                    print(
-                        f"  {len(tenants)} tenants up after {time.perf_counter() - started:.0f} s;"
-                        f" homeservers {sample['homeservers_rss'] / MIB:.0f} MiB RSS,"
-                        f" platform {sample['platform_rss'] / MIB:.0f} MiB",
-                        flush=True,
-                    )
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    tenants.append(future.result())
+                    if len(tenants) % args.progress_every == 0:
+                        progress(running, args, len(tenants), started, samples)
+    finally:
+        for future in in_flight:
+            future.cancel()
+        clients.close()
+    return tenants, stopped, time.perf_counter() - started
+
+
+def progress(
+    running: RunningPlatform,
+    args: argparse.Namespace,
+    done: int,
+    started: float,
+    samples: list[dict[str, Any]],
+) -> None:
+    sample = memory_sample(running)
+    samples.append({"phase": "provisioning", "tenants": done, **sample})
+    elapsed = time.perf_counter() - started
+    per_minute = done / elapsed * 60
+    eta = (args.tenants - done) / per_minute if per_minute else math.inf
+    print(
+        f"  {done}/{args.tenants} tenants up after {elapsed / 60:.1f} min "
+        f"({per_minute:.1f} a minute, ETA {eta:.0f} min if nothing stops it); "
+        f"homeservers running {sample['homeservers_running']}, "
+        f"{sample['homeservers_rss'] / MIB:.0f} MiB RSS, "
+        f"platform {sample['platform_rss'] / MIB:.0f} MiB, "
+        f"available {sample['available'] / MIB:.0f} MiB",
+        flush=True,
+    )
 
 
 def wait_until_asleep(running: RunningPlatform, tenants: list[Tenant], timeout: float) -> int:
@@ -318,31 +490,81 @@ def wait_until_asleep(running: RunningPlatform, tenants: list[Tenant], timeout: 
 @dataclass
 class Counts:
     requests: int = 0
-    server_errors: int = 0  # 5xx answers
-    no_answer: int = 0  # connection errors and timeouts
+    # Keyed by "heal" (sent or answered while the tenant's homeserver was killed and had not
+    # answered the probe yet) or "other" (waking, awake or falling asleep): a 503 with
+    # Retry-After is expected in a heal, nowhere else.
+    retried_503: Counter[str] = field(default_factory=Counter)  # 503 + Retry-After, retried
+    server_errors: Counter[str] = field(default_factory=Counter)  # every other 5xx answer
+    no_answer: Counter[str] = field(default_factory=Counter)  # connection errors, timeouts
     lost_messages: int = 0  # sent (200) but never seen by the peer
     send_ms: list[float] = field(default_factory=list)
-    wake_ms: list[float] = field(default_factory=list)
-    wake_from: list[str | None] = field(default_factory=list)
+    wakes: list[dict[str, Any]] = field(default_factory=list)
+    heals: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    error_kinds: Counter[str] = field(default_factory=Counter)  # "<context> <status> <error>"
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The delay a 503 asks for (``Retry-After`` in seconds), None when it asks for none."""
+    if response.status_code != 503:
+        return None
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+def matrix_error(response: httpx.Response) -> str:
+    """The Matrix ``error`` of an answer (its first 60 characters), else its body's start."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:60]
+    return str(body.get("error", "") if isinstance(body, dict) else body)[:60]
 
 
 async def request(
-    http: httpx.AsyncClient, counts: Counts, method: str, url: str, token: str, **kw: Any
+    http: httpx.AsyncClient,
+    counts: Counts,
+    tenant: Tenant,
+    method: str,
+    url: str,
+    token: str,
+    **kw: Any,
 ) -> httpx.Response | None:
-    counts.requests += 1
-    try:
-        response = await http.request(
-            method, url, headers={"Authorization": f"Bearer {token}"}, **kw
-        )
-    except httpx.HTTPError as exc:
-        counts.no_answer += 1
-        counts.errors.append(f"{method} {url}: {type(exc).__name__}")
-        return None
-    if response.status_code >= 500:
-        counts.server_errors += 1
-        counts.errors.append(f"{method} {url}: {response.status_code} {response.text[:120]}")
-    return response
+    """One client request; a 503 with Retry-After is retried after that delay (what a Matrix
+    client does), for at most REQUEST_TIMEOUT_S; None when the request got no answer."""
+    deadline = time.perf_counter() + REQUEST_TIMEOUT_S
+    while True:
+        healing, kills = tenant.healing, tenant.kills
+        counts.requests += 1
+        try:
+            response = await http.request(
+                method, url, headers={"Authorization": f"Bearer {token}"}, **kw
+            )
+        except httpx.HTTPError as exc:
+            context = "heal" if healing or tenant.healing or tenant.kills != kills else "other"
+            counts.no_answer[context] += 1
+            counts.error_kinds[f"{context} {method} {type(exc).__name__}"] += 1
+            counts.errors.append(f"{context}: {method} {url}: {type(exc).__name__}")
+            return None
+        context = "heal" if healing or tenant.healing or tenant.kills != kills else "other"
+        delay = retry_after_s(response)
+        if delay is not None and time.perf_counter() + delay < deadline:
+            counts.retried_503[context] += 1
+            counts.error_kinds[f"{context} {method} 503 {matrix_error(response)}"] += 1
+            if context != "heal":
+                counts.errors.append(f"{context}: {method} {url}: 503 {response.text[:120]}")
+            await asyncio.sleep(min(delay, RETRY_AFTER_CAP_S))  # as the answer asks
+            continue
+        if response.status_code >= 500:
+            counts.server_errors[context] += 1
+            kind = f"{context} {method} {response.status_code} {matrix_error(response)}"
+            counts.error_kinds[kind] += 1
+            counts.errors.append(
+                f"{context}: {method} {url}: {response.status_code} {response.text[:120]}"
+            )
+        return response
 
 
 async def sync(http: httpx.AsyncClient, counts: Counts, tenant: Tenant, client: Client) -> bool:
@@ -350,7 +572,7 @@ async def sync(http: httpx.AsyncClient, counts: Counts, tenant: Tenant, client: 
     if client.since:
         params["since"] = client.since
     response = await request(
-        http, counts, "GET", f"{tenant.base_url}/_matrix/client/v3/sync", client.token,
+        http, counts, tenant, "GET", f"{tenant.base_url}/_matrix/client/v3/sync", client.token,
         params=params,
     )  # fmt: skip
     if response is None or response.status_code != 200:
@@ -368,18 +590,65 @@ async def send(http: httpx.AsyncClient, counts: Counts, tenant: Tenant, client: 
     url = f"{tenant.base_url}/_matrix/client/v3/rooms/{tenant.room_id}/send/m.room.message/{txn}"
     started = time.perf_counter()
     response = await request(
-        http, counts, "PUT", url, client.token, json={"msgtype": "m.text", "body": "density"}
-    )
+        http, counts, tenant, "PUT", url, client.token,
+        json={"msgtype": "m.text", "body": "density"},
+    )  # fmt: skip
     if response is not None and response.status_code == 200:
         counts.send_ms.append((time.perf_counter() - started) * 1000)
         client.sent.append(response.json()["event_id"])
 
 
-async def active_tenant(
-    http: httpx.AsyncClient, counts: Counts, tenant: Tenant, seconds: float, interval: float
+async def heal_sample(
+    running: RunningPlatform,
+    http: httpx.AsyncClient,
+    counts: Counts,
+    tenant: Tenant,
+    round_no: int,
+    after: float,
 ) -> None:
-    """Both clients at once: a first sync (the wake), then send + sync until the round ends,
-    then catch up on everything the peer sent."""
+    """``after`` seconds into the tenant's activity, kill -9 its homeserver, then probe it
+    (whoami as its first user) until the first 200 through the proxy: the heal time."""
+    await asyncio.sleep(after)  # let its clients chat first
+    record: dict[str, Any] = {"round": round_no, "slug": tenant.slug, "ms": None}
+    counts.heals.append(record)
+    pid = await asyncio.to_thread(tenant_homeserver_pid, running, tenant.id)
+    if pid is None:
+        record["error"] = "no live homeserver to kill"
+        return
+    client = tenant.clients[0]
+    url = f"{tenant.base_url}/_matrix/client/v3/account/whoami"
+    tenant.healing = True
+    tenant.kills += 1
+    killed = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    try:
+        while time.perf_counter() - killed < HEAL_TIMEOUT_S:
+            response = await request(http, counts, tenant, "GET", url, client.token)
+            if response is not None and response.status_code == 200:
+                record["ms"] = (time.perf_counter() - killed) * 1000
+                return
+            await asyncio.sleep(0.1)  # a client's pause before retrying a failed request
+        record["error"] = f"no 200 within {HEAL_TIMEOUT_S:.0f} s"
+    finally:
+        tenant.healing = False
+
+
+async def active_tenant(
+    running: RunningPlatform,
+    api: httpx.AsyncClient,
+    http: httpx.AsyncClient,
+    counts: Counts,
+    tenant: Tenant,
+    round_no: int,
+    arrival: float,
+    args: argparse.Namespace,
+    heal: bool,
+) -> None:
+    """``arrival`` seconds into the round the tenant's users arrive: both clients at once, a
+    first sync (the wake), then send + sync until the round ends, then catch up on everything
+    the peer sent. With ``heal``, its homeserver is killed meanwhile."""
+    await asyncio.sleep(arrival)  # when this tenant's users arrive in the round
+    state = homeserver_state((await api.get(f"/v1/tenants/{tenant.id}")).json())
     first_answer = asyncio.get_running_loop().create_future()
     started = time.perf_counter()
 
@@ -389,16 +658,28 @@ async def active_tenant(
             first_answer.set_result(time.perf_counter())
 
     await asyncio.gather(*(first_sync(c) for c in tenant.clients))
-    counts.wake_ms.append((first_answer.result() - started) * 1000)
+    counts.wakes.append(
+        {
+            "round": round_no,
+            "slug": tenant.slug,
+            "arrival_s": round(arrival, 3),
+            "state_before": state,
+            "ms": (first_answer.result() - started) * 1000,
+        }
+    )
+    seconds = max(args.round_seconds - arrival, args.interval)
     deadline = time.perf_counter() + seconds
 
     async def loop(client: Client) -> None:
         while time.perf_counter() < deadline:
             await send(http, counts, tenant, client)
             await sync(http, counts, tenant, client)
-            await asyncio.sleep(interval)  # pacing of a chatting user, not synchronisation
+            await asyncio.sleep(args.interval)  # pacing of a chatting user, not synchronisation
 
-    await asyncio.gather(*(loop(c) for c in tenant.clients))
+    jobs = [loop(c) for c in tenant.clients]
+    if heal:
+        jobs.append(heal_sample(running, http, counts, tenant, round_no, min(2.0, seconds / 3)))
+    await asyncio.gather(*jobs)
     for client, peer in (tenant.clients, tenant.clients[::-1]):
         catch_up = time.perf_counter() + CATCH_UP_S
         while not set(peer.sent) <= client.seen and time.perf_counter() < catch_up:
@@ -408,33 +689,87 @@ async def active_tenant(
         client.seen.clear()
 
 
+def heals_per_round(samples: int, rounds: int, active: int) -> list[int]:
+    """``samples`` heal samples spread over the rounds, at most one per active tenant."""
+    if rounds <= 0:
+        return []
+    return [
+        min(active, samples // rounds + (1 if n < samples % rounds else 0)) for n in range(rounds)
+    ]
+
+
+async def sample_memory(
+    running: RunningPlatform, every: float, phase: str, into: list[dict[str, Any]]
+) -> None:
+    """A memory sample every ``every`` seconds until cancelled (the round's peak)."""
+    while True:
+        into.append({"phase": phase, **await asyncio.to_thread(memory_sample, running)})
+        await asyncio.sleep(every)  # sampling period
+
+
 async def workload(
     running: RunningPlatform, tenants: list[Tenant], args: argparse.Namespace
 ) -> tuple[Counts, list[dict[str, Any]]]:
     counts = Counts()
     samples: list[dict[str, Any]] = []
     per_round = max(1, round(len(tenants) * args.active_share))
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as http:
+    spread = arrival_spread_s(args)
+    heals = heals_per_round(args.heal_samples, args.rounds, per_round)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=4 * per_round)
+    async with (
+        httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as http,
+        httpx.AsyncClient(base_url=running.api_url, headers=running.headers, timeout=30) as api,
+    ):
         for n in range(args.rounds):
             active = [tenants[(n * per_round + k) % len(tenants)] for k in range(per_round)]
-            with running.api() as api:
-                states = [homeserver_state(tenant_view(api, t.id)) for t in active]
-            counts.wake_from.extend(states)
+            healed = {k * per_round // heals[n] for k in range(heals[n])}
             started = time.perf_counter()
-            await asyncio.gather(
-                *(active_tenant(http, counts, t, args.round_seconds, args.interval) for t in active)
+            sampler = asyncio.create_task(
+                sample_memory(running, args.sample_every, f"during round {n + 1}", samples)
             )
+            try:
+                await asyncio.gather(
+                    *(
+                        active_tenant(
+                            running,
+                            api,
+                            http,
+                            counts,
+                            t,
+                            n + 1,
+                            k * spread / per_round,
+                            args,
+                            k in healed,
+                        )  # fmt: skip
+                        for k, t in enumerate(active)
+                    )
+                )
+            finally:
+                sampler.cancel()
             sample = memory_sample(running)
             samples.append({"phase": f"round {n + 1}", **sample})
-            asleep = sum(1 for s in states if s == "asleep")
+            wakes = [w for w in counts.wakes if w["round"] == n + 1]
+            asleep = sum(1 for w in wakes if w["state_before"] == "asleep")
+            wake_p95 = percentile([w["ms"] for w in wakes], 0.95)
             print(
                 f"  round {n + 1}/{args.rounds}: {len(active)} active ({asleep} were asleep), "
+                f"first answer p95 {fmt_ms(wake_p95)} ms, {heals[n]} killed, "
                 f"{time.perf_counter() - started:.0f} s; homeservers running "
-                f"{sample['homeservers_running']}, {sample['homeservers_rss'] / MIB:.0f} MiB RSS",
+                f"{sample['homeservers_running']}, {sample['homeservers_rss'] / MIB:.0f} MiB RSS "
+                f"({sample['homeservers_pss'] / MIB:.0f} PSS), platform "
+                f"{sample['platform_rss'] / MIB:.0f} MiB RSS ({sample['platform_pss'] / MIB:.0f} "
+                f"PSS)",
                 flush=True,
             )
     return counts, samples
+
+
+def arrival_spread_s(args: argparse.Namespace) -> float:
+    """``--arrival-spread`` in seconds: a number of seconds, or ``N%`` of the round."""
+    value = str(args.arrival_spread).strip()
+    if value.endswith("%"):
+        return args.round_seconds * float(value[:-1]) / 100
+    return float(value)
 
 
 # Report -----------------------------------------------------------------------------------
@@ -447,39 +782,70 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
+def total(sample: dict[str, Any]) -> int:
+    return int(sample["homeservers_rss"] + sample["platform_rss"])
+
+
+def memory_brief(sample: dict[str, Any]) -> dict[str, Any]:
+    keys = ("phase", "homeservers_running", "homeservers_rss", "homeservers_pss")
+    return {k: sample[k] for k in (*keys, "platform_rss", "platform_pss")}
+
+
 def summarize(
     args: argparse.Namespace,
     tenants: list[Tenant],
     stopped: str,
+    provisioning_s: float,
     asleep: int | None,
     counts: Counts,
     samples: list[dict[str, Any]],
 ) -> dict[str, Any]:
     rounds = [s for s in samples if s["phase"].startswith("round")]
-    peak = max(rounds, key=lambda s: s["homeservers_rss"] + s["platform_rss"], default={})
+    workload = [s for s in samples if "round" in s["phase"]]
+    peak = max(workload, key=total, default={})
+    wake_ms = [w["ms"] for w in counts.wakes]
+    from_sleep = [w["ms"] for w in counts.wakes if w["state_before"] == "asleep"]
+    heal_ms = [h["ms"] for h in counts.heals if h["ms"] is not None]
     return {
         "mode": "no-sleep" if args.no_sleep else "sleep",
         "tenants_requested": args.tenants,
         "tenants": len(tenants),
         "stopped_by": stopped,
+        "provisioning_s": round(provisioning_s, 1),
+        "provisioned_per_minute": len(tenants) / provisioning_s * 60 if provisioning_s else None,
         "asleep_before_workload": asleep,
         "active_per_round": max(1, round(len(tenants) * args.active_share)),
+        "arrival_spread_s": arrival_spread_s(args),
         "peak": peak,
+        "rounds": [memory_brief(s) for s in rounds],
         "mean_homeservers_rss": statistics.fmean(s["homeservers_rss"] for s in rounds)
         if rounds
         else None,
-        "wake_p50_ms": percentile(counts.wake_ms, 0.5),
-        "wake_p95_ms": percentile(counts.wake_ms, 0.95),
-        "wake_max_ms": max(counts.wake_ms, default=None),
-        "woken_from": dict(Counter(str(state) for state in counts.wake_from)),
+        "wake_count": len(wake_ms),
+        "wake_p50_ms": percentile(wake_ms, 0.5),
+        "wake_p95_ms": percentile(wake_ms, 0.95),
+        "wake_max_ms": max(wake_ms, default=None),
+        "woken_from": dict(Counter(str(w["state_before"]) for w in counts.wakes)),
+        "from_asleep_count": len(from_sleep),
+        "from_asleep_p50_ms": percentile(from_sleep, 0.5),
+        "from_asleep_p95_ms": percentile(from_sleep, 0.95),
+        "from_asleep_max_ms": max(from_sleep, default=None),
+        "heal_count": len(counts.heals),
+        "heal_healed": len(heal_ms),
+        "heal_p50_ms": percentile(heal_ms, 0.5),
+        "heal_max_ms": max(heal_ms, default=None),
         "send_count": len(counts.send_ms),
         "send_p50_ms": percentile(counts.send_ms, 0.5),
         "send_p99_ms": percentile(counts.send_ms, 0.99),
         "requests": counts.requests,
-        "server_errors": counts.server_errors,
-        "no_answer": counts.no_answer,
+        "retried_503": dict(counts.retried_503),
+        "server_errors": dict(counts.server_errors),
+        "no_answer": dict(counts.no_answer),
         "lost_messages": counts.lost_messages,
+        "error_kinds": dict(counts.error_kinds.most_common()),
         "first_errors": counts.errors[:20],
+        "wakes": counts.wakes,
+        "heals": counts.heals,
     }
 
 
@@ -490,29 +856,48 @@ def fmt_ms(value: float | None) -> str:
 def print_report(s: dict[str, Any]) -> None:
     peak = s["peak"] or {}
     print(f"\nDensity, {s['mode']}: {s['tenants']} tenants (asked {s['tenants_requested']}, "
-          f"stopped by: {s['stopped_by']}), {s['active_per_round']} active per round")  # fmt: skip
+          f"stopped by: {s['stopped_by']}), {s['active_per_round']} active per round, "
+          f"arriving over {s['arrival_spread_s']:g} s")  # fmt: skip
+    rate = s["provisioned_per_minute"]
+    print(f"  provisioning: {s['provisioning_s'] / 60:.1f} min, {rate or 0:.1f} tenants a minute")
     if s["asleep_before_workload"] is not None:
         print(f"  asleep before the workload: {s['asleep_before_workload']}/{s['tenants']}")
+    for r in s["rounds"]:
+        print(
+            f"  end of {r['phase']}: {r['homeservers_running']} homeservers running, "
+            f"{r['homeservers_rss'] / MIB:.0f} MiB RSS ({r['homeservers_pss'] / MIB:.0f} PSS); "
+            f"platform {r['platform_rss'] / MIB:.0f} MiB RSS ({r['platform_pss'] / MIB:.0f} PSS)"
+        )
     if peak:
         print(
-            f"  peak: {peak['homeservers_running']} homeservers running, "
+            f"  peak ({peak['phase']}): {peak['homeservers_running']} homeservers running, "
             f"{peak['homeservers_rss'] / MIB:.0f} MiB RSS ({peak['homeservers_pss'] / MIB:.0f} "
             f"PSS); platform {peak['platform_rss'] / MIB:.0f} MiB RSS "
-            f"({peak['platform_pss'] / MIB:.0f} PSS)"
+            f"({peak['platform_pss'] / MIB:.0f} PSS); total {total(peak) / MIB:.0f} MiB RSS"
         )
     print(
-        f"  first request → first answer (wake) p50/p95/max: {fmt_ms(s['wake_p50_ms'])} / "
-        f"{fmt_ms(s['wake_p95_ms'])} / {fmt_ms(s['wake_max_ms'])} ms; states before: "
-        f"{s['woken_from']}"
+        f"  first request → first answer, all {s['wake_count']} p50/p95/max: "
+        f"{fmt_ms(s['wake_p50_ms'])} / {fmt_ms(s['wake_p95_ms'])} / {fmt_ms(s['wake_max_ms'])} "
+        f"ms; states before: {s['woken_from']}"
+    )
+    print(
+        f"  … of the {s['from_asleep_count']} asleep (wake) p50/p95/max: "
+        f"{fmt_ms(s['from_asleep_p50_ms'])} / {fmt_ms(s['from_asleep_p95_ms'])} / "
+        f"{fmt_ms(s['from_asleep_max_ms'])} ms"
+    )
+    print(
+        f"  heal (kill -9 → first 200 through the proxy): {s['heal_healed']} of "
+        f"{s['heal_count']} healed, p50 {fmt_ms(s['heal_p50_ms'])} ms, max "
+        f"{fmt_ms(s['heal_max_ms'])} ms"
     )
     print(
         f"  sends: {s['send_count']}, p50 {fmt_ms(s['send_p50_ms'])} ms, "
         f"p99 {fmt_ms(s['send_p99_ms'])} ms; requests {s['requests']}: "
-        f"5xx {s['server_errors']}, no answer {s['no_answer']}, lost messages "
-        f"{s['lost_messages']}"
+        f"503 + Retry-After (retried) {s['retried_503']}, other 5xx {s['server_errors']}, "
+        f"no answer {s['no_answer']}, lost messages {s['lost_messages']}"
     )
-    for error in s["first_errors"][:5]:
-        print(f"    {error}")
+    for kind, count in s["error_kinds"].items():
+        print(f"    {count} × {kind}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -524,27 +909,60 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-budget-gib", type=float, default=8.0, help="--no-sleep only")
     parser.add_argument("--idle-after", type=int, default=30, help="plan idle_after_seconds")
     parser.add_argument("--parallel", type=int, default=4, help="tenants provisioning at once")
+    parser.add_argument(
+        "--extra-worker-concurrency",
+        type=int,
+        default=0,
+        help="start one more c3 worker with this many processes beside c3 up's (2)",
+    )
+    parser.add_argument("--progress-every", type=int, default=25, help="tenants per progress line")
     parser.add_argument("--active-share", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--round-seconds", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between sends")
+    parser.add_argument(
+        "--arrival-spread",
+        default="50%",
+        help="active tenants' users arrive evenly over this many seconds of each round, or "
+        "N%% of the round (0: all at once)",
+    )
+    parser.add_argument(
+        "--heal-samples", type=int, default=5, help="homeservers killed (-9) during the workload"
+    )
+    parser.add_argument(
+        "--sample-every", type=float, default=5.0, help="seconds between memory samples"
+    )
     parser.add_argument("--keep-data", action="store_true")
-    return parser.parse_args()
+    args = parser.parse_args()
+    try:
+        arrival_spread_s(args)
+    except ValueError:
+        parser.error(f"--arrival-spread: seconds or N%, not {args.arrival_spread!r}")
+    return args
 
 
 def main() -> int:
     args = parse_args()
     stop_on_sigterm()
+    files = raise_file_limit()
     mode = "no-sleep" if args.no_sleep else "sleep"
     overrides = {k: v for k, v in os.environ.items() if k.startswith("C3_")}
     overrides["C3_BASE_DOMAIN"] = BASE_DOMAIN
     data_dir = Path(tempfile.mkdtemp(prefix=f"c3-density-{mode}-"))
     samples: list[dict[str, Any]] = []
-    with running_platform(overrides, data_dir, keep_data=args.keep_data) as running:
+    with (
+        running_platform(overrides, data_dir, keep_data=args.keep_data) as running,
+        extra_worker(running, args.extra_worker_concurrency),
+    ):
         with running.api() as api:
             create_plan(api, None if args.no_sleep else args.idle_after)
-        print(f"{mode}: provisioning up to {args.tenants} tenants", flush=True)
-        tenants, stopped = provision_all(running, args, samples)
+        print(
+            f"{mode}: provisioning up to {args.tenants} tenants, {args.parallel} at a time "
+            f"(file limit {files})",
+            flush=True,
+        )
+        tenants, stopped, provisioning_s = provision_all(running, args, samples)
+        print(f"  {len(tenants)} tenants in {provisioning_s / 60:.1f} min", flush=True)
         samples.append({"phase": "provisioned", **memory_sample(running)})
         asleep = None
         if not args.no_sleep:
@@ -554,7 +972,7 @@ def main() -> int:
         print(f"workload: {args.rounds} rounds of {args.round_seconds:.0f} s", flush=True)
         counts, round_samples = asyncio.run(workload(running, tenants, args))
         samples.extend(round_samples)
-    summary = summarize(args, tenants, stopped, asleep, counts, samples)
+    summary = summarize(args, tenants, stopped, provisioning_s, asleep, counts, samples)
     print_report(summary)
     report = {
         "started_at": datetime.now(UTC).isoformat(),
@@ -563,6 +981,8 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "memory": psutil.virtual_memory().total,
             "python": host_platform.python_version(),
+            "load_average": os.getloadavg(),
+            "file_limit": files,
         },
         "summary": summary,
         "samples": samples,
