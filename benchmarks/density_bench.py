@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -90,6 +91,7 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from provisioner.backends.zygote import forked_in  # noqa: E402
 from tests.helpers.platform import RunningPlatform  # noqa: E402
 
 BASE_DOMAIN = "c3.bench"
@@ -192,6 +194,8 @@ def tenant_homeserver_pid(running: RunningPlatform, tenant_id: str) -> int | Non
             return None
         if any(str(directory) in arg for arg in process.cmdline()):
             return pid
+        if forked_in(pid, directory):  # forked by the Synapse zygote
+            return pid
         if running.process.pid in (parent.pid for parent in process.parents()):
             return pid
     except (OSError, ValueError, psutil.Error):
@@ -219,6 +223,10 @@ def platform_pids(running: RunningPlatform, exclude: set[int]) -> list[int]:
     """``c3 up`` and its descendants (API, proxy, worker, beat, Redis) and the extra worker's
     tree, not homeservers."""
     tree: list[psutil.Process] = []
+    zygote = running.data_dir / "homeservers" / ".zygote" / "zygote.pid"
+    with contextlib.suppress(OSError, ValueError, psutil.Error):
+        # The Synapse zygote: started by the worker, re-parented away like the homeservers.
+        tree.append(psutil.Process(int(zygote.read_text().strip())))
     for pid in (running.process.pid, *EXTRA_WORKERS):
         try:
             root = psutil.Process(pid)

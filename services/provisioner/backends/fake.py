@@ -35,7 +35,7 @@ class FakeBackend(LocalBackend):
         crash: Iterable[str] = (),
         python: str | None = None,
     ) -> None:
-        super().__init__(data_dir, python=python)
+        super().__init__(data_dir, python=python, zygote=False)  # its own program, not Synapse
         self.boot_s = boot_s
         self.fail = frozenset(fail)
         self.crash = frozenset(crash)
