@@ -220,7 +220,8 @@ class Zygote:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.directory / "zygote.lock", "a") as file:
+        fd = os.open(self.directory / "zygote.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as file:
             fcntl.flock(file, fcntl.LOCK_EX)
             try:
                 yield

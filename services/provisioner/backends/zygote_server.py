@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in (*PRELOAD, *args.preload):
         with contextlib.suppress(ImportError):  # e.g. psycopg2 where only SQLite is used
             importlib.import_module(name)
+    os.umask(0o077)  # its socket and log: the platform's user only
     listener = _listen(args.socket)
     inode = os.stat(args.socket).st_ino  # the socket file's (fstat on the socket says sockfs')
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -186,7 +187,6 @@ def _become_homeserver(request: dict[str, Any], ready_w: int, inherited: tuple[A
             sock.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.chdir(request["directory"])
-        os.umask(0o077)
         devnull = os.open(os.devnull, os.O_RDONLY)
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(devnull, 0)
