@@ -1,5 +1,6 @@
-"""Sleeping homeservers, the worker's side: the sleep pass puts idle homeservers to sleep, the
-wake task wakes (or heals) one, the maintenance wake wakes them all once a day.
+"""Sleeping homeservers, the worker's side: the sleep pass puts idle homeservers to sleep (the
+stops side by side), the wake task wakes (or heals) one, the maintenance window wakes every
+sleeper once a day, a bounded number at a time.
 
 A tenant whose plan sets ``limits.idle_after_seconds`` sleeps once no proxy forwarded anything
 for it that long (the proxies write each tenant's last request time to Redis once per flush
@@ -319,10 +320,15 @@ end
 return taken
 """
 # KEYS: slots hash. ARGV: tenant, new value ('' frees the slot). Only a slot still held: one
-# the pass already gave up on stays free.
+# the pass already gave up on stays free. A slot already woken stays held when the same wake
+# runs again (redelivered after its worker died) and finds the homeserver awake.
 _REPORT = """
-if redis.call('hexists', KEYS[1], ARGV[1]) == 0 then return 0 end
-if ARGV[2] == '' then return redis.call('hdel', KEYS[1], ARGV[1]) end
+local slot = redis.call('hget', KEYS[1], ARGV[1])
+if not slot then return 0 end
+if ARGV[2] == '' then
+  if string.find(slot, '"woken"', 1, true) then return 0 end
+  return redis.call('hdel', KEYS[1], ARGV[1])
+end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
