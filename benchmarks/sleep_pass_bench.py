@@ -164,6 +164,7 @@ def one_round(
     hibernation: Any,
 ) -> None:
     from platform_core.db import task_session
+    from platform_core.errors import TemporaryError
     from provisioner import repository, steps
 
     with task_session() as session:
@@ -180,8 +181,25 @@ def one_round(
     started = time.monotonic()
     for target in targets:
         ctx.backend.start(target)
-    for target in targets:
-        steps.wait_healthy(ctx, target)
+    for i, target in enumerate(targets):
+        for attempt in range(3):
+            try:
+                steps.wait_healthy(ctx, target)
+                break
+            except TemporaryError:
+                # Ports come from the ephemeral range: on a busy machine a connection may take
+                # one between the check and Synapse's bind. Another port, as a wake's retry.
+                if attempt == 2:
+                    raise
+                with task_session() as session:
+                    hs = repository.get_homeserver(session, ids[i])
+                    tenant = repository.get_tenant(session, ids[i])
+                    assert hs is not None and tenant is not None
+                    hs.port = ctx.backend.allocate_port(repository.taken_ports(session))
+                    plan = repository.get_plan(session, tenant.plan_id)
+                    target = targets[i] = steps.target_for(ctx, tenant, plan, hs)
+                ctx.backend.render(target)
+                ctx.backend.start(target)
     up = time.monotonic() - started
     # A new Synapse runs its background updates in its first minutes, which keeps it awake
     # (hibernation: due work); an idle tenant's homeserver has none.
