@@ -256,13 +256,14 @@ def test_the_maintenance_window_wakes_sleepers_for_a_while(
     tenant = sleepy_tenant(platform)
     config = platform.homeserver_dir(tenant["id"]) / "homeserver.yaml"
     wait_asleep(platform, tenant)
-    # What beat sends daily at C3_SLEEP_MAINTENANCE_HOUR_UTC, sent now.
+    # A maintenance window opened now (beat's pass opens one daily at
+    # C3_SLEEP_MAINTENANCE_HOUR_UTC; this one is named by the test instead of by its date).
     subprocess.run(
         [
             sys.executable,
             "-c",
             "from platform_core.celery import TaskNames, send_task; "
-            "send_task(TaskNames.WAKE_FOR_MAINTENANCE)",
+            f"send_task(TaskNames.WAKE_FOR_MAINTENANCE, 'e2e-{uuid.uuid4().hex[:8]}')",
         ],
         env={**os.environ, **platform.env},
         check=True,

@@ -107,7 +107,11 @@ def _config() -> dict[str, object]:
             "sleep-idle-homeservers": _every(
                 TaskNames.SLEEP_IDLE_HOMESERVERS, settings.sleep_check_interval_s
             ),
-            **_maintenance_entry(settings.sleep_maintenance_hour_utc),
+            # The maintenance window: opens daily at C3_SLEEP_MAINTENANCE_HOUR_UTC, then wakes
+            # sleepers in bounded waves (C3_SLEEP_MAINTENANCE_CONCURRENCY), a few each pass.
+            "wake-for-maintenance": _every(
+                TaskNames.WAKE_FOR_MAINTENANCE, settings.sleep_check_interval_s
+            ),
             "finalize-invoices": _every(
                 TaskNames.FINALIZE_INVOICES, settings.invoice_finalize_interval_s
             ),
@@ -122,17 +126,6 @@ def _every(task: str, schedule: float | crontab, *, expires: float | None = None
         "task": task,
         "schedule": schedule,
         "options": {"expires": schedule if expires is None else expires},
-    }
-
-
-def _maintenance_entry(hour_utc: int | None) -> dict[str, object]:
-    """The daily wake of sleeping homeservers for their scheduled jobs (none when unset)."""
-    if hour_utc is None:
-        return {}
-    return {
-        "wake-for-maintenance": _every(
-            TaskNames.WAKE_FOR_MAINTENANCE, crontab(minute=0, hour=hour_utc), expires=3600
-        )
     }
 
 

@@ -85,6 +85,28 @@ class RedisKeys:
         """Hash: sleep and wake counters (platform_core.metrics)."""
         return f"{self.namespace}:metrics:sleep"
 
+    @property
+    def maintenance_windows(self) -> str:
+        """Sorted set: maintenance windows with sleepers still to wake, by the Unix time each
+        opened (provisioner.hibernation)."""
+        return f"{self.namespace}:maintenance:windows"
+
+    def maintenance_opened(self, window: str) -> str:
+        """String (expires after a few days): this maintenance window has opened; it never
+        opens twice."""
+        return f"{self.namespace}:maintenance:{window}:opened"
+
+    def maintenance_todo(self, window: str) -> str:
+        """Set: the tenants this maintenance window has yet to wake (its snapshot of the
+        sleepers when it opened; each leaves it once, when its wake is sent)."""
+        return f"{self.namespace}:maintenance:{window}:todo"
+
+    @property
+    def maintenance_slots(self) -> str:
+        """Hash: tenant id -> JSON of a homeserver awake (or being woken) for maintenance; its
+        size is bounded by C3_SLEEP_MAINTENANCE_CONCURRENCY."""
+        return f"{self.namespace}:maintenance:slots"
+
     def wake_requested(self, tenant_id: str) -> str:
         """String (SET NX, expires after the proxy's wake timeout): a wake of this tenant's
         homeserver was asked for; the first proxy request to set it sends the wake task."""

@@ -300,6 +300,17 @@ class Settings(BaseSettings):
 
     # --- end of sleeping homeservers ------------------------------------------------------
 
+    # --- Sleeping homeservers at scale (issue 16: sleepgaps; provisioner/hibernation.py) ----
+    # The sleep pass stops this many idle homeservers at once (each a SIGTERM and a wait of
+    # up to 15 s, or a scale to 0 and the pod's exit), each still under its own lease.
+    sleep_stop_concurrency: int = Field(default=8, ge=1, le=64)
+    # The maintenance window wakes sleepers in waves: at most this many homeservers awake for
+    # maintenance at once (~125 MiB RSS and a Synapse start of several CPU seconds each). 40:
+    # ≤ 5 GiB, and a window of 1,000 sleepers done in ~6.6 h with the default stay
+    # (docs/hibernation.md#maintenance-window).
+    sleep_maintenance_concurrency: int = Field(default=40, ge=1, le=1000)
+    # --- end of sleeping homeservers at scale -------------------------------------------
+
     # --- Logs and client readiness (issue 13: readiness) --------------------------------
     # text: human lines on stderr; json: one JSON object per line on stdout (ts, level,
     # logger, message, request_id, tenant_id when known, exception) for log collectors.

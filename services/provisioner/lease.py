@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
@@ -28,6 +28,7 @@ class Lease:
         self._key = key
         self._ttl_ms = int(ttl_s * 1000)
         self._token = secrets.token_hex(16)
+        self._released = False
 
     def acquire(self) -> bool:
         return bool(self._client.set(self._key, self._token, nx=True, px=self._ttl_ms))
@@ -61,7 +62,39 @@ class Lease:
             keeper.join(timeout=5)
 
     def release(self) -> None:
+        self._released = True
         self._client.eval(_RELEASE, 1, self._key, self._token)
 
     def is_held_by_anyone(self) -> bool:
         return bool(self._client.exists(self._key))
+
+
+@contextmanager
+def kept_alive_together(leases: Sequence[Lease]) -> Iterator[None]:
+    """``kept_alive`` for many leases from one thread (the sleep pass holds one per homeserver
+    it stops, possibly hundreds): each is renewed every third of its TTL until it is released
+    or the block ends, however long the others' work takes."""
+    if not leases:
+        yield
+        return
+    stop = threading.Event()
+    interval = min(lease._ttl_ms for lease in leases) / 3000
+
+    def renew() -> None:
+        while not stop.wait(interval):
+            for lease in leases:
+                if lease._released or stop.is_set():
+                    continue
+                try:
+                    if not lease.renew() and not lease._released:
+                        log.warning("lease %s expired under its holder", lease._key)
+                except redis.RedisError as exc:
+                    log.warning("lease %s not renewed: %s", lease._key, type(exc).__name__)
+
+    keeper = threading.Thread(target=renew, name="lease-keeper (many)", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join(timeout=5)

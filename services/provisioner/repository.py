@@ -156,12 +156,15 @@ def awake_active_homeservers(session: Session) -> list[tuple[uuid.UUID, dict[str
     return [(tenant_id, dict(limits or {})) for tenant_id, limits in rows]
 
 
-def sleeping_tenants(session: Session) -> list[uuid.UUID]:
-    """Active tenants whose homeserver sleeps."""
-    return list(
-        session.scalars(
-            select(Tenant.id)
-            .join(Homeserver, Homeserver.tenant_id == Tenant.id)
-            .where(Tenant.status == TenantStatus.ACTIVE, Homeserver.asleep_since.is_not(None))
-        )
+def sleeping_tenants(
+    session: Session, among: Sequence[uuid.UUID | str] | None = None
+) -> list[uuid.UUID]:
+    """Active tenants whose homeserver sleeps (only those ``among`` these ids, when given)."""
+    query = (
+        select(Tenant.id)
+        .join(Homeserver, Homeserver.tenant_id == Tenant.id)
+        .where(Tenant.status == TenantStatus.ACTIVE, Homeserver.asleep_since.is_not(None))
     )
+    if among is not None:
+        query = query.where(Tenant.id.in_([uuid.UUID(str(tenant_id)) for tenant_id in among]))
+    return list(session.scalars(query))

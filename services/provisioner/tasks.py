@@ -101,5 +101,5 @@ def wake_homeserver(tenant_id: str, stay_awake_s: float | None = None) -> str:
 
 
 @app.task(name=TaskNames.WAKE_FOR_MAINTENANCE, acks_late=True)
-def wake_for_maintenance() -> int:
-    return hibernation.wake_for_maintenance(steps.context())
+def wake_for_maintenance(window: str | None = None) -> int:
+    return hibernation.wake_for_maintenance(steps.context(), window)
