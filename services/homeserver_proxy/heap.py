@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 # collections then took ~30 ms each under load.
 GC_GEN0_THRESHOLD = 20_000
 
-# ``c3 proxy`` runs with this in its environment (it re-executes itself with it, see
-# ``c3.cli``): every Python object then lives in glibc's heap, whose free pages
+# ``c3 proxy`` is to run with this in its environment (the chart sets it; ``c3 proxy`` warns
+# without it): every Python object then lives in glibc's heap, whose free pages
 # ``malloc_trim`` gives back wherever they are. pymalloc's own 1 MiB arenas go back only when
 # wholly empty, and a few objects that outlive a crowd of polls (a token cache entry, a grown
 # set) pin most of them: measured, 28 % came back with pymalloc, 93 % with malloc.
