@@ -12,7 +12,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,14 @@ def resident_bytes() -> int:
         return 0
 
 
-def give_back_memory(malloc_trim: Callable[[], object] | None = None) -> None:
+async def give_back_memory(malloc_trim: Callable[[], object] | None = None) -> None:
     """Free what only a collection frees (cycles: frames, futures, exceptions), then hand the
-    allocator's free pages back to the system."""
+    allocator's free pages back to the system. The trim walks the whole heap (measured: 2.4 s
+    for ~90 MiB on a loaded machine): it runs in a thread, without the GIL (ctypes lets it go),
+    so requests go on meanwhile (their allocations mostly come from glibc's per-thread cache)."""
     gc.collect()
     if malloc_trim is not None:
-        malloc_trim()
+        await asyncio.to_thread(malloc_trim)
 
 
 class HeapTrimmer:
@@ -92,7 +94,7 @@ class HeapTrimmer:
         *,
         min_fall: int = TRIM_MIN_FALL,
         settle_s: float = TRIM_SETTLE_S,
-        release: Callable[[], None] | None = None,
+        release: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._open_long_polls = open_long_polls
@@ -107,7 +109,7 @@ class HeapTrimmer:
         self._fell_at: float | None = None  # when they were first seen fallen by a crowd
         self._task: asyncio.Task[None] | None = None
 
-    def check(self) -> bool:
+    async def check(self) -> bool:
         """One look; True if memory was given back."""
         now_open = self._open_long_polls()
         if now_open >= self._most:
@@ -126,7 +128,7 @@ class HeapTrimmer:
             return False
         before = resident_bytes()
         began = time.perf_counter()
-        self._release()
+        await self._release()
         log.info(
             "gave memory back after %d long-polls ended (%d open): resident %.1f -> %.1f MiB "
             "in %.0f ms",
@@ -156,6 +158,6 @@ class HeapTrimmer:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                self.check()
+                await self.check()
             except Exception:
                 log.exception("giving memory back failed")

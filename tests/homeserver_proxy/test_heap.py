@@ -19,7 +19,7 @@ class Crowd:
         self.trims = 0
 
     def trimmer(self, *, min_fall: int = 1000, settle_s: float = 12.0) -> HeapTrimmer:
-        def release() -> None:
+        async def release() -> None:
             self.trims += 1
 
         return HeapTrimmer(
@@ -30,65 +30,65 @@ class Crowd:
             clock=lambda: self.now,
         )
 
-    def look(self, trimmer: HeapTrimmer, *, after_s: float = 5.0) -> bool:
+    async def look(self, trimmer: HeapTrimmer, *, after_s: float = 5.0) -> bool:
         self.now += after_s
-        return trimmer.check()
+        return await trimmer.check()
 
 
-def test_memory_goes_back_once_a_crowd_of_polls_has_ended_and_settled() -> None:
+async def test_memory_goes_back_once_a_crowd_of_polls_has_ended_and_settled() -> None:
     crowd = Crowd()
     trimmer = crowd.trimmer()
     crowd.open = 3000
-    assert not crowd.look(trimmer)
+    assert not await crowd.look(trimmer)
     crowd.open = 10  # the polls were answered
-    assert not crowd.look(trimmer)  # their upstream connections are still in the pool
-    assert not crowd.look(trimmer)  # 5 s
-    assert not crowd.look(trimmer)  # 10 s
-    assert crowd.look(trimmer)  # 15 s: settled
+    assert not await crowd.look(trimmer)  # their upstream connections are still in the pool
+    assert not await crowd.look(trimmer)  # 5 s
+    assert not await crowd.look(trimmer)  # 10 s
+    assert await crowd.look(trimmer)  # 15 s: settled
     assert crowd.trims == 1
     for _ in range(5):  # once per crowd, not again while nothing changes
-        assert not crowd.look(trimmer)
+        assert not await crowd.look(trimmer)
     assert crowd.trims == 1
 
 
-def test_polls_coming_and_going_in_small_numbers_never_trim() -> None:
+async def test_polls_coming_and_going_in_small_numbers_never_trim() -> None:
     crowd = Crowd()
     trimmer = crowd.trimmer()
     for step in range(100):
         crowd.open = 500 + (step % 2) * 400  # 900 -> 500 -> 900: a fall of 400
-        crowd.look(trimmer)
+        await crowd.look(trimmer)
     assert crowd.trims == 0
 
 
-def test_a_crowd_that_comes_back_before_settling_is_not_trimmed() -> None:
+async def test_a_crowd_that_comes_back_before_settling_is_not_trimmed() -> None:
     crowd = Crowd()
     trimmer = crowd.trimmer()
     crowd.open = 4000
-    crowd.look(trimmer)
+    await crowd.look(trimmer)
     crowd.open = 100  # a reconnect wave: all answered at once...
-    crowd.look(trimmer)
+    await crowd.look(trimmer)
     crowd.open = 3900  # ... and all parked again
     for _ in range(10):
-        assert not crowd.look(trimmer)
+        assert not await crowd.look(trimmer)
     assert crowd.trims == 0
 
 
-def test_a_fall_by_less_than_half_is_not_a_crowd_ending() -> None:
+async def test_a_fall_by_less_than_half_is_not_a_crowd_ending() -> None:
     crowd = Crowd()
     trimmer = crowd.trimmer()
     crowd.open = 10_000
-    crowd.look(trimmer)
+    await crowd.look(trimmer)
     crowd.open = 6_000  # 4,000 fewer, but most are still parked
     for _ in range(10):
-        crowd.look(trimmer)
+        await crowd.look(trimmer)
     assert crowd.trims == 0
     crowd.open = 4_000
     for _ in range(4):
-        crowd.look(trimmer)
+        await crowd.look(trimmer)
     assert crowd.trims == 1
 
 
-def test_giving_memory_back_frees_cycles_and_runs_the_trim() -> None:
+async def test_giving_memory_back_frees_cycles_and_runs_the_trim() -> None:
     class Node:
         def __init__(self) -> None:
             self.me = self
@@ -98,7 +98,7 @@ def test_giving_memory_back_frees_cycles_and_runs_the_trim() -> None:
     gone = weakref.ref(Node())  # a cycle: reference counting alone never frees it
     gc.disable()
     try:
-        give_back_memory(lambda: trims.append(1))
+        await give_back_memory(lambda: trims.append(1))
     finally:
         gc.enable()
     assert gone() is None
