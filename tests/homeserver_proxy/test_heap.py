@@ -46,9 +46,13 @@ async def test_memory_goes_back_once_a_crowd_of_polls_has_ended_and_settled() ->
     assert not await crowd.look(trimmer)  # 10 s
     assert await crowd.look(trimmer)  # 15 s: settled
     assert crowd.trims == 1
-    for _ in range(5):  # once per crowd, not again while nothing changes
+    for _ in range(11):  # not again while nothing changes...
         assert not await crowd.look(trimmer)
-    assert crowd.trims == 1
+    assert await crowd.look(trimmer)  # ... but once more a minute later (the aftermath)
+    assert crowd.trims == 2
+    for _ in range(30):  # and then no more
+        assert not await crowd.look(trimmer)
+    assert crowd.trims == 2
 
 
 async def test_polls_coming_and_going_in_small_numbers_never_trim() -> None:
