@@ -298,8 +298,8 @@ async def measure_target(
     # The server notices the hang-ups; the upstream connections the polls left idle close after
     # the pool's keep-alive (5 s, looked at as often), and c3 proxy gives memory back once the
     # polls have been gone 12 s (checked every 5 s: heap.HeapTrimmer), and once more a minute
-    # later (metering's whoami of each first-seen token holds memory a while): 90 s.
-    await asyncio.sleep(90)
+    # later (metering's whoami of each first-seen token holds memory a while): 100 s.
+    await asyncio.sleep(100)
     rss_closed = rss_bytes(pid)
     full = steps[-1]["rss"]
     per_thousand = (full - rss_before) / (args.polls / 1000)

@@ -137,10 +137,10 @@ class HeapTrimmer:
             return False
         if now - self._fell_at < self._settle_s:
             return False
-        await self._give_back(f"after {fall} long-polls ended", now_open)
         self._most = now_open
         self._fell_at = None
-        self._follow_up_at = self._clock() + self._follow_up_s
+        self._follow_up_at = now + self._follow_up_s
+        await self._give_back(f"after {fall} long-polls ended", now_open)
         return True
 
     async def _give_back(self, why: str, now_open: int) -> None:
