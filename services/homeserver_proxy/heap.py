@@ -26,7 +26,7 @@ GC_GEN0_THRESHOLD = 20_000
 # without it): every Python object then lives in glibc's heap, whose free pages
 # ``malloc_trim`` gives back wherever they are. pymalloc's own 1 MiB arenas go back only when
 # wholly empty, and a few objects that outlive a crowd of polls (a token cache entry, a grown
-# set) pin most of them: measured, 28 % came back with pymalloc, 93 % with malloc.
+# set) pin most of them: measured, 25 % came back with pymalloc, 92 % with malloc.
 ALLOCATOR_ENV = ("PYTHONMALLOC", "malloc")
 
 # Memory is given back once the open long-polls have fallen by at least this many, and by at
