@@ -295,8 +295,11 @@ async def measure_target(
     await asyncio.sleep(1)
     rss_answered = rss_bytes(pid)
     await parker.close()
-    # The server notices the hang-ups; c3 proxy checks every 5 s whether to give memory back.
-    await asyncio.sleep(12)
+    # The server notices the hang-ups; the upstream connections the polls left idle close after
+    # the pool's keep-alive (5 s, looked at as often), and c3 proxy gives memory back once the
+    # polls have been gone 12 s (checked every 5 s: heap.HeapTrimmer), and once more a minute
+    # later (metering's whoami of each first-seen token holds memory a while): 100 s.
+    await asyncio.sleep(100)
     rss_closed = rss_bytes(pid)
     full = steps[-1]["rss"]
     per_thousand = (full - rss_before) / (args.polls / 1000)
@@ -387,7 +390,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 )
             if "c3" in args.targets:
                 argv = [sys.executable, "-m", "c3", "proxy"]
-                with child(argv, env, work / "proxy.log") as proxy:
+                # As the chart runs it (homeserver_proxy.heap: memory given back).
+                proxy_env = {**env, "PYTHONMALLOC": "malloc"}
+                with child(argv, proxy_env, work / "proxy.log") as proxy:
                     base = f"http://127.0.0.1:{proxy_port}/t/{slugs[0]}/_matrix/client/versions"
                     wait_until(lambda: _up(base), 60, "c3 proxy")
                     results.append(

@@ -168,11 +168,21 @@ def proxy(
     import uvicorn
 
     from homeserver_proxy.app import ProxyApp
+    from homeserver_proxy.heap import ALLOCATOR_ENV
     from platform_core.http_wall import MATRIX_ANSWERS, guarded_protocol
     from platform_core.settings import get_settings
 
     _logging()
     settings = get_settings()
+    name, value = ALLOCATOR_ENV
+    if settings.proxy_return_memory and os.environ.get(name) != value:
+        # The allocator is chosen when the interpreter starts (the chart sets it).
+        logging.getLogger(__name__).warning(
+            "%s=%s is not set: memory freed after a crowd of long-polls goes back to the "
+            "system only in part (pymalloc keeps most of it; docs/benchmarks.md)",
+            name,
+            value,
+        )
     uvicorn.run(
         ProxyApp(settings, metering=metering, tune_gc=True),
         host=settings.proxy_host,

@@ -31,7 +31,7 @@ from homeserver_proxy.federation import (
 )
 from homeserver_proxy.forwarding import ClientGone, Forwarder, SpoolBudget, is_long_poll
 from homeserver_proxy.guard import Verdict, classify
-from homeserver_proxy.heap import settle_heap
+from homeserver_proxy.heap import HeapTrimmer, settle_heap
 from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
@@ -49,8 +49,9 @@ access_log = logging.getLogger("homeserver_proxy.access")
 
 class ProxyApp:
     def __init__(self, settings: Settings, *, metering: bool = True, tune_gc: bool = False) -> None:
-        """``tune_gc``: ``heap.settle_heap()`` once started (``c3 proxy``, a process of its
-        own; not for an app embedded in another process, e.g. the tests')."""
+        """``tune_gc``: ``heap.settle_heap()`` once started, and (``C3_PROXY_RETURN_MEMORY``)
+        memory given back after crowds of long-polls (``c3 proxy``, a process of its own; not
+        for an app embedded in another process, e.g. the tests')."""
         self.settings = settings
         self._tune_gc = tune_gc
         self.keys = keys_for(settings)
@@ -105,6 +106,11 @@ class ProxyApp:
             timeout_s=settings.wake_timeout_s,
             flush_interval_s=settings.usage_flush_interval_s,
         )
+        self.trimmer = (
+            HeapTrimmer(lambda: self.metrics.open_long_polls)
+            if tune_gc and settings.proxy_return_memory
+            else None
+        )
         self._public_base = settings.effective_proxy_public_url
         self._federation_port = public_port(self._public_base)
 
@@ -128,12 +134,16 @@ class ProxyApp:
                 if self.metering:
                     self.flusher.start()
                 self.wake.start()
+                if self.trimmer is not None:
+                    self.trimmer.start()
                 if self._tune_gc:  # last: everything start-up made is frozen
                     settle_heap()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.routes.stop()
                 await self.wake.stop()
+                if self.trimmer is not None:
+                    await self.trimmer.stop()
                 await self.token_users.settle(deadline_s=2.0)
                 await self.flusher.stop()
                 await self.forwarder.stop()

@@ -95,6 +95,11 @@ _SPOOL_READ = 256 * 1024
 _SYNC = re.compile(r"^/_matrix/client/(?:r0|v3|unstable/[^/]+)/(?:sync|events)$")
 _MEDIA_UPLOAD = re.compile(r"^/_matrix/(?:media/(?:r0|v3|v1)|client/v1/media)/upload")
 _MAX_LONG_POLL_MS = 120_000
+# An idle upstream connection is closed after this long (aiohttp looks as often). Long enough
+# for a client's next poll or request (they follow at once); short enough that the thousands a
+# crowd of ended long-polls leaves in the pool (~6 KB each, and a socket on the homeserver)
+# are gone seconds later, not after a minute (heap.TRIM_SETTLE_S waits for them).
+UPSTREAM_KEEPALIVE_S = 5.0
 
 
 # One timeout object per kind of route, made once: aiohttp only reads them, and a new one per
@@ -365,7 +370,10 @@ class Forwarder:
                 "proxy's spool volume there, or leave it unset for the system temp directory)"
             )
         connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True
+            limit=0,
+            limit_per_host=0,
+            keepalive_timeout=UPSTREAM_KEEPALIVE_S,
+            enable_cleanup_closed=True,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

@@ -135,6 +135,10 @@ class ProxyMetrics(Collector):
     def long_poll_closed(self) -> None:
         self._long_polls -= 1
 
+    @property
+    def open_long_polls(self) -> int:
+        return self._long_polls
+
     def batch_flushed(self) -> None:
         self._batches_flushed += 1
 

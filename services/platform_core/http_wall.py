@@ -127,7 +127,43 @@ class _LingeringTransport:
         return self._protocol._lingering or self._transport.is_closing()
 
 
+class _ListEvent(asyncio.Event):
+    """An ``asyncio.Event`` whose waiters are kept in a list instead of a deque: uvicorn makes
+    one per connection and one per request, an empty deque is 624 bytes and a list 56, and
+    such an event has one waiter at most (the request's task). ``Event`` only appends,
+    removes and iterates its waiters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters = []  # type: ignore[assignment]
+
+
+class _Pipeline(list[Any]):
+    """uvicorn's queue of pipelined requests, as a list (the deque it makes is 624 bytes empty,
+    per connection, and is nearly always empty): uvicorn only ``appendleft``s, ``pop``s and
+    tests it."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    # Our per-connection state in slots: in uvicorn's instance dict it took that past the
+    # size CPython shares keys up to (30), and each connection got a 1.5 KB dict of its own.
+    __slots__ = (
+        "_timer",
+        "_deadline",
+        "_reading_head",
+        "_reading_body",
+        "_head_bytes",
+        "_head_fields",
+        "_lingering",
+        "_lingered_bytes",
+        "_linger_timer",
+        "_socket",
+    )
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S
     max_head_bytes: int = MAX_HEAD_BYTES
@@ -137,6 +173,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.pipeline = _Pipeline()  # type: ignore[assignment]
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None  # of the head or body being received, if any
         self._reading_head = True
@@ -152,6 +189,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._socket = transport
         super().connection_made(cast(asyncio.Transport, _LingeringTransport(transport, self)))
+        writable = self.flow._is_writable_event = _ListEvent()
+        writable.set()  # as uvicorn's: writable until the transport says otherwise
         self._expect(self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -237,7 +276,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if url[:1] not in (b"/", b"*"):
             self._check_absolute_target(url)
         self._expect(self.body_timeout)
+        earlier = self.cycle
         super().on_headers_complete()
+        if self.cycle is not earlier:  # a new request: its task has not run, nothing waits
+            self.cycle.message_event = _ListEvent()
 
     def on_message_complete(self) -> None:
         self._reading_body = False

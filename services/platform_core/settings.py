@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     # at most the budget: a request that would pass it gets 503 M_LIMIT_EXCEEDED first.
     proxy_spool_dir: Path | None = None
     proxy_spool_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    # Parked long-polls (homeserver_proxy.heap): `c3 proxy` gives memory back to the system
+    # once a crowd of long-polls has ended; wholly only on glibc's allocator (PYTHONMALLOC=malloc
+    # in its environment, as the chart sets it), else it warns at start.
+    proxy_return_memory: bool = True
 
     @field_validator("object_store_url")
     @classmethod
