@@ -190,9 +190,14 @@ class LocalPlatform:
         logs.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(logs / f"{child.name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         out = os.fdopen(fd, "ab")  # owned by the child
+        env = self.env
+        if child.name == "proxy":  # as the chart runs it (homeserver_proxy.heap.ALLOCATOR_ENV)
+            from homeserver_proxy.heap import ALLOCATOR_ENV
+
+            env = {**env, ALLOCATOR_ENV[0]: ALLOCATOR_ENV[1]}
         child.process = subprocess.Popen(
             child.argv,
-            env=self.env,
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
