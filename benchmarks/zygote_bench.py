@@ -43,26 +43,14 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT / "services"))
+sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.density_bench import rss_pss  # noqa: E402
 from provisioner.backends.base import HomeserverTarget  # noqa: E402
 from provisioner.backends.local import LocalBackend  # noqa: E402
 from provisioner.synapse_config import HomeserverSecrets  # noqa: E402
 
 MIB = 1024 * 1024
-
-
-def rss_pss(pid: int) -> tuple[int, int]:
-    rss = pss = 0
-    try:
-        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-    except OSError:
-        return 0, 0
-    for line in lines:
-        if line.startswith("Rss:"):
-            rss = int(line.split()[1]) * 1024
-        elif line.startswith("Pss:"):
-            pss = int(line.split()[1]) * 1024
-    return rss, pss
 
 
 def wait_healthy(

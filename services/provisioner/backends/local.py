@@ -40,7 +40,14 @@ from provisioner.backends.base import (
     spec_for,
     store_archive,
 )
-from provisioner.backends.zygote import Zygote, ZygoteError, alive, fingerprint, forked_in
+from provisioner.backends.zygote import (
+    Zygote,
+    ZygoteError,
+    alive,
+    fingerprint,
+    forked_in,
+    live_process,
+)
 from provisioner.malloc import synapse_environment
 from provisioner.synapse_config import write_homeserver_files
 
@@ -295,16 +302,10 @@ class LocalBackend(Backend):
     # Process identity ------------------------------------------------------------------
 
     def _live_pid(self, tenant_id: str) -> int | None:
-        try:
-            pid = int(self._pid_path(tenant_id).read_text().strip())
-        except (FileNotFoundError, ValueError):
+        found = live_process(self._pid_path(tenant_id))
+        if found is None:
             return None
-        if not alive(pid):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
-        except OSError:
-            return None
+        pid, cmdline = found
         if str(self._config_path(tenant_id)).encode() in cmdline:
             return pid
         if forked_in(pid, self.tenant_dir(tenant_id)):

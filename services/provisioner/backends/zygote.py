@@ -229,19 +229,10 @@ class Zygote:
                 fcntl.flock(file, fcntl.LOCK_UN)
 
     def _live_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        if not alive(pid):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
-        except OSError:
-            return None
-        if str(self.socket_path).encode() not in cmdline:
-            return None  # the pid was recycled
-        return pid
+        found = live_process(self.pid_path)
+        if found is None or str(self.socket_path).encode() not in found[1]:
+            return None  # none, or the pid was recycled
+        return found[0]
 
     def _log_tail(self) -> str:
         try:
@@ -249,6 +240,21 @@ class Zygote:
         except OSError:
             return "no log"
         return " | ".join(text.strip().splitlines()[-3:])[-500:] or "no output"
+
+
+def live_process(pid_file: Path) -> tuple[int, list[bytes]] | None:
+    """The live process a pid file names, with its command line (to tell it from a process
+    that got a recycled pid); None when the file or the process is gone."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not alive(pid):
+        return None
+    try:
+        return pid, Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
+    except OSError:
+        return None
 
 
 def forked_in(pid: int, directory: Path) -> bool:
