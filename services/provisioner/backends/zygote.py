@@ -205,16 +205,10 @@ class Zygote:
             sock.connect(str(self.socket_path))
             sock.settimeout(_ANSWER_TIMEOUT_S)
             sock.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        try:
-            answer = json.loads(data)
-        except ValueError:
-            raise ConnectionRefusedError("the zygote hung up") from None
+            try:
+                answer = json.loads(zygote_server.read_line(sock))
+            except ValueError:
+                raise ConnectionRefusedError("the zygote hung up") from None
         return answer if isinstance(answer, dict) else {}
 
     @contextlib.contextmanager

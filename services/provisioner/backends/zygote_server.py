@@ -129,7 +129,9 @@ def _serve(listener: socket.socket, path: str, inode: int, fingerprint: str) -> 
             _answer(conn, {"pid": pid})
 
 
-def _read_request(conn: socket.socket) -> dict[str, Any]:
+def read_line(conn: socket.socket) -> bytes:
+    """One newline-ended message of the protocol (both sides read them so); what came when the
+    peer hung up early."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = conn.recv(4096)
@@ -138,7 +140,11 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
         data += chunk
         if len(data) > _MAX_REQUEST:
             raise ValueError("too long")
-    request = json.loads(data)
+    return data
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    request = json.loads(read_line(conn))
     if not isinstance(request, dict):
         raise ValueError("not an object")
     if request.get("ping"):
