@@ -11,6 +11,7 @@ growing delays and errors in the operation's history.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ from psycopg.conninfo import make_conninfo
 
 from c3.local_run import EmbeddedRedis
 from provisioner import tenant_databases
+from provisioner.backends.zygote_server import MARKER
 from tests.helpers.environment import isolated_platform
 from tests.helpers.platform import RunningPlatform, kill_worker, poll
 
@@ -135,7 +137,14 @@ def homeserver_processes(data_dir: Path) -> dict[str, list[psutil.Process]]:
     for proc in psutil.process_iter(["cmdline", "status"]):
         if proc.info["status"] == "zombie":
             continue
-        for arg in proc.info["cmdline"] or []:
+        cmdline = proc.info["cmdline"] or []
+        if MARKER in cmdline:  # the Synapse zygote or a homeserver it forked: by working dir
+            with contextlib.suppress(psutil.Error):
+                cwd = proc.cwd() + os.sep
+                if cwd.startswith(root) and not cwd.startswith(root + "."):
+                    found[cwd.removeprefix(root).split(os.sep)[0]].append(proc)
+            continue
+        for arg in cmdline:
             if arg.startswith(root):
                 found[arg.removeprefix(root).split(os.sep)[0]].append(proc)
                 break
