@@ -145,8 +145,9 @@ def homeserver_processes(data_dir: Path) -> dict[str, list[psutil.Process]]:
                     found[cwd.removeprefix(root).split(os.sep)[0]].append(proc)
             continue
         for arg in cmdline:
-            if arg.startswith(root):
-                found[arg.removeprefix(root).split(os.sep)[0]].append(proc)
+            name = arg.removeprefix(root).split(os.sep)[0]
+            if arg.startswith(root) and not name.startswith("."):  # .zygote: no tenant's
+                found[name].append(proc)
                 break
     return found
 
@@ -164,8 +165,10 @@ def configured_port(running: RunningPlatform, tenant_id: str) -> int:
 
 def assert_one_homeserver_each(running: RunningPlatform, tenant_ids: set[str]) -> None:
     """Exactly one live homeserver process per tenant — the one its pid file names — each
-    listening on its own port; no data directory and no process for anything else."""
-    directories = {p.name for p in (running.data_dir / "homeservers").iterdir()}
+    listening on its own port; no data directory and no process for anything else (the Synapse
+    zygote's ``.zygote`` directory belongs to no tenant)."""
+    homeservers = running.data_dir / "homeservers"
+    directories = {p.name for p in homeservers.iterdir() if not p.name.startswith(".")}
     assert directories == tenant_ids
     processes = homeserver_processes(running.data_dir)
     assert set(processes) == tenant_ids, {t: [p.pid for p in ps] for t, ps in processes.items()}
