@@ -169,6 +169,7 @@ def proxy(
 
     from homeserver_proxy.app import ProxyApp
     from homeserver_proxy.heap import ALLOCATOR_ENV
+    from homeserver_proxy.relay import RelayProtocol
     from platform_core.http_wall import MATRIX_ANSWERS, guarded_protocol
     from platform_core.settings import get_settings
 
@@ -189,8 +190,10 @@ def proxy(
         port=settings.proxy_port,
         loop="uvloop",
         # httptools (llhttp) is the strict parser; the subclass adds the header and body
-        # timeouts and the head size cap (platform_core.http_wall).
+        # timeouts and the head size cap (platform_core.http_wall), and the fast lane in front
+        # of it relays plain requests without the ASGI app (homeserver_proxy.relay).
         http=guarded_protocol(
+            base=RelayProtocol,
             answers=MATRIX_ANSWERS,
             header_timeout=settings.proxy_header_timeout_s,
             body_timeout=settings.proxy_body_timeout_s,

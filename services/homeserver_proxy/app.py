@@ -36,6 +36,7 @@ from homeserver_proxy.identity import TokenUsers, whoami
 from homeserver_proxy.limits import TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter, UsageFlusher, UsageMeter
 from homeserver_proxy.proxy_metrics import MetricsListener, ProxyMetrics, RouteClass, route_class
+from homeserver_proxy.relay import UpstreamPool
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
 from homeserver_proxy.wake import Waker
 from platform_core.logging import request_context, request_id_from, tenant_id_var
@@ -59,10 +60,14 @@ class ProxyApp:
         self.routes = RouteTable(
             self.redis, self.keys, refresh_interval=settings.proxy_route_reload_interval_s
         )
+        public_scheme = urlsplit(settings.effective_proxy_public_url).scheme
         self.forwarder = Forwarder(
-            public_scheme=urlsplit(settings.effective_proxy_public_url).scheme,
+            public_scheme=public_scheme,
             spool_budget=SpoolBudget(settings.proxy_spool_budget_bytes, settings.proxy_spool_dir),
         )
+        # The fast lane's (relay.RelayProtocol) connections to the homeservers.
+        self.relay_pool = UpstreamPool()
+        self.public_scheme = (public_scheme or "http").encode()
         self.meter = UsageMeter()
         # Each client address gets a share of its tenant's budget: one client (however many
         # connections it opens) cannot use up what the tenant's other users need.
@@ -146,6 +151,7 @@ class ProxyApp:
                     await self.trimmer.stop()
                 await self.token_users.settle(deadline_s=2.0)
                 await self.flusher.stop()
+                self.relay_pool.close()
                 await self.forwarder.stop()
                 await self.redis.aclose()
                 if self._metrics_listener is not None:

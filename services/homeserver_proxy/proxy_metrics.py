@@ -107,6 +107,8 @@ class ProxyMetrics(Collector):
         self._refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self._long_polls = 0
         self._batches_flushed = 0
+        # Requests the fast lane (relay) forwarded itself; the rest went through the ASGI app.
+        self.relayed = 0
         self._pending_batches: Callable[[], int] = lambda: 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -191,6 +193,11 @@ class ProxyMetrics(Collector):
             "c3_proxy_open_long_polls",
             "Long-polls (/sync, /events) parked at the homeservers right now",
             value=self._long_polls,
+        )
+        yield CounterMetricFamily(
+            "c3_proxy_fast_lane_requests",
+            "Requests forwarded by the proxy's fast lane (the rest went through its ASGI app)",
+            value=self.relayed,
         )
         yield CounterMetricFamily(
             "c3_proxy_usage_batches_flushed",

@@ -94,6 +94,15 @@ class Waker:
             return route, receive
         return await self._held(route, receive)
 
+    def awake(self, route: Route) -> bool:
+        """``ready`` for the fast lane (``relay``): True (and the tenant seen) when its
+        homeserver is awake and not healing, else False (the request goes through ``ready``)."""
+        tenant_id = route.tenant_id
+        if route.asleep or tenant_id in self._healing:
+            return False
+        self._seen[tenant_id] = time.time()
+        return True
+
     def after_failure(self, route: Route, exc: errors.MatrixError) -> errors.MatrixError:
         """The error to answer for a failed forward: a refused connection asks for the wake
         that restarts the homeserver (later requests are held until it is back) and answers

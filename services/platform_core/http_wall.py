@@ -353,6 +353,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 def guarded_protocol(
     *,
+    base: type[GuardedHttpToolsProtocol] = GuardedHttpToolsProtocol,
     answers: WallAnswers,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
@@ -360,10 +361,11 @@ def guarded_protocol(
     linger: float = DEFAULT_LINGER_S,
     linger_bytes: int = DEFAULT_LINGER_BYTES,
 ) -> type[GuardedHttpToolsProtocol]:
-    """The protocol class for ``uvicorn.run(http=...)`` with these limits and answers."""
+    """The protocol class for ``uvicorn.run(http=...)`` with these limits and answers
+    (``base``: the gate itself or a subclass of it)."""
     return type(
-        "GuardedHttpToolsProtocol",
-        (GuardedHttpToolsProtocol,),
+        base.__name__,
+        (base,),
         {
             "header_timeout": header_timeout,
             "body_timeout": body_timeout,

@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     # once a crowd of long-polls has ended; wholly only on glibc's allocator (PYTHONMALLOC=malloc
     # in its environment, as the chart sets it), else it warns at start.
     proxy_return_memory: bool = True
+    # The proxy's fast lane (homeserver_proxy.relay): plain client requests relayed at the
+    # protocol level; off, every request goes through the ASGI app and aiohttp.
+    proxy_relay: bool = True
 
     @field_validator("object_store_url")
     @classmethod

@@ -1,0 +1,885 @@
+"""The proxy's fast lane: plain client requests relayed at the protocol level, the ASGI app for
+everything else (issue 16, "A hot path that costs a third"; measured in docs/benchmarks.md).
+
+Profiled, ~57 % of the proxy's CPU per request was the aiohttp client and ~20 % uvicorn's ASGI
+response path: Python-level operations of two general HTTP stacks, not parsing or syscalls. So
+``RelayProtocol`` (the ``http=`` protocol of ``c3 proxy``, a subclass of the gate in
+``platform_core.http_wall``) reads each request head itself and, when the request is a plain
+one, relays it without a task, an ASGI scope's messages or an aiohttp request:
+
+- **Which requests.** HTTP/1.1 ``GET``/``PUT``/``POST``/``DELETE``/``OPTIONS`` whose head is
+  strictly well formed (one regular expression over the whole head: tokens for names, no
+  control bytes, CRLF line ends, no obs-fold), with exactly one valid ``Host``, at most one
+  decimal ``Content-Length`` of at most 1 MiB, no ``Transfer-Encoding``, ``Expect`` or
+  ``Upgrade``, an origin-form target without ``%`` or ``#``, for a tenant in the route table's
+  memory that is active and awake, whose path the guard forwards (``Verdict.FORWARD``), and
+  which is neither a login (its answer is rewritten), a single sign-on start, nor a request
+  that external participants' confinement looks at. That is nearly every request of a client
+  that is signed in: sync, send, state, keys, receipts, profile, media of its own.
+- **Everything else goes to the ASGI app exactly as before** (``ProxyApp`` on uvicorn, aiohttp
+  upstream): the bytes of the request, from its first, are handed to the uvicorn protocol this
+  class is, which parses them with llhttp and refuses or serves them as it always did: uploads
+  over 1 MiB and chunked bodies (streamed or spooled), federation, well-knowns, logins, SSO,
+  sleeping tenants (held while one wake is asked for), tenants not yet in memory, malformed
+  paths, websockets, HTTP/1.0. Once that request is answered and the connection is idle again,
+  the next one is looked at here again.
+- **The same guards, limits and meters**, called as the app calls them: the route table, the
+  guard's ``classify``, ``TenantLimiter.admit`` and the tenant slot, the waker's last-seen,
+  ``ExchangeMeter.record`` with the same ``ForwardResult``, the proxy's metrics, the request
+  id, ``X-Forwarded-*`` and the hop-by-hop filter of ``forwarding``, the homeserver's
+  ``Server`` header dropped. A refusal (429, 503) is the same Matrix error, answered here.
+- **Upstream**: a pool of kept-alive HTTP/1.1 connections per homeserver (idle ones closed
+  after ``forwarding.UPSTREAM_KEEPALIVE_S``), one request at a time each; the request head and
+  body go in one write; the answer is parsed by llhttp (``httptools.HttpResponseParser``) and
+  written to the client as it arrives (one write per upstream read; a chunked answer re-chunked),
+  with backpressure both ways. A billable answer (``Kind.captures_response``) is held whole for
+  metering, as before. A connection the homeserver refused asks the waker to heal, as before.
+- **Long-polls**: a parked ``/sync`` is two sockets, two protocol objects and this exchange —
+  no task. A client that hangs up closes its homeserver connection at once; any other request
+  whose client left is finished (and metered: the homeserver did the work) without an answer.
+- **Timeouts**: the head, body and keep-alive timeouts of the gate, and the upstream timeouts of
+  ``forwarding.upstream_timeout`` (a 504 if nothing was answered yet).
+
+aiohttp stays the client of the ASGI path and of the proxy's own calls (``whoami``, ``/health``).
+``C3_PROXY_RELAY=false`` turns the fast lane off (every request through the ASGI app).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+from homeserver_proxy import billable, errors
+from homeserver_proxy.billable import Kind
+from homeserver_proxy.client_address import client_address
+from homeserver_proxy.client_urls import is_login, starts_sso
+from homeserver_proxy.confinement import _confinable
+from homeserver_proxy.forwarding import (
+    _HOP_BY_HOP_UNDERSCORED,
+    _RESPONSE_DROP,
+    _SPOOL_IN_MEMORY,
+    HOP_BY_HOP,
+    UPSTREAM_KEEPALIVE_S,
+    ForwardResult,
+    is_long_poll,
+    upstream_timeout,
+)
+from homeserver_proxy.guard import Verdict, classify
+from homeserver_proxy.limits import Admission
+from homeserver_proxy.proxy_metrics import route_class
+from homeserver_proxy.routing import normalize_host, split_slug_prefix, valid_host
+from platform_core.http_wall import GuardedHttpToolsProtocol
+from platform_core.logging import request_id_from
+from platform_core.routes import Route, host_field, slug_field
+
+if TYPE_CHECKING:
+    from homeserver_proxy.app import ProxyApp
+
+
+def _access_line(scope: dict[str, Any], status: int, seconds: float) -> None:
+    from homeserver_proxy import app
+
+    app._access_line(scope, status, seconds)
+
+log = logging.getLogger(__name__)
+
+# A whole request head (without its final CRLF CRLF) that the fast lane takes: request line,
+# then header lines of a token, a colon and a value of visible characters, spaces and tabs.
+_HEAD = re.compile(
+    rb"(?:GET|PUT|POST|DELETE|OPTIONS) /[!-~]* HTTP/1\.1"
+    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*"
+)
+_CONNECT_TIMEOUT_S = 5.0
+_CLOSE = b"close"
+
+
+class _Handover(Exception):
+    """This request is for the ASGI app."""
+
+
+class _Request:
+    """One parsed request of the fast lane."""
+
+    __slots__ = ("method", "target", "headers", "host", "length", "close", "request_id")
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host = b""
+        self.length = 0
+        self.close = False
+        self.request_id: bytes | None = None
+
+
+def _parse_head(head: bytes) -> _Request:
+    """The request of a head ``_HEAD`` matched, or ``_Handover`` for what the fast lane leaves
+    to the ASGI app (and its stricter or more general checks)."""
+    lines = head.split(b"\r\n")
+    method, target, _version = lines[0].split(b" ")
+    if b"%" in target or b"#" in target:
+        raise _Handover
+    request = _Request()
+    request.method = method.decode()
+    request.target = target
+    headers = request.headers
+    hosts = lengths = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        value = value.strip(b" \t")
+        if name == b"host":
+            hosts += 1
+            request.host = value
+        elif name == b"content-length":
+            lengths += 1
+            if not value.isdigit():
+                raise _Handover
+            request.length = int(value)
+        elif name == b"connection":
+            if value.lower() == _CLOSE:
+                request.close = True
+            elif value.lower() != b"keep-alive":
+                raise _Handover  # upgrade, or a list of options
+            continue
+        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
+            raise _Handover
+        elif name == b"x-request-id":
+            request.request_id = value
+            continue
+        headers.append((name, value))
+    if hosts != 1 or lengths > 1 or not valid_host(request.host):
+        raise _Handover
+    if request.length > _SPOOL_IN_MEMORY:
+        raise _Handover  # streamed by the forwarder
+    return request
+
+
+def _error_response(exc: errors.MatrixError, request_id: bytes, close: bool) -> bytes:
+    """``exc`` as ``errors.MatrixError.send`` answers it, in bytes."""
+    body = json.dumps({"errcode": exc.errcode, "error": exc.error, **exc.extra}).encode()
+    head = [
+        STATUS_LINE[exc.status],
+        b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+        b"cache-control: no-store\r\naccess-control-allow-origin: *\r\n",
+    ]
+    head.extend(b"%s: %s\r\n" % header for header in exc.headers)
+    head.append(b"x-request-id: " + request_id + b"\r\n")
+    if close:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    head.append(body)
+    return b"".join(head)
+
+
+class _Upstream(asyncio.Protocol):
+    """One kept-alive connection to a homeserver; carries one exchange at a time."""
+
+    __slots__ = ("pool", "key", "transport", "parser", "exchange", "idle_since", "_headers")
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: _Exchange | None = None
+        self.idle_since = 0.0
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.forget(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.upstream_lost()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            exchange, self.exchange = self.exchange, None
+            assert self.transport is not None
+            self.transport.close()
+            if exchange is not None:
+                exchange.upstream_lost()
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.flush()
+
+    def pause_writing(self) -> None:  # a request body bigger than the socket buffer
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # llhttp callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        headers, self._headers = self._headers, []
+        if self.exchange is not None:
+            self.exchange.answer_head(self.parser.get_status_code(), headers)
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.answer_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.answer_complete(reusable=self.parser.should_keep_alive())
+
+
+class UpstreamPool:
+    """Idle kept-alive connections per homeserver (host, port), newest first out."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], list[_Upstream]] = {}
+        self._keys: dict[str, tuple[str, int]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def key(self, upstream: str) -> tuple[str, int]:
+        key = self._keys.get(upstream)
+        if key is None:
+            host, _, port = upstream.removeprefix("http://").rstrip("/").rpartition(":")
+            key = self._keys[upstream] = (host.strip("[]"), int(port))
+        return key
+
+    def take(self, key: tuple[str, int]) -> _Upstream | None:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            transport = connection.transport
+            if transport is not None and not transport.is_closing():
+                return connection
+        return None
+
+    def give_back(self, connection: _Upstream, now: float) -> None:
+        connection.idle_since = now
+        self._idle.setdefault(connection.key, []).append(connection)
+        if self._sweeper is None:
+            loop = self._loop = self._loop or asyncio.get_running_loop()
+            self._sweeper = loop.call_later(1.0, self._sweep)
+
+    def forget(self, connection: _Upstream) -> None:
+        idle = self._idle.get(connection.key)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than ``UPSTREAM_KEEPALIVE_S``."""
+        self._sweeper = None
+        cutoff = time.monotonic() - UPSTREAM_KEEPALIVE_S
+        left = 0
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for connection in idle:
+                if connection.idle_since < cutoff:
+                    if connection.transport is not None:
+                        connection.transport.close()
+                else:
+                    keep.append(connection)
+            if keep:
+                self._idle[key] = keep
+                left += len(keep)
+            else:
+                del self._idle[key]
+        if left and self._loop is not None:
+            self._sweeper = self._loop.call_later(1.0, self._sweep)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                if connection.transport is not None:
+                    connection.transport.close()
+        self._idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+
+class _Exchange:
+    """One relayed request: upstream and back, then metered and counted."""
+
+    __slots__ = (
+        "client",
+        "app",
+        "route",
+        "scope",
+        "path",
+        "kind",
+        "admission",
+        "long_poll",
+        "request_id",
+        "body",
+        "close",
+        "began",
+        "sent_at",
+        "first_byte_s",
+        "upstream",
+        "status",
+        "out",
+        "capture",
+        "held",
+        "chunked",
+        "answered",
+        "bytes_out",
+        "timer",
+        "client_gone",
+        "no_body",
+        "finished",
+        "metrics_route",
+    )
+
+    def __init__(self, client: RelayProtocol, app: ProxyApp) -> None:
+        self.client = client
+        self.app = app
+        self.upstream: _Upstream | None = None
+        self.status = 0
+        self.out: list[bytes] = []
+        self.held: list[bytes] | None = None
+        self.chunked = False
+        self.answered = False  # the answer's head went to the client
+        self.bytes_out = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.client_gone = False
+        self.no_body = False
+        self.finished = False
+        self.first_byte_s: float | None = None
+        self.admission: Admission | None = None
+        self.long_poll = False
+
+    # Upstream's answer ------------------------------------------------------------------
+
+    def answer_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.first_byte_s = time.perf_counter() - self.sent_at
+        self.status = status
+        length: bytes | None = None
+        out = [STATUS_LINE[status] if status in STATUS_LINE else b"HTTP/1.1 %d \r\n" % status]
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _RESPONSE_DROP or lower == b"x-request-id":
+                continue
+            if lower == b"content-length":
+                length = value
+                continue
+            out.append(b"%s: %s\r\n" % (lower, value))
+        out.append(b"x-request-id: " + self.request_id + b"\r\n")
+        self.no_body = status in (204, 304) or 100 <= status < 200
+        if self.capture and 200 <= status < 300 and not self.no_body:
+            self.held = []  # the whole body, for metering; its length once it is complete
+        elif length is not None:
+            out.append(b"content-length: " + length + b"\r\n")
+        elif not self.no_body:
+            self.chunked = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        if self.close:
+            out.append(b"connection: close\r\n")
+        if self.held is None:
+            out.append(b"\r\n")
+        self.out = out
+
+    def answer_body(self, body: bytes) -> None:
+        if self.held is not None:
+            self.held.append(body)
+            return
+        self.bytes_out += len(body)
+        if self.chunked:
+            self.out.append(b"%x\r\n" % len(body))
+            self.out.append(body)
+            self.out.append(b"\r\n")
+        else:
+            self.out.append(body)
+
+    def flush(self) -> None:
+        """Write what the last upstream read made of the answer (the held body waits)."""
+        if self.out and self.held is None:
+            out, self.out = self.out, []
+            self.answered = True
+            if not self.client_gone:
+                self.client.write(b"".join(out))
+
+    def answer_complete(self, *, reusable: bool) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            if reusable:
+                upstream.pool.give_back(upstream, time.monotonic())
+            elif upstream.transport is not None:
+                upstream.transport.close()
+        response_body: bytes | None = None
+        if self.held is not None:
+            response_body = b"".join(self.held)
+            self.held = None
+            self.bytes_out = len(response_body)
+            self.out.append(b"content-length: %d\r\n\r\n" % len(response_body))
+            self.out.append(response_body)
+        elif self.chunked:
+            self.out.append(b"0\r\n\r\n")
+        self.flush()
+        result = ForwardResult(
+            self.status,
+            len(self.body),
+            self.bytes_out,
+            request_body=self.body if self.capture else None,
+            response_body=response_body,
+            first_byte_s=self.first_byte_s,
+        )
+        self._finish(result)
+
+    def upstream_lost(self) -> None:
+        """The homeserver's connection ended before its answer did."""
+        self.upstream = None
+        if self.finished:
+            return
+        if self.answered:  # cut short: the client can tell only by the connection closing
+            self._finish(None, close=True)
+            return
+        self._fail(errors.upstream_unavailable())
+
+    # Starting -----------------------------------------------------------------------------
+
+    def start(self, head: bytes) -> None:
+        """Send ``head`` + body upstream on a pooled connection, or on a new one."""
+        pool = self.app.relay_pool
+        key = pool.key(self.route.upstream)
+        connection = pool.take(key)
+        timeout = upstream_timeout(self.path, self.scope["query_string"].decode("latin-1")).total
+        loop = self.client.loop
+        self.timer = loop.call_later(timeout or 90.0, self._timed_out)
+        if connection is not None:
+            self._send(connection, head)
+            return
+        task = loop.create_task(self._connect(pool, key, head))
+        task.add_done_callback(_retrieve)
+
+    async def _connect(self, pool: UpstreamPool, key: tuple[str, int], head: bytes) -> None:
+        loop = self.client.loop
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: _Upstream(pool, key), key[0], key[1]),
+                _CONNECT_TIMEOUT_S,
+            )
+        except TimeoutError:
+            if not self.finished:
+                self._fail(errors.upstream_timeout())
+            return
+        except OSError:
+            if not self.finished:
+                # Nothing went upstream: the waker heals a homeserver that refuses connections.
+                self._fail(self.app.wake.after_failure(self.route, errors.upstream_refused()))
+            return
+        if self.finished:
+            connection.transport.close()  # type: ignore[union-attr]
+            return
+        self._send(connection, head)
+
+    def _send(self, connection: _Upstream, head: bytes) -> None:
+        connection.exchange = self
+        self.upstream = connection
+        self.sent_at = time.perf_counter()
+        assert connection.transport is not None
+        connection.transport.write(head + self.body if self.body else head)
+        if self.client.writing_paused:
+            connection.transport.pause_reading()
+
+    # Ending -------------------------------------------------------------------------------
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        self._drop_upstream()
+        if self.answered:
+            self._finish(None, close=True)
+        else:
+            self._fail(errors.upstream_timeout())
+
+    def _drop_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.exchange = None
+            if upstream.transport is not None:
+                upstream.transport.close()
+
+    def _fail(self, exc: errors.MatrixError) -> None:
+        """Answer ``exc`` (nothing was answered yet), counted as the app counts it."""
+        self._drop_upstream()
+        self.app._count_error(self.metrics_route, exc)
+        self.status = exc.status
+        if not self.client_gone:
+            self.client.write(_error_response(exc, self.request_id, self.close))
+        self._finish(None)
+
+    def client_left(self) -> None:
+        """The client hung up: a long-poll lets go of its homeserver connection at once (and is
+        not metered, as before); anything else is finished without an answer."""
+        self.client_gone = True
+        if self.long_poll and not self.finished:
+            self._drop_upstream()
+            self._finish(None, gone=True)
+
+    def resume_upstream(self, reading: bool) -> None:
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            if reading:
+                upstream.transport.resume_reading()
+            else:
+                upstream.transport.pause_reading()
+
+    def _finish(
+        self, result: ForwardResult | None, *, close: bool = False, gone: bool = False
+    ) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        app = self.app
+        if self.admission is not None:
+            self.admission.release()
+        if self.long_poll:
+            app.metrics.long_poll_closed()
+        if result is not None:
+            if result.first_byte_s is not None:
+                app.metrics.first_byte(route_class(self.path), result.first_byte_s)
+            if app.metering:
+                app.exchange_meter.record(self.route, self.scope, self.path, self.kind, result)
+        elapsed = time.perf_counter() - self.began
+        if self.status and not gone:
+            app.metrics.answered(self.metrics_route, self.status, elapsed)
+        if app.settings.proxy_access_log:
+            _access_line(self.scope, self.status if not gone else 0, elapsed)
+        self.client.exchange_done(self, close=close or self.close)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("relay connect failed", exc_info=task.exception())
+
+
+class RelayProtocol(GuardedHttpToolsProtocol):
+    """The gate's protocol with the fast lane in front (module docstring)."""
+
+    __slots__ = (
+        "_relaying",
+        "_buffer",
+        "_exchange",
+        "_idle",
+        "_proxy",
+        "writing_paused",
+        "_closing_after",
+        "_in_next",
+        "_peer",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from homeserver_proxy.app import ProxyApp  # which imports this module
+
+        app = self.app
+        self._proxy: ProxyApp | None = (
+            app if isinstance(app, ProxyApp) and app.settings.proxy_relay else None
+        )
+        self._relaying = self._proxy is not None
+        self._buffer = b""
+        self._exchange: _Exchange | None = None
+        self._idle = False
+        self.writing_paused = False
+        self._closing_after = False
+        self._in_next = False
+        self._peer: str | None = None  # the client's address, when no proxy is trusted
+
+    # Connection -------------------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None:
+            exchange.client_left()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._relaying:
+            super().data_received(data)
+            return
+        if self._lingering:
+            super().data_received(data)
+            return
+        if self._idle:
+            self._idle = False
+            self._reading_head = True
+            self._arm(self.header_timeout)
+        self._buffer = self._buffer + data if self._buffer else data
+        if self._exchange is None:
+            self._next()
+        elif len(self._buffer) > self.max_head_bytes:
+            self._socket.pause_reading()  # pipelined: read on once this answer is out
+
+    def _next(self) -> None:
+        """Take the next complete requests from the buffer: relay each, or hand the connection
+        to uvicorn from the first byte of one the lane does not take."""
+        if self._in_next:
+            return  # an exchange ended while its request was being started: the loop goes on
+        self._in_next = True
+        try:
+            while self._buffer and self._exchange is None and self._relaying:
+                if self._socket.is_closing():
+                    return
+                buffer = self._buffer
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buffer) > self.max_head_bytes or buffer.count(b"\n") != buffer.count(
+                        b"\r\n"
+                    ):
+                        self._hand_over()  # uvicorn answers 431, or 400 for a bare LF
+                    elif not self._reading_head:
+                        self._reading_head = True
+                        self._arm(self.header_timeout)
+                    return
+                head = buffer[:end]
+                try:
+                    if _HEAD.fullmatch(head) is None:
+                        raise _Handover
+                    request = _parse_head(head)
+                except (_Handover, ValueError):
+                    self._hand_over()
+                    return
+                total = end + 4 + request.length
+                if len(buffer) < total:  # the body is still arriving
+                    if not self._reading_body:
+                        self._reading_head = False
+                        self._reading_body = True
+                        self._arm(self.body_timeout)
+                    else:
+                        self._deadline = self.loop.time() + self.body_timeout
+                    return
+                self._reading_head = self._reading_body = False
+                self._deadline = None
+                self._buffer = buffer[total:]
+                try:
+                    self._relay(request, buffer[end + 4 : total])
+                except _Handover:
+                    self._buffer = buffer
+                    self._hand_over()
+                    return
+            if not self._buffer and self._exchange is None and self._relaying:
+                self._go_idle()
+        finally:
+            self._in_next = False
+
+    def _hand_over(self) -> None:
+        """The rest of this connection's bytes (from the current request's first) to uvicorn's
+        protocol, which this object is too; relaying resumes when it is idle again."""
+        self._relaying = False
+        data, self._buffer = self._buffer, b""
+        self._deadline = None
+        self._reading_head = True
+        self._head_bytes = 0
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if (
+            self._proxy is not None
+            and not self._relaying
+            and not self.pipeline
+            and not self._reading_head
+            and not self._reading_body
+            and not self.transport.is_closing()
+        ):
+            # uvicorn's request is answered and no byte of another has come: back to the lane.
+            self._unset_keepalive_if_required()
+            self._relaying = True
+            self._go_idle()
+
+    def _go_idle(self) -> None:
+        self._idle = True
+        self._reading_head = False
+        self._arm(self.timeout_keep_alive)
+
+    def _arm(self, timeout: float) -> None:
+        """Deadline in ``timeout`` s; the one timer fires at least every head timeout, so that
+        moving a deadline nearer never needs a timer of its own."""
+        now = self.loop.time()
+        self._deadline = now + timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(
+                now + min(timeout, self.header_timeout), self._timer_fired
+            )
+
+    def _timer_fired(self) -> None:
+        if not self._relaying:
+            super()._timer_fired()
+            return
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        now = self.loop.time()
+        if now < deadline:
+            self._timer = self.loop.call_at(
+                min(deadline, now + self.header_timeout), self._timer_fired
+            )
+            return
+        if self._idle:
+            self._socket.close()  # kept alive long enough, as uvicorn's timeout_keep_alive
+        elif self._exchange is None:
+            self._socket.write(
+                self.answers.head_timeout if self._reading_head else self.answers.body_timeout
+            )
+            self._socket.close()
+
+    def shutdown(self) -> None:
+        if not self._relaying:
+            super().shutdown()
+        elif self._exchange is None:
+            self._socket.close()
+        else:
+            self._closing_after = True
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.writing_paused = True
+        if self._exchange is not None:
+            self._exchange.resume_upstream(False)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.writing_paused = False
+        if self._exchange is not None:
+            self._exchange.resume_upstream(True)
+
+    # The exchange -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._socket.write(data)
+
+    def exchange_done(self, exchange: _Exchange, *, close: bool) -> None:
+        if self._exchange is not exchange:
+            return  # the client had left
+        self._exchange = None
+        self.server_state.total_requests += 1
+        if close or self._closing_after or self._socket.is_closing():
+            self._socket.close()
+            return
+        self._socket.resume_reading()
+        self._next()
+
+    def _relay(self, request: _Request, body: bytes) -> None:
+        """Relay ``request`` or raise ``_Handover`` before anything is done for it."""
+        app = self._proxy
+        assert app is not None
+        began = time.perf_counter()
+        target = request.target
+        raw_path, _, query = target.partition(b"?")
+        full_path = raw_path.decode("ascii")
+        method = request.method
+        prefixed = split_slug_prefix(full_path)
+        routes = app.routes
+        if prefixed is not None:
+            slug, path = prefixed
+            route = routes.get_cached(slug_field(slug))
+        else:
+            path = full_path
+            route = routes.get_cached(host_field(normalize_host(request.host.decode("latin-1"))))
+        if (
+            route is None
+            or route.status != "active"
+            or path == "/_c3/health"
+            or classify(path) is not Verdict.FORWARD
+            or is_login(method, path)
+            or (prefixed is not None and starts_sso(method, path))
+            or _confinable(method, path) is not None
+            or not app.wake.awake(route)
+        ):
+            raise _Handover
+        headers = request.headers
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": full_path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+            "client": self.client,
+            "http_version": "1.1",
+        }
+        request_id = request_id_from(
+            request.request_id.decode("latin-1") if request.request_id is not None else None
+        ).encode()
+        exchange = _Exchange(self, app)
+        exchange.route = route
+        exchange.scope = scope
+        exchange.path = path
+        exchange.request_id = request_id
+        exchange.body = body
+        exchange.close = request.close
+        exchange.began = began
+        exchange.metrics_route = route_class(full_path)
+        long_poll = is_long_poll(path)
+        if app._trusted_proxies:  # then X-Forwarded-For, per request, may name the client
+            client = client_address(scope, app._trusted_proxies)
+        elif (client := self._peer) is None:
+            client = self._peer = client_address(scope, ())
+        kind = billable.kind_of(method, path) if app.metering else Kind.OTHER
+        exchange.kind = kind
+        exchange.capture = kind.captures_response
+        self._exchange = exchange
+        try:
+            if len(body) > route.max_upload_bytes:
+                raise errors.too_large(route.max_upload_bytes)
+            admission = app.limiter.admit(route, client, long_poll=long_poll)
+            exchange.admission = admission
+            exchange.long_poll = long_poll
+            if long_poll:
+                app.metrics.long_poll_opened()
+            admission.take_tenant_slot()
+        except errors.MatrixError as exc:
+            exchange._fail(exc)
+            return
+        app.metrics.relayed += 1
+        exchange.start(_upstream_head(request, route, path, query, client, app, request_id))
+
+
+def _upstream_head(
+    request: _Request,
+    route: Route,
+    path: str,
+    query: bytes,
+    client: str,
+    app: ProxyApp,
+    request_id: bytes,
+) -> bytes:
+    """The request head as it goes upstream: the client's headers less hop-by-hop and
+    forwarding ones (in any spelling), plus ours (as ``forwarding._upstream_headers``)."""
+    parts = [
+        request.method.encode(),
+        b" ",
+        path.encode(),
+        b"?" + query if query else b"",
+        b" HTTP/1.1\r\n",
+    ]
+    for name, value in request.headers:
+        if name in HOP_BY_HOP or (b"_" in name and name in _HOP_BY_HOP_UNDERSCORED):
+            continue
+        parts.append(b"%s: %s\r\n" % (name, value))
+    host = request.host
+    parts.append(
+        b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nhost: %s\r\nx-forwarded-host: %s\r\n"
+        b"x-request-id: %s\r\n\r\n"
+        % (client.encode(), app.public_scheme, host, host, request_id)
+    )
+    return b"".join(parts)
+

@@ -1,0 +1,390 @@
+"""The proxy's fast lane (homeserver_proxy.relay) on a real socket: ``c3 proxy``'s protocol and
+``ProxyApp`` in-process (uvicorn, real Redis route table) in front of a recording stand-in
+homeserver. Plain requests are relayed with the same headers, answers, limits and meters as the
+ASGI path; everything else still goes through the app, on the same connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from aiohttp import web
+
+from c3.local_run import free_port
+from homeserver_proxy.app import ProxyApp
+from homeserver_proxy.relay import RelayProtocol
+from platform_core.http_wall import MATRIX_ANSWERS, guarded_protocol
+from platform_core.redis import keys_for
+from platform_core.routes import Route, publish_route
+from platform_core.settings import get_settings
+from tests.helpers.platform import poll_async
+from tests.helpers.stand_in import serving
+
+HEADER_TIMEOUT_S = 0.5
+SEND = "/_matrix/client/v3/rooms/!r:acme.c3.test/send/m.room.message/"
+SYNC = "/_matrix/client/v3/sync"
+
+
+@dataclass
+class StandIn:
+    """Records every request (path, headers, body, connection) and answers by path."""
+
+    url: str = ""
+    seen: list[dict] = field(default_factory=list)
+    big: bytes = b""
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        transport = request.transport
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.raw_path,
+                "headers": [(k.decode().lower(), v.decode()) for k, v in request.raw_headers],
+                "body": body,
+                "peer": transport.get_extra_info("sockname") and id(transport),
+            }
+        )
+        path = request.path
+        if path.endswith("/sync"):
+            return web.json_response({"next_batch": "s2"})
+        if "/send/" in path:
+            return web.json_response({"event_id": f"$e{len(self.seen)}"})
+        if path.endswith("/login"):
+            return web.json_response(
+                {
+                    "user_id": "@ann:acme.c3.test",
+                    "access_token": "t0k",
+                    "device_id": "D",
+                    "well_known": {"m.homeserver": {"base_url": "http://127.0.0.1:1"}},
+                }
+            )
+        if path.endswith("/chunked"):
+            response = web.StreamResponse(headers={"Server": "Synapse/1.0"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for piece in (b'{"a":', b'"b"', b"}"):
+                await response.write(piece)
+            await response.write_eof()
+            return response
+        if path.endswith("/big"):
+            return web.Response(body=self.big, content_type="application/octet-stream")
+        if path.endswith("/empty"):
+            return web.Response(status=204)
+        return web.json_response(
+            {"versions": ["v1.11"]}, headers={"Server": "Synapse/1.0", "X-Request-Id": "theirs"}
+        )
+
+
+@dataclass
+class Relay:
+    app: ProxyApp
+    url: str
+    port: int
+    stand_in: StandIn
+    route: Route
+    publish: object
+
+    async def raw(self, data: bytes, *, read_until_close: bool = False) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(data)
+            if read_until_close:
+                return await asyncio.wait_for(reader.read(), timeout=10)
+            return await asyncio.wait_for(read_answer(reader), timeout=10)
+        finally:
+            writer.close()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One answer with a Content-Length body, head included."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+@pytest.fixture
+async def stand_in() -> AsyncIterator[StandIn]:
+    recorder = StandIn(big=bytes(range(256)) * 40_000)  # ~10 MB
+    async with serving(recorder.answer) as url:
+        recorder.url = url
+        yield recorder
+
+
+@pytest.fixture
+async def relay(platform_env: dict[str, str], stand_in: StandIn) -> AsyncIterator[Relay]:
+    port = free_port()
+    settings = get_settings().model_copy(
+        update={
+            "redis_namespace": f"{get_settings().redis_namespace}-relay-{uuid.uuid4().hex[:6]}",
+            "proxy_public_url": f"http://127.0.0.1:{port}",
+        }
+    )
+    keys = keys_for(settings)
+    sync_redis = redis.Redis.from_url(settings.require_redis_url())
+
+    def publish(route: Route) -> Route:
+        publish_route(sync_redis, keys, route)
+        return route
+
+    route = publish(
+        Route(
+            tenant_id=str(uuid.uuid4()),
+            slug="acme",
+            server_name="acme.c3.test",
+            upstream=stand_in.url,
+            status="active",
+            max_upload_bytes=4096,
+        )
+    )
+    app = ProxyApp(settings)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http=guarded_protocol(
+            base=RelayProtocol, answers=MATRIX_ANSWERS, header_timeout=HEADER_TIMEOUT_S
+        ),
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # as c3 proxy
+        server_header=False,
+        date_header=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and not task.done(), "proxy did not start"
+        await asyncio.sleep(0.01)
+    try:
+        yield Relay(app, f"http://127.0.0.1:{port}", port, stand_in, route, publish)
+    finally:
+        server.should_exit = True
+        await task
+        sync_redis.delete(keys.routes)
+        sync_redis.close()
+
+
+def relayed(app: ProxyApp) -> int:
+    return app.metrics.relayed
+
+
+HOST = {"Host": "acme.c3.test"}
+
+
+async def test_a_plain_request_is_relayed_with_the_headers_the_app_sends(relay: Relay) -> None:
+    async with httpx.AsyncClient(base_url=relay.url) as client:
+        answer = await client.get(
+            "/_matrix/client/versions?x=1",
+            headers={
+                **HOST,
+                "X-Forwarded-For": "6.6.6.6",
+                "X_Forwarded_For": "6.6.6.6",
+                "Proxy-Authorization": "secret",
+                "X-Request-Id": "req-abc-123",
+                "Authorization": "Bearer tok",
+            },
+        )
+    assert answer.status_code == 200 and answer.json() == {"versions": ["v1.11"]}
+    assert answer.headers["x-request-id"] == "req-abc-123"  # ours, never the homeserver's
+    assert "server" not in answer.headers
+    assert relayed(relay.app) == 1
+    seen = relay.stand_in.seen[-1]
+    headers = dict(seen["headers"])
+    assert seen["path"] == "/_matrix/client/versions?x=1"
+    assert headers["x-forwarded-for"] == "127.0.0.1"  # the peer: no proxy in front is trusted
+    assert headers["host"] == headers["x-forwarded-host"] == "acme.c3.test"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-request-id"] == "req-abc-123"
+    assert headers["authorization"] == "Bearer tok"
+    names = [name for name, _ in seen["headers"]]
+    assert "proxy-authorization" not in names and "x_forwarded_for" not in names
+    assert names.count("x-forwarded-for") == 1
+
+
+async def test_requests_on_one_connection_share_one_homeserver_connection(relay: Relay) -> None:
+    async with httpx.AsyncClient(base_url=relay.url) as client:
+        for _ in range(5):
+            answer = await client.get("/t/acme/_matrix/client/versions")
+            assert answer.status_code == 200
+    assert relayed(relay.app) == 5
+    assert len({seen["peer"] for seen in relay.stand_in.seen}) == 1
+
+
+async def test_a_send_is_relayed_and_billed_once(relay: Relay) -> None:
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        answer = await client.put(SEND + "txn1", json={"msgtype": "m.text", "body": "hi"})
+    assert answer.status_code == 200 and answer.json()["event_id"].startswith("$e")
+    assert relayed(relay.app) == 1
+    assert relay.stand_in.seen[-1]["body"] == b'{"msgtype":"m.text","body":"hi"}'
+    usage = relay.app.meter.drain()
+    assert usage is not None
+    assert json.dumps(usage).count(answer.json()["event_id"]) == 1
+
+
+async def test_a_login_goes_through_the_app_and_the_connection_comes_back(relay: Relay) -> None:
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        login = await client.post("/_matrix/client/v3/login", json={"type": "m.login.password"})
+        after = await client.get("/_matrix/client/versions")
+    # The app rewrote the answer (the way this client came in), which the lane never does.
+    assert login.json()["well_known"]["m.homeserver"]["base_url"].startswith("http://acme.c3.test")
+    assert after.status_code == 200
+    assert relayed(relay.app) == 1  # the second request only
+
+
+async def test_a_chunked_answer_and_a_large_one_arrive_whole(relay: Relay) -> None:
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        chunked = await client.get("/_matrix/client/v3/chunked")
+        big = await client.get("/_matrix/media/v3/big")
+        empty = await client.get("/_matrix/client/v3/empty")
+        again = await client.get("/_matrix/client/versions")
+    assert chunked.json() == {"a": "b"} and "server" not in chunked.headers
+    assert big.content == relay.stand_in.big
+    assert empty.status_code == 204 and empty.content == b""
+    assert again.status_code == 200
+    assert relayed(relay.app) == 4
+
+
+async def test_pipelined_requests_are_answered_in_order(relay: Relay) -> None:
+    request = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: acme.c3.test\r\n\r\n"
+    last = b"PUT " + SEND.encode() + b"t2 HTTP/1.1\r\nHost: acme.c3.test\r\n"
+    last += b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+    answers = await relay.raw(request * 2 + last, read_until_close=True)
+    assert answers.count(b"HTTP/1.1 200 OK") == 3
+    assert answers.rindex(b"versions") < answers.index(b"event_id")
+    assert relayed(relay.app) == 3
+
+
+async def test_a_rate_limited_tenant_is_refused_before_its_homeserver(relay: Relay) -> None:
+    relay.publish(replace(relay.route, rate_per_second=0.01, rate_burst=1))
+    await poll_async(
+        _route_reloaded(relay.app, 0.01), timeout=10, what="the proxy to see the new limits"
+    )
+    before = len(relay.stand_in.seen)
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        first = await client.get("/_matrix/client/versions")
+        second = await client.get("/_matrix/client/versions")
+    assert first.status_code == 200
+    assert second.status_code == 429 and second.json()["errcode"] == "M_LIMIT_EXCEEDED"
+    assert second.json()["retry_after_ms"] > 0 and second.headers["x-request-id"]
+    assert len(relay.stand_in.seen) == before + 1
+
+
+def _route_reloaded(app: ProxyApp, rate: float):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        route = app.routes.get_cached("host:acme.c3.test")
+        return route is not None and route.rate_per_second == rate
+
+    return check
+
+
+async def test_a_long_poll_whose_client_hangs_up_frees_the_homeserver(relay: Relay) -> None:
+    held: list[bytes] = []
+    closed: list[float] = []
+
+    async def holding(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.read()  # b"" once the proxy closes its end
+        closed.append(time.monotonic())
+        writer.close()
+
+    homeserver = await asyncio.start_server(holding, "127.0.0.1", 0)
+    port = homeserver.sockets[0].getsockname()[1]
+    relay.publish(replace(relay.route, upstream=f"http://127.0.0.1:{port}"))
+    await poll_async(_upstream_is(relay.app, port), timeout=10, what="the proxy to see the route")
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(
+        b"GET " + SYNC.encode() + b"?timeout=30000&since=s1 HTTP/1.1\r\nHost: acme.c3.test\r\n\r\n"
+    )
+    await poll_async(
+        _is(lambda: relay.app.metrics.open_long_polls == 1 and held),
+        timeout=5,
+        what="the poll to be parked at the homeserver",
+    )
+    hung_up = time.monotonic()
+    writer.close()
+    await poll_async(_is(lambda: closed), timeout=5, what="the homeserver connection to close")
+    homeserver.close()
+    assert closed[0] - hung_up < 1.0  # not at the poll's 30 s
+    assert relay.app.metrics.open_long_polls == 0 and relayed(relay.app) == 1
+
+
+def _is(check):  # type: ignore[no-untyped-def]
+    async def checked() -> bool:
+        return bool(check())
+
+    return checked
+
+
+async def test_a_homeserver_refusing_connections_is_healed_and_the_client_told_to_retry(
+    relay: Relay,
+) -> None:
+    dead = free_port()
+    relay.publish(replace(relay.route, upstream=f"http://127.0.0.1:{dead}"))
+    await poll_async(_upstream_is(relay.app, dead), timeout=10, what="the proxy to see the route")
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        answer = await client.get("/_matrix/client/versions")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert answer.json()["errcode"] == "M_UNKNOWN"
+    assert relay.route.tenant_id in relay.app.wake._healing  # a restart was asked for
+
+
+def _upstream_is(app: ProxyApp, port: int):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        route = app.routes.get_cached("host:acme.c3.test")
+        return route is not None and route.upstream.endswith(f":{port}")
+
+    return check
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /_matrix/client/versions HTTP/1.1\nHost: acme.c3.test\n\n",
+        b"GET /_matrix/client/versions HTTP/1.1\r\nHost: acme.c3.test\r\nHost: b\r\n\r\n",
+        b"PUT /_matrix/client/v3/x HTTP/1.1\r\nHost: acme.c3.test\r\nContent-Length: 2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+    ids=["bare-lf", "two-hosts", "cl-te"],
+)
+async def test_what_the_lane_does_not_take_is_refused_as_before(
+    relay: Relay, request_bytes: bytes
+) -> None:
+    answer = await relay.raw(request_bytes, read_until_close=True)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"M_UNRECOGNIZED" in answer or b"M_UNKNOWN" in answer
+    assert relayed(relay.app) == 0 and not relay.stand_in.seen
+
+
+async def test_a_slow_head_times_out_in_the_lane_too(relay: Relay) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: acme.c3.test\r\n\r\n")
+        first = await asyncio.wait_for(read_answer(reader), timeout=5)
+        writer.write(b"GET /_matrix/client/versions HTTP/1.1\r\n")  # never finished
+        rest = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert rest.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_the_lane_can_be_turned_off(platform_env: dict[str, str], relay: Relay) -> None:
+    relay.app.settings = relay.app.settings.model_copy(update={"proxy_relay": False})
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        answer = await client.get("/_matrix/client/versions")
+    assert answer.status_code == 200 and relayed(relay.app) == 0
