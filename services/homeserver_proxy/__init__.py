@@ -19,4 +19,8 @@ The layers, in the order a request meets them:
    with the homeserver relayed back.
 8. **Meter** (``metering``, ``billable``, ``identity``): what the exchange bills, counted in
    memory and flushed as usage batches (``platform_core.usage_batch``).
+
+The fast lane (``relay``) sits in the wall's protocol: a plain request of an awake tenant goes
+through 3-6 and 8 called directly and is relayed without 2 and 7's ASGI and aiohttp machinery;
+anything else is handed to the app.
 """

@@ -31,6 +31,7 @@ clients, not as a precise quota.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ Clock = Callable[[], float]
 _SWEEP_INTERVAL_S = 10.0
 
 
+@functools.lru_cache(maxsize=65_536)  # per request on the hot path; parsing is the cost
 def client_key(address: str) -> str:
     """What one client is, for the limits: its IPv4 address, or its IPv6 /64 (one host
     commonly holds a whole /64, and could otherwise be 2^64 clients)."""

@@ -249,6 +249,10 @@ class UpstreamPool:
         self._keys: dict[str, tuple[str, int]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Exchanges under way, for their upstream timeouts: looked at once a second instead of
+        # a timer made and cancelled per request (they are 90 s or more, a second either way).
+        self.in_flight: set[_Exchange] = set()
+        self._watcher: asyncio.TimerHandle | None = None
 
     def key(self, upstream: str) -> tuple[str, int]:
         key = self._keys.get(upstream)
@@ -299,7 +303,24 @@ class UpstreamPool:
         if left and self._loop is not None:
             self._sweeper = self._loop.call_later(1.0, self._sweep)
 
+    def watch(self, exchange: _Exchange) -> None:
+        self.in_flight.add(exchange)
+        if self._watcher is None:
+            loop = self._loop = self._loop or asyncio.get_running_loop()
+            self._watcher = loop.call_later(1.0, self._time_out_overdue)
+
+    def _time_out_overdue(self) -> None:
+        self._watcher = None
+        now = time.monotonic()
+        for exchange in [each for each in self.in_flight if each.deadline <= now]:
+            exchange.timed_out()
+        if self.in_flight and self._loop is not None:
+            self._watcher = self._loop.call_later(1.0, self._time_out_overdue)
+
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         for idle in self._idle.values():
             for connection in idle:
                 if connection.transport is not None:
@@ -336,7 +357,7 @@ class _Exchange:
         "chunked",
         "answered",
         "bytes_out",
-        "timer",
+        "deadline",
         "client_gone",
         "no_body",
         "finished",
@@ -353,7 +374,7 @@ class _Exchange:
         self.chunked = False
         self.answered = False  # the answer's head went to the client
         self.bytes_out = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self.client_gone = False
         self.no_body = False
         self.finished = False
@@ -456,12 +477,12 @@ class _Exchange:
         key = pool.key(self.route.upstream)
         connection = pool.take(key)
         timeout = upstream_timeout(self.path, self.scope["query_string"].decode("latin-1")).total
-        loop = self.client.loop
-        self.timer = loop.call_later(timeout or 90.0, self._timed_out)
+        self.deadline = time.monotonic() + (timeout or 90.0)
+        pool.watch(self)
         if connection is not None:
             self._send(connection, head)
             return
-        task = loop.create_task(self._connect(pool, key, head))
+        task = self.client.loop.create_task(self._connect(pool, key, head))
         task.add_done_callback(_retrieve)
 
     async def _connect(self, pool: UpstreamPool, key: tuple[str, int], head: bytes) -> None:
@@ -496,8 +517,7 @@ class _Exchange:
 
     # Ending -------------------------------------------------------------------------------
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
         if self.finished:
             return
         self._drop_upstream()
@@ -544,10 +564,8 @@ class _Exchange:
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         app = self.app
+        app.relay_pool.in_flight.discard(self)
         if self.admission is not None:
             self.admission.release()
         if self.long_poll:
@@ -658,6 +676,9 @@ class RelayProtocol(GuardedHttpToolsProtocol):
                     return
                 total = end + 4 + request.length
                 if len(buffer) < total:  # the body is still arriving
+                    if not self._takes_body(request):
+                        self._hand_over()  # the app refuses it (413) without waiting for it
+                        return
                     if not self._reading_body:
                         self._reading_head = False
                         self._reading_body = True
@@ -777,30 +798,38 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         self._socket.resume_reading()
         self._next()
 
+    def _route_of(self, request: _Request) -> tuple[Route | None, str, str, bool]:
+        """(the tenant's route if in memory, the path there, the full path, by prefix)."""
+        routes = self._proxy.routes  # type: ignore[union-attr]
+        full_path = request.target.partition(b"?")[0].decode("ascii")
+        prefixed = split_slug_prefix(full_path)
+        if prefixed is not None:
+            slug, path = prefixed
+            return routes.get_cached(slug_field(slug)), path, full_path, True
+        host = normalize_host(request.host.decode("latin-1"))
+        return routes.get_cached(host_field(host)), full_path, full_path, False
+
+    def _takes_body(self, request: _Request) -> bool:
+        """Whether to wait here for the body of ``request`` (its head is in): not when the app
+        would refuse the declared length at once."""
+        route = self._route_of(request)[0]
+        return route is not None and request.length <= route.max_upload_bytes
+
     def _relay(self, request: _Request, body: bytes) -> None:
         """Relay ``request`` or raise ``_Handover`` before anything is done for it."""
         app = self._proxy
         assert app is not None
         began = time.perf_counter()
-        target = request.target
-        raw_path, _, query = target.partition(b"?")
-        full_path = raw_path.decode("ascii")
+        route, path, full_path, by_prefix = self._route_of(request)
+        raw_path, _, query = request.target.partition(b"?")
         method = request.method
-        prefixed = split_slug_prefix(full_path)
-        routes = app.routes
-        if prefixed is not None:
-            slug, path = prefixed
-            route = routes.get_cached(slug_field(slug))
-        else:
-            path = full_path
-            route = routes.get_cached(host_field(normalize_host(request.host.decode("latin-1"))))
         if (
             route is None
             or route.status != "active"
             or path == "/_c3/health"
             or classify(path) is not Verdict.FORWARD
             or is_login(method, path)
-            or (prefixed is not None and starts_sso(method, path))
+            or (by_prefix and starts_sso(method, path))
             or _confinable(method, path) is not None
             or not app.wake.awake(route)
         ):
@@ -827,7 +856,7 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         exchange.body = body
         exchange.close = request.close
         exchange.began = began
-        exchange.metrics_route = route_class(full_path)
+        exchange.metrics_route = route_class(full_path)  # as the app's (prefix and all)
         long_poll = is_long_poll(path)
         if app._trusted_proxies:  # then X-Forwarded-For, per request, may name the client
             client = client_address(scope, app._trusted_proxies)
@@ -876,10 +905,11 @@ def _upstream_head(
             continue
         parts.append(b"%s: %s\r\n" % (name, value))
     host = request.host
+    # Named and ordered as the ASGI path sends them (the request id is the scope's last header).
     parts.append(
-        b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nhost: %s\r\nx-forwarded-host: %s\r\n"
-        b"x-request-id: %s\r\n\r\n"
-        % (client.encode(), app.public_scheme, host, host, request_id)
+        b"x-request-id: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nHost: %s\r\n"
+        b"X-Forwarded-Host: %s\r\n\r\n"
+        % (request_id, client.encode(), app.public_scheme, host, host)
     )
     return b"".join(parts)
 
