@@ -7,7 +7,8 @@ response path: Python-level operations of two general HTTP stacks, not parsing o
 ``platform_core.http_wall``) reads each request head itself and, when the request is a plain
 one, relays it without a task, an ASGI scope's messages or an aiohttp request:
 
-- **Which requests.** HTTP/1.1 ``GET``/``PUT``/``POST``/``DELETE``/``OPTIONS`` whose head is
+- **Which requests.** HTTP/1.1 ``GET``/``PUT``/``POST``/``DELETE``/``OPTIONS``, body and all
+  in hand (the common case: a client writes a small request at once), whose head is
   strictly well formed (one regular expression over the whole head: tokens for names, no
   control bytes, CRLF line ends, no obs-fold), with exactly one valid ``Host``, at most one
   decimal ``Content-Length`` of at most 1 MiB, no ``Transfer-Encoding``, ``Expect`` or
@@ -18,8 +19,10 @@ one, relays it without a task, an ASGI scope's messages or an aiohttp request:
   that is signed in: sync, send, state, keys, receipts, profile, media of its own.
 - **Everything else goes to the ASGI app exactly as before** (``ProxyApp`` on uvicorn, aiohttp
   upstream): the bytes of the request, from its first, are handed to the uvicorn protocol this
-  class is, which parses them with llhttp and refuses or serves them as it always did: uploads
-  over 1 MiB and chunked bodies (streamed or spooled), federation, well-knowns, logins, SSO,
+  class is, which parses them with llhttp and refuses or serves them as it always did: requests
+  whose body is not all in with their head (uploads over 1 MiB, chunked or slow bodies: the
+  app admits them before their body, or refuses a declared length over the limit without
+  reading it), federation, well-knowns, logins, SSO,
   sleeping tenants (held while one wake is asked for), tenants not yet in memory, malformed
   paths, websockets, HTTP/1.0. Once that request is answered and the connection is idle again,
   the next one is looked at here again.
@@ -675,16 +678,11 @@ class RelayProtocol(GuardedHttpToolsProtocol):
                     self._hand_over()
                     return
                 total = end + 4 + request.length
-                if len(buffer) < total:  # the body is still arriving
-                    if not self._takes_body(request):
-                        self._hand_over()  # the app refuses it (413) without waiting for it
-                        return
-                    if not self._reading_body:
-                        self._reading_head = False
-                        self._reading_body = True
-                        self._arm(self.body_timeout)
-                    else:
-                        self._deadline = self.loop.time() + self.body_timeout
+                if len(buffer) < total:
+                    # The body is still arriving: the app admits such a request first (the
+                    # client's slot, or 503 at once) and refuses a declared length over the
+                    # limit before reading it, as its wall tests require.
+                    self._hand_over()
                     return
                 self._reading_head = self._reading_body = False
                 self._deadline = None
@@ -808,12 +806,6 @@ class RelayProtocol(GuardedHttpToolsProtocol):
             return routes.get_cached(slug_field(slug)), path, full_path, True
         host = normalize_host(request.host.decode("latin-1"))
         return routes.get_cached(host_field(host)), full_path, full_path, False
-
-    def _takes_body(self, request: _Request) -> bool:
-        """Whether to wait here for the body of ``request`` (its head is in): not when the app
-        would refuse the declared length at once."""
-        route = self._route_of(request)[0]
-        return route is not None and request.length <= route.max_upload_bytes
 
     def _relay(self, request: _Request, body: bytes) -> None:
         """Relay ``request`` or raise ``_Handover`` before anything is done for it."""
