@@ -91,6 +91,7 @@ def _access_line(scope: dict[str, Any], status: int, seconds: float) -> None:
 
     app._access_line(scope, status, seconds)
 
+
 log = logging.getLogger(__name__)
 
 # A whole request head (without its final CRLF CRLF) that the fast lane takes: request line,
@@ -133,36 +134,59 @@ def _parse_head(head: bytes) -> _Request:
     request.method = method.decode()
     request.target = target
     headers = request.headers
-    hosts = lengths = 0
+    seen: list[bytes] = []  # the names of the framing headers, once each they appear
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.lower()
         value = value.strip(b" \t")
-        if name == b"host":
-            hosts += 1
-            request.host = value
-        elif name == b"content-length":
-            lengths += 1
-            if not value.isdigit():
-                raise _Handover
-            request.length = int(value)
-        elif name == b"connection":
-            if value.lower() == _CLOSE:
-                request.close = True
-            elif value.lower() != b"keep-alive":
-                raise _Handover  # upgrade, or a list of options
-            continue
-        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
-            raise _Handover
-        elif name == b"x-request-id":
-            request.request_id = value
-            continue
+        if name in _SPECIAL:
+            seen.append(name)
+            if _take_special(request, name, value):
+                continue
         headers.append((name, value))
+    hosts, lengths = seen.count(b"host"), seen.count(b"content-length")
     if hosts != 1 or lengths > 1 or not valid_host(request.host):
         raise _Handover
     if request.length > _SPOOL_IN_MEMORY:
         raise _Handover  # streamed by the forwarder
     return request
+
+
+_SPECIAL = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"connection",
+        b"transfer-encoding",
+        b"expect",
+        b"upgrade",
+        b"x-request-id",
+    }
+)
+
+
+def _take_special(request: _Request, name: bytes, value: bytes) -> bool:
+    """Note a framing header of ``request`` (or raise ``_Handover``); True when it is not to be
+    passed on as it is (``Connection``, the request id: the lane sends its own)."""
+    if name == b"host":
+        request.host = value
+    elif name == b"content-length":
+        if not value.isdigit():
+            raise _Handover
+        request.length = int(value)
+    elif name == b"connection":
+        option = value.lower()
+        if option == _CLOSE:
+            request.close = True
+        elif option != b"keep-alive":
+            raise _Handover  # upgrade, or a list of options
+        return True
+    elif name == b"x-request-id":
+        request.request_id = value
+        return True
+    else:  # Transfer-Encoding, Expect, Upgrade
+        raise _Handover
+    return False
 
 
 def _error_response(exc: errors.MatrixError, request_id: bytes, close: bool) -> bytes:
@@ -367,9 +391,32 @@ class _Exchange:
         "metrics_route",
     )
 
-    def __init__(self, client: RelayProtocol, app: ProxyApp) -> None:
+    def __init__(
+        self,
+        client: RelayProtocol,
+        app: ProxyApp,
+        route: Route,
+        scope: dict[str, Any],
+        path: str,
+        *,
+        request: _Request,
+        request_id: bytes,
+        body: bytes,
+        kind: Kind,
+        began: float,
+    ) -> None:
         self.client = client
         self.app = app
+        self.route = route
+        self.scope = scope
+        self.path = path  # at the homeserver (without a /t/<slug> prefix)
+        self.request_id = request_id
+        self.body = body
+        self.close = request.close
+        self.began = began
+        self.metrics_route = route_class(scope["path"])  # as the app's (prefix and all)
+        self.kind = kind
+        self.capture = kind.captures_response
         self.upstream: _Upstream | None = None
         self.status = 0
         self.out: list[bytes] = []
@@ -840,23 +887,25 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         request_id = request_id_from(
             request.request_id.decode("latin-1") if request.request_id is not None else None
         ).encode()
-        exchange = _Exchange(self, app)
-        exchange.route = route
-        exchange.scope = scope
-        exchange.path = path
-        exchange.request_id = request_id
-        exchange.body = body
-        exchange.close = request.close
-        exchange.began = began
-        exchange.metrics_route = route_class(full_path)  # as the app's (prefix and all)
-        long_poll = is_long_poll(path)
         if app._trusted_proxies:  # then X-Forwarded-For, per request, may name the client
             client = client_address(scope, app._trusted_proxies)
-        elif (client := self._peer) is None:
-            client = self._peer = client_address(scope, ())
+        else:
+            client = self._peer or client_address(scope, ())
+            self._peer = client
+        long_poll = is_long_poll(path)
         kind = billable.kind_of(method, path) if app.metering else Kind.OTHER
-        exchange.kind = kind
-        exchange.capture = kind.captures_response
+        exchange = _Exchange(
+            self,
+            app,
+            route,
+            scope,
+            path,
+            request=request,
+            request_id=request_id,
+            body=body,
+            kind=kind,
+            began=began,
+        )
         self._exchange = exchange
         try:
             if len(body) > route.max_upload_bytes:
@@ -904,4 +953,3 @@ def _upstream_head(
         % (request_id, client.encode(), app.public_scheme, host, host)
     )
     return b"".join(parts)
-
