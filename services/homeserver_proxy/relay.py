@@ -387,6 +387,7 @@ class _Exchange:
         "deadline",
         "client_gone",
         "no_body",
+        "until_close",
         "finished",
         "metrics_route",
     )
@@ -427,6 +428,7 @@ class _Exchange:
         self.deadline = 0.0
         self.client_gone = False
         self.no_body = False
+        self.until_close = False
         self.finished = False
         self.first_byte_s: float | None = None
         self.admission: Admission | None = None
@@ -438,10 +440,12 @@ class _Exchange:
         self.first_byte_s = time.perf_counter() - self.sent_at
         self.status = status
         length: bytes | None = None
+        coded = False  # chunked upstream: else, without a length, the answer ends at its close
         out = [STATUS_LINE[status] if status in STATUS_LINE else b"HTTP/1.1 %d \r\n" % status]
         for name, value in headers:
             lower = name.lower()
             if lower in _RESPONSE_DROP or lower == b"x-request-id":
+                coded = coded or lower == b"transfer-encoding"
                 continue
             if lower == b"content-length":
                 length = value
@@ -449,6 +453,7 @@ class _Exchange:
             out.append(b"%s: %s\r\n" % (lower, value))
         out.append(b"x-request-id: " + self.request_id + b"\r\n")
         self.no_body = status in (204, 304) or 100 <= status < 200
+        self.until_close = length is None and not coded and not self.no_body
         if self.capture and 200 <= status < 300 and not self.no_body:
             self.held = []  # the whole body, for metering; its length once it is complete
         elif length is not None:
@@ -513,6 +518,9 @@ class _Exchange:
         """The homeserver's connection ended before its answer did."""
         self.upstream = None
         if self.finished:
+            return
+        if self.until_close:  # an answer without a length or chunks ends with its connection
+            self.answer_complete(reusable=False)
             return
         if self.answered:  # cut short: the client can tell only by the connection closing
             self._finish(None, close=True)

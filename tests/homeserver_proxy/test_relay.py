@@ -259,6 +259,28 @@ async def test_a_chunked_answer_and_a_large_one_arrive_whole(relay: Relay) -> No
     assert relayed(relay.app) == 4
 
 
+async def test_an_answer_that_ends_with_its_connection_arrives_whole(relay: Relay) -> None:
+    async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(b'{"old": "server"}')
+        await writer.drain()
+        writer.close()
+
+    homeserver = await asyncio.start_server(closing, "127.0.0.1", 0)
+    port = homeserver.sockets[0].getsockname()[1]
+    relay.publish(replace(relay.route, upstream=f"http://127.0.0.1:{port}"))
+    await poll_async(_upstream_is(relay.app, port), timeout=10, what="the proxy to see the route")
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        first = await client.get("/_matrix/client/versions")
+        second = await client.get("/_matrix/client/versions")
+    homeserver.close()
+    assert first.json() == second.json() == {"old": "server"}
+    assert relayed(relay.app) == 2
+
+
 async def test_pipelined_requests_are_answered_in_order(relay: Relay) -> None:
     request = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: acme.c3.test\r\n\r\n"
     last = b"PUT " + SEND.encode() + b"t2 HTTP/1.1\r\nHost: acme.c3.test\r\n"
