@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -11,9 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from homeserver_proxy.identity import TokenUsers
 from homeserver_proxy.metering import UsageFlusher, UsageMeter
 from platform_core.models.usage import Meter
 from platform_core.redis import RedisKeys
+from tests.helpers.platform import poll_async
 
 Stream = tuple[aioredis.Redis, RedisKeys]
 
@@ -167,3 +170,34 @@ async def test_shutdown_flushes_what_was_counted_since_the_last_tick(stream: Str
     assert len(written) == 1
     usage = json.loads(written[0][b"payload"])["usage"]
     assert ["t1", "bytes_out", 8] in [[t, meter, q] for t, _, meter, q in usage]
+
+
+async def test_a_crowd_of_new_tokens_is_resolved_a_few_at_a_time() -> None:
+    at_once = most = 0
+    release = asyncio.Event()
+
+    async def whoami(upstream: str, token: str) -> str:
+        nonlocal at_once, most
+        at_once += 1
+        most = max(most, at_once)
+        await release.wait()
+        at_once -= 1
+        return "@" + token + ":acme.c3.test"
+
+    found: list[str] = []
+    users = TokenUsers(whoami, max_resolving=4)
+    for n in range(50):
+        users.resolve_later("tenant", f"t{n}", "http://homeserver", found.append)
+    await poll_async(_true(lambda: at_once == 4), timeout=5, what="four whoamis under way")
+    release.set()
+    await users.settle(deadline_s=5)
+    assert most == 4
+    assert sorted(found) == sorted(f"@t{n}:acme.c3.test" for n in range(50))
+    assert users.get("tenant", "t7") == "@t7:acme.c3.test"
+
+
+def _true(check):  # type: ignore[no-untyped-def]
+    async def checked() -> bool:
+        return bool(check())
+
+    return checked
