@@ -838,7 +838,9 @@ class RelayProtocol(GuardedHttpToolsProtocol):
     # The exchange -----------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self._socket.write(data)
+        socket = self._socket
+        if not socket.is_closing():  # closed by us a moment before its connection_lost
+            socket.write(data)
 
     def exchange_done(self, exchange: _Exchange, *, close: bool) -> None:
         if self._exchange is not exchange:
