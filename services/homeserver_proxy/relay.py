@@ -79,7 +79,7 @@ from homeserver_proxy.limits import Admission
 from homeserver_proxy.proxy_metrics import route_class
 from homeserver_proxy.routing import normalize_host, split_slug_prefix, valid_host
 from platform_core.http_wall import GuardedHttpToolsProtocol
-from platform_core.logging import request_id_from
+from platform_core.logging import request_context, request_id_from
 from platform_core.routes import Route, host_field, slug_field
 
 if TYPE_CHECKING:
@@ -636,8 +636,9 @@ class _Exchange:
         elapsed = time.perf_counter() - self.began
         if self.status and not gone:
             app.metrics.answered(self.metrics_route, self.status, elapsed)
-        if app.settings.proxy_access_log:
-            _access_line(self.scope, self.status if not gone else 0, elapsed)
+        if app.settings.proxy_access_log:  # the line carries the request id and the tenant
+            with request_context(self.request_id.decode("latin-1"), self.route.tenant_id):
+                _access_line(self.scope, self.status if not gone else 0, elapsed)
         self.client.exchange_done(self, close=close or self.close)
 
 

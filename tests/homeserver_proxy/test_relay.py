@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -403,6 +404,36 @@ async def test_a_slow_head_times_out_in_the_lane_too(relay: Relay) -> None:
         writer.close()
     assert first.startswith(b"HTTP/1.1 200 ")
     assert rest.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_the_access_log_names_the_request_and_its_tenant(
+    relay: Relay, caplog: pytest.LogCaptureFixture
+) -> None:
+    from platform_core.logging import request_id_var, tenant_id_var
+
+    seen: list[tuple[str | None, str | None, str]] = []
+
+    class Remember(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((request_id_var.get(), tenant_id_var.get(), record.getMessage()))
+
+    relay.app.settings = relay.app.settings.model_copy(update={"proxy_access_log": True})
+    handler = Remember()
+    access = logging.getLogger("homeserver_proxy.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+            await client.get(
+                "/_matrix/client/versions?access_token=secret",
+                headers={"X-Request-Id": "req-access-42"},
+            )
+    finally:
+        access.removeHandler(handler)
+    assert relayed(relay.app) == 1
+    [(request_id, tenant_id, message)] = seen
+    assert (request_id, tenant_id) == ("req-access-42", relay.route.tenant_id)
+    assert message.startswith("GET /_matrix/client/versions 200 ") and "secret" not in message
 
 
 async def test_the_lane_can_be_turned_off(platform_env: dict[str, str], relay: Relay) -> None:
