@@ -407,7 +407,7 @@ async def test_a_slow_head_times_out_in_the_lane_too(relay: Relay) -> None:
 
 
 async def test_the_access_log_names_the_request_and_its_tenant(
-    relay: Relay, caplog: pytest.LogCaptureFixture
+    relay: Relay,
 ) -> None:
     from platform_core.logging import request_id_var, tenant_id_var
 
