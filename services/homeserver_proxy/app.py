@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 
 from homeserver_proxy import billable, errors
+from homeserver_proxy.access_log import access_line
 from homeserver_proxy.asgi import Message, Receive, Scope, Send
 from homeserver_proxy.billable import Kind
 from homeserver_proxy.client_address import client_address
@@ -45,7 +46,6 @@ from platform_core.routes import Route
 from platform_core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("homeserver_proxy.access")
 
 
 class ProxyApp:
@@ -192,7 +192,7 @@ class ProxyApp:
                 if status:
                     self.metrics.answered(route, status, elapsed)
                 if self.settings.proxy_access_log:
-                    _access_line(scope, status, elapsed)
+                    access_line(scope, status, elapsed)
 
     async def _dispatch(
         self,
@@ -448,14 +448,6 @@ def _request_id_header(scope: Scope) -> str | None:
         if name == b"x-request-id":
             return str(value.decode("latin-1"))
     return None
-
-
-def _access_line(scope: Scope, status: int, seconds: float) -> None:
-    """One line per request (C3_PROXY_ACCESS_LOG). The path only: a query may hold an
-    ``access_token`` or a registration token, so it is never logged."""
-    raw = scope.get("raw_path") or scope["path"].encode()
-    path = raw.split(b"?", 1)[0].decode("ascii", "backslashreplace")
-    access_log.info("%s %s %d %.1fms", scope.get("method"), path, status, seconds * 1000)
 
 
 def create_app(settings: Settings | None = None) -> ProxyApp:

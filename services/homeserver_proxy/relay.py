@@ -53,15 +53,18 @@ import asyncio
 import json
 import logging
 import re
+import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from homeserver_proxy import billable, errors
+from homeserver_proxy.access_log import access_line
 from homeserver_proxy.billable import Kind
-from homeserver_proxy.client_address import client_address
+from homeserver_proxy.client_address import Network, client_address
 from homeserver_proxy.client_urls import is_login, starts_sso
 from homeserver_proxy.confinement import _confinable
 from homeserver_proxy.forwarding import (
@@ -75,21 +78,32 @@ from homeserver_proxy.forwarding import (
     upstream_timeout,
 )
 from homeserver_proxy.guard import Verdict, classify
-from homeserver_proxy.limits import Admission
-from homeserver_proxy.proxy_metrics import route_class
-from homeserver_proxy.routing import normalize_host, split_slug_prefix, valid_host
+from homeserver_proxy.limits import Admission, TenantLimiter
+from homeserver_proxy.metering import ExchangeMeter
+from homeserver_proxy.proxy_metrics import ProxyMetrics, RouteClass, route_class
+from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
+from homeserver_proxy.wake import Waker
 from platform_core.http_wall import GuardedHttpToolsProtocol
 from platform_core.logging import request_context, request_id_from
 from platform_core.routes import Route, host_field, slug_field
-
-if TYPE_CHECKING:
-    from homeserver_proxy.app import ProxyApp
+from platform_core.settings import Settings
 
 
-def _access_line(scope: dict[str, Any], status: int, seconds: float) -> None:
-    from homeserver_proxy import app
+class ProxyApp(Protocol):
+    """What the lane uses of ``homeserver_proxy.app.ProxyApp`` (which imports this module)."""
 
-    app._access_line(scope, status, seconds)
+    settings: Settings
+    metering: bool
+    routes: RouteTable
+    limiter: TenantLimiter
+    wake: Waker
+    metrics: ProxyMetrics
+    exchange_meter: ExchangeMeter
+    relay_pool: UpstreamPool
+    public_scheme: bytes
+    _trusted_proxies: Sequence[Network]
+
+    def _count_error(self, route: RouteClass, exc: errors.MatrixError) -> None: ...
 
 
 log = logging.getLogger(__name__)
@@ -101,6 +115,7 @@ _HEAD = re.compile(
     rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*"
 )
 _CONNECT_TIMEOUT_S = 5.0
+_DNS_TTL_S = 10.0
 _CLOSE = b"close"
 
 
@@ -274,6 +289,7 @@ class UpstreamPool:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[_Upstream]] = {}
         self._keys: dict[str, tuple[str, int]] = {}
+        self._addresses: dict[str, tuple[float, str]] = {}  # host -> (until, address)
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Exchanges under way, for their upstream timeouts: looked at once a second instead of
@@ -287,6 +303,22 @@ class UpstreamPool:
             host, _, port = upstream.removeprefix("http://").rstrip("/").rpartition(":")
             key = self._keys[upstream] = (host.strip("[]"), int(port))
         return key
+
+    async def resolve(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int]) -> str:
+        """The address to connect to for ``key``'s host (a Service name on Kubernetes), looked
+        up with the loop's resolver as aiohttp does, and kept ``_DNS_TTL_S`` (aiohttp's default)."""
+        host = key[0]
+        now = time.monotonic()
+        known = self._addresses.get(host)
+        if known is not None and known[0] > now:
+            return known[1]
+        infos = await loop.getaddrinfo(host, key[1], type=socket.SOCK_STREAM)
+        address = str(infos[0][4][0])
+        self._addresses[host] = (now + _DNS_TTL_S, address)
+        return address
+
+    def forget_address(self, host: str) -> None:
+        self._addresses.pop(host, None)
 
     def take(self, key: tuple[str, int]) -> _Upstream | None:
         idle = self._idle.get(key)
@@ -546,15 +578,17 @@ class _Exchange:
     async def _connect(self, pool: UpstreamPool, key: tuple[str, int], head: bytes) -> None:
         loop = self.client.loop
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: _Upstream(pool, key), key[0], key[1]),
-                _CONNECT_TIMEOUT_S,
-            )
+            async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                address = await pool.resolve(loop, key)
+                _, connection = await loop.create_connection(
+                    lambda: _Upstream(pool, key), address, key[1]
+                )
         except TimeoutError:
             if not self.finished:
                 self._fail(errors.upstream_timeout())
             return
         except OSError:
+            pool.forget_address(key[0])  # looked up again next time (a pod may have moved)
             if not self.finished:
                 # Nothing went upstream: the waker heals a homeserver that refuses connections.
                 self._fail(self.app.wake.after_failure(self.route, errors.upstream_refused()))
@@ -638,7 +672,7 @@ class _Exchange:
             app.metrics.answered(self.metrics_route, self.status, elapsed)
         if app.settings.proxy_access_log:  # the line carries the request id and the tenant
             with request_context(self.request_id.decode("latin-1"), self.route.tenant_id):
-                _access_line(self.scope, self.status if not gone else 0, elapsed)
+                access_line(self.scope, self.status if not gone else 0, elapsed)
         self.client.exchange_done(self, close=close or self.close)
 
 
@@ -664,11 +698,10 @@ class RelayProtocol(GuardedHttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from homeserver_proxy.app import ProxyApp  # which imports this module
-
+        # The proxy's app (not another one, nor one wrapped in middleware), unless turned off.
         app = self.app
         self._proxy: ProxyApp | None = (
-            app if isinstance(app, ProxyApp) and app.settings.proxy_relay else None
+            app if hasattr(app, "relay_pool") and app.settings.proxy_relay else None
         )
         self._relaying = self._proxy is not None
         self._buffer = b""
