@@ -4,6 +4,7 @@ that poll with deadlines (never sleep-and-hope)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -37,17 +38,20 @@ def poll(check: Callable[[], T | None], *, timeout: float, what: str, interval: 
 
 
 async def poll_async(
-    check: Callable[[], Awaitable[T | None]],
+    check: Callable[[], Awaitable[T | None] | T | None],
     *,
     timeout: float,  # noqa: ASYNC109 -- the same signature as poll(); a deadline, not a cancel
     what: str,
     interval: float = 0.02,
 ) -> T:
-    """``poll`` for async tests: awaits ``check`` and yields the event loop between tries."""
+    """``poll`` for async tests: calls ``check`` (awaiting it if it is a coroutine function) and
+    yields the event loop between tries."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = await check()
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(interval)

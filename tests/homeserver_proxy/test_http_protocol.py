@@ -15,6 +15,7 @@ import uvicorn
 from c3.local_run import free_port
 from homeserver_proxy.asgi import Receive, Scope, Send
 from platform_core.http_wall import MATRIX_ANSWERS, guarded_protocol
+from tests.helpers.stand_in import uvicorn_serving
 
 HEADER_TIMEOUT_S = 0.5
 BODY_TIMEOUT_S = 0.5
@@ -101,15 +102,8 @@ async def server() -> AsyncIterator[Server]:
         log_config=None,
         timeout_keep_alive=30,
     )
-    instance = uvicorn.Server(config)
-    task = asyncio.create_task(instance.serve())
-    deadline = time.monotonic() + 10
-    while not instance.started:
-        assert time.monotonic() < deadline and not task.done(), "server did not start"
-        await asyncio.sleep(0.01)
-    yield Server(port, app)
-    instance.should_exit = True
-    await task
+    async with uvicorn_serving(config):
+        yield Server(port, app)
 
 
 async def test_a_well_formed_request_reaches_the_app(server: Server) -> None:

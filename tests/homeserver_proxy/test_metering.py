@@ -188,16 +188,9 @@ async def test_a_crowd_of_new_tokens_is_resolved_a_few_at_a_time() -> None:
     users = TokenUsers(whoami, max_resolving=4)
     for n in range(50):
         users.resolve_later("tenant", f"t{n}", "http://homeserver", found.append)
-    await poll_async(_true(lambda: at_once == 4), timeout=5, what="four whoamis under way")
+    await poll_async(lambda: at_once == 4, timeout=5, what="four whoamis under way")
     release.set()
     await users.settle(deadline_s=5)
     assert most == 4
     assert sorted(found) == sorted(f"@t{n}:acme.c3.test" for n in range(50))
     assert users.get("tenant", "t7") == "@t7:acme.c3.test"
-
-
-def _true(check):  # type: ignore[no-untyped-def]
-    async def checked() -> bool:
-        return bool(check())
-
-    return checked

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import httpx
@@ -27,7 +27,7 @@ from platform_core.redis import keys_for
 from platform_core.routes import Route, publish_route
 from platform_core.settings import get_settings
 from tests.helpers.platform import poll_async
-from tests.helpers.stand_in import serving
+from tests.helpers.stand_in import serving, uvicorn_serving
 
 HEADER_TIMEOUT_S = 0.5
 SEND = "/_matrix/client/v3/rooms/!r:acme.c3.test/send/m.room.message/"
@@ -165,17 +165,10 @@ async def relay(platform_env: dict[str, str], stand_in: StandIn) -> AsyncIterato
         server_header=False,
         date_header=False,
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and not task.done(), "proxy did not start"
-        await asyncio.sleep(0.01)
     try:
-        yield Relay(app, f"http://127.0.0.1:{port}", port, stand_in, route, publish)
+        async with uvicorn_serving(config):
+            yield Relay(app, f"http://127.0.0.1:{port}", port, stand_in, route, publish)
     finally:
-        server.should_exit = True
-        await task
         sync_redis.delete(keys.routes)
         sync_redis.close()
 
@@ -295,7 +288,9 @@ async def test_pipelined_requests_are_answered_in_order(relay: Relay) -> None:
 async def test_a_rate_limited_tenant_is_refused_before_its_homeserver(relay: Relay) -> None:
     relay.publish(replace(relay.route, rate_per_second=0.01, rate_burst=1))
     await poll_async(
-        _route_reloaded(relay.app, 0.01), timeout=10, what="the proxy to see the new limits"
+        lambda: _route(relay.app).rate_per_second == 0.01,
+        timeout=10,
+        what="the proxy to see the new limits",
     )
     before = len(relay.stand_in.seen)
     async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
@@ -307,12 +302,10 @@ async def test_a_rate_limited_tenant_is_refused_before_its_homeserver(relay: Rel
     assert len(relay.stand_in.seen) == before + 1
 
 
-def _route_reloaded(app: ProxyApp, rate: float):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        route = app.routes.get_cached("host:acme.c3.test")
-        return route is not None and route.rate_per_second == rate
-
-    return check
+def _route(app: ProxyApp) -> Route:
+    route = app.routes.get_cached("host:acme.c3.test")
+    assert route is not None
+    return route
 
 
 async def test_a_long_poll_whose_client_hangs_up_frees_the_homeserver(relay: Relay) -> None:
@@ -334,23 +327,16 @@ async def test_a_long_poll_whose_client_hangs_up_frees_the_homeserver(relay: Rel
         b"GET " + SYNC.encode() + b"?timeout=30000&since=s1 HTTP/1.1\r\nHost: acme.c3.test\r\n\r\n"
     )
     await poll_async(
-        _is(lambda: relay.app.metrics.open_long_polls == 1 and held),
+        lambda: relay.app.metrics.open_long_polls == 1 and bool(held),
         timeout=5,
         what="the poll to be parked at the homeserver",
     )
     hung_up = time.monotonic()
     writer.close()
-    await poll_async(_is(lambda: closed), timeout=5, what="the homeserver connection to close")
+    await poll_async(lambda: bool(closed), timeout=5, what="the homeserver connection to close")
     homeserver.close()
     assert closed[0] - hung_up < 1.0  # not at the poll's 30 s
     assert relay.app.metrics.open_long_polls == 0 and relayed(relay.app) == 1
-
-
-def _is(check):  # type: ignore[no-untyped-def]
-    async def checked() -> bool:
-        return bool(check())
-
-    return checked
 
 
 async def test_a_homeserver_refusing_connections_is_healed_and_the_client_told_to_retry(
@@ -366,12 +352,8 @@ async def test_a_homeserver_refusing_connections_is_healed_and_the_client_told_t
     assert relay.route.tenant_id in relay.app.wake._healing  # a restart was asked for
 
 
-def _upstream_is(app: ProxyApp, port: int):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        route = app.routes.get_cached("host:acme.c3.test")
-        return route is not None and route.upstream.endswith(f":{port}")
-
-    return check
+def _upstream_is(app: ProxyApp, port: int) -> Callable[[], bool]:
+    return lambda: _route(app).upstream.endswith(f":{port}")
 
 
 @pytest.mark.parametrize(
