@@ -16,7 +16,8 @@ one, relays it without a task, an ASGI scope's messages or an aiohttp request:
   memory that is active and awake, whose path the guard forwards (``Verdict.FORWARD``), and
   which is neither a login (its answer is rewritten), a single sign-on start, nor a request
   that external participants' confinement looks at. That is nearly every request of a client
-  that is signed in: sync, send, state, keys, receipts, profile, media of its own.
+  that is signed in: sync, send, state, keys, receipts, typing, read markers (not profile
+  lookups or media downloads, which confinement looks at in Redis first).
 - **Everything else goes to the ASGI app exactly as before** (``ProxyApp`` on uvicorn, aiohttp
   upstream): the bytes of the request, from its first, are handed to the uvicorn protocol this
   class is, which parses them with llhttp and refuses or serves them as it always did: requests
