@@ -295,6 +295,12 @@ async def _read_file(file: IO[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def passed_upstream(name: bytes) -> bool:
+    """Whether a client's request header (its lower-cased name) goes on to the homeserver: not
+    hop-by-hop or forwarding headers, in any spelling (the forwarder's and the fast lane's)."""
+    return name not in HOP_BY_HOP and not (b"_" in name and name in _HOP_BY_HOP_UNDERSCORED)
+
+
 def _public_url_headers(scope: Scope, public_scheme: str | None) -> list[tuple[str, str]]:
     """The homeserver sees the scheme and Host the client used, not its own loopback address:
     Synapse rebuilds the requested URL from ``Host`` and ``X-Forwarded-Proto`` (with
@@ -319,7 +325,7 @@ def _upstream_headers(
     headers: list[tuple[str, str]] = []
     declared_length: int | None = None
     for name, value in scope["headers"]:
-        if name in HOP_BY_HOP or (b"_" in name and name in _HOP_BY_HOP_UNDERSCORED):
+        if not passed_upstream(name):
             continue
         if name == b"content-length":
             try:

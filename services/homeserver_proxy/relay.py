@@ -51,7 +51,6 @@ aiohttp stays the client of the ASGI path and of the proxy's own calls (``whoami
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import socket
@@ -69,13 +68,12 @@ from homeserver_proxy.client_address import Network, client_address
 from homeserver_proxy.client_urls import is_login, starts_sso
 from homeserver_proxy.confinement import _confinable
 from homeserver_proxy.forwarding import (
-    _HOP_BY_HOP_UNDERSCORED,
     _RESPONSE_DROP,
     _SPOOL_IN_MEMORY,
-    HOP_BY_HOP,
     UPSTREAM_KEEPALIVE_S,
     ForwardResult,
     is_long_poll,
+    passed_upstream,
     upstream_timeout,
 )
 from homeserver_proxy.guard import Verdict, classify
@@ -206,14 +204,10 @@ def _take_special(request: _Request, name: bytes, value: bytes) -> bool:
 
 
 def _error_response(exc: errors.MatrixError, request_id: bytes, close: bool) -> bytes:
-    """``exc`` as ``errors.MatrixError.send`` answers it, in bytes."""
-    body = json.dumps({"errcode": exc.errcode, "error": exc.error, **exc.extra}).encode()
-    head = [
-        STATUS_LINE[exc.status],
-        b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
-        b"cache-control: no-store\r\naccess-control-allow-origin: *\r\n",
-    ]
-    head.extend(b"%s: %s\r\n" % header for header in exc.headers)
+    """``exc`` as ``errors.MatrixError.send`` answers it, with the request id, in bytes."""
+    headers, body = exc.answer()
+    head = [STATUS_LINE[exc.status]]
+    head.extend(b"%s: %s\r\n" % header for header in headers)
     head.append(b"x-request-id: " + request_id + b"\r\n")
     if close:
         head.append(b"connection: close\r\n")
@@ -987,7 +981,7 @@ def _upstream_head(
         b" HTTP/1.1\r\n",
     ]
     for name, value in request.headers:
-        if name in HOP_BY_HOP or (b"_" in name and name in _HOP_BY_HOP_UNDERSCORED):
+        if not passed_upstream(name):
             continue
         parts.append(b"%s: %s\r\n" % (name, value))
     host = request.host
