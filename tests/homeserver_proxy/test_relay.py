@@ -51,7 +51,7 @@ class StandIn:
                 "path": request.raw_path,
                 "headers": [(k.decode().lower(), v.decode()) for k, v in request.raw_headers],
                 "body": body,
-                "peer": transport.get_extra_info("sockname") and id(transport),
+                "connection": transport.get_extra_info("peername"),  # the proxy's end
             }
         )
         path = request.path
@@ -216,7 +216,7 @@ async def test_requests_on_one_connection_share_one_homeserver_connection(relay:
             answer = await client.get("/t/acme/_matrix/client/versions")
             assert answer.status_code == 200
     assert relayed(relay.app) == 5
-    assert len({seen["peer"] for seen in relay.stand_in.seen}) == 1
+    assert len({seen["connection"] for seen in relay.stand_in.seen}) == 1
 
 
 async def test_a_send_is_relayed_and_billed_once(relay: Relay) -> None:
