@@ -34,10 +34,18 @@ one, relays it without a task, an ASGI scope's messages or an aiohttp request:
   ``Server`` header dropped. A refusal (429, 503) is the same Matrix error, answered here.
 - **Upstream**: a pool of kept-alive HTTP/1.1 connections per homeserver (idle ones closed
   after ``forwarding.UPSTREAM_KEEPALIVE_S``), one request at a time each; the request head and
-  body go in one write; the answer is parsed by llhttp (``httptools.HttpResponseParser``) and
-  written to the client as it arrives (one write per upstream read; a chunked answer re-chunked),
-  with backpressure both ways. A billable answer (``Kind.captures_response``) is held whole for
-  metering, as before. A connection the homeserver refused asks the waker to heal, as before.
+  body go in one write. An answer that arrives whole in one read (a homeserver's usual JSON
+  answer, by ``Content-Length`` or in chunks) is read by ``_whole_answer`` and goes to the
+  client in one write with a ``Content-Length``; any other is parsed by llhttp
+  (``httptools.HttpResponseParser``) and written to the client as it arrives (one write per
+  upstream read; a chunked answer re-chunked), with backpressure both ways. A billable answer
+  (``Kind.captures_response``) is held whole for metering, as before. A connection the
+  homeserver refused asks the waker to heal, as before.
+- **Per request, only what differs** (measured in docs/benchmarks.md): what a method and path
+  decide (``_Plan``: the guard's verdict, login, confinement, billing kind, timeout, metrics
+  class) is kept per short path; a connection's last header lines are kept with what was made
+  of them (``_Headers``), reused when the next request repeats them byte for byte; a
+  homeserver's header lines are kept with what they become in our answer.
 - **Long-polls**: a parked ``/sync`` is two sockets, two protocol objects and this exchange —
   no task. A client that hangs up closes its homeserver connection at once; any other request
   whose client left is finished (and metered: the homeserver did the work) without an answer.
@@ -83,7 +91,8 @@ from homeserver_proxy.proxy_metrics import ProxyMetrics, RouteClass, route_class
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
 from homeserver_proxy.wake import Waker
 from platform_core.http_wall import GuardedHttpToolsProtocol
-from platform_core.logging import request_context, request_id_from
+from platform_core.logging import SANE_REQUEST_ID as _SANE_REQUEST_ID
+from platform_core.logging import new_request_id, request_context
 from platform_core.routes import Route, host_field, slug_field
 from platform_core.settings import Settings
 
@@ -107,63 +116,66 @@ class ProxyApp(Protocol):
 
 log = logging.getLogger(__name__)
 
-# A whole request head (without its final CRLF CRLF) that the fast lane takes: request line,
-# then header lines of a token, a colon and a value of visible characters, spaces and tabs.
-_HEAD = re.compile(
-    rb"(?:GET|PUT|POST|DELETE|OPTIONS) /[!-~]* HTTP/1\.1"
-    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*"
-)
+# A request line the fast lane takes, then the header lines of a head (without its final CRLF
+# CRLF): a token, a colon and a value of visible characters, spaces and tabs, each line after a
+# CRLF.
+_REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|OPTIONS) (/[!-~]*) HTTP/1\.1")
+_HEADER_LINES = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*")
 _CONNECT_TIMEOUT_S = 5.0
 _DNS_TTL_S = 10.0
 _CLOSE = b"close"
+# Paths whose lane decisions are kept (``_plan_of``): as the guard's verdict cache, short ones.
+_PLANNED_PATH_BYTES = 256
+_MAX_PLANS = 4096
 
 
 class _Handover(Exception):
     """This request is for the ASGI app."""
 
 
-class _Request:
-    """One parsed request of the fast lane."""
+class _Headers:
+    """The header lines of a request head, parsed. A client sends the same lines again and
+    again on one connection (its token, agent, host): the last block a connection sent is
+    kept with what was made of it, and a request that repeats it byte for byte reuses that."""
 
-    __slots__ = ("method", "target", "headers", "host", "length", "close", "request_id")
+    __slots__ = ("block", "headers", "host", "length", "close", "request_id", "upstream")
 
-    def __init__(self) -> None:
-        self.method = ""
-        self.target = b""
+    def __init__(self, block: bytes) -> None:
+        self.block = block
         self.headers: list[tuple[bytes, bytes]] = []
         self.host = b""
         self.length = 0
         self.close = False
         self.request_id: bytes | None = None
+        self.upstream = b""  # the lines passed upstream as they are (``passed_upstream``)
 
 
-def _parse_head(head: bytes) -> _Request:
-    """The request of a head ``_HEAD`` matched, or ``_Handover`` for what the fast lane leaves
-    to the ASGI app (and its stricter or more general checks)."""
-    lines = head.split(b"\r\n")
-    method, target, _version = lines[0].split(b" ")
-    if b"%" in target or b"#" in target:
+def _parse_headers(block: bytes) -> _Headers:
+    """The headers of a head's lines (CRLF before each), or ``_Handover`` for what the fast
+    lane leaves to the ASGI app (and its stricter or more general checks)."""
+    if _HEADER_LINES.fullmatch(block) is None:
         raise _Handover
-    request = _Request()
-    request.method = method.decode()
-    request.target = target
-    headers = request.headers
+    parsed = _Headers(block)
+    headers = parsed.headers
     seen: list[bytes] = []  # the names of the framing headers, once each they appear
-    for line in lines[1:]:
+    for line in block.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         name = name.lower()
         value = value.strip(b" \t")
         if name in _SPECIAL:
             seen.append(name)
-            if _take_special(request, name, value):
+            if _take_special(parsed, name, value):
                 continue
         headers.append((name, value))
     hosts, lengths = seen.count(b"host"), seen.count(b"content-length")
-    if hosts != 1 or lengths > 1 or not valid_host(request.host):
+    if hosts != 1 or lengths > 1 or not valid_host(parsed.host):
         raise _Handover
-    if request.length > _SPOOL_IN_MEMORY:
+    if parsed.length > _SPOOL_IN_MEMORY:
         raise _Handover  # streamed by the forwarder
-    return request
+    parsed.upstream = b"".join(
+        [b"%s: %s\r\n" % header for header in headers if passed_upstream(header[0])]
+    )
+    return parsed
 
 
 _SPECIAL = frozenset(
@@ -179,28 +191,98 @@ _SPECIAL = frozenset(
 )
 
 
-def _take_special(request: _Request, name: bytes, value: bytes) -> bool:
-    """Note a framing header of ``request`` (or raise ``_Handover``); True when it is not to be
-    passed on as it is (``Connection``, the request id: the lane sends its own)."""
+def _take_special(parsed: _Headers, name: bytes, value: bytes) -> bool:
+    """Note a framing header (or raise ``_Handover``); True when it is not to be passed on as
+    it is (``Connection``, the request id: the lane sends its own)."""
     if name == b"host":
-        request.host = value
+        parsed.host = value
     elif name == b"content-length":
         if not value.isdigit():
             raise _Handover
-        request.length = int(value)
+        parsed.length = int(value)
     elif name == b"connection":
         option = value.lower()
         if option == _CLOSE:
-            request.close = True
+            parsed.close = True
         elif option != b"keep-alive":
             raise _Handover  # upgrade, or a list of options
         return True
     elif name == b"x-request-id":
-        request.request_id = value
+        parsed.request_id = value
         return True
     else:  # Transfer-Encoding, Expect, Upgrade
         raise _Handover
     return False
+
+
+class _Plan:
+    """What the lane makes of a request's method and path alone: the same for every request
+    to that path, so kept for short paths (``_plan_of``)."""
+
+    __slots__ = (
+        "full_path",
+        "path",
+        "upstream_path",
+        "field",
+        "by_prefix",
+        "long_poll",
+        "kind",
+        "capture",
+        "timeout",
+        "metrics_route",
+        "first_byte_route",
+    )
+
+    def __init__(self, method: str, full_path: str, path: str, field: str | None) -> None:
+        self.full_path = full_path  # as the client sent it
+        self.path = path  # at the homeserver (without a /t/<slug> prefix)
+        self.upstream_path = path.encode()
+        self.field = field  # the route's field by slug, or None: by the Host header
+        self.by_prefix = field is not None
+        self.long_poll = is_long_poll(path)
+        self.kind = billable.kind_of(method, path)
+        self.capture = self.kind.captures_response
+        # A long-poll's timeout depends on its query (its own wait), any other's on the path.
+        self.timeout = 0.0 if self.long_poll else (upstream_timeout(path, "").total or 90.0)
+        self.metrics_route = route_class(full_path)  # as the app's (prefix and all)
+        self.first_byte_route = route_class(path)
+
+
+_NOT_TAKEN = object()  # a path the lane leaves to the app, whatever the tenant
+_plans: dict[tuple[str, bytes], Any] = {}
+
+
+def _plan_of(method: str, raw_path: bytes) -> _Plan | None:
+    """The plan of a request, or None for one the app serves: the proxy's health, a path the
+    guard does not forward, a login, a single sign-on start, or one that confinement looks at."""
+    key = (method, raw_path)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _make_plan(method, raw_path)
+        if len(raw_path) <= _PLANNED_PATH_BYTES:
+            if len(_plans) >= _MAX_PLANS:
+                _plans.clear()  # unique paths (room and txn ids) come and go
+            _plans[key] = plan
+    return None if plan is _NOT_TAKEN else plan
+
+
+def _make_plan(method: str, raw_path: bytes) -> Any:
+    full_path = raw_path.decode("ascii")
+    prefixed = split_slug_prefix(full_path)
+    if prefixed is not None:
+        slug, path = prefixed
+        field: str | None = slug_field(slug)
+    else:
+        path, field = full_path, None
+    if (
+        path == "/_c3/health"
+        or classify(path) is not Verdict.FORWARD
+        or is_login(method, path)
+        or (field is not None and starts_sso(method, path))
+        or _confinable(method, path) is not None
+    ):
+        return _NOT_TAKEN
+    return _Plan(method, full_path, path, field)
 
 
 def _error_response(exc: errors.MatrixError, request_id: bytes, close: bool) -> bytes:
@@ -216,10 +298,110 @@ def _error_response(exc: errors.MatrixError, request_id: bytes, close: bool) -> 
     return b"".join(head)
 
 
+_STATUS = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t -~\x80-\xff]*")
+_ANSWER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+_CHUNKED = -2  # what a ``Transfer-Encoding: chunked`` line is to ``_whole_answer``
+_MAX_ANSWER_LINES = 4096
+_answer_lines: dict[bytes, bytes | int | None] = {}  # a homeserver's header line -> ours
+
+
+def _whole_answer(data: bytes) -> tuple[int, list[bytes], bytes] | None:
+    """(status, our head's lines, body) when ``data`` is exactly one whole answer framed by
+    its ``Content-Length`` or in chunks, with a body (not 204 or 304), that leaves its
+    connection open: a homeserver's usual answer, in one read. None for anything else, which
+    llhttp parses.
+
+    Our lines are the homeserver's, names in lower case, less hop-by-hop ones, its ``Server``
+    and its request id, as ``answer_head`` makes them. Most lines repeat from answer to answer
+    (all but ``Date`` and some lengths), so what each made is kept in a bounded table."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    line_end = data.find(b"\r\n")
+    status_line = _STATUS.fullmatch(data, 0, line_end)
+    if status_line is None:
+        return None
+    status = int(status_line.group(1))
+    if status == 204 or status == 304:
+        return None
+    lines = [STATUS_LINE[status] if status in STATUS_LINE else b"HTTP/1.1 %d \r\n" % status]
+    length = -1  # until a Content-Length or chunked framing is seen
+    table = _answer_lines
+    for line in data[line_end + 2 : end].split(b"\r\n"):
+        ours = table.get(line, _answer_lines)
+        if ours is _answer_lines:
+            ours = _our_line(line)
+            if len(table) >= _MAX_ANSWER_LINES:
+                table.clear()
+            table[line] = ours
+        if ours.__class__ is bytes:
+            if ours:
+                lines.append(ours)  # type: ignore[arg-type]
+        elif ours is None or length != -1:
+            return None
+        else:
+            length = ours  # type: ignore[assignment]
+    if length == _CHUNKED:
+        body = _whole_chunks(data, end + 4)
+        return None if body is None else (status, lines, body)
+    if length < 0 or len(data) != end + 4 + length:
+        return None
+    return status, lines, data[end + 4 :]
+
+
+def _whole_chunks(data: bytes, at: int) -> bytes | None:
+    """The body of a chunked answer that ends exactly where ``data`` does (no extensions or
+    trailers), else None. Synapse sends its JSON answers chunked, mostly one chunk and the
+    last in one write: they go on with a ``Content-Length``, as a held answer does."""
+    pieces: list[bytes] = []
+    while True:
+        line_end = data.find(b"\r\n", at, at + 10)
+        if line_end < 0 or _CHUNK_SIZE.fullmatch(data, at, line_end) is None:
+            return None
+        size = int(data[at:line_end], 16)
+        at = line_end + 2
+        if size == 0:
+            return b"".join(pieces) if data.endswith(b"\r\n") and len(data) == at + 2 else None
+        if data[at + size : at + size + 2] != b"\r\n":
+            return None
+        pieces.append(data[at : at + size])
+        at += size + 2
+
+
+def _our_line(line: bytes) -> bytes | int | None:
+    """What a homeserver's header line is in our answer: the line (b"" to drop it), the
+    ``Content-Length`` value, ``_CHUNKED``, or None when the answer is not for
+    ``_whole_answer`` (a malformed line, another transfer coding, ``Connection: close``)."""
+    if _ANSWER_LINE.fullmatch(line) is None:
+        return None
+    name, _, value = line.partition(b":")
+    name = name.lower()
+    value = value.strip(b" \t")
+    if name == b"content-length":
+        return int(value) if value.isdigit() else None
+    if name == b"connection":
+        return b"" if value.lower() == b"keep-alive" else None
+    if name == b"transfer-encoding":
+        return _CHUNKED if value.lower() == b"chunked" else None
+    if name in _RESPONSE_DROP or name == b"x-request-id":
+        return b""
+    return b"%s: %s\r\n" % (name, value)
+
+
 class _Upstream(asyncio.Protocol):
     """One kept-alive connection to a homeserver; carries one exchange at a time."""
 
-    __slots__ = ("pool", "key", "transport", "parser", "exchange", "idle_since", "_headers")
+    __slots__ = (
+        "pool",
+        "key",
+        "transport",
+        "parser",
+        "exchange",
+        "idle_since",
+        "_headers",
+        "_parsing",
+    )
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
         self.pool = pool
@@ -229,6 +411,7 @@ class _Upstream(asyncio.Protocol):
         self.exchange: _Exchange | None = None
         self.idle_since = 0.0
         self._headers: list[tuple[bytes, bytes]] = []
+        self._parsing = False  # llhttp is inside an answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -240,6 +423,14 @@ class _Upstream(asyncio.Protocol):
             exchange.upstream_lost()
 
     def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if not self._parsing and exchange is not None:
+            whole = _whole_answer(data)
+            if whole is not None:  # the common case, without llhttp's callbacks
+                self.exchange = None
+                exchange.answer_whole(*whole)
+                return
+        self._parsing = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -273,6 +464,8 @@ class _Upstream(asyncio.Protocol):
             self.exchange.answer_body(body)
 
     def on_message_complete(self) -> None:
+        self._parsing = False
+        self._headers = []  # trailers (llhttp reports them as headers): dropped, as the app does
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.answer_complete(reusable=self.parser.should_keep_alive())
@@ -416,7 +609,7 @@ class _Exchange:
         "no_body",
         "until_close",
         "finished",
-        "metrics_route",
+        "plan",
     )
 
     def __init__(
@@ -425,9 +618,9 @@ class _Exchange:
         app: ProxyApp,
         route: Route,
         scope: dict[str, Any],
-        path: str,
+        plan: _Plan,
         *,
-        request: _Request,
+        close: bool,
         request_id: bytes,
         body: bytes,
         kind: Kind,
@@ -437,12 +630,12 @@ class _Exchange:
         self.app = app
         self.route = route
         self.scope = scope
-        self.path = path  # at the homeserver (without a /t/<slug> prefix)
+        self.plan = plan
+        self.path = plan.path  # at the homeserver (without a /t/<slug> prefix)
         self.request_id = request_id
         self.body = body
-        self.close = request.close
+        self.close = close
         self.began = began
-        self.metrics_route = route_class(scope["path"])  # as the app's (prefix and all)
         self.kind = kind
         self.capture = kind.captures_response
         self.upstream: _Upstream | None = None
@@ -493,6 +686,34 @@ class _Exchange:
         if self.held is None:
             out.append(b"\r\n")
         self.out = out
+
+    def answer_whole(self, status: int, lines: list[bytes], body: bytes) -> None:
+        """A whole answer with a body (``_whole_answer``): to the client in one write, its
+        upstream connection back to the pool, metered as ``answer_complete`` meters."""
+        self.first_byte_s = time.perf_counter() - self.sent_at
+        self.status = status
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.pool.give_back(upstream, time.monotonic())
+        lines.append(b"x-request-id: %s\r\ncontent-length: %d\r\n" % (self.request_id, len(body)))
+        if self.close:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(body)
+        self.bytes_out = len(body)
+        self.answered = True
+        if not self.client_gone:
+            self.client.write(b"".join(lines))
+        captured = self.capture and 200 <= status < 300
+        result = ForwardResult(
+            status,
+            len(self.body),
+            len(body),
+            request_body=self.body if self.capture else None,
+            response_body=body if captured else None,
+            first_byte_s=self.first_byte_s,
+        )
+        self._finish(result)
 
     def answer_body(self, body: bytes) -> None:
         if self.held is not None:
@@ -561,8 +782,11 @@ class _Exchange:
         pool = self.app.relay_pool
         key = pool.key(self.route.upstream)
         connection = pool.take(key)
-        timeout = upstream_timeout(self.path, self.scope["query_string"].decode("latin-1")).total
-        self.deadline = time.monotonic() + (timeout or 90.0)
+        timeout = self.plan.timeout
+        if not timeout:  # a long-poll: its own wait and a margin
+            query = self.scope["query_string"].decode("latin-1")
+            timeout = upstream_timeout(self.path, query).total or 90.0
+        self.deadline = time.monotonic() + timeout
         pool.watch(self)
         if connection is not None:
             self._send(connection, head)
@@ -623,7 +847,7 @@ class _Exchange:
     def _fail(self, exc: errors.MatrixError) -> None:
         """Answer ``exc`` (nothing was answered yet), counted as the app counts it."""
         self._drop_upstream()
-        self.app._count_error(self.metrics_route, exc)
+        self.app._count_error(self.plan.metrics_route, exc)
         self.status = exc.status
         if not self.client_gone:
             self.client.write(_error_response(exc, self.request_id, self.close))
@@ -659,12 +883,12 @@ class _Exchange:
             app.metrics.long_poll_closed()
         if result is not None:
             if result.first_byte_s is not None:
-                app.metrics.first_byte(route_class(self.path), result.first_byte_s)
+                app.metrics.first_byte(self.plan.first_byte_route, result.first_byte_s)
             if app.metering:
                 app.exchange_meter.record(self.route, self.scope, self.path, self.kind, result)
         elapsed = time.perf_counter() - self.began
         if self.status and not gone:
-            app.metrics.answered(self.metrics_route, self.status, elapsed)
+            app.metrics.answered(self.plan.metrics_route, self.status, elapsed)
         if app.settings.proxy_access_log:  # the line carries the request id and the tenant
             with request_context(self.request_id.decode("latin-1"), self.route.tenant_id):
                 access_line(self.scope, self.status if not gone else 0, elapsed)
@@ -689,6 +913,7 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         "_closing_after",
         "_in_next",
         "_peer",
+        "_headers",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -706,6 +931,7 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         self._closing_after = False
         self._in_next = False
         self._peer: str | None = None  # the client's address, when no proxy is trusted
+        self._headers: _Headers | None = None  # of this connection's last request
 
     # Connection -------------------------------------------------------------------------
 
@@ -753,15 +979,12 @@ class RelayProtocol(GuardedHttpToolsProtocol):
                         self._reading_head = True
                         self._arm(self.header_timeout)
                     return
-                head = buffer[:end]
                 try:
-                    if _HEAD.fullmatch(head) is None:
-                        raise _Handover
-                    request = _parse_head(head)
-                except (_Handover, ValueError):
+                    request_line, headers = self._head(buffer, end)
+                except _Handover:
                     self._hand_over()
                     return
-                total = end + 4 + request.length
+                total = end + 4 + headers.length
                 if len(buffer) < total:
                     # The body is still arriving: the app admits such a request first (the
                     # client's slot, or 503 at once) and refuses a declared length over the
@@ -772,7 +995,12 @@ class RelayProtocol(GuardedHttpToolsProtocol):
                 self._deadline = None
                 self._buffer = buffer[total:]
                 try:
-                    self._relay(request, buffer[end + 4 : total])
+                    self._relay(
+                        request_line.group(1),
+                        request_line.group(2),
+                        headers,
+                        buffer[end + 4 : total],
+                    )
                 except _Handover:
                     self._buffer = buffer
                     self._hand_over()
@@ -781,6 +1009,20 @@ class RelayProtocol(GuardedHttpToolsProtocol):
                 self._go_idle()
         finally:
             self._in_next = False
+
+    def _head(self, buffer: bytes, end: int) -> tuple[re.Match[bytes], _Headers]:
+        """The request line and headers of the head ending at ``end``, or ``_Handover``."""
+        line_end = buffer.find(b"\r\n", 0, end)
+        if line_end < 0:
+            line_end = end
+        request_line = _REQUEST_LINE.fullmatch(buffer, 0, line_end)
+        if request_line is None:
+            raise _Handover
+        block = buffer[line_end:end]
+        headers = self._headers
+        if headers is None or headers.block != block:
+            headers = self._headers = _parse_headers(block)
+        return request_line, headers
 
     def _hand_over(self) -> None:
         """The rest of this connection's bytes (from the current request's first) to uvicorn's
@@ -882,64 +1124,52 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         self._socket.resume_reading()
         self._next()
 
-    def _route_of(self, request: _Request) -> tuple[Route | None, str, str, bool]:
-        """(the tenant's route if in memory, the path there, the full path, by prefix)."""
-        routes = self._proxy.routes  # type: ignore[union-attr]
-        full_path = request.target.partition(b"?")[0].decode("ascii")
-        prefixed = split_slug_prefix(full_path)
-        if prefixed is not None:
-            slug, path = prefixed
-            return routes.get_cached(slug_field(slug)), path, full_path, True
-        host = normalize_host(request.host.decode("latin-1"))
-        return routes.get_cached(host_field(host)), full_path, full_path, False
-
-    def _relay(self, request: _Request, body: bytes) -> None:
-        """Relay ``request`` or raise ``_Handover`` before anything is done for it."""
+    def _relay(self, method_bytes: bytes, target: bytes, headers: _Headers, body: bytes) -> None:
+        """Relay a request or raise ``_Handover`` before anything is done for it."""
         app = self._proxy
         assert app is not None
         began = time.perf_counter()
-        route, path, full_path, by_prefix = self._route_of(request)
-        raw_path, _, query = request.target.partition(b"?")
-        method = request.method
-        if (
-            route is None
-            or route.status != "active"
-            or path == "/_c3/health"
-            or classify(path) is not Verdict.FORWARD
-            or is_login(method, path)
-            or (by_prefix and starts_sso(method, path))
-            or _confinable(method, path) is not None
-            or not app.wake.awake(route)
-        ):
+        if b"%" in target or b"#" in target:
             raise _Handover
-        headers = request.headers
+        method = _METHODS[method_bytes]
+        raw_path, _, query = target.partition(b"?")
+        plan = _plan_of(method, raw_path)
+        if plan is None:
+            raise _Handover
+        field = plan.field
+        if field is None:
+            field = host_field(normalize_host(headers.host.decode("latin-1")))
+        route = app.routes.get_cached(field)
+        if route is None or route.status != "active" or not app.wake.awake(route):
+            raise _Handover
         scope = {
             "type": "http",
             "method": method,
-            "path": full_path,
+            "path": plan.full_path,
             "raw_path": raw_path,
             "query_string": query,
-            "headers": headers,
+            "headers": headers.headers,
             "client": self.client,
             "http_version": "1.1",
         }
-        request_id = request_id_from(
-            request.request_id.decode("latin-1") if request.request_id is not None else None
-        ).encode()
+        given = headers.request_id
+        request_id = (
+            given if given is not None and _SANE_REQUEST_ID.fullmatch(given) else new_request_id()
+        )
         if app._trusted_proxies:  # then X-Forwarded-For, per request, may name the client
             client = client_address(scope, app._trusted_proxies)
         else:
             client = self._peer or client_address(scope, ())
             self._peer = client
-        long_poll = is_long_poll(path)
-        kind = billable.kind_of(method, path) if app.metering else Kind.OTHER
+        long_poll = plan.long_poll
+        kind = plan.kind if app.metering else Kind.OTHER
         exchange = _Exchange(
             self,
             app,
             route,
             scope,
-            path,
-            request=request,
+            plan,
+            close=headers.close,
             request_id=request_id,
             body=body,
             kind=kind,
@@ -959,36 +1189,22 @@ class RelayProtocol(GuardedHttpToolsProtocol):
             exchange._fail(exc)
             return
         app.metrics.relayed += 1
-        exchange.start(_upstream_head(request, route, path, query, client, app, request_id))
+        exchange.start(
+            b"%s %s%s%s HTTP/1.1\r\n%sx-request-id: %s\r\nX-Forwarded-For: %s\r\n"
+            b"X-Forwarded-Proto: %s\r\nHost: %s\r\nX-Forwarded-Host: %s\r\n\r\n"
+            % (
+                method_bytes,
+                plan.upstream_path,
+                b"?" if query else b"",
+                query,
+                headers.upstream,  # the client's lines less hop-by-hop and forwarding ones
+                request_id,
+                client.encode(),
+                app.public_scheme,
+                headers.host,
+                headers.host,
+            )  # named and ordered as the ASGI path sends them (forwarding._upstream_headers)
+        )
 
 
-def _upstream_head(
-    request: _Request,
-    route: Route,
-    path: str,
-    query: bytes,
-    client: str,
-    app: ProxyApp,
-    request_id: bytes,
-) -> bytes:
-    """The request head as it goes upstream: the client's headers less hop-by-hop and
-    forwarding ones (in any spelling), plus ours (as ``forwarding._upstream_headers``)."""
-    parts = [
-        request.method.encode(),
-        b" ",
-        path.encode(),
-        b"?" + query if query else b"",
-        b" HTTP/1.1\r\n",
-    ]
-    for name, value in request.headers:
-        if not passed_upstream(name):
-            continue
-        parts.append(b"%s: %s\r\n" % (name, value))
-    host = request.host
-    # Named and ordered as the ASGI path sends them (the request id is the scope's last header).
-    parts.append(
-        b"x-request-id: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nHost: %s\r\n"
-        b"X-Forwarded-Host: %s\r\n\r\n"
-        % (request_id, client.encode(), app.public_scheme, host, host)
-    )
-    return b"".join(parts)
+_METHODS = {name.encode(): name for name in ("GET", "PUT", "POST", "DELETE", "OPTIONS")}

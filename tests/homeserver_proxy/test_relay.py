@@ -6,6 +6,7 @@ ASGI path; everything else still goes through the app, on the same connection.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -219,6 +220,31 @@ async def test_requests_on_one_connection_share_one_homeserver_connection(relay:
     assert len({seen["connection"] for seen in relay.stand_in.seen}) == 1
 
 
+async def test_each_request_on_a_connection_goes_on_with_its_own_headers(relay: Relay) -> None:
+    """The lane reuses what it made of a connection's last header lines only when the next
+    request repeats them byte for byte."""
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        for token in ("ann", "ann", "bob", "ann"):
+            answer = await client.get(
+                "/_matrix/client/versions", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert answer.status_code == 200
+        await client.put(SEND + "h1", content=b"{}")
+        await client.put(SEND + "h2", content=b'{"body": "x"}')
+    assert relayed(relay.app) == 6
+    relayed_here = [each for each in relay.stand_in.seen if "whoami" not in each["path"]]
+    seen = [dict(each["headers"]) for each in relayed_here]  # (metering asks whoami of tokens)
+    assert [each.get("authorization") for each in seen[:4]] == [
+        "Bearer ann",
+        "Bearer ann",
+        "Bearer bob",
+        "Bearer ann",
+    ]
+    assert [each["content-length"] for each in seen[4:]] == ["2", "13"]
+    assert [each["body"] for each in relayed_here[4:]] == [b"{}", b'{"body": "x"}']
+    assert len({each["x-request-id"] for each in seen}) == 6  # a new id for each
+
+
 async def test_a_send_is_relayed_and_billed_once(relay: Relay) -> None:
     async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
         answer = await client.put(SEND + "txn1", json={"msgtype": "m.text", "body": "hi"})
@@ -273,6 +299,70 @@ async def test_an_answer_that_ends_with_its_connection_arrives_whole(relay: Rela
     homeserver.close()
     assert first.json() == second.json() == {"old": "server"}
     assert relayed(relay.app) == 2
+
+
+SYNAPSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nServer: Synapse/1.163.2\r\nDate: Sat, 05 Dec 2026 03:57:00 GMT\r\n"
+    b"Cache-Control: public, max-age=600\r\nVary: Authorization\r\n"
+    b"Content-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\n"
+    b"X-Request-Id: theirs\r\n"
+)
+BODY = b'{"versions": ["v1.11", "v1.12"]}'
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        # Synapse's own: one chunk and the last one, written at once.
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY),
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (BODY[:5], len(BODY) - 5, BODY[5:]),
+        b"Transfer-Encoding: chunked\r\n\r\n%x;x=1\r\n%s\r\n0\r\nX-T: 1\r\n\r\n"
+        % (len(BODY), BODY),
+        b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY),
+        b"content-length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(BODY), BODY),
+    ],
+    ids=["one-chunk", "two-chunks", "extension-and-trailer", "length", "keep-alive"],
+)
+async def test_an_answer_in_one_read_is_relayed_as_the_app_relays_it(
+    relay: Relay, framing: bytes
+) -> None:
+    """The lane's own reading of a whole answer (``_whole_answer``) or llhttp's: the client
+    gets the body and the headers the app gives it, on a connection that stays in use."""
+    connections = []
+
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(SYNAPSE_HEAD + framing)  # in one write
+
+    homeserver = await asyncio.start_server(answering, "127.0.0.1", 0)
+    port = homeserver.sockets[0].getsockname()[1]
+    relay.publish(replace(relay.route, upstream=f"http://127.0.0.1:{port}"))
+    await poll_async(_upstream_is(relay.app, port), timeout=10, what="the proxy to see the route")
+    try:
+        async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+            lane = [await client.get("/_matrix/client/versions") for _ in range(3)]
+        assert relayed(relay.app) == 3
+        relay.app.settings = relay.app.settings.model_copy(update={"proxy_relay": False})
+        async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+            app = await client.get("/_matrix/client/versions")
+        assert relayed(relay.app) == 3
+    finally:
+        homeserver.close()
+    framing_names = {"content-length", "transfer-encoding", "x-request-id"}
+
+    def headers(answer: httpx.Response) -> list[tuple[str, str]]:
+        return sorted((k, v) for k, v in answer.headers.items() if k not in framing_names)
+
+    for answer in lane:
+        assert answer.status_code == 200 and answer.content == BODY
+        assert headers(answer) == headers(app)
+        assert "server" not in answer.headers and answer.headers["x-request-id"] != "theirs"
+        assert answer.headers["vary"] == "Authorization"
+    assert app.content == BODY
+    assert len(connections) == 2  # one kept for the lane's three, one of the app's client
 
 
 async def test_pipelined_requests_are_answered_in_order(relay: Relay) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -56,3 +57,19 @@ def test_only_sane_client_request_ids_are_kept() -> None:
     for unsafe in (None, "", "short", 'x" injected', "a\nb" * 8, "x" * 65):
         made = request_id_from(unsafe)
         assert made != unsafe and len(made) == 32
+
+
+def test_new_request_ids_are_random_hex_and_not_shared_with_a_forked_child() -> None:
+    made = [request_id_from(None) for _ in range(1000)]  # several draws from the system
+    assert len(set(made)) == 1000
+    assert all(len(id_) == 32 and int(id_, 16) >= 0 for id_ in made)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's next id is its own, not the parent's next one
+        os.write(write, request_id_from(None).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child) == 32 and child != request_id_from(None)
