@@ -637,7 +637,7 @@ class _Exchange:
         self.close = close
         self.began = began
         self.kind = kind
-        self.capture = kind.captures_response
+        self.capture = plan.capture and kind is plan.kind  # not when unmetered
         self.upstream: _Upstream | None = None
         self.status = 0
         self.out: list[bytes] = []
