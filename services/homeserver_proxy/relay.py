@@ -12,7 +12,9 @@ one, relays it without a task, an ASGI scope's messages or an aiohttp request:
   strictly well formed (one regular expression over the whole head: tokens for names, no
   control bytes, CRLF line ends, no obs-fold), with exactly one valid ``Host``, at most one
   decimal ``Content-Length`` of at most 1 MiB, no ``Transfer-Encoding``, ``Expect`` or
-  ``Upgrade``, an origin-form target without ``%`` or ``#``, for a tenant in the route table's
+  ``Upgrade``, an origin-form target without ``#`` (``%``-encoded room ids, as SDKs send
+  them, are in: like the app, the lane decides on the raw path and sends it on as it came),
+  for a tenant in the route table's
   memory that is active and awake, whose path the guard forwards (``Verdict.FORWARD``), and
   which is neither a login (its answer is rewritten), a single sign-on start, nor a request
   that external participants' confinement looks at. That is nearly every request of a client
@@ -64,6 +66,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
+from urllib.parse import unquote
 from typing import Any, Protocol
 
 import httptools
@@ -220,7 +223,7 @@ class _Plan:
     to that path, so kept for short paths (``_plan_of``)."""
 
     __slots__ = (
-        "full_path",
+        "decoded_path",
         "path",
         "upstream_path",
         "field",
@@ -234,7 +237,8 @@ class _Plan:
     )
 
     def __init__(self, method: str, full_path: str, path: str, field: str | None) -> None:
-        self.full_path = full_path  # as the client sent it
+        # The client's path as uvicorn gives it to the app in ``scope["path"]`` (room ids come %-encoded).
+        self.decoded_path = unquote(full_path) if "%" in full_path else full_path
         self.path = path  # at the homeserver (without a /t/<slug> prefix)
         self.upstream_path = path.encode()
         self.field = field  # the route's field by slug, or None: by the Host header
@@ -244,7 +248,7 @@ class _Plan:
         self.capture = self.kind.captures_response
         # A long-poll's timeout depends on its query (its own wait), any other's on the path.
         self.timeout = 0.0 if self.long_poll else (upstream_timeout(path, "").total or 90.0)
-        self.metrics_route = route_class(full_path)  # as the app's (prefix and all)
+        self.metrics_route = route_class(self.decoded_path)  # as the app's (prefix and all)
         self.first_byte_route = route_class(path)
 
 
@@ -1129,7 +1133,7 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         app = self._proxy
         assert app is not None
         began = time.perf_counter()
-        if b"%" in target or b"#" in target:
+        if b"#" in target:
             raise _Handover
         method = _METHODS[method_bytes]
         raw_path, _, query = target.partition(b"?")
@@ -1145,7 +1149,7 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         scope = {
             "type": "http",
             "method": method,
-            "path": plan.full_path,
+            "path": plan.decoded_path,
             "raw_path": raw_path,
             "query_string": query,
             "headers": headers.headers,

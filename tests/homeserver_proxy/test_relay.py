@@ -22,6 +22,7 @@ from aiohttp import web
 
 from c3.local_run import free_port
 from homeserver_proxy.app import ProxyApp
+from homeserver_proxy.proxy_metrics import RouteClass
 from homeserver_proxy.relay import RelayProtocol
 from platform_core.http_wall import MATRIX_ANSWERS, guarded_protocol
 from platform_core.redis import keys_for
@@ -245,12 +246,19 @@ async def test_each_request_on_a_connection_goes_on_with_its_own_headers(relay: 
     assert len({each["x-request-id"] for each in seen}) == 6  # a new id for each
 
 
-async def test_a_send_is_relayed_and_billed_once(relay: Relay) -> None:
+@pytest.mark.parametrize(
+    "send",
+    [SEND, SEND.replace("!r:acme.c3.test", "%21r%3Aacme.c3.test")],
+    ids=["plain-room-id", "room-id-encoded-as-sdks-send-it"],
+)
+async def test_a_send_is_relayed_and_billed_once(relay: Relay, send: str) -> None:
     async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
-        answer = await client.put(SEND + "txn1", json={"msgtype": "m.text", "body": "hi"})
+        answer = await client.put(send + "txn1", json={"msgtype": "m.text", "body": "hi"})
     assert answer.status_code == 200 and answer.json()["event_id"].startswith("$e")
     assert relayed(relay.app) == 1
     assert relay.stand_in.seen[-1]["body"] == b'{"msgtype":"m.text","body":"hi"}'
+    assert relay.stand_in.seen[-1]["path"] == send + "txn1"  # as the client wrote it
+    assert relay.app.metrics._requests[RouteClass.SEND][1] == 1  # a 2xx send, as the app counts
     usage = relay.app.meter.drain()
     assert usage is not None
     assert json.dumps(usage).count(answer.json()["event_id"]) == 1
