@@ -15,7 +15,8 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Literal
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -45,13 +46,24 @@ async def whoami(session: aiohttp.ClientSession, upstream: str, token: str) -> s
 
 def access_token(scope: Scope) -> str | None:
     """The client's access token: ``Authorization: Bearer`` or the ``access_token`` query."""
-    for name, value in scope["headers"]:
+    token = header_token(scope["headers"])
+    return query_token(scope.get("query_string", b"")) if token is False else token
+
+
+def header_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None | Literal[False]:
+    """The token of an ``Authorization: Bearer`` header (None for another scheme or an empty
+    one), or False when there is no ``Authorization`` header (then the query may hold one)."""
+    for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() != "bearer":
                 return None
             return token.strip() or None
-    query: bytes = scope.get("query_string", b"")
+    return False
+
+
+def query_token(query: bytes) -> str | None:
+    """The ``access_token`` query parameter (deprecated in Matrix, still accepted)."""
     if b"access_token=" in query:
         values = parse_qs(query.decode("latin-1")).get("access_token")
         return values[0] if values else None

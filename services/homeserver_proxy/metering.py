@@ -80,7 +80,7 @@ class UsageMeter:
         self._window_start = clock()
         self._month = _Month(self._window_start)
         # Active users already sent this month: each is reported once per month per proxy.
-        self._reported_active: set[tuple[str, str]] = set()
+        self._reported_active: set[tuple[str, str, str]] = set()  # tenant, month, user
 
     def now(self) -> float:
         return self._clock()
@@ -118,11 +118,12 @@ class UsageMeter:
             if now >= self._month.end:  # a new month began: last month's reports are done
                 self._month = month
                 self._reported_active.clear()
-        key = (tenant_id, f"{month.label}|{user_id}")
+        key = (tenant_id, month.label, user_id)
         if key in self._reported_active:
             return
         self._reported_active.add(key)
-        self._events[(tenant_id, Meter.ACTIVE_USERS.value, key[1])] = (1, now)
+        natural_id = f"{month.label}|{user_id}"
+        self._events[(tenant_id, Meter.ACTIVE_USERS.value, natural_id)] = (1, now)
 
     def drain(self) -> dict[str, object] | None:
         """Take everything counted so far as one batch payload (None when idle)."""
@@ -147,6 +148,11 @@ class UsageMeter:
         )
 
 
+# The kinds whose answers name no billable event (most requests): ``_record_events`` is not
+# asked. (Login is handled before; a new kind is asked by default.)
+_NAMES_NO_EVENTS = frozenset({Kind.OTHER, Kind.MEDIA_EGRESS, Kind.WHOAMI})
+
+
 class ExchangeMeter:
     """What one forwarded client exchange bills: requests and bytes always; billable events
     and the active user only from a successful answer."""
@@ -160,6 +166,13 @@ class ExchangeMeter:
     ) -> None:
         """Count the exchange of ``scope`` (its raw ``path``, of ``kind`` from
         ``billable.kind_of``) with the tenant of ``route``, which ended with ``result``."""
+        self.record_with_token(route, access_token(scope), path, kind, result)
+
+    def record_with_token(
+        self, route: Route, token: str | None, path: str, kind: Kind, result: ForwardResult
+    ) -> None:
+        """``record``, for a caller that knows the request's access token already (the fast
+        lane reads it once per connection's header lines)."""
         tenant = route.tenant_id
         ok = 200 <= result.status < 300
         self._meter.record_request(
@@ -170,8 +183,8 @@ class ExchangeMeter:
         if kind is Kind.LOGIN:
             self._signed_in(tenant, result)
             return
-        self._record_events(tenant, path, kind, result)
-        token = access_token(scope)
+        if kind not in _NAMES_NO_EVENTS:
+            self._record_events(tenant, path, kind, result)
         if token is not None:
             self._record_user(route, token, kind, result)
 

@@ -66,8 +66,8 @@ import re
 import socket
 import time
 from collections.abc import Sequence
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote
-from typing import Any, Protocol
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
@@ -88,6 +88,7 @@ from homeserver_proxy.forwarding import (
     upstream_timeout,
 )
 from homeserver_proxy.guard import Verdict, classify
+from homeserver_proxy.identity import header_token, query_token
 from homeserver_proxy.limits import Admission, TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter
 from homeserver_proxy.proxy_metrics import ProxyMetrics, RouteClass, route_class
@@ -141,7 +142,7 @@ class _Headers:
     again on one connection (its token, agent, host): the last block a connection sent is
     kept with what was made of it, and a request that repeats it byte for byte reuses that."""
 
-    __slots__ = ("block", "headers", "host", "length", "close", "request_id", "upstream")
+    __slots__ = ("block", "headers", "host", "length", "close", "request_id", "upstream", "token")
 
     def __init__(self, block: bytes) -> None:
         self.block = block
@@ -151,6 +152,7 @@ class _Headers:
         self.close = False
         self.request_id: bytes | None = None
         self.upstream = b""  # the lines passed upstream as they are (``passed_upstream``)
+        self.token: str | None | Literal[False] = False  # ``identity.header_token``
 
 
 def _parse_headers(block: bytes) -> _Headers:
@@ -175,6 +177,7 @@ def _parse_headers(block: bytes) -> _Headers:
         raise _Handover
     if parsed.length > _SPOOL_IN_MEMORY:
         raise _Handover  # streamed by the forwarder
+    parsed.token = header_token(headers)
     parsed.upstream = b"".join(
         [b"%s: %s\r\n" % header for header in headers if passed_upstream(header[0])]
     )
@@ -614,6 +617,7 @@ class _Exchange:
         "until_close",
         "finished",
         "plan",
+        "token",
     )
 
     def __init__(
@@ -625,6 +629,7 @@ class _Exchange:
         plan: _Plan,
         *,
         close: bool,
+        token: str | None | Literal[False],
         request_id: bytes,
         body: bytes,
         kind: Kind,
@@ -639,6 +644,7 @@ class _Exchange:
         self.request_id = request_id
         self.body = body
         self.close = close
+        self.token = token
         self.began = began
         self.kind = kind
         self.capture = plan.capture and kind is plan.kind  # not when unmetered
@@ -889,7 +895,12 @@ class _Exchange:
             if result.first_byte_s is not None:
                 app.metrics.first_byte(self.plan.first_byte_route, result.first_byte_s)
             if app.metering:
-                app.exchange_meter.record(self.route, self.scope, self.path, self.kind, result)
+                token = self.token
+                if token is False:  # no Authorization header: the query may hold one
+                    token = query_token(self.scope["query_string"])
+                app.exchange_meter.record_with_token(
+                    self.route, token, self.path, self.kind, result
+                )
         elapsed = time.perf_counter() - self.began
         if self.status and not gone:
             app.metrics.answered(self.plan.metrics_route, self.status, elapsed)
@@ -1174,6 +1185,7 @@ class RelayProtocol(GuardedHttpToolsProtocol):
             scope,
             plan,
             close=headers.close,
+            token=headers.token,
             request_id=request_id,
             body=body,
             kind=kind,

@@ -264,6 +264,26 @@ async def test_a_send_is_relayed_and_billed_once(relay: Relay, send: str) -> Non
     assert json.dumps(usage).count(answer.json()["event_id"]) == 1
 
 
+async def test_a_token_in_the_header_or_the_query_makes_its_user_active(relay: Relay) -> None:
+    tenant = relay.route.tenant_id
+    relay.app.token_users.remember(tenant, "tok-ann", "@ann:acme.c3.test")
+    relay.app.token_users.remember(tenant, "tok-bob", "@bob:acme.c3.test")
+    relay.app.token_users.remember(tenant, "tok-cy", "@cy:acme.c3.test")
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        for _ in range(2):  # the second time with the header lines the lane has seen
+            await client.get(
+                "/_matrix/client/versions", headers={"Authorization": "Bearer tok-ann"}
+            )
+        await client.get("/_matrix/client/versions?access_token=tok-bob")
+        await client.get("/_matrix/client/versions", headers={"Authorization": "Basic tok-cy"})
+    assert relayed(relay.app) == 4
+    usage = relay.app.meter.drain()
+    assert usage is not None
+    text = json.dumps(usage)
+    assert "@ann:acme.c3.test" in text and "@bob:acme.c3.test" in text
+    assert "@cy:acme.c3.test" not in text  # not a bearer token: nobody's
+
+
 async def test_a_login_goes_through_the_app_and_the_connection_comes_back(relay: Relay) -> None:
     async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
         login = await client.post("/_matrix/client/v3/login", json={"type": "m.login.password"})
