@@ -150,7 +150,7 @@ class UsageMeter:
 
 # The kinds whose answers name no billable event (most requests): ``_record_events`` is not
 # asked. (Login is handled before; a new kind is asked by default.)
-_NAMES_NO_EVENTS = frozenset({Kind.OTHER, Kind.MEDIA_EGRESS, Kind.WHOAMI})
+_NAMES_NO_EVENTS = (Kind.OTHER, Kind.MEDIA_EGRESS, Kind.WHOAMI)  # `in` by identity, no hashing
 
 
 class ExchangeMeter:
