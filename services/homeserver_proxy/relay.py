@@ -309,8 +309,9 @@ _STATUS = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t -~\x80-\xff]*")
 _ANSWER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 _CHUNKED = -2  # what a ``Transfer-Encoding: chunked`` line is to ``_whole_answer``
-_MAX_ANSWER_LINES = 4096
-_answer_lines: dict[bytes, bytes | int | None] = {}  # a homeserver's header line -> ours
+_MAX_ANSWER_HEADS = 4096
+# A homeserver's answer head -> (status, our head's lines, length or ``_CHUNKED``), or None.
+_answer_heads: dict[bytes, tuple[int, tuple[bytes, ...], int] | None] = {}
 
 
 def _whole_answer(data: bytes) -> tuple[int, list[bytes], bytes] | None:
@@ -320,41 +321,53 @@ def _whole_answer(data: bytes) -> tuple[int, list[bytes], bytes] | None:
     llhttp parses.
 
     Our lines are the homeserver's, names in lower case, less hop-by-hop ones, its ``Server``
-    and its request id, as ``answer_head`` makes them. Most lines repeat from answer to answer
-    (all but ``Date`` and some lengths), so what each made is kept in a bounded table."""
+    and its request id, as ``answer_head`` makes them. Heads repeat from answer to answer
+    (they differ in ``Date``, once a second, and in some lengths), so what each made is kept
+    in a bounded table."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    line_end = data.find(b"\r\n")
-    status_line = _STATUS.fullmatch(data, 0, line_end)
-    if status_line is None:
+    head = data[:end]
+    try:
+        known = _answer_heads[head]
+    except KeyError:  # a new head: about once a second per kind of answer
+        known = _read_answer_head(head)
+        if len(_answer_heads) >= _MAX_ANSWER_HEADS:
+            _answer_heads.clear()
+        _answer_heads[head] = known
+    if known is None:
+        return None
+    status, lines, length = known
+    if length == _CHUNKED:
+        body = _whole_chunks(data, end + 4)
+        return None if body is None else (status, list(lines), body)
+    if len(data) != end + 4 + length:
+        return None
+    return status, list(lines), data[end + 4 :]
+
+
+def _read_answer_head(head: bytes) -> tuple[int, tuple[bytes, ...], int] | None:
+    """What ``_whole_answer`` keeps of an answer head: its status, our lines and its length
+    (or ``_CHUNKED``); None for a head whose answer is llhttp's to read."""
+    line_end = head.find(b"\r\n")
+    status_line = _STATUS.fullmatch(head, 0, line_end if line_end >= 0 else len(head))
+    if status_line is None or line_end < 0:
         return None
     status = int(status_line.group(1))
     if status == 204 or status == 304:
         return None
     lines = [STATUS_LINE[status] if status in STATUS_LINE else b"HTTP/1.1 %d \r\n" % status]
     length = -1  # until a Content-Length or chunked framing is seen
-    table = _answer_lines
-    for line in data[line_end + 2 : end].split(b"\r\n"):
-        ours = table.get(line, _answer_lines)
-        if ours is _answer_lines:
-            ours = _our_line(line)
-            if len(table) >= _MAX_ANSWER_LINES:
-                table.clear()
-            table[line] = ours
-        if ours.__class__ is bytes:
+    for line in head[line_end + 2 :].split(b"\r\n"):
+        ours = _our_line(line)
+        if isinstance(ours, bytes):
             if ours:
-                lines.append(ours)  # type: ignore[arg-type]
+                lines.append(ours)
         elif ours is None or length != -1:
             return None
         else:
-            length = ours  # type: ignore[assignment]
-    if length == _CHUNKED:
-        body = _whole_chunks(data, end + 4)
-        return None if body is None else (status, lines, body)
-    if length < 0 or len(data) != end + 4 + length:
-        return None
-    return status, lines, data[end + 4 :]
+            length = ours
+    return None if length == -1 else (status, tuple(lines), length)
 
 
 def _whole_chunks(data: bytes, at: int) -> bytes | None:
