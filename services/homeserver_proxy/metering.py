@@ -78,6 +78,7 @@ class UsageMeter:
         self._hours: dict[tuple[str, int], _HourUsage] = {}
         self._events: dict[tuple[str, str, str], tuple[int, float]] = {}
         self._window_start = clock()
+        self._hour_start = int(self._window_start) // 3600 * 3600  # of the hour counted in
         self._month = _Month(self._window_start)
         # Active users already sent this month: each is reported once per month per proxy.
         self._reported_active: set[tuple[str, str, str]] = set()  # tenant, month, user
@@ -86,7 +87,10 @@ class UsageMeter:
         return self._clock()
 
     def _hour(self, tenant_id: str) -> _HourUsage:
-        key = (tenant_id, int(self._clock()) // 3600 * 3600)
+        now = self._clock()
+        if not self._hour_start <= now < self._hour_start + 3600:
+            self._hour_start = int(now) // 3600 * 3600
+        key = (tenant_id, self._hour_start)
         usage = self._hours.get(key)
         if usage is None:
             usage = self._hours[key] = _HourUsage()

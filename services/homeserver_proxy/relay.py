@@ -910,7 +910,8 @@ class _Exchange:
             if app.metering:
                 token = self.token
                 if token is False:  # no Authorization header: the query may hold one
-                    token = query_token(self.scope["query_string"])
+                    query = self.scope["query_string"]
+                    token = query_token(query) if query else None
                 app.exchange_meter.record_with_token(
                     self.route, token, self.path, self.kind, result
                 )
