@@ -9,8 +9,8 @@ one, relays it without a task, an ASGI scope's messages or an aiohttp request:
 
 - **Which requests.** HTTP/1.1 ``GET``/``PUT``/``POST``/``DELETE``/``OPTIONS``, body and all
   in hand (the common case: a client writes a small request at once), whose head is
-  strictly well formed (one regular expression over the whole head: tokens for names, no
-  control bytes, CRLF line ends, no obs-fold), with exactly one valid ``Host``, at most one
+  strictly well formed (regular expressions over the request line and the header lines:
+  tokens for names, no control bytes, CRLF line ends, no obs-fold), with exactly one valid ``Host``, at most one
   decimal ``Content-Length`` of at most 1 MiB, no ``Transfer-Encoding``, ``Expect`` or
   ``Upgrade``, an origin-form target without ``#`` (``%``-encoded room ids, as SDKs send
   them, are in: like the app, the lane decides on the raw path and sends it on as it came),
@@ -47,7 +47,7 @@ one, relays it without a task, an ASGI scope's messages or an aiohttp request:
   decide (``_Plan``: the guard's verdict, login, confinement, billing kind, timeout, metrics
   class) is kept per short path; a connection's last header lines are kept with what was made
   of them (``_Headers``), reused when the next request repeats them byte for byte; a
-  homeserver's header lines are kept with what they become in our answer.
+  homeserver's answer heads are kept with what they become in our answer.
 - **Long-polls**: a parked ``/sync`` is two sockets, two protocol objects and this exchange —
   no task. A client that hangs up closes its homeserver connection at once; any other request
   whose client left is finished (and metered: the homeserver did the work) without an answer.
