@@ -239,7 +239,17 @@ def test_reconcile_repairs_what_someone_changed_in_the_cluster(
     namespace = namespace_of(tenant)
     wanted_config = cluster.get("ConfigMap", namespace, "synapse-config")["data"]  # type: ignore[index]
     cluster.drift_as_an_operator(namespace)
-    poll(lambda: cluster.pod_process(namespace) is None, timeout=60, what="the pod to stop")
+    try:
+        poll(lambda: cluster.pod_process(namespace) is None, timeout=60, what="the pod to stop")
+    except AssertionError as failure:  # seen once in a whole-suite run: say what held it up
+        stateful_set = cluster.get("StatefulSet", namespace, "synapse") or {}
+        managers = [
+            m.get("manager") for m in stateful_set.get("metadata", {}).get("managedFields", [])
+        ]
+        raise AssertionError(
+            f"{failure}; StatefulSet replicas {stateful_set.get('spec', {}).get('replicas')!r}, "
+            f"managed by {managers}; platform log:\n{kube_c3.log_tail()}"
+        ) from failure
 
     subprocess.run(
         [sys.executable, "-m", "c3", "reconcile"],
