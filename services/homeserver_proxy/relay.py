@@ -230,7 +230,6 @@ class _Plan:
         "path",
         "upstream_path",
         "field",
-        "by_prefix",
         "long_poll",
         "kind",
         "capture",
@@ -245,7 +244,6 @@ class _Plan:
         self.path = path  # at the homeserver (without a /t/<slug> prefix)
         self.upstream_path = path.encode()
         self.field = field  # the route's field by slug, or None: by the Host header
-        self.by_prefix = field is not None
         self.long_poll = is_long_poll(path)
         self.kind = billable.kind_of(method, path)
         self.capture = self.kind.captures_response
@@ -255,25 +253,24 @@ class _Plan:
         self.first_byte_route = route_class(path)
 
 
-_NOT_TAKEN = object()  # a path the lane leaves to the app, whatever the tenant
-_plans: dict[tuple[str, bytes], Any] = {}
+_plans: dict[tuple[str, bytes], _Plan | None] = {}  # None: a path the app serves
 
 
 def _plan_of(method: str, raw_path: bytes) -> _Plan | None:
     """The plan of a request, or None for one the app serves: the proxy's health, a path the
     guard does not forward, a login, a single sign-on start, or one that confinement looks at."""
     key = (method, raw_path)
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _make_plan(method, raw_path)
-        if len(raw_path) <= _PLANNED_PATH_BYTES:
-            if len(_plans) >= _MAX_PLANS:
-                _plans.clear()  # unique paths (room and txn ids) come and go
-            _plans[key] = plan
-    return None if plan is _NOT_TAKEN else plan
+    if key in _plans:
+        return _plans[key]
+    plan = _make_plan(method, raw_path)
+    if len(raw_path) <= _PLANNED_PATH_BYTES:
+        if len(_plans) >= _MAX_PLANS:
+            _plans.clear()  # unique paths (room and txn ids) come and go
+        _plans[key] = plan
+    return plan
 
 
-def _make_plan(method: str, raw_path: bytes) -> Any:
+def _make_plan(method: str, raw_path: bytes) -> _Plan | None:
     full_path = raw_path.decode("ascii")
     prefixed = split_slug_prefix(full_path)
     if prefixed is not None:
@@ -288,8 +285,20 @@ def _make_plan(method: str, raw_path: bytes) -> Any:
         or (field is not None and starts_sso(method, path))
         or _confinable(method, path) is not None
     ):
-        return _NOT_TAKEN
+        return None
     return _Plan(method, full_path, path, field)
+
+
+def _status_line(status: int) -> bytes:
+    return STATUS_LINE[status] if status in STATUS_LINE else b"HTTP/1.1 %d \r\n" % status
+
+
+def _answer_line(name: bytes, value: bytes) -> bytes:
+    """Our line for a homeserver's answer header (``name`` in lower case) other than its
+    framing, or b"" to drop it: hop-by-hop ones, its ``Server``, its request id (ours goes)."""
+    if name in _RESPONSE_DROP or name == b"x-request-id":
+        return b""
+    return b"%s: %s\r\n" % (name, value)
 
 
 def _error_response(exc: errors.MatrixError, request_id: bytes, close: bool) -> bytes:
@@ -356,7 +365,7 @@ def _read_answer_head(head: bytes) -> tuple[int, tuple[bytes, ...], int] | None:
     status = int(status_line.group(1))
     if status == 204 or status == 304:
         return None
-    lines = [STATUS_LINE[status] if status in STATUS_LINE else b"HTTP/1.1 %d \r\n" % status]
+    lines = [_status_line(status)]
     length = -1  # until a Content-Length or chunked framing is seen
     for line in head[line_end + 2 :].split(b"\r\n"):
         ours = _our_line(line)
@@ -404,9 +413,7 @@ def _our_line(line: bytes) -> bytes | int | None:
         return b"" if value.lower() == b"keep-alive" else None
     if name == b"transfer-encoding":
         return _CHUNKED if value.lower() == b"chunked" else None
-    if name in _RESPONSE_DROP or name == b"x-request-id":
-        return b""
-    return b"%s: %s\r\n" % (name, value)
+    return _answer_line(name, value)
 
 
 class _Upstream(asyncio.Protocol):
@@ -660,7 +667,7 @@ class _Exchange:
         self.token = token
         self.began = began
         self.kind = kind
-        self.capture = plan.capture and kind is plan.kind  # not when unmetered
+        self.capture = plan.capture and kind is plan.kind  # (kind is OTHER when unmetered)
         self.upstream: _Upstream | None = None
         self.status = 0
         self.out: list[bytes] = []
@@ -684,16 +691,15 @@ class _Exchange:
         self.status = status
         length: bytes | None = None
         coded = False  # chunked upstream: else, without a length, the answer ends at its close
-        out = [STATUS_LINE[status] if status in STATUS_LINE else b"HTTP/1.1 %d \r\n" % status]
+        out = [_status_line(status)]
         for name, value in headers:
             lower = name.lower()
-            if lower in _RESPONSE_DROP or lower == b"x-request-id":
-                coded = coded or lower == b"transfer-encoding"
-                continue
             if lower == b"content-length":
                 length = value
-                continue
-            out.append(b"%s: %s\r\n" % (lower, value))
+            elif lower == b"transfer-encoding":
+                coded = True
+            elif line := _answer_line(lower, value):
+                out.append(line)
         out.append(b"x-request-id: " + self.request_id + b"\r\n")
         self.no_body = status in (204, 304) or 100 <= status < 200
         self.until_close = length is None and not coded and not self.no_body
@@ -715,9 +721,7 @@ class _Exchange:
         upstream connection back to the pool, metered as ``answer_complete`` meters."""
         self.first_byte_s = time.perf_counter() - self.sent_at
         self.status = status
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            upstream.pool.give_back(upstream, time.monotonic())
+        self._release_upstream(reusable=True)
         lines.append(b"x-request-id: %s\r\ncontent-length: %d\r\n" % (self.request_id, len(body)))
         if self.close:
             lines.append(b"connection: close\r\n")
@@ -727,16 +731,7 @@ class _Exchange:
         self.answered = True
         if not self.client_gone:
             self.client.write(b"".join(lines))
-        captured = self.capture and 200 <= status < 300
-        result = ForwardResult(
-            status,
-            len(self.body),
-            len(body),
-            request_body=self.body if self.capture else None,
-            response_body=body if captured else None,
-            first_byte_s=self.first_byte_s,
-        )
-        self._finish(result)
+        self._answered(body if self.capture and 200 <= status < 300 else None)
 
     def answer_body(self, body: bytes) -> None:
         if self.held is not None:
@@ -759,12 +754,7 @@ class _Exchange:
                 self.client.write(b"".join(out))
 
     def answer_complete(self, *, reusable: bool) -> None:
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            if reusable:
-                upstream.pool.give_back(upstream, time.monotonic())
-            elif upstream.transport is not None:
-                upstream.transport.close()
+        self._release_upstream(reusable=reusable)
         response_body: bytes | None = None
         if self.held is not None:
             response_body = b"".join(self.held)
@@ -775,15 +765,28 @@ class _Exchange:
         elif self.chunked:
             self.out.append(b"0\r\n\r\n")
         self.flush()
-        result = ForwardResult(
-            self.status,
-            len(self.body),
-            self.bytes_out,
-            request_body=self.body if self.capture else None,
-            response_body=response_body,
-            first_byte_s=self.first_byte_s,
+        self._answered(response_body)
+
+    def _release_upstream(self, *, reusable: bool) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            if reusable:
+                upstream.pool.give_back(upstream, time.monotonic())
+            elif upstream.transport is not None:
+                upstream.transport.close()
+
+    def _answered(self, response_body: bytes | None) -> None:
+        """Finish an answered exchange, metered (``response_body``: the held one, if any)."""
+        self._finish(
+            ForwardResult(
+                self.status,
+                len(self.body),
+                self.bytes_out,
+                request_body=self.body if self.capture else None,
+                response_body=response_body,
+                first_byte_s=self.first_byte_s,
+            )
         )
-        self._finish(result)
 
     def upstream_lost(self) -> None:
         """The homeserver's connection ended before its answer did."""

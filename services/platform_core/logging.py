@@ -26,26 +26,29 @@ tenant_id_var: ContextVar[str | None] = ContextVar("c3_tenant_id", default=None)
 
 # What a client may choose as its request id: it ends up in log lines and response headers,
 # so nothing that could break a line, a header or a JSON string.
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+_REQUEST_ID = r"[A-Za-z0-9._:-]{8,64}"
+_SANE_REQUEST_ID = re.compile(_REQUEST_ID)
+SANE_REQUEST_ID = re.compile(_REQUEST_ID.encode())  # for a raw header value (the fast lane)
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Request lines of our own HTTP clients are noise at INFO (health checks every reconcile).
 _NOISY = ("httpx", "httpcore", "alembic.runtime.plugins")
 
 
-SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{8,64}")  # the same, for a raw header value
 _RANDOM_IDS = 256  # request ids drawn from the system at once
 
 
 def request_id_from(given: str | None) -> str:
     """The client's request id if it is sane, else a new one."""
-    if given and _SANE_REQUEST_ID.match(given):
+    if given and _SANE_REQUEST_ID.fullmatch(given):
         return given
     return new_request_id().decode()
 
 
 class _RequestIds:
     """New request ids: 32 random hex digits each, as ``uuid4().hex``, but one ``getrandom``
-    for 256 of them (this runs for every proxied request); drawn anew in a forked child."""
+    for 256 of them (this runs for every proxied request); drawn anew in a forked child.
+    Made on an event loop's thread (the proxy's and the API's middleware), not shared across
+    threads."""
 
     def __init__(self) -> None:
         self._hex = b""
