@@ -236,6 +236,17 @@ def platform_pids(running: RunningPlatform, exclude: set[int]) -> list[int]:
     return [p.pid for p in tree if p.pid not in exclude]
 
 
+def machine_used() -> int:
+    """The machine's memory in use (total - available: page cache the kernel can reclaim is not
+    counted). The platform's share is its rise from before the platform started: the one total
+    that counts a page shared by many processes once."""
+    memory = psutil.virtual_memory()
+    return int(memory.total - memory.available)
+
+
+MACHINE_BEFORE: list[int] = []  # machine_used() before the platform started
+
+
 def memory_sample(running: RunningPlatform) -> dict[str, Any]:
     homeservers = homeserver_pids(running)
     platform = platform_pids(running, set(homeservers))
@@ -250,6 +261,7 @@ def memory_sample(running: RunningPlatform) -> dict[str, Any]:
         "platform_rss": sum(r for r, _ in pf),
         "platform_pss": sum(p for _, p in pf),
         "available": psutil.virtual_memory().available,
+        "machine_used_rise": machine_used() - MACHINE_BEFORE[0] if MACHINE_BEFORE else None,
     }
 
 
@@ -796,7 +808,7 @@ def total(sample: dict[str, Any]) -> int:
 
 def memory_brief(sample: dict[str, Any]) -> dict[str, Any]:
     keys = ("phase", "homeservers_running", "homeservers_rss", "homeservers_pss")
-    return {k: sample[k] for k in (*keys, "platform_rss", "platform_pss")}
+    return {k: sample.get(k) for k in (*keys, "platform_rss", "platform_pss", "machine_used_rise")}
 
 
 def summarize(
@@ -825,6 +837,10 @@ def summarize(
         "active_per_round": max(1, round(len(tenants) * args.active_share)),
         "arrival_spread_s": arrival_spread_s(args),
         "peak": peak,
+        "peak_machine_used_rise": max(
+            (s["machine_used_rise"] for s in workload if s.get("machine_used_rise") is not None),
+            default=None,
+        ),
         "rounds": [memory_brief(s) for s in rounds],
         "mean_homeservers_rss": statistics.fmean(s["homeservers_rss"] for s in rounds)
         if rounds
@@ -857,6 +873,11 @@ def summarize(
     }
 
 
+def rise_mib(sample: dict[str, Any]) -> str:
+    rise = sample.get("machine_used_rise")
+    return "-" if rise is None else f"{rise / MIB:.0f}"
+
+
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -874,15 +895,20 @@ def print_report(s: dict[str, Any]) -> None:
         print(
             f"  end of {r['phase']}: {r['homeservers_running']} homeservers running, "
             f"{r['homeservers_rss'] / MIB:.0f} MiB RSS ({r['homeservers_pss'] / MIB:.0f} PSS); "
-            f"platform {r['platform_rss'] / MIB:.0f} MiB RSS ({r['platform_pss'] / MIB:.0f} PSS)"
+            f"platform {r['platform_rss'] / MIB:.0f} MiB RSS ({r['platform_pss'] / MIB:.0f} PSS); "
+            f"machine +{rise_mib(r)} MiB"
         )
     if peak:
         print(
             f"  peak ({peak['phase']}): {peak['homeservers_running']} homeservers running, "
             f"{peak['homeservers_rss'] / MIB:.0f} MiB RSS ({peak['homeservers_pss'] / MIB:.0f} "
             f"PSS); platform {peak['platform_rss'] / MIB:.0f} MiB RSS "
-            f"({peak['platform_pss'] / MIB:.0f} PSS); total {total(peak) / MIB:.0f} MiB RSS"
+            f"({peak['platform_pss'] / MIB:.0f} PSS); total {total(peak) / MIB:.0f} MiB RSS; "
+            f"the machine's memory in use rose {rise_mib(peak)} MiB"
         )
+    print(
+        f"  the machine's memory in use, highest rise: {rise_mib({'machine_used_rise': s['peak_machine_used_rise']})} MiB"
+    )
     print(
         f"  first request → first answer, all {s['wake_count']} p50/p95/max: "
         f"{fmt_ms(s['wake_p50_ms'])} / {fmt_ms(s['wake_p95_ms'])} / {fmt_ms(s['wake_max_ms'])} "
@@ -958,6 +984,7 @@ def main() -> int:
     overrides["C3_BASE_DOMAIN"] = BASE_DOMAIN
     data_dir = Path(tempfile.mkdtemp(prefix=f"c3-density-{mode}-"))
     samples: list[dict[str, Any]] = []
+    MACHINE_BEFORE.append(machine_used())
     with (
         running_platform(overrides, data_dir, keep_data=args.keep_data) as running,
         extra_worker(running, args.extra_worker_concurrency),
