@@ -464,14 +464,6 @@ class Settings(BaseSettings):
     # CPU on a quiet machine, 5-11 s under load). false: each homeserver is a fresh
     # `python -m synapse.app.homeserver` (also the fallback when the zygote fails).
     synapse_zygote: bool = True
-    # Linux weighs each session as one group when it shares the CPU (autogroup), and every
-    # homeserver is a session of its own: with N of them busy, a homeserver waking and each of
-    # the platform's processes got 1/(N+1) of the CPU. So a homeserver forked from the zygote
-    # runs at the default weight for its first homeserver_start_boost_s (from its reactor's
-    # start: configured, about to listen), then lowers its own to that of this nice (0-19;
-    # 0: never). Measured in docs/hibernation.md ("CPU for the ones starting").
-    homeserver_settled_nice: int = Field(default=10, ge=0, le=19)
-    homeserver_start_boost_s: float = Field(default=5.0, ge=0)
     # --- end of Synapse's footprint ----------------------------------------------------------
 
     # --- The proxy's route table (issue 16; homeserver_proxy/routing.py) -------------------

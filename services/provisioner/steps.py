@@ -91,8 +91,6 @@ def make_backend(settings: Settings) -> Backend:
             jemalloc=settings.synapse_jemalloc,
             zygote=settings.synapse_zygote,
             start_timeout_s=settings.homeserver_start_timeout_s,
-            settled_nice=settings.homeserver_settled_nice,
-            start_boost_s=settings.homeserver_start_boost_s,
         )
     if settings.backend is BackendKind.FAKE:
         return FakeBackend(

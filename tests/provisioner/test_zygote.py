@@ -17,7 +17,7 @@ import pytest
 from provisioner.backends.base import HomeserverTarget
 from provisioner.backends.local import LocalBackend
 from provisioner.backends.zygote import Zygote
-from provisioner.backends.zygote_server import MARKER, settle_cpu_weight
+from provisioner.backends.zygote_server import MARKER
 from provisioner.synapse_config import HomeserverSecrets
 from tests.helpers.matrix import synapse_processes
 from tests.helpers.platform import poll
@@ -96,39 +96,6 @@ def test_homeservers_are_forked_from_one_zygote_and_each_serves_on_its_own(
     again = started(backend, alpha)
     assert again.pid != first.pid
     assert zygote_pid(backend) not in (None, zygote)
-
-
-def autogroup_nice(process: psutil.Process) -> int:
-    """The scheduler weight of the process's session, as ``/proc/<pid>/autogroup`` says it
-    (``/autogroup-123 nice 10``)."""
-    return int(Path(f"/proc/{process.pid}/autogroup").read_text().split()[-1])
-
-
-@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroup here")
-def test_a_forked_homeserver_starts_at_full_cpu_weight_and_then_yields(tmp_path: Path) -> None:
-    # C3_HOMESERVER_START_BOOST_S: 0 for alpha, 10 minutes for beta; one zygote forks both.
-    settling = LocalBackend(tmp_path, settled_nice=7, start_boost_s=0)
-    starting = LocalBackend(tmp_path, settled_nice=7, start_boost_s=600)
-    taken: set[int] = set()
-    alpha, beta = target(settling, "alpha", taken), target(starting, "beta", taken)
-    try:
-        first = started(settling, alpha)
-        poll(lambda: autogroup_nice(first) == 7, timeout=30, what="alpha to lower its weight")
-        second = started(starting, beta)
-        assert autogroup_nice(second) == 0  # still starting: the default weight
-        # Each in a session (a scheduling group) of its own, not the zygote's or each other's.
-        assert len({os.getsid(first.pid), os.getsid(second.pid), zygote_sid(settling)}) == 3
-        assert healthy(settling, alpha) and healthy(starting, beta)
-    finally:
-        settling.stop_all()
-    # Where the kernel has no autogroup, nothing is set and nothing fails.
-    assert settle_cpu_weight(7, autogroup=str(tmp_path / "no-autogroup")) is None
-
-
-def zygote_sid(backend: LocalBackend) -> int:
-    pid = zygote_pid(backend)
-    assert pid is not None
-    return os.getsid(pid)
 
 
 def test_a_killed_homeserver_is_not_taken_for_running_and_starts_again(

@@ -68,8 +68,6 @@ class LocalBackend(Backend):
         jemalloc: bool = False,
         zygote: bool = True,
         start_timeout_s: float = 60.0,
-        settled_nice: int = 10,
-        start_boost_s: float = 5.0,
     ):
         self.root = data_dir / "homeservers"
         self.work_root = work_root(data_dir)
@@ -86,8 +84,6 @@ class LocalBackend(Backend):
                 environment=self._environment(),
                 fingerprint=fingerprint(self.python, jemalloc=jemalloc),
                 start_timeout_s=start_timeout_s,
-                # C3_HOMESERVER_SETTLED_NICE / C3_HOMESERVER_START_BOOST_S (docs/hibernation.md)
-                settle=(start_boost_s, settled_nice) if settled_nice > 0 else None,
             )
             if zygote
             else None

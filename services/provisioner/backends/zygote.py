@@ -66,12 +66,8 @@ class Zygote:
         environment: dict[str, str],
         fingerprint: str,
         start_timeout_s: float = 60.0,
-        settle: tuple[float, int] | None = None,
     ) -> None:
         self.directory = directory
-        # (seconds after its start, nice): when a homeserver lowers its CPU weight; None: never
-        # (zygote_server._settle_after_start)
-        self.settle = settle
         self.python = python
         self.environment = environment
         self.fingerprint = fingerprint
@@ -89,15 +85,13 @@ class Zygote:
 
     def spawn(self, *, config: Path, directory: Path, log_path: Path, pid_file: Path) -> int:
         """Fork a homeserver from the zygote (started first when absent or stale); its pid."""
-        request: dict[str, Any] = {  # absolute: the homeserver moves into its directory first
+        request = {  # absolute: the homeserver moves into its directory first
             "fingerprint": self.fingerprint,
             "config": str(config.resolve()),
             "directory": str(directory.resolve()),
             "log": str(log_path.resolve()),
             "pid_file": str(pid_file.resolve()),
         }
-        if self.settle is not None:
-            request["settle"] = {"after_s": self.settle[0], "nice": self.settle[1]}
         for _ in range(3):
             try:
                 answer = self._ask(request)

@@ -8,8 +8,7 @@ also share the imported code's memory pages with the zygote until they write to 
 
 **The protocol.** The zygote listens on a Unix socket (a directory only its owner can enter).
 A request is one JSON line ``{"fingerprint", "config", "directory", "log", "pid_file"}``; the
-answer one JSON line, ``{"pid": N}`` or ``{"error": "…"}``. An optional ``"settle": {"after_s",
-"nice"}`` lowers the homeserver's CPU weight once it has started (``_settle_after_start``). A request with another
+answer one JSON line, ``{"pid": N}`` or ``{"error": "…"}``. A request with another
 ``fingerprint`` (the code or the interpreter changed since the zygote started: the local
 backend's ``zygote_fingerprint``) is answered ``{"error": "stale"}`` and the zygote exits, so
 the next start runs the new code.
@@ -40,7 +39,6 @@ import importlib
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import sys
@@ -50,7 +48,6 @@ from typing import Any
 MARKER = "provisioner.backends.zygote_server"
 _MAX_REQUEST = 64 * 1024
 _IDLE_CHECK_S = 5.0
-AUTOGROUP = "/proc/self/autogroup"
 # Imported before the first fork: Synapse's entry point, its storage and handlers (imported
 # lazily by the homeserver's set-up otherwise), both database drivers.
 PRELOAD = (
@@ -208,9 +205,6 @@ def _become_homeserver(request: dict[str, Any], ready_w: int, inherited: tuple[A
         os.close(ready_w)
         ready_w = -1
         _fresh_reactor()
-        settle = request.get("settle")
-        if isinstance(settle, dict):
-            _settle_after_start(float(settle["after_s"]), int(settle["nice"]))
         # The zygote's heap stays frozen: Synapse's start collects everything (gc.collect(),
         # then gc.freeze()), which took 0.8 s of every wake over the imported objects, and a
         # collection writes to every object it visits (the pages shared with the zygote).
@@ -239,49 +233,6 @@ def _write_pid_file(path: str) -> None:
     with open(fresh, "w") as file:
         file.write(f"{os.getpid()}\n")
     os.replace(fresh, path)
-
-
-def settle_cpu_weight(nice: int, autogroup: str = AUTOGROUP) -> bool | None:
-    """Give this process's session the scheduler weight of ``nice`` (Linux's autogroup, see
-    ``_settle_after_start``): True once set; False when the kernel asks to try again (it takes one
-    unprivileged change per 100 ms, machine-wide); None where it cannot be set (no autogroup in
-    this kernel, or not allowed)."""
-    try:
-        fd = os.open(autogroup, os.O_WRONLY)
-    except OSError:
-        return None
-    try:
-        os.write(fd, str(nice).encode())
-        return True
-    except BlockingIOError:
-        return False
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _settle_after_start(after_s: float, nice: int) -> None:
-    """Run at full CPU weight while starting, then yield to what starts next.
-
-    Linux schedules each session as one group (autogroup, on in Debian's and most distributions'
-    kernels for processes outside a CPU cgroup) and a homeserver is a session of its own: with N
-    homeservers busy, a waking one — and each of the platform's processes (the proxy, the
-    worker, Redis) — got 1/(N+1) of the CPU. A homeserver therefore starts at the default weight
-    and ``after_s`` after its reactor runs (configured, about to listen) lowers its own to
-    ``nice``'s (a new session's group always starts at 0; raising one's own nice needs no
-    privilege, lowering it would)."""
-    from twisted.internet import reactor
-
-    tries = 100  # the kernel's rate limit, shared with every other homeserver settling
-
-    def settle() -> None:
-        nonlocal tries
-        tries -= 1
-        if settle_cpu_weight(nice) is False and tries > 0:
-            reactor.callLater(0.1 + random.random() * 0.2, settle)  # type: ignore[attr-defined]
-
-    reactor.callWhenRunning(reactor.callLater, after_s, settle)  # type: ignore[attr-defined]
 
 
 def _fresh_reactor() -> None:
