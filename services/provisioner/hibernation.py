@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 import redis
@@ -199,16 +200,18 @@ def wake(ctx: steps.Context, tenant_id: str, *, stay_awake_s: float | None = Non
     lease = Lease(
         ctx.redis, ctx.keys.tenant_lease(tenant_id), ttl_s=ctx.settings.operation_lease_ttl_s
     )
-    deadline = time.monotonic() + ctx.settings.wake_timeout_s
+    began = time.monotonic()
+    deadline = began + ctx.settings.wake_timeout_s
     outcome = "busy"
     try:
         while not lease.acquire():
             if time.monotonic() >= deadline:
                 return outcome  # the proxies' wait ends too: 503 + Retry-After
             time.sleep(_LEASE_POLL_S)
+        marks = [("task", began), ("lease", time.monotonic())]
         try:
             with lease.kept_alive():
-                outcome = _wake_under_lease(ctx, uuid.UUID(tenant_id), stay_awake_s)
+                outcome = _wake_under_lease(ctx, uuid.UUID(tenant_id), stay_awake_s, marks)
         except Exception:
             outcome = "failed"
             raise
@@ -226,7 +229,12 @@ def wake(ctx: steps.Context, tenant_id: str, *, stay_awake_s: float | None = Non
             log.warning("wake of %s not recorded: %s", tenant_id, type(exc).__name__)
 
 
-def _wake_under_lease(ctx: steps.Context, tenant_id: uuid.UUID, stay_awake_s: float | None) -> str:
+def _wake_under_lease(
+    ctx: steps.Context,
+    tenant_id: uuid.UUID,
+    stay_awake_s: float | None,
+    marks: list[tuple[str, float]],
+) -> str:
     with task_session() as session:
         tenant = repository.get_tenant(session, tenant_id)
         hs = repository.get_homeserver(session, tenant_id)
@@ -235,9 +243,10 @@ def _wake_under_lease(ctx: steps.Context, tenant_id: uuid.UUID, stay_awake_s: fl
         asleep = hs.asleep_since is not None
         steps.ensure_port_usable(session, ctx, hs)
         target = steps.target_for(ctx, tenant, repository.get_plan(session, tenant.plan_id), hs)
+    marks.append(("read", time.monotonic()))
     running = ctx.backend.is_running(str(tenant_id))
     if asleep:
-        steps.ensure_awake(ctx, target)
+        steps.ensure_awake(ctx, target, marks)
     else:
         steps.ensure_running(ctx, target)  # a dead one restarts; a live one answers /health
     with task_session() as session:
@@ -274,13 +283,23 @@ def _wake_under_lease(ctx: steps.Context, tenant_id: uuid.UUID, stay_awake_s: fl
         # meanwhile moves last_seen and keeps it up as usual).
         pipe.hset(ctx.keys.homeserver_awake_until, str(tenant_id), now + stay_awake_s)
     pipe.execute()
+    marks.append(("published", time.monotonic()))
     if asleep:
-        log.info("tenant %s: homeserver woken", tenant_id)
+        log.info("tenant %s: homeserver woken in %s", tenant_id, _phases(marks))
         return "woken"
     if not running:
         log.info("tenant %s: homeserver restarted (healed)", tenant_id)
         return "healed"
     return "already_awake"
+
+
+def _phases(marks: list[tuple[str, float]]) -> str:
+    """``marks`` (each step's name and when it ended, the first: when the task began) as
+    "0.93 s (lease 0.00, read 0.01, ...)": where a slow wake spent its time."""
+    steps_taken = ", ".join(
+        f"{name} {end - start:.2f}" for (_, start), (name, end) in pairwise(marks)
+    )
+    return f"{marks[-1][1] - marks[0][1]:.2f} s ({steps_taken})"
 
 
 # Maintenance window ---------------------------------------------------------------------------

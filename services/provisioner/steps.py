@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from functools import cached_property, lru_cache
 from urllib.parse import urlsplit
@@ -108,12 +109,15 @@ def make_backend(settings: Settings) -> Backend:
 
 
 _context: Context | None = None
+_context_lock = threading.Lock()  # the wake lane runs tasks in threads
 
 
 def context() -> Context:
     global _context
     if _context is None:
-        _context = Context(get_settings())
+        with _context_lock:
+            if _context is None:
+                _context = Context(get_settings())
     return _context
 
 
@@ -222,13 +226,19 @@ def ensure_running(ctx: Context, target: HomeserverTarget) -> bool:
     return restarted
 
 
-def ensure_awake(ctx: Context, target: HomeserverTarget) -> None:
+def ensure_awake(
+    ctx: Context, target: HomeserverTarget, marks: list[tuple[str, float]] | None = None
+) -> None:
     """Wake a sleeping homeserver from its current config (a reconfigure while it slept only
-    rendered it) and wait until it is healthy."""
+    rendered it) and wait until it is healthy; ``marks`` gets when each step ended."""
+    marks = [] if marks is None else marks
     check_outbound_hosts(target)
     ctx.backend.render(target)
+    marks.append(("render", time.monotonic()))
     ctx.backend.wake(target)
+    marks.append(("start", time.monotonic()))
     wait_healthy(ctx, target)
+    marks.append(("healthy", time.monotonic()))
 
 
 @lru_cache(maxsize=1)

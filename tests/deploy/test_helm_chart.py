@@ -501,9 +501,34 @@ def test_worker_and_beat_have_exec_probes(tmp_path: Path) -> None:
     docs = _rendered(REQUIRED, tmp_path)
     worker = _named(docs, "Deployment", f"{RELEASE}-worker")["spec"]["template"]["spec"]
     beat = _named(docs, "Deployment", f"{RELEASE}-beat")["spec"]["template"]["spec"]
+    main, lane = worker["containers"]
     for probe in ("readinessProbe", "livenessProbe"):
-        assert worker["containers"][0][probe]["exec"]["command"] == ["c3", "probe", "worker"]
+        assert main[probe]["exec"]["command"] == ["c3", "probe", "worker"]
+        # The wake lane is pinged as its own Celery node, with the worker's timings.
+        assert lane[probe]["exec"]["command"] == ["c3", "probe", "worker", "--lane", "wake"]
+        assert {k: v for k, v in lane[probe].items() if k != "exec"} == {
+            k: v for k, v in main[probe].items() if k != "exec"
+        }
     assert beat["containers"][0]["livenessProbe"]["exec"]["command"][:3] == ["c3", "probe", "beat"]
+
+
+def test_the_wake_lane_runs_beside_the_worker_unless_turned_off(tmp_path: Path) -> None:
+    docs = _rendered(PRODUCTION, tmp_path)
+    spec = _named(docs, "Deployment", f"{RELEASE}-worker")["spec"]["template"]["spec"]
+    main, lane = spec["containers"]
+    assert (lane["name"], lane["args"]) == ("wake-lane", ["worker", "--lane", "wake"])
+    assert _env(lane)["C3_WAKE_LANE_THREADS"] == "8"
+    # The same settings, secrets and data volume as the worker (it starts the same
+    # homeservers); only the worker serves /metrics.
+    assert lane["envFrom"] == main["envFrom"] and lane["volumeMounts"] == main["volumeMounts"]
+    secret = {n for n, v in _env(lane).items() if isinstance(v, dict)}
+    assert secret == {n for n, v in _env(main).items() if isinstance(v, dict)}
+    assert "ports" not in lane and "C3_WORKER_METRICS_PORT" not in _env(lane)
+    assert _config(docs)["C3_WAKE_LANE"] == "true"  # so the worker leaves the lane's queue
+    off = _rendered(_merged(PRODUCTION, {"worker": {"wakeLane": {"enabled": False}}}), tmp_path)
+    spec = _named(off, "Deployment", f"{RELEASE}-worker")
+    assert [c["name"] for c in spec["spec"]["template"]["spec"]["containers"]] == ["worker"]
+    assert _config(off)["C3_WAKE_LANE"] == "false"  # the worker wakes homeservers itself
 
 
 # Network -----------------------------------------------------------------------------------
@@ -514,16 +539,16 @@ def test_containers_keep_the_image_entrypoint(tmp_path: Path) -> None:
     docs = _rendered(PRODUCTION, tmp_path)
     commands = {}
     for where, spec in _pod_specs(docs):
-        (container,) = spec["containers"]
-        assert "command" not in container, where
-        commands[where] = container["args"][0]
+        for container in spec["containers"]:
+            assert "command" not in container, where
+        commands[where] = [c["args"][0] for c in spec["containers"]]
     assert commands == {
-        f"Deployment/{RELEASE}-api": "api",
-        f"Deployment/{RELEASE}-proxy": "proxy",
-        f"Deployment/{RELEASE}-worker": "worker",
-        f"Deployment/{RELEASE}-beat": "beat",
-        f"Job/{RELEASE}-migrate": "migrate",
-        f"Pod/{RELEASE}-test": "probe",
+        f"Deployment/{RELEASE}-api": ["api"],
+        f"Deployment/{RELEASE}-proxy": ["proxy"],
+        f"Deployment/{RELEASE}-worker": ["worker", "worker"],  # the worker and its wake lane
+        f"Deployment/{RELEASE}-beat": ["beat"],
+        f"Job/{RELEASE}-migrate": ["migrate"],
+        f"Pod/{RELEASE}-test": ["probe"],
     }
 
 
@@ -613,7 +638,7 @@ def test_observability_is_off_by_default(tmp_path: Path) -> None:
     assert not [d for d in docs if d["kind"] in ("PodMonitor", "PrometheusRule", "ScrapeConfig")]
     assert [d["metadata"]["name"] for d in _by_kind(docs, "ConfigMap")] == [f"{RELEASE}-config"]
     for component in ("proxy", "worker"):
-        (container,) = _containers(docs, component)
+        container = _containers(docs, component)[0]  # the worker pod: its wake lane is [1]
         assert not any("METRICS" in name for name in _env(container)), component
         assert [p["name"] for p in container.get("ports", [])] == (
             ["http"] if component == "proxy" else []
@@ -727,7 +752,7 @@ def test_scraping_opens_the_metrics_listeners_prometheus_scrapes(tmp_path: Path)
     for component, port in ports.items():
         deployment = _named(docs, "Deployment", f"{RELEASE}-{component}")
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-        (container,) = _containers(docs, component)
+        container = _containers(docs, component)[0]  # the worker pod: its wake lane is [1]
         env = _env(container)
         prefix = f"C3_{component.upper()}_METRICS"
         assert (env[f"{prefix}_HOST"], env[f"{prefix}_PORT"]) == ("0.0.0.0", str(port))
@@ -746,7 +771,7 @@ def test_scraping_opens_the_metrics_listeners_prometheus_scrapes(tmp_path: Path)
         assert {"targetLabel": "job", "replacement": f"c3-{component}"} in endpoint["relabelings"]
     # No other pod opens a listener, and no Service or Ingress reaches one.
     for component in ("api", "beat"):
-        (container,) = _containers(docs, component)
+        container = _containers(docs, component)[0]  # the worker pod: its wake lane is [1]
         assert not any("_METRICS_" in name for name in _env(container)), component
     for service in _by_kind(docs, "Service"):
         assert not {p["port"] for p in service["spec"]["ports"]} & set(ports.values()), service
@@ -771,7 +796,7 @@ def test_the_services_accept_the_listener_settings_the_chart_gives(
     for component, port in (("proxy", 9100), ("worker", 9101)):
         for name in [n for n in os.environ if n.startswith("C3_")]:
             monkeypatch.delenv(name)
-        (container,) = _containers(docs, component)
+        container = _containers(docs, component)[0]  # the worker pod: its wake lane is [1]
         plain = {k: v for k, v in _env(container).items() if isinstance(v, str)}
         for name, value in {**_config(docs), **plain, **secrets}.items():
             monkeypatch.setenv(name, value)

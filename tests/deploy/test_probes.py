@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from c3.local_run import free_port
 from tests.helpers.platform import poll, running_api
 
@@ -37,21 +39,40 @@ def _service(command: list[str], log: Path, env: dict[str, str]) -> Iterator[Non
         process.wait(timeout=60)
 
 
-def test_worker_probe_follows_the_worker(platform_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("service", "lane", "other"),
+    [
+        (["worker", "--concurrency", "1"], [], ["--lane", "wake"]),
+        (["worker", "--lane", "wake"], ["--lane", "wake"], []),  # the chart's second container
+    ],
+    ids=["worker", "wake-lane"],
+)
+def test_worker_probe_follows_the_worker(
+    platform_env: dict[str, str],
+    tmp_path: Path,
+    service: list[str],
+    lane: list[str],
+    other: list[str],
+) -> None:
     env = dict(os.environ)
-    absent = _probe("worker", "--timeout", "1", env=env)
+    absent = _probe("worker", *lane, "--timeout", "1", env=env)
     assert absent.returncode == 1
     assert "did not answer a ping within 1 s" in absent.stderr
 
-    with _service(["worker", "--concurrency", "1"], tmp_path / "worker.log", env):
+    with _service(service, tmp_path / "worker.log", env):
         answered = poll(
-            lambda: (done := _probe("worker", "--timeout", "2", env=env)).returncode == 0 and done,
+            lambda: (
+                (done := _probe("worker", *lane, "--timeout", "2", env=env)).returncode == 0
+                and done
+            ),
             timeout=90,
-            what="the worker to answer c3 probe worker",
+            what=f"the worker to answer c3 probe worker {' '.join(lane)}",
         )
         assert "answered" in answered.stdout
+        # Each is its own node: the other's probe is not answered by this one.
+        assert _probe("worker", *other, "--timeout", "1", env=env).returncode == 1
 
-    after = _probe("worker", "--timeout", "1", env=env)
+    after = _probe("worker", *lane, "--timeout", "1", env=env)
     assert after.returncode == 1
 
 

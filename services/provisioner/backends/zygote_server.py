@@ -42,6 +42,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 # The module name in the command line: how a forked homeserver is told from other processes.
@@ -121,12 +122,17 @@ def _serve(listener: socket.socket, path: str, inode: int, fingerprint: str) -> 
             if request.get("fingerprint") != fingerprint:
                 _answer(conn, {"error": "stale"})
                 return
+            began = time.monotonic()
             try:
                 pid = _spawn(request, listener, conn)
             except OSError as exc:
                 _answer(conn, {"error": f"fork failed: {exc}"})
                 continue
             _answer(conn, {"pid": pid})
+            took = (time.monotonic() - began) * 1000
+            print(
+                f"forked homeserver {pid} in {took:.0f} ms for {request['directory']}", flush=True
+            )
 
 
 def read_line(conn: socket.socket) -> bytes:

@@ -212,6 +212,7 @@ pod annotations so a change rolls the Deployments.
   "C3_REDIS_NAMESPACE" .Values.redisNamespace
   "C3_DATA_DIR" "/var/lib/c3"
   "C3_LOG_FORMAT" .Values.logFormat
+  "C3_WAKE_LANE" (ternary "true" "false" .Values.worker.wakeLane.enabled)
   "HOME" "/tmp"
   "PYTHONUNBUFFERED" "1"
   "PYTHONDONTWRITEBYTECODE" "1"
