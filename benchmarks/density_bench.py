@@ -33,6 +33,8 @@ One run:
    ``--interval`` seconds until the round ends; finally each syncs until it has seen every
    message its peer sent (at most 15 s). Clients behave as Matrix clients do: a ``503`` with
    ``Retry-After`` is retried after that many seconds (the same transaction id for a send);
+   each active tenant's clients have a connection pool of their own (one pool for all cost
+   this script half a core of the two); each round's line says how much CPU the script used;
 5. heal: ``--heal-samples`` times during the workload (spread over the rounds), an active,
    awake tenant's homeserver is killed (``SIGKILL``, its pid from the local backend's pid file)
    a moment after its first answer; a probe of that tenant (``whoami`` as its first user, riding
@@ -44,7 +46,8 @@ One run:
    never saw ("lost");
 7. memory: every ``--sample-every`` seconds during the workload and at the end of each round,
    the RSS and PSS (``/proc/<pid>/smaps_rollup``) of every tenant homeserver process and of the
-   platform's processes (``c3 up`` and its children, and the extra worker);
+   platform's processes (``c3 up`` and its children, and the extra worker), and how much the
+   machine's memory in use (``total - available``) rose since before the platform started;
 8. prints a table, writes ``benchmarks/results/density-<mode>-<UTC stamp>.json``, stops the
    platform (also on failure or Ctrl-C), which stops every homeserver.
 
@@ -103,6 +106,13 @@ REQUEST_TIMEOUT_S = 60.0
 # platform is plain HTTP on loopback here; a context per pool would load the CA store each).
 CLIENT_LIMITS = httpx.Limits(max_connections=8, max_keepalive_connections=4)
 CLIENT_TLS = ssl.create_default_context()
+
+
+def client_pool() -> httpx.AsyncClient:
+    """The connections of one active tenant's two clients."""
+    return httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=CLIENT_LIMITS, verify=CLIENT_TLS)
+
+
 CATCH_UP_S = 15.0
 HEAL_TIMEOUT_S = 120.0
 RETRY_AFTER_CAP_S = 5.0
@@ -661,25 +671,6 @@ async def heal_sample(
 async def active_tenant(
     running: RunningPlatform,
     api: httpx.AsyncClient,
-    counts: Counts,
-    tenant: Tenant,
-    round_no: int,
-    arrival: float,
-    args: argparse.Namespace,
-    heal: bool,
-) -> None:
-    # The tenant's users have connections of their own, as Matrix clients do: one pool
-    # shared by every active client cost this script ~0.5 of the machine's 2 cores (httpcore
-    # checks each pooled connection on every request), CPU the platform was measured without.
-    async with httpx.AsyncClient(
-        timeout=REQUEST_TIMEOUT_S, limits=CLIENT_LIMITS, verify=CLIENT_TLS
-    ) as http:
-        await tenant_at_work(running, api, http, counts, tenant, round_no, arrival, args, heal)
-
-
-async def tenant_at_work(
-    running: RunningPlatform,
-    api: httpx.AsyncClient,
     http: httpx.AsyncClient,
     counts: Counts,
     tenant: Tenant,
@@ -771,21 +762,27 @@ async def workload(
                 sample_memory(running, args.sample_every, f"during round {n + 1}", samples)
             )
             try:
-                await asyncio.gather(
-                    *(
-                        active_tenant(
-                            running,
-                            api,
-                            counts,
-                            t,
-                            n + 1,
-                            k * spread / per_round,
-                            args,
-                            k in healed,
-                        )  # fmt: skip
-                        for k, t in enumerate(active)
+                # Each tenant's users have connections of their own, as Matrix clients do: one
+                # pool shared by every active client cost this script ~0.5 of the machine's 2
+                # cores (httpcore checks each pooled connection on every request).
+                async with contextlib.AsyncExitStack() as own:
+                    pools = [await own.enter_async_context(client_pool()) for _ in active]
+                    await asyncio.gather(
+                        *(
+                            active_tenant(
+                                running,
+                                api,
+                                pools[k],
+                                counts,
+                                t,
+                                n + 1,
+                                k * spread / per_round,
+                                args,
+                                k in healed,
+                            )  # fmt: skip
+                            for k, t in enumerate(active)
+                        )
                     )
-                )
             finally:
                 sampler.cancel()
             took = time.perf_counter() - started
