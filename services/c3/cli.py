@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from enum import StrEnum
 
 import typer
 
@@ -210,15 +211,17 @@ def proxy(
     )
 
 
-WORKER_LANES = ("all", "wake")
+class WorkerLane(StrEnum):
+    ALL = "all"  # `c3 worker`: every queue but the wake lane's (unless C3_WAKE_LANE=false)
+    WAKE = "wake"  # `c3 worker --lane wake`: wakes of sleeping homeservers, in threads
 
 
-def wake_lane_node() -> str:
-    """The wake lane's Celery node name on this host (the main worker's is Celery's default,
-    celery@<hostname>)."""
+def worker_node(lane: WorkerLane) -> str:
+    """A lane's Celery node name on this host: Celery's default, celery@<hostname> (the pod
+    name), for the worker; wake@<hostname> for its wake lane."""
     import socket
 
-    return f"wake@{socket.gethostname()}"
+    return f"{'wake' if lane is WorkerLane.WAKE else 'celery'}@{socket.gethostname()}"
 
 
 @app.command()
@@ -226,8 +229,8 @@ def worker(
     concurrency: int = typer.Option(
         2, min=1, envvar="C3_WORKER_CONCURRENCY", help="Worker processes (lane all)"
     ),
-    lane: str = typer.Option(
-        "all",
+    lane: WorkerLane = typer.Option(
+        WorkerLane.ALL,
         help="all: provisioning, reconcile, usage, webhooks, in processes (and wakes when "
         "C3_WAKE_LANE=false); wake: only wakes of sleeping homeservers, in "
         "C3_WAKE_LANE_THREADS threads (docs/hibernation.md)",
@@ -237,8 +240,6 @@ def worker(
     from platform_core.celery import celery_app, queue_names
     from platform_core.settings import get_settings
 
-    if lane not in WORKER_LANES:
-        raise typer.BadParameter(f"one of {', '.join(WORKER_LANES)}", param_hint="--lane")
     _logging()
     # Only the worker runs homeservers, so only it needs the backend (in the chart, only its
     # pod mounts a service-account token); the API, proxy and beat never check it.
@@ -252,7 +253,7 @@ def worker(
     _keep_our_logging()
     settings = get_settings()
     default_queue, wake_queue = queue_names(settings.redis_namespace)
-    if lane == "wake":
+    if lane is WorkerLane.WAKE:
         # Wakes mostly wait (for a homeserver to start, a pod to be ready): threads, one
         # process. Its tasks' counts reach Redis like any task's, so the main worker's
         # /metrics has them; it serves no /metrics of its own (one port per pod).
@@ -260,7 +261,7 @@ def worker(
             "--pool=threads",
             f"--concurrency={settings.wake_lane_threads}",
             f"--queues={wake_queue}",
-            f"--hostname={wake_lane_node()}",
+            f"--hostname={worker_node(lane)}",
         ]
     else:
         _worker_metrics_listener()
@@ -413,15 +414,14 @@ def _unhealthy(message: str) -> typer.Exit:
 @probe_app.command("worker")
 def probe_worker(
     timeout: float = typer.Option(5.0, help="Seconds to wait for the worker's answer"),
-    lane: str = typer.Option("all", help="all: `c3 worker`; wake: `c3 worker --lane wake`"),
+    lane: WorkerLane = typer.Option(
+        WorkerLane.ALL, help="all: `c3 worker`; wake: `c3 worker --lane wake`"
+    ),
 ) -> None:
     """This host's Celery worker answers a ping through the broker (its main loop is alive)."""
-    import socket
-
     from platform_core.celery import celery_app
 
-    # `c3 worker` names no node, so Celery's default applies: celery@<hostname> (the pod name).
-    node = wake_lane_node() if lane == "wake" else f"celery@{socket.gethostname()}"
+    node = worker_node(lane)
     try:
         replies = celery_app().control.ping(destination=[node], timeout=timeout)
     except Exception as exc:  # the broker is unreachable: that is the answer, not a crash

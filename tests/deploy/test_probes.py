@@ -76,6 +76,12 @@ def test_worker_probe_follows_the_worker(
     assert after.returncode == 1
 
 
+def test_worker_probe_refuses_a_lane_it_does_not_know(platform_env: dict[str, str]) -> None:
+    # A typo must not quietly probe the main worker and report the pod healthy.
+    done = _probe("worker", "--lane", "waek", "--timeout", "1")
+    assert done.returncode == 2 and "'waek' is not one of 'all', 'wake'" in done.stderr
+
+
 def test_worker_probe_fails_cleanly_without_a_broker(platform_env: dict[str, str]) -> None:
     env = {**os.environ, "C3_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     done = _probe("worker", "--timeout", "1", env=env)
