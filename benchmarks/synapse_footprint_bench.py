@@ -16,7 +16,12 @@ For each variant, one run:
    users and rooms, with every user syncing (initial sync, then an incremental sync after every
    ``--users`` messages) and a final initial sync per user; reads memory right after, and
    again once it settled (the "working, settled" columns: what the process keeps);
-4. stops the homeserver and removes its directory.
+4. **chatting** (``--chat-seconds``, off by default): two more users in a private room, each
+   long-polling ``/sync`` and sending ``--chat-rate`` messages a second, as each active tenant
+   of ``density_bench.py`` does; the homeserver's CPU time (``/proc/<pid>/stat``) per message,
+   less what it used over as long a time before with the same syncs parked and no message
+   (its timers): the CPU one message costs a homeserver with two clients syncing;
+5. stops the homeserver and removes its directory.
 
 Prints one table (MiB) and writes ``benchmarks/results/synapse-footprint-<UTC stamp>.json``.
 Variants run one after another, so they do not compete for the CPU; ``--repeat`` runs the whole
@@ -26,6 +31,8 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/synapse_footprint_bench.py
     .venv/bin/python benchmarks/synapse_footprint_bench.py --variants glibc jemalloc --repeat 3
+    .venv/bin/python benchmarks/synapse_footprint_bench.py --variants glibc \
+        --chat-seconds 30 --chat-rate 1 --repeat 3                  # CPU per message
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -323,6 +331,90 @@ def workload(hs: Homeserver, users: int, rooms: int, messages: int) -> dict[str,
         client.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def chat(hs: Homeserver, pid: int, seconds: float, rate: float) -> dict[str, Any]:
+    """Two users chatting (step 4 of the module docstring): the homeserver's CPU per message."""
+    client = httpx.Client(base_url=hs.base_url, timeout=60)
+    secret = hs.secrets.registration_shared_secret
+    auth = [{"Authorization": f"Bearer {register(client, secret, f'chat{n}')}"} for n in (0, 1)]
+    room_id = client.post(
+        "/_matrix/client/v3/createRoom", json={"preset": "private_chat"}, headers=auth[0]
+    ).json()["room_id"]
+    client.post(
+        f"/_matrix/client/v3/rooms/{room_id}/invite",
+        json={"user_id": f"@chat1:{hs.spec.server_name}"},
+        headers=auth[0],
+    ).raise_for_status()
+    client.post(f"/_matrix/client/v3/join/{room_id}", headers=auth[1]).raise_for_status()
+    client.close()
+    stop = threading.Event()
+    chatting = threading.Event()
+    counts = {"syncs": 0, "sent": 0}
+    lock = threading.Lock()
+
+    def syncer(n: int) -> None:
+        since: str | None = None
+        with httpx.Client(base_url=hs.base_url, timeout=60) as own:
+            while not stop.is_set():
+                params = {"timeout": "5000", **({"since": since} if since else {})}
+                response = own.get("/_matrix/client/v3/sync", params=params, headers=auth[n])
+                response.raise_for_status()
+                since = response.json()["next_batch"]
+                with lock:
+                    counts["syncs"] += 1
+
+    def sender(n: int) -> None:
+        chatting.wait()
+        began = time.monotonic()
+        with httpx.Client(base_url=hs.base_url, timeout=60) as own:
+            m = 0
+            while not stop.wait(max(0.0, began + m / rate - time.monotonic())):
+                m += 1
+                own.put(
+                    f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/c{n}-{m}",
+                    json={"msgtype": "m.text", "body": f"message {m} " + "lorem ipsum " * 8},
+                    headers=auth[n],
+                ).raise_for_status()
+                with lock:
+                    counts["sent"] += 1
+
+    threads = [threading.Thread(target=f, args=(n,)) for f in (syncer, sender) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(2.0)  # both initial syncs answered and the long-polls parked
+        idle_from = cpu_seconds(pid)
+        stop.wait(seconds)  # the same syncs parked, no message: the homeserver's own timers
+        idle_cpu = cpu_seconds(pid) - idle_from
+        with lock:
+            syncs_from = counts["syncs"]
+        chat_from = cpu_seconds(pid)
+        began = time.monotonic()
+        chatting.set()
+        stop.wait(seconds)
+        chat_cpu = cpu_seconds(pid) - chat_from
+        took = time.monotonic() - began
+        with lock:
+            sent, syncs = counts["sent"], counts["syncs"] - syncs_from
+    finally:
+        stop.set()
+        chatting.set()
+        for thread in threads:
+            thread.join()
+    return {
+        "chat_messages": sent,
+        "chat_syncs": syncs,
+        "chat_cores": chat_cpu / took,
+        "idle_cores": idle_cpu / seconds,
+        "chat_cpu_ms_per_message": 1000 * (chat_cpu - idle_cpu * took / seconds) / max(1, sent),
+    }
+
+
 def run_variant(variant: Variant, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     hs = Homeserver(variant, root)
     try:
@@ -335,6 +427,7 @@ def run_variant(variant: Variant, args: argparse.Namespace, root: Path) -> dict[
         work_s = time.perf_counter() - work_started
         working = memory_of(pid)
         working_settled = settled_memory(pid, args.settle)
+        chatted = chat(hs, pid, args.chat_seconds, args.chat_rate) if args.chat_seconds else {}
         row = {
             "variant": variant.name,
             "jemalloc_mapped": maps_jemalloc(pid),
@@ -346,11 +439,18 @@ def run_variant(variant: Variant, args: argparse.Namespace, root: Path) -> dict[
             "working": working,
             "working_settled": working_settled,
             **work,
+            **chatted,
         }
+        cpu = (
+            f"  chat {chatted['chat_cpu_ms_per_message']:.1f} ms CPU/message"
+            f" ({chatted['chat_messages']} sent, {chatted['chat_syncs']} syncs answered)"
+            if chatted
+            else ""
+        )
         print(
             f"  {variant.name:<22} idle rss {idle['rss']:6.1f}  working rss "
             f"{working['rss']:6.1f} settled {working_settled['rss']:6.1f} MiB  "
-            f"send p50 {work['send_p50_ms']:.1f} ms  ({work_s:.0f} s)",
+            f"send p50 {work['send_p50_ms']:.1f} ms  ({work_s:.0f} s){cpu}",
             flush=True,
         )
         return row
@@ -375,6 +475,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["send_p50_ms"] = statistics.median(r["send_p50_ms"] for r in runs)
         entry["send_p99_ms"] = statistics.median(r["send_p99_ms"] for r in runs)
         entry["workload_s"] = statistics.median(r["workload_s"] for r in runs)
+        if "chat_cpu_ms_per_message" in runs[0]:
+            for key in ("chat_cpu_ms_per_message", "chat_cores", "idle_cores"):
+                entry[key] = statistics.median(r[key] for r in runs)
         summary.append(entry)
     return summary
 
@@ -399,6 +502,17 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
             f"{e['working_settled_rss']:>12.1f}{e['working_settled_private']:>7.1f}"
             f"{e['send_p50_ms']:>10.1f}{e['send_p99_ms']:>8.1f}{e['workload_s']:>8.1f}"
         )
+    if args.chat_seconds:
+        print(
+            f"\nChatting: 2 users long-polling /sync, each sending {args.chat_rate:g} messages a "
+            f"second for {args.chat_seconds:g} s; the homeserver's CPU, median of {args.repeat}"
+        )
+        print(f"{'variant':<22}{'ms CPU per message':>20}{'cores chatting':>16}{'cores idle':>12}")
+        for e in summary:
+            print(
+                f"{e['variant']:<22}{e['chat_cpu_ms_per_message']:>20.1f}"
+                f"{e['chat_cores']:>16.3f}{e['idle_cores']:>12.3f}"
+            )
 
 
 def parse_args() -> argparse.Namespace:
@@ -413,6 +527,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument(
         "--settle", type=float, default=10.0, help="seconds RSS must stay within 1 %%"
+    )
+    parser.add_argument(
+        "--chat-seconds", type=float, default=0.0, help="the chatting step's length (0: none)"
+    )
+    parser.add_argument(
+        "--chat-rate", type=float, default=1.0, help="messages a second each chatting user sends"
     )
     return parser.parse_args()
 
