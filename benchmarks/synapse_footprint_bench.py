@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "services"))
 
 from benchmarks.harness import stop_on_sigterm  # noqa: E402
+from benchmarks.nginx import cpu_seconds  # noqa: E402
 from platform_core.synapse_admin import registration_mac  # noqa: E402
 from provisioner.malloc import JEMALLOC_CONF, jemalloc_path  # noqa: E402
 from provisioner.synapse_config import (  # noqa: E402
@@ -331,30 +332,25 @@ def workload(hs: Homeserver, users: int, rooms: int, messages: int) -> dict[str,
         client.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def chat(hs: Homeserver, pid: int, seconds: float, rate: float) -> dict[str, Any]:
     """Two users chatting (step 4 of the module docstring): the homeserver's CPU per message."""
-    client = httpx.Client(base_url=hs.base_url, timeout=60)
     secret = hs.secrets.registration_shared_secret
-    auth = [{"Authorization": f"Bearer {register(client, secret, f'chat{n}')}"} for n in (0, 1)]
-    room_id = client.post(
-        "/_matrix/client/v3/createRoom", json={"preset": "private_chat"}, headers=auth[0]
-    ).json()["room_id"]
-    client.post(
-        f"/_matrix/client/v3/rooms/{room_id}/invite",
-        json={"user_id": f"@chat1:{hs.spec.server_name}"},
-        headers=auth[0],
-    ).raise_for_status()
-    client.post(f"/_matrix/client/v3/join/{room_id}", headers=auth[1]).raise_for_status()
-    client.close()
+    with httpx.Client(base_url=hs.base_url, timeout=60) as client:
+        auth = [{"Authorization": f"Bearer {register(client, secret, f'chat{n}')}"} for n in (0, 1)]
+        created = client.post(
+            "/_matrix/client/v3/createRoom", json={"preset": "private_chat"}, headers=auth[0]
+        )
+        room_id = created.raise_for_status().json()["room_id"]
+        client.post(
+            f"/_matrix/client/v3/rooms/{room_id}/invite",
+            json={"user_id": f"@chat1:{hs.spec.server_name}"},
+            headers=auth[0],
+        ).raise_for_status()
+        client.post(f"/_matrix/client/v3/join/{room_id}", headers=auth[1]).raise_for_status()
     stop = threading.Event()
     chatting = threading.Event()
     counts = {"syncs": 0, "sent": 0}
+    failures: list[BaseException] = []
     lock = threading.Lock()
 
     def syncer(n: int) -> None:
@@ -363,8 +359,7 @@ def chat(hs: Homeserver, pid: int, seconds: float, rate: float) -> dict[str, Any
             while not stop.is_set():
                 params = {"timeout": "5000", **({"since": since} if since else {})}
                 response = own.get("/_matrix/client/v3/sync", params=params, headers=auth[n])
-                response.raise_for_status()
-                since = response.json()["next_batch"]
+                since = response.raise_for_status().json()["next_batch"]
                 with lock:
                     counts["syncs"] += 1
 
@@ -383,11 +378,26 @@ def chat(hs: Homeserver, pid: int, seconds: float, rate: float) -> dict[str, Any
                 with lock:
                     counts["sent"] += 1
 
-    threads = [threading.Thread(target=f, args=(n,)) for f in (syncer, sender) for n in (0, 1)]
+    def failing_loud(step: Any, n: int) -> None:
+        """A client that fails stops the measurement (its numbers would be too low)."""
+        try:
+            step(n)
+        except BaseException as exc:  # noqa: BLE001 — reported by chat() after the join
+            failures.append(exc)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=failing_loud, args=(step, n))
+        for step in (syncer, sender)
+        for n in (0, 1)
+    ]
     for thread in threads:
         thread.start()
     try:
-        time.sleep(2.0)  # both initial syncs answered and the long-polls parked
+        # Both initial syncs answered: from here each client's /sync is parked.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while counts["syncs"] < 2 and not stop.is_set() and time.monotonic() < deadline:
+            stop.wait(0.05)
         idle_from = cpu_seconds(pid)
         stop.wait(seconds)  # the same syncs parked, no message: the homeserver's own timers
         idle_cpu = cpu_seconds(pid) - idle_from
@@ -406,6 +416,8 @@ def chat(hs: Homeserver, pid: int, seconds: float, rate: float) -> dict[str, Any
         chatting.set()
         for thread in threads:
             thread.join()
+    if failures:
+        raise RuntimeError(f"a chatting client failed: {failures[0]!r}") from failures[0]
     return {
         "chat_messages": sent,
         "chat_syncs": syncs,

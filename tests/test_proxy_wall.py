@@ -29,12 +29,10 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-import redis
 
 from c3.local_run import free_port
-from platform_core.redis import RedisKeys
 from platform_core.routes import Route, publish_route, slug_field, withdraw_route
-from tests.helpers.platform import RunningPlatform, poll, start_proxy
+from tests.helpers.platform import RunningPlatform, poll, redis_of, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -138,12 +136,6 @@ def upstream_connections(port: int) -> set[int]:
         for c in psutil.net_connections(kind="tcp")
         if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED"
     }
-
-
-def redis_of(platform: RunningPlatform) -> tuple[redis.Redis, RedisKeys]:
-    return redis.Redis.from_url(platform.env["C3_REDIS_URL"]), RedisKeys(
-        platform.env["C3_REDIS_NAMESPACE"]
-    )
 
 
 @pytest.fixture

@@ -18,16 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from platform_core.redis import RedisKeys
 from tests.helpers.environment import platform_fixture
 from tests.helpers.matrix import synapse_processes, usage_of
 from tests.helpers.platform import (
     RunningPlatform,
     poll,
     poll_async,
+    redis_of,
     wait_operation,
     worker_main,
 )
@@ -407,8 +406,8 @@ def test_a_wake_does_not_wait_for_the_workers_processes(sleepy_platform: Running
     wait_asleep(platform, tenant)
     # The sleep pass holds the tenant's lease until its stop has returned, a moment after the
     # process is gone: frozen then, it would keep the lease (and so the wake) until it expires.
-    client = redis.Redis.from_url(platform.env["C3_REDIS_URL"])
-    lease = RedisKeys(platform.env["C3_REDIS_NAMESPACE"]).tenant_lease(tenant["id"])
+    client, keys = redis_of(platform)
+    lease = keys.tenant_lease(tenant["id"])
     poll(lambda: not client.exists(lease), timeout=30, what="the sleep pass to let go")
     main = poll(lambda: worker_main(platform), timeout=60, what="a running worker")
     frozen = [main, *main.children()]

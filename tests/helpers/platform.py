@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 
 import httpx
 import psutil
+import redis
 import yaml
 
 from c3.local_run import free_port
+from platform_core.redis import RedisKeys
 
 T = TypeVar("T")
 
@@ -113,6 +115,13 @@ class RunningPlatform:
         for child in sorted((self.data_dir / "logs").glob("*.log")):
             out.append(f"--- {child.name}\n" + child.read_text(errors="replace"))
         return "\n".join("\n".join(text.splitlines()[-lines:]) for text in out)
+
+
+def redis_of(platform: RunningPlatform) -> tuple[redis.Redis, RedisKeys]:
+    """The platform's Redis, and its keys (its namespace)."""
+    return redis.Redis.from_url(platform.env["C3_REDIS_URL"]), RedisKeys(
+        platform.env["C3_REDIS_NAMESPACE"]
+    )
 
 
 def stop_process(
