@@ -928,6 +928,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--connections", type=int, nargs="+", default=[1, 50], help="connection counts (1 50)"
     )
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        choices=[e.name for e in ENDPOINTS],
+        default=[e.name for e in ENDPOINTS],
+        help="which endpoints to measure (all); e.g. --cells static for the ceiling alone",
+    )
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
     parser.add_argument("--keep-data", action="store_true", help="keep the platform data dir")
     args = parser.parse_args()
@@ -948,7 +955,11 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
     proxy = f"{running.proxy_url}/t/{slug}"
     token = login(proxy)
     room_id = create_room(proxy, token)
-    endpoints = [replace(e, path=e.path.format(room=quote(room_id, safe=""))) for e in ENDPOINTS]
+    endpoints = [
+        replace(e, path=e.path.format(room=quote(room_id, safe="")))
+        for e in ENDPOINTS
+        if e.name in args.cells
+    ]
     with (
         unmetered_proxy(running) as (unmetered, unmetered_pid),
         nginx_yardstick(slug, direct) as (nginx_proxy, nginx_static),
@@ -1018,6 +1029,7 @@ def main() -> int:
             "reps": args.reps,
             "warmup_s": args.warmup,
             "connections": args.connections,
+            "cells": args.cells,
             "metering_cost_target_pct": METERING_COST_TARGET_PCT,
             "load_generator": generator.name,
             "database": "external" if "C3_DATABASE_URL" in overrides else "sqlite",

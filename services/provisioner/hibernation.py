@@ -70,24 +70,31 @@ def sleep_idle(ctx: steps.Context) -> dict[str, int]:
             if (after := idle_after_s(limits)) > 0
         ]
     idle = _idle(ctx, candidates)
+    if not idle:
+        return {}
+    # Each lease has the operations' short TTL (C3_OPERATION_LEASE_TTL_S), renewed from one
+    # thread from the moment it is taken until its own tenant's stop ends, however long the
+    # marking of hundreds and the stops take: a worker that dies mid-pass frees its tenants
+    # (and their wakes) within that TTL, not minutes later.
+    ttl_s = ctx.settings.operation_lease_ttl_s
+    held: list[Lease] = []
     marked: list[tuple[uuid.UUID, float, Lease]] = []
-    for tenant_id, last_seen in idle:
-        lease = Lease(ctx.redis, ctx.keys.tenant_lease(str(tenant_id)))
-        if not lease.acquire():
-            counts["skipped_busy"] += 1
-            continue
-        try:
-            if _mark_asleep(ctx, tenant_id, counts):
-                marked.append((tenant_id, last_seen, lease))
+    with kept_alive_together(held, ttl_s=ttl_s):
+        for tenant_id, last_seen in idle:
+            lease = Lease(ctx.redis, ctx.keys.tenant_lease(str(tenant_id)), ttl_s=ttl_s)
+            if not lease.acquire():
+                counts["skipped_busy"] += 1
                 continue
-        except Exception:  # noqa: BLE001 — one tenant's trouble must not keep the others awake
-            log.exception("tenant %s not put to sleep", tenant_id)
-            counts["failed"] += 1
-        lease.release()
-    if marked:
-        # Every lease stays held (renewed from one thread) until its own tenant's stop ends,
-        # however long the pass: a stop waits up to 15 s, and others may queue before it.
-        with kept_alive_together([lease for _, _, lease in marked]):
+            held.append(lease)
+            try:
+                if _mark_asleep(ctx, tenant_id, counts):
+                    marked.append((tenant_id, last_seen, lease))
+                    continue
+            except Exception:  # noqa: BLE001 — one tenant's trouble must not keep the others awake
+                log.exception("tenant %s not put to sleep", tenant_id)
+                counts["failed"] += 1
+            lease.release()
+        if marked:
             # Proxies reload the route on its notification; what one forwarded before that is
             # in its next flush of last_seen (C3_USAGE_FLUSH_INTERVAL_S), which cancels the
             # sleep.

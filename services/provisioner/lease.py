@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
@@ -70,19 +70,17 @@ class Lease:
 
 
 @contextmanager
-def kept_alive_together(leases: Sequence[Lease]) -> Iterator[None]:
+def kept_alive_together(leases: list[Lease], *, ttl_s: float) -> Iterator[None]:
     """``kept_alive`` for many leases from one thread (the sleep pass holds one per homeserver
-    it stops, possibly hundreds): each is renewed every third of its TTL until it is released
-    or the block ends, however long the others' work takes."""
-    if not leases:
-        yield
-        return
+    it stops, possibly hundreds): each is renewed every third of ``ttl_s`` (their TTL) until it
+    is released or the block ends, however long the others' work takes. ``leases`` may grow
+    while the block runs: a lease appended is renewed from the next round on, so a holder can
+    start the keeper before it takes its first lease and keep the TTL short."""
     stop = threading.Event()
-    interval = min(lease._ttl_ms for lease in leases) / 3000
 
     def renew() -> None:
-        while not stop.wait(interval):
-            for lease in leases:
+        while not stop.wait(ttl_s / 3):
+            for lease in list(leases):
                 if lease._released or stop.is_set():
                     continue
                 try:

@@ -201,6 +201,48 @@ def test_the_sleep_pass_stops_idle_homeservers_side_by_side_each_under_its_lease
         ctx.backend.stop_all()
 
 
+class SlowMarks(FakeBackend):
+    """The fake backend, whose check for due work takes ``mark_s`` (a homeserver's admin API
+    under load) and whose stops record the TTL left on their tenant's lease."""
+
+    def __init__(self, ctx_keys: Any, redis_client: Any, data_dir: Path, mark_s: float) -> None:
+        super().__init__(data_dir)
+        self.keys, self.redis, self.mark_s = ctx_keys, redis_client, mark_s
+        self.ttl_ms_at_stop: dict[str, int] = {}
+
+    def due_work(self, tenant_id: str) -> dict[str, int] | None:
+        time.sleep(self.mark_s)  # the work being simulated, not a wait for another thread
+        return super().due_work(tenant_id)
+
+    def sleep(self, tenant_id: str) -> None:
+        self.ttl_ms_at_stop[tenant_id] = int(self.redis.pttl(self.keys.tenant_lease(tenant_id)))
+        super().sleep(tenant_id)
+
+
+def test_a_worker_dying_mid_pass_frees_its_tenants_within_the_operations_lease_ttl(
+    own_platform: None,
+) -> None:
+    # The pass's leases have the operations' short TTL, so a worker killed mid-pass blocks a
+    # sleeper's wakes for at most that long (C3_WAKE_TIMEOUT_S outlasts it), not two minutes;
+    # and marking many tenants one after another (here longer than the TTL itself) never lets
+    # an earlier one's lease expire before its stop.
+    settings = settings_with(operation_lease_ttl_s=1.5, sleep_stop_concurrency=2)
+    plain = steps.Context(settings, FakeBackend(settings.data_path))
+    backend = SlowMarks(plain.keys, plain.redis, settings.data_path, mark_s=0.4)
+    ctx = steps.Context(settings, backend)
+    tenants = [new_tenant(ctx, running=True) for _ in range(6)]  # marking takes ~2.4 s
+    try:
+        assert hibernation.sleep_idle(ctx) == {"slept": 6}
+        assert sorted(backend.ttl_ms_at_stop) == sorted(tenants)
+        # Every stop ran under its lease (an expired key reads -2), which was the short one.
+        assert all(0 < ttl <= 1500 for ttl in backend.ttl_ms_at_stop.values()), (
+            backend.ttl_ms_at_stop
+        )
+        assert not [t for t in tenants if ctx.redis.exists(ctx.keys.tenant_lease(t))]
+    finally:
+        ctx.backend.stop_all()
+
+
 # The maintenance window -----------------------------------------------------------------------
 
 
