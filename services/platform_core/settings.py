@@ -288,8 +288,11 @@ class Settings(BaseSettings):
 
     # --- Sleeping homeservers (issue 16; provisioner/hibernation.py, homeserver_proxy/wake.py)
     # A tenant whose plan sets limits.idle_after_seconds sleeps once its homeserver served
-    # nothing that long and has nothing due. The beat's sleep pass runs this often.
-    sleep_check_interval_s: float = Field(default=30.0, gt=0)
+    # nothing that long and has nothing due. The beat's sleep pass runs this often: a
+    # homeserver sleeps idle_after plus up to one pass after its last request, so about a third
+    # of a short idle_after (measured in docs/benchmarks.md, density); a pass that finds
+    # nothing idle is one query and one Redis read.
+    sleep_check_interval_s: float = Field(default=10.0, gt=0)
     # The proxy holds a sleeping (or restarting) tenant's requests at most this long while it
     # wakes; past it they get 503 M_UNKNOWN with Retry-After.
     wake_timeout_s: float = Field(default=20.0, gt=0, le=300)
