@@ -173,24 +173,37 @@ class ExchangeMeter:
         self.record_with_token(route, access_token(scope), path, kind, result)
 
     def record_with_token(
-        self, route: Route, token: str | None, path: str, kind: Kind, result: ForwardResult
-    ) -> None:
+        self,
+        route: Route,
+        token: str | None,
+        path: str,
+        kind: Kind,
+        result: ForwardResult,
+        *,
+        user: str | None = None,
+    ) -> str | None:
         """``record``, for a caller that knows the request's access token already (the fast
-        lane reads it once per connection's header lines)."""
+        lane reads it once per connection's header lines) and perhaps its user (``user``: what
+        this returned for the same tenant and token before). Returns the token's user when it
+        is known, else None."""
         tenant = route.tenant_id
         ok = 200 <= result.status < 300
         self._meter.record_request(
             tenant, result.bytes_in, result.bytes_out, media_egress=ok and kind is Kind.MEDIA_EGRESS
         )
         if not ok:
-            return
+            return user
         if kind is Kind.LOGIN:
             self._signed_in(tenant, result)
-            return
+            return None
         if kind not in _NAMES_NO_EVENTS:
             self._record_events(tenant, path, kind, result)
+        if user is not None:
+            self._meter.record_active_user(tenant, user)
+            return user
         if token is not None:
-            self._record_user(route, token, kind, result)
+            return self._record_user(route, token, kind, result)
+        return None
 
     def _record_events(self, tenant: str, path: str, kind: Kind, result: ForwardResult) -> None:
         """The billable events a successful answer (or request) names."""
@@ -224,9 +237,11 @@ class ExchangeMeter:
             self._token_users.remember(tenant, new_token, user)
             self._meter.record_active_user(tenant, user)
 
-    def _record_user(self, route: Route, token: str, kind: Kind, result: ForwardResult) -> None:
+    def _record_user(
+        self, route: Route, token: str, kind: Kind, result: ForwardResult
+    ) -> str | None:
         """The token's user is active: known already, named by a whoami answer, or resolved
-        in the background (and counted at the time of this request)."""
+        in the background (and counted at the time of this request); the user when known."""
         tenant = route.tenant_id
         meter = self._meter
         user = self._token_users.get(tenant, token)
@@ -236,11 +251,12 @@ class ExchangeMeter:
                 self._token_users.remember(tenant, token, user)
         if user is not None:
             meter.record_active_user(tenant, user)
-            return
+            return user
         at = meter.now()
         self._token_users.resolve_later(
             tenant, token, route.upstream, lambda found: meter.record_active_user(tenant, found, at)
         )
+        return None
 
 
 class UsageFlusher:

@@ -142,7 +142,17 @@ class _Headers:
     again on one connection (its token, agent, host): the last block a connection sent is
     kept with what was made of it, and a request that repeats it byte for byte reuses that."""
 
-    __slots__ = ("block", "headers", "host", "length", "close", "request_id", "upstream", "token")
+    __slots__ = (
+        "block",
+        "headers",
+        "host",
+        "length",
+        "close",
+        "request_id",
+        "upstream",
+        "token",
+        "user",
+    )
 
     def __init__(self, block: bytes) -> None:
         self.block = block
@@ -153,6 +163,8 @@ class _Headers:
         self.request_id: bytes | None = None
         self.upstream = b""  # the lines passed upstream as they are (``passed_upstream``)
         self.token: str | None | Literal[False] = False  # ``identity.header_token``
+        # (tenant id, user) of ``token`` once metering knew it: not looked up per request.
+        self.user: tuple[str, str] | None = None
 
 
 def _parse_headers(block: bytes) -> _Headers:
@@ -637,7 +649,7 @@ class _Exchange:
         "until_close",
         "finished",
         "plan",
-        "token",
+        "headers",
     )
 
     def __init__(
@@ -649,7 +661,7 @@ class _Exchange:
         plan: _Plan,
         *,
         close: bool,
-        token: str | None | Literal[False],
+        headers: _Headers,
         request_id: bytes,
         body: bytes,
         kind: Kind,
@@ -664,7 +676,7 @@ class _Exchange:
         self.request_id = request_id
         self.body = body
         self.close = close
-        self.token = token
+        self.headers = headers  # the request's header lines, parsed (token, its user)
         self.began = began
         self.kind = kind
         self.capture = plan.capture and kind is plan.kind  # (kind is OTHER when unmetered)
@@ -895,6 +907,28 @@ class _Exchange:
             else:
                 upstream.transport.pause_reading()
 
+    def _meter(self, app: ProxyApp, result: ForwardResult) -> None:
+        """Meter the exchange. A connection's header lines carry the same token request after
+        request: its user, once metering knows it, is kept with them for this tenant."""
+        headers, tenant = self.headers, self.route.tenant_id
+        token = headers.token
+        if token is False:  # no Authorization header: the query may hold one
+            query = self.scope["query_string"]
+            token = query_token(query) if query else None
+            app.exchange_meter.record_with_token(self.route, token, self.path, self.kind, result)
+            return
+        known = headers.user
+        user = app.exchange_meter.record_with_token(
+            self.route,
+            token,
+            self.path,
+            self.kind,
+            result,
+            user=known[1] if known is not None and known[0] == tenant else None,
+        )
+        if user is not None and token is not None:
+            headers.user = (tenant, user)
+
     def _finish(
         self, result: ForwardResult | None, *, close: bool = False, gone: bool = False
     ) -> None:
@@ -911,13 +945,7 @@ class _Exchange:
             if result.first_byte_s is not None:
                 app.metrics.first_byte(self.plan.first_byte_route, result.first_byte_s)
             if app.metering:
-                token = self.token
-                if token is False:  # no Authorization header: the query may hold one
-                    query = self.scope["query_string"]
-                    token = query_token(query) if query else None
-                app.exchange_meter.record_with_token(
-                    self.route, token, self.path, self.kind, result
-                )
+                self._meter(app, result)
         elapsed = time.perf_counter() - self.began
         if self.status and not gone:
             app.metrics.answered(self.plan.metrics_route, self.status, elapsed)
@@ -1202,7 +1230,7 @@ class RelayProtocol(GuardedHttpToolsProtocol):
             scope,
             plan,
             close=headers.close,
-            token=headers.token,
+            headers=headers,
             request_id=request_id,
             body=body,
             kind=kind,

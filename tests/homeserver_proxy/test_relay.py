@@ -286,6 +286,50 @@ async def test_a_token_in_the_header_or_the_query_makes_its_user_active(relay: R
     assert "@cy:acme.c3.test" not in text  # not a bearer token: nobody's
 
 
+def active_users(usage: dict[str, object] | None) -> set[tuple[str, str]]:
+    """(tenant, "<month>|<user>") of each active user a drained batch reports."""
+    assert usage is not None
+    return {
+        (event[0], event[2])
+        for event in json.loads(json.dumps(usage))["events"]
+        if event[1] == "active_users"
+    }
+
+
+async def test_a_connections_token_counts_its_own_user_per_tenant_and_again_next_month(
+    relay: Relay,
+) -> None:
+    """The lane keeps a token's user with the connection's header lines once metering knows
+    it; that is the same tenant's user, request after request, month after month."""
+    acme = relay.route.tenant_id
+    beta = relay.publish(
+        replace(relay.route, tenant_id=str(uuid.uuid4()), slug="beta", server_name="beta.c3.test")
+    )
+    relay.app.token_users.remember(acme, "tok-ann", "@ann:acme.c3.test")
+    relay.app.token_users.remember(beta.tenant_id, "tok-ann", "@ann:beta.c3.test")
+    this_month = time.time()
+    next_month = this_month + 32 * 86_400
+    relay.app.meter._clock = lambda: this_month
+    bearer = {"Authorization": "Bearer tok-ann"}
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        for path in ["/t/acme/_matrix/client/versions"] * 2 + [
+            "/t/beta/_matrix/client/versions"
+        ] * 2:
+            assert (await client.get(path, headers=bearer)).status_code == 200
+        first = active_users(relay.app.meter.drain())
+        relay.app.meter._clock = lambda: next_month
+        for path in ["/t/acme/_matrix/client/versions", "/t/beta/_matrix/client/versions"]:
+            assert (await client.get(path, headers=bearer)).status_code == 200
+        second = active_users(relay.app.meter.drain())
+    assert relayed(relay.app) >= 4  # the lane took them (a tenant new to it goes via the app)
+    months = [time.strftime("%Y-%m", time.gmtime(when)) for when in (this_month, next_month)]
+    for month, reported in zip(months, (first, second), strict=True):
+        assert reported == {
+            (acme, f"{month}|@ann:acme.c3.test"),
+            (beta.tenant_id, f"{month}|@ann:beta.c3.test"),
+        }
+
+
 async def test_a_login_goes_through_the_app_and_the_connection_comes_back(relay: Relay) -> None:
     async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
         login = await client.post("/_matrix/client/v3/login", json={"type": "m.login.password"})
