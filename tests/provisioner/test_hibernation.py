@@ -11,10 +11,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import select
@@ -143,15 +143,26 @@ class WatchedStops(FakeBackend):
             self.lease_held[tenant_id] = (held_at_start, bool(self.redis.exists(lease)))
 
 
+Watching = TypeVar("Watching", bound=FakeBackend)
+
+
+def watched(
+    settings: Settings, backend: Callable[..., Watching], **options: Any
+) -> tuple[steps.Context, Watching]:
+    """A context whose fake backend (``backend(keys, redis, data_dir, **options)``) watches
+    the pass through the platform's keys and Redis; and that backend."""
+    plain = steps.Context(settings, FakeBackend(settings.data_path))
+    watching = backend(plain.keys, plain.redis, settings.data_path, **options)
+    return steps.Context(settings, watching), watching
+
+
 def test_the_sleep_pass_stops_idle_homeservers_side_by_side_each_under_its_lease(
     own_platform: None,
 ) -> None:
     # A longer flush interval than the default (1 s): the pass's grace (interval + 0.5 s) is
     # when the request below must show up, however loaded the machine.
     settings = settings_with(sleep_stop_concurrency=3, usage_flush_interval_s=3.0)
-    plain = steps.Context(settings, FakeBackend(settings.data_path))
-    backend = WatchedStops(plain.keys, plain.redis, settings.data_path, together=3)
-    ctx = steps.Context(settings, backend)
+    ctx, backend = watched(settings, WatchedStops, together=3)
     tenants = [new_tenant(ctx, running=True) for _ in range(7)]
     busy, used, broken = tenants[0], tenants[1], tenants[2]
     backend.broken.add(broken)
@@ -227,9 +238,7 @@ def test_a_worker_dying_mid_pass_frees_its_tenants_within_the_operations_lease_t
     # and marking many tenants one after another (here longer than the TTL itself) never lets
     # an earlier one's lease expire before its stop.
     settings = settings_with(operation_lease_ttl_s=1.5, sleep_stop_concurrency=2)
-    plain = steps.Context(settings, FakeBackend(settings.data_path))
-    backend = SlowMarks(plain.keys, plain.redis, settings.data_path, mark_s=0.4)
-    ctx = steps.Context(settings, backend)
+    ctx, backend = watched(settings, SlowMarks, mark_s=0.4)
     tenants = [new_tenant(ctx, running=True) for _ in range(6)]  # marking takes ~2.4 s
     try:
         assert hibernation.sleep_idle(ctx) == {"slept": 6}
