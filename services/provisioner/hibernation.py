@@ -39,9 +39,11 @@ import redis
 from platform_core.audit import add_event
 from platform_core.celery import TaskNames, celery_app
 from platform_core.db import task_session
+from platform_core.errors import TemporaryError
 from platform_core.models import TenantStatus, utcnow
 from platform_core.settings import Settings
 from provisioner import repository, steps
+from provisioner.backends.base import HomeserverTarget
 from provisioner.lease import Lease, kept_alive_together
 
 log = logging.getLogger(__name__)
@@ -236,6 +238,32 @@ def wake(ctx: steps.Context, tenant_id: str, *, stay_awake_s: float | None = Non
             log.warning("wake of %s not recorded: %s", tenant_id, type(exc).__name__)
 
 
+_PORT_TAKEN = "Address already in use"
+
+
+def _usable_target(ctx: steps.Context, tenant_id: uuid.UUID) -> HomeserverTarget:
+    """The tenant's homeserver target, moved to a new port first if another program holds
+    its port (``steps.ensure_port_usable``)."""
+    with task_session() as session:
+        tenant = repository.get_tenant(session, tenant_id)
+        hs = repository.get_homeserver(session, tenant_id)
+        assert tenant is not None and hs is not None
+        steps.ensure_port_usable(session, ctx, hs)
+        return steps.target_for(ctx, tenant, repository.get_plan(session, tenant.plan_id), hs)
+
+
+def _start(
+    ctx: steps.Context,
+    target: HomeserverTarget,
+    asleep: bool,
+    marks: list[tuple[str, float]],
+) -> None:
+    if asleep:
+        steps.ensure_awake(ctx, target, marks)
+    else:
+        steps.ensure_running(ctx, target)  # a dead one restarts; a live one answers /health
+
+
 def _wake_under_lease(
     ctx: steps.Context,
     tenant_id: uuid.UUID,
@@ -248,14 +276,22 @@ def _wake_under_lease(
         if tenant is None or hs is None or tenant.status is not TenantStatus.ACTIVE:
             return "not_active"
         asleep = hs.asleep_since is not None
-        steps.ensure_port_usable(session, ctx, hs)
-        target = steps.target_for(ctx, tenant, repository.get_plan(session, tenant.plan_id), hs)
+    target = _usable_target(ctx, tenant_id)
     marks.append(("read", time.monotonic()))
     running = ctx.backend.is_running(str(tenant_id))
-    if asleep:
-        steps.ensure_awake(ctx, target, marks)
-    else:
-        steps.ensure_running(ctx, target)  # a dead one restarts; a live one answers /health
+    try:
+        _start(ctx, target, asleep, marks)
+    except TemporaryError as exc:
+        if _PORT_TAKEN not in str(exc):
+            raise
+        # A local homeserver's ports come from the kernel's ephemeral range, which every
+        # outgoing connection on the machine draws from: one can take a port between the check
+        # and the homeserver's bind. Once more, on a new port if it is still taken.
+        log.warning(
+            "tenant %s: a port was taken as its homeserver started; starting again", tenant_id
+        )
+        target = _usable_target(ctx, tenant_id)
+        _start(ctx, target, asleep, marks)
     with task_session() as session:
         tenant = repository.get_tenant(session, tenant_id)
         hs = repository.get_homeserver(session, tenant_id)

@@ -252,6 +252,38 @@ def test_a_worker_dying_mid_pass_frees_its_tenants_within_the_operations_lease_t
         ctx.backend.stop_all()
 
 
+class PortTakenOnce(FakeBackend):
+    """The fake backend, whose first wake exits at once the way Synapse does when another
+    program took a port of its pair between the platform's check and its bind."""
+
+    def __init__(self, ctx_keys: Any, redis_client: Any, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.wakes = 0
+
+    def wake(self, target: Any) -> None:
+        self.wakes += 1
+        if self.wakes > 1:
+            super().wake(target)
+
+    def log_tail(self, tenant_id: str) -> str:
+        return "socketserver.py, in server_bind | OSError: [Errno 98] Address already in use"
+
+
+def test_a_wake_whose_port_was_taken_as_the_homeserver_started_starts_it_again(
+    own_platform: None,
+) -> None:
+    # Seen at 1,000 tenants: the wake failed, and its client waited out C3_WAKE_TIMEOUT_S
+    # (20 s) for a 503 before its retry woke the tenant.
+    ctx, backend = watched(get_settings(), PortTakenOnce)
+    tenant = new_tenant(ctx, running=False, asleep=True)
+    try:
+        assert hibernation.wake(ctx, tenant) == "woken"
+        assert backend.wakes == 2
+        assert ctx.backend.is_running(tenant) and not is_asleep(tenant)
+    finally:
+        ctx.backend.stop_all()
+
+
 # The maintenance window -----------------------------------------------------------------------
 
 
