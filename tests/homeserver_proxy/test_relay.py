@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -291,7 +292,7 @@ def active_users(usage: dict[str, object] | None) -> set[tuple[str, str]]:
     assert usage is not None
     return {
         (event[0], event[2])
-        for event in json.loads(json.dumps(usage))["events"]
+        for event in cast(list[list[Any]], usage["events"])
         if event[1] == "active_users"
     }
 
