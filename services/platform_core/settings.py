@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     # Interpreter that runs Synapse for the local backend (defaults to the one running C3).
     synapse_python: str | None = None
     homeserver_start_timeout_s: float = 60.0
+    # The local backend's homeserver ports, "LOW-HIGH" (each homeserver takes an even client
+    # port and the metrics port after it). Empty: from 10000 up to the kernel's ephemeral range
+    # (net.ipv4.ip_local_port_range), which every outgoing connection draws its local port
+    # from, so a sleeping homeserver's port is never taken by a passing connection
+    # (docs/hibernation.md "Ports").
+    homeserver_ports: str = ""
     # When set (postgresql://…, a role allowed to CREATE ROLE and CREATE DATABASE), every
     # tenant's Synapse gets its own PostgreSQL database and role; SQLite per tenant otherwise.
     tenant_database_url: str | None = Field(default=None, repr=False)
@@ -437,6 +443,20 @@ class Settings(BaseSettings):
         if not v or not all(cls._is_dns_label(part) for part in v.split(".")):
             raise ValueError(f"C3_KUBERNETES_CLUSTER_DOMAIN must be a DNS name: {v!r} is not")
         return v
+
+    @field_validator("homeserver_ports")
+    @classmethod
+    def _homeserver_ports(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            return v
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", v)
+        if m is None or not 1024 <= int(m[1]) < int(m[2]) <= 65535:
+            raise ValueError(
+                "C3_HOMESERVER_PORTS must be LOW-HIGH with 1024 <= LOW < HIGH <= 65535,"
+                f" e.g. 10000-29999; got {v!r}"
+            )
+        return f"{int(m[1])}-{int(m[2])}"
 
     @field_validator("kubernetes_synapse_image")
     @classmethod

@@ -284,9 +284,9 @@ def _wake_under_lease(
     except TemporaryError as exc:
         if _PORT_TAKEN not in str(exc):
             raise
-        # A local homeserver's ports come from the kernel's ephemeral range, which every
-        # outgoing connection on the machine draws from: one can take a port between the check
-        # and the homeserver's bind. Once more, on a new port if it is still taken.
+        # Another program took a port between the check and the homeserver's bind (rare since
+        # local ports lie outside the kernel's ephemeral range, C3_HOMESERVER_PORTS). Once
+        # more, on a new port if it is still taken.
         log.warning(
             "tenant %s: a port was taken as its homeserver started; starting again", tenant_id
         )

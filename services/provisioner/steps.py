@@ -92,6 +92,7 @@ def make_backend(settings: Settings) -> Backend:
             jemalloc=settings.synapse_jemalloc,
             zygote=settings.synapse_zygote,
             start_timeout_s=settings.homeserver_start_timeout_s,
+            ports=settings.homeserver_ports,
         )
     if settings.backend is BackendKind.FAKE:
         return FakeBackend(
@@ -177,14 +178,16 @@ def _setting_secrets(ctx: Context, tenant: Tenant) -> dict[str, str]:
 
 
 def ensure_port_usable(session: Session, ctx: Context, hs: Homeserver) -> None:
-    """A stopped homeserver whose port another program took gets a new port."""
+    """A stopped homeserver whose port another program took, or whose port lies outside the
+    backend's homeserver ports (C3_HOMESERVER_PORTS), gets a new port."""
     if hs.port is None or ctx.backend.is_running(str(hs.tenant_id)):
         return
     if not ctx.backend.port_is_free(hs.port):
         taken = repository.taken_ports(session)
         old, hs.port = hs.port, ctx.backend.allocate_port(taken | {hs.port})
         log.warning(
-            "tenant %s: port %s is taken by another program; moved to %s",
+            "tenant %s: port %s is taken by another program or outside the homeserver ports;"
+            " moved to %s",
             hs.tenant_id,
             old,
             hs.port,

@@ -57,6 +57,13 @@ def test_short_secret_keys_and_clashing_ports_fail_fast() -> None:
         Settings(api_port=9000, proxy_port=9000)
 
 
+def test_homeserver_ports_are_a_range_within_the_unprivileged_ports() -> None:
+    assert Settings(homeserver_ports=" 20000 - 29999 ").homeserver_ports == "20000-29999"
+    for bad in ("20000", "29999-20000", "80-9000", "20000-70000", "a-b"):
+        with pytest.raises(ValidationError, match="C3_HOMESERVER_PORTS must be LOW-HIGH"):
+            Settings(homeserver_ports=bad)
+
+
 @pytest.mark.parametrize(
     ("public", "expected"),
     [

@@ -7,6 +7,7 @@ start/stop code) on a database and Redis namespace of each test alone."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import uuid
@@ -280,6 +281,32 @@ def test_a_wake_whose_port_was_taken_as_the_homeserver_started_starts_it_again(
         assert hibernation.wake(ctx, tenant) == "woken"
         assert backend.wakes == 2
         assert ctx.backend.is_running(tenant) and not is_asleep(tenant)
+    finally:
+        ctx.backend.stop_all()
+
+
+def test_a_sleeper_whose_port_is_in_the_ephemeral_range_wakes_on_a_port_outside_it(
+    own_platform: None,
+) -> None:
+    # Homeservers made before C3_HOMESERVER_PORTS took ports from the kernel's ephemeral range,
+    # where any outgoing connection can take them as they sleep: each moves at its next wake.
+    backend = FakeBackend(get_settings().data_path)
+    ctx = steps.Context(get_settings(), backend)
+    tenant = new_tenant(ctx, running=False, asleep=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        ephemeral = sock.getsockname()[1]
+    with task_session() as session:
+        hs = repository.get_homeserver(session, uuid.UUID(tenant))
+        assert hs is not None
+        hs.port = ephemeral
+    try:
+        assert hibernation.wake(ctx, tenant) == "woken"
+        with task_session() as session:
+            hs = repository.get_homeserver(session, uuid.UUID(tenant))
+            assert hs is not None and hs.port is not None
+            assert hs.port != ephemeral and hs.port in backend.ports
+            assert hs.upstream_url == f"http://127.0.0.1:{hs.port}"
     finally:
         ctx.backend.stop_all()
 

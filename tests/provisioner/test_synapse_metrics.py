@@ -8,12 +8,14 @@ import dataclasses
 import socket
 from pathlib import Path
 
+import pytest
 from synapse.config.homeserver import HomeServerConfig
 
+from platform_core.errors import TemporaryError
 from platform_core.metrics import homeserver_targets, synapse_metrics_address
 from platform_core.routes import Route
 from platform_core.settings import Settings
-from provisioner.backends.local import LocalBackend
+from provisioner.backends.local import LocalBackend, homeserver_ports
 from provisioner.synapse_config import (
     HomeserverSecrets,
     HomeserverSpec,
@@ -61,9 +63,15 @@ def test_synapse_itself_accepts_the_metrics_listener(tmp_path: Path) -> None:
     ]
 
 
-def test_the_local_backend_allocates_free_port_pairs(tmp_path: Path) -> None:
+def test_the_local_backend_allocates_free_port_pairs_outside_the_ephemeral_range(
+    tmp_path: Path,
+) -> None:
     backend = LocalBackend(tmp_path)
+    low, _ = (int(p) for p in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     port = backend.allocate_port(set())
+    # A passing outgoing connection never takes a homeserver's port: none is in the kernel's
+    # ephemeral range (Linux's default starts at 32768).
+    assert port % 2 == 0 and 10000 <= port and port + 1 < low
     assert backend.port_is_free(port)
     with socket.socket() as sock:  # someone takes the metrics port: the pair is not free
         sock.bind(("127.0.0.1", port + 1))
@@ -73,6 +81,32 @@ def test_the_local_backend_allocates_free_port_pairs(tmp_path: Path) -> None:
     for _ in range(20):
         other = backend.allocate_port({port})
         assert other not in (port - 1, port, port + 1)
+
+
+@pytest.mark.parametrize(
+    ("configured", "ephemeral", "first", "last"),
+    [
+        ("", (32768, 60999), 10000, 32766),  # Linux's default: 11,384 pairs below it
+        ("", (10500, 60999), 61000, 65534),  # too few below: above it
+        ("", (20001, 60999), 10000, 19998),  # the metrics port stays below the range
+        ("20001-20010", (32768, 60999), 20002, 20008),  # as set, even client ports
+    ],
+)
+def test_homeserver_ports_keep_out_of_the_ephemeral_range_unless_set(
+    configured: str, ephemeral: tuple[int, int], first: int, last: int
+) -> None:
+    ports = homeserver_ports(configured, ephemeral)
+    assert (ports[0], ports[-1]) == (first, last)
+    assert all(p % 2 == 0 for p in (ports[0], ports[-1]))
+
+
+def test_a_full_port_range_says_which_setting_to_widen(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path, ports="20000-20003")
+    assert backend.allocate_port(set()) in (20000, 20002)
+    with pytest.raises(TemporaryError, match=r"20000-20003.*C3_HOMESERVER_PORTS"):
+        backend.allocate_port({20000, 20002})
+    # A port from before the range (a homeserver made earlier) is not kept: it moves.
+    assert not backend.port_is_free(40000)
 
 
 def route(slug: str, upstream: str, status: str = "active") -> Route:

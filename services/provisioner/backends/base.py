@@ -97,7 +97,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def port_is_free(self, port: int) -> bool:
-        """True if nothing but this tenant's own homeserver could hold ``port``."""
+        """True if the tenant's homeserver can keep ``port``: the backend hands such ports out
+        and nothing but this tenant's own homeserver holds it."""
 
     @abc.abstractmethod
     def upstream_url(self, target: HomeserverTarget) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -55,6 +56,51 @@ log = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 15.0
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000  # above the well-known and most registered services' ports
+_FEWEST_PAIRS = 1000
+
+
+def homeserver_ports(configured: str = "", ephemeral: tuple[int, int] | None = None) -> range:
+    """The client ports local homeservers take: even ports, each with its metrics port (the
+    odd port after it) inside the range too.
+
+    ``configured`` is C3_HOMESERVER_PORTS ("LOW-HIGH"). Unset, the ports lie outside the
+    kernel's ephemeral range (``ephemeral``, read from /proc when not given): every outgoing
+    connection on the machine takes its local port from that range, so a port chosen there is
+    free when checked and can be a passing connection's a moment later, as a sleeping
+    homeserver wakes. Below the range from 10000 when at least a thousand pairs fit there
+    (Linux's default range starts at 32768: 11,384 pairs), else above it."""
+    if configured:
+        low, high = (int(part) for part in configured.split("-"))
+    else:
+        eph_low, eph_high = ephemeral or _ephemeral_range()
+        if eph_low - _LOWEST_PORT >= 2 * _FEWEST_PAIRS:
+            low, high = _LOWEST_PORT, eph_low - 1
+        elif 65535 - eph_high >= 2 * _FEWEST_PAIRS:
+            low, high = eph_high + 1, 65535
+        else:
+            log.warning(
+                "the ephemeral port range %s-%s leaves no room for homeserver ports outside it;"
+                " set C3_HOMESERVER_PORTS (a wake may then find its port taken and move it)",
+                eph_low,
+                eph_high,
+            )
+            low, high = _LOWEST_PORT, 65535
+    return range(low + low % 2, high, 2)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def _describe(ports: range) -> str:
+    return f"{ports.start}-{ports[-1] + 1}" if ports else "an empty range"
+
 
 class LocalBackend(Backend):
     name = "local"
@@ -68,8 +114,11 @@ class LocalBackend(Backend):
         jemalloc: bool = False,
         zygote: bool = True,
         start_timeout_s: float = 60.0,
+        ports: str = "",
     ):
         self.root = data_dir / "homeservers"
+        # C3_HOMESERVER_PORTS: the client ports homeservers take (homeserver_ports below).
+        self.ports = homeserver_ports(ports)
         self.work_root = work_root(data_dir)
         self.python = python or sys.executable
         self.bind = bind
@@ -106,19 +155,27 @@ class LocalBackend(Backend):
     # Backend ---------------------------------------------------------------------------
 
     def allocate_port(self, taken: set[int]) -> int:
-        """A free client port whose next port (Synapse's metrics listener,
-        ``synapse_metrics_address``) is free too; neither is another homeserver's pair."""
-        for _ in range(50):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((self.bind, 0))
-                port = sock.getsockname()[1]
-            clashes = {port - 1, port, port + 1} & taken
-            if not clashes and port < 65535 and self._bindable(port + 1):
+        """A free client port from ``self.ports`` whose next port (Synapse's metrics listener,
+        ``synapse_metrics_address``) is free too; neither is another homeserver's pair. The
+        search starts at a random pair, so workers provisioning at once rarely pick alike
+        (``uq_homeservers_port`` settles it when they do)."""
+        start = random.randrange(len(self.ports))
+        for i in range(len(self.ports)):
+            port = self.ports[(start + i) % len(self.ports)]
+            if not {port - 1, port, port + 1} & taken and self._pair_bindable(port):
                 return port
-        raise TemporaryError("no free loopback port pair found for the homeserver")
+        raise TemporaryError(
+            f"no free port pair left for a homeserver in {_describe(self.ports)}"
+            " (C3_HOMESERVER_PORTS)"
+        )
 
     def port_is_free(self, port: int) -> bool:
-        """The client port and the metrics port after it are both free."""
+        """The client port is one of ``self.ports`` and it and the metrics port after it are
+        both free. A port outside them (a homeserver made before they were, with a port from
+        the kernel's ephemeral range) is moved at its next start."""
+        return port in self.ports and self._pair_bindable(port)
+
+    def _pair_bindable(self, port: int) -> bool:
         return self._bindable(port) and self._bindable(port + 1)
 
     def _bindable(self, port: int) -> bool:
