@@ -48,6 +48,10 @@ One run:
    the RSS and PSS (``/proc/<pid>/smaps_rollup``) of every tenant homeserver process and of the
    platform's processes (``c3 up`` and its children, and the extra worker), and how much the
    machine's memory in use (``total - available``) rose since before the platform started;
+   with each sample, the CPU time of every process seen, so each round's line says how many
+   cores went to the homeservers, the proxy, the API, each worker, beat, Redis, the zygote and
+   PostgreSQL, and the machine's own split from ``/proc/stat`` (user, system, iowait, **steal**:
+   time the hypervisor gave another guest), to tell a slow round's cause;
 8. prints a table, writes ``benchmarks/results/density-<mode>-<UTC stamp>.json``, stops the
    platform (also on failure or Ctrl-C), which stops every homeserver.
 
@@ -262,9 +266,11 @@ def machine_used() -> int:
 MACHINE_BEFORE: list[int] = []  # machine_used() before the platform started
 
 
-def memory_sample(running: RunningPlatform) -> dict[str, Any]:
+def memory_sample(running: RunningPlatform, cpu: CpuAccount | None = None) -> dict[str, Any]:
     homeservers = homeserver_pids(running)
     platform = platform_pids(running, set(homeservers))
+    if cpu is not None:
+        cpu.observe(cpu_parts(running, homeservers, platform))
     hs = [rss_pss(pid) for pid in homeservers]
     pf = [rss_pss(pid) for pid in platform]
     return {
@@ -278,6 +284,99 @@ def memory_sample(running: RunningPlatform) -> dict[str, Any]:
         "available": psutil.virtual_memory().available,
         "machine_used_rise": machine_used() - MACHINE_BEFORE[0] if MACHINE_BEFORE else None,
     }
+
+
+def _machine_ticks() -> dict[str, int]:
+    """The machine's CPU time since boot in clock ticks, from /proc/stat's first line."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return dict(zip(names, (int(f) for f in fields), strict=False))
+
+
+def component(pid: int, zygote: int | None) -> str:
+    """Which part of the platform ``pid`` is, by its command line (forked pool processes keep
+    their parent's): ``c3 <command>``'s children, Redis, the zygote, PostgreSQL."""
+    if pid == zygote:
+        return "zygote"
+    try:
+        process = psutil.Process(pid)
+        cmdline = process.cmdline()
+        name = process.name()
+    except psutil.Error:
+        return "other"
+    if "redis-server" in name or any("redis-server" in a for a in cmdline[:1]):
+        return "redis"
+    if name.startswith("postgres"):
+        return "postgres"
+    if "c3" in cmdline:
+        args = cmdline[cmdline.index("c3") + 1 :]
+        if args[:1] == ["worker"]:
+            return "wake-lane" if "wake" in args else "worker"
+        if args[:1] in (["proxy"], ["api"], ["beat"]):
+            return args[0]
+    return "other"
+
+
+class CpuAccount:
+    """Cores each component used over a round: the CPU time (user + system) of every process
+    seen at a sample, from its first sample in the round (from zero if it started during the
+    round) to its last; a process that exits between samples loses its last few seconds."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.ticks = _machine_ticks()
+        self.seen: dict[tuple[int, float], list[Any]] = {}  # (pid, start) → [part, base, last]
+
+    def observe(self, parts: dict[int, str]) -> None:
+        for pid, part in parts.items():
+            try:
+                process = psutil.Process(pid)
+                times = process.cpu_times()
+                key = (pid, process.create_time())
+            except psutil.Error:
+                continue
+            used = times.user + times.system
+            if key in self.seen:
+                self.seen[key][2] = used
+            else:
+                self.seen[key] = [part, 0.0 if key[1] >= self.started else used, used]
+
+    def cores(self) -> dict[str, float]:
+        took = max(time.time() - self.started, 1e-9)
+        used: Counter[str] = Counter()
+        for part, base, last in self.seen.values():
+            used[part] += last - base
+        ticks = _machine_ticks()
+        hz = os.sysconf("SC_CLK_TCK")
+        machine = {f"machine_{k}": (ticks[k] - self.ticks[k]) / hz / took for k in ticks}
+        return {k: round(v / took, 3) for k, v in sorted(used.items())} | {
+            k: round(v, 3) for k, v in machine.items()
+        }
+
+
+def cpu_parts(
+    running: RunningPlatform, homeservers: list[int], platform: list[int]
+) -> dict[int, str]:
+    zygote = None
+    with contextlib.suppress(OSError, ValueError):
+        path = running.data_dir / "homeservers" / ".zygote" / "zygote.pid"
+        zygote = int(path.read_text().strip())
+    parts = {pid: "homeservers" for pid in homeservers}
+    parts |= {pid: component(pid, zygote) for pid in platform}
+    for proc in psutil.process_iter(["name"]):
+        if (proc.info["name"] or "").startswith("postgres"):
+            parts[proc.pid] = "postgres"
+    return parts
+
+
+def cpu_brief(cores: dict[str, float]) -> str:
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if not k.startswith("machine_"))
+    m = {k.removeprefix("machine_"): v for k, v in cores.items() if k.startswith("machine_")}
+    return (
+        f"{parts}; machine user {m.get('user', 0) + m.get('nice', 0):.2f}, system "
+        f"{m.get('system', 0) + m.get('softirq', 0) + m.get('irq', 0):.2f}, iowait "
+        f"{m.get('iowait', 0):.2f}, steal {m.get('steal', 0):.2f}, idle {m.get('idle', 0):.2f}"
+    )
 
 
 # Tenants ----------------------------------------------------------------------------------
@@ -734,11 +833,15 @@ def heals_per_round(samples: int, rounds: int, active: int) -> list[int]:
 
 
 async def sample_memory(
-    running: RunningPlatform, every: float, phase: str, into: list[dict[str, Any]]
+    running: RunningPlatform,
+    every: float,
+    phase: str,
+    into: list[dict[str, Any]],
+    cpu: CpuAccount,
 ) -> None:
     """A memory sample every ``every`` seconds until cancelled (the round's peak)."""
     while True:
-        into.append({"phase": phase, **await asyncio.to_thread(memory_sample, running)})
+        into.append({"phase": phase, **await asyncio.to_thread(memory_sample, running, cpu)})
         await asyncio.sleep(every)  # sampling period
 
 
@@ -758,8 +861,9 @@ async def workload(
             healed = {k * per_round // heals[n] for k in range(heals[n])}
             started = time.perf_counter()
             own_cpu = time.process_time()
+            cpu = CpuAccount()
             sampler = asyncio.create_task(
-                sample_memory(running, args.sample_every, f"during round {n + 1}", samples)
+                sample_memory(running, args.sample_every, f"during round {n + 1}", samples, cpu)
             )
             try:
                 # Each tenant's users have connections of their own, as Matrix clients do: one
@@ -786,8 +890,9 @@ async def workload(
             finally:
                 sampler.cancel()
             took = time.perf_counter() - started
-            sample = memory_sample(running)
+            sample = memory_sample(running, cpu)
             sample["load_generator_cores"] = (time.process_time() - own_cpu) / took
+            sample["cpu_cores"] = cpu.cores()
             samples.append({"phase": f"round {n + 1}", **sample})
             wakes = [w for w in counts.wakes if w["round"] == n + 1]
             asleep = sum(1 for w in wakes if w["state_before"] == "asleep")
@@ -803,6 +908,7 @@ async def workload(
                 f"PSS)",
                 flush=True,
             )
+            print(f"    cores: {cpu_brief(sample['cpu_cores'])}", flush=True)
     return counts, samples
 
 
@@ -830,7 +936,8 @@ def total(sample: dict[str, Any]) -> int:
 
 def memory_brief(sample: dict[str, Any]) -> dict[str, Any]:
     keys = ("phase", "homeservers_running", "homeservers_rss", "homeservers_pss")
-    return {k: sample.get(k) for k in (*keys, "platform_rss", "platform_pss", "machine_used_rise")}
+    more = ("platform_rss", "platform_pss", "machine_used_rise", "cpu_cores")
+    return {k: sample.get(k) for k in (*keys, *more)}
 
 
 def summarize(
@@ -920,6 +1027,8 @@ def print_report(s: dict[str, Any]) -> None:
             f"platform {r['platform_rss'] / MIB:.0f} MiB RSS ({r['platform_pss'] / MIB:.0f} PSS); "
             f"machine +{rise_mib(r)} MiB"
         )
+        if r.get("cpu_cores"):
+            print(f"    cores: {cpu_brief(r['cpu_cores'])}")
     if peak:
         print(
             f"  peak ({peak['phase']}): {peak['homeservers_running']} homeservers running, "
