@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -76,6 +76,32 @@ def billed_totals(session: Session, tenant_id: uuid.UUID, meters: Sequence[str])
     )
     found = {meter: int(total or 0) for meter, total in rows}
     return {meter: found.get(meter, 0) for meter in meters}
+
+
+def sleepers_checked_since(session: Session, margin: timedelta) -> set[uuid.UUID]:
+    """Tenants whose homeserver sleeps and whose usage was last checked at least ``margin``
+    after it fell asleep: a sleeping homeserver records nothing, so that check still holds."""
+    asleep = {
+        tenant_id: since
+        for tenant_id, since in session.execute(
+            select(Homeserver.tenant_id, Homeserver.asleep_since).where(
+                Homeserver.asleep_since.is_not(None)
+            )
+        ).tuples()
+        if since is not None
+    }
+    if not asleep:
+        return set()
+    last_checks = session.execute(
+        select(UsageReconciliation.tenant_id, func.max(UsageReconciliation.checked_at))
+        .where(UsageReconciliation.checked_at >= min(asleep.values()))
+        .group_by(UsageReconciliation.tenant_id)
+    ).tuples()
+    return {
+        tenant_id
+        for tenant_id, checked_at in last_checks
+        if (since := asleep.get(tenant_id)) is not None and checked_at >= since + margin
+    }
 
 
 def record_reconciliation(

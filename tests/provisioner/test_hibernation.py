@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from platform_core.settings import Settings, get_settings
 from provisioner import hibernation, repository, steps
 from provisioner.backends.fake import FakeBackend
 from provisioner.lease import Lease
+from provisioner.usage_reconciliation import reconcile_usage_all
 from tests.helpers.environment import clear_namespace, fresh_database
 from tests.helpers.factories import make_tenant
 
@@ -309,6 +310,47 @@ def test_a_sleeper_whose_port_is_in_the_ephemeral_range_wakes_on_a_port_outside_
             assert hs.upstream_url == f"http://127.0.0.1:{hs.port}"
     finally:
         ctx.backend.stop_all()
+
+
+# Usage checks ----------------------------------------------------------------------------------
+
+
+class CountedUsage(FakeBackend):
+    """The fake backend, whose homeservers report no usage and note whose usage was read."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.read: list[str] = []
+
+    def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
+        self.read.append(tenant_id)
+        return {"messages": 0, "media_bytes": 0}
+
+
+def test_the_usage_check_leaves_out_sleepers_it_already_checked_asleep(own_platform: None) -> None:
+    # At 1,000 tenants the check opened every homeserver's database every 5 minutes, most of
+    # them asleep and unchanged since the check before.
+    backend = CountedUsage(get_settings().data_path)
+    ctx = steps.Context(get_settings(), backend)
+    awake = new_tenant(ctx, running=False)
+    sleeper = new_tenant(ctx, running=False, asleep=True)
+    report = reconcile_usage_all(ctx)
+    assert {awake, sleeper} <= set(backend.read) and "skipped_asleep" not in report
+    with task_session() as session:  # it fell asleep an hour before that check
+        hs = repository.get_homeserver(session, uuid.UUID(sleeper))
+        assert hs is not None
+        hs.asleep_since = utcnow() - timedelta(hours=1)
+    backend.read.clear()
+    report = reconcile_usage_all(ctx)
+    assert awake in backend.read and sleeper not in backend.read
+    assert report["skipped_asleep"] == 1
+    with task_session() as session:  # woken, then asleep again: checked again
+        hs = repository.get_homeserver(session, uuid.UUID(sleeper))
+        assert hs is not None
+        hs.asleep_since = utcnow()
+    backend.read.clear()
+    reconcile_usage_all(ctx)
+    assert {awake, sleeper} <= set(backend.read)
 
 
 # The maintenance window -----------------------------------------------------------------------
