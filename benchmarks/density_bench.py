@@ -269,8 +269,10 @@ MACHINE_BEFORE: list[int] = []  # machine_used() before the platform started
 def memory_sample(running: RunningPlatform, cpu: CpuAccount | None = None) -> dict[str, Any]:
     homeservers = homeserver_pids(running)
     platform = platform_pids(running, set(homeservers))
+    busy = None
     if cpu is not None:
         cpu.observe(cpu_parts(running, homeservers, platform))
+        busy = cpu.busy_since_last()
     hs = [rss_pss(pid) for pid in homeservers]
     pf = [rss_pss(pid) for pid in platform]
     return {
@@ -283,6 +285,7 @@ def memory_sample(running: RunningPlatform, cpu: CpuAccount | None = None) -> di
         "platform_pss": sum(p for _, p in pf),
         "available": psutil.virtual_memory().available,
         "machine_used_rise": machine_used() - MACHINE_BEFORE[0] if MACHINE_BEFORE else None,
+        "cpu_busy": busy,
     }
 
 
@@ -291,6 +294,15 @@ def _machine_ticks() -> dict[str, int]:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
     return dict(zip(names, (int(f) for f in fields), strict=False))
+
+
+def _dirty_mib() -> int:
+    """Page cache waiting to be written back (Dirty + Writeback in /proc/meminfo)."""
+    kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(("Dirty:", "Writeback:")):
+            kib += int(line.split()[1])
+    return kib // 1024
 
 
 def component(pid: int, zygote: int | None) -> str:
@@ -326,6 +338,26 @@ class CpuAccount:
         self.started = time.time()
         self.ticks = _machine_ticks()
         self.seen: dict[tuple[int, float], list[Any]] = {}  # (pid, start) → [part, base, last]
+        self._last: tuple[float, dict[str, int], float] = (self.started, self.ticks, 0.0)
+
+    def busy_since_last(self) -> dict[str, float]:
+        """Cores busy since the last call (the first: since the round began): the machine's
+        (all but idle and iowait), its steal, and the homeservers' — a 5 s timeline that
+        shows when in a round the CPU ran short."""
+        now, ticks = time.time(), _machine_ticks()
+        then, before, hs_before = self._last
+        hs = sum(last - base for part, base, last in self.seen.values() if part == "homeservers")
+        self._last = (now, ticks, hs)
+        took = max(now - then, 1e-9) * os.sysconf("SC_CLK_TCK")
+        delta = {k: ticks[k] - before[k] for k in ticks}
+        busy = sum(v for k, v in delta.items() if k not in ("idle", "iowait"))
+        return {
+            "at": round(now - self.started, 1),
+            "dirty_mib": _dirty_mib(),
+            "busy": round(busy / took, 2),
+            "steal": round(delta.get("steal", 0) / took, 2),
+            "homeservers": round((hs - hs_before) * os.sysconf("SC_CLK_TCK") / took, 2),
+        }
 
     def observe(self, parts: dict[int, str]) -> None:
         for pid, part in parts.items():
@@ -909,6 +941,20 @@ async def workload(
                 flush=True,
             )
             print(f"    cores: {cpu_brief(sample['cpu_cores'])}", flush=True)
+            timeline = [
+                s["cpu_busy"]
+                for s in samples
+                if s["phase"] == f"during round {n + 1}" and s.get("cpu_busy")
+            ] + [sample["cpu_busy"]]
+            print(
+                "    busy cores (of which homeservers; MiB not yet written back) at s: "
+                + ", ".join(
+                    f"{b['at']:.0f}: {b['busy']:.1f} ({b['homeservers']:.1f}; {b['dirty_mib']})"
+                    for b in timeline
+                    if b
+                ),
+                flush=True,
+            )
     return counts, samples
 
 
