@@ -51,7 +51,7 @@ SETTLED_AFTER_SLEEP = timedelta(seconds=60)
 def reconcile_usage_all(ctx: steps.Context) -> dict[str, int]:
     """Check every active tenant but the sleepers already checked since they fell asleep: at
     1,000 tenants the pass opened every homeserver's database every 5 minutes (15 s of a
-    worker's CPU), most of them asleep and unchanged (docs/hibernation.md)."""
+    worker's CPU), most of them asleep and unchanged (docs/billing.md)."""
     report: Counter[str] = Counter()
     with task_session() as session:
         tenants = [t.id for t in repository.tenants_with_status(session, [TenantStatus.ACTIVE])]

@@ -107,6 +107,9 @@ def test_a_full_port_range_says_which_setting_to_widen(tmp_path: Path) -> None:
         backend.allocate_port({20000, 20002})
     # A port from before the range (a homeserver made earlier) is not kept: it moves.
     assert not backend.port_is_free(40000)
+    # A range too narrow for one pair is refused the same way, not with a crash.
+    with pytest.raises(TemporaryError, match="an empty range"):
+        LocalBackend(tmp_path, ports="20001-20002").allocate_port(set())
 
 
 def route(slug: str, upstream: str, status: str = "active") -> Route:

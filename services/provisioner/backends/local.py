@@ -159,9 +159,10 @@ class LocalBackend(Backend):
         ``synapse_metrics_address``) is free too; neither is another homeserver's pair. The
         search starts at a random pair, so workers provisioning at once rarely pick alike
         (``uq_homeservers_port`` settles it when they do)."""
-        start = random.randrange(len(self.ports))
-        for i in range(len(self.ports)):
-            port = self.ports[(start + i) % len(self.ports)]
+        count = len(self.ports)
+        start = random.randrange(count) if count else 0
+        for i in range(count):
+            port = self.ports[(start + i) % count]
             if not {port - 1, port, port + 1} & taken and self._pair_bindable(port):
                 return port
         raise TemporaryError(
