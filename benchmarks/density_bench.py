@@ -51,7 +51,9 @@ One run:
    with each sample, the CPU time of every process seen, so each round's line says how many
    cores went to the homeservers, the proxy, the API, each worker, beat, Redis, the zygote and
    PostgreSQL, and the machine's own split from ``/proc/stat`` (user, system, iowait, **steal**:
-   time the hypervisor gave another guest), to tell a slow round's cause;
+   time the hypervisor gave another guest), then a timeline, one entry per sample, of busy
+   cores, the homeservers' share of them and the dirty pages not yet written back: when in a
+   round the CPU ran short, and why;
 8. prints a table, writes ``benchmarks/results/density-<mode>-<UTC stamp>.json``, stops the
    platform (also on failure or Ctrl-C), which stops every homeserver.
 
@@ -296,6 +298,13 @@ def _machine_ticks() -> dict[str, int]:
     return dict(zip(names, (int(f) for f in fields), strict=False))
 
 
+def _machine_cores(before: dict[str, int], seconds: float) -> dict[str, float]:
+    """Cores the machine spent in each ``/proc/stat`` state since ``before``, over ``seconds``."""
+    ticks = _machine_ticks()
+    per_second = max(seconds, 1e-9) * os.sysconf("SC_CLK_TCK")
+    return {k: (ticks[k] - before[k]) / per_second for k in ticks}
+
+
 def _dirty_mib() -> int:
     """Page cache waiting to be written back (Dirty + Writeback in /proc/meminfo)."""
     kib = 0
@@ -316,7 +325,7 @@ def component(pid: int, zygote: int | None) -> str:
         name = process.name()
     except psutil.Error:
         return "other"
-    if "redis-server" in name or any("redis-server" in a for a in cmdline[:1]):
+    if "redis-server" in name or (cmdline and "redis-server" in cmdline[0]):
         return "redis"
     if name.startswith("postgres"):
         return "postgres"
@@ -344,19 +353,18 @@ class CpuAccount:
         """Cores busy since the last call (the first: since the round began): the machine's
         (all but idle and iowait), its steal, and the homeservers' — a 5 s timeline that
         shows when in a round the CPU ran short."""
-        now, ticks = time.time(), _machine_ticks()
+        now = time.time()
         then, before, hs_before = self._last
         hs = sum(last - base for part, base, last in self.seen.values() if part == "homeservers")
-        self._last = (now, ticks, hs)
-        took = max(now - then, 1e-9) * os.sysconf("SC_CLK_TCK")
-        delta = {k: ticks[k] - before[k] for k in ticks}
-        busy = sum(v for k, v in delta.items() if k not in ("idle", "iowait"))
+        self._last = (now, _machine_ticks(), hs)
+        took = max(now - then, 1e-9)
+        machine = _machine_cores(before, took)
         return {
             "at": round(now - self.started, 1),
             "dirty_mib": _dirty_mib(),
-            "busy": round(busy / took, 2),
-            "steal": round(delta.get("steal", 0) / took, 2),
-            "homeservers": round((hs - hs_before) * os.sysconf("SC_CLK_TCK") / took, 2),
+            "busy": round(sum(v for k, v in machine.items() if k not in ("idle", "iowait")), 2),
+            "steal": round(machine.get("steal", 0), 2),
+            "homeservers": round((hs - hs_before) / took, 2),
         }
 
     def observe(self, parts: dict[int, str]) -> None:
@@ -378,11 +386,9 @@ class CpuAccount:
         used: Counter[str] = Counter()
         for part, base, last in self.seen.values():
             used[part] += last - base
-        ticks = _machine_ticks()
-        hz = os.sysconf("SC_CLK_TCK")
-        machine = {f"machine_{k}": (ticks[k] - self.ticks[k]) / hz / took for k in ticks}
+        machine = _machine_cores(self.ticks, took)
         return {k: round(v / took, 3) for k, v in sorted(used.items())} | {
-            k: round(v, 3) for k, v in machine.items()
+            f"machine_{k}": round(v, 3) for k, v in machine.items()
         }
 
 

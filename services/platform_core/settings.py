@@ -82,9 +82,9 @@ class Settings(BaseSettings):
     homeserver_start_timeout_s: float = 60.0
     # The local backend's homeserver ports, "LOW-HIGH" (each homeserver takes an even client
     # port and the metrics port after it). Empty: from 10000 up to the kernel's ephemeral range
-    # (net.ipv4.ip_local_port_range), which every outgoing connection draws its local port
-    # from, so a sleeping homeserver's port is never taken by a passing connection
-    # (docs/hibernation.md "Ports").
+    # (net.ipv4.ip_local_port_range), or above it when fewer than 1,000 pairs fit below; every
+    # outgoing connection draws its local port from that range, so a sleeping homeserver's
+    # port outside it is never taken by a passing connection (docs/hibernation.md "Ports").
     homeserver_ports: str = ""
     # When set (postgresql://…, a role allowed to CREATE ROLE and CREATE DATABASE), every
     # tenant's Synapse gets its own PostgreSQL database and role; SQLite per tenant otherwise.
