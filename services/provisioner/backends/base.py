@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from platform_core import object_store
 from platform_core.object_store import ObjectStore
 from platform_core.private_files import create_private, private_temp_dir
@@ -34,6 +36,20 @@ HOMESERVER_DUE_WORK_SQL = {
     "delayed_events": "SELECT count(*) FROM delayed_events WHERE NOT is_processed",
     "background_updates": "SELECT count(*) FROM background_updates",
 }
+
+
+# libyaml's parser where PyYAML has it (its wheels do): the usage check and the sleep pass read
+# every homeserver's config, and the pure-Python parser took ~4.5 ms of CPU a config, more
+# than the database queries they make (docs/benchmarks.md, "The usage check's CPU").
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def database_section(homeserver_yaml: str) -> dict[str, Any]:
+    """Synapse's ``database`` section of a rendered ``homeserver.yaml`` ({} when it has none):
+    which database the homeserver itself uses, for reading its own records."""
+    config = yaml.load(homeserver_yaml, Loader=_YAML_LOADER) or {}  # a safe loader
+    section = config.get("database") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ from provisioner.backends.base import (
     HOMESERVER_DUE_WORK_SQL,
     Backend,
     HomeserverTarget,
+    database_section,
     store_archive,
 )
 from provisioner.backends.local import postgres_counts, postgres_usage_counts
@@ -318,7 +319,7 @@ class KubernetesBackend(Backend):
 
     def due_work(self, tenant_id: str) -> dict[str, int] | None:
         config, secret_files = self._deployed_files(tenant_id)
-        section = (yaml.safe_load(config.get("homeserver.yaml", "")) or {}).get("database") or {}
+        section = database_section(config.get("homeserver.yaml", ""))
         password = secret_files.get(manifests.DATABASE_PASSWORD_KEY)
         if section.get("name") != "psycopg2" or password is None:
             return None
@@ -431,7 +432,7 @@ class KubernetesBackend(Backend):
 
     def usage_counts(self, tenant_id: str) -> dict[str, int] | None:
         config, secret_files = self._deployed_files(tenant_id)
-        section = (yaml.safe_load(config.get("homeserver.yaml", "")) or {}).get("database") or {}
+        section = database_section(config.get("homeserver.yaml", ""))
         password = secret_files.get(manifests.DATABASE_PASSWORD_KEY)
         if section.get("name") != "psycopg2" or password is None:
             return None

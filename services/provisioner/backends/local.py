@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 
 from platform_core import object_store
 from platform_core.errors import TemporaryError
@@ -38,6 +37,7 @@ from provisioner.backends.base import (
     HOMESERVER_MESSAGES_SQL,
     Backend,
     HomeserverTarget,
+    database_section,
     spec_for,
     store_archive,
 )
@@ -326,7 +326,7 @@ class LocalBackend(Backend):
             return None
         # The database the homeserver itself is configured with: its own PostgreSQL
         # database or the SQLite file in its data directory.
-        section = yaml.safe_load(config.read_text()).get("database") or {}
+        section = database_section(config.read_text())
         if section.get("name") == "psycopg2":
             return postgres_counts(section["args"], queries)
         database = Path(section.get("args", {}).get("database", ""))
