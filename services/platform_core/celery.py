@@ -12,6 +12,17 @@ from celery.signals import before_task_publish, task_postrun, task_prerun
 from platform_core.logging import request_id_var, tenant_id_var
 from platform_core.settings import get_settings
 
+# The usage check's periodic pass runs about every 30 s (or every C3_USAGE_RECONCILE_INTERVAL_S,
+# if shorter), each pass on the next slice of the tenants (by id;
+# provisioner.usage_reconciliation): every tenant is still checked once per interval, and the
+# work comes in small steps, not one burst that takes the CPU from homeservers waking meanwhile.
+USAGE_CHECK_PASS_S = 30.0
+
+
+def usage_check_slices(interval_s: float) -> int:
+    """How many passes, each on a slice of the tenants, make one usage-check interval."""
+    return max(1, round(interval_s / USAGE_CHECK_PASS_S))
+
 
 class TaskNames:
     PROVISION_TENANT = "c3.provisioner.provision_tenant"
@@ -99,7 +110,9 @@ def _config() -> dict[str, object]:
             # Expired export archives are deleted (their links already answer 410).
             "expire-exports": _every(TaskNames.EXPIRE_EXPORTS, settings.reconcile_interval_s),
             "reconcile-usage": _every(
-                TaskNames.RECONCILE_USAGE, settings.usage_reconcile_interval_s
+                TaskNames.RECONCILE_USAGE,
+                settings.usage_reconcile_interval_s
+                / usage_check_slices(settings.usage_reconcile_interval_s),
             ),
             # External context participants whose credential expired lose their account.
             "expire-context-participants": _every(

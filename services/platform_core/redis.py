@@ -46,6 +46,12 @@ class RedisKeys:
         return f"{self.namespace}:archives:purged"
 
     @property
+    def usage_check_passes(self) -> str:
+        """Counter: usage-check passes so far; each checks the next slice of the tenants
+        (provisioner.usage_reconciliation)."""
+        return f"{self.namespace}:usage:check-passes"
+
+    @property
     def reconcile_metrics(self) -> str:
         """Hash: reconcile passes, actions and the last pass's time (platform_core.metrics)."""
         return f"{self.namespace}:metrics:reconcile"

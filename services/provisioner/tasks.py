@@ -18,7 +18,7 @@ from provisioner.operations.resume import resume
 from provisioner.operations.suspend import suspend
 from provisioner.reconciler import reconcile_all
 from provisioner.runner import run_operation
-from provisioner.usage_reconciliation import reconcile_usage_all
+from provisioner.usage_reconciliation import next_slice, reconcile_usage_all
 
 app = celery_app()
 
@@ -75,7 +75,8 @@ def _reconcile_on_start(**_: object) -> None:
 
 @app.task(name=TaskNames.RECONCILE_USAGE, acks_late=True)
 def reconcile_usage() -> dict[str, int]:
-    return reconcile_usage_all(steps.context())
+    ctx = steps.context()
+    return reconcile_usage_all(ctx, slice_no=next_slice(ctx))
 
 
 # Questions the API waits for (platform_core.worker_requests): not acks_late — a question

@@ -15,6 +15,9 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
+import redis
+
+from platform_core.celery import usage_check_slices
 from platform_core.db import task_session
 from platform_core.models import TenantStatus, utcnow
 from provisioner import repository, steps
@@ -48,14 +51,30 @@ def reconcile_tenant_usage(ctx: steps.Context, tenant_id: uuid.UUID) -> dict[str
 SETTLED_AFTER_SLEEP = timedelta(seconds=60)
 
 
-def reconcile_usage_all(ctx: steps.Context) -> dict[str, int]:
-    """Check every active tenant but the sleepers already checked since they fell asleep: at
-    1,000 tenants the pass opened every homeserver's database every 5 minutes (15 s of a
-    worker's CPU), most of them asleep and unchanged (docs/billing.md)."""
+def next_slice(ctx: steps.Context) -> int | None:
+    """The slice of the tenants this periodic pass checks, of
+    ``usage_check_slices(C3_USAGE_RECONCILE_INTERVAL_S)``: passes take them in turn. None, all
+    of them, when Redis cannot say."""
+    try:
+        passes = int(ctx.redis.incr(ctx.keys.usage_check_passes))
+    except redis.RedisError as exc:
+        log.warning("usage check: no pass count (%s); checking every tenant", type(exc).__name__)
+        return None
+    return (passes - 1) % usage_check_slices(ctx.settings.usage_reconcile_interval_s)
+
+
+def reconcile_usage_all(ctx: steps.Context, *, slice_no: int | None = None) -> dict[str, int]:
+    """Check every active tenant (with ``slice_no``, those of that slice: see ``next_slice``)
+    but the sleepers already checked since they fell asleep: at 1,000 tenants the pass opened
+    every homeserver's database every 5 minutes (15 s of a worker's CPU), most of them asleep
+    and unchanged (docs/billing.md)."""
     report: Counter[str] = Counter()
     with task_session() as session:
         tenants = [t.id for t in repository.tenants_with_status(session, [TenantStatus.ACTIVE])]
         settled = repository.sleepers_checked_since(session, SETTLED_AFTER_SLEEP)
+    if slice_no is not None:
+        slices = usage_check_slices(ctx.settings.usage_reconcile_interval_s)
+        tenants = [t for t in tenants if t.int % slices == slice_no]
     for tenant_id in tenants:
         if tenant_id in settled:
             report["skipped_asleep"] += 1

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import select
 
-from platform_core.celery import celery_app
+from platform_core.celery import celery_app, usage_check_slices
 from platform_core.db import _sync_sessionmaker, sync_engine, task_session
 from platform_core.migrate import upgrade
 from platform_core.models import Plan, Tenant, TenantStatus, utcnow
@@ -29,7 +29,7 @@ from platform_core.settings import Settings, get_settings
 from provisioner import hibernation, repository, steps
 from provisioner.backends.fake import FakeBackend
 from provisioner.lease import Lease
-from provisioner.usage_reconciliation import reconcile_usage_all
+from provisioner.usage_reconciliation import next_slice, reconcile_usage_all
 from tests.helpers.environment import clear_namespace, fresh_database
 from tests.helpers.factories import make_tenant
 
@@ -351,6 +351,26 @@ def test_the_usage_check_leaves_out_sleepers_it_already_checked_asleep(own_platf
     backend.read.clear()
     reconcile_usage_all(ctx)
     assert {awake, sleeper} <= set(backend.read)
+
+
+def test_the_periodic_usage_check_takes_the_tenants_in_slices_each_once_per_interval(
+    own_platform: None,
+) -> None:
+    # One pass over every tenant at once was a burst of the worker's CPU while homeservers
+    # were waking; with the default 5-minute interval a pass every 30 s checks the next tenth,
+    # so ten passes (the interval) check every tenant exactly once.
+    settings = get_settings().model_copy(update={"usage_reconcile_interval_s": 300.0})
+    backend = CountedUsage(settings.data_path)
+    ctx = steps.Context(settings, backend)
+    tenants = {new_tenant(ctx, running=False) for _ in range(12)}
+    for _ in range(10):
+        reconcile_usage_all(ctx, slice_no=next_slice(ctx))
+    assert Counter(backend.read) == Counter({tenant: 1 for tenant in tenants})
+    backend.read.clear()
+    reconcile_usage_all(ctx, slice_no=next_slice(ctx))  # the next interval starts over
+    assert set(backend.read) < tenants
+    # A short interval is one pass on every tenant, as before.
+    assert [usage_check_slices(s) for s in (2.0, 45.0, 300.0)] == [1, 2, 10]
 
 
 # The maintenance window -----------------------------------------------------------------------
