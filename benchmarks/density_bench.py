@@ -74,6 +74,7 @@ import json
 import math
 import os
 import platform as host_platform
+import re
 import resource
 import signal
 import ssl
@@ -224,20 +225,21 @@ def tenant_homeserver_pid(running: RunningPlatform, tenant_id: str) -> int | Non
     return None
 
 
-def homeserver_pids(running: RunningPlatform) -> list[int]:
-    """Every running tenant homeserver of this platform: those the pid files name, and any
-    Synapse whose command line names a config under the data directory."""
+def homeserver_pids(running: RunningPlatform) -> dict[int, str | None]:
+    """Every running tenant homeserver of this platform, with its tenant's id: those the pid
+    files name, and any Synapse whose command line names a config under the data directory
+    (tenant unknown)."""
     root = running.data_dir / "homeservers"
-    found = set()
+    found: dict[int, str | None] = {}
     for directory in root.iterdir() if root.is_dir() else ():
         pid = tenant_homeserver_pid(running, directory.name)
         if pid is not None:
-            found.add(pid)
+            found[pid] = directory.name
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if "synapse.app.homeserver" in cmdline and any(a.startswith(str(root)) for a in cmdline):
-            found.add(proc.pid)
-    return sorted(found)
+            found.setdefault(proc.pid, None)
+    return dict(sorted(found.items()))
 
 
 def platform_pids(running: RunningPlatform, exclude: set[int]) -> list[int]:
@@ -347,7 +349,11 @@ class CpuAccount:
         self.started = time.time()
         self.ticks = _machine_ticks()
         self.seen: dict[tuple[int, float], list[Any]] = {}  # (pid, start) → [part, base, last]
-        self._last: tuple[float, dict[str, int], float] = (self.started, self.ticks, 0.0)
+        self._last: tuple[float, dict[str, int], Counter[str]] = (
+            self.started,
+            self.ticks,
+            Counter(),
+        )
 
     def busy_since_last(self) -> dict[str, float]:
         """Cores busy since the last call (the first: since the round began): the machine's
@@ -355,7 +361,10 @@ class CpuAccount:
         shows when in a round the CPU ran short."""
         now = time.time()
         then, before, hs_before = self._last
-        hs = sum(last - base for part, base, last in self.seen.values() if part == "homeservers")
+        hs = Counter[str]()
+        for part, base, last in self.seen.values():
+            if part.startswith("homeservers"):
+                hs[part] += last - base
         self._last = (now, _machine_ticks(), hs)
         took = max(now - then, 1e-9)
         machine = _machine_cores(before, took)
@@ -364,7 +373,9 @@ class CpuAccount:
             "dirty_mib": _dirty_mib(),
             "busy": round(sum(v for k, v in machine.items() if k not in ("idle", "iowait")), 2),
             "steal": round(machine.get("steal", 0), 2),
-            "homeservers": round((hs - hs_before) / took, 2),
+            "homeservers": round((hs.total() - hs_before.total()) / took, 2),
+            "this_round": round((hs[HS_THIS] - hs_before[HS_THIS]) / took, 2),
+            "last_round": round((hs[HS_LAST] - hs_before[HS_LAST]) / took, 2),
         }
 
     def observe(self, parts: dict[int, str]) -> None:
@@ -392,14 +403,22 @@ class CpuAccount:
         }
 
 
+# Tenant id → which homeservers a round's CPU goes to: those it woke, those the round before
+# woke (awake until they have idled ``--idle-after``), and every other (the rest).
+HS_THIS, HS_LAST = "homeservers this round", "homeservers last round"
+ROUND_GROUPS: dict[str, str] = {}
+
+
 def cpu_parts(
-    running: RunningPlatform, homeservers: list[int], platform: list[int]
+    running: RunningPlatform, homeservers: dict[int, str | None], platform: list[int]
 ) -> dict[int, str]:
     zygote = None
     with contextlib.suppress(OSError, ValueError):
         path = running.data_dir / "homeservers" / ".zygote" / "zygote.pid"
         zygote = int(path.read_text().strip())
-    parts = {pid: "homeservers" for pid in homeservers}
+    parts = {
+        pid: ROUND_GROUPS.get(tenant or "", "homeservers") for pid, tenant in homeservers.items()
+    }
     parts |= {pid: component(pid, zygote) for pid in platform}
     for proc in psutil.process_iter(["name"]):
         if (proc.info["name"] or "").startswith("postgres"):
@@ -415,6 +434,60 @@ def cpu_brief(cores: dict[str, float]) -> str:
         f"{m.get('system', 0) + m.get('softirq', 0) + m.get('irq', 0):.2f}, iowait "
         f"{m.get('iowait', 0):.2f}, steal {m.get('steal', 0):.2f}, idle {m.get('idle', 0):.2f}"
     )
+
+
+# The platform's own account of each wake, from its logs: the proxy's "asked for a wake of
+# tenant <id>" and the worker's (or wake lane's) "tenant <id>: homeserver woken in <s> s
+# (lease .., read .., render .., start .., healthy .., published ..)", logged when it ends.
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ (.*)$")
+_ASKED = re.compile(r"asked for a wake of tenant (\S+)")
+_WOKEN = re.compile(r"tenant (\S+): homeserver woken in ([\d.]+) s \((.*)\)")
+
+
+def _log_lines(path: Path) -> Iterator[tuple[float, str]]:
+    """(UTC epoch, message) of each line of one of the platform's logs."""
+    with contextlib.suppress(OSError), path.open(errors="replace") as lines:
+        for line in lines:
+            found = _LOG_LINE.match(line)
+            if found:
+                at = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
+                yield at.timestamp(), found[2]
+
+
+def logged_wakes(running: RunningPlatform, since: float, until: float) -> list[dict[str, Any]]:
+    """The wakes the worker logged as done between ``since`` and ``until`` (epoch seconds):
+    each one's phases in seconds, and ``queue`` (the proxy's ask → the task starting) when a
+    proxy's ask for it is in the log."""
+    logs = running.data_dir / "logs"
+    asked: dict[str, list[float]] = {}
+    for at, message in _log_lines(logs / "proxy.log"):
+        if (found := _ASKED.search(message)) and since - 60 <= at <= until:
+            asked.setdefault(found[1], []).append(at)
+    wakes = []
+    for name in ("wake-lane.log", "worker.log"):
+        for at, message in _log_lines(logs / name):
+            found = _WOKEN.search(message)
+            if not found or not since <= at <= until:
+                continue
+            phases = {k: float(v) for k, v in (p.split() for p in found[3].split(", "))}
+            began = at - float(found[2])
+            ask = max((a for a in asked.get(found[1], ()) if a <= began + 0.01), default=None)
+            if ask is not None:
+                phases = {"queue": max(began - ask, 0.0), **phases}
+            wakes.append(phases | {"total": at - (ask if ask is not None else began)})
+    return wakes
+
+
+def wake_brief(wakes: list[dict[str, Any]]) -> str:
+    """Each phase's p50/p95 over ``wakes`` (seconds), in the order a wake runs them."""
+    order = ("queue", "lease", "read", "render", "start", "healthy", "published", "total")
+    parts = []
+    for phase in order:
+        values = [w[phase] for w in wakes if phase in w]
+        if values:
+            p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
+            parts.append(f"{phase} {p50:.2f}/{p95:.2f}")
+    return f"{len(wakes)} logged; p50/p95 s: " + ", ".join(parts)
 
 
 # Tenants ----------------------------------------------------------------------------------
@@ -891,11 +964,16 @@ async def workload(
     per_round = max(1, round(len(tenants) * args.active_share))
     spread = arrival_spread_s(args)
     heals = heals_per_round(args.heal_samples, args.rounds, per_round)
+    last_active: list[Tenant] = []
     async with httpx.AsyncClient(
         base_url=running.api_url, headers=running.headers, timeout=30
     ) as api:
         for n in range(args.rounds):
             active = [tenants[(n * per_round + k) % len(tenants)] for k in range(per_round)]
+            ROUND_GROUPS.clear()
+            ROUND_GROUPS.update({t.id: HS_LAST for t in last_active})
+            ROUND_GROUPS.update({t.id: HS_THIS for t in active})
+            last_active = active
             healed = {k * per_round // heals[n] for k in range(heals[n])}
             started = time.perf_counter()
             own_cpu = time.process_time()
@@ -929,6 +1007,7 @@ async def workload(
                 sampler.cancel()
             took = time.perf_counter() - started
             sample = memory_sample(running, cpu)
+            sample["logged_wakes"] = logged_wakes(running, cpu.started, time.time())
             sample["load_generator_cores"] = (time.process_time() - own_cpu) / took
             sample["cpu_cores"] = cpu.cores()
             samples.append({"phase": f"round {n + 1}", **sample})
@@ -947,15 +1026,19 @@ async def workload(
                 flush=True,
             )
             print(f"    cores: {cpu_brief(sample['cpu_cores'])}", flush=True)
+            print(f"    the worker's wakes: {wake_brief(sample['logged_wakes'])}", flush=True)
             timeline = [
                 s["cpu_busy"]
                 for s in samples
                 if s["phase"] == f"during round {n + 1}" and s.get("cpu_busy")
             ] + [sample["cpu_busy"]]
             print(
-                "    busy cores (of which homeservers; MiB not yet written back) at s: "
+                "    busy cores (of which homeservers: all, this round's, last round's; MiB not "
+                "yet written back) at s: "
                 + ", ".join(
-                    f"{b['at']:.0f}: {b['busy']:.1f} ({b['homeservers']:.1f}; {b['dirty_mib']})"
+                    f"{b['at']:.0f}: {b['busy']:.1f} ({b['homeservers']:.1f}, "
+                    f"{b.get('this_round', 0):.1f}, {b.get('last_round', 0):.1f}; "
+                    f"{b['dirty_mib']})"
                     for b in timeline
                     if b
                 ),
