@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -78,29 +78,28 @@ def billed_totals(session: Session, tenant_id: uuid.UUID, meters: Sequence[str])
     return {meter: found.get(meter, 0) for meter in meters}
 
 
-def sleepers_checked_since(session: Session, margin: timedelta) -> set[uuid.UUID]:
-    """Tenants whose homeserver sleeps and whose usage was last checked at least ``margin``
-    after it fell asleep: a sleeping homeserver records nothing, so that check still holds."""
-    asleep = {
-        tenant_id: since
-        for tenant_id, since in session.execute(
-            select(Homeserver.tenant_id, Homeserver.asleep_since).where(
-                Homeserver.asleep_since.is_not(None)
-            )
-        ).tuples()
-        if since is not None
-    }
-    if not asleep:
-        return set()
-    last_checks = session.execute(
-        select(UsageReconciliation.tenant_id, func.max(UsageReconciliation.checked_at))
-        .where(UsageReconciliation.checked_at >= min(asleep.values()))
-        .group_by(UsageReconciliation.tenant_id)
-    ).tuples()
+def sleepers_checked_since(
+    session: Session, margin: timedelta, among: Collection[uuid.UUID] | None = None
+) -> set[uuid.UUID]:
+    """Tenants (of ``among``, when given) whose homeserver sleeps and whose usage was last
+    checked at least ``margin`` after it fell asleep: a sleeping homeserver records nothing, so
+    that check still holds. One index lookup per sleeper (its latest check), however long the
+    history of checks."""
+    last_check = (
+        select(func.max(UsageReconciliation.checked_at))
+        .where(UsageReconciliation.tenant_id == Homeserver.tenant_id)
+        .correlate(Homeserver)
+        .scalar_subquery()
+    )
+    query = select(Homeserver.tenant_id, Homeserver.asleep_since, last_check).where(
+        Homeserver.asleep_since.is_not(None)
+    )
+    if among is not None:
+        query = query.where(Homeserver.tenant_id.in_(list(among)))
     return {
         tenant_id
-        for tenant_id, checked_at in last_checks
-        if (since := asleep.get(tenant_id)) is not None and checked_at >= since + margin
+        for tenant_id, since, checked_at in session.execute(query).tuples()
+        if since is not None and checked_at is not None and checked_at >= since + margin
     }
 
 

@@ -71,10 +71,10 @@ def reconcile_usage_all(ctx: steps.Context, *, slice_no: int | None = None) -> d
     report: Counter[str] = Counter()
     with task_session() as session:
         tenants = [t.id for t in repository.tenants_with_status(session, [TenantStatus.ACTIVE])]
-        settled = repository.sleepers_checked_since(session, SETTLED_AFTER_SLEEP)
-    if slice_no is not None:
-        slices = usage_check_slices(ctx.settings.usage_reconcile_interval_s)
-        tenants = [t for t in tenants if t.int % slices == slice_no]
+        if slice_no is not None:
+            slices = usage_check_slices(ctx.settings.usage_reconcile_interval_s)
+            tenants = [t for t in tenants if t.int % slices == slice_no]
+        settled = repository.sleepers_checked_since(session, SETTLED_AFTER_SLEEP, among=tenants)
     for tenant_id in tenants:
         if tenant_id in settled:
             report["skipped_asleep"] += 1
