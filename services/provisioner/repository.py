@@ -84,7 +84,8 @@ def sleepers_checked_since(
     """Tenants (of ``among``, when given) whose homeserver sleeps and whose usage was last
     checked at least ``margin`` after it fell asleep: a sleeping homeserver records nothing, so
     that check still holds. One index lookup per sleeper (its latest check), however long the
-    history of checks."""
+    history of checks; ``among`` is applied here, not as SQL ``IN`` (no bound-parameter limit
+    at 10,000 tenants)."""
     last_check = (
         select(func.max(UsageReconciliation.checked_at))
         .where(UsageReconciliation.tenant_id == Homeserver.tenant_id)
@@ -94,12 +95,14 @@ def sleepers_checked_since(
     query = select(Homeserver.tenant_id, Homeserver.asleep_since, last_check).where(
         Homeserver.asleep_since.is_not(None)
     )
-    if among is not None:
-        query = query.where(Homeserver.tenant_id.in_(list(among)))
+    wanted = None if among is None else set(among)
     return {
         tenant_id
         for tenant_id, since, checked_at in session.execute(query).tuples()
-        if since is not None and checked_at is not None and checked_at >= since + margin
+        if (wanted is None or tenant_id in wanted)
+        and since is not None
+        and checked_at is not None
+        and checked_at >= since + margin
     }
 
 
