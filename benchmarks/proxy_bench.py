@@ -15,9 +15,11 @@ One run:
 5. starts nginx (Debian's package, 1 worker) twice when it is installed: as a reverse proxy to
    the same Synapse under the same ``/t/<slug>/`` prefix (the yardstick), and as a **static
    upstream** (``return 200``) that a second route of the tenant, and the nginx proxy, point at;
+   and ``tcp_pipe.py`` (the **floor**: a pass-through TCP relay in Python on uvloop, no HTTP)
+   in front of the Synapse and of the static upstream: what any Python proxy pays a request;
 6. load-tests ``GET /_matrix/client/versions``, an authenticated
    ``GET /_matrix/client/v3/account/whoami`` (Synapse directly, the metered proxy, the
-   unmetered proxy and nginx), a billable ``PUT .../send/m.room.message/<unique txn id>`` (the
+   unmetered proxy, nginx and the floor), a billable ``PUT .../send/m.room.message/<unique txn id>`` (the
    proxies only) and ``static`` (``/versions`` from the static upstream: the proxies' own
    ceiling), at each connection count, ``--reps`` times ``--duration`` seconds each, targets
    alternating, and keeps the median; every run also reads the CPU time of the target's
@@ -53,7 +55,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from multiprocessing import get_context
@@ -124,8 +126,9 @@ ENDPOINTS = (
     Endpoint("static", "/_matrix/client/versions", authenticated=False, static=True),
 )
 # "proxy" meters usage as in production; "proxy_unmetered" is ``c3 proxy --no-metering``;
-# "nginx" is nginx (1 worker) as a reverse proxy to the same upstream, when installed.
-TARGETS = ("direct", "proxy", "proxy_unmetered", "nginx")
+# "nginx" is nginx (1 worker) as a reverse proxy to the same upstream, when installed; "floor"
+# is ``tcp_pipe.py``, a pass-through TCP relay in Python on uvloop: what any Python proxy pays.
+TARGETS = ("direct", "proxy", "proxy_unmetered", "nginx", "floor")
 PROXY_TARGETS = ("proxy", "proxy_unmetered", "nginx")
 
 
@@ -381,6 +384,33 @@ def nginx_yardstick(slug: str, direct: str) -> Iterator[tuple[Any, Any]]:
         yield reverse, static
 
 
+@contextmanager
+def python_floor(upstream: str) -> Iterator[tuple[str, int]]:
+    """``tcp_pipe.py`` in front of ``upstream`` (``http://host:port``) on a free port; yields
+    its base URL and pid and stops it on the way out, whatever happened."""
+    host, _, port = upstream.removeprefix("http://").partition(":")
+    listen = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "tcp_pipe.py"), str(listen), host, port],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches us; we stop it
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"tcp_pipe.py did not start (exit {process.wait()})")
+        yield f"http://127.0.0.1:{listen}", process.pid
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def usage_messages(running: RunningPlatform, tenant_id: str) -> int:
     with running.api() as api:
         response = api.get(f"/v1/tenants/{tenant_id}/usage")
@@ -630,6 +660,7 @@ TARGET_LABELS = {
     "proxy": "metered",
     "proxy_unmetered": "unmetered",
     "nginx": "nginx",
+    "floor": "floor",
 }
 
 
@@ -759,7 +790,7 @@ NGINX_COLUMNS = (
     ("nginx req/s", "{:>11}"),
     ("metered/nginx", "{:>13}"),
     ("unmetered/nginx", "{:>15}"),
-    ("CPU us/req metered/unmetered/nginx", "{:>34}"),
+    ("CPU us/req metered/unmetered/nginx/floor", "{:>40}"),
     ("p99 ms direct/metered/nginx", "{:>27}"),
     ("metered p99/direct", "{:>18}"),
 )
@@ -776,7 +807,9 @@ def _fmt(value: float | None, fmt: str) -> str:
 def nginx_row(row: dict[str, Any]) -> list[str]:
     direct, metered, unmetered = row["direct"], row["proxy"], row["proxy_unmetered"]
     nginx = row.get("nginx")
-    cpus = "/".join(_fmt(s and s.get("cpu_us"), "{:.0f}") for s in (metered, unmetered, nginx))
+    cpus = "/".join(
+        _fmt(s and s.get("cpu_us"), "{:.0f}") for s in (metered, unmetered, nginx, row.get("floor"))
+    )
     p99s = "/".join(_fmt(s and s["p99_ms"], "{:.1f}") for s in (direct, metered, nginx))
     return [
         row["endpoint"],
@@ -802,6 +835,16 @@ def goals_verdict(report: dict[str, Any]) -> list[str]:
         f"{len(cpu) - len(over)}/{len(cpu)} cells"
         + ("; over in " + ", ".join(over) if over else "")
     )
+    own = [
+        f"{r['endpoint']} c={r['connections']} {c - r['floor']['cpu_us']:.0f} "
+        f"(floor {r['floor']['cpu_us']:.0f})"
+        for r, c in cpu
+        if r.get("floor") and r["floor"].get("cpu_us")
+    ]
+    if own:
+        lines.append(
+            "the proxy's own CPU per request above the Python floor, us: " + ", ".join(own)
+        )
     for row in rows:
         if row.get("static") and row["connections"] == most and row.get("nginx"):
             ratio = _ratio(row["proxy"], row["nginx"], "rps")
@@ -890,6 +933,7 @@ def render_table(report: dict[str, Any]) -> str:
     lines += [
         "",
         "metered = the platform's proxy (metering on), unmetered = c3 proxy --no-metering; "
+        "floor = tcp_pipe.py, a pass-through TCP relay in Python on uvloop (no HTTP); "
         "metering cost = 1 - metered/unmetered median req/s (paired: median over reps of "
         "the same ratio within a rep); added p50 = metered - direct; "
         "metering p99 = metered - unmetered",
@@ -963,9 +1007,20 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
     with (
         unmetered_proxy(running) as (unmetered, unmetered_pid),
         nginx_yardstick(slug, direct) as (nginx_proxy, nginx_static),
+        python_floor(direct) as (floor, floor_pid),
+        ExitStack() as more,
     ):
-        bases = {"direct": direct, "proxy": proxy, "proxy_unmetered": f"{unmetered}/t/{slug}"}
-        pids = {"proxy": platform_proxy(running).pid, "proxy_unmetered": unmetered_pid}
+        bases = {
+            "direct": direct,
+            "proxy": proxy,
+            "proxy_unmetered": f"{unmetered}/t/{slug}",
+            "floor": floor,  # straight to Synapse: it routes nothing
+        }
+        pids = {
+            "proxy": platform_proxy(running).pid,
+            "proxy_unmetered": unmetered_pid,
+            "floor": floor_pid,
+        }
         static_bases: dict[str, str] = {}
         static_pids: dict[str, int] = {}
         if nginx_proxy is not None and nginx_static is not None:
@@ -973,13 +1028,17 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
             bases["nginx"] = f"{nginx_proxy.proxy_url}/t/{slug}"
             pids["nginx"] = nginx_proxy.pid
             static_slug = publish_static_route(running, slug, nginx_static.static_url)
+            static_floor, static_floor_pid = more.enter_context(
+                python_floor(nginx_static.static_url)
+            )
             static_bases = {
                 "direct": nginx_static.static_url,
                 "proxy": f"{running.proxy_url}/t/{static_slug}",
                 "proxy_unmetered": f"{unmetered}/t/{static_slug}",
                 "nginx": f"{nginx_proxy.proxy_url}/t/{static_slug}",
+                "floor": static_floor,
             }
-            static_pids = {**pids, "direct": nginx_static.pid}
+            static_pids = {**pids, "direct": nginx_static.pid, "floor": static_floor_pid}
             for base in static_bases.values():
                 poll(
                     lambda b=base: httpx.get(f"{b}/_matrix/client/versions").status_code == 200,  # type: ignore[misc]
