@@ -58,6 +58,7 @@ from c3.local_run import free_port  # noqa: E402
 from platform_core.redis import keys_for  # noqa: E402
 from platform_core.routes import Route, publish_route  # noqa: E402
 from platform_core.settings import Settings  # noqa: E402
+from tests.helpers.platform import stop_process  # noqa: E402
 
 STEP = 1000
 POLL_TIMEOUT_MS = 120_000
@@ -141,13 +142,7 @@ def child(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproces
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 20, signal.SIGINT)
 
 
 # Clients ---------------------------------------------------------------------------------

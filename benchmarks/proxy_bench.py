@@ -76,7 +76,7 @@ from benchmarks.nginx import INSTALL_HINT, nginx_binary, running_nginx, tree_cpu
 from c3.local_run import free_port  # noqa: E402
 from platform_core.redis import RedisKeys  # noqa: E402
 from platform_core.routes import Route, publish_route, slug_field  # noqa: E402
-from tests.helpers.platform import RunningPlatform, poll  # noqa: E402
+from tests.helpers.platform import RunningPlatform, poll, stop_process  # noqa: E402
 
 BASE_DOMAIN = "c3.bench"
 USERNAME = "bench"
@@ -356,14 +356,8 @@ def unmetered_proxy(running: RunningPlatform) -> Iterator[tuple[str, int]]:
         poll(healthy, timeout=60, what="c3 proxy --no-metering")
         yield url, process.pid
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        print(f"unmetered proxy stopped (exit {process.returncode})", flush=True)
+        code = stop_process(process, 15, signal.SIGINT)
+        print(f"unmetered proxy stopped (exit {code})", flush=True)
 
 
 @contextmanager
@@ -402,13 +396,7 @@ def python_floor(upstream: str) -> Iterator[tuple[str, int]]:
             raise RuntimeError(f"tcp_pipe.py did not start (exit {process.wait()})")
         yield f"http://127.0.0.1:{listen}", process.pid
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 15, signal.SIGINT)
 
 
 def usage_messages(running: RunningPlatform, tenant_id: str) -> int:
