@@ -1040,7 +1040,8 @@ async def workload(
                     f"{b.get('this_round', 0):.1f}, {b.get('last_round', 0):.1f}; "
                     f"{b['dirty_mib']})"
                     for b in timeline
-                    if b
+                    # The first window lasts under 1 s, mostly the sampler's own first scan.
+                    if b and b["at"] >= 1
                 ),
                 flush=True,
             )
