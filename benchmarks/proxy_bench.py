@@ -19,9 +19,9 @@ One run:
    in front of the Synapse and of the static upstream: what any Python proxy pays a request;
 6. load-tests ``GET /_matrix/client/versions``, an authenticated
    ``GET /_matrix/client/v3/account/whoami`` (Synapse directly, the metered proxy, the
-   unmetered proxy, nginx and the floor), a billable ``PUT .../send/m.room.message/<unique txn id>`` (the
-   proxies only) and ``static`` (``/versions`` from the static upstream: the proxies' own
-   ceiling), at each connection count, ``--reps`` times ``--duration`` seconds each, targets
+   unmetered proxy, nginx and the floor), a billable
+   ``PUT .../send/m.room.message/<unique txn id>`` (the proxies only) and ``static``
+   (``/versions`` from the static upstream: the proxies' own ceiling), at each connection count, ``--reps`` times ``--duration`` seconds each, targets
    alternating, and keeps the median; every run also reads the CPU time of the target's
    process(es) from ``/proc/<pid>/stat`` (CPU per request);
 7. prints the tables (with the metering cost, 1 - metered/unmetered throughput, and the
@@ -61,7 +61,7 @@ from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import psutil
@@ -382,10 +382,12 @@ def nginx_yardstick(slug: str, direct: str) -> Iterator[tuple[Any, Any]]:
 def python_floor(upstream: str) -> Iterator[tuple[str, int]]:
     """``tcp_pipe.py`` in front of ``upstream`` (``http://host:port``) on a free port; yields
     its base URL and pid and stops it on the way out, whatever happened."""
-    host, _, port = upstream.removeprefix("http://").partition(":")
+    parts = urlsplit(upstream)
+    assert parts.hostname is not None and parts.port is not None, upstream
     listen = free_port()
+    script = str(REPO_ROOT / "benchmarks" / "tcp_pipe.py")
     process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "tcp_pipe.py"), str(listen), host, port],
+        [sys.executable, script, str(listen), parts.hostname, str(parts.port)],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches us; we stop it

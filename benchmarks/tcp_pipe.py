@@ -54,8 +54,11 @@ class _Client(asyncio.Protocol):
         except OSError:
             self.transport.close()
             return
-        self.upstream = upstream
         assert upstream.transport is not None
+        if self.transport.is_closing():  # the client left while we connected
+            upstream.transport.close()
+            return
+        self.upstream = upstream
         for data in self.pending:
             upstream.transport.write(data)
         self.pending.clear()
