@@ -184,6 +184,17 @@ def awake_active_homeservers(session: Session) -> list[tuple[uuid.UUID, dict[str
     return [(tenant_id, dict(limits or {})) for tenant_id, limits in rows]
 
 
+def sleeping_homeservers(session: Session) -> list[tuple[Tenant, Plan, Homeserver]]:
+    """Every active tenant whose homeserver sleeps, with its plan and homeserver (one query)."""
+    rows = session.execute(
+        select(Tenant, Plan, Homeserver)
+        .join(Plan, Plan.id == Tenant.plan_id)
+        .join(Homeserver, Homeserver.tenant_id == Tenant.id)
+        .where(Tenant.status == TenantStatus.ACTIVE, Homeserver.asleep_since.is_not(None))
+    )
+    return [(tenant, plan, hs) for tenant, plan, hs in rows]
+
+
 def sleeping_tenants(
     session: Session, among: Sequence[uuid.UUID | str] | None = None
 ) -> list[uuid.UUID]:

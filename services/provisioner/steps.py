@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from functools import cached_property, lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -309,18 +310,38 @@ def ensure_admin(ctx: Context, tenant: Tenant, hs: Homeserver, target: Homeserve
 
 
 def route_for(ctx: Context, tenant: Tenant, hs: Homeserver, target: HomeserverTarget) -> Route:
-    limits = effective_limits(target.limits)
+    upstream = hs.upstream_url or ctx.backend.upstream_url(target)
+    return _route(tenant, hs, upstream, target.limits, target.settings)
+
+
+def recorded_route(tenant: Tenant, plan: Plan, hs: Homeserver) -> Route | None:
+    """``route_for`` from the records alone, without the homeserver's secrets (which a target
+    needs decrypted): None when the homeserver's upstream is not recorded yet."""
+    if not hs.upstream_url:
+        return None
+    limits = dict(plan.limits or {})  # as ``target_for`` reads them
+    return _route(tenant, hs, hs.upstream_url, limits, dict(tenant.homeserver_settings or {}))
+
+
+def _route(
+    tenant: Tenant,
+    hs: Homeserver,
+    upstream: str,
+    plan_limits: dict[str, Any],
+    settings: dict[str, Any],
+) -> Route:
+    limits = effective_limits(plan_limits)
     return Route(
         tenant_id=str(tenant.id),
         slug=tenant.slug,
         server_name=tenant.server_name,
-        upstream=hs.upstream_url or ctx.backend.upstream_url(target),
+        upstream=upstream,
         status=tenant.status.value,
-        max_upload_bytes=effective_max_upload_bytes(limits, target.settings),
+        max_upload_bytes=effective_max_upload_bytes(limits, settings),
         rate_per_second=float(limits["proxy_rate_per_second"]),
         rate_burst=int(limits["proxy_rate_burst"]),
         max_concurrent=int(limits["proxy_max_concurrent"]),
-        federation=federation_mode(target.settings).value,
+        federation=federation_mode(settings).value,
         asleep=hs.asleep_since is not None,
     )
 

@@ -9,6 +9,7 @@ import io
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from platform_core.models import (
 )
 from platform_core.routes import Route, host_field, publish_route
 from platform_core.settings import get_settings
-from provisioner import steps
+from provisioner import repository, steps
 from provisioner.backends.fake import FakeBackend
 from provisioner.lease import Lease
 from provisioner.reconciler import reconcile_all
@@ -188,6 +189,62 @@ def test_every_repair_is_one_event_on_its_tenant_and_counted_once(
         "reconcile.failed": 3,
     }
     assert stats.last_duration_s is not None and stats.last_duration_s > 0
+
+
+def asleep(ctx: steps.Context, tenant_id: uuid.UUID, *, upstream: str | None) -> Route | None:
+    """Mark the tenant's homeserver asleep (with ``upstream`` recorded); its route as recorded."""
+    with task_session() as session:
+        tenant = session.get(Tenant, tenant_id)
+        hs = repository.get_homeserver(session, tenant_id)
+        assert tenant is not None and hs is not None
+        hs.asleep_since = utcnow()
+        hs.upstream_url = upstream
+        session.flush()
+        return steps.recorded_route(tenant, repository.get_plan(session, tenant.plan_id), hs)
+
+
+def test_a_pass_keeps_sleepers_routes_right_and_leaves_the_rest_of_them_alone(
+    own_platform: None,
+) -> None:
+    """Sleeping homeservers are not started; a missing or stale route of a sleeper is published
+    again (an event naming what differed); a sleeper whose route is right is passed over without
+    its lease, so an operation acting on it is not even a skip. A sleeper whose upstream is not
+    recorded yet is looked at under its lease, as before."""
+    settings = get_settings()
+    ctx = steps.Context(settings, FakeBackend(settings.data_path))
+    right, stale, missing, unrecorded = (
+        with_homeserver(ctx, TenantStatus.ACTIVE)[0] for _ in range(4)
+    )
+    routes = {
+        tenant_id: asleep(ctx, tenant_id, upstream=f"http://127.0.0.1:{port}")
+        for tenant_id, port in ((right, 18001), (stale, 18002), (missing, 18003))
+    }
+    assert asleep(ctx, unrecorded, upstream=None) is None
+    right_route, stale_route = routes[right], routes[stale]
+    assert right_route is not None and stale_route is not None and right_route.asleep
+    publish_route(ctx.redis, ctx.keys, right_route)
+    publish_route(ctx.redis, ctx.keys, replace(stale_route, rate_burst=stale_route.rate_burst + 1))
+    held = [Lease(ctx.redis, ctx.keys.tenant_lease(str(t))) for t in (right, unrecorded)]
+    assert all(lease.acquire() for lease in held)  # operations are acting on these two
+    try:
+        assert reconcile_all(ctx) == {"route.published": 2, "reconcile.skipped_busy": 1}
+    finally:
+        for lease in held:
+            lease.release()
+    assert events(right) == [] and events(unrecorded) == []
+    (republished,) = events(stale)
+    assert republished["observed"] == "route stale" and republished["fields"] == ["rate_burst"]
+    assert [e["observed"] for e in events(missing)] == ["route missing"]
+    for tenant_id, route in routes.items():
+        assert route is not None
+        assert ctx.redis.hget(ctx.keys.routes, host_field(route.server_name)) == (
+            route.to_json().encode()
+        )
+        assert not ctx.backend.is_running(str(tenant_id))
+    # Now nothing is left to do: the unrecorded one gets its route under its lease.
+    assert reconcile_all(ctx) == {"route.published": 1}
+    assert not ctx.backend.is_running(str(unrecorded))
+    assert reconcile_all(ctx) == {}
 
 
 def test_a_config_that_drifted_is_rendered_again_and_said_so(own_platform: None) -> None:
