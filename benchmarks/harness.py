@@ -3,15 +3,22 @@ on failure, Ctrl-C or SIGTERM), with its data directory removed unless asked to 
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import signal
 import sys
+import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from tests.helpers.platform import RunningPlatform, start_platform
 
@@ -60,3 +67,70 @@ def running_platform(
             print(f"data kept in {data_dir}", flush=True)
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextmanager
+def in_process_environment(database_url: str | None, backend: str, name: str) -> Iterator[Path]:
+    """The environment of a benchmark that runs platform code in its own process (no platform
+    services): a fresh platform database (PostgreSQL through ``database_url``, dropped at the
+    end; else SQLite), a Redis namespace of its own (``C3_REDIS_URL``, default the local Redis;
+    its keys deleted at the end), a temporary data directory (yielded) and ``backend``."""
+    data = Path(tempfile.mkdtemp(prefix=f"c3-{name}-"))
+    namespace = f"c3-{name}-{uuid.uuid4().hex[:8]}"
+    with fresh_database(database_url) as url:
+        os.environ.update(
+            {
+                "C3_MODE": "local",
+                "C3_DATA_DIR": str(data),
+                "C3_DATABASE_URL": url or f"sqlite:///{data / 'platform.db'}",
+                "C3_REDIS_URL": os.environ.get("C3_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                "C3_REDIS_NAMESPACE": namespace,
+                "C3_SECRET_KEY": secrets.token_urlsafe(32),
+                "C3_BASE_DOMAIN": "c3.test",
+                "C3_BACKEND": backend,
+            }
+        )
+        try:
+            yield data
+        finally:
+            client = redis.Redis.from_url(os.environ["C3_REDIS_URL"])
+            for key in client.scan_iter(match=f"{namespace}*", count=1000):
+                client.delete(key)
+
+
+@contextmanager
+def fresh_database(admin_url: str | None) -> Iterator[str | None]:
+    """A new PostgreSQL database for the run (dropped afterwards), or None for SQLite."""
+    if admin_url is None:
+        yield None
+        return
+    url = make_url(admin_url).set(drivername="postgresql+psycopg")
+    name = f"c3_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def add_tenant(session: Any, plan_id: Any, status: Any, *, prefix: str, **fields: Any) -> Any:
+    """A new tenant (slug ``<prefix><10 hex digits>``) of ``plan_id`` in ``status``, added to
+    ``session`` and flushed; ``fields`` set on it besides (``deleted_at``...)."""
+    from platform_core.models import Tenant
+
+    slug = f"{prefix}{uuid.uuid4().hex[:10]}"
+    tenant = Tenant(
+        slug=slug,
+        display_name=slug,
+        server_name=f"{slug}.c3.test",
+        status=status,
+        plan_id=plan_id,
+        **fields,
+    )
+    session.add(tenant)
+    session.flush()
+    return tenant

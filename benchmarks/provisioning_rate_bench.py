@@ -33,21 +33,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.harness import fresh_database, running_platform, stop_on_sigterm  # noqa: E402
 from tests.helpers.platform import RunningPlatform, poll  # noqa: E402
 
 
@@ -64,25 +60,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--keep-data", action="store_true", help="keep the data directory")
     return parser.parse_args()
-
-
-@contextmanager
-def fresh_database(admin_url: str | None) -> Iterator[str | None]:
-    """A new PostgreSQL database for the run (dropped afterwards), or None for SQLite."""
-    if admin_url is None:
-        yield None
-        return
-    url = make_url(admin_url).set(drivername="postgresql+psycopg")
-    name = f"c3_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def create(api: httpx.Client, slug: str) -> tuple[dict[str, Any], float]:

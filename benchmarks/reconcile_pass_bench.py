@@ -1,14 +1,17 @@
 """Reconcile-pass benchmark: how long one ``provisioner.reconciler.reconcile_all`` pass takes over
 N active tenants whose homeservers sleep (and whose routes are right), the common case of a node
-of mostly sleepers, where the pass has nothing to repair.
+of mostly sleepers, and M deleted tenants whose teardown is done (they only accumulate): tenants
+for whom the pass has nothing to repair.
 
 One run, in this process (no platform services, no homeserver processes: a sleeper has none):
 
 1. a fresh platform database (PostgreSQL through ``--database-url``, dropped at the end; else
    SQLite), a Redis namespace of its own (``C3_REDIS_URL``, default the local Redis);
 2. ``--tenants`` active tenants, each with a homeserver record as the provisioner makes it
-   (secrets encrypted, a port), marked asleep with its upstream recorded;
-3. one pass that publishes their routes (not timed), then ``--passes`` timed passes; prints
+   (secrets encrypted, a port), marked asleep with its upstream recorded; ``--deleted``
+   deleted tenants, deleted 60 days ago (past the archives' retention), no route, no process;
+3. one pass that publishes the sleepers' routes and records the deleted tenants' archives as
+   purged (not timed), then ``--passes`` timed passes; prints
    each, their median and the median per tenant, and the pass's counts (``{}``: nothing done).
 
 Run it with ``PYTHONPATH`` pointing at another export of ``services`` (``git archive <commit>
@@ -24,24 +27,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
+from datetime import timedelta
 
-import redis
 from sqlalchemy import select
 
-from benchmarks.harness import stop_on_sigterm
-from benchmarks.provisioning_rate_bench import fresh_database
+from benchmarks.harness import add_tenant, in_process_environment, stop_on_sigterm
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--deleted", type=int, default=0)
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--database-url", help="PostgreSQL admin URL (else SQLite)")
     return parser.parse_args()
@@ -50,27 +49,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     stop_on_sigterm()
     args = parse_args()
-    data = Path(tempfile.mkdtemp(prefix="c3-reconcile-bench-"))
-    namespace = f"c3-reconcile-bench-{uuid.uuid4().hex[:8]}"
-    with fresh_database(args.database_url) as database_url:
-        os.environ.update(
-            {
-                "C3_MODE": "local",
-                "C3_DATA_DIR": str(data),
-                "C3_DATABASE_URL": database_url or f"sqlite:///{data / 'platform.db'}",
-                "C3_REDIS_URL": os.environ.get("C3_REDIS_URL", "redis://127.0.0.1:6379/0"),
-                "C3_REDIS_NAMESPACE": namespace,
-                "C3_SECRET_KEY": secrets.token_urlsafe(32),
-                "C3_BASE_DOMAIN": "c3.test",
-                "C3_BACKEND": "fake",
-            }
-        )
-        try:
-            run(args)
-        finally:
-            client = redis.Redis.from_url(os.environ["C3_REDIS_URL"])
-            for key in client.scan_iter(match=f"{namespace}*", count=1000):
-                client.delete(key)
+    with in_process_environment(args.database_url, "fake", "reconcile-bench"):
+        run(args)
     return 0
 
 
@@ -78,7 +58,7 @@ def run(args: argparse.Namespace) -> None:
     # Imported once the environment names this run's database, Redis and data directory.
     from platform_core.db import task_session
     from platform_core.migrate import upgrade
-    from platform_core.models import Plan, Tenant, TenantStatus, utcnow
+    from platform_core.models import Plan, TenantStatus, utcnow
     from platform_core.settings import get_settings
     from provisioner import steps
     from provisioner.backends.fake import FakeBackend
@@ -90,22 +70,16 @@ def run(args: argparse.Namespace) -> None:
     with task_session() as session:
         plan = session.scalars(select(Plan).where(Plan.is_default.is_(True))).one()
         for _ in range(args.tenants):
-            slug = f"r{uuid.uuid4().hex[:10]}"
-            tenant = Tenant(
-                slug=slug,
-                display_name=slug,
-                server_name=f"{slug}.c3.test",
-                status=TenantStatus.ACTIVE,
-                plan_id=plan.id,
-            )
-            session.add(tenant)
-            session.flush()
+            tenant = add_tenant(session, plan.id, TenantStatus.ACTIVE, prefix="r")
             hs = steps.ensure_homeserver_record(session, ctx, tenant)
             hs.upstream_url = f"http://127.0.0.1:{hs.port}"
             hs.asleep_since = utcnow()
-    first = reconcile_all(ctx)  # publishes every sleeper's route
+        for _ in range(args.deleted):
+            long_ago = utcnow() - timedelta(days=60)
+            add_tenant(session, plan.id, TenantStatus.DELETED, prefix="d", deleted_at=long_ago)
+    first = reconcile_all(ctx)  # publishes every sleeper's route, purges the deleted ones'
     print(
-        f"{args.tenants} sleeping tenants; first pass {first}; "
+        f"{args.tenants} sleeping tenants, {args.deleted} deleted; first pass {first}; "
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -118,7 +92,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"  pass {number}: {took * 1000:8.1f} ms  {counts}", flush=True)
     median = statistics.median(times)
     print(
-        f"median pass {median * 1000:.1f} ms, {median / args.tenants * 1e6:.0f} us per tenant",
+        f"median pass {median * 1000:.1f} ms, "
+        f"{median / max(1, args.tenants + args.deleted) * 1e6:.0f} us per tenant",
         flush=True,
     )
 

@@ -31,21 +31,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import select
 
-from benchmarks.harness import stop_on_sigterm
-from benchmarks.provisioning_rate_bench import fresh_database
+from benchmarks.harness import add_tenant, in_process_environment, stop_on_sigterm
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,27 +57,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     stop_on_sigterm()
     args = parse_args()
-    data = Path(tempfile.mkdtemp(prefix="c3-sleep-bench-"))
-    namespace = f"c3-sleep-bench-{uuid.uuid4().hex[:8]}"
-    with fresh_database(args.database_url) as database_url:
-        os.environ.update(
-            {
-                "C3_MODE": "local",
-                "C3_DATA_DIR": str(data),
-                "C3_DATABASE_URL": database_url or f"sqlite:///{data / 'platform.db'}",
-                "C3_REDIS_URL": os.environ.get("C3_REDIS_URL", "redis://127.0.0.1:6379/0"),
-                "C3_REDIS_NAMESPACE": namespace,
-                "C3_SECRET_KEY": secrets.token_urlsafe(32),
-                "C3_BASE_DOMAIN": "c3.test",
-                "C3_BACKEND": args.backend,
-            }
-        )
-        try:
-            run(args)
-        finally:
-            client = redis.Redis.from_url(os.environ["C3_REDIS_URL"])
-            for key in client.scan_iter(match=f"{namespace}*", count=1000):
-                client.delete(key)
+    with in_process_environment(args.database_url, args.backend, "sleep-bench"):
+        run(args)
     return 0
 
 
@@ -117,17 +93,7 @@ def run(args: argparse.Namespace) -> None:
         plan.limits = {**(plan.limits or {}), "idle_after_seconds": 1}
         ids = []
         for _ in range(args.tenants):
-            slug = f"s{uuid.uuid4().hex[:10]}"
-            tenant = Tenant(
-                slug=slug,
-                display_name=slug,
-                server_name=f"{slug}.c3.test",
-                status=TenantStatus.ACTIVE,
-                plan_id=plan.id,
-            )
-            session.add(tenant)
-            session.flush()
-            ids.append(tenant.id)
+            ids.append(add_tenant(session, plan.id, TenantStatus.ACTIVE, prefix="s").id)
     ctx = steps.Context(settings, backend)
     targets = []
     for tenant_id in ids:

@@ -307,3 +307,45 @@ def test_archives_are_purged_once_their_retention_ran_out(own_platform: None) ->
     # An archive that appeared later for the purged tenant is no longer looked for.
     ctx.store.put_stream(object_store.archive_key(str(long_ago), ".tar.gz"), io.BytesIO(b"x"))
     assert "archive.purged" not in reconcile_all(ctx)
+
+
+def test_deleted_tenants_with_nothing_left_to_do_are_passed_over(own_platform: None) -> None:
+    """A deleted tenant whose homeserver is stopped, whose archives are purged (or not due)
+    and whose route is gone is passed over without its lease; one whose route was left
+    behind, or whose homeserver runs again, is still set right."""
+    settings = get_settings()
+    ctx = steps.Context(settings, FakeBackend(settings.data_path))
+    settled = make_tenant(TenantStatus.DELETED)
+    routed, running = (with_homeserver(ctx, TenantStatus.ACTIVE)[0] for _ in range(2))
+    with task_session() as session:
+        for tenant_id in (settled, routed, running):
+            tenant = session.get(Tenant, tenant_id)
+            assert tenant is not None
+            tenant.status = TenantStatus.DELETED
+            tenant.deleted_at = utcnow() - timedelta(days=1)  # archives kept 30 days
+            if tenant_id == routed:
+                left = Route(
+                    str(tenant_id), tenant.slug, tenant.server_name, "http://x", "deleted", 1
+                )
+            if tenant_id == running:
+                hs = repository.get_homeserver(session, tenant_id)
+                assert hs is not None
+                target = steps.target_for(
+                    ctx, tenant, repository.get_plan(session, tenant.plan_id), hs
+                )
+    publish_route(ctx.redis, ctx.keys, left)
+    ctx.backend.render(target)
+    ctx.backend.start(target)
+    held = Lease(ctx.redis, ctx.keys.tenant_lease(str(settled)))
+    assert held.acquire()  # an operation is acting on it: a pass does not even look
+    try:
+        assert reconcile_all(ctx) == {"route.withdrawn": 1, "homeserver.stopped": 1}
+        assert reconcile_all(ctx) == {}
+    finally:
+        held.release()
+        ctx.backend.stop_all()
+    assert events(settled) == []
+    assert [e["action"] for e in events(routed)] == ["route.withdrawn"]
+    assert [e["action"] for e in events(running)] == ["homeserver.stopped"]
+    assert not ctx.backend.is_running(str(running))
+    assert ctx.redis.hget(ctx.keys.routes, host_field(left.server_name)) is None
