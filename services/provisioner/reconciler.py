@@ -34,7 +34,7 @@ from platform_core.audit import add_event
 from platform_core.celery import TASK_FOR_OPERATION_KIND, send_task
 from platform_core.db import task_session
 from platform_core.metrics import ReconcileAction, record_reconcile_run
-from platform_core.models import TenantStatus, utcnow
+from platform_core.models import Homeserver, Plan, Tenant, TenantStatus, utcnow
 from platform_core.routes import Route, host_field, is_published, published_payloads, slug_field
 from provisioner import repository, steps
 from provisioner.lease import Lease
@@ -148,7 +148,7 @@ def _sleepers_in_place(ctx: steps.Context) -> set[uuid.UUID]:
         routes = [
             (tenant.id, route)
             for tenant, plan, hs in repository.sleeping_homeservers(session)
-            if (route := steps.recorded_route(tenant, plan, hs)) is not None
+            if (route := _recorded_route(tenant, plan, hs)) is not None
         ]
     published = _published(ctx, [field for _, route in routes for field in route.fields()])
     in_place: set[uuid.UUID] = set()
@@ -192,9 +192,25 @@ def _deleted_settled(ctx: steps.Context, deleted: list[_Deleted]) -> set[uuid.UU
                 str(gone.tenant_id) in purged
                 or (gone.deleted_at is not None and gone.deleted_at > cutoff)
             )
-            and not ctx.backend.is_running(str(gone.tenant_id))
+            and _surely_stopped(ctx, gone.tenant_id)
         )
     }
+
+
+# A tenant whose records or backend trouble these looks is looked at under its lease instead,
+# where its failure is recorded and the pass goes on with the others.
+def _recorded_route(tenant: Tenant, plan: Plan, hs: Homeserver) -> Route | None:
+    try:
+        return steps.recorded_route(tenant, plan, hs)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _surely_stopped(ctx: steps.Context, tenant_id: uuid.UUID) -> bool:
+    try:
+        return not ctx.backend.is_running(str(tenant_id))
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _published(ctx: steps.Context, fields: list[str]) -> dict[str, bytes | str | None]:

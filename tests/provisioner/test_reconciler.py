@@ -349,3 +349,27 @@ def test_deleted_tenants_with_nothing_left_to_do_are_passed_over(own_platform: N
     assert [e["action"] for e in events(running)] == ["homeserver.stopped"]
     assert not ctx.backend.is_running(str(running))
     assert ctx.redis.hget(ctx.keys.routes, host_field(left.server_name)) is None
+
+
+def test_a_deleted_tenant_the_backend_cannot_tell_about_fails_alone(own_platform: None) -> None:
+    """A backend error while asking after one deleted tenant is that tenant's failure (an
+    event), and the pass goes on with the others."""
+    settings = get_settings()
+    troubled, fine = make_tenant(TenantStatus.DELETED), make_tenant(TenantStatus.DELETED)
+
+    class Troubled(FakeBackend):
+        def is_running(self, tenant_id: str) -> bool:
+            if tenant_id == str(troubled):
+                raise RuntimeError("the cluster did not answer")
+            return super().is_running(tenant_id)
+
+    ctx = steps.Context(settings, Troubled(settings.data_path))
+    with task_session() as session:
+        tenant = session.get(Tenant, fine)
+        assert tenant is not None
+        left = Route(str(fine), tenant.slug, tenant.server_name, "http://x", "deleted", 1)
+    publish_route(ctx.redis, ctx.keys, left)
+    assert reconcile_all(ctx) == {"reconcile.failed": 1, "route.withdrawn": 1}
+    (failure,) = events(troubled)
+    assert failure["action"] == "reconcile.failed"
+    assert "the cluster did not answer" in failure["error"]
