@@ -6,10 +6,11 @@ re-published if missing or stale (and its config re-rendered from its plan: a ch
 restarts it; what someone else changed of its deployment — a deleted Service, an edited
 ConfigMap, a scaled-down StatefulSet on Kubernetes — is applied again); a sleeping tenant's
 homeserver stays stopped and only its route is kept right (a sleeper whose route is right is
-passed over without its lease); a suspended tenant's homeserver is kept stopped; a deleted
-tenant's homeserver is stopped, its route withdrawn and its archives purged after their
-retention (one with nothing of that left to do is passed over without its lease); an operation
-stuck in pending/running with nobody holding its lease (and no retry scheduled) is re-enqueued.
+passed over without its lease); a suspended tenant's homeserver is kept stopped (one that is
+stopped, with its route right, is passed over likewise); a deleted tenant's homeserver is
+stopped, its route withdrawn and its archives purged after their retention (one with nothing
+of that left to do is passed over without its lease); an operation stuck in pending/running
+with nobody holding its lease (and no retry scheduled) is re-enqueued.
 
 What a pass did is visible two ways: every action on a tenant is an audit event by
 ``system:reconcile`` on that tenant (what was observed, what was desired; the pass's id as the
@@ -117,12 +118,13 @@ def reconcile_all(ctx: steps.Context) -> dict[str, int]:
             suspended = [
                 t.id for t in repository.tenants_with_status(session, [TenantStatus.SUSPENDED])
             ]
-        in_place = _sleepers_in_place(ctx)
+        in_place = _stopped_in_place(ctx)
         for tenant_id in active:
             if tenant_id not in in_place:
                 _with_lease(ctx, tenant_id, run, _reconcile_active)
         for tenant_id in suspended:
-            _with_lease(ctx, tenant_id, run, _reconcile_suspended)
+            if tenant_id not in in_place:
+                _with_lease(ctx, tenant_id, run, _reconcile_suspended)
         settled = _deleted_settled(ctx, deleted)
         for gone in deleted:
             if gone.tenant_id not in settled:
@@ -138,23 +140,26 @@ def reconcile_all(ctx: steps.Context) -> dict[str, int]:
     return dict(run.counts)
 
 
-def _sleepers_in_place(ctx: steps.Context) -> set[uuid.UUID]:
-    """The sleeping tenants whose published route is the one their records make: a pass has
-    nothing to do for them (a sleeper is stopped on purpose; only its route is kept right), so
-    it takes neither their lease nor their secrets. Read in one query and one ``HMGET`` per
-    ``_HMGET_FIELDS``: on a node of mostly sleepers, a lease, three reads, a decryption and two
-    ``HGET`` per sleeper every pass were most of a worker's time (docs/hibernation.md)."""
+def _stopped_in_place(ctx: steps.Context) -> set[uuid.UUID]:
+    """The tenants whose homeserver is stopped on purpose (a sleeper's, a suspended tenant's)
+    and whose published route is the one their records make: a pass has nothing to do for
+    them, so it takes neither their lease nor their secrets. Read in one query and one
+    ``HMGET`` per ``_HMGET_FIELDS`` (a suspended tenant's homeserver is also asked after, as
+    before: it must not run); on a node of mostly sleepers, a lease, three reads, a decryption
+    and two ``HGET`` per sleeper every pass were most of a worker's time (docs/benchmarks.md)."""
     with task_session() as session:
         routes = [
-            (tenant.id, route)
-            for tenant, plan, hs in repository.sleeping_homeservers(session)
+            (tenant.id, tenant.status is TenantStatus.SUSPENDED, route)
+            for tenant, plan, hs in repository.stopped_homeservers(session)
             if (route := _recorded_route(tenant, plan, hs)) is not None
         ]
-    published = _published(ctx, [field for _, route in routes for field in route.fields()])
+    published = _published(ctx, [field for *_, route in routes for field in route.fields()])
     in_place: set[uuid.UUID] = set()
-    for tenant_id, route in routes:
+    for tenant_id, suspended, route in routes:
         wanted = route.to_json().encode()
-        if all(published[field] == wanted for field in route.fields()):
+        if all(published[field] == wanted for field in route.fields()) and (
+            not suspended or _surely_stopped(ctx, tenant_id)
+        ):
             in_place.add(tenant_id)
     return in_place
 

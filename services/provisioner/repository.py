@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from platform_core.models import (
@@ -184,13 +184,19 @@ def awake_active_homeservers(session: Session) -> list[tuple[uuid.UUID, dict[str
     return [(tenant_id, dict(limits or {})) for tenant_id, limits in rows]
 
 
-def sleeping_homeservers(session: Session) -> list[tuple[Tenant, Plan, Homeserver]]:
-    """Every active tenant whose homeserver sleeps, with its plan and homeserver (one query)."""
+def stopped_homeservers(session: Session) -> list[tuple[Tenant, Plan, Homeserver]]:
+    """Every tenant whose homeserver is stopped on purpose — an active tenant's that sleeps,
+    a suspended tenant's — with its plan and homeserver (one query)."""
     rows = session.execute(
         select(Tenant, Plan, Homeserver)
         .join(Plan, Plan.id == Tenant.plan_id)
         .join(Homeserver, Homeserver.tenant_id == Tenant.id)
-        .where(Tenant.status == TenantStatus.ACTIVE, Homeserver.asleep_since.is_not(None))
+        .where(
+            or_(
+                and_(Tenant.status == TenantStatus.ACTIVE, Homeserver.asleep_since.is_not(None)),
+                Tenant.status == TenantStatus.SUSPENDED,
+            )
+        )
     )
     return [(tenant, plan, hs) for tenant, plan, hs in rows]
 

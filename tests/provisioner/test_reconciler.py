@@ -373,3 +373,39 @@ def test_a_deleted_tenant_the_backend_cannot_tell_about_fails_alone(own_platform
     (failure,) = events(troubled)
     assert failure["action"] == "reconcile.failed"
     assert "the cluster did not answer" in failure["error"]
+
+
+def test_suspended_tenants_stopped_with_their_route_right_are_passed_over(
+    own_platform: None,
+) -> None:
+    """A suspended tenant whose homeserver is stopped and whose route is right is passed over
+    without its lease; one whose homeserver runs again is stopped."""
+    settings = get_settings()
+    ctx = steps.Context(settings, FakeBackend(settings.data_path))
+    quiet, restarted = (with_homeserver(ctx, TenantStatus.ACTIVE)[0] for _ in range(2))
+    targets = {}
+    with task_session() as session:
+        for tenant_id, port in ((quiet, 18011), (restarted, 18012)):
+            tenant = session.get(Tenant, tenant_id)
+            hs = repository.get_homeserver(session, tenant_id)
+            assert tenant is not None and hs is not None
+            tenant.status = TenantStatus.SUSPENDED
+            hs.upstream_url = f"http://127.0.0.1:{port}"
+            plan = repository.get_plan(session, tenant.plan_id)
+            route = steps.recorded_route(tenant, plan, hs)
+            assert route is not None and route.status == "suspended"
+            publish_route(ctx.redis, ctx.keys, route)
+            targets[tenant_id] = steps.target_for(ctx, tenant, plan, hs)
+    ctx.backend.render(targets[restarted])
+    ctx.backend.start(targets[restarted])  # someone started it again
+    held = Lease(ctx.redis, ctx.keys.tenant_lease(str(quiet)))
+    assert held.acquire()  # an operation is acting on the quiet one: not even a skip
+    try:
+        assert reconcile_all(ctx) == {"homeserver.stopped": 1}
+        assert reconcile_all(ctx) == {}
+    finally:
+        held.release()
+        ctx.backend.stop_all()
+    assert events(quiet) == []
+    assert [e["action"] for e in events(restarted)] == ["homeserver.stopped"]
+    assert not ctx.backend.is_running(str(restarted))
