@@ -1,0 +1,284 @@
+"""Proxy instructions benchmark: the user-space instructions the proxy executes per relayed
+request, counted by valgrind's callgrind, beside the Python floor's (``tcp_pipe.py``).
+
+CPU time per request (``proxy_bench.py``) moves with the VM: the same code measured 52–60 µs a
+request on one VM kind and 80–111 µs on another. An instruction count does not: it is the same
+for the same code, inputs and interpreter whatever else the machine does, so a change to the
+hot path can be judged on any VM, even a loaded one. It leaves out the kernel (the socket
+calls, the same two reads and two writes a request as the floor's) and what a cache miss costs;
+the CPU figures of ``proxy_bench.py`` stay the goal's measure.
+
+One run:
+
+1. starts the platform (``tests.platform.start_platform``, as ``proxy_bench.py`` does),
+   provisions a tenant, logs its user in, and when nginx is installed starts it as a static
+   upstream (``return 200``) that a second route of the tenant points at;
+2. per target — ``proxy``: ``c3 proxy`` (metering on) with the platform proxy's environment on
+   a free port; ``floor``: ``tcp_pipe.py`` in front of the same upstream — starts it under
+   ``valgrind --tool=callgrind --instr-atstart=no`` (fast until instrumented);
+3. first ``--duration`` seconds without load (its timers and periodic tasks, taken off what
+   follows), then per cell (``versions`` and ``whoami`` from Synapse, ``static`` from nginx's
+   upstream): wrk for ``--warmup`` seconds, then instrumentation on (``callgrind_control -i
+   on``), wrk at ``--connections`` for ``--duration`` seconds, instrumentation off, a dump;
+   instructions counted over answered requests;
+4. prints a table and writes it as JSON to ``benchmarks/results/instructions-<stamp>.json``.
+
+Under callgrind a process runs ~50× slower, so the rates are low (a few hundred requests a
+second): every request is its own event-loop turn, the proxy's costliest case.
+
+Usage (from the repository root; needs ``valgrind`` and ``wrk``, Debian's packages)::
+
+    .venv/bin/python benchmarks/proxy_instructions_bench.py [--duration 15] [--warmup 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform as host_platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.nginx import nginx_binary, running_nginx  # noqa: E402
+from benchmarks.proxy_bench import (  # noqa: E402
+    ENDPOINTS,
+    PASSWORD,
+    USERNAME,
+    lift_message_rate_limit,
+    load_request,
+    login,
+    platform_overrides,
+    platform_proxy_env,
+    provision_tenant,
+    publish_static_route,
+    run_wrk,
+)
+from c3.local_run import free_port  # noqa: E402
+from tests.helpers.platform import RunningPlatform, poll, stop_process  # noqa: E402
+
+CELLS = ("versions", "whoami", "static")
+START_TIMEOUT_S = 300.0  # a Python program starting under valgrind
+
+
+@contextmanager
+def under_callgrind(
+    argv: list[str], env: dict[str, str] | None, out: Path, healthy: Any
+) -> Iterator[int]:
+    """``argv`` under callgrind, instrumentation off, until ``healthy()``; yields its pid."""
+    process = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+        + argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches us; we stop it
+    )
+    try:
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"{argv[-1]} exited under valgrind ({process.returncode})")
+            return bool(healthy())
+
+        poll(up, timeout=START_TIMEOUT_S, what=f"{' '.join(argv[-3:])} under callgrind")
+        yield process.pid
+    finally:
+        stop_process(process, 30, signal.SIGINT)
+
+
+def instructions_of(pid: int, out: Path, load: Any) -> int:
+    """The instructions ``pid`` executed while ``load()`` ran (one callgrind dump)."""
+    before = set(out.parent.glob(out.name + ".*"))
+    subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+    try:
+        load()
+    finally:
+        subprocess.run(
+            ["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True
+        )
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    (dump,) = set(out.parent.glob(out.name + ".*")) - before
+    for line in reversed(dump.read_text().splitlines()):
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def answers(url: str, headers: dict[str, str]) -> bool:
+    try:
+        return httpx.get(url, headers=headers, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def measure(
+    pid: int, out: Path, bases: dict[str, str], token: str, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Instructions per answered request of each cell of ``bases``, less what the process
+    executes as long without a request (its timers and periodic tasks: under callgrind's few
+    hundred requests a second they would be thousands of instructions a request)."""
+    idle = instructions_of(pid, out, lambda: time.sleep(args.duration))
+    print(f"  idle     {idle / args.duration:12,.0f} instructions a second", flush=True)
+    found: dict[str, dict[str, float]] = {"idle": {"per_second": idle / args.duration}}
+    for endpoint in ENDPOINTS:
+        if endpoint.name not in bases:
+            continue
+        request = load_request(endpoint, bases[endpoint.name], token)
+        run_wrk(request, args.connections, args.warmup)
+        samples: list[Any] = []
+
+        def load(r: Any = request, into: list[Any] = samples) -> None:
+            into.append(run_wrk(r, args.connections, args.duration))
+
+        count = instructions_of(pid, out, load)
+        (sample,) = samples
+        if sample.non_2xx or sample.errors or not sample.requests:
+            raise RuntimeError(f"{endpoint.name}: {sample}")
+        per_request = (count - idle) / sample.requests
+        found[endpoint.name] = {"requests": sample.requests, "per_request": per_request}
+        print(
+            f"  {endpoint.name:8} {sample.requests:6d} requests  "
+            f"{per_request:9,.0f} instructions a request",
+            flush=True,
+        )
+    return found
+
+
+def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    slug = "bench-" + secrets.token_hex(3)
+    tenant, _ = provision_tenant(running, slug)
+    user_id = running.create_user(tenant["id"], USERNAME, PASSWORD)
+    direct = f"http://127.0.0.1:{running.homeserver_port(tenant['id'])}"
+    lift_message_rate_limit(running, tenant["id"], direct, user_id)
+    token = login(f"{running.proxy_url}/t/{slug}")
+    auth = {"Authorization": f"Bearer {token}"}
+    report: dict[str, Any] = {}
+    with ExitStack() as stack:
+        static_url = None
+        if nginx_binary() is not None:
+            static = stack.enter_context(running_nginx({}, static_port=free_port()))
+            static_url = static.static_url
+        else:
+            print("nginx not installed: no static cell", flush=True)
+        static_slug = publish_static_route(running, slug, static_url) if static_url else None
+
+        env = platform_proxy_env(running)
+        port = free_port()
+        env["C3_PROXY_PORT"] = str(port)
+        env.pop("C3_PROXY_PUBLIC_URL", None)
+        proxy = f"http://127.0.0.1:{port}"
+        bases = {"versions": f"{proxy}/t/{slug}", "whoami": f"{proxy}/t/{slug}"}
+        if static_slug:
+            bases["static"] = f"{proxy}/t/{static_slug}"
+        out = work / "proxy.callgrind"
+        print("proxy (metering on), under callgrind:", flush=True)
+        with under_callgrind(
+            [sys.executable, "-m", "c3", "proxy"],
+            env,
+            out,
+            lambda: answers(f"{bases['whoami']}/_matrix/client/v3/account/whoami", auth),
+        ) as pid:
+            report["proxy"] = measure(pid, out, bases, token, args)
+
+        floors = {"versions": direct, "whoami": direct}
+        if static_url:
+            floors["static"] = static_url
+        report["floor"] = {}
+        for upstream in sorted(set(floors.values())):
+            parts = urlsplit(upstream)
+            listen = free_port()
+            floor = f"http://127.0.0.1:{listen}"
+            out = work / f"floor-{parts.port}.callgrind"
+            print(f"floor in front of {upstream}, under callgrind:", flush=True)
+            script = str(REPO_ROOT / "benchmarks" / "tcp_pipe.py")
+            cells = {name: floor for name, url in floors.items() if url == upstream}
+            with under_callgrind(
+                [sys.executable, script, str(listen), str(parts.hostname), str(parts.port)],
+                None,
+                out,
+                lambda f=floor: answers(f"{f}/_matrix/client/versions", {}),
+            ) as pid:
+                report["floor"].update(measure(pid, out, cells, token, args))
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        "cell      proxy instr/req  floor instr/req  proxy above the floor",
+        "-" * 66,
+    ]
+    for cell in CELLS:
+        proxy = report["proxy"].get(cell)
+        floor = report["floor"].get(cell)
+        if proxy is None or floor is None:
+            continue
+        p, f = proxy["per_request"], floor["per_request"]
+        lines.append(f"{cell:8} {p:16,.0f} {f:16,.0f} {p - f:16,.0f} ({p / f:.1f}x)")
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds counted a cell")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--keep-data", action="store_true")
+    return parser.parse_args()
+
+
+def main() -> int:
+    stop_on_sigterm()
+    args = parse_args()
+    for tool in ("valgrind", "callgrind_control", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: apt-get install valgrind wrk", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="c3-instructions-"))
+    data_dir = Path(tempfile.mkdtemp(prefix="c3-bench-"))
+    try:
+        with running_platform(platform_overrides(), data_dir, keep_data=args.keep_data) as running:
+            report = benchmark(running, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = render(report)
+    print("\n" + table)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    path = RESULTS_DIR / f"instructions-{stamp}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "machine": host_platform.platform(),
+                "python": sys.version,
+                "at": time.time(),
+                "report": report,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nresults written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
