@@ -66,9 +66,6 @@ class _Month:
         self.start = start.timestamp()
         self.end = end.timestamp()
 
-    def contains(self, now: float) -> bool:
-        return self.start <= now < self.end
-
 
 class UsageMeter:
     """Counts per tenant and UTC hour; collects billable events by natural id."""
@@ -86,7 +83,10 @@ class UsageMeter:
     def now(self) -> float:
         return self._clock()
 
-    def _hour(self, tenant_id: str) -> _HourUsage:
+    def record_request(
+        self, tenant_id: str, bytes_in: int, bytes_out: int, *, media_egress: bool = False
+    ) -> None:
+        """Count a request in its tenant's current UTC hour (runs for every request)."""
         now = self._clock()
         if not self._hour_start <= now < self._hour_start + 3600:
             self._hour_start = int(now) // 3600 * 3600
@@ -94,12 +94,6 @@ class UsageMeter:
         usage = self._hours.get(key)
         if usage is None:
             usage = self._hours[key] = _HourUsage()
-        return usage
-
-    def record_request(
-        self, tenant_id: str, bytes_in: int, bytes_out: int, *, media_egress: bool = False
-    ) -> None:
-        usage = self._hour(tenant_id)
         usage.api_requests += 1
         usage.bytes_in += bytes_in
         usage.bytes_out += bytes_out
@@ -117,7 +111,7 @@ class UsageMeter:
         """``user_id`` made a successful authenticated request at ``at`` (default: now)."""
         now = self._clock() if at is None else at
         month = self._month
-        if not month.contains(now):
+        if not month.start <= now < month.end:
             month = _Month(now)
             if now >= self._month.end:  # a new month began: last month's reports are done
                 self._month = month

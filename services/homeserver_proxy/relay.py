@@ -120,10 +120,10 @@ class ProxyApp(Protocol):
 
 log = logging.getLogger(__name__)
 
-# A request line the fast lane takes, then the header lines of a head (without its final CRLF
-# CRLF): a token, a colon and a value of visible characters, spaces and tabs, each line after a
-# CRLF.
-_REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|OPTIONS) (/[!-~]*) HTTP/1\.1")
+# A request line the fast lane takes (with its CRLF), then the header lines of a head (without
+# its final CRLF CRLF): a token, a colon and a value of visible characters, spaces and tabs, each
+# line after a CRLF.
+_REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|OPTIONS) (/[!-~]*) HTTP/1\.1\r\n")
 _HEADER_LINES = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*")
 _CONNECT_TIMEOUT_S = 5.0
 _DNS_TTL_S = 10.0
@@ -238,6 +238,8 @@ class _Plan:
     to that path, so kept for short paths (``_plan_of``)."""
 
     __slots__ = (
+        "method",
+        "raw_path",
         "decoded_path",
         "path",
         "upstream_path",
@@ -251,6 +253,8 @@ class _Plan:
     )
 
     def __init__(self, method: str, full_path: str, path: str, field: str | None) -> None:
+        self.method = method
+        self.raw_path = full_path.encode("ascii")
         # The client's path as uvicorn gives it to the app in ``scope["path"]`` (room ids come %-encoded).
         self.decoded_path = unquote(full_path) if "%" in full_path else full_path
         self.path = path  # at the homeserver (without a /t/<slug> prefix)
@@ -301,6 +305,21 @@ def _make_plan(method: str, raw_path: bytes) -> _Plan | None:
     return _Plan(method, full_path, path, field)
 
 
+def _scope(client: RelayProtocol, plan: _Plan, query: bytes, headers: _Headers) -> dict[str, Any]:
+    """The ASGI scope the app would have had for a relayed request: made only for what reads
+    one (the access log, ``X-Forwarded-For`` behind trusted proxies), not per request."""
+    return {
+        "type": "http",
+        "method": plan.method,
+        "path": plan.decoded_path,
+        "raw_path": plan.raw_path,
+        "query_string": query,
+        "headers": headers.headers,
+        "client": client.client,
+        "http_version": "1.1",
+    }
+
+
 def _status_line(status: int) -> bytes:
     return STATUS_LINE[status] if status in STATUS_LINE else b"HTTP/1.1 %d \r\n" % status
 
@@ -328,7 +347,7 @@ def _error_response(exc: errors.MatrixError, request_id: bytes, close: bool) -> 
 
 _STATUS = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t -~\x80-\xff]*")
 _ANSWER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 _CHUNKED = -2  # what a ``Transfer-Encoding: chunked`` line is to ``_whole_answer``
 _MAX_ANSWER_HEADS = 4096
 # A homeserver's answer head -> (status, our head's lines, length or ``_CHUNKED``), or None.
@@ -398,9 +417,11 @@ def _whole_chunks(data: bytes, at: int) -> bytes | None:
     pieces: list[bytes] = []
     while True:
         line_end = data.find(b"\r\n", at, at + 10)
-        if line_end < 0 or _CHUNK_SIZE.fullmatch(data, at, line_end) is None:
+        digits = data[at:line_end]
+        # 1 to 8 hex digits and nothing else (``int`` alone would take "+", "_" or "0x").
+        if line_end <= at or digits.translate(None, _HEX_DIGITS):
             return None
-        size = int(data[at:line_end], 16)
+        size = int(digits, 16)
         at = line_end + 2
         if size == 0:
             return b"".join(pieces) if data.endswith(b"\r\n") and len(data) == at + 2 else None
@@ -524,12 +545,26 @@ class UpstreamPool:
         self.in_flight: set[_Exchange] = set()
         self._watcher: asyncio.TimerHandle | None = None
 
-    def key(self, upstream: str) -> tuple[str, int]:
+    def checkout(self, exchange: _Exchange) -> tuple[tuple[str, int], _Upstream | None]:
+        """The (host, port) of ``exchange``'s homeserver and an idle connection to it (None:
+        connect one); ``exchange`` is watched for its deadline from now on. One call per
+        request, for what were three (measured: benchmarks/proxy_instructions_bench.py)."""
+        upstream = exchange.route.upstream
         key = self._keys.get(upstream)
         if key is None:
             host, _, port = upstream.removeprefix("http://").rstrip("/").rpartition(":")
             key = self._keys[upstream] = (host.strip("[]"), int(port))
-        return key
+        self.in_flight.add(exchange)
+        if self._watcher is None:
+            loop = self._loop = self._loop or asyncio.get_running_loop()
+            self._watcher = loop.call_later(1.0, self._time_out_overdue)
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            transport = connection.transport
+            if transport is not None and not transport.is_closing():
+                return key, connection
+        return key, None
 
     async def resolve(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int]) -> str:
         """The address to connect to for ``key``'s host (a Service name on Kubernetes), looked
@@ -546,15 +581,6 @@ class UpstreamPool:
 
     def forget_address(self, host: str) -> None:
         self._addresses.pop(host, None)
-
-    def take(self, key: tuple[str, int]) -> _Upstream | None:
-        idle = self._idle.get(key)
-        while idle:
-            connection = idle.pop()
-            transport = connection.transport
-            if transport is not None and not transport.is_closing():
-                return connection
-        return None
 
     def give_back(self, connection: _Upstream, now: float) -> None:
         connection.idle_since = now
@@ -589,12 +615,6 @@ class UpstreamPool:
         if left and self._loop is not None:
             self._sweeper = self._loop.call_later(1.0, self._sweep)
 
-    def watch(self, exchange: _Exchange) -> None:
-        self.in_flight.add(exchange)
-        if self._watcher is None:
-            loop = self._loop = self._loop or asyncio.get_running_loop()
-            self._watcher = loop.call_later(1.0, self._time_out_overdue)
-
     def _time_out_overdue(self) -> None:
         self._watcher = None
         now = time.monotonic()
@@ -624,7 +644,7 @@ class _Exchange:
         "client",
         "app",
         "route",
-        "scope",
+        "query",
         "path",
         "kind",
         "admission",
@@ -657,7 +677,7 @@ class _Exchange:
         client: RelayProtocol,
         app: ProxyApp,
         route: Route,
-        scope: dict[str, Any],
+        query: bytes,
         plan: _Plan,
         *,
         close: bool,
@@ -670,7 +690,7 @@ class _Exchange:
         self.client = client
         self.app = app
         self.route = route
-        self.scope = scope
+        self.query = query
         self.plan = plan
         self.path = plan.path  # at the homeserver (without a /t/<slug> prefix)
         self.request_id = request_id
@@ -733,7 +753,9 @@ class _Exchange:
         upstream connection back to the pool, metered as ``answer_complete`` meters."""
         self.first_byte_s = time.perf_counter() - self.sent_at
         self.status = status
-        self._release_upstream(reusable=True)
+        upstream, self.upstream = self.upstream, None  # back to the pool (_release_upstream)
+        if upstream is not None:
+            upstream.pool.give_back(upstream, time.monotonic())
         lines.append(b"x-request-id: %s\r\ncontent-length: %d\r\n" % (self.request_id, len(body)))
         if self.close:
             lines.append(b"connection: close\r\n")
@@ -818,14 +840,12 @@ class _Exchange:
     def start(self, head: bytes) -> None:
         """Send ``head`` + body upstream on a pooled connection, or on a new one."""
         pool = self.app.relay_pool
-        key = pool.key(self.route.upstream)
-        connection = pool.take(key)
         timeout = self.plan.timeout
         if not timeout:  # a long-poll: its own wait and a margin
-            query = self.scope["query_string"].decode("latin-1")
+            query = self.query.decode("latin-1")
             timeout = upstream_timeout(self.path, query).total or 90.0
         self.deadline = time.monotonic() + timeout
-        pool.watch(self)
+        key, connection = pool.checkout(self)
         if connection is not None:
             self._send(connection, head)
             return
@@ -913,7 +933,7 @@ class _Exchange:
         headers, tenant = self.headers, self.route.tenant_id
         token = headers.token
         if token is False:  # no Authorization header: the query may hold one
-            query = self.scope["query_string"]
+            query = self.query
             token = query_token(query) if query else None
             app.exchange_meter.record_with_token(self.route, token, self.path, self.kind, result)
             return
@@ -951,7 +971,8 @@ class _Exchange:
             app.metrics.answered(self.plan.metrics_route, self.status, elapsed)
         if app.settings.proxy_access_log:  # the line carries the request id and the tenant
             with request_context(self.request_id.decode("latin-1"), self.route.tenant_id):
-                access_line(self.scope, self.status if not gone else 0, elapsed)
+                scope = _scope(self.client, self.plan, self.query, self.headers)
+                access_line(scope, self.status if not gone else 0, elapsed)
         self.client.exchange_done(self, close=close or self.close)
 
 
@@ -1072,13 +1093,11 @@ class RelayProtocol(GuardedHttpToolsProtocol):
 
     def _head(self, buffer: bytes, end: int) -> tuple[re.Match[bytes], _Headers]:
         """The request line and headers of the head ending at ``end``, or ``_Handover``."""
-        line_end = buffer.find(b"\r\n", 0, end)
-        if line_end < 0:
-            line_end = end
-        request_line = _REQUEST_LINE.fullmatch(buffer, 0, line_end)
+        # The request line and its CRLF, at most the whole head (then it has no header lines).
+        request_line = _REQUEST_LINE.match(buffer, 0, end + 2)
         if request_line is None:
             raise _Handover
-        block = buffer[line_end:end]
+        block = buffer[request_line.end() - 2 : end]
         headers = self._headers
         if headers is None or headers.block != block:
             headers = self._headers = _parse_headers(block)
@@ -1202,24 +1221,14 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         route = app.routes.get_cached(field)
         if route is None or route.status != "active" or not app.wake.awake(route):
             raise _Handover
-        scope = {
-            "type": "http",
-            "method": method,
-            "path": plan.decoded_path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "headers": headers.headers,
-            "client": self.client,
-            "http_version": "1.1",
-        }
         given = headers.request_id
         request_id = (
             given if given is not None and _SANE_REQUEST_ID.fullmatch(given) else new_request_id()
         )
         if app._trusted_proxies:  # then X-Forwarded-For, per request, may name the client
-            client = client_address(scope, app._trusted_proxies)
+            client = client_address(_scope(self, plan, query, headers), app._trusted_proxies)
         else:
-            client = self._peer or client_address(scope, ())
+            client = self._peer or client_address(_scope(self, plan, query, headers), ())
             self._peer = client
         long_poll = plan.long_poll
         kind = plan.kind if app.metering else Kind.OTHER
@@ -1227,7 +1236,7 @@ class RelayProtocol(GuardedHttpToolsProtocol):
             self,
             app,
             route,
-            scope,
+            query,
             plan,
             close=headers.close,
             headers=headers,
@@ -1240,31 +1249,41 @@ class RelayProtocol(GuardedHttpToolsProtocol):
         try:
             if len(body) > route.max_upload_bytes:
                 raise errors.too_large(route.max_upload_bytes)
-            admission = app.limiter.admit(route, client, long_poll=long_poll)
-            exchange.admission = admission
+            # Its body is in: the tenant slot is taken with the admission.
+            exchange.admission = app.limiter.admit(route, client, long_poll=long_poll, body_in=True)
             exchange.long_poll = long_poll
             if long_poll:
                 app.metrics.long_poll_opened()
-            admission.take_tenant_slot()
         except errors.MatrixError as exc:
             exchange._fail(exc)
             return
         app.metrics.relayed += 1
+        # Named and ordered as the ASGI path sends them (forwarding._upstream_headers); joined,
+        # not %-formatted (a format is parsed anew each time).
+        host = headers.host
         exchange.start(
-            b"%s %s%s%s HTTP/1.1\r\n%sx-request-id: %s\r\nX-Forwarded-For: %s\r\n"
-            b"X-Forwarded-Proto: %s\r\nHost: %s\r\nX-Forwarded-Host: %s\r\n\r\n"
-            % (
-                method_bytes,
-                plan.upstream_path,
-                b"?" if query else b"",
-                query,
-                headers.upstream,  # the client's lines less hop-by-hop and forwarding ones
-                request_id,
-                client.encode(),
-                app.public_scheme,
-                headers.host,
-                headers.host,
-            )  # named and ordered as the ASGI path sends them (forwarding._upstream_headers)
+            b"".join(
+                (
+                    method_bytes,
+                    b" ",
+                    plan.upstream_path,
+                    b"?" if query else b"",
+                    query,
+                    b" HTTP/1.1\r\n",
+                    headers.upstream,  # the client's lines less hop-by-hop and forwarding ones
+                    b"x-request-id: ",
+                    request_id,
+                    b"\r\nX-Forwarded-For: ",
+                    client.encode(),
+                    b"\r\nX-Forwarded-Proto: ",
+                    app.public_scheme,
+                    b"\r\nHost: ",
+                    host,
+                    b"\r\nX-Forwarded-Host: ",
+                    host,
+                    b"\r\n\r\n",
+                )
+            )
         )
 
 
