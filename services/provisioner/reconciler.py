@@ -36,7 +36,14 @@ from platform_core.celery import TASK_FOR_OPERATION_KIND, send_task
 from platform_core.db import task_session
 from platform_core.metrics import ReconcileAction, record_reconcile_run
 from platform_core.models import Homeserver, Plan, Tenant, TenantStatus, utcnow
-from platform_core.routes import Route, host_field, is_published, published_payloads, slug_field
+from platform_core.routes import (
+    Route,
+    host_field,
+    is_published,
+    published_payloads,
+    published_under,
+    slug_field,
+)
 from provisioner import repository, steps
 from provisioner.lease import Lease
 
@@ -44,7 +51,6 @@ log = logging.getLogger(__name__)
 
 ACTOR = "system:reconcile"  # the audit log's name for this loop ("<kind>:<subject>")
 _MAX_ERROR_DETAIL = 500
-_HMGET_FIELDS = 2000  # route fields read per HMGET
 
 
 class Pass:
@@ -144,7 +150,7 @@ def _stopped_in_place(ctx: steps.Context) -> set[uuid.UUID]:
     """The tenants whose homeserver is stopped on purpose (a sleeper's, a suspended tenant's)
     and whose published route is the one their records make: a pass has nothing to do for
     them, so it takes neither their lease nor their secrets. Read in one query and one
-    ``HMGET`` per ``_HMGET_FIELDS`` (a suspended tenant's homeserver is also asked after, as
+    ``HMGET`` per 2,000 route fields (a suspended tenant's homeserver is also asked after, as
     before: it must not run); on a node of mostly sleepers, a lease, three reads, a decryption
     and two ``HGET`` per sleeper every pass were most of a worker's time (docs/benchmarks.md)."""
     with task_session() as session:
@@ -153,7 +159,9 @@ def _stopped_in_place(ctx: steps.Context) -> set[uuid.UUID]:
             for tenant, plan, hs in repository.stopped_homeservers(session)
             if (route := _recorded_route(tenant, plan, hs)) is not None
         ]
-    published = _published(ctx, [field for *_, route in routes for field in route.fields()])
+    published = published_under(
+        ctx.redis, ctx.keys, [field for *_, route in routes for field in route.fields()]
+    )
     in_place: set[uuid.UUID] = set()
     for tenant_id, suspended, route in routes:
         wanted = route.to_json().encode()
@@ -174,7 +182,7 @@ class _Deleted(NamedTuple):
 def _deleted_settled(ctx: steps.Context, deleted: list[_Deleted]) -> set[uuid.UUID]:
     """The deleted tenants a pass has nothing to do for: homeserver not running, archives
     purged (or their retention not run out), no route published. Their purges are read in one
-    ``SMEMBERS`` and their routes in one ``HMGET`` per ``_HMGET_FIELDS``; each is asked of the
+    ``SMEMBERS`` and their routes in one ``HMGET`` per 2,000 fields; each is asked of the
     backend (``is_running``) as before, but without its lease and its read: deleted tenants
     only accumulate, and each cost a pass ~2 ms of round trips (docs/benchmarks.md)."""
     if not deleted:
@@ -183,9 +191,11 @@ def _deleted_settled(ctx: steps.Context, deleted: list[_Deleted]) -> set[uuid.UU
         m.decode() if isinstance(m, bytes) else m
         for m in ctx.redis.smembers(ctx.keys.archives_purged)
     }
-    cutoff = utcnow() - timedelta(days=ctx.settings.archive_retention_days)
-    published = _published(
-        ctx, [f for gone in deleted for f in (host_field(gone.server_name), slug_field(gone.slug))]
+    cutoff = _archive_cutoff(ctx)
+    published = published_under(
+        ctx.redis,
+        ctx.keys,
+        [f for gone in deleted for f in (host_field(gone.server_name), slug_field(gone.slug))],
     )
     return {
         gone.tenant_id
@@ -193,10 +203,7 @@ def _deleted_settled(ctx: steps.Context, deleted: list[_Deleted]) -> set[uuid.UU
         if (
             published[host_field(gone.server_name)] is None
             and published[slug_field(gone.slug)] is None
-            and (
-                str(gone.tenant_id) in purged
-                or (gone.deleted_at is not None and gone.deleted_at > cutoff)
-            )
+            and (str(gone.tenant_id) in purged or _retention_running(gone.deleted_at, cutoff))
             and _surely_stopped(ctx, gone.tenant_id)
         )
     }
@@ -216,16 +223,6 @@ def _surely_stopped(ctx: steps.Context, tenant_id: uuid.UUID) -> bool:
         return not ctx.backend.is_running(str(tenant_id))
     except Exception:  # noqa: BLE001
         return False
-
-
-def _published(ctx: steps.Context, fields: list[str]) -> dict[str, bytes | str | None]:
-    """What the route table holds under each of ``fields``, in ``HMGET``s of
-    ``_HMGET_FIELDS``."""
-    published: dict[str, bytes | str | None] = {}
-    for at in range(0, len(fields), _HMGET_FIELDS):
-        chunk = fields[at : at + _HMGET_FIELDS]
-        published.update(zip(chunk, ctx.redis.hmget(ctx.keys.routes, chunk), strict=True))
-    return published
 
 
 def _export_metrics(ctx: steps.Context, run: Pass, duration_s: float) -> None:
@@ -364,6 +361,16 @@ def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) ->
     _ensure_route(ctx, tenant_id, route, run)
 
 
+def _archive_cutoff(ctx: steps.Context) -> datetime:
+    """Archives made before this are past C3_ARCHIVE_RETENTION_DAYS."""
+    return utcnow() - timedelta(days=ctx.settings.archive_retention_days)
+
+
+def _retention_running(deleted_at: datetime | None, cutoff: datetime) -> bool:
+    """A deleted tenant's archives are all made at its deletion: none is due before this."""
+    return deleted_at is not None and deleted_at > cutoff
+
+
 def _purge_expired_archives(
     ctx: steps.Context, tenant_id: uuid.UUID, deleted_at: datetime | None, run: Pass
 ) -> None:
@@ -371,8 +378,8 @@ def _purge_expired_archives(
     They are all made at deletion, so the store is not asked before the retention ran out, and
     not again after a pass purged them (each ask is a LIST request on S3, every pass)."""
     retention_days = ctx.settings.archive_retention_days
-    cutoff = utcnow() - timedelta(days=retention_days)
-    if deleted_at is not None and deleted_at > cutoff:
+    cutoff = _archive_cutoff(ctx)
+    if _retention_running(deleted_at, cutoff):
         return
     if ctx.redis.sismember(ctx.keys.archives_purged, str(tenant_id)):
         return

@@ -4,6 +4,7 @@ fields that carry them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -41,10 +42,24 @@ class FakeClock:
 CLIENT = "198.51.100.1"
 
 
+_SLOT_WITH_ADMISSION = [False]
+
+
+@pytest.fixture(autouse=True, params=["slot-after-admission", "slot-with-admission"])
+def admission_way(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test runs both ways a request whose body is in takes its tenant slot: right
+    after its admission (the app's path) and with it (``body_in``: the fast lane's)."""
+    _SLOT_WITH_ADMISSION[0] = request.param == "slot-with-admission"
+    yield
+    _SLOT_WITH_ADMISSION[0] = False
+
+
 def admit(
     limiter: TenantLimiter, route: Route, client: str = CLIENT, *, long_poll: bool = False
 ) -> Admission:
     """Admit a request whose body arrives at once (as most do)."""
+    if _SLOT_WITH_ADMISSION[0]:
+        return limiter.admit(route, client, long_poll=long_poll, body_in=True)
     admission = limiter.admit(route, client, long_poll=long_poll)
     admission.take_tenant_slot()
     return admission

@@ -517,6 +517,56 @@ async def test_a_homeserver_refusing_connections_is_healed_and_the_client_told_t
     assert relay.route.tenant_id in relay.app.wake._healing  # a restart was asked for
 
 
+async def test_a_tenant_at_its_concurrency_limit_gets_a_fast_503_in_the_lane(
+    relay: Relay,
+) -> None:
+    """The lane holds a tenant slot from sending a request upstream until its answer: with one
+    slot, a second request while the first waits at its homeserver is refused at once (never
+    sent), and the slot is free again once the first is answered."""
+    heads: list[bytes] = []
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        writer.close()
+
+    homeserver = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = homeserver.sockets[0].getsockname()[1]
+    relay.publish(replace(relay.route, upstream=f"http://127.0.0.1:{port}", max_concurrent=1))
+    await poll_async(
+        lambda: _route(relay.app).max_concurrent == 1 and _upstream_is(relay.app, port)(),
+        timeout=10,
+        what="the proxy to see the route",
+    )
+    try:
+        async with (
+            httpx.AsyncClient(base_url=relay.url, headers=HOST) as first_client,
+            httpx.AsyncClient(base_url=relay.url, headers=HOST) as second_client,
+        ):
+            first = asyncio.create_task(first_client.get("/_matrix/client/versions"))
+            await poll_async(lambda: len(heads) == 1, timeout=5, what="the first request upstream")
+            assert relay.app.limiter.in_flight(relay.route.tenant_id) == 1
+            started = time.monotonic()
+            refused = await second_client.get("/_matrix/client/versions")
+            assert time.monotonic() - started < 1.0  # not queued behind the first
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["errcode"] == "M_LIMIT_EXCEEDED"
+            release.set()
+            assert (await first).status_code == 200
+            assert relay.app.limiter.in_flight(relay.route.tenant_id) == 0
+            assert (await second_client.get("/_matrix/client/versions")).status_code == 200
+    finally:
+        homeserver.close()
+    assert len(heads) == 2  # the refused request never reached the homeserver
+    assert relayed(relay.app) == 2
+
+
 def _upstream_is(app: ProxyApp, port: int) -> Callable[[], bool]:
     return lambda: _route(app).upstream.endswith(f":{port}")
 
