@@ -3,7 +3,9 @@ on failure, Ctrl-C or SIGTERM), with its data directory removed unless asked to 
 
 from __future__ import annotations
 
+import json
 import os
+import platform as host_platform
 import secrets
 import shutil
 import signal
@@ -12,14 +14,17 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
-import redis
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from tests.helpers.environment import (
+    clear_namespace,
+    create_postgres_database,
+    drop_postgres_database,
+)
 from tests.helpers.platform import RunningPlatform, start_platform
 
 
@@ -93,9 +98,7 @@ def in_process_environment(database_url: str | None, backend: str, name: str) ->
         try:
             yield data
         finally:
-            client = redis.Redis.from_url(os.environ["C3_REDIS_URL"])
-            for key in client.scan_iter(match=f"{namespace}*", count=1000):
-                client.delete(key)
+            clear_namespace(os.environ["C3_REDIS_URL"], namespace)
 
 
 @contextmanager
@@ -104,17 +107,11 @@ def fresh_database(admin_url: str | None) -> Iterator[str | None]:
     if admin_url is None:
         yield None
         return
-    url = make_url(admin_url).set(drivername="postgresql+psycopg")
-    name = f"c3_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url, name = create_postgres_database(admin_url)
     try:
-        yield url.set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_postgres_database(admin_url, name)
 
 
 def add_tenant(session: Any, plan_id: Any, status: Any, *, prefix: str, **fields: Any) -> Any:
@@ -134,3 +131,14 @@ def add_tenant(session: Any, plan_id: Any, status: Any, *, prefix: str, **fields
     session.add(tenant)
     session.flush()
     return tenant
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    """``payload`` with the machine it ran on, as ``benchmarks/results/<name>-<UTC stamp>.json``;
+    its path."""
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    path = results / f"{name}-{stamp}.json"
+    path.write_text(json.dumps({**payload, "machine": host_platform.platform()}, indent=2))
+    return path

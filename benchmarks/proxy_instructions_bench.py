@@ -34,8 +34,6 @@ Usage (from the repository root; needs ``valgrind`` and ``wrk``, Debian's packag
 from __future__ import annotations
 
 import argparse
-import json
-import platform as host_platform
 import secrets
 import shutil
 import signal
@@ -45,7 +43,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,10 +50,9 @@ from urllib.parse import urlsplit
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.harness import running_platform, stop_on_sigterm, write_results  # noqa: E402
 from benchmarks.nginx import nginx_binary, running_nginx  # noqa: E402
 from benchmarks.proxy_bench import (  # noqa: E402
     ENDPOINTS,
@@ -261,20 +257,9 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     table = render(report)
     print("\n" + table)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
-    path = RESULTS_DIR / f"instructions-{stamp}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "machine": host_platform.platform(),
-                "python": sys.version,
-                "at": time.time(),
-                "report": report,
-            },
-            indent=2,
-        )
+    path = write_results(
+        "instructions",
+        {"args": vars(args), "python": sys.version, "at": time.time(), "report": report},
     )
     print(f"\nresults written to {path}")
     return 0

@@ -26,14 +26,11 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform as host_platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,11 +38,11 @@ from typing import Any
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT / "services"))
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.density_bench import rss_pss  # noqa: E402
+from benchmarks.harness import write_results  # noqa: E402
 from provisioner.backends.base import HomeserverTarget  # noqa: E402
 from provisioner.backends.local import LocalBackend  # noqa: E402
 from provisioner.synapse_config import HomeserverSecrets  # noqa: E402
@@ -187,19 +184,8 @@ def main() -> None:
         )
     load_after = os.getloadavg()
     print(f"\nload average before {load_before[0]:.1f}, after {load_after[0]:.1f}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
-    out = RESULTS_DIR / f"zygote-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "machine": host_platform.platform(),
-                "load": [load_before, load_after],
-                "runs": runs,
-            },
-            indent=2,
-        )
+    out = write_results(
+        "zygote", {"args": vars(args), "load": [load_before, load_after], "runs": runs}
     )
     print(f"wrote {out.relative_to(REPO_ROOT)}")
 

@@ -21,7 +21,8 @@ from tests.helpers.platform import RunningPlatform, start_platform
 OPERATOR_TOKEN = "c3op_test_" + secrets.token_urlsafe(16)
 
 
-def _create_postgres_database(base_url: str) -> tuple[str, str]:
+def create_postgres_database(base_url: str) -> tuple[str, str]:
+    """A new, empty database on the PostgreSQL server of ``base_url``: its URL and name."""
     url = make_url(base_url).set(drivername="postgresql+psycopg")
     name = f"c3_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
@@ -31,7 +32,7 @@ def _create_postgres_database(base_url: str) -> tuple[str, str]:
     return url.set(database=name).render_as_string(hide_password=False), name
 
 
-def _drop_postgres_database(base_url: str, name: str) -> None:
+def drop_postgres_database(base_url: str, name: str) -> None:
     url = make_url(base_url).set(drivername="postgresql+psycopg")
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -44,11 +45,11 @@ def fresh_database(directory: Path) -> Iterator[str]:
     """A new, empty platform database on the test PostgreSQL (or a SQLite file)."""
     external = os.environ.get("C3_TEST_DATABASE_URL")
     if external:
-        url, name = _create_postgres_database(external)
+        url, name = create_postgres_database(external)
         try:
             yield url
         finally:
-            _drop_postgres_database(external, name)
+            drop_postgres_database(external, name)
         return
     directory.mkdir(parents=True, exist_ok=True)
     yield f"sqlite:///{directory / f'platform-{uuid.uuid4().hex[:8]}.db'}"
