@@ -48,6 +48,7 @@ from provisioner.backends.local import LocalBackend  # noqa: E402
 from provisioner.synapse_config import HomeserverSecrets  # noqa: E402
 
 MIB = 1024 * 1024
+MODES = ("zygote", "zygote-no-warm-up", "exec")
 
 
 def wait_healthy(
@@ -83,8 +84,18 @@ def targets(backend: LocalBackend, count: int) -> list[HomeserverTarget]:
     return found
 
 
-def one_mode(root: Path, zygote: bool, count: int, settle: float, cold: bool) -> dict[str, Any]:
-    backend = LocalBackend(root / ("zygote" if zygote else "exec"), zygote=zygote)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process used so far (a forked homeserver starts from zero)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_mode(root: Path, mode: str, count: int, settle: float, cold: bool) -> dict[str, Any]:
+    zygote = mode != "exec"
+    backend = LocalBackend(root / mode, zygote=zygote)
+    if mode == "zygote-no-warm-up":
+        assert backend.zygote is not None
+        backend.zygote.warm_up = None
     client = httpx.Client(timeout=2.0)
     homeservers = targets(backend, count)
     try:
@@ -104,7 +115,7 @@ def one_mode(root: Path, zygote: bool, count: int, settle: float, cold: bool) ->
         elif zygote:
             assert backend.zygote is not None
             backend.zygote.start()
-        starts = []
+        starts, cpu = [], []
         for target in homeservers:
             began = time.perf_counter()
             backend.start(target)
@@ -114,6 +125,9 @@ def one_mode(root: Path, zygote: bool, count: int, settle: float, cold: bool) ->
                 why=partial(backend.log_tail, target.tenant_id),
             )
             starts.append(time.perf_counter() - began)
+            pid = backend._live_pid(target.tenant_id)
+            assert pid is not None
+            cpu.append(cpu_seconds(pid))
         time.sleep(settle)  # memory settles; a benchmark, not a test
         rss = pss = 0
         for target in homeservers:
@@ -127,8 +141,9 @@ def one_mode(root: Path, zygote: bool, count: int, settle: float, cold: bool) ->
             if zpid is not None:
                 zygote_rss, zygote_pss = rss_pss(zpid)
         return {
-            "mode": "zygote" if zygote else "exec",
+            "mode": mode,
             "starts_s": starts,
+            "cpu_to_health_s": cpu,
             "rss_bytes": rss,
             "pss_bytes": pss,
             "zygote_rss_bytes": zygote_rss,
@@ -145,20 +160,29 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--settle", type=float, default=15.0)
     parser.add_argument("--cold-zygote", action="store_true")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="zygote: as shipped; zygote-no-warm-up: the zygote without its config warm-up; "
+        "exec: a process of its own",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="c3-zygote-bench-") as tmp:
         for round_ in range(args.repeat):
-            for zygote in (True, False) if round_ % 2 == 0 else (False, True):
+            for mode in args.modes if round_ % 2 == 0 else reversed(args.modes):
                 run = one_mode(
-                    Path(tmp) / str(round_), zygote, args.homeservers, args.settle, args.cold_zygote
+                    Path(tmp) / str(round_), mode, args.homeservers, args.settle, args.cold_zygote
                 )
                 runs.append(run)
                 starts = sorted(run["starts_s"])
                 print(
-                    f"round {round_} {run['mode']:6}: start→/health median "
-                    f"{statistics.median(starts):.2f}s max {starts[-1]:.2f}s; "
+                    f"round {round_} {run['mode']:17}: start→/health median "
+                    f"{statistics.median(starts):.2f}s max {starts[-1]:.2f}s, CPU median "
+                    f"{statistics.median(run['cpu_to_health_s']):.2f}s; "
                     f"{args.homeservers} homeservers RSS {run['rss_bytes'] / MIB:.0f} MiB "
                     f"PSS {run['pss_bytes'] / MIB:.0f} MiB; zygote RSS "
                     f"{run['zygote_rss_bytes'] / MIB:.0f} MiB",
@@ -167,12 +191,13 @@ def main() -> None:
     print()
     print(
         f"| {args.homeservers} homeservers, {args.repeat} rounds | start → /health p50 / p95 / max "
-        "| RSS per homeserver | PSS per homeserver | zygote RSS / PSS |"
+        "| CPU to /health p50 / max | RSS per homeserver | PSS per homeserver | zygote RSS / PSS |"
     )
-    print("|---|---|---|---|---|")
-    for mode in ("zygote", "exec"):
+    print("|---|---|---|---|---|---|")
+    for mode in args.modes:
         mine = [r for r in runs if r["mode"] == mode]
         starts = sorted(s for r in mine for s in r["starts_s"])
+        cpu = sorted(s for r in mine for s in r["cpu_to_health_s"])
         p95 = starts[min(len(starts) - 1, int(round(0.95 * (len(starts) - 1))))]
         rss = statistics.median(r["rss_bytes"] for r in mine) / args.homeservers / MIB
         pss = statistics.median(r["pss_bytes"] for r in mine) / args.homeservers / MIB
@@ -180,7 +205,7 @@ def main() -> None:
         zp = statistics.median(r["zygote_pss_bytes"] for r in mine) / MIB
         print(
             f"| {mode} | {statistics.median(starts):.2f} / {p95:.2f} / {starts[-1]:.2f} s "
-            f"| {rss:.1f} MiB | {pss:.1f} MiB | {zr:.0f} / {zp:.0f} MiB |"
+            f"| {statistics.median(cpu):.2f} / {cpu[-1]:.2f} s | {rss:.1f} MiB | {pss:.1f} MiB | {zr:.0f} / {zp:.0f} MiB |"
         )
     load_after = os.getloadavg()
     print(f"\nload average before {load_before[0]:.1f}, after {load_after[0]:.1f}")

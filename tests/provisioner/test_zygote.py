@@ -168,3 +168,46 @@ def test_the_zygote_stops_with_the_platform_and_when_its_directory_goes(
         timeout=30,
         what="the orphaned zygote to exit",
     )
+
+
+def zygote_log(backend: LocalBackend) -> str:
+    assert backend.zygote is not None
+    return (backend.zygote.directory / "zygote.log").read_text()
+
+
+def test_the_zygote_warms_up_on_a_config_of_no_tenant_and_each_homeserver_runs_its_own(
+    backend: LocalBackend,
+) -> None:
+    taken: set[int] = set()
+    alpha, beta = target(backend, "alpha", taken), target(backend, "beta", taken)
+    started(backend, alpha)
+    started(backend, beta)
+    assert "warmed up on a homeserver config" in zygote_log(backend)
+    # Each answers for its own name only, never the warm-up config's (404: a local alias not
+    # found; 502: another server's, which it may not ask).
+    for one, other in ((alpha, beta), (beta, alpha)):
+        for name, status in (
+            (one.server_name, 404),
+            (other.server_name, 502),
+            ("warm-up.invalid", 502),
+        ):
+            alias = httpx.get(
+                backend.upstream_url(one) + f"/_matrix/client/v3/directory/room/%23x:{name}",
+                timeout=5,
+            )
+            assert alias.status_code == status, (one.server_name, name, alias.text)
+    # A template compiled in the zygote renders in a homeserver: an SSO error page.
+    page = httpx.get(
+        backend.upstream_url(alpha) + "/_synapse/client/pick_username/account_details", timeout=5
+    )
+    assert page.status_code == 400 and "<html" in page.text.lower()
+
+
+def test_a_warm_up_that_fails_costs_only_speed(backend: LocalBackend, tmp_path: Path) -> None:
+    assert backend.zygote is not None
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("server_name: [not, a, name]\n")
+    backend.zygote.warm_up = lambda directory: broken
+    process = started(backend, target(backend, "alpha", set()))
+    assert MARKER in process.cmdline()  # still forked from the zygote
+    assert "warm-up failed" in zygote_log(backend)

@@ -50,7 +50,7 @@ from provisioner.backends.zygote import (
     live_process,
 )
 from provisioner.malloc import synapse_environment
-from provisioner.synapse_config import write_homeserver_files
+from provisioner.synapse_config import HomeserverSecrets, write_homeserver_files
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class LocalBackend(Backend):
                 environment=self._environment(),
                 fingerprint=fingerprint(self.python, jemalloc=jemalloc),
                 start_timeout_s=start_timeout_s,
+                warm_up=self._render_warm_up,
             )
             if zygote
             else None
@@ -202,6 +203,29 @@ class LocalBackend(Backend):
             data_dir=self.tenant_dir(target.tenant_id),
         )
         return write_homeserver_files(spec, target.secrets)
+
+    def _render_warm_up(self, directory: Path) -> Path:
+        """A homeserver config as ``render`` writes one, for no tenant and with throwaway
+        secrets, for the zygote to parse once (``zygote_server._warm_up``); never started."""
+        secrets = HomeserverSecrets.generate()
+        target = HomeserverTarget(
+            tenant_id="warm-up",
+            server_name="warm-up.invalid",
+            public_baseurl="http://warm-up.invalid/",
+            port=None,
+            limits={},
+            secrets=secrets,
+            appservice_url="http://warm-up.invalid/",  # tenants' homeservers have one
+        )
+        spec = spec_for(
+            target,
+            port=self.ports.start,
+            metrics_port=self.ports.start + 1,
+            bind_address=self.bind,
+            data_dir=directory,
+        )
+        write_homeserver_files(spec, secrets)
+        return directory / "homeserver.yaml"
 
     def start(self, target: HomeserverTarget) -> None:
         if self.is_running(target.tenant_id):

@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -66,12 +66,16 @@ class Zygote:
         environment: dict[str, str],
         fingerprint: str,
         start_timeout_s: float = 60.0,
+        warm_up: Callable[[Path], Path] | None = None,
     ) -> None:
         self.directory = directory
         self.python = python
         self.environment = environment
         self.fingerprint = fingerprint
         self.start_timeout_s = start_timeout_s
+        # Writes a homeserver config for no tenant into the directory it is given, and names
+        # it: the zygote parses it once before its first fork (zygote_server._warm_up).
+        self.warm_up = warm_up
 
     @property
     def socket_path(self) -> Path:
@@ -186,6 +190,11 @@ class Zygote:
             "--fingerprint",
             self.fingerprint,
         ]
+        if self.warm_up is not None:
+            try:
+                program += ["--warm-config", str(self.warm_up(self.directory / "warm-up"))]
+            except Exception as exc:  # noqa: BLE001 — only speed is at stake
+                log.warning("the Synapse zygote starts without a warm-up config: %s", exc)
         subprocess.run(
             ["sh", "-c", command, "sh", str(self.directory / "zygote.log"), str(self.pid_path)]
             + program,

@@ -22,12 +22,18 @@ every sibling), and runs ``synapse.app.homeserver.main`` with ``-c config``. The
 recognises such a process by its command line (the zygote's) and its working directory (the
 tenant's).
 
+**Warm-up.** Before its first fork the zygote parses one homeserver config (``--warm-config``,
+rendered by the local backend for no tenant), so that a forked homeserver finds done what every
+start would repeat: see ``_warm_up``.
+
 **Lifetime.** The zygote serves until it is told to stop (SIGTERM: ``LocalBackend.stop_all``),
 answers a stale request, or finds its socket gone (its data directory was removed).
 
-Only the standard library, Twisted, Synapse and C3's Synapse module are imported here (it runs
+Only the standard library, Twisted, Synapse (with jinja2, jsonschema and PyYAML, its own
+dependencies) and C3's Synapse module are imported here (it runs
 with the interpreter Synapse runs with, ``C3_SYNAPSE_PYTHON``); ``python -m
-provisioner.backends.zygote_server --socket PATH --fingerprint F [--preload MODULE ...]``.
+provisioner.backends.zygote_server --socket PATH --fingerprint F [--warm-config PATH]
+[--preload MODULE ...]``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ import signal
 import socket
 import sys
 import time
+import types
+from functools import partial
 from typing import Any
 
 # The module name in the command line: how a forked homeserver is told from other processes.
@@ -67,10 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--fingerprint", required=True)
     parser.add_argument("--preload", action="append", default=[])
+    parser.add_argument("--warm-config")
     args = parser.parse_args(argv)
     for name in (*PRELOAD, *args.preload):
         with contextlib.suppress(ImportError):  # e.g. psycopg2 where only SQLite is used
             importlib.import_module(name)
+    if args.warm_config:
+        _warm_up(args.warm_config)
     os.umask(0o077)  # its socket and log: the platform's user only
     listener = _listen(args.socket)
     inode = os.stat(args.socket).st_ino  # the socket file's (fstat on the socket says sockfs')
@@ -86,6 +97,113 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.suppress(OSError):
             if os.stat(args.socket).st_ino == inode:  # not a successor's
                 os.unlink(args.socket)
+
+
+def _warm_up(config: str) -> None:
+    """Do once, before the first fork, what every homeserver's start would repeat.
+
+    Parsing a homeserver's config was most of a forked start's CPU (0.15–0.3 s a wake, measured
+    in docs/hibernation.md), and most of that is work whose result is the same for every
+    tenant. The zygote parses one config of the same shape (``config``: rendered by the local
+    backend for no tenant, with throwaway secrets; nothing is started from it), which
+
+    - leaves everything Synapse and its libraries build on first use (lazily imported modules,
+      the metaschemas jsonschema loads, Jinja's lexers, compiled regular expressions) built;
+    - fills the caches ``_share_start_work`` puts in: the schema checks and compiled templates.
+
+    A failure here costs only speed: it is logged and the zygote serves as before."""
+    _share_start_work()
+    here = os.getcwd()
+    try:
+        from synapse.config import cache
+        from synapse.config.homeserver import HomeServerConfig
+
+        factor, resize = (
+            cache.properties.default_factor_size,
+            cache.properties.resize_all_caches_func,
+        )
+        os.chdir(os.path.dirname(config))
+        HomeServerConfig.load_config("Synapse Homeserver", ["-c", config])
+        # The parse set the cache factor globally (and kept the config to resize caches with):
+        # as imported again, so nothing of the warm-up config outlives it.
+        cache.properties.default_factor_size, cache.properties.resize_all_caches_func = (
+            factor,
+            resize,
+        )
+        print("warmed up on a homeserver config", flush=True)
+    except Exception as exc:  # noqa: BLE001 — only speed is at stake
+        print(f"warm-up failed, serving without it: {exc!r}", flush=True)
+    finally:
+        os.chdir(here)
+
+
+def _share_start_work() -> None:
+    """Caches, filled in the zygote and read by every forked homeserver, for start-up work
+    whose result depends only on its input:
+
+    - **schema checks.** ``jsonschema.validate`` first checks the schema against its
+      metaschema (30 ms for the OIDC providers' schema alone, on every start, though the
+      schemas are Synapse's constants). A schema that passed once is not checked again; one
+      that fails is checked (and fails) every time, as before.
+    - **compiled templates.** Synapse's config compiles ~20 Jinja templates (e-mails, SSO
+      pages) on every start; its template environments get an in-memory bytecode cache, Jinja's
+      own mechanism, keyed by template name and file and checked against the source's hash.
+    - **YAML.** ``yaml.safe_load`` uses PyYAML's libyaml loader (``CSafeLoader``, 8× faster on
+      a homeserver config, the same safe constructors) where PyYAML was built with it.
+    """
+    import jinja2
+    import yaml
+    from jsonschema import validators
+
+    for validator in set(validators._VALIDATORS.values()):  # noqa: SLF001
+        validator.check_schema = staticmethod(_checked_once(validator.check_schema))
+
+    from synapse.config import _base
+
+    _base.jinja2 = _with_bytecode_cache(jinja2)  # type: ignore[attr-defined]
+    if getattr(yaml, "__with_libyaml__", False):
+        yaml.safe_load = partial(yaml.load, Loader=yaml.CSafeLoader)
+
+
+def _checked_once(check: Any) -> Any:
+    passed: set[str] = set()
+
+    def check_schema(schema: Any, *args: Any, **kwargs: Any) -> None:
+        key = json.dumps([schema, repr(args), repr(kwargs)], sort_keys=True, default=repr)
+        if key not in passed:
+            check(schema, *args, **kwargs)
+            passed.add(key)
+
+    return check_schema
+
+
+def _with_bytecode_cache(jinja2: Any) -> Any:
+    """``jinja2`` as Synapse's config module sees it: the same, but its environments share one
+    bytecode cache (only those: every one there is made alike, see ``read_templates``)."""
+
+    class SharedCode(jinja2.BytecodeCache):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            self.code: dict[str, tuple[str, Any]] = {}
+
+        def load_bytecode(self, bucket: Any) -> None:
+            found = self.code.get(bucket.key)
+            if found is not None and found[0] == bucket.checksum:
+                bucket.code = found[1]
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            self.code[bucket.key] = (bucket.checksum, bucket.code)
+
+    shared = SharedCode()
+
+    class Environment(jinja2.Environment):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("bytecode_cache", shared)
+            super().__init__(*args, **kwargs)
+
+    module = types.ModuleType(jinja2.__name__)
+    module.__dict__.update(jinja2.__dict__)
+    module.Environment = Environment  # type: ignore[attr-defined]
+    return module
 
 
 def _listen(path: str) -> socket.socket:
