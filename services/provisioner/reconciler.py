@@ -150,8 +150,8 @@ def _stopped_in_place(ctx: steps.Context) -> set[uuid.UUID]:
     """The tenants whose homeserver is stopped on purpose (a sleeper's, a suspended tenant's)
     and whose published route is the one their records make: a pass has nothing to do for
     them, so it takes neither their lease nor their secrets. Read in one query and one
-    ``HMGET`` per 2,000 route fields (a suspended tenant's homeserver is also asked after, as
-    before: it must not run); on a node of mostly sleepers, a lease, three reads, a decryption
+    ``HMGET`` per 2,000 route fields (a suspended tenant's homeserver is also asked after, all
+    at once: it must not run); on a node of mostly sleepers, a lease, three reads, a decryption
     and two ``HGET`` per sleeper every pass were most of a worker's time (docs/benchmarks.md)."""
     with task_session() as session:
         routes = [
@@ -162,14 +162,17 @@ def _stopped_in_place(ctx: steps.Context) -> set[uuid.UUID]:
     published = published_under(
         ctx.redis, ctx.keys, [field for *_, route in routes for field in route.fields()]
     )
-    in_place: set[uuid.UUID] = set()
-    for tenant_id, suspended, route in routes:
-        wanted = route.to_json().encode()
-        if all(published[field] == wanted for field in route.fields()) and (
-            not suspended or _surely_stopped(ctx, tenant_id)
-        ):
-            in_place.add(tenant_id)
-    return in_place
+    routed_right = [
+        (tenant_id, suspended)
+        for tenant_id, suspended, route in routes
+        if all(published[field] == route.to_json().encode() for field in route.fields())
+    ]
+    stopped = _surely_stopped(
+        ctx, [tenant_id for tenant_id, suspended in routed_right if suspended]
+    )
+    return {
+        tenant_id for tenant_id, suspended in routed_right if not suspended or tenant_id in stopped
+    }
 
 
 class _Deleted(NamedTuple):
@@ -182,9 +185,10 @@ class _Deleted(NamedTuple):
 def _deleted_settled(ctx: steps.Context, deleted: list[_Deleted]) -> set[uuid.UUID]:
     """The deleted tenants a pass has nothing to do for: homeserver not running, archives
     purged (or their retention not run out), no route published. Their purges are read in one
-    ``SMEMBERS`` and their routes in one ``HMGET`` per 2,000 fields; each is asked of the
-    backend (``is_running``) as before, but without its lease and its read: deleted tenants
-    only accumulate, and each cost a pass ~2 ms of round trips (docs/benchmarks.md)."""
+    ``SMEMBERS`` and their routes in one ``HMGET`` per 2,000 fields, and the backend is asked
+    after all of them at once (``running_among``), without their leases and their reads:
+    deleted tenants only accumulate, and each cost a pass ~2 ms of round trips
+    (docs/benchmarks.md)."""
     if not deleted:
         return set()
     purged = {
@@ -197,16 +201,18 @@ def _deleted_settled(ctx: steps.Context, deleted: list[_Deleted]) -> set[uuid.UU
         ctx.keys,
         [f for gone in deleted for f in (host_field(gone.server_name), slug_field(gone.slug))],
     )
-    return {
-        gone.tenant_id
-        for gone in deleted
-        if (
-            published[host_field(gone.server_name)] is None
-            and published[slug_field(gone.slug)] is None
-            and (str(gone.tenant_id) in purged or _retention_running(gone.deleted_at, cutoff))
-            and _surely_stopped(ctx, gone.tenant_id)
-        )
-    }
+    return _surely_stopped(
+        ctx,
+        [
+            gone.tenant_id
+            for gone in deleted
+            if (
+                published[host_field(gone.server_name)] is None
+                and published[slug_field(gone.slug)] is None
+                and (str(gone.tenant_id) in purged or _retention_running(gone.deleted_at, cutoff))
+            )
+        ],
+    )
 
 
 # A tenant whose records or backend trouble these looks is looked at under its lease instead,
@@ -218,11 +224,16 @@ def _recorded_route(tenant: Tenant, plan: Plan, hs: Homeserver) -> Route | None:
         return None
 
 
-def _surely_stopped(ctx: steps.Context, tenant_id: uuid.UUID) -> bool:
+def _surely_stopped(ctx: steps.Context, tenant_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``tenant_ids`` whose homeserver the backend reports not running, asked all at
+    once (``Backend.running_among``); none when the backend cannot tell."""
+    if not tenant_ids:
+        return set()
     try:
-        return not ctx.backend.is_running(str(tenant_id))
+        running = ctx.backend.running_among([str(tenant_id) for tenant_id in tenant_ids])
     except Exception:  # noqa: BLE001
-        return False
+        return set()
+    return {tenant_id for tenant_id in tenant_ids if str(tenant_id) not in running}
 
 
 def _export_metrics(ctx: steps.Context, run: Pass, duration_s: float) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -379,9 +379,17 @@ def test_suspended_tenants_stopped_with_their_route_right_are_passed_over(
     own_platform: None,
 ) -> None:
     """A suspended tenant whose homeserver is stopped and whose route is right is passed over
-    without its lease; one whose homeserver runs again is stopped."""
+    without its lease; one whose homeserver runs again is stopped. The backend is asked after
+    all of them at once (on Kubernetes two list calls), not after each."""
     settings = get_settings()
-    ctx = steps.Context(settings, FakeBackend(settings.data_path))
+    asked: list[set[str]] = []
+
+    class Counting(FakeBackend):
+        def running_among(self, tenant_ids: Collection[str]) -> set[str]:
+            asked.append(set(tenant_ids))
+            return super().running_among(tenant_ids)
+
+    ctx = steps.Context(settings, Counting(settings.data_path))
     quiet, restarted = (with_homeserver(ctx, TenantStatus.ACTIVE)[0] for _ in range(2))
     targets = {}
     with task_session() as session:
@@ -409,3 +417,4 @@ def test_suspended_tenants_stopped_with_their_route_right_are_passed_over(
     assert events(quiet) == []
     assert [e["action"] for e in events(restarted)] == ["homeserver.stopped"]
     assert not ctx.backend.is_running(str(restarted))
+    assert asked == [{str(quiet), str(restarted)}] * 2  # once a pass, for both

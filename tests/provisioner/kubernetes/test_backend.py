@@ -127,6 +127,32 @@ def test_suspend_scales_to_zero_and_resume_to_one(
     assert backend.is_running(target.tenant_id)
 
 
+def test_which_homeservers_run_is_asked_for_many_tenants_in_two_list_calls(
+    api_only: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconcile pass asks after every suspended and deleted tenant each time: two list
+    calls over all tenant namespaces answer what two reads per tenant did."""
+    backend, running, _ = deployed(api_only, tmp_path, monkeypatch)
+    stopped = tenant_target(server_name="stopped.c3.example")
+    backend.render(stopped)
+    backend.start(stopped)
+    backend.stop(stopped.tenant_id)
+    never = tenant_target(server_name="never.c3.example")  # no namespace at all
+    ids = [running.tenant_id, stopped.tenant_id, never.tenant_id]
+    one_by_one = {tenant_id for tenant_id in ids if backend.is_running(tenant_id)}
+    assert one_by_one == {running.tenant_id}
+
+    before = len(api_only.requests)
+    assert backend.running_among(ids) == one_by_one
+    calls = api_only.requests[before:]
+    assert [(r.method, r.path) for r in calls] == [
+        ("GET", "/apis/apps/v1/statefulsets"),
+        ("GET", "/api/v1/pods"),
+    ]
+    assert backend.running_among([]) == set()
+    assert len(api_only.requests) == before + 2
+
+
 def test_sleep_scales_to_zero_keeping_everything_and_wake_scales_back(
     api_only: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
