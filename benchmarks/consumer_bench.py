@@ -17,7 +17,8 @@ One run:
    at them and times ``drain_usage_stream`` (called until the stream is empty);
 4. checks the ledger: every batch recorded once, the ``messages`` counters summing to the number
    of distinct message ids sent, and the other meters to what was sent (exit 1 otherwise);
-5. prints the rates and writes JSON to ``benchmarks/results/consumer-<timestamp>.json``;
+5. prints the rates and writes JSON to ``benchmarks/results/consumer-<UTC stamp>.json`` (with
+   ``--profile`` the profile next to it, ``consumer-<UTC stamp>.pstats``);
 6. drops the database and deletes the Redis keys, whatever happened (unless ``--keep``).
 
 Usage (from the repository root)::
@@ -54,7 +55,9 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.harness import write_results  # noqa: E402
 
 TARGET_EVENTS_PER_S = 20_000
 XADD_CHUNK = 200
@@ -458,14 +461,11 @@ def main() -> int:
             "sent_totals": dict(sent.totals),
         }
         print("\n" + render(report))
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = started_at.replace(":", "")
+        path = write_results("consumer", report)
         if profiler is not None:
-            profile_path = RESULTS_DIR / f"consumer-{stamp}.pstats"
+            profile_path = path.with_suffix(".pstats")
             print("\n" + profile_summary(profiler, profile_path))
             print(f"profile written to {profile_path.relative_to(REPO_ROOT)}")
-        path = RESULTS_DIR / f"consumer-{stamp}.json"
-        path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nresults written to {path.relative_to(REPO_ROOT)}")
         return 0
     finally:

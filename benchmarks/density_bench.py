@@ -98,10 +98,9 @@ import httpx
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.harness import running_platform, stop_on_sigterm, write_results  # noqa: E402
 from provisioner.backends.zygote import forked_in  # noqa: E402
 from tests.helpers.platform import RunningPlatform  # noqa: E402
 
@@ -1295,10 +1294,7 @@ def main() -> int:
         "summary": summary,
         "samples": samples,
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"density-{mode}-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_results(f"density-{mode}", report)
     print(f"\nresults written to {path.relative_to(REPO_ROOT)}")
     return 0
 

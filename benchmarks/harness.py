@@ -134,11 +134,13 @@ def add_tenant(session: Any, plan_id: Any, status: Any, *, prefix: str, **fields
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
-    """``payload`` with the machine it ran on, as ``benchmarks/results/<name>-<UTC stamp>.json``;
-    its path."""
+    """``payload`` with the machine it ran on (``platform.platform()`` as ``"machine"``, unless
+    ``payload`` records its own ``"machine"``), as ``benchmarks/results/<name>-<UTC stamp>.json``
+    (values JSON does not know written as ``str()``); its path."""
     results = Path(__file__).resolve().parent / "results"
     results.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
     path = results / f"{name}-{stamp}.json"
-    path.write_text(json.dumps({**payload, "machine": host_platform.platform()}, indent=2))
+    report = payload if "machine" in payload else {**payload, "machine": host_platform.platform()}
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return path

@@ -23,7 +23,6 @@ Usage (from the repository root, PostgreSQL on loopback)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import stop_on_sigterm  # noqa: E402
+from benchmarks.harness import stop_on_sigterm, write_results  # noqa: E402
 from benchmarks.provisioning_bench import (  # noqa: E402
     BASE_DOMAIN,
     DEFAULT_TENANT_DATABASE_URL,
@@ -170,9 +168,7 @@ def main() -> int:
         report["apply"] = run_apply(args.apply_tenants)
     if "provision" in args.parts:
         report["provision"] = run_provision(args)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"kubernetes-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    path = write_results("kubernetes", report)
     print(f"results written to {path.relative_to(REPO_ROOT)}")
     return 0
 

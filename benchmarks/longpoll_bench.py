@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import secrets
@@ -48,11 +47,10 @@ import httpx
 import redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "services"))
 
-from benchmarks.harness import stop_on_sigterm  # noqa: E402
+from benchmarks.harness import stop_on_sigterm, write_results  # noqa: E402
 from benchmarks.nginx import INSTALL_HINT, nginx_binary, running_nginx  # noqa: E402
 from c3.local_run import free_port  # noqa: E402
 from platform_core.redis import keys_for  # noqa: E402
@@ -463,9 +461,7 @@ def main() -> int:
         **measured,
     }
     print("\n" + render(report))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"longpoll-{started_at.replace(':', '')}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_results("longpoll", report)
     print(f"results written to {path.relative_to(REPO_ROOT)}")
     return 0
 

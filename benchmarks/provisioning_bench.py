@@ -24,7 +24,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform as host_platform
 import statistics
@@ -39,10 +38,9 @@ from typing import Any
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.harness import running_platform, stop_on_sigterm, write_results  # noqa: E402
 from provisioner import tenant_databases  # noqa: E402
 
 BASE_DOMAIN = "c3.bench"
@@ -204,14 +202,6 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  {row['mode']:<10}{fmt_steps(row['median_step_s'])}")
 
 
-def write_report(report: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"provisioning-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=5, help="samples per mode")
@@ -244,7 +234,8 @@ def main() -> int:
         print(f"{mode}: starting the platform", flush=True)
         report["modes"].append(run_mode(mode, args))
     print_report(report)
-    print(f"\nresults written to {write_report(report).relative_to(REPO_ROOT)}")
+    path = write_results("provisioning", report)
+    print(f"\nresults written to {path.relative_to(REPO_ROOT)}")
     return 0
 
 

@@ -25,7 +25,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform as host_platform
 import statistics
@@ -40,10 +39,14 @@ from typing import Any
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import fresh_database, running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    fresh_database,
+    running_platform,
+    stop_on_sigterm,
+    write_results,
+)
 from tests.helpers.platform import RunningPlatform, poll  # noqa: E402
 
 
@@ -212,9 +215,7 @@ def main() -> int:
         "measured": measured,
     }
     print("\n" + render(report))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"provisioning-rate-{started_at.replace(':', '')}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_results("provisioning-rate", report)
     print(f"\nresults written to {path.relative_to(REPO_ROOT)}")
     return 0 if measured["admin_registrations_ok"] else 1
 

@@ -26,7 +26,7 @@ One run:
    process(es) from ``/proc/<pid>/stat`` (CPU per request);
 7. prints the tables (with the metering cost, 1 - metered/unmetered throughput, and the
    proxies against nginx: req/s, CPU per request, p99) and writes them as JSON to
-   ``benchmarks/results/<timestamp>.json``;
+   ``benchmarks/results/proxy-<UTC stamp>.json``;
 8. stops nginx, the unmetered proxy and the platform, whatever happened.
 
 The load comes from ``wrk`` when it is installed (``apt-get install wrk``), otherwise from an
@@ -68,10 +68,9 @@ import psutil
 import redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.harness import running_platform, stop_on_sigterm, write_results  # noqa: E402
 from benchmarks.nginx import INSTALL_HINT, nginx_binary, running_nginx, tree_cpu_seconds  # noqa: E402
 from c3.local_run import free_port  # noqa: E402
 from platform_core.redis import RedisKeys  # noqa: E402
@@ -944,13 +943,6 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{report['started_at'].replace(':', '')}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
-
-
 # Main ----------------------------------------------------------------------------------
 
 
@@ -1092,7 +1084,8 @@ def main() -> int:
         **measured,
     }
     print("\n" + render_table(report))
-    print(f"\nresults written to {write_report(report).relative_to(REPO_ROOT)}")
+    path = write_results("proxy", report)
+    print(f"\nresults written to {path.relative_to(REPO_ROOT)}")
     return 0
 
 

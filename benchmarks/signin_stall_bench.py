@@ -12,7 +12,7 @@ sequential client for ``--duration`` seconds:
    exist (each attempt one argon2 verification; each email new, so no account lockout).
 
 It prints median and p99 healthz latency per phase, the sign-in attempts per second and their
-status codes, and writes JSON to ``benchmarks/results/signin-stall-<timestamp>.json``.
+status codes, and writes JSON to ``benchmarks/results/signin-stall-<UTC stamp>.json``.
 
 Usage (from the repository root)::
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -37,10 +36,9 @@ from typing import Any
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import running_platform, stop_on_sigterm  # noqa: E402
+from benchmarks.harness import running_platform, stop_on_sigterm, write_results  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -142,9 +140,7 @@ def main() -> None:
         f"({args.flooders} sign-in loops, {measured['signin_attempts_per_s']} attempts/s, "
         f"statuses {measured['signin_statuses']})"
     )
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"signin-stall-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_results("signin-stall", report)
     print(f"written to {out.relative_to(REPO_ROOT)}")
 
 

@@ -38,7 +38,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform as host_platform
 import shutil
@@ -58,11 +57,10 @@ from typing import Any
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "services"))
 
-from benchmarks.harness import stop_on_sigterm  # noqa: E402
+from benchmarks.harness import stop_on_sigterm, write_results  # noqa: E402
 from benchmarks.nginx import cpu_seconds  # noqa: E402
 from platform_core.synapse_admin import registration_mac  # noqa: E402
 from provisioner.malloc import JEMALLOC_CONF, jemalloc_path  # noqa: E402
@@ -575,10 +573,7 @@ def main() -> int:
         "summary": summary,
         "runs": rows,
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"synapse-footprint-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_results("synapse-footprint", report)
     print(f"\nresults written to {path.relative_to(REPO_ROOT)}")
     return 0
 
