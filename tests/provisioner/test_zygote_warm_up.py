@@ -1,6 +1,7 @@
 """What the Synapse zygote does once for every homeserver's start (zygote_server._warm_up)
 gives each homeserver what it would have computed itself: a schema that fails still fails,
-every time; a template whose source changed is compiled again, never served stale."""
+every time; a template whose source changed is compiled again, never served stale; an IP set
+built once is the same set, each caller's own, and a bad address fails every time."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import jsonschema
 import pytest
 from jsonschema import validators
 
-from provisioner.backends.zygote_server import _checked_once, _with_bytecode_cache
+from provisioner.backends.zygote_server import (
+    _checked_once,
+    _ip_sets_built_once,
+    _with_bytecode_cache,
+)
 
 
 def test_a_schema_is_checked_once_and_a_bad_one_fails_every_time() -> None:
@@ -59,3 +64,29 @@ def test_templates_compile_once_across_environments_and_again_when_changed(
     (tmp_path / "page.html").write_text("<b>{{ name }}</b>")
     assert render("gamma") == "<b>gamma</b>"
     assert len(compiled) == 2
+
+
+def test_ip_sets_are_built_once_and_each_caller_gets_its_own() -> None:
+    from netaddr import IPAddress
+    from synapse.config._base import ConfigError
+    from synapse.config.server import generate_ip_set
+
+    built: list[object] = []
+
+    def generate(*args: object) -> object:
+        built.append(args)
+        return generate_ip_set(*args)  # type: ignore[arg-type]
+
+    shared = _ip_sets_built_once(generate)
+    blocked = ["10.0.0.0/8", "192.168.0.0/16"]
+    first = shared(blocked, ["127.0.0.0/8"], ("ip_range_blocklist",))
+    assert first == generate_ip_set(blocked, ["127.0.0.0/8"])  # the same networks
+    assert IPAddress("::ffff:10.1.2.3") in first  # with their IPv6 forms
+    first.add("8.8.8.8/32")  # a caller changing its own set
+    second = shared(iter(blocked), ["127.0.0.0/8"], ("federation_ip_range_blocklist",))
+    assert IPAddress("8.8.8.8") not in second
+    assert len(built) == 1
+    for _ in range(2):
+        with pytest.raises(ConfigError):
+            shared(["not-a-network"], None, ("ip_range_blocklist",))
+    assert len(built) == 3

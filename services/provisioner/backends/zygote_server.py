@@ -148,6 +148,10 @@ def _share_start_work() -> None:
     - **compiled templates.** Synapse's config compiles ~20 Jinja templates (e-mails, SSO
       pages) on every start; its template environments get an in-memory bytecode cache, Jinja's
       own mechanism, keyed by template name and file and checked against the source's hash.
+    - **IP block lists.** ``generate_ip_set`` builds the networks a homeserver may not reach
+      (the platform's block list and Synapse's defaults, each with its IPv6 forms) in ~13 ms
+      with ``netaddr``, twice a start, for the same lists on every tenant; each set is built
+      once and copied (microseconds).
     - **YAML.** ``yaml.safe_load`` uses PyYAML's libyaml loader (``CSafeLoader``, 8× faster on
       a homeserver config, the same safe constructors) where PyYAML was built with it.
     """
@@ -158,9 +162,12 @@ def _share_start_work() -> None:
     for validator in set(validators._VALIDATORS.values()):  # noqa: SLF001
         validator.check_schema = staticmethod(_checked_once(validator.check_schema))
 
-    from synapse.config import _base
+    from synapse.config import _base, repository, server
 
     _base.jinja2 = _with_bytecode_cache(jinja2)  # type: ignore[attr-defined]
+    server.generate_ip_set = repository.generate_ip_set = _ip_sets_built_once(
+        server.generate_ip_set
+    )
     if getattr(yaml, "__with_libyaml__", False):
         yaml.safe_load = partial(yaml.load, Loader=yaml.CSafeLoader)
 
@@ -175,6 +182,26 @@ def _checked_once(check: Any) -> Any:
             passed.add(key)
 
     return check_schema
+
+
+def _ip_sets_built_once(generate: Any) -> Any:
+    """Synapse's ``generate_ip_set`` building each set of networks once (a copy each time:
+    the caller may change its own)."""
+    built: dict[tuple[tuple[Any, ...], tuple[Any, ...]], Any] = {}
+
+    def generate_ip_set(
+        ip_addresses: Any, extra_addresses: Any = None, config_path: Any = None
+    ) -> Any:
+        key = (tuple(ip_addresses or ()), tuple(extra_addresses or ()))
+        try:
+            found = built.get(key)
+        except TypeError:  # not addresses: Synapse's own error, as before
+            return generate(*key, config_path)
+        if found is None:  # a bad address raises, every time
+            found = built[key] = generate(*key, config_path)
+        return found.copy()
+
+    return generate_ip_set
 
 
 def _with_bytecode_cache(jinja2: Any) -> Any:
