@@ -1,14 +1,16 @@
-"""Start latency and memory of tenant homeservers forked from the Synapse zygote against ones
-started as processes of their own (``C3_SYNAPSE_ZYGOTE`` on / off; issue 16, wake latency).
+"""Start latency, start CPU and memory of tenant homeservers, per mode (``--modes``; issue 16,
+wake latency): ``zygote`` (forked from the Synapse zygote, as shipped), ``zygote-no-warm-up``
+(the zygote without its config warm-up) and ``exec`` (a process of its own,
+``C3_SYNAPSE_ZYGOTE`` off).
 
-For each mode, in turns (``--repeat`` rounds, the modes interleaved so both see the same load):
+For each mode, in turns (``--repeat`` rounds, the modes interleaved so all see the same load):
 
 1. renders ``--homeservers`` tenant configs through the local backend exactly as the provisioner
    does (SQLite, the plan defaults) and starts each once, so its schema exists (a wake starts a
    homeserver that has one), then stops them all;
 2. **start latency**: starts them again one after another, each timed from ``backend.start`` to
-   its first ``/health`` 200 (polled every 10 ms): what a wake costs on top of the platform's own
-   hops. The zygote mode's first round includes starting the zygote for the first start only
+   its first ``/health`` 200 (polled every 10 ms), with the CPU the homeserver used by then
+   (``/proc/<pid>/stat``): what a wake costs on top of the platform's own hops. The zygote mode's first round includes starting the zygote for the first start only
    if it was not running (``--cold-zygote`` keeps that; by default it is warmed first, as a
    worker does when it starts);
 3. **memory**: once all run, waits ``--settle`` seconds and sums RSS and PSS

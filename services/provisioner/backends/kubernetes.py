@@ -304,7 +304,7 @@ class KubernetesBackend(Backend):
         namespaces = {manifests.namespace_name(tenant_id): tenant_id for tenant_id in tenant_ids}
         if not namespaces:
             return set()
-        ours: dict[str, Any] = dict([manifests.MANAGED_BY])
+        ours: dict[str, Any] = dict(manifests.MANAGED_BY)
         stateful_sets = {
             found.metadata.namespace: found
             for found in self._call(

@@ -209,12 +209,12 @@ class TenantManifests:
 
 
 # On every object of a tenant's (and so on its pod): how the backend lists them all at once.
-MANAGED_BY = ("app.kubernetes.io/managed-by", "c3")
+MANAGED_BY = {"app.kubernetes.io/managed-by": "c3"}
 
 
 def labels(settings: Settings, target: HomeserverTarget) -> dict[str, str]:
     return {
-        MANAGED_BY[0]: MANAGED_BY[1],
+        **MANAGED_BY,
         "c3.io/tenant": target.tenant_id,
         "c3.io/plan": label_value(target.plan_code or "none"),
         "c3.io/release": settings.kubernetes_release,
