@@ -53,7 +53,9 @@ One run:
    PostgreSQL, and the machine's own split from ``/proc/stat`` (user, system, iowait, **steal**:
    time the hypervisor gave another guest), then a timeline, one entry per sample, of busy
    cores, the homeservers' share of them and the dirty pages not yet written back: when in a
-   round the CPU ran short, and why;
+   round the CPU ran short, and why; with it the machine's page faults a second (before the
+   platform starts, the script measures what one costs: the µs per page a process writes for
+   the first time, ``first_touch_us_per_page`` in the results);
 8. prints a table, writes ``benchmarks/results/density-<mode>-<UTC stamp>.json``, stops the
    platform (also on failure or Ctrl-C), which stops every homeserver.
 
@@ -72,6 +74,7 @@ import asyncio
 import contextlib
 import json
 import math
+import mmap
 import os
 import platform as host_platform
 import re
@@ -306,6 +309,29 @@ def _machine_cores(before: dict[str, int], seconds: float) -> dict[str, float]:
     return {k: (ticks[k] - before[k]) / per_second for k in ticks}
 
 
+def _page_faults() -> int:
+    """Page faults the machine has taken since boot (``pgfault`` in /proc/vmstat)."""
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        if line.startswith("pgfault "):
+            return int(line.split()[1])
+    return 0
+
+
+def first_touch_us(mib: int = 256) -> float:
+    """Microseconds per page this machine takes when a process writes a page for the first
+    time: an anonymous mapping of ``mib`` MiB written one byte a page (with ~0.1 µs of this
+    loop's own per page). On a VM that hands freed memory back to its host (virtio-balloon
+    free page reporting) it includes the host's own fault; every page a woken homeserver
+    dirties (~10,000 to its first answer) pays it."""
+    size = mib * MIB
+    with mmap.mmap(-1, size) as area:
+        started = time.perf_counter()
+        for offset in range(0, size, mmap.PAGESIZE):
+            area[offset] = 1
+        took = time.perf_counter() - started
+    return took / (size // mmap.PAGESIZE) * 1e6
+
+
 def _dirty_mib() -> int:
     """Page cache waiting to be written back (Dirty + Writeback in /proc/meminfo)."""
     kib = 0
@@ -348,10 +374,11 @@ class CpuAccount:
         self.started = time.time()
         self.ticks = _machine_ticks()
         self.seen: dict[tuple[int, float], list[Any]] = {}  # (pid, start) → [part, base, last]
-        self._last: tuple[float, dict[str, int], Counter[str]] = (
+        self._last: tuple[float, dict[str, int], Counter[str], int] = (
             self.started,
             self.ticks,
             Counter(),
+            _page_faults(),
         )
 
     def busy_since_last(self) -> dict[str, float]:
@@ -359,12 +386,13 @@ class CpuAccount:
         (all but idle and iowait), its steal, and the homeservers' — a 5 s timeline that
         shows when in a round the CPU ran short."""
         now = time.time()
-        then, before, hs_before = self._last
+        then, before, hs_before, faults_before = self._last
         hs = Counter[str]()
         for part, base, last in self.seen.values():
             if part.startswith("homeservers"):
                 hs[part] += last - base
-        self._last = (now, _machine_ticks(), hs)
+        faults = _page_faults()
+        self._last = (now, _machine_ticks(), hs, faults)
         took = max(now - then, 1e-9)
         machine = _machine_cores(before, took)
         return {
@@ -375,6 +403,7 @@ class CpuAccount:
             "homeservers": round((hs.total() - hs_before.total()) / took, 2),
             "this_round": round((hs[HS_THIS] - hs_before[HS_THIS]) / took, 2),
             "last_round": round((hs[HS_LAST] - hs_before[HS_LAST]) / took, 2),
+            "faults_per_s": round((faults - faults_before) / took),
         }
 
     def observe(self, parts: dict[int, str]) -> None:
@@ -1033,11 +1062,11 @@ async def workload(
             ] + [sample["cpu_busy"]]
             print(
                 "    busy cores (of which homeservers: all, this round's, last round's; MiB not "
-                "yet written back) at s: "
+                "yet written back; thousand page faults a second) at s: "
                 + ", ".join(
                     f"{b['at']:.0f}: {b['busy']:.1f} ({b['homeservers']:.1f}, "
                     f"{b.get('this_round', 0):.1f}, {b.get('last_round', 0):.1f}; "
-                    f"{b['dirty_mib']})"
+                    f"{b['dirty_mib']}; {b.get('faults_per_s', 0) / 1000:.0f}k)"
                     for b in timeline
                     # The first window lasts under 1 s, mostly the sampler's own first scan.
                     if b and b["at"] >= 1
@@ -1256,6 +1285,8 @@ def main() -> int:
     overrides["C3_BASE_DOMAIN"] = BASE_DOMAIN
     data_dir = Path(tempfile.mkdtemp(prefix=f"c3-density-{mode}-"))
     samples: list[dict[str, Any]] = []
+    touch_us = first_touch_us()
+    print(f"this machine: {touch_us:.1f} µs per page written for the first time", flush=True)
     MACHINE_BEFORE.append(machine_used())
     with (
         running_platform(overrides, data_dir, keep_data=args.keep_data) as running,
@@ -1290,6 +1321,7 @@ def main() -> int:
             "python": host_platform.python_version(),
             "load_average": os.getloadavg(),
             "file_limit": files,
+            "first_touch_us_per_page": round(touch_us, 2),
         },
         "summary": summary,
         "samples": samples,
