@@ -10,8 +10,9 @@ For each mode, in turns (``--repeat`` rounds, the modes interleaved so all see t
    homeserver that has one), then stops them all;
 2. **start latency**: starts them again one after another, each timed from ``backend.start`` to
    its first ``/health`` 200 (polled every 10 ms), with the CPU the homeserver used by then
-   (``/proc/<pid>/stat``): what a wake costs on top of the platform's own hops. The zygote mode's first round includes starting the zygote for the first start only
-   if it was not running (``--cold-zygote`` keeps that; by default it is warmed first, as a
+   (``/proc/<pid>/stat``): what a wake costs on top of the platform's own hops. The zygote
+   mode's first round includes starting the zygote for the first start only if it was not
+   running (``--cold-zygote`` keeps that; by default it is warmed first, as a
    worker does when it starts);
 3. **memory**: once all run, waits ``--settle`` seconds and sums RSS and PSS
    (``/proc/<pid>/smaps_rollup``) over the homeservers (and the zygote, reported apart): PSS
