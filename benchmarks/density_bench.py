@@ -55,7 +55,9 @@ One run:
    cores, the homeservers' share of them and the dirty pages not yet written back: when in a
    round the CPU ran short, and why; with it the machine's page faults a second (before the
    platform starts, the script measures what one costs: the µs per page a process writes for
-   the first time, ``first_touch_us_per_page`` in the results);
+   the first time, ``first_touch_us_per_page`` in the results); and the median first answer
+   of the tenants arriving in each fifth of the arrival window, where a queue shows as a row
+   that rises from one fifth to the next;
 8. prints a table, writes ``benchmarks/results/density-<mode>-<UTC stamp>.json``, stops the
    platform (also on failure or Ctrl-C), which stops every homeserver.
 
@@ -1056,6 +1058,7 @@ async def workload(
                 flush=True,
             )
             print(f"    cores: {cpu_brief(sample['cpu_cores'])}", flush=True)
+            print(f"    first answers by arrival: {arrival_brief(wakes, spread)}", flush=True)
             print(f"    the worker's wakes: {wake_brief(sample['logged_wakes'])}", flush=True)
             timeline = [
                 s["cpu_busy"]
@@ -1076,6 +1079,25 @@ async def workload(
                 flush=True,
             )
     return counts, samples
+
+
+def arrival_brief(wakes: list[dict[str, Any]], spread: float, parts: int = 5) -> str:
+    """Median first answer of the tenants arriving in each fifth of the round's arrival window:
+    a row that rises from one fifth to the next is a queue building up (the machine saturated
+    from that point), a row that is flat and high is a slow machine."""
+    if not wakes:
+        return "none"
+    if spread <= 0:
+        return f"all at once, {fmt_ms(percentile([w['ms'] for w in wakes], 0.5))} ms"
+    width = spread / parts
+    groups: list[list[float]] = [[] for _ in range(parts)]
+    for w in wakes:
+        groups[min(parts - 1, int(w["arrival_s"] / width))].append(w["ms"])
+    return ", ".join(
+        f"{k * width:.0f}-{(k + 1) * width:.0f} s: "
+        + (f"{fmt_ms(percentile(g, 0.5))} ms" if g else "-")
+        for k, g in enumerate(groups)
+    )
 
 
 def arrival_spread_s(args: argparse.Namespace) -> float:
