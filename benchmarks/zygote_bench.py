@@ -1,7 +1,8 @@
 """Start latency, start CPU and memory of tenant homeservers, per mode (``--modes``; issue 16,
-wake latency): ``zygote`` (forked from the Synapse zygote, as shipped), ``zygote-no-warm-up``
-(the zygote without its config warm-up) and ``exec`` (a process of its own,
-``C3_SYNAPSE_ZYGOTE`` off).
+wake latency): ``zygote`` (forked from the Synapse zygote, as shipped), ``zygote-jemalloc``
+(the same with Debian's jemalloc preloaded, ``C3_SYNAPSE_JEMALLOC=true``),
+``zygote-no-warm-up`` (the zygote without its config warm-up) and ``exec`` (a process of its
+own, ``C3_SYNAPSE_ZYGOTE`` off).
 
 For each mode, in turns (``--repeat`` rounds, the modes interleaved so all see the same load):
 
@@ -10,7 +11,9 @@ For each mode, in turns (``--repeat`` rounds, the modes interleaved so all see t
    homeserver that has one), then stops them all;
 2. **start latency**: starts them again one after another, each timed from ``backend.start`` to
    its first ``/health`` 200 (polled every 10 ms), with the CPU the homeserver used by then
-   (``/proc/<pid>/stat``): what a wake costs on top of the platform's own hops. The zygote
+   and the pages it faulted in (minor faults: mostly copies of the zygote's pages, each a
+   first write to a page; ``/proc/<pid>/stat``): what a wake costs on top of the platform's
+   own hops. The zygote
    mode's first round includes starting the zygote for the first start only if it was not
    running (``--cold-zygote`` keeps that; by default it is warmed first, as a
    worker does when it starts);
@@ -51,7 +54,7 @@ from provisioner.backends.local import LocalBackend  # noqa: E402
 from provisioner.synapse_config import HomeserverSecrets  # noqa: E402
 
 MIB = 1024 * 1024
-MODES = ("zygote", "zygote-no-warm-up", "exec")
+MODES = ("zygote", "zygote-jemalloc", "zygote-no-warm-up", "exec")
 
 
 def wait_healthy(
@@ -87,15 +90,16 @@ def targets(backend: LocalBackend, count: int) -> list[HomeserverTarget]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process used so far (a forked homeserver starts from zero)."""
+def cpu_and_faults(pid: int) -> tuple[float, int]:
+    """User + system CPU the process used so far, and its minor page faults (a forked
+    homeserver starts from zero on both)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
 def one_mode(root: Path, mode: str, count: int, settle: float, cold: bool) -> dict[str, Any]:
     zygote = mode != "exec"
-    backend = LocalBackend(root / mode, zygote=zygote)
+    backend = LocalBackend(root / mode, zygote=zygote, jemalloc=mode == "zygote-jemalloc")
     if mode == "zygote-no-warm-up":
         assert backend.zygote is not None
         backend.zygote.warm_up = None
@@ -118,7 +122,7 @@ def one_mode(root: Path, mode: str, count: int, settle: float, cold: bool) -> di
         elif zygote:
             assert backend.zygote is not None
             backend.zygote.start()
-        starts, cpu = [], []
+        starts, cpu, faults = [], [], []
         for target in homeservers:
             began = time.perf_counter()
             backend.start(target)
@@ -130,7 +134,9 @@ def one_mode(root: Path, mode: str, count: int, settle: float, cold: bool) -> di
             starts.append(time.perf_counter() - began)
             pid = backend._live_pid(target.tenant_id)
             assert pid is not None
-            cpu.append(cpu_seconds(pid))
+            used, faulted = cpu_and_faults(pid)
+            cpu.append(used)
+            faults.append(faulted)
         time.sleep(settle)  # memory settles; a benchmark, not a test
         rss = pss = 0
         for target in homeservers:
@@ -147,6 +153,7 @@ def one_mode(root: Path, mode: str, count: int, settle: float, cold: bool) -> di
             "mode": mode,
             "starts_s": starts,
             "cpu_to_health_s": cpu,
+            "faults_to_health": faults,
             "rss_bytes": rss,
             "pss_bytes": pss,
             "zygote_rss_bytes": zygote_rss,
@@ -168,8 +175,8 @@ def main() -> None:
         nargs="+",
         choices=MODES,
         default=list(MODES),
-        help="zygote: as shipped; zygote-no-warm-up: the zygote without its config warm-up; "
-        "exec: a process of its own",
+        help="zygote: as shipped; zygote-jemalloc: the same with jemalloc preloaded; "
+        "zygote-no-warm-up: the zygote without its config warm-up; exec: a process of its own",
     )
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -185,7 +192,8 @@ def main() -> None:
                 print(
                     f"round {round_} {run['mode']:17}: start→/health median "
                     f"{statistics.median(starts):.2f}s max {starts[-1]:.2f}s, CPU median "
-                    f"{statistics.median(run['cpu_to_health_s']):.2f}s; "
+                    f"{statistics.median(run['cpu_to_health_s']):.2f}s, faults median "
+                    f"{statistics.median(run['faults_to_health']):.0f}; "
                     f"{args.homeservers} homeservers RSS {run['rss_bytes'] / MIB:.0f} MiB "
                     f"PSS {run['pss_bytes'] / MIB:.0f} MiB; zygote RSS "
                     f"{run['zygote_rss_bytes'] / MIB:.0f} MiB",
@@ -194,13 +202,14 @@ def main() -> None:
     print()
     print(
         f"| {args.homeservers} homeservers, {args.repeat} rounds | start → /health p50 / p95 / max "
-        "| CPU to /health p50 / max | RSS per homeserver | PSS per homeserver | zygote RSS / PSS |"
+        "| CPU to /health p50 / max | page faults to /health p50 | RSS per homeserver | PSS per homeserver | zygote RSS / PSS |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for mode in args.modes:
         mine = [r for r in runs if r["mode"] == mode]
         starts = sorted(s for r in mine for s in r["starts_s"])
         cpu = sorted(s for r in mine for s in r["cpu_to_health_s"])
+        faults = statistics.median(f for r in mine for f in r["faults_to_health"])
         p95 = starts[min(len(starts) - 1, int(round(0.95 * (len(starts) - 1))))]
         rss = statistics.median(r["rss_bytes"] for r in mine) / args.homeservers / MIB
         pss = statistics.median(r["pss_bytes"] for r in mine) / args.homeservers / MIB
@@ -208,7 +217,7 @@ def main() -> None:
         zp = statistics.median(r["zygote_pss_bytes"] for r in mine) / MIB
         print(
             f"| {mode} | {statistics.median(starts):.2f} / {p95:.2f} / {starts[-1]:.2f} s "
-            f"| {statistics.median(cpu):.2f} / {cpu[-1]:.2f} s | {rss:.1f} MiB | {pss:.1f} MiB | {zr:.0f} / {zp:.0f} MiB |"
+            f"| {statistics.median(cpu):.2f} / {cpu[-1]:.2f} s | {faults:.0f} | {rss:.1f} MiB | {pss:.1f} MiB | {zr:.0f} / {zp:.0f} MiB |"
         )
     load_after = os.getloadavg()
     print(f"\nload average before {load_before[0]:.1f}, after {load_after[0]:.1f}")
