@@ -485,8 +485,9 @@ class Settings(BaseSettings):
     # true: every tenant's Synapse runs with jemalloc preloaded (LD_PRELOAD, MALLOC_CONF from
     # provisioner.malloc): the local backend uses Debian's libjemalloc2 when installed
     # (scripts/system_deps and the image install it), the kubernetes backend the one Synapse's
-    # image ships. Off by default: measured, glibc's malloc keeps a tenant Synapse 2-9 MiB
-    # smaller. On for large, long-running tenants, and for plans with cache autotuning
+    # image ships. Off by default: measured (docs/benchmarks.md), jemalloc saves ~2.5 MiB PSS per
+    # homeserver forked from the zygote but costs 4-7 % more CPU per message, and CPU is what
+    # limits wakes. On for large, long-running tenants, and for plans with cache autotuning
     # (synapse_cache_max_memory_mib), which needs jemalloc.
     synapse_jemalloc: bool = False
     # true: the local backend forks every homeserver from a zygote that imported Synapse once

@@ -1,11 +1,13 @@
 """Which allocator a tenant's Synapse runs with: glibc's malloc, or Debian's jemalloc preloaded
 when C3_SYNAPSE_JEMALLOC is on and it is installed.
 
-Measured (docs/benchmarks.md, "Synapse's footprint"): on tenants of up to a few hundred users,
-jemalloc costs 2–9 MiB more RSS per homeserver than glibc, so it is off by default. It is the
-option for large, long-running tenants (where glibc's fragmentation shows) and the only way a
-plan's cache autotuning (``synapse_cache_max_memory_mib``) works, since that reads jemalloc's
-own statistics.
+Measured (docs/benchmarks.md, "Synapse's footprint" and the twelfth session's density
+section): a homeserver started on its own has 2–9 MiB more RSS with jemalloc; one forked from
+the zygote has ~2.5 MiB less PSS and copies 6.6 % fewer of the zygote's pages, but Synapse
+spends 4–7 % more CPU per message with it, and CPU is what limits wakes, so it is off by
+default. It is the option for large, long-running tenants (where glibc's fragmentation shows)
+and the only way a plan's cache autotuning (``synapse_cache_max_memory_mib``) works, since that
+reads jemalloc's own statistics.
 """
 
 from __future__ import annotations
