@@ -10,7 +10,8 @@ its own (two processes when both are wanted, so a proxy's CPU is not mixed with 
   strips (as the C3 proxy does): keep-alive to the upstream, HTTP/1.1, buffering on — the
   usual production setup.
 
-CPU is read from ``/proc/<pid>/stat`` (utime + stime of the master and its worker).
+CPU is read from ``/proc/<pid>/stat`` (utime + stime of the master and its worker); the same
+file gives the other benchmarks a process's CPU and minor page faults.
 """
 
 from __future__ import annotations
@@ -36,13 +37,24 @@ def nginx_binary() -> str | None:
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, from ``/proc/<pid>/stat`` (fields 14 and 15, in clock
-    ticks). The command name (field 2) may hold spaces: fields are counted after its ')'."""
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/<pid>/stat`` from field 3 on. The command name (field 2) may hold spaces:
+    fields are counted after its ')'."""
     raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (fields 14 and 15, in clock ticks)."""
+    fields = _stat_fields(pid)
     ticks = int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults so far (field 10): pages it mapped without reading
+    them from disk, a copy-on-write copy or a first write among them."""
+    return int(_stat_fields(pid)[7])
 
 
 def tree_cpu_seconds(pid: int) -> float:

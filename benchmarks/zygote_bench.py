@@ -13,10 +13,9 @@ For each mode, in turns (``--repeat`` rounds, the modes interleaved so all see t
    its first ``/health`` 200 (polled every 10 ms), with the CPU the homeserver used by then
    and the pages it faulted in (minor faults: mostly copies of the zygote's pages, each a
    first write to a page; ``/proc/<pid>/stat``): what a wake costs on top of the platform's
-   own hops. The zygote
-   mode's first round includes starting the zygote for the first start only if it was not
-   running (``--cold-zygote`` keeps that; by default it is warmed first, as a
-   worker does when it starts);
+   own hops. The zygote mode's first round includes starting the zygote for the first start
+   only if it was not running (``--cold-zygote`` keeps that; by default it is warmed first, as
+   a worker does when it starts);
 3. **memory**: once all run, waits ``--settle`` seconds and sums RSS and PSS
    (``/proc/<pid>/smaps_rollup``) over the homeservers (and the zygote, reported apart): PSS
    splits pages the forked homeservers share with the zygote and each other;
@@ -49,6 +48,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.density_bench import rss_pss  # noqa: E402
 from benchmarks.harness import write_results  # noqa: E402
+from benchmarks.nginx import cpu_seconds, minor_faults  # noqa: E402
 from provisioner.backends.base import HomeserverTarget  # noqa: E402
 from provisioner.backends.local import LocalBackend  # noqa: E402
 from provisioner.synapse_config import HomeserverSecrets  # noqa: E402
@@ -90,13 +90,6 @@ def targets(backend: LocalBackend, count: int) -> list[HomeserverTarget]:
     return found
 
 
-def cpu_and_faults(pid: int) -> tuple[float, int]:
-    """User + system CPU the process used so far, and its minor page faults (a forked
-    homeserver starts from zero on both)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
-
-
 def one_mode(root: Path, mode: str, count: int, settle: float, cold: bool) -> dict[str, Any]:
     zygote = mode != "exec"
     backend = LocalBackend(root / mode, zygote=zygote, jemalloc=mode == "zygote-jemalloc")
@@ -134,9 +127,8 @@ def one_mode(root: Path, mode: str, count: int, settle: float, cold: bool) -> di
             starts.append(time.perf_counter() - began)
             pid = backend._live_pid(target.tenant_id)
             assert pid is not None
-            used, faulted = cpu_and_faults(pid)
-            cpu.append(used)
-            faults.append(faulted)
+            cpu.append(cpu_seconds(pid))  # a forked homeserver starts from zero on both
+            faults.append(minor_faults(pid))
         time.sleep(settle)  # memory settles; a benchmark, not a test
         rss = pss = 0
         for target in homeservers:
@@ -202,7 +194,8 @@ def main() -> None:
     print()
     print(
         f"| {args.homeservers} homeservers, {args.repeat} rounds | start → /health p50 / p95 / max "
-        "| CPU to /health p50 / max | page faults to /health p50 | RSS per homeserver | PSS per homeserver | zygote RSS / PSS |"
+        "| CPU to /health p50 / max | page faults to /health p50 | RSS per homeserver "
+        "| PSS per homeserver | zygote RSS / PSS |"
     )
     print("|---|---|---|---|---|---|---|")
     for mode in args.modes:
