@@ -55,7 +55,10 @@ One run:
    cores, the homeservers' share of them and the dirty pages not yet written back: when in a
    round the CPU ran short, and why; with it the machine's page faults a second (before the
    platform starts, the script measures what one costs: the µs per page a process writes for
-   the first time, ``first_touch_us_per_page`` in the results); and the median first answer
+   the first time, ``first_touch_us_per_page`` in the results, and says whether the VM hands
+   memory its processes free back to its host — free page reporting, which makes a page
+   written again after it cost ~3× here (``provisioner.host_memory``) — and each round's line
+   how much it handed back, where the kernel counts it); and the median first answer
    of the tenants arriving in each fifth of the arrival window, where a queue shows as a row
    that rises from one fifth to the next;
 8. prints a table, writes ``benchmarks/results/density-<mode>-<UTC stamp>.json``, stops the
@@ -107,6 +110,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import running_platform, stop_on_sigterm, write_results  # noqa: E402
 from provisioner.backends.zygote import forked_in  # noqa: E402
+from provisioner.host_memory import page_reporting  # noqa: E402
 from tests.helpers.platform import RunningPlatform  # noqa: E402
 
 BASE_DOMAIN = "c3.bench"
@@ -1009,6 +1013,7 @@ async def workload(
             healed = {k * per_round // heals[n] for k in range(heals[n])}
             started = time.perf_counter()
             own_cpu = time.process_time()
+            reported_before = page_reporting().reported_kib
             cpu = CpuAccount()
             sampler = asyncio.create_task(
                 sample_memory(running, args.sample_every, f"during round {n + 1}", samples, cpu)
@@ -1042,6 +1047,11 @@ async def workload(
             sample["logged_wakes"] = logged_wakes(running, cpu.started, time.time())
             sample["load_generator_cores"] = (time.process_time() - own_cpu) / took
             sample["cpu_cores"] = cpu.cores()
+            reported = page_reporting().reported_kib
+            sample["handed_back_mib"] = (
+                None if reported is None or reported_before is None else
+                (reported - reported_before) // 1024
+            )  # fmt: skip
             samples.append({"phase": f"round {n + 1}", **sample})
             wakes = [w for w in counts.wakes if w["round"] == n + 1]
             asleep = sum(1 for w in wakes if w["state_before"] == "asleep")
@@ -1057,7 +1067,12 @@ async def workload(
                 f"PSS)",
                 flush=True,
             )
-            print(f"    cores: {cpu_brief(sample['cpu_cores'])}", flush=True)
+            handed_back = sample["handed_back_mib"]
+            print(
+                f"    cores: {cpu_brief(sample['cpu_cores'])}"
+                + ("" if handed_back is None else f"; handed back to the host {handed_back} MiB"),
+                flush=True,
+            )
             print(f"    first answers by arrival: {arrival_brief(wakes, spread)}", flush=True)
             print(f"    the worker's wakes: {wake_brief(sample['logged_wakes'])}", flush=True)
             timeline = [
@@ -1310,7 +1325,12 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix=f"c3-density-{mode}-"))
     samples: list[dict[str, Any]] = []
     touch_us = first_touch_us()
-    print(f"this machine: {touch_us:.1f} µs per page written for the first time", flush=True)
+    reporting = page_reporting()
+    print(
+        f"this machine: {touch_us:.1f} µs per page written for the first time; free page "
+        f"reporting: {reporting.brief()}",
+        flush=True,
+    )
     MACHINE_BEFORE.append(machine_used())
     with (
         running_platform(overrides, data_dir, keep_data=args.keep_data) as running,
@@ -1346,6 +1366,7 @@ def main() -> int:
             "load_average": os.getloadavg(),
             "file_limit": files,
             "first_touch_us_per_page": round(touch_us, 2),
+            "page_reporting_order": reporting.order,
         },
         "summary": summary,
         "samples": samples,
