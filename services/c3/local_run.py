@@ -25,8 +25,7 @@ import httpx
 import redis
 
 from platform_core.private_files import ensure_private_dir, write_private
-from platform_core.settings import BackendKind, Settings, generate_secret
-from provisioner.host_memory import page_reporting
+from platform_core.settings import Settings, generate_secret
 
 log = logging.getLogger("c3.up")
 
@@ -250,14 +249,6 @@ class LocalPlatform:
             ]
         api = f"http://{s.api_host}:{s.api_port}"
         proxy = s.effective_proxy_public_url
-        notes = []
-        if s.backend is BackendKind.LOCAL and page_reporting().on:
-            notes = [
-                "  note           this VM hands the memory its processes free back to its host",
-                "                 (free page reporting): wakes of sleeping homeservers write that",
-                "                 memory again and pay the host's faults, up to 3x a page; see",
-                "                 docs/operations.md#free-page-reporting",
-            ]
         return "\n".join(
             [
                 "",
@@ -269,7 +260,6 @@ class LocalPlatform:
                 f"  data           {self.data_dir}",
                 f"  redis          {'embedded' if self.redis else 'external'}",
                 *where,
-                *notes,
                 "",
                 "  try:",
                 f'    curl -X POST {api}/v1/tenants -H "Authorization: Bearer $C3_TOKEN" \\',
