@@ -55,10 +55,9 @@ One run:
    cores, the homeservers' share of them and the dirty pages not yet written back: when in a
    round the CPU ran short, and why; with it the machine's page faults a second (before the
    platform starts, the script measures what one costs: the µs per page a process writes for
-   the first time, ``first_touch_us_per_page`` in the results, and says whether the VM hands
-   memory its processes free back to its host — free page reporting, which makes a page
-   written again after it cost ~3× here (``PageReporting``) — and each round's line how much
-   it handed back, where the kernel counts it); and the median first answer
+   the first time, ``first_touch_us_per_page`` in the results, and whether the VM hands memory
+   its processes free back to its host, ``PageReporting``; each round's line says how much it
+   handed back, where the kernel counts it); and the median first answer
    of the tenants arriving in each fifth of the arrival window, where a queue shows as a row
    that rises from one fifth to the next;
 8. prints a table, writes ``benchmarks/results/density-<mode>-<UTC stamp>.json``, stops the
@@ -325,9 +324,11 @@ def _page_faults() -> int:
 def first_touch_us(mib: int = 256) -> float:
     """Microseconds per page this machine takes when a process writes a page for the first
     time: an anonymous mapping of ``mib`` MiB written one byte a page, less the same loop over
-    the same pages once more (this loop's own cost, no faults). On a VM that hands freed memory
-    back to its host (virtio-balloon free page reporting) it includes the host's own fault;
-    every page a woken homeserver dirties (~10,000 to its first answer) pays it."""
+    the same pages once more (this loop's own cost, no faults); every page a woken homeserver
+    dirties (~10,000 to its first answer) pays it. It cannot tell whether the VM hands freed
+    memory back to its host: 2.6–3.3 µs with free page reporting on and off alike, where a C
+    loop over memory that had gone back took 4.5–5.9 µs against 1.5–1.9 (docs/benchmarks.md,
+    thirteenth session); ``page_reporting`` says which."""
     size = mib * MIB
     took = []
     with mmap.mmap(-1, size) as area:
