@@ -90,7 +90,7 @@ class Admission:
     __slots__ = ("_client", "_counted", "_limit", "_tenant", "_upstream")
 
     def __init__(
-        self, tenant: _Budget, client: _Budget, limit: int, *, counted: bool, upstream: bool
+        self, tenant: _Budget, client: _Budget, limit: int, counted: bool, upstream: bool
     ) -> None:
         self._tenant = tenant
         self._client = client
@@ -187,7 +187,8 @@ class TenantLimiter:
         own.tokens -= 1.0
         tenant.tokens -= 1.0
         counted = not long_poll
-        return Admission(tenant, own, limit, counted=counted, upstream=counted and body_in)
+        # Positional: a class called with keywords gets them as a dict (relay._Exchange).
+        return Admission(tenant, own, limit, counted, counted and body_in)
 
     def in_flight(self, tenant_id: str) -> int:
         """Requests of the tenant at its homeserver (bodies received, not answered yet)."""

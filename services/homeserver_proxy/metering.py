@@ -146,6 +146,14 @@ class UsageMeter:
         )
 
 
+# The members compared with on every request, as module constants: on Python 3.11 each
+# ``Kind.X`` or ``Meter.X`` inside a function goes through ``EnumType.__getattr__`` (~1,000
+# instructions, measured with benchmarks/proxy_instructions_bench.py), a global does not.
+_SEND, _SEND_CALL_INVITE, _RTC_MEMBER = Kind.SEND, Kind.SEND_CALL_INVITE, Kind.RTC_MEMBER
+_UPLOAD, _UPLOAD_ASYNC, _MEDIA_EGRESS = Kind.UPLOAD, Kind.UPLOAD_ASYNC, Kind.MEDIA_EGRESS
+_LOGIN, _WHOAMI = Kind.LOGIN, Kind.WHOAMI
+_MESSAGES, _CALLS, _MEDIA_BYTES = Meter.MESSAGES, Meter.CALLS, Meter.MEDIA_BYTES
+
 # The kinds whose answers name no billable event (most requests): ``_record_events`` is not
 # asked. (Login is handled before; a new kind is asked by default.)
 _NAMES_NO_EVENTS = (Kind.OTHER, Kind.MEDIA_EGRESS, Kind.WHOAMI)  # `in` by identity, no hashing
@@ -183,11 +191,11 @@ class ExchangeMeter:
         tenant = route.tenant_id
         ok = 200 <= result.status < 300
         self._meter.record_request(
-            tenant, result.bytes_in, result.bytes_out, media_egress=ok and kind is Kind.MEDIA_EGRESS
+            tenant, result.bytes_in, result.bytes_out, media_egress=ok and kind is _MEDIA_EGRESS
         )
         if not ok:
             return user
-        if kind is Kind.LOGIN:
+        if kind is _LOGIN:
             self._signed_in(tenant, result)
             return None
         if kind not in _NAMES_NO_EVENTS:
@@ -202,24 +210,24 @@ class ExchangeMeter:
     def _record_events(self, tenant: str, path: str, kind: Kind, result: ForwardResult) -> None:
         """The billable events a successful answer (or request) names."""
         meter = self._meter
-        if kind in (Kind.SEND, Kind.SEND_CALL_INVITE):
+        if kind is _SEND or kind is _SEND_CALL_INVITE:
             answer = billable.json_object(result.response_body)
             if (event_id := billable.string_field(answer, "event_id")) is not None:
-                meter.record_event(tenant, Meter.MESSAGES, event_id)
-                if kind is Kind.SEND_CALL_INVITE:
-                    meter.record_event(tenant, Meter.CALLS, event_id)
-        elif kind is Kind.RTC_MEMBER:
+                meter.record_event(tenant, _MESSAGES, event_id)
+                if kind is _SEND_CALL_INVITE:
+                    meter.record_event(tenant, _CALLS, event_id)
+        elif kind is _RTC_MEMBER:
             answer = billable.json_object(result.response_body)
             event_id = billable.string_field(answer, "event_id")
             if event_id is not None and billable.joins_call(result.request_body):
-                meter.record_event(tenant, Meter.CALLS, event_id)
-        elif kind is Kind.UPLOAD:
+                meter.record_event(tenant, _CALLS, event_id)
+        elif kind is _UPLOAD:
             answer = billable.json_object(result.response_body)
             if (uri := billable.string_field(answer, "content_uri")) is not None:
-                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
-        elif kind is Kind.UPLOAD_ASYNC:
+                meter.record_event(tenant, _MEDIA_BYTES, uri, result.bytes_in)
+        elif kind is _UPLOAD_ASYNC:
             if (uri := billable.async_upload_uri(path)) is not None:
-                meter.record_event(tenant, Meter.MEDIA_BYTES, uri, result.bytes_in)
+                meter.record_event(tenant, _MEDIA_BYTES, uri, result.bytes_in)
 
     def _signed_in(self, tenant: str, result: ForwardResult) -> None:
         """A login or registration carried credentials, not a token: the answer names the
@@ -239,7 +247,7 @@ class ExchangeMeter:
         tenant = route.tenant_id
         meter = self._meter
         user = self._token_users.get(tenant, token)
-        if user is None and kind is Kind.WHOAMI:
+        if user is None and kind is _WHOAMI:
             answer = billable.json_object(result.response_body)
             if (user := billable.string_field(answer, "user_id")) is not None:
                 self._token_users.remember(tenant, token, user)

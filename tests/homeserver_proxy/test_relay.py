@@ -394,10 +394,18 @@ BODY = b'{"versions": ["v1.11", "v1.12"]}'
         % (BODY[:5], len(BODY) - 5, BODY[5:]),
         b"Transfer-Encoding: chunked\r\n\r\n%x;x=1\r\n%s\r\n0\r\nX-T: 1\r\n\r\n"
         % (len(BODY), BODY),
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n000\r\n\r\n" % (len(BODY), BODY),
         b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY),
         b"content-length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(BODY), BODY),
     ],
-    ids=["one-chunk", "two-chunks", "extension-and-trailer", "length", "keep-alive"],
+    ids=[
+        "one-chunk",
+        "two-chunks",
+        "extension-and-trailer",
+        "last-chunk-zeros",
+        "length",
+        "keep-alive",
+    ],
 )
 async def test_an_answer_in_one_read_is_relayed_as_the_app_relays_it(
     relay: Relay, framing: bytes
@@ -588,6 +596,21 @@ async def test_what_the_lane_does_not_take_is_refused_as_before(
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"M_UNRECOGNIZED" in answer or b"M_UNKNOWN" in answer
     assert relayed(relay.app) == 0 and not relay.stand_in.seen
+
+
+async def test_a_target_with_a_fragment_is_left_to_the_app(relay: Relay) -> None:
+    """The lane's request line leaves out "#": such a request is the app's, answered as before
+    (its fragment not passed on), and the connection comes back to the lane."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        for target in (b"/_matrix/client/versions#top", b"/_matrix/client/versions"):
+            writer.write(b"GET %s HTTP/1.1\r\nHost: acme.c3.test\r\n\r\n" % target)
+            answer = await asyncio.wait_for(read_answer(reader), timeout=10)
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"v1.11" in answer
+    finally:
+        writer.close()
+    assert relayed(relay.app) == 1  # the second
+    assert [seen["path"] for seen in relay.stand_in.seen] == ["/_matrix/client/versions"] * 2
 
 
 async def test_a_slow_head_times_out_in_the_lane_too(relay: Relay) -> None:
