@@ -1087,13 +1087,9 @@ class RelayProtocol(GuardedHttpToolsProtocol):
                 self._reading_head = self._reading_body = False
                 self._deadline = None
                 self._buffer = buffer[total:]
+                method, target = request_line.groups()  # one call, not two ``group``s
                 try:
-                    self._relay(
-                        request_line.group(1),
-                        request_line.group(2),
-                        headers,
-                        buffer[end + 4 : total],
-                    )
+                    self._relay(method, target, headers, buffer[end + 4 : total])
                 except _Handover:
                     self._buffer = buffer
                     self._hand_over()

@@ -89,6 +89,34 @@ def test_usage_is_split_at_the_hour_it_happened_in() -> None:
     assert usage[("t1", eleven, "media_egress_bytes")] == 3
 
 
+def test_each_request_counts_once_in_its_hour_across_flushes_and_a_clock_set_back() -> None:
+    clock = FakeClock(datetime(2026, 11, 25, 10, 59, 59, tzinfo=UTC))
+    ten, eleven = (int(datetime(2026, 11, 25, h, tzinfo=UTC).timestamp()) for h in (10, 11))
+    meter = UsageMeter(clock)
+    meter.record_request("t1", 1, 1)
+    first = meter.drain()
+    meter.record_request("t1", 2, 2)  # the same hour, after the flush
+    clock.now += 2  # 11:00:01
+    meter.record_request("t1", 4, 4)
+    clock.now -= 2  # the clock set back: 10:59:59 again
+    meter.record_request("t1", 8, 8)
+    second = meter.drain()
+    assert first is not None and second is not None
+    assert _usage(first) == {
+        ("t1", ten, "api_requests"): 1,
+        ("t1", ten, "bytes_in"): 1,
+        ("t1", ten, "bytes_out"): 1,
+    }
+    assert _usage(second) == {
+        ("t1", ten, "api_requests"): 2,
+        ("t1", ten, "bytes_in"): 10,
+        ("t1", ten, "bytes_out"): 10,
+        ("t1", eleven, "api_requests"): 1,
+        ("t1", eleven, "bytes_in"): 4,
+        ("t1", eleven, "bytes_out"): 4,
+    }
+
+
 def test_an_active_user_is_reported_once_per_month_and_again_in_the_next() -> None:
     clock = FakeClock(datetime(2026, 10, 31, 23, 59, 58, tzinfo=UTC))
     meter = UsageMeter(clock)
