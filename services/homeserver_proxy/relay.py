@@ -89,7 +89,7 @@ from homeserver_proxy.forwarding import (
 )
 from homeserver_proxy.guard import Verdict, classify
 from homeserver_proxy.identity import header_token, query_token
-from homeserver_proxy.limits import Admission, TenantLimiter
+from homeserver_proxy.limits import Budget, TenantLimiter
 from homeserver_proxy.metering import ExchangeMeter
 from homeserver_proxy.proxy_metrics import ProxyMetrics, RouteClass, route_class
 from homeserver_proxy.routing import RouteTable, normalize_host, split_slug_prefix, valid_host
@@ -654,7 +654,7 @@ class _Exchange:
         "query",
         "path",
         "kind",
-        "admission",
+        "budgets",
         "long_poll",
         "request_id",
         "body",
@@ -721,7 +721,8 @@ class _Exchange:
         self.until_close = False
         self.finished = False
         self.first_byte_s: float | None = None
-        self.admission: Admission | None = None
+        # The tenant's and the client's budgets the limiter took from (``TenantLimiter.take``).
+        self.budgets: tuple[Budget, Budget, int] | None = None
         self.long_poll = False
 
     # Upstream's answer ------------------------------------------------------------------
@@ -969,8 +970,9 @@ class _Exchange:
         self.finished = True
         app = self.app
         app.relay_pool.in_flight.discard(self)
-        if self.admission is not None:
-            self.admission.release()
+        budgets = self.budgets
+        if budgets is not None and not self.long_poll:  # a long-poll holds no slots
+            app.limiter.give_back(budgets[0], budgets[1])
         if self.long_poll:
             app.metrics.long_poll_closed()
         if result is not None:
@@ -1246,7 +1248,7 @@ class RelayProtocol(GuardedHttpToolsProtocol):
             if len(body) > route.max_upload_bytes:
                 raise errors.too_large(route.max_upload_bytes)
             # Its body is in: the tenant slot is taken with the admission.
-            exchange.admission = app.limiter.admit(route, client, long_poll=long_poll, body_in=True)
+            exchange.budgets = app.limiter.take(route, client, long_poll, True)
             exchange.long_poll = long_poll
             if long_poll:
                 app.metrics.long_poll_opened()
