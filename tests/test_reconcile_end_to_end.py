@@ -95,9 +95,15 @@ def test_a_restarted_homeserver_is_counted_and_shown_to_its_tenants_admins(
     (victim,) = synapse_processes(config)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
-    # Dead (asked directly: a request through the proxy would have the proxy heal it first).
-    with pytest.raises(httpx.ConnectError):
+    # Dead (asked directly: a request through the proxy would have the proxy heal it first),
+    # or already restarted by the worker's own reconcile pass (every 30 s) if one ran between
+    # the kill and here (seen once in CI): then by another process, and counted all the same.
+    try:
         httpx.get(f"http://127.0.0.1:{platform.homeserver_port(tenant['id'])}/health")
+    except httpx.ConnectError:
+        pass
+    else:
+        assert [p.pid for p in synapse_processes(config)] != [victim.pid]
     subprocess.run(  # now, rather than at the next beat (30 s)
         [sys.executable, "-m", "c3", "reconcile"],
         env={**os.environ, **platform.env, "C3_OPERATOR_TOKEN": platform.token},
