@@ -57,8 +57,13 @@ def fresh_database(directory: Path) -> Iterator[str]:
 
 def clear_namespace(url: str, namespace: str) -> None:
     """Remove every key a test run wrote (its namespace and the per-test ones under it)."""
+    delete_keys(url, f"{namespace}*")
+
+
+def delete_keys(url: str, pattern: str) -> None:
+    """Remove every key matching ``pattern`` (Redis ``SCAN MATCH``)."""
     client = redis.Redis.from_url(url)
-    for key in client.scan_iter(match=f"{namespace}*", count=1000):
+    for key in client.scan_iter(match=pattern, count=1000):
         client.delete(key)
     client.close()
 

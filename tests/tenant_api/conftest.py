@@ -5,13 +5,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-import redis
 
 from platform_core.redis import keys_for
 from platform_core.settings import get_settings
 from tenant_api.main import create_app
 from tests.helpers.api import api_client
-from tests.helpers.environment import auth
+from tests.helpers.environment import auth, delete_keys
 
 
 @pytest.fixture(autouse=True)
@@ -20,14 +19,7 @@ def unspent_address_budgets(platform_env: dict[str, str]) -> None:
     share one address and one Redis namespace: the failed credentials of earlier tests (the
     schemathesis run sends many) could otherwise spend it for a later one, which then got 429
     (seen once in CI, in a webhooks test). Tests of the budget itself spend it in the test."""
-    client = redis.Redis.from_url(platform_env["C3_REDIS_URL"])
-    try:
-        pattern = keys_for(get_settings()).auth_failures("*")
-        spent = list(client.scan_iter(match=pattern, count=1000))
-        if spent:
-            client.delete(*spent)
-    finally:
-        client.close()
+    delete_keys(platform_env["C3_REDIS_URL"], keys_for(get_settings()).auth_failures("*"))
 
 
 @pytest.fixture
