@@ -121,6 +121,43 @@ class Admission:
             self._upstream = False
 
 
+class _Limits:
+    """A tenant's limits under one route, its budget, and its clients' budgets by address."""
+
+    __slots__ = (
+        "route",
+        "rate",
+        "burst",
+        "client_rate",
+        "client_burst",
+        "limit",
+        "slots",
+        "budget",
+        "by_address",
+    )
+
+    def __init__(
+        self,
+        route: Route,
+        rate: float,
+        burst: float,
+        client_rate: float,
+        client_burst: float,
+        limit: int,
+        slots: int,
+        budget: Budget,
+    ) -> None:
+        self.route = route
+        self.rate = rate
+        self.burst = burst
+        self.client_rate = client_rate
+        self.client_burst = client_burst
+        self.limit = limit  # the tenant's requests in flight
+        self.slots = slots  # a client's
+        self.budget = budget
+        self.by_address: dict[str, Budget] = {}
+
+
 class TenantLimiter:
     def __init__(
         self,
@@ -133,11 +170,10 @@ class TenantLimiter:
         self._concurrency_share = client_concurrency_share
         self._rate_share = client_rate_share
         self._tenants: dict[str, Budget] = {}
-        self._derived: dict[str, tuple[Route, float, float, float, float, int, int]] = {}
         self._clients: dict[tuple[str, str], Budget] = {}
-        # The same budgets by tenant and the client's address as it came (``client_key`` not
-        # called, no tuple made per request: ~1,200 instructions); made anew at each sweep.
-        self._by_address: dict[str, dict[str, Budget]] = {}
+        # Per tenant, what ``take`` uses (with the same budgets by address): made anew from
+        # the route after each sweep and for each new route.
+        self._limits: dict[str, _Limits] = {}
         self._swept = clock()
 
     def admit(
@@ -159,61 +195,59 @@ class TenantLimiter:
         fast lane, which takes with ``body_in`` and gives a counted request's slots back with
         ``give_back`` once, when its exchange ends.
 
-        On every proxied request: the buckets' refills are written out here, and the bounds
-        are comparisons, not ``min``/``max`` calls (each a call of its own; measured with
+        On every proxied request: one lookup finds the tenant's limits, budget and clients
+        (``_Limits``), the buckets' refills are written out here, and the bounds are
+        comparisons, not ``min``/``max`` calls (each a call of its own; measured with
         benchmarks/proxy_instructions_bench.py)."""
         now = self._clock()
         if now - self._swept >= _SWEEP_INTERVAL_S:
             self._sweep(now)
-        derived = self._derived.get(route.tenant_id)
-        if derived is None or derived[0] is not route:
-            derived = self._derived[route.tenant_id] = self._derive(route)
-        _, rate, burst, client_rate, client_burst, limit, slots = derived
-        tenant = self._tenants.get(route.tenant_id)
-        if tenant is None:
-            tenant = self._tenants[route.tenant_id] = Budget(rate, burst, now)
-        addresses = self._by_address.get(route.tenant_id)
-        if addresses is None:
-            addresses = self._by_address[route.tenant_id] = {}
-        own = addresses.get(client)
+        limits = self._limits.get(route.tenant_id)
+        if limits is None or limits.route is not route:
+            limits = self._limits_of(route, now)
+        own = limits.by_address.get(client)
         if own is None:
-            key = (route.tenant_id, client_key(client))
-            own = self._clients.get(key)
-            if own is None:
-                own = self._clients[key] = Budget(client_rate, client_burst, now)
-            addresses[client] = own
+            own = self._client_budget(limits, client, now)
         # The client's own bucket first: a client over its share is told its own wait, and
-        # takes nothing from the tenant's bucket. (``Budget.refill``, for both.)
-        tokens = own.tokens + (now - own.updated) * client_rate
-        own.tokens = tokens if tokens < client_burst else client_burst
-        own.rate, own.burst, own.updated = client_rate, client_burst, now
-        if own.tokens < 1.0:
+        # takes nothing from the tenant's bucket. (``Budget.refill``, for both: their rates
+        # and bursts are the route's, set when ``_Limits`` finds them.)
+        burst = limits.client_burst
+        tokens = own.tokens + (now - own.updated) * limits.client_rate
+        own.tokens = tokens = tokens if tokens < burst else burst
+        own.updated = now
+        if tokens < 1.0:
             raise errors.rate_limited(own.wait_ms())
-        tokens = tenant.tokens + (now - tenant.updated) * rate
-        tenant.tokens = tokens if tokens < burst else burst
-        tenant.rate, tenant.burst, tenant.updated = rate, burst, now
-        if tenant.tokens < 1.0:
+        tenant = limits.budget
+        burst = limits.burst
+        tokens = tenant.tokens + (now - tenant.updated) * limits.rate
+        tenant.tokens = tokens = tokens if tokens < burst else burst
+        tenant.updated = now
+        if tokens < 1.0:
             raise errors.rate_limited(tenant.wait_ms())
         if not long_poll:
             # Refused without taking a token: it used no capacity.
-            if own.in_flight >= slots or tenant.in_flight >= limit:
+            if own.in_flight >= limits.slots or tenant.in_flight >= limits.limit:
                 raise errors.too_many_in_flight()
             own.in_flight += 1
             if body_in:
                 tenant.in_flight += 1
         own.tokens -= 1.0
-        tenant.tokens -= 1.0
-        return tenant, own, limit
+        tenant.tokens = tokens - 1.0
+        return tenant, own, limits.limit
 
-    def _derive(self, route: Route) -> tuple[Route, float, float, float, float, int, int]:
-        """What ``take`` uses of ``route``'s limits: (route, the tenant's rate and burst, a
-        client's rate and burst, the tenant's and a client's concurrency). Worked out once per
-        route, not per request (~1,400 instructions): a plan's new limits come in a new route."""
+    def _limits_of(self, route: Route, now: float) -> _Limits:
+        """The tenant's ``_Limits`` for ``route``: worked out once per route, not per request
+        (~1,400 instructions): a plan's new limits come in a new route. Its budget (kept across
+        routes: it counts what is in flight) takes the route's rate and burst from here on."""
         rate, burst = route.rate_per_second, float(route.rate_burst)
         share = self._rate_share
         client_burst = float(math.floor(burst * share)) if share != 1.0 else burst
         slots = math.floor(route.max_concurrent * self._concurrency_share)
-        return (
+        budget = self._tenants.get(route.tenant_id)
+        if budget is None:
+            budget = self._tenants[route.tenant_id] = Budget(rate, burst, now)
+        budget.rate, budget.burst = rate, burst
+        limits = self._limits[route.tenant_id] = _Limits(
             route,
             rate,
             burst,
@@ -221,7 +255,22 @@ class TenantLimiter:
             client_burst if client_burst >= 1.0 else 1.0,
             route.max_concurrent,
             slots if slots > 1 else 1,
+            budget,
         )
+        return limits
+
+    def _client_budget(self, limits: _Limits, client: str, now: float) -> Budget:
+        """The budget of ``client`` (by its ``client_key``), kept by its address as it came
+        in ``limits`` (``client_key`` not called, no tuple made per request: ~1,200
+        instructions)."""
+        key = (limits.route.tenant_id, client_key(client))
+        own = self._clients.get(key)
+        if own is None:
+            own = self._clients[key] = Budget(limits.client_rate, limits.client_burst, now)
+        else:
+            own.rate, own.burst = limits.client_rate, limits.client_burst
+        limits.by_address[client] = own
+        return own
 
     @staticmethod
     def give_back(tenant: Budget, client: Budget) -> None:
@@ -242,6 +291,6 @@ class TenantLimiter:
 
     def _sweep(self, now: float) -> None:
         self._swept = now
-        self._by_address = {}
+        self._limits = {}
         for key in [key for key, budget in self._clients.items() if budget.idle(now)]:
             del self._clients[key]

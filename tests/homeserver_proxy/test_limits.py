@@ -241,6 +241,6 @@ def test_idle_clients_are_forgotten_without_losing_their_state() -> None:
         admit(limiter, route, f"10.0.{n // 256}.{n % 256}", long_poll=True)
         clock.now += 1
     assert len(limiter._clients) < 20  # swept as it went
-    assert sum(map(len, limiter._by_address.values())) < 20  # and what finds them by address
+    assert sum(len(limits.by_address) for limits in limiter._limits.values()) < 20  # by address
     assert limiter.client_in_flight("t1", "203.0.113.1") == 1  # in flight: kept
     busy.release()
