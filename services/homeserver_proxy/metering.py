@@ -25,13 +25,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
 from homeserver_proxy import billable
 from homeserver_proxy.asgi import Scope
 from homeserver_proxy.billable import Kind
-from homeserver_proxy.forwarding import ForwardResult
 from homeserver_proxy.identity import TokenUsers, access_token
 from platform_core import usage_batch
 from platform_core.models.usage import Meter
@@ -43,6 +43,28 @@ log = logging.getLogger(__name__)
 _MAX_QUEUED_BATCHES = 3600  # an hour of 1 s batches kept while Redis is away
 
 Clock = Callable[[], float]
+
+
+class Outcome(Protocol):
+    """What metering reads of a forwarded exchange: the app's ``ForwardResult``, or the fast
+    lane's exchange itself (``relay._Exchange``, which makes no result object per request).
+    ``request_body`` and ``response_body`` are there for kinds that capture them, the answer's
+    only when it is complete and successful."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def bytes_in(self) -> int: ...
+
+    @property
+    def bytes_out(self) -> int: ...
+
+    @property
+    def request_body(self) -> bytes | None: ...
+
+    @property
+    def response_body(self) -> bytes | None: ...
 
 
 class _HourUsage:
@@ -180,9 +202,7 @@ class ExchangeMeter:
         self._meter = meter
         self._token_users = token_users
 
-    def record(
-        self, route: Route, scope: Scope, path: str, kind: Kind, result: ForwardResult
-    ) -> None:
+    def record(self, route: Route, scope: Scope, path: str, kind: Kind, result: Outcome) -> None:
         """Count the exchange of ``scope`` (its raw ``path``, of ``kind`` from
         ``billable.kind_of``) with the tenant of ``route``, which ended with ``result``."""
         self.record_with_token(route, access_token(scope), path, kind, result)
@@ -193,7 +213,7 @@ class ExchangeMeter:
         token: str | None,
         path: str,
         kind: Kind,
-        result: ForwardResult,
+        result: Outcome,
         *,
         user: str | None = None,
     ) -> str | None:
@@ -220,7 +240,7 @@ class ExchangeMeter:
             return self._record_user(route, token, kind, result)
         return None
 
-    def _record_events(self, tenant: str, path: str, kind: Kind, result: ForwardResult) -> None:
+    def _record_events(self, tenant: str, path: str, kind: Kind, result: Outcome) -> None:
         """The billable events a successful answer (or request) names."""
         meter = self._meter
         if kind is _SEND or kind is _SEND_CALL_INVITE:
@@ -242,7 +262,7 @@ class ExchangeMeter:
             if (uri := billable.async_upload_uri(path)) is not None:
                 meter.record_event(tenant, _MEDIA_BYTES, uri, result.bytes_in)
 
-    def _signed_in(self, tenant: str, result: ForwardResult) -> None:
+    def _signed_in(self, tenant: str, result: Outcome) -> None:
         """A login or registration carried credentials, not a token: the answer names the
         user of its new token."""
         answer = billable.json_object(result.response_body)
@@ -252,9 +272,7 @@ class ExchangeMeter:
             self._token_users.remember(tenant, new_token, user)
             self._meter.record_active_user(tenant, user)
 
-    def _record_user(
-        self, route: Route, token: str, kind: Kind, result: ForwardResult
-    ) -> str | None:
+    def _record_user(self, route: Route, token: str, kind: Kind, result: Outcome) -> str | None:
         """The token's user is active: known already, named by a whoami answer, or resolved
         in the background (and counted at the time of this request); the user when known."""
         tenant = route.tenant_id

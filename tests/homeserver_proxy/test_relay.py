@@ -262,6 +262,11 @@ async def test_a_send_is_relayed_and_billed_once(relay: Relay, send: str) -> Non
         "c3_proxy_requests_total", {"route": "send", "status": "2xx"}
     )
     assert sends == 1  # counted as a send, as the app counts it
+    for histogram in ("request_duration", "upstream_first_byte"):
+        count = relay.app.metrics.registry.get_sample_value(
+            f"c3_proxy_{histogram}_seconds_count", {"route": "send"}
+        )
+        assert count == 1, histogram  # timed once, and its first byte too
     usage = relay.app.meter.drain()
     assert usage is not None
     assert json.dumps(usage).count(answer.json()["event_id"]) == 1
@@ -446,6 +451,41 @@ async def test_an_answer_in_one_read_is_relayed_as_the_app_relays_it(
         assert answer.headers["vary"] == "Authorization"
     assert app.content == BODY
     assert len(connections) == 2  # one kept for the lane's three, one of the app's client
+
+
+async def test_answers_with_other_heads_on_one_connection_arrive_whole(relay: Relay) -> None:
+    """The lane keeps each homeserver connection's last answer head: an answer whose head
+    differs only a little (a longer length, another framing) is read as its own."""
+    bodies = [b"short", b"x" * 50, b"chunked one", b"two" + b"-" * 40, b"short", b"y" * 500]
+    framings = [
+        b"Content-Length: 5\r\n\r\n" + bodies[0],
+        b"Content-Length: 50\r\n\r\n" + bodies[1],
+        b"Transfer-Encoding: chunked\r\n\r\nb\r\n" + bodies[2] + b"\r\n0\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n28\r\n" + bodies[3][3:] + b"\r\n0\r\n\r\n",
+        b"Content-Length: 5\r\n\r\n" + bodies[4],
+        b"Transfer-Encoding: chunked\r\n\r\n1f4\r\n" + bodies[5] + b"\r\n0\r\n\r\n",
+    ]
+    connections = []
+
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            for framing in framings:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(SYNAPSE_HEAD + framing)  # each in one write
+
+    homeserver = await asyncio.start_server(answering, "127.0.0.1", 0)
+    port = homeserver.sockets[0].getsockname()[1]
+    relay.publish(replace(relay.route, upstream=f"http://127.0.0.1:{port}"))
+    await poll_async(_upstream_is(relay.app, port), timeout=10, what="the proxy to see the route")
+    try:
+        async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+            answers = [await client.get("/_matrix/client/versions") for _ in framings]
+    finally:
+        homeserver.close()
+    assert [answer.content for answer in answers] == bodies
+    assert all(answer.headers["content-length"] == str(len(answer.content)) for answer in answers)
+    assert relayed(relay.app) == len(framings) and len(connections) == 1
 
 
 async def test_pipelined_requests_are_answered_in_order(relay: Relay) -> None:
