@@ -2,11 +2,19 @@
 request, counted by valgrind's callgrind, beside the Python floor's (``tcp_pipe.py``).
 
 CPU time per request (``proxy_bench.py``) moves with the VM: the same code measured 52–60 µs a
-request on one VM kind and 80–111 µs on another. An instruction count does not: it is the same
-for the same code, inputs and interpreter whatever else the machine does, so a change to the
-hot path can be judged on any VM, even a loaded one. It leaves out the kernel (the socket
-calls, the same two reads and two writes a request as the floor's) and what a cache miss costs;
-the CPU figures of ``proxy_bench.py`` stay the goal's measure.
+request on one VM kind and 80–111 µs on another. An instruction count moves far less: it is
+the same for the same code, inputs, interpreter and request rate, so a change to the hot path
+can be judged on any VM. Not beside other load, though: the rate then falls, and the event
+loop's turns and per-second work are shared by fewer requests (the same code counted 2–3 %
+more with tests running beside it, at half the rate). Old against new is best judged in one
+run, at similar rates. It leaves out the kernel (the socket calls, the same two reads and two
+writes a request as the floor's) and what a cache miss costs; the CPU figures of
+``proxy_bench.py`` stay the goal's measure.
+
+``--inclusive MODULE:QUALNAME ...`` counts only inside each named function (and what it
+calls), one proxy run each, through ``benchmarks/inclusive.py`` (needs gcc and valgrind's
+headers): where a request's instructions go, which callgrind's own profile cannot say of
+Python functions.
 
 One run:
 
@@ -29,11 +37,14 @@ second): every request is its own event-loop turn, the proxy's costliest case.
 Usage (from the repository root; needs ``valgrind`` and ``wrk``, Debian's packages)::
 
     .venv/bin/python benchmarks/proxy_instructions_bench.py [--duration 15] [--warmup 5]
+    .venv/bin/python benchmarks/proxy_instructions_bench.py --duration 8 --warmup 3 \\
+        --inclusive homeserver_proxy.relay:_Exchange._finish homeserver_proxy.relay:_whole_answer
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import shutil
 import signal
@@ -53,6 +64,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import running_platform, stop_on_sigterm, write_results  # noqa: E402
+from benchmarks.inclusive import FUNCTION_ENV, build_helper  # noqa: E402
 from benchmarks.nginx import nginx_binary, running_nginx  # noqa: E402
 from benchmarks.proxy_bench import (  # noqa: E402
     ENDPOINTS,
@@ -76,12 +88,14 @@ START_TIMEOUT_S = 300.0  # a Python program starting under valgrind
 
 @contextmanager
 def under_callgrind(
-    argv: list[str], env: dict[str, str] | None, out: Path, healthy: Any
+    argv: list[str], env: dict[str, str] | None, out: Path, healthy: Any, inclusive: bool = False
 ) -> Iterator[int]:
-    """``argv`` under callgrind, instrumentation off, until ``healthy()``; yields its pid."""
+    """``argv`` under callgrind, instrumentation off, until ``healthy()``; yields its pid.
+    ``inclusive``: instrumented from the start, collecting only inside the function that
+    ``benchmarks.inclusive`` wraps."""
+    mode = ["--collect-atstart=no"] if inclusive else ["--instr-atstart=no"]
     process = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-        + argv,
+        ["valgrind", "--tool=callgrind", *mode, f"--callgrind-out-file={out}"] + argv,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -101,16 +115,19 @@ def under_callgrind(
         stop_process(process, 30, signal.SIGINT)
 
 
-def instructions_of(pid: int, out: Path, load: Any) -> int:
-    """The instructions ``pid`` executed while ``load()`` ran (one callgrind dump)."""
+def instructions_of(pid: int, out: Path, load: Any, inclusive: bool = False) -> int:
+    """The instructions ``pid`` executed while ``load()`` ran (one callgrind dump); with
+    ``inclusive``, those it collected (counts zeroed first, instrumentation left on)."""
     before = set(out.parent.glob(out.name + ".*"))
-    subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+    start = ["-z"] if inclusive else ["-i", "on"]
+    subprocess.run(["callgrind_control", *start, str(pid)], check=True, capture_output=True)
     try:
         load()
     finally:
-        subprocess.run(
-            ["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True
-        )
+        if not inclusive:
+            subprocess.run(
+                ["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True
+            )
     subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
     (dump,) = set(out.parent.glob(out.name + ".*")) - before
     for line in reversed(dump.read_text().splitlines()):
@@ -132,7 +149,8 @@ def measure(
     """Instructions per answered request of each cell of ``bases``, less what the process
     executes as long without a request (its timers and periodic tasks: under callgrind's few
     hundred requests a second they would be thousands of instructions a request)."""
-    idle = instructions_of(pid, out, lambda: time.sleep(args.duration))
+    inclusive = bool(args.inclusive)
+    idle = instructions_of(pid, out, lambda: time.sleep(args.duration), inclusive)
     print(f"  idle     {idle / args.duration:12,.0f} instructions a second", flush=True)
     found: dict[str, dict[str, float]] = {"idle": {"per_second": idle / args.duration}}
     for endpoint in ENDPOINTS:
@@ -145,7 +163,7 @@ def measure(
         def load(r: Any = request, into: list[Any] = samples) -> None:
             into.append(run_wrk(r, args.connections, args.duration))
 
-        count = instructions_of(pid, out, load)
+        count = instructions_of(pid, out, load, inclusive)
         (sample,) = samples
         if sample.non_2xx or sample.errors or not sample.requests:
             raise RuntimeError(f"{endpoint.name}: {sample}")
@@ -185,6 +203,24 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
         bases = {"versions": f"{proxy}/t/{slug}", "whoami": f"{proxy}/t/{slug}"}
         if static_slug:
             bases["static"] = f"{proxy}/t/{static_slug}"
+        if args.inclusive:
+            helper = build_helper(work / "helper")
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(helper), str(REPO_ROOT / "services"), str(REPO_ROOT)]
+            )
+            for function in args.inclusive:
+                env[FUNCTION_ENV] = function
+                out = work / f"proxy-{len(report)}.callgrind"
+                print(f"proxy (metering on), under callgrind, inside {function}:", flush=True)
+                with under_callgrind(
+                    [sys.executable, "-m", "c3", "proxy"],
+                    env,
+                    out,
+                    lambda: answers(f"{bases['whoami']}/_matrix/client/v3/account/whoami", auth),
+                    inclusive=True,
+                ) as pid:
+                    report[function] = measure(pid, out, bases, token, args)
+            return report
         out = work / "proxy.callgrind"
         print("proxy (metering on), under callgrind:", flush=True)
         with under_callgrind(
@@ -218,6 +254,13 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
 
 
 def render(report: dict[str, Any]) -> str:
+    if "proxy" not in report:  # --inclusive: a line per function and cell
+        return "\n".join(
+            f"{function} {cell:8} {counts['per_request']:12,.0f} instructions a request, inside"
+            for function, cells in report.items()
+            for cell, counts in cells.items()
+            if cell != "idle"
+        )
     lines = [
         "cell      proxy instr/req  floor instr/req  proxy above the floor",
         "-" * 66,
@@ -238,6 +281,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--keep-data", action="store_true")
+    parser.add_argument(
+        "--inclusive",
+        nargs="+",
+        metavar="MODULE:QUALNAME",
+        help="count only inside these functions, one proxy run each (benchmarks/inclusive.py), "
+        "e.g. homeserver_proxy.relay:_Exchange._finish; no floor",
+    )
     return parser.parse_args()
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -390,6 +391,26 @@ SYNAPSE_HEAD = (
 BODY = b'{"versions": ["v1.11", "v1.12"]}'
 
 
+async def _homeserver_writing(
+    relay: Relay, framings: Iterator[bytes], connections: list[asyncio.StreamWriter]
+) -> asyncio.Server:
+    """A homeserver, now the tenant's, that answers each request with ``SYNAPSE_HEAD`` and the
+    next of ``framings`` in one write; ``connections`` gets each connection made to it."""
+
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            for framing in framings:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(SYNAPSE_HEAD + framing)
+
+    homeserver = await asyncio.start_server(answering, "127.0.0.1", 0)
+    port = homeserver.sockets[0].getsockname()[1]
+    relay.publish(replace(relay.route, upstream=f"http://127.0.0.1:{port}"))
+    await poll_async(_upstream_is(relay.app, port), timeout=10, what="the proxy to see the route")
+    return homeserver
+
+
 @pytest.mark.parametrize(
     "framing",
     [
@@ -417,18 +438,8 @@ async def test_an_answer_in_one_read_is_relayed_as_the_app_relays_it(
 ) -> None:
     """The lane's own reading of a whole answer (``_whole_answer``) or llhttp's: the client
     gets the body and the headers the app gives it, on a connection that stays in use."""
-    connections = []
-
-    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(writer)
-        with contextlib.suppress(asyncio.IncompleteReadError):
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(SYNAPSE_HEAD + framing)  # in one write
-
-    homeserver = await asyncio.start_server(answering, "127.0.0.1", 0)
-    port = homeserver.sockets[0].getsockname()[1]
-    relay.publish(replace(relay.route, upstream=f"http://127.0.0.1:{port}"))
-    await poll_async(_upstream_is(relay.app, port), timeout=10, what="the proxy to see the route")
+    connections: list[asyncio.StreamWriter] = []
+    homeserver = await _homeserver_writing(relay, itertools.repeat(framing), connections)
     try:
         async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
             lane = [await client.get("/_matrix/client/versions") for _ in range(3)]
@@ -465,19 +476,8 @@ async def test_answers_with_other_heads_on_one_connection_arrive_whole(relay: Re
         b"Content-Length: 5\r\n\r\n" + bodies[4],
         b"Transfer-Encoding: chunked\r\n\r\n1f4\r\n" + bodies[5] + b"\r\n0\r\n\r\n",
     ]
-    connections = []
-
-    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(writer)
-        with contextlib.suppress(asyncio.IncompleteReadError):
-            for framing in framings:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(SYNAPSE_HEAD + framing)  # each in one write
-
-    homeserver = await asyncio.start_server(answering, "127.0.0.1", 0)
-    port = homeserver.sockets[0].getsockname()[1]
-    relay.publish(replace(relay.route, upstream=f"http://127.0.0.1:{port}"))
-    await poll_async(_upstream_is(relay.app, port), timeout=10, what="the proxy to see the route")
+    connections: list[asyncio.StreamWriter] = []
+    homeserver = await _homeserver_writing(relay, iter(framings), connections)
     try:
         async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
             answers = [await client.get("/_matrix/client/versions") for _ in framings]
