@@ -232,7 +232,7 @@ class TenantLimiter:
             if body_in:
                 tenant.in_flight += 1
         own.tokens -= 1.0
-        tenant.tokens = tokens - 1.0
+        tenant.tokens -= 1.0
         return tenant, own, limits.limit
 
     def _limits_of(self, route: Route, now: float) -> _Limits:

@@ -120,25 +120,6 @@ class ProxyMetrics(Collector):
         histogram.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         histogram.total += seconds
 
-    def answered_whole(
-        self,
-        route: RouteClass,
-        status: int,
-        seconds: float,
-        first_byte_route: RouteClass,
-        first_byte_s: float,
-    ) -> None:
-        """``answered`` and ``first_byte`` of an answer the fast lane relayed, in one call (a
-        call fewer per request)."""
-        index = status // 100 - 1
-        self._requests[route][index if 0 <= index <= 4 else (0 if index < 0 else 4)] += 1
-        histogram = self._latency[route]
-        histogram.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        histogram.total += seconds
-        histogram = self._first_byte[first_byte_route]
-        histogram.counts[bisect_left(_LATENCY_BUCKETS, first_byte_s)] += 1
-        histogram.total += first_byte_s
-
     def first_byte(self, route: RouteClass, seconds: float) -> None:
         histogram = self._first_byte[route]
         histogram.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1

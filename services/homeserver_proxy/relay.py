@@ -1000,16 +1000,13 @@ class _Exchange:
             app.limiter.give_back(budgets[0], budgets[1])
         if self.long_poll:
             app.metrics.long_poll_closed()
-        if answered and app.metering:
-            self._meter(app)
+        if answered:  # refused, failed or cut short: no first byte counted, not metered
+            if self.first_byte_s is not None:
+                app.metrics.first_byte(self.plan.first_byte_route, self.first_byte_s)
+            if app.metering:
+                self._meter(app)
         elapsed = time.perf_counter() - self.began
-        first_byte_s = self.first_byte_s
-        if answered and first_byte_s is not None:
-            plan = self.plan
-            app.metrics.answered_whole(
-                plan.metrics_route, self.status, elapsed, plan.first_byte_route, first_byte_s
-            )
-        elif self.status and not gone:  # refused, failed or cut short: no first byte counted
+        if self.status and not gone:
             app.metrics.answered(self.plan.metrics_route, self.status, elapsed)
         if app.settings.proxy_access_log:  # the line carries the request id and the tenant
             with request_context(self.request_id.decode("latin-1"), self.route.tenant_id):
