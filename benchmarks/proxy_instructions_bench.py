@@ -25,8 +25,8 @@ One run:
    a free port; ``floor``: ``tcp_pipe.py`` in front of the same upstream — starts it under
    ``valgrind --tool=callgrind --instr-atstart=no`` (fast until instrumented);
 3. first ``--duration`` seconds without load (its timers and periodic tasks, taken off what
-   follows), then per cell (``versions`` and ``whoami`` from Synapse, ``static`` from nginx's
-   upstream): wrk for ``--warmup`` seconds, then instrumentation on (``callgrind_control -i
+   follows), then per cell (``versions``, ``whoami`` and ``send`` — a message with a new txn id
+   each, so a path never seen before — from Synapse, ``static`` from nginx's upstream): wrk for ``--warmup`` seconds, then instrumentation on (``callgrind_control -i
    on``), wrk at ``--connections`` for ``--duration`` seconds, instrumentation off, a dump;
    instructions counted over answered requests;
 4. prints a table and writes it as JSON to ``benchmarks/results/instructions-<stamp>.json``.
@@ -54,9 +54,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -70,6 +71,8 @@ from benchmarks.proxy_bench import (  # noqa: E402
     ENDPOINTS,
     PASSWORD,
     USERNAME,
+    Endpoint,
+    create_room,
     lift_message_rate_limit,
     load_request,
     login,
@@ -82,7 +85,7 @@ from benchmarks.proxy_bench import (  # noqa: E402
 from c3.local_run import free_port  # noqa: E402
 from tests.helpers.platform import RunningPlatform, poll, stop_process  # noqa: E402
 
-CELLS = ("versions", "whoami", "static")
+CELLS = ("versions", "whoami", "send", "static")
 START_TIMEOUT_S = 300.0  # a Python program starting under valgrind
 
 
@@ -144,7 +147,12 @@ def answers(url: str, headers: dict[str, str]) -> bool:
 
 
 def measure(
-    pid: int, out: Path, bases: dict[str, str], token: str, args: argparse.Namespace
+    pid: int,
+    out: Path,
+    bases: dict[str, str],
+    token: str,
+    args: argparse.Namespace,
+    endpoints: list[Endpoint],
 ) -> dict[str, dict[str, float]]:
     """Instructions per answered request of each cell of ``bases``, less what the process
     executes as long without a request (its timers and periodic tasks: under callgrind's few
@@ -153,7 +161,7 @@ def measure(
     idle = instructions_of(pid, out, lambda: time.sleep(args.duration), inclusive)
     print(f"  idle     {idle / args.duration:12,.0f} instructions a second", flush=True)
     found: dict[str, dict[str, float]] = {"idle": {"per_second": idle / args.duration}}
-    for endpoint in ENDPOINTS:
+    for endpoint in endpoints:
         if endpoint.name not in bases:
             continue
         request = load_request(endpoint, bases[endpoint.name], token)
@@ -185,6 +193,8 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
     lift_message_rate_limit(running, tenant["id"], direct, user_id)
     token = login(f"{running.proxy_url}/t/{slug}")
     auth = {"Authorization": f"Bearer {token}"}
+    room_id = create_room(f"{running.proxy_url}/t/{slug}", token)
+    endpoints = [replace(e, path=e.path.format(room=quote(room_id, safe=""))) for e in ENDPOINTS]
     report: dict[str, Any] = {}
     with ExitStack() as stack:
         static_url = None
@@ -200,7 +210,7 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
         env["C3_PROXY_PORT"] = str(port)
         env.pop("C3_PROXY_PUBLIC_URL", None)
         proxy = f"http://127.0.0.1:{port}"
-        bases = {"versions": f"{proxy}/t/{slug}", "whoami": f"{proxy}/t/{slug}"}
+        bases = {name: f"{proxy}/t/{slug}" for name in ("versions", "whoami", "send")}
         if static_slug:
             bases["static"] = f"{proxy}/t/{static_slug}"
         if args.inclusive:
@@ -219,7 +229,7 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
                     lambda: answers(f"{bases['whoami']}/_matrix/client/v3/account/whoami", auth),
                     inclusive=True,
                 ) as pid:
-                    report[function] = measure(pid, out, bases, token, args)
+                    report[function] = measure(pid, out, bases, token, args, endpoints)
             return report
         out = work / "proxy.callgrind"
         print("proxy (metering on), under callgrind:", flush=True)
@@ -229,9 +239,9 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
             out,
             lambda: answers(f"{bases['whoami']}/_matrix/client/v3/account/whoami", auth),
         ) as pid:
-            report["proxy"] = measure(pid, out, bases, token, args)
+            report["proxy"] = measure(pid, out, bases, token, args, endpoints)
 
-        floors = {"versions": direct, "whoami": direct}
+        floors = {"versions": direct, "whoami": direct, "send": direct}
         if static_url:
             floors["static"] = static_url
         report["floor"] = {}
@@ -249,7 +259,7 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
                 out,
                 lambda f=floor: answers(f"{f}/_matrix/client/versions", {}),
             ) as pid:
-                report["floor"].update(measure(pid, out, cells, token, args))
+                report["floor"].update(measure(pid, out, cells, token, args, endpoints))
     return report
 
 

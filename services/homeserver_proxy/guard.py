@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from enum import Enum
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 FORWARDED_PREFIXES = ("/_matrix/client/", "/_matrix/media/", "/_synapse/client/")
 # Server-server API: forwarded only for a tenant whose homeserver federates (the app decides).
@@ -29,8 +29,34 @@ class Verdict(Enum):
     MALFORMED = "malformed"  # dot segments, control bytes, endless encodings: 400
 
 
+# A decoded path holding none of these, nor "//" or "/.", is its own canonical form in lower
+# case: no second encoding ("%"), control byte, backslash or ``;params``, no repeated slash, and
+# no segment starting with a dot (every dot segment does; so do some harmless ones, which take
+# the long way).
+_TAKES_CARE = re.compile(r"[\x00-\x1f\x7f\\;%]")
+
+
 def canonical_path(raw_path: str) -> str | None:
-    """The path as any server could end up reading it, or None if it is malformed."""
+    """The path as any server could end up reading it, or None if it is malformed.
+
+    Most paths are plain or hold one encoding of a room or user id: one decoding and four
+    searches tell those apart (~20,000 instructions against ~130,000 for the long way, paid by
+    every send: its txn id makes its path new to the verdict cache). ``test_guard`` holds the
+    two ways equal."""
+    # What ``unquote(raw_path, errors="strict")`` gives, or raises: it decodes each stretch of
+    # ASCII alone, and UTF-8 broken in one stays broken beside a character that is not ASCII.
+    decoded = unquote_to_bytes(raw_path).decode() if "%" in raw_path else raw_path
+    if (
+        _TAKES_CARE.search(decoded) is None
+        and "//" not in decoded
+        and "/." not in decoded
+        and not decoded.startswith(".")
+    ):
+        return decoded.lower()
+    return _canonical_path(raw_path)
+
+
+def _canonical_path(raw_path: str) -> str | None:
     decoded = raw_path
     for _ in range(_MAX_DECODE_ROUNDS):
         once = unquote(decoded, errors="strict") if "%" in decoded else decoded
@@ -72,22 +98,19 @@ def _classify(raw_path: str) -> Verdict:
         return Verdict.MALFORMED
     if canonical is None:
         return Verdict.MALFORMED
-    if any(canonical.startswith(p) for p in _FORBIDDEN_PREFIXES):
+    if canonical.startswith(_FORBIDDEN_PREFIXES):
         return Verdict.NOT_SERVED
     if canonical == "/.well-known/matrix/client":
         return Verdict.WELL_KNOWN_CLIENT
     if canonical == "/.well-known/matrix/server":
         return Verdict.WELL_KNOWN_SERVER
-    # The raw path must carry the prefix literally too: what we forward is the raw path.
-    if _literal_prefix(raw_path, canonical, FORWARDED_PREFIXES):
+    # The raw path must carry the prefix literally too: what we forward is the raw path. (A raw
+    # path that starts with one of them canonically starts with the same one.)
+    if raw_path.startswith(FORWARDED_PREFIXES) and canonical.startswith(FORWARDED_PREFIXES):
         return Verdict.FORWARD
-    if _literal_prefix(raw_path, canonical, FEDERATION_PREFIXES):
+    if raw_path.startswith(FEDERATION_PREFIXES) and canonical.startswith(FEDERATION_PREFIXES):
         return Verdict.FEDERATION
     return Verdict.NOT_SERVED
 
 
 _classify_cached = functools.lru_cache(maxsize=4096)(_classify)
-
-
-def _literal_prefix(raw_path: str, canonical: str, prefixes: tuple[str, ...]) -> bool:
-    return any(raw_path.startswith(p) and canonical.startswith(p) for p in prefixes)

@@ -67,7 +67,7 @@ import socket
 import time
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
@@ -255,8 +255,13 @@ class _Plan:
     def __init__(self, method: str, full_path: str, path: str, field: str | None) -> None:
         self.method = method
         self.raw_path = full_path.encode("ascii")
-        # The client's path as uvicorn gives it to the app in ``scope["path"]`` (room ids come %-encoded).
-        self.decoded_path = unquote(full_path) if "%" in full_path else full_path
+        # The client's path as uvicorn gives it to the app in ``scope["path"]`` (room ids come
+        # %-encoded): ``unquote``, which for an ASCII path is this at half the cost.
+        self.decoded_path = (
+            unquote_to_bytes(full_path).decode("utf-8", "replace")
+            if "%" in full_path
+            else full_path
+        )
         self.path = path  # at the homeserver (without a /t/<slug> prefix)
         self.upstream_path = path.encode()
         self.field = field  # the route's field by slug, or None: by the Host header

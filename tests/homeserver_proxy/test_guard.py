@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
 
-from homeserver_proxy.guard import Verdict, classify
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from homeserver_proxy.guard import Verdict, _canonical_path, canonical_path, classify
 
 FORWARDED = [
     "/_matrix/client/versions",
@@ -116,3 +120,61 @@ def test_prefix_must_be_literal_in_the_forwarded_path() -> None:
 def test_well_known_is_answered_by_the_proxy() -> None:
     assert classify("/.well-known/matrix/client") is Verdict.WELL_KNOWN_CLIENT
     assert classify("/.well-known/matrix/server") is Verdict.WELL_KNOWN_SERVER
+
+
+# Pieces that each step of the long way reacts to, and their encodings (once and twice).
+_PIECES = st.sampled_from(
+    [
+        "/",
+        "//",
+        ".",
+        "..",
+        "%",
+        ";",
+        "\\",
+        "\x00",
+        "\x1f",
+        "\x7f",
+        " ",
+        "a",
+        "Z",
+        "_synapse",
+        "admin",
+        "%2e",
+        "%2E",
+        "%2f",
+        "%2F",
+        "%252e",
+        "%25",
+        "%3b",
+        "%5c",
+        "%00",
+        "%7f",
+        "%21",
+        "%3A",
+        "%40",
+        "%c3%a9",
+        "%c3",
+        "%a9",
+        "%ff",
+        "%zz",
+        "é",
+        "\u2028",
+        "%e2%80%a8",
+    ]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_PIECES, max_size=12).map("".join))
+def test_the_short_way_to_the_canonical_path_agrees_with_the_long_way(path: str) -> None:
+    """``canonical_path`` takes a short way for plain and once-encoded paths: whatever the
+    path, it gives what the long way gives (the same form, None, or the same decoding error)."""
+
+    def outcome(way: Callable[[str], str | None]) -> object:
+        try:
+            return way(path)
+        except UnicodeDecodeError:
+            return UnicodeDecodeError
+
+    assert outcome(canonical_path) == outcome(_canonical_path)
