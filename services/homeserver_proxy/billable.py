@@ -99,6 +99,30 @@ def string_field(payload: dict[str, Any] | None, name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+_EVENT_ID_ANSWER = b'{"event_id":"'
+# A JSON string's content that means itself: no quote, backslash (escapes) or control byte.
+_LITERAL_JSON_STRING = re.compile(rb'[^"\\\x00-\x1f]*')
+
+
+def event_id(answer: bytes | None) -> str | None:
+    """``string_field(json_object(answer), "event_id")``: the event a send's answer names.
+
+    Synapse answers ``{"event_id":"$…"}``, compact; that shape is read by slicing (~7,000
+    instructions against ~20,000 for ``json.loads``, paid by every send), anything else is
+    parsed. ``test_billable`` holds the two ways equal."""
+    if (
+        answer is not None
+        and answer.startswith(_EVENT_ID_ANSWER)
+        and answer.endswith(b'"}')
+        and _LITERAL_JSON_STRING.fullmatch(answer, 13, len(answer) - 2) is not None
+    ):
+        try:  # as json.loads decodes bytes (``surrogatepass``)
+            return answer[13:-2].decode("utf-8", "surrogatepass") or None
+        except UnicodeDecodeError:
+            return None
+    return string_field(json_object(answer), "event_id")
+
+
 def joins_call(request_body: bytes | None) -> bool:
     """A MatrixRTC membership event that joins (not leaves) a call.
 

@@ -244,14 +244,12 @@ class ExchangeMeter:
         """The billable events a successful answer (or request) names."""
         meter = self._meter
         if kind is _SEND or kind is _SEND_CALL_INVITE:
-            answer = billable.json_object(result.response_body)
-            if (event_id := billable.string_field(answer, "event_id")) is not None:
+            if (event_id := billable.event_id(result.response_body)) is not None:
                 meter.record_event(tenant, _MESSAGES, event_id)
                 if kind is _SEND_CALL_INVITE:
                     meter.record_event(tenant, _CALLS, event_id)
         elif kind is _RTC_MEMBER:
-            answer = billable.json_object(result.response_body)
-            event_id = billable.string_field(answer, "event_id")
+            event_id = billable.event_id(result.response_body)
             if event_id is not None and billable.joins_call(result.request_body):
                 meter.record_event(tenant, _CALLS, event_id)
         elif kind is _UPLOAD:

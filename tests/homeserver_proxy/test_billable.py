@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from homeserver_proxy.billable import Kind, async_upload_uri, joins_call, kind_of
+from homeserver_proxy.billable import (
+    Kind,
+    async_upload_uri,
+    event_id,
+    joins_call,
+    json_object,
+    kind_of,
+    string_field,
+)
 from homeserver_proxy.identity import access_token
 
 ROOM = "/_matrix/client/v3/rooms/!r:acme"
@@ -72,3 +82,29 @@ def test_the_access_token_comes_from_the_header_or_the_query(
     headers: list[tuple[bytes, bytes]], query: bytes, token: str | None
 ) -> None:
     assert access_token({"headers": headers, "query_string": query}) == token
+
+
+def test_a_send_is_billed_under_the_event_id_its_answer_names() -> None:
+    assert event_id(b'{"event_id":"$Ukn7mNkCq:acme"}') == "$Ukn7mNkCq:acme"
+    assert event_id(b'{"event_id": "$spaced"}') == "$spaced"
+    assert event_id(b'{"event_id":"$a\\u0041"}') == "$aA"
+    for no_event in (None, b"", b'{"event_id":""}', b'{"errcode":"M_FORBIDDEN"}', b"[1]"):
+        assert event_id(no_event) is None
+
+
+# A send's answer: its compact shape's start and end, or other ones, around pieces of what JSON
+# escapes or refuses inside a string, bytes that are not UTF-8 (or encode a lone surrogate).
+_STARTS = st.sampled_from([b'{"event_id":"', b'{"event_id": "', b"{", b""])
+_ENDS = st.sampled_from([b'"}', b'"', b"}", b'", "x":1}', b""])
+_PIECES = st.sampled_from(
+    [b"$Ukn7mNkCq", b":acme", b'"', b"\\", b"\\u0041", b"\\n", b"\x00", b"\x0f", b"\x1f",
+     b"\x20", b"\x7f", b"\xc3\xa9", b"\xc3", b"\xff", b"\xed\xa0\x80", b'"}', b'{"',
+     b"event_id"]
+)  # fmt: skip
+_ANSWERS = st.tuples(_STARTS, st.lists(_PIECES, max_size=4).map(b"".join), _ENDS).map(b"".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_ANSWERS)
+def test_the_short_way_to_an_event_id_agrees_with_the_json_parser(answer: bytes) -> None:
+    assert event_id(answer) == string_field(json_object(answer), "event_id")
