@@ -9,6 +9,7 @@ import platform as host_platform
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -49,6 +50,30 @@ def launch_platform(overrides: dict[str, str], data_dir: Path) -> RunningPlatfor
         psutil.wait_procs(children, timeout=90)
         print(f"c3 up did not start; logs in {data_dir}", file=sys.stderr)
         raise
+
+
+def other_services(spec: str, work: Path) -> tuple[Path, str]:
+    """The ``services`` folder of a benchmark's ``--against`` and how to name it: a folder
+    holding ``homeserver_proxy``, as it is (compiled modules and all), or a git revision of
+    this repository, its ``services`` archived into ``work``."""
+    given = Path(spec)
+    if (given / "homeserver_proxy").is_dir():
+        return given.resolve(), str(given.resolve())
+    repo = Path(__file__).resolve().parent.parent
+    git = ["git", "-C", str(repo)]
+    revision = subprocess.run(
+        [*git, "rev-parse", "--short", f"{spec}^{{commit}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    archive = subprocess.run(
+        [*git, "archive", revision, "services"], check=True, capture_output=True
+    ).stdout
+    into = work / f"against-{revision}"
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "services", revision
 
 
 @contextmanager

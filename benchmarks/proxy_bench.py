@@ -11,7 +11,9 @@ One run:
 3. creates a user (without a message rate limit) and logs it in through the proxy to get an
    access token, and creates a room through the proxy;
 4. starts a second proxy, ``c3 proxy --no-metering``, with the platform proxy's environment on
-   another port;
+   another port; with ``--against REV_OR_DIR`` a third, ``c3 proxy`` (metering on) of another
+   tree (a git revision of this repository, or a ``services`` folder as it is, compiled
+   modules and all), measured in the same reps: old against new, side by side;
 5. starts nginx (Debian's package, 1 worker) twice when it is installed: as a reverse proxy to
    the same Synapse under the same ``/t/<slug>/`` prefix (the yardstick), and as a **static
    upstream** (``return 200``) that a second route of the tenant, and the nginx proxy, point at;
@@ -35,6 +37,8 @@ aiohttp load generator running in its own process.
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/proxy_bench.py [--duration 5] [--reps 3] [--no-wrk]
+    .venv/bin/python benchmarks/proxy_bench.py --cells versions whoami --connections 50 \
+        --reps 5 --against main~3
 """
 
 from __future__ import annotations
@@ -70,7 +74,12 @@ import redis
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import running_platform, stop_on_sigterm, write_results  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    other_services,
+    running_platform,
+    stop_on_sigterm,
+    write_results,
+)
 from benchmarks.nginx import INSTALL_HINT, nginx_binary, running_nginx, tree_cpu_seconds  # noqa: E402
 from c3.local_run import free_port  # noqa: E402
 from platform_core.redis import RedisKeys  # noqa: E402
@@ -124,11 +133,12 @@ ENDPOINTS = (
     ),
     Endpoint("static", "/_matrix/client/versions", authenticated=False, static=True),
 )
-# "proxy" meters usage as in production; "proxy_unmetered" is ``c3 proxy --no-metering``;
-# "nginx" is nginx (1 worker) as a reverse proxy to the same upstream, when installed; "floor"
-# is ``tcp_pipe.py``, a pass-through TCP relay in Python on uvloop: what any Python proxy pays.
-TARGETS = ("direct", "proxy", "proxy_unmetered", "nginx", "floor")
-PROXY_TARGETS = ("proxy", "proxy_unmetered", "nginx")
+# "proxy" meters usage as in production; "against" (with ``--against``) is a ``c3 proxy`` of
+# another tree, metering too; "proxy_unmetered" is ``c3 proxy --no-metering``; "nginx" is nginx
+# (1 worker) as a reverse proxy to the same upstream, when installed; "floor" is
+# ``tcp_pipe.py``, a pass-through TCP relay in Python on uvloop: what any Python proxy pays.
+TARGETS = ("direct", "proxy", "against", "proxy_unmetered", "nginx", "floor")
+PROXY_TARGETS = ("proxy", "against", "proxy_unmetered", "nginx")
 
 
 @dataclass(frozen=True)
@@ -321,19 +331,25 @@ class Targets:
 
 
 @contextmanager
-def unmetered_proxy(running: RunningPlatform) -> Iterator[tuple[str, int]]:
-    """``c3 proxy --no-metering`` with the platform proxy's environment on a free port; yields
-    its base URL and pid and stops it on the way out, whatever happened."""
+def second_proxy(
+    running: RunningPlatform, name: str, options: list[str], services: Path | None = None
+) -> Iterator[tuple[str, int]]:
+    """``c3 proxy <options>`` with the platform proxy's environment on a free port (of the
+    ``services`` tree given, else this one); yields its base URL and pid and stops it on the
+    way out, whatever happened."""
     env = platform_proxy_env(running)
     port = free_port()
     env["C3_PROXY_PORT"] = str(port)
     env.pop("C3_PROXY_PUBLIC_URL", None)
+    if services is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(services), str(REPO_ROOT)])
     url = f"http://127.0.0.1:{port}"
-    log_path = running.data_dir / "logs" / "proxy-unmetered.log"
+    log_path = running.data_dir / "logs" / f"proxy-{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = ["c3", "proxy", *options]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "c3", "proxy", "--no-metering"],
+            [sys.executable, "-m", *command],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -345,18 +361,18 @@ def unmetered_proxy(running: RunningPlatform) -> Iterator[tuple[str, int]]:
         def healthy() -> bool:
             if process.poll() is not None:
                 raise RuntimeError(
-                    f"c3 proxy --no-metering exited ({process.returncode}); see {log_path}"
+                    f"{' '.join(command)} exited ({process.returncode}); see {log_path}"
                 )
             try:
                 return httpx.get(f"{url}/_c3/health", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 
-        poll(healthy, timeout=60, what="c3 proxy --no-metering")
+        poll(healthy, timeout=60, what=" ".join(command))
         yield url, process.pid
     finally:
         code = stop_process(process, 15, signal.SIGINT)
-        print(f"unmetered proxy stopped (exit {code})", flush=True)
+        print(f"{name} proxy stopped (exit {code})", flush=True)
 
 
 @contextmanager
@@ -647,6 +663,7 @@ def paired_metering_cost_pct(metered: list[Sample], unmetered: list[Sample]) -> 
 TARGET_LABELS = {
     "direct": "direct",
     "proxy": "metered",
+    "against": "against",
     "proxy_unmetered": "unmetered",
     "nginx": "nginx",
     "floor": "floor",
@@ -726,14 +743,19 @@ def check_metered_messages(
     """Compare the tenant's ``messages`` counter with the sends that went through the metered
     proxy: at least those the load generator saw succeed; at most that plus the requests a run
     cut off in flight (its connection count) and the ones it saw fail on the socket. More would
-    mean the unmetered proxy metered too; fewer, that metering lost messages."""
+    mean the unmetered proxy metered too; fewer, that metering lost messages. (With
+    ``--against`` its proxy meters too: its sends count as the metered proxy's.)"""
     low, slack = checked, 0
     for row in results:
         if row["endpoint"] != "send":
             continue
-        samples = row["reps"]["proxy"] + ([row["warmup"]["proxy"]] if row["warmup"] else [])
-        low += sum(s["requests"] - s["non_2xx"] for s in samples)
-        slack += sum(row["connections"] + s["errors"] for s in samples)
+        for target in ("proxy", "against"):
+            if target not in row["reps"]:
+                continue
+            warmup = row["warmup"].get(target)
+            samples = row["reps"][target] + ([warmup] if warmup else [])
+            low += sum(s["requests"] - s["non_2xx"] for s in samples)
+            slack += sum(row["connections"] + s["errors"] for s in samples)
     # The proxy flushes every second and beat applies every second: allow some time.
     deadline = time.monotonic() + 30
     while usage_messages(running, tenant_id) < low and time.monotonic() < deadline:
@@ -783,6 +805,33 @@ NGINX_COLUMNS = (
     ("p99 ms direct/metered/nginx", "{:>27}"),
     ("metered p99/direct", "{:>18}"),
 )
+AGAINST_COLUMNS = (
+    ("endpoint", "{:<8}"),
+    ("conns", "{:>5}"),
+    ("req/s this/against", "{:>18}"),
+    ("CPU us/req this/against", "{:>23}"),
+    ("reps this used less CPU", "{:>23}"),
+    ("p99 ms this/against", "{:>19}"),
+)
+
+
+def against_row(row: dict[str, Any]) -> list[str]:
+    """This tree's metered proxy against ``--against``'s, both metering, in the same reps."""
+    ours, theirs = row["proxy"], row["against"]
+    pairs = list(zip(row["reps"]["proxy"], row["reps"]["against"], strict=True))
+    less = sum(
+        1
+        for a, b in pairs
+        if a["cpu_us"] is not None and b["cpu_us"] is not None and a["cpu_us"] < b["cpu_us"]
+    )
+    return [
+        row["endpoint"],
+        str(row["connections"]),
+        f"{ours['rps']:.0f}/{theirs['rps']:.0f}",
+        "/".join(_fmt(s.get("cpu_us"), "{:.0f}") for s in (ours, theirs)),
+        f"{less} of {len(pairs)}",
+        f"{ours['p99_ms']:.1f}/{theirs['p99_ms']:.1f}",
+    ]
 
 
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> float:
@@ -917,6 +966,9 @@ def render_table(report: dict[str, Any]) -> str:
     lines += [""] + _table(LATENCY_COLUMNS, [latency_row(r) for r in rows])
     if any(r.get("nginx") for r in rows):
         lines += [""] + _table(NGINX_COLUMNS, [nginx_row(r) for r in rows])
+    if any(r.get("against") for r in rows):
+        lines += ["", f"this tree against {report['against']} (both metering, same reps):"]
+        lines += _table(AGAINST_COLUMNS, [against_row(r) for r in rows if r.get("against")])
     settings = report["settings"]
     check = report["metering_check"]
     lines += [
@@ -961,6 +1013,12 @@ def parse_args() -> argparse.Namespace:
         default=[e.name for e in ENDPOINTS],
         help="which endpoints to measure (all); e.g. --cells static for the ceiling alone",
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV_OR_DIR",
+        help="also measure a c3 proxy (metering on) of another tree in the same reps: a git "
+        "revision, or a services folder (e.g. compiled)",
+    )
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
     parser.add_argument("--keep-data", action="store_true", help="keep the platform data dir")
     args = parser.parse_args()
@@ -987,11 +1045,16 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
         if e.name in args.cells
     ]
     with (
-        unmetered_proxy(running) as (unmetered, unmetered_pid),
+        second_proxy(running, "unmetered", ["--no-metering"]) as (unmetered, unmetered_pid),
         nginx_yardstick(slug, direct) as (nginx_proxy, nginx_static),
         python_floor(direct) as (floor, floor_pid),
         ExitStack() as more,
     ):
+        against = None
+        if args.against:
+            work = Path(more.enter_context(tempfile.TemporaryDirectory(prefix="c3-against-")))
+            services, args.against_tree = other_services(args.against, work)
+            against = more.enter_context(second_proxy(running, "against", [], services))
         bases = {
             "direct": direct,
             "proxy": proxy,
@@ -1003,6 +1066,9 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
             "proxy_unmetered": unmetered_pid,
             "floor": floor_pid,
         }
+        if against is not None:
+            bases["against"] = f"{against[0]}/t/{slug}"
+            pids["against"] = against[1]
         static_bases: dict[str, str] = {}
         static_pids: dict[str, int] = {}
         if nginx_proxy is not None and nginx_static is not None:
@@ -1020,6 +1086,8 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
                 "nginx": f"{nginx_proxy.proxy_url}/t/{static_slug}",
                 "floor": static_floor,
             }
+            if against is not None:
+                static_bases["against"] = f"{against[0]}/t/{static_slug}"
             static_pids = {**pids, "direct": nginx_static.pid, "floor": static_floor_pid}
             for base in static_bases.values():
                 poll(
@@ -1044,6 +1112,7 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
     metering_check = check_metered_messages(running, tenant["id"], results, checked_sends)
     return {
         "provisioning_s": provisioning_s,
+        "against": getattr(args, "against_tree", None),
         "room_id": room_id,
         "results": results,
         "metering_check": metering_check,

@@ -11,6 +11,11 @@ run, at similar rates. It leaves out the kernel (the socket calls, the same two 
 writes a request as the floor's) and what a cache miss costs; the CPU figures of
 ``proxy_bench.py`` stay the goal's measure.
 
+``--against REV_OR_DIR`` counts a proxy of another tree too, in the same run and alternating
+(this tree, the other, this tree, the other), and prints the change: a git revision of this
+repository (its ``services`` archived), or a ``services`` folder as it is (one with modules
+compiled, say). The way to judge a change to the hot path.
+
 ``--inclusive MODULE:QUALNAME ...`` counts only inside each named function (and what it
 calls), one proxy run each, through ``benchmarks/inclusive.py`` (needs gcc and valgrind's
 headers): where a request's instructions go, which callgrind's own profile cannot say of
@@ -37,6 +42,7 @@ second): every request is its own event-loop turn, the proxy's costliest case.
 Usage (from the repository root; needs ``valgrind`` and ``wrk``, Debian's packages)::
 
     .venv/bin/python benchmarks/proxy_instructions_bench.py [--duration 15] [--warmup 5]
+    .venv/bin/python benchmarks/proxy_instructions_bench.py --against HEAD~3   # old and new
     .venv/bin/python benchmarks/proxy_instructions_bench.py --duration 8 --warmup 3 \\
         --inclusive homeserver_proxy.relay:_Exchange._finish homeserver_proxy.relay:_whole_answer
 """
@@ -64,7 +70,12 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.harness import running_platform, stop_on_sigterm, write_results  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    other_services,
+    running_platform,
+    stop_on_sigterm,
+    write_results,
+)
 from benchmarks.inclusive import FUNCTION_ENV, build_helper  # noqa: E402
 from benchmarks.nginx import nginx_binary, running_nginx  # noqa: E402
 from benchmarks.proxy_bench import (  # noqa: E402
@@ -231,15 +242,24 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
                 ) as pid:
                     report[function] = measure(pid, out, bases, token, args, endpoints)
             return report
-        out = work / "proxy.callgrind"
-        print("proxy (metering on), under callgrind:", flush=True)
-        with under_callgrind(
-            [sys.executable, "-m", "c3", "proxy"],
-            env,
-            out,
-            lambda: answers(f"{bases['whoami']}/_matrix/client/v3/account/whoami", auth),
-        ) as pid:
-            report["proxy"] = measure(pid, out, bases, token, args, endpoints)
+        # With --against: this tree, the other, this tree, the other (``against_runs``).
+        trees = [("proxy", REPO_ROOT / "services")]
+        if args.against:
+            services, args.against_tree = other_services(args.against, work)
+            trees = [("proxy", REPO_ROOT / "services"), ("against", services)] * 2
+        for number, (name, services) in enumerate(trees):
+            env["PYTHONPATH"] = os.pathsep.join([str(services), str(REPO_ROOT)])
+            out = work / f"proxy-{number}.callgrind"
+            print(f"{name} (metering on, {services}), under callgrind:", flush=True)
+            with under_callgrind(
+                [sys.executable, "-m", "c3", "proxy"],
+                env,
+                out,
+                lambda: answers(f"{bases['whoami']}/_matrix/client/v3/account/whoami", auth),
+            ) as pid:
+                counted = measure(pid, out, bases, token, args, endpoints)
+            report.setdefault(f"{name}_runs", []).append(counted)
+            report.setdefault(name, counted)
 
         floors = {"versions": direct, "whoami": direct, "send": direct}
         if static_url:
@@ -282,6 +302,23 @@ def render(report: dict[str, Any]) -> str:
             continue
         p, f = proxy["per_request"], floor["per_request"]
         lines.append(f"{cell:8} {p:16,.0f} {f:16,.0f} {p - f:16,.0f} ({p / f:.1f}x)")
+    if "against_runs" in report:
+        lines += [
+            "",
+            f"against {report['against_tree']}, in the same run (instructions a request):",
+            "cell      this tree, two runs    against, two runs  this vs against",
+            "-" * 66,
+        ]
+        for cell in CELLS:
+            ours = [run[cell]["per_request"] for run in report["proxy_runs"] if cell in run]
+            theirs = [run[cell]["per_request"] for run in report["against_runs"] if cell in run]
+            if not ours or not theirs:
+                continue
+            change = sum(ours) / len(ours) / (sum(theirs) / len(theirs)) - 1
+            lines.append(
+                f"{cell:8} {' / '.join(f'{n:,.0f}' for n in ours):>21} "
+                f"{' / '.join(f'{n:,.0f}' for n in theirs):>21} {change:+10.1%}"
+            )
     return "\n".join(lines)
 
 
@@ -290,7 +327,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds counted a cell")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before")
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--keep-data", action="store_true")
+    parser.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep the platform's data folder and the callgrind files (callgrind_annotate)",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REV_OR_DIR",
+        help="also count a proxy of another tree in the same run, alternating (this tree, the "
+        "other, this tree, the other): a git revision, or a services folder (e.g. compiled)",
+    )
     parser.add_argument(
         "--inclusive",
         nargs="+",
@@ -308,13 +355,21 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"{tool} not found: apt-get install valgrind wrk", file=sys.stderr)
             return 2
+    if args.against and args.inclusive:
+        print("--against counts whole requests: not with --inclusive", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="c3-instructions-"))
     data_dir = Path(tempfile.mkdtemp(prefix="c3-bench-"))
     try:
         with running_platform(platform_overrides(), data_dir, keep_data=args.keep_data) as running:
             report = benchmark(running, args, work)
+            if args.against:
+                report["against_tree"] = args.against_tree
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep_data:  # the callgrind files too, for callgrind_annotate
+            print(f"callgrind files kept in {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     table = render(report)
     print("\n" + table)
     path = write_results(
