@@ -52,6 +52,20 @@ def launch_platform(overrides: dict[str, str], data_dir: Path) -> RunningPlatfor
         raise
 
 
+def against_problem(spec: str) -> str | None:
+    """Why ``--against spec`` cannot be used (checked before a platform is started), or None."""
+    if (Path(spec) / "homeserver_proxy").is_dir():
+        return None
+    repo = Path(__file__).resolve().parent.parent
+    found = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}"],
+        capture_output=True,
+    )
+    if found.returncode == 0:
+        return None
+    return f"--against {spec}: neither a services folder nor a git revision of this repository"
+
+
 def other_services(spec: str, work: Path) -> tuple[Path, str]:
     """The ``services`` folder of a benchmark's ``--against`` and how to name it: a folder
     holding ``homeserver_proxy``, as it is (compiled modules and all), or a git revision of

@@ -75,6 +75,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import (  # noqa: E402
+    against_problem,
     other_services,
     running_platform,
     stop_on_sigterm,
@@ -1022,6 +1023,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
     parser.add_argument("--keep-data", action="store_true", help="keep the platform data dir")
     args = parser.parse_args()
+    problem = against_problem(args.against) if args.against else None
+    if problem:
+        parser.error(problem)
     if not args.no_wrk and shutil.which("wrk"):
         for name in ("duration", "warmup"):
             if not float(getattr(args, name)).is_integer():

@@ -71,6 +71,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import (  # noqa: E402
+    against_problem,
     other_services,
     running_platform,
     stop_on_sigterm,
@@ -345,7 +346,11 @@ def parse_args() -> argparse.Namespace:
         help="count only inside these functions, one proxy run each (benchmarks/inclusive.py), "
         "e.g. homeserver_proxy.relay:_Exchange._finish; no floor",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    problem = against_problem(args.against) if args.against else None
+    if problem:
+        parser.error(problem)
+    return args
 
 
 def main() -> int:
