@@ -140,6 +140,7 @@ ENDPOINTS = (
 # ``tcp_pipe.py``, a pass-through TCP relay in Python on uvloop: what any Python proxy pays.
 TARGETS = ("direct", "proxy", "against", "proxy_unmetered", "nginx", "floor")
 PROXY_TARGETS = ("proxy", "against", "proxy_unmetered", "nginx")
+METERING_TARGETS = ("proxy", "against")  # whose sends the tenant's messages counter counts
 
 
 @dataclass(frozen=True)
@@ -445,7 +446,7 @@ def load_request(endpoint: Endpoint, base: str, token: str) -> LoadRequest:
 
 def check_endpoints(targets: Targets, token: str, endpoints: list[Endpoint]) -> int:
     """One request per target and endpoint, so a broken setup fails before any load; returns
-    how many messages went through the metered proxy."""
+    how many messages went through the metering proxies."""
     sent = 0
     for endpoint in endpoints:
         for target in targets.names(endpoint):
@@ -459,7 +460,7 @@ def check_endpoints(targets: Targets, token: str, endpoints: list[Endpoint]) -> 
                     f"{target} {endpoint.method} {endpoint.path}: {response.status_code} "
                     f"{response.text[:200]}"
                 )
-            if target == "proxy" and endpoint.unique_txn:
+            if target in METERING_TARGETS and endpoint.unique_txn:
                 sent += 1
     return sent
 
@@ -750,7 +751,7 @@ def check_metered_messages(
     for row in results:
         if row["endpoint"] != "send":
             continue
-        for target in ("proxy", "against"):
+        for target in METERING_TARGETS:
             if target not in row["reps"]:
                 continue
             warmup = row["warmup"].get(target)
