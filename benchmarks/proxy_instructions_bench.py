@@ -225,6 +225,18 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
         bases = {name: f"{proxy}/t/{slug}" for name in ("versions", "whoami", "send")}
         if static_slug:
             bases["static"] = f"{proxy}/t/{static_slug}"
+
+        def counted(out: Path, inclusive: bool = False) -> dict[str, dict[str, float]]:
+            """``c3 proxy`` (of ``env``'s ``PYTHONPATH``) under callgrind, each cell counted."""
+            with under_callgrind(
+                [sys.executable, "-m", "c3", "proxy"],
+                env,
+                out,
+                lambda: answers(f"{bases['whoami']}/_matrix/client/v3/account/whoami", auth),
+                inclusive=inclusive,
+            ) as pid:
+                return measure(pid, out, bases, token, args, endpoints)
+
         if args.inclusive:
             helper = build_helper(work / "helper")
             env["PYTHONPATH"] = os.pathsep.join(
@@ -234,14 +246,7 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
                 env[FUNCTION_ENV] = function
                 out = work / f"proxy-{len(report)}.callgrind"
                 print(f"proxy (metering on), under callgrind, inside {function}:", flush=True)
-                with under_callgrind(
-                    [sys.executable, "-m", "c3", "proxy"],
-                    env,
-                    out,
-                    lambda: answers(f"{bases['whoami']}/_matrix/client/v3/account/whoami", auth),
-                    inclusive=True,
-                ) as pid:
-                    report[function] = measure(pid, out, bases, token, args, endpoints)
+                report[function] = counted(out, inclusive=True)
             return report
         # With --against: this tree, the other, this tree, the other (``against_runs``).
         trees = [("proxy", REPO_ROOT / "services")]
@@ -252,15 +257,9 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
             env["PYTHONPATH"] = os.pathsep.join([str(services), str(REPO_ROOT)])
             out = work / f"proxy-{number}.callgrind"
             print(f"{name} (metering on, {services}), under callgrind:", flush=True)
-            with under_callgrind(
-                [sys.executable, "-m", "c3", "proxy"],
-                env,
-                out,
-                lambda: answers(f"{bases['whoami']}/_matrix/client/v3/account/whoami", auth),
-            ) as pid:
-                counted = measure(pid, out, bases, token, args, endpoints)
-            report.setdefault(f"{name}_runs", []).append(counted)
-            report.setdefault(name, counted)
+            cells = counted(out)
+            report.setdefault(f"{name}_runs", []).append(cells)
+            report.setdefault(name, cells)
 
         floors = {"versions": direct, "whoami": direct, "send": direct}
         if static_url:
