@@ -11,9 +11,10 @@ One run:
 3. creates a user (without a message rate limit) and logs it in through the proxy to get an
    access token, and creates a room through the proxy;
 4. starts a second proxy, ``c3 proxy --no-metering``, with the platform proxy's environment on
-   another port; with ``--against REV_OR_DIR`` a third, ``c3 proxy`` (metering on) of another
-   tree (a git revision of this repository, or a ``services`` folder as it is, compiled
-   modules and all), measured in the same reps: old against new, side by side;
+   another port; with ``--against REV_OR_DIR`` two more, ``c3 proxy`` (metering on) of this
+   tree and of another (a git revision of this repository, or a ``services`` folder as it is,
+   compiled modules and all), started alike and measured in the same reps: old against new,
+   side by side;
 5. starts nginx (Debian's package, 1 worker) twice when it is installed: as a reverse proxy to
    the same Synapse under the same ``/t/<slug>/`` prefix (the yardstick), and as a **static
    upstream** (``return 200``) that a second route of the tenant, and the nginx proxy, point at;
@@ -134,13 +135,15 @@ ENDPOINTS = (
     ),
     Endpoint("static", "/_matrix/client/versions", authenticated=False, static=True),
 )
-# "proxy" meters usage as in production; "against" (with ``--against``) is a ``c3 proxy`` of
-# another tree, metering too; "proxy_unmetered" is ``c3 proxy --no-metering``; "nginx" is nginx
+# "proxy" meters usage as in production; with ``--against``, "this" and "against" are two more
+# ``c3 proxy``s, metering too, of this tree and of another (alike: both started the same way,
+# neither the platform's); "proxy_unmetered" is ``c3 proxy --no-metering``; "nginx" is nginx
 # (1 worker) as a reverse proxy to the same upstream, when installed; "floor" is
 # ``tcp_pipe.py``, a pass-through TCP relay in Python on uvloop: what any Python proxy pays.
-TARGETS = ("direct", "proxy", "against", "proxy_unmetered", "nginx", "floor")
-PROXY_TARGETS = ("proxy", "against", "proxy_unmetered", "nginx")
-METERING_TARGETS = ("proxy", "against")  # whose sends the tenant's messages counter counts
+TARGETS = ("direct", "proxy", "this", "against", "proxy_unmetered", "nginx", "floor")
+PROXY_TARGETS = ("proxy", "this", "against", "proxy_unmetered", "nginx")
+# Whose sends the tenant's messages counter counts.
+METERING_TARGETS = ("proxy", "this", "against")
 
 
 @dataclass(frozen=True)
@@ -665,6 +668,7 @@ def paired_metering_cost_pct(metered: list[Sample], unmetered: list[Sample]) -> 
 TARGET_LABELS = {
     "direct": "direct",
     "proxy": "metered",
+    "this": "this",
     "against": "against",
     "proxy_unmetered": "unmetered",
     "nginx": "nginx",
@@ -746,7 +750,7 @@ def check_metered_messages(
     proxy: at least those the load generator saw succeed; at most that plus the requests a run
     cut off in flight (its connection count) and the ones it saw fail on the socket. More would
     mean the unmetered proxy metered too; fewer, that metering lost messages. (With
-    ``--against`` its proxy meters too: its sends count as the metered proxy's.)"""
+    ``--against`` its two proxies meter too: their sends count as the metered proxy's.)"""
     low, slack = checked, 0
     for row in results:
         if row["endpoint"] != "send":
@@ -812,25 +816,30 @@ AGAINST_COLUMNS = (
     ("conns", "{:>5}"),
     ("req/s this/against", "{:>18}"),
     ("CPU us/req this/against", "{:>23}"),
+    ("this - against (paired)", "{:>23}"),
     ("reps this used less CPU", "{:>23}"),
     ("p99 ms this/against", "{:>19}"),
 )
 
 
 def against_row(row: dict[str, Any]) -> list[str]:
-    """This tree's metered proxy against ``--against``'s, both metering, in the same reps."""
-    ours, theirs = row["proxy"], row["against"]
-    pairs = list(zip(row["reps"]["proxy"], row["reps"]["against"], strict=True))
-    less = sum(
-        1
+    """This tree's extra proxy against ``--against``'s, both metering, in the same reps."""
+    ours, theirs = row["this"], row["against"]
+    pairs = list(zip(row["reps"]["this"], row["reps"]["against"], strict=True))
+    # Within a rep the two ran back to back: their difference drifts less than either.
+    differences = [
+        a["cpu_us"] - b["cpu_us"]
         for a, b in pairs
-        if a["cpu_us"] is not None and b["cpu_us"] is not None and a["cpu_us"] < b["cpu_us"]
-    )
+        if a["cpu_us"] is not None and b["cpu_us"] is not None
+    ]
+    less = sum(1 for difference in differences if difference < 0)
+    paired = statistics.median(differences) if differences else math.nan
     return [
         row["endpoint"],
         str(row["connections"]),
         f"{ours['rps']:.0f}/{theirs['rps']:.0f}",
         "/".join(_fmt(s.get("cpu_us"), "{:.0f}") for s in (ours, theirs)),
+        _fmt(paired, "{:+.1f}"),
         f"{less} of {len(pairs)}",
         f"{ours['p99_ms']:.1f}/{theirs['p99_ms']:.1f}",
     ]
@@ -969,7 +978,11 @@ def render_table(report: dict[str, Any]) -> str:
     if any(r.get("nginx") for r in rows):
         lines += [""] + _table(NGINX_COLUMNS, [nginx_row(r) for r in rows])
     if any(r.get("against") for r in rows):
-        lines += ["", f"this tree against {report['against']} (both metering, same reps):"]
+        lines += [
+            "",
+            f"this tree against {report['against']} (two more c3 proxy, both metering, "
+            "started alike, same reps):",
+        ]
         lines += _table(AGAINST_COLUMNS, [against_row(r) for r in rows if r.get("against")])
     settings = report["settings"]
     check = report["metering_check"]
@@ -1055,11 +1068,14 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
         python_floor(direct) as (floor, floor_pid),
         ExitStack() as more,
     ):
-        against = None
+        # Not the platform's proxy against another: that one also served the run's set-up;
+        # two proxies started alike differ only by their trees.
+        extra: dict[str, tuple[str, int]] = {}
         if args.against:
             work = Path(more.enter_context(tempfile.TemporaryDirectory(prefix="c3-against-")))
             services, args.against_tree = other_services(args.against, work)
-            against = more.enter_context(second_proxy(running, "against", [], services))
+            for name, tree in (("this", REPO_ROOT / "services"), ("against", services)):
+                extra[name] = more.enter_context(second_proxy(running, name, [], tree))
         bases = {
             "direct": direct,
             "proxy": proxy,
@@ -1071,9 +1087,9 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
             "proxy_unmetered": unmetered_pid,
             "floor": floor_pid,
         }
-        if against is not None:
-            bases["against"] = f"{against[0]}/t/{slug}"
-            pids["against"] = against[1]
+        for name, (url, pid) in extra.items():
+            bases[name] = f"{url}/t/{slug}"
+            pids[name] = pid
         static_bases: dict[str, str] = {}
         static_pids: dict[str, int] = {}
         if nginx_proxy is not None and nginx_static is not None:
@@ -1091,8 +1107,8 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
                 "nginx": f"{nginx_proxy.proxy_url}/t/{static_slug}",
                 "floor": static_floor,
             }
-            if against is not None:
-                static_bases["against"] = f"{against[0]}/t/{static_slug}"
+            for name, (url, _) in extra.items():
+                static_bases[name] = f"{url}/t/{static_slug}"
             static_pids = {**pids, "direct": nginx_static.pid, "floor": static_floor_pid}
             for base in static_bases.values():
                 poll(
