@@ -52,14 +52,19 @@ def launch_platform(overrides: dict[str, str], data_dir: Path) -> RunningPlatfor
         raise
 
 
+_GIT = ["git", "-C", str(Path(__file__).resolve().parent.parent)]  # this repository
+
+
+def _is_services(spec: str) -> bool:
+    return (Path(spec) / "homeserver_proxy").is_dir()
+
+
 def against_problem(spec: str) -> str | None:
     """Why ``--against spec`` cannot be used (checked before a platform is started), or None."""
-    if (Path(spec) / "homeserver_proxy").is_dir():
+    if _is_services(spec):
         return None
-    repo = Path(__file__).resolve().parent.parent
     found = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}"],
-        capture_output=True,
+        [*_GIT, "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}"], capture_output=True
     )
     if found.returncode == 0:
         return None
@@ -70,19 +75,17 @@ def other_services(spec: str, work: Path) -> tuple[Path, str]:
     """The ``services`` folder of a benchmark's ``--against`` and how to name it: a folder
     holding ``homeserver_proxy``, as it is (compiled modules and all), or a git revision of
     this repository, its ``services`` archived into ``work``."""
-    given = Path(spec)
-    if (given / "homeserver_proxy").is_dir():
-        return given.resolve(), str(given.resolve())
-    repo = Path(__file__).resolve().parent.parent
-    git = ["git", "-C", str(repo)]
+    if _is_services(spec):
+        folder = Path(spec).resolve()
+        return folder, str(folder)
     revision = subprocess.run(
-        [*git, "rev-parse", "--short", f"{spec}^{{commit}}"],
+        [*_GIT, "rev-parse", "--short", f"{spec}^{{commit}}"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
     archive = subprocess.run(
-        [*git, "archive", revision, "services"], check=True, capture_output=True
+        [*_GIT, "archive", revision, "services"], check=True, capture_output=True
     ).stdout
     into = work / f"against-{revision}"
     into.mkdir(parents=True)

@@ -1071,9 +1071,10 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
         # Not the platform's proxy against another: that one also served the run's set-up;
         # two proxies started alike differ only by their trees.
         extra: dict[str, tuple[str, int]] = {}
+        against_tree = None
         if args.against:
             work = Path(more.enter_context(tempfile.TemporaryDirectory(prefix="c3-against-")))
-            services, args.against_tree = other_services(args.against, work)
+            services, against_tree = other_services(args.against, work)
             for name, tree in (("this", REPO_ROOT / "services"), ("against", services)):
                 extra[name] = more.enter_context(second_proxy(running, name, [], tree))
         bases = {
@@ -1133,7 +1134,7 @@ def benchmark(running: RunningPlatform, generator: LoadGenerator, args: argparse
     metering_check = check_metered_messages(running, tenant["id"], results, checked_sends)
     return {
         "provisioning_s": provisioning_s,
-        "against": getattr(args, "against_tree", None),
+        "against": against_tree,
         "room_id": room_id,
         "results": results,
         "metering_check": metering_check,

@@ -31,9 +31,10 @@ One run:
    ``valgrind --tool=callgrind --instr-atstart=no`` (fast until instrumented);
 3. first ``--duration`` seconds without load (its timers and periodic tasks, taken off what
    follows), then per cell (``versions``, ``whoami`` and ``send`` — a message with a new txn id
-   each, so a path never seen before — from Synapse, ``static`` from nginx's upstream): wrk for ``--warmup`` seconds, then instrumentation on (``callgrind_control -i
-   on``), wrk at ``--connections`` for ``--duration`` seconds, instrumentation off, a dump;
-   instructions counted over answered requests;
+   each, so a path never seen before — from Synapse, ``static`` from nginx's upstream): wrk
+   for ``--warmup`` seconds, then instrumentation on (``callgrind_control -i on``), wrk at
+   ``--connections`` for ``--duration`` seconds, instrumentation off, a dump; instructions
+   counted over answered requests;
 4. prints a table and writes it as JSON to ``benchmarks/results/instructions-<stamp>.json``.
 
 Under callgrind a process runs ~50× slower, so the rates are low (a few hundred requests a
@@ -251,7 +252,7 @@ def benchmark(running: RunningPlatform, args: argparse.Namespace, work: Path) ->
         # With --against: this tree, the other, this tree, the other (``against_runs``).
         trees = [("proxy", REPO_ROOT / "services")]
         if args.against:
-            services, args.against_tree = other_services(args.against, work)
+            services, report["against_tree"] = other_services(args.against, work)
             trees = [("proxy", REPO_ROOT / "services"), ("against", services)] * 2
         for number, (name, services) in enumerate(trees):
             env["PYTHONPATH"] = os.pathsep.join([str(services), str(REPO_ROOT)])
@@ -346,6 +347,8 @@ def parse_args() -> argparse.Namespace:
         "e.g. homeserver_proxy.relay:_Exchange._finish; no floor",
     )
     args = parser.parse_args()
+    if args.against and args.inclusive:
+        parser.error("--against counts whole requests: not with --inclusive")
     problem = against_problem(args.against) if args.against else None
     if problem:
         parser.error(problem)
@@ -359,16 +362,11 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"{tool} not found: apt-get install valgrind wrk", file=sys.stderr)
             return 2
-    if args.against and args.inclusive:
-        print("--against counts whole requests: not with --inclusive", file=sys.stderr)
-        return 2
     work = Path(tempfile.mkdtemp(prefix="c3-instructions-"))
     data_dir = Path(tempfile.mkdtemp(prefix="c3-bench-"))
     try:
         with running_platform(platform_overrides(), data_dir, keep_data=args.keep_data) as running:
             report = benchmark(running, args, work)
-            if args.against:
-                report["against_tree"] = args.against_tree
     finally:
         if args.keep_data:  # the callgrind files too, for callgrind_annotate
             print(f"callgrind files kept in {work}", flush=True)
