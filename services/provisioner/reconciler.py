@@ -354,14 +354,9 @@ def _reconcile_active(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> No
 
 
 def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> None:
-    """A suspended tenant's homeserver stays stopped and its route says so."""
-    if ctx.backend.is_running(str(tenant_id)):
-        ctx.backend.stop(str(tenant_id))
-        run.record(
-            ReconcileAction.HOMESERVER_STOPPED,
-            tenant_id,
-            {"tenant_status": "suspended", "observed": "running", "desired": "stopped"},
-        )
+    """A suspended tenant's homeserver stays stopped and its route says so. Read again under
+    the lease first: the pass's list may predate a resume that has run since (its homeserver,
+    just started, must not be stopped)."""
     with task_session() as session:
         tenant = repository.get_tenant(session, tenant_id)
         hs = repository.get_homeserver(session, tenant_id)
@@ -369,6 +364,13 @@ def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) ->
             return
         plan = repository.get_plan(session, tenant.plan_id)
         route = steps.route_for(ctx, tenant, hs, steps.target_for(ctx, tenant, plan, hs))
+    if ctx.backend.is_running(str(tenant_id)):
+        ctx.backend.stop(str(tenant_id))
+        run.record(
+            ReconcileAction.HOMESERVER_STOPPED,
+            tenant_id,
+            {"tenant_status": "suspended", "observed": "running", "desired": "stopped"},
+        )
     _ensure_route(ctx, tenant_id, route, run)
 
 

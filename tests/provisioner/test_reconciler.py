@@ -418,3 +418,45 @@ def test_suspended_tenants_stopped_with_their_route_right_are_passed_over(
     assert [e["action"] for e in events(restarted)] == ["homeserver.stopped"]
     assert not ctx.backend.is_running(str(restarted))
     assert asked == [{str(quiet), str(restarted)}] * 2  # once a pass, for both
+
+
+def test_a_tenant_resumed_after_the_pass_listed_it_keeps_its_homeserver(
+    own_platform: None,
+) -> None:
+    """The pass lists the suspended tenants, then takes each one's lease: a resume that ran in
+    between (its lease taken and given back, the homeserver started, the tenant active) must
+    not have its homeserver stopped by a pass that still counts it as suspended."""
+    settings = get_settings()
+    resumed: list[uuid.UUID] = []
+
+    class ResumedMeanwhile(FakeBackend):
+        def running_among(self, tenant_ids: Collection[str]) -> set[str]:
+            for tenant_id in resumed:  # the resume commits after the pass read its list
+                with task_session() as session:
+                    tenant = session.get(Tenant, tenant_id)
+                    assert tenant is not None
+                    tenant.status = TenantStatus.ACTIVE
+            return super().running_among(tenant_ids)
+
+    ctx = steps.Context(settings, ResumedMeanwhile(settings.data_path))
+    tenant_id = with_homeserver(ctx, TenantStatus.ACTIVE)[0]
+    with task_session() as session:
+        tenant = session.get(Tenant, tenant_id)
+        hs = repository.get_homeserver(session, tenant_id)
+        assert tenant is not None and hs is not None
+        tenant.status = TenantStatus.SUSPENDED
+        hs.upstream_url = "http://127.0.0.1:18013"
+        plan = repository.get_plan(session, tenant.plan_id)
+        route = steps.recorded_route(tenant, plan, hs)
+        assert route is not None and route.status == "suspended"
+        publish_route(ctx.redis, ctx.keys, route)  # as the suspension left it
+        target = steps.target_for(ctx, tenant, plan, hs)
+    ctx.backend.render(target)
+    ctx.backend.start(target)  # the resume's start
+    resumed.append(tenant_id)
+    try:
+        assert reconcile_all(ctx) == {}
+        assert ctx.backend.is_running(str(tenant_id))
+    finally:
+        ctx.backend.stop_all()
+    assert events(tenant_id) == []
