@@ -353,6 +353,17 @@ def _reconcile_active(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> No
     _ensure_route(ctx, tenant_id, route, run)
 
 
+def _keep_stopped(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass, status: str) -> None:
+    """A homeserver that must not run (its tenant ``status``) is stopped if it runs, and said so."""
+    if ctx.backend.is_running(str(tenant_id)):
+        ctx.backend.stop(str(tenant_id))
+        run.record(
+            ReconcileAction.HOMESERVER_STOPPED,
+            tenant_id,
+            {"tenant_status": status, "observed": "running", "desired": "stopped"},
+        )
+
+
 def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> None:
     """A suspended tenant's homeserver stays stopped and its route says so. Read again under
     the lease first: the pass's list may predate a resume that has run since (its homeserver,
@@ -364,13 +375,7 @@ def _reconcile_suspended(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) ->
             return
         plan = repository.get_plan(session, tenant.plan_id)
         route = steps.route_for(ctx, tenant, hs, steps.target_for(ctx, tenant, plan, hs))
-    if ctx.backend.is_running(str(tenant_id)):
-        ctx.backend.stop(str(tenant_id))
-        run.record(
-            ReconcileAction.HOMESERVER_STOPPED,
-            tenant_id,
-            {"tenant_status": "suspended", "observed": "running", "desired": "stopped"},
-        )
+    _keep_stopped(ctx, tenant_id, run, "suspended")
     _ensure_route(ctx, tenant_id, route, run)
 
 
@@ -416,13 +421,7 @@ def _reconcile_deleted(ctx: steps.Context, tenant_id: uuid.UUID, run: Pass) -> N
         if tenant is None:
             return
         server_name, slug, deleted_at = tenant.server_name, tenant.slug, tenant.deleted_at
-    if ctx.backend.is_running(str(tenant_id)):
-        ctx.backend.stop(str(tenant_id))
-        run.record(
-            ReconcileAction.HOMESERVER_STOPPED,
-            tenant_id,
-            {"tenant_status": "deleted", "observed": "running", "desired": "stopped"},
-        )
+    _keep_stopped(ctx, tenant_id, run, "deleted")
     _purge_expired_archives(ctx, tenant_id, deleted_at, run)
     if is_published(ctx.redis, ctx.keys, server_name=server_name, slug=slug):
         with task_session() as session:
