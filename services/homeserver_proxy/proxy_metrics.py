@@ -61,10 +61,10 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 def route_class(path: str) -> RouteClass:
     """Classify a raw request path with substring tests only (a ``/t/<slug>`` prefix is fine)."""
+    if "/send/" in path:  # first: a send whose txn id is "sync" is a send
+        return RouteClass.SEND
     if path.endswith(("/sync", "/events")):
         return RouteClass.SYNC
-    if "/send/" in path:
-        return RouteClass.SEND
     if "/_matrix/media/" in path or "/client/v1/media/" in path:
         return RouteClass.MEDIA
     return RouteClass.OTHER

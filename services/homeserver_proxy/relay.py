@@ -273,8 +273,35 @@ class _Plan:
         self.metrics_route = route_class(self.decoded_path)  # as the app's (prefix and all)
         self.first_byte_route = route_class(path)
 
+    def with_txn(self, raw_path: bytes, txn: bytes, cut: int) -> _Plan:
+        """This send's plan for another transaction id: the paths less their last ``cut``
+        characters (this plan's txn id) end with ``txn`` instead; nothing else changes."""
+        plan = _Plan.__new__(_Plan)
+        plan.method = self.method
+        plan.raw_path = raw_path
+        tail = txn.decode("ascii")
+        plan.decoded_path = self.decoded_path[:-cut] + tail
+        plan.path = self.path[:-cut] + tail
+        plan.upstream_path = self.upstream_path[:-cut] + txn
+        plan.field = self.field
+        plan.long_poll = self.long_poll
+        plan.kind = self.kind
+        plan.capture = self.capture
+        plan.timeout = self.timeout
+        plan.metrics_route = self.metrics_route
+        plan.first_byte_route = self.first_byte_route
+        return plan
+
 
 _plans: dict[tuple[str, bytes], _Plan | None] = {}  # None: a path the app serves
+# Every send has a path of its own (its transaction id), which decides nothing in its plan but
+# the paths: a send's plan is made once per room and event type (by its path less the txn id,
+# kept here with the length of the txn id it was made with) and copied for each send after.
+_sends: dict[bytes, tuple[_Plan, int]] = {}
+# A transaction id that is its own canonical form: no "%", ";", "\", control byte, or leading
+# dot, and not empty (``test_relay`` holds a plan made this way equal to one made in full).
+_PLAIN_TXN = re.compile(rb"[0-9A-Za-z_~-][0-9A-Za-z._~-]*")
+_SENDS = (Kind.SEND, Kind.SEND_CALL_INVITE)
 
 
 def _plan_of(method: str, raw_path: bytes) -> _Plan | None:
@@ -283,8 +310,18 @@ def _plan_of(method: str, raw_path: bytes) -> _Plan | None:
     key = (method, raw_path)
     if key in _plans:
         return _plans[key]
+    head, _, txn = raw_path.rpartition(b"/")
+    plain_txn = method == "PUT" and _PLAIN_TXN.fullmatch(txn) is not None
+    if plain_txn and head in _sends:
+        template, cut = _sends[head]
+        return template.with_txn(raw_path, txn, cut)
     plan = _make_plan(method, raw_path)
     if len(raw_path) <= _PLANNED_PATH_BYTES:
+        if plain_txn and plan is not None and plan.kind in _SENDS:
+            if len(_sends) >= _MAX_PLANS:
+                _sends.clear()  # rooms come and go
+            _sends[head] = (plan, len(txn))
+            return plan
         if len(_plans) >= _MAX_PLANS:
             _plans.clear()  # unique paths (room and txn ids) come and go
         _plans[key] = plan

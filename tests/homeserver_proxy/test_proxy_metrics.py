@@ -15,6 +15,7 @@ from homeserver_proxy.proxy_metrics import REFUSAL_REASONS, ProxyMetrics, RouteC
         ("/t/acme/_matrix/client/r0/sync", RouteClass.SYNC),
         ("/_matrix/client/v3/events", RouteClass.SYNC),
         ("/_matrix/client/v3/rooms/!r:acme/send/m.room.message/tx1", RouteClass.SEND),
+        ("/_matrix/client/v3/rooms/!r:acme/send/m.room.message/sync", RouteClass.SEND),
         ("/_matrix/media/v3/upload", RouteClass.MEDIA),
         ("/_matrix/client/v1/media/download/acme/abc", RouteClass.MEDIA),
         ("/_matrix/client/v3/login", RouteClass.OTHER),

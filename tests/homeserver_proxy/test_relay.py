@@ -21,8 +21,11 @@ import pytest
 import redis
 import uvicorn
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from c3.local_run import free_port
+from homeserver_proxy import relay as relay_module
 from homeserver_proxy.app import ProxyApp
 from homeserver_proxy.relay import RelayProtocol
 from platform_core.http_wall import MATRIX_ANSWERS, guarded_protocol
@@ -58,10 +61,10 @@ class StandIn:
             }
         )
         path = request.path
-        if path.endswith("/sync"):
-            return web.json_response({"next_batch": "s2"})
         if "/send/" in path:
             return web.json_response({"event_id": f"$e{len(self.seen)}"})
+        if path.endswith("/sync"):
+            return web.json_response({"next_batch": "s2"})
         if path.endswith("/login"):
             return web.json_response(
                 {
@@ -253,24 +256,33 @@ async def test_each_request_on_a_connection_goes_on_with_its_own_headers(relay: 
     ids=["plain-room-id", "room-id-encoded-as-sdks-send-it"],
 )
 async def test_a_send_is_relayed_and_billed_once(relay: Relay, send: str) -> None:
+    # The room's first send is planned in full, the next ones from it (a new txn id each).
+    txns = ["txn1", "txn2", "sync"]  # a txn id may be any word, "sync" too
+    event_ids = []
     async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
-        answer = await client.put(send + "txn1", json={"msgtype": "m.text", "body": "hi"})
-    assert answer.status_code == 200 and answer.json()["event_id"].startswith("$e")
-    assert relayed(relay.app) == 1
-    assert relay.stand_in.seen[-1]["body"] == b'{"msgtype":"m.text","body":"hi"}'
-    assert relay.stand_in.seen[-1]["path"] == send + "txn1"  # as the client wrote it
+        for n, txn in enumerate(txns, start=1):
+            body = {"msgtype": "m.text", "body": f"hi {n}"}
+            answer = await client.put(send + txn, json=body)
+            assert answer.status_code == 200 and answer.json()["event_id"].startswith("$e")
+            event_ids.append(answer.json()["event_id"])
+            assert relayed(relay.app) == n
+            assert (
+                relay.stand_in.seen[-1]["body"] == json.dumps(body, separators=(",", ":")).encode()
+            )
+            assert relay.stand_in.seen[-1]["path"] == send + txn  # as the client wrote it
     sends = relay.app.metrics.registry.get_sample_value(
         "c3_proxy_requests_total", {"route": "send", "status": "2xx"}
     )
-    assert sends == 1  # counted as a send, as the app counts it
+    assert sends == len(txns)  # counted as sends, as the app counts them
     for histogram in ("request_duration", "upstream_first_byte"):
         count = relay.app.metrics.registry.get_sample_value(
             f"c3_proxy_{histogram}_seconds_count", {"route": "send"}
         )
-        assert count == 1, histogram  # timed once, and its first byte too
+        assert count == len(txns), histogram  # each timed once, and its first byte too
     usage = relay.app.meter.drain()
     assert usage is not None
-    assert json.dumps(usage).count(answer.json()["event_id"]) == 1
+    assert len(set(event_ids)) == len(txns)
+    assert [json.dumps(usage).count(event_id) for event_id in event_ids] == [1] * len(txns)
 
 
 async def test_a_token_in_the_header_or_the_query_makes_its_user_active(relay: Relay) -> None:
@@ -701,3 +713,78 @@ async def test_the_lane_can_be_turned_off(platform_env: dict[str, str], relay: R
     async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
         answer = await client.get("/_matrix/client/versions")
     assert answer.status_code == 200 and relayed(relay.app) == 0
+
+
+_PATH_BITS = [
+    "a",
+    "Z",
+    "0",
+    ".",
+    "-",
+    "_",
+    "~",
+    "%",
+    "2",
+    "e",
+    "E",
+    "5",
+    "c",
+    "1",
+    ";",
+    "\\",
+    "!",
+    ":",
+]
+_TXN_PLACES = [  # what may come before a last segment
+    "rooms/{room}/send/{type}",
+    "rooms/{room}/state/{type}",
+    "rooms/{room}/state",
+    "rooms/{room}",
+    "rooms/{room}/redact/$e",
+    "rooms/{room}/typing",
+    "sendToDevice/{type}",
+    "{room}/send/{type}",
+    "",
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    method=st.sampled_from(["PUT", "PUT", "PUT", "POST", "GET"]),
+    prefix=st.sampled_from(["", "/t/acme", "/t/ACME", "/t/acme/"]),
+    version=st.sampled_from(["v3", "r0", "unstable", "%76%33", "..", "v3/.."]),
+    place=st.sampled_from(_TXN_PLACES),
+    room=st.sampled_from(["!r:acme.c3.test", "%21r%3Aacme.c3.test", "%2521r", "%2e%2e", "", "."])
+    | st.text(alphabet=_PATH_BITS, max_size=6),
+    event_type=st.sampled_from(["m.room.message", "m.call.invite", "m%2Ecall%2Einvite", "m.x/y"])
+    | st.sampled_from(["m.call.member", "org.matrix.msc3401.call.member"])
+    | st.text(alphabet=_PATH_BITS, max_size=6),
+    first=st.sampled_from(["txn1", "sync", "events", "m.call.member"])
+    | st.text(alphabet=_PATH_BITS, max_size=5),
+    then=st.sampled_from(["txn2", "sync", "events", "m.call.member", ".", "..", "%2e%2e", ""])
+    | st.text(alphabet=[*_PATH_BITS, "/"], max_size=5),
+)
+def test_a_plan_made_from_the_rooms_last_send_is_the_plan_made_in_full(
+    method: str,
+    prefix: str,
+    version: str,
+    place: str,
+    room: str,
+    event_type: str,
+    first: str,
+    then: str,
+) -> None:
+    """A send's plan copied from the room's first send with another txn id forwards, bills,
+    times and counts exactly as a plan made from its whole path would; so does every other
+    request's, whatever came before it."""
+    relay_module._plans.clear()
+    relay_module._sends.clear()
+    head = f"{prefix}/_matrix/client/{version}/{place.format(room=room, type=event_type)}/"
+    relay_module._plan_of("PUT", (head + first).encode())
+    got = relay_module._plan_of(method, (head + then).encode())
+    want = relay_module._make_plan(method, (head + then).encode())
+    assert (None if got is None else _fields(got)) == (None if want is None else _fields(want))
+
+
+def _fields(plan: relay_module._Plan) -> dict[str, object]:
+    return {name: getattr(plan, name) for name in relay_module._Plan.__slots__}
