@@ -11,6 +11,7 @@ histogram bucket would be too many series; per-tenant traffic is in the usage pi
 
 from __future__ import annotations
 
+import re
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
@@ -59,12 +60,17 @@ UPSTREAM_ERRORS = ("unavailable", "timeout")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+# The long-polls (``forwarding._SYNC``), under a ``/t/<slug>`` prefix or not.
+_SYNC_PATH = re.compile(r"(?:/t/[^/]+)?/_matrix/client/(?:r0|v3|unstable/[^/]+)/(?:sync|events)")
+
+
 def route_class(path: str) -> RouteClass:
-    """Classify a raw request path with substring tests only (a ``/t/<slug>`` prefix is fine)."""
-    if "/send/" in path:  # first: a send whose txn id is "sync" is a send
-        return RouteClass.SEND
-    if path.endswith(("/sync", "/events")):
+    """Classify a request path (a ``/t/<slug>`` prefix is fine): a sync by its whole path (not
+    by its end: a send's txn id or a receipt's event id may be "sync"), the rest by substrings."""
+    if _SYNC_PATH.fullmatch(path) is not None:
         return RouteClass.SYNC
+    if "/send/" in path:
+        return RouteClass.SEND
     if "/_matrix/media/" in path or "/client/v1/media/" in path:
         return RouteClass.MEDIA
     return RouteClass.OTHER

@@ -273,16 +273,20 @@ class _Plan:
         self.metrics_route = route_class(self.decoded_path)  # as the app's (prefix and all)
         self.first_byte_route = route_class(path)
 
-    def with_txn(self, raw_path: bytes, txn: bytes, cut: int) -> _Plan:
-        """This send's plan for another transaction id: the paths less their last ``cut``
-        characters (this plan's txn id) end with ``txn`` instead; nothing else changes."""
+    def with_id(self, raw_path: bytes, last: bytes, cuts: tuple[int, int]) -> _Plan:
+        """This plan for another last segment (``_plan_of``): the raw paths less their last
+        ``cuts[0]`` characters and the decoded one less its last ``cuts[1]`` end with ``last``
+        instead (decoded: a leading ``%24`` is a ``$``); nothing else changes."""
         plan = _Plan.__new__(_Plan)
         plan.method = self.method
         plan.raw_path = raw_path
-        tail = txn.decode("ascii")
-        plan.decoded_path = self.decoded_path[:-cut] + tail
-        plan.path = self.path[:-cut] + tail
-        plan.upstream_path = self.upstream_path[:-cut] + txn
+        raw_cut, decoded_cut = cuts
+        tail = last.decode("ascii")
+        plan.decoded_path = self.decoded_path[:-decoded_cut] + (
+            "$" + tail[3:] if tail.startswith("%24") else tail
+        )
+        plan.path = self.path[:-raw_cut] + tail
+        plan.upstream_path = self.upstream_path[:-raw_cut] + last
         plan.field = self.field
         plan.long_poll = self.long_poll
         plan.kind = self.kind
@@ -294,14 +298,18 @@ class _Plan:
 
 
 _plans: dict[tuple[str, bytes], _Plan | None] = {}  # None: a path the app serves
-# Every send has a path of its own (its transaction id), which decides nothing in its plan but
-# the paths: a send's plan is made once per room and event type (by its path less the txn id,
-# kept here with the length of the txn id it was made with) and copied for each send after.
-_sends: dict[bytes, tuple[_Plan, int]] = {}
-# A transaction id that is its own canonical form: no "%", ";", "\", control byte, or leading
-# dot, and not empty (``test_relay`` holds a plan made this way equal to one made in full).
-_PLAIN_TXN = re.compile(rb"[0-9A-Za-z_~-][0-9A-Za-z._~-]*")
+# Every send and every read receipt has a path of its own (its transaction id, the event id it
+# marks read), whose last segment decides nothing in its plan but its paths: such a plan is made
+# once per method and path less that segment (the room and the event or receipt type), kept
+# here with how long its segment was (raw, decoded), and copied for each request after.
+_by_room: dict[tuple[str, bytes], tuple[_Plan, tuple[int, int]]] = {}
+# A last segment that is its own canonical form but for a leading "$" (an event id, which SDKs
+# send as %24): then no "%", ";", "\", control byte, or leading dot, and not empty
+# (``test_relay`` holds a plan made this way equal to one made in full).
+_PLAIN_ID = re.compile(rb"(?:%24|\$)?[0-9A-Za-z_~-][0-9A-Za-z._~-]*")
 _SENDS = (Kind.SEND, Kind.SEND_CALL_INVITE)
+_PUT_POST = ("PUT", "POST")
+_RECEIPT = re.compile(r"/_matrix/client/(?:r0|v3|unstable)/rooms/[^/]*/receipt/[^/]*/[^/]*")
 
 
 def _plan_of(method: str, raw_path: bytes) -> _Plan | None:
@@ -310,20 +318,27 @@ def _plan_of(method: str, raw_path: bytes) -> _Plan | None:
     key = (method, raw_path)
     if key in _plans:
         return _plans[key]
-    head, _, txn = raw_path.rpartition(b"/")
-    plain_txn = method == "PUT" and _PLAIN_TXN.fullmatch(txn) is not None
-    if plain_txn and head in _sends:
-        template, cut = _sends[head]
-        return template.with_txn(raw_path, txn, cut)
+    head, _, last = raw_path.rpartition(b"/")
+    plain = method in _PUT_POST and _PLAIN_ID.fullmatch(last) is not None
+    if plain:
+        room_key = (method, head)
+        if room_key in _by_room:
+            template, cuts = _by_room[room_key]
+            return template.with_id(raw_path, last, cuts)
     plan = _make_plan(method, raw_path)
     if len(raw_path) <= _PLANNED_PATH_BYTES:
-        if plain_txn and plan is not None and plan.kind in _SENDS:
-            if len(_sends) >= _MAX_PLANS:
-                _sends.clear()  # rooms come and go
-            _sends[head] = (plan, len(txn))
+        if (
+            plain
+            and plan is not None
+            and (plan.kind in _SENDS or (method == "POST" and _RECEIPT.fullmatch(plan.path)))
+        ):
+            if len(_by_room) >= _MAX_PLANS:
+                _by_room.clear()  # rooms come and go
+            decoded_length = len(last) - 2 if last.startswith(b"%24") else len(last)
+            _by_room[(method, head)] = (plan, (len(last), decoded_length))
             return plan
         if len(_plans) >= _MAX_PLANS:
-            _plans.clear()  # unique paths (room and txn ids) come and go
+            _plans.clear()  # unique paths (room, txn and event ids) come and go
         _plans[key] = plan
     return plan
 
