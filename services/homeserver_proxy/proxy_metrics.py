@@ -11,7 +11,6 @@ histogram bucket would be too many series; per-tenant traffic is in the usage pi
 
 from __future__ import annotations
 
-import re
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
@@ -27,6 +26,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from homeserver_proxy.forwarding import is_long_poll
+from homeserver_proxy.routing import split_slug_prefix
 from platform_core.metrics import labelled_counter
 
 
@@ -60,14 +61,12 @@ UPSTREAM_ERRORS = ("unavailable", "timeout")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-# The long-polls (``forwarding._SYNC``), under a ``/t/<slug>`` prefix or not.
-_SYNC_PATH = re.compile(r"(?:/t/[^/]+)?/_matrix/client/(?:r0|v3|unstable/[^/]+)/(?:sync|events)")
-
-
 def route_class(path: str) -> RouteClass:
-    """Classify a request path (a ``/t/<slug>`` prefix is fine): a sync by its whole path (not
-    by its end: a send's txn id or a receipt's event id may be "sync"), the rest by substrings."""
-    if _SYNC_PATH.fullmatch(path) is not None:
+    """Classify a request path (a ``/t/<slug>`` prefix is fine): a sync is a long-poll by its
+    whole path (not by its end: a send's txn id or a receipt's event id may be "sync"), the
+    rest by substrings."""
+    prefixed = split_slug_prefix(path)
+    if is_long_poll(path if prefixed is None else prefixed[1]):
         return RouteClass.SYNC
     if "/send/" in path:
         return RouteClass.SEND

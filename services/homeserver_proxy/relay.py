@@ -276,15 +276,13 @@ class _Plan:
     def with_id(self, raw_path: bytes, last: bytes, cuts: tuple[int, int]) -> _Plan:
         """This plan for another last segment (``_plan_of``): the raw paths less their last
         ``cuts[0]`` characters and the decoded one less its last ``cuts[1]`` end with ``last``
-        instead (decoded: a leading ``%24`` is a ``$``); nothing else changes."""
+        instead (decoded: ``_decoded_id``); nothing else changes."""
         plan = _Plan.__new__(_Plan)
         plan.method = self.method
         plan.raw_path = raw_path
         raw_cut, decoded_cut = cuts
         tail = last.decode("ascii")
-        plan.decoded_path = self.decoded_path[:-decoded_cut] + (
-            "$" + tail[3:] if tail.startswith("%24") else tail
-        )
+        plan.decoded_path = self.decoded_path[:-decoded_cut] + _decoded_id(tail)
         plan.path = self.path[:-raw_cut] + tail
         plan.upstream_path = self.upstream_path[:-raw_cut] + last
         plan.field = self.field
@@ -312,6 +310,11 @@ _PUT_POST = ("PUT", "POST")
 _RECEIPT = re.compile(r"/_matrix/client/(?:r0|v3|unstable)/rooms/[^/]*/receipt/[^/]*/[^/]*")
 
 
+def _decoded_id(last: str) -> str:
+    """A last segment ``_PLAIN_ID`` takes, decoded: its only escape can be a leading ``%24``."""
+    return "$" + last[3:] if last.startswith("%24") else last
+
+
 def _plan_of(method: str, raw_path: bytes) -> _Plan | None:
     """The plan of a request, or None for one the app serves: the proxy's health, a path the
     guard does not forward, a login, a single sign-on start, or one that confinement looks at."""
@@ -334,8 +337,8 @@ def _plan_of(method: str, raw_path: bytes) -> _Plan | None:
         ):
             if len(_by_room) >= _MAX_PLANS:
                 _by_room.clear()  # rooms come and go
-            decoded_length = len(last) - 2 if last.startswith(b"%24") else len(last)
-            _by_room[(method, head)] = (plan, (len(last), decoded_length))
+            cuts = (len(last), len(_decoded_id(last.decode("ascii"))))
+            _by_room[(method, head)] = (plan, cuts)
             return plan
         if len(_plans) >= _MAX_PLANS:
             _plans.clear()  # unique paths (room, txn and event ids) come and go

@@ -256,8 +256,9 @@ async def test_each_request_on_a_connection_goes_on_with_its_own_headers(relay: 
     ids=["plain-room-id", "room-id-encoded-as-sdks-send-it"],
 )
 async def test_a_send_is_relayed_and_billed_once(relay: Relay, send: str) -> None:
-    # The room's first send is planned in full, the next ones from it (a new txn id each).
-    txns = ["txn1", "txn2", "sync"]  # a txn id may be any word, "sync" too
+    # The room's first send is planned in full, the next ones from it (a new txn id each). A
+    # txn id may be any word, "sync" too: a send all the same.
+    txns = ["sync", "txn2", "txn3"]
     event_ids = []
     async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
         for n, txn in enumerate(txns, start=1):
@@ -289,7 +290,7 @@ async def test_read_receipts_are_relayed_each_with_its_own_event_id(relay: Relay
     # SDKs send an event id's "$" as %24; the room's first receipt is planned in full, the
     # next ones from it.
     receipt = "/_matrix/client/v3/rooms/%21r%3Aacme.c3.test/receipt/m.read/"
-    ids = ["%24first", "%24second", "$third", "events"]
+    ids = ["events", "%24second", "$third", "%24fourth"]  # an id may be "events": not a sync
     async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
         for n, event_id in enumerate(ids, start=1):
             answer = await client.post(receipt + event_id, json={})
@@ -732,26 +733,7 @@ async def test_the_lane_can_be_turned_off(platform_env: dict[str, str], relay: R
     assert answer.status_code == 200 and relayed(relay.app) == 0
 
 
-_PATH_BITS = [
-    "a",
-    "Z",
-    "0",
-    ".",
-    "-",
-    "_",
-    "~",
-    "%",
-    "2",
-    "4",
-    "e",
-    "E",
-    "c",
-    ";",
-    "\\",
-    "!",
-    "$",
-    ":",
-]
+_PATH_BITS = list("aZ0.-_~%24eEc;\\!$:")
 _ID_PLACES = [  # what may come before a last segment
     "rooms/{room}/send/{type}",
     "rooms/{room}/receipt/{type}",
@@ -800,22 +782,28 @@ def test_a_plan_copied_from_the_rooms_last_is_the_plan_made_in_full(
     """A send's or a receipt's plan copied from the room's first one, with another txn or
     event id, forwards, bills, times and counts exactly as a plan made from its whole path
     would; so does every other request's, whatever came before it."""
+    place = place.format(room=room, type=event_type)
+    head = f"{prefix}/_matrix/client/{version}/" + (f"{place}/" if place else "")
+    copied, made_in_full = _plan_after(first_method, head + first, method, head + then)
+    assert copied == made_in_full
+
+
+def _plan_after(
+    first_method: str, first: str, method: str, path: str
+) -> tuple[dict[str, object] | None, dict[str, object] | None]:
+    """The plan of ``path`` just after ``first`` was planned (from empty tables), and the plan
+    of ``path`` made in full, each as its fields."""
     relay_module._plans.clear()
     relay_module._by_room.clear()
-    place = place.format(room=room, type=event_type)
-    head = (
-        f"{prefix}/_matrix/client/{version}/{place}/"
-        if place
-        else f"{prefix}/_matrix/client/{version}/"
+    relay_module._plan_of(first_method, first.encode())
+    return (
+        _fields(relay_module._plan_of(method, path.encode())),
+        _fields(relay_module._make_plan(method, path.encode())),
     )
-    relay_module._plan_of(first_method, (head + first).encode())
-    got = relay_module._plan_of(method, (head + then).encode())
-    want = relay_module._make_plan(method, (head + then).encode())
-    assert (None if got is None else _fields(got)) == (None if want is None else _fields(want))
 
 
-def _fields(plan: relay_module._Plan) -> dict[str, object]:
-    return {name: getattr(plan, name) for name in relay_module._Plan.__slots__}
+def _fields(plan: relay_module._Plan | None) -> dict[str, object] | None:
+    return None if plan is None else {n: getattr(plan, n) for n in relay_module._Plan.__slots__}
 
 
 def test_every_send_and_receipt_plan_copied_from_another_is_the_plan_made_in_full() -> None:
@@ -833,12 +821,5 @@ def test_every_send_and_receipt_plan_copied_from_another_is_the_plan_made_in_ful
         ("txn1", "%24ev1", "$ev1", "%2424x1"),
         ("txn2", "%24ev2", "$ev2", "%2424x2", "%24"),
     ):
-        relay_module._plans.clear()
-        relay_module._by_room.clear()
-        relay_module._plan_of(first_method, (head + first).encode())
-        got = relay_module._plan_of(method, (head + then).encode())
-        want = relay_module._make_plan(method, (head + then).encode())
-        case = (head, first_method, method, first, then)
-        assert (None if got is None else _fields(got)) == (
-            None if want is None else _fields(want)
-        ), case
+        copied, made_in_full = _plan_after(first_method, head + first, method, head + then)
+        assert copied == made_in_full, (head, first_method, method, first, then)
