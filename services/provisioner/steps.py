@@ -92,6 +92,7 @@ def make_backend(settings: Settings) -> Backend:
             python=settings.synapse_python,
             jemalloc=settings.synapse_jemalloc,
             zygote=settings.synapse_zygote,
+            gc_check_s=settings.synapse_gc_check_s,
             start_timeout_s=settings.homeserver_start_timeout_s,
             ports=settings.homeserver_ports,
         )

@@ -125,6 +125,34 @@ def test_a_zygote_running_other_code_is_replaced(backend: LocalBackend, tmp_path
     poll(lambda: not psutil.pid_exists(old_pid), timeout=15, what="the stale zygote to exit")
 
 
+def test_a_new_collector_check_period_starts_a_new_zygote(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    """C3_SYNAPSE_GC_CHECK_S is part of the zygote's fingerprint: a worker with another period
+    replaces the running zygote, and the homeservers it forks get that period; a homeserver
+    the old zygote forked keeps serving."""
+    taken: set[int] = set()
+    alpha = target(backend, "alpha", taken)
+    started(backend, alpha)
+    first = zygote_pid(backend)
+    assert first is not None
+    cmdline = psutil.Process(first).cmdline()
+    assert cmdline[cmdline.index("--gc-check-period") + 1] == "1.0"
+
+    synapses_own = LocalBackend(tmp_path, gc_check_s=0.1)
+    try:
+        process = started(synapses_own, target(synapses_own, "beta", taken))
+        assert MARKER in process.cmdline()
+        second = zygote_pid(synapses_own)
+        assert second not in (None, first)
+        cmdline = psutil.Process(second).cmdline()
+        assert cmdline[cmdline.index("--gc-check-period") + 1] == "0.1"
+        poll(lambda: not psutil.pid_exists(first), timeout=15, what="the old zygote to exit")
+        assert healthy(backend, alpha)
+    finally:
+        synapses_own.stop_all()
+
+
 def test_without_the_zygote_a_homeserver_is_its_own_process(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path, zygote=False)  # C3_SYNAPSE_ZYGOTE=false
     alpha = target(backend, "alpha", set())

@@ -1,10 +1,15 @@
 """What the Synapse zygote does once for every homeserver's start (zygote_server._warm_up)
 gives each homeserver what it would have computed itself: a schema that fails still fails,
 every time; a template whose source changed is compiled again, never served stale; an IP set
-built once is the same set, each caller's own, and a bad address fails every time."""
+built once is the same set, each caller's own, and a bad address fails every time. And each
+forked homeserver's collector checks run once a second, not ten times (space_gc_checks)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jinja2
@@ -90,3 +95,52 @@ def test_ip_sets_are_built_once_and_each_caller_gets_its_own() -> None:
         with pytest.raises(ConfigError):
             shared(["not-a-network"], None, ("ip_range_blocklist",))
     assert len(built) == 3
+
+
+_GC_TIMER = """
+import gc, json, sys
+from synapse.app import _base
+from twisted.internet import reactor, task
+
+from provisioner.backends.zygote_server import space_gc_checks
+
+period = float(sys.argv[1])
+looping = task.LoopingCall
+if period:
+    space_gc_checks(period)
+_base.install_gc_manager()  # what a forked homeserver's start runs (synapse.app._base.start)
+now = reactor.seconds()
+timers = [
+    (call.func.f.__name__, round(call.getTime() - now, 2))
+    for call in reactor.getDelayedCalls()
+    if isinstance(call.func, task.LoopingCall)
+]
+print(json.dumps({"gc": gc.isenabled(), "restored": task.LoopingCall is looping, "timers": timers}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("period", "checks_every"),
+    [
+        (0.0, 0.1),  # Synapse's own timer: ten wake-ups a second in every idle homeserver
+        (1.0, 1.0),  # C3_SYNAPSE_GC_CHECK_S's default
+        (0.05, 0.1),  # never more often than Synapse's own
+    ],
+)
+def test_forked_homeservers_check_for_a_due_collection_at_the_configured_period(
+    period: float, checks_every: float
+) -> None:
+    """Synapse's real ``install_gc_manager``, as a homeserver forked from the zygote runs it:
+    Python's collector off, Synapse's check on a timer of ``checks_every`` seconds, nothing
+    else of Twisted changed."""
+    ran = subprocess.run(
+        [sys.executable, "-c", _GC_TIMER, str(period)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    told = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert told == {"gc": False, "restored": True, "timers": [["_maybe_gc", checks_every]]}

@@ -49,6 +49,7 @@ from provisioner.backends.zygote import (
     forked_in,
     live_process,
 )
+from provisioner.backends.zygote_server import SYNAPSE_GC_CHECK_S
 from provisioner.malloc import synapse_environment
 from provisioner.synapse_config import HomeserverSecrets, write_homeserver_files
 
@@ -115,6 +116,7 @@ class LocalBackend(Backend):
         bind: str = "127.0.0.1",
         jemalloc: bool = False,
         zygote: bool = True,
+        gc_check_s: float = SYNAPSE_GC_CHECK_S,
         start_timeout_s: float = 60.0,
         ports: str = "",
     ):
@@ -133,9 +135,10 @@ class LocalBackend(Backend):
                 self.root / ".zygote",
                 python=self.python,
                 environment=self._environment(),
-                fingerprint=fingerprint(self.python, jemalloc=jemalloc),
+                fingerprint=fingerprint(self.python, jemalloc=jemalloc, gc_check_s=gc_check_s),
                 start_timeout_s=start_timeout_s,
                 warm_up=self._render_warm_up,
+                gc_check_s=gc_check_s,
             )
             if zygote
             else None

@@ -28,7 +28,7 @@ from typing import Any
 import c3_synapse
 
 from provisioner.backends import zygote_server
-from provisioner.backends.zygote_server import MARKER
+from provisioner.backends.zygote_server import MARKER, SYNAPSE_GC_CHECK_S
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ class ZygoteError(Exception):
     """The zygote could not start a homeserver (the caller falls back to a plain start)."""
 
 
-def fingerprint(python: str, *, jemalloc: bool) -> str:
-    """What a forked homeserver would run: the interpreter, the allocator, Synapse's version,
-    C3's own Synapse code and the zygote's (each file's size and modification time)."""
-    parts = [python, f"jemalloc={jemalloc}"]
+def fingerprint(python: str, *, jemalloc: bool, gc_check_s: float = SYNAPSE_GC_CHECK_S) -> str:
+    """What a forked homeserver would run: the interpreter, the allocator, the collector checks'
+    period, Synapse's version, C3's own Synapse code and the zygote's (each file's size and
+    modification time)."""
+    parts = [python, f"jemalloc={jemalloc}", f"gc_check_s={gc_check_s!r}"]
     try:
         parts.append(metadata.version("matrix-synapse"))
     except metadata.PackageNotFoundError:
@@ -67,6 +68,7 @@ class Zygote:
         fingerprint: str,
         start_timeout_s: float = 60.0,
         warm_up: Callable[[Path], Path] | None = None,
+        gc_check_s: float = SYNAPSE_GC_CHECK_S,
     ) -> None:
         self.directory = directory
         self.python = python
@@ -76,6 +78,9 @@ class Zygote:
         # Writes a homeserver config for no tenant into the directory it is given, and names
         # it: the zygote parses it once before its first fork (zygote_server._warm_up).
         self.warm_up = warm_up
+        # How often each forked homeserver checks for a due collection (zygote_server.
+        # space_gc_checks; C3_SYNAPSE_GC_CHECK_S); part of ``fingerprint``.
+        self.gc_check_s = gc_check_s
 
     @property
     def socket_path(self) -> Path:
@@ -189,6 +194,8 @@ class Zygote:
             str(self.socket_path),
             "--fingerprint",
             self.fingerprint,
+            "--gc-check-period",
+            repr(self.gc_check_s),
         ]
         if self.warm_up is not None:
             try:
