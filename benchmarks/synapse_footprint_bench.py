@@ -81,6 +81,9 @@ class Variant:
     jemalloc: bool = False
     limits: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    # Synapse's collector checks spaced to this period, as in a homeserver forked from the
+    # zygote (zygote_server.space_gc_checks, C3_SYNAPSE_GC_CHECK_S); None: Synapse's 0.1 s.
+    gc_check_s: float | None = None
 
 
 def _variants() -> dict[str, Variant]:
@@ -97,6 +100,7 @@ def _variants() -> dict[str, Variant]:
             Variant(f"jemalloc-f{factor:g}", jemalloc=True, limits={"synapse_cache_factor": factor})
         )
     found.append(Variant("glibc-f0.1", limits={"synapse_cache_factor": 0.1}))
+    found.append(Variant("glibc-gc1", limits={"synapse_cache_factor": 0.5}, gc_check_s=1.0))
     found.append(
         Variant(
             "jemalloc-f0.25-ev2k",
@@ -142,6 +146,15 @@ def _variants() -> dict[str, Variant]:
 
 
 VARIANTS = _variants()
+# Synapse's entry point after zygote_server.space_gc_checks, as a forked homeserver runs it.
+_SPACED_GC = (
+    "import sys\n"
+    "from provisioner.backends.zygote_server import space_gc_checks\n"
+    "space_gc_checks(float(sys.argv[1]))\n"
+    "from synapse.app import homeserver\n"
+    "sys.argv = [homeserver.__file__, '-c', sys.argv[2]]\n"
+    "homeserver.main()\n"
+)
 
 
 # Memory ---------------------------------------------------------------------------------
@@ -218,8 +231,12 @@ class Homeserver:
             env["LD_PRELOAD"] = str(path)
         config = self.spec.data_dir / "homeserver.yaml"
         log = (self.spec.data_dir / "stdout.log").open("ab")
+        command = [sys.executable, "-m", "synapse.app.homeserver", "-c", str(config)]
+        if self.variant.gc_check_s is not None:
+            env["PYTHONPATH"] = str(REPO_ROOT / "services")
+            command = [sys.executable, "-c", _SPACED_GC, str(self.variant.gc_check_s), str(config)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "synapse.app.homeserver", "-c", str(config)],
+            command,
             cwd=self.spec.data_dir,
             env=env,
             stdout=log,
