@@ -16,6 +16,7 @@ file gives the other benchmarks a process's CPU and minor page faults.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -55,6 +56,18 @@ def minor_faults(pid: int) -> int:
     """The process's minor page faults so far (field 10): pages it mapped without reading
     them from disk, a copy-on-write copy or a first write among them."""
     return int(_stat_fields(pid)[7])
+
+
+def voluntary_switches(pid: int) -> int:
+    """Voluntary context switches of all the process's threads so far: each one a thread that
+    went to sleep (on a timer, a socket, a lock) and was woken again."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def tree_cpu_seconds(pid: int) -> float:

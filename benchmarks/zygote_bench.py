@@ -57,15 +57,16 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.density_bench import rss_pss  # noqa: E402
 from benchmarks.harness import write_results  # noqa: E402
-from benchmarks.nginx import cpu_seconds, minor_faults  # noqa: E402
+from benchmarks.nginx import cpu_seconds, minor_faults, voluntary_switches  # noqa: E402
 from provisioner.backends.base import HOMESERVER_DUE_WORK_SQL, HomeserverTarget  # noqa: E402
 from provisioner.backends.local import LocalBackend  # noqa: E402
+from provisioner.backends.zygote_server import SYNAPSE_GC_CHECK_S  # noqa: E402
 from provisioner.synapse_config import HomeserverSecrets  # noqa: E402
 from tests.helpers.platform import poll  # noqa: E402
 
 MIB = 1024 * 1024
 MODES = ("zygote", "zygote-jemalloc", "zygote-synapse-gc", "zygote-no-warm-up", "exec")
-SYNAPSE_GC_CHECK_S = 0.1  # Synapse's own period (zygote_server.space_gc_checks)
+SYNAPSES_OWN_GC_CHECK_S = 0.1  # the period Synapse starts its collector checks with
 
 
 def wait_healthy(
@@ -107,16 +108,6 @@ def background_updates_done(backend: LocalBackend, target: HomeserverTarget) -> 
         return conn.execute(HOMESERVER_DUE_WORK_SQL["background_updates"]).fetchone()[0] == 0
 
 
-def voluntary_switches(pid: int) -> int:
-    total = 0
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        with contextlib.suppress(OSError):
-            for line in status.read_text().splitlines():
-                if line.startswith("voluntary_ctxt_switches:"):
-                    total += int(line.split()[1])
-    return total
-
-
 def idle_cost(pids: list[int], window: float) -> tuple[list[float], list[float]]:
     """Cores and voluntary context switches a second each process used in ``window`` s."""
     cpu0 = [cpu_seconds(pid) for pid in pids]
@@ -137,7 +128,7 @@ def one_mode(
         root / mode,
         zygote=zygote,
         jemalloc=mode == "zygote-jemalloc",
-        **({"gc_check_s": SYNAPSE_GC_CHECK_S} if mode == "zygote-synapse-gc" else {}),
+        gc_check_s=SYNAPSES_OWN_GC_CHECK_S if mode == "zygote-synapse-gc" else SYNAPSE_GC_CHECK_S,
     )
     if mode == "zygote-no-warm-up":
         assert backend.zygote is not None
@@ -244,7 +235,8 @@ def main() -> None:
         choices=MODES,
         default=list(MODES),
         help="zygote: as shipped; zygote-jemalloc: the same with jemalloc preloaded; "
-        "zygote-synapse-gc: with Synapse's own 0.1 s collector checks; zygote-no-warm-up: the zygote without its config warm-up; exec: a process of its own",
+        "zygote-synapse-gc: with Synapse's own 0.1 s collector checks; "
+        "zygote-no-warm-up: the zygote without its config warm-up; exec: a process of its own",
     )
     args = parser.parse_args()
     load_before = os.getloadavg()
