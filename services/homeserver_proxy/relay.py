@@ -296,10 +296,12 @@ class _Plan:
 
 
 _plans: dict[tuple[str, bytes], _Plan | None] = {}  # None: a path the app serves
-# Every send and every read receipt has a path of its own (its transaction id, the event id it
-# marks read), whose last segment decides nothing in its plan but its paths: such a plan is made
-# once per method and path less that segment (the room and the event or receipt type), kept
-# here with how long its segment was (raw, decoded), and copied for each request after.
+# Every send, every read receipt and every to-device message has a path of its own (its
+# transaction id, the event id it marks read), whose last segment decides nothing in its plan
+# but its paths: such a plan is made once per method and path less that segment (the room and
+# the event or receipt type; the to-device type), kept here with how long its segment was (raw,
+# decoded), and copied for each request after. (A redaction's path names the event it redacts
+# before its transaction id, so its head is new every time: nothing to copy.)
 _by_room: dict[tuple[str, bytes], tuple[_Plan, tuple[int, int]]] = {}
 # A last segment that is its own canonical form but for a leading "$" (an event id, which SDKs
 # send as %24): then no "%", ";", "\", control byte, or leading dot, and not empty
@@ -308,6 +310,7 @@ _PLAIN_ID = re.compile(rb"(?:%24|\$)?[0-9A-Za-z_~-][0-9A-Za-z._~-]*")
 _SENDS = (Kind.SEND, Kind.SEND_CALL_INVITE)
 _PUT_POST = ("PUT", "POST")
 _RECEIPT = re.compile(r"/_matrix/client/(?:r0|v3|unstable)/rooms/[^/]*/receipt/[^/]*/[^/]*")
+_TO_DEVICE = re.compile(r"/_matrix/client/(?:r0|v3|unstable)/sendToDevice/[^/]*/[^/]*")
 
 
 def _decoded_id(last: str) -> str:
@@ -333,7 +336,11 @@ def _plan_of(method: str, raw_path: bytes) -> _Plan | None:
         if (
             plain
             and plan is not None
-            and (plan.kind in _SENDS or (method == "POST" and _RECEIPT.fullmatch(plan.path)))
+            and (
+                plan.kind in _SENDS
+                or (method == "POST" and _RECEIPT.fullmatch(plan.path))
+                or (method == "PUT" and _TO_DEVICE.fullmatch(plan.path))
+            )
         ):
             if len(_by_room) >= _MAX_PLANS:
                 _by_room.clear()  # rooms come and go

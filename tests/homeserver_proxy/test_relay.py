@@ -303,6 +303,32 @@ async def test_read_receipts_are_relayed_each_with_its_own_event_id(relay: Relay
     assert others == len(ids)  # none counted as a sync, whatever its id
 
 
+async def test_to_device_messages_are_relayed_each_with_its_own_txn_id(relay: Relay) -> None:
+    # End-to-end encryption's keys travel as to-device messages, each with a txn id of its own;
+    # the type's first is planned in full, the next ones from it.
+    to_device = "/_matrix/client/v3/sendToDevice/m.room.encrypted/"
+    body = {"messages": {"@alice:acme.c3.test": {"DEVICE": {"algorithm": "m.olm.v1"}}}}
+    txns = ["sync", "txn2", "events"]  # a txn id may be "sync" or "events": not a sync
+    async with httpx.AsyncClient(base_url=relay.url, headers=HOST) as client:
+        for n, txn in enumerate(txns, start=1):
+            answer = await client.put(to_device + txn, json=body)
+            assert answer.status_code == 200
+            assert relayed(relay.app) == n
+            assert relay.stand_in.seen[-1]["path"] == to_device + txn
+            assert (
+                relay.stand_in.seen[-1]["body"] == json.dumps(body, separators=(",", ":")).encode()
+            )
+    others = relay.app.metrics.registry.get_sample_value(
+        "c3_proxy_requests_total", {"route": "other", "status": "2xx"}
+    )
+    assert others == len(txns)  # none counted as a sync or a send
+    usage = relay.app.meter.drain()
+    assert usage is not None
+    meters = {meter: quantity for _, _, meter, quantity in usage["usage"]}
+    assert meters["api_requests"] == len(txns)  # each metered once
+    assert "messages" not in meters and usage["events"] == []  # and none billed as a message
+
+
 async def test_a_token_in_the_header_or_the_query_makes_its_user_active(relay: Relay) -> None:
     tenant = relay.route.tenant_id
     relay.app.token_users.remember(tenant, "tok-ann", "@ann:acme.c3.test")
@@ -779,9 +805,10 @@ def test_a_plan_copied_from_the_rooms_last_is_the_plan_made_in_full(
     first: str,
     then: str,
 ) -> None:
-    """A send's or a receipt's plan copied from the room's first one, with another txn or
-    event id, forwards, bills, times and counts exactly as a plan made from its whole path
-    would; so does every other request's, whatever came before it."""
+    """A send's, a receipt's or a to-device message's plan copied from the room's (or type's)
+    first one, with another txn or event id, forwards, bills, times and counts exactly as a
+    plan made from its whole path would; so does every other request's, whatever came before
+    it."""
     place = place.format(room=room, type=event_type)
     head = f"{prefix}/_matrix/client/{version}/" + (f"{place}/" if place else "")
     copied, made_in_full = _plan_after(first_method, head + first, method, head + then)
@@ -806,13 +833,20 @@ def _fields(plan: relay_module._Plan | None) -> dict[str, object] | None:
     return None if plan is None else {n: getattr(plan, n) for n in relay_module._Plan.__slots__}
 
 
-def test_every_send_and_receipt_plan_copied_from_another_is_the_plan_made_in_full() -> None:
+def test_every_send_receipt_and_to_device_plan_copied_from_another_is_the_plan_made_in_full() -> (
+    None
+):
     """The cases the random test above meets rarely, each one: ids sent as %24 or $ after one
     sent either way, under either method."""
     heads = [
-        f"{prefix}/_matrix/client/v3/rooms/%21r%3Aacme.c3.test/{place}/"
+        f"{prefix}/_matrix/client/v3/{place}/"
         for prefix in ("", "/t/acme")
-        for place in ("send/m.room.message", "receipt/m.read")
+        for place in (
+            "rooms/%21r%3Aacme.c3.test/send/m.room.message",
+            "rooms/%21r%3Aacme.c3.test/receipt/m.read",
+            "sendToDevice/m.room.encrypted",
+            "sendToDevice/m.room_key_request",
+        )
     ]
     for head, first_method, method, first, then in itertools.product(
         heads,
