@@ -46,10 +46,11 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -142,23 +143,10 @@ def measure(
 ) -> dict[str, Any]:
     time.sleep(args.quiet)  # pacing: the tenant before has settled (its tail, its timers)
     before = snapshot(running, tenant.id)
-    errors: list[BaseException] = []
-
-    def first_sync(client: Client) -> None:
-        try:
-            sync(http, tenant, client)
-        except BaseException as exc:  # noqa: BLE001 — re-raised below, in the main thread
-            errors.append(exc)
-
     started = time.perf_counter()
-    threads = [threading.Thread(target=first_sync, args=(c,)) for c in tenant.clients]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(len(tenant.clients)) as pool:  # both users at once; raises as sync
+        list(pool.map(partial(sync, http, tenant), tenant.clients))
     wake_ms = (time.perf_counter() - started) * 1000
-    if errors:
-        raise errors[0]
     time.sleep(args.tail)  # what the platform does after the answer: the route, the log
     woken = snapshot(running, tenant.id)
     first, peer = tenant.clients
