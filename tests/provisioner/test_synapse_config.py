@@ -122,14 +122,17 @@ def resource_names(config: dict) -> set[str]:
 def test_federation_off_allowlist_and_open(tmp_path: Path) -> None:
     off = render(tmp_path, {})
     assert off["federation_domain_whitelist"] == [] and "federation" not in resource_names(off)
+    assert off["federation_sender_instances"] == []  # nothing to send to: no sender runs
     allow = render(
         tmp_path,
         {"federation": {"mode": "allowlist", "allowed_servers": ["b.example", "a.example"]}},
     )
     assert allow["federation_domain_whitelist"] == ["a.example", "b.example"]
+    assert "federation_sender_instances" not in allow  # Synapse's default: it sends itself
     assert resource_names(allow) == {"client", "federation", "media"}
     public = render(tmp_path, {"federation": {"mode": "open", "allowed_servers": []}})
     assert "federation_domain_whitelist" not in public  # no whitelist: any server
+    assert "federation_sender_instances" not in public
     assert "federation" in resource_names(public)
     assert public["allow_public_rooms_over_federation"] is False
 
@@ -213,11 +216,22 @@ def test_synapse_itself_accepts_the_rendered_settings(tmp_path: Path) -> None:
     write_homeserver_files(with_settings(tmp_path, ALL_SETTINGS), SECRETS)
     loaded = HomeServerConfig.load_config("c3", ["-c", str(tmp_path / "hs" / "homeserver.yaml")])
     assert set(loaded.federation.federation_domain_whitelist or {}) == {"partner.example"}
+    assert loaded.worker.send_federation is True  # a federating homeserver sends itself
     assert loaded.registration.registration_requires_token is True
     assert loaded.retention.retention_default_max_lifetime == 7 * 86400 * 1000
     assert loaded.media.max_upload_size == 4096
     assert loaded.voip.turn_user_lifetime == 3600 * 1000
     assert [p.idp_id for p in loaded.oidc.oidc_providers] == ["oidc"]
+
+
+def test_a_homeserver_that_does_not_federate_runs_no_federation_sender(tmp_path: Path) -> None:
+    """Synapse reads the rendered config back as "another process sends federation": the
+    homeserver starts no sender reading every event back for remote servers it cannot have."""
+    write_homeserver_files(spec(tmp_path), SECRETS)
+    loaded = HomeServerConfig.load_config("c3", ["-c", str(tmp_path / "hs" / "homeserver.yaml")])
+    assert loaded.worker.send_federation is False
+    assert loaded.worker.worker_app is None  # still the one main process, not a worker
+    assert not loaded.federation.federation_domain_whitelist  # and no server to send to
 
 
 def test_synapse_reaches_no_internal_network_unless_the_operator_allows_it(
