@@ -327,7 +327,9 @@ def _federation_config(settings: dict[str, Any]) -> dict[str, Any]:
         # message's ~41 transactions, ~10 % of a send-and-sync's CPU, docs/benchmarks.md),
         # where there can be none. An empty instance list is Synapse's own "another process
         # sends federation": the homeserver keeps only a small in-memory queue, emptied
-        # after five minutes. A tenant that starts federating is re-rendered without it.
+        # after five minutes. A tenant that starts federating is re-rendered without it; its
+        # sender then reads back once every event since it last ran (~0.9 ms an event, in the
+        # background), finding no remote server for any.
         return {"federation_domain_whitelist": [], "federation_sender_instances": []}
     if mode is FederationMode.ALLOWLIST:
         servers = (settings.get("federation") or {}).get("allowed_servers") or []
