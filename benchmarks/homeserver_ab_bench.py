@@ -58,9 +58,9 @@ sys.path.insert(0, str(REPO_ROOT / "services"))
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import write_results  # noqa: E402
-from benchmarks.nginx import on_cpu_seconds  # noqa: E402
+from benchmarks.nginx import context_switches, on_cpu_seconds  # noqa: E402
+from benchmarks.synapse_footprint_bench import register  # noqa: E402
 from benchmarks.zygote_bench import targets, wait_healthy  # noqa: E402
-from platform_core.synapse_admin import registration_mac  # noqa: E402
 from provisioner.backends.base import HomeserverTarget  # noqa: E402
 from provisioner.backends.local import LocalBackend  # noqa: E402
 
@@ -70,19 +70,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "federation-sender": {"federation_sender_instances": None},
 }
 _TRANSACTIONS = re.compile(r"^synapse_storage_transaction_time_count(?:_total)?\{.*\} (\S+)$", re.M)
-
-
-def context_switches(pid: int) -> int:
-    """Voluntary and involuntary context switches of all the process's threads."""
-    total = 0
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        try:
-            for line in status.read_text().splitlines():
-                if "ctxt_switches:" in line:
-                    total += int(line.split()[1])
-        except (OSError, ValueError, IndexError):  # a thread that ended
-            continue
-    return total
 
 
 @dataclass
@@ -100,20 +87,6 @@ class Homeserver:
     def transactions(self) -> float:
         return sum(map(float, _TRANSACTIONS.findall(httpx.get(self.metrics_url).text)))
 
-    def register(self, name: str) -> str:
-        nonce = self.client.get("/_synapse/admin/v1/register").json()["nonce"]
-        password = f"pw-{name}-bench"
-        mac = registration_mac(
-            self.target.secrets.registration_shared_secret, nonce, name, password, False
-        )
-        answer = self.client.post(
-            "/_synapse/admin/v1/register",
-            json={"nonce": nonce, "username": name, "password": password, "admin": False,
-                  "mac": mac},
-        )  # fmt: skip
-        answer.raise_for_status()
-        return str(answer.json()["access_token"])
-
     def auth(self, user: int) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[user]}"}
 
@@ -127,7 +100,8 @@ class Homeserver:
         self.since[user] = answer.json()["next_batch"]
 
     def set_up_chat(self) -> None:
-        self.tokens = [self.register("alice"), self.register("bob")]
+        secret = self.target.secrets.registration_shared_secret
+        self.tokens = [register(self.client, secret, name) for name in ("alice", "bob")]
         self.since = ["", ""]
         created = self.client.post(
             "/_matrix/client/v3/createRoom",

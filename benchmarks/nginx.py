@@ -61,11 +61,20 @@ def minor_faults(pid: int) -> int:
 def voluntary_switches(pid: int) -> int:
     """Voluntary context switches of all the process's threads so far: each one a thread that
     went to sleep (on a timer, a socket, a lock) and was woken again."""
+    return _switches(pid, ("voluntary_ctxt_switches:",))
+
+
+def context_switches(pid: int) -> int:
+    """Context switches of all the process's threads so far, voluntary and not (preempted)."""
+    return _switches(pid, ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
+
+
+def _switches(pid: int, kinds: tuple[str, ...]) -> int:
     total = 0
     for status in Path(f"/proc/{pid}/task").glob("*/status"):
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             for line in status.read_text().splitlines():
-                if line.startswith("voluntary_ctxt_switches:"):
+                if line.startswith(kinds):
                     total += int(line.split()[1])
     return total
 

@@ -324,7 +324,7 @@ def _federation_config(settings: dict[str, Any]) -> dict[str, Any]:
     if mode is FederationMode.OFF:
         # No remote server, in or out; and no federation sender in the process. Synapse's
         # sender otherwise reads every new event back to find its remote servers (five of a
-        # message's ~41 transactions, ~10 % of a send-and-sync's CPU, docs/benchmarks.md),
+        # message's ~41 transactions, ~7 % of a send-and-sync's CPU, docs/benchmarks.md),
         # where there can be none. An empty instance list is Synapse's own "another process
         # sends federation": the homeserver keeps only a small in-memory queue, emptied
         # after five minutes. A tenant that starts federating is re-rendered without it; its
