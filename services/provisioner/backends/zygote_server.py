@@ -64,9 +64,13 @@ _IDLE_CHECK_S = 5.0
 # space_gc_checks): C3_SYNAPSE_GC_CHECK_S.
 SYNAPSE_GC_CHECK_S = 1.0
 # Imported before the first fork: Synapse's entry point, its storage and handlers (imported
-# lazily by the homeserver's set-up otherwise), both database drivers.
+# lazily by the homeserver's set-up otherwise), both database drivers, and the media servlets
+# (Synapse imports them as it builds the client listener of a homeserver that serves media:
+# the one module a forked start still imported, 1.2 ms of CPU a start; `strace -f` on the
+# zygote during a wake, docs/benchmarks.md).
 PRELOAD = (
     "synapse.app.homeserver",
+    "synapse.rest.client.media",
     "synapse.server",
     "synapse.storage.databases.main",
     "synapse.storage.engines",
